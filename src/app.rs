@@ -1,0 +1,99 @@
+//! `AppState`, the router that merges every area's routes, and serving with graceful shutdown.
+//!
+//! Shutdown order (style.md §7):
+//! 1. stop accepting (axum graceful shutdown) once the token is cancelled;
+//! 2. wait for the task tracker (live calls end and queue their records) up to the grace period;
+//! 3. the caller then closes the store, so a call that ended during shutdown is still saved.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum::{Router, extract::DefaultBodyLimit};
+use sea_orm::DatabaseConnection;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower_http::{limit::RequestBodyLimitLayer, trace::TraceLayer};
+
+use crate::{config::Settings, metrics::Metrics};
+
+/// Shared, cheaply cloned state handed to every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// Validated settings.
+    pub settings: Arc<Settings>,
+    /// Database pool (SQLite or Postgres).
+    pub db: DatabaseConnection,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the process shuts down.
+    pub shutdown: CancellationToken,
+    /// Owner of every long-lived task spawned on behalf of a request.
+    pub tasks: TaskTracker,
+}
+
+impl AppState {
+    /// Builds the state around an open database.
+    pub fn new(settings: Settings, db: DatabaseConnection) -> Self {
+        Self {
+            settings: Arc::new(settings),
+            db,
+            metrics: Arc::new(Metrics::new()),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }
+    }
+}
+
+/// The full router: operations, admin API (and the Twilio routes as they land).
+pub fn router(state: AppState) -> Router {
+    let max_body = state.settings.server.max_body_bytes;
+    Router::new()
+        .merge(crate::ops::router())
+        .merge(crate::admin::router(&state))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(RequestBodyLimitLayer::new(max_body))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves on an already bound listener until `state.shutdown` is cancelled, then drains.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> anyhow::Result<()> {
+    let shutdown = state.shutdown.clone();
+    let tasks = state.tasks.clone();
+    let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("HTTP server failed")?;
+    tasks.close();
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "shutdown: tasks still running after the grace period"
+        );
+    }
+    Ok(())
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received: shutting down"),
+        _ = term => tracing::info!("SIGTERM received: shutting down"),
+    }
+    token.cancel();
+}

@@ -1,0 +1,719 @@
+//! Typed settings: the built-in `config/default.toml` (compiled in), then an optional
+//! `--config` file, then `WARMLINE_<SECTION>__<KEY>` environment variables (top-level keys as
+//! `WARMLINE_<KEY>`). The key names are a contract (DESIGN.md, "Interfaces").
+//!
+//! Invariants:
+//! 1. Settings are validated once, right after merging; every refusal names the key.
+//! 2. Secrets are [`Secret`]s: `Debug` and [`Settings::redacted_toml`] never show them.
+//! 3. Unknown keys in a file are refused (a typo must not silently fall back to a default).
+
+use std::{fmt, net::SocketAddr, path::Path, str::FromStr};
+
+use figment::{
+    Figment,
+    providers::{Format, Serialized, Toml},
+};
+use serde::{Deserialize, Deserializer, Serialize};
+use url::Url;
+
+/// The built-in defaults, compiled into the binary so it runs from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Twilio gives every call-related HTTP request 15 s at most; answering later loses the call.
+pub const TWILIO_WEBHOOK_CEILING_MS: u64 = 14_000;
+
+/// Why settings were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A layer could not be read or a value had the wrong type (figment names the key).
+    #[error("{0}")]
+    Load(String),
+    /// A value parsed but is not acceptable.
+    #[error("invalid setting `{key}`: {message}")]
+    Invalid {
+        /// The dotted key, e.g. `prewarm.ring_min_ms`.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// A secret string (API key, auth token). `Debug`/`Display` print `[redacted]`; the only
+/// way to read it is [`Secret::expose`], which call sites use where the bytes are needed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret bytes, for the one place that must send or hash them.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// Whether no secret was configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    fn redacted(&self) -> &'static str {
+        if self.0.is_empty() { "" } else { "[redacted]" }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.redacted())
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Environment values that look like numbers (a numeric token) arrive as numbers.
+        Ok(Secret(StringLike::deserialize(d)?.0))
+    }
+}
+
+/// Accepts a string, or a number/bool rendered as a string (figment parses env values).
+struct StringLike(String);
+
+impl<'de> Deserialize<'de> for StringLike {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            I(i64),
+            U(u64),
+            F(f64),
+            B(bool),
+        }
+        Ok(StringLike(match Raw::deserialize(d)? {
+            Raw::S(s) => s,
+            Raw::I(i) => i.to_string(),
+            Raw::U(u) => u.to_string(),
+            Raw::F(f) => f.to_string(),
+            Raw::B(b) => b.to_string(),
+        }))
+    }
+}
+
+fn string_like<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(StringLike::deserialize(d)?.0)
+}
+
+/// When the voice webhook opens a Realtime session before the stream starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrewarmPolicy {
+    /// Every call is warmed.
+    Always,
+    /// Only callers with an earlier call are warmed (cost guard for spam-heavy numbers).
+    KnownCallers,
+    /// No call is warmed: every call takes the cold path.
+    Never,
+}
+
+impl PrewarmPolicy {
+    /// The policy's setting name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "always",
+            Self::KnownCallers => "known_callers",
+            Self::Never => "never",
+        }
+    }
+}
+
+impl FromStr for PrewarmPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(Self::Always),
+            "known_callers" => Ok(Self::KnownCallers),
+            "never" => Ok(Self::Never),
+            other => Err(format!(
+                "unknown prewarm policy `{other}` (expected always, known_callers or never)"
+            )),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable, for a terminal.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The whole settings tree, mirroring the TOML sections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Base URL Twilio uses for this instance (signatures and the stream URL derive from it).
+    pub public_url: Url,
+    /// HTTP server.
+    pub server: ServerSettings,
+    /// Database connection.
+    pub database: DatabaseSettings,
+    /// Twilio credentials and stream-token settings.
+    pub twilio: TwilioSettings,
+    /// OpenAI Realtime connection.
+    pub openai: OpenAiSettings,
+    /// Pre-warming while the phone rings.
+    pub prewarm: PrewarmSettings,
+    /// Per-call limits.
+    pub call: CallSettings,
+    /// Admin API.
+    pub admin: AdminSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Bind address.
+    pub listen: SocketAddr,
+    /// Largest accepted HTTP request body (Twilio forms are a few KiB).
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for live calls to end and be saved.
+    pub shutdown_grace_secs: u64,
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://…` or `postgres://…`; may carry a password, so it is a secret in output.
+    pub url: Secret,
+    /// Connection pool size.
+    pub max_connections: u32,
+}
+
+/// `[twilio]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwilioSettings {
+    /// HMAC key for X-Twilio-Signature.
+    pub auth_token: Secret,
+    /// Whether signatures are checked (only for local development without Twilio).
+    pub validate_signatures: bool,
+    /// Key for the stream `<Parameter name="token">`; random per process when empty.
+    pub stream_token_secret: Secret,
+    /// How long a stream token stays valid after the webhook answered.
+    pub stream_token_ttl_secs: u64,
+}
+
+/// `[openai]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiSettings {
+    /// Sent as `Authorization: Bearer …` to the Realtime endpoint.
+    pub api_key: Secret,
+    /// Realtime WebSocket endpoint (`ws://` for the local fake, `wss://` for OpenAI).
+    pub realtime_url: Url,
+    /// Realtime model id, appended as `?model=`.
+    #[serde(deserialize_with = "string_like")]
+    pub model: String,
+    /// Input transcription model.
+    #[serde(deserialize_with = "string_like")]
+    pub transcription_model: String,
+    /// Longest wait for the Realtime WebSocket handshake.
+    pub connect_timeout_ms: u64,
+}
+
+/// `[prewarm]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrewarmSettings {
+    /// Global policy; a client may override it.
+    pub policy: PrewarmPolicy,
+    /// Least time the caller hears ringing.
+    pub ring_min_ms: u64,
+    /// The webhook answers by then, ready or not.
+    pub ring_max_ms: u64,
+    /// An unclaimed warm session is closed after this.
+    pub ttl_secs: u64,
+    /// Cap on warm sessions at once.
+    pub max_sessions: usize,
+    /// Most greeting audio buffered before the stream claims the session (μ-law bytes).
+    pub greeting_buffer_bytes: usize,
+}
+
+/// `[call]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallSettings {
+    /// A call is ended after this (the Realtime API caps sessions at 60 minutes).
+    pub max_duration_secs: u64,
+    /// Bounded outbound audio queue per call, in frames; excess audio is dropped and counted.
+    pub outbound_queue_frames: usize,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Bearer token; the admin API is off when empty.
+    pub token: Secret,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `pretty` or `json`.
+    pub format: LogFormat,
+    /// Default filter directive; `RUST_LOG` wins when set.
+    #[serde(deserialize_with = "string_like")]
+    pub level: String,
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (if any), then the process environment, and validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// Like [`Settings::load`] with an explicit environment (tests pass their own).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig.merge(env_provider(env));
+        let settings: Settings = fig
+            .extract()
+            .map_err(|e| ConfigError::Load(describe_figment_error(e)))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Parses settings from a TOML string layered over the defaults (tests).
+    pub fn from_toml(toml: &str) -> Result<Self, ConfigError> {
+        let settings: Settings = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string(toml))
+            .extract()
+            .map_err(|e| ConfigError::Load(describe_figment_error(e)))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks cross-field rules; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        };
+        if !matches!(self.public_url.scheme(), "http" | "https") || self.public_url.host().is_none()
+        {
+            return invalid(
+                "public_url",
+                "must be an http:// or https:// URL with a host",
+            );
+        }
+        if self.public_url.query().is_some() || self.public_url.fragment().is_some() {
+            return invalid("public_url", "must not have a query string or fragment");
+        }
+        let db = self.database.url.expose();
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
+            return invalid(
+                "database.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            );
+        }
+        if self.database.max_connections == 0 {
+            return invalid("database.max_connections", "must be at least 1");
+        }
+        if self.server.max_body_bytes < 1024 {
+            return invalid("server.max_body_bytes", "must be at least 1024");
+        }
+        if self.twilio.validate_signatures && self.twilio.auth_token.is_empty() {
+            return invalid(
+                "twilio.auth_token",
+                "is required while twilio.validate_signatures = true (set it, or turn validation off for local development only)",
+            );
+        }
+        if self.twilio.stream_token_ttl_secs == 0 {
+            return invalid("twilio.stream_token_ttl_secs", "must be at least 1");
+        }
+        if !matches!(self.openai.realtime_url.scheme(), "ws" | "wss") {
+            return invalid("openai.realtime_url", "must be a ws:// or wss:// URL");
+        }
+        if self.openai.model.trim().is_empty() {
+            return invalid("openai.model", "must not be empty");
+        }
+        if self.openai.connect_timeout_ms == 0 {
+            return invalid("openai.connect_timeout_ms", "must be at least 1");
+        }
+        if self.prewarm.ring_min_ms > self.prewarm.ring_max_ms {
+            return invalid(
+                "prewarm.ring_min_ms",
+                &format!(
+                    "{} is greater than prewarm.ring_max_ms ({})",
+                    self.prewarm.ring_min_ms, self.prewarm.ring_max_ms
+                ),
+            );
+        }
+        if self.prewarm.ring_max_ms > TWILIO_WEBHOOK_CEILING_MS {
+            return invalid(
+                "prewarm.ring_max_ms",
+                &format!(
+                    "must be at most {TWILIO_WEBHOOK_CEILING_MS} (Twilio drops webhooks after 15 s)"
+                ),
+            );
+        }
+        if self.prewarm.ttl_secs == 0 {
+            return invalid("prewarm.ttl_secs", "must be at least 1");
+        }
+        if self.prewarm.max_sessions == 0 && self.prewarm.policy != PrewarmPolicy::Never {
+            return invalid(
+                "prewarm.max_sessions",
+                "must be at least 1 (or set prewarm.policy = \"never\")",
+            );
+        }
+        if self.call.max_duration_secs == 0 {
+            return invalid("call.max_duration_secs", "must be at least 1");
+        }
+        if self.call.outbound_queue_frames < 8 {
+            return invalid("call.outbound_queue_frames", "must be at least 8");
+        }
+        Ok(())
+    }
+
+    /// The effective settings as TOML with every secret redacted (for `check-config`).
+    pub fn redacted_toml(&self) -> String {
+        let q = |s: &str| toml_quote(s);
+        let s = self;
+        format!(
+            "public_url = {}\n\n[server]\nlisten = {}\nmax_body_bytes = {}\nshutdown_grace_secs = {}\n\n\
+             [database]\nurl = {}\nmax_connections = {}\n\n\
+             [twilio]\nauth_token = {}\nvalidate_signatures = {}\nstream_token_secret = {}\nstream_token_ttl_secs = {}\n\n\
+             [openai]\napi_key = {}\nrealtime_url = {}\nmodel = {}\ntranscription_model = {}\nconnect_timeout_ms = {}\n\n\
+             [prewarm]\npolicy = {}\nring_min_ms = {}\nring_max_ms = {}\nttl_secs = {}\nmax_sessions = {}\ngreeting_buffer_bytes = {}\n\n\
+             [call]\nmax_duration_secs = {}\noutbound_queue_frames = {}\n\n\
+             [admin]\ntoken = {}\n\n[log]\nformat = {}\nlevel = {}\n",
+            q(s.public_url.as_str()),
+            q(&s.server.listen.to_string()),
+            s.server.max_body_bytes,
+            s.server.shutdown_grace_secs,
+            q(&redact_url_password(s.database.url.expose())),
+            s.database.max_connections,
+            q(s.twilio.auth_token.redacted()),
+            s.twilio.validate_signatures,
+            q(s.twilio.stream_token_secret.redacted()),
+            s.twilio.stream_token_ttl_secs,
+            q(s.openai.api_key.redacted()),
+            q(&redact_url_password(s.openai.realtime_url.as_str())),
+            q(&s.openai.model),
+            q(&s.openai.transcription_model),
+            s.openai.connect_timeout_ms,
+            q(s.prewarm.policy.as_str()),
+            s.prewarm.ring_min_ms,
+            s.prewarm.ring_max_ms,
+            s.prewarm.ttl_secs,
+            s.prewarm.max_sessions,
+            s.prewarm.greeting_buffer_bytes,
+            s.call.max_duration_secs,
+            s.call.outbound_queue_frames,
+            q(s.admin.token.redacted()),
+            q(match s.log.format {
+                LogFormat::Pretty => "pretty",
+                LogFormat::Json => "json",
+            }),
+            q(&s.log.level),
+        )
+    }
+
+    /// `public_url` joined with an absolute path, e.g. `/twilio/voice`.
+    pub fn public_http_url(&self, path: &str) -> String {
+        format!("{}{}", self.public_url.as_str().trim_end_matches('/'), path)
+    }
+
+    /// The WebSocket URL Twilio must open for the media stream (http→ws, https→wss).
+    pub fn public_ws_url(&self, path: &str) -> String {
+        let http = self.public_http_url(path);
+        if let Some(rest) = http.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = http.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            http
+        }
+    }
+}
+
+/// Environment variables `WARMLINE_SECTION__KEY` → `section.key`. `WARMLINE_CONFIG` (the CLI's
+/// `--config`) is not a setting and is skipped.
+fn env_provider(env: impl IntoIterator<Item = (String, String)>) -> Figment {
+    let vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("WARMLINE_") && k != "WARMLINE_CONFIG")
+        .collect();
+    // figment's `Env` reads the real process environment; build the same layer from the given
+    // pairs instead (values parsed like figment parses env values) so tests pass their own.
+    let mut fig = Figment::new();
+    for (key, value) in vars {
+        let path = key["WARMLINE_".len()..]
+            .to_ascii_lowercase()
+            .replace("__", ".");
+        let parsed: figment::value::Value = value
+            .parse()
+            .unwrap_or_else(|_| figment::value::Value::from(value.clone()));
+        fig = fig.merge(Serialized::default(&path, parsed));
+    }
+    fig
+}
+
+fn describe_figment_error(e: figment::Error) -> String {
+    let mut out = Vec::new();
+    for err in e {
+        let key = err.path.join(".");
+        let origin = err
+            .metadata
+            .as_ref()
+            .map(|m| m.name.to_string())
+            .unwrap_or_default();
+        if key.is_empty() {
+            out.push(format!("{} ({origin})", err.kind));
+        } else {
+            out.push(format!("invalid setting `{key}`: {} ({origin})", err.kind));
+        }
+    }
+    out.join("; ")
+}
+
+fn toml_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Replaces the password of a URL (`postgres://user:pw@host/db`) with `[redacted]`.
+pub fn redact_url_password(raw: &str) -> String {
+    match Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("[redacted]"));
+            url.to_string()
+        }
+        _ => raw.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const DEV: &[(&str, &str)] = &[("WARMLINE_TWILIO__AUTH_TOKEN", "tok")];
+
+    #[test]
+    fn defaults_alone_are_refused_without_an_auth_token() {
+        let err = Settings::load_with_env(None, env(&[])).unwrap_err();
+        assert!(err.to_string().contains("twilio.auth_token"), "{err}");
+    }
+
+    #[test]
+    fn defaults_match_the_design_contract() {
+        let s = Settings::load_with_env(None, env(DEV)).unwrap();
+        assert_eq!(s.public_url.as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(s.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            s.database.url.expose(),
+            "sqlite://data/warmline.db?mode=rwc"
+        );
+        assert_eq!(
+            s.openai.realtime_url.as_str(),
+            "wss://api.openai.com/v1/realtime"
+        );
+        assert_eq!(s.openai.model, "gpt-realtime-2");
+        assert_eq!(s.prewarm.policy, PrewarmPolicy::Always);
+        assert_eq!(
+            (
+                s.prewarm.ring_min_ms,
+                s.prewarm.ring_max_ms,
+                s.prewarm.ttl_secs
+            ),
+            (0, 4000, 30)
+        );
+        assert_eq!(s.prewarm.max_sessions, 500);
+        assert!(s.admin.token.is_empty());
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_env_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        std::fs::write(
+            &path,
+            "public_url = \"https://file.example\"\n[prewarm]\nring_max_ms = 3000\nttl_secs = 9\n[openai]\nmodel = \"from-file\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_with_env(
+            Some(&path),
+            env(&[
+                ("WARMLINE_TWILIO__AUTH_TOKEN", "12345"),
+                ("WARMLINE_PREWARM__RING_MAX_MS", "2500"),
+                (
+                    "WARMLINE_OPENAI__REALTIME_URL",
+                    "ws://127.0.0.1:9/v1/realtime",
+                ),
+                ("WARMLINE_PUBLIC_URL", "https://env.example"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.prewarm.ring_max_ms, 2500, "env beats file");
+        assert_eq!(s.prewarm.ttl_secs, 9, "file beats default");
+        assert_eq!(s.openai.model, "from-file");
+        assert_eq!(s.public_url.as_str(), "https://env.example/");
+        assert_eq!(
+            s.openai.realtime_url.as_str(),
+            "ws://127.0.0.1:9/v1/realtime"
+        );
+        assert_eq!(
+            s.twilio.auth_token.expose(),
+            "12345",
+            "numeric-looking secret stays text"
+        );
+    }
+
+    #[test]
+    fn ring_min_above_ring_max_is_refused_naming_the_key() {
+        let err = Settings::from_toml(
+            "[twilio]\nauth_token=\"t\"\n[prewarm]\nring_min_ms = 5000\nring_max_ms = 4000\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("prewarm.ring_min_ms"), "{err}");
+    }
+
+    #[test]
+    fn unknown_policy_is_refused_naming_the_key() {
+        let err = Settings::load_with_env(
+            None,
+            env(&[
+                ("WARMLINE_TWILIO__AUTH_TOKEN", "t"),
+                ("WARMLINE_PREWARM__POLICY", "sometimes"),
+            ]),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("prewarm.policy"), "{text}");
+    }
+
+    #[test]
+    fn bad_urls_are_refused_naming_the_key() {
+        for (toml, key) in [
+            ("public_url = \"not a url\"", "public_url"),
+            ("public_url = \"ftp://x.example\"", "public_url"),
+            (
+                "[openai]\nrealtime_url = \"https://api.example/v1\"",
+                "openai.realtime_url",
+            ),
+            ("[database]\nurl = \"mysql://x\"", "database.url"),
+        ] {
+            let err = Settings::from_toml(&format!("{toml}\n[twilio]\nauth_token=\"t\"\n"))
+                .expect_err(toml);
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Settings::from_toml("[prewarm]\nring_maxms = 1\n[twilio]\nauth_token=\"t\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("ring_maxms"), "{err}");
+    }
+
+    #[test]
+    fn ring_max_beyond_twilio_ceiling_is_refused() {
+        let err =
+            Settings::from_toml("[prewarm]\nring_max_ms = 20000\n[twilio]\nauth_token=\"t\"\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("prewarm.ring_max_ms"), "{err}");
+    }
+
+    #[test]
+    fn redacted_output_never_contains_a_secret() {
+        let s = Settings::from_toml(
+            "[twilio]\nauth_token = \"tw-SECRET-1\"\nstream_token_secret = \"st-SECRET-2\"\n\
+             [openai]\napi_key = \"sk-SECRET-3\"\n[admin]\ntoken = \"ad-SECRET-4\"\n\
+             [database]\nurl = \"postgres://u:pw-SECRET-5@db/x\"\n",
+        )
+        .unwrap();
+        let out = s.redacted_toml();
+        let debug = format!("{s:?}");
+        for text in [&out, &debug] {
+            assert!(!text.contains("SECRET"), "{text}");
+        }
+        assert!(out.contains("auth_token = \"[redacted]\""));
+        // The printed TOML is itself valid settings.
+        let reparsed: toml_check::Doc = toml_check::parse(&out);
+        assert!(reparsed.ok, "redacted output is TOML");
+    }
+
+    #[test]
+    fn stream_url_follows_public_url_scheme() {
+        let s = Settings::from_toml(
+            "public_url = \"https://gw.example\"\n[twilio]\nauth_token=\"t\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.public_ws_url("/twilio/media"),
+            "wss://gw.example/twilio/media"
+        );
+        assert_eq!(
+            s.public_http_url("/twilio/voice"),
+            "https://gw.example/twilio/voice"
+        );
+    }
+
+    /// Minimal TOML validity check through figment's parser.
+    mod toml_check {
+        pub struct Doc {
+            pub ok: bool,
+        }
+        pub fn parse(s: &str) -> Doc {
+            use figment::providers::{Format, Toml};
+            Doc {
+                ok: figment::Figment::from(Toml::string(s))
+                    .extract::<figment::value::Value>()
+                    .is_ok(),
+            }
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! warmline: a telephony voice gateway joining Twilio Media Streams to OpenAI Realtime,
+//! with the agent's session opened and its greeting generated while the phone still rings.
+//!
+//! # Layout
+//! - [`config`]: typed settings (built-in defaults < `--config` file < `WARMLINE_*` env), validation, redaction.
+//! - [`app`]: `AppState`, the router merging every area, serving and graceful shutdown.
+//! - [`telemetry`]: tracing subscriber (pretty or JSON logs).
+//! - [`metrics`]: the Prometheus registry; every metric name of DESIGN.md is defined there and nowhere else.
+//! - [`twilio`]: voice webhook, X-Twilio-Signature, TwiML, stream token, Media Streams protocol, status callback.
+//! - [`realtime`]: OpenAI Realtime (GA) protocol types, the session machine and its socket task,
+//!   the warm-session registry and the reaper.
+//! - [`bridge`]: one call: the state machine joining a media stream to a Realtime session.
+//! - [`store`]: sea-orm entities and repositories (clients, numbers, FAQs, callers, calls, transcripts).
+//! - [`admin`]: the admin REST API under `/admin/api/v1`.
+//! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod app;
+pub mod bridge;
+pub mod config;
+pub mod metrics;
+pub mod ops;
+pub mod realtime;
+pub mod store;
+pub mod telemetry;
+pub mod twilio;
