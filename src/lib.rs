@@ -2,6 +2,7 @@
 //! with the agent's session opened and its greeting generated while the phone still rings.
 //!
 //! # Layout
+//! - [`domain`]: ID newtypes (`CallSid`, `StreamSid`) and validated values (`E164`, `Voice`).
 //! - [`config`]: typed settings (built-in defaults < `--config` file < `WARMLINE_*` env), validation, redaction.
 //! - [`app`]: `AppState`, the router merging every area, serving and graceful shutdown.
 //! - [`telemetry`]: tracing subscriber (pretty or JSON logs).
@@ -19,6 +20,7 @@ pub mod admin;
 pub mod app;
 pub mod bridge;
 pub mod config;
+pub mod domain;
 pub mod metrics;
 pub mod ops;
 pub mod realtime;
