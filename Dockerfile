@@ -1,0 +1,27 @@
+# warmline container image. Not built by CI (no Docker engine on the CI machine); kept plain.
+# Build: docker build -t warmline .
+# Run:   docker run -p 8080:8080 -v warmline-data:/data \
+#          -e WARMLINE_PUBLIC_URL=https://voice.example.com \
+#          -e WARMLINE_TWILIO__AUTH_TOKEN=... -e WARMLINE_OPENAI__API_KEY=... warmline
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin warmline
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin warmline \
+ && mkdir -p /data && chown warmline /data
+COPY --from=build /src/target/release/warmline /usr/local/bin/warmline
+USER warmline
+WORKDIR /data
+VOLUME ["/data"]
+ENV WARMLINE_SERVER__LISTEN=0.0.0.0:8080 \
+    WARMLINE_DATABASE__URL=sqlite:///data/warmline.db?mode=rwc \
+    WARMLINE_LOG__FORMAT=json
+EXPOSE 8080
+ENTRYPOINT ["warmline"]
+CMD ["serve"]
