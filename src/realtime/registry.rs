@@ -1,0 +1,392 @@
+//! The warm-session registry: one entry per CallSid between the voice webhook and the media
+//! stream, holding what the stream handler needs to take the call over without touching the
+//! database (the client's profile, the caller's memory) and, on the warm path, the Realtime
+//! session opened while the phone rang.
+//!
+//! Invariants (DESIGN.md "Nothing leaks"; style.md §6):
+//! 1. The map is touched on insert, claim, close and reap, never per frame; no guard is held
+//!    across an `.await` (every method here is synchronous).
+//! 2. Ownership is exactly-once: [`Registry::claim`], [`Registry::close`] and the reaper all
+//!    `remove` the entry, so exactly one of them gets it and closes (or keeps) its session.
+//! 3. A retried webhook for the same CallSid finds the entry in flight and reuses it; it never
+//!    opens a second session.
+//! 4. Warm sessions hold a permit of a semaphore sized `prewarm.max_sessions`; the permit is
+//!    released when the entry leaves the map, whoever takes it.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use dashmap::{DashMap, mapref::entry::Entry as MapEntry};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::{domain::CallSid, metrics::Metrics};
+
+/// A session the registry can close when nobody claims it.
+pub trait WarmSession: Send + Sync + 'static {
+    /// What a waiter (the webhook, or its retry) watches to know the session is ready.
+    type Ready: Clone + Send + 'static;
+    /// A readiness handle for one more waiter.
+    fn ready(&self) -> Self::Ready;
+    /// Closes the socket (idempotent; called at most once by the registry).
+    fn close(self, reason: &'static str);
+}
+
+/// Why a call did not get a warm session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColdReason {
+    /// The prewarm policy said no (`never`, or `known_callers` for a new caller).
+    Policy,
+    /// `prewarm.max_sessions` warm sessions exist already.
+    Cap,
+}
+
+impl ColdReason {
+    /// Label value for `warmline_cold_sessions_total{reason}` and the calls table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Policy => "policy",
+            Self::Cap => "cap",
+        }
+    }
+}
+
+/// What [`Registry::begin`] did.
+pub enum Begun<R> {
+    /// A new entry with a warm session; wait on the readiness handle.
+    Warm(R),
+    /// A new entry without a session: the stream will open one (the cold path).
+    Cold(ColdReason),
+    /// The CallSid already had an entry (Twilio retried the webhook): nothing new was opened.
+    Retry(Option<R>),
+}
+
+/// One call between webhook and stream.
+struct Entry<C, S> {
+    context: Arc<C>,
+    warm: Option<(S, OwnedSemaphorePermit)>,
+    created: Instant,
+}
+
+/// What the stream handler gets when it claims a call.
+pub struct Claimed<C, S> {
+    /// The call's context, as the webhook built it.
+    pub context: Arc<C>,
+    /// The warm session, if the webhook opened one.
+    pub session: Option<S>,
+    /// When the webhook registered the call.
+    pub registered: Instant,
+}
+
+/// Warm sessions keyed by CallSid. `C` is the per-call context, `S` the session handle.
+pub struct Registry<C, S> {
+    map: DashMap<CallSid, Entry<C, S>>,
+    permits: Arc<Semaphore>,
+    ttl: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl<C: Send + Sync + 'static, S: WarmSession> Registry<C, S> {
+    /// An empty registry allowing `max_sessions` warm sessions, each living `ttl` unclaimed.
+    pub fn new(max_sessions: usize, ttl: Duration, metrics: Arc<Metrics>) -> Self {
+        Self {
+            map: DashMap::new(),
+            permits: Arc::new(Semaphore::new(max_sessions)),
+            ttl,
+            metrics,
+        }
+    }
+
+    /// Registers a call: reuses an entry in flight (retry), else inserts one, warm when
+    /// `want_warm` and a permit is free (calling `open` to start the session), cold otherwise.
+    /// `open` runs under the map's shard lock: it must only spawn, never block.
+    pub fn begin(
+        &self,
+        call_sid: &CallSid,
+        context: C,
+        want_warm: bool,
+        now: Instant,
+        open: impl FnOnce() -> S,
+    ) -> Begun<S::Ready> {
+        match self.map.entry(call_sid.clone()) {
+            MapEntry::Occupied(existing) => {
+                Begun::Retry(existing.get().warm.as_ref().map(|(s, _)| s.ready()))
+            }
+            MapEntry::Vacant(slot) => {
+                let permit = if want_warm {
+                    match self.permits.clone().try_acquire_owned() {
+                        Ok(p) => Some(p),
+                        Err(_) => {
+                            slot.insert(Entry {
+                                context: Arc::new(context),
+                                warm: None,
+                                created: now,
+                            });
+                            Metrics::inc_reason(&self.metrics.cold_sessions, "cap");
+                            return Begun::Cold(ColdReason::Cap);
+                        }
+                    }
+                } else {
+                    None
+                };
+                let Some(permit) = permit else {
+                    slot.insert(Entry {
+                        context: Arc::new(context),
+                        warm: None,
+                        created: now,
+                    });
+                    Metrics::inc_reason(&self.metrics.cold_sessions, "policy");
+                    return Begun::Cold(ColdReason::Policy);
+                };
+                let session = open();
+                let ready = session.ready();
+                slot.insert(Entry {
+                    context: Arc::new(context),
+                    warm: Some((session, permit)),
+                    created: now,
+                });
+                self.metrics.warm_sessions.inc();
+                Begun::Warm(ready)
+            }
+        }
+    }
+
+    /// Takes the call out of the registry (exactly once): the stream handler now owns it.
+    pub fn claim(&self, call_sid: &CallSid) -> Option<Claimed<C, S>> {
+        let (_, entry) = self.map.remove(call_sid)?;
+        let session = entry.warm.map(|(session, _permit)| {
+            self.metrics.warm_sessions.dec();
+            session
+        });
+        Some(Claimed {
+            context: entry.context,
+            session,
+            registered: entry.created,
+        })
+    }
+
+    /// Whether the call is registered and unclaimed.
+    pub fn contains(&self, call_sid: &CallSid) -> bool {
+        self.map.contains_key(call_sid)
+    }
+
+    /// Removes the call and closes its session, if any (status callback: the call ended before
+    /// its stream). Returns whether there was a warm session to close.
+    pub fn close(&self, call_sid: &CallSid, reason: &'static str) -> Option<bool> {
+        let (_, entry) = self.map.remove(call_sid)?;
+        Some(self.close_entry(entry, reason))
+    }
+
+    /// Closes every entry registered before `now - ttl`; returns the CallSids reaped and whether
+    /// each had a warm session.
+    pub fn reap(&self, now: Instant) -> Vec<(CallSid, bool)> {
+        let expired: Vec<CallSid> = self
+            .map
+            .iter()
+            .filter(|e| now.saturating_duration_since(e.created) >= self.ttl)
+            .map(|e| e.key().clone())
+            .collect();
+        let mut reaped = Vec::with_capacity(expired.len());
+        for sid in expired {
+            // Re-check under the removal: a claim may have raced us.
+            if let Some((sid, entry)) = self.map.remove_if(&sid, |_, e| {
+                now.saturating_duration_since(e.created) >= self.ttl
+            }) {
+                let had = self.close_entry(entry, "expired");
+                if had {
+                    self.metrics.warm_sessions_reaped.inc();
+                }
+                reaped.push((sid, had));
+            }
+        }
+        reaped
+    }
+
+    /// Closes every entry (shutdown).
+    pub fn close_all(&self, reason: &'static str) -> usize {
+        let keys: Vec<CallSid> = self.map.iter().map(|e| e.key().clone()).collect();
+        keys.iter()
+            .filter_map(|k| self.map.remove(k))
+            .map(|(_, e)| self.close_entry(e, reason))
+            .filter(|had| *had)
+            .count()
+    }
+
+    /// Registered calls (warm and cold).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether nothing is registered.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn close_entry(&self, entry: Entry<C, S>, reason: &'static str) -> bool {
+        match entry.warm {
+            Some((session, _permit)) => {
+                self.metrics.warm_sessions.dec();
+                Metrics::inc_reason(&self.metrics.warm_sessions_closed, reason);
+                session.close(reason);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A session that records how it was closed.
+    struct FakeSession {
+        id: u32,
+        closed: Arc<Mutex<Vec<(u32, &'static str)>>>,
+    }
+
+    impl WarmSession for FakeSession {
+        type Ready = u32;
+        fn ready(&self) -> u32 {
+            self.id
+        }
+        fn close(self, reason: &'static str) {
+            self.closed.lock().unwrap().push((self.id, reason));
+        }
+    }
+
+    struct Fixture {
+        reg: Registry<&'static str, FakeSession>,
+        closed: Arc<Mutex<Vec<(u32, &'static str)>>>,
+        opened: std::cell::Cell<u32>,
+        t0: Instant,
+    }
+
+    impl Fixture {
+        fn new(max: usize) -> Self {
+            Self {
+                reg: Registry::new(max, Duration::from_secs(30), Arc::new(Metrics::new())),
+                closed: Arc::default(),
+                opened: std::cell::Cell::new(0),
+                t0: Instant::now(),
+            }
+        }
+        fn begin(&self, sid: &str, warm: bool, at_secs: u64) -> Begun<u32> {
+            let sid = CallSid::parse(sid).unwrap();
+            self.reg.begin(
+                &sid,
+                "ctx",
+                warm,
+                self.t0 + Duration::from_secs(at_secs),
+                || {
+                    self.opened.set(self.opened.get() + 1);
+                    FakeSession {
+                        id: self.opened.get(),
+                        closed: self.closed.clone(),
+                    }
+                },
+            )
+        }
+        fn sid(s: &str) -> CallSid {
+            CallSid::parse(s).unwrap()
+        }
+    }
+
+    #[test]
+    fn a_retried_webhook_reuses_the_session_in_flight() {
+        let f = Fixture::new(10);
+        assert!(matches!(f.begin("CA1", true, 0), Begun::Warm(1)));
+        assert!(matches!(f.begin("CA1", true, 1), Begun::Retry(Some(1))));
+        assert_eq!(f.opened.get(), 1, "exactly one session opened");
+        assert_eq!(f.reg.metrics.warm_sessions.get(), 1);
+    }
+
+    #[test]
+    fn a_claim_happens_exactly_once() {
+        let f = Fixture::new(10);
+        f.begin("CA1", true, 0);
+        let claimed = f.reg.claim(&Fixture::sid("CA1")).expect("first claim");
+        assert_eq!(claimed.session.map(|s| s.id), Some(1));
+        assert!(
+            f.reg.claim(&Fixture::sid("CA1")).is_none(),
+            "second claim gets nothing"
+        );
+        assert!(f.reg.close(&Fixture::sid("CA1"), "completed").is_none());
+        assert!(
+            f.closed.lock().unwrap().is_empty(),
+            "a claimed session is not closed here"
+        );
+        assert_eq!(f.reg.metrics.warm_sessions.get(), 0);
+    }
+
+    #[test]
+    fn beyond_max_sessions_calls_go_cold_and_a_freed_permit_is_reused() {
+        let f = Fixture::new(2);
+        assert!(matches!(f.begin("CA1", true, 0), Begun::Warm(_)));
+        assert!(matches!(f.begin("CA2", true, 0), Begun::Warm(_)));
+        assert!(matches!(
+            f.begin("CA3", true, 0),
+            Begun::Cold(ColdReason::Cap)
+        ));
+        assert_eq!(f.opened.get(), 2);
+        // Claiming CA1 frees its permit.
+        f.reg.claim(&Fixture::sid("CA1"));
+        assert!(matches!(f.begin("CA4", true, 0), Begun::Warm(_)));
+    }
+
+    #[test]
+    fn policy_cold_calls_are_registered_without_a_session() {
+        let f = Fixture::new(2);
+        assert!(matches!(
+            f.begin("CA1", false, 0),
+            Begun::Cold(ColdReason::Policy)
+        ));
+        assert!(matches!(f.begin("CA1", false, 0), Begun::Retry(None)));
+        let claimed = f.reg.claim(&Fixture::sid("CA1")).unwrap();
+        assert!(claimed.session.is_none());
+        assert_eq!(*claimed.context, "ctx");
+        assert_eq!(f.opened.get(), 0);
+    }
+
+    #[test]
+    fn the_reaper_closes_only_entries_older_than_the_ttl() {
+        let f = Fixture::new(10);
+        f.begin("CAold", true, 0);
+        f.begin("CAnew", true, 20);
+        f.begin("CAcold", false, 0);
+        let reaped = f.reg.reap(f.t0 + Duration::from_secs(30));
+        let mut sids: Vec<_> = reaped
+            .iter()
+            .map(|(s, w)| (s.as_str().to_string(), *w))
+            .collect();
+        sids.sort();
+        assert_eq!(sids, vec![("CAcold".into(), false), ("CAold".into(), true)]);
+        assert_eq!(*f.closed.lock().unwrap(), vec![(1, "expired")]);
+        assert!(f.reg.contains(&Fixture::sid("CAnew")));
+        assert_eq!(f.reg.metrics.warm_sessions_reaped.get(), 1);
+        assert_eq!(f.reg.metrics.warm_sessions.get(), 1);
+    }
+
+    #[test]
+    fn a_status_callback_close_closes_the_session_once() {
+        let f = Fixture::new(10);
+        f.begin("CA1", true, 0);
+        assert_eq!(f.reg.close(&Fixture::sid("CA1"), "canceled"), Some(true));
+        assert_eq!(f.reg.close(&Fixture::sid("CA1"), "canceled"), None);
+        assert!(f.reg.reap(f.t0 + Duration::from_secs(999)).is_empty());
+        assert_eq!(*f.closed.lock().unwrap(), vec![(1, "canceled")]);
+    }
+
+    #[test]
+    fn close_all_closes_every_warm_session() {
+        let f = Fixture::new(10);
+        f.begin("CA1", true, 0);
+        f.begin("CA2", true, 0);
+        f.begin("CA3", false, 0);
+        assert_eq!(f.reg.close_all("shutdown"), 2);
+        assert!(f.reg.is_empty());
+    }
+}
