@@ -1,2 +1,3 @@
 //! OpenAI Realtime (GA): protocol types, the session machine and its socket task, the warm-session registry and the reaper.
+
 pub mod registry;

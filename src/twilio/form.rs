@@ -1,0 +1,220 @@
+//! Twilio's form-encoded requests (protocols.md §1, §5): the raw pairs (every received param is
+//! signed, including ones we do not know) and the typed views the handlers use.
+
+use std::fmt;
+
+use crate::domain::CallSid;
+
+/// A required field is missing or invalid; the message names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FormError(pub String);
+
+/// Parses an `application/x-www-form-urlencoded` body, keeping repeated names and order.
+pub fn parse(body: &[u8]) -> Vec<(String, String)> {
+    form_urlencoded::parse(body).into_owned().collect()
+}
+
+fn get<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn required<'a>(params: &'a [(String, String)], name: &str) -> Result<&'a str, FormError> {
+    match get(params, name) {
+        Some(v) if !v.trim().is_empty() => Ok(v.trim()),
+        _ => Err(FormError(format!("missing form field {name}"))),
+    }
+}
+
+fn call_sid(params: &[(String, String)]) -> Result<CallSid, FormError> {
+    CallSid::parse(required(params, "CallSid")?).map_err(|e| FormError(format!("CallSid: {e}")))
+}
+
+/// Twilio `CallStatus` (also `DialCallStatus`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallStatus {
+    /// `queued`
+    Queued,
+    /// `ringing`
+    Ringing,
+    /// `in-progress`
+    InProgress,
+    /// `completed`
+    Completed,
+    /// `busy`
+    Busy,
+    /// `failed`
+    Failed,
+    /// `no-answer`
+    NoAnswer,
+    /// `canceled`
+    Canceled,
+    /// Anything else (Twilio may add values).
+    Unknown(String),
+}
+
+impl CallStatus {
+    /// Parses Twilio's value.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "queued" => Self::Queued,
+            "ringing" => Self::Ringing,
+            "in-progress" => Self::InProgress,
+            "completed" => Self::Completed,
+            "busy" => Self::Busy,
+            "failed" => Self::Failed,
+            "no-answer" => Self::NoAnswer,
+            "canceled" => Self::Canceled,
+            other => Self::Unknown(other.to_string()),
+        }
+    }
+
+    /// Whether the call is over.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Busy | Self::Failed | Self::NoAnswer | Self::Canceled
+        )
+    }
+
+    /// Twilio's spelling (static for the known values, used as a metric label).
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Queued => "queued",
+            Self::Ringing => "ringing",
+            Self::InProgress => "in-progress",
+            Self::Completed => "completed",
+            Self::Busy => "busy",
+            Self::Failed => "failed",
+            Self::NoAnswer => "no-answer",
+            Self::Canceled => "canceled",
+            Self::Unknown(s) => s,
+        }
+    }
+
+    /// A static label (unknown values collapse to `other`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Ringing => "ringing",
+            Self::InProgress => "in-progress",
+            Self::Completed => "completed",
+            Self::Busy => "busy",
+            Self::Failed => "failed",
+            Self::NoAnswer => "no-answer",
+            Self::Canceled => "canceled",
+            Self::Unknown(_) => "other",
+        }
+    }
+}
+
+impl fmt::Display for CallStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `POST /twilio/voice`.
+#[derive(Debug, Clone)]
+pub struct VoiceRequest {
+    /// The call.
+    pub call_sid: CallSid,
+    /// The account.
+    pub account_sid: String,
+    /// Caller id as Twilio gives it (may be `anonymous`, `client:…`).
+    pub from: String,
+    /// The number called (looked up as E.164 by the handler).
+    pub to: String,
+    /// Usually `ringing`.
+    pub call_status: CallStatus,
+    /// `inbound`, `outbound-api`, …
+    pub direction: String,
+    /// Only with caller-id lookup.
+    pub caller_name: Option<String>,
+}
+
+impl VoiceRequest {
+    /// Reads the typed view from the pairs.
+    pub fn from_params(params: &[(String, String)]) -> Result<Self, FormError> {
+        Ok(Self {
+            call_sid: call_sid(params)?,
+            account_sid: get(params, "AccountSid").unwrap_or_default().to_string(),
+            from: get(params, "From").unwrap_or("unknown").trim().to_string(),
+            to: required(params, "To")?.to_string(),
+            call_status: CallStatus::parse(get(params, "CallStatus").unwrap_or("ringing")),
+            direction: get(params, "Direction").unwrap_or("inbound").to_string(),
+            caller_name: get(params, "CallerName")
+                .filter(|s| !s.trim().is_empty())
+                .map(str::to_string),
+        })
+    }
+}
+
+/// `POST /twilio/status` and `POST /twilio/after-stream` (the `<Connect action>` callback).
+#[derive(Debug, Clone)]
+pub struct StatusRequest {
+    /// The call.
+    pub call_sid: CallSid,
+    /// Its status now.
+    pub call_status: CallStatus,
+    /// Seconds, on completed calls.
+    pub call_duration: Option<u64>,
+}
+
+impl StatusRequest {
+    /// Reads the typed view from the pairs.
+    pub fn from_params(params: &[(String, String)]) -> Result<Self, FormError> {
+        Ok(Self {
+            call_sid: call_sid(params)?,
+            call_status: CallStatus::parse(required(params, "CallStatus")?),
+            call_duration: get(params, "CallDuration").and_then(|d| d.trim().parse().ok()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_names_and_encoded_values_survive_parsing() {
+        let p = parse(b"A=b&A=a&To=%2B15005550006&CallerName=O%27Brien+%26+S%C3%B8n");
+        assert_eq!(p[0], ("A".into(), "b".into()));
+        assert_eq!(p[1], ("A".into(), "a".into()));
+        assert_eq!(p[2].1, "+15005550006");
+        assert_eq!(p[3].1, "O'Brien & Søn");
+    }
+
+    #[test]
+    fn voice_request_names_the_missing_field() {
+        let err = VoiceRequest::from_params(&parse(b"To=%2B1500")).unwrap_err();
+        assert!(err.0.contains("CallSid"), "{err}");
+        let err = VoiceRequest::from_params(&parse(b"CallSid=CA1")).unwrap_err();
+        assert!(err.0.contains("To"), "{err}");
+        let err = VoiceRequest::from_params(&parse(b"CallSid=CA%3Cx%3E&To=1")).unwrap_err();
+        assert!(err.0.contains("CallSid"), "{err}");
+    }
+
+    #[test]
+    fn voice_request_keeps_withheld_caller_ids() {
+        let v = VoiceRequest::from_params(&parse(
+            b"CallSid=CA1&From=anonymous&To=%2B15005550006&CallStatus=ringing",
+        ))
+        .unwrap();
+        assert_eq!(v.from, "anonymous");
+        assert_eq!(v.call_status, CallStatus::Ringing);
+    }
+
+    #[test]
+    fn terminal_statuses() {
+        for s in ["completed", "busy", "failed", "no-answer", "canceled"] {
+            assert!(CallStatus::parse(s).is_terminal(), "{s}");
+        }
+        for s in ["queued", "ringing", "in-progress", "weird"] {
+            assert!(!CallStatus::parse(s).is_terminal(), "{s}");
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! X-Twilio-Signature (protocols.md §2): `base64(HMAC-SHA1(auth_token, url + sorted params))`.
+//!
+//! Rules kept: the URL is used exactly as Twilio requested it (query untouched, never
+//! re-encoded); form params are sorted byte-wise by name, repeated names by value; the URL is
+//! also tried with the default port added or removed (twilio-python does the same); comparison
+//! is constant-time. The token never appears in an error or a log.
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use hmac::{Hmac, KeyInit, Mac};
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+type HmacSha1 = Hmac<Sha1>;
+
+/// The signature Twilio would send for `url` and form `params`.
+pub fn compute(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
+    let mut sorted: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    sorted.sort_unstable();
+    // An HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = HmacSha1::new_from_slice(auth_token.as_bytes()).expect("HMAC takes any key");
+    mac.update(url.as_bytes());
+    for (k, v) in sorted {
+        mac.update(k.as_bytes());
+        mac.update(v.as_bytes());
+    }
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Whether `header` is a valid signature of `url` + `params` (also accepting the URL with its
+/// default port added or removed).
+pub fn validate(auth_token: &str, url: &str, params: &[(String, String)], header: &str) -> bool {
+    if auth_token.is_empty() || header.is_empty() {
+        return false;
+    }
+    url_variants(url)
+        .iter()
+        .any(|u| constant_eq(&compute(auth_token, u, params), header))
+}
+
+/// Validates a JSON-body request: `url` carries `bodySHA256=<hex>` in its query, the signature
+/// covers the URL alone, and the hash must match the raw body.
+pub fn validate_json(auth_token: &str, url: &str, body: &[u8], header: &str) -> bool {
+    let Some(expected_hex) = url::Url::parse(url).ok().and_then(|u| {
+        u.query_pairs()
+            .find(|(k, _)| k == "bodySHA256")
+            .map(|(_, v)| v.into_owned())
+    }) else {
+        return false;
+    };
+    let actual: String = Sha256::digest(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    validate(auth_token, url, &[], header) && constant_eq(&actual, &expected_hex)
+}
+
+fn constant_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// The URL as given, plus the same URL with the scheme's default port toggled.
+fn url_variants(url: &str) -> Vec<String> {
+    let mut out = vec![url.to_string()];
+    let Ok(parsed) = url::Url::parse(url) else {
+        return out;
+    };
+    let default_port = match parsed.scheme() {
+        "https" | "wss" => 443,
+        "http" | "ws" => 80,
+        _ => return out,
+    };
+    if parsed.host_str().is_none() {
+        return out;
+    }
+    let scheme_sep = format!("{}://", parsed.scheme());
+    let Some(after_scheme) = url.get(scheme_sep.len()..) else {
+        return out;
+    };
+    // Work on the raw text so the path and query stay byte-for-byte as sent.
+    let authority_end = after_scheme
+        .find(['/', '?', '#'])
+        .unwrap_or(after_scheme.len());
+    let (authority, rest) = after_scheme.split_at(authority_end);
+    if authority.ends_with(&format!(":{default_port}")) {
+        let without = authority.trim_end_matches(&format!(":{default_port}"));
+        out.push(format!("{scheme_sep}{without}{rest}"));
+    } else if !authority.contains(':') || authority.ends_with(']') {
+        out.push(format!("{scheme_sep}{authority}:{default_port}{rest}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const V1_TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+    fn v1_params() -> Vec<(String, String)> {
+        p(&[
+            ("AccountSid", "AC00000000000000000000000000000001"),
+            ("ApiVersion", "2010-04-01"),
+            ("CallSid", "CA00000000000000000000000000000002"),
+            ("CallStatus", "ringing"),
+            ("Called", "+15005550006"),
+            ("Caller", "+14155550100"),
+            ("Direction", "inbound"),
+            ("From", "+14155550100"),
+            ("To", "+15005550006"),
+        ])
+    }
+
+    #[test]
+    fn v0_twilios_worked_example() {
+        let params = p(&[
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Caller", "+14158675310"),
+            ("Digits", "1234"),
+            ("From", "+14158675310"),
+            ("To", "+18005551212"),
+        ]);
+        let url = "https://example.com/myapp.php?foo=1&bar=2";
+        assert_eq!(
+            compute("12345", url, &params),
+            "L/OH5YylLD5NRKLltdqwSvS0BnU="
+        );
+        assert!(validate(
+            "12345",
+            url,
+            &params,
+            "L/OH5YylLD5NRKLltdqwSvS0BnU="
+        ));
+    }
+
+    #[test]
+    fn v1_voice_webhook_and_its_port_variant() {
+        let url = "https://warmline.example.com/twilio/voice";
+        assert_eq!(
+            compute(V1_TOKEN, url, &v1_params()),
+            "dv248gc7Aqkdg1X31HXeOYAzFCE="
+        );
+        let with_port = "https://warmline.example.com:443/twilio/voice";
+        assert_eq!(
+            compute(V1_TOKEN, with_port, &v1_params()),
+            "/1EKYEJmkY8v2a9QA5dmk8f6QLE="
+        );
+        assert!(validate(
+            V1_TOKEN,
+            with_port,
+            &v1_params(),
+            "dv248gc7Aqkdg1X31HXeOYAzFCE="
+        ));
+        assert!(validate(
+            V1_TOKEN,
+            url,
+            &v1_params(),
+            "/1EKYEJmkY8v2a9QA5dmk8f6QLE="
+        ));
+    }
+
+    #[test]
+    fn v1_with_a_changed_param_fails() {
+        let mut params = v1_params();
+        params[7].1 = "+14155550199".into();
+        assert!(!validate(
+            V1_TOKEN,
+            "https://warmline.example.com/twilio/voice",
+            &params,
+            "dv248gc7Aqkdg1X31HXeOYAzFCE="
+        ));
+    }
+
+    #[test]
+    fn v2_status_callback_with_utf8_and_punctuation() {
+        let params = p(&[
+            ("AccountSid", "AC00000000000000000000000000000001"),
+            ("CallDuration", "42"),
+            ("CallSid", "CA00000000000000000000000000000002"),
+            ("CallStatus", "completed"),
+            ("CallerName", "O'Brien & Søn"),
+        ]);
+        assert_eq!(
+            compute(
+                V1_TOKEN,
+                "https://warmline.example.com/twilio/status",
+                &params
+            ),
+            "3cA1kaEDKYcvWPhalqmb2Mx4z58="
+        );
+    }
+
+    #[test]
+    fn v3_websocket_upgrade_is_signed_over_the_wss_url() {
+        assert_eq!(
+            compute(V1_TOKEN, "wss://warmline.example.com/twilio/media", &[]),
+            "00+3YFoE0HXKly0Bg8EGTx+zLY4="
+        );
+        assert_eq!(
+            compute(V1_TOKEN, "https://warmline.example.com/twilio/media", &[]),
+            "UAbB+mA6xZh1oOJHlF+NW/BI2Wc="
+        );
+        assert_eq!(
+            compute(V1_TOKEN, "wss://warmline.example.com/twilio/media/", &[]),
+            "z+BGhsJnMK0wd+V1a8yGlW+yaUU="
+        );
+    }
+
+    #[test]
+    fn v4_json_body_hash() {
+        let url = "https://example.com/myapp?bodySHA256=5ccde7145dfb8f56479710896586cb9d5911809d83afbe34627818790db0aec9";
+        let body = br#"{"CallSid":"CA1234567890ABCDE","Caller":"+12349013030"}"#;
+        assert!(validate_json(
+            "12345",
+            url,
+            body,
+            "hPXmLwIy3Fgqv1i9KPmH/HhQ6zo="
+        ));
+        assert!(!validate_json(
+            "12345",
+            url,
+            b"{}",
+            "hPXmLwIy3Fgqv1i9KPmH/HhQ6zo="
+        ));
+    }
+
+    #[test]
+    fn v5_repeated_names_are_sorted_by_value() {
+        let params = p(&[("A", "b"), ("A", "a")]);
+        assert_eq!(
+            compute("12345", "https://x.test/r", &params),
+            "xiJ8QgHHQGILnj29H6Heb+mn1OE="
+        );
+    }
+
+    #[test]
+    fn empty_token_or_header_never_validates() {
+        assert!(!validate("", "https://x.test/r", &[], ""));
+        assert!(!validate("12345", "https://x.test/r", &[], ""));
+        assert!(!validate("12345", "not a url", &[], "garbage"));
+    }
+}

@@ -1,0 +1,392 @@
+//! Media Streams JSON (protocols.md §4): parsing Twilio's text frames into a typed message and
+//! encoding ours. Numeric-looking fields are strings on the wire. Unknown events parse into
+//! [`TwilioMessage::Unknown`] (logged and ignored), never an error.
+//!
+//! Hot path: media payloads are borrowed from the frame where possible and validated as base64
+//! without decoding; outbound frames are written straight into a `String` (the base64 alphabet
+//! and our validated SIDs need no JSON escaping).
+
+use std::{borrow::Cow, collections::HashMap};
+
+use serde::Deserialize;
+
+/// A message from Twilio.
+#[derive(Debug, PartialEq)]
+pub enum TwilioMessage<'a> {
+    /// `connected`: first message, no streamSid.
+    Connected {
+        /// `Call` for voice.
+        protocol: String,
+    },
+    /// `start`: stream metadata.
+    Start(Box<StartInfo>),
+    /// `media`: caller audio.
+    Media {
+        /// Base64 μ-law (not yet validated).
+        payload: Cow<'a, str>,
+        /// ms since stream start.
+        timestamp_ms: u64,
+        /// `inbound` on bidirectional streams.
+        track: Option<String>,
+    },
+    /// `dtmf`: a key press.
+    Dtmf {
+        /// The digit.
+        digit: String,
+    },
+    /// `mark`: one of our marks, echoed.
+    Mark {
+        /// The name we gave it.
+        name: String,
+    },
+    /// `stop`: the stream ended.
+    Stop,
+    /// An event this code does not know.
+    Unknown {
+        /// Its `event` value.
+        event: String,
+    },
+}
+
+/// The `start` message's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartInfo {
+    /// `MZ…`
+    pub stream_sid: String,
+    /// `CA…`
+    pub call_sid: String,
+    /// `AC…`
+    pub account_sid: String,
+    /// `<Parameter>` values.
+    pub custom_parameters: HashMap<String, String>,
+    /// Should be `audio/x-mulaw`.
+    pub encoding: Option<String>,
+}
+
+/// Why a frame could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Not JSON, or not an object with `event`.
+    #[error("invalid JSON from Twilio: {0}")]
+    Json(String),
+    /// A known event without a field it must have.
+    #[error("{event} message without {field}")]
+    Missing {
+        /// The event.
+        event: &'static str,
+        /// The field.
+        field: &'static str,
+    },
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(rename = "streamSid")]
+    stream_sid: Option<String>,
+    protocol: Option<String>,
+    start: Option<StartBody>,
+    #[serde(borrow)]
+    media: Option<MediaBody<'a>>,
+    dtmf: Option<DtmfBody>,
+    mark: Option<MarkBody>,
+}
+
+#[derive(Deserialize)]
+struct StartBody {
+    #[serde(rename = "streamSid")]
+    stream_sid: Option<String>,
+    #[serde(rename = "callSid")]
+    call_sid: Option<String>,
+    #[serde(rename = "accountSid", default)]
+    account_sid: String,
+    #[serde(rename = "customParameters", default)]
+    custom_parameters: HashMap<String, String>,
+    #[serde(rename = "mediaFormat")]
+    media_format: Option<MediaFormat>,
+}
+
+#[derive(Deserialize)]
+struct MediaFormat {
+    encoding: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MediaBody<'a> {
+    #[serde(borrow, default)]
+    payload: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    timestamp: Option<Text<'a>>,
+    track: Option<String>,
+}
+
+/// A string borrowed from the frame when it has no escapes, owned otherwise (serde's own `Cow`
+/// support always copies inside an `Option`).
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+#[derive(Deserialize)]
+struct DtmfBody {
+    digit: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MarkBody {
+    name: Option<String>,
+}
+
+/// Parses one text frame.
+pub fn parse(text: &str) -> Result<TwilioMessage<'_>, WireError> {
+    let env: Envelope<'_> =
+        serde_json::from_str(text).map_err(|e| WireError::Json(e.to_string()))?;
+    Ok(match env.event.as_ref() {
+        "connected" => TwilioMessage::Connected {
+            protocol: env.protocol.unwrap_or_default(),
+        },
+        "start" => {
+            let start = env.start.ok_or(WireError::Missing {
+                event: "start",
+                field: "start",
+            })?;
+            let stream_sid = start
+                .stream_sid
+                .or(env.stream_sid)
+                .ok_or(WireError::Missing {
+                    event: "start",
+                    field: "streamSid",
+                })?;
+            let call_sid = start.call_sid.ok_or(WireError::Missing {
+                event: "start",
+                field: "callSid",
+            })?;
+            TwilioMessage::Start(Box::new(StartInfo {
+                stream_sid,
+                call_sid,
+                account_sid: start.account_sid,
+                custom_parameters: start.custom_parameters,
+                encoding: start.media_format.and_then(|f| f.encoding),
+            }))
+        }
+        "media" => {
+            let media = env.media.ok_or(WireError::Missing {
+                event: "media",
+                field: "media",
+            })?;
+            TwilioMessage::Media {
+                payload: media
+                    .payload
+                    .ok_or(WireError::Missing {
+                        event: "media",
+                        field: "payload",
+                    })?
+                    .0,
+                timestamp_ms: media
+                    .timestamp
+                    .and_then(|t| t.0.trim().parse().ok())
+                    .unwrap_or(0),
+                track: media.track,
+            }
+        }
+        "dtmf" => TwilioMessage::Dtmf {
+            digit: env.dtmf.and_then(|d| d.digit).ok_or(WireError::Missing {
+                event: "dtmf",
+                field: "digit",
+            })?,
+        },
+        "mark" => TwilioMessage::Mark {
+            name: env.mark.and_then(|m| m.name).ok_or(WireError::Missing {
+                event: "mark",
+                field: "name",
+            })?,
+        },
+        "stop" => TwilioMessage::Stop,
+        other => TwilioMessage::Unknown {
+            event: other.chars().take(64).collect(),
+        },
+    })
+}
+
+/// Decoded length of a base64 string if it is valid standard base64 (with padding), else `None`.
+/// Validates without allocating: this runs for every inbound frame.
+pub fn base64_len(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    if b.len() % 4 != 0 {
+        return None;
+    }
+    let pad = b.iter().rev().take_while(|&&c| c == b'=').count();
+    if pad > 2 {
+        return None;
+    }
+    let body = &b[..b.len() - pad];
+    if !body
+        .iter()
+        .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+    {
+        return None;
+    }
+    Some(b.len() / 4 * 3 - pad)
+}
+
+/// `{"event":"media","streamSid":…,"media":{"payload":…}}`; `stream_sid` must be a validated SID
+/// and `payload` valid base64 (neither needs escaping).
+pub fn media_json(stream_sid: &str, payload: &str) -> String {
+    let mut s = String::with_capacity(64 + stream_sid.len() + payload.len());
+    s.push_str(r#"{"event":"media","streamSid":""#);
+    s.push_str(stream_sid);
+    s.push_str(r#"","media":{"payload":""#);
+    s.push_str(payload);
+    s.push_str(r#""}}"#);
+    s
+}
+
+/// `{"event":"mark","streamSid":…,"mark":{"name":…}}`; `name` is ours (digits).
+pub fn mark_json(stream_sid: &str, name: &str) -> String {
+    format!(r#"{{"event":"mark","streamSid":"{stream_sid}","mark":{{"name":"{name}"}}}}"#)
+}
+
+/// `{"event":"clear","streamSid":…}`.
+pub fn clear_json(stream_sid: &str) -> String {
+    format!(r#"{{"event":"clear","streamSid":"{stream_sid}"}}"#)
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Messages exactly as protocols.md §4.1 shows them.
+    pub const CONNECTED: &str = r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#;
+    pub const START: &str = r#"{"event":"start","sequenceNumber":"1","streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0","start":{"accountSid":"AC123","streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0","callSid":"CA123","tracks":["inbound"],"customParameters":{"token":"v1.1.abc"},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#;
+    pub const MEDIA: &str = r#"{"event":"media","sequenceNumber":"3","streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0","media":{"track":"inbound","chunk":"1","timestamp":"5","payload":"//7+/v7+/v4="}}"#;
+    pub const DTMF: &str = r#"{"event":"dtmf","sequenceNumber":"5","streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0","dtmf":{"track":"inbound_track","digit":"1"}}"#;
+    pub const MARK: &str = r#"{"event":"mark","sequenceNumber":"4","streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0","mark":{"name":"my label"}}"#;
+    pub const STOP: &str = r#"{"event":"stop","sequenceNumber":"5","streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0","stop":{"accountSid":"AC123","callSid":"CA123"}}"#;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fixtures::*, *};
+
+    #[test]
+    fn protocol_fixtures_parse() {
+        assert_eq!(
+            parse(CONNECTED).unwrap(),
+            TwilioMessage::Connected {
+                protocol: "Call".into()
+            }
+        );
+        let TwilioMessage::Start(start) = parse(START).unwrap() else {
+            panic!("start")
+        };
+        assert_eq!(start.call_sid, "CA123");
+        assert_eq!(start.stream_sid, "MZ18ad3ab5a668481ce02b83e7395059f0");
+        assert_eq!(start.custom_parameters["token"], "v1.1.abc");
+        assert_eq!(start.encoding.as_deref(), Some("audio/x-mulaw"));
+        let TwilioMessage::Media {
+            payload,
+            timestamp_ms,
+            ..
+        } = parse(MEDIA).unwrap()
+        else {
+            panic!("media")
+        };
+        assert!(matches!(payload, Cow::Borrowed(_)), "payload is borrowed");
+        assert_eq!((payload.as_ref(), timestamp_ms), ("//7+/v7+/v4=", 5));
+        assert_eq!(
+            parse(DTMF).unwrap(),
+            TwilioMessage::Dtmf { digit: "1".into() }
+        );
+        assert_eq!(
+            parse(MARK).unwrap(),
+            TwilioMessage::Mark {
+                name: "my label".into()
+            }
+        );
+        assert_eq!(parse(STOP).unwrap(), TwilioMessage::Stop);
+    }
+
+    #[test]
+    fn unknown_events_are_not_errors() {
+        assert_eq!(
+            parse(r#"{"event":"transcription","x":1}"#).unwrap(),
+            TwilioMessage::Unknown {
+                event: "transcription".into()
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_frames_are_errors() {
+        assert!(matches!(parse("not json"), Err(WireError::Json(_))));
+        assert!(matches!(parse("{}"), Err(WireError::Json(_))));
+        assert!(matches!(
+            parse(r#"{"event":"media","media":{}}"#),
+            Err(WireError::Missing {
+                field: "payload",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(r#"{"event":"start","start":{"streamSid":"MZ1"}}"#),
+            Err(WireError::Missing {
+                field: "callSid",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn base64_validation_matches_the_decoder() {
+        use base64::{Engine, engine::general_purpose::STANDARD};
+        for s in [
+            "",
+            "//7+/v7+/v4=",
+            "AAAA",
+            "AA==",
+            "A===",
+            "AAA",
+            "AA!A",
+            "=AAA",
+            "AA=A",
+        ] {
+            let ours = base64_len(s);
+            let theirs = STANDARD.decode(s).ok().map(|v| v.len());
+            assert_eq!(ours, theirs, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn outbound_frames_are_the_protocol_shapes() {
+        let media: serde_json::Value = serde_json::from_str(&media_json("MZ1", "AAAA")).unwrap();
+        assert_eq!(
+            media,
+            serde_json::json!({"event":"media","streamSid":"MZ1","media":{"payload":"AAAA"}})
+        );
+        let mark: serde_json::Value = serde_json::from_str(&mark_json("MZ1", "7")).unwrap();
+        assert_eq!(
+            mark,
+            serde_json::json!({"event":"mark","streamSid":"MZ1","mark":{"name":"7"}})
+        );
+        let clear: serde_json::Value = serde_json::from_str(&clear_json("MZ1")).unwrap();
+        assert_eq!(
+            clear,
+            serde_json::json!({"event":"clear","streamSid":"MZ1"})
+        );
+    }
+}
