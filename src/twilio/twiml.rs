@@ -117,7 +117,9 @@ mod tests {
     use super::*;
 
     /// (element name, attributes, text) in document order.
-    fn parse(xml: &str) -> Vec<(String, Vec<(String, String)>, String)> {
+    type Element = (String, Vec<(String, String)>, String);
+
+    fn parse(xml: &str) -> Vec<Element> {
         let mut r = Reader::from_str(xml);
         let mut out = Vec::new();
         loop {

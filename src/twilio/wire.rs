@@ -229,7 +229,7 @@ pub fn parse(text: &str) -> Result<TwilioMessage<'_>, WireError> {
 /// Validates without allocating: this runs for every inbound frame.
 pub fn base64_len(s: &str) -> Option<usize> {
     let b = s.as_bytes();
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return None;
     }
     let pad = b.iter().rev().take_while(|&&c| c == b'=').count();
