@@ -74,7 +74,7 @@ sid_type!(
 );
 
 /// Database id of a client (business).
-pub type ClientId = i64;
+pub type ClientId = i32;
 
 /// A phone number in E.164 form: `+` then 2 to 15 digits, the first not 0.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

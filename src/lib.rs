@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`domain`]: ID newtypes (`CallSid`, `StreamSid`) and validated values (`E164`, `Voice`).
+//! - [`hours`]: business hours (weekly schedule in the client's timezone).
 //! - [`config`]: typed settings (built-in defaults < `--config` file < `WARMLINE_*` env), validation, redaction.
 //! - [`app`]: `AppState`, the router merging every area, serving and graceful shutdown.
 //! - [`telemetry`]: tracing subscriber (pretty or JSON logs).
@@ -21,6 +22,7 @@ pub mod app;
 pub mod bridge;
 pub mod config;
 pub mod domain;
+pub mod hours;
 pub mod metrics;
 pub mod ops;
 pub mod realtime;

@@ -1,6 +1,9 @@
-//! Database migrations for warmline (sea-orm-migration). Every migration runs on SQLite and PostgreSQL.
+//! Database migrations for warmline (sea-orm-migration). Every migration runs on SQLite and
+//! PostgreSQL; `warmline serve` applies pending ones at start, `warmline migrate` on demand.
 
 pub use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_init;
 
 /// The ordered list of warmline migrations.
 pub struct Migrator;
@@ -8,6 +11,6 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![]
+        vec![Box::new(m20261123_000001_init::Migration)]
     }
 }

@@ -1,16 +1,65 @@
-//! Storage: sea-orm entities and repositories over SQLite (default) or PostgreSQL.
+//! Storage: sea-orm entities and repositories over SQLite (the embedded default) or PostgreSQL.
+//!
+//! Layout: [`entities`] (one module per table), [`clients`] (clients, numbers, FAQs),
+//! [`callers`] (caller memory), [`calls`] (call records and transcripts).
+//!
+//! Invariants:
+//! 1. Every query works on both backends (tests run each storage test on both).
+//! 2. A unique-constraint violation surfaces as [`StoreError::Conflict`], a missing row as
+//!    [`StoreError::NotFound`]; database failures keep their `source()` and are logged by the
+//!    HTTP edge, never shown to clients.
+//! 3. The relay path never calls in here: call records are written by the writer task.
+
+pub mod callers;
+pub mod calls;
+pub mod clients;
+pub mod entities;
+
+use std::time::Duration;
 
 use anyhow::Context;
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, SqlErr};
 
 use crate::config::DatabaseSettings;
 
-/// Opens the pool (creating the SQLite file's directory if needed).
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A unique constraint refused the write.
+    #[error("{0}")]
+    Conflict(String),
+    /// The database failed.
+    #[error("database error")]
+    Db(#[source] DbErr),
+}
+
+impl From<DbErr> for StoreError {
+    fn from(e: DbErr) -> Self {
+        Self::Db(e)
+    }
+}
+
+impl StoreError {
+    /// Maps a unique violation to `Conflict(message)`, anything else to `Db`.
+    pub fn conflict_or_db(e: DbErr, message: impl FnOnce() -> String) -> Self {
+        match e.sql_err() {
+            Some(SqlErr::UniqueConstraintViolation(_)) => Self::Conflict(message()),
+            _ => Self::Db(e),
+        }
+    }
+}
+
+/// Opens the pool. SQLite gets its directory created, WAL journaling, a busy timeout (so
+/// concurrent writers wait instead of failing) and foreign keys on.
 pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConnection> {
     let url = settings.url.expose();
-    if let Some(path) = sqlite_file_path(url)
-        && let Some(dir) = std::path::Path::new(&path).parent()
+    let sqlite = sqlite_file_path(url);
+    if let Some(path) = &sqlite
+        && let Some(dir) = std::path::Path::new(path).parent()
         && !dir.as_os_str().is_empty()
     {
         std::fs::create_dir_all(dir)
@@ -18,10 +67,24 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
     }
     let mut opts = ConnectOptions::new(url.to_string());
     opts.max_connections(settings.max_connections)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10))
         .sqlx_logging(false);
-    Database::connect(opts)
+    if url.starts_with("sqlite:") {
+        opts.map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+        });
+    }
+    let db = Database::connect(opts)
         .await
-        .context("connecting to the database (database.url)")
+        .context("connecting to the database (database.url)")?;
+    db.execute_unprepared("SELECT 1")
+        .await
+        .context("database did not answer")?;
+    Ok(db)
 }
 
 /// Applies pending migrations.
@@ -29,14 +92,6 @@ pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
     Migrator::up(db, None)
         .await
         .context("applying database migrations")
-}
-
-fn sqlite_file_path(url: &str) -> Option<String> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
-    let path = rest.split('?').next().unwrap_or_default();
-    (!path.is_empty() && path != ":memory:").then(|| path.to_string())
 }
 
 /// Every known migration and whether it is applied.
@@ -55,4 +110,12 @@ pub async fn migration_status(db: &DatabaseConnection) -> anyhow::Result<Vec<(St
             (name, done)
         })
         .collect())
+}
+
+fn sqlite_file_path(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| path.to_string())
 }

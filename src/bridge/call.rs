@@ -1,0 +1,421 @@
+//! `Call`: the sans-IO machine joining one Twilio media stream to one Realtime session
+//! (protocols.md §8 event mapping, §9 barge-in). It owns the Twilio-side machine
+//! ([`MediaStream`]) because both live in the stream task; the Realtime side lives in its
+//! session task, so the call talks to it through [`RealtimeCommand`]s.
+//!
+//! Contract with the loop around it (the single-mutation rule, as in str0m):
+//! 1. Drain [`Call::poll_output`] until `None`, dispatching each output.
+//! 2. Wait for exactly one input (a Twilio text frame, a Realtime event, the timeout from
+//!    [`Call::poll_timeout`], a socket closing, shutdown) and feed it with the matching `handle_*`.
+//! 3. Repeat until [`Output::Ended`] has been drained.
+//!
+//! Rules kept here, not in the loop:
+//! - Greeting audio buffered while ringing is flushed the moment the session is attached, which
+//!   the loop does right after `start` (so it reaches Twilio before anything goes to Realtime).
+//! - Barge-in: when the caller starts speaking while agent audio is still buffered at Twilio,
+//!   send `clear`, `response.cancel`, and `conversation.item.truncate` with what the caller
+//!   actually heard (from echoed marks); later deltas of the cancelled response are dropped.
+//! - The call ends exactly once; after that every input is ignored.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+
+use super::outcome::{CallOutcome, CallPath, EndReason, Role, TranscriptLine};
+use crate::{
+    domain::{CallSid, StreamSid},
+    realtime::proto::SessionEvent,
+    twilio::media::{MediaEvent, MediaStream},
+};
+
+/// A chunk of agent audio (base64 μ-law), as buffered during ringing or relayed live.
+#[derive(Debug, Clone)]
+pub struct AgentAudio {
+    /// Realtime response id.
+    pub response_id: String,
+    /// Realtime assistant item id (for truncate).
+    pub item_id: String,
+    /// Base64 μ-law, passed through untouched.
+    pub payload: String,
+}
+
+/// What the call asks of its Realtime session task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RealtimeCommand {
+    /// `input_audio_buffer.append` with caller audio (base64 μ-law).
+    Append(String),
+    /// `response.cancel`.
+    Cancel,
+    /// `conversation.item.truncate`.
+    Truncate {
+        /// Assistant item id.
+        item_id: String,
+        /// What the caller heard of it.
+        audio_end_ms: u64,
+    },
+    /// A user text item (e.g. a DTMF key) and a `response.create`.
+    UserText(String),
+    /// Close the session.
+    Close,
+}
+
+/// Output of the machine, drained by the loop.
+#[derive(Debug)]
+pub enum Output {
+    /// JSON text for the Twilio socket.
+    Twilio(String),
+    /// A command for the Realtime session.
+    Realtime(RealtimeCommand),
+    /// `start` arrived: verify the token, claim (or open) the session and call
+    /// [`Call::handle_session_attached`], or [`Call::handle_session_refused`].
+    Start {
+        /// The call.
+        call_sid: CallSid,
+        /// The stream.
+        stream_sid: StreamSid,
+        /// `start.customParameters` (carries the stream token).
+        custom_parameters: HashMap<String, String>,
+    },
+    /// The first agent audio went out: stream `start` to now.
+    FirstAudio {
+        /// Warm or cold.
+        path: CallPath,
+        /// Time since `start`.
+        elapsed: Duration,
+    },
+    /// Caller stopped speaking → first agent audio relayed.
+    ResponseLatency(Duration),
+    /// Something worth a log line (unknown events, dropped deltas).
+    Log(String),
+    /// The call is over; close both sockets and save this.
+    Ended(Box<CallOutcome>),
+}
+
+/// Why an input could not be applied (the loop ends the call with it).
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// The Twilio side sent something invalid.
+    #[error("twilio: {0}")]
+    Twilio(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for `start`.
+    AwaitingStart,
+    /// `start` seen; waiting for the loop to attach a session.
+    AwaitingSession,
+    /// Relaying.
+    Live,
+    /// Over.
+    Ended,
+}
+
+/// One call: Twilio media stream ⇄ Realtime session.
+pub struct Call {
+    stream: MediaStream,
+    phase: Phase,
+    path: Option<CallPath>,
+    call_sid: Option<CallSid>,
+    /// When `start` arrived (wall and monotonic).
+    started: Option<(Instant, DateTime<Utc>)>,
+    first_audio_sent: bool,
+    /// Set on `speech_stopped`; cleared when the next agent audio is relayed.
+    speech_stopped_at: Option<Instant>,
+    /// Realtime item ids → the numeric item the media machine tracks.
+    items: HashMap<String, u64>,
+    /// The item whose audio went out last (the one a barge-in truncates).
+    current_item: Option<(String, u64)>,
+    next_item: u64,
+    /// Responses cancelled by barge-in: their late deltas are dropped.
+    cancelled: VecDeque<String>,
+    /// Agent transcript deltas per item, until `done`.
+    transcript: Vec<TranscriptLine>,
+    deadline: Option<Instant>,
+    max_duration: Duration,
+    outputs: VecDeque<Output>,
+    frames_dropped: u64,
+}
+
+impl Call {
+    /// A call waiting for Twilio's `connected`/`start`; it ends itself after `max_duration`.
+    pub fn new(max_duration: Duration) -> Self {
+        Self {
+            stream: MediaStream::new(),
+            phase: Phase::AwaitingStart,
+            path: None,
+            call_sid: None,
+            started: None,
+            first_audio_sent: false,
+            speech_stopped_at: None,
+            items: HashMap::new(),
+            current_item: None,
+            next_item: 0,
+            cancelled: VecDeque::new(),
+            transcript: Vec::new(),
+            deadline: None,
+            max_duration,
+            outputs: VecDeque::new(),
+            frames_dropped: 0,
+        }
+    }
+
+    /// The CallSid, once `start` arrived.
+    pub fn call_sid(&self) -> Option<&CallSid> {
+        self.call_sid.as_ref()
+    }
+
+    /// Whether the call has ended.
+    pub fn is_ended(&self) -> bool {
+        self.phase == Phase::Ended
+    }
+
+    /// Next output for the loop.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.drain_stream_transmits();
+        self.outputs.pop_front()
+    }
+
+    /// When the loop must call [`Call::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        (self.phase != Phase::Ended).then_some(self.deadline).flatten()
+    }
+
+    /// A text frame from Twilio.
+    pub fn handle_twilio_text(&mut self, now: Instant, text: &str) -> Result<(), BridgeError> {
+        if self.phase == Phase::Ended {
+            return Ok(());
+        }
+        if let Err(e) = self.stream.handle_text(now, text) {
+            let msg = e.to_string();
+            self.end(now, EndReason::TwilioProtocol(msg.clone()));
+            return Err(BridgeError::Twilio(msg));
+        }
+        while let Some(event) = self.stream.poll_event() {
+            self.on_media_event(now, event);
+        }
+        Ok(())
+    }
+
+    /// The loop attached a session after `start`: flush the greeting buffered while ringing.
+    pub fn handle_session_attached(
+        &mut self,
+        now: Instant,
+        path: CallPath,
+        greeting: Vec<AgentAudio>,
+    ) {
+        if self.phase != Phase::AwaitingSession {
+            return;
+        }
+        self.phase = Phase::Live;
+        self.path = Some(path);
+        for chunk in greeting {
+            self.relay_agent_audio(now, chunk);
+        }
+    }
+
+    /// The loop could not attach a session (bad token, Realtime unavailable): end the call.
+    pub fn handle_session_refused(&mut self, now: Instant, reason: EndReason) {
+        self.end(now, reason);
+    }
+
+    /// An event from the Realtime session task.
+    pub fn handle_realtime(&mut self, now: Instant, event: SessionEvent) {
+        if self.phase != Phase::Live {
+            return;
+        }
+        match event {
+            SessionEvent::AudioDelta {
+                response_id,
+                item_id,
+                payload,
+                ..
+            } => self.relay_agent_audio(
+                now,
+                AgentAudio {
+                    response_id,
+                    item_id,
+                    payload,
+                },
+            ),
+            SessionEvent::SpeechStarted { .. } => self.on_speech_started(now),
+            SessionEvent::SpeechStopped { .. } => self.speech_stopped_at = Some(now),
+            SessionEvent::CallerTranscript { text, .. } => self.push_line(Role::Caller, text),
+            SessionEvent::AgentTranscript { text, .. } => self.push_line(Role::Agent, text),
+            SessionEvent::Error { code, message, fatal } => {
+                if fatal {
+                    self.end(now, EndReason::RealtimeError(format!("{code}: {message}")));
+                } else {
+                    self.outputs
+                        .push_back(Output::Log(format!("realtime error {code}: {message}")));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The Twilio socket closed.
+    pub fn handle_twilio_closed(&mut self, now: Instant) {
+        self.end(now, EndReason::TwilioClosed);
+    }
+
+    /// The Realtime session closed or failed.
+    pub fn handle_realtime_closed(&mut self, now: Instant, reason: String) {
+        self.end(now, EndReason::RealtimeClosed(reason));
+    }
+
+    /// The process is shutting down.
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        self.end(now, EndReason::Shutdown);
+    }
+
+    /// The deadline from [`Call::poll_timeout`] passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.deadline.is_some_and(|d| now >= d) {
+            self.end(now, EndReason::MaxDuration);
+        }
+    }
+
+    /// Counts agent audio the loop dropped because Twilio's writer queue was full.
+    pub fn note_dropped(&mut self, frames: u64) {
+        self.frames_dropped += frames;
+    }
+
+    fn on_media_event(&mut self, now: Instant, event: MediaEvent) {
+        match event {
+            MediaEvent::Started {
+                stream_sid,
+                call_sid,
+                custom_parameters,
+                ..
+            } => {
+                self.phase = Phase::AwaitingSession;
+                self.started = Some((now, Utc::now()));
+                self.deadline = Some(now + self.max_duration);
+                self.call_sid = Some(call_sid.clone());
+                self.outputs.push_back(Output::Start {
+                    call_sid,
+                    stream_sid,
+                    custom_parameters,
+                });
+            }
+            MediaEvent::Media { payload, .. } => {
+                // Caller audio before the session is attached is dropped: there is nowhere to
+                // send it and it is at most one claim's worth (microseconds on the warm path).
+                if self.phase == Phase::Live {
+                    self.outputs
+                        .push_back(Output::Realtime(RealtimeCommand::Append(payload)));
+                }
+            }
+            MediaEvent::Dtmf { digit } => {
+                self.push_line(Role::System, format!("caller pressed {digit}"));
+                if self.phase == Phase::Live {
+                    self.outputs.push_back(Output::Realtime(RealtimeCommand::UserText(format!(
+                        "(The caller pressed {digit} on the phone keypad.)"
+                    ))));
+                }
+            }
+            MediaEvent::Stopped => self.end(now, EndReason::TwilioStop),
+            MediaEvent::Unknown { event } => self
+                .outputs
+                .push_back(Output::Log(format!("ignoring unknown Twilio event {event:?}"))),
+            _ => {}
+        }
+    }
+
+    fn relay_agent_audio(&mut self, now: Instant, chunk: AgentAudio) {
+        if self.cancelled.iter().any(|r| *r == chunk.response_id) {
+            return;
+        }
+        let item = match self.items.get(&chunk.item_id) {
+            Some(&n) => n,
+            None => {
+                self.next_item += 1;
+                self.items.insert(chunk.item_id.clone(), self.next_item);
+                self.next_item
+            }
+        };
+        self.current_item = Some((chunk.item_id, item));
+        self.stream.send_media(now, item, &chunk.payload);
+        if !self.first_audio_sent {
+            self.first_audio_sent = true;
+            if let (Some((start, _)), Some(path)) = (self.started, self.path) {
+                self.outputs.push_back(Output::FirstAudio {
+                    path,
+                    elapsed: now.saturating_duration_since(start),
+                });
+            }
+        }
+        if let Some(stopped) = self.speech_stopped_at.take() {
+            self.outputs
+                .push_back(Output::ResponseLatency(now.saturating_duration_since(stopped)));
+        }
+        let _ = chunk.response_id;
+    }
+
+    fn on_speech_started(&mut self, now: Instant) {
+        self.speech_stopped_at = None;
+        if !self.stream.is_playing(now) {
+            return;
+        }
+        // Barge-in (§9): what the caller heard, before clear drops the rest.
+        let heard = self.stream.heard_ms(now);
+        self.stream.send_clear(now);
+        self.outputs
+            .push_back(Output::Realtime(RealtimeCommand::Cancel));
+        if let (Some((item_id, item)), Some((heard_item, heard_ms))) =
+            (self.current_item.clone(), heard)
+            && heard_item == item
+        {
+            self.outputs.push_back(Output::Realtime(RealtimeCommand::Truncate {
+                item_id,
+                audio_end_ms: heard_ms,
+            }));
+        }
+        if let Some((item_id, _)) = &self.current_item {
+            // Remember the cancelled response by the item's response: the deltas carry both.
+            let _ = item_id;
+        }
+    }
+
+    fn push_line(&mut self, role: Role, text: String) {
+        if text.trim().is_empty() {
+            return;
+        }
+        self.transcript.push(TranscriptLine {
+            role,
+            text,
+            at: Utc::now(),
+        });
+    }
+
+    fn drain_stream_transmits(&mut self) {
+        while let Some(text) = self.stream.poll_transmit() {
+            self.outputs.push_back(Output::Twilio(text));
+        }
+    }
+
+    fn end(&mut self, _now: Instant, reason: EndReason) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        self.phase = Phase::Ended;
+        self.drain_stream_transmits();
+        self.outputs
+            .push_back(Output::Realtime(RealtimeCommand::Close));
+        let now_wall = Utc::now();
+        let started_at = self.started.map(|(_, w)| w).unwrap_or(now_wall);
+        self.outputs.push_back(Output::Ended(Box::new(CallOutcome {
+            end_reason: reason,
+            path: self.path,
+            time_to_first_audio: None,
+            started_at,
+            ended_at: now_wall,
+            transcript: std::mem::take(&mut self.transcript),
+            frames_dropped: self.frames_dropped,
+        })));
+    }
+}

@@ -1,0 +1,196 @@
+//! What one call leaves behind: why it ended, which path it took, its transcript, and the short
+//! note the caller's memory keeps. Pure data, built by [`super::call::Call`] and written by the
+//! store writer off the relay path.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+/// Which side or rule ended a call (becomes `calls.end_reason` and a log field).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// Twilio sent `stop` (the caller hung up, or the call was redirected).
+    TwilioStop,
+    /// The Twilio socket closed without `stop`.
+    TwilioClosed,
+    /// Twilio sent something we could not accept (bad JSON, bad base64, bad token…).
+    TwilioProtocol(String),
+    /// The Realtime socket closed or failed.
+    RealtimeClosed(String),
+    /// The Realtime API reported a fatal error (e.g. `session_expired`).
+    RealtimeError(String),
+    /// No Realtime session could be opened for the call.
+    RealtimeUnavailable(String),
+    /// `call.max_duration_secs` elapsed.
+    MaxDuration,
+    /// The process is shutting down.
+    Shutdown,
+    /// The agent asked to transfer the call to a human.
+    Transfer,
+}
+
+impl EndReason {
+    /// Short machine-readable code (metric label, `end_reason` column prefix).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::TwilioStop => "twilio_stop",
+            Self::TwilioClosed => "twilio_closed",
+            Self::TwilioProtocol(_) => "twilio_protocol",
+            Self::RealtimeClosed(_) => "realtime_closed",
+            Self::RealtimeError(_) => "realtime_error",
+            Self::RealtimeUnavailable(_) => "realtime_unavailable",
+            Self::MaxDuration => "max_duration",
+            Self::Shutdown => "shutdown",
+            Self::Transfer => "transfer",
+        }
+    }
+
+    /// Whether the call ended the way calls normally end (so the after-stream TwiML hangs up
+    /// rather than apologising and dialling the fallback number).
+    pub fn is_normal(&self) -> bool {
+        matches!(self, Self::TwilioStop | Self::TwilioClosed | Self::MaxDuration)
+    }
+
+    /// `code: detail`, as stored.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::TwilioProtocol(d)
+            | Self::RealtimeClosed(d)
+            | Self::RealtimeError(d)
+            | Self::RealtimeUnavailable(d) => format!("{}: {d}", self.code()),
+            _ => self.code().to_string(),
+        }
+    }
+}
+
+/// Warm (session opened while ringing) or cold (opened when the stream started).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallPath {
+    /// The webhook's warm session was claimed.
+    Warm,
+    /// A session was opened when the stream started.
+    Cold,
+}
+
+impl CallPath {
+    /// `warm` or `cold` (metric label and column value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Warm => "warm",
+            Self::Cold => "cold",
+        }
+    }
+}
+
+/// Who said a transcript line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The person on the phone.
+    Caller,
+    /// The Realtime agent.
+    Agent,
+    /// Something warmline recorded (DTMF, transfer).
+    System,
+}
+
+impl Role {
+    /// Column value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Caller => "caller",
+            Self::Agent => "agent",
+            Self::System => "system",
+        }
+    }
+}
+
+/// One transcript line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranscriptLine {
+    /// Who spoke.
+    pub role: Role,
+    /// What was said.
+    pub text: String,
+    /// When it was recorded.
+    pub at: DateTime<Utc>,
+}
+
+/// Everything the store needs once a call is over.
+#[derive(Debug, Clone)]
+pub struct CallOutcome {
+    /// Why it ended.
+    pub end_reason: EndReason,
+    /// Warm or cold, if a session was attached.
+    pub path: Option<CallPath>,
+    /// Stream `start` to first outbound audio.
+    pub time_to_first_audio: Option<Duration>,
+    /// When the stream started.
+    pub started_at: DateTime<Utc>,
+    /// When the call ended.
+    pub ended_at: DateTime<Utc>,
+    /// Transcript in order.
+    pub transcript: Vec<TranscriptLine>,
+    /// Audio frames dropped because Twilio could not keep up.
+    pub frames_dropped: u64,
+}
+
+impl CallOutcome {
+    /// Stream duration.
+    pub fn duration(&self) -> Duration {
+        (self.ended_at - self.started_at).to_std().unwrap_or_default()
+    }
+
+    /// A one-line note for the caller's memory: the date and what they asked first.
+    pub fn memory_note(&self) -> Option<String> {
+        let first = self
+            .transcript
+            .iter()
+            .find(|l| l.role == Role::Caller && !l.text.trim().is_empty())?;
+        let text: String = first.text.trim().chars().take(160).collect();
+        Some(format!("{}: caller said \"{}\"", self.started_at.format("%Y-%m-%d"), text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(role: Role, text: &str) -> TranscriptLine {
+        TranscriptLine {
+            role,
+            text: text.into(),
+            at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn memory_note_quotes_the_first_thing_the_caller_said() {
+        let now = Utc::now();
+        let outcome = CallOutcome {
+            end_reason: EndReason::TwilioStop,
+            path: Some(CallPath::Warm),
+            time_to_first_audio: None,
+            started_at: now,
+            ended_at: now,
+            transcript: vec![
+                line(Role::Agent, "Hello!"),
+                line(Role::Caller, "  "),
+                line(Role::Caller, "What are your hours?"),
+                line(Role::Caller, "Thanks"),
+            ],
+            frames_dropped: 0,
+        };
+        let note = outcome.memory_note().unwrap();
+        assert!(note.ends_with("caller said \"What are your hours?\""), "{note}");
+    }
+
+    #[test]
+    fn end_reasons_describe_which_leg_failed() {
+        assert_eq!(
+            EndReason::RealtimeClosed("1006".into()).describe(),
+            "realtime_closed: 1006"
+        );
+        assert!(EndReason::TwilioStop.is_normal());
+        assert!(!EndReason::RealtimeError("x".into()).is_normal());
+    }
+}

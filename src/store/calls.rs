@@ -1,0 +1,265 @@
+//! Call records and transcripts. The webhook inserts a `ringing` row (idempotent per CallSid);
+//! the end of a call writes the final record, its transcript and the caller-memory update in
+//! one transaction ([`finish_call`]), whether or not the ringing row made it.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set, TransactionTrait,
+    sea_query::{Expr, OnConflict},
+};
+
+use super::{
+    StoreError, callers,
+    entities::{call, transcript_item},
+};
+use crate::domain::ClientId;
+
+/// A call as the webhook first sees it.
+#[derive(Debug, Clone)]
+pub struct NewCall {
+    /// CallSid.
+    pub call_sid: String,
+    /// The client, if the number is known.
+    pub client_id: Option<ClientId>,
+    /// Caller id.
+    pub from: String,
+    /// Number called.
+    pub to: String,
+    /// Initial status (`ringing`, or `rejected` for an unknown number).
+    pub status: String,
+    /// Webhook arrival.
+    pub started_at: DateTime<Utc>,
+}
+
+/// Inserts the call if its CallSid is new (a retried webhook changes nothing).
+pub async fn insert_call(db: &impl ConnectionTrait, new: &NewCall) -> Result<(), StoreError> {
+    let now = Utc::now();
+    let row = call::ActiveModel {
+        call_sid: Set(new.call_sid.clone()),
+        client_id: Set(new.client_id),
+        from_number: Set(new.from.clone()),
+        to_number: Set(new.to.clone()),
+        status: Set(new.status.clone()),
+        started_at: Set(new.started_at),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    };
+    call::Entity::insert(row)
+        .on_conflict(
+            OnConflict::column(call::Column::CallSid)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
+/// Fields a later step sets on a call (only `Some` fields change).
+#[derive(Debug, Clone, Default)]
+pub struct CallPatch {
+    /// New status.
+    pub status: Option<String>,
+    /// warm or cold.
+    pub path: Option<String>,
+    /// Webhook duration.
+    pub webhook_ms: Option<i64>,
+    /// Why it ended (e.g. closed while ringing).
+    pub end_reason: Option<String>,
+    /// When it ended.
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// Applies a patch; returns whether the call exists.
+pub async fn update_call(
+    db: &impl ConnectionTrait,
+    call_sid: &str,
+    patch: &CallPatch,
+) -> Result<bool, StoreError> {
+    let mut q = call::Entity::update_many()
+        .col_expr(call::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(call::Column::CallSid.eq(call_sid));
+    if let Some(v) = &patch.status {
+        q = q.col_expr(call::Column::Status, Expr::value(v.clone()));
+    }
+    if let Some(v) = &patch.path {
+        q = q.col_expr(call::Column::Path, Expr::value(v.clone()));
+    }
+    if let Some(v) = patch.webhook_ms {
+        q = q.col_expr(call::Column::WebhookMs, Expr::value(v));
+    }
+    if let Some(v) = &patch.end_reason {
+        q = q.col_expr(call::Column::EndReason, Expr::value(v.clone()));
+    }
+    if let Some(v) = patch.ended_at {
+        q = q.col_expr(call::Column::EndedAt, Expr::value(v));
+    }
+    Ok(q.exec(db).await?.rows_affected > 0)
+}
+
+/// One transcript line to store.
+#[derive(Debug, Clone)]
+pub struct TranscriptIn {
+    /// caller, agent or system.
+    pub role: String,
+    /// Text.
+    pub text: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// The final record of a call that had a media stream.
+#[derive(Debug, Clone)]
+pub struct FinishedCall {
+    /// Identity (used if the ringing row is missing).
+    pub call: NewCall,
+    /// Media stream.
+    pub stream_sid: Option<String>,
+    /// Final status (`completed`).
+    pub status: String,
+    /// warm or cold.
+    pub path: Option<String>,
+    /// Stream start to first agent audio.
+    pub time_to_first_audio_ms: Option<i64>,
+    /// Stream start.
+    pub answered_at: Option<DateTime<Utc>>,
+    /// End.
+    pub ended_at: DateTime<Utc>,
+    /// Stream duration.
+    pub duration_ms: Option<i64>,
+    /// Why it ended.
+    pub end_reason: String,
+    /// Short note of what it was about.
+    pub summary: Option<String>,
+    /// What was said.
+    pub transcript: Vec<TranscriptIn>,
+    /// Caller memory to update: (name if learnt, note).
+    pub remember: Option<(Option<String>, Option<String>)>,
+}
+
+/// Writes the final call record, its transcript and the caller-memory update atomically.
+pub async fn finish_call(db: &DatabaseConnection, f: &FinishedCall) -> Result<(), StoreError> {
+    let txn = db.begin().await?;
+    insert_call(&txn, &f.call).await?;
+    let mut q = call::Entity::update_many()
+        .col_expr(call::Column::Status, Expr::value(f.status.clone()))
+        .col_expr(call::Column::EndedAt, Expr::value(f.ended_at))
+        .col_expr(call::Column::EndReason, Expr::value(f.end_reason.clone()))
+        .col_expr(call::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(call::Column::CallSid.eq(f.call.call_sid.as_str()));
+    if let Some(v) = &f.stream_sid {
+        q = q.col_expr(call::Column::StreamSid, Expr::value(v.clone()));
+    }
+    if let Some(v) = &f.path {
+        q = q.col_expr(call::Column::Path, Expr::value(v.clone()));
+    }
+    if let Some(v) = f.time_to_first_audio_ms {
+        q = q.col_expr(call::Column::TimeToFirstAudioMs, Expr::value(v));
+    }
+    if let Some(v) = f.answered_at {
+        q = q.col_expr(call::Column::AnsweredAt, Expr::value(v));
+    }
+    if let Some(v) = f.duration_ms {
+        q = q.col_expr(call::Column::DurationMs, Expr::value(v));
+    }
+    if let Some(v) = &f.summary {
+        q = q.col_expr(call::Column::Summary, Expr::value(v.clone()));
+    }
+    q.exec(&txn).await?;
+    let row = call::Entity::find()
+        .filter(call::Column::CallSid.eq(f.call.call_sid.as_str()))
+        .one(&txn)
+        .await?
+        .ok_or(StoreError::NotFound("call"))?;
+    let last_seq: Option<i32> = transcript_item::Entity::find()
+        .select_only()
+        .column_as(transcript_item::Column::Seq.max(), "max_seq")
+        .filter(transcript_item::Column::CallId.eq(row.id))
+        .into_tuple::<Option<i32>>()
+        .one(&txn)
+        .await?
+        .flatten();
+    let start = last_seq.map_or(0, |s| s + 1);
+    if !f.transcript.is_empty() {
+        let rows = f
+            .transcript
+            .iter()
+            .enumerate()
+            .map(|(i, t)| transcript_item::ActiveModel {
+                call_id: Set(row.id),
+                seq: Set(start + i as i32),
+                role: Set(t.role.clone()),
+                text: Set(t.text.clone()),
+                at: Set(t.at),
+                ..Default::default()
+            });
+        transcript_item::Entity::insert_many(rows)
+            .exec_without_returning(&txn)
+            .await?;
+    }
+    if let (Some((name, note)), Some(client_id)) = (&f.remember, f.call.client_id) {
+        callers::record_caller_call(
+            &txn,
+            client_id,
+            &f.call.from,
+            f.ended_at,
+            name.as_deref(),
+            note.as_deref(),
+        )
+        .await?;
+    }
+    txn.commit().await?;
+    Ok(())
+}
+
+/// A call with its transcript in order.
+#[derive(Debug, Clone)]
+pub struct CallWithTranscript {
+    /// The call.
+    pub call: call::Model,
+    /// Its transcript.
+    pub transcript: Vec<transcript_item::Model>,
+}
+
+/// The call with this CallSid.
+pub async fn call_by_sid(
+    db: &DatabaseConnection,
+    call_sid: &str,
+) -> Result<Option<CallWithTranscript>, StoreError> {
+    let Some(call) = call::Entity::find()
+        .filter(call::Column::CallSid.eq(call_sid))
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let transcript = transcript_item::Entity::find()
+        .filter(transcript_item::Column::CallId.eq(call.id))
+        .order_by_asc(transcript_item::Column::Seq)
+        .all(db)
+        .await?;
+    Ok(Some(CallWithTranscript { call, transcript }))
+}
+
+/// Calls, newest first, optionally for one client and before a time.
+pub async fn list_calls(
+    db: &DatabaseConnection,
+    client_id: Option<ClientId>,
+    before: Option<DateTime<Utc>>,
+    limit: u64,
+) -> Result<Vec<call::Model>, StoreError> {
+    let mut q = call::Entity::find();
+    if let Some(id) = client_id {
+        q = q.filter(call::Column::ClientId.eq(id));
+    }
+    if let Some(b) = before {
+        q = q.filter(call::Column::StartedAt.lt(b));
+    }
+    Ok(q.order_by_desc(call::Column::StartedAt)
+        .order_by_desc(call::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?)
+}

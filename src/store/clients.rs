@@ -1,0 +1,414 @@
+//! Clients (businesses), their phone numbers and FAQs: the admin API's CRUD and the webhook's
+//! `client_by_number` (two round trips while the phone rings).
+
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, Set, TransactionTrait,
+    sea_query::{Expr, ExprTrait, Query},
+};
+
+use super::{
+    StoreError,
+    entities::{client, faq, phone_number},
+};
+use crate::{
+    config::PrewarmPolicy,
+    domain::{ClientId, E164, Voice},
+    hours::BusinessHours,
+};
+
+/// A validated client, as the admin API accepts it.
+#[derive(Debug, Clone)]
+pub struct ClientInput {
+    /// Business name (non-empty).
+    pub name: String,
+    /// The agent's prompt.
+    pub instructions: String,
+    /// What the agent says first.
+    pub greeting: String,
+    /// Realtime voice.
+    pub voice: Voice,
+    /// Language code, e.g. `en`.
+    pub language: String,
+    /// IANA timezone (validated).
+    pub timezone: String,
+    /// Weekly schedule.
+    pub business_hours: BusinessHours,
+    /// Per-client prewarm override.
+    pub prewarm_policy: Option<PrewarmPolicy>,
+    /// Where failed calls are transferred.
+    pub fallback_number: Option<E164>,
+    /// Numbers routed to this client.
+    pub phone_numbers: Vec<E164>,
+    /// (question, answer) in order.
+    pub faqs: Vec<(String, String)>,
+}
+
+/// A client with its numbers and FAQs.
+#[derive(Debug, Clone)]
+pub struct ClientProfile {
+    /// The client row.
+    pub client: client::Model,
+    /// Its numbers.
+    pub numbers: Vec<phone_number::Model>,
+    /// Its FAQs in order.
+    pub faqs: Vec<faq::Model>,
+}
+
+impl ClientProfile {
+    /// The per-client prewarm policy, if set and valid.
+    pub fn prewarm_policy(&self) -> Option<PrewarmPolicy> {
+        self.client
+            .prewarm_policy
+            .as_deref()
+            .and_then(|p| p.parse().ok())
+    }
+}
+
+fn active_model(input: &ClientInput, now: chrono::DateTime<Utc>) -> client::ActiveModel {
+    client::ActiveModel {
+        name: Set(input.name.clone()),
+        instructions: Set(input.instructions.clone()),
+        greeting: Set(input.greeting.clone()),
+        voice: Set(input.voice.as_str().to_string()),
+        language: Set(input.language.clone()),
+        timezone: Set(input.timezone.clone()),
+        business_hours: Set(input.business_hours.to_json().to_string()),
+        prewarm_policy: Set(input.prewarm_policy.map(|p| p.as_str().to_string())),
+        fallback_number: Set(input.fallback_number.as_ref().map(|n| n.to_string())),
+        updated_at: Set(now),
+        ..Default::default()
+    }
+}
+
+async fn insert_numbers(
+    db: &impl ConnectionTrait,
+    client_id: ClientId,
+    numbers: &[E164],
+) -> Result<(), StoreError> {
+    let now = Utc::now();
+    for n in numbers {
+        phone_number::ActiveModel {
+            client_id: Set(client_id),
+            number: Set(n.to_string()),
+            active: Set(true),
+            created_at: Set(now),
+            ..Default::default()
+        }
+        .insert(db)
+        .await
+        .map_err(|e| {
+            StoreError::conflict_or_db(e, || {
+                format!("phone number {n} is already assigned to a client")
+            })
+        })?;
+    }
+    Ok(())
+}
+
+async fn replace_faqs(
+    db: &impl ConnectionTrait,
+    client_id: ClientId,
+    faqs: &[(String, String)],
+) -> Result<(), StoreError> {
+    faq::Entity::delete_many()
+        .filter(faq::Column::ClientId.eq(client_id))
+        .exec(db)
+        .await?;
+    for (i, (q, a)) in faqs.iter().enumerate() {
+        faq::ActiveModel {
+            client_id: Set(client_id),
+            question: Set(q.clone()),
+            answer: Set(a.clone()),
+            position: Set(i as i32),
+            ..Default::default()
+        }
+        .insert(db)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Creates a client with its numbers and FAQs in one transaction. A number already owned
+/// (or listed twice) is a `Conflict`.
+pub async fn create_client(
+    db: &DatabaseConnection,
+    input: &ClientInput,
+) -> Result<ClientProfile, StoreError> {
+    let txn = db.begin().await?;
+    let now = Utc::now();
+    let mut am = active_model(input, now);
+    am.created_at = Set(now);
+    let row = am.insert(&txn).await?;
+    insert_numbers(&txn, row.id, &input.phone_numbers).await?;
+    replace_faqs(&txn, row.id, &input.faqs).await?;
+    let profile = load_profile(&txn, row).await?;
+    txn.commit().await?;
+    Ok(profile)
+}
+
+/// Replaces a client's editable fields, its set of numbers (keeping the active flag of numbers
+/// it already had) and its FAQs.
+pub async fn update_client(
+    db: &DatabaseConnection,
+    id: ClientId,
+    input: &ClientInput,
+) -> Result<ClientProfile, StoreError> {
+    let txn = db.begin().await?;
+    client::Entity::find_by_id(id)
+        .one(&txn)
+        .await?
+        .ok_or(StoreError::NotFound("client"))?;
+    let mut am = active_model(input, Utc::now());
+    am.id = Set(id);
+    let row = am.update(&txn).await?;
+    let existing = phone_number::Entity::find()
+        .filter(phone_number::Column::ClientId.eq(id))
+        .all(&txn)
+        .await?;
+    let wanted: Vec<String> = input.phone_numbers.iter().map(|n| n.to_string()).collect();
+    let stale: Vec<i32> = existing
+        .iter()
+        .filter(|n| !wanted.contains(&n.number))
+        .map(|n| n.id)
+        .collect();
+    if !stale.is_empty() {
+        phone_number::Entity::delete_many()
+            .filter(phone_number::Column::Id.is_in(stale))
+            .exec(&txn)
+            .await?;
+    }
+    let new: Vec<E164> = input
+        .phone_numbers
+        .iter()
+        .filter(|n| !existing.iter().any(|e| e.number == n.as_str()))
+        .cloned()
+        .collect();
+    insert_numbers(&txn, id, &new).await?;
+    replace_faqs(&txn, id, &input.faqs).await?;
+    let profile = load_profile(&txn, row).await?;
+    txn.commit().await?;
+    Ok(profile)
+}
+
+/// Deletes a client (numbers, FAQs and callers cascade; calls keep their rows with no client).
+pub async fn delete_client(db: &DatabaseConnection, id: ClientId) -> Result<(), StoreError> {
+    let res = client::Entity::delete_by_id(id).exec(db).await?;
+    if res.rows_affected == 0 {
+        return Err(StoreError::NotFound("client"));
+    }
+    Ok(())
+}
+
+async fn load_profile(
+    db: &impl ConnectionTrait,
+    client: client::Model,
+) -> Result<ClientProfile, StoreError> {
+    let numbers = phone_number::Entity::find()
+        .filter(phone_number::Column::ClientId.eq(client.id))
+        .order_by_asc(phone_number::Column::Id)
+        .all(db)
+        .await?;
+    let faqs = faq::Entity::find()
+        .filter(faq::Column::ClientId.eq(client.id))
+        .order_by_asc(faq::Column::Position)
+        .order_by_asc(faq::Column::Id)
+        .all(db)
+        .await?;
+    Ok(ClientProfile {
+        client,
+        numbers,
+        faqs,
+    })
+}
+
+/// A client with its numbers and FAQs.
+pub async fn get_client(
+    db: &DatabaseConnection,
+    id: ClientId,
+) -> Result<ClientProfile, StoreError> {
+    let client = client::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .ok_or(StoreError::NotFound("client"))?;
+    load_profile(db, client).await
+}
+
+/// Every client, with numbers and FAQs (three queries whatever the count).
+pub async fn list_clients(db: &DatabaseConnection) -> Result<Vec<ClientProfile>, StoreError> {
+    let clients = client::Entity::find()
+        .order_by_asc(client::Column::Id)
+        .all(db)
+        .await?;
+    let numbers = phone_number::Entity::find()
+        .order_by_asc(phone_number::Column::Id)
+        .all(db)
+        .await?;
+    let faqs = faq::Entity::find()
+        .order_by_asc(faq::Column::Position)
+        .order_by_asc(faq::Column::Id)
+        .all(db)
+        .await?;
+    Ok(clients
+        .into_iter()
+        .map(|c| ClientProfile {
+            numbers: numbers
+                .iter()
+                .filter(|n| n.client_id == c.id)
+                .cloned()
+                .collect(),
+            faqs: faqs
+                .iter()
+                .filter(|f| f.client_id == c.id)
+                .cloned()
+                .collect(),
+            client: c,
+        })
+        .collect())
+}
+
+/// The client owning the ACTIVE number `number`, with its FAQs: two round trips (client by a
+/// subquery on numbers, then FAQs). Numbers are not loaded: the call path does not need them.
+pub async fn client_by_number(
+    db: &DatabaseConnection,
+    number: &E164,
+) -> Result<Option<ClientProfile>, StoreError> {
+    let client = client::Entity::find()
+        .filter(
+            client::Column::Id.in_subquery(
+                Query::select()
+                    .column(phone_number::Column::ClientId)
+                    .from(phone_number::Entity)
+                    .and_where(Expr::col(phone_number::Column::Number).eq(number.as_str()))
+                    .and_where(Expr::col(phone_number::Column::Active).eq(true))
+                    .to_owned(),
+            ),
+        )
+        .one(db)
+        .await?;
+    let Some(client) = client else {
+        return Ok(None);
+    };
+    let faqs = faq::Entity::find()
+        .filter(faq::Column::ClientId.eq(client.id))
+        .order_by_asc(faq::Column::Position)
+        .order_by_asc(faq::Column::Id)
+        .all(db)
+        .await?;
+    Ok(Some(ClientProfile {
+        client,
+        numbers: Vec::new(),
+        faqs,
+    }))
+}
+
+/// Adds a number to a client.
+pub async fn add_number(
+    db: &DatabaseConnection,
+    client_id: ClientId,
+    number: &E164,
+) -> Result<phone_number::Model, StoreError> {
+    get_client(db, client_id).await?;
+    insert_numbers(db, client_id, std::slice::from_ref(number)).await?;
+    find_number(db, client_id, number).await
+}
+
+async fn find_number(
+    db: &DatabaseConnection,
+    client_id: ClientId,
+    number: &E164,
+) -> Result<phone_number::Model, StoreError> {
+    phone_number::Entity::find()
+        .filter(phone_number::Column::ClientId.eq(client_id))
+        .filter(phone_number::Column::Number.eq(number.as_str()))
+        .one(db)
+        .await?
+        .ok_or(StoreError::NotFound("phone number"))
+}
+
+/// Turns a client's number on or off.
+pub async fn set_number_active(
+    db: &DatabaseConnection,
+    client_id: ClientId,
+    number: &E164,
+    active: bool,
+) -> Result<phone_number::Model, StoreError> {
+    let row = find_number(db, client_id, number).await?;
+    let mut am: phone_number::ActiveModel = row.into();
+    am.active = Set(active);
+    Ok(am.update(db).await?)
+}
+
+/// Removes a number from a client.
+pub async fn delete_number(
+    db: &DatabaseConnection,
+    client_id: ClientId,
+    number: &E164,
+) -> Result<(), StoreError> {
+    let row = find_number(db, client_id, number).await?;
+    phone_number::Entity::delete_by_id(row.id).exec(db).await?;
+    Ok(())
+}
+
+/// Appends an FAQ.
+pub async fn add_faq(
+    db: &DatabaseConnection,
+    client_id: ClientId,
+    question: &str,
+    answer: &str,
+) -> Result<faq::Model, StoreError> {
+    let profile = get_client(db, client_id).await?;
+    let position = profile
+        .faqs
+        .iter()
+        .map(|f| f.position + 1)
+        .max()
+        .unwrap_or(0);
+    Ok(faq::ActiveModel {
+        client_id: Set(client_id),
+        question: Set(question.to_string()),
+        answer: Set(answer.to_string()),
+        position: Set(position),
+        ..Default::default()
+    }
+    .insert(db)
+    .await?)
+}
+
+async fn find_faq(
+    db: &DatabaseConnection,
+    client_id: ClientId,
+    faq_id: i32,
+) -> Result<faq::Model, StoreError> {
+    faq::Entity::find_by_id(faq_id)
+        .filter(faq::Column::ClientId.eq(client_id))
+        .one(db)
+        .await?
+        .ok_or(StoreError::NotFound("faq"))
+}
+
+/// Replaces an FAQ's text.
+pub async fn update_faq(
+    db: &DatabaseConnection,
+    client_id: ClientId,
+    faq_id: i32,
+    question: &str,
+    answer: &str,
+) -> Result<faq::Model, StoreError> {
+    let mut am: faq::ActiveModel = find_faq(db, client_id, faq_id).await?.into();
+    am.question = Set(question.to_string());
+    am.answer = Set(answer.to_string());
+    Ok(am.update(db).await?)
+}
+
+/// Deletes an FAQ.
+pub async fn delete_faq(
+    db: &DatabaseConnection,
+    client_id: ClientId,
+    faq_id: i32,
+) -> Result<(), StoreError> {
+    let row = find_faq(db, client_id, faq_id).await?;
+    faq::Entity::delete_by_id(row.id).exec(db).await?;
+    Ok(())
+}
