@@ -518,11 +518,11 @@ fn toml_quote(s: &str) -> String {
     out
 }
 
-/// Replaces the password of a URL (`postgres://user:pw@host/db`) with `[redacted]`.
+/// Replaces the password of a URL (`postgres://user:pw@host/db`) with `REDACTED`.
 pub fn redact_url_password(raw: &str) -> String {
     match Url::parse(raw) {
         Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("[redacted]"));
+            let _ = url.set_password(Some("REDACTED"));
             url.to_string()
         }
         _ => raw.to_string(),

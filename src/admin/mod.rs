@@ -1,10 +1,308 @@
-//! The admin REST API under `/admin/api/v1` (Bearer `admin.token`; off when the token is empty).
+//! The admin REST API under `/admin/api/v1` (DESIGN.md "HTTP surface"): clients, their numbers
+//! and FAQs, caller memory (with deletion for privacy requests) and calls.
+//!
+//! Invariants: every route but `openapi.json` needs `Authorization: Bearer <admin.token>`,
+//! compared in constant time; with no token configured the routes are not mounted at all.
+//! Every error is `{"error":{"code","message"}}` ([`error::ApiError`]).
 
-use axum::Router;
+pub mod dto;
+pub mod error;
 
-use crate::app::AppState;
+use axum::{
+    Json, Router,
+    extract::{Path, Query, Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use self::{
+    dto::{
+        CallOut, CallerOut, ClientIn, ClientOut, FaqIn, FaqOut, NumberIn, NumberOut, NumberPatch,
+        e164,
+    },
+    error::{ApiError, ValidJson},
+};
+use crate::{
+    app::AppState,
+    store::{callers, calls, clients},
+};
+
+/// Where the admin API lives.
+pub const BASE: &str = "/admin/api/v1";
+
+#[derive(OpenApi)]
+#[openapi(info(
+    title = "warmline admin API",
+    description = "Configure clients, numbers, FAQs; read calls and transcripts; erase caller memory."
+))]
+struct ApiDoc;
 
 /// The admin routes; empty when `admin.token` is not set.
-pub fn router(_state: &AppState) -> Router<AppState> {
+pub fn router(state: &AppState) -> Router<AppState> {
+    if state.settings.admin.token.is_empty() {
+        return Router::new();
+    }
+    let (api, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(list_clients, create_client))
+        .routes(routes!(get_client, replace_client, delete_client))
+        .routes(routes!(list_numbers, add_number))
+        .routes(routes!(set_number, delete_number))
+        .routes(routes!(list_faqs, add_faq))
+        .routes(routes!(update_faq, delete_faq))
+        .routes(routes!(list_callers))
+        .routes(routes!(get_caller, delete_caller))
+        .routes(routes!(list_calls))
+        .routes(routes!(get_call))
+        .split_for_parts();
+    // Paths in the document are the full ones operators call.
+    doc.paths.paths = std::mem::take(&mut doc.paths.paths)
+        .into_iter()
+        .map(|(p, item)| (format!("{BASE}{p}"), item))
+        .collect();
+    let doc_json = doc.to_pretty_json().unwrap_or_else(|_| "{}".into());
+    let api = api.layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
+        .route(
+            &format!("{BASE}/openapi.json"),
+            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc_json) }),
+        )
+        .nest(BASE, api)
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let expected = state.settings.admin.token.expose().as_bytes();
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default()
+        .as_bytes();
+    if given.len() == expected.len() && bool::from(given.ct_eq(expected)) {
+        next.run(req).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// List clients.
+#[utoipa::path(get, path = "/clients", responses((status = 200, body = Vec<ClientOut>)))]
+async fn list_clients(State(s): State<AppState>) -> ApiResult<Json<Vec<ClientOut>>> {
+    let all = clients::list_clients(&s.db).await?;
+    Ok(Json(all.into_iter().map(ClientOut::from).collect()))
+}
+
+/// Create a client with its numbers and FAQs.
+#[utoipa::path(post, path = "/clients", request_body = ClientIn,
+    responses((status = 201, body = ClientOut), (status = 409), (status = 422)))]
+async fn create_client(
+    State(s): State<AppState>,
+    ValidJson(body): ValidJson<ClientIn>,
+) -> ApiResult<(StatusCode, Json<ClientOut>)> {
+    let input = body.validate()?;
+    let created = clients::create_client(&s.db, &input).await?;
+    tracing::info!(client_id = created.client.id, name = %created.client.name, "client created");
+    Ok((StatusCode::CREATED, Json(created.into())))
+}
+
+/// Get a client.
+#[utoipa::path(get, path = "/clients/{id}", responses((status = 200, body = ClientOut), (status = 404)))]
+async fn get_client(State(s): State<AppState>, Path(id): Path<i32>) -> ApiResult<Json<ClientOut>> {
+    Ok(Json(clients::get_client(&s.db, id).await?.into()))
+}
+
+/// Replace a client's fields, numbers and FAQs.
+#[utoipa::path(put, path = "/clients/{id}", request_body = ClientIn,
+    responses((status = 200, body = ClientOut), (status = 404), (status = 409), (status = 422)))]
+async fn replace_client(
+    State(s): State<AppState>,
+    Path(id): Path<i32>,
+    ValidJson(body): ValidJson<ClientIn>,
+) -> ApiResult<Json<ClientOut>> {
+    let input = body.validate()?;
+    Ok(Json(
+        clients::update_client(&s.db, id, &input).await?.into(),
+    ))
+}
+
+/// Delete a client.
+#[utoipa::path(delete, path = "/clients/{id}", responses((status = 204), (status = 404)))]
+async fn delete_client(State(s): State<AppState>, Path(id): Path<i32>) -> ApiResult<StatusCode> {
+    clients::delete_client(&s.db, id).await?;
+    tracing::info!(client_id = id, "client deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A client's numbers.
+#[utoipa::path(get, path = "/clients/{id}/numbers", responses((status = 200, body = Vec<NumberOut>)))]
+async fn list_numbers(
+    State(s): State<AppState>,
+    Path(id): Path<i32>,
+) -> ApiResult<Json<Vec<NumberOut>>> {
+    let p = clients::get_client(&s.db, id).await?;
+    Ok(Json(p.numbers.iter().map(NumberOut::from).collect()))
+}
+
+/// Add a number.
+#[utoipa::path(post, path = "/clients/{id}/numbers", request_body = NumberIn,
+    responses((status = 201, body = NumberOut), (status = 404), (status = 409), (status = 422)))]
+async fn add_number(
+    State(s): State<AppState>,
+    Path(id): Path<i32>,
+    ValidJson(body): ValidJson<NumberIn>,
+) -> ApiResult<(StatusCode, Json<NumberOut>)> {
+    let n = e164("number", &body.number)?;
+    let mut row = clients::add_number(&s.db, id, &n).await?;
+    if body.active == Some(false) {
+        row = clients::set_number_active(&s.db, id, &n, false).await?;
+    }
+    Ok((StatusCode::CREATED, Json((&row).into())))
+}
+
+/// Turn a number on or off.
+#[utoipa::path(put, path = "/clients/{id}/numbers/{number}", request_body = NumberPatch,
+    responses((status = 200, body = NumberOut), (status = 404)))]
+async fn set_number(
+    State(s): State<AppState>,
+    Path((id, number)): Path<(i32, String)>,
+    ValidJson(body): ValidJson<NumberPatch>,
+) -> ApiResult<Json<NumberOut>> {
+    let n = e164("number", &number)?;
+    let row = clients::set_number_active(&s.db, id, &n, body.active).await?;
+    Ok(Json((&row).into()))
+}
+
+/// Remove a number.
+#[utoipa::path(delete, path = "/clients/{id}/numbers/{number}", responses((status = 204), (status = 404)))]
+async fn delete_number(
+    State(s): State<AppState>,
+    Path((id, number)): Path<(i32, String)>,
+) -> ApiResult<StatusCode> {
+    let n = e164("number", &number)?;
+    clients::delete_number(&s.db, id, &n).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A client's FAQs.
+#[utoipa::path(get, path = "/clients/{id}/faqs", responses((status = 200, body = Vec<FaqOut>)))]
+async fn list_faqs(State(s): State<AppState>, Path(id): Path<i32>) -> ApiResult<Json<Vec<FaqOut>>> {
+    let p = clients::get_client(&s.db, id).await?;
+    Ok(Json(p.faqs.iter().map(FaqOut::from).collect()))
+}
+
+/// Add an FAQ.
+#[utoipa::path(post, path = "/clients/{id}/faqs", request_body = FaqIn,
+    responses((status = 201, body = FaqOut), (status = 404), (status = 422)))]
+async fn add_faq(
+    State(s): State<AppState>,
+    Path(id): Path<i32>,
+    ValidJson(body): ValidJson<FaqIn>,
+) -> ApiResult<(StatusCode, Json<FaqOut>)> {
+    let (q, a) = body.validate("faq")?;
+    let row = clients::add_faq(&s.db, id, &q, &a).await?;
+    Ok((StatusCode::CREATED, Json((&row).into())))
+}
+
+/// Replace an FAQ.
+#[utoipa::path(put, path = "/clients/{id}/faqs/{faq_id}", request_body = FaqIn,
+    responses((status = 200, body = FaqOut), (status = 404), (status = 422)))]
+async fn update_faq(
+    State(s): State<AppState>,
+    Path((id, faq_id)): Path<(i32, i32)>,
+    ValidJson(body): ValidJson<FaqIn>,
+) -> ApiResult<Json<FaqOut>> {
+    let (q, a) = body.validate("faq")?;
+    let row = clients::update_faq(&s.db, id, faq_id, &q, &a).await?;
+    Ok(Json((&row).into()))
+}
+
+/// Delete an FAQ.
+#[utoipa::path(delete, path = "/clients/{id}/faqs/{faq_id}", responses((status = 204), (status = 404)))]
+async fn delete_faq(
+    State(s): State<AppState>,
+    Path((id, faq_id)): Path<(i32, i32)>,
+) -> ApiResult<StatusCode> {
+    clients::delete_faq(&s.db, id, faq_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Callers a client remembers.
+#[utoipa::path(get, path = "/clients/{id}/callers", responses((status = 200, body = Vec<CallerOut>)))]
+async fn list_callers(
+    State(s): State<AppState>,
+    Path(id): Path<i32>,
+) -> ApiResult<Json<Vec<CallerOut>>> {
+    clients::get_client(&s.db, id).await?;
+    let all = callers::list_callers(&s.db, id).await?;
+    Ok(Json(all.into_iter().map(CallerOut::from).collect()))
+}
+
+/// What a client remembers of one caller (phone URL-encoded, e.g. `%2B14155550100`).
+#[utoipa::path(get, path = "/clients/{id}/callers/{phone}", responses((status = 200, body = CallerOut), (status = 404)))]
+async fn get_caller(
+    State(s): State<AppState>,
+    Path((id, phone)): Path<(i32, String)>,
+) -> ApiResult<Json<CallerOut>> {
+    let c = callers::get_caller(&s.db, id, &phone)
+        .await?
+        .ok_or(ApiError::NotFound("caller"))?;
+    Ok(Json(c.into()))
+}
+
+/// Erase a caller's memory and their transcripts (privacy request).
+#[utoipa::path(delete, path = "/clients/{id}/callers/{phone}", responses((status = 204), (status = 404)))]
+async fn delete_caller(
+    State(s): State<AppState>,
+    Path((id, phone)): Path<(i32, String)>,
+) -> ApiResult<StatusCode> {
+    callers::delete_caller(&s.db, id, &phone).await?;
+    tracing::info!(
+        client_id = id,
+        "caller memory and transcripts erased on request"
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Filters for `GET /calls`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+struct CallsQuery {
+    /// Only this client's calls.
+    client_id: Option<i32>,
+    /// At most this many (default 50, max 500).
+    limit: Option<u64>,
+    /// Only calls started before this time (RFC 3339), for paging.
+    before: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Calls, newest first.
+#[utoipa::path(get, path = "/calls", params(CallsQuery), responses((status = 200, body = Vec<CallOut>)))]
+async fn list_calls(
+    State(s): State<AppState>,
+    query: Result<Query<CallsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<CallOut>>> {
+    let Query(q) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let rows = calls::list_calls(&s.db, q.client_id, q.before, limit).await?;
+    Ok(Json(rows.into_iter().map(CallOut::from).collect()))
+}
+
+/// One call with its transcript.
+#[utoipa::path(get, path = "/calls/{call_sid}", responses((status = 200, body = CallOut), (status = 404)))]
+async fn get_call(
+    State(s): State<AppState>,
+    Path(call_sid): Path<String>,
+) -> ApiResult<Json<CallOut>> {
+    let c = calls::call_by_sid(&s.db, &call_sid)
+        .await?
+        .ok_or(ApiError::NotFound("call"))?;
+    Ok(Json(c.into()))
 }

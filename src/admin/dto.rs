@@ -1,0 +1,389 @@
+//! Admin API request and response bodies (`In` in, `Out` out), validated into store inputs.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::ApiError;
+use crate::{
+    config::PrewarmPolicy,
+    domain::{E164, Voice},
+    hours::BusinessHours,
+    store::{
+        callers::CallerMemory,
+        calls::CallWithTranscript,
+        clients::{ClientInput, ClientProfile},
+        entities::{call, faq, phone_number},
+    },
+};
+
+/// A client, as created (POST) or replaced (PUT).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIn {
+    /// Business name.
+    pub name: String,
+    /// E.164 numbers routed to this client.
+    pub phone_numbers: Vec<String>,
+    /// The agent's prompt.
+    pub instructions: String,
+    /// What the agent says first.
+    pub greeting: String,
+    /// Realtime voice (alloy, ash, ballad, coral, echo, sage, shimmer, verse, marin, cedar).
+    pub voice: String,
+    /// Language code, default `en`.
+    #[serde(default)]
+    pub language: Option<String>,
+    /// IANA timezone, default `UTC`.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Weekly schedule, e.g. `{"mon":[["09:00","17:00"]]}`.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub business_hours: Option<serde_json::Value>,
+    /// always, known_callers or never (overrides `prewarm.policy`).
+    #[serde(default)]
+    pub prewarm_policy: Option<String>,
+    /// Where failed calls are transferred (E.164).
+    #[serde(default)]
+    pub fallback_number: Option<String>,
+    /// FAQs in order.
+    #[serde(default)]
+    pub faqs: Vec<FaqIn>,
+}
+
+/// An FAQ.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaqIn {
+    /// Question.
+    pub question: String,
+    /// Answer.
+    pub answer: String,
+}
+
+/// A number to add.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NumberIn {
+    /// E.164.
+    pub number: String,
+    /// Default true.
+    #[serde(default)]
+    pub active: Option<bool>,
+}
+
+/// A number's active flag.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NumberPatch {
+    /// Whether calls to it are answered.
+    pub active: bool,
+}
+
+fn invalid(field: &str, msg: impl std::fmt::Display) -> ApiError {
+    ApiError::Invalid(format!("{field}: {msg}"))
+}
+
+fn non_empty(field: &str, v: &str, max: usize) -> Result<String, ApiError> {
+    let t = v.trim();
+    if t.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if t.chars().count() > max {
+        return Err(invalid(field, format!("must be at most {max} characters")));
+    }
+    Ok(t.to_string())
+}
+
+/// Parses an E.164 field.
+pub fn e164(field: &str, v: &str) -> Result<E164, ApiError> {
+    E164::parse(v).map_err(|e| invalid(field, e))
+}
+
+impl FaqIn {
+    /// Validates the texts.
+    pub fn validate(&self, field: &str) -> Result<(String, String), ApiError> {
+        Ok((
+            non_empty(&format!("{field}.question"), &self.question, 1000)?,
+            non_empty(&format!("{field}.answer"), &self.answer, 4000)?,
+        ))
+    }
+}
+
+impl ClientIn {
+    /// Validates every field into a store input; errors name the field.
+    pub fn validate(&self) -> Result<ClientInput, ApiError> {
+        let mut numbers = Vec::with_capacity(self.phone_numbers.len());
+        for (i, n) in self.phone_numbers.iter().enumerate() {
+            let n = e164(&format!("phone_numbers[{i}]"), n)?;
+            if numbers.contains(&n) {
+                return Err(ApiError::Conflict(format!(
+                    "phone number {n} is listed twice"
+                )));
+            }
+            numbers.push(n);
+        }
+        let timezone = self.timezone.clone().unwrap_or_else(|| "UTC".into());
+        if timezone.parse::<chrono_tz::Tz>().is_err() {
+            return Err(invalid(
+                "timezone",
+                format!("unknown IANA timezone {timezone:?}"),
+            ));
+        }
+        let language = self.language.clone().unwrap_or_else(|| "en".into());
+        let lang_ok = (2..=12).contains(&language.len())
+            && language
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !lang_ok {
+            return Err(invalid(
+                "language",
+                "must be a language code such as en or en-US",
+            ));
+        }
+        Ok(ClientInput {
+            name: non_empty("name", &self.name, 200)?,
+            instructions: non_empty("instructions", &self.instructions, 20_000)?,
+            greeting: non_empty("greeting", &self.greeting, 1000)?,
+            voice: Voice::parse(&self.voice).map_err(|e| invalid("voice", e))?,
+            language,
+            timezone,
+            business_hours: BusinessHours::parse(
+                self.business_hours
+                    .as_ref()
+                    .unwrap_or(&serde_json::Value::Null),
+            )
+            .map_err(|e| invalid("business_hours", e))?,
+            prewarm_policy: self
+                .prewarm_policy
+                .as_deref()
+                .map(|p| p.parse::<PrewarmPolicy>())
+                .transpose()
+                .map_err(|e| invalid("prewarm_policy", e))?,
+            fallback_number: self
+                .fallback_number
+                .as_deref()
+                .map(|n| e164("fallback_number", n))
+                .transpose()?,
+            phone_numbers: numbers,
+            faqs: self
+                .faqs
+                .iter()
+                .enumerate()
+                .map(|(i, f)| f.validate(&format!("faqs[{i}]")))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+/// A phone number.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NumberOut {
+    /// E.164.
+    pub number: String,
+    /// Whether calls are answered.
+    pub active: bool,
+}
+
+impl From<&phone_number::Model> for NumberOut {
+    fn from(n: &phone_number::Model) -> Self {
+        Self {
+            number: n.number.clone(),
+            active: n.active,
+        }
+    }
+}
+
+/// An FAQ.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FaqOut {
+    /// Id.
+    pub id: i32,
+    /// Question.
+    pub question: String,
+    /// Answer.
+    pub answer: String,
+}
+
+impl From<&faq::Model> for FaqOut {
+    fn from(f: &faq::Model) -> Self {
+        Self {
+            id: f.id,
+            question: f.question.clone(),
+            answer: f.answer.clone(),
+        }
+    }
+}
+
+/// A client.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClientOut {
+    /// Id.
+    pub id: i32,
+    /// Name.
+    pub name: String,
+    /// Numbers.
+    pub phone_numbers: Vec<NumberOut>,
+    /// Prompt.
+    pub instructions: String,
+    /// Greeting.
+    pub greeting: String,
+    /// Voice.
+    pub voice: String,
+    /// Language.
+    pub language: String,
+    /// Timezone.
+    pub timezone: String,
+    /// Weekly schedule.
+    #[schema(value_type = Object)]
+    pub business_hours: serde_json::Value,
+    /// Prewarm override.
+    pub prewarm_policy: Option<String>,
+    /// Fallback number.
+    pub fallback_number: Option<String>,
+    /// FAQs.
+    pub faqs: Vec<FaqOut>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Updated.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<ClientProfile> for ClientOut {
+    fn from(p: ClientProfile) -> Self {
+        let c = p.client;
+        Self {
+            id: c.id,
+            name: c.name,
+            phone_numbers: p.numbers.iter().map(NumberOut::from).collect(),
+            instructions: c.instructions,
+            greeting: c.greeting,
+            voice: c.voice,
+            language: c.language,
+            timezone: c.timezone,
+            business_hours: BusinessHours::from_stored(&c.business_hours).to_json(),
+            prewarm_policy: c.prewarm_policy,
+            fallback_number: c.fallback_number,
+            faqs: p.faqs.iter().map(FaqOut::from).collect(),
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+        }
+    }
+}
+
+/// What a client remembers of a caller.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CallerOut {
+    /// Phone as Twilio gave it.
+    pub phone: String,
+    /// Name, if known.
+    pub name: Option<String>,
+    /// Calls so far.
+    pub call_count: i32,
+    /// First call.
+    pub first_call_at: DateTime<Utc>,
+    /// Latest call.
+    pub last_call_at: DateTime<Utc>,
+    /// Notes, newest last.
+    pub memory: String,
+}
+
+impl From<CallerMemory> for CallerOut {
+    fn from(c: CallerMemory) -> Self {
+        Self {
+            phone: c.phone,
+            name: c.name,
+            call_count: c.call_count,
+            first_call_at: c.first_call_at,
+            last_call_at: c.last_call_at,
+            memory: c.memory,
+        }
+    }
+}
+
+/// A call.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CallOut {
+    /// CallSid.
+    pub call_sid: String,
+    /// Client.
+    pub client_id: Option<i32>,
+    /// Caller id.
+    pub from: String,
+    /// Number called.
+    pub to: String,
+    /// Status.
+    pub status: String,
+    /// warm or cold.
+    pub path: Option<String>,
+    /// Webhook duration.
+    pub webhook_ms: Option<i64>,
+    /// Stream start to first agent audio.
+    pub time_to_first_audio_ms: Option<i64>,
+    /// Webhook arrival.
+    pub started_at: DateTime<Utc>,
+    /// Stream start.
+    pub answered_at: Option<DateTime<Utc>>,
+    /// End.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Stream duration.
+    pub duration_ms: Option<i64>,
+    /// Why it ended.
+    pub end_reason: Option<String>,
+    /// Short summary.
+    pub summary: Option<String>,
+    /// Transcript (only on GET /calls/{call_sid}).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<Vec<TranscriptOut>>,
+}
+
+/// A transcript line.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TranscriptOut {
+    /// caller, agent or system.
+    pub role: String,
+    /// Text.
+    pub text: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+impl From<call::Model> for CallOut {
+    fn from(c: call::Model) -> Self {
+        Self {
+            call_sid: c.call_sid,
+            client_id: c.client_id,
+            from: c.from_number,
+            to: c.to_number,
+            status: c.status,
+            path: c.path,
+            webhook_ms: c.webhook_ms,
+            time_to_first_audio_ms: c.time_to_first_audio_ms,
+            started_at: c.started_at,
+            answered_at: c.answered_at,
+            ended_at: c.ended_at,
+            duration_ms: c.duration_ms,
+            end_reason: c.end_reason,
+            summary: c.summary,
+            transcript: None,
+        }
+    }
+}
+
+impl From<CallWithTranscript> for CallOut {
+    fn from(c: CallWithTranscript) -> Self {
+        let mut out = CallOut::from(c.call);
+        out.transcript = Some(
+            c.transcript
+                .into_iter()
+                .map(|t| TranscriptOut {
+                    role: t.role,
+                    text: t.text,
+                    at: t.at,
+                })
+                .collect(),
+        );
+        out
+    }
+}

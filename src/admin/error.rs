@@ -1,0 +1,113 @@
+//! The admin API's one error type and its JSON extractor (style.md §4): every failure is
+//! `{"error":{"code","message"}}` with the right status; 5xx causes are logged, not shown.
+
+use axum::body::Bytes;
+use axum::{
+    Json,
+    extract::{FromRequest, Request, rejection::BytesRejection},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::de::DeserializeOwned;
+
+use crate::store::StoreError;
+
+/// An admin API failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the body is not JSON.
+    #[error("{0}")]
+    BadJson(String),
+    /// 401: missing or wrong token.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// 404.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// 409: a unique constraint.
+    #[error("{0}")]
+    Conflict(String),
+    /// 422: a field is invalid; the message names it.
+    #[error("{0}")]
+    Invalid(String),
+    /// 500: logged, not shown.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => Self::NotFound(what),
+            StoreError::Conflict(msg) => Self::Conflict(msg),
+            StoreError::Db(db) => Self::Internal(anyhow::Error::new(db).context("database")),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let Self::Internal(cause) = &self {
+            tracing::error!(error = format!("{cause:#}"), "admin API internal error");
+        }
+        let body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// A JSON body whose errors name the field: syntax errors are 400, shape errors 422.
+pub struct ValidJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ValidJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !is_json {
+            return Err(ApiError::BadJson(
+                "expected Content-Type: application/json".into(),
+            ));
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e: BytesRejection| ApiError::BadJson(e.body_text()))?;
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        match serde_path_to_error::deserialize(de) {
+            Ok(v) => Ok(Self(v)),
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if inner.is_syntax() || inner.is_eof() {
+                    Err(ApiError::BadJson(format!("malformed JSON: {inner}")))
+                } else if path == "." {
+                    Err(ApiError::Invalid(inner.to_string()))
+                } else {
+                    Err(ApiError::Invalid(format!("{path}: {inner}")))
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! warmline's integration tests: one binary, one module per area. Each test starts the real
+//! app on 127.0.0.1:0 with a fresh database (SQLite, and Postgres for storage tests) and talks
+//! to it through real sockets. No test reaches OpenAI or Twilio: the fakes in `sim` stand in.
+
+mod admin;
+mod cli;
+mod store;
+mod support;

@@ -1,0 +1,218 @@
+//! Storage behaviour on SQLite and Postgres: migrations, the client lookup on the call path,
+//! the atomic caller upsert, the transactional end-of-call write, and privacy deletion.
+
+use chrono::Utc;
+use warmline::{
+    domain::E164,
+    store::{
+        callers,
+        calls::{self, FinishedCall, NewCall, TranscriptIn},
+        clients,
+    },
+};
+
+use crate::both_backends;
+
+both_backends!(migrations_are_all_applied, |app| {
+    let status = warmline::store::migration_status(&app.state.db)
+        .await
+        .unwrap();
+    assert!(!status.is_empty());
+    assert!(status.iter().all(|(_, applied)| *applied), "{status:?}");
+    // Applying again is a no-op.
+    warmline::store::migrate(&app.state.db).await.unwrap();
+});
+
+both_backends!(client_by_number_ignores_inactive_numbers, |app| {
+    let client = app.create_client("Bright Smile", "+15005550006").await;
+    let id = client["id"].as_i64().unwrap() as i32;
+    let number = E164::parse("+15005550006").unwrap();
+    let found = clients::client_by_number(&app.state.db, &number)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.client.id, id);
+    assert_eq!(found.faqs.len(), 1);
+    clients::set_number_active(&app.state.db, id, &number, false)
+        .await
+        .unwrap();
+    assert!(
+        clients::client_by_number(&app.state.db, &number)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let other = E164::parse("+15005550007").unwrap();
+    assert!(
+        clients::client_by_number(&app.state.db, &other)
+            .await
+            .unwrap()
+            .is_none()
+    );
+});
+
+both_backends!(concurrent_calls_from_one_caller_count_exactly, |app| {
+    let client = app.create_client("Bright Smile", "+15005550006").await;
+    let id = client["id"].as_i64().unwrap() as i32;
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let db = app.state.db.clone();
+            tokio::spawn(async move {
+                callers::record_caller_call(
+                    &db,
+                    id,
+                    "+14155550100",
+                    Utc::now(),
+                    None,
+                    Some(&format!("note {i}")),
+                )
+                .await
+                .unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let c = callers::get_caller(&app.state.db, id, "+14155550100")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.call_count, 50);
+    assert_eq!(c.memory.lines().count(), 50, "every note kept");
+});
+
+both_backends!(caller_memory_is_bounded_and_keeps_the_newest_notes, |app| {
+    let client = app.create_client("Bright Smile", "+15005550006").await;
+    let id = client["id"].as_i64().unwrap() as i32;
+    for i in 0..40 {
+        let note = format!("call {i:02}: {}", "x".repeat(80));
+        callers::record_caller_call(
+            &app.state.db,
+            id,
+            "+1415",
+            Utc::now(),
+            Some("Dana"),
+            Some(&note),
+        )
+        .await
+        .unwrap();
+    }
+    let c = callers::get_caller(&app.state.db, id, "+1415")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(c.memory.chars().count() <= callers::MEMORY_MAX_CHARS);
+    assert!(c.memory.ends_with(&format!("call 39: {}", "x".repeat(80))));
+    assert!(!c.memory.contains("call 00"));
+    assert_eq!(c.name.as_deref(), Some("Dana"));
+    assert_eq!(c.call_count, 40);
+});
+
+fn finished(client_id: i32, sid: &str, said: &str) -> FinishedCall {
+    let now = Utc::now();
+    FinishedCall {
+        call: NewCall {
+            call_sid: sid.into(),
+            client_id: Some(client_id),
+            from: "+14155550100".into(),
+            to: "+15005550006".into(),
+            status: "ringing".into(),
+            started_at: now,
+        },
+        stream_sid: Some("MZ1".into()),
+        status: "completed".into(),
+        path: Some("warm".into()),
+        time_to_first_audio_ms: Some(1),
+        answered_at: Some(now),
+        ended_at: now,
+        duration_ms: Some(4200),
+        end_reason: "twilio_stop".into(),
+        summary: Some(said.into()),
+        transcript: vec![
+            TranscriptIn {
+                role: "agent".into(),
+                text: "Hello!".into(),
+                at: now,
+            },
+            TranscriptIn {
+                role: "caller".into(),
+                text: said.into(),
+                at: now,
+            },
+        ],
+        remember: Some((None, Some(format!("asked: {said}")))),
+    }
+}
+
+both_backends!(
+    finish_call_writes_record_transcript_and_memory_together,
+    |app| {
+        let client = app.create_client("Bright Smile", "+15005550006").await;
+        let id = client["id"].as_i64().unwrap() as i32;
+        // The ringing row exists for the first call, not for the second (webhook write lost).
+        calls::insert_call(&app.state.db, &finished(id, "CA1", "").call)
+            .await
+            .unwrap();
+        calls::finish_call(&app.state.db, &finished(id, "CA1", "What are your hours?"))
+            .await
+            .unwrap();
+        calls::finish_call(&app.state.db, &finished(id, "CA2", "Can I book?"))
+            .await
+            .unwrap();
+        let c1 = calls::call_by_sid(&app.state.db, "CA1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(c1.call.status, "completed");
+        assert_eq!(c1.call.path.as_deref(), Some("warm"));
+        let lines: Vec<_> = c1
+            .transcript
+            .iter()
+            .map(|t| (t.role.as_str(), t.text.as_str()))
+            .collect();
+        assert_eq!(
+            lines,
+            [("agent", "Hello!"), ("caller", "What are your hours?")]
+        );
+        let memory = callers::get_caller(&app.state.db, id, "+14155550100")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(memory.call_count, 2);
+        assert!(
+            memory.memory.contains("What are your hours?") && memory.memory.contains("Can I book?")
+        );
+        let listed = calls::list_calls(&app.state.db, Some(id), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 2);
+    }
+);
+
+both_backends!(deleting_a_caller_erases_memory_and_transcripts, |app| {
+    let client = app.create_client("Bright Smile", "+15005550006").await;
+    let id = client["id"].as_i64().unwrap() as i32;
+    calls::finish_call(&app.state.db, &finished(id, "CA1", "My name is Dana"))
+        .await
+        .unwrap();
+    callers::delete_caller(&app.state.db, id, "+14155550100")
+        .await
+        .unwrap();
+    assert!(
+        callers::get_caller(&app.state.db, id, "+14155550100")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let c1 = calls::call_by_sid(&app.state.db, "CA1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(c1.transcript.is_empty());
+    assert!(c1.call.summary.is_none());
+    assert!(matches!(
+        callers::delete_caller(&app.state.db, id, "+19995550000").await,
+        Err(warmline::store::StoreError::NotFound(_))
+    ));
+});

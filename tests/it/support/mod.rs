@@ -1,0 +1,246 @@
+//! Test harness: `spawn_app` starts the real router on 127.0.0.1:0 with a fresh database and
+//! returns handles for assertions (z2p `spawn_app`, svix `start_svix_server`).
+//!
+//! Backends: SQLite (a file in a temp dir) and Postgres (a fresh database per test on
+//! `TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`, dropped afterwards).
+//! Postgres tests FAIL when the server is unreachable, unless `TEST_POSTGRES=skip`.
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sea_orm::{ConnectionTrait, Database};
+use warmline::{app::AppState, config::Settings};
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in a temp dir.
+    Sqlite,
+    /// A fresh Postgres database.
+    Postgres,
+}
+
+/// The admin token every test app uses.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// The Twilio auth token every test app uses.
+pub const AUTH_TOKEN: &str = "test-twilio-auth-token";
+
+/// A running app.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The app's state (database, metrics, registry).
+    pub state: AppState,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    /// Which backend.
+    pub backend: Backend,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+    pg_db: Option<String>,
+}
+
+fn postgres_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Whether Postgres tests were explicitly turned off.
+pub fn postgres_skipped() -> bool {
+    std::env::var("TEST_POSTGRES").is_ok_and(|v| v == "skip")
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+async fn fresh_postgres() -> (String, String) {
+    let admin_url = postgres_url();
+    let admin = Database::connect(&admin_url).await.unwrap_or_else(|e| {
+        panic!(
+            "Postgres at TEST_POSTGRES_URL ({admin_url}) is unreachable: {e}. \
+             Start it, or set TEST_POSTGRES=skip to skip the Postgres variants explicitly."
+        )
+    });
+    let name = format!(
+        "warmline_test_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        rand_suffix()
+    );
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .expect("CREATE DATABASE");
+    admin.close().await.ok();
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("postgres URL has a database");
+    (format!("{base}/{name}"), name)
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+}
+
+/// Starts the app on `backend` with the defaults, the test tokens, and `extra_toml` on top.
+pub async fn spawn_app(backend: Backend, extra_toml: &str) -> TestApp {
+    warmline::telemetry::init_for_tests();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (db_url, dir, pg_db) = match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}/w.db?mode=rwc", dir.path().display());
+            (url, Some(dir), None)
+        }
+        Backend::Postgres => {
+            let (url, name) = fresh_postgres().await;
+            (url, None, Some(name))
+        }
+    };
+    let toml = format!("public_url = \"http://{addr}\"\n{extra_toml}\n",);
+    let toml = merge_sections(
+        &toml,
+        &[
+            ("database", &format!("url = \"{db_url}\"")),
+            ("twilio", &format!("auth_token = \"{AUTH_TOKEN}\"")),
+            ("admin", &format!("token = \"{ADMIN_TOKEN}\"")),
+        ],
+    );
+    let settings =
+        Settings::from_toml(&toml).unwrap_or_else(|e| panic!("test settings: {e}\n{toml}"));
+    let db = warmline::store::connect(&settings.database).await.unwrap();
+    warmline::store::migrate(&db).await.unwrap();
+    let state = AppState::new(settings, db);
+    let server = tokio::spawn(warmline::app::serve(listener, state.clone()));
+    TestApp {
+        base: format!("http://{addr}"),
+        state,
+        http: reqwest::Client::new(),
+        backend,
+        server: Some(server),
+        _dir: dir,
+        pg_db,
+    }
+}
+
+/// Adds `key = value` lines to a TOML section unless the document already sets that key there.
+fn merge_sections(toml: &str, defaults: &[(&str, &str)]) -> String {
+    let mut out = toml.to_string();
+    for (section, line) in defaults {
+        let key = line.split('=').next().unwrap().trim();
+        let header = format!("[{section}]");
+        match out.find(&header) {
+            Some(pos) => {
+                let body_start = pos + header.len();
+                let body_end = out[body_start..]
+                    .find("\n[")
+                    .map_or(out.len(), |i| body_start + i);
+                if !out[body_start..body_end]
+                    .lines()
+                    .any(|l| l.trim_start().starts_with(key))
+                {
+                    out.insert_str(body_start, &format!("\n{line}"));
+                }
+            }
+            None => out.push_str(&format!("\n{header}\n{line}\n")),
+        }
+    }
+    out
+}
+
+impl TestApp {
+    /// `base + path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// An authorised admin request builder.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(&format!("/admin/api/v1{path}")))
+            .bearer_auth(ADMIN_TOKEN)
+    }
+
+    /// Creates a client with one number and returns its JSON.
+    pub async fn create_client(&self, name: &str, number: &str) -> serde_json::Value {
+        let resp = self
+            .admin(reqwest::Method::POST, "/clients")
+            .json(&serde_json::json!({
+                "name": name,
+                "phone_numbers": [number],
+                "instructions": "You are the receptionist of a dental practice.",
+                "greeting": "Thanks for calling Bright Smile Dental!",
+                "voice": "marin",
+                "timezone": "America/New_York",
+                "business_hours": {"mon": [["09:00", "17:00"]]},
+                "faqs": [{"question": "Do you take walk-ins?", "answer": "Yes, mornings."}]
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            201,
+            "create client: {}",
+            resp.text().await.unwrap()
+        );
+        resp.json().await.unwrap()
+    }
+
+    /// Stops the server (graceful shutdown) and drops the Postgres database.
+    pub async fn shutdown(mut self) {
+        self.state.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        self.state.db.clone().close().await.ok();
+        if let Some(name) = self.pg_db.take() {
+            drop_postgres(&name).await;
+        }
+    }
+}
+
+async fn drop_postgres(name: &str) {
+    if let Ok(admin) = Database::connect(postgres_url()).await {
+        let _ = admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await;
+        admin.close().await.ok();
+    }
+}
+
+/// Defines `$name` twice: `$name::sqlite` and `$name::postgres`, each with a fresh app.
+#[macro_export]
+macro_rules! both_backends {
+    ($(#[$meta:meta])* $name:ident, |$app:ident| $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn run($app: &$crate::support::TestApp) $body
+
+            #[tokio::test]
+            async fn sqlite() {
+                let app = $crate::support::spawn_app($crate::support::Backend::Sqlite, "").await;
+                run(&app).await;
+                app.shutdown().await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if $crate::support::postgres_skipped() {
+                    eprintln!("TEST_POSTGRES=skip: Postgres variant skipped");
+                    return;
+                }
+                let app = $crate::support::spawn_app($crate::support::Backend::Postgres, "").await;
+                run(&app).await;
+                app.shutdown().await;
+            }
+        }
+    };
+}
