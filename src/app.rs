@@ -13,7 +13,15 @@ use sea_orm::DatabaseConnection;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::{limit::RequestBodyLimitLayer, trace::TraceLayer};
 
-use crate::{config::Settings, metrics::Metrics};
+use crate::{
+    bridge::CallContext,
+    config::Settings,
+    metrics::Metrics,
+    realtime::{client::SessionHandle, registry},
+};
+
+/// Warm sessions (and cold-call contexts) between webhook and media stream, by CallSid.
+pub type Registry = registry::Registry<CallContext, SessionHandle>;
 
 /// Shared, cheaply cloned state handed to every handler.
 #[derive(Clone)]
@@ -28,17 +36,50 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Owner of every long-lived task spawned on behalf of a request.
     pub tasks: TaskTracker,
+    /// Calls between webhook and stream.
+    pub registry: Arc<Registry>,
+    /// Key of the stream `<Parameter name="token">`.
+    pub stream_secret: Arc<[u8]>,
+    /// Call records written off the relay path.
+    pub writer: crate::bridge::writer::Writer,
 }
 
 impl AppState {
     /// Builds the state around an open database.
+    /// Builds the state around an open database and starts the background tasks (the reaper
+    /// and the call-record writer); they stop with `shutdown`.
     pub fn new(settings: Settings, db: DatabaseConnection) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::new(
+            settings.prewarm.max_sessions,
+            Duration::from_secs(settings.prewarm.ttl_secs),
+            metrics.clone(),
+        ));
+        let stream_secret: Arc<[u8]> = if settings.twilio.stream_token_secret.is_empty() {
+            let mut key = [0u8; 32];
+            rand::fill(&mut key);
+            Arc::from(&key[..])
+        } else {
+            Arc::from(settings.twilio.stream_token_secret.expose().as_bytes())
+        };
+        let shutdown = CancellationToken::new();
+        let background = TaskTracker::new();
+        let writer = crate::bridge::writer::Writer::start(db.clone(), metrics.clone(), &background);
+        background.spawn(crate::realtime::reaper::run(
+            registry.clone(),
+            db.clone(),
+            shutdown.clone(),
+        ));
+        background.close();
         Self {
             settings: Arc::new(settings),
             db,
-            metrics: Arc::new(Metrics::new()),
-            shutdown: CancellationToken::new(),
+            metrics,
+            shutdown,
             tasks: TaskTracker::new(),
+            registry,
+            stream_secret,
+            writer,
         }
     }
 }
@@ -49,6 +90,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(crate::ops::router())
         .merge(crate::admin::router(&state))
+        .merge(crate::twilio::webhook::router())
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestBodyLimitLayer::new(max_body))
         .layer(TraceLayer::new_for_http())
@@ -59,19 +101,23 @@ pub fn router(state: AppState) -> Router {
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> anyhow::Result<()> {
     let shutdown = state.shutdown.clone();
     let tasks = state.tasks.clone();
+    let writer = state.writer.clone();
     let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
     let app = router(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .context("HTTP server failed")?;
+    // Calls see the cancellation, end and queue their records; wait for them, then let the
+    // writer drain its queue, so a call that ended during shutdown is still saved.
     tasks.close();
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         tracing::warn!(
             grace_secs = grace.as_secs(),
-            "shutdown: tasks still running after the grace period"
+            "shutdown: calls still running after the grace period"
         );
     }
+    writer.flush(grace).await;
     Ok(())
 }
 

@@ -88,6 +88,8 @@ pub enum Output {
     },
     /// Caller stopped speaking → first agent audio relayed.
     ResponseLatency(Duration),
+    /// The caller interrupted the agent (clear + cancel + truncate were queued).
+    BargeIn,
     /// Something worth a log line (unknown events, dropped deltas).
     Log(String),
     /// The call is over; close both sockets and save this.
@@ -114,6 +116,13 @@ enum Phase {
     Ended,
 }
 
+#[derive(Debug, Clone)]
+struct Current {
+    response_id: String,
+    item_id: String,
+    item: u64,
+}
+
 /// One call: Twilio media stream ⇄ Realtime session.
 pub struct Call {
     stream: MediaStream,
@@ -127,13 +136,15 @@ pub struct Call {
     speech_stopped_at: Option<Instant>,
     /// Realtime item ids → the numeric item the media machine tracks.
     items: HashMap<String, u64>,
-    /// The item whose audio went out last (the one a barge-in truncates).
-    current_item: Option<(String, u64)>,
+    /// The response and item whose audio went out last (what a barge-in cancels/truncates).
+    current: Option<Current>,
     next_item: u64,
     /// Responses cancelled by barge-in: their late deltas are dropped.
     cancelled: VecDeque<String>,
-    /// Agent transcript deltas per item, until `done`.
+    /// Transcript so far.
     transcript: Vec<TranscriptLine>,
+    /// Stream `start` to first agent audio.
+    time_to_first_audio: Option<Duration>,
     deadline: Option<Instant>,
     max_duration: Duration,
     outputs: VecDeque<Output>,
@@ -152,10 +163,11 @@ impl Call {
             first_audio_sent: false,
             speech_stopped_at: None,
             items: HashMap::new(),
-            current_item: None,
+            current: None,
             next_item: 0,
             cancelled: VecDeque::new(),
             transcript: Vec::new(),
+            time_to_first_audio: None,
             deadline: None,
             max_duration,
             outputs: VecDeque::new(),
@@ -181,7 +193,9 @@ impl Call {
 
     /// When the loop must call [`Call::handle_timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
-        (self.phase != Phase::Ended).then_some(self.deadline).flatten()
+        (self.phase != Phase::Ended)
+            .then_some(self.deadline)
+            .flatten()
     }
 
     /// A text frame from Twilio.
@@ -245,7 +259,11 @@ impl Call {
             SessionEvent::SpeechStopped { .. } => self.speech_stopped_at = Some(now),
             SessionEvent::CallerTranscript { text, .. } => self.push_line(Role::Caller, text),
             SessionEvent::AgentTranscript { text, .. } => self.push_line(Role::Agent, text),
-            SessionEvent::Error { code, message, fatal } => {
+            SessionEvent::Error {
+                code,
+                message,
+                fatal,
+            } => {
                 if fatal {
                     self.end(now, EndReason::RealtimeError(format!("{code}: {message}")));
                 } else {
@@ -302,32 +320,31 @@ impl Call {
                     custom_parameters,
                 });
             }
-            MediaEvent::Media { payload, .. } => {
-                // Caller audio before the session is attached is dropped: there is nowhere to
-                // send it and it is at most one claim's worth (microseconds on the warm path).
-                if self.phase == Phase::Live {
-                    self.outputs
-                        .push_back(Output::Realtime(RealtimeCommand::Append(payload)));
-                }
+            // Caller audio before the session is attached is dropped: there is nowhere to send
+            // it, and it is at most one claim's worth (microseconds on the warm path).
+            MediaEvent::Media { payload, .. } if self.phase == Phase::Live => {
+                self.outputs
+                    .push_back(Output::Realtime(RealtimeCommand::Append(payload)));
             }
             MediaEvent::Dtmf { digit } => {
                 self.push_line(Role::System, format!("caller pressed {digit}"));
                 if self.phase == Phase::Live {
-                    self.outputs.push_back(Output::Realtime(RealtimeCommand::UserText(format!(
-                        "(The caller pressed {digit} on the phone keypad.)"
-                    ))));
+                    self.outputs
+                        .push_back(Output::Realtime(RealtimeCommand::UserText(format!(
+                            "(The caller pressed {digit} on the phone keypad.)"
+                        ))));
                 }
             }
             MediaEvent::Stopped => self.end(now, EndReason::TwilioStop),
-            MediaEvent::Unknown { event } => self
-                .outputs
-                .push_back(Output::Log(format!("ignoring unknown Twilio event {event:?}"))),
+            MediaEvent::Unknown { event } => self.outputs.push_back(Output::Log(format!(
+                "ignoring unknown Twilio event {event:?}"
+            ))),
             _ => {}
         }
     }
 
     fn relay_agent_audio(&mut self, now: Instant, chunk: AgentAudio) {
-        if self.cancelled.iter().any(|r| *r == chunk.response_id) {
+        if self.cancelled.contains(&chunk.response_id) {
             return;
         }
         let item = match self.items.get(&chunk.item_id) {
@@ -338,47 +355,54 @@ impl Call {
                 self.next_item
             }
         };
-        self.current_item = Some((chunk.item_id, item));
         self.stream.send_media(now, item, &chunk.payload);
+        self.current = Some(Current {
+            response_id: chunk.response_id,
+            item_id: chunk.item_id,
+            item,
+        });
         if !self.first_audio_sent {
             self.first_audio_sent = true;
             if let (Some((start, _)), Some(path)) = (self.started, self.path) {
-                self.outputs.push_back(Output::FirstAudio {
-                    path,
-                    elapsed: now.saturating_duration_since(start),
-                });
+                let elapsed = now.saturating_duration_since(start);
+                self.time_to_first_audio = Some(elapsed);
+                self.outputs.push_back(Output::FirstAudio { path, elapsed });
             }
         }
         if let Some(stopped) = self.speech_stopped_at.take() {
-            self.outputs
-                .push_back(Output::ResponseLatency(now.saturating_duration_since(stopped)));
+            self.outputs.push_back(Output::ResponseLatency(
+                now.saturating_duration_since(stopped),
+            ));
         }
-        let _ = chunk.response_id;
     }
 
+    /// Barge-in (protocols.md §9): the caller speaks while agent audio is still buffered at
+    /// Twilio. Clear Twilio's buffer, cancel the response, and truncate the item to what the
+    /// caller actually heard, so the model's memory matches the call.
     fn on_speech_started(&mut self, now: Instant) {
         self.speech_stopped_at = None;
         if !self.stream.is_playing(now) {
             return;
         }
-        // Barge-in (§9): what the caller heard, before clear drops the rest.
-        let heard = self.stream.heard_ms(now);
-        self.stream.send_clear(now);
+        let heard = self.stream.send_clear(now);
         self.outputs
             .push_back(Output::Realtime(RealtimeCommand::Cancel));
-        if let (Some((item_id, item)), Some((heard_item, heard_ms))) =
-            (self.current_item.clone(), heard)
-            && heard_item == item
-        {
-            self.outputs.push_back(Output::Realtime(RealtimeCommand::Truncate {
-                item_id,
-                audio_end_ms: heard_ms,
-            }));
+        if let Some(current) = self.current.take() {
+            if let Some((heard_item, heard_ms)) = heard
+                && heard_item == current.item
+            {
+                self.outputs
+                    .push_back(Output::Realtime(RealtimeCommand::Truncate {
+                        item_id: current.item_id.clone(),
+                        audio_end_ms: heard_ms,
+                    }));
+            }
+            self.cancelled.push_back(current.response_id);
+            if self.cancelled.len() > 8 {
+                self.cancelled.pop_front();
+            }
         }
-        if let Some((item_id, _)) = &self.current_item {
-            // Remember the cancelled response by the item's response: the deltas carry both.
-            let _ = item_id;
-        }
+        self.outputs.push_back(Output::BargeIn);
     }
 
     fn push_line(&mut self, role: Role, text: String) {
@@ -411,7 +435,7 @@ impl Call {
         self.outputs.push_back(Output::Ended(Box::new(CallOutcome {
             end_reason: reason,
             path: self.path,
-            time_to_first_audio: None,
+            time_to_first_audio: self.time_to_first_audio,
             started_at,
             ended_at: now_wall,
             transcript: std::mem::take(&mut self.transcript),

@@ -1,1 +1,38 @@
-//! One call: the state machine joining a Twilio media stream to a Realtime session.
+//! One call: the media-stream side of the call path (DESIGN.md "Call flow").
+//!
+//! - [`call`]: `Call`, the sans-IO machine joining a Twilio media stream to a Realtime session
+//!   (greeting flush, relay, barge-in, DTMF, transcript, ending).
+//! - [`socket`]: `GET /twilio/media`, the thin loop around `Call`: token check, claim (warm) or
+//!   open (cold), Twilio writer task, Realtime events.
+//! - [`outcome`]: what a finished call leaves behind.
+//! - [`writer`]: the queue that saves call records off the relay path.
+
+pub mod call;
+pub mod outcome;
+pub mod socket;
+pub mod writer;
+
+use chrono::{DateTime, Utc};
+
+use crate::{
+    domain::{CallSid, ClientId},
+    realtime::profile::AgentProfile,
+};
+
+/// What the webhook learnt about a call, handed to its media stream through the registry so
+/// the stream needs no database round trip.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// The call.
+    pub call_sid: CallSid,
+    /// The client answering it.
+    pub client_id: ClientId,
+    /// Caller id as Twilio gave it.
+    pub from: String,
+    /// Number called.
+    pub to: String,
+    /// The agent (business + caller memory).
+    pub profile: AgentProfile,
+    /// Webhook arrival.
+    pub started_at: DateTime<Utc>,
+}

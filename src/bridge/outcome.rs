@@ -48,7 +48,10 @@ impl EndReason {
     /// Whether the call ended the way calls normally end (so the after-stream TwiML hangs up
     /// rather than apologising and dialling the fallback number).
     pub fn is_normal(&self) -> bool {
-        matches!(self, Self::TwilioStop | Self::TwilioClosed | Self::MaxDuration)
+        matches!(
+            self,
+            Self::TwilioStop | Self::TwilioClosed | Self::MaxDuration
+        )
     }
 
     /// `code: detail`, as stored.
@@ -137,7 +140,9 @@ pub struct CallOutcome {
 impl CallOutcome {
     /// Stream duration.
     pub fn duration(&self) -> Duration {
-        (self.ended_at - self.started_at).to_std().unwrap_or_default()
+        (self.ended_at - self.started_at)
+            .to_std()
+            .unwrap_or_default()
     }
 
     /// A one-line note for the caller's memory: the date and what they asked first.
@@ -147,7 +152,11 @@ impl CallOutcome {
             .iter()
             .find(|l| l.role == Role::Caller && !l.text.trim().is_empty())?;
         let text: String = first.text.trim().chars().take(160).collect();
-        Some(format!("{}: caller said \"{}\"", self.started_at.format("%Y-%m-%d"), text))
+        Some(format!(
+            "{}: caller said \"{}\"",
+            self.started_at.format("%Y-%m-%d"),
+            text
+        ))
     }
 }
 
@@ -181,7 +190,10 @@ mod tests {
             frames_dropped: 0,
         };
         let note = outcome.memory_note().unwrap();
-        assert!(note.ends_with("caller said \"What are your hours?\""), "{note}");
+        assert!(
+            note.ends_with("caller said \"What are your hours?\""),
+            "{note}"
+        );
     }
 
     #[test]

@@ -1,3 +1,12 @@
-//! OpenAI Realtime (GA): protocol types, the session machine and its socket task, the warm-session registry and the reaper.
+//! OpenAI Realtime (GA) over WebSocket (protocols.md §7–§10).
+//!
+//! Pure: [`wire`] (the JSON events), [`proto`] (the `Session` machine), [`profile`] (the
+//! agent's instructions and greeting). IO: [`client`] (the session task and its handles),
+//! [`registry`] (warm sessions by CallSid) and [`reaper`] (closes the unclaimed).
 
+pub mod client;
+pub mod profile;
+pub mod proto;
+pub mod reaper;
 pub mod registry;
+pub mod wire;

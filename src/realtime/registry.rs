@@ -166,6 +166,12 @@ impl<C: Send + Sync + 'static, S: WarmSession> Registry<C, S> {
         })
     }
 
+    /// Runs `f` on the call's warm session, if it has one (never across an `.await`).
+    pub fn peek<R>(&self, call_sid: &CallSid, f: impl FnOnce(&S) -> R) -> Option<R> {
+        let entry = self.map.get(call_sid)?;
+        entry.warm.as_ref().map(|(s, _)| f(s))
+    }
+
     /// Whether the call is registered and unclaimed.
     pub fn contains(&self, call_sid: &CallSid) -> bool {
         self.map.contains_key(call_sid)

@@ -9,4 +9,5 @@ pub mod media;
 pub mod signature;
 pub mod token;
 pub mod twiml;
+pub mod webhook;
 pub mod wire;

@@ -1,0 +1,423 @@
+//! `GET /twilio/media`: the Media Streams WebSocket (protocols.md §4, §8). A thin loop around
+//! [`Call`]: it checks the upgrade's signature, then waits for one input at a time, feeds it to
+//! the machine and dispatches what comes out (style.md §2).
+//!
+//! On `start` it verifies the stream token, claims the warm session by CallSid (exactly once,
+//! from the registry) or opens one now (the cold path), and hands the buffered greeting to the
+//! machine, which flushes it to Twilio before anything else happens.
+//!
+//! IO discipline (style.md §3): a writer task owns the Twilio sink behind a bounded queue;
+//! agent audio is dropped (and counted) when that queue is full, control frames (marks, clear)
+//! are never dropped. Caller audio goes to the session's own bounded queue. No database access
+//! and no global lock per frame: the call record is queued to the writer when the call ends.
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    extract::{
+        State, WebSocketUpgrade,
+        ws::{CloseFrame, Message, WebSocket},
+    },
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
+use chrono::Utc;
+use futures_util::{SinkExt, StreamExt};
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::mpsc;
+
+use super::{
+    CallContext,
+    call::{AgentAudio, Call, Output, RealtimeCommand},
+    outcome::{CallOutcome, CallPath, EndReason},
+    writer::Job,
+};
+use crate::{
+    app::AppState,
+    domain::{CallSid, StreamSid},
+    metrics::Metrics,
+    realtime::{
+        client::{self, ClaimedSession, SessionSpec},
+        profile::AgentProfile,
+        proto::SessionEvent,
+    },
+    store::{
+        callers,
+        calls::{self, FinishedCall, NewCall, TranscriptIn},
+        clients,
+    },
+    twilio::{signature, token, webhook::SIGNATURE_HEADER},
+};
+
+/// Largest Twilio message accepted (a media frame is ~300 bytes).
+const MAX_MESSAGE: usize = 64 * 1024;
+
+/// The upgrade: Twilio signs it over the `wss://` URL with no params (protocols.md §2.1).
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let twilio = &state.settings.twilio;
+    if twilio.validate_signatures {
+        let sig = headers
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let url = state.settings.public_ws_url("/twilio/media");
+        let ok = signature::validate(twilio.auth_token.expose(), &url, &[], sig)
+            || signature::validate(twilio.auth_token.expose(), &format!("{url}/"), &[], sig);
+        if !ok {
+            tracing::warn!("media stream refused: bad X-Twilio-Signature on the upgrade");
+            return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
+        }
+    }
+    let tasks = state.tasks.clone();
+    ws.max_message_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| tasks.track_future(run(state, socket)))
+}
+
+/// Per-call metric handles, looked up once.
+struct Counters {
+    inbound: Counter,
+    outbound: Counter,
+    dropped_outbound: Counter,
+}
+
+/// What the loop learnt at `start`.
+struct Attached {
+    context: Arc<CallContext>,
+    session: ClaimedSession,
+    stream_sid: StreamSid,
+}
+
+async fn run(state: AppState, socket: WebSocket) {
+    state.metrics.active_calls.inc();
+    let counters = Counters {
+        inbound: state.metrics.frames_relayed("inbound"),
+        outbound: state.metrics.frames_relayed("outbound"),
+        dropped_outbound: state.metrics.frames_dropped("outbound"),
+    };
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<Message>(state.settings.call.outbound_queue_frames);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if sink.send(m).await.is_err() {
+                return;
+            }
+        }
+        // Closing our side ends `<Connect>`; Twilio then asks `<Connect action>` what to do.
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code: 1000,
+                reason: "call ended".into(),
+            })))
+            .await;
+        let _ = sink.close().await;
+    });
+
+    let max = std::time::Duration::from_secs(state.settings.call.max_duration_secs);
+    let mut call = Call::new(max);
+    let mut attached: Option<Attached> = None;
+    let mut outcome: Option<Box<CallOutcome>> = None;
+    loop {
+        while let Some(out) = call.poll_output() {
+            match out {
+                Output::Twilio(text) => {
+                    // Agent audio may be dropped when Twilio's leg is stuck; control never is.
+                    if text.starts_with(r#"{"event":"media""#) {
+                        match tx.try_send(Message::Text(text.into())) {
+                            Ok(()) => {
+                                counters.outbound.inc();
+                            }
+                            Err(_) => {
+                                counters.dropped_outbound.inc();
+                                call.note_dropped(1);
+                            }
+                        };
+                    } else if tx.send(Message::Text(text.into())).await.is_err() {
+                        call.handle_twilio_closed(Instant::now());
+                    }
+                }
+                Output::Realtime(cmd) => {
+                    if let Some(a) = &attached {
+                        dispatch(&a.session, cmd, &counters).await;
+                    }
+                }
+                Output::Start {
+                    call_sid,
+                    stream_sid,
+                    custom_parameters,
+                } => match attach(&state, &call_sid, stream_sid, &custom_parameters).await {
+                    Ok((a, path, greeting, rest)) => {
+                        tracing::info!(call_sid = %call_sid, path = path.as_str(), greeting_chunks = greeting.len(), "media stream started");
+                        call.handle_session_attached(Instant::now(), path, greeting);
+                        for e in rest {
+                            call.handle_realtime(Instant::now(), e);
+                        }
+                        attached = Some(a);
+                    }
+                    Err(reason) => {
+                        tracing::warn!(call_sid = %call_sid, reason = %reason.describe(), "media stream refused");
+                        call.handle_session_refused(Instant::now(), reason);
+                    }
+                },
+                Output::FirstAudio { path, elapsed } => {
+                    state
+                        .metrics
+                        .observe_first_audio(path.as_str(), elapsed.as_secs_f64());
+                }
+                Output::ResponseLatency(d) => {
+                    state.metrics.response_latency.observe(d.as_secs_f64())
+                }
+                Output::BargeIn => {
+                    tracing::debug!(call_sid = ?call.call_sid(), "barge-in: cleared Twilio, cancelled and truncated")
+                }
+                Output::Log(msg) => tracing::debug!(call_sid = ?call.call_sid(), "{msg}"),
+                Output::Ended(o) => outcome = Some(o),
+            }
+        }
+        if call.is_ended() {
+            break;
+        }
+        let timeout = call.poll_timeout();
+        tokio::select! {
+            msg = stream.next() => {
+                let now = Instant::now();
+                match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Err(e) = call.handle_twilio_text(now, text.as_str()) {
+                            tracing::warn!(call_sid = ?call.call_sid(), error = %e, "closing media stream: bad message from Twilio");
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        call.handle_session_refused(now, EndReason::TwilioProtocol("binary frame".into()));
+                    }
+                    Some(Ok(Message::Close(_))) | None => call.handle_twilio_closed(now),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!(call_sid = ?call.call_sid(), error = %e, "media stream socket error");
+                        call.handle_session_refused(now, EndReason::TwilioProtocol(e.to_string()));
+                    }
+                }
+            }
+            ev = next_event(&mut attached) => match ev {
+                Some(e) => call.handle_realtime(Instant::now(), e),
+                None => call.handle_realtime_closed(Instant::now(), "realtime session ended".into()),
+            },
+            _ = sleep_until(timeout) => call.handle_timeout(Instant::now()),
+            _ = state.shutdown.cancelled() => call.handle_shutdown(Instant::now()),
+        }
+    }
+    // Drain what the end produced (the Close to Realtime, the outcome).
+    while let Some(out) = call.poll_output() {
+        match out {
+            Output::Realtime(cmd) => {
+                if let Some(a) = &attached {
+                    dispatch(&a.session, cmd, &counters).await;
+                }
+            }
+            Output::Ended(o) => outcome = Some(o),
+            Output::Twilio(text) => {
+                let _ = tx.try_send(Message::Text(text.into()));
+            }
+            _ => {}
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+    state.metrics.active_calls.dec();
+    if let (Some(o), Some(a)) = (outcome, attached) {
+        Metrics::inc_reason(&state.metrics.calls_ended, o.end_reason.code());
+        tracing::info!(
+            call_sid = %a.context.call_sid,
+            end_reason = %o.end_reason.describe(),
+            path = o.path.map_or("none", CallPath::as_str),
+            duration_ms = o.duration().as_millis() as u64,
+            transcript_lines = o.transcript.len(),
+            frames_dropped = o.frames_dropped,
+            "call ended"
+        );
+        a.session.close("call ended").await;
+        state
+            .writer
+            .submit(Job::Finish(Box::new(finished(&a, &o))))
+            .await;
+    }
+}
+
+async fn dispatch(session: &ClaimedSession, cmd: RealtimeCommand, counters: &Counters) {
+    match cmd {
+        RealtimeCommand::Append(b64) => {
+            if session.append(b64) {
+                counters.inbound.inc();
+            }
+        }
+        RealtimeCommand::Cancel => session.cancel().await,
+        RealtimeCommand::Truncate {
+            item_id,
+            audio_end_ms,
+        } => session.truncate(item_id, audio_end_ms).await,
+        RealtimeCommand::UserText(t) => session.user_text(t).await,
+        RealtimeCommand::Close => session.close("call ended").await,
+    }
+}
+
+async fn next_event(attached: &mut Option<Attached>) -> Option<SessionEvent> {
+    match attached {
+        Some(a) => a.session.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}
+
+type AttachResult = (Attached, CallPath, Vec<AgentAudio>, Vec<SessionEvent>);
+
+/// Verifies the token, then claims the warm session or opens a cold one.
+async fn attach(
+    state: &AppState,
+    call_sid: &CallSid,
+    stream_sid: StreamSid,
+    params: &std::collections::HashMap<String, String>,
+) -> Result<AttachResult, EndReason> {
+    let tok = params.get("token").map(String::as_str).unwrap_or_default();
+    let now_unix = Utc::now().timestamp().max(0) as u64;
+    token::verify(&state.stream_secret, tok, call_sid, now_unix)
+        .map_err(|e| EndReason::TwilioProtocol(format!("stream token refused: {e}")))?;
+    let claimed = state.registry.claim(call_sid);
+    let (context, warm) = match claimed {
+        Some(c) => (c.context, c.session),
+        None => (Arc::new(context_from_db(state, call_sid).await?), None),
+    };
+    let (session, path) = match warm {
+        Some(handle) => match handle.claim().await {
+            Ok(s) => (s, CallPath::Warm),
+            Err(e) => {
+                tracing::warn!(call_sid = %call_sid, error = %e, "warm session unusable; going cold");
+                Metrics::inc_reason(&state.metrics.cold_sessions, "failed");
+                (open_cold(state, &context).await?, CallPath::Cold)
+            }
+        },
+        None => (open_cold(state, &context).await?, CallPath::Cold),
+    };
+    let mut session = session;
+    let mut greeting = Vec::new();
+    let mut rest = Vec::new();
+    for e in std::mem::take(&mut session.buffered) {
+        match e {
+            SessionEvent::AudioDelta {
+                response_id,
+                item_id,
+                payload,
+            } if rest.is_empty() => greeting.push(AgentAudio {
+                response_id,
+                item_id,
+                payload,
+            }),
+            other => rest.push(other),
+        }
+    }
+    Ok((
+        Attached {
+            context,
+            session,
+            stream_sid,
+        },
+        path,
+        greeting,
+        rest,
+    ))
+}
+
+async fn open_cold(state: &AppState, ctx: &CallContext) -> Result<ClaimedSession, EndReason> {
+    let handle = client::spawn(
+        &state.settings.openai,
+        SessionSpec {
+            session_update: ctx
+                .profile
+                .session_update(&state.settings.openai.transcription_model, Utc::now()),
+            greeting: Some(ctx.profile.greeting_request()),
+            buffer_cap: state.settings.prewarm.greeting_buffer_bytes * 4 / 3 + 4,
+            call_sid: ctx.call_sid.to_string(),
+            prewarm: false,
+        },
+        state.metrics.clone(),
+        &state.tasks,
+        state.shutdown.clone(),
+    );
+    handle
+        .claim()
+        .await
+        .map_err(|e| EndReason::RealtimeUnavailable(e.to_string()))
+}
+
+/// Rebuilds a call's context from the database when the registry has none (the entry expired,
+/// or this process restarted between webhook and stream).
+async fn context_from_db(state: &AppState, call_sid: &CallSid) -> Result<CallContext, EndReason> {
+    let unavailable = |m: String| EndReason::RealtimeUnavailable(m);
+    let call = calls::call_by_sid(&state.db, call_sid.as_str())
+        .await
+        .map_err(|e| unavailable(format!("call lookup failed: {e}")))?
+        .ok_or_else(|| unavailable("no record of this call".into()))?
+        .call;
+    let client_id = call
+        .client_id
+        .ok_or_else(|| unavailable("call has no client".into()))?;
+    let client = clients::get_client(&state.db, client_id)
+        .await
+        .map_err(|e| unavailable(format!("client lookup failed: {e}")))?;
+    let caller = callers::get_caller(&state.db, client_id, &call.from_number)
+        .await
+        .ok()
+        .flatten();
+    Metrics::inc_reason(&state.metrics.cold_sessions, "expired");
+    Ok(CallContext {
+        call_sid: call_sid.clone(),
+        client_id,
+        from: call.from_number.clone(),
+        to: call.to_number.clone(),
+        profile: AgentProfile::new(&client, caller),
+        started_at: call.started_at,
+    })
+}
+
+fn finished(a: &Attached, o: &CallOutcome) -> FinishedCall {
+    let ctx = &a.context;
+    let note = o.memory_note();
+    FinishedCall {
+        call: NewCall {
+            call_sid: ctx.call_sid.to_string(),
+            client_id: Some(ctx.client_id),
+            from: ctx.from.clone(),
+            to: ctx.to.clone(),
+            status: "ringing".into(),
+            started_at: ctx.started_at,
+        },
+        stream_sid: Some(a.stream_sid.to_string()),
+        status: "completed".into(),
+        path: o.path.map(|p| p.as_str().to_string()),
+        time_to_first_audio_ms: o.time_to_first_audio.map(|d| d.as_millis() as i64),
+        answered_at: Some(o.started_at),
+        ended_at: o.ended_at,
+        duration_ms: Some(o.duration().as_millis() as i64),
+        end_reason: o.end_reason.describe(),
+        summary: note.clone(),
+        transcript: o
+            .transcript
+            .iter()
+            .map(|l| TranscriptIn {
+                role: l.role.as_str().to_string(),
+                text: l.text.clone(),
+                at: l.at,
+            })
+            .collect(),
+        remember: Some((None, note)),
+    }
+}

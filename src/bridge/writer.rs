@@ -1,0 +1,103 @@
+//! The call-record writer: one task drains a bounded queue of database writes so that nothing
+//! on the relay or webhook path waits for the database (style.md §6). A failed write is retried
+//! a few times, then logged and counted in `warmline_store_errors_total`.
+//!
+//! Shutdown: [`Writer::flush`] waits until every write queued before it is done.
+
+use std::{sync::Arc, time::Duration};
+
+use sea_orm::DatabaseConnection;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+
+use crate::{
+    metrics::Metrics,
+    store::{
+        StoreError,
+        calls::{self, CallPatch, FinishedCall, NewCall},
+    },
+};
+
+/// A queued write.
+#[derive(Debug)]
+pub enum Job {
+    /// Insert the ringing call (idempotent).
+    Insert(NewCall),
+    /// Patch a call by CallSid.
+    Patch(String, CallPatch),
+    /// Save a finished call, its transcript and the caller memory.
+    Finish(Box<FinishedCall>),
+    /// Reply once everything before it is written.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle to the writer task.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+}
+
+const QUEUE: usize = 4096;
+const ATTEMPTS: u32 = 3;
+
+impl Writer {
+    /// Starts the writer task on `tracker`.
+    pub fn start(db: DatabaseConnection, metrics: Arc<Metrics>, tracker: &TaskTracker) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
+        tracker.spawn(async move {
+            while let Some(job) = rx.recv().await {
+                execute(&db, &metrics, job).await;
+            }
+        });
+        Self { tx }
+    }
+
+    /// Queues a write (waits only if the queue is full).
+    pub async fn submit(&self, job: Job) {
+        if self.tx.send(job).await.is_err() {
+            tracing::error!("call-record writer is gone; a write was lost");
+        }
+    }
+
+    /// Waits (up to `limit`) until every write queued so far is done.
+    pub async fn flush(&self, limit: Duration) {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Job::Flush(tx)).await;
+        if tokio::time::timeout(limit, rx).await.is_err() {
+            tracing::warn!("shutdown: call-record writer did not finish in time");
+        }
+    }
+}
+
+/// Runs one job with retries (one step, callable from tests).
+pub async fn execute(db: &DatabaseConnection, metrics: &Metrics, job: Job) {
+    let (what, sid) = match &job {
+        Job::Insert(n) => ("insert call", n.call_sid.clone()),
+        Job::Patch(sid, _) => ("update call", sid.clone()),
+        Job::Finish(f) => ("save finished call", f.call.call_sid.clone()),
+        Job::Flush(_) => ("flush", String::new()),
+    };
+    if let Job::Flush(reply) = job {
+        let _ = reply.send(());
+        return;
+    }
+    for attempt in 1..=ATTEMPTS {
+        let result: Result<(), StoreError> = match &job {
+            Job::Insert(n) => calls::insert_call(db, n).await,
+            Job::Patch(sid, p) => calls::update_call(db, sid, p).await.map(|_| ()),
+            Job::Finish(f) => calls::finish_call(db, f).await,
+            Job::Flush(_) => Ok(()),
+        };
+        match result {
+            Ok(()) => return,
+            Err(e) if attempt < ATTEMPTS => {
+                tracing::warn!(call_sid = %sid, attempt, error = %e, source = ?std::error::Error::source(&e), "{what} failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            }
+            Err(e) => {
+                metrics.store_errors.inc();
+                tracing::error!(call_sid = %sid, error = %e, source = ?std::error::Error::source(&e), "{what} failed; giving up");
+            }
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! `Session`: the sans-IO machine for one OpenAI Realtime socket (protocols.md §7, §8).
+//!
+//! Lifecycle: Connecting → (socket open) session.update and the greeting's response.create are
+//! sent at once, pipelined → Configured (`session.updated`) → Ready (configured AND the first
+//! greeting audio buffered) → Claimed (a media stream took the call) → Closed.
+//!
+//! Until it is claimed the session buffers every event (greeting audio bounded by bytes, other
+//! events by count); `claim` hands them over in order, after which events flow straight out.
+//! Deltas of a response cancelled by barge-in are dropped (§9 d).
+
+use std::collections::VecDeque;
+
+use super::wire::{self, ServerEvent};
+
+/// What the session tells the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// Agent audio (base64 μ-law).
+    AudioDelta {
+        /// Response id.
+        response_id: String,
+        /// Assistant item id.
+        item_id: String,
+        /// Base64 μ-law.
+        payload: String,
+    },
+    /// The caller started speaking.
+    SpeechStarted {
+        /// ms into the input audio.
+        audio_start_ms: u64,
+    },
+    /// The caller stopped speaking.
+    SpeechStopped {
+        /// ms into the input audio.
+        audio_end_ms: u64,
+    },
+    /// What the caller said.
+    CallerTranscript {
+        /// Text.
+        text: String,
+    },
+    /// What the agent said.
+    AgentTranscript {
+        /// Text.
+        text: String,
+    },
+    /// A response finished.
+    ResponseDone {
+        /// Response id.
+        response_id: String,
+        /// completed, cancelled, failed, incomplete.
+        status: String,
+    },
+    /// The model called a tool.
+    FunctionCall {
+        /// Call id.
+        call_id: String,
+        /// Function name.
+        name: String,
+        /// JSON arguments.
+        arguments: String,
+    },
+    /// An `error` event; `fatal` ones end the call.
+    Error {
+        /// `error.code` (or type).
+        code: String,
+        /// `error.message`.
+        message: String,
+        /// Whether the session is unusable (e.g. `session_expired`).
+        fatal: bool,
+    },
+}
+
+/// Readiness of a warm session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Socket not open yet.
+    Connecting,
+    /// Open, configuration sent.
+    Open,
+    /// `session.updated` seen.
+    Configured,
+    /// Configured and first greeting audio buffered.
+    Ready,
+    /// A stream took it over.
+    Claimed,
+    /// Socket closed.
+    Closed,
+}
+
+/// Most non-audio events buffered before a claim.
+const MAX_BUFFERED_EVENTS: usize = 512;
+
+/// One Realtime session.
+#[derive(Debug)]
+pub struct Session {
+    phase: Phase,
+    configured: bool,
+    audio_seen: bool,
+    session_update: String,
+    greeting: Option<String>,
+    transmit: VecDeque<String>,
+    events: VecDeque<SessionEvent>,
+    buffered_bytes: usize,
+    buffer_cap: usize,
+    dropped_bytes: usize,
+    cancelled: VecDeque<String>,
+    active_response: Option<String>,
+    ready_reported: bool,
+}
+
+impl Session {
+    /// A session that will send `session_update` and then `greeting` (a `response.create`, or
+    /// `None` to wait for the caller) when the socket opens, buffering up to `buffer_cap` bytes of
+    /// greeting audio (base64 length) until claimed.
+    pub fn new(session_update: String, greeting: Option<String>, buffer_cap: usize) -> Self {
+        Self {
+            phase: Phase::Connecting,
+            configured: false,
+            audio_seen: false,
+            session_update,
+            greeting,
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            buffered_bytes: 0,
+            buffer_cap,
+            dropped_bytes: 0,
+            cancelled: VecDeque::new(),
+            active_response: None,
+            ready_reported: false,
+        }
+    }
+
+    /// Current phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Bytes of greeting audio dropped over the buffer cap.
+    pub fn dropped_bytes(&self) -> usize {
+        self.dropped_bytes
+    }
+
+    /// The socket opened: queue the configuration and the greeting, without waiting a round
+    /// trip in between (the server applies them in order).
+    pub fn handle_open(&mut self) {
+        if self.phase != Phase::Connecting {
+            return;
+        }
+        self.phase = Phase::Open;
+        self.transmit
+            .push_back(std::mem::take(&mut self.session_update));
+        if let Some(g) = self.greeting.take() {
+            self.transmit.push_back(g);
+        }
+    }
+
+    /// True once, the moment the session became ready (configured and audio buffered).
+    pub fn poll_ready(&mut self) -> bool {
+        if self.ready_reported || !(self.configured && self.audio_seen) {
+            return false;
+        }
+        self.ready_reported = true;
+        true
+    }
+
+    /// Applies one server frame.
+    pub fn handle_text(&mut self, text: &str) -> Result<(), wire::WireError> {
+        let event = wire::parse(text)?;
+        match event {
+            ServerEvent::SessionUpdated => {
+                self.configured = true;
+                if self.phase == Phase::Open {
+                    self.phase = Phase::Configured;
+                }
+                self.maybe_ready();
+            }
+            ServerEvent::ResponseCreated { response_id } => {
+                self.active_response = Some(response_id)
+            }
+            ServerEvent::AudioDelta {
+                response_id,
+                item_id,
+                delta,
+            } => {
+                if self.cancelled.contains(&response_id) {
+                    return Ok(());
+                }
+                if self.phase != Phase::Claimed {
+                    if self.buffered_bytes + delta.len() > self.buffer_cap {
+                        self.dropped_bytes += delta.len();
+                        return Ok(());
+                    }
+                    self.buffered_bytes += delta.len();
+                }
+                self.audio_seen = true;
+                self.push(SessionEvent::AudioDelta {
+                    response_id,
+                    item_id,
+                    payload: delta.into_owned(),
+                });
+                self.maybe_ready();
+            }
+            ServerEvent::SpeechStarted { audio_start_ms, .. } => {
+                self.push(SessionEvent::SpeechStarted { audio_start_ms })
+            }
+            ServerEvent::SpeechStopped { audio_end_ms } => {
+                self.push(SessionEvent::SpeechStopped { audio_end_ms })
+            }
+            ServerEvent::CallerTranscript { transcript, .. } => {
+                self.push(SessionEvent::CallerTranscript { text: transcript })
+            }
+            ServerEvent::AgentTranscript { transcript, .. } => {
+                self.push(SessionEvent::AgentTranscript { text: transcript })
+            }
+            ServerEvent::FunctionCall {
+                call_id,
+                name,
+                arguments,
+            } => self.push(SessionEvent::FunctionCall {
+                call_id,
+                name,
+                arguments,
+            }),
+            ServerEvent::ResponseDone {
+                response_id,
+                status,
+                ..
+            } => {
+                if self.active_response.as_deref() == Some(&response_id) {
+                    self.active_response = None;
+                }
+                self.push(SessionEvent::ResponseDone {
+                    response_id,
+                    status,
+                })
+            }
+            ServerEvent::Error {
+                kind,
+                code,
+                message,
+            } => {
+                let fatal = matches!(code.as_deref(), Some("session_expired"));
+                self.push(SessionEvent::Error {
+                    code: code.unwrap_or(kind),
+                    message,
+                    fatal,
+                })
+            }
+            ServerEvent::SessionCreated
+            | ServerEvent::AudioDone { .. }
+            | ServerEvent::Unknown { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn maybe_ready(&mut self) {
+        if self.configured
+            && self.audio_seen
+            && matches!(self.phase, Phase::Open | Phase::Configured)
+        {
+            self.phase = Phase::Ready;
+        }
+    }
+
+    fn push(&mut self, e: SessionEvent) {
+        if self.phase != Phase::Claimed
+            && !matches!(e, SessionEvent::AudioDelta { .. })
+            && self.events.len() >= MAX_BUFFERED_EVENTS
+        {
+            return;
+        }
+        self.events.push_back(e);
+    }
+
+    /// A media stream takes the session: everything buffered so far, in order.
+    pub fn claim(&mut self) -> Vec<SessionEvent> {
+        if self.phase != Phase::Closed {
+            self.phase = Phase::Claimed;
+        }
+        self.buffered_bytes = 0;
+        self.events.drain(..).collect()
+    }
+
+    /// Next event (after a claim; before it, events stay buffered for the claim).
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        if self.phase == Phase::Claimed {
+            self.events.pop_front()
+        } else {
+            None
+        }
+    }
+
+    /// Next frame for the socket.
+    pub fn poll_transmit(&mut self) -> Option<String> {
+        self.transmit.pop_front()
+    }
+
+    /// `input_audio_buffer.append` (caller audio, base64 μ-law).
+    pub fn append_audio(&mut self, b64: &str) {
+        self.transmit.push_back(wire::append(b64));
+    }
+
+    /// `response.cancel`; later deltas of the active response are dropped.
+    pub fn cancel_response(&mut self) {
+        if let Some(id) = self.active_response.take() {
+            self.cancelled.push_back(id);
+            if self.cancelled.len() > 8 {
+                self.cancelled.pop_front();
+            }
+        }
+        self.transmit.push_back(wire::response_cancel());
+    }
+
+    /// `conversation.item.truncate`.
+    pub fn truncate(&mut self, item_id: &str, audio_end_ms: u64) {
+        self.transmit
+            .push_back(wire::truncate(item_id, audio_end_ms));
+    }
+
+    /// A user text item and a `response.create` (e.g. a DTMF key).
+    pub fn send_user_text(&mut self, text: &str) {
+        self.transmit.push_back(wire::user_text(text));
+        self.transmit.push_back(wire::response_create(None));
+    }
+
+    /// The socket closed.
+    pub fn handle_closed(&mut self) {
+        self.phase = Phase::Closed;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+    use super::*;
+
+    fn session() -> Session {
+        Session::new("UPDATE".into(), Some("GREET".into()), 16)
+    }
+
+    fn delta(resp: &str, payload: &str) -> String {
+        format!(
+            r#"{{"type":"response.output_audio.delta","response_id":"{resp}","item_id":"item_1","delta":"{payload}"}}"#
+        )
+    }
+
+    #[test]
+    fn configuration_and_greeting_are_pipelined_on_open() {
+        let mut s = session();
+        assert_eq!(s.poll_transmit(), None);
+        s.handle_open();
+        assert_eq!(s.poll_transmit().as_deref(), Some("UPDATE"));
+        assert_eq!(s.poll_transmit().as_deref(), Some("GREET"));
+        assert_eq!(s.phase(), Phase::Open);
+    }
+
+    #[test]
+    fn ready_needs_both_session_updated_and_greeting_audio() {
+        let mut s = session();
+        s.handle_open();
+        s.handle_text(&delta("r1", "AAAA")).unwrap();
+        assert!(!s.poll_ready(), "audio alone is not ready");
+        s.handle_text(r#"{"type":"session.updated","session":{}}"#)
+            .unwrap();
+        assert!(s.poll_ready());
+        assert!(!s.poll_ready(), "reported once");
+        assert_eq!(s.phase(), Phase::Ready);
+    }
+
+    #[test]
+    fn buffered_events_are_handed_over_in_order_and_capped() {
+        let mut s = session();
+        s.handle_open();
+        s.handle_text(r#"{"type":"response.created","response":{"id":"r1"}}"#)
+            .unwrap();
+        s.handle_text(&delta("r1", "AAAA")).unwrap();
+        s.handle_text(&delta("r1", "BBBBBBBB")).unwrap();
+        s.handle_text(&delta("r1", "CCCCCCCC")).unwrap(); // over the 16-byte cap
+        s.handle_text(r#"{"type":"response.output_audio_transcript.done","item_id":"item_1","transcript":"Hello"}"#).unwrap();
+        assert_eq!(s.poll_event(), None, "nothing flows before the claim");
+        let got = s.claim();
+        let payloads: Vec<_> = got
+            .iter()
+            .filter_map(|e| match e {
+                SessionEvent::AudioDelta { payload, .. } => Some(payload.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(payloads, ["AAAA", "BBBBBBBB"]);
+        assert_eq!(s.dropped_bytes(), 8);
+        assert_eq!(
+            got.last(),
+            Some(&SessionEvent::AgentTranscript {
+                text: "Hello".into()
+            })
+        );
+        // After the claim, audio flows without a cap.
+        s.handle_text(&delta("r1", "DDDDDDDDDDDDDDDDDDDD")).unwrap();
+        assert!(matches!(
+            s.poll_event(),
+            Some(SessionEvent::AudioDelta { .. })
+        ));
+    }
+
+    #[test]
+    fn deltas_of_a_cancelled_response_are_dropped() {
+        let mut s = session();
+        s.handle_open();
+        s.claim();
+        s.handle_text(r#"{"type":"response.created","response":{"id":"r1"}}"#)
+            .unwrap();
+        s.cancel_response();
+        while s
+            .poll_transmit()
+            .is_some_and(|t| !t.contains("response.cancel"))
+        {}
+        s.handle_text(&delta("r1", "AAAA")).unwrap();
+        assert_eq!(s.poll_event(), None);
+        s.handle_text(&delta("r2", "AAAA")).unwrap();
+        assert!(s.poll_event().is_some());
+    }
+
+    #[test]
+    fn session_expired_is_fatal_other_errors_are_not() {
+        let mut s = session();
+        s.claim();
+        s.handle_text(r#"{"type":"error","error":{"type":"invalid_request_error","code":"session_expired","message":"m"}}"#).unwrap();
+        s.handle_text(r#"{"type":"error","error":{"type":"invalid_request_error","message":"no active response"}}"#).unwrap();
+        let fatal: Vec<_> = std::iter::from_fn(|| s.poll_event())
+            .map(|e| matches!(e, SessionEvent::Error { fatal: true, .. }))
+            .collect();
+        assert_eq!(fatal, [true, false]);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let seeds = [
+            delta("r1", "AAAA"),
+            r#"{"type":"response.done","response":{"id":"r"}}"#.to_string(),
+        ];
+        for _ in 0..3000 {
+            let mut s = session();
+            let mut b = seeds[rng.random_range(0..2)].clone().into_bytes();
+            for _ in 0..rng.random_range(1..5) {
+                let i = rng.random_range(0..b.len());
+                b[i] = rng.random_range(32u8..127);
+            }
+            let _ = s.handle_text(&String::from_utf8_lossy(&b));
+            s.claim();
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! The reaper: every second, closes warm sessions nobody claimed within `prewarm.ttl_secs`
+//! (the caller hung up while it rang and no status callback came), and records why.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    app::Registry,
+    store::calls::{self, CallPatch},
+};
+
+/// Runs until `shutdown`; then closes every remaining warm session.
+pub async fn run(
+    registry: Arc<Registry>,
+    db: sea_orm::DatabaseConnection,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        for (sid, warm) in registry.reap(std::time::Instant::now()) {
+            tracing::info!(call_sid = %sid, warm, "reaper: no media stream arrived in time; closed");
+            let patch = CallPatch {
+                status: Some("unanswered".into()),
+                end_reason: Some("reaped: no media stream within prewarm.ttl_secs".into()),
+                ended_at: Some(chrono::Utc::now()),
+                ..Default::default()
+            };
+            if let Err(e) = calls::update_call(&db, sid.as_str(), &patch).await {
+                tracing::warn!(call_sid = %sid, error = %e, "reaper: could not record the reaped call");
+            }
+        }
+    }
+    let closed = registry.close_all("shutdown");
+    if closed > 0 {
+        tracing::info!(closed, "shutdown: closed unclaimed warm sessions");
+    }
+}

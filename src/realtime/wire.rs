@@ -1,0 +1,404 @@
+//! OpenAI Realtime (GA) JSON (protocols.md §7): the client events warmline sends and the server
+//! events it reads. GA names only (`response.output_audio.delta`, `session.type:"realtime"`,
+//! `{"type":"audio/pcmu"}`); an unknown `type` parses into [`ServerEvent::Unknown`].
+//!
+//! Hot path: `input_audio_buffer.append` is written straight into a `String` (Twilio's base64
+//! needs no JSON escaping) and audio deltas borrow from the frame when they can.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// A server event, reduced to what warmline acts on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerEvent<'a> {
+    /// `session.created`.
+    SessionCreated,
+    /// `session.updated` (the configuration took effect).
+    SessionUpdated,
+    /// `error`.
+    Error {
+        /// `error.type`.
+        kind: String,
+        /// `error.code`, if any.
+        code: Option<String>,
+        /// `error.message`.
+        message: String,
+    },
+    /// `input_audio_buffer.speech_started`.
+    SpeechStarted {
+        /// ms into the input audio.
+        audio_start_ms: u64,
+        /// The user item being created.
+        item_id: String,
+    },
+    /// `input_audio_buffer.speech_stopped`.
+    SpeechStopped {
+        /// ms into the input audio.
+        audio_end_ms: u64,
+    },
+    /// `conversation.item.input_audio_transcription.completed`.
+    CallerTranscript {
+        /// User item.
+        item_id: String,
+        /// Transcript.
+        transcript: String,
+    },
+    /// `response.created`.
+    ResponseCreated {
+        /// Response id.
+        response_id: String,
+    },
+    /// `response.output_audio.delta`.
+    AudioDelta {
+        /// Response id.
+        response_id: String,
+        /// Assistant item id.
+        item_id: String,
+        /// Base64 μ-law.
+        delta: Cow<'a, str>,
+    },
+    /// `response.output_audio.done`.
+    AudioDone {
+        /// Response id.
+        response_id: String,
+        /// Assistant item id.
+        item_id: String,
+    },
+    /// `response.output_audio_transcript.done`.
+    AgentTranscript {
+        /// Assistant item id.
+        item_id: String,
+        /// Transcript.
+        transcript: String,
+    },
+    /// `response.function_call_arguments.done`.
+    FunctionCall {
+        /// Call id for the output item.
+        call_id: String,
+        /// Function name.
+        name: String,
+        /// JSON arguments.
+        arguments: String,
+    },
+    /// `response.done`.
+    ResponseDone {
+        /// Response id.
+        response_id: String,
+        /// completed, cancelled, failed, incomplete.
+        status: String,
+        /// `status_details.reason`.
+        reason: Option<String>,
+    },
+    /// Anything else (logged at debug and ignored).
+    Unknown {
+        /// Its `type`.
+        kind: String,
+    },
+}
+
+/// Why a server frame could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid Realtime event: {0}")]
+pub struct WireError(pub String);
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    response_id: Option<String>,
+    item_id: Option<String>,
+    #[serde(borrow, default)]
+    delta: Option<Text<'a>>,
+    transcript: Option<String>,
+    audio_start_ms: Option<u64>,
+    audio_end_ms: Option<u64>,
+    call_id: Option<String>,
+    name: Option<String>,
+    arguments: Option<String>,
+    response: Option<ResponseBody>,
+    error: Option<ErrorBody>,
+}
+
+#[derive(Deserialize)]
+struct ResponseBody {
+    id: Option<String>,
+    status: Option<String>,
+    status_details: Option<StatusDetails>,
+}
+
+#[derive(Deserialize)]
+struct StatusDetails {
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    code: Option<String>,
+    message: Option<String>,
+}
+
+/// A string borrowed from the frame when it has no escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+fn need<T>(v: Option<T>, kind: &str, field: &str) -> Result<T, WireError> {
+    v.ok_or_else(|| WireError(format!("{kind} without {field}")))
+}
+
+/// Parses one server frame.
+pub fn parse(text: &str) -> Result<ServerEvent<'_>, WireError> {
+    let e: Envelope<'_> = serde_json::from_str(text).map_err(|e| WireError(e.to_string()))?;
+    let kind = e.kind.as_ref();
+    Ok(match kind {
+        "session.created" => ServerEvent::SessionCreated,
+        "session.updated" => ServerEvent::SessionUpdated,
+        "error" => {
+            let err = e.error.unwrap_or(ErrorBody {
+                kind: None,
+                code: None,
+                message: None,
+            });
+            ServerEvent::Error {
+                kind: err.kind.unwrap_or_else(|| "unknown".into()),
+                code: err.code,
+                message: err.message.unwrap_or_default(),
+            }
+        }
+        "input_audio_buffer.speech_started" => ServerEvent::SpeechStarted {
+            audio_start_ms: e.audio_start_ms.unwrap_or(0),
+            item_id: e.item_id.unwrap_or_default(),
+        },
+        "input_audio_buffer.speech_stopped" => ServerEvent::SpeechStopped {
+            audio_end_ms: e.audio_end_ms.unwrap_or(0),
+        },
+        "conversation.item.input_audio_transcription.completed" => ServerEvent::CallerTranscript {
+            item_id: e.item_id.unwrap_or_default(),
+            transcript: need(e.transcript, kind, "transcript")?,
+        },
+        "response.created" => ServerEvent::ResponseCreated {
+            response_id: need(e.response.and_then(|r| r.id), kind, "response.id")?,
+        },
+        "response.output_audio.delta" => ServerEvent::AudioDelta {
+            response_id: need(e.response_id, kind, "response_id")?,
+            item_id: need(e.item_id, kind, "item_id")?,
+            delta: need(e.delta, kind, "delta")?.0,
+        },
+        "response.output_audio.done" => ServerEvent::AudioDone {
+            response_id: e.response_id.unwrap_or_default(),
+            item_id: e.item_id.unwrap_or_default(),
+        },
+        "response.output_audio_transcript.done" => ServerEvent::AgentTranscript {
+            item_id: e.item_id.unwrap_or_default(),
+            transcript: need(e.transcript, kind, "transcript")?,
+        },
+        "response.function_call_arguments.done" => ServerEvent::FunctionCall {
+            call_id: need(e.call_id, kind, "call_id")?,
+            name: e.name.unwrap_or_default(),
+            arguments: e.arguments.unwrap_or_else(|| "{}".into()),
+        },
+        "response.done" => {
+            let r = need(e.response, kind, "response")?;
+            ServerEvent::ResponseDone {
+                response_id: r.id.unwrap_or_default(),
+                status: r.status.unwrap_or_else(|| "completed".into()),
+                reason: r.status_details.and_then(|d| d.reason),
+            }
+        }
+        other => ServerEvent::Unknown {
+            kind: other.chars().take(80).collect(),
+        },
+    })
+}
+
+/// `input_audio_buffer.append` with base64 μ-law that is already valid base64.
+pub fn append(audio_b64: &str) -> String {
+    let mut s = String::with_capacity(48 + audio_b64.len());
+    s.push_str(r#"{"type":"input_audio_buffer.append","audio":""#);
+    s.push_str(audio_b64);
+    s.push_str(r#""}"#);
+    s
+}
+
+/// What a session is configured with (§7.2).
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The whole prompt.
+    pub instructions: String,
+    /// Output voice.
+    pub voice: String,
+    /// Input transcription model.
+    pub transcription_model: String,
+    /// Caller's language for transcription (`en`), if known.
+    pub language: Option<String>,
+}
+
+/// `session.update` in the GA shape: PCMU both ways, server VAD with barge-in, transcription.
+pub fn session_update(c: &SessionConfig) -> String {
+    let mut transcription = json!({"model": c.transcription_model});
+    if let Some(lang) = &c.language {
+        transcription["language"] = Value::String(lang.clone());
+    }
+    json!({
+        "type": "session.update",
+        "session": {
+            "type": "realtime",
+            "instructions": c.instructions,
+            "output_modalities": ["audio"],
+            "audio": {
+                "input": {
+                    "format": {"type": "audio/pcmu"},
+                    "noise_reduction": {"type": "near_field"},
+                    "turn_detection": {
+                        "type": "server_vad",
+                        "threshold": 0.5,
+                        "prefix_padding_ms": 300,
+                        "silence_duration_ms": 500,
+                        "create_response": true,
+                        "interrupt_response": true
+                    },
+                    "transcription": transcription
+                },
+                "output": {"format": {"type": "audio/pcmu"}, "voice": c.voice}
+            },
+            "truncation": "auto"
+        }
+    })
+    .to_string()
+}
+
+/// `response.create`, with per-response instructions (the greeting) when given.
+pub fn response_create(instructions: Option<&str>) -> String {
+    match instructions {
+        Some(i) => json!({"type": "response.create", "response": {"instructions": i}}).to_string(),
+        None => json!({"type": "response.create"}).to_string(),
+    }
+}
+
+/// `response.cancel`.
+pub fn response_cancel() -> String {
+    r#"{"type":"response.cancel"}"#.to_string()
+}
+
+/// `conversation.item.truncate` for an assistant item at what the caller heard.
+pub fn truncate(item_id: &str, audio_end_ms: u64) -> String {
+    json!({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": audio_end_ms})
+        .to_string()
+}
+
+/// A user text message item (e.g. a DTMF key).
+pub fn user_text(text: &str) -> String {
+    json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+        "content": [{"type": "input_text", "text": text}]}})
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_update_is_the_ga_shape() {
+        let v: Value = serde_json::from_str(&session_update(&SessionConfig {
+            instructions: "Be nice".into(),
+            voice: "marin".into(),
+            transcription_model: "gpt-4o-mini-transcribe".into(),
+            language: Some("en".into()),
+        }))
+        .unwrap();
+        assert_eq!(v["type"], "session.update");
+        assert_eq!(v["session"]["type"], "realtime");
+        assert_eq!(
+            v["session"]["audio"]["input"]["format"],
+            json!({"type": "audio/pcmu"})
+        );
+        assert_eq!(
+            v["session"]["audio"]["output"]["format"],
+            json!({"type": "audio/pcmu"})
+        );
+        assert_eq!(v["session"]["audio"]["output"]["voice"], "marin");
+        let td = &v["session"]["audio"]["input"]["turn_detection"];
+        assert_eq!(td["type"], "server_vad");
+        assert_eq!(td["interrupt_response"], true);
+        assert_eq!(
+            v["session"]["audio"]["input"]["transcription"]["language"],
+            "en"
+        );
+        assert!(!v.to_string().contains("g711"), "no beta format names");
+    }
+
+    #[test]
+    fn client_events_encode() {
+        let a: Value = serde_json::from_str(&append("//7+/v7+/v4=")).unwrap();
+        assert_eq!(
+            a,
+            json!({"type": "input_audio_buffer.append", "audio": "//7+/v7+/v4="})
+        );
+        let t: Value = serde_json::from_str(&truncate("item_1", 1500)).unwrap();
+        assert_eq!(
+            t,
+            json!({"type": "conversation.item.truncate", "item_id": "item_1", "content_index": 0, "audio_end_ms": 1500})
+        );
+        let u: Value = serde_json::from_str(&user_text("(caller pressed 1)")).unwrap();
+        assert_eq!(u["item"]["content"][0]["type"], "input_text");
+        let r: Value = serde_json::from_str(&response_create(Some("Greet \"Dana\""))).unwrap();
+        assert_eq!(r["response"]["instructions"], "Greet \"Dana\"");
+    }
+
+    #[test]
+    fn server_events_parse() {
+        let d = parse(r#"{"type":"response.output_audio.delta","event_id":"e","response_id":"resp_1","item_id":"item_1","output_index":0,"content_index":0,"delta":"AAAA"}"#).unwrap();
+        assert!(
+            matches!(
+                &d,
+                ServerEvent::AudioDelta {
+                    delta: Cow::Borrowed("AAAA"),
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        let done = parse(r#"{"type":"response.done","response":{"id":"resp_1","status":"cancelled","status_details":{"type":"cancelled","reason":"turn_detected"}}}"#).unwrap();
+        assert_eq!(
+            done,
+            ServerEvent::ResponseDone {
+                response_id: "resp_1".into(),
+                status: "cancelled".into(),
+                reason: Some("turn_detected".into())
+            }
+        );
+        let err = parse(r#"{"type":"error","error":{"type":"invalid_request_error","code":"session_expired","message":"Your session hit the maximum duration of 60 minutes."}}"#).unwrap();
+        assert!(
+            matches!(err, ServerEvent::Error { code: Some(ref c), .. } if c == "session_expired")
+        );
+        assert_eq!(
+            parse(r#"{"type":"rate_limits.updated","rate_limits":[]}"#).unwrap(),
+            ServerEvent::Unknown {
+                kind: "rate_limits.updated".into()
+            }
+        );
+        assert!(parse("nope").is_err());
+        assert!(parse(r#"{"type":"response.output_audio.delta"}"#).is_err());
+    }
+}

@@ -1,0 +1,408 @@
+//! The Twilio HTTP routes (protocols.md §1–§5): `POST /twilio/voice` (warm the agent while the
+//! phone rings, answer with `<Connect><Stream>`), `POST /twilio/status` (close a warm session
+//! whose call ended before its stream), `POST /twilio/after-stream` (the `<Connect action>`:
+//! what to do when the stream ends), and the `GET /twilio/media` upgrade (in `bridge::socket`).
+//!
+//! Rules kept:
+//! 1. A bad signature is 403 and opens nothing. Apart from that, `/twilio/voice` always answers
+//!    200 with valid TwiML (a caller would hear an application error otherwise).
+//! 2. The webhook is never late: everything it waits for (database, Realtime) is bounded by
+//!    `ring_max_ms` from its arrival.
+//! 3. It answers when the warm session is ready (configured and greeting audio buffered) and
+//!    `ring_min_ms` has passed, or at `ring_max_ms` whatever the state.
+
+use std::time::{Duration, Instant};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use chrono::Utc;
+use tokio::{sync::watch, time::Instant as TokioInstant};
+
+use super::{
+    form::{self, StatusRequest, VoiceRequest},
+    signature, token, twiml,
+};
+use crate::{
+    app::AppState,
+    bridge::{CallContext, writer::Job},
+    config::PrewarmPolicy,
+    domain::E164,
+    realtime::{
+        client::{self, SessionSpec, Status},
+        profile::AgentProfile,
+        registry::Begun,
+    },
+    store::{
+        callers,
+        calls::{self, CallPatch, NewCall},
+        clients,
+    },
+};
+
+/// The Twilio routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/twilio/voice", post(voice))
+        .route("/twilio/status", post(status))
+        .route("/twilio/after-stream", post(after_stream))
+        .route("/twilio/media", get(crate::bridge::socket::upgrade))
+}
+
+/// The header Twilio signs with.
+pub const SIGNATURE_HEADER: &str = "x-twilio-signature";
+
+/// Whether a signed form request is genuine (always true with validation off).
+pub fn verify_form(
+    state: &AppState,
+    path: &str,
+    headers: &HeaderMap,
+    params: &[(String, String)],
+) -> bool {
+    let twilio = &state.settings.twilio;
+    if !twilio.validate_signatures {
+        return true;
+    }
+    let sig = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    signature::validate(
+        twilio.auth_token.expose(),
+        &state.settings.public_http_url(path),
+        params,
+        sig,
+    )
+}
+
+fn xml(body: String) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// Twilio `<Say language>` wants a locale; a bare language gets its common one.
+pub fn say_language(language: &str) -> String {
+    match language {
+        "en" => "en-US".into(),
+        "es" => "es-ES".into(),
+        "fr" => "fr-FR".into(),
+        "de" => "de-DE".into(),
+        other => other.to_string(),
+    }
+}
+
+const SORRY: &str = "We're sorry, we cannot take your call right now. Please try again later.";
+
+async fn voice(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let t0 = Instant::now();
+    let arrived = Utc::now();
+    let deadline =
+        TokioInstant::from_std(t0 + Duration::from_millis(state.settings.prewarm.ring_max_ms));
+    let params = form::parse(&body);
+    if !verify_form(&state, "/twilio/voice", &headers, &params) {
+        tracing::warn!(
+            call_sid = params
+                .iter()
+                .find(|(k, _)| k == "CallSid")
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("-"),
+            "voice webhook refused: bad X-Twilio-Signature"
+        );
+        state
+            .metrics
+            .observe_webhook("forbidden", t0.elapsed().as_secs_f64());
+        return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
+    }
+    let (outcome, body) = answer(&state, &params, t0, arrived, deadline).await;
+    state
+        .metrics
+        .observe_webhook(outcome, t0.elapsed().as_secs_f64());
+    xml(body)
+}
+
+/// Decides the TwiML for a genuine voice request; returns the metric outcome too.
+async fn answer(
+    state: &AppState,
+    params: &[(String, String)],
+    t0: Instant,
+    arrived: chrono::DateTime<Utc>,
+    deadline: TokioInstant,
+) -> (&'static str, String) {
+    let req = match VoiceRequest::from_params(params) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "voice webhook: malformed request");
+            return ("invalid", twiml::say_hangup(SORRY, "en-US"));
+        }
+    };
+    let sid = req.call_sid.clone();
+    let Ok(to) = E164::parse(&req.to) else {
+        tracing::warn!(call_sid = %sid, "voice webhook: To is not an E.164 number");
+        return (
+            "unknown_number",
+            twiml::say_hangup("This number is not in service.", "en-US"),
+        );
+    };
+    // The database is bounded by the same deadline as everything else.
+    let lookup = tokio::time::timeout_at(deadline, async {
+        let client = clients::client_by_number(&state.db, &to).await?;
+        let caller = match &client {
+            Some(c) => callers::get_caller(&state.db, c.client.id, &req.from).await?,
+            None => None,
+        };
+        Ok::<_, crate::store::StoreError>((client, caller))
+    })
+    .await;
+    let (client, caller) = match lookup {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => {
+            tracing::error!(call_sid = %sid, error = %e, source = ?std::error::Error::source(&e), "voice webhook: database lookup failed");
+            return ("error", twiml::say_hangup(SORRY, "en-US"));
+        }
+        Err(_) => {
+            tracing::error!(call_sid = %sid, "voice webhook: database lookup exceeded ring_max_ms");
+            return ("error", twiml::say_hangup(SORRY, "en-US"));
+        }
+    };
+    let Some(client) = client else {
+        tracing::info!(call_sid = %sid, to = %to, "voice webhook: number not assigned to any active client");
+        state
+            .writer
+            .submit(Job::Insert(NewCall {
+                call_sid: sid.to_string(),
+                client_id: None,
+                from: req.from.clone(),
+                to: req.to.clone(),
+                status: "rejected".into(),
+                started_at: arrived,
+            }))
+            .await;
+        return (
+            "unknown_number",
+            twiml::say_hangup("This number is not in service.", "en-US"),
+        );
+    };
+    let policy = client
+        .prewarm_policy()
+        .unwrap_or(state.settings.prewarm.policy);
+    let known = caller.as_ref().is_some_and(|c| c.call_count > 0);
+    let want_warm = match policy {
+        PrewarmPolicy::Always => true,
+        PrewarmPolicy::KnownCallers => known,
+        PrewarmPolicy::Never => false,
+    };
+    let profile = AgentProfile::new(&client, caller);
+    state
+        .writer
+        .submit(Job::Insert(NewCall {
+            call_sid: sid.to_string(),
+            client_id: Some(client.client.id),
+            from: req.from.clone(),
+            to: req.to.clone(),
+            status: "ringing".into(),
+            started_at: arrived,
+        }))
+        .await;
+    let ctx = CallContext {
+        call_sid: sid.clone(),
+        client_id: client.client.id,
+        from: req.from.clone(),
+        to: req.to.clone(),
+        profile: profile.clone(),
+        started_at: arrived,
+    };
+    let begun = state
+        .registry
+        .begin(&sid, ctx, want_warm, Instant::now(), || {
+            client::spawn(
+                &state.settings.openai,
+                SessionSpec {
+                    session_update: profile
+                        .session_update(&state.settings.openai.transcription_model, arrived),
+                    greeting: Some(profile.greeting_request()),
+                    buffer_cap: state.settings.prewarm.greeting_buffer_bytes * 4 / 3 + 4,
+                    call_sid: sid.to_string(),
+                    prewarm: true,
+                },
+                state.metrics.clone(),
+                &state.tasks,
+                state.shutdown.clone(),
+            )
+        });
+    let min_at =
+        TokioInstant::from_std(t0 + Duration::from_millis(state.settings.prewarm.ring_min_ms));
+    let outcome = match begun {
+        Begun::Warm(rx) | Begun::Retry(Some(rx)) => {
+            let ready = wait_ready(rx, deadline).await;
+            if !ready {
+                state.registry.peek(&sid, |s| s.note_timeout());
+            }
+            tokio::time::sleep_until(min_at.min(deadline)).await;
+            if ready { "warm" } else { "warm_not_ready" }
+        }
+        Begun::Cold(reason) => {
+            tracing::info!(call_sid = %sid, reason = reason.as_str(), "call will take the cold path");
+            tokio::time::sleep_until(min_at.min(deadline)).await;
+            "cold"
+        }
+        Begun::Retry(None) => {
+            tokio::time::sleep_until(min_at.min(deadline)).await;
+            "cold"
+        }
+    };
+    let expires =
+        Utc::now().timestamp().max(0) as u64 + state.settings.twilio.stream_token_ttl_secs;
+    let tok = token::issue(&state.stream_secret, &sid, expires);
+    let stream_url = state.settings.public_ws_url("/twilio/media");
+    let action = state.settings.public_http_url("/twilio/after-stream");
+    let body = twiml::connect_stream(&twiml::ConnectStream {
+        stream_url: &stream_url,
+        action_url: Some(&action),
+        parameters: &[("token", &tok)],
+    });
+    let webhook_ms = t0.elapsed().as_millis() as i64;
+    state
+        .writer
+        .submit(Job::Patch(
+            sid.to_string(),
+            CallPatch {
+                webhook_ms: Some(webhook_ms),
+                ..Default::default()
+            },
+        ))
+        .await;
+    tracing::info!(call_sid = %sid, client_id = client.client.id, outcome, webhook_ms, "voice webhook answered");
+    (outcome, body)
+}
+
+/// Waits until the session is ready (true) or failed/closed or the deadline passed (false).
+async fn wait_ready(mut rx: watch::Receiver<Status>, deadline: TokioInstant) -> bool {
+    let wait = async {
+        loop {
+            match &*rx.borrow_and_update() {
+                Status::Ready => return true,
+                Status::Failed(_) | Status::Closed => return false,
+                _ => {}
+            }
+            if rx.changed().await.is_err() {
+                return false;
+            }
+        }
+    };
+    tokio::time::timeout_at(deadline, wait)
+        .await
+        .unwrap_or(false)
+}
+
+async fn status(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let params = form::parse(&body);
+    if !verify_form(&state, "/twilio/status", &headers, &params) {
+        tracing::warn!("status callback refused: bad X-Twilio-Signature");
+        return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
+    }
+    let req = match StatusRequest::from_params(&params) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "status callback: malformed request");
+            return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+        }
+    };
+    if !req.call_status.is_terminal() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let reason = req.call_status.label();
+    if let Some(warm) = state.registry.close(&req.call_sid, reason) {
+        tracing::info!(call_sid = %req.call_sid, status = reason, warm, "call ended before its media stream; session closed");
+        state
+            .writer
+            .submit(Job::Patch(
+                req.call_sid.to_string(),
+                CallPatch {
+                    status: Some(reason.replace('-', "_")),
+                    end_reason: Some(format!("ended before the media stream ({reason})")),
+                    ended_at: Some(Utc::now()),
+                    ..Default::default()
+                },
+            ))
+            .await;
+    } else {
+        tracing::debug!(call_sid = %req.call_sid, status = reason, "status callback for a call already handled");
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn after_stream(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let params = form::parse(&body);
+    if !verify_form(&state, "/twilio/after-stream", &headers, &params) {
+        tracing::warn!("after-stream callback refused: bad X-Twilio-Signature");
+        return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
+    }
+    let Some(sid) = params
+        .iter()
+        .find(|(k, _)| k == "CallSid")
+        .map(|(_, v)| v.clone())
+    else {
+        return xml(twiml::say_hangup(SORRY, "en-US"));
+    };
+    // The call's record is written by the instance that ran the stream; give its writer a
+    // moment if the stream only just closed.
+    let mut record = None;
+    for _ in 0..15 {
+        match calls::call_by_sid(&state.db, &sid).await {
+            Ok(Some(c)) if c.call.ended_at.is_some() => {
+                record = Some(c.call);
+                break;
+            }
+            Ok(other) => record = other.map(|c| c.call),
+            Err(e) => {
+                tracing::error!(call_sid = %sid, error = %e, "after-stream: database lookup failed");
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = match record.as_ref().and_then(|r| r.client_id) {
+        Some(id) => clients::get_client(&state.db, id).await.ok(),
+        None => None,
+    };
+    let language = say_language(client.as_ref().map_or("en", |c| c.client.language.as_str()));
+    let normal = record
+        .as_ref()
+        .and_then(|r| r.end_reason.as_deref())
+        .is_some_and(|r| ["twilio_stop", "twilio_closed", "max_duration"].contains(&r));
+    let transfer = record
+        .as_ref()
+        .and_then(|r| r.end_reason.as_deref())
+        .is_some_and(|r| r.starts_with("transfer"));
+    let fallback = client
+        .as_ref()
+        .and_then(|c| c.client.fallback_number.clone());
+    let (decision, body) = if normal {
+        ("hangup", twiml::hangup())
+    } else if let Some(number) = fallback {
+        let say = if transfer {
+            "Please hold while I transfer you."
+        } else {
+            "Sorry, something went wrong. Let me put you through to a colleague."
+        };
+        ("dial_fallback", twiml::dial(&number, Some(say), &language))
+    } else {
+        ("apologise", twiml::say_hangup(SORRY, &language))
+    };
+    tracing::info!(
+        call_sid = %sid,
+        end_reason = record.as_ref().and_then(|r| r.end_reason.as_deref()).unwrap_or("unknown"),
+        decision,
+        "after-stream: answered"
+    );
+    xml(body)
+}
