@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../sim/assets"
 say() { # name voice text
   espeak-ng -v "$2" -s 165 -w "/tmp/$1.wav" "$3"
-  sox "/tmp/$1.wav" -r 8000 -c 1 -e mu-law -t raw "$1.ul" norm -3
+  # Trim leading and trailing silence: a greeting that starts with silence sounds late.
+  sox "/tmp/$1.wav" -r 8000 -c 1 -e mu-law -t raw "$1.ul" silence 1 0.02 0.5% reverse silence 1 0.02 0.5% reverse norm -3
   rm -f "/tmp/$1.wav"
 }
 say greeting   en-us+f3 "Thanks for calling. This is your assistant. How can I help you today?"

@@ -1,0 +1,894 @@
+//! A fake OpenAI Realtime (GA) server on loopback, faithful to protocols.md §7: bearer auth,
+//! `session.created` first, `session.update` answered by `session.updated` (GA shape checked),
+//! `response.create` answered by real μ-law speech as `response.output_audio.delta` chunks with
+//! transcripts and `response.done`, a server VAD on the caller's audio (speech_started/stopped,
+//! a transcription, an automatic answer, barge-in cancellation), `response.cancel`,
+//! `conversation.item.truncate`, and `error` events for what the real API refuses.
+//!
+//! It records what it saw (every client event per connection, connections opened and open) so
+//! tests can assert on it, and it can be slow (delays), down (connections dropped) or hanging
+//! (TCP accepted, handshake never answered).
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{Notify, mpsc, watch},
+};
+use tokio_tungstenite::tungstenite::{
+    Message,
+    handshake::server::{ErrorResponse, Request, Response},
+    http::StatusCode,
+};
+
+use crate::audio::{self, Clip, clips};
+
+/// How the server behaves toward new connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Serve normally.
+    Normal,
+    /// Drop every connection at once (like a refused or reset connection).
+    Down,
+    /// Accept TCP but never answer the handshake.
+    Hang,
+}
+
+/// Settings (changeable at runtime through [`FakeRealtime::set_config`]).
+#[derive(Debug, Clone)]
+pub struct FakeConfig {
+    /// Normal, down or hanging.
+    pub mode: Mode,
+    /// Delay before the WebSocket handshake completes.
+    pub connect_delay: Duration,
+    /// Delay before `session.updated`.
+    pub session_ready_delay: Duration,
+    /// Delay from `response.create` to the first audio delta.
+    pub first_audio_delay: Duration,
+    /// Audio per delta.
+    pub chunk_ms: usize,
+    /// Delay between deltas (the real API sends faster than real time).
+    pub chunk_interval: Duration,
+    /// Keep the raw JSON of `input_audio_buffer.append` events (off for load tests).
+    pub record_audio: bool,
+}
+
+impl Default for FakeConfig {
+    /// Latencies resembling the real API: 300 ms connect, 100 ms to session.updated, 500 ms to
+    /// first audio.
+    fn default() -> Self {
+        Self {
+            mode: Mode::Normal,
+            connect_delay: Duration::from_millis(300),
+            session_ready_delay: Duration::from_millis(100),
+            first_audio_delay: Duration::from_millis(500),
+            chunk_ms: 100,
+            chunk_interval: Duration::from_millis(25),
+            record_audio: true,
+        }
+    }
+}
+
+impl FakeConfig {
+    /// No delays at all (unit and integration tests).
+    pub fn instant() -> Self {
+        Self {
+            connect_delay: Duration::ZERO,
+            session_ready_delay: Duration::ZERO,
+            first_audio_delay: Duration::ZERO,
+            chunk_interval: Duration::from_millis(5),
+            ..Self::default()
+        }
+    }
+}
+
+/// One client event as received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Its `type`.
+    pub kind: String,
+    /// The raw text (empty for appends when `record_audio` is off).
+    pub raw: String,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+/// What one connection saw.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionLog {
+    /// `?model=`.
+    pub model: Option<String>,
+    /// Whether an `Authorization: Bearer` header was present.
+    pub authorized: bool,
+    /// Whether an `OpenAI-Beta` header was sent (a GA client must not).
+    pub beta_header: bool,
+    /// Client events in order.
+    pub events: Vec<Received>,
+    /// Whether the socket is still open.
+    pub open: bool,
+}
+
+impl ConnectionLog {
+    /// Events of one type.
+    pub fn of_type(&self, kind: &str) -> Vec<&Received> {
+        self.events.iter().filter(|e| e.kind == kind).collect()
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    connections: Mutex<Vec<ConnectionLog>>,
+    opened: AtomicUsize,
+    open: AtomicUsize,
+    attempts: AtomicUsize,
+    changed: Notify,
+    ids: AtomicU64,
+}
+
+/// A running fake.
+pub struct FakeRealtime {
+    addr: SocketAddr,
+    config: watch::Sender<FakeConfig>,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeRealtime {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeRealtime {
+    /// Starts on 127.0.0.1 with an OS-chosen port.
+    pub async fn start(config: FakeConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = watch::channel(config);
+        let shared = Arc::new(Shared::default());
+        let task = tokio::spawn(accept_loop(listener, rx, shared.clone()));
+        Ok(Self {
+            addr,
+            config: tx,
+            shared,
+            task,
+        })
+    }
+
+    /// `ws://127.0.0.1:PORT/v1/realtime`.
+    pub fn url(&self) -> String {
+        format!("ws://{}/v1/realtime", self.addr)
+    }
+
+    /// Changes behaviour for new connections and responses.
+    pub fn set_config(&self, f: impl FnOnce(&mut FakeConfig)) {
+        self.config.send_modify(f);
+    }
+
+    /// Successful WebSocket connections so far.
+    pub fn connections_opened(&self) -> usize {
+        self.shared.opened.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted (including refused and hanging ones).
+    pub fn connection_attempts(&self) -> usize {
+        self.shared.attempts.load(Ordering::SeqCst)
+    }
+
+    /// WebSocket connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.shared.open.load(Ordering::SeqCst)
+    }
+
+    /// Waits until exactly `n` connections are open; false after `limit`.
+    pub async fn wait_open(&self, n: usize, limit: Duration) -> bool {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.shared.changed.notified();
+            if self.open_connections() == n {
+                return true;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return self.open_connections() == n;
+            }
+        }
+    }
+
+    /// Waits until some connection has received `count` events of `kind`; false after `limit`.
+    pub async fn wait_event(&self, kind: &str, count: usize, limit: Duration) -> bool {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.shared.changed.notified();
+            let n: usize = self
+                .connections()
+                .iter()
+                .map(|c| c.of_type(kind).len())
+                .sum();
+            if n >= count {
+                return true;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Everything each connection saw, in connection order.
+    pub fn connections(&self) -> Vec<ConnectionLog> {
+        self.shared
+            .connections
+            .lock()
+            .expect("fake realtime log lock")
+            .clone()
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    config: watch::Receiver<FakeConfig>,
+    shared: Arc<Shared>,
+) {
+    let mut hanging = Vec::new();
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        shared.attempts.fetch_add(1, Ordering::SeqCst);
+        let cfg = config.borrow().clone();
+        match cfg.mode {
+            Mode::Down => drop(tcp),
+            Mode::Hang => hanging.push(tcp),
+            Mode::Normal => {
+                tokio::spawn(serve(tcp, config.clone(), shared.clone()));
+            }
+        }
+    }
+}
+
+async fn serve(tcp: TcpStream, config: watch::Receiver<FakeConfig>, shared: Arc<Shared>) {
+    let delay = config.borrow().connect_delay;
+    tokio::time::sleep(delay).await;
+    let mut log = ConnectionLog::default();
+    // The signature is tungstenite's, large error type included.
+    #[allow(clippy::result_large_err)]
+    let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        let h = req.headers();
+        log.authorized = h
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("Bearer ") && v.len() > 7);
+        log.beta_header = h.contains_key("openai-beta");
+        log.model = req.uri().query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("model=").map(str::to_string))
+        });
+        if !log.authorized {
+            let mut e = ErrorResponse::new(Some("missing bearer token".into()));
+            *e.status_mut() = StatusCode::UNAUTHORIZED;
+            return Err(e);
+        }
+        Ok(resp)
+    };
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+        return;
+    };
+    let index = {
+        let mut all = shared.connections.lock().expect("fake realtime log lock");
+        log.open = true;
+        all.push(log);
+        all.len() - 1
+    };
+    shared.opened.fetch_add(1, Ordering::SeqCst);
+    shared.open.fetch_add(1, Ordering::SeqCst);
+    shared.changed.notify_waiters();
+    Conn::new(index, config, shared.clone()).run(ws).await;
+    shared.open.fetch_sub(1, Ordering::SeqCst);
+    if let Some(c) = shared
+        .connections
+        .lock()
+        .expect("fake realtime log lock")
+        .get_mut(index)
+    {
+        c.open = false;
+    }
+    shared.changed.notify_waiters();
+}
+
+/// A response being spoken.
+struct Speaking {
+    id: String,
+    item_id: String,
+    cancel: Arc<Notify>,
+    /// ms of audio this response has sent (for truncate checks).
+    sent_ms: Arc<AtomicU64>,
+}
+
+struct Conn {
+    index: usize,
+    config: watch::Receiver<FakeConfig>,
+    shared: Arc<Shared>,
+    out: mpsc::Sender<Message>,
+    out_rx: Option<mpsc::Receiver<Message>>,
+    responses: u32,
+    speaking: Option<Speaking>,
+    finished: Arc<Mutex<Vec<String>>>,
+    item_audio_ms: HashMap<String, Arc<AtomicU64>>,
+    create_response: bool,
+    interrupt_response: bool,
+    // VAD
+    audio_ms: u64,
+    speech_run: u64,
+    silence_run: u64,
+    in_speech: bool,
+    speech_started_at: u64,
+    user_item: String,
+}
+
+impl Conn {
+    fn new(index: usize, config: watch::Receiver<FakeConfig>, shared: Arc<Shared>) -> Self {
+        let (out, out_rx) = mpsc::channel(1024);
+        Self {
+            index,
+            config,
+            shared,
+            out,
+            out_rx: Some(out_rx),
+            responses: 0,
+            speaking: None,
+            finished: Arc::default(),
+            item_audio_ms: HashMap::new(),
+            create_response: true,
+            interrupt_response: true,
+            audio_ms: 0,
+            speech_run: 0,
+            silence_run: 0,
+            in_speech: false,
+            speech_started_at: 0,
+            user_item: String::new(),
+        }
+    }
+
+    fn id(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}_{:06}",
+            self.shared.ids.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    async fn send(&self, v: Value) {
+        let _ = self.out.send(Message::text(v.to_string())).await;
+    }
+
+    async fn error(&self, kind: &str, code: Option<&str>, message: &str) {
+        self.send(
+            json!({"type": "error", "event_id": self.id("event"), "error": {
+            "type": kind, "code": code, "message": message, "param": null, "event_id": null}}),
+        )
+        .await;
+    }
+
+    fn record(&self, kind: &str, raw: &str) {
+        let keep_raw = kind != "input_audio_buffer.append" || self.config.borrow().record_audio;
+        if let Some(c) = self
+            .shared
+            .connections
+            .lock()
+            .expect("fake realtime log lock")
+            .get_mut(self.index)
+        {
+            c.events.push(Received {
+                kind: kind.to_string(),
+                raw: if keep_raw {
+                    raw.to_string()
+                } else {
+                    String::new()
+                },
+                at: Instant::now(),
+            });
+        }
+        self.shared.changed.notify_waiters();
+    }
+
+    async fn run(mut self, ws: tokio_tungstenite::WebSocketStream<TcpStream>) {
+        let (mut sink, mut stream) = ws.split();
+        let mut out_rx = self.out_rx.take().expect("taken once");
+        let writer = tokio::spawn(async move {
+            while let Some(m) = out_rx.recv().await {
+                if sink.send(m).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        self.send(json!({"type": "session.created", "event_id": self.id("event"),
+            "session": {"type": "realtime", "id": self.id("sess"), "model": "fake", "expires_at": 0}}))
+            .await;
+        while let Some(msg) = stream.next().await {
+            match msg {
+                Ok(Message::Text(text)) => self.on_text(text.as_str()).await,
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        if let Some(s) = self.speaking.take() {
+            s.cancel.notify_one();
+        }
+        drop(self.out);
+        let _ = writer.await;
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        let Ok(v) = serde_json::from_str::<Value>(text) else {
+            self.record("(invalid json)", text);
+            self.error(
+                "invalid_request_error",
+                Some("invalid_json"),
+                "The message is not valid JSON.",
+            )
+            .await;
+            return;
+        };
+        let kind = v["type"].as_str().unwrap_or("").to_string();
+        self.record(&kind, text);
+        match kind.as_str() {
+            "session.update" => self.on_session_update(&v).await,
+            "response.create" => {
+                let instructions = v["response"]["instructions"].as_str().unwrap_or("").to_string();
+                self.start_response(&instructions).await;
+            }
+            "response.cancel" => {
+                if !self.cancel_active("client_cancelled").await {
+                    self.error("invalid_request_error", Some("response_cancel_not_active"),
+                        "Cancellation failed: no active response found").await;
+                }
+            }
+            "input_audio_buffer.append" => match v["audio"].as_str().map(|a| STANDARD.decode(a)) {
+                Some(Ok(bytes)) => self.vad(&bytes).await,
+                _ => self.error("invalid_request_error", Some("invalid_value"), "audio must be base64").await,
+            },
+            "conversation.item.truncate" => self.on_truncate(&v).await,
+            "conversation.item.create" => {
+                let item_id = self.id("item");
+                self.send(json!({"type": "conversation.item.added", "event_id": self.id("event"),
+                    "item": {"id": item_id, "type": "message", "role": "user"}}))
+                    .await;
+                self.send(json!({"type": "conversation.item.done", "event_id": self.id("event"),
+                    "item": {"id": item_id, "type": "message", "role": "user"}}))
+                    .await;
+            }
+            "input_audio_buffer.commit" | "input_audio_buffer.clear" => {}
+            other => {
+                self.error("invalid_request_error", Some("unknown_event"),
+                    &format!("Invalid value: '{other}'. Supported values are the client events of the GA Realtime API."))
+                    .await
+            }
+        }
+    }
+
+    async fn on_session_update(&mut self, v: &Value) {
+        let s = &v["session"];
+        let ga = s["type"] == "realtime"
+            && s["audio"]["input"]["format"]["type"].is_string()
+            && s["audio"]["output"]["format"]["type"].is_string();
+        if !ga {
+            self.error(
+                "invalid_request_error",
+                Some("invalid_session"),
+                "session.type is required and audio formats must be objects (GA)",
+            )
+            .await;
+            return;
+        }
+        let td = &s["audio"]["input"]["turn_detection"];
+        self.create_response = td["create_response"].as_bool().unwrap_or(true);
+        self.interrupt_response = td["interrupt_response"].as_bool().unwrap_or(true);
+        let delay = self.config.borrow().session_ready_delay;
+        let out = self.out.clone();
+        let mut session = s.clone();
+        session["id"] = json!(self.id("sess"));
+        let event =
+            json!({"type": "session.updated", "event_id": self.id("event"), "session": session});
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = out.send(Message::text(event.to_string())).await;
+        });
+    }
+
+    async fn start_response(&mut self, instructions: &str) {
+        self.cancel_active("turn_detected").await;
+        self.responses += 1;
+        let clip = if self.responses == 1 && !instructions.is_empty() {
+            clips::greeting()
+        } else if instructions.contains("keypad") {
+            clips::goodbye()
+        } else {
+            clips::answer()
+        };
+        let id = self.id("resp");
+        let item_id = self.id("item");
+        let cancel = Arc::new(Notify::new());
+        let sent_ms = Arc::new(AtomicU64::new(0));
+        self.item_audio_ms.insert(item_id.clone(), sent_ms.clone());
+        self.speaking = Some(Speaking {
+            id: id.clone(),
+            item_id: item_id.clone(),
+            cancel: cancel.clone(),
+            sent_ms: sent_ms.clone(),
+        });
+        let cfg = self.config.borrow().clone();
+        let out = self.out.clone();
+        let finished = self.finished.clone();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            speak(Speech {
+                out,
+                id,
+                item_id,
+                clip,
+                cfg,
+                cancel,
+                sent_ms,
+                finished,
+                shared,
+            })
+            .await;
+        });
+    }
+
+    /// Cancels the active response; false if none was active.
+    async fn cancel_active(&mut self, reason: &str) -> bool {
+        let Some(s) = self.speaking.take() else {
+            return false;
+        };
+        if self.finished.lock().expect("finished lock").contains(&s.id) {
+            return false;
+        }
+        self.finished
+            .lock()
+            .expect("finished lock")
+            .push(s.id.clone());
+        s.cancel.notify_one();
+        let _ = s.sent_ms.load(Ordering::Relaxed);
+        self.send(
+            json!({"type": "response.done", "event_id": self.id("event"), "response": {
+            "id": s.id, "object": "realtime.response", "status": "cancelled",
+            "status_details": {"type": "cancelled", "reason": reason}, "output": [],
+            "usage": {"total_tokens": 0, "input_tokens": 0, "output_tokens": 0}}}),
+        )
+        .await;
+        let _ = s.item_id;
+        true
+    }
+
+    async fn on_truncate(&mut self, v: &Value) {
+        let item_id = v["item_id"].as_str().unwrap_or("");
+        let Some(end) = v["audio_end_ms"].as_u64() else {
+            self.error(
+                "invalid_request_error",
+                Some("missing_required_parameter"),
+                "audio_end_ms is required",
+            )
+            .await;
+            return;
+        };
+        let Some(sent) = self
+            .item_audio_ms
+            .get(item_id)
+            .map(|m| m.load(Ordering::Relaxed))
+        else {
+            self.error(
+                "invalid_request_error",
+                Some("item_not_found"),
+                "No assistant item with that id",
+            )
+            .await;
+            return;
+        };
+        if end > sent {
+            self.error(
+                "invalid_request_error",
+                Some("invalid_value"),
+                &format!("audio_end_ms {end} is beyond the item's audio ({sent} ms)"),
+            )
+            .await;
+            return;
+        }
+        self.send(
+            json!({"type": "conversation.item.truncated", "event_id": self.id("event"),
+            "item_id": item_id, "content_index": 0, "audio_end_ms": end}),
+        )
+        .await;
+    }
+
+    /// A plain energy VAD over 20 ms frames: 100 ms of speech starts a turn, 500 ms of
+    /// silence ends it.
+    async fn vad(&mut self, mulaw: &[u8]) {
+        for frame in mulaw.chunks(audio::FRAME_BYTES) {
+            let ms = (frame.len() / audio::BYTES_PER_MS) as u64;
+            self.audio_ms += ms;
+            if audio::is_speech(frame) {
+                self.speech_run += ms;
+                self.silence_run = 0;
+                if !self.in_speech && self.speech_run >= 100 {
+                    self.in_speech = true;
+                    self.speech_started_at = self.audio_ms - self.speech_run;
+                    self.user_item = self.id("item");
+                    self.send(json!({"type": "input_audio_buffer.speech_started", "event_id": self.id("event"),
+                        "audio_start_ms": self.speech_started_at, "item_id": self.user_item}))
+                        .await;
+                    if self.interrupt_response {
+                        self.cancel_active("turn_detected").await;
+                    }
+                }
+            } else {
+                self.silence_run += ms;
+                if !self.in_speech {
+                    self.speech_run = 0;
+                }
+                if self.in_speech && self.silence_run >= 500 {
+                    self.in_speech = false;
+                    self.speech_run = 0;
+                    let end = self.audio_ms - self.silence_run;
+                    let spoke = (end - self.speech_started_at) as f64 / 1000.0;
+                    let item = self.user_item.clone();
+                    self.send(json!({"type": "input_audio_buffer.speech_stopped", "event_id": self.id("event"),
+                        "audio_end_ms": end, "item_id": item}))
+                        .await;
+                    self.send(
+                        json!({"type": "input_audio_buffer.committed", "event_id": self.id("event"),
+                        "previous_item_id": null, "item_id": item}),
+                    )
+                    .await;
+                    self.send(
+                        json!({"type": "conversation.item.input_audio_transcription.completed",
+                        "event_id": self.id("event"), "item_id": item, "content_index": 0,
+                        "transcript": format!("(caller spoke for {spoke:.1} s)")}),
+                    )
+                    .await;
+                    if self.create_response {
+                        self.start_response("").await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Speech {
+    out: mpsc::Sender<Message>,
+    id: String,
+    item_id: String,
+    clip: Clip,
+    cfg: FakeConfig,
+    cancel: Arc<Notify>,
+    sent_ms: Arc<AtomicU64>,
+    finished: Arc<Mutex<Vec<String>>>,
+    shared: Arc<Shared>,
+}
+
+async fn speak(s: Speech) {
+    let ev = |v: Value| Message::text(v.to_string());
+    let eid = || format!("event_{:06}", s.shared.ids.fetch_add(1, Ordering::Relaxed));
+    let item = json!({"id": s.item_id, "type": "message", "role": "assistant", "status": "in_progress", "content": []});
+    for m in [
+        json!({"type": "response.created", "event_id": eid(), "response": {"id": s.id, "object": "realtime.response", "status": "in_progress", "output": []}}),
+        json!({"type": "response.output_item.added", "event_id": eid(), "response_id": s.id, "output_index": 0, "item": item}),
+        json!({"type": "conversation.item.added", "event_id": eid(), "previous_item_id": null, "item": item}),
+        json!({"type": "response.content_part.added", "event_id": eid(), "response_id": s.id, "item_id": s.item_id, "output_index": 0, "content_index": 0, "part": {"type": "audio", "transcript": ""}}),
+    ] {
+        let _ = s.out.send(ev(m)).await;
+    }
+    let cancelled = || s.finished.lock().expect("finished lock").contains(&s.id);
+    tokio::select! {
+        _ = tokio::time::sleep(s.cfg.first_audio_delay) => {}
+        _ = s.cancel.notified() => return,
+    }
+    let chunk = s.cfg.chunk_ms.max(10) * audio::BYTES_PER_MS;
+    for part in s.clip.mulaw.chunks(chunk) {
+        if cancelled() {
+            return;
+        }
+        let delta = json!({"type": "response.output_audio.delta", "event_id": eid(), "response_id": s.id,
+            "item_id": s.item_id, "output_index": 0, "content_index": 0, "delta": STANDARD.encode(part)});
+        if s.out.send(ev(delta)).await.is_err() {
+            return;
+        }
+        s.sent_ms
+            .fetch_add((part.len() / audio::BYTES_PER_MS) as u64, Ordering::Relaxed);
+        tokio::select! {
+            _ = tokio::time::sleep(s.cfg.chunk_interval) => {}
+            _ = s.cancel.notified() => return,
+        }
+    }
+    if cancelled() {
+        return;
+    }
+    s.finished.lock().expect("finished lock").push(s.id.clone());
+    for m in [
+        json!({"type": "response.output_audio.done", "event_id": eid(), "response_id": s.id, "item_id": s.item_id, "output_index": 0, "content_index": 0}),
+        json!({"type": "response.output_audio_transcript.done", "event_id": eid(), "response_id": s.id, "item_id": s.item_id, "output_index": 0, "content_index": 0, "transcript": s.clip.text}),
+        json!({"type": "response.content_part.done", "event_id": eid(), "response_id": s.id, "item_id": s.item_id, "output_index": 0, "content_index": 0, "part": {"type": "audio", "transcript": s.clip.text}}),
+        json!({"type": "response.output_item.done", "event_id": eid(), "response_id": s.id, "output_index": 0, "item": {"id": s.item_id, "type": "message", "role": "assistant", "status": "completed"}}),
+        json!({"type": "response.done", "event_id": eid(), "response": {"id": s.id, "object": "realtime.response", "status": "completed", "status_details": null,
+            "usage": {"total_tokens": 120, "input_tokens": 80, "output_tokens": 40}}}),
+    ] {
+        let _ = s.out.send(ev(m)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    use super::*;
+
+    type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+    async fn connect(fake: &FakeRealtime) -> Client {
+        let mut req = format!("{}?model=gpt-realtime-2", fake.url())
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", "Bearer sk-test".parse().unwrap());
+        tokio_tungstenite::connect_async(req).await.unwrap().0
+    }
+
+    async fn next_of(ws: &mut Client, kind: &str) -> Value {
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+            let Ok(Some(Ok(Message::Text(t)))) = next else {
+                panic!("no {kind} (socket ended or timed out)")
+            };
+            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    fn session_update() -> String {
+        json!({"type": "session.update", "session": {"type": "realtime", "instructions": "x",
+            "audio": {"input": {"format": {"type": "audio/pcmu"}, "turn_detection": {"type": "server_vad", "create_response": true, "interrupt_response": true}},
+                      "output": {"format": {"type": "audio/pcmu"}, "voice": "marin"}}}})
+        .to_string()
+    }
+
+    #[tokio::test]
+    async fn without_a_bearer_token_the_handshake_is_refused() {
+        let fake = FakeRealtime::start(FakeConfig::instant()).await.unwrap();
+        let err = tokio_tungstenite::connect_async(fake.url())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("401"), "{err}");
+        assert_eq!(fake.connections_opened(), 0);
+    }
+
+    #[tokio::test]
+    async fn session_update_then_greeting_speech() {
+        let fake = FakeRealtime::start(FakeConfig::instant()).await.unwrap();
+        let mut ws = connect(&fake).await;
+        next_of(&mut ws, "session.created").await;
+        ws.send(Message::text(session_update())).await.unwrap();
+        let updated = next_of(&mut ws, "session.updated").await;
+        assert_eq!(updated["session"]["audio"]["output"]["voice"], "marin");
+        ws.send(Message::text(
+            r#"{"type":"response.create","response":{"instructions":"greet"}}"#,
+        ))
+        .await
+        .unwrap();
+        let delta = next_of(&mut ws, "response.output_audio.delta").await;
+        let audio = STANDARD.decode(delta["delta"].as_str().unwrap()).unwrap();
+        assert!(
+            audio.chunks(160).any(audio::is_speech),
+            "greeting is speech, not silence"
+        );
+        let done = next_of(&mut ws, "response.done").await;
+        assert_eq!(done["response"]["status"], "completed");
+        let log = &fake.connections()[0];
+        assert_eq!(log.model.as_deref(), Some("gpt-realtime-2"));
+        assert!(!log.beta_header);
+        assert_eq!(log.of_type("session.update").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn beta_shapes_and_unknown_events_get_errors() {
+        let fake = FakeRealtime::start(FakeConfig::instant()).await.unwrap();
+        let mut ws = connect(&fake).await;
+        ws.send(Message::text(
+            r#"{"type":"session.update","session":{"input_audio_format":"g711_ulaw"}}"#,
+        ))
+        .await
+        .unwrap();
+        let e = next_of(&mut ws, "error").await;
+        assert_eq!(e["error"]["code"], "invalid_session");
+        ws.send(Message::text(r#"{"type":"input_audio_buffer.push"}"#))
+            .await
+            .unwrap();
+        let e = next_of(&mut ws, "error").await;
+        assert_eq!(e["error"]["code"], "unknown_event");
+        ws.send(Message::text(r#"{"type":"response.cancel"}"#))
+            .await
+            .unwrap();
+        let e = next_of(&mut ws, "error").await;
+        assert_eq!(e["error"]["code"], "response_cancel_not_active");
+    }
+
+    #[tokio::test]
+    async fn caller_speech_interrupts_and_gets_an_answer() {
+        let mut cfg = FakeConfig::instant();
+        cfg.chunk_interval = Duration::from_millis(200);
+        let fake = FakeRealtime::start(cfg).await.unwrap();
+        let mut ws = connect(&fake).await;
+        ws.send(Message::text(session_update())).await.unwrap();
+        ws.send(Message::text(
+            r#"{"type":"response.create","response":{"instructions":"greet"}}"#,
+        ))
+        .await
+        .unwrap();
+        let delta = next_of(&mut ws, "response.output_audio.delta").await;
+        let item = delta["item_id"].as_str().unwrap().to_string();
+        let speech = clips::question();
+        for frame in speech
+            .mulaw
+            .chunks(160)
+            .chain(audio::silence(700).chunks(160))
+        {
+            let m = json!({"type": "input_audio_buffer.append", "audio": STANDARD.encode(frame)});
+            ws.send(Message::text(m.to_string())).await.unwrap();
+        }
+        let started = next_of(&mut ws, "input_audio_buffer.speech_started").await;
+        assert!(started["audio_start_ms"].as_u64().unwrap() < 500);
+        let cancelled = next_of(&mut ws, "response.done").await;
+        assert_eq!(cancelled["response"]["status"], "cancelled");
+        assert_eq!(
+            cancelled["response"]["status_details"]["reason"],
+            "turn_detected"
+        );
+        // Silence after the question ends the turn: transcript, then an automatic answer.
+        next_of(&mut ws, "input_audio_buffer.speech_stopped").await;
+        next_of(
+            &mut ws,
+            "conversation.item.input_audio_transcription.completed",
+        )
+        .await;
+        let answer = next_of(&mut ws, "response.created").await;
+        assert_ne!(answer["response"]["id"], delta["response_id"]);
+        ws.send(Message::text(json!({"type": "conversation.item.truncate", "item_id": item, "content_index": 0, "audio_end_ms": 50}).to_string())).await.unwrap();
+        let t = next_of(&mut ws, "conversation.item.truncated").await;
+        assert_eq!(t["audio_end_ms"], 50);
+        ws.send(Message::text(json!({"type": "conversation.item.truncate", "item_id": item, "content_index": 0, "audio_end_ms": 999_999}).to_string())).await.unwrap();
+        let e = next_of(&mut ws, "error").await;
+        assert_eq!(e["error"]["code"], "invalid_value");
+    }
+
+    #[tokio::test]
+    async fn down_and_hang_modes() {
+        let mut cfg = FakeConfig::instant();
+        cfg.mode = Mode::Down;
+        let fake = FakeRealtime::start(cfg).await.unwrap();
+        let mut req = fake.url().into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", "Bearer x".parse().unwrap());
+        assert!(tokio_tungstenite::connect_async(req.clone()).await.is_err());
+        fake.set_config(|c| c.mode = Mode::Hang);
+        let hung = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio_tungstenite::connect_async(req),
+        )
+        .await;
+        assert!(hung.is_err(), "handshake never completes");
+        assert_eq!(fake.connection_attempts(), 2);
+        assert_eq!(fake.connections_opened(), 0);
+    }
+}
