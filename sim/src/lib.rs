@@ -7,3 +7,4 @@
 
 pub mod audio;
 pub mod realtime;
+pub mod twilio;

@@ -1,0 +1,843 @@
+//! A Twilio simulator: it plays Twilio's side of an inbound call against a running gateway,
+//! faithfully to protocols.md §1–§5 and §9, and reports what it saw.
+//!
+//! - The voice webhook: a signed form POST with the real parameters; the TwiML is parsed.
+//! - The media stream: a signed WebSocket upgrade, `connected`, `start` (with the TwiML's
+//!   `<Parameter>`s), then caller audio in real time, one 20 ms μ-law frame every 20 ms with
+//!   string sequence numbers, `dtmf`, `stop`.
+//! - Twilio's playback buffer: agent audio of any size is queued and played at 8 bytes/ms;
+//!   marks are echoed when the audio before them has played, or at once when nothing is
+//!   buffered; `clear` drops what is buffered and echoes every pending mark immediately.
+//! - After the stream: the `<Connect action>` callback and the status callback, signed.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use base64::{Engine, engine::general_purpose::STANDARD};
+use futures_util::{SinkExt, StreamExt};
+use hmac::{Hmac, KeyInit, Mac};
+use quick_xml::{Reader, events::Event};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha1::Sha1;
+use tokio::time::MissedTickBehavior;
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+use crate::audio::{self, Clip};
+
+/// X-Twilio-Signature: base64(HMAC-SHA1(token, url + sorted name+value pairs)).
+pub fn sign(auth_token: &str, url: &str, params: &[(&str, &str)]) -> String {
+    let mut sorted = params.to_vec();
+    sorted.sort_unstable();
+    // HMAC takes keys of any length.
+    let mut mac = Hmac::<Sha1>::new_from_slice(auth_token.as_bytes()).expect("any key length");
+    mac.update(url.as_bytes());
+    for (k, v) in sorted {
+        mac.update(k.as_bytes());
+        mac.update(v.as_bytes());
+    }
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// A random 32-hex-digit SID with a prefix (`CA`, `MZ`).
+pub fn sid(prefix: &str) -> String {
+    let n: u128 = rand::random();
+    format!("{prefix}{n:032x}")
+}
+
+/// How the simulator signs a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signing {
+    /// Correctly.
+    Valid,
+    /// With a wrong signature.
+    Forged,
+    /// Without the header.
+    Missing,
+}
+
+/// The simulated Twilio account.
+#[derive(Debug, Clone)]
+pub struct TwilioSim {
+    http: reqwest::Client,
+    /// The gateway's `public_url` (e.g. `http://127.0.0.1:8080`).
+    pub base: String,
+    /// The auth token both sides share.
+    pub auth_token: String,
+    /// `AC…`.
+    pub account_sid: String,
+}
+
+/// An inbound call to place.
+#[derive(Debug, Clone)]
+pub struct CallSpec {
+    /// `CA…` (random when `None`).
+    pub call_sid: Option<String>,
+    /// Caller id.
+    pub from: String,
+    /// Number called.
+    pub to: String,
+    /// How to sign the webhook.
+    pub signing: Signing,
+}
+
+impl CallSpec {
+    /// A call from `from` to `to`.
+    pub fn new(from: &str, to: &str) -> Self {
+        Self {
+            call_sid: None,
+            from: from.into(),
+            to: to.into(),
+            signing: Signing::Valid,
+        }
+    }
+}
+
+/// What the TwiML said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Twiml {
+    /// `<Connect [action]><Stream url><Parameter…/>`.
+    Stream {
+        /// Stream URL.
+        url: String,
+        /// `<Connect action>`.
+        action: Option<String>,
+        /// Parameters.
+        parameters: HashMap<String, String>,
+    },
+    /// `<Say>` then `<Hangup/>`.
+    SayHangup {
+        /// The text.
+        text: String,
+    },
+    /// `<Dial>`.
+    Dial {
+        /// The number.
+        number: String,
+    },
+    /// `<Hangup/>` alone.
+    Hangup,
+    /// Anything else (the raw document is kept in the caller's hands).
+    Other,
+}
+
+/// Parses the TwiML forms warmline produces.
+pub fn parse_twiml(xml: &str) -> Twiml {
+    let mut r = Reader::from_str(xml);
+    let mut names = Vec::new();
+    let mut stream_url = None;
+    let mut action = None;
+    let mut params = HashMap::new();
+    let mut text = String::new();
+    let mut current = String::new();
+    loop {
+        match r.read_event() {
+            Ok(Event::Start(e)) | Ok(Event::Empty(e)) => {
+                let name = String::from_utf8_lossy(e.name().as_ref()).to_string();
+                let attrs: HashMap<String, String> = e
+                    .attributes()
+                    .flatten()
+                    .map(|a| {
+                        (
+                            String::from_utf8_lossy(a.key.as_ref()).to_string(),
+                            a.unescape_value()
+                                .map(|v| v.to_string())
+                                .unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                match name.as_str() {
+                    "Stream" => stream_url = attrs.get("url").cloned(),
+                    "Connect" => action = attrs.get("action").cloned(),
+                    "Parameter" => {
+                        if let (Some(n), Some(v)) = (attrs.get("name"), attrs.get("value")) {
+                            params.insert(n.clone(), v.clone());
+                        }
+                    }
+                    _ => {}
+                }
+                current = name.clone();
+                names.push(name);
+            }
+            Ok(Event::Text(t)) => {
+                if let Ok(s) = t.decode()
+                    && (current == "Say" || current == "Dial")
+                {
+                    text.push_str(&s);
+                }
+            }
+            Ok(Event::GeneralRef(g)) => {
+                if let Ok(name) = g.decode()
+                    && let Some(ch) = quick_xml::escape::resolve_predefined_entity(&name)
+                {
+                    text.push_str(ch);
+                }
+            }
+            Ok(Event::Eof) | Err(_) => break,
+            _ => {}
+        }
+    }
+    if let Some(url) = stream_url {
+        return Twiml::Stream {
+            url,
+            action,
+            parameters: params,
+        };
+    }
+    if names.iter().any(|n| n == "Dial") {
+        return Twiml::Dial { number: text };
+    }
+    if names.iter().any(|n| n == "Say") && names.iter().any(|n| n == "Hangup") {
+        return Twiml::SayHangup { text };
+    }
+    if names == ["Response", "Hangup"] {
+        return Twiml::Hangup;
+    }
+    Twiml::Other
+}
+
+/// The webhook's answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlacedCall {
+    /// The call.
+    pub call_sid: String,
+    /// From.
+    pub from: String,
+    /// HTTP status.
+    pub status: u16,
+    /// Content-Type.
+    pub content_type: String,
+    /// Raw body.
+    pub body: String,
+    /// Parsed TwiML (when 200).
+    pub twiml: Twiml,
+    /// Webhook sent to answer received.
+    pub webhook_time: Duration,
+}
+
+/// What the caller does on the stream.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Send silence for this long.
+    Silence(Duration),
+    /// Speak a clip (blocks until it has been sent).
+    Say(Clip),
+    /// Wait (sending silence) until agent audio has arrived, at most this long.
+    WaitForAgentAudio(Duration),
+    /// Wait (sending silence) until no agent audio is buffered any more, at most this long.
+    WaitForAgentQuiet(Duration),
+    /// Press a key.
+    Dtmf(char),
+    /// Send `stop` and close (the caller hangs up).
+    HangUp,
+    /// Close the socket without `stop` (the leg drops).
+    Drop,
+    /// Send a raw text frame (tests of bad input).
+    SendRaw(String),
+    /// Wait for the gateway to close the socket, at most this long.
+    WaitForClose(Duration),
+}
+
+/// One `clear` seen.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClearSeen {
+    /// ms since `start` was sent.
+    pub at_ms: u64,
+    /// Agent audio actually played so far, in ms.
+    pub played_ms: u64,
+    /// Buffered agent audio dropped by it, in ms.
+    pub dropped_ms: u64,
+}
+
+/// What happened on one call.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CallReport {
+    /// Whether the socket opened.
+    pub stream_opened: bool,
+    /// HTTP status of a refused upgrade.
+    pub upgrade_status: Option<u16>,
+    /// `start` sent → first agent media received.
+    pub first_media_after_start: Option<Duration>,
+    /// Agent media messages received.
+    pub media_messages: usize,
+    /// Agent audio received, ms.
+    pub received_ms: u64,
+    /// Agent audio played (heard), ms.
+    pub played_ms: u64,
+    /// Marks echoed as played.
+    pub marks_played: usize,
+    /// Marks echoed because of a clear.
+    pub marks_cleared: usize,
+    /// Clears.
+    pub clears: Vec<ClearSeen>,
+    /// Protocol violations by the gateway.
+    pub violations: Vec<String>,
+    /// Caller frames sent.
+    pub frames_sent: usize,
+    /// Who closed: `gateway` or `caller`.
+    pub closed_by: Option<String>,
+    /// The `<Connect action>` answer.
+    pub after_stream: Option<Twiml>,
+    /// When the first agent media arrived (for ordering checks across fakes).
+    #[serde(skip)]
+    pub first_media_at: Option<Instant>,
+    /// When `start` was sent.
+    #[serde(skip)]
+    pub start_sent_at: Option<Instant>,
+    /// The caller's audio as sent (μ-law).
+    #[serde(skip)]
+    pub caller_audio: Vec<u8>,
+    /// The agent audio as heard (μ-law).
+    #[serde(skip)]
+    pub heard_audio: Vec<u8>,
+}
+
+/// Options for the media stream.
+#[derive(Debug, Clone, Default)]
+pub struct StreamOptions {
+    /// Replace `<Parameter>`s (e.g. a wrong token).
+    pub parameters: Option<HashMap<String, String>>,
+    /// How to sign the upgrade.
+    pub signing: Option<Signing>,
+    /// Skip the after-stream and status callbacks.
+    pub no_callbacks: bool,
+}
+
+/// Twilio's playback buffer for one stream (§4.2).
+#[derive(Debug, Default)]
+struct Playback {
+    /// (start, end, bytes) of scheduled agent audio.
+    segments: Vec<(Instant, Instant, Vec<u8>)>,
+    /// When the buffer runs dry.
+    end: Option<Instant>,
+    /// Marks waiting for their audio: (due, name).
+    marks: VecDeque<(Instant, String)>,
+}
+
+impl Playback {
+    fn push_audio(&mut self, now: Instant, bytes: Vec<u8>) {
+        let start = self.end.filter(|e| *e > now).unwrap_or(now);
+        let end = start + Duration::from_micros(bytes.len() as u64 * 125);
+        self.segments.push((start, end, bytes));
+        self.end = Some(end);
+    }
+
+    fn push_mark(&mut self, now: Instant, name: String) {
+        let due = self.end.filter(|e| *e > now).unwrap_or(now);
+        self.marks.push_back((due, name));
+    }
+
+    fn played_ms(&self, now: Instant) -> u64 {
+        self.segments
+            .iter()
+            .map(|(s, e, _)| {
+                if now >= *e {
+                    e.duration_since(*s)
+                } else if now > *s {
+                    now.duration_since(*s)
+                } else {
+                    Duration::ZERO
+                }
+            })
+            .sum::<Duration>()
+            .as_millis() as u64
+    }
+
+    /// Drops unplayed audio; returns (played ms, dropped ms, marks now echoed).
+    fn clear(&mut self, now: Instant) -> (u64, u64, Vec<String>) {
+        let played = self.played_ms(now);
+        let mut dropped = Duration::ZERO;
+        for seg in &mut self.segments {
+            if seg.1 > now {
+                let keep_from = seg.0.max(now);
+                dropped += seg.1.duration_since(keep_from);
+                let keep = (keep_from.duration_since(seg.0).as_micros() / 125) as usize;
+                seg.2.truncate(keep.min(seg.2.len()));
+                seg.1 = keep_from;
+            }
+        }
+        self.end = Some(now);
+        let marks = self.marks.drain(..).map(|(_, n)| n).collect();
+        (played, dropped.as_millis() as u64, marks)
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.marks.front().map(|(d, _)| *d)
+    }
+
+    fn heard(&self, now: Instant) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (s, e, b) in &self.segments {
+            if now >= *e {
+                out.extend_from_slice(b);
+            } else if now > *s {
+                let n = (now.duration_since(*s).as_micros() / 125) as usize;
+                out.extend_from_slice(&b[..n.min(b.len())]);
+            }
+        }
+        out
+    }
+
+    fn is_playing(&self, now: Instant) -> bool {
+        self.end.is_some_and(|e| e > now)
+    }
+}
+
+impl TwilioSim {
+    /// A simulator for the gateway at `base` (its `public_url`).
+    pub fn new(base: &str, auth_token: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_string(),
+            auth_token: auth_token.to_string(),
+            account_sid: sid("AC"),
+        }
+    }
+
+    async fn post_form(
+        &self,
+        url: &str,
+        params: &[(&str, &str)],
+        signing: Signing,
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut req = self.http.post(url).form(params);
+        match signing {
+            Signing::Valid => {
+                req = req.header("X-Twilio-Signature", sign(&self.auth_token, url, params))
+            }
+            Signing::Forged => {
+                req = req.header("X-Twilio-Signature", sign("wrong-token", url, params))
+            }
+            Signing::Missing => {}
+        }
+        req.send().await.with_context(|| format!("POST {url}"))
+    }
+
+    /// Sends the voice webhook for a new inbound call and parses the answer.
+    pub async fn place_call(&self, spec: &CallSpec) -> anyhow::Result<PlacedCall> {
+        let call_sid = spec.call_sid.clone().unwrap_or_else(|| sid("CA"));
+        let params = [
+            ("AccountSid", self.account_sid.as_str()),
+            ("ApiVersion", "2010-04-01"),
+            ("CallSid", call_sid.as_str()),
+            ("CallStatus", "ringing"),
+            ("Called", spec.to.as_str()),
+            ("Caller", spec.from.as_str()),
+            ("Direction", "inbound"),
+            ("From", spec.from.as_str()),
+            ("To", spec.to.as_str()),
+        ];
+        let started = Instant::now();
+        let resp = self
+            .post_form(
+                &format!("{}/twilio/voice", self.base),
+                &params,
+                spec.signing,
+            )
+            .await?;
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = resp.text().await.unwrap_or_default();
+        let webhook_time = started.elapsed();
+        let twiml = if status == 200 {
+            parse_twiml(&body)
+        } else {
+            Twiml::Other
+        };
+        Ok(PlacedCall {
+            call_sid,
+            from: spec.from.clone(),
+            status,
+            content_type,
+            body,
+            twiml,
+            webhook_time,
+        })
+    }
+
+    /// Sends the number's status callback.
+    pub async fn status_callback(&self, call_sid: &str, status: &str) -> anyhow::Result<u16> {
+        let params = [
+            ("AccountSid", self.account_sid.as_str()),
+            ("CallSid", call_sid),
+            ("CallStatus", status),
+            ("CallDuration", "0"),
+        ];
+        let resp = self
+            .post_form(
+                &format!("{}/twilio/status", self.base),
+                &params,
+                Signing::Valid,
+            )
+            .await?;
+        Ok(resp.status().as_u16())
+    }
+
+    /// Runs the media stream of a placed call with a caller script.
+    pub async fn stream(
+        &self,
+        placed: &PlacedCall,
+        script: &[Step],
+        options: StreamOptions,
+    ) -> anyhow::Result<CallReport> {
+        let Twiml::Stream {
+            url,
+            action,
+            parameters,
+        } = &placed.twiml
+        else {
+            bail!("the webhook did not answer with <Connect><Stream>");
+        };
+        let mut report = CallReport::default();
+        let mut req = url.as_str().into_client_request()?;
+        let signature = match options.signing.unwrap_or(Signing::Valid) {
+            Signing::Valid => Some(sign(&self.auth_token, url, &[])),
+            Signing::Forged => Some(sign("wrong-token", url, &[])),
+            Signing::Missing => None,
+        };
+        if let Some(sig) = signature {
+            req.headers_mut().insert("x-twilio-signature", sig.parse()?);
+        }
+        let ws = match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, _)) => ws,
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                report.upgrade_status = Some(resp.status().as_u16());
+                return Ok(report);
+            }
+            Err(e) => return Err(e).context("media stream upgrade"),
+        };
+        report.stream_opened = true;
+        let params = options
+            .parameters
+            .clone()
+            .unwrap_or_else(|| parameters.clone());
+        self.run_stream(ws, placed, params, script, &mut report)
+            .await;
+        if !options.no_callbacks {
+            if let Some(action) = action {
+                let p = [
+                    ("AccountSid", self.account_sid.as_str()),
+                    ("CallSid", placed.call_sid.as_str()),
+                    ("CallStatus", "in-progress"),
+                    ("From", placed.from.as_str()),
+                ];
+                if let Ok(resp) = self.post_form(action, &p, Signing::Valid).await {
+                    report.after_stream = Some(parse_twiml(&resp.text().await.unwrap_or_default()));
+                }
+            }
+            let _ = self.status_callback(&placed.call_sid, "completed").await;
+        }
+        Ok(report)
+    }
+
+    async fn run_stream(
+        &self,
+        ws: tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        placed: &PlacedCall,
+        parameters: HashMap<String, String>,
+        script: &[Step],
+        report: &mut CallReport,
+    ) {
+        let (mut tx, mut rx) = ws.split();
+        let stream_sid = sid("MZ");
+        let mut seq: u64 = 0;
+        let mut next_seq = || {
+            seq += 1;
+            seq.to_string()
+        };
+        let _ = tx
+            .send(Message::text(
+                json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}).to_string(),
+            ))
+            .await;
+        let start = json!({"event": "start", "sequenceNumber": next_seq(), "streamSid": stream_sid,
+            "start": {"accountSid": self.account_sid, "streamSid": stream_sid, "callSid": placed.call_sid,
+                "tracks": ["inbound"], "customParameters": parameters,
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}});
+        let t0 = Instant::now();
+        report.start_sent_at = Some(t0);
+        if tx.send(Message::text(start.to_string())).await.is_err() {
+            report.closed_by = Some("gateway".into());
+            return;
+        }
+        let mut playback = Playback::default();
+        let mut talk: VecDeque<u8> = VecDeque::new();
+        let mut steps = script.iter().cloned().collect::<VecDeque<_>>();
+        let mut step_started = Instant::now();
+        let mut chunk: u64 = 0;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let mut entered = false;
+        loop {
+            let mark_due = playback.next_due();
+            tokio::select! {
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    // Advance the script: enter the front step once, then check if it is done.
+                    let mut hang = None;
+                    while let Some(step) = steps.front().cloned() {
+                        if !entered {
+                            entered = true;
+                            step_started = now;
+                            match &step {
+                                Step::Say(clip) => talk.extend(clip.mulaw.iter()),
+                                Step::Dtmf(d) => {
+                                    let m = json!({"event": "dtmf", "sequenceNumber": next_seq(), "streamSid": stream_sid,
+                                        "dtmf": {"track": "inbound_track", "digit": d.to_string()}});
+                                    let _ = tx.send(Message::text(m.to_string())).await;
+                                }
+                                Step::SendRaw(text) => {
+                                    let _ = tx.send(Message::text(text.clone())).await;
+                                }
+                                _ => {}
+                            }
+                        }
+                        let waited = now.duration_since(step_started);
+                        let done = match &step {
+                            Step::Silence(d) => waited >= *d,
+                            Step::Say(_) => talk.is_empty(),
+                            Step::WaitForAgentAudio(limit) => report.first_media_at.is_some() || waited >= *limit,
+                            Step::WaitForAgentQuiet(limit) => {
+                                (report.first_media_at.is_some() && !playback.is_playing(now)) || waited >= *limit
+                            }
+                            Step::Dtmf(_) | Step::SendRaw(_) => true,
+                            Step::HangUp | Step::Drop => {
+                                hang = Some(step.clone());
+                                true
+                            }
+                            Step::WaitForClose(limit) => waited >= *limit,
+                        };
+                        if !done {
+                            break;
+                        }
+                        steps.pop_front();
+                        entered = false;
+                        if hang.is_some() {
+                            break;
+                        }
+                    }
+                    match hang {
+                        Some(Step::HangUp) => {
+                            let m = json!({"event": "stop", "sequenceNumber": next_seq(), "streamSid": stream_sid,
+                                "stop": {"accountSid": self.account_sid, "callSid": placed.call_sid}});
+                            let _ = tx.send(Message::text(m.to_string())).await;
+                            let _ = tx.send(Message::Close(None)).await;
+                            report.closed_by = Some("caller".into());
+                            // Wait briefly for the gateway's close.
+                            let _ = tokio::time::timeout(Duration::from_secs(5), async { while let Some(Ok(_)) = rx.next().await {} }).await;
+                            break;
+                        }
+                        Some(_) => {
+                            let _ = tx.close().await;
+                            report.closed_by = Some("caller".into());
+                            break;
+                        }
+                        None => {}
+                    }
+                    // Script over: keep the line open until the gateway closes it (bounded).
+                    if steps.is_empty() && now.duration_since(step_started) > Duration::from_secs(30) {
+                        report.closed_by = Some("caller".into());
+                        break;
+                    }
+                    // One 20 ms frame of caller audio.
+                    let frame: Vec<u8> = if talk.is_empty() {
+                        audio::silence(20)
+                    } else {
+                        let n = talk.len().min(audio::FRAME_BYTES);
+                        let mut f: Vec<u8> = talk.drain(..n).collect();
+                        f.resize(audio::FRAME_BYTES, audio::SILENCE);
+                        f
+                    };
+                    chunk += 1;
+                    report.caller_audio.extend_from_slice(&frame);
+                    let m = json!({"event": "media", "sequenceNumber": next_seq(), "streamSid": stream_sid,
+                        "media": {"track": "inbound", "chunk": chunk.to_string(),
+                            "timestamp": (t0.elapsed().as_millis() as u64).to_string(), "payload": STANDARD.encode(&frame)}});
+                    if tx.send(Message::text(m.to_string())).await.is_err() {
+                        report.closed_by.get_or_insert_with(|| "gateway".into());
+                        break;
+                    }
+                    report.frames_sent += 1;
+                }
+                _ = sleep_until(mark_due) => {
+                    let now = Instant::now();
+                    while playback.next_due().is_some_and(|d| d <= now) {
+                        let (_, name) = playback.marks.pop_front().expect("checked above");
+                        report.marks_played += 1;
+                        let m = json!({"event": "mark", "sequenceNumber": next_seq(), "streamSid": stream_sid, "mark": {"name": name}});
+                        let _ = tx.send(Message::text(m.to_string())).await;
+                    }
+                }
+                msg = rx.next() => {
+                    let now = Instant::now();
+                    match msg {
+                        Some(Ok(Message::Text(text))) => {
+                            let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else {
+                                report.violations.push(format!("not JSON: {}", text.as_str().chars().take(80).collect::<String>()));
+                                continue;
+                            };
+                            if v["streamSid"] != stream_sid.as_str() {
+                                report.violations.push(format!("wrong or missing streamSid in {}", v["event"]));
+                            }
+                            match v["event"].as_str().unwrap_or("") {
+                                "media" => match v["media"]["payload"].as_str().map(|p| STANDARD.decode(p)) {
+                                    Some(Ok(bytes)) => {
+                                        if report.first_media_at.is_none() {
+                                            report.first_media_at = Some(now);
+                                            report.first_media_after_start = Some(now.duration_since(t0));
+                                        }
+                                        report.media_messages += 1;
+                                        report.received_ms += (bytes.len() / audio::BYTES_PER_MS) as u64;
+                                        playback.push_audio(now, bytes);
+                                    }
+                                    _ => report.violations.push("media payload is not base64".into()),
+                                },
+                                "mark" => match v["mark"]["name"].as_str() {
+                                    Some(name) => playback.push_mark(now, name.to_string()),
+                                    None => report.violations.push("mark without name".into()),
+                                },
+                                "clear" => {
+                                    let (played, dropped, marks) = playback.clear(now);
+                                    report.clears.push(ClearSeen { at_ms: now.duration_since(t0).as_millis() as u64, played_ms: played, dropped_ms: dropped });
+                                    for name in marks {
+                                        report.marks_cleared += 1;
+                                        let m = json!({"event": "mark", "sequenceNumber": next_seq(), "streamSid": stream_sid, "mark": {"name": name}});
+                                        let _ = tx.send(Message::text(m.to_string())).await;
+                                    }
+                                }
+                                other => report.violations.push(format!("unknown event {other:?}")),
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => report.violations.push("binary frame (Twilio error 31950)".into()),
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                            report.closed_by.get_or_insert_with(|| "gateway".into());
+                            break;
+                        }
+                        Some(Ok(_)) => {}
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        report.played_ms = playback.played_ms(now);
+        report.heard_audio = playback.heard(now);
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn signatures_match_the_protocol_vectors() {
+        let v0 = [
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Caller", "+14158675310"),
+            ("Digits", "1234"),
+            ("From", "+14158675310"),
+            ("To", "+18005551212"),
+        ];
+        assert_eq!(
+            sign("12345", "https://example.com/myapp.php?foo=1&bar=2", &v0),
+            "L/OH5YylLD5NRKLltdqwSvS0BnU="
+        );
+        let v1 = [
+            ("AccountSid", "AC00000000000000000000000000000001"),
+            ("ApiVersion", "2010-04-01"),
+            ("CallSid", "CA00000000000000000000000000000002"),
+            ("CallStatus", "ringing"),
+            ("Called", "+15005550006"),
+            ("Caller", "+14155550100"),
+            ("Direction", "inbound"),
+            ("From", "+14155550100"),
+            ("To", "+15005550006"),
+        ];
+        assert_eq!(
+            sign(V1, "https://warmline.example.com/twilio/voice", &v1),
+            "dv248gc7Aqkdg1X31HXeOYAzFCE="
+        );
+        assert_eq!(
+            sign(V1, "wss://warmline.example.com/twilio/media", &[]),
+            "00+3YFoE0HXKly0Bg8EGTx+zLY4="
+        );
+        assert_eq!(
+            sign("12345", "https://x.test/r", &[("A", "b"), ("A", "a")]),
+            "xiJ8QgHHQGILnj29H6Heb+mn1OE="
+        );
+    }
+
+    #[test]
+    fn twiml_forms_parse() {
+        let s = r#"<?xml version="1.0" encoding="UTF-8"?><Response><Connect action="https://x/after"><Stream url="wss://x/twilio/media"><Parameter name="token" value="v1.2.a&amp;b"/></Stream></Connect></Response>"#;
+        let Twiml::Stream {
+            url,
+            action,
+            parameters,
+        } = parse_twiml(s)
+        else {
+            panic!()
+        };
+        assert_eq!(url, "wss://x/twilio/media");
+        assert_eq!(action.as_deref(), Some("https://x/after"));
+        assert_eq!(parameters["token"], "v1.2.a&b");
+        assert_eq!(
+            parse_twiml(
+                r#"<Response><Say language="en-US">Not in service &amp; sorry</Say><Hangup/></Response>"#
+            ),
+            Twiml::SayHangup {
+                text: "Not in service & sorry".into()
+            }
+        );
+        assert_eq!(
+            parse_twiml("<Response><Say>x</Say><Dial>+15551234567</Dial></Response>"),
+            Twiml::Dial {
+                number: "x+15551234567".into()
+            }
+        );
+        assert_eq!(parse_twiml("<Response><Hangup/></Response>"), Twiml::Hangup);
+    }
+
+    #[test]
+    fn playback_echoes_marks_after_audio_and_clear_drops_the_rest() {
+        let t0 = Instant::now();
+        let mut p = Playback::default();
+        p.push_audio(t0, vec![0xFF; 800]); // 100 ms
+        p.push_mark(t0, "a".into());
+        p.push_audio(t0, vec![0xFF; 800]);
+        p.push_mark(t0, "b".into());
+        assert_eq!(p.next_due(), Some(t0 + Duration::from_millis(100)));
+        assert_eq!(p.played_ms(t0 + Duration::from_millis(150)), 150);
+        let (played, dropped, marks) = p.clear(t0 + Duration::from_millis(130));
+        assert_eq!((played, dropped), (130, 70));
+        assert_eq!(marks, ["a", "b"]);
+        assert_eq!(
+            p.played_ms(t0 + Duration::from_secs(5)),
+            130,
+            "nothing plays after clear"
+        );
+        assert_eq!(p.heard(t0 + Duration::from_secs(5)).len(), 1040);
+        // A mark with nothing buffered is due at once.
+        let t1 = t0 + Duration::from_secs(1);
+        p.push_mark(t1, "c".into());
+        assert_eq!(p.next_due(), Some(t1));
+    }
+}
