@@ -126,7 +126,6 @@ impl ConnectionLog {
     }
 }
 
-#[derive(Default)]
 struct Shared {
     connections: Mutex<Vec<ConnectionLog>>,
     opened: AtomicUsize,
@@ -134,6 +133,8 @@ struct Shared {
     attempts: AtomicUsize,
     changed: Notify,
     ids: AtomicU64,
+    /// Bumped to drop every open connection (a Realtime outage mid-call).
+    kill: watch::Sender<u64>,
 }
 
 /// A running fake.
@@ -156,7 +157,15 @@ impl FakeRealtime {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = watch::channel(config);
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            connections: Mutex::default(),
+            opened: AtomicUsize::default(),
+            open: AtomicUsize::default(),
+            attempts: AtomicUsize::default(),
+            changed: Notify::new(),
+            ids: AtomicU64::default(),
+            kill: watch::channel(0).0,
+        });
         let task = tokio::spawn(accept_loop(listener, rx, shared.clone()));
         Ok(Self {
             addr,
@@ -174,6 +183,11 @@ impl FakeRealtime {
     /// Changes behaviour for new connections and responses.
     pub fn set_config(&self, f: impl FnOnce(&mut FakeConfig)) {
         self.config.send_modify(f);
+    }
+
+    /// Drops every open connection abruptly (no close frame), like a Realtime outage.
+    pub fn drop_connections(&self) {
+        self.shared.kill.send_modify(|n| *n += 1);
     }
 
     /// Successful WebSocket connections so far.
@@ -414,11 +428,19 @@ impl Conn {
         self.send(json!({"type": "session.created", "event_id": self.id("event"),
             "session": {"type": "realtime", "id": self.id("sess"), "model": "fake", "expires_at": 0}}))
             .await;
-        while let Some(msg) = stream.next().await {
-            match msg {
-                Ok(Message::Text(text)) => self.on_text(text.as_str()).await,
-                Ok(Message::Close(_)) | Err(_) => break,
-                Ok(_) => {}
+        let mut kill = self.shared.kill.subscribe();
+        kill.mark_unchanged();
+        loop {
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                },
+                _ = kill.changed() => {
+                    writer.abort();
+                    break;
+                }
             }
         }
         if let Some(s) = self.speaking.take() {
@@ -695,9 +717,19 @@ async fn speak(s: Speech) {
         _ = s.cancel.notified() => return,
     }
     let chunk = s.cfg.chunk_ms.max(10) * audio::BYTES_PER_MS;
-    for part in s.clip.mulaw.chunks(chunk) {
+    let parts = s.clip.mulaw.len().div_ceil(chunk).max(1);
+    let words: Vec<&str> = s.clip.text.split_inclusive(' ').collect();
+    for (i, part) in s.clip.mulaw.chunks(chunk).enumerate() {
         if cancelled() {
             return;
+        }
+        // The transcript streams alongside the audio, in proportion.
+        let (from, to) = (words.len() * i / parts, words.len() * (i + 1) / parts);
+        if to > from {
+            let text: String = words[from..to].concat();
+            let d = json!({"type": "response.output_audio_transcript.delta", "event_id": eid(), "response_id": s.id,
+                "item_id": s.item_id, "output_index": 0, "content_index": 0, "delta": text});
+            let _ = s.out.send(ev(d)).await;
         }
         let delta = json!({"type": "response.output_audio.delta", "event_id": eid(), "response_id": s.id,
             "item_id": s.item_id, "output_index": 0, "content_index": 0, "delta": STANDARD.encode(part)});

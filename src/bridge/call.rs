@@ -143,6 +143,8 @@ pub struct Call {
     cancelled: VecDeque<String>,
     /// Transcript so far.
     transcript: Vec<TranscriptLine>,
+    /// Agent speech still being transcribed, per item (flushed as "…" if the call ends first).
+    partial: Vec<(String, String)>,
     /// Stream `start` to first agent audio.
     time_to_first_audio: Option<Duration>,
     deadline: Option<Instant>,
@@ -167,6 +169,7 @@ impl Call {
             next_item: 0,
             cancelled: VecDeque::new(),
             transcript: Vec::new(),
+            partial: Vec::new(),
             time_to_first_audio: None,
             deadline: None,
             max_duration,
@@ -258,7 +261,16 @@ impl Call {
             SessionEvent::SpeechStarted { .. } => self.on_speech_started(now),
             SessionEvent::SpeechStopped { .. } => self.speech_stopped_at = Some(now),
             SessionEvent::CallerTranscript { text, .. } => self.push_line(Role::Caller, text),
-            SessionEvent::AgentTranscript { text, .. } => self.push_line(Role::Agent, text),
+            SessionEvent::AgentTranscriptDelta { item_id, text } => {
+                match self.partial.iter_mut().find(|(id, _)| *id == item_id) {
+                    Some((_, buf)) => buf.push_str(&text),
+                    None => self.partial.push((item_id, text)),
+                }
+            }
+            SessionEvent::AgentTranscript { item_id, text } => {
+                self.partial.retain(|(id, _)| *id != item_id);
+                self.push_line(Role::Agent, text);
+            }
             SessionEvent::Error {
                 code,
                 message,
@@ -427,6 +439,9 @@ impl Call {
             return;
         }
         self.phase = Phase::Ended;
+        for (_, text) in std::mem::take(&mut self.partial) {
+            self.push_line(Role::Agent, format!("{} …", text.trim_end()));
+        }
         self.drain_stream_transmits();
         self.outputs
             .push_back(Output::Realtime(RealtimeCommand::Close));

@@ -39,8 +39,17 @@ pub enum SessionEvent {
         /// Text.
         text: String,
     },
-    /// What the agent said.
+    /// Part of what the agent is saying.
+    AgentTranscriptDelta {
+        /// Assistant item id.
+        item_id: String,
+        /// Text fragment.
+        text: String,
+    },
+    /// What the agent said (the whole item).
     AgentTranscript {
+        /// Assistant item id.
+        item_id: String,
         /// Text.
         text: String,
     },
@@ -210,9 +219,19 @@ impl Session {
             ServerEvent::CallerTranscript { transcript, .. } => {
                 self.push(SessionEvent::CallerTranscript { text: transcript })
             }
-            ServerEvent::AgentTranscript { transcript, .. } => {
-                self.push(SessionEvent::AgentTranscript { text: transcript })
+            ServerEvent::AgentTranscriptDelta { item_id, delta } => {
+                self.push(SessionEvent::AgentTranscriptDelta {
+                    item_id,
+                    text: delta,
+                })
             }
+            ServerEvent::AgentTranscript {
+                item_id,
+                transcript,
+            } => self.push(SessionEvent::AgentTranscript {
+                item_id,
+                text: transcript,
+            }),
             ServerEvent::FunctionCall {
                 call_id,
                 name,

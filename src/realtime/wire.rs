@@ -66,6 +66,13 @@ pub enum ServerEvent<'a> {
         /// Assistant item id.
         item_id: String,
     },
+    /// `response.output_audio_transcript.delta`.
+    AgentTranscriptDelta {
+        /// Assistant item id.
+        item_id: String,
+        /// Text fragment.
+        delta: String,
+    },
     /// `response.output_audio_transcript.done`.
     AgentTranscript {
         /// Assistant item id.
@@ -208,6 +215,10 @@ pub fn parse(text: &str) -> Result<ServerEvent<'_>, WireError> {
         "response.output_audio.done" => ServerEvent::AudioDone {
             response_id: e.response_id.unwrap_or_default(),
             item_id: e.item_id.unwrap_or_default(),
+        },
+        "response.output_audio_transcript.delta" => ServerEvent::AgentTranscriptDelta {
+            item_id: e.item_id.unwrap_or_default(),
+            delta: need(e.delta, kind, "delta")?.0.into_owned(),
         },
         "response.output_audio_transcript.done" => ServerEvent::AgentTranscript {
             item_id: e.item_id.unwrap_or_default(),

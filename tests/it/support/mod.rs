@@ -87,6 +87,15 @@ fn rand_suffix() -> u32 {
 
 /// Starts the app on `backend` with the defaults, the test tokens, and `extra_toml` on top.
 pub async fn spawn_app(backend: Backend, extra_toml: &str) -> TestApp {
+    spawn_app_with(backend, extra_toml, &[]).await
+}
+
+/// Like [`spawn_app`], adding `key = value` lines to sections that `extra_toml` leaves unset.
+pub async fn spawn_app_with(
+    backend: Backend,
+    extra_toml: &str,
+    defaults: &[(&str, &str)],
+) -> TestApp {
     warmline::telemetry::init_for_tests();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -102,14 +111,19 @@ pub async fn spawn_app(backend: Backend, extra_toml: &str) -> TestApp {
         }
     };
     let toml = format!("public_url = \"http://{addr}\"\n{extra_toml}\n",);
-    let toml = merge_sections(
-        &toml,
-        &[
-            ("database", &format!("url = \"{db_url}\"")),
-            ("twilio", &format!("auth_token = \"{AUTH_TOKEN}\"")),
-            ("admin", &format!("token = \"{ADMIN_TOKEN}\"")),
-        ],
-    );
+    let mut all: Vec<(&str, String)> = vec![
+        ("database", format!("url = \"{db_url}\"")),
+        ("twilio", format!("auth_token = \"{AUTH_TOKEN}\"")),
+        ("admin", format!("token = \"{ADMIN_TOKEN}\"")),
+        // Never the real OpenAI: a closed local port unless a test gives its fake.
+        (
+            "openai",
+            "realtime_url = \"ws://127.0.0.1:9/v1/realtime\"".to_string(),
+        ),
+    ];
+    all.splice(0..0, defaults.iter().map(|(s, l)| (*s, l.to_string())));
+    let pairs: Vec<(&str, &str)> = all.iter().map(|(s, l)| (*s, l.as_str())).collect();
+    let toml = merge_sections(&toml, &pairs);
     let settings =
         Settings::from_toml(&toml).unwrap_or_else(|e| panic!("test settings: {e}\n{toml}"));
     let db = warmline::store::connect(&settings.database).await.unwrap();
@@ -243,4 +257,73 @@ macro_rules! both_backends {
             }
         }
     };
+}
+
+/// A gateway wired to a fake Realtime server, with one client on `+15005550006`, and a Twilio
+/// simulator pointed at it.
+pub struct Gateway {
+    /// The app.
+    pub app: TestApp,
+    /// The fake Realtime server it talks to.
+    pub fake: sim::realtime::FakeRealtime,
+    /// Twilio, simulated.
+    pub twilio: sim::twilio::TwilioSim,
+    /// The client's id.
+    pub client_id: i32,
+}
+
+/// The number the test client answers.
+pub const CLIENT_NUMBER: &str = "+15005550006";
+/// A caller.
+pub const CALLER: &str = "+14155550100";
+
+/// Starts a gateway (SQLite) against a fake Realtime server configured by `fake`.
+pub async fn gateway(fake: sim::realtime::FakeConfig, extra_toml: &str) -> Gateway {
+    let fake = sim::realtime::FakeRealtime::start(fake).await.unwrap();
+    let url = format!("realtime_url = \"{}\"", fake.url());
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        extra_toml,
+        &[
+            ("openai", &url),
+            ("openai", "api_key = \"sk-test-key\""),
+            ("openai", "connect_timeout_ms = 2000"),
+        ],
+    )
+    .await;
+    let client = app.create_client("Bright Smile", CLIENT_NUMBER).await;
+    let twilio = sim::twilio::TwilioSim::new(&app.base, AUTH_TOKEN);
+    Gateway {
+        client_id: client["id"].as_i64().unwrap() as i32,
+        app,
+        fake,
+        twilio,
+    }
+}
+
+impl Gateway {
+    /// Waits until the call's final record is written (ended_at set) and returns it.
+    pub async fn ended_call(&self, call_sid: &str) -> warmline::store::calls::CallWithTranscript {
+        for _ in 0..100 {
+            if let Some(c) = warmline::store::calls::call_by_sid(&self.app.state.db, call_sid)
+                .await
+                .unwrap()
+                && c.call.ended_at.is_some()
+            {
+                return c;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("call {call_sid} was never recorded as ended");
+    }
+
+    /// A metric's value line from /metrics (e.g. `warmline_warm_sessions_reaped_total`).
+    pub fn metric(&self, prefix: &str) -> f64 {
+        let text = self.app.state.metrics.encode();
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
 }
