@@ -412,6 +412,7 @@ mod tests {
         assert_eq!(
             got.last(),
             Some(&SessionEvent::AgentTranscript {
+                item_id: "item_1".into(),
                 text: "Hello".into()
             })
         );
