@@ -3,6 +3,7 @@
 //! to it through real sockets. No test reaches OpenAI or Twilio: the fakes in `sim` stand in.
 
 mod admin;
+mod bridge;
 mod call_path;
 mod cli;
 mod store;
