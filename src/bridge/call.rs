@@ -188,9 +188,8 @@ impl Call {
         self.phase == Phase::Ended
     }
 
-    /// Next output for the loop.
+    /// Next output for the loop, in the order the machine produced them.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.drain_stream_transmits();
         self.outputs.pop_front()
     }
 
@@ -368,6 +367,7 @@ impl Call {
             }
         };
         self.stream.send_media(now, item, &chunk.payload);
+        self.drain_stream_transmits();
         self.current = Some(Current {
             response_id: chunk.response_id,
             item_id: chunk.item_id,
@@ -397,6 +397,7 @@ impl Call {
             return;
         }
         let heard = self.stream.send_clear(now);
+        self.drain_stream_transmits();
         self.outputs
             .push_back(Output::Realtime(RealtimeCommand::Cancel));
         if let Some(current) = self.current.take() {
@@ -456,5 +457,271 @@ impl Call {
             transcript: std::mem::take(&mut self.transcript),
             frames_dropped: self.frames_dropped,
         })));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const START: &str = r#"{"event":"start","sequenceNumber":"1","streamSid":"MZ1","start":{"accountSid":"AC1","streamSid":"MZ1","callSid":"CA1","tracks":["inbound"],"customParameters":{"token":"t"},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#;
+    const MEDIA: &str = r#"{"event":"media","sequenceNumber":"2","streamSid":"MZ1","media":{"track":"inbound","chunk":"1","timestamp":"20","payload":"//7+/v7+/v4="}}"#;
+
+    /// 100 ms of μ-law as base64.
+    fn chunk() -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([0xFFu8; 800])
+    }
+
+    fn greeting(n: usize) -> Vec<AgentAudio> {
+        (0..n)
+            .map(|_| AgentAudio {
+                response_id: "resp_1".into(),
+                item_id: "item_1".into(),
+                payload: chunk(),
+            })
+            .collect()
+    }
+
+    fn drain(call: &mut Call) -> Vec<Output> {
+        std::iter::from_fn(|| call.poll_output()).collect()
+    }
+
+    fn twilio_events(out: &[Output]) -> Vec<String> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Twilio(t) => serde_json::from_str::<serde_json::Value>(t).ok(),
+                _ => None,
+            })
+            .map(|v| v["event"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    fn realtime(out: &[Output]) -> Vec<RealtimeCommand> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Realtime(c) => Some(c.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// A live call whose greeting (n × 100 ms) was flushed at t0.
+    fn live(t0: Instant, n: usize) -> (Call, Vec<Output>) {
+        let mut call = Call::new(Duration::from_secs(60));
+        call.handle_twilio_text(t0, START).unwrap();
+        let out = drain(&mut call);
+        assert!(
+            matches!(out.as_slice(), [Output::Start { call_sid, .. }] if call_sid.as_str() == "CA1")
+        );
+        call.handle_session_attached(t0, CallPath::Warm, greeting(n));
+        let out = drain(&mut call);
+        (call, out)
+    }
+
+    #[test]
+    fn the_greeting_is_flushed_on_attach_before_any_caller_audio_is_relayed() {
+        let t0 = Instant::now();
+        let mut call = Call::new(Duration::from_secs(60));
+        call.handle_twilio_text(t0, START).unwrap();
+        drain(&mut call);
+        // Caller audio before the session is attached has nowhere to go.
+        call.handle_twilio_text(t0, MEDIA).unwrap();
+        assert!(realtime(&drain(&mut call)).is_empty());
+        call.handle_session_attached(t0, CallPath::Warm, greeting(3));
+        call.handle_twilio_text(t0 + ms(1), MEDIA).unwrap();
+        let out = drain(&mut call);
+        assert_eq!(
+            twilio_events(&out),
+            ["media", "mark", "media", "mark", "media", "mark"]
+        );
+        let first_audio = out.iter().position(|o| {
+            matches!(
+                o,
+                Output::FirstAudio {
+                    path: CallPath::Warm,
+                    ..
+                }
+            )
+        });
+        let first_append = out
+            .iter()
+            .position(|o| matches!(o, Output::Realtime(RealtimeCommand::Append(_))));
+        assert!(first_audio.is_some() && first_append.is_some());
+        let last_media = out
+            .iter()
+            .rposition(|o| matches!(o, Output::Twilio(t) if t.contains("\"media\"")));
+        assert!(last_media < first_append, "greeting before relay");
+    }
+
+    #[test]
+    fn barge_in_clears_cancels_truncates_and_drops_the_rest_of_the_response() {
+        let t0 = Instant::now();
+        let (mut call, _) = live(t0, 5);
+        drain(&mut call);
+        call.handle_realtime(
+            t0 + ms(150),
+            SessionEvent::SpeechStarted {
+                audio_start_ms: 900,
+            },
+        );
+        let out = drain(&mut call);
+        assert_eq!(twilio_events(&out), ["clear"]);
+        assert_eq!(
+            realtime(&out),
+            [
+                RealtimeCommand::Cancel,
+                RealtimeCommand::Truncate {
+                    item_id: "item_1".into(),
+                    audio_end_ms: 150
+                }
+            ]
+        );
+        assert!(out.iter().any(|o| matches!(o, Output::BargeIn)));
+        // A late delta of the cancelled response is dropped; the next response plays.
+        call.handle_realtime(
+            t0 + ms(160),
+            SessionEvent::AudioDelta {
+                response_id: "resp_1".into(),
+                item_id: "item_1".into(),
+                payload: chunk(),
+            },
+        );
+        assert!(twilio_events(&drain(&mut call)).is_empty());
+        call.handle_realtime(
+            t0 + ms(400),
+            SessionEvent::AudioDelta {
+                response_id: "resp_2".into(),
+                item_id: "item_2".into(),
+                payload: chunk(),
+            },
+        );
+        assert_eq!(twilio_events(&drain(&mut call)), ["media", "mark"]);
+    }
+
+    #[test]
+    fn speech_after_the_agent_finished_is_not_a_barge_in() {
+        let t0 = Instant::now();
+        let (mut call, _) = live(t0, 1);
+        drain(&mut call);
+        let echo = r#"{"event":"mark","sequenceNumber":"3","streamSid":"MZ1","mark":{"name":"1"}}"#;
+        call.handle_twilio_text(t0 + ms(100), echo).unwrap();
+        call.handle_realtime(
+            t0 + ms(500),
+            SessionEvent::SpeechStarted { audio_start_ms: 0 },
+        );
+        let out = drain(&mut call);
+        assert!(twilio_events(&out).is_empty() && realtime(&out).is_empty());
+    }
+
+    #[test]
+    fn response_latency_runs_from_speech_stopped_to_the_next_agent_audio() {
+        let t0 = Instant::now();
+        let (mut call, _) = live(t0, 0);
+        drain(&mut call);
+        call.handle_realtime(t0, SessionEvent::SpeechStopped { audio_end_ms: 0 });
+        call.handle_realtime(
+            t0 + ms(320),
+            SessionEvent::AudioDelta {
+                response_id: "r".into(),
+                item_id: "i".into(),
+                payload: chunk(),
+            },
+        );
+        let out = drain(&mut call);
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::ResponseLatency(d) if *d == ms(320)))
+        );
+    }
+
+    #[test]
+    fn dtmf_becomes_user_text_and_a_transcript_line() {
+        let t0 = Instant::now();
+        let (mut call, _) = live(t0, 0);
+        drain(&mut call);
+        let dtmf = r#"{"event":"dtmf","sequenceNumber":"5","streamSid":"MZ1","dtmf":{"track":"inbound_track","digit":"7"}}"#;
+        call.handle_twilio_text(t0, dtmf).unwrap();
+        let out = drain(&mut call);
+        assert!(
+            matches!(realtime(&out).as_slice(), [RealtimeCommand::UserText(t)] if t.contains("pressed 7"))
+        );
+        call.handle_twilio_text(
+            t0,
+            r#"{"event":"stop","sequenceNumber":"6","streamSid":"MZ1","stop":{}}"#,
+        )
+        .unwrap();
+        let ended = drain(&mut call).into_iter().find_map(|o| match o {
+            Output::Ended(o) => Some(o),
+            _ => None,
+        });
+        let ended = ended.expect("ended");
+        assert_eq!(ended.end_reason, EndReason::TwilioStop);
+        assert!(
+            ended
+                .transcript
+                .iter()
+                .any(|l| l.role == Role::System && l.text.contains('7'))
+        );
+    }
+
+    #[test]
+    fn a_call_ends_exactly_once_and_flushes_partial_agent_speech() {
+        let t0 = Instant::now();
+        let (mut call, _) = live(t0, 0);
+        drain(&mut call);
+        call.handle_realtime(
+            t0,
+            SessionEvent::AgentTranscriptDelta {
+                item_id: "i".into(),
+                text: "Thanks for ".into(),
+            },
+        );
+        call.handle_realtime_closed(t0, "1006".into());
+        call.handle_twilio_closed(t0);
+        call.handle_shutdown(t0);
+        let ends: Vec<_> = drain(&mut call)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Ended(o) => Some(o),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ends.len(), 1);
+        assert_eq!(ends[0].end_reason, EndReason::RealtimeClosed("1006".into()));
+        assert_eq!(ends[0].transcript[0].text, "Thanks for …");
+        assert!(call.is_ended() && call.poll_timeout().is_none());
+    }
+
+    #[test]
+    fn the_maximum_duration_ends_the_call() {
+        let t0 = Instant::now();
+        let mut call = Call::new(ms(500));
+        call.handle_twilio_text(t0, START).unwrap();
+        assert_eq!(call.poll_timeout(), Some(t0 + ms(500)));
+        call.handle_timeout(t0 + ms(499));
+        assert!(!call.is_ended());
+        call.handle_timeout(t0 + ms(500));
+        assert!(
+            drain(&mut call)
+                .iter()
+                .any(|o| matches!(o, Output::Ended(e) if e.end_reason == EndReason::MaxDuration))
+        );
+    }
+
+    #[test]
+    fn bad_twilio_input_ends_the_call_with_a_protocol_reason() {
+        let t0 = Instant::now();
+        let mut call = Call::new(ms(500));
+        assert!(call.handle_twilio_text(t0, "{nope").is_err());
+        assert!(
+            drain(&mut call)
+                .iter()
+                .any(|o| matches!(o, Output::Ended(e) if e.end_reason.code() == "twilio_protocol"))
+        );
     }
 }
