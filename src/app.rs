@@ -104,6 +104,12 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> anyhow
     let writer = state.writer.clone();
     let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
     let app = router(state);
+    // Audio frames are small and latency-bound: never let Nagle hold one back.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -15,12 +15,14 @@
 //! - [`store`]: sea-orm entities and repositories (clients, numbers, FAQs, callers, calls, transcripts).
 //! - [`admin`]: the admin REST API under `/admin/api/v1`.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`demo`]: `warmline demo`, the whole call path on one machine against the `sim` fakes.
 #![warn(missing_docs)]
 
 pub mod admin;
 pub mod app;
 pub mod bridge;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod hours;
 pub mod metrics;

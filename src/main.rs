@@ -35,6 +35,13 @@ enum Command {
     },
     /// Print the effective settings (secrets redacted); exit non-zero if they are invalid.
     CheckConfig,
+    /// Run the gateway with a fake Realtime server and a Twilio simulator on this machine, place
+    /// a few calls warm and cold, print what happened and write one call's audio as WAV files.
+    Demo {
+        /// Directory for the WAV files.
+        #[arg(long, default_value = "demo-out")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Clone, Copy)]
@@ -47,6 +54,28 @@ enum MigrateAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Demo { out } = &cli.command {
+        // The demo builds its own settings: nothing outside this machine is needed.
+        telemetry::init(&warmline::config::LogSettings {
+            format: warmline::config::LogFormat::Pretty,
+            level: "warn".into(),
+        });
+        let opts = warmline::demo::DemoOptions {
+            out_dir: out.clone(),
+        };
+        return match tokio::runtime::Runtime::new().map(|rt| rt.block_on(warmline::demo::run(opts)))
+        {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Err(e)) => {
+                eprintln!("warmline demo: {e:#}");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("warmline demo: cannot start the async runtime: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -95,7 +124,9 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::CheckConfig => unreachable!("handled before the runtime starts"),
+        Command::CheckConfig | Command::Demo { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 

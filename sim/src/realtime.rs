@@ -271,6 +271,7 @@ async fn accept_loop(
 }
 
 async fn serve(tcp: TcpStream, config: watch::Receiver<FakeConfig>, shared: Arc<Shared>) {
+    let _ = tcp.set_nodelay(true);
     let delay = config.borrow().connect_delay;
     tokio::time::sleep(delay).await;
     let mut log = ConnectionLog::default();

@@ -225,7 +225,7 @@ pub enum Step {
     Silence(Duration),
     /// Speak a clip (blocks until it has been sent).
     Say(Clip),
-    /// Wait (sending silence) until agent audio has arrived, at most this long.
+    /// Wait (sending silence) until agent audio is playing or arrives, at most this long.
     WaitForAgentAudio(Duration),
     /// Wait (sending silence) until no agent audio is buffered any more, at most this long.
     WaitForAgentQuiet(Duration),
@@ -506,7 +506,7 @@ impl TwilioSim {
         if let Some(sig) = signature {
             req.headers_mut().insert("x-twilio-signature", sig.parse()?);
         }
-        let ws = match tokio_tungstenite::connect_async(req).await {
+        let ws = match tokio_tungstenite::connect_async_with_config(req, None, true).await {
             Ok((ws, _)) => ws,
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 report.upgrade_status = Some(resp.status().as_u16());
@@ -578,6 +578,7 @@ impl TwilioSim {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
         let mut entered = false;
+        let mut last_media_at: Option<Instant> = None;
         loop {
             let mark_due = playback.next_due();
             tokio::select! {
@@ -606,7 +607,11 @@ impl TwilioSim {
                         let done = match &step {
                             Step::Silence(d) => waited >= *d,
                             Step::Say(_) => talk.is_empty(),
-                            Step::WaitForAgentAudio(limit) => report.first_media_at.is_some() || waited >= *limit,
+                            Step::WaitForAgentAudio(limit) => {
+                                last_media_at.is_some_and(|t| t >= step_started)
+                                    || playback.is_playing(now)
+                                    || waited >= *limit
+                            }
                             Step::WaitForAgentQuiet(limit) => {
                                 (report.first_media_at.is_some() && !playback.is_playing(now)) || waited >= *limit
                             }
@@ -697,6 +702,7 @@ impl TwilioSim {
                                             report.first_media_after_start = Some(now.duration_since(t0));
                                         }
                                         report.media_messages += 1;
+                                        last_media_at = Some(now);
                                         report.received_ms += (bytes.len() / audio::BYTES_PER_MS) as u64;
                                         playback.push_audio(now, bytes);
                                     }

@@ -418,7 +418,12 @@ pub async fn connect(settings: &OpenAiSettings) -> Result<Ws, SessionError> {
         .map_err(|_| SessionError::Connect("openai.api_key is not a valid header value".into()))?;
     req.headers_mut().insert(AUTHORIZATION, bearer);
     let timeout = Duration::from_millis(settings.connect_timeout_ms);
-    match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(req)).await {
+    match tokio::time::timeout(
+        timeout,
+        tokio_tungstenite::connect_async_with_config(req, None, true),
+    )
+    .await
+    {
         Ok(Ok((ws, _resp))) => Ok(ws),
         Ok(Err(e)) => Err(SessionError::Connect(describe(&e))),
         Err(_) => Err(SessionError::Connect(format!(
