@@ -15,6 +15,7 @@
 //! - [`store`]: sea-orm entities and repositories (clients, numbers, FAQs, callers, calls, transcripts).
 //! - [`admin`]: the admin REST API under `/admin/api/v1`.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`loadgen`]: `warmline loadgen`, the benchmark (a gateway child process under simulated calls).
 //! - [`demo`]: `warmline demo`, the whole call path on one machine against the `sim` fakes.
 #![warn(missing_docs)]
 
@@ -25,6 +26,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod hours;
+pub mod loadgen;
 pub mod metrics;
 pub mod ops;
 pub mod realtime;

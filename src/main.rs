@@ -42,6 +42,31 @@ enum Command {
         #[arg(long, default_value = "demo-out")]
         out: PathBuf,
     },
+    /// Benchmark: N concurrent simulated calls against a gateway child process, reporting time
+    /// to first audio, relay delay, frames lost, CPU and memory per call, webhook deadline.
+    Loadgen {
+        /// Concurrent calls.
+        #[arg(long, default_value_t = 100)]
+        calls: usize,
+        /// Seconds each call lasts.
+        #[arg(long, default_value_t = 20)]
+        duration: u64,
+        /// Seconds over which calls are started.
+        #[arg(long, default_value_t = 10)]
+        ramp: u64,
+        /// Every n-th call goes to a never-prewarm client (0 = none).
+        #[arg(long, default_value_t = 10)]
+        cold_every: usize,
+        /// Calls placed while the fake Realtime server hangs.
+        #[arg(long, default_value_t = 20)]
+        hang_calls: usize,
+        /// The gateway's prewarm.ring_max_ms.
+        #[arg(long, default_value_t = 1000)]
+        ring_max_ms: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Clone, Copy)]
@@ -54,24 +79,21 @@ enum MigrateAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Demo { out } = &cli.command {
-        // The demo builds its own settings: nothing outside this machine is needed.
+    if let Command::Demo { .. } | Command::Loadgen { .. } = &cli.command {
+        // The demo and the load generator build their own settings: nothing outside this
+        // machine is needed.
         telemetry::init(&warmline::config::LogSettings {
             format: warmline::config::LogFormat::Pretty,
             level: "warn".into(),
         });
-        let opts = warmline::demo::DemoOptions {
-            out_dir: out.clone(),
-        };
-        return match tokio::runtime::Runtime::new().map(|rt| rt.block_on(warmline::demo::run(opts)))
-        {
+        return match tokio::runtime::Runtime::new().map(|rt| rt.block_on(tools(cli.command))) {
             Ok(Ok(())) => ExitCode::SUCCESS,
             Ok(Err(e)) => {
-                eprintln!("warmline demo: {e:#}");
+                eprintln!("warmline: {e:#}");
                 ExitCode::FAILURE
             }
             Err(e) => {
-                eprintln!("warmline demo: cannot start the async runtime: {e}");
+                eprintln!("warmline: cannot start the async runtime: {e}");
                 ExitCode::FAILURE
             }
         };
@@ -124,9 +146,38 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::CheckConfig | Command::Demo { .. } => {
+        Command::CheckConfig | Command::Demo { .. } | Command::Loadgen { .. } => {
             unreachable!("handled before the runtime starts")
         }
+    }
+}
+
+async fn tools(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Demo { out } => {
+            warmline::demo::run(warmline::demo::DemoOptions { out_dir: out }).await
+        }
+        Command::Loadgen {
+            calls,
+            duration,
+            ramp,
+            cold_every,
+            hang_calls,
+            ring_max_ms,
+            json,
+        } => warmline::loadgen::run(warmline::loadgen::LoadOptions {
+            calls,
+            duration: std::time::Duration::from_secs(duration),
+            ramp: std::time::Duration::from_secs(ramp),
+            cold_every,
+            hang_calls,
+            ring_max_ms,
+            json,
+            gateway_bin: None,
+        })
+        .await
+        .map(|_| ()),
+        _ => Ok(()),
     }
 }
 

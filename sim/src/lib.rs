@@ -7,4 +7,5 @@
 
 pub mod audio;
 pub mod realtime;
+pub mod stamp;
 pub mod twilio;

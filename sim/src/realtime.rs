@@ -62,6 +62,8 @@ pub struct FakeConfig {
     pub chunk_interval: Duration,
     /// Keep the raw JSON of `input_audio_buffer.append` events (off for load tests).
     pub record_audio: bool,
+    /// Relay-delay stamps (load generator): appends are timed, agent audio is tagged and timed.
+    pub stamps: Option<Arc<crate::stamp::Stamps>>,
 }
 
 impl Default for FakeConfig {
@@ -76,6 +78,7 @@ impl Default for FakeConfig {
             chunk_ms: 100,
             chunk_interval: Duration::from_millis(25),
             record_audio: true,
+            stamps: None,
         }
     }
 }
@@ -476,8 +479,13 @@ impl Conn {
                         "Cancellation failed: no active response found").await;
                 }
             }
-            "input_audio_buffer.append" => match v["audio"].as_str().map(|a| STANDARD.decode(a)) {
-                Some(Ok(bytes)) => self.vad(&bytes).await,
+            "input_audio_buffer.append" => match v["audio"].as_str().map(|a| (a, STANDARD.decode(a))) {
+                Some((raw, Ok(bytes))) => {
+                    if let Some(st) = &self.config.borrow().stamps {
+                        st.inbound.received(raw, Instant::now());
+                    }
+                    self.vad(&bytes).await
+                }
                 _ => self.error("invalid_request_error", Some("invalid_value"), "audio must be base64").await,
             },
             "conversation.item.truncate" => self.on_truncate(&v).await,
@@ -732,8 +740,18 @@ async fn speak(s: Speech) {
                 "item_id": s.item_id, "output_index": 0, "content_index": 0, "delta": text});
             let _ = s.out.send(ev(d)).await;
         }
+        let payload = match &s.cfg.stamps {
+            Some(st) => {
+                let mut tagged = part.to_vec();
+                st.tag(&mut tagged);
+                let p = STANDARD.encode(&tagged);
+                st.outbound.sent(&p, Instant::now());
+                p
+            }
+            None => STANDARD.encode(part),
+        };
         let delta = json!({"type": "response.output_audio.delta", "event_id": eid(), "response_id": s.id,
-            "item_id": s.item_id, "output_index": 0, "content_index": 0, "delta": STANDARD.encode(part)});
+            "item_id": s.item_id, "output_index": 0, "content_index": 0, "delta": payload});
         if s.out.send(ev(delta)).await.is_err() {
             return;
         }

@@ -304,6 +304,8 @@ pub struct StreamOptions {
     pub signing: Option<Signing>,
     /// Skip the after-stream and status callbacks.
     pub no_callbacks: bool,
+    /// Relay-delay stamps (load generator): caller frames are tagged and timed.
+    pub stamps: Option<std::sync::Arc<crate::stamp::Stamps>>,
 }
 
 /// Twilio's playback buffer for one stream (§4.2).
@@ -519,8 +521,15 @@ impl TwilioSim {
             .parameters
             .clone()
             .unwrap_or_else(|| parameters.clone());
-        self.run_stream(ws, placed, params, script, &mut report)
-            .await;
+        self.run_stream(
+            ws,
+            placed,
+            params,
+            script,
+            options.stamps.clone(),
+            &mut report,
+        )
+        .await;
         if !options.no_callbacks {
             if let Some(action) = action {
                 let p = [
@@ -546,6 +555,7 @@ impl TwilioSim {
         placed: &PlacedCall,
         parameters: HashMap<String, String>,
         script: &[Step],
+        stamps: Option<std::sync::Arc<crate::stamp::Stamps>>,
         report: &mut CallReport,
     ) {
         let (mut tx, mut rx) = ws.split();
@@ -655,7 +665,7 @@ impl TwilioSim {
                         break;
                     }
                     // One 20 ms frame of caller audio.
-                    let frame: Vec<u8> = if talk.is_empty() {
+                    let mut frame: Vec<u8> = if talk.is_empty() {
                         audio::silence(20)
                     } else {
                         let n = talk.len().min(audio::FRAME_BYTES);
@@ -663,11 +673,19 @@ impl TwilioSim {
                         f.resize(audio::FRAME_BYTES, audio::SILENCE);
                         f
                     };
+                    if let Some(st) = &stamps {
+                        st.tag(&mut frame);
+                    } else {
+                        report.caller_audio.extend_from_slice(&frame);
+                    }
                     chunk += 1;
-                    report.caller_audio.extend_from_slice(&frame);
+                    let payload = STANDARD.encode(&frame);
                     let m = json!({"event": "media", "sequenceNumber": next_seq(), "streamSid": stream_sid,
                         "media": {"track": "inbound", "chunk": chunk.to_string(),
-                            "timestamp": (t0.elapsed().as_millis() as u64).to_string(), "payload": STANDARD.encode(&frame)}});
+                            "timestamp": (t0.elapsed().as_millis() as u64).to_string(), "payload": payload}});
+                    if let Some(st) = &stamps {
+                        st.inbound.sent(&payload, Instant::now());
+                    }
                     if tx.send(Message::text(m.to_string())).await.is_err() {
                         report.closed_by.get_or_insert_with(|| "gateway".into());
                         break;
@@ -695,8 +713,11 @@ impl TwilioSim {
                                 report.violations.push(format!("wrong or missing streamSid in {}", v["event"]));
                             }
                             match v["event"].as_str().unwrap_or("") {
-                                "media" => match v["media"]["payload"].as_str().map(|p| STANDARD.decode(p)) {
-                                    Some(Ok(bytes)) => {
+                                "media" => match v["media"]["payload"].as_str().map(|p| (p, STANDARD.decode(p))) {
+                                    Some((raw, Ok(bytes))) => {
+                                        if let Some(st) = &stamps {
+                                            st.outbound.received(raw, now);
+                                        }
                                         if report.first_media_at.is_none() {
                                             report.first_media_at = Some(now);
                                             report.first_media_after_start = Some(now.duration_since(t0));
@@ -736,7 +757,9 @@ impl TwilioSim {
         }
         let now = Instant::now();
         report.played_ms = playback.played_ms(now);
-        report.heard_audio = playback.heard(now);
+        if stamps.is_none() {
+            report.heard_audio = playback.heard(now);
+        }
     }
 }
 

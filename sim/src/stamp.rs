@@ -1,0 +1,171 @@
+//! Relay-delay stamps for the load generator: both fakes run in the load generator's process,
+//! so the Twilio simulator records when it sent each caller frame and the fake Realtime server
+//! when it received the matching `input_audio_buffer.append` (and the reverse for agent audio).
+//! Frames are told apart by a hash of their base64 payload, made unique by a tag the sender
+//! writes into the first bytes of the audio.
+
+use std::{
+    collections::HashMap,
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+const SHARDS: usize = 64;
+
+/// One direction's send times and measured delays.
+pub struct Direction {
+    pending: Vec<Mutex<HashMap<u64, Instant>>>,
+    delays_us: Mutex<Vec<u32>>,
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl Default for Direction {
+    fn default() -> Self {
+        Self {
+            pending: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            delays_us: Mutex::default(),
+            sent: AtomicU64::default(),
+            received: AtomicU64::default(),
+        }
+    }
+}
+
+impl Direction {
+    /// Records that a frame with this payload was sent now.
+    pub fn sent(&self, payload_b64: &str, at: Instant) {
+        let k = key(payload_b64);
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        self.pending[(k as usize) % SHARDS]
+            .lock()
+            .expect("stamp shard")
+            .insert(k, at);
+    }
+
+    /// Records that a frame with this payload arrived now; unknown payloads are ignored.
+    pub fn received(&self, payload_b64: &str, at: Instant) {
+        let k = key(payload_b64);
+        let sent = self.pending[(k as usize) % SHARDS]
+            .lock()
+            .expect("stamp shard")
+            .remove(&k);
+        if let Some(sent) = sent {
+            self.received.fetch_add(1, Ordering::Relaxed);
+            let us = at
+                .saturating_duration_since(sent)
+                .as_micros()
+                .min(u32::MAX as u128) as u32;
+            self.delays_us.lock().expect("stamp delays").push(us);
+        }
+    }
+
+    /// (frames sent, frames received, delays in µs).
+    pub fn take(&self) -> (u64, u64, Vec<u32>) {
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.received.load(Ordering::Relaxed),
+            std::mem::take(&mut *self.delays_us.lock().expect("stamp delays")),
+        )
+    }
+
+    /// Frames sent and not (yet) received.
+    pub fn pending(&self) -> usize {
+        self.pending
+            .iter()
+            .map(|s| s.lock().expect("stamp shard").len())
+            .sum()
+    }
+}
+
+/// Both directions, shared by the simulator and the fake.
+#[derive(Default)]
+pub struct Stamps {
+    /// Caller → model (simulator sends, fake receives).
+    pub inbound: Direction,
+    /// Model → caller (fake sends, simulator receives).
+    pub outbound: Direction,
+    tags: AtomicU64,
+}
+
+impl Stamps {
+    /// Writes a unique tag over the first 16 samples of a frame, one hex digit per sample in
+    /// the quietest μ-law codes (0xF0–0xFF decode to ±120 of 32768), so the tag is inaudible
+    /// and never trips a voice detector.
+    pub fn tag(&self, frame: &mut [u8]) {
+        let n = self.tags.fetch_add(1, Ordering::Relaxed);
+        for (i, b) in frame.iter_mut().take(16).enumerate() {
+            *b = 0xF0 | ((n >> (4 * i)) & 0xF) as u8;
+        }
+    }
+}
+
+fn key(payload: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    payload.hash(&mut h);
+    h.finish()
+}
+
+/// The `p`th percentile (0–100) of sorted values.
+pub fn percentile(sorted: &[u32], p: f64) -> Option<u32> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    Some(sorted[rank.min(sorted.len() - 1)])
+}
+
+impl std::fmt::Debug for Stamps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stamps")
+            .field("inbound_pending", &self.inbound.pending())
+            .field("outbound_pending", &self.outbound.pending())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn delays_are_matched_by_payload() {
+        let s = Stamps::default();
+        let t0 = Instant::now();
+        s.inbound.sent("AAAA", t0);
+        s.inbound.sent("BBBB", t0);
+        s.inbound.received("AAAA", t0 + Duration::from_micros(250));
+        s.inbound.received("CCCC", t0);
+        let (sent, received, delays) = s.inbound.take();
+        assert_eq!((sent, received, delays), (2, 1, vec![250]));
+        assert_eq!(s.inbound.pending(), 1);
+    }
+
+    #[test]
+    fn tags_make_identical_frames_distinct_and_stay_silent() {
+        let s = Stamps::default();
+        let (mut a, mut b) = ([0xFFu8; 160], [0xFFu8; 160]);
+        for _ in 0..1000 {
+            s.tag(&mut a);
+        }
+        s.tag(&mut b);
+        assert_ne!(a, b);
+        assert!(
+            !crate::audio::is_speech(&a),
+            "a tagged silent frame is still silence"
+        );
+    }
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), Some(51));
+        assert_eq!(percentile(&v, 99.0), Some(99));
+        assert_eq!(percentile(&[], 50.0), None);
+    }
+}
