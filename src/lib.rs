@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`domain`]: ID newtypes (`CallSid`, `StreamSid`) and validated values (`E164`, `Voice`).
+//! - [`json`]: a JSON string borrowed from its frame (audio payloads on the hot path).
 //! - [`hours`]: business hours (weekly schedule in the client's timezone).
 //! - [`config`]: typed settings (built-in defaults < `--config` file < `WARMLINE_*` env), validation, redaction.
 //! - [`app`]: `AppState`, the router merging every area, serving and graceful shutdown.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod hours;
+pub mod json;
 pub mod loadgen;
 pub mod metrics;
 pub mod ops;

@@ -73,8 +73,12 @@ pub async fn upgrade(
         }
     }
     let tasks = state.tasks.clone();
+    // Small buffers (a call's frames are a few hundred bytes; a thousand calls must fit in
+    // memory) and a zero write buffer, so every frame leaves at once.
     ws.max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| tasks.track_future(run(state, socket)))
 }
 
@@ -204,6 +208,8 @@ async fn run(state: AppState, socket: WebSocket) {
             }
             ev = next_event(&mut attached) => match ev {
                 Some(e) => call.handle_realtime(Instant::now(), e),
+                // The session task also stops on shutdown; say why the call really ended.
+                None if state.shutdown.is_cancelled() => call.handle_shutdown(Instant::now()),
                 None => call.handle_realtime_closed(Instant::now(), "realtime session ended".into()),
             },
             _ = sleep_until(timeout) => call.handle_timeout(Instant::now()),

@@ -420,7 +420,7 @@ pub async fn connect(settings: &OpenAiSettings) -> Result<Ws, SessionError> {
     let timeout = Duration::from_millis(settings.connect_timeout_ms);
     match tokio::time::timeout(
         timeout,
-        tokio_tungstenite::connect_async_with_config(req, None, true),
+        tokio_tungstenite::connect_async_with_config(req, Some(ws_config()), true),
     )
     .await
     {
@@ -431,6 +431,15 @@ pub async fn connect(settings: &OpenAiSettings) -> Result<Ws, SessionError> {
             settings.connect_timeout_ms
         ))),
     }
+}
+
+/// Small buffers: a call's messages are a few KiB, and a thousand calls must fit in memory.
+/// A zero write buffer sends each frame at once (latency over batching).
+fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(16 * 1024 * 1024))
 }
 
 /// A connection error without anything secret (tungstenite errors carry no headers).

@@ -8,6 +8,8 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
+
+use crate::json::Text;
 use serde_json::{Value, json};
 
 /// A server event, reduced to what warmline acts on.
@@ -146,28 +148,6 @@ struct ErrorBody {
     kind: Option<String>,
     code: Option<String>,
     message: Option<String>,
-}
-
-/// A string borrowed from the frame when it has no escapes.
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = Text<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Owned(v.to_string())))
-            }
-        }
-        d.deserialize_str(V(std::marker::PhantomData))
-    }
 }
 
 fn need<T>(v: Option<T>, kind: &str, field: &str) -> Result<T, WireError> {

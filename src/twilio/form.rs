@@ -80,18 +80,11 @@ impl CallStatus {
         )
     }
 
-    /// Twilio's spelling (static for the known values, used as a metric label).
+    /// Twilio's spelling.
     pub fn as_str(&self) -> &str {
         match self {
-            Self::Queued => "queued",
-            Self::Ringing => "ringing",
-            Self::InProgress => "in-progress",
-            Self::Completed => "completed",
-            Self::Busy => "busy",
-            Self::Failed => "failed",
-            Self::NoAnswer => "no-answer",
-            Self::Canceled => "canceled",
             Self::Unknown(s) => s,
+            known => known.label(),
         }
     }
 

@@ -10,6 +10,8 @@ use std::{borrow::Cow, collections::HashMap};
 
 use serde::Deserialize;
 
+use crate::json::Text;
+
 /// A message from Twilio.
 #[derive(Debug, PartialEq)]
 pub enum TwilioMessage<'a> {
@@ -119,29 +121,6 @@ struct MediaBody<'a> {
     #[serde(borrow, default)]
     timestamp: Option<Text<'a>>,
     track: Option<String>,
-}
-
-/// A string borrowed from the frame when it has no escapes, owned otherwise (serde's own `Cow`
-/// support always copies inside an `Option`).
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = Text<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Owned(v.to_string())))
-            }
-        }
-        d.deserialize_str(V(std::marker::PhantomData))
-    }
 }
 
 #[derive(Deserialize)]

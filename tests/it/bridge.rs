@@ -443,3 +443,36 @@ async fn garbage_frames_close_only_that_call() {
     );
     gw.app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_call_live_at_shutdown_is_ended_and_saved() {
+    let gw = gateway(FakeConfig::instant(), "").await;
+    let placed = gw
+        .twilio
+        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
+        .await
+        .unwrap();
+    let script = [Step::WaitForAgentAudio(WAIT), Step::WaitForClose(WAIT)];
+    let options = StreamOptions {
+        no_callbacks: true,
+        ..Default::default()
+    };
+    let stream = gw.twilio.stream(&placed, &script, options);
+    let stop = async {
+        assert!(
+            gw.fake
+                .wait_event("input_audio_buffer.append", 3, WAIT)
+                .await
+        );
+        gw.app.state.shutdown.cancel();
+    };
+    let (report, ()) = tokio::join!(stream, stop);
+    assert_eq!(report.unwrap().closed_by.as_deref(), Some("gateway"));
+    let record = gw.ended_call(&placed.call_sid).await;
+    assert_eq!(record.call.end_reason.as_deref(), Some("shutdown"));
+    assert!(
+        gw.fake.wait_open(0, WAIT).await,
+        "Realtime closed on shutdown"
+    );
+    gw.app.shutdown().await;
+}
