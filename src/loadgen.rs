@@ -102,6 +102,8 @@ pub struct LoadReport {
     pub gateway_frames_dropped: f64,
     /// Gateway CPU while all calls were live (percent of one core).
     pub gateway_cpu_percent: f64,
+    /// The load generator's own CPU (both fakes) over the same window.
+    pub loadgen_cpu_percent: f64,
     /// Gateway resident memory when idle.
     pub gateway_rss_idle_kib: u64,
     /// Gateway resident memory at peak.
@@ -360,11 +362,14 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         tokio::time::sleep(gap).await;
     }
     // CPU over the window where every call is live: from the end of the ramp for half a call.
-    let window_start = proc_stats(gw.pid).0;
+    let me = std::process::id();
+    let (window_start, self_start) = (proc_stats(gw.pid).0, proc_stats(me).0);
     let window_t = Instant::now();
     tokio::time::sleep(opts.duration / 3).await;
-    let window_end = proc_stats(gw.pid).0;
-    let cpu = (window_end - window_start) as f64 / 100.0 / window_t.elapsed().as_secs_f64() * 100.0;
+    let (window_end, self_end) = (proc_stats(gw.pid).0, proc_stats(me).0);
+    let secs = window_t.elapsed().as_secs_f64();
+    let cpu = (window_end - window_start) as f64 / 100.0 / secs * 100.0;
+    let loadgen_cpu = (self_end - self_start) as f64 / 100.0 / secs * 100.0;
     while tasks.join_next().await.is_some() {}
     progress_stop.cancel();
     let _ = progress.await;
@@ -424,6 +429,7 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         outbound_frames: (out_sent, out_recv),
         gateway_frames_dropped: metric(&metrics_text, "warmline_frames_dropped_total"),
         gateway_cpu_percent: cpu,
+        loadgen_cpu_percent: loadgen_cpu,
         gateway_rss_idle_kib: rss_idle,
         gateway_rss_peak_kib: rss_peak,
         gateway_rss_per_call_kib: rss_peak.saturating_sub(rss_idle) as f64 / peak_n.max(1) as f64,
@@ -477,8 +483,9 @@ fn print_table(r: &LoadReport) {
         r.gateway_frames_dropped
     );
     println!(
-        "gateway cpu {:.1}% of one core; rss idle {} KiB, peak {} KiB, {:.1} KiB per call",
+        "gateway cpu {:.1}% of one core (load generator {:.1}%); rss idle {} KiB, peak {} KiB, {:.1} KiB per call",
         r.gateway_cpu_percent,
+        r.loadgen_cpu_percent,
         r.gateway_rss_idle_kib,
         r.gateway_rss_peak_kib,
         r.gateway_rss_per_call_kib

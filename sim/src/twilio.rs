@@ -680,13 +680,17 @@ impl TwilioSim {
                     }
                     chunk += 1;
                     let payload = STANDARD.encode(&frame);
-                    let m = json!({"event": "media", "sequenceNumber": next_seq(), "streamSid": stream_sid,
-                        "media": {"track": "inbound", "chunk": chunk.to_string(),
-                            "timestamp": (t0.elapsed().as_millis() as u64).to_string(), "payload": payload}});
+                    // Written directly (this runs 50 times a second per call in load tests);
+                    // the shape is the one Twilio sends, numeric fields as strings.
+                    let m = format!(
+                        r#"{{"event":"media","sequenceNumber":"{}","streamSid":"{stream_sid}","media":{{"track":"inbound","chunk":"{chunk}","timestamp":"{}","payload":"{payload}"}}}}"#,
+                        next_seq(),
+                        t0.elapsed().as_millis()
+                    );
                     if let Some(st) = &stamps {
                         st.inbound.sent(&payload, Instant::now());
                     }
-                    if tx.send(Message::text(m.to_string())).await.is_err() {
+                    if tx.send(Message::text(m)).await.is_err() {
                         report.closed_by.get_or_insert_with(|| "gateway".into());
                         break;
                     }

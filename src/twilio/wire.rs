@@ -29,7 +29,7 @@ pub enum TwilioMessage<'a> {
         /// ms since stream start.
         timestamp_ms: u64,
         /// `inbound` on bidirectional streams.
-        track: Option<String>,
+        track: Option<Cow<'a, str>>,
     },
     /// `dtmf`: a key press.
     Dtmf {
@@ -85,8 +85,8 @@ pub enum WireError {
 struct Envelope<'a> {
     #[serde(borrow)]
     event: Cow<'a, str>,
-    #[serde(rename = "streamSid")]
-    stream_sid: Option<String>,
+    #[serde(rename = "streamSid", borrow, default)]
+    stream_sid: Option<Text<'a>>,
     protocol: Option<String>,
     start: Option<StartBody>,
     #[serde(borrow)]
@@ -120,7 +120,8 @@ struct MediaBody<'a> {
     payload: Option<Text<'a>>,
     #[serde(borrow, default)]
     timestamp: Option<Text<'a>>,
-    track: Option<String>,
+    #[serde(borrow, default)]
+    track: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -148,7 +149,7 @@ pub fn parse(text: &str) -> Result<TwilioMessage<'_>, WireError> {
             })?;
             let stream_sid = start
                 .stream_sid
-                .or(env.stream_sid)
+                .or(env.stream_sid.map(|t| t.0.into_owned()))
                 .ok_or(WireError::Missing {
                     event: "start",
                     field: "streamSid",
@@ -182,7 +183,7 @@ pub fn parse(text: &str) -> Result<TwilioMessage<'_>, WireError> {
                     .timestamp
                     .and_then(|t| t.0.trim().parse().ok())
                     .unwrap_or(0),
-                track: media.track,
+                track: media.track.map(|t| t.0),
             }
         }
         "dtmf" => TwilioMessage::Dtmf {
