@@ -6,5 +6,6 @@ mod admin;
 mod bridge;
 mod call_path;
 mod cli;
+mod loadgen;
 mod store;
 mod support;
