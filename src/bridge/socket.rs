@@ -52,6 +52,11 @@ use crate::{
 /// Largest Twilio message accepted (a media frame is ~300 bytes).
 const MAX_MESSAGE: usize = 64 * 1024;
 
+/// Longest one write to Twilio may take. A peer that stops reading for this long is treated as
+/// gone: the writer stops, its queue closes, and the call ends as `twilio_closed` (so a stalled
+/// socket can neither block the call loop on a control frame nor keep the call record unsaved).
+const TWILIO_SEND_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The upgrade: Twilio signs it over the `wss://` URL with no params (protocols.md §2.1).
 pub async fn upgrade(
     State(state): State<AppState>,
@@ -89,10 +94,10 @@ struct Counters {
     dropped_outbound: Counter,
 }
 
-/// What the loop learnt at `start`.
-struct Attached {
+/// Whose call this is, known once `start` carried a valid token: from then on the call is
+/// saved however it ends, even if no Realtime session could be attached.
+struct Known {
     context: Arc<CallContext>,
-    session: ClaimedSession,
     stream_sid: StreamSid,
 }
 
@@ -106,24 +111,33 @@ async fn run(state: AppState, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Message>(state.settings.call.outbound_queue_frames);
     let writer = tokio::spawn(async move {
+        use tokio::time::timeout;
         while let Some(m) = rx.recv().await {
-            if sink.send(m).await.is_err() {
-                return;
+            match timeout(TWILIO_SEND_LIMIT, sink.send(m)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::warn!("Twilio stopped reading the media stream; giving up on it");
+                    return;
+                }
             }
         }
         // Closing our side ends `<Connect>`; Twilio then asks `<Connect action>` what to do.
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
+        let _ = timeout(
+            TWILIO_SEND_LIMIT,
+            sink.send(Message::Close(Some(CloseFrame {
                 code: 1000,
                 reason: "call ended".into(),
-            })))
-            .await;
-        let _ = sink.close().await;
+            }))),
+        )
+        .await;
+        let _ = timeout(TWILIO_SEND_LIMIT, sink.close()).await;
     });
 
     let max = std::time::Duration::from_secs(state.settings.call.max_duration_secs);
     let mut call = Call::new(max);
-    let mut attached: Option<Attached> = None;
+    let mut known: Option<Known> = None;
+    let mut attached: Option<ClaimedSession> = None;
     let mut outcome: Option<Box<CallOutcome>> = None;
     loop {
         while let Some(out) = call.poll_output() {
@@ -145,22 +159,30 @@ async fn run(state: AppState, socket: WebSocket) {
                     }
                 }
                 Output::Realtime(cmd) => {
-                    if let Some(a) = &attached {
-                        dispatch(&a.session, cmd, &counters).await;
+                    if let Some(session) = &attached {
+                        dispatch(session, cmd, &counters).await;
                     }
                 }
                 Output::Start {
                     call_sid,
                     stream_sid,
                     custom_parameters,
-                } => match attach(&state, &call_sid, stream_sid, &custom_parameters).await {
-                    Ok((a, path, greeting, rest)) => {
+                } => match attach(
+                    &state,
+                    &call_sid,
+                    stream_sid,
+                    &custom_parameters,
+                    &mut known,
+                )
+                .await
+                {
+                    Ok((session, path, greeting, rest)) => {
                         tracing::info!(call_sid = %call_sid, path = path.as_str(), greeting_chunks = greeting.len(), "media stream started");
                         call.handle_session_attached(Instant::now(), path, greeting);
                         for e in rest {
                             call.handle_realtime(Instant::now(), e);
                         }
-                        attached = Some(a);
+                        attached = Some(session);
                     }
                     Err(reason) => {
                         tracing::warn!(call_sid = %call_sid, reason = %reason.describe(), "media stream refused");
@@ -220,8 +242,8 @@ async fn run(state: AppState, socket: WebSocket) {
     while let Some(out) = call.poll_output() {
         match out {
             Output::Realtime(cmd) => {
-                if let Some(a) = &attached {
-                    dispatch(&a.session, cmd, &counters).await;
+                if let Some(session) = &attached {
+                    dispatch(session, cmd, &counters).await;
                 }
             }
             Output::Ended(o) => outcome = Some(o),
@@ -232,12 +254,15 @@ async fn run(state: AppState, socket: WebSocket) {
         }
     }
     drop(tx);
-    let _ = writer.await;
-    state.metrics.active_calls.dec();
-    if let (Some(o), Some(a)) = (outcome, attached) {
+    if let Some(session) = &attached {
+        session.close("call ended").await;
+    }
+    // The record is queued before waiting for Twilio's side to close, so that a peer slow to
+    // take the close cannot delay or lose it.
+    if let (Some(o), Some(k)) = (outcome, &known) {
         Metrics::inc_reason(&state.metrics.calls_ended, o.end_reason.code());
         tracing::info!(
-            call_sid = %a.context.call_sid,
+            call_sid = %k.context.call_sid,
             end_reason = %o.end_reason.describe(),
             path = o.path.map_or("none", CallPath::as_str),
             duration_ms = o.duration().as_millis() as u64,
@@ -245,12 +270,13 @@ async fn run(state: AppState, socket: WebSocket) {
             frames_dropped = o.frames_dropped,
             "call ended"
         );
-        a.session.close("call ended").await;
         state
             .writer
-            .submit(Job::Finish(Box::new(finished(&a, &o))))
+            .submit(Job::Finish(Box::new(finished(k, &o))))
             .await;
     }
+    let _ = writer.await;
+    state.metrics.active_calls.dec();
 }
 
 async fn dispatch(session: &ClaimedSession, cmd: RealtimeCommand, counters: &Counters) {
@@ -270,9 +296,9 @@ async fn dispatch(session: &ClaimedSession, cmd: RealtimeCommand, counters: &Cou
     }
 }
 
-async fn next_event(attached: &mut Option<Attached>) -> Option<SessionEvent> {
+async fn next_event(attached: &mut Option<ClaimedSession>) -> Option<SessionEvent> {
     match attached {
-        Some(a) => a.session.events.recv().await,
+        Some(session) => session.events.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -284,14 +310,17 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-type AttachResult = (Attached, CallPath, Vec<AgentAudio>, Vec<SessionEvent>);
+type AttachResult = (ClaimedSession, CallPath, Vec<AgentAudio>, Vec<SessionEvent>);
 
-/// Verifies the token, then claims the warm session or opens a cold one.
+/// Verifies the token, then claims the warm session or opens a cold one. Once the token and
+/// the call's context are known they are stored in `known`, so the call is saved even when no
+/// session can be attached.
 async fn attach(
     state: &AppState,
     call_sid: &CallSid,
     stream_sid: StreamSid,
     params: &std::collections::HashMap<String, String>,
+    known: &mut Option<Known>,
 ) -> Result<AttachResult, EndReason> {
     let tok = params.get("token").map(String::as_str).unwrap_or_default();
     let now_unix = Utc::now().timestamp().max(0) as u64;
@@ -302,6 +331,10 @@ async fn attach(
         Some(c) => (c.context, c.session),
         None => (Arc::new(context_from_db(state, call_sid).await?), None),
     };
+    *known = Some(Known {
+        context: context.clone(),
+        stream_sid,
+    });
     let (session, path) = match warm {
         Some(handle) => match handle.claim().await {
             Ok(s) => (s, CallPath::Warm),
@@ -330,16 +363,7 @@ async fn attach(
             other => rest.push(other),
         }
     }
-    Ok((
-        Attached {
-            context,
-            session,
-            stream_sid,
-        },
-        path,
-        greeting,
-        rest,
-    ))
+    Ok((session, path, greeting, rest))
 }
 
 async fn open_cold(state: &AppState, ctx: &CallContext) -> Result<ClaimedSession, EndReason> {
@@ -394,9 +418,14 @@ async fn context_from_db(state: &AppState, call_sid: &CallSid) -> Result<CallCon
     })
 }
 
-fn finished(a: &Attached, o: &CallOutcome) -> FinishedCall {
-    let ctx = &a.context;
+fn finished(k: &Known, o: &CallOutcome) -> FinishedCall {
+    let ctx = &k.context;
     let note = o.memory_note();
+    // Memory is kept per phone number; a withheld or non-phone caller id (`anonymous`,
+    // `client:…`) is nobody in particular, so it is never remembered.
+    let remember = crate::domain::E164::parse(&ctx.from)
+        .is_ok()
+        .then(|| (None, note.clone()));
     FinishedCall {
         call: NewCall {
             call_sid: ctx.call_sid.to_string(),
@@ -406,7 +435,7 @@ fn finished(a: &Attached, o: &CallOutcome) -> FinishedCall {
             status: "ringing".into(),
             started_at: ctx.started_at,
         },
-        stream_sid: Some(a.stream_sid.to_string()),
+        stream_sid: Some(k.stream_sid.to_string()),
         status: "completed".into(),
         path: o.path.map(|p| p.as_str().to_string()),
         time_to_first_audio_ms: o.time_to_first_audio.map(|d| d.as_millis() as i64),
@@ -424,6 +453,6 @@ fn finished(a: &Attached, o: &CallOutcome) -> FinishedCall {
                 at: l.at,
             })
             .collect(),
-        remember: Some((None, note)),
+        remember,
     }
 }

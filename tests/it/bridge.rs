@@ -295,7 +295,109 @@ async fn a_realtime_drop_mid_call_ends_the_call_and_transfers_to_the_fallback() 
             .unwrap()
             .starts_with("realtime_closed")
     );
+    assert!(
+        !record.transcript.is_empty(),
+        "what was said before the drop is saved"
+    );
+    let memory = callers::get_caller(&gw.app.state.db, gw.client_id, CALLER)
+        .await
+        .unwrap()
+        .expect("the caller is remembered after a broken call too");
+    assert_eq!(memory.call_count, 1);
     assert!(gw.fake.wait_open(0, WAIT).await);
+    gw.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_call_whose_session_cannot_open_is_still_saved_and_apologised_to() {
+    let mut cfg = FakeConfig::instant();
+    cfg.mode = sim::realtime::Mode::Down;
+    let gw = gateway(cfg, "").await;
+    let placed = gw
+        .twilio
+        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
+        .await
+        .unwrap();
+    let report = gw
+        .twilio
+        .stream(
+            &placed,
+            &[Step::WaitForClose(WAIT)],
+            StreamOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.closed_by.as_deref(), Some("gateway"));
+    assert!(
+        report.first_media_at.is_none(),
+        "no agent audio without a session"
+    );
+    assert!(
+        matches!(report.after_stream, Some(Twiml::SayHangup { .. })),
+        "no fallback number: an apology, never dead air: {:?}",
+        report.after_stream
+    );
+    let record = gw.ended_call(&placed.call_sid).await;
+    assert!(
+        record
+            .call
+            .end_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("realtime_unavailable")),
+        "{:?}",
+        record.call.end_reason
+    );
+    assert_eq!(record.call.path, None, "no session was attached");
+    gw.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_anonymous_caller_is_served_but_never_remembered() {
+    let gw = gateway(FakeConfig::instant(), "").await;
+    for _ in 0..2 {
+        let placed = gw
+            .twilio
+            .place_call(&CallSpec::new("anonymous", CLIENT_NUMBER))
+            .await
+            .unwrap();
+        let report = gw
+            .twilio
+            .stream(
+                &placed,
+                &[
+                    Step::WaitForAgentQuiet(WAIT),
+                    Step::Say(clips::question()),
+                    Step::Silence(ms(900)),
+                    Step::HangUp,
+                ],
+                StreamOptions::default(),
+            )
+            .await
+            .unwrap();
+        assert!(report.first_media_at.is_some(), "the call is answered");
+        let record = gw.ended_call(&placed.call_sid).await;
+        assert_eq!(record.call.status, "completed");
+        assert!(
+            record.transcript.iter().any(|t| t.role == "caller"),
+            "the caller's words were heard (so there was something to remember)"
+        );
+    }
+    let memory = callers::get_caller(&gw.app.state.db, gw.client_id, "anonymous")
+        .await
+        .unwrap();
+    assert!(
+        memory.is_none(),
+        "withheld numbers share no memory: {memory:?}"
+    );
+    // The second call's instructions carry nothing of the first (another stranger's words).
+    let conns = gw.fake.connections();
+    assert_eq!(conns.len(), 2);
+    for conn in conns {
+        let update: Value = serde_json::from_str(&conn.of_type("session.update")[0].raw).unwrap();
+        let instructions = update["session"]["instructions"].as_str().unwrap();
+        assert!(!instructions.contains("caller said"), "{instructions}");
+        assert!(!instructions.contains("time(s) before"), "{instructions}");
+    }
     gw.app.shutdown().await;
 }
 
