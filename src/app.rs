@@ -67,7 +67,7 @@ impl AppState {
         let writer = crate::bridge::writer::Writer::start(db.clone(), metrics.clone(), &background);
         background.spawn(crate::realtime::reaper::run(
             registry.clone(),
-            db.clone(),
+            writer.clone(),
             shutdown.clone(),
         ));
         background.close();

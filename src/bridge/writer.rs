@@ -59,6 +59,32 @@ impl Writer {
         }
     }
 
+    /// Queues a write, waiting for room at most until `deadline` (the webhook must answer
+    /// Twilio in time even when the database is slow); returns false, logs and counts it in
+    /// `warmline_store_errors_total` if the write could not be queued.
+    pub async fn submit_by(
+        &self,
+        job: Job,
+        deadline: tokio::time::Instant,
+        metrics: &Metrics,
+    ) -> bool {
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match self.tx.send_timeout(job, wait).await {
+            Ok(()) => true,
+            Err(e) => {
+                metrics.store_errors.inc();
+                let sid = match e.into_inner() {
+                    Job::Insert(n) => n.call_sid,
+                    Job::Patch(sid, _) => sid,
+                    Job::Finish(f) => f.call.call_sid,
+                    Job::Flush(_) => String::new(),
+                };
+                tracing::error!(call_sid = %sid, "call-record queue full (database too slow); a write was dropped");
+                false
+            }
+        }
+    }
+
     /// Waits (up to `limit`) until every write queued so far is done.
     pub async fn flush(&self, limit: Duration) {
         let (tx, rx) = oneshot::channel();

@@ -1,5 +1,7 @@
 //! The reaper: every second, closes warm sessions nobody claimed within `prewarm.ttl_secs`
-//! (the caller hung up while it rang and no status callback came), and records why.
+//! (the caller hung up while it rang and no status callback came), and records why through the
+//! call-record writer (so the patch lands after the webhook's insert, and a slow database never
+//! delays the next tick).
 
 use std::{sync::Arc, time::Duration};
 
@@ -8,15 +10,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     app::Registry,
-    store::calls::{self, CallPatch},
+    bridge::writer::{Job, Writer},
+    store::calls::CallPatch,
 };
 
 /// Runs until `shutdown`; then closes every remaining warm session.
-pub async fn run(
-    registry: Arc<Registry>,
-    db: sea_orm::DatabaseConnection,
-    shutdown: CancellationToken,
-) {
+pub async fn run(registry: Arc<Registry>, writer: Writer, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -32,9 +31,7 @@ pub async fn run(
                 ended_at: Some(chrono::Utc::now()),
                 ..Default::default()
             };
-            if let Err(e) = calls::update_call(&db, sid.as_str(), &patch).await {
-                tracing::warn!(call_sid = %sid, error = %e, "reaper: could not record the reaped call");
-            }
+            writer.submit(Job::Patch(sid.to_string(), patch)).await;
         }
     }
     let closed = registry.close_all("shutdown");

@@ -17,7 +17,7 @@ use axum::{
     Router,
     body::Bytes,
     extract::State,
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode, Uri, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -57,13 +57,16 @@ pub fn router() -> Router<AppState> {
 /// The header Twilio signs with.
 pub const SIGNATURE_HEADER: &str = "x-twilio-signature";
 
-/// Whether a signed form request is genuine (always true with validation off).
+/// Whether a signed form request is genuine (always true with validation off). Twilio signs
+/// the URL it was configured with, query string included (protocols.md §2.1), so the request's
+/// own path and query are appended to `public_url`.
 pub fn verify_form(
     state: &AppState,
-    path: &str,
+    uri: &Uri,
     headers: &HeaderMap,
     params: &[(String, String)],
 ) -> bool {
+    let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
     let twilio = &state.settings.twilio;
     if !twilio.validate_signatures {
         return true;
@@ -100,15 +103,23 @@ pub fn say_language(language: &str) -> String {
     }
 }
 
+/// Longest the after-stream callback spends looking the call up before it answers anyway.
+const AFTER_STREAM_LIMIT: Duration = Duration::from_secs(5);
+
 const SORRY: &str = "We're sorry, we cannot take your call right now. Please try again later.";
 
-async fn voice(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn voice(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let t0 = Instant::now();
     let arrived = Utc::now();
     let deadline =
         TokioInstant::from_std(t0 + Duration::from_millis(state.settings.prewarm.ring_max_ms));
     let params = form::parse(&body);
-    if !verify_form(&state, "/twilio/voice", &headers, &params) {
+    if !verify_form(&state, &uri, &headers, &params) {
         tracing::warn!(
             call_sid = params
                 .iter()
@@ -155,9 +166,13 @@ async fn answer(
     // The database is bounded by the same deadline as everything else.
     let lookup = tokio::time::timeout_at(deadline, async {
         let client = clients::client_by_number(&state.db, &to).await?;
+        // Memory is per phone number: a withheld caller id (`anonymous`) is nobody in
+        // particular, so it neither reads nor (at the end of the call) writes memory.
         let caller = match &client {
-            Some(c) => callers::get_caller(&state.db, c.client.id, &req.from).await?,
-            None => None,
+            Some(c) if E164::parse(&req.from).is_ok() => {
+                callers::get_caller(&state.db, c.client.id, &req.from).await?
+            }
+            _ => None,
         };
         Ok::<_, crate::store::StoreError>((client, caller))
     })
@@ -177,14 +192,18 @@ async fn answer(
         tracing::info!(call_sid = %sid, to = %to, "voice webhook: number not assigned to any active client");
         state
             .writer
-            .submit(Job::Insert(NewCall {
-                call_sid: sid.to_string(),
-                client_id: None,
-                from: req.from.clone(),
-                to: req.to.clone(),
-                status: "rejected".into(),
-                started_at: arrived,
-            }))
+            .submit_by(
+                Job::Insert(NewCall {
+                    call_sid: sid.to_string(),
+                    client_id: None,
+                    from: req.from.clone(),
+                    to: req.to.clone(),
+                    status: "rejected".into(),
+                    started_at: arrived,
+                }),
+                deadline,
+                &state.metrics,
+            )
             .await;
         return (
             "unknown_number",
@@ -203,14 +222,18 @@ async fn answer(
     let profile = AgentProfile::new(&client, caller);
     state
         .writer
-        .submit(Job::Insert(NewCall {
-            call_sid: sid.to_string(),
-            client_id: Some(client.client.id),
-            from: req.from.clone(),
-            to: req.to.clone(),
-            status: "ringing".into(),
-            started_at: arrived,
-        }))
+        .submit_by(
+            Job::Insert(NewCall {
+                call_sid: sid.to_string(),
+                client_id: Some(client.client.id),
+                from: req.from.clone(),
+                to: req.to.clone(),
+                status: "ringing".into(),
+                started_at: arrived,
+            }),
+            deadline,
+            &state.metrics,
+        )
         .await;
     let ctx = CallContext {
         call_sid: sid.clone(),
@@ -270,15 +293,20 @@ async fn answer(
         parameters: &[("token", &tok)],
     });
     let webhook_ms = t0.elapsed().as_millis() as i64;
+    // Twilio is waiting for this answer: a full queue gets a few milliseconds, not more.
     state
         .writer
-        .submit(Job::Patch(
-            sid.to_string(),
-            CallPatch {
-                webhook_ms: Some(webhook_ms),
-                ..Default::default()
-            },
-        ))
+        .submit_by(
+            Job::Patch(
+                sid.to_string(),
+                CallPatch {
+                    webhook_ms: Some(webhook_ms),
+                    ..Default::default()
+                },
+            ),
+            TokioInstant::now() + Duration::from_millis(5),
+            &state.metrics,
+        )
         .await;
     tracing::info!(call_sid = %sid, client_id = client.client.id, outcome, webhook_ms, "voice webhook answered");
     (outcome, body)
@@ -303,9 +331,14 @@ async fn wait_ready(mut rx: watch::Receiver<Status>, deadline: TokioInstant) -> 
         .unwrap_or(false)
 }
 
-async fn status(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn status(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let params = form::parse(&body);
-    if !verify_form(&state, "/twilio/status", &headers, &params) {
+    if !verify_form(&state, &uri, &headers, &params) {
         tracing::warn!("status callback refused: bad X-Twilio-Signature");
         return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
     }
@@ -340,9 +373,14 @@ async fn status(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn after_stream(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn after_stream(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let params = form::parse(&body);
-    if !verify_form(&state, "/twilio/after-stream", &headers, &params) {
+    if !verify_form(&state, &uri, &headers, &params) {
         tracing::warn!("after-stream callback refused: bad X-Twilio-Signature");
         return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
     }
@@ -354,25 +392,36 @@ async fn after_stream(State(state): State<AppState>, headers: HeaderMap, body: B
         return xml(twiml::say_hangup(SORRY, "en-US"));
     };
     // The call's record is written by the instance that ran the stream; give its writer a
-    // moment if the stream only just closed.
-    let mut record = None;
-    for _ in 0..15 {
-        match calls::call_by_sid(&state.db, &sid).await {
-            Ok(Some(c)) if c.call.ended_at.is_some() => {
-                record = Some(c.call);
-                break;
+    // moment if the stream only just closed. The whole look-up is bounded: Twilio gives up on
+    // this request after 15 s, and then the caller would hear an application error.
+    let lookup = async {
+        let mut record = None;
+        for _ in 0..15 {
+            match calls::call_by_sid(&state.db, &sid).await {
+                Ok(Some(c)) if c.call.ended_at.is_some() => {
+                    record = Some(c.call);
+                    break;
+                }
+                Ok(other) => record = other.map(|c| c.call),
+                Err(e) => {
+                    tracing::error!(call_sid = %sid, error = %e, "after-stream: database lookup failed");
+                    break;
+                }
             }
-            Ok(other) => record = other.map(|c| c.call),
-            Err(e) => {
-                tracing::error!(call_sid = %sid, error = %e, "after-stream: database lookup failed");
-                break;
-            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let client = match record.as_ref().and_then(|r| r.client_id) {
-        Some(id) => clients::get_client(&state.db, id).await.ok(),
-        None => None,
+        let client = match record.as_ref().and_then(|r| r.client_id) {
+            Some(id) => clients::get_client(&state.db, id).await.ok(),
+            None => None,
+        };
+        (record, client)
+    };
+    let (record, client) = match tokio::time::timeout(AFTER_STREAM_LIMIT, lookup).await {
+        Ok(found) => found,
+        Err(_) => {
+            tracing::error!(call_sid = %sid, "after-stream: database look-up timed out");
+            (None, None)
+        }
     };
     let language = say_language(client.as_ref().map_or("en", |c| c.client.language.as_str()));
     let normal = record

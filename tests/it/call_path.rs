@@ -11,7 +11,7 @@ use sim::{
     twilio::{CallSpec, Signing, Twiml},
 };
 
-use crate::support::{CALLER, CLIENT_NUMBER, gateway};
+use crate::support::{AUTH_TOKEN, CALLER, CLIENT_NUMBER, gateway};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -113,6 +113,25 @@ async fn forged_or_missing_signatures_get_403_and_open_nothing() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 403);
+    // Twilio signs the URL as configured, query string included.
+    let form = [("CallSid", "CA1"), ("CallStatus", "canceled")];
+    let signed_url = gw.app.url("/twilio/status?tenant=a%20b");
+    let sig = sim::twilio::sign(AUTH_TOKEN, &signed_url, &form);
+    for (url, expected) in [
+        (signed_url.clone(), 204),
+        (gw.app.url("/twilio/status"), 403),
+    ] {
+        let resp = gw
+            .app
+            .http
+            .post(&url)
+            .header("X-Twilio-Signature", &sig)
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), expected, "{url}");
+    }
     assert_eq!(
         gw.fake.connection_attempts(),
         0,
@@ -173,7 +192,11 @@ async fn with_realtime_down_the_webhook_answers_at_once() {
 
 #[tokio::test]
 async fn an_unclaimed_session_is_reaped_after_the_ttl() {
-    let gw = gateway(FakeConfig::instant(), "[prewarm]\nttl_secs = 1\n").await;
+    let gw = gateway(
+        FakeConfig::instant(),
+        "[prewarm]\nttl_secs = 1\nring_max_ms = 500\n",
+    )
+    .await;
     let placed = gw
         .twilio
         .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
