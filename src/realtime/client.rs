@@ -102,6 +102,9 @@ pub struct ClaimedSession {
 
 /// Capacity of the caller-audio queue (frames); beyond it, audio is dropped.
 const AUDIO_QUEUE: usize = 64;
+/// Longest one write to the Realtime socket may take before the session is given up as stuck
+/// (so a server that stops reading cannot hold the session task, or the socket, forever).
+const SEND_LIMIT: Duration = Duration::from_secs(5);
 /// Capacity of the event queue to the call.
 const EVENT_QUEUE: usize = 256;
 
@@ -319,15 +322,22 @@ impl Task {
         }
         let close_reason: String = loop {
             // Drain the machine.
-            let mut send_failed = false;
+            let mut send_failed = None;
             while let Some(text) = self.session.poll_transmit() {
-                if sink.send(Message::text(text)).await.is_err() {
-                    send_failed = true;
-                    break;
+                match tokio::time::timeout(SEND_LIMIT, sink.send(Message::text(text))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
+                        send_failed = Some("send to realtime failed");
+                        break;
+                    }
+                    Err(_) => {
+                        send_failed = Some("realtime stopped reading");
+                        break;
+                    }
                 }
             }
-            if send_failed {
-                break "send to realtime failed".into();
+            if let Some(reason) = send_failed {
+                break reason.into();
             }
             if let Some(tx) = &events {
                 let mut gone = false;
@@ -365,15 +375,27 @@ impl Task {
                     Some(Control::Cancel) => self.session.cancel_response(),
                     Some(Control::Truncate { item_id, audio_end_ms }) => self.session.truncate(&item_id, audio_end_ms),
                     Some(Control::UserText(t)) => self.session.send_user_text(&t),
-                    Some(Control::Close(reason)) => break reason.to_string(),
+                    Some(Control::Close(reason)) => {
+                        // Caller audio queued before the close still goes out (the audio and
+                        // control queues are separate, so the close can overtake it).
+                        while let Ok(b64) = audio.try_recv() {
+                            self.session.append_audio(&b64);
+                        }
+                        while let Some(text) = self.session.poll_transmit() {
+                            if !matches!(tokio::time::timeout(SEND_LIMIT, sink.send(Message::text(text))).await, Ok(Ok(()))) {
+                                break;
+                            }
+                        }
+                        break reason.to_string();
+                    }
                     None => break "released".into(),
                 },
                 Some(b64) = audio.recv() => self.session.append_audio(&b64),
                 _ = shutdown.cancelled() => break "shutdown".into(),
             }
         };
-        let _ = sink.send(Message::Close(None)).await;
-        let _ = sink.close().await;
+        let _ = tokio::time::timeout(SEND_LIMIT, sink.send(Message::Close(None))).await;
+        let _ = tokio::time::timeout(SEND_LIMIT, sink.close()).await;
         self.session.handle_closed();
         if !matches!(*self.status.borrow(), Status::Failed(_)) {
             let _ = self.status.send(Status::Closed);
