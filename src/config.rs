@@ -385,14 +385,27 @@ impl Settings {
         if self.prewarm.ttl_secs == 0 {
             return invalid("prewarm.ttl_secs", "must be at least 1");
         }
+        if self.prewarm.ttl_secs.saturating_mul(1000) <= self.prewarm.ring_max_ms {
+            return invalid(
+                "prewarm.ttl_secs",
+                &format!(
+                    "must be longer than prewarm.ring_max_ms ({} ms), or the reaper closes \
+                     sessions the webhook is still waiting for",
+                    self.prewarm.ring_max_ms
+                ),
+            );
+        }
         if self.prewarm.max_sessions == 0 && self.prewarm.policy != PrewarmPolicy::Never {
             return invalid(
                 "prewarm.max_sessions",
                 "must be at least 1 (or set prewarm.policy = \"never\")",
             );
         }
-        if self.call.max_duration_secs == 0 {
-            return invalid("call.max_duration_secs", "must be at least 1");
+        if !(1..=MAX_CALL_SECS).contains(&self.call.max_duration_secs) {
+            return invalid(
+                "call.max_duration_secs",
+                &format!("must be between 1 and {MAX_CALL_SECS}"),
+            );
         }
         if self.call.outbound_queue_frames < 8 {
             return invalid("call.outbound_queue_frames", "must be at least 8");
@@ -476,12 +489,34 @@ fn env_provider(env: impl IntoIterator<Item = (String, String)>) -> Figment {
         let path = key["WARMLINE_".len()..]
             .to_ascii_lowercase()
             .replace("__", ".");
-        let parsed: figment::value::Value = value
-            .parse()
-            .unwrap_or_else(|_| figment::value::Value::from(value.clone()));
+        // A value whose text a number would not reproduce (`00123`, a 30-digit token) stays
+        // text: secrets must arrive exactly as set.
+        let parsed: figment::value::Value = if number_changes_text(&value) {
+            figment::value::Value::from(value.clone())
+        } else {
+            value
+                .parse()
+                .unwrap_or_else(|_| figment::value::Value::from(value.clone()))
+        };
         fig = fig.merge(Serialized::default(&path, parsed));
     }
     fig
+}
+
+/// Longest call accepted in `call.max_duration_secs` (a day; Realtime sessions last an hour).
+const MAX_CALL_SECS: u64 = 86_400;
+
+/// Whether reading `v` as a number and printing it back would give other text.
+fn number_changes_text(v: &str) -> bool {
+    if let Ok(i) = v.parse::<i64>() {
+        i.to_string() != v
+    } else if let Ok(u) = v.parse::<u64>() {
+        u.to_string() != v
+    } else if let Ok(f) = v.parse::<f64>() {
+        f.to_string() != v
+    } else {
+        false
+    }
 }
 
 fn describe_figment_error(e: figment::Error) -> String {
@@ -610,6 +645,39 @@ mod tests {
             "12345",
             "numeric-looking secret stays text"
         );
+    }
+
+    #[test]
+    fn a_ttl_shorter_than_the_ring_budget_or_an_endless_call_is_refused() {
+        let err = Settings::from_toml(
+            "[twilio]\nauth_token=\"t\"\n[prewarm]\nring_max_ms = 4000\nttl_secs = 3\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("prewarm.ttl_secs"), "{err}");
+        let err = Settings::from_toml(
+            "[twilio]\nauth_token=\"t\"\n[call]\nmax_duration_secs = 100000000\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("call.max_duration_secs"), "{err}");
+    }
+
+    #[test]
+    fn secrets_set_by_env_arrive_exactly_as_typed() {
+        let token = "000123456789012345678901234567890";
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("WARMLINE_TWILIO__AUTH_TOKEN", "00123"),
+                ("WARMLINE_ADMIN__TOKEN", token),
+                ("WARMLINE_OPENAI__API_KEY", "1e5"),
+                ("WARMLINE_PREWARM__TTL_SECS", "12"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.twilio.auth_token.expose(), "00123");
+        assert_eq!(s.admin.token.expose(), token);
+        assert_eq!(s.openai.api_key.expose(), "1e5");
+        assert_eq!(s.prewarm.ttl_secs, 12, "numbers still read as numbers");
     }
 
     #[test]
