@@ -136,6 +136,8 @@ async fn start_gateway(opts: &LoadOptions, fake_url: &str) -> anyhow::Result<Gat
         l.local_addr()?.port()
     };
     let dir = std::env::temp_dir().join(format!("warmline-loadgen-{}", std::process::id()));
+    // A run killed earlier under the same pid may have left its database behind.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let bin = match &opts.gateway_bin {
         Some(b) => b.clone(),
@@ -287,7 +289,7 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
                         live.load(Ordering::Relaxed),
                         done.load(Ordering::Relaxed),
                         failed.load(Ordering::Relaxed),
-                        (ticks - last) as f64 / hz * 100.0,
+                        ticks.saturating_sub(last) as f64 / hz * 100.0,
                         rss
                     );
                 }
@@ -361,15 +363,16 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         });
         tokio::time::sleep(gap).await;
     }
-    // CPU over the window where every call is live: from the end of the ramp for half a call.
+    // CPU over the window where every call is live: from the end of the ramp for a third of a
+    // call. (A gateway that died reads as 0 ticks, hence the saturating subtraction.)
     let me = std::process::id();
     let (window_start, self_start) = (proc_stats(gw.pid).0, proc_stats(me).0);
     let window_t = Instant::now();
     tokio::time::sleep(opts.duration / 3).await;
     let (window_end, self_end) = (proc_stats(gw.pid).0, proc_stats(me).0);
     let secs = window_t.elapsed().as_secs_f64();
-    let cpu = (window_end - window_start) as f64 / 100.0 / secs * 100.0;
-    let loadgen_cpu = (self_end - self_start) as f64 / 100.0 / secs * 100.0;
+    let cpu = window_end.saturating_sub(window_start) as f64 / 100.0 / secs * 100.0;
+    let loadgen_cpu = self_end.saturating_sub(self_start) as f64 / 100.0 / secs * 100.0;
     while tasks.join_next().await.is_some() {}
     progress_stop.cancel();
     let _ = progress.await;

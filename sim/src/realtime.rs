@@ -14,7 +14,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -342,6 +342,9 @@ struct Conn {
     speaking: Option<Speaking>,
     finished: Arc<Mutex<Vec<String>>>,
     item_audio_ms: HashMap<String, Arc<AtomicU64>>,
+    /// Set by the first `input_audio_buffer.append`: the gateway is relaying this session, so
+    /// agent audio sent from now on is timed by the stamps (earlier audio waits in a buffer).
+    relaying: Arc<AtomicBool>,
     create_response: bool,
     interrupt_response: bool,
     // VAD
@@ -366,6 +369,7 @@ impl Conn {
             speaking: None,
             finished: Arc::default(),
             item_audio_ms: HashMap::new(),
+            relaying: Arc::default(),
             create_response: true,
             interrupt_response: true,
             audio_ms: 0,
@@ -462,6 +466,7 @@ impl Conn {
             && !audio.contains('"')
         {
             self.record("input_audio_buffer.append", text);
+            self.relaying.store(true, Ordering::Relaxed);
             match STANDARD.decode(audio) {
                 Ok(bytes) => {
                     if let Some(st) = &self.config.borrow().stamps {
@@ -506,6 +511,7 @@ impl Conn {
             }
             "input_audio_buffer.append" => match v["audio"].as_str().map(|a| (a, STANDARD.decode(a))) {
                 Some((raw, Ok(bytes))) => {
+                    self.relaying.store(true, Ordering::Relaxed);
                     if let Some(st) = &self.config.borrow().stamps {
                         st.inbound.received(raw, Instant::now());
                     }
@@ -586,6 +592,7 @@ impl Conn {
         let out = self.out.clone();
         let finished = self.finished.clone();
         let shared = self.shared.clone();
+        let relaying = self.relaying.clone();
         tokio::spawn(async move {
             speak(Speech {
                 out,
@@ -597,6 +604,7 @@ impl Conn {
                 sent_ms,
                 finished,
                 shared,
+                relaying,
             })
             .await;
         });
@@ -731,6 +739,7 @@ struct Speech {
     sent_ms: Arc<AtomicU64>,
     finished: Arc<Mutex<Vec<String>>>,
     shared: Arc<Shared>,
+    relaying: Arc<AtomicBool>,
 }
 
 async fn speak(s: Speech) {
@@ -770,7 +779,11 @@ async fn speak(s: Speech) {
                 let mut tagged = part.to_vec();
                 st.tag(&mut tagged);
                 let p = STANDARD.encode(&tagged);
-                st.outbound.sent(&p, Instant::now());
+                if s.relaying.load(Ordering::Relaxed) {
+                    st.outbound.sent(&p, Instant::now());
+                } else {
+                    st.outbound.held(&p);
+                }
                 p
             }
             None => STANDARD.encode(part),

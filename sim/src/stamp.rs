@@ -3,6 +3,11 @@
 //! when it received the matching `input_audio_buffer.append` (and the reverse for agent audio).
 //! Frames are told apart by a hash of their base64 payload, made unique by a tag the sender
 //! writes into the first bytes of the audio.
+//!
+//! Only frames sent while the call is relaying are timed: a frame sent before the gateway has
+//! joined the two legs (the greeting buffered while the phone rang, caller audio sent while a
+//! cold session is still connecting) waits for the call to start, not for the relay, so it is
+//! [`Direction::held`]: counted for loss, left out of the delays.
 
 use std::{
     collections::HashMap,
@@ -18,7 +23,7 @@ const SHARDS: usize = 64;
 
 /// One direction's send times and measured delays.
 pub struct Direction {
-    pending: Vec<Mutex<HashMap<u64, Instant>>>,
+    pending: Vec<Mutex<HashMap<u64, Option<Instant>>>>,
     delays_us: Mutex<Vec<u32>>,
     sent: AtomicU64,
     received: AtomicU64,
@@ -38,6 +43,15 @@ impl Default for Direction {
 impl Direction {
     /// Records that a frame with this payload was sent now.
     pub fn sent(&self, payload_b64: &str, at: Instant) {
+        self.insert(payload_b64, Some(at));
+    }
+
+    /// Records a frame sent before the call was relaying: counted for loss, not timed.
+    pub fn held(&self, payload_b64: &str) {
+        self.insert(payload_b64, None);
+    }
+
+    fn insert(&self, payload_b64: &str, at: Option<Instant>) {
         let k = key(payload_b64);
         self.sent.fetch_add(1, Ordering::Relaxed);
         self.pending[(k as usize) % SHARDS]
@@ -55,6 +69,7 @@ impl Direction {
             .remove(&k);
         if let Some(sent) = sent {
             self.received.fetch_add(1, Ordering::Relaxed);
+            let Some(sent) = sent else { return };
             let us = at
                 .saturating_duration_since(sent)
                 .as_micros()

@@ -688,7 +688,13 @@ impl TwilioSim {
                         t0.elapsed().as_millis()
                     );
                     if let Some(st) = &stamps {
-                        st.inbound.sent(&payload, Instant::now());
+                        // Until the agent is heard the gateway may still be opening the
+                        // session (the cold path) and not yet reading: not relay time.
+                        if report.first_media_at.is_some() {
+                            st.inbound.sent(&payload, Instant::now());
+                        } else {
+                            st.inbound.held(&payload);
+                        }
                     }
                     if tx.send(Message::text(m)).await.is_err() {
                         report.closed_by.get_or_insert_with(|| "gateway".into());
