@@ -143,8 +143,11 @@ pub struct Call {
     cancelled: VecDeque<String>,
     /// Transcript so far.
     transcript: Vec<TranscriptLine>,
-    /// Agent speech still being transcribed, per item (flushed as "…" if the call ends first).
+    /// Agent speech still being transcribed, per item (flushed as "…" if the call ends first
+    /// or the caller interrupts it).
     partial: Vec<(String, String)>,
+    /// Items cut short by barge-in (already in the transcript; a late `.done` is ignored).
+    interrupted: VecDeque<String>,
     /// Stream `start` to first agent audio.
     time_to_first_audio: Option<Duration>,
     deadline: Option<Instant>,
@@ -170,6 +173,7 @@ impl Call {
             cancelled: VecDeque::new(),
             transcript: Vec::new(),
             partial: Vec::new(),
+            interrupted: VecDeque::new(),
             time_to_first_audio: None,
             deadline: None,
             max_duration,
@@ -267,6 +271,10 @@ impl Call {
                 }
             }
             SessionEvent::AgentTranscript { item_id, text } => {
+                // An interrupted item was already written where the caller cut in.
+                if self.interrupted.contains(&item_id) {
+                    return;
+                }
                 self.partial.retain(|(id, _)| *id != item_id);
                 self.push_line(Role::Agent, text);
             }
@@ -413,6 +421,20 @@ impl Call {
             self.cancelled.push_back(current.response_id);
             if self.cancelled.len() > 8 {
                 self.cancelled.pop_front();
+            }
+            // What the agent had said of the interrupted item goes into the transcript here,
+            // before the caller's words that interrupted it (its `.done`, if any, is ignored).
+            if let Some(i) = self
+                .partial
+                .iter()
+                .position(|(id, _)| *id == current.item_id)
+            {
+                let (_, text) = self.partial.remove(i);
+                self.push_line(Role::Agent, format!("{} …", text.trim_end()));
+            }
+            self.interrupted.push_back(current.item_id.clone());
+            if self.interrupted.len() > 8 {
+                self.interrupted.pop_front();
             }
         }
         self.outputs.push_back(Output::BargeIn);
@@ -666,6 +688,59 @@ mod tests {
                 .transcript
                 .iter()
                 .any(|l| l.role == Role::System && l.text.contains('7'))
+        );
+    }
+
+    #[test]
+    fn interrupted_agent_speech_is_written_before_the_callers_words() {
+        let t0 = Instant::now();
+        let (mut call, _) = live(t0, 5);
+        call.handle_realtime(
+            t0,
+            SessionEvent::AgentTranscriptDelta {
+                item_id: "item_1".into(),
+                text: "Thanks for calling, we ".into(),
+            },
+        );
+        call.handle_realtime(
+            t0 + ms(150),
+            SessionEvent::SpeechStarted {
+                audio_start_ms: 900,
+            },
+        );
+        call.handle_realtime(
+            t0 + ms(900),
+            SessionEvent::CallerTranscript {
+                text: "Are you open?".into(),
+            },
+        );
+        // A late `.done` for the interrupted item adds nothing.
+        call.handle_realtime(
+            t0 + ms(950),
+            SessionEvent::AgentTranscript {
+                item_id: "item_1".into(),
+                text: "Thanks for calling, we are open until five.".into(),
+            },
+        );
+        call.handle_twilio_closed(t0 + ms(1000));
+        let ended = drain(&mut call)
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Ended(o) => Some(o),
+                _ => None,
+            })
+            .expect("ended");
+        let lines: Vec<_> = ended
+            .transcript
+            .iter()
+            .map(|l| (l.role, l.text.as_str()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (Role::Agent, "Thanks for calling, we …"),
+                (Role::Caller, "Are you open?")
+            ]
         );
     }
 
