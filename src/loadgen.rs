@@ -118,6 +118,12 @@ pub struct LoadReport {
     pub gateway_ttfa_warm: (f64, f64),
     /// The gateway's own histogram: cold TTFA count and mean (ms).
     pub gateway_ttfa_cold: (f64, f64),
+    /// The gateway's `warmline_frames_relayed_total`: (inbound, outbound), to set beside the
+    /// frames the fakes counted.
+    pub gateway_frames_relayed: (f64, f64),
+    /// The gateway's webhook outcomes during the load: (warm, warm_not_ready, cold), so a
+    /// "warm" call that was not ready in time is visible.
+    pub gateway_webhook_outcomes: (f64, f64, f64),
 }
 
 struct Gateway {
@@ -406,6 +412,18 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
             &format!("warmline_time_to_first_audio_seconds_sum{{path=\"{path}\"}}"),
         )
     };
+    // The hang phase's calls are all `warm_not_ready`; they are placed after the load.
+    let outcome = |o: &str| {
+        let n = metric(
+            &metrics_text,
+            &format!("warmline_webhook_duration_seconds_count{{outcome=\"{o}\"}}"),
+        );
+        if o == "warm_not_ready" {
+            (n - opts.hang_calls as f64).max(0.0)
+        } else {
+            n
+        }
+    };
     let mean_ms = |path: &str| {
         if count(path) > 0.0 {
             sum(path) / count(path) * 1000.0
@@ -440,6 +458,17 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         ring_max_ms: opts.ring_max_ms,
         gateway_ttfa_warm: (count("warm"), mean_ms("warm")),
         gateway_ttfa_cold: (count("cold"), mean_ms("cold")),
+        gateway_frames_relayed: (
+            metric(
+                &metrics_text,
+                "warmline_frames_relayed_total{direction=\"inbound\"}",
+            ),
+            metric(
+                &metrics_text,
+                "warmline_frames_relayed_total{direction=\"outbound\"}",
+            ),
+        ),
+        gateway_webhook_outcomes: (outcome("warm"), outcome("warm_not_ready"), outcome("cold")),
     };
     let _ = gw.child.kill().await;
     let _ = std::fs::remove_dir_all(&gw.dir);
@@ -496,6 +525,16 @@ fn print_table(r: &LoadReport) {
     println!(
         "gateway /metrics time to first audio: warm n={} mean {:.3} ms; cold n={} mean {:.1} ms",
         r.gateway_ttfa_warm.0, r.gateway_ttfa_warm.1, r.gateway_ttfa_cold.0, r.gateway_ttfa_cold.1
+    );
+    println!(
+        "gateway /metrics frames relayed caller→model {} (fake received {}), model→caller {} (simulator received {}); webhook outcomes during the load: warm {}, warm_not_ready {}, cold {}",
+        r.gateway_frames_relayed.0,
+        r.inbound_frames.1,
+        r.gateway_frames_relayed.1,
+        r.outbound_frames.1,
+        r.gateway_webhook_outcomes.0,
+        r.gateway_webhook_outcomes.1,
+        r.gateway_webhook_outcomes.2
     );
     if r.ttfa_warm.p50_ms > 0.0 {
         println!(

@@ -42,4 +42,12 @@ async fn a_small_load_run_measures_warm_cold_relay_and_the_webhook_deadline() {
         "the gateway's histogram counted the same calls"
     );
     assert!(report.gateway_rss_idle_kib > 0);
+    // The gateway's own counters agree with what the fakes saw.
+    assert_eq!(report.gateway_frames_relayed.0, received as f64);
+    let (warm, not_ready, cold) = report.gateway_webhook_outcomes;
+    assert_eq!(
+        (warm + not_ready, cold),
+        (2.0, 2.0),
+        "two calls warmed, two cold"
+    );
 }
