@@ -207,6 +207,11 @@ pub struct TwilioSettings {
     pub stream_token_secret: Secret,
     /// How long a stream token stays valid after the webhook answered.
     pub stream_token_ttl_secs: u64,
+    /// The base URL entered in the Twilio console for `/twilio/voice` and `/twilio/status`
+    /// when it is not `public_url` (a load balancer in front of several instances). Twilio
+    /// signs the URL it was given, so those requests are checked against this base as well.
+    /// Empty: `public_url` only.
+    pub webhook_base_url: String,
 }
 
 /// `[openai]`.
@@ -353,6 +358,21 @@ impl Settings {
                 "is required while twilio.validate_signatures = true (set it, or turn validation off for local development only)",
             );
         }
+        if !self.twilio.webhook_base_url.is_empty() {
+            match Url::parse(&self.twilio.webhook_base_url) {
+                Ok(u)
+                    if matches!(u.scheme(), "http" | "https")
+                        && u.host().is_some()
+                        && u.query().is_none()
+                        && u.fragment().is_none() => {}
+                _ => {
+                    return invalid(
+                        "twilio.webhook_base_url",
+                        "must be empty or an http(s) URL without query or fragment",
+                    );
+                }
+            }
+        }
         if self.twilio.stream_token_ttl_secs == 0 {
             return invalid("twilio.stream_token_ttl_secs", "must be at least 1");
         }
@@ -420,7 +440,7 @@ impl Settings {
         format!(
             "public_url = {}\n\n[server]\nlisten = {}\nmax_body_bytes = {}\nshutdown_grace_secs = {}\n\n\
              [database]\nurl = {}\nmax_connections = {}\n\n\
-             [twilio]\nauth_token = {}\nvalidate_signatures = {}\nstream_token_secret = {}\nstream_token_ttl_secs = {}\n\n\
+             [twilio]\nauth_token = {}\nvalidate_signatures = {}\nstream_token_secret = {}\nstream_token_ttl_secs = {}\nwebhook_base_url = {}\n\n\
              [openai]\napi_key = {}\nrealtime_url = {}\nmodel = {}\ntranscription_model = {}\nconnect_timeout_ms = {}\n\n\
              [prewarm]\npolicy = {}\nring_min_ms = {}\nring_max_ms = {}\nttl_secs = {}\nmax_sessions = {}\ngreeting_buffer_bytes = {}\n\n\
              [call]\nmax_duration_secs = {}\noutbound_queue_frames = {}\n\n\
@@ -435,6 +455,7 @@ impl Settings {
             s.twilio.validate_signatures,
             q(s.twilio.stream_token_secret.redacted()),
             s.twilio.stream_token_ttl_secs,
+            q(&s.twilio.webhook_base_url),
             q(s.openai.api_key.redacted()),
             q(&redact_url_password(s.openai.realtime_url.as_str())),
             q(&s.openai.model),
@@ -460,6 +481,17 @@ impl Settings {
     /// `public_url` joined with an absolute path, e.g. `/twilio/voice`.
     pub fn public_http_url(&self, path: &str) -> String {
         format!("{}{}", self.public_url.as_str().trim_end_matches('/'), path)
+    }
+
+    /// The URLs a console-configured webhook may have been signed over: `public_url` + path,
+    /// and `twilio.webhook_base_url` + path when set.
+    pub fn signed_webhook_urls(&self, path_and_query: &str) -> Vec<String> {
+        let mut urls = vec![self.public_http_url(path_and_query)];
+        let base = self.twilio.webhook_base_url.trim_end_matches('/');
+        if !base.is_empty() {
+            urls.push(format!("{base}{path_and_query}"));
+        }
+        urls
     }
 
     /// The WebSocket URL Twilio must open for the media stream (http→ws, https→wss).

@@ -75,12 +75,11 @@ pub fn verify_form(
         .get(SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    signature::validate(
-        twilio.auth_token.expose(),
-        &state.settings.public_http_url(path),
-        params,
-        sig,
-    )
+    state
+        .settings
+        .signed_webhook_urls(path)
+        .iter()
+        .any(|url| signature::validate(twilio.auth_token.expose(), url, params, sig))
 }
 
 fn xml(body: String) -> Response {

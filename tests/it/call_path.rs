@@ -340,3 +340,33 @@ async fn unknown_numbers_malformed_forms_and_oversized_bodies_are_handled() {
         .unwrap();
     gw.app.shutdown().await;
 }
+
+#[tokio::test]
+async fn behind_a_load_balancer_webhooks_signed_over_its_url_are_accepted() {
+    let gw = gateway(
+        FakeConfig::instant(),
+        "[twilio]\nwebhook_base_url = \"https://voice.example.com\"\n",
+    )
+    .await;
+    let form = [("CallSid", "CA1"), ("CallStatus", "canceled")];
+    for (signed_over, expected) in [
+        ("https://voice.example.com/twilio/status", 204),
+        (&*gw.app.url("/twilio/status"), 204),
+        ("https://other.example.com/twilio/status", 403),
+    ] {
+        let resp = gw
+            .app
+            .http
+            .post(gw.app.url("/twilio/status"))
+            .header(
+                "X-Twilio-Signature",
+                sim::twilio::sign(AUTH_TOKEN, signed_over, &form),
+            )
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), expected, "signed over {signed_over}");
+    }
+    gw.app.shutdown().await;
+}
