@@ -363,12 +363,14 @@ impl Settings {
                 Ok(u)
                     if matches!(u.scheme(), "http" | "https")
                         && u.host().is_some()
+                        && u.username().is_empty()
+                        && u.password().is_none()
                         && u.query().is_none()
                         && u.fragment().is_none() => {}
                 _ => {
                     return invalid(
                         "twilio.webhook_base_url",
-                        "must be empty or an http(s) URL without query or fragment",
+                        "must be empty or an http(s) URL without credentials, query or fragment",
                     );
                 }
             }
@@ -521,9 +523,10 @@ fn env_provider(env: impl IntoIterator<Item = (String, String)>) -> Figment {
         let path = key["WARMLINE_".len()..]
             .to_ascii_lowercase()
             .replace("__", ".");
-        // A value whose text a number would not reproduce (`00123`, a 30-digit token) stays
-        // text: secrets must arrive exactly as set.
-        let parsed: figment::value::Value = if number_changes_text(&value) {
+        // Text settings (secrets above all) arrive exactly as set, even when they look like
+        // a number (`00123`, a 30-digit token); other values are parsed like figment's `Env`.
+        let text_key = TEXT_KEYS.contains(&path.rsplit('.').next().unwrap_or_default());
+        let parsed: figment::value::Value = if text_key {
             figment::value::Value::from(value.clone())
         } else {
             value
@@ -538,18 +541,24 @@ fn env_provider(env: impl IntoIterator<Item = (String, String)>) -> Figment {
 /// Longest call accepted in `call.max_duration_secs` (a day; Realtime sessions last an hour).
 const MAX_CALL_SECS: u64 = 86_400;
 
-/// Whether reading `v` as a number and printing it back would give other text.
-fn number_changes_text(v: &str) -> bool {
-    if let Ok(i) = v.parse::<i64>() {
-        i.to_string() != v
-    } else if let Ok(u) = v.parse::<u64>() {
-        u.to_string() != v
-    } else if let Ok(f) = v.parse::<f64>() {
-        f.to_string() != v
-    } else {
-        false
-    }
-}
+/// Keys (last path segment) whose values are text, never parsed from the environment as
+/// numbers or booleans.
+const TEXT_KEYS: &[&str] = &[
+    "auth_token",
+    "stream_token_secret",
+    "api_key",
+    "token",
+    "model",
+    "transcription_model",
+    "webhook_base_url",
+    "public_url",
+    "url",
+    "realtime_url",
+    "listen",
+    "level",
+    "format",
+    "policy",
+];
 
 fn describe_figment_error(e: figment::Error) -> String {
     let mut out = Vec::new();

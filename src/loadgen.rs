@@ -386,6 +386,11 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         eprintln!();
     }
 
+    // The webhook outcomes of the load itself, before the hang phase adds its own.
+    let load_metrics = reqwest::get(format!("{}/metrics", gw.base))
+        .await?
+        .text()
+        .await?;
     // The webhook's deadline while Realtime hangs.
     fake.set_config(|c| c.mode = Mode::Hang);
     let mut hang_times = Vec::new();
@@ -412,17 +417,11 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
             &format!("warmline_time_to_first_audio_seconds_sum{{path=\"{path}\"}}"),
         )
     };
-    // The hang phase's calls are all `warm_not_ready`; they are placed after the load.
     let outcome = |o: &str| {
-        let n = metric(
-            &metrics_text,
+        metric(
+            &load_metrics,
             &format!("warmline_webhook_duration_seconds_count{{outcome=\"{o}\"}}"),
-        );
-        if o == "warm_not_ready" {
-            (n - opts.hang_calls as f64).max(0.0)
-        } else {
-            n
-        }
+        )
     };
     let mean_ms = |path: &str| {
         if count(path) > 0.0 {

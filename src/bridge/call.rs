@@ -265,6 +265,9 @@ impl Call {
             SessionEvent::SpeechStopped { .. } => self.speech_stopped_at = Some(now),
             SessionEvent::CallerTranscript { text, .. } => self.push_line(Role::Caller, text),
             SessionEvent::AgentTranscriptDelta { item_id, text } => {
+                if self.interrupted.contains(&item_id) {
+                    return;
+                }
                 match self.partial.iter_mut().find(|(id, _)| *id == item_id) {
                     Some((_, buf)) => buf.push_str(&text),
                     None => self.partial.push((item_id, text)),
@@ -424,6 +427,7 @@ impl Call {
             }
             // What the agent had said of the interrupted item goes into the transcript here,
             // before the caller's words that interrupted it (its `.done`, if any, is ignored).
+            // With nothing transcribed yet, the item's `.done` is left to write it later.
             if let Some(i) = self
                 .partial
                 .iter()
@@ -431,10 +435,10 @@ impl Call {
             {
                 let (_, text) = self.partial.remove(i);
                 self.push_line(Role::Agent, format!("{} …", text.trim_end()));
-            }
-            self.interrupted.push_back(current.item_id.clone());
-            if self.interrupted.len() > 8 {
-                self.interrupted.pop_front();
+                self.interrupted.push_back(current.item_id.clone());
+                if self.interrupted.len() > 8 {
+                    self.interrupted.pop_front();
+                }
             }
         }
         self.outputs.push_back(Output::BargeIn);
@@ -714,7 +718,14 @@ mod tests {
                 text: "Are you open?".into(),
             },
         );
-        // A late `.done` for the interrupted item adds nothing.
+        // A late delta and `.done` for the interrupted item add nothing.
+        call.handle_realtime(
+            t0 + ms(160),
+            SessionEvent::AgentTranscriptDelta {
+                item_id: "item_1".into(),
+                text: "are open".into(),
+            },
+        );
         call.handle_realtime(
             t0 + ms(950),
             SessionEvent::AgentTranscript {
@@ -742,6 +753,35 @@ mod tests {
                 (Role::Caller, "Are you open?")
             ]
         );
+    }
+
+    #[test]
+    fn an_item_interrupted_before_any_transcript_is_written_when_it_completes() {
+        let t0 = Instant::now();
+        let (mut call, _) = live(t0, 5);
+        call.handle_realtime(
+            t0 + ms(150),
+            SessionEvent::SpeechStarted {
+                audio_start_ms: 900,
+            },
+        );
+        call.handle_realtime(
+            t0 + ms(300),
+            SessionEvent::AgentTranscript {
+                item_id: "item_1".into(),
+                text: "Thanks for calling.".into(),
+            },
+        );
+        call.handle_twilio_closed(t0 + ms(1000));
+        let ended = drain(&mut call)
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Ended(o) => Some(o),
+                _ => None,
+            })
+            .expect("ended");
+        assert_eq!(ended.transcript.len(), 1);
+        assert_eq!(ended.transcript[0].text, "Thanks for calling.");
     }
 
     #[test]

@@ -149,9 +149,13 @@ async fn run(state: AppState, socket: WebSocket) {
                             Ok(()) => {
                                 counters.outbound.inc();
                             }
-                            Err(_) => {
+                            Err(mpsc::error::TrySendError::Full(_)) => {
                                 counters.dropped_outbound.inc();
                                 call.note_dropped(1);
+                            }
+                            // The writer gave up on Twilio (closed or stuck).
+                            Err(mpsc::error::TrySendError::Closed(_)) => {
+                                call.handle_twilio_closed(Instant::now());
                             }
                         };
                     } else if tx.send(Message::Text(text.into())).await.is_err() {
@@ -253,7 +257,6 @@ async fn run(state: AppState, socket: WebSocket) {
             _ => {}
         }
     }
-    drop(tx);
     if let Some(session) = &attached {
         session.close("call ended").await;
     }
@@ -275,6 +278,9 @@ async fn run(state: AppState, socket: WebSocket) {
             .submit(Job::Finish(Box::new(finished(k, &o))))
             .await;
     }
+    // Only now may the writer close Twilio's side (Twilio then asks `/twilio/after-stream`,
+    // which reads the record just queued).
+    drop(tx);
     let _ = writer.await;
     state.metrics.active_calls.dec();
 }
@@ -423,9 +429,7 @@ fn finished(k: &Known, o: &CallOutcome) -> FinishedCall {
     let note = o.memory_note();
     // Memory is kept per phone number; a withheld or non-phone caller id (`anonymous`,
     // `client:…`) is nobody in particular, so it is never remembered.
-    let remember = crate::domain::E164::parse(&ctx.from)
-        .is_ok()
-        .then(|| (None, note.clone()));
+    let remember = callers::remembers(&ctx.from).then(|| (None, note.clone()));
     FinishedCall {
         call: NewCall {
             call_sid: ctx.call_sid.to_string(),

@@ -73,13 +73,21 @@ impl Writer {
             Ok(()) => true,
             Err(e) => {
                 metrics.store_errors.inc();
+                let why = match &e {
+                    mpsc::error::SendTimeoutError::Timeout(_) => {
+                        "call-record queue full (database too slow); a write was dropped"
+                    }
+                    mpsc::error::SendTimeoutError::Closed(_) => {
+                        "call-record writer is gone; a write was lost"
+                    }
+                };
                 let sid = match e.into_inner() {
                     Job::Insert(n) => n.call_sid,
                     Job::Patch(sid, _) => sid,
                     Job::Finish(f) => f.call.call_sid,
                     Job::Flush(_) => String::new(),
                 };
-                tracing::error!(call_sid = %sid, "call-record queue full (database too slow); a write was dropped");
+                tracing::error!(call_sid = %sid, "{why}");
                 false
             }
         }

@@ -11,11 +11,17 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     app::Registry,
     bridge::writer::{Job, Writer},
+    metrics::Metrics,
     store::calls::CallPatch,
 };
 
 /// Runs until `shutdown`; then closes every remaining warm session.
-pub async fn run(registry: Arc<Registry>, writer: Writer, shutdown: CancellationToken) {
+pub async fn run(
+    registry: Arc<Registry>,
+    writer: Writer,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -31,7 +37,10 @@ pub async fn run(registry: Arc<Registry>, writer: Writer, shutdown: Cancellation
                 ended_at: Some(chrono::Utc::now()),
                 ..Default::default()
             };
-            writer.submit(Job::Patch(sid.to_string(), patch)).await;
+            let by = tokio::time::Instant::now() + Duration::from_millis(500);
+            writer
+                .submit_by(Job::Patch(sid.to_string(), patch), by, &metrics)
+                .await;
         }
     }
     let closed = registry.close_all("shutdown");

@@ -22,12 +22,21 @@ pub const MEMORY_MAX_CHARS: usize = 2000;
 /// A caller's memory.
 pub type CallerMemory = caller::Model;
 
+/// Whether a caller id can have a memory: only a phone number does. A withheld caller id
+/// (`anonymous`, `client:…`) is nobody in particular, so it is never looked up or remembered.
+pub fn remembers(phone: &str) -> bool {
+    crate::domain::E164::parse(phone).is_ok()
+}
+
 /// The caller's memory for a client, if any.
 pub async fn get_caller(
     db: &impl ConnectionTrait,
     client_id: ClientId,
     phone: &str,
 ) -> Result<Option<CallerMemory>, StoreError> {
+    if !remembers(phone) {
+        return Ok(None);
+    }
     Ok(caller::Entity::find()
         .filter(caller::Column::ClientId.eq(client_id))
         .filter(caller::Column::Phone.eq(phone.trim()))

@@ -165,13 +165,10 @@ async fn answer(
     // The database is bounded by the same deadline as everything else.
     let lookup = tokio::time::timeout_at(deadline, async {
         let client = clients::client_by_number(&state.db, &to).await?;
-        // Memory is per phone number: a withheld caller id (`anonymous`) is nobody in
-        // particular, so it neither reads nor (at the end of the call) writes memory.
+        // Memory is per phone number: `get_caller` finds none for a withheld caller id.
         let caller = match &client {
-            Some(c) if E164::parse(&req.from).is_ok() => {
-                callers::get_caller(&state.db, c.client.id, &req.from).await?
-            }
-            _ => None,
+            Some(c) => callers::get_caller(&state.db, c.client.id, &req.from).await?,
+            None => None,
         };
         Ok::<_, crate::store::StoreError>((client, caller))
     })
@@ -393,8 +390,9 @@ async fn after_stream(
     // The call's record is written by the instance that ran the stream; give its writer a
     // moment if the stream only just closed. The whole look-up is bounded: Twilio gives up on
     // this request after 15 s, and then the caller would hear an application error.
+    let mut record = None;
+    let mut client = None;
     let lookup = async {
-        let mut record = None;
         for _ in 0..15 {
             match calls::call_by_sid(&state.db, &sid).await {
                 Ok(Some(c)) if c.call.ended_at.is_some() => {
@@ -409,19 +407,20 @@ async fn after_stream(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let client = match record.as_ref().and_then(|r| r.client_id) {
-            Some(id) => clients::get_client(&state.db, id).await.ok(),
-            None => None,
-        };
-        (record, client)
-    };
-    let (record, client) = match tokio::time::timeout(AFTER_STREAM_LIMIT, lookup).await {
-        Ok(found) => found,
-        Err(_) => {
-            tracing::error!(call_sid = %sid, "after-stream: database look-up timed out");
-            (None, None)
+        if let Some(id) = record
+            .as_ref()
+            .and_then(|r: &crate::store::entities::call::Model| r.client_id)
+        {
+            client = clients::get_client(&state.db, id).await.ok();
         }
     };
+    // On time-out, whatever was found so far (the record, perhaps the client) still decides.
+    if tokio::time::timeout(AFTER_STREAM_LIMIT, lookup)
+        .await
+        .is_err()
+    {
+        tracing::error!(call_sid = %sid, "after-stream: database look-up timed out");
+    }
     let language = say_language(client.as_ref().map_or("en", |c| c.client.language.as_str()));
     let normal = record
         .as_ref()
