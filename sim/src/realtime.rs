@@ -118,6 +118,8 @@ pub struct ConnectionLog {
     pub beta_header: bool,
     /// Client events in order.
     pub events: Vec<Received>,
+    /// `error.code` of every error event the fake sent, in order.
+    pub errors_sent: Vec<String>,
     /// Whether the socket is still open.
     pub open: bool,
 }
@@ -393,6 +395,15 @@ impl Conn {
     }
 
     async fn error(&self, kind: &str, code: Option<&str>, message: &str) {
+        if let Some(c) = self
+            .shared
+            .connections
+            .lock()
+            .expect("connections lock")
+            .get_mut(self.index)
+        {
+            c.errors_sent.push(code.unwrap_or(kind).to_string());
+        }
         self.send(
             json!({"type": "error", "event_id": self.id("event"), "error": {
             "type": kind, "code": code, "message": message, "param": null, "event_id": null}}),
@@ -500,6 +511,13 @@ impl Conn {
         match kind.as_str() {
             "session.update" => self.on_session_update(&v).await,
             "response.create" => {
+                // One response at a time: the real API refuses a second while one is active
+                // (the server's own turn detection does cancel and replace, see `vad`).
+                if let Some(active) = self.active_response_id() {
+                    self.error("invalid_request_error", Some("conversation_already_has_active_response"),
+                        &format!("Conversation already has an active response in progress: {active}. Wait until the response is finished before creating a new one.")).await;
+                    return;
+                }
                 let instructions = v["response"]["instructions"].as_str().unwrap_or("").to_string();
                 self.start_response(&instructions).await;
             }
@@ -608,6 +626,13 @@ impl Conn {
             })
             .await;
         });
+    }
+
+    /// The response still being generated, if any.
+    fn active_response_id(&self) -> Option<String> {
+        let s = self.speaking.as_ref()?;
+        let done = self.finished.lock().expect("finished lock").contains(&s.id);
+        (!done).then(|| s.id.clone())
     }
 
     /// Cancels the active response; false if none was active.

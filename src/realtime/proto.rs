@@ -97,6 +97,9 @@ pub enum Phase {
     Closed,
 }
 
+/// `error.code` of a `response.create` refused because a response is in progress.
+const ACTIVE_RESPONSE: &str = "conversation_already_has_active_response";
+
 /// Most non-audio events buffered before a claim.
 const MAX_BUFFERED_EVENTS: usize = 512;
 
@@ -115,6 +118,11 @@ pub struct Session {
     dropped_bytes: usize,
     cancelled: VecDeque<String>,
     active_response: Option<String>,
+    /// Between the server's `response.created` and its `response.done` (a cancelled response
+    /// stays open until its `response.done`): the API refuses a second `response.create` then.
+    responding: bool,
+    /// A `response.create` held back until the open response is done.
+    create_deferred: bool,
     ready_reported: bool,
 }
 
@@ -136,6 +144,8 @@ impl Session {
             dropped_bytes: 0,
             cancelled: VecDeque::new(),
             active_response: None,
+            responding: false,
+            create_deferred: false,
             ready_reported: false,
         }
     }
@@ -185,6 +195,7 @@ impl Session {
                 self.maybe_ready();
             }
             ServerEvent::ResponseCreated { response_id } => {
+                self.responding = true;
                 self.active_response = Some(response_id)
             }
             ServerEvent::AudioDelta {
@@ -249,6 +260,10 @@ impl Session {
                 if self.active_response.as_deref() == Some(&response_id) {
                     self.active_response = None;
                 }
+                self.responding = false;
+                if std::mem::take(&mut self.create_deferred) {
+                    self.transmit.push_back(wire::response_create(None));
+                }
                 self.push(SessionEvent::ResponseDone {
                     response_id,
                     status,
@@ -259,6 +274,11 @@ impl Session {
                 code,
                 message,
             } => {
+                // Our `response.create` raced a response the server started itself (turn
+                // detection): ask again once that one is done, so the input is answered.
+                if code.as_deref() == Some(ACTIVE_RESPONSE) {
+                    self.create_deferred = true;
+                }
                 let fatal = matches!(code.as_deref(), Some("session_expired"));
                 self.push(SessionEvent::Error {
                     code: code.unwrap_or(kind),
@@ -337,10 +357,15 @@ impl Session {
             .push_back(wire::truncate(item_id, audio_end_ms));
     }
 
-    /// A user text item and a `response.create` (e.g. a DTMF key).
+    /// A user text item and a `response.create` (e.g. a DTMF key). While a response is open
+    /// the `response.create` waits for its `response.done` (the API allows one at a time).
     pub fn send_user_text(&mut self, text: &str) {
         self.transmit.push_back(wire::user_text(text));
-        self.transmit.push_back(wire::response_create(None));
+        if self.responding {
+            self.create_deferred = true;
+        } else {
+            self.transmit.push_back(wire::response_create(None));
+        }
     }
 
     /// The socket closed.
@@ -440,6 +465,47 @@ mod tests {
         assert_eq!(s.poll_event(), None);
         s.handle_text(&delta("r2", "AAAA")).unwrap();
         assert!(s.poll_event().is_some());
+    }
+
+    #[test]
+    fn a_response_create_waits_for_the_open_response_to_be_done() {
+        let mut s = session();
+        s.handle_open();
+        s.claim();
+        while s.poll_transmit().is_some() {}
+        s.handle_text(r#"{"type":"response.created","response":{"id":"r1"}}"#)
+            .unwrap();
+        s.send_user_text("The caller pressed 1.");
+        let sent: Vec<_> = std::iter::from_fn(|| s.poll_transmit()).collect();
+        assert_eq!(sent.len(), 1, "the item only: {sent:?}");
+        assert!(sent[0].contains("conversation.item.create"));
+        // Cancelled or not, the response is open until its response.done.
+        s.cancel_response();
+        assert!(s.poll_transmit().unwrap().contains("response.cancel"));
+        assert!(s.poll_transmit().is_none());
+        s.handle_text(r#"{"type":"response.done","response":{"id":"r1","status":"cancelled"}}"#)
+            .unwrap();
+        let next = s.poll_transmit().expect("the deferred response.create");
+        assert!(next.contains("response.create"), "{next}");
+        // With no response open it goes out at once.
+        s.send_user_text("The caller pressed 2.");
+        let sent: Vec<_> = std::iter::from_fn(|| s.poll_transmit()).collect();
+        assert_eq!(sent.len(), 2);
+        assert!(sent[1].contains("response.create"));
+    }
+
+    #[test]
+    fn a_refused_response_create_is_asked_again_after_the_response_in_progress() {
+        let mut s = session();
+        s.handle_open();
+        s.claim();
+        while s.poll_transmit().is_some() {}
+        s.handle_text(r#"{"type":"error","error":{"type":"invalid_request_error","code":"conversation_already_has_active_response","message":"m"}}"#).unwrap();
+        assert!(s.poll_transmit().is_none());
+        s.handle_text(r#"{"type":"response.done","response":{"id":"r9","status":"completed"}}"#)
+            .unwrap();
+        assert!(s.poll_transmit().unwrap().contains("response.create"));
+        assert!(s.poll_transmit().is_none(), "asked once");
     }
 
     #[test]

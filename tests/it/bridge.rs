@@ -442,9 +442,11 @@ async fn dtmf_reaches_the_model_as_a_conversation_item() {
     let (sid, _) = call(
         &gw,
         &[
+            // Pressed while the greeting is still being generated: its response.create must
+            // wait for the greeting's response.done (the API allows one response at a time).
             Step::WaitForAgentAudio(WAIT),
             Step::Dtmf('1'),
-            Step::Silence(ms(300)),
+            Step::Silence(ms(1500)),
             Step::HangUp,
         ],
     )
@@ -453,6 +455,16 @@ async fn dtmf_reaches_the_model_as_a_conversation_item() {
     let items = conn.of_type("conversation.item.create");
     assert_eq!(items.len(), 1);
     assert!(items[0].raw.contains("pressed 1"), "{}", items[0].raw);
+    assert_eq!(
+        conn.of_type("response.create").len(),
+        2,
+        "the greeting, then one answer to the key"
+    );
+    assert!(
+        conn.errors_sent.is_empty(),
+        "no refused response.create: {:?}",
+        conn.errors_sent
+    );
     let record = gw.ended_call(&sid).await;
     assert!(
         record
