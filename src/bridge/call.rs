@@ -120,7 +120,6 @@ enum Phase {
 struct Current {
     response_id: String,
     item_id: String,
-    item: u64,
 }
 
 /// One call: Twilio media stream ⇄ Realtime session.
@@ -319,9 +318,22 @@ impl Call {
         }
     }
 
-    /// Counts agent audio the loop dropped because Twilio's writer queue was full.
-    pub fn note_dropped(&mut self, frames: u64) {
-        self.frames_dropped += frames;
+    /// The loop dropped the media frame it just took (Twilio's writer queue was full): it and
+    /// the mark queued right behind it never reach Twilio, so the playback timeline forgets
+    /// them (the heard position must not count audio the caller never got).
+    pub fn handle_media_dropped(&mut self) {
+        self.frames_dropped += 1;
+        // Every media frame is followed by its mark, so the first mark still queued is this
+        // frame's.
+        let mark = self.outputs.iter().enumerate().find_map(|(i, o)| match o {
+            Output::Twilio(t) => MediaStream::mark_seq(t).map(|seq| (i, seq)),
+            _ => None,
+        });
+        if let Some((i, seq)) = mark
+            && self.stream.retract_media(seq)
+        {
+            self.outputs.remove(i);
+        }
     }
 
     fn on_media_event(&mut self, now: Instant, event: MediaEvent) {
@@ -382,7 +394,6 @@ impl Call {
         self.current = Some(Current {
             response_id: chunk.response_id,
             item_id: chunk.item_id,
-            item,
         });
         if !self.first_audio_sent {
             self.first_audio_sent = true;
@@ -412,14 +423,23 @@ impl Call {
         self.outputs
             .push_back(Output::Realtime(RealtimeCommand::Cancel));
         if let Some(current) = self.current.take() {
-            if let Some((heard_item, heard_ms)) = heard
-                && heard_item == current.item
-            {
-                self.outputs
-                    .push_back(Output::Realtime(RealtimeCommand::Truncate {
-                        item_id: current.item_id.clone(),
-                        audio_end_ms: heard_ms,
-                    }));
+            // The item being heard is cut where the caller is; any item queued behind it (a
+            // later response, already generated) was not heard at all and is cut to nothing.
+            if let Some((heard_item, heard_ms)) = heard {
+                let mut cut: Vec<(u64, &String)> = self
+                    .items
+                    .iter()
+                    .filter(|&(_, &n)| n >= heard_item)
+                    .map(|(id, &n)| (n, id))
+                    .collect();
+                cut.sort_unstable();
+                for (n, item_id) in cut {
+                    self.outputs
+                        .push_back(Output::Realtime(RealtimeCommand::Truncate {
+                            item_id: item_id.clone(),
+                            audio_end_ms: if n == heard_item { heard_ms } else { 0 },
+                        }));
+                }
             }
             self.cancelled.push_back(current.response_id);
             if self.cancelled.len() > 8 {
@@ -693,6 +713,74 @@ mod tests {
                 .iter()
                 .any(|l| l.role == Role::System && l.text.contains('7'))
         );
+    }
+
+    #[test]
+    fn a_barge_in_cuts_the_heard_item_and_empties_the_one_queued_behind_it() {
+        let t0 = Instant::now();
+        let (mut call, _) = live(t0, 5);
+        // A second response (e.g. to a key press) is generated while the greeting still plays.
+        call.handle_realtime(
+            t0 + ms(10),
+            SessionEvent::AudioDelta {
+                response_id: "resp_2".into(),
+                item_id: "item_2".into(),
+                payload: chunk(),
+            },
+        );
+        drain(&mut call);
+        call.handle_realtime(
+            t0 + ms(150),
+            SessionEvent::SpeechStarted {
+                audio_start_ms: 900,
+            },
+        );
+        assert_eq!(
+            realtime(&drain(&mut call)),
+            [
+                RealtimeCommand::Cancel,
+                RealtimeCommand::Truncate {
+                    item_id: "item_1".into(),
+                    audio_end_ms: 150
+                },
+                RealtimeCommand::Truncate {
+                    item_id: "item_2".into(),
+                    audio_end_ms: 0
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_dropped_frame_and_its_mark_leave_the_heard_position() {
+        let t0 = Instant::now();
+        let mut call = Call::new(Duration::from_secs(60));
+        call.handle_twilio_text(t0, START).unwrap();
+        drain(&mut call);
+        call.handle_session_attached(t0, CallPath::Warm, greeting(3));
+        // The loop takes the first frame and finds Twilio's queue full.
+        let first = call.poll_output();
+        assert!(matches!(&first, Some(Output::Twilio(t)) if t.contains(r#""event":"media""#)));
+        call.handle_media_dropped();
+        let rest = drain(&mut call);
+        assert_eq!(
+            twilio_events(&rest),
+            ["media", "mark", "media", "mark"],
+            "the dropped frame's mark is not sent"
+        );
+        // Only 200 ms reached Twilio: at 250 ms it has all played, so speech is no barge-in
+        // (had the dropped frame counted, 50 ms would still seem to be playing).
+        call.handle_realtime(
+            t0 + ms(250),
+            SessionEvent::SpeechStarted {
+                audio_start_ms: 900,
+            },
+        );
+        assert!(
+            realtime(&drain(&mut call)).is_empty(),
+            "at 250 ms the 200 ms that were sent have played: nothing to interrupt"
+        );
+        assert_eq!(call.frames_dropped, 1);
     }
 
     #[test]

@@ -151,7 +151,7 @@ async fn run(state: AppState, socket: WebSocket) {
                             }
                             Err(mpsc::error::TrySendError::Full(_)) => {
                                 counters.dropped_outbound.inc();
-                                call.note_dropped(1);
+                                call.handle_media_dropped();
                             }
                             // The writer gave up on Twilio (closed or stuck).
                             Err(mpsc::error::TrySendError::Closed(_)) => {

@@ -85,6 +85,8 @@ pub enum MediaEvent {
 #[derive(Debug, Clone, Copy)]
 struct Mark {
     seq: u64,
+    /// Timeline position (ms) where this mark's audio starts.
+    start_ms: f64,
     /// Timeline position (ms) when this mark's audio has played.
     end_ms: f64,
 }
@@ -224,6 +226,7 @@ impl MediaStream {
                 self.items.pop_front();
             }
         }
+        let start_ms = self.sent_ms;
         self.sent_ms += bytes as f64 / 8.0;
         self.next_seq += 1;
         let seq = self.next_seq;
@@ -233,8 +236,40 @@ impl MediaStream {
             .push_back(wire::mark_json(sid.as_str(), &seq.to_string()));
         self.pending.push_back(Mark {
             seq,
+            start_ms,
             end_ms: self.sent_ms,
         });
+    }
+
+    /// Forgets the media frame that mark `seq` follows: it was never sent (the outbound queue
+    /// was full), so the audio after it moves up the timeline by its length. The caller drops
+    /// the mark's already-polled text. Returns whether the mark was pending.
+    pub fn retract_media(&mut self, seq: u64) -> bool {
+        let Some(i) = self.pending.iter().position(|m| m.seq == seq) else {
+            return false;
+        };
+        let Some(gone) = self.pending.remove(i) else {
+            return false;
+        };
+        let len = gone.end_ms - gone.start_ms;
+        for later in self.pending.iter_mut().skip(i) {
+            later.start_ms -= len;
+            later.end_ms -= len;
+        }
+        for span in self.items.iter_mut().filter(|s| s.start_ms > gone.start_ms) {
+            span.start_ms -= len;
+        }
+        self.sent_ms -= len;
+        true
+    }
+
+    /// The mark name (sequence number) of a mark frame this machine produced.
+    pub fn mark_seq(text: &str) -> Option<u64> {
+        let name = text
+            .strip_prefix(r#"{"event":"mark""#)?
+            .split(r#""name":""#)
+            .nth(1)?;
+        name.split('"').next()?.parse().ok()
     }
 
     /// Whether agent audio is still buffered at Twilio (marks pending).
