@@ -64,6 +64,9 @@ pub struct FakeConfig {
     pub record_audio: bool,
     /// Relay-delay stamps (load generator): appends are timed, agent audio is tagged and timed.
     pub stamps: Option<Arc<crate::stamp::Stamps>>,
+    /// Refuse every `session.update` with an `invalid_request_error` (a model or setting the
+    /// account may not use).
+    pub reject_session_update: bool,
 }
 
 impl Default for FakeConfig {
@@ -79,6 +82,7 @@ impl Default for FakeConfig {
             chunk_interval: Duration::from_millis(25),
             record_audio: true,
             stamps: None,
+            reject_session_update: false,
         }
     }
 }
@@ -558,14 +562,29 @@ impl Conn {
 
     async fn on_session_update(&mut self, v: &Value) {
         let s = &v["session"];
+        let format_ok = |f: &Value| {
+            matches!(
+                f["type"].as_str(),
+                Some("audio/pcmu" | "audio/pcma" | "audio/pcm")
+            )
+        };
         let ga = s["type"] == "realtime"
-            && s["audio"]["input"]["format"]["type"].is_string()
-            && s["audio"]["output"]["format"]["type"].is_string();
+            && format_ok(&s["audio"]["input"]["format"])
+            && format_ok(&s["audio"]["output"]["format"]);
         if !ga {
             self.error(
                 "invalid_request_error",
                 Some("invalid_session"),
                 "session.type is required and audio formats must be objects (GA)",
+            )
+            .await;
+            return;
+        }
+        if self.config.borrow().reject_session_update {
+            self.error(
+                "invalid_request_error",
+                Some("invalid_value"),
+                "Invalid value for 'session': this setting is not available to your organization.",
             )
             .await;
             return;

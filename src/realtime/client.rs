@@ -357,6 +357,12 @@ impl Task {
                         if let Err(e) = self.session.handle_text(text.as_str()) {
                             tracing::debug!(call_sid = %self.call_sid, error = %e, "ignoring unparsable realtime frame");
                         }
+                        if let Some(why) = self.session.poll_setup_error() {
+                            tracing::warn!(call_sid = %self.call_sid, error = %why, "realtime session refused its configuration");
+                            self.observe("error");
+                            let _ = self.status.send(Status::Failed(why));
+                            break "configuration refused".into();
+                        }
                         self.update_status();
                     }
                     Some(Ok(Message::Close(frame))) => {

@@ -123,6 +123,8 @@ pub struct Session {
     responding: bool,
     /// A `response.create` held back until the open response is done.
     create_deferred: bool,
+    /// An `error` before `session.updated`: the configuration was refused.
+    setup_error: Option<String>,
     ready_reported: bool,
 }
 
@@ -146,6 +148,7 @@ impl Session {
             active_response: None,
             responding: false,
             create_deferred: false,
+            setup_error: None,
             ready_reported: false,
         }
     }
@@ -172,6 +175,11 @@ impl Session {
         if let Some(g) = self.greeting.take() {
             self.transmit.push_back(g);
         }
+    }
+
+    /// Why the configuration was refused, once (the session is then unusable).
+    pub fn poll_setup_error(&mut self) -> Option<String> {
+        self.setup_error.take()
     }
 
     /// True once, the moment the session became ready (configured and audio buffered).
@@ -278,6 +286,15 @@ impl Session {
                 // detection): ask again once that one is done, so the input is answered.
                 if code.as_deref() == Some(ACTIVE_RESPONSE) {
                     self.create_deferred = true;
+                }
+                // Before `session.updated` the only thing sent is the configuration (and
+                // the greeting): an error now means the session would run without our
+                // instructions, voice or formats. Unusable.
+                if !self.configured && self.setup_error.is_none() {
+                    self.setup_error = Some(format!(
+                        "session.update refused: {}: {message}",
+                        code.as_deref().unwrap_or(&kind)
+                    ));
                 }
                 let fatal = matches!(code.as_deref(), Some("session_expired"));
                 self.push(SessionEvent::Error {
@@ -506,6 +523,27 @@ mod tests {
             .unwrap();
         assert!(s.poll_transmit().unwrap().contains("response.create"));
         assert!(s.poll_transmit().is_none(), "asked once");
+    }
+
+    #[test]
+    fn an_error_before_session_updated_means_the_configuration_was_refused() {
+        let mut s = session();
+        s.handle_open();
+        s.handle_text(r#"{"type":"error","error":{"type":"invalid_request_error","code":"invalid_value","message":"bad voice"}}"#).unwrap();
+        let why = s.poll_setup_error().expect("refused");
+        assert!(
+            why.contains("invalid_value") && why.contains("bad voice"),
+            "{why}"
+        );
+        assert!(s.poll_setup_error().is_none(), "reported once");
+        // Once configured, errors are the call's business, not a failed setup.
+        let mut s = session();
+        s.handle_open();
+        s.handle_text(r#"{"type":"session.updated","session":{}}"#)
+            .unwrap();
+        s.handle_text(r#"{"type":"error","error":{"type":"invalid_request_error","message":"m"}}"#)
+            .unwrap();
+        assert!(s.poll_setup_error().is_none());
     }
 
     #[test]

@@ -370,3 +370,39 @@ async fn behind_a_load_balancer_webhooks_signed_over_its_url_are_accepted() {
     }
     gw.app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_refused_session_configuration_fails_the_warm_up_at_once() {
+    let mut cfg = FakeConfig::instant();
+    cfg.reject_session_update = true;
+    let gw = gateway(cfg, "[prewarm]\nring_max_ms = 10000\nttl_secs = 30\n").await;
+    let placed = gw
+        .twilio
+        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
+        .await
+        .unwrap();
+    assert!(
+        matches!(placed.twiml, Twiml::Stream { .. }),
+        "{}",
+        placed.body
+    );
+    // Not a timing bound: the outcome says the webhook stopped waiting because the session
+    // failed, not because ring_max_ms ran out.
+    assert_eq!(
+        gw.metric("warmline_prewarm_duration_seconds_count{outcome=\"error\"}"),
+        1.0
+    );
+    assert_eq!(
+        gw.metric("warmline_prewarm_duration_seconds_count{outcome=\"timeout\"}"),
+        0.0
+    );
+    assert!(
+        gw.fake.wait_open(0, WAIT).await,
+        "the refused socket was closed"
+    );
+    gw.twilio
+        .status_callback(&placed.call_sid, "canceled")
+        .await
+        .unwrap();
+    gw.app.shutdown().await;
+}
