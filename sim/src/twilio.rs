@@ -113,8 +113,10 @@ pub enum Twiml {
         /// The text.
         text: String,
     },
-    /// `<Dial>`.
+    /// `<Dial>`, perhaps after a `<Say>`.
     Dial {
+        /// What is said first, if anything.
+        say: Option<String>,
         /// The number.
         number: String,
     },
@@ -132,6 +134,7 @@ pub fn parse_twiml(xml: &str) -> Twiml {
     let mut action = None;
     let mut params = HashMap::new();
     let mut text = String::new();
+    let mut dial = String::new();
     let mut current = String::new();
     loop {
         match r.read_event() {
@@ -163,17 +166,22 @@ pub fn parse_twiml(xml: &str) -> Twiml {
                 names.push(name);
             }
             Ok(Event::Text(t)) => {
-                if let Ok(s) = t.decode()
-                    && (current == "Say" || current == "Dial")
-                {
-                    text.push_str(&s);
+                if let Ok(s) = t.decode() {
+                    match current.as_str() {
+                        "Say" => text.push_str(&s),
+                        "Dial" => dial.push_str(&s),
+                        _ => {}
+                    }
                 }
             }
             Ok(Event::GeneralRef(g)) => {
                 if let Ok(name) = g.decode()
                     && let Some(ch) = quick_xml::escape::resolve_predefined_entity(&name)
                 {
-                    text.push_str(ch);
+                    match current.as_str() {
+                        "Dial" => dial.push_str(ch),
+                        _ => text.push_str(ch),
+                    }
                 }
             }
             Ok(Event::Eof) | Err(_) => break,
@@ -188,7 +196,10 @@ pub fn parse_twiml(xml: &str) -> Twiml {
         };
     }
     if names.iter().any(|n| n == "Dial") {
-        return Twiml::Dial { number: text };
+        return Twiml::Dial {
+            say: (!text.is_empty()).then_some(text),
+            number: dial,
+        };
     }
     if names.iter().any(|n| n == "Say") && names.iter().any(|n| n == "Hangup") {
         return Twiml::SayHangup { text };
@@ -849,7 +860,8 @@ mod tests {
         assert_eq!(
             parse_twiml("<Response><Say>x</Say><Dial>+15551234567</Dial></Response>"),
             Twiml::Dial {
-                number: "x+15551234567".into()
+                say: Some("x".into()),
+                number: "+15551234567".into()
             }
         );
         assert_eq!(parse_twiml("<Response><Hangup/></Response>"), Twiml::Hangup);

@@ -282,9 +282,8 @@ async fn a_realtime_drop_mid_call_ends_the_call_and_transfers_to_the_fallback() 
     assert_eq!(
         report.after_stream,
         Some(Twiml::Dial {
-            number:
-                "Sorry, something went wrong. Let me put you through to a colleague.+15557654321"
-                    .into()
+            say: Some("Sorry, something went wrong. Let me put you through to a colleague.".into()),
+            number: "+15557654321".into()
         })
     );
     let record = gw.ended_call(&placed.call_sid).await;
