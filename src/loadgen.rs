@@ -241,7 +241,8 @@ fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        // (An empty f64 sum is -0.0, which would print as "-0".)
+        .fold(0.0, |a, b| a + b)
 }
 
 /// Runs the load and returns (and prints) the report.
