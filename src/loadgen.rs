@@ -313,6 +313,9 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
             opts.duration
                 .saturating_sub(half + Duration::from_millis(2000)),
         ),
+        // The caller lets the agent finish before hanging up, so no agent audio is still in
+        // flight at the end: "frames lost" then counts only frames the gateway failed to relay.
+        Step::WaitForAgentQuiet(Duration::from_secs(10)),
         Step::HangUp,
     ];
     let ttfa = Arc::new(std::sync::Mutex::new((

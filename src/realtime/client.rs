@@ -381,25 +381,26 @@ impl Task {
                     Some(Control::Cancel) => self.session.cancel_response(),
                     Some(Control::Truncate { item_id, audio_end_ms }) => self.session.truncate(&item_id, audio_end_ms),
                     Some(Control::UserText(t)) => self.session.send_user_text(&t),
-                    Some(Control::Close(reason)) => {
-                        // Caller audio queued before the close still goes out (the audio and
-                        // control queues are separate, so the close can overtake it).
-                        while let Ok(b64) = audio.try_recv() {
-                            self.session.append_audio(&b64);
-                        }
-                        while let Some(text) = self.session.poll_transmit() {
-                            if !matches!(tokio::time::timeout(SEND_LIMIT, sink.send(Message::text(text))).await, Ok(Ok(()))) {
-                                break;
-                            }
-                        }
-                        break reason.to_string();
-                    }
+                    Some(Control::Close(reason)) => break reason.to_string(),
                     None => break "released".into(),
                 },
                 Some(b64) = audio.recv() => self.session.append_audio(&b64),
                 _ = shutdown.cancelled() => break "shutdown".into(),
             }
         };
+        // Caller audio queued before the end still goes out, whatever ended the session (the
+        // audio and control queues are separate, so a close can overtake audio sent before it).
+        while let Ok(b64) = audio.try_recv() {
+            self.session.append_audio(&b64);
+        }
+        while let Some(text) = self.session.poll_transmit() {
+            if !matches!(
+                tokio::time::timeout(SEND_LIMIT, sink.send(Message::text(text))).await,
+                Ok(Ok(()))
+            ) {
+                break;
+            }
+        }
         let _ = tokio::time::timeout(SEND_LIMIT, sink.send(Message::Close(None))).await;
         let _ = tokio::time::timeout(SEND_LIMIT, sink.close()).await;
         self.session.handle_closed();
