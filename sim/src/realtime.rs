@@ -304,7 +304,10 @@ async fn serve(tcp: TcpStream, config: watch::Receiver<FakeConfig>, shared: Arc<
         }
         Ok(resp)
     };
-    let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+    let Ok(ws) =
+        tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(crate::ws_config()))
+            .await
+    else {
         return;
     };
     let index = {

@@ -519,14 +519,17 @@ impl TwilioSim {
         if let Some(sig) = signature {
             req.headers_mut().insert("x-twilio-signature", sig.parse()?);
         }
-        let ws = match tokio_tungstenite::connect_async_with_config(req, None, true).await {
-            Ok((ws, _)) => ws,
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-                report.upgrade_status = Some(resp.status().as_u16());
-                return Ok(report);
-            }
-            Err(e) => return Err(e).context("media stream upgrade"),
-        };
+        let ws =
+            match tokio_tungstenite::connect_async_with_config(req, Some(crate::ws_config()), true)
+                .await
+            {
+                Ok((ws, _)) => ws,
+                Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                    report.upgrade_status = Some(resp.status().as_u16());
+                    return Ok(report);
+                }
+                Err(e) => return Err(e).context("media stream upgrade"),
+            };
         report.stream_opened = true;
         let params = options
             .parameters

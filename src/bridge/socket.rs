@@ -79,10 +79,11 @@ pub async fn upgrade(
     }
     let tasks = state.tasks.clone();
     // Small buffers (a call's frames are a few hundred bytes; a thousand calls must fit in
-    // memory) and a zero write buffer, so every frame leaves at once.
+    // memory, and tungstenite zero-fills the read buffer before every read, per frame) and a
+    // zero write buffer, so every frame leaves at once.
     ws.max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
-        .read_buffer_size(16 * 1024)
+        .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| tasks.track_future(run(state, socket)))
 }
