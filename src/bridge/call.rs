@@ -116,10 +116,32 @@ enum Phase {
     Ended,
 }
 
+/// What the caller heard of an item a barge-in cut short.
+#[derive(Debug, Clone)]
+struct Cut {
+    item_id: String,
+    /// Share of the item's audio (so far) that had played, 0 to 1.
+    heard_share: f64,
+    /// Whether its line is in the transcript yet.
+    written: bool,
+}
+
+/// The first `share` of `text`'s words, with "…" when any were cut ("" when none were heard).
+fn cut_text(text: &str, share: f64) -> String {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let keep = ((share.clamp(0.0, 1.0) * words.len() as f64).ceil() as usize).min(words.len());
+    if keep == words.len() {
+        text.to_string()
+    } else if keep == 0 {
+        String::new()
+    } else {
+        format!("{} …", words[..keep].join(" "))
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Current {
     response_id: String,
-    item_id: String,
 }
 
 /// One call: Twilio media stream ⇄ Realtime session.
@@ -145,8 +167,12 @@ pub struct Call {
     /// Agent speech still being transcribed, per item (flushed as "…" if the call ends first
     /// or the caller interrupts it).
     partial: Vec<(String, String)>,
-    /// Items cut short by barge-in (already in the transcript; a late `.done` is ignored).
-    interrupted: VecDeque<String>,
+    /// Items cut short by barge-in: the share of their audio the caller heard, and whether
+    /// their (cut) line is already in the transcript (then a late delta or `.done` is ignored).
+    interrupted: VecDeque<Cut>,
+    /// Agent lines in the transcript by item id (a barge-in cuts a finished line to what was
+    /// heard).
+    agent_lines: HashMap<String, usize>,
     /// Stream `start` to first agent audio.
     time_to_first_audio: Option<Duration>,
     deadline: Option<Instant>,
@@ -173,6 +199,7 @@ impl Call {
             transcript: Vec::new(),
             partial: Vec::new(),
             interrupted: VecDeque::new(),
+            agent_lines: HashMap::new(),
             time_to_first_audio: None,
             deadline: None,
             max_duration,
@@ -264,7 +291,7 @@ impl Call {
             SessionEvent::SpeechStopped { .. } => self.speech_stopped_at = Some(now),
             SessionEvent::CallerTranscript { text, .. } => self.push_line(Role::Caller, text),
             SessionEvent::AgentTranscriptDelta { item_id, text } => {
-                if self.interrupted.contains(&item_id) {
+                if self.cut_of(&item_id).is_some_and(|c| c.written) {
                     return;
                 }
                 match self.partial.iter_mut().find(|(id, _)| *id == item_id) {
@@ -273,12 +300,18 @@ impl Call {
                 }
             }
             SessionEvent::AgentTranscript { item_id, text } => {
-                // An interrupted item was already written where the caller cut in.
-                if self.interrupted.contains(&item_id) {
-                    return;
-                }
                 self.partial.retain(|(id, _)| *id != item_id);
-                self.push_line(Role::Agent, text);
+                let text = match self.cut_of(&item_id) {
+                    // Already written, cut, where the caller interrupted.
+                    Some(c) if c.written => return,
+                    Some(c) => {
+                        let share = c.heard_share;
+                        c.written = true;
+                        cut_text(&text, share)
+                    }
+                    None => text,
+                };
+                self.push_agent_line(item_id, text);
             }
             SessionEvent::Error {
                 code,
@@ -393,7 +426,6 @@ impl Call {
         self.drain_stream_transmits();
         self.current = Some(Current {
             response_id: chunk.response_id,
-            item_id: chunk.item_id,
         });
         if !self.first_audio_sent {
             self.first_audio_sent = true;
@@ -418,6 +450,9 @@ impl Call {
         if !self.stream.is_playing(now) {
             return;
         }
+        // How long each item's audio was, before the clear cuts the timeline back.
+        let heard_before = self.stream.heard_ms(now);
+        let heard_len = heard_before.and_then(|(item, _)| self.stream.item_ms(item));
         let heard = self.stream.send_clear(now);
         self.drain_stream_transmits();
         self.outputs
@@ -426,42 +461,78 @@ impl Call {
             // The item being heard is cut where the caller is; any item queued behind it (a
             // later response, already generated) was not heard at all and is cut to nothing.
             if let Some((heard_item, heard_ms)) = heard {
-                let mut cut: Vec<(u64, &String)> = self
+                let mut cut: Vec<(u64, String)> = self
                     .items
                     .iter()
                     .filter(|&(_, &n)| n >= heard_item)
-                    .map(|(id, &n)| (n, id))
+                    .map(|(id, &n)| (n, id.clone()))
                     .collect();
                 cut.sort_unstable();
                 for (n, item_id) in cut {
+                    let (end_ms, share) = if n == heard_item {
+                        let len = heard_len.unwrap_or(0.0);
+                        let share = if len > 0.0 {
+                            heard_ms as f64 / len
+                        } else {
+                            1.0
+                        };
+                        (heard_ms, share)
+                    } else {
+                        (0, 0.0)
+                    };
                     self.outputs
                         .push_back(Output::Realtime(RealtimeCommand::Truncate {
                             item_id: item_id.clone(),
-                            audio_end_ms: if n == heard_item { heard_ms } else { 0 },
+                            audio_end_ms: end_ms,
                         }));
+                    self.cut_transcript(item_id, share);
                 }
             }
             self.cancelled.push_back(current.response_id);
             if self.cancelled.len() > 8 {
                 self.cancelled.pop_front();
             }
-            // What the agent had said of the interrupted item goes into the transcript here,
-            // before the caller's words that interrupted it (its `.done`, if any, is ignored).
-            // With nothing transcribed yet, the item's `.done` is left to write it later.
-            if let Some(i) = self
-                .partial
-                .iter()
-                .position(|(id, _)| *id == current.item_id)
-            {
-                let (_, text) = self.partial.remove(i);
-                self.push_line(Role::Agent, format!("{} …", text.trim_end()));
-                self.interrupted.push_back(current.item_id.clone());
-                if self.interrupted.len() > 8 {
-                    self.interrupted.pop_front();
-                }
-            }
         }
         self.outputs.push_back(Output::BargeIn);
+    }
+
+    /// The transcript keeps what the caller heard of an interrupted item (its words in
+    /// proportion to the audio heard), written before the words that interrupted it. A line
+    /// already written is cut in place; a partial one is cut and written now; an item with
+    /// no text yet is cut when its `.done` arrives.
+    fn cut_transcript(&mut self, item_id: String, heard_share: f64) {
+        let written = if let Some(&i) = self.agent_lines.get(&item_id) {
+            if let Some(line) = self.transcript.get_mut(i) {
+                line.text = cut_text(&line.text, heard_share);
+            }
+            true
+        } else if let Some(i) = self.partial.iter().position(|(id, _)| *id == item_id) {
+            let (_, text) = self.partial.remove(i);
+            self.push_agent_line(item_id.clone(), cut_text(&text, heard_share));
+            true
+        } else {
+            false
+        };
+        self.interrupted.push_back(Cut {
+            item_id,
+            heard_share,
+            written,
+        });
+        if self.interrupted.len() > 8 {
+            self.interrupted.pop_front();
+        }
+    }
+
+    fn cut_of(&mut self, item_id: &str) -> Option<&mut Cut> {
+        self.interrupted.iter_mut().find(|c| c.item_id == item_id)
+    }
+
+    fn push_agent_line(&mut self, item_id: String, text: String) {
+        if text.trim().is_empty() {
+            return;
+        }
+        self.agent_lines.insert(item_id, self.transcript.len());
+        self.push_line(Role::Agent, text);
     }
 
     fn push_line(&mut self, role: Role, text: String) {
@@ -486,9 +557,18 @@ impl Call {
             return;
         }
         self.phase = Phase::Ended;
-        for (_, text) in std::mem::take(&mut self.partial) {
-            self.push_line(Role::Agent, format!("{} …", text.trim_end()));
+        for (item_id, text) in std::mem::take(&mut self.partial) {
+            let share = self.cut_of(&item_id).map_or(1.0, |c| c.heard_share);
+            let text = cut_text(&text, share);
+            // Cut short by the end of the call, if not by the caller.
+            let text = if text.ends_with('…') {
+                text
+            } else {
+                format!("{} …", text.trim_end())
+            };
+            self.push_line(Role::Agent, text);
         }
+        self.transcript.retain(|l| !l.text.trim().is_empty());
         self.drain_stream_transmits();
         self.outputs
             .push_back(Output::Realtime(RealtimeCommand::Close));
@@ -837,14 +917,15 @@ mod tests {
         assert_eq!(
             lines,
             [
-                (Role::Agent, "Thanks for calling, we …"),
+                // 150 ms of the 500 ms generated had played: 0.3 of the words, rounded up.
+                (Role::Agent, "Thanks for …"),
                 (Role::Caller, "Are you open?")
             ]
         );
     }
 
     #[test]
-    fn an_item_interrupted_before_any_transcript_is_written_when_it_completes() {
+    fn an_item_interrupted_before_any_transcript_is_written_cut_when_it_completes() {
         let t0 = Instant::now();
         let (mut call, _) = live(t0, 5);
         call.handle_realtime(
@@ -869,7 +950,53 @@ mod tests {
             })
             .expect("ended");
         assert_eq!(ended.transcript.len(), 1);
-        assert_eq!(ended.transcript[0].text, "Thanks for calling.");
+        // Written when it completes, cut to the 150 of 500 ms heard.
+        assert_eq!(ended.transcript[0].text, "Thanks …");
+    }
+
+    #[test]
+    fn a_finished_line_is_cut_to_what_was_heard_and_an_unheard_one_dropped() {
+        let t0 = Instant::now();
+        let (mut call, _) = live(t0, 5);
+        call.handle_realtime(
+            t0 + ms(5),
+            SessionEvent::AgentTranscript {
+                item_id: "item_1".into(),
+                text: "one two three four five six seven eight nine ten".into(),
+            },
+        );
+        // A second response, generated and transcribed, queued behind the greeting.
+        call.handle_realtime(
+            t0 + ms(10),
+            SessionEvent::AudioDelta {
+                response_id: "resp_2".into(),
+                item_id: "item_2".into(),
+                payload: chunk(),
+            },
+        );
+        call.handle_realtime(
+            t0 + ms(11),
+            SessionEvent::AgentTranscript {
+                item_id: "item_2".into(),
+                text: "never heard".into(),
+            },
+        );
+        call.handle_realtime(
+            t0 + ms(250),
+            SessionEvent::SpeechStarted {
+                audio_start_ms: 900,
+            },
+        );
+        call.handle_twilio_closed(t0 + ms(1000));
+        let ended = drain(&mut call)
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Ended(o) => Some(o),
+                _ => None,
+            })
+            .expect("ended");
+        let texts: Vec<_> = ended.transcript.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["one two three four five …"]);
     }
 
     #[test]

@@ -289,6 +289,16 @@ impl MediaStream {
         Some((span.item, (pos - span.start_ms).max(0.0).round() as u64))
     }
 
+    /// How much audio of `item` has been sent (ms), if it is among the recent items.
+    pub fn item_ms(&self, item: u64) -> Option<f64> {
+        let i = self.items.iter().position(|s| s.item == item)?;
+        let end = self
+            .items
+            .get(i + 1)
+            .map_or(self.sent_ms, |next| next.start_ms);
+        Some(end - self.items[i].start_ms)
+    }
+
     /// Sends `clear`: Twilio drops buffered audio and echoes pending marks at once; the
     /// timeline is cut back to what was heard. Returns what was heard of the playing item.
     pub fn send_clear(&mut self, now: Instant) -> Option<(u64, u64)> {

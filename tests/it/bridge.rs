@@ -149,6 +149,14 @@ async fn barge_in_clears_twilio_cancels_and_truncates_to_what_was_heard() {
         roles.contains(&"caller"),
         "caller transcription saved: {roles:?}"
     );
+    // The greeting line keeps only what the caller heard of it, before their words.
+    let first = &record.transcript[0];
+    assert_eq!(first.role, "agent");
+    assert!(
+        first.text.ends_with('…') && first.text.len() < clips::greeting().text.len(),
+        "greeting cut where the caller interrupted: {:?}",
+        first.text
+    );
     gw.app.shutdown().await;
 }
 
