@@ -4,7 +4,8 @@
 use axum::body::Bytes;
 use axum::{
     Json,
-    extract::{FromRequest, Request, rejection::BytesRejection},
+    extract::{FromRequest, FromRequestParts, Request, rejection::BytesRejection},
+    http::request::Parts,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -18,6 +19,9 @@ pub enum ApiError {
     /// 400: the body is not JSON.
     #[error("{0}")]
     BadJson(String),
+    /// 400: a path segment is not what the route expects (e.g. `/clients/abc`).
+    #[error("{0}")]
+    BadPath(String),
     /// 401: missing or wrong token.
     #[error("missing or invalid bearer token")]
     Unauthorized,
@@ -39,6 +43,7 @@ impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::BadJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+            Self::BadPath(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
@@ -108,6 +113,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ValidJson<T> {
                     Err(ApiError::Invalid(format!("{path}: {inner}")))
                 }
             }
+        }
+    }
+}
+
+/// axum's `Path`, with its rejection in the API's JSON error format. (Same name, so utoipa
+/// still documents the path parameters.)
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Self(v)),
+            Err(e) => Err(ApiError::BadPath(e.body_text())),
         }
     }
 }

@@ -10,7 +10,7 @@ pub mod error;
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, Request, State},
+    extract::{Query, Request, State},
     http::{StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -26,7 +26,7 @@ use self::{
         CallOut, CallerOut, ClientIn, ClientOut, FaqIn, FaqOut, NumberIn, NumberOut, NumberPatch,
         e164,
     },
-    error::{ApiError, ValidJson},
+    error::{ApiError, Path, ValidJson},
 };
 use crate::{
     app::AppState,

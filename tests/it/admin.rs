@@ -96,6 +96,24 @@ async fn openapi_document_lists_the_paths() {
     ] {
         assert!(paths.contains_key(p), "{p} missing from {:?}", paths.keys());
     }
+    let params = &doc["paths"]["/admin/api/v1/clients/{id}"]["get"]["parameters"];
+    assert_eq!(params[0]["name"], "id", "{params}");
+    assert_eq!(params[0]["in"], "path");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_malformed_id_in_the_path_is_a_json_400() {
+    let app = spawn_app(Backend::Sqlite, "").await;
+    let resp = app
+        .admin(reqwest::Method::GET, "/clients/not-a-number")
+        .send()
+        .await
+        .unwrap();
+    let (status, code, message) = error_of(resp).await;
+    assert_eq!(status, 400);
+    assert_eq!(code, "invalid_path");
+    assert!(!message.is_empty());
     app.shutdown().await;
 }
 
