@@ -613,6 +613,17 @@ mod tests {
         std::iter::from_fn(|| call.poll_output()).collect()
     }
 
+    /// The outcome among the call's pending outputs (it must have ended).
+    fn ended(call: &mut Call) -> Box<CallOutcome> {
+        drain(call)
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Ended(o) => Some(o),
+                _ => None,
+            })
+            .expect("ended")
+    }
+
     fn twilio_events(out: &[Output]) -> Vec<String> {
         out.iter()
             .filter_map(|o| match o {
@@ -902,13 +913,7 @@ mod tests {
             },
         );
         call.handle_twilio_closed(t0 + ms(1000));
-        let ended = drain(&mut call)
-            .into_iter()
-            .find_map(|o| match o {
-                Output::Ended(o) => Some(o),
-                _ => None,
-            })
-            .expect("ended");
+        let ended = ended(&mut call);
         let lines: Vec<_> = ended
             .transcript
             .iter()
@@ -942,13 +947,7 @@ mod tests {
             },
         );
         call.handle_twilio_closed(t0 + ms(1000));
-        let ended = drain(&mut call)
-            .into_iter()
-            .find_map(|o| match o {
-                Output::Ended(o) => Some(o),
-                _ => None,
-            })
-            .expect("ended");
+        let ended = ended(&mut call);
         assert_eq!(ended.transcript.len(), 1);
         // Written when it completes, cut to the 150 of 500 ms heard.
         assert_eq!(ended.transcript[0].text, "Thanks …");
@@ -988,13 +987,7 @@ mod tests {
             },
         );
         call.handle_twilio_closed(t0 + ms(1000));
-        let ended = drain(&mut call)
-            .into_iter()
-            .find_map(|o| match o {
-                Output::Ended(o) => Some(o),
-                _ => None,
-            })
-            .expect("ended");
+        let ended = ended(&mut call);
         let texts: Vec<_> = ended.transcript.iter().map(|l| l.text.as_str()).collect();
         assert_eq!(texts, ["one two three four five …"]);
     }
