@@ -215,8 +215,14 @@ impl Session {
                     return Ok(());
                 }
                 if self.phase != Phase::Claimed {
+                    // Once one chunk does not fit, the rest of that response is dropped too,
+                    // before and after the claim: a greeting cut short, never one with a hole.
                     if self.buffered_bytes + delta.len() > self.buffer_cap {
                         self.dropped_bytes += delta.len();
+                        self.cancelled.push_back(response_id);
+                        if self.cancelled.len() > 8 {
+                            self.cancelled.pop_front();
+                        }
                         return Ok(());
                     }
                     self.buffered_bytes += delta.len();
@@ -439,6 +445,7 @@ mod tests {
         s.handle_text(&delta("r1", "AAAA")).unwrap();
         s.handle_text(&delta("r1", "BBBBBBBB")).unwrap();
         s.handle_text(&delta("r1", "CCCCCCCC")).unwrap(); // over the 16-byte cap
+        s.handle_text(&delta("r1", "DD")).unwrap(); // would fit, but would leave a hole
         s.handle_text(r#"{"type":"response.output_audio_transcript.done","item_id":"item_1","transcript":"Hello"}"#).unwrap();
         assert_eq!(s.poll_event(), None, "nothing flows before the claim");
         let got = s.claim();
@@ -458,8 +465,10 @@ mod tests {
                 text: "Hello".into()
             })
         );
-        // After the claim, audio flows without a cap.
-        s.handle_text(&delta("r1", "DDDDDDDDDDDDDDDDDDDD")).unwrap();
+        // The overflowed greeting stays cut after the claim; other responses flow uncapped.
+        s.handle_text(&delta("r1", "EEEE")).unwrap();
+        assert_eq!(s.poll_event(), None);
+        s.handle_text(&delta("r2", "DDDDDDDDDDDDDDDDDDDD")).unwrap();
         assert!(matches!(
             s.poll_event(),
             Some(SessionEvent::AudioDelta { .. })
