@@ -127,6 +127,11 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(Self(v)),
+            // Missing or undecodable parameters are our routes' fault, not the client's.
+            Err(e) if e.status().is_server_error() => Err(ApiError::Internal(anyhow::anyhow!(
+                "path extraction: {}",
+                e.body_text()
+            ))),
             Err(e) => Err(ApiError::BadPath(e.body_text())),
         }
     }

@@ -501,6 +501,9 @@ impl Call {
     /// already written is cut in place; a partial one is cut and written now; an item with
     /// no text yet is cut when its `.done` arrives.
     fn cut_transcript(&mut self, item_id: String, heard_share: f64) {
+        if self.cut_of(&item_id).is_some() {
+            return; // cut once, at the first interruption that reached it
+        }
         let written = if let Some(&i) = self.agent_lines.get(&item_id) {
             if let Some(line) = self.transcript.get_mut(i) {
                 line.text = cut_text(&line.text, heard_share);
@@ -560,6 +563,9 @@ impl Call {
         for (item_id, text) in std::mem::take(&mut self.partial) {
             let share = self.cut_of(&item_id).map_or(1.0, |c| c.heard_share);
             let text = cut_text(&text, share);
+            if text.trim().is_empty() {
+                continue; // none of it was heard
+            }
             // Cut short by the end of the call, if not by the caller.
             let text = if text.ends_with('…') {
                 text

@@ -320,6 +320,8 @@ impl Task {
             let _ = reply.send(self.session.claim());
             events = Some(tx);
         }
+        // False once the socket is known to be closed or stuck: nothing more is sent on it.
+        let mut sink_usable = true;
         let close_reason: String = loop {
             // Drain the machine.
             let mut send_failed = None;
@@ -337,6 +339,7 @@ impl Task {
                 }
             }
             if let Some(reason) = send_failed {
+                sink_usable = false;
                 break reason.into();
             }
             if let Some(tx) = &events {
@@ -360,17 +363,32 @@ impl Task {
                         if let Some(why) = self.session.poll_setup_error() {
                             tracing::warn!(call_sid = %self.call_sid, error = %why, "realtime session refused its configuration");
                             self.observe("error");
+                            // A call already on this session ends saying why.
+                            if let Some(tx) = &events {
+                                let _ = tx.try_send(SessionEvent::Error {
+                                    code: "session_update_refused".into(),
+                                    message: why.clone(),
+                                    fatal: true,
+                                });
+                            }
                             let _ = self.status.send(Status::Failed(why));
                             break "configuration refused".into();
                         }
                         self.update_status();
                     }
                     Some(Ok(Message::Close(frame))) => {
+                        sink_usable = false;
                         break frame.map_or_else(|| "closed by server".into(), |f| format!("closed by server: {} {}", f.code, f.reason));
                     }
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => break format!("socket error: {e}"),
-                    None => break "socket ended".into(),
+                    Some(Err(e)) => {
+                        sink_usable = false;
+                        break format!("socket error: {e}");
+                    }
+                    None => {
+                        sink_usable = false;
+                        break "socket ended".into();
+                    }
                 },
                 cmd = ctl.recv() => match cmd {
                     Some(Control::Claim(reply, tx)) => {
@@ -390,19 +408,21 @@ impl Task {
         };
         // Caller audio queued before the end still goes out, whatever ended the session (the
         // audio and control queues are separate, so a close can overtake audio sent before it).
-        while let Ok(b64) = audio.try_recv() {
-            self.session.append_audio(&b64);
-        }
-        while let Some(text) = self.session.poll_transmit() {
-            if !matches!(
-                tokio::time::timeout(SEND_LIMIT, sink.send(Message::text(text))).await,
-                Ok(Ok(()))
-            ) {
-                break;
+        if sink_usable {
+            while let Ok(b64) = audio.try_recv() {
+                self.session.append_audio(&b64);
             }
+            while let Some(text) = self.session.poll_transmit() {
+                if !matches!(
+                    tokio::time::timeout(SEND_LIMIT, sink.send(Message::text(text))).await,
+                    Ok(Ok(()))
+                ) {
+                    break;
+                }
+            }
+            let _ = tokio::time::timeout(SEND_LIMIT, sink.send(Message::Close(None))).await;
+            let _ = tokio::time::timeout(SEND_LIMIT, sink.close()).await;
         }
-        let _ = tokio::time::timeout(SEND_LIMIT, sink.send(Message::Close(None))).await;
-        let _ = tokio::time::timeout(SEND_LIMIT, sink.close()).await;
         self.session.handle_closed();
         if !matches!(*self.status.borrow(), Status::Failed(_)) {
             let _ = self.status.send(Status::Closed);

@@ -275,7 +275,10 @@ impl Session {
                     self.active_response = None;
                 }
                 self.responding = false;
-                if std::mem::take(&mut self.create_deferred) {
+                // A cancelled response means the caller is talking (turn detection, or our
+                // barge-in cancel): the server answers when they stop, and that answer sees
+                // the held input too, so asking as well would answer twice.
+                if std::mem::take(&mut self.create_deferred) && status != "cancelled" {
                     self.transmit.push_back(wire::response_create(None));
                 }
                 self.push(SessionEvent::ResponseDone {
@@ -505,11 +508,10 @@ mod tests {
         let sent: Vec<_> = std::iter::from_fn(|| s.poll_transmit()).collect();
         assert_eq!(sent.len(), 1, "the item only: {sent:?}");
         assert!(sent[0].contains("conversation.item.create"));
-        // Cancelled or not, the response is open until its response.done.
-        s.cancel_response();
-        assert!(s.poll_transmit().unwrap().contains("response.cancel"));
+        // The response is open until its response.done.
+        s.handle_text(&delta("r1", "AAAA")).unwrap();
         assert!(s.poll_transmit().is_none());
-        s.handle_text(r#"{"type":"response.done","response":{"id":"r1","status":"cancelled"}}"#)
+        s.handle_text(r#"{"type":"response.done","response":{"id":"r1","status":"completed"}}"#)
             .unwrap();
         let next = s.poll_transmit().expect("the deferred response.create");
         assert!(next.contains("response.create"), "{next}");
@@ -518,6 +520,23 @@ mod tests {
         let sent: Vec<_> = std::iter::from_fn(|| s.poll_transmit()).collect();
         assert_eq!(sent.len(), 2);
         assert!(sent[1].contains("response.create"));
+    }
+
+    #[test]
+    fn a_held_response_create_is_dropped_when_the_caller_interrupts() {
+        let mut s = session();
+        s.handle_open();
+        s.claim();
+        while s.poll_transmit().is_some() {}
+        s.handle_text(r#"{"type":"response.created","response":{"id":"r1"}}"#)
+            .unwrap();
+        s.send_user_text("The caller pressed 1.");
+        while s.poll_transmit().is_some() {}
+        s.handle_text(r#"{"type":"response.done","response":{"id":"r1","status":"cancelled","status_details":{"type":"cancelled","reason":"turn_detected"}}}"#).unwrap();
+        assert!(
+            s.poll_transmit().is_none(),
+            "the server's own answer to the caller covers the key press"
+        );
     }
 
     #[test]

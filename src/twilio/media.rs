@@ -98,10 +98,27 @@ struct Pin {
 }
 
 /// Where an agent item starts on the timeline.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ItemSpan {
     item: u64,
     start_ms: f64,
+    /// Frames of this item that never reached Twilio: (timeline position, ms). They are not
+    /// on the timeline but still in the item's audio at OpenAI, so positions inside the item
+    /// (`audio_end_ms`) count them.
+    skipped: Vec<(f64, f64)>,
+}
+
+impl ItemSpan {
+    /// ms into the item's audio at timeline position `pos`.
+    fn offset(&self, pos: f64) -> f64 {
+        let skipped: f64 = self
+            .skipped
+            .iter()
+            .filter(|(at, _)| *at <= pos)
+            .map(|(_, ms)| ms)
+            .sum();
+        (pos - self.start_ms).max(0.0) + skipped
+    }
 }
 
 /// One Twilio media stream.
@@ -221,6 +238,7 @@ impl MediaStream {
             self.items.push_back(ItemSpan {
                 item,
                 start_ms: self.sent_ms,
+                skipped: Vec::new(),
             });
             if self.items.len() > 16 {
                 self.items.pop_front();
@@ -256,6 +274,14 @@ impl MediaStream {
             later.start_ms -= len;
             later.end_ms -= len;
         }
+        if let Some(owner) = self
+            .items
+            .iter_mut()
+            .rev()
+            .find(|s| s.start_ms <= gone.start_ms)
+        {
+            owner.skipped.push((gone.start_ms, len));
+        }
         for span in self.items.iter_mut().filter(|s| s.start_ms > gone.start_ms) {
             span.start_ms -= len;
         }
@@ -286,7 +312,7 @@ impl MediaStream {
             .rev()
             .find(|s| s.start_ms <= pos)
             .or_else(|| self.items.front())?;
-        Some((span.item, (pos - span.start_ms).max(0.0).round() as u64))
+        Some((span.item, span.offset(pos).round() as u64))
     }
 
     /// How much audio of `item` has been sent (ms), if it is among the recent items.
@@ -296,7 +322,7 @@ impl MediaStream {
             .items
             .get(i + 1)
             .map_or(self.sent_ms, |next| next.start_ms);
-        Some(end - self.items[i].start_ms)
+        Some(self.items[i].offset(end))
     }
 
     /// Sends `clear`: Twilio drops buffered audio and echoes pending marks at once; the
@@ -376,6 +402,64 @@ mod tests {
         assert_eq!(m.poll_event(), Some(MediaEvent::Connected));
         assert!(matches!(m.poll_event(), Some(MediaEvent::Started { .. })));
         m
+    }
+
+    /// Sends `n` frames of 100 ms for `item`; returns their mark numbers.
+    fn send(m: &mut MediaStream, t: Instant, item: u64, n: usize) -> Vec<u64> {
+        (0..n)
+            .map(|_| {
+                m.send_media(t, item, &audio_100ms());
+                let _media = m.poll_transmit();
+                MediaStream::mark_seq(&m.poll_transmit().expect("mark")).expect("our mark")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_frame_dropped_mid_item_leaves_the_timeline_but_stays_in_the_item() {
+        let t0 = Instant::now();
+        let mut m = started(t0);
+        let marks = send(&mut m, t0, 1, 3);
+        assert!(m.retract_media(marks[1]));
+        assert!(!m.retract_media(marks[1]), "only once");
+        // 200 ms reached Twilio; the item's audio at OpenAI is still 300 ms.
+        assert_eq!(m.item_ms(1), Some(300.0));
+        assert_eq!(m.heard_ms(t0 + Duration::from_millis(50)), Some((1, 50)));
+        // Past the gap, the position in the item counts the dropped 100 ms.
+        assert_eq!(m.heard_ms(t0 + Duration::from_millis(150)), Some((1, 250)));
+        assert!(!m.is_playing(t0 + Duration::from_millis(200)));
+        // The remaining marks still pin playback where their audio ends.
+        echo(&mut m, t0 + Duration::from_millis(90), marks[0]);
+        echo(&mut m, t0 + Duration::from_millis(190), marks[2]);
+        assert!(!m.is_playing(t0 + Duration::from_millis(190)));
+    }
+
+    #[test]
+    fn a_dropped_first_frame_of_an_item_is_counted_in_that_item() {
+        let t0 = Instant::now();
+        let mut m = started(t0);
+        send(&mut m, t0, 1, 1);
+        let second = send(&mut m, t0, 2, 2);
+        assert!(m.retract_media(second[0]));
+        assert_eq!(m.item_ms(1), Some(100.0));
+        assert_eq!(m.item_ms(2), Some(200.0));
+        assert_eq!(m.heard_ms(t0 + Duration::from_millis(150)), Some((2, 150)));
+    }
+
+    #[test]
+    fn mark_numbers_are_read_back_from_our_own_marks_only() {
+        assert_eq!(
+            MediaStream::mark_seq(&wire::mark_json("MZ1", "42")),
+            Some(42)
+        );
+        assert_eq!(
+            MediaStream::mark_seq(&wire::media_json("MZ1", "AAAA")),
+            None
+        );
+        assert_eq!(
+            MediaStream::mark_seq(&wire::mark_json("MZ1", "greeting")),
+            None
+        );
     }
 
     fn ms(n: u64) -> Duration {

@@ -445,7 +445,11 @@ async fn the_second_call_from_a_caller_carries_the_memory_of_the_first() {
 
 #[tokio::test]
 async fn dtmf_reaches_the_model_as_a_conversation_item() {
-    let gw = gateway(FakeConfig::instant(), "").await;
+    // The greeting (4.4 s of audio) takes the fake about 1.1 s to generate, so the key press
+    // below lands while its response is still open.
+    let mut cfg = FakeConfig::instant();
+    cfg.chunk_interval = Duration::from_millis(25);
+    let gw = gateway(cfg, "").await;
     let (sid, _) = call(
         &gw,
         &[
@@ -453,7 +457,7 @@ async fn dtmf_reaches_the_model_as_a_conversation_item() {
             // wait for the greeting's response.done (the API allows one response at a time).
             Step::WaitForAgentAudio(WAIT),
             Step::Dtmf('1'),
-            Step::Silence(ms(1500)),
+            Step::Silence(ms(2500)),
             Step::HangUp,
         ],
     )
