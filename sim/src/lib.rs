@@ -12,9 +12,10 @@ pub mod twilio;
 
 /// WebSocket settings of both fakes' sockets: a frame here is a few hundred bytes to ~1.5 KiB,
 /// and tungstenite zero-fills up to `read_buffer_size` before every read (128 KiB by default),
-/// which would make the fakes, not the gateway, the bottleneck of a load test.
+/// which would make the fakes, not the gateway, the bottleneck of a load test. Writes wait in
+/// the buffer only until the flush that every `send` (or batch) ends with.
 pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(8 * 1024)
 }

@@ -442,8 +442,20 @@ impl Conn {
         let (mut sink, mut stream) = ws.split();
         let mut out_rx = self.out_rx.take().expect("taken once");
         let writer = tokio::spawn(async move {
-            while let Some(m) = out_rx.recv().await {
-                if sink.send(m).await.is_err() {
+            // What is queued goes out with one flush (events come in bursts).
+            while let Some(first) = out_rx.recv().await {
+                let mut batch = vec![first];
+                while let Ok(m) = out_rx.try_recv() {
+                    batch.push(m);
+                }
+                let mut sent = true;
+                for m in batch {
+                    if sink.feed(m).await.is_err() {
+                        sent = false;
+                        break;
+                    }
+                }
+                if !sent || sink.flush().await.is_err() {
                     break;
                 }
             }

@@ -79,12 +79,12 @@ pub async fn upgrade(
     }
     let tasks = state.tasks.clone();
     // Small buffers (a call's frames are a few hundred bytes; a thousand calls must fit in
-    // memory, and tungstenite zero-fills the read buffer before every read, per frame) and a
-    // zero write buffer, so every frame leaves at once.
+    // memory, and tungstenite zero-fills the read buffer before every read, per frame). Writes
+    // are buffered only until the writer's flush, which follows every batch at once.
     ws.max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(8 * 1024)
         .on_upgrade(move |socket| tasks.track_future(run(state, socket)))
 }
 
@@ -113,8 +113,17 @@ async fn run(state: AppState, socket: WebSocket) {
     let (tx, mut rx) = mpsc::channel::<Message>(state.settings.call.outbound_queue_frames);
     let writer = tokio::spawn(async move {
         use tokio::time::timeout;
-        while let Some(m) = rx.recv().await {
-            match timeout(TWILIO_SEND_LIMIT, sink.send(m)).await {
+        while let Some(first) = rx.recv().await {
+            // Everything already queued (a media frame and its mark, or a burst under load)
+            // goes out with one flush: one write instead of one per message.
+            let batch = async {
+                sink.feed(first).await?;
+                while let Ok(m) = rx.try_recv() {
+                    sink.feed(m).await?;
+                }
+                sink.flush().await
+            };
+            match timeout(TWILIO_SEND_LIMIT, batch).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return,
                 Err(_) => {

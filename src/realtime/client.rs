@@ -324,18 +324,20 @@ impl Task {
         let mut sink_usable = true;
         let close_reason: String = loop {
             // Drain the machine.
+            // Everything the machine has queued goes out with one flush (under load, several
+            // caller frames per write).
             let mut send_failed = None;
-            while let Some(text) = self.session.poll_transmit() {
-                match tokio::time::timeout(SEND_LIMIT, sink.send(Message::text(text))).await {
+            if self.session.has_transmit() {
+                let batch = async {
+                    while let Some(text) = self.session.poll_transmit() {
+                        sink.feed(Message::text(text)).await?;
+                    }
+                    sink.flush().await
+                };
+                match tokio::time::timeout(SEND_LIMIT, batch).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(_)) => {
-                        send_failed = Some("send to realtime failed");
-                        break;
-                    }
-                    Err(_) => {
-                        send_failed = Some("realtime stopped reading");
-                        break;
-                    }
+                    Ok(Err(_)) => send_failed = Some("send to realtime failed"),
+                    Err(_) => send_failed = Some("realtime stopped reading"),
                 }
             }
             if let Some(reason) = send_failed {
@@ -402,7 +404,13 @@ impl Task {
                     Some(Control::Close(reason)) => break reason.to_string(),
                     None => break "released".into(),
                 },
-                Some(b64) = audio.recv() => self.session.append_audio(&b64),
+                Some(b64) = audio.recv() => {
+                    self.session.append_audio(&b64);
+                    // Frames that queued up meanwhile are taken in the same turn.
+                    while let Ok(b64) = audio.try_recv() {
+                        self.session.append_audio(&b64);
+                    }
+                }
                 _ = shutdown.cancelled() => break "shutdown".into(),
             }
         };
@@ -484,12 +492,12 @@ pub async fn connect(settings: &OpenAiSettings) -> Result<Ws, SessionError> {
 
 /// Small buffers: a call's messages are a few KiB, and a thousand calls must fit in memory;
 /// tungstenite also zero-fills up to `read_buffer_size` before every read, a cost paid per
-/// frame (4 KiB: a 100 ms audio delta, ~1.3 KiB, fits in one read). A zero write buffer sends
-/// each frame at once (latency over batching).
+/// frame (4 KiB: a 100 ms audio delta, ~1.3 KiB, fits in one read). Writes are buffered only
+/// until the flush that ends every turn of the session loop.
 fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(8 * 1024)
         .max_message_size(Some(16 * 1024 * 1024))
 }
 
