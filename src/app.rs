@@ -68,7 +68,6 @@ impl AppState {
         background.spawn(crate::realtime::reaper::run(
             registry.clone(),
             writer.clone(),
-            metrics.clone(),
             shutdown.clone(),
         ));
         background.close();

@@ -31,10 +31,23 @@ pub enum Job {
     Flush(oneshot::Sender<()>),
 }
 
+impl Job {
+    /// The call it writes, and what it does (for logs).
+    fn describe(&self) -> (&str, &'static str) {
+        match self {
+            Job::Insert(n) => (&n.call_sid, "insert call"),
+            Job::Patch(sid, _) => (sid, "update call"),
+            Job::Finish(f) => (&f.call.call_sid, "save finished call"),
+            Job::Flush(_) => ("", "flush"),
+        }
+    }
+}
+
 /// Handle to the writer task.
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Job>,
+    metrics: Arc<Metrics>,
 }
 
 const QUEUE: usize = 4096;
@@ -44,12 +57,13 @@ impl Writer {
     /// Starts the writer task on `tracker`.
     pub fn start(db: DatabaseConnection, metrics: Arc<Metrics>, tracker: &TaskTracker) -> Self {
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
+        let task_metrics = metrics.clone();
         tracker.spawn(async move {
             while let Some(job) = rx.recv().await {
-                execute(&db, &metrics, job).await;
+                execute(&db, &task_metrics, job).await;
             }
         });
-        Self { tx }
+        Self { tx, metrics }
     }
 
     /// Queues a write (waits only if the queue is full).
@@ -62,35 +76,21 @@ impl Writer {
     /// Queues a write, waiting for room at most until `deadline` (the webhook must answer
     /// Twilio in time even when the database is slow); returns false, logs and counts it in
     /// `warmline_store_errors_total` if the write could not be queued.
-    pub async fn submit_by(
-        &self,
-        job: Job,
-        deadline: tokio::time::Instant,
-        metrics: &Metrics,
-    ) -> bool {
+    pub async fn submit_by(&self, job: Job, deadline: tokio::time::Instant) -> bool {
         let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match self.tx.send_timeout(job, wait).await {
-            Ok(()) => true,
-            Err(e) => {
-                metrics.store_errors.inc();
-                let why = match &e {
-                    mpsc::error::SendTimeoutError::Timeout(_) => {
-                        "call-record queue full (database too slow); a write was dropped"
-                    }
-                    mpsc::error::SendTimeoutError::Closed(_) => {
-                        "call-record writer is gone; a write was lost"
-                    }
-                };
-                let sid = match e.into_inner() {
-                    Job::Insert(n) => n.call_sid,
-                    Job::Patch(sid, _) => sid,
-                    Job::Finish(f) => f.call.call_sid,
-                    Job::Flush(_) => String::new(),
-                };
-                tracing::error!(call_sid = %sid, "{why}");
-                false
-            }
-        }
+        let e = match self.tx.send_timeout(job, wait).await {
+            Ok(()) => return true,
+            Err(e) => e,
+        };
+        self.metrics.store_errors.inc();
+        let why = match &e {
+            mpsc::error::SendTimeoutError::Timeout(_) => "queue full (database too slow)",
+            mpsc::error::SendTimeoutError::Closed(_) => "writer is gone",
+        };
+        let job = e.into_inner();
+        let (sid, what) = job.describe();
+        tracing::error!(call_sid = %sid, "call-record {why}: {what} dropped");
+        false
     }
 
     /// Waits (up to `limit`) until every write queued so far is done.
@@ -105,12 +105,8 @@ impl Writer {
 
 /// Runs one job with retries (one step, callable from tests).
 pub async fn execute(db: &DatabaseConnection, metrics: &Metrics, job: Job) {
-    let (what, sid) = match &job {
-        Job::Insert(n) => ("insert call", n.call_sid.clone()),
-        Job::Patch(sid, _) => ("update call", sid.clone()),
-        Job::Finish(f) => ("save finished call", f.call.call_sid.clone()),
-        Job::Flush(_) => ("flush", String::new()),
-    };
+    let (sid, what) = job.describe();
+    let sid = sid.to_string();
     if let Job::Flush(reply) = job {
         let _ = reply.send(());
         return;

@@ -11,17 +11,11 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     app::Registry,
     bridge::writer::{Job, Writer},
-    metrics::Metrics,
     store::calls::CallPatch,
 };
 
 /// Runs until `shutdown`; then closes every remaining warm session.
-pub async fn run(
-    registry: Arc<Registry>,
-    writer: Writer,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) {
+pub async fn run(registry: Arc<Registry>, writer: Writer, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -39,7 +33,7 @@ pub async fn run(
             };
             let by = tokio::time::Instant::now() + Duration::from_millis(500);
             writer
-                .submit_by(Job::Patch(sid.to_string(), patch), by, &metrics)
+                .submit_by(Job::Patch(sid.to_string(), patch), by)
                 .await;
         }
     }

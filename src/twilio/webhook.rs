@@ -198,7 +198,6 @@ async fn answer(
                     started_at: arrived,
                 }),
                 deadline,
-                &state.metrics,
             )
             .await;
         return (
@@ -228,7 +227,6 @@ async fn answer(
                 started_at: arrived,
             }),
             deadline,
-            &state.metrics,
         )
         .await;
     let ctx = CallContext {
@@ -301,7 +299,6 @@ async fn answer(
                 },
             ),
             TokioInstant::now() + Duration::from_millis(5),
-            &state.metrics,
         )
         .await;
     tracing::info!(call_sid = %sid, client_id = client.client.id, outcome, webhook_ms, "voice webhook answered");
