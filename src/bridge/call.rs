@@ -27,7 +27,7 @@ use chrono::{DateTime, Utc};
 use super::outcome::{CallOutcome, CallPath, EndReason, Role, TranscriptLine};
 use crate::{
     domain::{CallSid, StreamSid},
-    realtime::proto::SessionEvent,
+    realtime::proto::{SessionEvent, push_recent},
     twilio::media::{MediaEvent, MediaStream},
 };
 
@@ -488,10 +488,7 @@ impl Call {
                     self.cut_transcript(item_id, share);
                 }
             }
-            self.cancelled.push_back(current.response_id);
-            if self.cancelled.len() > 8 {
-                self.cancelled.pop_front();
-            }
+            push_recent(&mut self.cancelled, current.response_id);
         }
         self.outputs.push_back(Output::BargeIn);
     }
@@ -516,14 +513,14 @@ impl Call {
         } else {
             false
         };
-        self.interrupted.push_back(Cut {
-            item_id,
-            heard_share,
-            written,
-        });
-        if self.interrupted.len() > 8 {
-            self.interrupted.pop_front();
-        }
+        push_recent(
+            &mut self.interrupted,
+            Cut {
+                item_id,
+                heard_share,
+                written,
+            },
+        );
     }
 
     fn cut_of(&mut self, item_id: &str) -> Option<&mut Cut> {

@@ -324,23 +324,7 @@ impl Task {
         let mut sink_usable = true;
         let close_reason: String = loop {
             // Drain the machine.
-            // Everything the machine has queued goes out with one flush (under load, several
-            // caller frames per write).
-            let mut send_failed = None;
-            if self.session.has_transmit() {
-                let batch = async {
-                    while let Some(text) = self.session.poll_transmit() {
-                        sink.feed(Message::text(text)).await?;
-                    }
-                    sink.flush().await
-                };
-                match tokio::time::timeout(SEND_LIMIT, batch).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => send_failed = Some("send to realtime failed"),
-                    Err(_) => send_failed = Some("realtime stopped reading"),
-                }
-            }
-            if let Some(reason) = send_failed {
+            if let Err(reason) = send_queued(&mut self.session, &mut sink).await {
                 sink_usable = false;
                 break reason.into();
             }
@@ -420,14 +404,7 @@ impl Task {
             while let Ok(b64) = audio.try_recv() {
                 self.session.append_audio(&b64);
             }
-            while let Some(text) = self.session.poll_transmit() {
-                if !matches!(
-                    tokio::time::timeout(SEND_LIMIT, sink.send(Message::text(text))).await,
-                    Ok(Ok(()))
-                ) {
-                    break;
-                }
-            }
+            let _ = send_queued(&mut self.session, &mut sink).await;
             let _ = tokio::time::timeout(SEND_LIMIT, sink.send(Message::Close(None))).await;
             let _ = tokio::time::timeout(SEND_LIMIT, sink.close()).await;
         }
@@ -456,6 +433,28 @@ impl Task {
                 false
             }
         });
+    }
+}
+
+/// Sends everything the machine has queued with one flush (under load, several caller frames
+/// per write), within [`SEND_LIMIT`]; the error says why the socket is unusable.
+async fn send_queued(
+    session: &mut Session,
+    sink: &mut futures_util::stream::SplitSink<Ws, Message>,
+) -> Result<(), &'static str> {
+    if !session.has_transmit() {
+        return Ok(());
+    }
+    let batch = async {
+        while let Some(text) = session.poll_transmit() {
+            sink.feed(Message::text(text)).await?;
+        }
+        sink.flush().await
+    };
+    match tokio::time::timeout(SEND_LIMIT, batch).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err("send to realtime failed"),
+        Err(_) => Err("realtime stopped reading"),
     }
 }
 

@@ -100,6 +100,18 @@ pub enum Phase {
 /// `error.code` of a `response.create` refused because a response is in progress.
 const ACTIVE_RESPONSE: &str = "conversation_already_has_active_response";
 
+/// How many recent ids (cancelled responses, interrupted items) a machine remembers: late
+/// events of older ones no longer arrive.
+const RECENT: usize = 8;
+
+/// Appends to a short memory of recent ids, forgetting the oldest beyond [`RECENT`].
+pub(crate) fn push_recent<T>(queue: &mut VecDeque<T>, value: T) {
+    queue.push_back(value);
+    if queue.len() > RECENT {
+        queue.pop_front();
+    }
+}
+
 /// Most non-audio events buffered before a claim.
 const MAX_BUFFERED_EVENTS: usize = 512;
 
@@ -219,10 +231,7 @@ impl Session {
                     // before and after the claim: a greeting cut short, never one with a hole.
                     if self.buffered_bytes + delta.len() > self.buffer_cap {
                         self.dropped_bytes += delta.len();
-                        self.cancelled.push_back(response_id);
-                        if self.cancelled.len() > 8 {
-                            self.cancelled.pop_front();
-                        }
+                        push_recent(&mut self.cancelled, response_id);
                         return Ok(());
                     }
                     self.buffered_bytes += delta.len();
@@ -374,10 +383,7 @@ impl Session {
     /// `response.cancel`; later deltas of the active response are dropped.
     pub fn cancel_response(&mut self) {
         if let Some(id) = self.active_response.take() {
-            self.cancelled.push_back(id);
-            if self.cancelled.len() > 8 {
-                self.cancelled.pop_front();
-            }
+            push_recent(&mut self.cancelled, id);
         }
         self.transmit.push_back(wire::response_cancel());
     }
