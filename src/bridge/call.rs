@@ -450,9 +450,6 @@ impl Call {
         if !self.stream.is_playing(now) {
             return;
         }
-        // How long each item's audio was, before the clear cuts the timeline back.
-        let heard_before = self.stream.heard_ms(now);
-        let heard_len = heard_before.and_then(|(item, _)| self.stream.item_ms(item));
         let heard = self.stream.send_clear(now);
         self.drain_stream_transmits();
         self.outputs
@@ -460,23 +457,17 @@ impl Call {
         if let Some(current) = self.current.take() {
             // The item being heard is cut where the caller is; any item queued behind it (a
             // later response, already generated) was not heard at all and is cut to nothing.
-            if let Some((heard_item, heard_ms)) = heard {
+            if let Some(heard) = heard {
                 let mut cut: Vec<(u64, String)> = self
                     .items
                     .iter()
-                    .filter(|&(_, &n)| n >= heard_item)
+                    .filter(|&(_, &n)| n >= heard.item)
                     .map(|(id, &n)| (n, id.clone()))
                     .collect();
                 cut.sort_unstable();
                 for (n, item_id) in cut {
-                    let (end_ms, share) = if n == heard_item {
-                        let len = heard_len.unwrap_or(0.0);
-                        let share = if len > 0.0 {
-                            heard_ms as f64 / len
-                        } else {
-                            1.0
-                        };
-                        (heard_ms, share)
+                    let (end_ms, share) = if n == heard.item {
+                        (heard.ms, heard.share())
                     } else {
                         (0, 0.0)
                     };

@@ -121,6 +121,28 @@ impl ItemSpan {
     }
 }
 
+/// What the caller had heard when a `clear` cut playback (see [`MediaStream::send_clear`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Heard {
+    /// The item playing.
+    pub item: u64,
+    /// ms into that item's audio (the `audio_end_ms` of its truncate).
+    pub ms: u64,
+    /// ms of that item's audio generated so far (so `ms / item_ms` is the share heard).
+    pub item_ms: f64,
+}
+
+impl Heard {
+    /// The share of the item's audio (so far) that was heard, 0 to 1.
+    pub fn share(&self) -> f64 {
+        if self.item_ms > 0.0 {
+            (self.ms as f64 / self.item_ms).min(1.0)
+        } else {
+            1.0
+        }
+    }
+}
+
 /// One Twilio media stream.
 #[derive(Debug, Default)]
 pub struct MediaStream {
@@ -282,8 +304,17 @@ impl MediaStream {
         {
             owner.skipped.push((gone.start_ms, len));
         }
-        for span in self.items.iter_mut().filter(|s| s.start_ms > gone.start_ms) {
-            span.start_ms -= len;
+        for span in self.items.iter_mut() {
+            if span.start_ms > gone.start_ms {
+                span.start_ms -= len;
+            }
+            for (at, _) in span
+                .skipped
+                .iter_mut()
+                .filter(|(at, _)| *at > gone.start_ms)
+            {
+                *at -= len;
+            }
         }
         self.sent_ms -= len;
         true
@@ -316,7 +347,7 @@ impl MediaStream {
     }
 
     /// How much audio of `item` has been sent (ms), if it is among the recent items.
-    pub fn item_ms(&self, item: u64) -> Option<f64> {
+    fn item_ms(&self, item: u64) -> Option<f64> {
         let i = self.items.iter().position(|s| s.item == item)?;
         let end = self
             .items
@@ -326,10 +357,15 @@ impl MediaStream {
     }
 
     /// Sends `clear`: Twilio drops buffered audio and echoes pending marks at once; the
-    /// timeline is cut back to what was heard. Returns what was heard of the playing item.
-    pub fn send_clear(&mut self, now: Instant) -> Option<(u64, u64)> {
+    /// timeline is cut back to what was heard. Returns what was heard of the playing item
+    /// (its length measured before the cut).
+    pub fn send_clear(&mut self, now: Instant) -> Option<Heard> {
         let sid = self.stream_sid.as_ref()?;
-        let heard = self.heard_ms(now);
+        let heard = self.heard_ms(now).map(|(item, ms)| Heard {
+            item,
+            ms,
+            item_ms: self.item_ms(item).unwrap_or(0.0),
+        });
         let pos = self.heard_timeline_ms(now);
         self.transmit.push_back(wire::clear_json(sid.as_str()));
         self.cleared.extend(self.pending.drain(..).map(|m| m.seq));
@@ -559,7 +595,14 @@ mod tests {
         transmits(&mut m);
         echo(&mut m, t0 + ms(100), 1);
         let heard = m.send_clear(t0 + ms(137));
-        assert_eq!(heard, Some((7, 137)));
+        assert_eq!(
+            heard,
+            Some(Heard {
+                item: 7,
+                ms: 137,
+                item_ms: 500.0
+            })
+        );
         let out = transmits(&mut m);
         assert_eq!(
             out,
