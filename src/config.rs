@@ -326,15 +326,8 @@ impl Settings {
                 message: message.to_string(),
             })
         };
-        if !matches!(self.public_url.scheme(), "http" | "https") || self.public_url.host().is_none()
-        {
-            return invalid(
-                "public_url",
-                "must be an http:// or https:// URL with a host",
-            );
-        }
-        if self.public_url.query().is_some() || self.public_url.fragment().is_some() {
-            return invalid("public_url", "must not have a query string or fragment");
+        if let Err(why) = check_base_url(&self.public_url) {
+            return invalid("public_url", why);
         }
         let db = self.database.url.expose();
         if !(db.starts_with("sqlite:")
@@ -359,20 +352,11 @@ impl Settings {
             );
         }
         if !self.twilio.webhook_base_url.is_empty() {
-            match Url::parse(&self.twilio.webhook_base_url) {
-                Ok(u)
-                    if matches!(u.scheme(), "http" | "https")
-                        && u.host().is_some()
-                        && u.username().is_empty()
-                        && u.password().is_none()
-                        && u.query().is_none()
-                        && u.fragment().is_none() => {}
-                _ => {
-                    return invalid(
-                        "twilio.webhook_base_url",
-                        "must be empty or an http(s) URL without credentials, query or fragment",
-                    );
-                }
+            let checked = Url::parse(&self.twilio.webhook_base_url)
+                .map_err(|_| "must be empty or an http:// or https:// URL")
+                .and_then(|u| check_base_url(&u));
+            if let Err(why) = checked {
+                return invalid("twilio.webhook_base_url", why);
             }
         }
         if self.twilio.stream_token_ttl_secs == 0 {
@@ -538,6 +522,21 @@ fn env_provider(env: impl IntoIterator<Item = (String, String)>) -> Figment {
     fig
 }
 
+/// The rules for a base URL Twilio is given (`public_url`, `twilio.webhook_base_url`): http(s)
+/// with a host, and nothing a signature or a log would trip over.
+fn check_base_url(u: &Url) -> Result<(), &'static str> {
+    if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
+        return Err("must be an http:// or https:// URL with a host");
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Err("must not have a query string or fragment");
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err("must not carry credentials");
+    }
+    Ok(())
+}
+
 /// Longest call accepted in `call.max_duration_secs` (a day; Realtime sessions last an hour).
 const MAX_CALL_SECS: u64 = 86_400;
 
@@ -700,6 +699,34 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("call.max_duration_secs"), "{err}");
+    }
+
+    #[test]
+    fn every_text_setting_is_read_from_the_environment_as_text() {
+        // Walk the built-in defaults: every string-valued key must be in TEXT_KEYS, or a
+        // numeric-looking value for it (a token) would be parsed as a number.
+        fn walk(v: &figment::value::Value, key: &str, out: &mut Vec<String>) {
+            match v {
+                figment::value::Value::Dict(_, d) => {
+                    for (k, v) in d {
+                        walk(v, k, out);
+                    }
+                }
+                figment::value::Value::String(..) => out.push(key.to_string()),
+                _ => {}
+            }
+        }
+        let defaults: figment::value::Value =
+            Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
+        let mut text = Vec::new();
+        walk(&defaults, "", &mut text);
+        assert!(text.len() > 10, "{text:?}");
+        for key in text {
+            assert!(
+                TEXT_KEYS.contains(&key.as_str()),
+                "{key} missing from TEXT_KEYS"
+            );
+        }
     }
 
     #[test]
