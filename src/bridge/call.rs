@@ -607,6 +607,16 @@ mod tests {
         std::iter::from_fn(|| call.poll_output()).collect()
     }
 
+    /// The caller starts speaking at `at`.
+    fn speech_started(call: &mut Call, at: Instant) {
+        call.handle_realtime(
+            at,
+            SessionEvent::SpeechStarted {
+                audio_start_ms: 900,
+            },
+        );
+    }
+
     /// The outcome among the call's pending outputs (it must have ended).
     fn ended(call: &mut Call) -> Box<CallOutcome> {
         drain(call)
@@ -694,12 +704,7 @@ mod tests {
         let t0 = Instant::now();
         let (mut call, _) = live(t0, 5);
         drain(&mut call);
-        call.handle_realtime(
-            t0 + ms(150),
-            SessionEvent::SpeechStarted {
-                audio_start_ms: 900,
-            },
-        );
+        speech_started(&mut call, t0 + ms(150));
         let out = drain(&mut call);
         assert_eq!(twilio_events(&out), ["clear"]);
         assert_eq!(
@@ -814,12 +819,7 @@ mod tests {
             },
         );
         drain(&mut call);
-        call.handle_realtime(
-            t0 + ms(150),
-            SessionEvent::SpeechStarted {
-                audio_start_ms: 900,
-            },
-        );
+        speech_started(&mut call, t0 + ms(150));
         assert_eq!(
             realtime(&drain(&mut call)),
             [
@@ -855,12 +855,7 @@ mod tests {
         );
         // Only 200 ms reached Twilio: at 250 ms it has all played, so speech is no barge-in
         // (had the dropped frame counted, 50 ms would still seem to be playing).
-        call.handle_realtime(
-            t0 + ms(250),
-            SessionEvent::SpeechStarted {
-                audio_start_ms: 900,
-            },
-        );
+        speech_started(&mut call, t0 + ms(250));
         assert!(
             realtime(&drain(&mut call)).is_empty(),
             "at 250 ms the 200 ms that were sent have played: nothing to interrupt"
@@ -879,12 +874,7 @@ mod tests {
                 text: "Thanks for calling, we ".into(),
             },
         );
-        call.handle_realtime(
-            t0 + ms(150),
-            SessionEvent::SpeechStarted {
-                audio_start_ms: 900,
-            },
-        );
+        speech_started(&mut call, t0 + ms(150));
         call.handle_realtime(
             t0 + ms(900),
             SessionEvent::CallerTranscript {
@@ -927,12 +917,7 @@ mod tests {
     fn an_item_interrupted_before_any_transcript_is_written_cut_when_it_completes() {
         let t0 = Instant::now();
         let (mut call, _) = live(t0, 5);
-        call.handle_realtime(
-            t0 + ms(150),
-            SessionEvent::SpeechStarted {
-                audio_start_ms: 900,
-            },
-        );
+        speech_started(&mut call, t0 + ms(150));
         call.handle_realtime(
             t0 + ms(300),
             SessionEvent::AgentTranscript {
@@ -974,12 +959,7 @@ mod tests {
                 text: "never heard".into(),
             },
         );
-        call.handle_realtime(
-            t0 + ms(250),
-            SessionEvent::SpeechStarted {
-                audio_start_ms: 900,
-            },
-        );
+        speech_started(&mut call, t0 + ms(250));
         call.handle_twilio_closed(t0 + ms(1000));
         let ended = ended(&mut call);
         let texts: Vec<_> = ended.transcript.iter().map(|l| l.text.as_str()).collect();

@@ -421,6 +421,15 @@ mod tests {
         Session::new("UPDATE".into(), Some("GREET".into()), 16)
     }
 
+    /// An open session taken by a call, its setup frames already sent.
+    fn claimed() -> Session {
+        let mut s = session();
+        s.handle_open();
+        s.claim();
+        while s.poll_transmit().is_some() {}
+        s
+    }
+
     fn delta(resp: &str, payload: &str) -> String {
         format!(
             r#"{{"type":"response.output_audio.delta","response_id":"{resp}","item_id":"item_1","delta":"{payload}"}}"#
@@ -509,10 +518,7 @@ mod tests {
 
     #[test]
     fn a_response_create_waits_for_the_open_response_to_be_done() {
-        let mut s = session();
-        s.handle_open();
-        s.claim();
-        while s.poll_transmit().is_some() {}
+        let mut s = claimed();
         s.handle_text(r#"{"type":"response.created","response":{"id":"r1"}}"#)
             .unwrap();
         s.send_user_text("The caller pressed 1.");
@@ -535,10 +541,7 @@ mod tests {
 
     #[test]
     fn a_held_response_create_is_dropped_when_the_caller_interrupts() {
-        let mut s = session();
-        s.handle_open();
-        s.claim();
-        while s.poll_transmit().is_some() {}
+        let mut s = claimed();
         s.handle_text(r#"{"type":"response.created","response":{"id":"r1"}}"#)
             .unwrap();
         s.send_user_text("The caller pressed 1.");
@@ -552,10 +555,7 @@ mod tests {
 
     #[test]
     fn a_refused_response_create_is_asked_again_after_the_response_in_progress() {
-        let mut s = session();
-        s.handle_open();
-        s.claim();
-        while s.poll_transmit().is_some() {}
+        let mut s = claimed();
         s.handle_text(r#"{"type":"error","error":{"type":"invalid_request_error","code":"conversation_already_has_active_response","message":"m"}}"#).unwrap();
         assert!(s.poll_transmit().is_none());
         s.handle_text(r#"{"type":"response.done","response":{"id":"r9","status":"completed"}}"#)
