@@ -402,15 +402,7 @@ impl Conn {
     }
 
     async fn error(&self, kind: &str, code: Option<&str>, message: &str) {
-        if let Some(c) = self
-            .shared
-            .connections
-            .lock()
-            .expect("connections lock")
-            .get_mut(self.index)
-        {
-            c.errors_sent.push(code.unwrap_or(kind).to_string());
-        }
+        self.log(|c| c.errors_sent.push(code.unwrap_or(kind).to_string()));
         self.send(
             json!({"type": "error", "event_id": self.id("event"), "error": {
             "type": kind, "code": code, "message": message, "param": null, "event_id": null}}),
@@ -422,6 +414,18 @@ impl Conn {
         if kind == "input_audio_buffer.append" && !self.config.borrow().record_audio {
             return;
         }
+        self.log(|c| {
+            c.events.push(Received {
+                kind: kind.to_string(),
+                raw: raw.to_string(),
+                at: Instant::now(),
+            })
+        });
+        self.shared.changed.notify_waiters();
+    }
+
+    /// Updates this connection's log.
+    fn log(&self, f: impl FnOnce(&mut ConnectionLog)) {
         if let Some(c) = self
             .shared
             .connections
@@ -429,13 +433,8 @@ impl Conn {
             .expect("fake realtime log lock")
             .get_mut(self.index)
         {
-            c.events.push(Received {
-                kind: kind.to_string(),
-                raw: raw.to_string(),
-                at: Instant::now(),
-            });
+            f(c);
         }
-        self.shared.changed.notify_waiters();
     }
 
     async fn run(mut self, ws: tokio_tungstenite::WebSocketStream<TcpStream>) {
@@ -444,18 +443,14 @@ impl Conn {
         let writer = tokio::spawn(async move {
             // What is queued goes out with one flush (events come in bursts).
             while let Some(first) = out_rx.recv().await {
-                let mut batch = vec![first];
-                while let Ok(m) = out_rx.try_recv() {
-                    batch.push(m);
-                }
-                let mut sent = true;
-                for m in batch {
-                    if sink.feed(m).await.is_err() {
-                        sent = false;
-                        break;
+                let batch = async {
+                    sink.feed(first).await?;
+                    while let Ok(m) = out_rx.try_recv() {
+                        sink.feed(m).await?;
                     }
-                }
-                if !sent || sink.flush().await.is_err() {
+                    sink.flush().await
+                };
+                if batch.await.is_err() {
                     break;
                 }
             }
