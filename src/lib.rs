@@ -4,6 +4,9 @@
 //! # Layout
 //! - [`domain`]: ID newtypes (`CallSid`, `StreamSid`) and validated values (`E164`, `Voice`).
 //! - [`json`]: a JSON string borrowed from its frame (audio payloads on the hot path).
+//! - [`engine`]: the voice-engine seam: the commands a call sends its model session and the
+//!   events it gets back, whatever the engine's protocol.
+//! - [`ws`]: the one WebSocket configuration of both legs.
 //! - [`hours`]: business hours (weekly schedule in the client's timezone).
 //! - [`config`]: typed settings (built-in defaults < `--config` file < `WARMLINE_*` env), validation, redaction.
 //! - [`app`]: `AppState`, the router merging every area, serving and graceful shutdown.
@@ -26,6 +29,7 @@ pub mod bridge;
 pub mod config;
 pub mod demo;
 pub mod domain;
+pub mod engine;
 pub mod hours;
 pub mod json;
 pub mod loadgen;
@@ -35,3 +39,4 @@ pub mod realtime;
 pub mod store;
 pub mod telemetry;
 pub mod twilio;
+pub mod ws;

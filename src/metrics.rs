@@ -200,6 +200,12 @@ impl Metrics {
             .get_or_create_owned(&DirectionLabel { direction })
     }
 
+    /// TEMPORARY (replaced by the registered `warmline_relay_delay_seconds` family): an
+    /// unregistered histogram handle.
+    pub fn relay_delay(&self, _direction: &'static str) -> Histogram {
+        histogram()
+    }
+
     /// Records a webhook duration.
     pub fn observe_webhook(&self, outcome: &'static str, seconds: f64) {
         self.webhook_duration

@@ -1,20 +1,30 @@
-//! `Call`: the sans-IO machine joining one Twilio media stream to one Realtime session
-//! (protocols.md §8 event mapping, §9 barge-in). It owns the Twilio-side machine
-//! ([`MediaStream`]) because both live in the stream task; the Realtime side lives in its
-//! session task, so the call talks to it through [`RealtimeCommand`]s.
+//! `Call`: the sans-IO machine joining one Twilio media stream to one voice-engine session
+//! (protocols.md §8 event mapping, §9 barge-in; docs/architecture.md, "The call machine").
+//! It owns the Twilio-side machine ([`MediaStream`]); the engine's machine sits beside it in
+//! the same task, and the call speaks to it in [`Command`]s and hears from it in [`Event`]s.
 //!
 //! Contract with the loop around it (the single-mutation rule, as in str0m):
-//! 1. Drain [`Call::poll_output`] until `None`, dispatching each output.
-//! 2. Wait for exactly one input (a Twilio text frame, a Realtime event, the timeout from
-//!    [`Call::poll_timeout`], a socket closing, shutdown) and feed it with the matching `handle_*`.
+//! 1. Drain [`Call::poll_output`] until `None`, dispatching each output. Dispatching never
+//!    feeds an input back into the call, with one exception that is part of the output's
+//!    meaning: a [`Transmit::Media`] the loop could not queue is reported at once with
+//!    [`Call::handle_media_dropped`] (so its mark, still queued behind it, is withdrawn).
+//! 2. Wait for exactly one input (a Twilio text frame, an engine event, the session attached
+//!    or refused, the timeout from [`Call::poll_timeout`], a socket closing, shutdown), read
+//!    the clock once, and feed it with the matching `handle_*`.
 //! 3. Repeat until [`Output::Ended`] has been drained.
 //!
+//! Time: every `handle_*` takes the turn's `now`; wall-clock times (transcript lines, the
+//! call's start and end) are derived from it and the anchor given to [`Call::new`], so the
+//! machine never reads a clock.
+//!
 //! Rules kept here, not in the loop:
-//! - Greeting audio buffered while ringing is flushed the moment the session is attached, which
-//!   the loop does right after `start` (so it reaches Twilio before anything goes to Realtime).
+//! - Greeting audio buffered while ringing is flushed the moment the session is attached (it
+//!   reaches Twilio before anything goes to the engine).
 //! - Barge-in: when the caller starts speaking while agent audio is still buffered at Twilio,
-//!   send `clear`, `response.cancel`, and `conversation.item.truncate` with what the caller
-//!   actually heard (from echoed marks); later deltas of the cancelled response are dropped.
+//!   send `clear`, cancel the response, and truncate the item to what the caller actually
+//!   heard (from echoed marks); later deltas of the cancelled response are dropped.
+//! - Which outputs may be dropped under backpressure ([`Output::is_droppable`]): agent audio
+//!   to Twilio and caller audio to the engine; never a control message.
 //! - The call ends exactly once; after that every input is ignored.
 
 use std::{
@@ -27,48 +37,29 @@ use chrono::{DateTime, Utc};
 use super::outcome::{CallOutcome, CallPath, EndReason, Role, TranscriptLine};
 use crate::{
     domain::{CallSid, StreamSid},
-    realtime::proto::{SessionEvent, push_recent},
-    twilio::media::{MediaEvent, MediaStream},
+    engine::{Command, Event},
+    realtime::proto::push_recent,
+    twilio::media::{MediaEvent, MediaStream, Transmit},
 };
 
 /// A chunk of agent audio (base64 μ-law), as buffered during ringing or relayed live.
 #[derive(Debug, Clone)]
-pub struct AgentAudio {
-    /// Realtime response id.
-    pub response_id: String,
-    /// Realtime assistant item id (for truncate).
-    pub item_id: String,
+struct AgentAudio {
+    /// Engine response id.
+    response_id: String,
+    /// Engine agent item id (for truncate).
+    item_id: String,
     /// Base64 μ-law, passed through untouched.
-    pub payload: String,
-}
-
-/// What the call asks of its Realtime session task.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RealtimeCommand {
-    /// `input_audio_buffer.append` with caller audio (base64 μ-law).
-    Append(String),
-    /// `response.cancel`.
-    Cancel,
-    /// `conversation.item.truncate`.
-    Truncate {
-        /// Assistant item id.
-        item_id: String,
-        /// What the caller heard of it.
-        audio_end_ms: u64,
-    },
-    /// A user text item (e.g. a DTMF key) and a `response.create`.
-    UserText(String),
-    /// Close the session.
-    Close,
+    payload: String,
 }
 
 /// Output of the machine, drained by the loop.
 #[derive(Debug)]
 pub enum Output {
-    /// JSON text for the Twilio socket.
-    Twilio(String),
-    /// A command for the Realtime session.
-    Realtime(RealtimeCommand),
+    /// A message for the Twilio socket.
+    Twilio(Transmit),
+    /// A command for the engine session.
+    Engine(Command),
     /// `start` arrived: verify the token, claim (or open) the session and call
     /// [`Call::handle_session_attached`], or [`Call::handle_session_refused`].
     Start {
@@ -94,6 +85,19 @@ pub enum Output {
     Log(String),
     /// The call is over; close both sockets and save this.
     Ended(Box<CallOutcome>),
+}
+
+impl Output {
+    /// Whether the loop may drop this output when its socket is backed up: agent audio to
+    /// Twilio (report it with [`Call::handle_media_dropped`]) and caller audio to the engine.
+    /// Everything else is control and is never dropped.
+    pub fn is_droppable(&self) -> bool {
+        match self {
+            Self::Twilio(t) => matches!(t, Transmit::Media { .. }),
+            Self::Engine(c) => c.is_droppable(),
+            _ => false,
+        }
+    }
 }
 
 /// Why an input could not be applied (the loop ends the call with it).
@@ -150,8 +154,11 @@ pub struct Call {
     phase: Phase,
     path: Option<CallPath>,
     call_sid: Option<CallSid>,
-    /// When `start` arrived (wall and monotonic).
-    started: Option<(Instant, DateTime<Utc>)>,
+    /// The clock anchor: an instant and the wall-clock time at that instant (wall-clock
+    /// times are derived from the turn's `now` and this, never read).
+    anchor: (Instant, DateTime<Utc>),
+    /// When `start` arrived.
+    started: Option<Instant>,
     first_audio_sent: bool,
     /// Set on `speech_stopped`; cleared when the next agent audio is relayed.
     speech_stopped_at: Option<Instant>,
@@ -179,12 +186,23 @@ pub struct Call {
     max_duration: Duration,
     outputs: VecDeque<Output>,
     frames_dropped: u64,
+    /// Caller audio that arrived between `start` and the attach (a cold session connecting, a
+    /// warm one still being handed over), sent right after the greeting: the caller's first
+    /// words are not lost. Bounded by [`HELD_AUDIO_BYTES`]; beyond it the oldest go.
+    held: VecDeque<String>,
+    held_bytes: usize,
 }
 
+/// Most caller audio held before the attach (μ-law bytes: 5 s, the default connect limit).
+const HELD_AUDIO_BYTES: usize = 40_000;
+
 impl Call {
-    /// A call waiting for Twilio's `connected`/`start`; it ends itself after `max_duration`.
-    pub fn new(max_duration: Duration) -> Self {
+    /// A call waiting for Twilio's `connected`/`start`; it ends itself after `max_duration`
+    /// from `start`. `now` and `wall` are the same moment on the two clocks (the loop reads
+    /// both once, when the socket opens).
+    pub fn new(max_duration: Duration, now: Instant, wall: DateTime<Utc>) -> Self {
         Self {
+            anchor: (now, wall),
             stream: MediaStream::new(),
             phase: Phase::AwaitingStart,
             path: None,
@@ -205,6 +223,8 @@ impl Call {
             max_duration,
             outputs: VecDeque::new(),
             frames_dropped: 0,
+            held: VecDeque::new(),
+            held_bytes: 0,
         }
     }
 
@@ -246,20 +266,22 @@ impl Call {
         Ok(())
     }
 
-    /// The loop attached a session after `start`: flush the greeting buffered while ringing.
-    pub fn handle_session_attached(
-        &mut self,
-        now: Instant,
-        path: CallPath,
-        greeting: Vec<AgentAudio>,
-    ) {
+    /// The loop attached a session after `start`, with the events it buffered before the
+    /// claim (the greeting generated while ringing first): they are applied in order, so the
+    /// greeting is flushed to Twilio before anything else happens.
+    pub fn handle_session_attached(&mut self, now: Instant, path: CallPath, buffered: Vec<Event>) {
         if self.phase != Phase::AwaitingSession {
             return;
         }
         self.phase = Phase::Live;
         self.path = Some(path);
-        for chunk in greeting {
-            self.relay_agent_audio(now, chunk);
+        for event in buffered {
+            self.handle_realtime(now, event);
+        }
+        self.held_bytes = 0;
+        for payload in std::mem::take(&mut self.held) {
+            self.outputs
+                .push_back(Output::Engine(Command::Append(payload)));
         }
     }
 
@@ -268,13 +290,13 @@ impl Call {
         self.end(now, reason);
     }
 
-    /// An event from the Realtime session task.
-    pub fn handle_realtime(&mut self, now: Instant, event: SessionEvent) {
+    /// An event from the engine session.
+    pub fn handle_realtime(&mut self, now: Instant, event: Event) {
         if self.phase != Phase::Live {
             return;
         }
         match event {
-            SessionEvent::AudioDelta {
+            Event::AudioDelta {
                 response_id,
                 item_id,
                 payload,
@@ -287,10 +309,10 @@ impl Call {
                     payload,
                 },
             ),
-            SessionEvent::SpeechStarted { .. } => self.on_speech_started(now),
-            SessionEvent::SpeechStopped { .. } => self.speech_stopped_at = Some(now),
-            SessionEvent::CallerTranscript { text, .. } => self.push_line(Role::Caller, text),
-            SessionEvent::AgentTranscriptDelta { item_id, text } => {
+            Event::SpeechStarted { .. } => self.on_speech_started(now),
+            Event::SpeechStopped { .. } => self.speech_stopped_at = Some(now),
+            Event::CallerTranscript { text, .. } => self.push_line(now, Role::Caller, text),
+            Event::AgentTranscriptDelta { item_id, text } => {
                 if self.cut_of(&item_id).is_some_and(|c| c.written) {
                     return;
                 }
@@ -299,7 +321,7 @@ impl Call {
                     None => self.partial.push((item_id, text)),
                 }
             }
-            SessionEvent::AgentTranscript { item_id, text } => {
+            Event::AgentTranscript { item_id, text } => {
                 self.partial.retain(|(id, _)| *id != item_id);
                 let text = match self.cut_of(&item_id) {
                     // Already written, cut, where the caller interrupted.
@@ -311,9 +333,9 @@ impl Call {
                     }
                     None => text,
                 };
-                self.push_agent_line(item_id, text);
+                self.push_agent_line(now, item_id, text);
             }
-            SessionEvent::Error {
+            Event::Error {
                 code,
                 message,
                 fatal,
@@ -351,18 +373,16 @@ impl Call {
         }
     }
 
-    /// The loop dropped the media frame it just took (Twilio's writer queue was full): it and
+    /// The loop dropped the media frame `seq` it just took (Twilio's leg is backed up): it and
     /// the mark queued right behind it never reach Twilio, so the playback timeline forgets
     /// them (the heard position must not count audio the caller never got).
-    pub fn handle_media_dropped(&mut self) {
+    pub fn handle_media_dropped(&mut self, seq: u64) {
         self.frames_dropped += 1;
-        // Every media frame is followed by its mark, so the first mark still queued is this
-        // frame's.
-        let mark = self.outputs.iter().enumerate().find_map(|(i, o)| match o {
-            Output::Twilio(t) => MediaStream::mark_seq(t).map(|seq| (i, seq)),
-            _ => None,
-        });
-        if let Some((i, seq)) = mark
+        let mark = self
+            .outputs
+            .iter()
+            .position(|o| matches!(o, Output::Twilio(Transmit::Mark { seq: s }) if *s == seq));
+        if let Some(i) = mark
             && self.stream.retract_media(seq)
         {
             self.outputs.remove(i);
@@ -378,7 +398,7 @@ impl Call {
                 ..
             } => {
                 self.phase = Phase::AwaitingSession;
-                self.started = Some((now, Utc::now()));
+                self.started = Some(now);
                 self.deadline = Some(now + self.max_duration);
                 self.call_sid = Some(call_sid.clone());
                 self.outputs.push_back(Output::Start {
@@ -387,17 +407,27 @@ impl Call {
                     custom_parameters,
                 });
             }
-            // Caller audio before the session is attached is dropped: there is nowhere to send
-            // it, and it is at most one claim's worth (microseconds on the warm path).
             MediaEvent::Media { payload, .. } if self.phase == Phase::Live => {
                 self.outputs
-                    .push_back(Output::Realtime(RealtimeCommand::Append(payload)));
+                    .push_back(Output::Engine(Command::Append(payload)));
+            }
+            // Before the attach there is nowhere to send it yet: held, bounded, oldest out.
+            MediaEvent::Media { payload, bytes, .. } if self.phase == Phase::AwaitingSession => {
+                self.held.push_back(payload);
+                self.held_bytes += bytes;
+                while self.held_bytes > HELD_AUDIO_BYTES {
+                    let Some(old) = self.held.pop_front() else {
+                        break;
+                    };
+                    let len = crate::twilio::wire::base64_len(&old).unwrap_or(0);
+                    self.held_bytes = self.held_bytes.saturating_sub(len);
+                }
             }
             MediaEvent::Dtmf { digit } => {
-                self.push_line(Role::System, format!("caller pressed {digit}"));
+                self.push_line(now, Role::System, format!("caller pressed {digit}"));
                 if self.phase == Phase::Live {
                     self.outputs
-                        .push_back(Output::Realtime(RealtimeCommand::UserText(format!(
+                        .push_back(Output::Engine(Command::UserText(format!(
                             "(The caller pressed {digit} on the phone keypad.)"
                         ))));
                 }
@@ -422,14 +452,14 @@ impl Call {
                 self.next_item
             }
         };
-        self.stream.send_media(now, item, &chunk.payload);
+        self.stream.send_media(now, item, chunk.payload);
         self.drain_stream_transmits();
         self.current = Some(Current {
             response_id: chunk.response_id,
         });
         if !self.first_audio_sent {
             self.first_audio_sent = true;
-            if let (Some((start, _)), Some(path)) = (self.started, self.path) {
+            if let (Some(start), Some(path)) = (self.started, self.path) {
                 let elapsed = now.saturating_duration_since(start);
                 self.time_to_first_audio = Some(elapsed);
                 self.outputs.push_back(Output::FirstAudio { path, elapsed });
@@ -452,8 +482,7 @@ impl Call {
         }
         let heard = self.stream.send_clear(now);
         self.drain_stream_transmits();
-        self.outputs
-            .push_back(Output::Realtime(RealtimeCommand::Cancel));
+        self.outputs.push_back(Output::Engine(Command::Cancel));
         if let Some(current) = self.current.take() {
             // The item being heard is cut where the caller is; any item queued behind it (a
             // later response, already generated) was not heard at all and is cut to nothing.
@@ -471,12 +500,11 @@ impl Call {
                     } else {
                         (0, 0.0)
                     };
-                    self.outputs
-                        .push_back(Output::Realtime(RealtimeCommand::Truncate {
-                            item_id: item_id.clone(),
-                            audio_end_ms: end_ms,
-                        }));
-                    self.cut_transcript(item_id, share);
+                    self.outputs.push_back(Output::Engine(Command::Truncate {
+                        item_id: item_id.clone(),
+                        audio_end_ms: end_ms,
+                    }));
+                    self.cut_transcript(now, item_id, share);
                 }
             }
             push_recent(&mut self.cancelled, current.response_id);
@@ -488,7 +516,7 @@ impl Call {
     /// proportion to the audio heard), written before the words that interrupted it. A line
     /// already written is cut in place; a partial one is cut and written now; an item with
     /// no text yet is cut when its `.done` arrives.
-    fn cut_transcript(&mut self, item_id: String, heard_share: f64) {
+    fn cut_transcript(&mut self, now: Instant, item_id: String, heard_share: f64) {
         if self.cut_of(&item_id).is_some() {
             return; // cut once, at the first interruption that reached it
         }
@@ -499,7 +527,7 @@ impl Call {
             true
         } else if let Some(i) = self.partial.iter().position(|(id, _)| *id == item_id) {
             let (_, text) = self.partial.remove(i);
-            self.push_agent_line(item_id.clone(), cut_text(&text, heard_share));
+            self.push_agent_line(now, item_id.clone(), cut_text(&text, heard_share));
             true
         } else {
             false
@@ -518,23 +546,31 @@ impl Call {
         self.interrupted.iter_mut().find(|c| c.item_id == item_id)
     }
 
-    fn push_agent_line(&mut self, item_id: String, text: String) {
+    fn push_agent_line(&mut self, now: Instant, item_id: String, text: String) {
         if text.trim().is_empty() {
             return;
         }
         self.agent_lines.insert(item_id, self.transcript.len());
-        self.push_line(Role::Agent, text);
+        self.push_line(now, Role::Agent, text);
     }
 
-    fn push_line(&mut self, role: Role, text: String) {
+    fn push_line(&mut self, now: Instant, role: Role, text: String) {
         if text.trim().is_empty() {
             return;
         }
         self.transcript.push(TranscriptLine {
             role,
             text,
-            at: Utc::now(),
+            at: self.wall(now),
         });
+    }
+
+    /// The wall-clock time at `now` (from the anchor; never read from the system clock).
+    fn wall(&self, now: Instant) -> DateTime<Utc> {
+        let (at, wall) = self.anchor;
+        let delta = chrono::TimeDelta::from_std(now.saturating_duration_since(at))
+            .unwrap_or(chrono::TimeDelta::MAX);
+        wall.checked_add_signed(delta).unwrap_or(wall)
     }
 
     fn drain_stream_transmits(&mut self) {
@@ -543,7 +579,7 @@ impl Call {
         }
     }
 
-    fn end(&mut self, _now: Instant, reason: EndReason) {
+    fn end(&mut self, now: Instant, reason: EndReason) {
         if self.phase == Phase::Ended {
             return;
         }
@@ -560,14 +596,13 @@ impl Call {
             } else {
                 format!("{} …", text.trim_end())
             };
-            self.push_line(Role::Agent, text);
+            self.push_line(now, Role::Agent, text);
         }
         self.transcript.retain(|l| !l.text.trim().is_empty());
         self.drain_stream_transmits();
-        self.outputs
-            .push_back(Output::Realtime(RealtimeCommand::Close));
-        let now_wall = Utc::now();
-        let started_at = self.started.map(|(_, w)| w).unwrap_or(now_wall);
+        self.outputs.push_back(Output::Engine(Command::Close));
+        let now_wall = self.wall(now);
+        let started_at = self.started.map_or(now_wall, |t| self.wall(t));
         self.outputs.push_back(Output::Ended(Box::new(CallOutcome {
             end_reason: reason,
             path: self.path,
@@ -593,9 +628,9 @@ mod tests {
         base64::engine::general_purpose::STANDARD.encode([0xFFu8; 800])
     }
 
-    fn greeting(n: usize) -> Vec<AgentAudio> {
+    fn greeting(n: usize) -> Vec<Event> {
         (0..n)
-            .map(|_| AgentAudio {
+            .map(|_| Event::AudioDelta {
                 response_id: "resp_1".into(),
                 item_id: "item_1".into(),
                 payload: chunk(),
@@ -611,7 +646,7 @@ mod tests {
     fn speech_started(call: &mut Call, at: Instant) {
         call.handle_realtime(
             at,
-            SessionEvent::SpeechStarted {
+            Event::SpeechStarted {
                 audio_start_ms: 900,
             },
         );
@@ -631,17 +666,16 @@ mod tests {
     fn twilio_events(out: &[Output]) -> Vec<String> {
         out.iter()
             .filter_map(|o| match o {
-                Output::Twilio(t) => serde_json::from_str::<serde_json::Value>(t).ok(),
+                Output::Twilio(t) => Some(t.event().to_string()),
                 _ => None,
             })
-            .map(|v| v["event"].as_str().unwrap_or_default().to_string())
             .collect()
     }
 
-    fn realtime(out: &[Output]) -> Vec<RealtimeCommand> {
+    fn realtime(out: &[Output]) -> Vec<Command> {
         out.iter()
             .filter_map(|o| match o {
-                Output::Realtime(c) => Some(c.clone()),
+                Output::Engine(c) => Some(c.clone()),
                 _ => None,
             })
             .collect()
@@ -653,7 +687,7 @@ mod tests {
 
     /// A live call whose greeting (n × 100 ms) was flushed at t0.
     fn live(t0: Instant, n: usize) -> (Call, Vec<Output>) {
-        let mut call = Call::new(Duration::from_secs(60));
+        let mut call = Call::new(Duration::from_secs(60), t0, Utc::now());
         call.handle_twilio_text(t0, START).unwrap();
         let out = drain(&mut call);
         assert!(
@@ -667,10 +701,10 @@ mod tests {
     #[test]
     fn the_greeting_is_flushed_on_attach_before_any_caller_audio_is_relayed() {
         let t0 = Instant::now();
-        let mut call = Call::new(Duration::from_secs(60));
+        let mut call = Call::new(Duration::from_secs(60), t0, Utc::now());
         call.handle_twilio_text(t0, START).unwrap();
         drain(&mut call);
-        // Caller audio before the session is attached has nowhere to go.
+        // Caller audio before the session is attached has nowhere to go yet: it is held.
         call.handle_twilio_text(t0, MEDIA).unwrap();
         assert!(realtime(&drain(&mut call)).is_empty());
         call.handle_session_attached(t0, CallPath::Warm, greeting(3));
@@ -691,12 +725,95 @@ mod tests {
         });
         let first_append = out
             .iter()
-            .position(|o| matches!(o, Output::Realtime(RealtimeCommand::Append(_))));
+            .position(|o| matches!(o, Output::Engine(Command::Append(_))));
         assert!(first_audio.is_some() && first_append.is_some());
         let last_media = out
             .iter()
-            .rposition(|o| matches!(o, Output::Twilio(t) if t.contains("\"media\"")));
+            .rposition(|o| matches!(o, Output::Twilio(Transmit::Media { .. })));
         assert!(last_media < first_append, "greeting before relay");
+    }
+
+    #[test]
+    fn caller_audio_held_during_the_attach_follows_the_greeting_in_order_and_is_bounded() {
+        let t0 = Instant::now();
+        let mut call = Call::new(Duration::from_secs(60), t0, Utc::now());
+        call.handle_twilio_text(t0, START).unwrap();
+        drain(&mut call);
+        // 6 s of caller audio (300 frames of 20 ms) while a cold session connects: the last
+        // 5 s are kept.
+        let frame = |n: u32| {
+            use base64::Engine;
+            let mut bytes = vec![0xFFu8; 160];
+            bytes[..4].copy_from_slice(&n.to_be_bytes());
+            let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+            format!(
+                r#"{{"event":"media","sequenceNumber":"{n}","streamSid":"MZ1","media":{{"track":"inbound","chunk":"{n}","timestamp":"0","payload":"{b64}"}}}}"#
+            )
+        };
+        for n in 0..300 {
+            call.handle_twilio_text(t0 + ms(n as u64 * 20), &frame(n))
+                .unwrap();
+        }
+        assert!(
+            realtime(&drain(&mut call)).is_empty(),
+            "nothing sent before the attach"
+        );
+        call.handle_session_attached(t0 + ms(6000), CallPath::Cold, greeting(2));
+        let out = drain(&mut call);
+        let last_media = out
+            .iter()
+            .rposition(|o| matches!(o, Output::Twilio(Transmit::Media { .. })))
+            .expect("greeting sent");
+        let appends: Vec<(usize, u32)> = out
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| match o {
+                Output::Engine(Command::Append(b64)) => {
+                    use base64::Engine;
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .unwrap();
+                    Some((i, u32::from_be_bytes(bytes[..4].try_into().unwrap())))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(appends.len(), 250, "5 s of 20 ms frames kept");
+        assert!(
+            appends.iter().all(|(i, _)| *i > last_media),
+            "after the greeting"
+        );
+        let numbers: Vec<u32> = appends.iter().map(|(_, n)| *n).collect();
+        assert_eq!(
+            numbers,
+            (50..300).collect::<Vec<_>>(),
+            "the newest, in order"
+        );
+    }
+
+    #[test]
+    fn transcript_times_come_from_the_turns_now_and_the_anchor() {
+        let t0 = Instant::now();
+        let wall = DateTime::parse_from_rfc3339("2026-11-29T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut call = Call::new(Duration::from_secs(60), t0, wall);
+        call.handle_twilio_text(t0 + ms(1000), START).unwrap();
+        call.handle_session_attached(t0 + ms(1000), CallPath::Warm, Vec::new());
+        call.handle_realtime(
+            t0 + ms(2500),
+            Event::CallerTranscript {
+                text: "Hello".into(),
+            },
+        );
+        call.handle_twilio_closed(t0 + ms(4000));
+        let o = ended(&mut call);
+        assert_eq!(o.started_at, wall + chrono::TimeDelta::milliseconds(1000));
+        assert_eq!(
+            o.transcript[0].at,
+            wall + chrono::TimeDelta::milliseconds(2500)
+        );
+        assert_eq!(o.ended_at, wall + chrono::TimeDelta::milliseconds(4000));
     }
 
     #[test]
@@ -710,8 +827,8 @@ mod tests {
         assert_eq!(
             realtime(&out),
             [
-                RealtimeCommand::Cancel,
-                RealtimeCommand::Truncate {
+                Command::Cancel,
+                Command::Truncate {
                     item_id: "item_1".into(),
                     audio_end_ms: 150
                 }
@@ -721,7 +838,7 @@ mod tests {
         // A late delta of the cancelled response is dropped; the next response plays.
         call.handle_realtime(
             t0 + ms(160),
-            SessionEvent::AudioDelta {
+            Event::AudioDelta {
                 response_id: "resp_1".into(),
                 item_id: "item_1".into(),
                 payload: chunk(),
@@ -730,7 +847,7 @@ mod tests {
         assert!(twilio_events(&drain(&mut call)).is_empty());
         call.handle_realtime(
             t0 + ms(400),
-            SessionEvent::AudioDelta {
+            Event::AudioDelta {
                 response_id: "resp_2".into(),
                 item_id: "item_2".into(),
                 payload: chunk(),
@@ -746,10 +863,7 @@ mod tests {
         drain(&mut call);
         let echo = r#"{"event":"mark","sequenceNumber":"3","streamSid":"MZ1","mark":{"name":"1"}}"#;
         call.handle_twilio_text(t0 + ms(100), echo).unwrap();
-        call.handle_realtime(
-            t0 + ms(500),
-            SessionEvent::SpeechStarted { audio_start_ms: 0 },
-        );
+        call.handle_realtime(t0 + ms(500), Event::SpeechStarted { audio_start_ms: 0 });
         let out = drain(&mut call);
         assert!(twilio_events(&out).is_empty() && realtime(&out).is_empty());
     }
@@ -759,10 +873,10 @@ mod tests {
         let t0 = Instant::now();
         let (mut call, _) = live(t0, 0);
         drain(&mut call);
-        call.handle_realtime(t0, SessionEvent::SpeechStopped { audio_end_ms: 0 });
+        call.handle_realtime(t0, Event::SpeechStopped { audio_end_ms: 0 });
         call.handle_realtime(
             t0 + ms(320),
-            SessionEvent::AudioDelta {
+            Event::AudioDelta {
                 response_id: "r".into(),
                 item_id: "i".into(),
                 payload: chunk(),
@@ -784,7 +898,7 @@ mod tests {
         call.handle_twilio_text(t0, dtmf).unwrap();
         let out = drain(&mut call);
         assert!(
-            matches!(realtime(&out).as_slice(), [RealtimeCommand::UserText(t)] if t.contains("pressed 7"))
+            matches!(realtime(&out).as_slice(), [Command::UserText(t)] if t.contains("pressed 7"))
         );
         call.handle_twilio_text(
             t0,
@@ -812,7 +926,7 @@ mod tests {
         // A second response (e.g. to a key press) is generated while the greeting still plays.
         call.handle_realtime(
             t0 + ms(10),
-            SessionEvent::AudioDelta {
+            Event::AudioDelta {
                 response_id: "resp_2".into(),
                 item_id: "item_2".into(),
                 payload: chunk(),
@@ -823,12 +937,12 @@ mod tests {
         assert_eq!(
             realtime(&drain(&mut call)),
             [
-                RealtimeCommand::Cancel,
-                RealtimeCommand::Truncate {
+                Command::Cancel,
+                Command::Truncate {
                     item_id: "item_1".into(),
                     audio_end_ms: 150
                 },
-                RealtimeCommand::Truncate {
+                Command::Truncate {
                     item_id: "item_2".into(),
                     audio_end_ms: 0
                 }
@@ -839,14 +953,17 @@ mod tests {
     #[test]
     fn a_dropped_frame_and_its_mark_leave_the_heard_position() {
         let t0 = Instant::now();
-        let mut call = Call::new(Duration::from_secs(60));
+        let mut call = Call::new(Duration::from_secs(60), t0, Utc::now());
         call.handle_twilio_text(t0, START).unwrap();
         drain(&mut call);
         call.handle_session_attached(t0, CallPath::Warm, greeting(3));
         // The loop takes the first frame and finds Twilio's queue full.
         let first = call.poll_output();
-        assert!(matches!(&first, Some(Output::Twilio(t)) if t.contains(r#""event":"media""#)));
-        call.handle_media_dropped();
+        let Some(Output::Twilio(Transmit::Media { seq, .. })) = first else {
+            panic!("media first: {first:?}")
+        };
+        assert!(first.as_ref().is_some_and(Output::is_droppable));
+        call.handle_media_dropped(seq);
         let rest = drain(&mut call);
         assert_eq!(
             twilio_events(&rest),
@@ -869,7 +986,7 @@ mod tests {
         let (mut call, _) = live(t0, 5);
         call.handle_realtime(
             t0,
-            SessionEvent::AgentTranscriptDelta {
+            Event::AgentTranscriptDelta {
                 item_id: "item_1".into(),
                 text: "Thanks for calling, we ".into(),
             },
@@ -877,21 +994,21 @@ mod tests {
         speech_started(&mut call, t0 + ms(150));
         call.handle_realtime(
             t0 + ms(900),
-            SessionEvent::CallerTranscript {
+            Event::CallerTranscript {
                 text: "Are you open?".into(),
             },
         );
         // A late delta and `.done` for the interrupted item add nothing.
         call.handle_realtime(
             t0 + ms(160),
-            SessionEvent::AgentTranscriptDelta {
+            Event::AgentTranscriptDelta {
                 item_id: "item_1".into(),
                 text: "are open".into(),
             },
         );
         call.handle_realtime(
             t0 + ms(950),
-            SessionEvent::AgentTranscript {
+            Event::AgentTranscript {
                 item_id: "item_1".into(),
                 text: "Thanks for calling, we are open until five.".into(),
             },
@@ -920,7 +1037,7 @@ mod tests {
         speech_started(&mut call, t0 + ms(150));
         call.handle_realtime(
             t0 + ms(300),
-            SessionEvent::AgentTranscript {
+            Event::AgentTranscript {
                 item_id: "item_1".into(),
                 text: "Thanks for calling.".into(),
             },
@@ -938,7 +1055,7 @@ mod tests {
         let (mut call, _) = live(t0, 5);
         call.handle_realtime(
             t0 + ms(5),
-            SessionEvent::AgentTranscript {
+            Event::AgentTranscript {
                 item_id: "item_1".into(),
                 text: "one two three four five six seven eight nine ten".into(),
             },
@@ -946,7 +1063,7 @@ mod tests {
         // A second response, generated and transcribed, queued behind the greeting.
         call.handle_realtime(
             t0 + ms(10),
-            SessionEvent::AudioDelta {
+            Event::AudioDelta {
                 response_id: "resp_2".into(),
                 item_id: "item_2".into(),
                 payload: chunk(),
@@ -954,7 +1071,7 @@ mod tests {
         );
         call.handle_realtime(
             t0 + ms(11),
-            SessionEvent::AgentTranscript {
+            Event::AgentTranscript {
                 item_id: "item_2".into(),
                 text: "never heard".into(),
             },
@@ -973,7 +1090,7 @@ mod tests {
         drain(&mut call);
         call.handle_realtime(
             t0,
-            SessionEvent::AgentTranscriptDelta {
+            Event::AgentTranscriptDelta {
                 item_id: "i".into(),
                 text: "Thanks for ".into(),
             },
@@ -997,7 +1114,7 @@ mod tests {
     #[test]
     fn the_maximum_duration_ends_the_call() {
         let t0 = Instant::now();
-        let mut call = Call::new(ms(500));
+        let mut call = Call::new(ms(500), t0, Utc::now());
         call.handle_twilio_text(t0, START).unwrap();
         assert_eq!(call.poll_timeout(), Some(t0 + ms(500)));
         call.handle_timeout(t0 + ms(499));
@@ -1013,7 +1130,7 @@ mod tests {
     #[test]
     fn bad_twilio_input_ends_the_call_with_a_protocol_reason() {
         let t0 = Instant::now();
-        let mut call = Call::new(ms(500));
+        let mut call = Call::new(ms(500), t0, Utc::now());
         assert!(call.handle_twilio_text(t0, "{nope").is_err());
         assert!(
             drain(&mut call)

@@ -1,17 +1,38 @@
-//! `GET /twilio/media`: the Media Streams WebSocket (protocols.md §4, §8). A thin loop around
-//! [`Call`]: it checks the upgrade's signature, then waits for one input at a time, feeds it to
-//! the machine and dispatches what comes out (style.md §2).
+//! `GET /twilio/media`: the Media Streams WebSocket (protocols.md §4, §8), and the call's
+//! task: one task per live call drives both sockets (docs/architecture.md, "The call task").
 //!
-//! On `start` it verifies the stream token, claims the warm session by CallSid (exactly once,
-//! from the registry) or opens one now (the cold path), and hands the buffered greeting to the
-//! machine, which flushes it to Twilio before anything else happens.
+//! The task is a thin loop around two machines, [`Call`] (which holds the Twilio-side
+//! [`crate::twilio::media::MediaStream`]) and, once attached, the engine session
+//! ([`crate::engine::Engine`]):
+//! 1. drain the call's outputs: Twilio messages are encoded to JSON here, at the edge, and
+//!    queued on the Twilio socket; commands go to the engine, whose frames are queued on the
+//!    Realtime socket; `start` begins the attach (below);
+//! 2. wait for one input: a frame from either socket, a write that failed, the attach
+//!    finished, a deadline (the call's, or a peer that stopped reading), shutdown;
+//! 3. read the clock once and feed that input to the machine it belongs to.
 //!
-//! IO discipline (style.md §3): a writer task owns the Twilio sink behind a bounded queue;
-//! agent audio is dropped (and counted) when that queue is full, control frames (marks, clear)
-//! are never dropped. Caller audio goes to the session's own bounded queue. No database access
-//! and no global lock per frame: the call record is queued to the writer when the call ends.
+//! Reads come first: queued writes are handed to the sockets and flushed when the reads run
+//! dry, so a burst of frames is written with one flush. A peer that accepts nothing for its
+//! limit (Twilio 3 s, Realtime 5 s) is given up and the call ends; the other direction is never
+//! blocked by it, because no write is ever awaited inside the loop. Agent audio to Twilio and
+//! caller audio to Realtime are dropped (and counted) when their socket is backed up beyond a
+//! bound; control messages never are.
+//!
+//! Attach: on `start` the stream token is checked and the warm session claimed from the
+//! registry (both without waiting); taking over the warm socket (which may still be
+//! connecting), reading the call from the database (no registry entry) or opening a cold
+//! session runs as a future polled by the same `select!`, and its result is the next input.
+//! No database access and no global lock per frame: the call record is queued to the store
+//! writer when the call ends.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    collections::VecDeque,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::{Duration, Instant},
+};
 
 use axum::{
     extract::{
@@ -22,40 +43,42 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::Utc;
-use futures_util::{SinkExt, StreamExt};
-use prometheus_client::metrics::counter::Counter;
-use tokio::sync::mpsc;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
+use tokio_tungstenite::tungstenite::Message as RtMessage;
 
 use super::{
     CallContext,
-    call::{AgentAudio, Call, Output, RealtimeCommand},
+    call::{Call, Output},
     outcome::{CallOutcome, CallPath, EndReason},
     writer::Job,
 };
 use crate::{
     app::AppState,
     domain::{CallSid, StreamSid},
+    engine::Engine,
     metrics::Metrics,
     realtime::{
-        client::{self, ClaimedSession, SessionSpec},
+        client::{
+            self, Attached, SEND_LIMIT as REALTIME_SEND_LIMIT, SessionHandle, SessionSpec, Ws,
+        },
         profile::AgentProfile,
-        proto::SessionEvent,
     },
     store::{
         callers,
         calls::{self, FinishedCall, NewCall, TranscriptIn},
         clients,
     },
-    twilio::{signature, token, webhook::SIGNATURE_HEADER},
+    twilio::{media::Transmit, signature, token, webhook::SIGNATURE_HEADER},
 };
 
-/// Largest Twilio message accepted (a media frame is ~300 bytes).
-const MAX_MESSAGE: usize = 64 * 1024;
+/// Longest Twilio's socket may accept nothing we write before it is given up: the call ends
+/// as `twilio_closed` and is saved.
+const TWILIO_SEND_LIMIT: Duration = Duration::from_secs(3);
 
-/// Longest one write to Twilio may take. A peer that stops reading for this long is treated as
-/// gone: the writer stops, its queue closes, and the call ends as `twilio_closed` (so a stalled
-/// socket can neither block the call loop on a control frame nor keep the call record unsaved).
-const TWILIO_SEND_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// Most messages waiting for the Realtime socket before caller audio is dropped (about 2.5 s
+/// of 20 ms frames).
+const REALTIME_QUEUE: usize = 128;
 
 /// The upgrade: Twilio signs it over the `wss://` URL with no params (protocols.md §2.1).
 pub async fn upgrade(
@@ -78,20 +101,14 @@ pub async fn upgrade(
         }
     }
     let tasks = state.tasks.clone();
-    // Small buffers (a call's frames are a few hundred bytes; a thousand calls must fit in
-    // memory, and tungstenite zero-fills the read buffer before every read, per frame). Writes
-    // are buffered only until the writer's flush, which follows every batch at once.
-    ws.max_message_size(MAX_MESSAGE)
-        .max_frame_size(MAX_MESSAGE)
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(8 * 1024)
-        .on_upgrade(move |socket| tasks.track_future(run(state, socket)))
+    crate::ws::twilio_upgrade(ws).on_upgrade(move |socket| tasks.track_future(run(state, socket)))
 }
 
 /// Per-call metric handles, looked up once.
 struct Counters {
     inbound: Counter,
     outbound: Counter,
+    dropped_inbound: Counter,
     dropped_outbound: Counter,
 }
 
@@ -102,115 +119,302 @@ struct Known {
     stream_sid: StreamSid,
 }
 
-async fn run(state: AppState, socket: WebSocket) {
-    state.metrics.active_calls.inc();
-    let counters = Counters {
-        inbound: state.metrics.frames_relayed("inbound"),
-        outbound: state.metrics.frames_relayed("outbound"),
-        dropped_outbound: state.metrics.frames_dropped("outbound"),
-    };
-    let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Message>(state.settings.call.outbound_queue_frames);
-    let writer = tokio::spawn(async move {
-        use tokio::time::timeout;
-        while let Some(first) = rx.recv().await {
-            // Everything already queued (a media frame and its mark, or a burst under load)
-            // goes out with one flush: one write instead of one per message.
-            let batch = async {
-                sink.feed(first).await?;
-                while let Ok(m) = rx.try_recv() {
-                    sink.feed(m).await?;
-                }
-                sink.flush().await
-            };
-            match timeout(TWILIO_SEND_LIMIT, batch).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return,
-                Err(_) => {
-                    tracing::warn!("Twilio stopped reading the media stream; giving up on it");
-                    return;
+/// One socket of the call as the call's task drives it: reads are taken as they come; writes
+/// wait in `out` until the reads run dry, then go to the socket with one flush.
+struct Peer<S, M> {
+    sock: S,
+    /// Messages not yet handed to the socket.
+    out: VecDeque<M>,
+    /// Messages handed to the socket since its last flush.
+    unflushed: bool,
+    /// Read times of the relayed frames among the unflushed writes.
+    stamps: Vec<Instant>,
+    /// Since when the socket has had writes waiting without accepting any (`None` while it
+    /// keeps up): beyond `limit` it is given up.
+    waiting_since: Option<Instant>,
+    limit: Duration,
+    /// Most waiting messages before droppable ones are dropped.
+    cap: usize,
+    /// `warmline_relay_delay_seconds` for the direction this socket is written in.
+    delay: Histogram,
+    /// Its read side ended (closed, failed): never polled again.
+    read_done: bool,
+    /// Given up (a write failed or it stopped reading): nothing more is written.
+    broken: bool,
+}
+
+impl<S, M> Peer<S, M>
+where
+    S: Stream + Sink<M> + Unpin,
+{
+    fn new(sock: S, limit: Duration, cap: usize, delay: Histogram) -> Self {
+        Self {
+            sock,
+            out: VecDeque::new(),
+            unflushed: false,
+            stamps: Vec::new(),
+            waiting_since: None,
+            limit,
+            cap,
+            delay,
+            read_done: false,
+            broken: false,
+        }
+    }
+
+    /// Queues a message; `read_at` is the read time of the frame it relays, if it relays one.
+    fn queue(&mut self, m: M, read_at: Option<Instant>) {
+        if self.broken {
+            return;
+        }
+        self.out.push_back(m);
+        if let Some(t) = read_at {
+            self.stamps.push(t);
+        }
+    }
+
+    /// Whether a droppable message still fits.
+    fn has_room(&self) -> bool {
+        !self.broken && self.out.len() < self.cap
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        if self.read_done {
+            return Poll::Pending;
+        }
+        self.sock.poll_next_unpin(cx)
+    }
+
+    /// Hands waiting messages to the socket and flushes them. Ready(Ok) once everything is
+    /// written; Pending while the socket cannot take more (the task is woken when it can).
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        if self.broken {
+            self.out.clear();
+            return Poll::Ready(Ok(()));
+        }
+        while !self.out.is_empty() {
+            ready!(self.sock.poll_ready_unpin(cx))?;
+            let m = self.out.pop_front().expect("checked non-empty above");
+            self.sock.start_send_unpin(m)?;
+            self.unflushed = true;
+            self.waiting_since = None;
+        }
+        if self.unflushed {
+            ready!(self.sock.poll_flush_unpin(cx))?;
+            self.unflushed = false;
+            self.waiting_since = None;
+            if !self.stamps.is_empty() {
+                let flushed = Instant::now();
+                for read_at in self.stamps.drain(..) {
+                    self.delay
+                        .observe(flushed.saturating_duration_since(read_at).as_secs_f64());
                 }
             }
         }
-        // Closing our side ends `<Connect>`; Twilio then asks `<Connect action>` what to do.
-        let _ = timeout(
-            TWILIO_SEND_LIMIT,
-            sink.send(Message::Close(Some(CloseFrame {
-                code: 1000,
-                reason: "call ended".into(),
-            }))),
-        )
-        .await;
-        let _ = timeout(TWILIO_SEND_LIMIT, sink.close()).await;
-    });
+        Poll::Ready(Ok(()))
+    }
 
-    let max = std::time::Duration::from_secs(state.settings.call.max_duration_secs);
-    let mut call = Call::new(max);
+    /// End of a turn: if writes are waiting, the wait starts now (unless it already had).
+    fn note_waiting(&mut self, now: Instant) {
+        if !self.broken && (self.unflushed || !self.out.is_empty()) {
+            self.waiting_since.get_or_insert(now);
+        }
+    }
+
+    /// When this socket will be given up if it accepts nothing until then.
+    fn deadline(&self) -> Option<Instant> {
+        self.waiting_since.map(|t| t + self.limit)
+    }
+
+    fn stalled(&self, now: Instant) -> bool {
+        self.deadline().is_some_and(|d| now >= d)
+    }
+
+    /// The end of the call: whatever is still queued, then `last` (a close frame, if any) and
+    /// the close handshake, all within the socket's limit.
+    async fn finish(&mut self, last: Option<M>) {
+        if self.broken {
+            return;
+        }
+        let limit = self.limit;
+        let _ = tokio::time::timeout(limit, async {
+            std::future::poll_fn(|cx| self.poll_write(cx)).await?;
+            if let Some(m) = last {
+                self.sock.send(m).await?;
+            }
+            self.sock.close().await
+        })
+        .await;
+    }
+}
+
+type TwilioPeer = Peer<WebSocket, Message>;
+type RealtimePeer = Peer<Ws, RtMessage>;
+
+/// What woke the call's task.
+enum Input {
+    /// A frame (or the end) from Twilio.
+    Twilio(Option<Result<Message, axum::Error>>),
+    /// A frame (or the end) from the Realtime socket.
+    Realtime(Option<Result<RtMessage, tokio_tungstenite::tungstenite::Error>>),
+    /// Writing to Twilio failed.
+    TwilioWriteFailed,
+    /// Writing to Realtime failed.
+    RealtimeWriteFailed,
+    /// The attach begun at `start` finished.
+    Attached(Box<AttachOutcome>),
+    /// A deadline passed (the call's, or a peer's write limit).
+    Tick,
+    /// The process is shutting down.
+    Shutdown,
+}
+
+/// Reads first, both sockets; once neither has a frame ready, writes (and flushes) what the
+/// turns queued. Resolves with the first read or failed write.
+fn poll_io(
+    cx: &mut Context<'_>,
+    twilio: &mut TwilioPeer,
+    realtime: Option<&mut RealtimePeer>,
+) -> Poll<Input> {
+    if let Poll::Ready(m) = twilio.poll_read(cx) {
+        return Poll::Ready(Input::Twilio(m));
+    }
+    let mut realtime = realtime;
+    if let Some(rt) = realtime.as_deref_mut()
+        && let Poll::Ready(m) = rt.poll_read(cx)
+    {
+        return Poll::Ready(Input::Realtime(m));
+    }
+    if let Poll::Ready(Err(_)) = twilio.poll_write(cx) {
+        twilio.broken = true;
+        return Poll::Ready(Input::TwilioWriteFailed);
+    }
+    if let Some(rt) = realtime
+        && let Poll::Ready(Err(_)) = rt.poll_write(cx)
+    {
+        rt.broken = true;
+        return Poll::Ready(Input::RealtimeWriteFailed);
+    }
+    Poll::Pending
+}
+
+/// The result of an attach: the session (or why there is none) and, when the call had to be
+/// read from the database, its context.
+struct AttachOutcome {
+    context: Option<Arc<CallContext>>,
+    result: Result<(Attached, CallPath), EndReason>,
+}
+
+type Attaching = Pin<Box<dyn Future<Output = AttachOutcome> + Send>>;
+
+/// The engine session a call owns, and its socket.
+struct Live {
+    engine: Box<dyn Engine>,
+    peer: RealtimePeer,
+}
+
+async fn run(state: AppState, socket: WebSocket) {
+    state.metrics.active_calls.inc();
+    let metrics = &state.metrics;
+    let counters = Counters {
+        inbound: metrics.frames_relayed("inbound"),
+        outbound: metrics.frames_relayed("outbound"),
+        dropped_inbound: metrics.frames_dropped("inbound"),
+        dropped_outbound: metrics.frames_dropped("outbound"),
+    };
+    let mut twilio: TwilioPeer = Peer::new(
+        socket,
+        TWILIO_SEND_LIMIT,
+        state.settings.call.outbound_queue_frames,
+        metrics.relay_delay("outbound"),
+    );
+    let mut live: Option<Live> = None;
+    let max = Duration::from_secs(state.settings.call.max_duration_secs);
+    let mut now = Instant::now();
+    let mut call = Call::new(max, now, Utc::now());
     let mut known: Option<Known> = None;
-    let mut attached: Option<ClaimedSession> = None;
+    let mut stream_sid: Option<StreamSid> = None;
+    let mut attaching: Option<Attaching> = None;
+    // An input decided while dispatching (a refused token): it is the next turn's input.
+    let mut pending: Option<Input> = None;
     let mut outcome: Option<Box<CallOutcome>> = None;
+    // The read time of the frame this turn relays (for the relay-delay histogram).
+    let mut relaying_inbound: Option<Instant> = None;
+    let mut relaying_outbound: Option<Instant> = None;
     loop {
         while let Some(out) = call.poll_output() {
             match out {
-                Output::Twilio(text) => {
-                    // Agent audio may be dropped when Twilio's leg is stuck; control never is.
-                    if text.starts_with(r#"{"event":"media""#) {
-                        match tx.try_send(Message::Text(text.into())) {
-                            Ok(()) => {
-                                counters.outbound.inc();
-                            }
-                            Err(mpsc::error::TrySendError::Full(_)) => {
-                                counters.dropped_outbound.inc();
-                                call.handle_media_dropped();
-                            }
-                            // The writer gave up on Twilio (closed or stuck).
-                            Err(mpsc::error::TrySendError::Closed(_)) => {
-                                call.handle_twilio_closed(Instant::now());
-                            }
-                        };
-                    } else if tx.send(Message::Text(text.into())).await.is_err() {
-                        call.handle_twilio_closed(Instant::now());
+                Output::Twilio(t) => {
+                    let Some(sid) = &stream_sid else { continue };
+                    if let Transmit::Media { seq, .. } = &t
+                        && !twilio.has_room()
+                    {
+                        // Twilio's leg is backed up: this audio is stale before it is heard.
+                        counters.dropped_outbound.inc();
+                        call.handle_media_dropped(*seq);
+                        continue;
                     }
+                    let media = matches!(t, Transmit::Media { .. });
+                    if media {
+                        counters.outbound.inc();
+                    }
+                    twilio.queue(
+                        Message::Text(t.encode(sid.as_str()).into()),
+                        relaying_outbound.filter(|_| media),
+                    );
                 }
-                Output::Realtime(cmd) => {
-                    if let Some(session) = &attached {
-                        dispatch(session, cmd, &counters).await;
+                Output::Engine(cmd) => {
+                    let Some(l) = live.as_mut() else { continue };
+                    if cmd.is_droppable() {
+                        if !l.peer.has_room() {
+                            // Realtime's leg is backed up: this caller audio is dropped.
+                            counters.dropped_inbound.inc();
+                            continue;
+                        }
+                        counters.inbound.inc();
+                        if let Some(t) = relaying_inbound {
+                            l.peer.stamps.push(t);
+                        }
                     }
+                    l.engine.handle_command(cmd);
                 }
                 Output::Start {
                     call_sid,
-                    stream_sid,
+                    stream_sid: sid,
                     custom_parameters,
-                } => match attach(
-                    &state,
-                    &call_sid,
-                    stream_sid,
-                    &custom_parameters,
-                    &mut known,
-                )
-                .await
-                {
-                    Ok((session, path, greeting, rest)) => {
-                        tracing::info!(call_sid = %call_sid, path = path.as_str(), greeting_chunks = greeting.len(), "media stream started");
-                        call.handle_session_attached(Instant::now(), path, greeting);
-                        for e in rest {
-                            call.handle_realtime(Instant::now(), e);
-                        }
-                        attached = Some(session);
+                } => {
+                    stream_sid = Some(sid.clone());
+                    let tok = custom_parameters
+                        .get("token")
+                        .map(String::as_str)
+                        .unwrap_or_default();
+                    let now_unix = Utc::now().timestamp().max(0) as u64;
+                    if let Err(e) = token::verify(&state.stream_secret, tok, &call_sid, now_unix) {
+                        pending = Some(Input::Attached(Box::new(AttachOutcome {
+                            context: None,
+                            result: Err(EndReason::TwilioProtocol(format!(
+                                "stream token refused: {e}"
+                            ))),
+                        })));
+                        continue;
                     }
-                    Err(reason) => {
-                        tracing::warn!(call_sid = %call_sid, reason = %reason.describe(), "media stream refused");
-                        call.handle_session_refused(Instant::now(), reason);
+                    // Exactly once: whoever removes the registry entry owns its session.
+                    let (context, warm) = match state.registry.claim(&call_sid) {
+                        Some(c) => (Some(c.context), c.session),
+                        None => (None, None),
+                    };
+                    if let Some(ctx) = &context {
+                        known = Some(Known {
+                            context: ctx.clone(),
+                            stream_sid: sid,
+                        });
                     }
-                },
+                    attaching = Some(attach(state.clone(), call_sid, context, warm));
+                }
                 Output::FirstAudio { path, elapsed } => {
-                    state
-                        .metrics
-                        .observe_first_audio(path.as_str(), elapsed.as_secs_f64());
+                    metrics.observe_first_audio(path.as_str(), elapsed.as_secs_f64());
                 }
-                Output::ResponseLatency(d) => {
-                    state.metrics.response_latency.observe(d.as_secs_f64())
-                }
+                Output::ResponseLatency(d) => metrics.response_latency.observe(d.as_secs_f64()),
                 Output::BargeIn => {
                     tracing::debug!(call_sid = ?call.call_sid(), "barge-in: cleared Twilio, cancelled and truncated")
                 }
@@ -218,60 +422,164 @@ async fn run(state: AppState, socket: WebSocket) {
                 Output::Ended(o) => outcome = Some(o),
             }
         }
+        if let Some(l) = live.as_mut() {
+            while let Some(frame) = l.engine.poll_transmit() {
+                l.peer.queue(RtMessage::text(frame), None);
+            }
+        }
         if call.is_ended() {
             break;
         }
-        let timeout = call.poll_timeout();
-        tokio::select! {
-            msg = stream.next() => {
-                let now = Instant::now();
+        twilio.note_waiting(now);
+        if let Some(l) = live.as_mut() {
+            l.peer.note_waiting(now);
+        }
+        let deadline = [
+            call.poll_timeout(),
+            twilio.deadline(),
+            live.as_ref().and_then(|l| l.peer.deadline()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let input = match pending.take() {
+            Some(input) => input,
+            None => tokio::select! {
+                biased;
+                input = std::future::poll_fn(|cx| poll_io(cx, &mut twilio, live.as_mut().map(|l| &mut l.peer))) => input,
+                outcome = next_attach(&mut attaching) => Input::Attached(Box::new(outcome)),
+                _ = sleep_until(deadline) => Input::Tick,
+                _ = state.shutdown.cancelled() => Input::Shutdown,
+            },
+        };
+        now = Instant::now();
+        relaying_inbound = None;
+        relaying_outbound = None;
+        match input {
+            Input::Twilio(msg) => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    relaying_inbound = Some(now);
+                    if let Err(e) = call.handle_twilio_text(now, text.as_str()) {
+                        tracing::warn!(call_sid = ?call.call_sid(), error = %e, "closing media stream: bad message from Twilio");
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => call
+                    .handle_session_refused(now, EndReason::TwilioProtocol("binary frame".into())),
+                Some(Ok(Message::Close(_))) | None => {
+                    twilio.read_done = true;
+                    call.handle_twilio_closed(now);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    twilio.read_done = true;
+                    tracing::warn!(call_sid = ?call.call_sid(), error = %e, "media stream socket error");
+                    call.handle_session_refused(now, EndReason::TwilioProtocol(e.to_string()));
+                }
+            },
+            Input::Realtime(msg) => {
+                let Some(l) = live.as_mut() else { continue };
                 match msg {
-                    Some(Ok(Message::Text(text))) => {
-                        if let Err(e) = call.handle_twilio_text(now, text.as_str()) {
-                            tracing::warn!(call_sid = ?call.call_sid(), error = %e, "closing media stream: bad message from Twilio");
+                    Some(Ok(RtMessage::Text(text))) => {
+                        relaying_outbound = Some(now);
+                        if let Err(e) = l.engine.handle_text(text.as_str()) {
+                            tracing::debug!(call_sid = ?call.call_sid(), error = %e, "ignoring unparsable realtime frame");
+                        }
+                        // One frame is one event at most (docs/architecture.md).
+                        while let Some(event) = l.engine.poll_event() {
+                            call.handle_realtime(now, event);
                         }
                     }
-                    Some(Ok(Message::Binary(_))) => {
-                        call.handle_session_refused(now, EndReason::TwilioProtocol("binary frame".into()));
+                    Some(Ok(RtMessage::Close(frame))) => {
+                        l.peer.read_done = true;
+                        l.peer.broken = true;
+                        let why = frame.map_or_else(
+                            || "closed by server".to_string(),
+                            |f| format!("closed by server: {} {}", f.code, f.reason),
+                        );
+                        call.handle_realtime_closed(now, why);
                     }
-                    Some(Ok(Message::Close(_))) | None => call.handle_twilio_closed(now),
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
-                        tracing::warn!(call_sid = ?call.call_sid(), error = %e, "media stream socket error");
-                        call.handle_session_refused(now, EndReason::TwilioProtocol(e.to_string()));
+                        l.peer.read_done = true;
+                        l.peer.broken = true;
+                        call.handle_realtime_closed(now, format!("socket error: {e}"));
+                    }
+                    None => {
+                        l.peer.read_done = true;
+                        l.peer.broken = true;
+                        call.handle_realtime_closed(now, "socket ended".into());
                     }
                 }
             }
-            ev = next_event(&mut attached) => match ev {
-                Some(e) => call.handle_realtime(Instant::now(), e),
-                // The session task also stops on shutdown; say why the call really ended.
-                None if state.shutdown.is_cancelled() => call.handle_shutdown(Instant::now()),
-                None => call.handle_realtime_closed(Instant::now(), "realtime session ended".into()),
-            },
-            _ = sleep_until(timeout) => call.handle_timeout(Instant::now()),
-            _ = state.shutdown.cancelled() => call.handle_shutdown(Instant::now()),
-        }
-    }
-    // Drain what the end produced (the Close to Realtime, the outcome).
-    while let Some(out) = call.poll_output() {
-        match out {
-            Output::Realtime(cmd) => {
-                if let Some(session) = &attached {
-                    dispatch(session, cmd, &counters).await;
+            Input::TwilioWriteFailed => call.handle_twilio_closed(now),
+            Input::RealtimeWriteFailed => {
+                call.handle_realtime_closed(now, "send to realtime failed".into())
+            }
+            Input::Attached(attached) => {
+                let AttachOutcome { context, result } = *attached;
+                if let (Some(ctx), None, Some(sid)) = (context, &known, &stream_sid) {
+                    known = Some(Known {
+                        context: ctx,
+                        stream_sid: sid.clone(),
+                    });
+                }
+                match result {
+                    Ok((attached, path)) => {
+                        let Attached { ws, mut session } = attached;
+                        let buffered = session.claim();
+                        tracing::info!(call_sid = ?call.call_sid(), path = path.as_str(), buffered_events = buffered.len(), "media stream started");
+                        live = Some(Live {
+                            engine: Box::new(session),
+                            peer: Peer::new(
+                                ws,
+                                REALTIME_SEND_LIMIT,
+                                REALTIME_QUEUE,
+                                metrics.relay_delay("inbound"),
+                            ),
+                        });
+                        call.handle_session_attached(now, path, buffered);
+                    }
+                    Err(reason) => {
+                        tracing::warn!(call_sid = ?call.call_sid(), reason = %reason.describe(), "media stream refused");
+                        call.handle_session_refused(now, reason);
+                    }
                 }
             }
-            Output::Ended(o) => outcome = Some(o),
-            Output::Twilio(text) => {
-                let _ = tx.try_send(Message::Text(text.into()));
+            Input::Tick => {
+                if twilio.stalled(now) {
+                    tracing::warn!(call_sid = ?call.call_sid(), "Twilio stopped reading the media stream; giving up on it");
+                    twilio.broken = true;
+                    call.handle_twilio_closed(now);
+                } else if let Some(l) = live.as_mut().filter(|l| l.peer.stalled(now)) {
+                    tracing::warn!(call_sid = ?call.call_sid(), "Realtime stopped reading; giving up on it");
+                    l.peer.broken = true;
+                    call.handle_realtime_closed(now, "realtime stopped reading".into());
+                } else {
+                    call.handle_timeout(now);
+                }
             }
-            _ => {}
+            Input::Shutdown => call.handle_shutdown(now),
         }
     }
-    if let Some(session) = &attached {
-        session.close("call ended").await;
+    // A call that ended while its session was being attached: let the attach finish (bounded)
+    // so the session it yields is closed properly and a call read from the database is known.
+    if let Some(pending) = attaching.take() {
+        let limit = Duration::from_millis(state.settings.openai.connect_timeout_ms)
+            + Duration::from_secs(1);
+        if let Ok(AttachOutcome { context, result }) = tokio::time::timeout(limit, pending).await {
+            if let (Some(ctx), None, Some(sid)) = (context, &known, &stream_sid) {
+                known = Some(Known {
+                    context: ctx,
+                    stream_sid: sid.clone(),
+                });
+            }
+            if let Ok((mut attached, _)) = result {
+                client::close(&mut attached.ws).await;
+            }
+        }
     }
-    // The record is queued before waiting for Twilio's side to close, so that a peer slow to
-    // take the close cannot delay or lose it.
+    // The record is queued before Twilio's side is closed: Twilio then asks
+    // `/twilio/after-stream`, which reads it.
     if let (Some(o), Some(k)) = (outcome, &known) {
         Metrics::inc_reason(&state.metrics.calls_ended, o.end_reason.code());
         tracing::info!(
@@ -288,33 +596,29 @@ async fn run(state: AppState, socket: WebSocket) {
             .submit(Job::Finish(Box::new(finished(k, &o))))
             .await;
     }
-    // Only now may the writer close Twilio's side (Twilio then asks `/twilio/after-stream`,
-    // which reads the record just queued).
-    drop(tx);
-    let _ = writer.await;
+    // Both sockets are closed at once, each within its own limit; caller audio queued before
+    // the end still reaches Realtime.
+    let close_twilio = twilio.finish(Some(Message::Close(Some(CloseFrame {
+        code: 1000,
+        reason: "call ended".into(),
+    }))));
+    let close_realtime = async {
+        if let Some(l) = live.as_mut() {
+            l.engine.handle_closed();
+            l.peer.finish(None).await;
+        }
+    };
+    tokio::join!(close_twilio, close_realtime);
     state.metrics.active_calls.dec();
 }
 
-async fn dispatch(session: &ClaimedSession, cmd: RealtimeCommand, counters: &Counters) {
-    match cmd {
-        RealtimeCommand::Append(b64) => {
-            if session.append(b64) {
-                counters.inbound.inc();
-            }
+async fn next_attach(attaching: &mut Option<Attaching>) -> AttachOutcome {
+    match attaching {
+        Some(f) => {
+            let outcome = f.await;
+            *attaching = None;
+            outcome
         }
-        RealtimeCommand::Cancel => session.cancel().await,
-        RealtimeCommand::Truncate {
-            item_id,
-            audio_end_ms,
-        } => session.truncate(item_id, audio_end_ms).await,
-        RealtimeCommand::UserText(t) => session.user_text(t).await,
-        RealtimeCommand::Close => session.close("call ended").await,
-    }
-}
-
-async fn next_event(attached: &mut Option<ClaimedSession>) -> Option<SessionEvent> {
-    match attached {
-        Some(session) => session.events.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -326,80 +630,57 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-type AttachResult = (ClaimedSession, CallPath, Vec<AgentAudio>, Vec<SessionEvent>);
-
-/// Verifies the token, then claims the warm session or opens a cold one. Once the token and
-/// the call's context are known they are stored in `known`, so the call is saved even when no
-/// session can be attached.
-async fn attach(
-    state: &AppState,
-    call_sid: &CallSid,
-    stream_sid: StreamSid,
-    params: &std::collections::HashMap<String, String>,
-    known: &mut Option<Known>,
-) -> Result<AttachResult, EndReason> {
-    let tok = params.get("token").map(String::as_str).unwrap_or_default();
-    let now_unix = Utc::now().timestamp().max(0) as u64;
-    token::verify(&state.stream_secret, tok, call_sid, now_unix)
-        .map_err(|e| EndReason::TwilioProtocol(format!("stream token refused: {e}")))?;
-    let claimed = state.registry.claim(call_sid);
-    let (context, warm) = match claimed {
-        Some(c) => (c.context, c.session),
-        None => (Arc::new(context_from_db(state, call_sid).await?), None),
-    };
-    *known = Some(Known {
-        context: context.clone(),
-        stream_sid,
-    });
-    let (session, path) = match warm {
-        Some(handle) => match handle.claim().await {
-            Ok(s) => (s, CallPath::Warm),
-            Err(e) => {
-                tracing::warn!(call_sid = %call_sid, error = %e, "warm session unusable; going cold");
-                Metrics::inc_reason(&state.metrics.cold_sessions, "failed");
-                (open_cold(state, &context).await?, CallPath::Cold)
-            }
-        },
-        None => (open_cold(state, &context).await?, CallPath::Cold),
-    };
-    let mut session = session;
-    let mut greeting = Vec::new();
-    let mut rest = Vec::new();
-    for e in std::mem::take(&mut session.buffered) {
-        match e {
-            SessionEvent::AudioDelta {
-                response_id,
-                item_id,
-                payload,
-            } if rest.is_empty() => greeting.push(AgentAudio {
-                response_id,
-                item_id,
-                payload,
-            }),
-            other => rest.push(other),
+/// Takes over the warm session (waiting while it connects) or opens a cold one; reads the
+/// call from the database first when the registry had no entry for it.
+fn attach(
+    state: AppState,
+    call_sid: CallSid,
+    context: Option<Arc<CallContext>>,
+    warm: Option<SessionHandle>,
+) -> Attaching {
+    Box::pin(async move {
+        let (ctx, resolved) = match context {
+            Some(ctx) => (ctx, None),
+            None => match context_from_db(&state, &call_sid).await {
+                Ok(ctx) => {
+                    let ctx = Arc::new(ctx);
+                    (ctx.clone(), Some(ctx))
+                }
+                Err(reason) => {
+                    return AttachOutcome {
+                        context: None,
+                        result: Err(reason),
+                    };
+                }
+            },
+        };
+        let result = match warm {
+            Some(handle) => match handle.claim().await {
+                Ok(attached) => Ok((attached, CallPath::Warm)),
+                Err(e) => {
+                    tracing::warn!(call_sid = %call_sid, error = %e, "warm session unusable; going cold");
+                    Metrics::inc_reason(&state.metrics.cold_sessions, "failed");
+                    open_cold(&state, &ctx).await.map(|a| (a, CallPath::Cold))
+                }
+            },
+            None => open_cold(&state, &ctx).await.map(|a| (a, CallPath::Cold)),
+        };
+        AttachOutcome {
+            context: resolved,
+            result,
         }
-    }
-    Ok((session, path, greeting, rest))
+    })
 }
 
-async fn open_cold(state: &AppState, ctx: &CallContext) -> Result<ClaimedSession, EndReason> {
-    let handle = client::spawn(
-        &state.settings.openai,
-        SessionSpec {
-            session_update: ctx
-                .profile
-                .session_update(&state.settings.openai.transcription_model, Utc::now()),
-            greeting: Some(ctx.profile.greeting_request()),
-            buffer_cap: state.settings.prewarm.greeting_buffer_bytes * 4 / 3 + 4,
-            call_sid: ctx.call_sid.to_string(),
-            prewarm: false,
-        },
-        state.metrics.clone(),
-        &state.tasks,
-        state.shutdown.clone(),
+async fn open_cold(state: &AppState, ctx: &CallContext) -> Result<Attached, EndReason> {
+    let spec = SessionSpec::new(
+        &state.settings,
+        &ctx.profile,
+        &ctx.call_sid,
+        false,
+        Utc::now(),
     );
-    handle
-        .claim()
+    client::open(&state.settings.openai, spec)
         .await
         .map_err(|e| EndReason::RealtimeUnavailable(e.to_string()))
 }

@@ -1,17 +1,20 @@
-//! The Realtime socket's IO edge: one task per session owns the WebSocket and drives a
-//! [`Session`] machine; everyone else talks to it through channels (style.md §3).
+//! The Realtime socket's IO edge while a call is ringing (docs/architecture.md, "Who owns
+//! each socket"): one task per warm session owns the WebSocket and drives a [`Session`]
+//! machine until a media stream claims it; then the socket and the machine move, together,
+//! into the call's task, and this task ends.
 //!
 //! - The webhook spawns the task with [`spawn`] and waits on [`SessionHandle::status`] for
 //!   `Ready` (or gives up at `ring_max_ms`); the registry keeps the handle until a stream
 //!   claims it, the status callback closes it, or the reaper does.
-//! - The stream handler calls [`SessionHandle::claim`] and gets the buffered greeting plus a
-//!   bounded event receiver; caller audio goes in through [`ClaimedSession::append`].
+//! - The stream handler calls [`SessionHandle::claim`] and gets an [`Attached`] session: the
+//!   open socket and the machine holding the greeting buffered so far. A claim made while the
+//!   socket is still connecting is answered the moment it opens.
+//! - The cold path ([`open`]) connects in the call's own task and ends in the same shape.
 //!
 //! Invariants:
-//! 1. Exactly one owner closes the socket: the task, when told (`close`), when every handle is
-//!    gone (drop backstop), on shutdown, or when the server closes.
-//! 2. Caller audio is dropped (and counted) if the socket cannot keep up; control messages
-//!    (cancel, truncate, text, close) are never dropped.
+//! 1. Exactly one owner closes the socket: this task (when told to close, when every handle
+//!    is gone, on shutdown, or when the server closes), or, once handed over, the call.
+//! 2. A hand-over the claimer no longer waits for is closed here, never leaked.
 //! 3. The API key is sent in the `Authorization` header and never logged.
 
 use std::{
@@ -22,6 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use chrono::{DateTime, Utc};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::{
@@ -32,10 +36,15 @@ use tokio_tungstenite::tungstenite::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
-    proto::{Phase, Session, SessionEvent},
+    profile::AgentProfile,
+    proto::{Phase, Session},
     registry::WarmSession,
 };
-use crate::{config::OpenAiSettings, metrics::Metrics};
+use crate::{
+    config::{OpenAiSettings, Settings},
+    domain::CallSid,
+    metrics::Metrics,
+};
 
 /// Where a session stands, as waiters see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,47 +75,39 @@ pub enum SessionError {
 }
 
 enum Control {
-    Claim(
-        oneshot::Sender<Vec<SessionEvent>>,
-        mpsc::Sender<SessionEvent>,
-    ),
-    Cancel,
-    Truncate {
-        item_id: String,
-        audio_end_ms: u64,
-    },
-    UserText(String),
+    /// A stream takes the session over.
+    Claim(oneshot::Sender<Attached>),
+    /// Close the socket (status callback, reaper, shutdown).
     Close(&'static str),
+}
+
+/// The Realtime WebSocket.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A session a call owns: the open socket and the machine, with everything it buffered
+/// before the claim (the greeting first) and frames it still has to send (a claim made while
+/// connecting gets the configuration and the greeting request unsent).
+pub struct Attached {
+    /// The open socket.
+    pub ws: Ws,
+    /// The machine.
+    pub session: Session,
 }
 
 /// A session not yet claimed. Dropping it closes the socket.
 pub struct SessionHandle {
     ctl: mpsc::Sender<Control>,
-    audio: mpsc::Sender<String>,
     status: watch::Receiver<Status>,
     prewarm_observed: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     started: Instant,
 }
 
-/// A session a media stream owns.
-pub struct ClaimedSession {
-    /// Events buffered before the claim (the greeting), in order.
-    pub buffered: Vec<SessionEvent>,
-    /// Later events.
-    pub events: mpsc::Receiver<SessionEvent>,
-    ctl: mpsc::Sender<Control>,
-    audio: mpsc::Sender<String>,
-    dropped: prometheus_client::metrics::counter::Counter,
-}
-
-/// Capacity of the caller-audio queue (frames); beyond it, audio is dropped.
-const AUDIO_QUEUE: usize = 64;
 /// Longest one write to the Realtime socket may take before the session is given up as stuck
-/// (so a server that stops reading cannot hold the session task, or the socket, forever).
-const SEND_LIMIT: Duration = Duration::from_secs(5);
-/// Capacity of the event queue to the call.
-const EVENT_QUEUE: usize = 256;
+/// (so a server that stops reading cannot hold the socket forever). The call's task applies
+/// the same limit ([`crate::bridge::socket`]).
+pub const SEND_LIMIT: Duration = Duration::from_secs(5);
 
 /// What to open.
 #[derive(Debug, Clone)]
@@ -123,6 +124,31 @@ pub struct SessionSpec {
     pub prewarm: bool,
 }
 
+impl SessionSpec {
+    /// The session a call gets: the agent's configuration at `now`, the greeting, and a
+    /// greeting buffer of `prewarm.greeting_buffer_bytes` μ-law bytes (as base64: 4/3 of
+    /// that, rounded up, plus padding).
+    pub fn new(
+        settings: &Settings,
+        profile: &AgentProfile,
+        call_sid: &CallSid,
+        prewarm: bool,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            session_update: profile.session_update(&settings.openai.transcription_model, now),
+            greeting: Some(profile.greeting_request()),
+            buffer_cap: settings.prewarm.greeting_buffer_bytes * 4 / 3 + 4,
+            call_sid: call_sid.to_string(),
+            prewarm,
+        }
+    }
+
+    fn machine(self) -> Session {
+        Session::new(self.session_update, self.greeting, self.buffer_cap)
+    }
+}
+
 /// Opens a session in the background: connect, then the configuration and the greeting.
 pub fn spawn(
     settings: &OpenAiSettings,
@@ -131,30 +157,37 @@ pub fn spawn(
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> SessionHandle {
-    let (ctl_tx, ctl_rx) = mpsc::channel(32);
-    let (audio_tx, audio_rx) = mpsc::channel(AUDIO_QUEUE);
+    let (ctl_tx, ctl_rx) = mpsc::channel(8);
     let (status_tx, status_rx) = watch::channel(Status::Connecting);
     // A cold session's time to ready is not a prewarm figure: mark it observed from the start.
     let observed = Arc::new(AtomicBool::new(!spec.prewarm));
     let started = Instant::now();
     let task = Task {
         settings: settings.clone(),
-        session: Session::new(spec.session_update, spec.greeting, spec.buffer_cap),
+        call_sid: spec.call_sid.clone(),
+        session: spec.machine(),
         status: status_tx,
         observed: observed.clone(),
         metrics: metrics.clone(),
         started,
-        call_sid: spec.call_sid,
     };
-    tracker.spawn(task.run(ctl_rx, audio_rx, shutdown));
+    tracker.spawn(task.run(ctl_rx, shutdown));
     SessionHandle {
         ctl: ctl_tx,
-        audio: audio_tx,
         status: status_rx,
         prewarm_observed: observed,
         metrics,
         started,
     }
+}
+
+/// Opens a session in the caller's task (the cold path): connect, and the machine with the
+/// configuration and the greeting queued for the socket.
+pub async fn open(settings: &OpenAiSettings, spec: SessionSpec) -> Result<Attached, SessionError> {
+    let ws = connect(settings).await?;
+    let mut session = spec.machine();
+    session.handle_open();
+    Ok(Attached { ws, session })
 }
 
 impl SessionHandle {
@@ -172,27 +205,19 @@ impl SessionHandle {
         }
     }
 
-    /// Takes the session over: the buffered events and a receiver for the rest.
-    pub async fn claim(self) -> Result<ClaimedSession, SessionError> {
+    /// Takes the session over: its socket and machine move to the caller. Waits while the
+    /// socket is still connecting (bounded by `openai.connect_timeout_ms`).
+    pub async fn claim(self) -> Result<Attached, SessionError> {
         if let Status::Failed(reason) = &*self.status.borrow() {
             return Err(SessionError::Connect(reason.clone()));
         }
-        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let (tx, rx) = oneshot::channel();
         self.ctl
-            .send(Control::Claim(tx, events_tx))
+            .send(Control::Claim(tx))
             .await
             .map_err(|_| SessionError::Closed(self.closed_reason()))?;
-        let buffered = rx
-            .await
-            .map_err(|_| SessionError::Closed(self.closed_reason()))?;
-        Ok(ClaimedSession {
-            buffered,
-            events: events_rx,
-            ctl: self.ctl.clone(),
-            audio: self.audio.clone(),
-            dropped: self.metrics.frames_dropped("inbound"),
-        })
+        rx.await
+            .map_err(|_| SessionError::Closed(self.closed_reason()))
     }
 
     fn closed_reason(&self) -> String {
@@ -221,53 +246,14 @@ impl WarmSession for SessionHandle {
     }
 }
 
-impl ClaimedSession {
-    /// Queues caller audio; returns false (and counts it) if the queue is full.
-    pub fn append(&self, b64: String) -> bool {
-        match self.audio.try_send(b64) {
-            Ok(()) => true,
-            Err(_) => {
-                self.dropped.inc();
-                false
-            }
-        }
-    }
-
-    /// `response.cancel`.
-    pub async fn cancel(&self) {
-        let _ = self.ctl.send(Control::Cancel).await;
-    }
-
-    /// `conversation.item.truncate`.
-    pub async fn truncate(&self, item_id: String, audio_end_ms: u64) {
-        let _ = self
-            .ctl
-            .send(Control::Truncate {
-                item_id,
-                audio_end_ms,
-            })
-            .await;
-    }
-
-    /// A user text item plus `response.create`.
-    pub async fn user_text(&self, text: String) {
-        let _ = self.ctl.send(Control::UserText(text)).await;
-    }
-
-    /// Closes the socket.
-    pub async fn close(&self, reason: &'static str) {
-        let _ = self.ctl.send(Control::Close(reason)).await;
-    }
-}
-
 struct Task {
     settings: OpenAiSettings,
+    call_sid: String,
     session: Session,
     status: watch::Sender<Status>,
     observed: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     started: Instant,
-    call_sid: String,
 }
 
 impl Task {
@@ -278,12 +264,7 @@ impl Task {
         }
     }
 
-    async fn run(
-        mut self,
-        mut ctl: mpsc::Receiver<Control>,
-        mut audio: mpsc::Receiver<String>,
-        shutdown: CancellationToken,
-    ) {
+    async fn run(mut self, mut ctl: mpsc::Receiver<Control>, shutdown: CancellationToken) {
         // While connecting, only a close (or every handle dropping) matters; a claim that
         // arrives early (the stream started before the handshake) is answered once open.
         let mut early_claim = None;
@@ -298,12 +279,11 @@ impl Task {
                     None | Some(Control::Close(_)) => {
                         break Err(SessionError::Closed("closed before connecting".into()))
                     }
-                    Some(Control::Claim(reply, tx)) => early_claim = Some((reply, tx)),
-                    Some(_) => {}
+                    Some(Control::Claim(reply)) => early_claim = Some(reply),
                 },
             }
         };
-        let ws = match ws {
+        let mut ws = match ws {
             Ok(ws) => ws,
             Err(e) => {
                 tracing::warn!(call_sid = %self.call_sid, error = %e, "realtime session failed to open");
@@ -312,36 +292,20 @@ impl Task {
                 return;
             }
         };
-        let (mut sink, mut stream) = ws.split();
         self.session.handle_open();
         let _ = self.status.send(Status::Open);
-        let mut events: Option<mpsc::Sender<SessionEvent>> = None;
-        if let Some((reply, tx)) = early_claim {
-            let _ = reply.send(self.session.claim());
-            events = Some(tx);
+        if let Some(reply) = early_claim {
+            return self.hand_over(ws, reply).await;
         }
         // False once the socket is known to be closed or stuck: nothing more is sent on it.
         let mut sink_usable = true;
         let close_reason: String = loop {
-            // Drain the machine.
-            if let Err(reason) = send_queued(&mut self.session, &mut sink).await {
+            if let Err(reason) = send_queued(&mut self.session, &mut ws).await {
                 sink_usable = false;
                 break reason.into();
             }
-            if let Some(tx) = &events {
-                let mut gone = false;
-                while let Some(e) = self.session.poll_event() {
-                    if tx.send(e).await.is_err() {
-                        gone = true;
-                        break;
-                    }
-                }
-                if gone {
-                    break "call ended".into();
-                }
-            }
             tokio::select! {
-                msg = stream.next() => match msg {
+                msg = ws.next() => match msg {
                     Some(Ok(Message::Text(text))) => {
                         if let Err(e) = self.session.handle_text(text.as_str()) {
                             tracing::debug!(call_sid = %self.call_sid, error = %e, "ignoring unparsable realtime frame");
@@ -349,14 +313,6 @@ impl Task {
                         if let Some(why) = self.session.poll_setup_error() {
                             tracing::warn!(call_sid = %self.call_sid, error = %why, "realtime session refused its configuration");
                             self.observe("error");
-                            // A call already on this session ends saying why.
-                            if let Some(tx) = &events {
-                                let _ = tx.try_send(SessionEvent::Error {
-                                    code: "session_update_refused".into(),
-                                    message: why.clone(),
-                                    fatal: true,
-                                });
-                            }
                             let _ = self.status.send(Status::Failed(why));
                             break "configuration refused".into();
                         }
@@ -377,42 +333,40 @@ impl Task {
                     }
                 },
                 cmd = ctl.recv() => match cmd {
-                    Some(Control::Claim(reply, tx)) => {
-                        let buffered = self.session.claim();
-                        let _ = reply.send(buffered);
-                        events = Some(tx);
-                    }
-                    Some(Control::Cancel) => self.session.cancel_response(),
-                    Some(Control::Truncate { item_id, audio_end_ms }) => self.session.truncate(&item_id, audio_end_ms),
-                    Some(Control::UserText(t)) => self.session.send_user_text(&t),
+                    Some(Control::Claim(reply)) => return self.hand_over(ws, reply).await,
                     Some(Control::Close(reason)) => break reason.to_string(),
                     None => break "released".into(),
                 },
-                Some(b64) = audio.recv() => {
-                    self.session.append_audio(&b64);
-                    // Frames that queued up meanwhile are taken in the same turn.
-                    while let Ok(b64) = audio.try_recv() {
-                        self.session.append_audio(&b64);
-                    }
-                }
                 _ = shutdown.cancelled() => break "shutdown".into(),
             }
         };
-        // Caller audio queued before the end still goes out, whatever ended the session (the
-        // audio and control queues are separate, so a close can overtake audio sent before it).
         if sink_usable {
-            while let Ok(b64) = audio.try_recv() {
-                self.session.append_audio(&b64);
-            }
-            let _ = send_queued(&mut self.session, &mut sink).await;
-            let _ = tokio::time::timeout(SEND_LIMIT, sink.send(Message::Close(None))).await;
-            let _ = tokio::time::timeout(SEND_LIMIT, sink.close()).await;
+            close(&mut ws).await;
         }
         self.session.handle_closed();
         if !matches!(*self.status.borrow(), Status::Failed(_)) {
             let _ = self.status.send(Status::Closed);
         }
         tracing::debug!(call_sid = %self.call_sid, reason = %close_reason, "realtime session closed");
+    }
+
+    /// Moves the socket and the machine to the claimer. If the claimer stopped waiting (its
+    /// call ended during the hand-over), the session comes back and is closed here.
+    async fn hand_over(self, ws: Ws, reply: oneshot::Sender<Attached>) {
+        let call_sid = self.call_sid;
+        match reply.send(Attached {
+            ws,
+            session: self.session,
+        }) {
+            Ok(()) => {
+                tracing::debug!(call_sid = %call_sid, "realtime session handed to its call");
+            }
+            Err(mut back) => {
+                tracing::debug!(call_sid = %call_sid, "claimer gone during the hand-over; closing the session");
+                close(&mut back.ws).await;
+                let _ = self.status.send(Status::Closed);
+            }
+        }
     }
 
     fn update_status(&mut self) {
@@ -436,12 +390,14 @@ impl Task {
     }
 }
 
+/// Closes a socket we own: a close frame and the close handshake, each within [`SEND_LIMIT`].
+pub async fn close(ws: &mut Ws) {
+    let _ = tokio::time::timeout(SEND_LIMIT, ws.close(None)).await;
+}
+
 /// Sends everything the machine has queued with one flush (under load, several caller frames
 /// per write), within [`SEND_LIMIT`]; the error says why the socket is unusable.
-async fn send_queued(
-    session: &mut Session,
-    sink: &mut futures_util::stream::SplitSink<Ws, Message>,
-) -> Result<(), &'static str> {
+async fn send_queued(session: &mut Session, sink: &mut Ws) -> Result<(), &'static str> {
     if !session.has_transmit() {
         return Ok(());
     }
@@ -458,9 +414,6 @@ async fn send_queued(
     }
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 /// Opens the WebSocket: `realtime_url?model=…` with `Authorization: Bearer …` and no
 /// `OpenAI-Beta` header (GA), bounded by `connect_timeout_ms`.
 pub async fn connect(settings: &OpenAiSettings) -> Result<Ws, SessionError> {
@@ -476,7 +429,7 @@ pub async fn connect(settings: &OpenAiSettings) -> Result<Ws, SessionError> {
     let timeout = Duration::from_millis(settings.connect_timeout_ms);
     match tokio::time::timeout(
         timeout,
-        tokio_tungstenite::connect_async_with_config(req, Some(ws_config()), true),
+        tokio_tungstenite::connect_async_with_config(req, Some(crate::ws::realtime_client()), true),
     )
     .await
     {
@@ -487,17 +440,6 @@ pub async fn connect(settings: &OpenAiSettings) -> Result<Ws, SessionError> {
             settings.connect_timeout_ms
         ))),
     }
-}
-
-/// Small buffers: a call's messages are a few KiB, and a thousand calls must fit in memory;
-/// tungstenite also zero-fills up to `read_buffer_size` before every read, a cost paid per
-/// frame (4 KiB: a 100 ms audio delta, ~1.3 KiB, fits in one read). Writes are buffered only
-/// until the flush that ends every turn of the session loop.
-fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(8 * 1024)
-        .max_message_size(Some(16 * 1024 * 1024))
 }
 
 /// A connection error without anything secret (tungstenite errors carry no headers).

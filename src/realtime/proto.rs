@@ -11,74 +11,7 @@
 use std::collections::VecDeque;
 
 use super::wire::{self, ServerEvent};
-
-/// What the session tells the call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SessionEvent {
-    /// Agent audio (base64 μ-law).
-    AudioDelta {
-        /// Response id.
-        response_id: String,
-        /// Assistant item id.
-        item_id: String,
-        /// Base64 μ-law.
-        payload: String,
-    },
-    /// The caller started speaking.
-    SpeechStarted {
-        /// ms into the input audio.
-        audio_start_ms: u64,
-    },
-    /// The caller stopped speaking.
-    SpeechStopped {
-        /// ms into the input audio.
-        audio_end_ms: u64,
-    },
-    /// What the caller said.
-    CallerTranscript {
-        /// Text.
-        text: String,
-    },
-    /// Part of what the agent is saying.
-    AgentTranscriptDelta {
-        /// Assistant item id.
-        item_id: String,
-        /// Text fragment.
-        text: String,
-    },
-    /// What the agent said (the whole item).
-    AgentTranscript {
-        /// Assistant item id.
-        item_id: String,
-        /// Text.
-        text: String,
-    },
-    /// A response finished.
-    ResponseDone {
-        /// Response id.
-        response_id: String,
-        /// completed, cancelled, failed, incomplete.
-        status: String,
-    },
-    /// The model called a tool.
-    FunctionCall {
-        /// Call id.
-        call_id: String,
-        /// Function name.
-        name: String,
-        /// JSON arguments.
-        arguments: String,
-    },
-    /// An `error` event; `fatal` ones end the call.
-    Error {
-        /// `error.code` (or type).
-        code: String,
-        /// `error.message`.
-        message: String,
-        /// Whether the session is unusable (e.g. `session_expired`).
-        fatal: bool,
-    },
-}
+use crate::engine::{Command, Engine, EngineError, Event};
 
 /// Readiness of a warm session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +57,7 @@ pub struct Session {
     session_update: String,
     greeting: Option<String>,
     transmit: VecDeque<String>,
-    events: VecDeque<SessionEvent>,
+    events: VecDeque<Event>,
     buffered_bytes: usize,
     buffer_cap: usize,
     dropped_bytes: usize,
@@ -237,7 +170,7 @@ impl Session {
                     self.buffered_bytes += delta.len();
                 }
                 self.audio_seen = true;
-                self.push(SessionEvent::AudioDelta {
+                self.push(Event::AudioDelta {
                     response_id,
                     item_id,
                     payload: delta.into_owned(),
@@ -245,16 +178,16 @@ impl Session {
                 self.maybe_ready();
             }
             ServerEvent::SpeechStarted { audio_start_ms, .. } => {
-                self.push(SessionEvent::SpeechStarted { audio_start_ms })
+                self.push(Event::SpeechStarted { audio_start_ms })
             }
             ServerEvent::SpeechStopped { audio_end_ms } => {
-                self.push(SessionEvent::SpeechStopped { audio_end_ms })
+                self.push(Event::SpeechStopped { audio_end_ms })
             }
             ServerEvent::CallerTranscript { transcript, .. } => {
-                self.push(SessionEvent::CallerTranscript { text: transcript })
+                self.push(Event::CallerTranscript { text: transcript })
             }
             ServerEvent::AgentTranscriptDelta { item_id, delta } => {
-                self.push(SessionEvent::AgentTranscriptDelta {
+                self.push(Event::AgentTranscriptDelta {
                     item_id,
                     text: delta,
                 })
@@ -262,7 +195,7 @@ impl Session {
             ServerEvent::AgentTranscript {
                 item_id,
                 transcript,
-            } => self.push(SessionEvent::AgentTranscript {
+            } => self.push(Event::AgentTranscript {
                 item_id,
                 text: transcript,
             }),
@@ -270,7 +203,7 @@ impl Session {
                 call_id,
                 name,
                 arguments,
-            } => self.push(SessionEvent::FunctionCall {
+            } => self.push(Event::FunctionCall {
                 call_id,
                 name,
                 arguments,
@@ -290,7 +223,7 @@ impl Session {
                 if std::mem::take(&mut self.create_deferred) && status != "cancelled" {
                     self.transmit.push_back(wire::response_create(None));
                 }
-                self.push(SessionEvent::ResponseDone {
+                self.push(Event::ResponseDone {
                     response_id,
                     status,
                 })
@@ -308,14 +241,22 @@ impl Session {
                 // Before `session.updated` the only thing sent is the configuration (and
                 // the greeting): an error now means the session would run without our
                 // instructions, voice or formats. Unusable.
+                // A call that claims it ends at once, saying why.
                 if !self.configured && self.setup_error.is_none() {
-                    self.setup_error = Some(format!(
+                    let why = format!(
                         "session.update refused: {}: {message}",
                         code.as_deref().unwrap_or(&kind)
-                    ));
+                    );
+                    self.setup_error = Some(why.clone());
+                    self.push(Event::Error {
+                        code: "session_update_refused".into(),
+                        message: why,
+                        fatal: true,
+                    });
+                    return Ok(());
                 }
                 let fatal = matches!(code.as_deref(), Some("session_expired"));
-                self.push(SessionEvent::Error {
+                self.push(Event::Error {
                     code: code.unwrap_or(kind),
                     message,
                     fatal,
@@ -337,9 +278,9 @@ impl Session {
         }
     }
 
-    fn push(&mut self, e: SessionEvent) {
+    fn push(&mut self, e: Event) {
         if self.phase != Phase::Claimed
-            && !matches!(e, SessionEvent::AudioDelta { .. })
+            && !matches!(e, Event::AudioDelta { .. })
             && self.events.len() >= MAX_BUFFERED_EVENTS
         {
             return;
@@ -348,7 +289,7 @@ impl Session {
     }
 
     /// A media stream takes the session: everything buffered so far, in order.
-    pub fn claim(&mut self) -> Vec<SessionEvent> {
+    pub fn claim(&mut self) -> Vec<Event> {
         if self.phase != Phase::Closed {
             self.phase = Phase::Claimed;
         }
@@ -357,7 +298,7 @@ impl Session {
     }
 
     /// Next event (after a claim; before it, events stay buffered for the claim).
-    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+    pub fn poll_event(&mut self) -> Option<Event> {
         if self.phase == Phase::Claimed {
             self.events.pop_front()
         } else {
@@ -376,12 +317,12 @@ impl Session {
     }
 
     /// `input_audio_buffer.append` (caller audio, base64 μ-law).
-    pub fn append_audio(&mut self, b64: &str) {
+    fn append_audio(&mut self, b64: &str) {
         self.transmit.push_back(wire::append(b64));
     }
 
     /// `response.cancel`; later deltas of the active response are dropped.
-    pub fn cancel_response(&mut self) {
+    fn cancel_response(&mut self) {
         if let Some(id) = self.active_response.take() {
             push_recent(&mut self.cancelled, id);
         }
@@ -389,14 +330,14 @@ impl Session {
     }
 
     /// `conversation.item.truncate`.
-    pub fn truncate(&mut self, item_id: &str, audio_end_ms: u64) {
+    fn truncate(&mut self, item_id: &str, audio_end_ms: u64) {
         self.transmit
             .push_back(wire::truncate(item_id, audio_end_ms));
     }
 
     /// A user text item and a `response.create` (e.g. a DTMF key). While a response is open
     /// the `response.create` waits for its `response.done` (the API allows one at a time).
-    pub fn send_user_text(&mut self, text: &str) {
+    fn send_user_text(&mut self, text: &str) {
         self.transmit.push_back(wire::user_text(text));
         if self.responding {
             self.create_deferred = true;
@@ -408,6 +349,52 @@ impl Session {
     /// The socket closed.
     pub fn handle_closed(&mut self) {
         self.phase = Phase::Closed;
+    }
+
+    /// One command from the call (docs/architecture.md, "The engine seam").
+    pub fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Append(b64) => self.append_audio(&b64),
+            Command::Cancel => self.cancel_response(),
+            Command::Truncate {
+                item_id,
+                audio_end_ms,
+            } => self.truncate(&item_id, audio_end_ms),
+            Command::UserText(text) => self.send_user_text(&text),
+            // Realtime has no goodbye event: the socket's close frame, sent by the loop after
+            // the last transmit, ends the session.
+            Command::Close => {}
+        }
+    }
+}
+
+impl Engine for Session {
+    fn handle_text(&mut self, text: &str) -> Result<(), EngineError> {
+        Session::handle_text(self, text).map_err(|e| EngineError(e.to_string()))
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        Session::handle_command(self, command)
+    }
+
+    fn handle_closed(&mut self) {
+        Session::handle_closed(self)
+    }
+
+    fn poll_transmit(&mut self) -> Option<String> {
+        Session::poll_transmit(self)
+    }
+
+    fn has_transmit(&self) -> bool {
+        Session::has_transmit(self)
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        Session::poll_event(self)
+    }
+
+    fn claim(&mut self) -> Vec<Event> {
+        Session::claim(self)
     }
 }
 
@@ -475,7 +462,7 @@ mod tests {
         let payloads: Vec<_> = got
             .iter()
             .filter_map(|e| match e {
-                SessionEvent::AudioDelta { payload, .. } => Some(payload.as_str()),
+                Event::AudioDelta { payload, .. } => Some(payload.as_str()),
                 _ => None,
             })
             .collect();
@@ -483,7 +470,7 @@ mod tests {
         assert_eq!(s.dropped_bytes(), 8);
         assert_eq!(
             got.last(),
-            Some(&SessionEvent::AgentTranscript {
+            Some(&Event::AgentTranscript {
                 item_id: "item_1".into(),
                 text: "Hello".into()
             })
@@ -492,10 +479,7 @@ mod tests {
         s.handle_text(&delta("r1", "EEEE")).unwrap();
         assert_eq!(s.poll_event(), None);
         s.handle_text(&delta("r2", "DDDDDDDDDDDDDDDDDDDD")).unwrap();
-        assert!(matches!(
-            s.poll_event(),
-            Some(SessionEvent::AudioDelta { .. })
-        ));
+        assert!(matches!(s.poll_event(), Some(Event::AudioDelta { .. })));
     }
 
     #[test]
@@ -575,6 +559,11 @@ mod tests {
             "{why}"
         );
         assert!(s.poll_setup_error().is_none(), "reported once");
+        // A call claiming it gets a fatal error saying why.
+        assert!(matches!(
+            s.claim().as_slice(),
+            [Event::Error { code, fatal: true, .. }] if code == "session_update_refused"
+        ));
         // Once configured, errors are the call's business, not a failed setup.
         let mut s = session();
         s.handle_open();
@@ -592,7 +581,7 @@ mod tests {
         s.handle_text(r#"{"type":"error","error":{"type":"invalid_request_error","code":"session_expired","message":"m"}}"#).unwrap();
         s.handle_text(r#"{"type":"error","error":{"type":"invalid_request_error","message":"no active response"}}"#).unwrap();
         let fatal: Vec<_> = std::iter::from_fn(|| s.poll_event())
-            .map(|e| matches!(e, SessionEvent::Error { fatal: true, .. }))
+            .map(|e| matches!(e, Event::Error { fatal: true, .. }))
             .collect();
         assert_eq!(fatal, [true, false]);
     }

@@ -143,13 +143,56 @@ impl Heard {
     }
 }
 
+/// Something for the Twilio socket, typed; its JSON is written at the socket edge
+/// ([`Transmit::encode`]), so the loop and the call can tell audio from control without
+/// reading text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    /// Agent audio (base64 μ-law), always followed by [`Transmit::Mark`] with the same `seq`.
+    /// Droppable: when Twilio's leg is backed up the loop drops it (and its mark, through
+    /// [`MediaStream::retract_media`]).
+    Media {
+        /// The number of the mark that follows it.
+        seq: u64,
+        /// Base64 μ-law, passed through untouched.
+        payload: String,
+    },
+    /// A mark named by its number; Twilio echoes it when the audio before it has played.
+    Mark {
+        /// The mark's number (its `name` on the wire).
+        seq: u64,
+    },
+    /// `clear`: Twilio drops the audio it buffered.
+    Clear,
+}
+
+impl Transmit {
+    /// The Media Streams message (protocols.md §4.2) for the stream `stream_sid`.
+    pub fn encode(&self, stream_sid: &str) -> String {
+        match self {
+            Self::Media { payload, .. } => wire::media_json(stream_sid, payload),
+            Self::Mark { seq } => wire::mark_json(stream_sid, &seq.to_string()),
+            Self::Clear => wire::clear_json(stream_sid),
+        }
+    }
+
+    /// The message's `event` name.
+    pub fn event(&self) -> &'static str {
+        match self {
+            Self::Media { .. } => "media",
+            Self::Mark { .. } => "mark",
+            Self::Clear => "clear",
+        }
+    }
+}
+
 /// One Twilio media stream.
 #[derive(Debug, Default)]
 pub struct MediaStream {
     stream_sid: Option<StreamSid>,
     stopped: bool,
     events: VecDeque<MediaEvent>,
-    transmit: VecDeque<String>,
+    transmit: VecDeque<Transmit>,
     /// ms of agent audio on the timeline (sent and not cut by a clear).
     sent_ms: f64,
     pin: Option<Pin>,
@@ -237,16 +280,18 @@ impl MediaStream {
         self.events.pop_front()
     }
 
-    /// Next JSON text for the Twilio socket.
-    pub fn poll_transmit(&mut self) -> Option<String> {
+    /// Next message for the Twilio socket.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmit.pop_front()
     }
 
     /// Queues agent audio (already base64 μ-law) for `item`, followed by a mark. Ignored before
     /// `start` (Twilio requires the streamSid) or with an invalid payload.
-    pub fn send_media(&mut self, now: Instant, item: u64, payload_b64: &str) {
-        let Some(sid) = &self.stream_sid else { return };
-        let Some(bytes) = wire::base64_len(payload_b64) else {
+    pub fn send_media(&mut self, now: Instant, item: u64, payload_b64: String) {
+        if self.stream_sid.is_none() {
+            return;
+        }
+        let Some(bytes) = wire::base64_len(&payload_b64) else {
             return;
         };
         if self.pending.is_empty() {
@@ -270,10 +315,11 @@ impl MediaStream {
         self.sent_ms += bytes as f64 / 8.0;
         self.next_seq += 1;
         let seq = self.next_seq;
-        self.transmit
-            .push_back(wire::media_json(sid.as_str(), payload_b64));
-        self.transmit
-            .push_back(wire::mark_json(sid.as_str(), &seq.to_string()));
+        self.transmit.push_back(Transmit::Media {
+            seq,
+            payload: payload_b64,
+        });
+        self.transmit.push_back(Transmit::Mark { seq });
         self.pending.push_back(Mark {
             seq,
             start_ms,
@@ -283,7 +329,7 @@ impl MediaStream {
 
     /// Forgets the media frame that mark `seq` follows: it was never sent (the outbound queue
     /// was full), so the audio after it moves up the timeline by its length. The caller drops
-    /// the mark's already-polled text. Returns whether the mark was pending.
+    /// the [`Transmit::Mark`] that follows it. Returns whether the mark was pending.
     pub fn retract_media(&mut self, seq: u64) -> bool {
         let Some(i) = self.pending.iter().position(|m| m.seq == seq) else {
             return false;
@@ -320,15 +366,6 @@ impl MediaStream {
         true
     }
 
-    /// The mark name (sequence number) of a mark frame this machine produced.
-    pub fn mark_seq(text: &str) -> Option<u64> {
-        let name = text
-            .strip_prefix(r#"{"event":"mark""#)?
-            .split(r#""name":""#)
-            .nth(1)?;
-        name.split('"').next()?.parse().ok()
-    }
-
     /// Whether agent audio is still buffered at Twilio (marks pending).
     pub fn is_playing(&self, now: Instant) -> bool {
         !self.pending.is_empty() && self.heard_timeline_ms(now) < self.sent_ms
@@ -360,14 +397,14 @@ impl MediaStream {
     /// timeline is cut back to what was heard. Returns what was heard of the playing item
     /// (its length measured before the cut).
     pub fn send_clear(&mut self, now: Instant) -> Option<Heard> {
-        let sid = self.stream_sid.as_ref()?;
+        self.stream_sid.as_ref()?;
         let heard = self.heard_ms(now).map(|(item, ms)| Heard {
             item,
             ms,
             item_ms: self.item_ms(item).unwrap_or(0.0),
         });
         let pos = self.heard_timeline_ms(now);
-        self.transmit.push_back(wire::clear_json(sid.as_str()));
+        self.transmit.push_back(Transmit::Clear);
         self.cleared.extend(self.pending.drain(..).map(|m| m.seq));
         self.sent_ms = pos;
         self.pin = Some(Pin { ms: pos, at: now });
@@ -444,9 +481,12 @@ mod tests {
     fn send(m: &mut MediaStream, t: Instant, item: u64, n: usize) -> Vec<u64> {
         (0..n)
             .map(|_| {
-                m.send_media(t, item, &audio_100ms());
-                let _media = m.poll_transmit();
-                MediaStream::mark_seq(&m.poll_transmit().expect("mark")).expect("our mark")
+                m.send_media(t, item, audio_100ms());
+                let Some(Transmit::Media { seq, .. }) = m.poll_transmit() else {
+                    panic!("media first")
+                };
+                assert_eq!(m.poll_transmit(), Some(Transmit::Mark { seq }));
+                seq
             })
             .collect()
     }
@@ -483,19 +523,28 @@ mod tests {
     }
 
     #[test]
-    fn mark_numbers_are_read_back_from_our_own_marks_only() {
+    fn transmits_encode_to_the_media_streams_messages() {
+        let sid = "MZ18ad3ab5a668481ce02b83e7395059f0";
+        let media = Transmit::Media {
+            seq: 7,
+            payload: "AAAA".into(),
+        };
         assert_eq!(
-            MediaStream::mark_seq(&wire::mark_json("MZ1", "42")),
-            Some(42)
+            media.encode(sid),
+            format!(r#"{{"event":"media","streamSid":"{sid}","media":{{"payload":"AAAA"}}}}"#)
         );
         assert_eq!(
-            MediaStream::mark_seq(&wire::media_json("MZ1", "AAAA")),
-            None
+            Transmit::Mark { seq: 7 }.encode(sid),
+            format!(r#"{{"event":"mark","streamSid":"{sid}","mark":{{"name":"7"}}}}"#)
         );
         assert_eq!(
-            MediaStream::mark_seq(&wire::mark_json("MZ1", "greeting")),
-            None
+            Transmit::Clear.encode(sid),
+            format!(r#"{{"event":"clear","streamSid":"{sid}"}}"#)
         );
+        for t in [media, Transmit::Mark { seq: 1 }, Transmit::Clear] {
+            let v: serde_json::Value = serde_json::from_str(&t.encode(sid)).unwrap();
+            assert_eq!(v["event"], t.event());
+        }
     }
 
     fn ms(n: u64) -> Duration {
@@ -504,7 +553,7 @@ mod tests {
 
     fn transmits(m: &mut MediaStream) -> Vec<serde_json::Value> {
         std::iter::from_fn(|| m.poll_transmit())
-            .map(|t| serde_json::from_str(&t).unwrap())
+            .map(|t| serde_json::from_str(&t.encode("MZ18ad3ab5a668481ce02b83e7395059f0")).unwrap())
             .collect()
     }
 
@@ -555,8 +604,8 @@ mod tests {
     fn every_media_chunk_is_followed_by_a_mark() {
         let t0 = Instant::now();
         let mut m = started(t0);
-        m.send_media(t0, 1, &audio_100ms());
-        m.send_media(t0, 1, &audio_100ms());
+        m.send_media(t0, 1, audio_100ms());
+        m.send_media(t0, 1, audio_100ms());
         let out = transmits(&mut m);
         let kinds: Vec<_> = out.iter().map(|v| v["event"].as_str().unwrap()).collect();
         assert_eq!(kinds, ["media", "mark", "media", "mark"]);
@@ -570,7 +619,7 @@ mod tests {
         let t0 = Instant::now();
         let mut m = started(t0);
         for _ in 0..3 {
-            m.send_media(t0, 1, &audio_100ms());
+            m.send_media(t0, 1, audio_100ms());
         }
         assert!(m.is_playing(t0));
         // Playback started at t0 with an empty buffer.
@@ -590,7 +639,7 @@ mod tests {
         let t0 = Instant::now();
         let mut m = started(t0);
         for _ in 0..5 {
-            m.send_media(t0, 7, &audio_100ms());
+            m.send_media(t0, 7, audio_100ms());
         }
         transmits(&mut m);
         echo(&mut m, t0 + ms(100), 1);
@@ -617,7 +666,7 @@ mod tests {
         assert!(!m.is_playing(t0 + ms(140)));
         assert_eq!(m.heard_ms(t0 + ms(1000)), Some((7, 137)));
         // The next item starts playing at once, from the cut timeline.
-        m.send_media(t0 + ms(500), 8, &audio_100ms());
+        m.send_media(t0 + ms(500), 8, audio_100ms());
         assert_eq!(m.heard_ms(t0 + ms(540)), Some((8, 40)));
     }
 
@@ -625,10 +674,10 @@ mod tests {
     fn a_new_item_after_silence_starts_when_sent() {
         let t0 = Instant::now();
         let mut m = started(t0);
-        m.send_media(t0, 1, &audio_100ms());
+        m.send_media(t0, 1, audio_100ms());
         echo(&mut m, t0 + ms(100), 1);
         // Two seconds of nothing, then a new response.
-        m.send_media(t0 + ms(2100), 2, &audio_100ms());
+        m.send_media(t0 + ms(2100), 2, audio_100ms());
         assert_eq!(m.heard_ms(t0 + ms(2130)), Some((2, 30)));
     }
 
@@ -686,7 +735,7 @@ mod tests {
             let text = String::from_utf8_lossy(&bytes);
             let _ = m.handle_text(t0, &text);
             while m.poll_event().is_some() {}
-            m.send_media(t0, 1, "AAAA");
+            m.send_media(t0, 1, "AAAA".into());
             let _ = m.send_clear(t0);
         }
     }

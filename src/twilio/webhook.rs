@@ -242,14 +242,7 @@ async fn answer(
         .begin(&sid, ctx, want_warm, Instant::now(), || {
             client::spawn(
                 &state.settings.openai,
-                SessionSpec {
-                    session_update: profile
-                        .session_update(&state.settings.openai.transcription_model, arrived),
-                    greeting: Some(profile.greeting_request()),
-                    buffer_cap: state.settings.prewarm.greeting_buffer_bytes * 4 / 3 + 4,
-                    call_sid: sid.to_string(),
-                    prewarm: true,
-                },
+                SessionSpec::new(&state.settings, &profile, &sid, true, arrived),
                 state.metrics.clone(),
                 &state.tasks,
                 state.shutdown.clone(),

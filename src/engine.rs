@@ -1,0 +1,161 @@
+//! The voice-engine seam: what a call asks of the speech-to-speech model and what the model
+//! tells the call, independent of the engine's wire protocol (docs/architecture.md, "The
+//! engine seam").
+//!
+//! An engine is a sans-IO machine for one model socket. The call's task owns it from the
+//! claim on; before that a warm session's own task drives it (connect, configure, buffer the
+//! greeting). Today's engine is OpenAI Realtime ([`crate::realtime::proto::Session`]); a second
+//! one (a protocol with different events but the same role in the call) implements the same
+//! [`Engine`] trait and is driven by the same loops.
+//!
+//! Contract (the same as every machine here):
+//! 1. Frames from the socket go in through [`Engine::handle_text`]; what the call wants goes in
+//!    as one [`Command`] through [`Engine::handle_command`].
+//! 2. Frames for the socket come out of [`Engine::poll_transmit`] (finished JSON text, written
+//!    as is); what the call must know comes out of [`Engine::poll_event`] as an [`Event`].
+//! 3. An engine does not support every command: one that runs barge-in in the model itself
+//!    ignores `Cancel` and `Truncate`. Ignoring is silent; the call's rules do not change.
+
+/// What the call asks of the engine. One variant per thing a call can want, in one place:
+/// a new capability (a function's output, re-seeding a reconnected session) is one more
+/// variant here and one more arm in each engine's `handle_command`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Caller audio (base64 μ-law 8 kHz, passed through untouched). The only droppable
+    /// command: when the model's socket cannot keep up, caller audio is dropped and counted.
+    Append(String),
+    /// Stop the response being spoken (the caller interrupted it).
+    Cancel,
+    /// The caller heard only `audio_end_ms` of an agent item: cut the model's memory there.
+    Truncate {
+        /// The engine's id of the agent item.
+        item_id: String,
+        /// ms of that item's audio the caller heard.
+        audio_end_ms: u64,
+    },
+    /// A user text turn (e.g. a DTMF key) and a request for an answer to it.
+    UserText(String),
+    /// The call is over: nothing more will be sent.
+    Close,
+}
+
+impl Command {
+    /// Whether this command may be dropped when the engine's socket is backed up (caller audio
+    /// goes stale; control never is dropped).
+    pub fn is_droppable(&self) -> bool {
+        matches!(self, Self::Append(_))
+    }
+}
+
+/// What the engine tells the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Agent audio (base64 μ-law).
+    AudioDelta {
+        /// Response id.
+        response_id: String,
+        /// Agent item id.
+        item_id: String,
+        /// Base64 μ-law.
+        payload: String,
+    },
+    /// The caller started speaking.
+    SpeechStarted {
+        /// ms into the input audio.
+        audio_start_ms: u64,
+    },
+    /// The caller stopped speaking.
+    SpeechStopped {
+        /// ms into the input audio.
+        audio_end_ms: u64,
+    },
+    /// What the caller said.
+    CallerTranscript {
+        /// Text.
+        text: String,
+    },
+    /// Part of what the agent is saying.
+    AgentTranscriptDelta {
+        /// Agent item id.
+        item_id: String,
+        /// Text fragment.
+        text: String,
+    },
+    /// What the agent said (the whole item).
+    AgentTranscript {
+        /// Agent item id.
+        item_id: String,
+        /// Text.
+        text: String,
+    },
+    /// A response finished.
+    ResponseDone {
+        /// Response id.
+        response_id: String,
+        /// completed, cancelled, failed, incomplete.
+        status: String,
+    },
+    /// The model called a tool.
+    FunctionCall {
+        /// Call id.
+        call_id: String,
+        /// Function name.
+        name: String,
+        /// JSON arguments.
+        arguments: String,
+    },
+    /// An error from the engine; `fatal` ones end the call.
+    Error {
+        /// Error code (or type).
+        code: String,
+        /// Message.
+        message: String,
+        /// Whether the session is unusable (e.g. `session_expired`, a refused configuration).
+        fatal: bool,
+    },
+}
+
+/// A frame from the engine's socket that could not be parsed (ignored and logged; the call
+/// goes on).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EngineError(pub String);
+
+/// One speech-to-speech session, sans IO (see the module docs for the contract).
+pub trait Engine: Send + std::fmt::Debug {
+    /// One text frame from the socket.
+    fn handle_text(&mut self, text: &str) -> Result<(), EngineError>;
+    /// One command from the call.
+    fn handle_command(&mut self, command: Command);
+    /// The socket closed.
+    fn handle_closed(&mut self);
+    /// Next frame for the socket (JSON text).
+    fn poll_transmit(&mut self) -> Option<String>;
+    /// Whether frames wait for the socket.
+    fn has_transmit(&self) -> bool;
+    /// Next event for the call (after [`Engine::claim`]; before it, events are buffered).
+    fn poll_event(&mut self) -> Option<Event>;
+    /// A call takes the session: everything buffered so far (the greeting first), in order.
+    fn claim(&mut self) -> Vec<Event>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_caller_audio_is_droppable() {
+        assert!(Command::Append("AAAA".into()).is_droppable());
+        for control in [
+            Command::Cancel,
+            Command::Truncate {
+                item_id: "i".into(),
+                audio_end_ms: 1,
+            },
+            Command::UserText("t".into()),
+            Command::Close,
+        ] {
+            assert!(!control.is_droppable(), "{control:?}");
+        }
+    }
+}
