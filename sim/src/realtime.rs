@@ -144,6 +144,12 @@ struct Shared {
     ids: AtomicU64,
     /// Bumped to drop every open connection (a Realtime outage mid-call).
     kill: watch::Sender<u64>,
+    /// While true, open connections stop reading their sockets (a server that is stuck; the
+    /// client's writes back up in the kernel's buffers). They still send.
+    stalled: watch::Sender<bool>,
+    /// Server events sent as they are to every open connection (tests of what the gateway does
+    /// with an event at a chosen moment).
+    inject: tokio::sync::broadcast::Sender<String>,
 }
 
 /// A running fake.
@@ -174,6 +180,8 @@ impl FakeRealtime {
             changed: Notify::new(),
             ids: AtomicU64::default(),
             kill: watch::channel(0).0,
+            stalled: watch::channel(false).0,
+            inject: tokio::sync::broadcast::channel(256).0,
         });
         let task = tokio::spawn(accept_loop(listener, rx, shared.clone()));
         Ok(Self {
@@ -197,6 +205,17 @@ impl FakeRealtime {
     /// Drops every open connection abruptly (no close frame), like a Realtime outage.
     pub fn drop_connections(&self) {
         self.shared.kill.send_modify(|n| *n += 1);
+    }
+
+    /// Open connections stop (`true`) or resume (`false`) reading their sockets: a server
+    /// that stopped reading, while it still sends.
+    pub fn stall_reading(&self, stalled: bool) {
+        self.shared.stalled.send_replace(stalled);
+    }
+
+    /// Sends `event` as it is to every open connection.
+    pub fn inject(&self, event: &Value) {
+        let _ = self.shared.inject.send(event.to_string());
     }
 
     /// Successful WebSocket connections so far.
@@ -461,13 +480,22 @@ impl Conn {
             .await;
         let mut kill = self.shared.kill.subscribe();
         kill.mark_unchanged();
+        let mut stalled = self.shared.stalled.subscribe();
+        let mut inject = self.shared.inject.subscribe();
         loop {
+            let reading = !*stalled.borrow_and_update();
             tokio::select! {
-                msg = stream.next() => match msg {
+                msg = stream.next(), if reading => match msg {
                     Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                     Some(Ok(_)) => {}
                 },
+                _ = stalled.changed() => {}
+                event = inject.recv() => {
+                    if let Ok(text) = event {
+                        let _ = self.out.send(Message::text(text)).await;
+                    }
+                }
                 _ = kill.changed() => {
                     writer.abort();
                     break;

@@ -290,6 +290,8 @@ pub struct CallReport {
     pub frames_sent: usize,
     /// Who closed: `gateway` or `caller`.
     pub closed_by: Option<String>,
+    /// ms since `start` was sent when the gateway closed the socket (or it failed).
+    pub closed_at_ms: Option<u64>,
     /// The `<Connect action>` answer.
     pub after_stream: Option<Twiml>,
     /// When the first agent media arrived (for ordering checks across fakes).
@@ -772,6 +774,7 @@ impl TwilioSim {
                         Some(Ok(Message::Binary(_))) => report.violations.push("binary frame (Twilio error 31950)".into()),
                         Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
                             report.closed_by.get_or_insert_with(|| "gateway".into());
+                            report.closed_at_ms.get_or_insert(t0.elapsed().as_millis() as u64);
                             break;
                         }
                         Some(Ok(_)) => {}

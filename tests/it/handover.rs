@@ -1,0 +1,234 @@
+//! The hand-over of a warm session to its call's task, and the call's task driving both sockets
+//! (docs/architecture.md, "Who owns each socket", "The call task"): a claim while the greeting
+//! still streams or while the socket still connects, a hang-up in the middle of the hand-over,
+//! and a Realtime peer that stops reading.
+
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::json;
+use sim::{
+    audio::clips,
+    realtime::FakeConfig,
+    twilio::{CallSpec, Step, StreamOptions},
+};
+
+use crate::support::{CALLER, CLIENT_NUMBER, gateway};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[tokio::test]
+async fn a_claim_while_the_greeting_is_still_streaming_plays_all_of_it_in_order() {
+    // The greeting is generated at twice the pace of speech (100 ms of audio every 50 ms,
+    // about 2.2 s in all), so the webhook answers (at the first chunk) long before the model
+    // has finished it.
+    let cfg = FakeConfig {
+        chunk_interval: ms(50),
+        ..FakeConfig::instant()
+    };
+    let gw = gateway(cfg, "").await;
+    let placed = gw
+        .twilio
+        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
+        .await
+        .unwrap();
+    let greeting = clips::greeting();
+    assert!(
+        placed.webhook_time < ms(greeting.duration_ms() as u64 / 2),
+        "the stream starts while the greeting is still being generated ({:?})",
+        placed.webhook_time
+    );
+    let script = [
+        Step::WaitForAgentAudio(WAIT),
+        Step::WaitForAgentQuiet(WAIT),
+        Step::HangUp,
+    ];
+    let report = gw
+        .twilio
+        .stream(&placed, &script, StreamOptions::default())
+        .await
+        .unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert_eq!(
+        report.received_ms as usize,
+        greeting.duration_ms(),
+        "every chunk arrived: the buffered ones and those generated after the claim"
+    );
+    assert_eq!(
+        &report.heard_audio[..greeting.mulaw.len()],
+        &greeting.mulaw[..],
+        "in order, without a hole where the hand-over happened"
+    );
+    let record = gw.ended_call(&placed.call_sid).await;
+    assert_eq!(record.call.path.as_deref(), Some("warm"));
+    assert_eq!(gw.fake.connections_opened(), 1, "one session, handed over");
+    gw.app.shutdown().await;
+}
+
+/// A gateway whose Realtime socket takes 1.5 s to connect while the webhook answers after
+/// 200 ms: the stream starts while the warm session is still connecting.
+async fn slow_connecting_gateway() -> crate::support::Gateway {
+    let cfg = FakeConfig {
+        connect_delay: ms(1500),
+        ..FakeConfig::instant()
+    };
+    gateway(cfg, "[prewarm]\nring_max_ms = 200\n").await
+}
+
+#[tokio::test]
+async fn a_claim_while_the_session_is_still_connecting_waits_for_it_and_stays_warm() {
+    let gw = slow_connecting_gateway().await;
+    let placed = gw
+        .twilio
+        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
+        .await
+        .unwrap();
+    assert!(placed.webhook_time < ms(1000), "answered at ring_max_ms");
+    let script = [
+        Step::WaitForAgentAudio(WAIT),
+        Step::Silence(ms(300)),
+        Step::HangUp,
+    ];
+    let report = gw
+        .twilio
+        .stream(&placed, &script, StreamOptions::default())
+        .await
+        .unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert!(report.received_ms > 0, "the greeting played");
+    let record = gw.ended_call(&placed.call_sid).await;
+    assert_eq!(
+        record.call.path.as_deref(),
+        Some("warm"),
+        "the warm session was taken over once it opened, not replaced by a cold one"
+    );
+    assert_eq!(gw.fake.connections_opened(), 1);
+    assert_eq!(
+        gw.metric("warmline_webhook_duration_seconds_count{outcome=\"warm_not_ready\"}"),
+        1.0
+    );
+    assert!(gw.fake.wait_open(0, WAIT).await, "closed at the end");
+    gw.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hang_up_during_the_hand_over_leaves_no_socket_open_and_saves_the_call() {
+    let gw = slow_connecting_gateway().await;
+    let placed = gw
+        .twilio
+        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
+        .await
+        .unwrap();
+    // The caller hangs up right after `start`, while the claimed session is still connecting.
+    let report = gw
+        .twilio
+        .stream(&placed, &[Step::HangUp], StreamOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.closed_by.as_deref(), Some("caller"));
+    let record = gw.ended_call(&placed.call_sid).await;
+    assert_eq!(record.call.end_reason.as_deref(), Some("twilio_stop"));
+    assert_eq!(record.call.status, "completed");
+    // The session finished connecting after the call had ended; it was closed, not leaked,
+    // and no second (cold) session was opened for a call that was already over.
+    tokio::time::sleep(ms(2000)).await;
+    assert!(
+        gw.fake.wait_open(0, WAIT).await,
+        "no Realtime socket left open"
+    );
+    assert_eq!(
+        gw.fake.connection_attempts(),
+        1,
+        "no cold session for an ended call"
+    );
+    for _ in 0..50 {
+        if gw.metric("warmline_active_calls ") == 0.0 {
+            break;
+        }
+        tokio::time::sleep(ms(100)).await;
+    }
+    assert_eq!(gw.metric("warmline_active_calls "), 0.0);
+    gw.app.shutdown().await;
+}
+
+/// `n` agent audio deltas of 100 ms for one response.
+fn deltas(n: usize) -> Vec<serde_json::Value> {
+    let audio = base64::engine::general_purpose::STANDARD.encode([0xFFu8; 800]);
+    (0..n)
+        .map(|_| {
+            json!({"type": "response.output_audio.delta", "event_id": "event_x",
+                "response_id": "resp_stall", "item_id": "item_stall", "output_index": 0,
+                "content_index": 0, "delta": audio})
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_realtime_peer_that_stops_reading_does_not_hold_back_control_frames_to_twilio() {
+    let gw = gateway(FakeConfig::instant(), "").await;
+    let placed = gw
+        .twilio
+        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
+        .await
+        .unwrap();
+    // Large caller frames (45 KB of audio each, ~14 MB in all) fill the socket buffers
+    // towards a Realtime server that has stopped reading, so the gateway's writes to it stall.
+    let flood_frame = format!(
+        r#"{{"event":"media","sequenceNumber":"99","streamSid":"MZ00000000000000000000000000000001","media":{{"track":"inbound","chunk":"1","timestamp":"1000","payload":"{}"}}}}"#,
+        base64::engine::general_purpose::STANDARD.encode(vec![0xFFu8; 45_000])
+    );
+    let mut script = vec![Step::WaitForAgentAudio(WAIT), Step::WaitForAgentQuiet(WAIT)];
+    script.extend((0..300).map(|_| Step::SendRaw(flood_frame.clone())));
+    script.push(Step::WaitForClose(Duration::from_secs(20)));
+    let stream = gw.twilio.stream(&placed, &script, StreamOptions::default());
+    let stall = async {
+        assert!(
+            gw.fake
+                .wait_event("input_audio_buffer.append", 3, WAIT)
+                .await
+        );
+        gw.fake.stall_reading(true);
+        // Let the flood reach the gateway and back up behind the stalled reader.
+        tokio::time::sleep(ms(1500)).await;
+        // The model (still sending) answers and the caller starts talking over it.
+        for d in deltas(30) {
+            gw.fake.inject(&d);
+        }
+        tokio::time::sleep(ms(300)).await;
+        gw.fake
+            .inject(&json!({"type": "input_audio_buffer.speech_started",
+            "event_id": "event_y", "audio_start_ms": 5000, "item_id": "item_user"}));
+    };
+    let (report, ()) = tokio::join!(stream, stall);
+    let report = report.unwrap();
+    let record = gw.ended_call(&placed.call_sid).await;
+    assert_eq!(
+        record.call.end_reason.as_deref(),
+        Some("realtime_closed: realtime stopped reading"),
+        "the stalled Realtime socket was given up after its limit"
+    );
+    let clear = report
+        .clears
+        .first()
+        .expect("the barge-in's clear reached Twilio while Realtime was stuck");
+    let closed = report.closed_at_ms.expect("the gateway closed the stream");
+    assert!(
+        clear.at_ms < closed,
+        "clear ({} ms) before the call ended on the stalled peer ({closed} ms)",
+        clear.at_ms
+    );
+    assert!(
+        gw.metric("warmline_frames_dropped_total{direction=\"inbound\"}") > 0.0,
+        "caller audio beyond the Realtime queue was dropped and counted, not buffered"
+    );
+    gw.fake.stall_reading(false);
+    assert!(
+        gw.fake.wait_open(0, WAIT).await,
+        "no Realtime socket left open"
+    );
+    gw.app.shutdown().await;
+}
