@@ -6,6 +6,7 @@ mod admin;
 mod bridge;
 mod call_path;
 mod cli;
+#[cfg(feature = "sim")]
 mod loadgen;
 mod store;
 mod support;
