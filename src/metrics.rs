@@ -2,7 +2,8 @@
 //! nowhere else; the names are a contract with dashboards.
 //!
 //! Hot-path rule: labelled handles are looked up once per call ([`Metrics::frames_relayed`]
-//! returns an owned, `Arc`-backed counter) and then updated with plain atomic operations.
+//! returns an owned, `Arc`-backed counter) and then updated with plain atomic operations (a
+//! histogram's `observe`, e.g. [`Metrics::relay_delay`]'s, takes a short lock instead).
 //!
 //! Every labelled series exists at zero from start: [`Metrics::new`] creates each family's
 //! series for every label value the code can record (the lists below, or next to the code that
@@ -24,6 +25,13 @@ use crate::{
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15,
     0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0,
+];
+
+/// Buckets of `warmline_relay_delay_seconds`, in seconds: 10 µs to 1 s, finer than
+/// [`LATENCY_BUCKETS`] because the gateway's own share of a frame's trip is sub-millisecond.
+pub const RELAY_DELAY_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 1.0,
 ];
 
 /// `{direction}` values: caller → model, model → caller.
@@ -75,6 +83,10 @@ fn histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS.iter().copied())
 }
 
+fn relay_histogram() -> Histogram {
+    Histogram::new(RELAY_DELAY_BUCKETS.iter().copied())
+}
+
 /// All of warmline's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -96,6 +108,9 @@ pub struct Metrics {
     pub frames_relayed: Family<DirectionLabel, Counter>,
     /// `warmline_frames_dropped_total{direction}`: audio dropped because a peer could not keep up.
     pub frames_dropped: Family<DirectionLabel, Counter>,
+    /// `warmline_relay_delay_seconds{direction}`: a relayed frame read from one socket to its
+    /// write flushed to the other.
+    pub relay_delay: Family<DirectionLabel, Histogram>,
     /// `warmline_cold_sessions_total{reason}`: calls that went cold, and why (`policy`, `cap`, `failed`, `expired`).
     pub cold_sessions: Family<ReasonLabel, Counter>,
     /// `warmline_warm_sessions_closed_total{reason}`: warm sessions closed unclaimed, and why.
@@ -123,6 +138,9 @@ impl Metrics {
         let time_to_first_audio =
             Family::<PathLabel, Histogram>::new_with_constructor(histogram as fn() -> Histogram);
         let response_latency = histogram();
+        let relay_delay = Family::<DirectionLabel, Histogram>::new_with_constructor(
+            relay_histogram as fn() -> Histogram,
+        );
         let m = Self {
             webhook_duration: webhook_duration.clone(),
             prewarm_duration: prewarm_duration.clone(),
@@ -133,6 +151,7 @@ impl Metrics {
             warm_sessions_reaped: Counter::default(),
             frames_relayed: Family::default(),
             frames_dropped: Family::default(),
+            relay_delay,
             cold_sessions: Family::default(),
             warm_sessions_closed: Family::default(),
             calls_ended: Family::default(),
@@ -188,6 +207,13 @@ impl Metrics {
             "Audio frames dropped because a peer could not keep up, by direction",
             m.frames_dropped.clone(),
         );
+        registry.register_with_unit(
+            "relay_delay",
+            "A relayed frame read from one socket to its write flushed to the other, by direction \
+             (inbound = caller to model, outbound = model to caller)",
+            prometheus_client::registry::Unit::Seconds,
+            m.relay_delay.clone(),
+        );
         registry.register(
             "cold_sessions",
             "Calls that took the cold path, by reason",
@@ -224,6 +250,7 @@ impl Metrics {
         );
         create(&self.frames_relayed, DIRECTIONS.iter().map(direction));
         create(&self.frames_dropped, DIRECTIONS.iter().map(direction));
+        create(&self.relay_delay, DIRECTIONS.iter().map(direction));
         create(
             &self.cold_sessions,
             COLD_REASONS.iter().copied().map(reason),
@@ -263,6 +290,14 @@ impl Metrics {
         let label = DirectionLabel { direction };
         listed(&self.frames_dropped, &label);
         self.frames_dropped.get_or_create_owned(&label)
+    }
+
+    /// An owned relay-delay histogram handle for one direction, to be looked up once per call.
+    /// Every handle of a direction shares one histogram: `observe` takes its (short) write lock.
+    pub fn relay_delay(&self, direction: &'static str) -> Histogram {
+        let label = DirectionLabel { direction };
+        listed(&self.relay_delay, &label);
+        self.relay_delay.get_or_create_owned(&label)
     }
 
     /// Records a webhook duration.
@@ -334,6 +369,7 @@ mod tests {
         m.observe_first_audio("warm", 0.0004);
         m.response_latency.observe(0.3);
         m.frames_relayed("inbound").inc();
+        m.relay_delay("outbound").observe(0.000_3);
         m.warm_sessions_reaped.inc();
         let text = m.encode();
         for name in [
@@ -345,6 +381,9 @@ mod tests {
             "warmline_warm_sessions ",
             "warmline_warm_sessions_reaped_total 1",
             "warmline_frames_relayed_total{direction=\"inbound\"} 1",
+            "warmline_relay_delay_seconds_bucket{le=\"0.00025\",direction=\"outbound\"} 0",
+            "warmline_relay_delay_seconds_bucket{le=\"0.0005\",direction=\"outbound\"} 1",
+            "warmline_relay_delay_seconds_count{direction=\"outbound\"} 1",
             "warmline_store_errors_total 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
@@ -385,6 +424,15 @@ mod tests {
             want.push(format!(
                 "warmline_frames_dropped_total{{direction=\"{d}\"}} 0"
             ));
+            want.push(format!(
+                "warmline_relay_delay_seconds_count{{direction=\"{d}\"}} 0"
+            ));
+            want.push(format!(
+                "warmline_relay_delay_seconds_bucket{{le=\"0.00001\",direction=\"{d}\"}} 0"
+            ));
+            want.push(format!(
+                "warmline_relay_delay_seconds_bucket{{le=\"1.0\",direction=\"{d}\"}} 0"
+            ));
         }
         for r in ["policy", "cap", "failed", "expired"] {
             want.push(format!("warmline_cold_sessions_total{{reason=\"{r}\"}} 0"));
@@ -418,6 +466,29 @@ mod tests {
         for line in &want {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
+        assert!(text.contains(
+            "# HELP warmline_relay_delay_seconds A relayed frame read from one socket to its write \
+             flushed to the other, by direction (inbound = caller to model, outbound = model to \
+             caller)."
+        ));
+    }
+
+    #[test]
+    fn relay_delay_buckets_run_from_10_us_to_1_s() {
+        let text = Metrics::new().encode();
+        let les: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("warmline_relay_delay_seconds_bucket{"))
+            .filter(|l| l.contains("direction=\"inbound\""))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        assert_eq!(
+            les,
+            [
+                "0.00001", "0.000025", "0.00005", "0.0001", "0.00025", "0.0005", "0.001", "0.0025",
+                "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "1.0", "+Inf"
+            ]
+        );
     }
 
     #[test]
