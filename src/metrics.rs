@@ -1,4 +1,4 @@
-//! The Prometheus registry. Every metric name DESIGN.md lists ("Metrics") is defined here and
+//! The Prometheus registry. Every metric README.md lists ("Operations") is defined here and
 //! nowhere else; the names are a contract with dashboards.
 //!
 //! Hot-path rule: labelled handles are looked up once per call ([`Metrics::frames_relayed`]
