@@ -7,7 +7,8 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin warmline
+# Without the default `sim` feature: no simulators, no `demo` or `loadgen` subcommands.
+RUN cargo build --release --locked --no-default-features --bin warmline
 
 FROM debian:bookworm-slim
 RUN apt-get update \

@@ -19,19 +19,23 @@
 //! - [`store`]: sea-orm entities and repositories (clients, numbers, FAQs, callers, calls, transcripts).
 //! - [`admin`]: the admin REST API under `/admin/api/v1`.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
-//! - [`loadgen`]: `warmline loadgen`, the benchmark (a gateway child process under simulated calls).
-//! - [`demo`]: `warmline demo`, the whole call path on one machine against the `sim` fakes.
+//! - [`loadgen`]: `warmline loadgen`, the benchmark (a gateway child process under simulated calls;
+//!   cargo feature `sim`, on by default).
+//! - [`demo`]: `warmline demo`, the whole call path on one machine against the `sim` fakes
+//!   (cargo feature `sim`, on by default).
 #![warn(missing_docs)]
 
 pub mod admin;
 pub mod app;
 pub mod bridge;
 pub mod config;
+#[cfg(feature = "sim")]
 pub mod demo;
 pub mod domain;
 pub mod engine;
 pub mod hours;
 pub mod json;
+#[cfg(feature = "sim")]
 pub mod loadgen;
 pub mod metrics;
 pub mod ops;

@@ -37,6 +37,7 @@ enum Command {
     CheckConfig,
     /// Run the gateway with a fake Realtime server and a Twilio simulator on this machine, place
     /// a few calls warm and cold, print what happened and write one call's audio as WAV files.
+    #[cfg(feature = "sim")]
     Demo {
         /// Directory for the WAV files.
         #[arg(long, default_value = "demo-out")]
@@ -44,6 +45,7 @@ enum Command {
     },
     /// Benchmark: N concurrent simulated calls against a gateway child process, reporting time
     /// to first audio, relay delay, frames lost, CPU and memory per call, webhook deadline.
+    #[cfg(feature = "sim")]
     Loadgen {
         /// Concurrent calls.
         #[arg(long, default_value_t = 100)]
@@ -79,6 +81,7 @@ enum MigrateAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(feature = "sim")]
     if let Command::Demo { .. } | Command::Loadgen { .. } = &cli.command {
         // The demo and the load generator build their own settings: nothing outside this
         // machine is needed.
@@ -146,12 +149,15 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::CheckConfig | Command::Demo { .. } | Command::Loadgen { .. } => {
+        Command::CheckConfig => unreachable!("handled before the runtime starts"),
+        #[cfg(feature = "sim")]
+        Command::Demo { .. } | Command::Loadgen { .. } => {
             unreachable!("handled before the runtime starts")
         }
     }
 }
 
+#[cfg(feature = "sim")]
 async fn tools(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Demo { out } => {

@@ -1,8 +1,14 @@
-//! The Prometheus registry. Every metric name DESIGN.md lists ("Metrics") is defined here and
+//! The Prometheus registry. Every metric README.md lists ("Operations") is defined here and
 //! nowhere else; the names are a contract with dashboards.
 //!
 //! Hot-path rule: labelled handles are looked up once per call ([`Metrics::frames_relayed`]
-//! returns an owned, `Arc`-backed counter) and then updated with plain atomic operations.
+//! returns an owned, `Arc`-backed counter) and then updated with plain atomic operations (a
+//! histogram's `observe`, e.g. [`Metrics::relay_delay`]'s, takes a short lock instead).
+//!
+//! Every labelled series exists at zero from start: [`Metrics::new`] creates each family's
+//! series for every label value the code can record (the lists below, or next to the code that
+//! defines the values), so a fresh instance's `/metrics` already names them all. In debug builds
+//! recording a label value that is not listed panics, so a new value cannot be forgotten.
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -10,11 +16,40 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::{
+    bridge::outcome::{CallPath, EndReason},
+    twilio::{form::CallStatus, webhook},
+};
+
 /// Histogram buckets in seconds: 0.5 ms to 10 s, dense enough to resolve milliseconds.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15,
     0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0,
 ];
+
+/// Buckets of `warmline_relay_delay_seconds`, in seconds: 10 µs to 1 s, finer than
+/// [`LATENCY_BUCKETS`] because the gateway's own share of a frame's trip is sub-millisecond.
+pub const RELAY_DELAY_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 1.0,
+];
+
+/// `{direction}` values: caller → model, model → caller.
+pub const DIRECTIONS: &[&str] = &["inbound", "outbound"];
+
+/// `warmline_prewarm_duration_seconds{outcome}` values (recorded by src/realtime/client.rs).
+pub const PREWARM_OUTCOMES: &[&str] = &["ready", "timeout", "error"];
+
+/// `warmline_cold_sessions_total{reason}` values: the webhook's
+/// [`ColdReason`](crate::realtime::registry::ColdReason)s (`policy`, `cap`)
+/// and the stream's (src/bridge/socket.rs): `failed` (the warm session was unusable when claimed)
+/// and `expired` (the call was no longer registered when its stream started).
+pub const COLD_REASONS: &[&str] = &["policy", "cap", "failed", "expired"];
+
+/// `warmline_warm_sessions_closed_total{reason}` values besides the Twilio terminal statuses
+/// ([`CallStatus::TERMINAL`], from the status callback): `expired` (the reaper,
+/// src/realtime/registry.rs) and `shutdown` (src/realtime/reaper.rs).
+pub const WARM_CLOSE_REASONS: &[&str] = &["expired", "shutdown"];
 
 /// `{outcome}` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,6 +83,10 @@ fn histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS.iter().copied())
 }
 
+fn relay_histogram() -> Histogram {
+    Histogram::new(RELAY_DELAY_BUCKETS.iter().copied())
+}
+
 /// All of warmline's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -69,6 +108,9 @@ pub struct Metrics {
     pub frames_relayed: Family<DirectionLabel, Counter>,
     /// `warmline_frames_dropped_total{direction}`: audio dropped because a peer could not keep up.
     pub frames_dropped: Family<DirectionLabel, Counter>,
+    /// `warmline_relay_delay_seconds{direction}`: a relayed frame read from one socket to its
+    /// write flushed to the other.
+    pub relay_delay: Family<DirectionLabel, Histogram>,
     /// `warmline_cold_sessions_total{reason}`: calls that went cold, and why (`policy`, `cap`, `failed`, `expired`).
     pub cold_sessions: Family<ReasonLabel, Counter>,
     /// `warmline_warm_sessions_closed_total{reason}`: warm sessions closed unclaimed, and why.
@@ -96,6 +138,9 @@ impl Metrics {
         let time_to_first_audio =
             Family::<PathLabel, Histogram>::new_with_constructor(histogram as fn() -> Histogram);
         let response_latency = histogram();
+        let relay_delay = Family::<DirectionLabel, Histogram>::new_with_constructor(
+            relay_histogram as fn() -> Histogram,
+        );
         let m = Self {
             webhook_duration: webhook_duration.clone(),
             prewarm_duration: prewarm_duration.clone(),
@@ -106,6 +151,7 @@ impl Metrics {
             warm_sessions_reaped: Counter::default(),
             frames_relayed: Family::default(),
             frames_dropped: Family::default(),
+            relay_delay,
             cold_sessions: Family::default(),
             warm_sessions_closed: Family::default(),
             calls_ended: Family::default(),
@@ -161,6 +207,13 @@ impl Metrics {
             "Audio frames dropped because a peer could not keep up, by direction",
             m.frames_dropped.clone(),
         );
+        registry.register_with_unit(
+            "relay_delay",
+            "A relayed frame read from one socket to its write flushed to the other, by direction \
+             (inbound = caller to model, outbound = model to caller)",
+            prometheus_client::registry::Unit::Seconds,
+            m.relay_delay.clone(),
+        );
         registry.register(
             "cold_sessions",
             "Calls that took the cold path, by reason",
@@ -177,7 +230,44 @@ impl Metrics {
             "Database writes that failed",
             m.store_errors.clone(),
         );
+        m.create_every_series();
         Self { registry, ..m }
+    }
+
+    /// Creates every labelled series at zero (a histogram's with count 0).
+    fn create_every_series(&self) {
+        let outcome = |&outcome: &&'static str| OutcomeLabel { outcome };
+        let direction = |&direction: &&'static str| DirectionLabel { direction };
+        let reason = |reason: &'static str| ReasonLabel { reason };
+        create(
+            &self.webhook_duration,
+            webhook::OUTCOMES.iter().map(outcome),
+        );
+        create(&self.prewarm_duration, PREWARM_OUTCOMES.iter().map(outcome));
+        create(
+            &self.time_to_first_audio,
+            CallPath::ALL.map(|p| PathLabel { path: p.as_str() }),
+        );
+        create(&self.frames_relayed, DIRECTIONS.iter().map(direction));
+        create(&self.frames_dropped, DIRECTIONS.iter().map(direction));
+        create(&self.relay_delay, DIRECTIONS.iter().map(direction));
+        create(
+            &self.cold_sessions,
+            COLD_REASONS.iter().copied().map(reason),
+        );
+        let terminal = CallStatus::TERMINAL.iter().map(CallStatus::label);
+        create(
+            &self.warm_sessions_closed,
+            WARM_CLOSE_REASONS
+                .iter()
+                .copied()
+                .chain(terminal)
+                .map(reason),
+        );
+        create(
+            &self.calls_ended,
+            EndReason::CODES.iter().copied().map(reason),
+        );
     }
 
     /// The Prometheus text exposition of every metric.
@@ -190,52 +280,86 @@ impl Metrics {
 
     /// An owned counter handle for one direction, to be looked up once per call.
     pub fn frames_relayed(&self, direction: &'static str) -> Counter {
-        self.frames_relayed
-            .get_or_create_owned(&DirectionLabel { direction })
+        let label = DirectionLabel { direction };
+        listed(&self.frames_relayed, &label);
+        self.frames_relayed.get_or_create_owned(&label)
     }
 
     /// An owned dropped-frames counter handle for one direction.
     pub fn frames_dropped(&self, direction: &'static str) -> Counter {
-        self.frames_dropped
-            .get_or_create_owned(&DirectionLabel { direction })
+        let label = DirectionLabel { direction };
+        listed(&self.frames_dropped, &label);
+        self.frames_dropped.get_or_create_owned(&label)
     }
 
-    /// TEMPORARY (replaced by the registered `warmline_relay_delay_seconds` family): an
-    /// unregistered histogram handle.
-    pub fn relay_delay(&self, _direction: &'static str) -> Histogram {
-        histogram()
+    /// An owned relay-delay histogram handle for one direction, to be looked up once per call.
+    /// Every handle of a direction shares one histogram: `observe` takes its (short) write lock.
+    pub fn relay_delay(&self, direction: &'static str) -> Histogram {
+        let label = DirectionLabel { direction };
+        listed(&self.relay_delay, &label);
+        self.relay_delay.get_or_create_owned(&label)
     }
 
     /// Records a webhook duration.
     pub fn observe_webhook(&self, outcome: &'static str, seconds: f64) {
-        self.webhook_duration
-            .get_or_create(&OutcomeLabel { outcome })
-            .observe(seconds);
+        let label = OutcomeLabel { outcome };
+        listed(&self.webhook_duration, &label);
+        self.webhook_duration.get_or_create(&label).observe(seconds);
     }
 
     /// Records a prewarm duration.
     pub fn observe_prewarm(&self, outcome: &'static str, seconds: f64) {
-        self.prewarm_duration
-            .get_or_create(&OutcomeLabel { outcome })
-            .observe(seconds);
+        let label = OutcomeLabel { outcome };
+        listed(&self.prewarm_duration, &label);
+        self.prewarm_duration.get_or_create(&label).observe(seconds);
     }
 
     /// Records a time to first audio.
     pub fn observe_first_audio(&self, path: &'static str, seconds: f64) {
+        let label = PathLabel { path };
+        listed(&self.time_to_first_audio, &label);
         self.time_to_first_audio
-            .get_or_create(&PathLabel { path })
+            .get_or_create(&label)
             .observe(seconds);
     }
 
     /// Counts a reason-labelled event.
     pub fn inc_reason(family: &Family<ReasonLabel, Counter>, reason: &'static str) {
-        family.get_or_create(&ReasonLabel { reason }).inc();
+        let label = ReasonLabel { reason };
+        listed(family, &label);
+        family.get_or_create(&label).inc();
     }
+}
+
+/// Creates one series per label set (at zero; a histogram's with count 0).
+fn create<S, M, C>(family: &Family<S, M, C>, labels: impl IntoIterator<Item = S>)
+where
+    S: Clone + std::hash::Hash + Eq,
+    C: prometheus_client::metrics::family::MetricConstructor<M>,
+{
+    for label in labels {
+        let _ = family.get_or_create(&label);
+    }
+}
+
+/// Debug builds only: the label value is one [`Metrics::new`] created a series for (so it is in
+/// one of the lists; a new value must be added there to be present at zero from start).
+fn listed<S, M, C>(family: &Family<S, M, C>, label: &S)
+where
+    S: Clone + std::hash::Hash + Eq + std::fmt::Debug,
+    C: prometheus_client::metrics::family::MetricConstructor<M>,
+{
+    debug_assert!(
+        family.get(label).is_some(),
+        "metric label {label:?} is not in its list in src/metrics.rs (or next to the code that \
+         defines its values): add it there so its series exists at zero from start"
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::realtime::registry::ColdReason;
 
     #[test]
     fn every_design_metric_name_is_exported() {
@@ -245,6 +369,7 @@ mod tests {
         m.observe_first_audio("warm", 0.0004);
         m.response_latency.observe(0.3);
         m.frames_relayed("inbound").inc();
+        m.relay_delay("outbound").observe(0.000_3);
         m.warm_sessions_reaped.inc();
         let text = m.encode();
         for name in [
@@ -256,8 +381,128 @@ mod tests {
             "warmline_warm_sessions ",
             "warmline_warm_sessions_reaped_total 1",
             "warmline_frames_relayed_total{direction=\"inbound\"} 1",
+            "warmline_relay_delay_seconds_bucket{le=\"0.00025\",direction=\"outbound\"} 0",
+            "warmline_relay_delay_seconds_bucket{le=\"0.0005\",direction=\"outbound\"} 1",
+            "warmline_relay_delay_seconds_count{direction=\"outbound\"} 1",
+            "warmline_store_errors_total 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+    }
+
+    #[test]
+    fn every_labelled_series_exists_at_zero_from_start() {
+        let text = Metrics::new().encode();
+        let mut want = Vec::new();
+        for o in [
+            "warm",
+            "warm_not_ready",
+            "cold",
+            "unknown_number",
+            "invalid",
+            "forbidden",
+            "error",
+        ] {
+            want.push(format!(
+                "warmline_webhook_duration_seconds_count{{outcome=\"{o}\"}} 0"
+            ));
+        }
+        for o in ["ready", "timeout", "error"] {
+            want.push(format!(
+                "warmline_prewarm_duration_seconds_count{{outcome=\"{o}\"}} 0"
+            ));
+        }
+        for p in ["warm", "cold"] {
+            want.push(format!(
+                "warmline_time_to_first_audio_seconds_count{{path=\"{p}\"}} 0"
+            ));
+        }
+        for d in ["inbound", "outbound"] {
+            want.push(format!(
+                "warmline_frames_relayed_total{{direction=\"{d}\"}} 0"
+            ));
+            want.push(format!(
+                "warmline_frames_dropped_total{{direction=\"{d}\"}} 0"
+            ));
+            want.push(format!(
+                "warmline_relay_delay_seconds_count{{direction=\"{d}\"}} 0"
+            ));
+            want.push(format!(
+                "warmline_relay_delay_seconds_bucket{{le=\"0.00001\",direction=\"{d}\"}} 0"
+            ));
+            want.push(format!(
+                "warmline_relay_delay_seconds_bucket{{le=\"1.0\",direction=\"{d}\"}} 0"
+            ));
+        }
+        for r in ["policy", "cap", "failed", "expired"] {
+            want.push(format!("warmline_cold_sessions_total{{reason=\"{r}\"}} 0"));
+        }
+        for r in [
+            "expired",
+            "shutdown",
+            "completed",
+            "busy",
+            "failed",
+            "no-answer",
+            "canceled",
+        ] {
+            want.push(format!(
+                "warmline_warm_sessions_closed_total{{reason=\"{r}\"}} 0"
+            ));
+        }
+        for r in [
+            "twilio_stop",
+            "twilio_closed",
+            "twilio_protocol",
+            "realtime_closed",
+            "realtime_error",
+            "realtime_unavailable",
+            "max_duration",
+            "shutdown",
+            "transfer",
+        ] {
+            want.push(format!("warmline_calls_total{{reason=\"{r}\"}} 0"));
+        }
+        for line in &want {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+        assert!(text.contains(
+            "# HELP warmline_relay_delay_seconds A relayed frame read from one socket to its write \
+             flushed to the other, by direction (inbound = caller to model, outbound = model to \
+             caller)."
+        ));
+    }
+
+    #[test]
+    fn relay_delay_buckets_run_from_10_us_to_1_s() {
+        let text = Metrics::new().encode();
+        let les: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("warmline_relay_delay_seconds_bucket{"))
+            .filter(|l| l.contains("direction=\"inbound\""))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        assert_eq!(
+            les,
+            [
+                "0.00001", "0.000025", "0.00005", "0.0001", "0.00025", "0.0005", "0.001", "0.0025",
+                "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "1.0", "+Inf"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_webhook_cold_reasons_are_listed() {
+        for r in [ColdReason::Policy, ColdReason::Cap] {
+            assert!(COLD_REASONS.contains(&r.as_str()), "{r:?}");
+        }
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "is not in its list")]
+    fn an_unlisted_label_value_panics_in_debug_builds() {
+        let m = Metrics::new();
+        Metrics::inc_reason(&m.calls_ended, "not_a_reason");
     }
 }

@@ -30,6 +30,21 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    /// Every [`EndReason::code`], in declaration order: the `warmline_calls_total{reason}`
+    /// series that exist at zero from start (src/metrics.rs). A test keeps it in step with
+    /// the variants.
+    pub const CODES: &'static [&'static str] = &[
+        "twilio_stop",
+        "twilio_closed",
+        "twilio_protocol",
+        "realtime_closed",
+        "realtime_error",
+        "realtime_unavailable",
+        "max_duration",
+        "shutdown",
+        "transfer",
+    ];
+
     /// Short machine-readable code (metric label, `end_reason` column prefix).
     pub fn code(&self) -> &'static str {
         match self {
@@ -76,6 +91,9 @@ pub enum CallPath {
 }
 
 impl CallPath {
+    /// Both paths (the `warmline_time_to_first_audio_seconds{path}` series, src/metrics.rs).
+    pub const ALL: [CallPath; 2] = [CallPath::Warm, CallPath::Cold];
+
     /// `warm` or `cold` (metric label and column value).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -204,5 +222,44 @@ mod tests {
         );
         assert!(EndReason::TwilioStop.is_normal());
         assert!(!EndReason::RealtimeError("x".into()).is_normal());
+    }
+
+    #[test]
+    fn codes_lists_every_end_reason_and_call_path() {
+        let s = String::new;
+        let all = [
+            EndReason::TwilioStop,
+            EndReason::TwilioClosed,
+            EndReason::TwilioProtocol(s()),
+            EndReason::RealtimeClosed(s()),
+            EndReason::RealtimeError(s()),
+            EndReason::RealtimeUnavailable(s()),
+            EndReason::MaxDuration,
+            EndReason::Shutdown,
+            EndReason::Transfer,
+        ];
+        for r in &all {
+            // No wildcard: a new variant does not compile until it is listed here, and then
+            // the assertion below fails until it is in CODES.
+            match r {
+                EndReason::TwilioStop
+                | EndReason::TwilioClosed
+                | EndReason::TwilioProtocol(_)
+                | EndReason::RealtimeClosed(_)
+                | EndReason::RealtimeError(_)
+                | EndReason::RealtimeUnavailable(_)
+                | EndReason::MaxDuration
+                | EndReason::Shutdown
+                | EndReason::Transfer => {}
+            }
+        }
+        let codes: Vec<&str> = all.iter().map(EndReason::code).collect();
+        assert_eq!(codes, EndReason::CODES);
+        for p in CallPath::ALL {
+            match p {
+                CallPath::Warm | CallPath::Cold => {}
+            }
+        }
+        assert_eq!(CallPath::ALL.len(), 2);
     }
 }

@@ -74,11 +74,18 @@ impl CallStatus {
 
     /// Whether the call is over.
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            Self::Completed | Self::Busy | Self::Failed | Self::NoAnswer | Self::Canceled
-        )
+        Self::TERMINAL.contains(self)
     }
+
+    /// The terminal statuses. Their labels are also `warmline_warm_sessions_closed_total{reason}`
+    /// values (the status callback closes an unclaimed session with them, src/twilio/webhook.rs).
+    pub const TERMINAL: &'static [CallStatus] = &[
+        Self::Completed,
+        Self::Busy,
+        Self::Failed,
+        Self::NoAnswer,
+        Self::Canceled,
+    ];
 
     /// Twilio's spelling.
     pub fn as_str(&self) -> &str {

@@ -107,6 +107,19 @@ const AFTER_STREAM_LIMIT: Duration = Duration::from_secs(5);
 
 const SORRY: &str = "We're sorry, we cannot take your call right now. Please try again later.";
 
+/// Every `warmline_webhook_duration_seconds{outcome}` value the voice webhook records:
+/// `forbidden` (bad signature) and each outcome `answer` returns. The series exist at zero from
+/// start (src/metrics.rs); in debug builds an outcome missing here panics when recorded.
+pub const OUTCOMES: &[&str] = &[
+    "warm",
+    "warm_not_ready",
+    "cold",
+    "unknown_number",
+    "invalid",
+    "forbidden",
+    "error",
+];
+
 async fn voice(
     State(state): State<AppState>,
     uri: Uri,

@@ -7,6 +7,7 @@ mod bridge;
 mod call_path;
 mod cli;
 mod handover;
+#[cfg(feature = "sim")]
 mod loadgen;
 mod store;
 mod support;
