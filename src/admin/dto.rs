@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 use super::error::ApiError;
 use crate::{
     config::PrewarmPolicy,
-    domain::{E164, Voice},
+    domain::{CallStatus, E164, Voice},
     hours::BusinessHours,
     store::{
         callers::CallerMemory,
@@ -314,7 +314,8 @@ pub struct CallOut {
     /// Number called.
     pub to: String,
     /// Status.
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: CallStatus,
     /// warm or cold.
     pub path: Option<String>,
     /// Webhook duration.
@@ -349,14 +350,19 @@ pub struct TranscriptOut {
     pub at: DateTime<Utc>,
 }
 
-impl From<call::Model> for CallOut {
-    fn from(c: call::Model) -> Self {
-        Self {
+/// A stored row this version cannot read (an unknown `status`) is an internal error.
+impl TryFrom<call::Model> for CallOut {
+    type Error = ApiError;
+    fn try_from(c: call::Model) -> Result<Self, ApiError> {
+        let status = CallStatus::parse(&c.status).map_err(|e| {
+            ApiError::Internal(anyhow::Error::new(e).context(format!("call {}", c.call_sid)))
+        })?;
+        Ok(Self {
             call_sid: c.call_sid,
             client_id: c.client_id,
             from: c.from_number,
             to: c.to_number,
-            status: c.status,
+            status,
             path: c.path,
             webhook_ms: c.webhook_ms,
             time_to_first_audio_ms: c.time_to_first_audio_ms,
@@ -367,13 +373,14 @@ impl From<call::Model> for CallOut {
             end_reason: c.end_reason,
             summary: c.summary,
             transcript: None,
-        }
+        })
     }
 }
 
-impl From<CallWithTranscript> for CallOut {
-    fn from(c: CallWithTranscript) -> Self {
-        let mut out = CallOut::from(c.call);
+impl TryFrom<CallWithTranscript> for CallOut {
+    type Error = ApiError;
+    fn try_from(c: CallWithTranscript) -> Result<Self, ApiError> {
+        let mut out = CallOut::try_from(c.call)?;
         out.transcript = Some(
             c.transcript
                 .into_iter()
@@ -384,6 +391,6 @@ impl From<CallWithTranscript> for CallOut {
                 })
                 .collect(),
         );
-        out
+        Ok(out)
     }
 }

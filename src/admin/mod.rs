@@ -292,7 +292,8 @@ async fn list_calls(
     let Query(q) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let rows = calls::list_calls(&s.db, q.client_id, q.before, limit).await?;
-    Ok(Json(rows.into_iter().map(CallOut::from).collect()))
+    let out = rows.into_iter().map(CallOut::try_from);
+    Ok(Json(out.collect::<Result<_, _>>()?))
 }
 
 /// One call with its transcript.
@@ -304,5 +305,5 @@ async fn get_call(
     let c = calls::call_by_sid(&s.db, &call_sid)
         .await?
         .ok_or(ApiError::NotFound("call"))?;
-    Ok(Json(c.into()))
+    Ok(Json(c.try_into()?))
 }

@@ -34,7 +34,7 @@ use super::{
 };
 use crate::{
     app::AppState,
-    domain::{CallSid, StreamSid},
+    domain::{CallSid, CallStatus, StreamSid},
     metrics::Metrics,
     realtime::{
         client::{self, ClaimedSession, SessionSpec},
@@ -446,11 +446,11 @@ fn finished(k: &Known, o: &CallOutcome) -> FinishedCall {
             client_id: Some(ctx.client_id),
             from: ctx.from.clone(),
             to: ctx.to.clone(),
-            status: "ringing".into(),
+            status: CallStatus::Ringing,
             started_at: ctx.started_at,
         },
         stream_sid: Some(k.stream_sid.to_string()),
-        status: "completed".into(),
+        status: CallStatus::Completed,
         path: o.path.map(|p| p.as_str().to_string()),
         time_to_first_audio_ms: o.time_to_first_audio.map(|d| d.as_millis() as i64),
         answered_at: Some(o.started_at),

@@ -32,7 +32,7 @@ use crate::{
     app::AppState,
     bridge::{CallContext, writer::Job},
     config::PrewarmPolicy,
-    domain::E164,
+    domain::{CallStatus, E164},
     realtime::{
         client::{self, SessionSpec, Status},
         profile::AgentProfile,
@@ -194,7 +194,7 @@ async fn answer(
                     client_id: None,
                     from: req.from.clone(),
                     to: req.to.clone(),
-                    status: "rejected".into(),
+                    status: CallStatus::Rejected,
                     started_at: arrived,
                 }),
                 deadline,
@@ -223,7 +223,7 @@ async fn answer(
                 client_id: Some(client.client.id),
                 from: req.from.clone(),
                 to: req.to.clone(),
-                status: "ringing".into(),
+                status: CallStatus::Ringing,
                 started_at: arrived,
             }),
             deadline,
@@ -342,9 +342,9 @@ async fn status(
             return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
         }
     };
-    if !req.call_status.is_terminal() {
+    let Some(final_status) = req.call_status.final_status() else {
         return StatusCode::NO_CONTENT.into_response();
-    }
+    };
     let reason = req.call_status.label();
     if let Some(warm) = state.registry.close(&req.call_sid, reason) {
         tracing::info!(call_sid = %req.call_sid, status = reason, warm, "call ended before its media stream; session closed");
@@ -352,12 +352,10 @@ async fn status(
             .writer
             .submit(Job::Patch(
                 req.call_sid.to_string(),
-                CallPatch {
-                    status: Some(reason.replace('-', "_")),
-                    end_reason: Some(format!("ended before the media stream ({reason})")),
-                    ended_at: Some(Utc::now()),
-                    ..Default::default()
-                },
+                CallPatch::ended(
+                    final_status,
+                    format!("ended before the media stream ({reason})"),
+                ),
             ))
             .await;
     } else {

@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use warmline::{
-    domain::E164,
+    domain::{CallStatus, E164},
     store::{
         callers,
         calls::{self, FinishedCall, NewCall, TranscriptIn},
@@ -117,11 +117,11 @@ fn finished(client_id: i32, sid: &str, said: &str) -> FinishedCall {
             client_id: Some(client_id),
             from: "+14155550100".into(),
             to: "+15005550006".into(),
-            status: "ringing".into(),
+            status: CallStatus::Ringing,
             started_at: now,
         },
         stream_sid: Some("MZ1".into()),
-        status: "completed".into(),
+        status: CallStatus::Completed,
         path: Some("warm".into()),
         time_to_first_audio_ms: Some(1),
         answered_at: Some(now),
