@@ -30,7 +30,7 @@ use super::{
 };
 use crate::{
     app::AppState,
-    bridge::{CallContext, writer::Job},
+    bridge::{CallContext, outcome::EndReason, writer::Job},
     config::PrewarmPolicy,
     domain::{CallStatus, E164},
     realtime::{
@@ -417,25 +417,19 @@ async fn after_stream(
         tracing::error!(call_sid = %sid, "after-stream: database look-up timed out");
     }
     let language = say_language(client.as_ref().map_or("en", |c| c.client.language.as_str()));
+    // No record, no end reason, or one no stream wrote: not a normal end.
     let normal = record
         .as_ref()
         .and_then(|r| r.end_reason.as_deref())
-        .is_some_and(|r| ["twilio_stop", "twilio_closed", "max_duration"].contains(&r));
-    let transfer = record
-        .as_ref()
-        .and_then(|r| r.end_reason.as_deref())
-        .is_some_and(|r| r.starts_with("transfer"));
+        .and_then(EndReason::from_code)
+        .is_some_and(|r| r.is_normal());
     let fallback = client
         .as_ref()
         .and_then(|c| c.client.fallback_number.clone());
     let (decision, body) = if normal {
         ("hangup", twiml::hangup())
     } else if let Some(number) = fallback {
-        let say = if transfer {
-            "Please hold while I transfer you."
-        } else {
-            "Sorry, something went wrong. Let me put you through to a colleague."
-        };
+        let say = "Sorry, something went wrong. Let me put you through to a colleague.";
         ("dial_fallback", twiml::dial(&number, Some(say), &language))
     } else {
         ("apologise", twiml::say_hangup(SORRY, &language))
