@@ -74,8 +74,39 @@ sid_type!(
     "StreamSid"
 );
 
-/// Database id of a client (business).
-pub type ClientId = i32;
+/// Database id of a client (business). Serialised and deserialised as the bare integer (so the
+/// admin API's JSON, query strings and path segments read it as they read an `i32`, with the same
+/// errors); the store converts it to and from its `i32` columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ClientId(i32);
+
+impl ClientId {
+    /// The id of row `id` of `clients`.
+    pub const fn new(id: i32) -> Self {
+        Self(id)
+    }
+    /// The column value.
+    pub const fn get(self) -> i32 {
+        self.0
+    }
+}
+
+impl From<i32> for ClientId {
+    fn from(id: i32) -> Self {
+        Self(id)
+    }
+}
+impl From<ClientId> for i32 {
+    fn from(id: ClientId) -> i32 {
+        id.0
+    }
+}
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
 
 /// Where a call record stands: the `calls.status` column, and `status` in the admin API's calls.
 /// The strings ([`CallStatus::as_str`], also the serde form) are a contract with API clients and
@@ -322,6 +353,20 @@ mod tests {
         for bad in ["", "Ringing", "no-answer", "in-progress", "other"] {
             assert!(CallStatus::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn client_ids_read_and_write_as_bare_integers() {
+        let id = ClientId::new(42);
+        assert_eq!(id.get(), 42);
+        assert_eq!(i32::from(id), 42);
+        assert_eq!(ClientId::from(42), id);
+        assert_eq!(id.to_string(), "42");
+        assert_eq!(serde_json::to_string(&id).unwrap(), "42");
+        assert_eq!(serde_json::to_string(&Some(id)).unwrap(), "42");
+        assert_eq!(serde_json::from_str::<ClientId>("42").unwrap(), id);
+        assert!(serde_json::from_str::<ClientId>("\"42\"").is_err());
+        assert!(serde_json::from_str::<ClientId>("4294967296").is_err());
     }
 
     #[test]

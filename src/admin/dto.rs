@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 use super::error::ApiError;
 use crate::{
     config::PrewarmPolicy,
-    domain::{CallStatus, E164, Voice},
+    domain::{CallStatus, ClientId, E164, Voice},
     hours::BusinessHours,
     store::{
         callers::CallerMemory,
@@ -220,7 +220,8 @@ impl From<&faq::Model> for FaqOut {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ClientOut {
     /// Id.
-    pub id: i32,
+    #[schema(value_type = i32)]
+    pub id: ClientId,
     /// Name.
     pub name: String,
     /// Numbers.
@@ -252,9 +253,10 @@ pub struct ClientOut {
 
 impl From<ClientProfile> for ClientOut {
     fn from(p: ClientProfile) -> Self {
+        let id = p.id();
         let c = p.client;
         Self {
-            id: c.id,
+            id,
             name: c.name,
             phone_numbers: p.numbers.iter().map(NumberOut::from).collect(),
             instructions: c.instructions,
@@ -308,7 +310,8 @@ pub struct CallOut {
     /// CallSid.
     pub call_sid: String,
     /// Client.
-    pub client_id: Option<i32>,
+    #[schema(value_type = Option<i32>)]
+    pub client_id: Option<ClientId>,
     /// Caller id.
     pub from: String,
     /// Number called.
@@ -359,7 +362,7 @@ impl TryFrom<call::Model> for CallOut {
         })?;
         Ok(Self {
             call_sid: c.call_sid,
-            client_id: c.client_id,
+            client_id: c.client_id.map(ClientId::new),
             from: c.from_number,
             to: c.to_number,
             status,

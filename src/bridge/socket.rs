@@ -34,7 +34,7 @@ use super::{
 };
 use crate::{
     app::AppState,
-    domain::{CallSid, CallStatus, StreamSid},
+    domain::{CallSid, CallStatus, ClientId, StreamSid},
     metrics::Metrics,
     realtime::{
         client::{self, ClaimedSession, SessionSpec},
@@ -415,6 +415,7 @@ async fn context_from_db(state: &AppState, call_sid: &CallSid) -> Result<CallCon
         .call;
     let client_id = call
         .client_id
+        .map(ClientId::new)
         .ok_or_else(|| unavailable("call has no client".into()))?;
     let client = clients::get_client(&state.db, client_id)
         .await

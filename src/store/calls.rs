@@ -37,7 +37,7 @@ pub async fn insert_call(db: &impl ConnectionTrait, new: &NewCall) -> Result<(),
     let now = Utc::now();
     let row = call::ActiveModel {
         call_sid: Set(new.call_sid.clone()),
-        client_id: Set(new.client_id),
+        client_id: Set(new.client_id.map(ClientId::get)),
         from_number: Set(new.from.clone()),
         to_number: Set(new.to.clone()),
         status: Set(new.status.as_str().to_string()),

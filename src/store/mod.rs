@@ -21,7 +21,15 @@ use anyhow::Context;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, SqlErr};
 
-use crate::config::DatabaseSettings;
+use crate::{config::DatabaseSettings, domain::ClientId};
+
+/// A [`ClientId`] compares with and filters on the `i32` client-id columns (the entities keep
+/// `i32` fields; repositories take and return `ClientId`).
+impl From<ClientId> for sea_orm::Value {
+    fn from(id: ClientId) -> Self {
+        id.get().into()
+    }
+}
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

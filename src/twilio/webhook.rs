@@ -32,7 +32,7 @@ use crate::{
     app::AppState,
     bridge::{CallContext, outcome::EndReason, writer::Job},
     config::PrewarmPolicy,
-    domain::{CallStatus, E164},
+    domain::{CallStatus, ClientId, E164},
     realtime::{
         client::{self, SessionSpec, Status},
         profile::AgentProfile,
@@ -167,7 +167,7 @@ async fn answer(
         let client = clients::client_by_number(&state.db, &to).await?;
         // Memory is per phone number: `get_caller` finds none for a withheld caller id.
         let caller = match &client {
-            Some(c) => callers::get_caller(&state.db, c.client.id, &req.from).await?,
+            Some(c) => callers::get_caller(&state.db, c.id(), &req.from).await?,
             None => None,
         };
         Ok::<_, crate::store::StoreError>((client, caller))
@@ -220,7 +220,7 @@ async fn answer(
         .submit_by(
             Job::Insert(NewCall {
                 call_sid: sid.to_string(),
-                client_id: Some(client.client.id),
+                client_id: Some(client.id()),
                 from: req.from.clone(),
                 to: req.to.clone(),
                 status: CallStatus::Ringing,
@@ -231,7 +231,7 @@ async fn answer(
         .await;
     let ctx = CallContext {
         call_sid: sid.clone(),
-        client_id: client.client.id,
+        client_id: client.id(),
         from: req.from.clone(),
         to: req.to.clone(),
         profile: profile.clone(),
@@ -301,7 +301,7 @@ async fn answer(
             TokioInstant::now() + Duration::from_millis(5),
         )
         .await;
-    tracing::info!(call_sid = %sid, client_id = client.client.id, outcome, webhook_ms, "voice webhook answered");
+    tracing::info!(call_sid = %sid, client_id = client.id().get(), outcome, webhook_ms, "voice webhook answered");
     (outcome, body)
 }
 
@@ -406,7 +406,7 @@ async fn after_stream(
             .as_ref()
             .and_then(|r: &crate::store::entities::call::Model| r.client_id)
         {
-            client = clients::get_client(&state.db, id).await.ok();
+            client = clients::get_client(&state.db, ClientId::new(id)).await.ok();
         }
     };
     // On time-out, whatever was found so far (the record, perhaps the client) still decides.

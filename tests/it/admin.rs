@@ -454,7 +454,7 @@ both_backends!(callers_and_calls_endpoints, |app| {
         &calls::FinishedCall {
             call: calls::NewCall {
                 call_sid: "CA42".into(),
-                client_id: Some(id),
+                client_id: Some(id.into()),
                 from: "+14155550100".into(),
                 to: "+15005550006".into(),
                 status: warmline::domain::CallStatus::Ringing,
