@@ -13,7 +13,8 @@
 //! - [`realtime`]: OpenAI Realtime (GA) protocol types, the session machine and its socket task,
 //!   the warm-session registry and the reaper.
 //! - [`bridge`]: one call: the state machine joining a media stream to a Realtime session.
-//! - [`store`]: sea-orm entities and repositories (clients, numbers, FAQs, callers, calls, transcripts).
+//! - [`store`]: sea-orm entities and repositories (clients, numbers, FAQs, callers, calls, transcripts),
+//!   and the call-record writer every call record goes through.
 //! - [`admin`]: the admin REST API under `/admin/api/v1`.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`loadgen`]: `warmline loadgen`, the benchmark (a gateway child process under simulated calls).

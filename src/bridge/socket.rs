@@ -30,7 +30,6 @@ use super::{
     CallContext,
     call::{AgentAudio, Call, Output, RealtimeCommand},
     outcome::{CallOutcome, CallPath, EndReason},
-    writer::Job,
 };
 use crate::{
     app::AppState,
@@ -45,6 +44,7 @@ use crate::{
         callers,
         calls::{self, FinishedCall, NewCall, TranscriptIn},
         clients,
+        writer::Job,
     },
     twilio::{signature, token, webhook::SIGNATURE_HEADER},
 };

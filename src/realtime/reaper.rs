@@ -10,9 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     app::Registry,
-    bridge::writer::{Job, Writer},
     domain::CallStatus,
-    store::calls::CallPatch,
+    store::{
+        calls::CallPatch,
+        writer::{Job, Writer},
+    },
 };
 
 /// Runs until `shutdown`; then closes every remaining warm session.

@@ -30,7 +30,7 @@ use super::{
 };
 use crate::{
     app::AppState,
-    bridge::{CallContext, outcome::EndReason, writer::Job},
+    bridge::{CallContext, outcome::EndReason},
     config::PrewarmPolicy,
     domain::{CallStatus, ClientId, E164},
     realtime::{
@@ -42,6 +42,7 @@ use crate::{
         callers,
         calls::{self, CallPatch, NewCall},
         clients,
+        writer::Job,
     },
 };
 
