@@ -46,7 +46,10 @@ use crate::{
         clients,
         writer::Job,
     },
-    twilio::{signature, token, webhook::SIGNATURE_HEADER},
+    twilio::{
+        signature::{self, Signed},
+        token,
+    },
 };
 
 /// Largest Twilio message accepted (a media frame is ~300 bytes).
@@ -63,19 +66,12 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let twilio = &state.settings.twilio;
-    if twilio.validate_signatures {
-        let sig = headers
-            .get(SIGNATURE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let url = state.settings.public_ws_url("/twilio/media");
-        let ok = signature::validate(twilio.auth_token.expose(), &url, &[], sig)
-            || signature::validate(twilio.auth_token.expose(), &format!("{url}/"), &[], sig);
-        if !ok {
-            tracing::warn!("media stream refused: bad X-Twilio-Signature on the upgrade");
-            return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
-        }
+    let signed = Signed::Upgrade {
+        path: "/twilio/media",
+    };
+    if !signature::check(&state.settings, &headers, signed) {
+        tracing::warn!("media stream refused: bad X-Twilio-Signature on the upgrade");
+        return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
     }
     let tasks = state.tasks.clone();
     // Small buffers (a call's frames are a few hundred bytes; a thousand calls must fit in

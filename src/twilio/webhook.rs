@@ -26,7 +26,8 @@ use tokio::{sync::watch, time::Instant as TokioInstant};
 
 use super::{
     form::{self, StatusRequest, VoiceRequest},
-    signature, token, twiml,
+    signature::{self, Signed},
+    token, twiml,
 };
 use crate::{
     app::AppState,
@@ -53,34 +54,6 @@ pub fn router() -> Router<AppState> {
         .route("/twilio/status", post(status))
         .route("/twilio/after-stream", post(after_stream))
         .route("/twilio/media", get(crate::bridge::socket::upgrade))
-}
-
-/// The header Twilio signs with.
-pub const SIGNATURE_HEADER: &str = "x-twilio-signature";
-
-/// Whether a signed form request is genuine (always true with validation off). Twilio signs
-/// the URL it was configured with, query string included (protocols.md §2.1), so the request's
-/// own path and query are appended to `public_url`.
-pub fn verify_form(
-    state: &AppState,
-    uri: &Uri,
-    headers: &HeaderMap,
-    params: &[(String, String)],
-) -> bool {
-    let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-    let twilio = &state.settings.twilio;
-    if !twilio.validate_signatures {
-        return true;
-    }
-    let sig = headers
-        .get(SIGNATURE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    state
-        .settings
-        .signed_webhook_urls(path)
-        .iter()
-        .any(|url| signature::validate(twilio.auth_token.expose(), url, params, sig))
 }
 
 fn xml(body: String) -> Response {
@@ -119,7 +92,11 @@ async fn voice(
     let deadline =
         TokioInstant::from_std(t0 + Duration::from_millis(state.settings.prewarm.ring_max_ms));
     let params = form::parse(&body);
-    if !verify_form(&state, &uri, &headers, &params) {
+    let signed = Signed::Form {
+        uri: &uri,
+        params: &params,
+    };
+    if !signature::check(&state.settings, &headers, signed) {
         tracing::warn!(
             call_sid = params
                 .iter()
@@ -332,7 +309,11 @@ async fn status(
     body: Bytes,
 ) -> Response {
     let params = form::parse(&body);
-    if !verify_form(&state, &uri, &headers, &params) {
+    let signed = Signed::Form {
+        uri: &uri,
+        params: &params,
+    };
+    if !signature::check(&state.settings, &headers, signed) {
         tracing::warn!("status callback refused: bad X-Twilio-Signature");
         return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
     }
@@ -372,7 +353,11 @@ async fn after_stream(
     body: Bytes,
 ) -> Response {
     let params = form::parse(&body);
-    if !verify_form(&state, &uri, &headers, &params) {
+    let signed = Signed::Form {
+        uri: &uri,
+        params: &params,
+    };
+    if !signature::check(&state.settings, &headers, signed) {
         tracing::warn!("after-stream callback refused: bad X-Twilio-Signature");
         return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
     }
