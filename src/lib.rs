@@ -2,7 +2,8 @@
 //! with the agent's session opened and its greeting generated while the phone still rings.
 //!
 //! # Layout
-//! - [`domain`]: ID newtypes (`CallSid`, `StreamSid`) and validated values (`E164`, `Voice`).
+//! - [`domain`]: ID newtypes (`CallSid`, `StreamSid`, `ClientId`) and validated values (`E164`, `Voice`,
+//!   `CallStatus`, the stored status of a call).
 //! - [`json`]: a JSON string borrowed from its frame (audio payloads on the hot path).
 //! - [`hours`]: business hours (weekly schedule in the client's timezone).
 //! - [`config`]: typed settings (built-in defaults < `--config` file < `WARMLINE_*` env), validation, redaction.
