@@ -41,7 +41,7 @@ pub struct AppState {
     /// Key of the stream `<Parameter name="token">`.
     pub stream_secret: Arc<[u8]>,
     /// Call records written off the relay path.
-    pub writer: crate::bridge::writer::Writer,
+    pub writer: crate::store::writer::Writer,
 }
 
 impl AppState {
@@ -64,7 +64,7 @@ impl AppState {
         };
         let shutdown = CancellationToken::new();
         let background = TaskTracker::new();
-        let writer = crate::bridge::writer::Writer::start(db.clone(), metrics.clone(), &background);
+        let writer = crate::store::writer::Writer::start(db.clone(), metrics.clone(), &background);
         background.spawn(crate::realtime::reaper::run(
             registry.clone(),
             writer.clone(),

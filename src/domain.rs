@@ -1,9 +1,10 @@
 //! Identifier newtypes and validated domain values shared by every boundary.
 //!
 //! IDs are newtypes so a `CallSid` can never be passed where a `StreamSid` is expected; validated
-//! values (`E164`, `Voice`) can only be built through `parse`, which names what is wrong.
+//! values (`E164`, `Voice`, `CallStatus`) can only be built through `parse`, which names what is
+//! wrong.
 
-use std::fmt;
+use std::{fmt, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
@@ -73,8 +74,117 @@ sid_type!(
     "StreamSid"
 );
 
-/// Database id of a client (business).
-pub type ClientId = i32;
+/// Database id of a client (business). Serialised and deserialised as the bare integer (so the
+/// admin API's JSON, query strings and path segments read it as they read an `i32`, with the same
+/// errors); the store converts it to and from its `i32` columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ClientId(i32);
+
+impl ClientId {
+    /// The id of row `id` of `clients`.
+    pub const fn new(id: i32) -> Self {
+        Self(id)
+    }
+    /// The column value.
+    pub const fn get(self) -> i32 {
+        self.0
+    }
+}
+
+impl From<i32> for ClientId {
+    fn from(id: i32) -> Self {
+        Self(id)
+    }
+}
+impl From<ClientId> for i32 {
+    fn from(id: ClientId) -> i32 {
+        id.0
+    }
+}
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// Where a call record stands: the `calls.status` column, and `status` in the admin API's calls.
+/// The strings ([`CallStatus::as_str`], also the serde form) are a contract with API clients and
+/// stored rows: never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallStatus {
+    /// `ringing`: the voice webhook answered; the call has not ended yet.
+    Ringing,
+    /// `rejected`: the number called belongs to no active client.
+    Rejected,
+    /// `completed`: the call ended after its media stream (or Twilio reported `completed`
+    /// before one).
+    Completed,
+    /// `unanswered`: no media stream arrived within `prewarm.ttl_secs` (closed by the reaper).
+    Unanswered,
+    /// `busy`: Twilio reported `busy` before the media stream.
+    Busy,
+    /// `failed`: Twilio reported `failed` before the media stream.
+    Failed,
+    /// `no_answer`: Twilio reported `no-answer` before the media stream.
+    NoAnswer,
+    /// `canceled`: Twilio reported `canceled` (the caller hung up while it rang).
+    Canceled,
+}
+
+impl CallStatus {
+    /// Every status, in declaration order.
+    pub const ALL: [Self; 8] = [
+        Self::Ringing,
+        Self::Rejected,
+        Self::Completed,
+        Self::Unanswered,
+        Self::Busy,
+        Self::Failed,
+        Self::NoAnswer,
+        Self::Canceled,
+    ];
+
+    /// The stored (and serialised) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ringing => "ringing",
+            Self::Rejected => "rejected",
+            Self::Completed => "completed",
+            Self::Unanswered => "unanswered",
+            Self::Busy => "busy",
+            Self::Failed => "failed",
+            Self::NoAnswer => "no_answer",
+            Self::Canceled => "canceled",
+        }
+    }
+
+    /// Parses the stored spelling (exactly as [`CallStatus::as_str`] writes it).
+    pub fn parse(raw: &str) -> Result<Self, DomainError> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == raw)
+            .ok_or_else(|| {
+                DomainError(format!(
+                    "unknown call status {:?}",
+                    raw.chars().take(80).collect::<String>()
+                ))
+            })
+    }
+}
+
+impl FromStr for CallStatus {
+    type Err = DomainError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+impl fmt::Display for CallStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A phone number in E.164 form: `+` then 2 to 15 digits, the first not 0.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -215,6 +325,48 @@ mod tests {
         for bad in ["", "CA 1", "CA<x>", &"C".repeat(65)] {
             assert!(CallSid::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn call_statuses_round_trip_through_their_stored_and_json_spellings() {
+        let spelled: Vec<&str> = CallStatus::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            spelled,
+            [
+                "ringing",
+                "rejected",
+                "completed",
+                "unanswered",
+                "busy",
+                "failed",
+                "no_answer",
+                "canceled"
+            ]
+        );
+        for status in CallStatus::ALL {
+            assert_eq!(CallStatus::parse(status.as_str()), Ok(status));
+            assert_eq!(status.to_string().parse::<CallStatus>(), Ok(status));
+            let json = serde_json::to_value(status).unwrap();
+            assert_eq!(json, serde_json::json!(status.as_str()));
+            assert_eq!(serde_json::from_value::<CallStatus>(json).unwrap(), status);
+        }
+        for bad in ["", "Ringing", "no-answer", "in-progress", "other"] {
+            assert!(CallStatus::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn client_ids_read_and_write_as_bare_integers() {
+        let id = ClientId::new(42);
+        assert_eq!(id.get(), 42);
+        assert_eq!(i32::from(id), 42);
+        assert_eq!(ClientId::from(42), id);
+        assert_eq!(id.to_string(), "42");
+        assert_eq!(serde_json::to_string(&id).unwrap(), "42");
+        assert_eq!(serde_json::to_string(&Some(id)).unwrap(), "42");
+        assert_eq!(serde_json::from_str::<ClientId>("42").unwrap(), id);
+        assert!(serde_json::from_str::<ClientId>("\"42\"").is_err());
+        assert!(serde_json::from_str::<ClientId>("4294967296").is_err());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! with the agent's session opened and its greeting generated while the phone still rings.
 //!
 //! # Layout
-//! - [`domain`]: ID newtypes (`CallSid`, `StreamSid`) and validated values (`E164`, `Voice`).
+//! - [`domain`]: ID newtypes (`CallSid`, `StreamSid`, `ClientId`) and validated values (`E164`, `Voice`,
+//!   `CallStatus`, the stored status of a call).
 //! - [`json`]: a JSON string borrowed from its frame (audio payloads on the hot path).
 //! - [`engine`]: the voice-engine seam: the commands a call sends its model session and the
 //!   events it gets back, whatever the engine's protocol.
@@ -16,7 +17,8 @@
 //! - [`realtime`]: OpenAI Realtime (GA) protocol types, the session machine and its socket task,
 //!   the warm-session registry and the reaper.
 //! - [`bridge`]: one call: the state machine joining a media stream to a Realtime session.
-//! - [`store`]: sea-orm entities and repositories (clients, numbers, FAQs, callers, calls, transcripts).
+//! - [`store`]: sea-orm entities and repositories (clients, numbers, FAQs, callers, calls, transcripts),
+//!   and the call-record writer every call record goes through.
 //! - [`admin`]: the admin REST API under `/admin/api/v1`.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`loadgen`]: `warmline loadgen`, the benchmark (a gateway child process under simulated calls;

@@ -18,7 +18,7 @@ use prometheus_client::{
 
 use crate::{
     bridge::outcome::{CallPath, EndReason},
-    twilio::{form::CallStatus, webhook},
+    twilio::{form::TwilioCallStatus, webhook},
 };
 
 /// Histogram buckets in seconds: 0.5 ms to 10 s, dense enough to resolve milliseconds.
@@ -47,7 +47,7 @@ pub const PREWARM_OUTCOMES: &[&str] = &["ready", "timeout", "error"];
 pub const COLD_REASONS: &[&str] = &["policy", "cap", "failed", "expired"];
 
 /// `warmline_warm_sessions_closed_total{reason}` values besides the Twilio terminal statuses
-/// ([`CallStatus::TERMINAL`], from the status callback): `expired` (the reaper,
+/// ([`TwilioCallStatus::TERMINAL`], from the status callback): `expired` (the reaper,
 /// src/realtime/registry.rs) and `shutdown` (src/realtime/reaper.rs).
 pub const WARM_CLOSE_REASONS: &[&str] = &["expired", "shutdown"];
 
@@ -255,7 +255,9 @@ impl Metrics {
             &self.cold_sessions,
             COLD_REASONS.iter().copied().map(reason),
         );
-        let terminal = CallStatus::TERMINAL.iter().map(CallStatus::label);
+        let terminal = TwilioCallStatus::TERMINAL
+            .iter()
+            .map(TwilioCallStatus::label);
         create(
             &self.warm_sessions_closed,
             WARM_CLOSE_REASONS
@@ -459,7 +461,6 @@ mod tests {
             "realtime_unavailable",
             "max_duration",
             "shutdown",
-            "transfer",
         ] {
             want.push(format!("warmline_calls_total{{reason=\"{r}\"}} 0"));
         }

@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 use super::error::ApiError;
 use crate::{
     config::PrewarmPolicy,
-    domain::{E164, Voice},
+    domain::{CallStatus, ClientId, E164, Voice},
     hours::BusinessHours,
     store::{
         callers::CallerMemory,
@@ -220,7 +220,8 @@ impl From<&faq::Model> for FaqOut {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ClientOut {
     /// Id.
-    pub id: i32,
+    #[schema(value_type = i32)]
+    pub id: ClientId,
     /// Name.
     pub name: String,
     /// Numbers.
@@ -252,9 +253,10 @@ pub struct ClientOut {
 
 impl From<ClientProfile> for ClientOut {
     fn from(p: ClientProfile) -> Self {
+        let id = p.id();
         let c = p.client;
         Self {
-            id: c.id,
+            id,
             name: c.name,
             phone_numbers: p.numbers.iter().map(NumberOut::from).collect(),
             instructions: c.instructions,
@@ -308,13 +310,15 @@ pub struct CallOut {
     /// CallSid.
     pub call_sid: String,
     /// Client.
-    pub client_id: Option<i32>,
+    #[schema(value_type = Option<i32>)]
+    pub client_id: Option<ClientId>,
     /// Caller id.
     pub from: String,
     /// Number called.
     pub to: String,
     /// Status.
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: CallStatus,
     /// warm or cold.
     pub path: Option<String>,
     /// Webhook duration.
@@ -349,14 +353,19 @@ pub struct TranscriptOut {
     pub at: DateTime<Utc>,
 }
 
-impl From<call::Model> for CallOut {
-    fn from(c: call::Model) -> Self {
-        Self {
+/// A stored row this version cannot read (an unknown `status`) is an internal error.
+impl TryFrom<call::Model> for CallOut {
+    type Error = ApiError;
+    fn try_from(c: call::Model) -> Result<Self, ApiError> {
+        let status = CallStatus::parse(&c.status).map_err(|e| {
+            ApiError::Internal(anyhow::Error::new(e).context(format!("call {}", c.call_sid)))
+        })?;
+        Ok(Self {
             call_sid: c.call_sid,
-            client_id: c.client_id,
+            client_id: c.client_id.map(ClientId::new),
             from: c.from_number,
             to: c.to_number,
-            status: c.status,
+            status,
             path: c.path,
             webhook_ms: c.webhook_ms,
             time_to_first_audio_ms: c.time_to_first_audio_ms,
@@ -367,13 +376,14 @@ impl From<call::Model> for CallOut {
             end_reason: c.end_reason,
             summary: c.summary,
             transcript: None,
-        }
+        })
     }
 }
 
-impl From<CallWithTranscript> for CallOut {
-    fn from(c: CallWithTranscript) -> Self {
-        let mut out = CallOut::from(c.call);
+impl TryFrom<CallWithTranscript> for CallOut {
+    type Error = ApiError;
+    fn try_from(c: CallWithTranscript) -> Result<Self, ApiError> {
+        let mut out = CallOut::try_from(c.call)?;
         out.transcript = Some(
             c.transcript
                 .into_iter()
@@ -384,6 +394,6 @@ impl From<CallWithTranscript> for CallOut {
                 })
                 .collect(),
         );
-        out
+        Ok(out)
     }
 }

@@ -30,12 +30,16 @@ use self::{
 };
 use crate::{
     app::AppState,
+    domain::ClientId,
     store::{callers, calls, clients},
 };
 
 /// Where the admin API lives.
 pub const BASE: &str = "/admin/api/v1";
 
+// Routes under `/clients/{id}` extract the id as a `ClientId`, which utoipa cannot infer as a
+// path parameter (it only reads primitive types there), so each declares
+// `params(("id" = i32, Path))`: the document shows the integer the path carries.
 #[derive(OpenApi)]
 #[openapi(info(
     title = "warmline admin API",
@@ -115,17 +119,22 @@ async fn create_client(
 }
 
 /// Get a client.
-#[utoipa::path(get, path = "/clients/{id}", responses((status = 200, body = ClientOut), (status = 404)))]
-async fn get_client(State(s): State<AppState>, Path(id): Path<i32>) -> ApiResult<Json<ClientOut>> {
+#[utoipa::path(get, path = "/clients/{id}",
+    params(("id" = i32, Path)), responses((status = 200, body = ClientOut), (status = 404)))]
+async fn get_client(
+    State(s): State<AppState>,
+    Path(id): Path<ClientId>,
+) -> ApiResult<Json<ClientOut>> {
     Ok(Json(clients::get_client(&s.db, id).await?.into()))
 }
 
 /// Replace a client's fields, numbers and FAQs.
 #[utoipa::path(put, path = "/clients/{id}", request_body = ClientIn,
+    params(("id" = i32, Path)),
     responses((status = 200, body = ClientOut), (status = 404), (status = 409), (status = 422)))]
 async fn replace_client(
     State(s): State<AppState>,
-    Path(id): Path<i32>,
+    Path(id): Path<ClientId>,
     ValidJson(body): ValidJson<ClientIn>,
 ) -> ApiResult<Json<ClientOut>> {
     let input = body.validate()?;
@@ -135,18 +144,23 @@ async fn replace_client(
 }
 
 /// Delete a client.
-#[utoipa::path(delete, path = "/clients/{id}", responses((status = 204), (status = 404)))]
-async fn delete_client(State(s): State<AppState>, Path(id): Path<i32>) -> ApiResult<StatusCode> {
+#[utoipa::path(delete, path = "/clients/{id}",
+    params(("id" = i32, Path)), responses((status = 204), (status = 404)))]
+async fn delete_client(
+    State(s): State<AppState>,
+    Path(id): Path<ClientId>,
+) -> ApiResult<StatusCode> {
     clients::delete_client(&s.db, id).await?;
-    tracing::info!(client_id = id, "client deleted");
+    tracing::info!(client_id = id.get(), "client deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// A client's numbers.
-#[utoipa::path(get, path = "/clients/{id}/numbers", responses((status = 200, body = Vec<NumberOut>)))]
+#[utoipa::path(get, path = "/clients/{id}/numbers",
+    params(("id" = i32, Path)), responses((status = 200, body = Vec<NumberOut>)))]
 async fn list_numbers(
     State(s): State<AppState>,
-    Path(id): Path<i32>,
+    Path(id): Path<ClientId>,
 ) -> ApiResult<Json<Vec<NumberOut>>> {
     let p = clients::get_client(&s.db, id).await?;
     Ok(Json(p.numbers.iter().map(NumberOut::from).collect()))
@@ -154,10 +168,11 @@ async fn list_numbers(
 
 /// Add a number.
 #[utoipa::path(post, path = "/clients/{id}/numbers", request_body = NumberIn,
+    params(("id" = i32, Path)),
     responses((status = 201, body = NumberOut), (status = 404), (status = 409), (status = 422)))]
 async fn add_number(
     State(s): State<AppState>,
-    Path(id): Path<i32>,
+    Path(id): Path<ClientId>,
     ValidJson(body): ValidJson<NumberIn>,
 ) -> ApiResult<(StatusCode, Json<NumberOut>)> {
     let n = e164("number", &body.number)?;
@@ -170,10 +185,11 @@ async fn add_number(
 
 /// Turn a number on or off.
 #[utoipa::path(put, path = "/clients/{id}/numbers/{number}", request_body = NumberPatch,
+    params(("id" = i32, Path)),
     responses((status = 200, body = NumberOut), (status = 404)))]
 async fn set_number(
     State(s): State<AppState>,
-    Path((id, number)): Path<(i32, String)>,
+    Path((id, number)): Path<(ClientId, String)>,
     ValidJson(body): ValidJson<NumberPatch>,
 ) -> ApiResult<Json<NumberOut>> {
     let n = e164("number", &number)?;
@@ -182,10 +198,11 @@ async fn set_number(
 }
 
 /// Remove a number.
-#[utoipa::path(delete, path = "/clients/{id}/numbers/{number}", responses((status = 204), (status = 404)))]
+#[utoipa::path(delete, path = "/clients/{id}/numbers/{number}",
+    params(("id" = i32, Path)), responses((status = 204), (status = 404)))]
 async fn delete_number(
     State(s): State<AppState>,
-    Path((id, number)): Path<(i32, String)>,
+    Path((id, number)): Path<(ClientId, String)>,
 ) -> ApiResult<StatusCode> {
     let n = e164("number", &number)?;
     clients::delete_number(&s.db, id, &n).await?;
@@ -193,18 +210,23 @@ async fn delete_number(
 }
 
 /// A client's FAQs.
-#[utoipa::path(get, path = "/clients/{id}/faqs", responses((status = 200, body = Vec<FaqOut>)))]
-async fn list_faqs(State(s): State<AppState>, Path(id): Path<i32>) -> ApiResult<Json<Vec<FaqOut>>> {
+#[utoipa::path(get, path = "/clients/{id}/faqs",
+    params(("id" = i32, Path)), responses((status = 200, body = Vec<FaqOut>)))]
+async fn list_faqs(
+    State(s): State<AppState>,
+    Path(id): Path<ClientId>,
+) -> ApiResult<Json<Vec<FaqOut>>> {
     let p = clients::get_client(&s.db, id).await?;
     Ok(Json(p.faqs.iter().map(FaqOut::from).collect()))
 }
 
 /// Add an FAQ.
 #[utoipa::path(post, path = "/clients/{id}/faqs", request_body = FaqIn,
+    params(("id" = i32, Path)),
     responses((status = 201, body = FaqOut), (status = 404), (status = 422)))]
 async fn add_faq(
     State(s): State<AppState>,
-    Path(id): Path<i32>,
+    Path(id): Path<ClientId>,
     ValidJson(body): ValidJson<FaqIn>,
 ) -> ApiResult<(StatusCode, Json<FaqOut>)> {
     let (q, a) = body.validate("faq")?;
@@ -214,10 +236,11 @@ async fn add_faq(
 
 /// Replace an FAQ.
 #[utoipa::path(put, path = "/clients/{id}/faqs/{faq_id}", request_body = FaqIn,
+    params(("id" = i32, Path)),
     responses((status = 200, body = FaqOut), (status = 404), (status = 422)))]
 async fn update_faq(
     State(s): State<AppState>,
-    Path((id, faq_id)): Path<(i32, i32)>,
+    Path((id, faq_id)): Path<(ClientId, i32)>,
     ValidJson(body): ValidJson<FaqIn>,
 ) -> ApiResult<Json<FaqOut>> {
     let (q, a) = body.validate("faq")?;
@@ -226,20 +249,22 @@ async fn update_faq(
 }
 
 /// Delete an FAQ.
-#[utoipa::path(delete, path = "/clients/{id}/faqs/{faq_id}", responses((status = 204), (status = 404)))]
+#[utoipa::path(delete, path = "/clients/{id}/faqs/{faq_id}",
+    params(("id" = i32, Path)), responses((status = 204), (status = 404)))]
 async fn delete_faq(
     State(s): State<AppState>,
-    Path((id, faq_id)): Path<(i32, i32)>,
+    Path((id, faq_id)): Path<(ClientId, i32)>,
 ) -> ApiResult<StatusCode> {
     clients::delete_faq(&s.db, id, faq_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Callers a client remembers.
-#[utoipa::path(get, path = "/clients/{id}/callers", responses((status = 200, body = Vec<CallerOut>)))]
+#[utoipa::path(get, path = "/clients/{id}/callers",
+    params(("id" = i32, Path)), responses((status = 200, body = Vec<CallerOut>)))]
 async fn list_callers(
     State(s): State<AppState>,
-    Path(id): Path<i32>,
+    Path(id): Path<ClientId>,
 ) -> ApiResult<Json<Vec<CallerOut>>> {
     clients::get_client(&s.db, id).await?;
     let all = callers::list_callers(&s.db, id).await?;
@@ -247,10 +272,11 @@ async fn list_callers(
 }
 
 /// What a client remembers of one caller (phone URL-encoded, e.g. `%2B14155550100`).
-#[utoipa::path(get, path = "/clients/{id}/callers/{phone}", responses((status = 200, body = CallerOut), (status = 404)))]
+#[utoipa::path(get, path = "/clients/{id}/callers/{phone}",
+    params(("id" = i32, Path)), responses((status = 200, body = CallerOut), (status = 404)))]
 async fn get_caller(
     State(s): State<AppState>,
-    Path((id, phone)): Path<(i32, String)>,
+    Path((id, phone)): Path<(ClientId, String)>,
 ) -> ApiResult<Json<CallerOut>> {
     let c = callers::get_caller(&s.db, id, &phone)
         .await?
@@ -259,14 +285,15 @@ async fn get_caller(
 }
 
 /// Erase a caller's memory and their transcripts (privacy request).
-#[utoipa::path(delete, path = "/clients/{id}/callers/{phone}", responses((status = 204), (status = 404)))]
+#[utoipa::path(delete, path = "/clients/{id}/callers/{phone}",
+    params(("id" = i32, Path)), responses((status = 204), (status = 404)))]
 async fn delete_caller(
     State(s): State<AppState>,
-    Path((id, phone)): Path<(i32, String)>,
+    Path((id, phone)): Path<(ClientId, String)>,
 ) -> ApiResult<StatusCode> {
     callers::delete_caller(&s.db, id, &phone).await?;
     tracing::info!(
-        client_id = id,
+        client_id = id.get(),
         "caller memory and transcripts erased on request"
     );
     Ok(StatusCode::NO_CONTENT)
@@ -276,7 +303,8 @@ async fn delete_caller(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 struct CallsQuery {
     /// Only this client's calls.
-    client_id: Option<i32>,
+    #[param(value_type = Option<i32>)]
+    client_id: Option<ClientId>,
     /// At most this many (default 50, max 500).
     limit: Option<u64>,
     /// Only calls started before this time (RFC 3339), for paging.
@@ -292,7 +320,8 @@ async fn list_calls(
     let Query(q) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let rows = calls::list_calls(&s.db, q.client_id, q.before, limit).await?;
-    Ok(Json(rows.into_iter().map(CallOut::from).collect()))
+    let out = rows.into_iter().map(CallOut::try_from);
+    Ok(Json(out.collect::<Result<_, _>>()?))
 }
 
 /// One call with its transcript.
@@ -304,5 +333,5 @@ async fn get_call(
     let c = calls::call_by_sid(&s.db, &call_sid)
         .await?
         .ok_or(ApiError::NotFound("call"))?;
-    Ok(Json(c.into()))
+    Ok(Json(c.try_into()?))
 }

@@ -4,13 +4,11 @@
 //!   (greeting flush, relay, barge-in, DTMF, transcript, ending).
 //! - [`socket`]: `GET /twilio/media`, the thin loop around `Call`: token check, claim (warm) or
 //!   open (cold), Twilio writer task, Realtime events.
-//! - [`outcome`]: what a finished call leaves behind.
-//! - [`writer`]: the queue that saves call records off the relay path.
+//! - [`outcome`]: what a finished call leaves behind (saved through `store::writer`).
 
 pub mod call;
 pub mod outcome;
 pub mod socket;
-pub mod writer;
 
 use chrono::{DateTime, Utc};
 

@@ -25,8 +25,6 @@ pub enum EndReason {
     MaxDuration,
     /// The process is shutting down.
     Shutdown,
-    /// The agent asked to transfer the call to a human.
-    Transfer,
 }
 
 impl EndReason {
@@ -42,7 +40,6 @@ impl EndReason {
         "realtime_unavailable",
         "max_duration",
         "shutdown",
-        "transfer",
     ];
 
     /// Short machine-readable code (metric label, `end_reason` column prefix).
@@ -56,8 +53,30 @@ impl EndReason {
             Self::RealtimeUnavailable(_) => "realtime_unavailable",
             Self::MaxDuration => "max_duration",
             Self::Shutdown => "shutdown",
-            Self::Transfer => "transfer",
         }
+    }
+
+    /// Reads back a stored `end_reason`: the code, then `: detail` for the reasons that carry
+    /// one (what [`EndReason::describe`] writes). Only the code prefix decides the variant; a
+    /// detail-carrying reason stored without one gets an empty detail. `None` for text no
+    /// `EndReason` wrote (e.g. the reaper's or the status callback's reasons).
+    pub fn from_code(stored: &str) -> Option<Self> {
+        let (code, detail) = match stored.split_once(':') {
+            Some((code, detail)) => (code, detail.strip_prefix(' ').unwrap_or(detail)),
+            None => (stored, ""),
+        };
+        let detail = detail.to_string();
+        Some(match code {
+            "twilio_stop" => Self::TwilioStop,
+            "twilio_closed" => Self::TwilioClosed,
+            "twilio_protocol" => Self::TwilioProtocol(detail),
+            "realtime_closed" => Self::RealtimeClosed(detail),
+            "realtime_error" => Self::RealtimeError(detail),
+            "realtime_unavailable" => Self::RealtimeUnavailable(detail),
+            "max_duration" => Self::MaxDuration,
+            "shutdown" => Self::Shutdown,
+            _ => return None,
+        })
     }
 
     /// Whether the call ended the way calls normally end (so the after-stream TwiML hangs up
@@ -224,23 +243,20 @@ mod tests {
         assert!(!EndReason::RealtimeError("x".into()).is_normal());
     }
 
-    #[test]
-    fn codes_lists_every_end_reason_and_call_path() {
-        let s = String::new;
-        let all = [
+    /// One of each variant. The match has no wildcard, so a new variant fails to compile here
+    /// until it is listed (and so covered by the round trips below).
+    fn every_end_reason() -> Vec<EndReason> {
+        let all = vec![
             EndReason::TwilioStop,
             EndReason::TwilioClosed,
-            EndReason::TwilioProtocol(s()),
-            EndReason::RealtimeClosed(s()),
-            EndReason::RealtimeError(s()),
-            EndReason::RealtimeUnavailable(s()),
+            EndReason::TwilioProtocol("stream token refused: expired".into()),
+            EndReason::RealtimeClosed("1006".into()),
+            EndReason::RealtimeError("session_expired".into()),
+            EndReason::RealtimeUnavailable("connect: refused".into()),
             EndReason::MaxDuration,
             EndReason::Shutdown,
-            EndReason::Transfer,
         ];
         for r in &all {
-            // No wildcard: a new variant does not compile until it is listed here, and then
-            // the assertion below fails until it is in CODES.
             match r {
                 EndReason::TwilioStop
                 | EndReason::TwilioClosed
@@ -249,17 +265,54 @@ mod tests {
                 | EndReason::RealtimeError(_)
                 | EndReason::RealtimeUnavailable(_)
                 | EndReason::MaxDuration
-                | EndReason::Shutdown
-                | EndReason::Transfer => {}
+                | EndReason::Shutdown => {}
             }
         }
-        let codes: Vec<&str> = all.iter().map(EndReason::code).collect();
+        all
+    }
+
+    #[test]
+    fn every_end_reason_round_trips_through_its_code_and_its_stored_text() {
+        let all = every_end_reason();
+        let mut codes: Vec<&str> = all.iter().map(EndReason::code).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len(), "codes are distinct");
+        for r in all {
+            let from_code = EndReason::from_code(r.code()).unwrap_or_else(|| panic!("{r:?}"));
+            assert_eq!(from_code.code(), r.code());
+            assert_eq!(from_code.is_normal(), r.is_normal(), "{r:?}");
+            assert_eq!(EndReason::from_code(&r.describe()), Some(r.clone()));
+        }
+    }
+
+    #[test]
+    fn codes_lists_every_end_reason_in_order() {
+        let codes: Vec<&str> = every_end_reason().iter().map(EndReason::code).collect();
         assert_eq!(codes, EndReason::CODES);
-        for p in CallPath::ALL {
-            match p {
-                CallPath::Warm | CallPath::Cold => {}
-            }
+        assert_eq!(CallPath::ALL.map(CallPath::as_str), ["warm", "cold"]);
+    }
+
+    #[test]
+    fn only_stop_close_and_max_duration_are_normal_ends() {
+        let normal: Vec<&str> = every_end_reason()
+            .iter()
+            .filter(|r| r.is_normal())
+            .map(EndReason::code)
+            .collect();
+        assert_eq!(normal, ["twilio_stop", "twilio_closed", "max_duration"]);
+    }
+
+    #[test]
+    fn end_reasons_not_written_by_a_stream_are_not_parsed() {
+        for other in [
+            "",
+            "transfer",
+            "reaped: no media stream within prewarm.ttl_secs",
+            "ended before the media stream (canceled)",
+            "TWILIO_STOP",
+        ] {
+            assert_eq!(EndReason::from_code(other), None, "{other}");
         }
-        assert_eq!(CallPath::ALL.len(), 2);
     }
 }

@@ -51,11 +51,10 @@ use super::{
     CallContext,
     call::{Call, Output},
     outcome::{CallOutcome, CallPath, EndReason},
-    writer::Job,
 };
 use crate::{
     app::AppState,
-    domain::{CallSid, StreamSid},
+    domain::{CallSid, CallStatus, ClientId, StreamSid},
     engine::Engine,
     metrics::Metrics,
     realtime::{
@@ -68,8 +67,13 @@ use crate::{
         callers,
         calls::{self, FinishedCall, NewCall, TranscriptIn},
         clients,
+        writer::Job,
     },
-    twilio::{media::Transmit, signature, token, webhook::SIGNATURE_HEADER},
+    twilio::{
+        media::Transmit,
+        signature::{self, Signed},
+        token,
+    },
 };
 
 /// Longest Twilio's socket may accept nothing we write before it is given up: the call ends
@@ -86,19 +90,12 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let twilio = &state.settings.twilio;
-    if twilio.validate_signatures {
-        let sig = headers
-            .get(SIGNATURE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let url = state.settings.public_ws_url("/twilio/media");
-        let ok = signature::validate(twilio.auth_token.expose(), &url, &[], sig)
-            || signature::validate(twilio.auth_token.expose(), &format!("{url}/"), &[], sig);
-        if !ok {
-            tracing::warn!("media stream refused: bad X-Twilio-Signature on the upgrade");
-            return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
-        }
+    let signed = Signed::Upgrade {
+        path: "/twilio/media",
+    };
+    if !signature::check(&state.settings, &headers, signed) {
+        tracing::warn!("media stream refused: bad X-Twilio-Signature on the upgrade");
+        return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
     }
     let tasks = state.tasks.clone();
     crate::ws::twilio_upgrade(ws).on_upgrade(move |socket| tasks.track_future(run(state, socket)))
@@ -696,6 +693,7 @@ async fn context_from_db(state: &AppState, call_sid: &CallSid) -> Result<CallCon
         .call;
     let client_id = call
         .client_id
+        .map(ClientId::new)
         .ok_or_else(|| unavailable("call has no client".into()))?;
     let client = clients::get_client(&state.db, client_id)
         .await
@@ -727,11 +725,11 @@ fn finished(k: &Known, o: &CallOutcome) -> FinishedCall {
             client_id: Some(ctx.client_id),
             from: ctx.from.clone(),
             to: ctx.to.clone(),
-            status: "ringing".into(),
+            status: CallStatus::Ringing,
             started_at: ctx.started_at,
         },
         stream_sid: Some(k.stream_sid.to_string()),
-        status: "completed".into(),
+        status: CallStatus::Completed,
         path: o.path.map(|p| p.as_str().to_string()),
         time_to_first_audio_ms: o.time_to_first_audio.map(|d| d.as_millis() as i64),
         answered_at: Some(o.started_at),

@@ -10,8 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     app::Registry,
-    bridge::writer::{Job, Writer},
-    store::calls::CallPatch,
+    domain::CallStatus,
+    store::{
+        calls::CallPatch,
+        writer::{Job, Writer},
+    },
 };
 
 /// Runs until `shutdown`; then closes every remaining warm session.
@@ -25,12 +28,10 @@ pub async fn run(registry: Arc<Registry>, writer: Writer, shutdown: Cancellation
         }
         for (sid, warm) in registry.reap(std::time::Instant::now()) {
             tracing::info!(call_sid = %sid, warm, "reaper: no media stream arrived in time; closed");
-            let patch = CallPatch {
-                status: Some("unanswered".into()),
-                end_reason: Some("reaped: no media stream within prewarm.ttl_secs".into()),
-                ended_at: Some(chrono::Utc::now()),
-                ..Default::default()
-            };
+            let patch = CallPatch::ended(
+                CallStatus::Unanswered,
+                "reaped: no media stream within prewarm.ttl_secs",
+            );
             let by = tokio::time::Instant::now() + Duration::from_millis(500);
             writer
                 .submit_by(Job::Patch(sid.to_string(), patch), by)

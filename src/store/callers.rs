@@ -69,7 +69,7 @@ pub async fn record_caller_call(
     let phone = phone.trim();
     let note = note.map(str::trim).unwrap_or_default();
     let row = caller::ActiveModel {
-        client_id: Set(client_id),
+        client_id: Set(client_id.get()),
         phone: Set(phone.to_string()),
         name: Set(name.map(str::to_string)),
         call_count: Set(1),

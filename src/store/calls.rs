@@ -13,7 +13,7 @@ use super::{
     StoreError, callers,
     entities::{call, transcript_item},
 };
-use crate::domain::ClientId;
+use crate::domain::{CallStatus, ClientId};
 
 /// A call as the webhook first sees it.
 #[derive(Debug, Clone)]
@@ -26,8 +26,8 @@ pub struct NewCall {
     pub from: String,
     /// Number called.
     pub to: String,
-    /// Initial status (`ringing`, or `rejected` for an unknown number).
-    pub status: String,
+    /// Initial status (`Ringing`, or `Rejected` for an unknown number).
+    pub status: CallStatus,
     /// Webhook arrival.
     pub started_at: DateTime<Utc>,
 }
@@ -37,10 +37,10 @@ pub async fn insert_call(db: &impl ConnectionTrait, new: &NewCall) -> Result<(),
     let now = Utc::now();
     let row = call::ActiveModel {
         call_sid: Set(new.call_sid.clone()),
-        client_id: Set(new.client_id),
+        client_id: Set(new.client_id.map(ClientId::get)),
         from_number: Set(new.from.clone()),
         to_number: Set(new.to.clone()),
-        status: Set(new.status.clone()),
+        status: Set(new.status.as_str().to_string()),
         started_at: Set(new.started_at),
         created_at: Set(now),
         updated_at: Set(now),
@@ -61,7 +61,7 @@ pub async fn insert_call(db: &impl ConnectionTrait, new: &NewCall) -> Result<(),
 #[derive(Debug, Clone, Default)]
 pub struct CallPatch {
     /// New status.
-    pub status: Option<String>,
+    pub status: Option<CallStatus>,
     /// warm or cold.
     pub path: Option<String>,
     /// Webhook duration.
@@ -70,6 +70,18 @@ pub struct CallPatch {
     pub end_reason: Option<String>,
     /// When it ended.
     pub ended_at: Option<DateTime<Utc>>,
+}
+
+impl CallPatch {
+    /// A call that ended now, before any media stream, with this status and reason.
+    pub fn ended(status: CallStatus, end_reason: impl Into<String>) -> Self {
+        Self {
+            status: Some(status),
+            end_reason: Some(end_reason.into()),
+            ended_at: Some(Utc::now()),
+            ..Default::default()
+        }
+    }
 }
 
 /// Applies a patch; returns whether the call exists.
@@ -81,8 +93,8 @@ pub async fn update_call(
     let mut q = call::Entity::update_many()
         .col_expr(call::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(call::Column::CallSid.eq(call_sid));
-    if let Some(v) = &patch.status {
-        q = q.col_expr(call::Column::Status, Expr::value(v.clone()));
+    if let Some(v) = patch.status {
+        q = q.col_expr(call::Column::Status, Expr::value(v.as_str()));
     }
     if let Some(v) = &patch.path {
         q = q.col_expr(call::Column::Path, Expr::value(v.clone()));
@@ -117,8 +129,8 @@ pub struct FinishedCall {
     pub call: NewCall,
     /// Media stream.
     pub stream_sid: Option<String>,
-    /// Final status (`completed`).
-    pub status: String,
+    /// Final status (`Completed`).
+    pub status: CallStatus,
     /// warm or cold.
     pub path: Option<String>,
     /// Stream start to first agent audio.
@@ -144,7 +156,7 @@ pub async fn finish_call(db: &DatabaseConnection, f: &FinishedCall) -> Result<()
     let txn = db.begin().await?;
     insert_call(&txn, &f.call).await?;
     let mut q = call::Entity::update_many()
-        .col_expr(call::Column::Status, Expr::value(f.status.clone()))
+        .col_expr(call::Column::Status, Expr::value(f.status.as_str()))
         .col_expr(call::Column::EndedAt, Expr::value(f.ended_at))
         .col_expr(call::Column::EndReason, Expr::value(f.end_reason.clone()))
         .col_expr(call::Column::UpdatedAt, Expr::value(Utc::now()))

@@ -57,6 +57,11 @@ pub struct ClientProfile {
 }
 
 impl ClientProfile {
+    /// The client's id.
+    pub fn id(&self) -> ClientId {
+        ClientId::new(self.client.id)
+    }
+
     /// The per-client prewarm policy, if set and valid.
     pub fn prewarm_policy(&self) -> Option<PrewarmPolicy> {
         self.client
@@ -90,7 +95,7 @@ async fn insert_numbers(
     let now = Utc::now();
     for n in numbers {
         phone_number::ActiveModel {
-            client_id: Set(client_id),
+            client_id: Set(client_id.get()),
             number: Set(n.to_string()),
             active: Set(true),
             created_at: Set(now),
@@ -118,7 +123,7 @@ async fn replace_faqs(
         .await?;
     for (i, (q, a)) in faqs.iter().enumerate() {
         faq::ActiveModel {
-            client_id: Set(client_id),
+            client_id: Set(client_id.get()),
             question: Set(q.clone()),
             answer: Set(a.clone()),
             position: Set(i as i32),
@@ -141,8 +146,9 @@ pub async fn create_client(
     let mut am = active_model(input, now);
     am.created_at = Set(now);
     let row = am.insert(&txn).await?;
-    insert_numbers(&txn, row.id, &input.phone_numbers).await?;
-    replace_faqs(&txn, row.id, &input.faqs).await?;
+    let id = ClientId::new(row.id);
+    insert_numbers(&txn, id, &input.phone_numbers).await?;
+    replace_faqs(&txn, id, &input.faqs).await?;
     let profile = load_profile(&txn, row).await?;
     txn.commit().await?;
     Ok(profile)
@@ -161,7 +167,7 @@ pub async fn update_client(
         .await?
         .ok_or(StoreError::NotFound("client"))?;
     let mut am = active_model(input, Utc::now());
-    am.id = Set(id);
+    am.id = Set(id.get());
     let row = am.update(&txn).await?;
     let existing = phone_number::Entity::find()
         .filter(phone_number::Column::ClientId.eq(id))
@@ -366,7 +372,7 @@ pub async fn add_faq(
         .max()
         .unwrap_or(0);
     Ok(faq::ActiveModel {
-        client_id: Set(client_id),
+        client_id: Set(client_id.get()),
         question: Set(question.to_string()),
         answer: Set(answer.to_string()),
         position: Set(position),

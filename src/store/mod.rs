@@ -1,19 +1,22 @@
 //! Storage: sea-orm entities and repositories over SQLite (the embedded default) or PostgreSQL.
 //!
 //! Layout: [`entities`] (one module per table), [`clients`] (clients, numbers, FAQs),
-//! [`callers`] (caller memory), [`calls`] (call records and transcripts).
+//! [`callers`] (caller memory), [`calls`] (call records and transcripts), [`writer`] (the queue
+//! every call record is written through).
 //!
 //! Invariants:
 //! 1. Every query works on both backends (tests run each storage test on both).
 //! 2. A unique-constraint violation surfaces as [`StoreError::Conflict`], a missing row as
 //!    [`StoreError::NotFound`]; database failures keep their `source()` and are logged by the
 //!    HTTP edge, never shown to clients.
-//! 3. The relay path never calls in here: call records are written by the writer task.
+//! 3. The relay path never calls in here: call records (from the webhook, the status callback,
+//!    the reaper and the media stream alike) are queued to the [`writer`] task.
 
 pub mod callers;
 pub mod calls;
 pub mod clients;
 pub mod entities;
+pub mod writer;
 
 use std::time::Duration;
 
@@ -21,7 +24,15 @@ use anyhow::Context;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, SqlErr};
 
-use crate::config::DatabaseSettings;
+use crate::{config::DatabaseSettings, domain::ClientId};
+
+/// A [`ClientId`] compares with and filters on the `i32` client-id columns (the entities keep
+/// `i32` fields; repositories take and return `ClientId`).
+impl From<ClientId> for sea_orm::Value {
+    fn from(id: ClientId) -> Self {
+        id.get().into()
+    }
+}
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

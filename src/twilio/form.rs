@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::domain::CallSid;
+use crate::domain::{CallSid, CallStatus};
 
 /// A required field is missing or invalid; the message names it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,9 +33,10 @@ fn call_sid(params: &[(String, String)]) -> Result<CallSid, FormError> {
     CallSid::parse(required(params, "CallSid")?).map_err(|e| FormError(format!("CallSid: {e}")))
 }
 
-/// Twilio `CallStatus` (also `DialCallStatus`).
+/// Twilio `CallStatus` (also `DialCallStatus`), in Twilio's spelling. What warmline stores is
+/// [`CallStatus`]; [`TwilioCallStatus::final_status`] maps one to the other.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallStatus {
+pub enum TwilioCallStatus {
     /// `queued`
     Queued,
     /// `ringing`
@@ -56,7 +57,7 @@ pub enum CallStatus {
     Unknown(String),
 }
 
-impl CallStatus {
+impl TwilioCallStatus {
     /// Parses Twilio's value.
     pub fn parse(s: &str) -> Self {
         match s {
@@ -74,12 +75,25 @@ impl CallStatus {
 
     /// Whether the call is over.
     pub fn is_terminal(&self) -> bool {
-        Self::TERMINAL.contains(self)
+        self.final_status().is_some()
+    }
+
+    /// The status a call record keeps when Twilio reports this one before the media stream:
+    /// `Some` exactly for the terminal statuses.
+    pub fn final_status(&self) -> Option<CallStatus> {
+        match self {
+            Self::Completed => Some(CallStatus::Completed),
+            Self::Busy => Some(CallStatus::Busy),
+            Self::Failed => Some(CallStatus::Failed),
+            Self::NoAnswer => Some(CallStatus::NoAnswer),
+            Self::Canceled => Some(CallStatus::Canceled),
+            Self::Queued | Self::Ringing | Self::InProgress | Self::Unknown(_) => None,
+        }
     }
 
     /// The terminal statuses. Their labels are also `warmline_warm_sessions_closed_total{reason}`
     /// values (the status callback closes an unclaimed session with them, src/twilio/webhook.rs).
-    pub const TERMINAL: &'static [CallStatus] = &[
+    pub const TERMINAL: &'static [TwilioCallStatus] = &[
         Self::Completed,
         Self::Busy,
         Self::Failed,
@@ -111,7 +125,7 @@ impl CallStatus {
     }
 }
 
-impl fmt::Display for CallStatus {
+impl fmt::Display for TwilioCallStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -129,7 +143,7 @@ pub struct VoiceRequest {
     /// The number called (looked up as E.164 by the handler).
     pub to: String,
     /// Usually `ringing`.
-    pub call_status: CallStatus,
+    pub call_status: TwilioCallStatus,
     /// `inbound`, `outbound-api`, …
     pub direction: String,
     /// Only with caller-id lookup.
@@ -144,7 +158,7 @@ impl VoiceRequest {
             account_sid: get(params, "AccountSid").unwrap_or_default().to_string(),
             from: get(params, "From").unwrap_or("unknown").trim().to_string(),
             to: required(params, "To")?.to_string(),
-            call_status: CallStatus::parse(get(params, "CallStatus").unwrap_or("ringing")),
+            call_status: TwilioCallStatus::parse(get(params, "CallStatus").unwrap_or("ringing")),
             direction: get(params, "Direction").unwrap_or("inbound").to_string(),
             caller_name: get(params, "CallerName")
                 .filter(|s| !s.trim().is_empty())
@@ -159,7 +173,7 @@ pub struct StatusRequest {
     /// The call.
     pub call_sid: CallSid,
     /// Its status now.
-    pub call_status: CallStatus,
+    pub call_status: TwilioCallStatus,
     /// Seconds, on completed calls.
     pub call_duration: Option<u64>,
 }
@@ -169,7 +183,7 @@ impl StatusRequest {
     pub fn from_params(params: &[(String, String)]) -> Result<Self, FormError> {
         Ok(Self {
             call_sid: call_sid(params)?,
-            call_status: CallStatus::parse(required(params, "CallStatus")?),
+            call_status: TwilioCallStatus::parse(required(params, "CallStatus")?),
             call_duration: get(params, "CallDuration").and_then(|d| d.trim().parse().ok()),
         })
     }
@@ -205,16 +219,30 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(v.from, "anonymous");
-        assert_eq!(v.call_status, CallStatus::Ringing);
+        assert_eq!(v.call_status, TwilioCallStatus::Ringing);
     }
 
     #[test]
     fn terminal_statuses() {
         for s in ["completed", "busy", "failed", "no-answer", "canceled"] {
-            assert!(CallStatus::parse(s).is_terminal(), "{s}");
+            assert!(TwilioCallStatus::parse(s).is_terminal(), "{s}");
         }
         for s in ["queued", "ringing", "in-progress", "weird"] {
-            assert!(!CallStatus::parse(s).is_terminal(), "{s}");
+            assert!(!TwilioCallStatus::parse(s).is_terminal(), "{s}");
+        }
+    }
+
+    #[test]
+    fn terminal_statuses_map_to_the_stored_spelling() {
+        for (twilio, stored) in [
+            ("completed", "completed"),
+            ("busy", "busy"),
+            ("failed", "failed"),
+            ("no-answer", "no_answer"),
+            ("canceled", "canceled"),
+        ] {
+            let status = TwilioCallStatus::parse(twilio).final_status();
+            assert_eq!(status.map(CallStatus::as_str), Some(stored), "{twilio}");
         }
     }
 }

@@ -4,14 +4,72 @@
 //! re-encoded); form params are sorted byte-wise by name, repeated names by value; the URL is
 //! also tried with the default port added or removed (twilio-python does the same); comparison
 //! is constant-time. The token never appears in an error or a log.
+//!
+//! Every handler checks its request with [`check`], which knows which URLs Twilio may have
+//! signed for it (see [`Signed`]).
 
+use axum::http::{HeaderMap, Uri};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::config::Settings;
+
 type HmacSha1 = Hmac<Sha1>;
+
+/// The header Twilio signs with.
+pub const HEADER: &str = "x-twilio-signature";
+
+/// A request Twilio signed, and so which URLs (and params) its signature may cover.
+#[derive(Debug, Clone, Copy)]
+pub enum Signed<'a> {
+    /// A form POST to a Twilio webhook (voice, status, after-stream): signed over the URL Twilio
+    /// requested, query string included, with the form params. That URL is `public_url` or
+    /// `twilio.webhook_base_url` (the console's, behind a load balancer) joined with the
+    /// request's path and query.
+    Form {
+        /// The request URI (its path and query are used).
+        uri: &'a Uri,
+        /// Every form param received.
+        params: &'a [(String, String)],
+    },
+    /// The Media Streams WebSocket upgrade: signed over the stream URL the TwiML named
+    /// (`public_url` + `path`, http→ws, https→wss), with or without a trailing slash, and no
+    /// params.
+    Upgrade {
+        /// The stream's path, e.g. `/twilio/media`.
+        path: &'a str,
+    },
+}
+
+/// Whether the request's X-Twilio-Signature is genuine for what it claims to be; always true
+/// with `twilio.validate_signatures = false`, never with an empty auth token or header.
+pub fn check(settings: &Settings, headers: &HeaderMap, signed: Signed<'_>) -> bool {
+    let twilio = &settings.twilio;
+    if !twilio.validate_signatures {
+        return true;
+    }
+    let token = twilio.auth_token.expose();
+    let header = headers
+        .get(HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    match signed {
+        Signed::Form { uri, params } => {
+            let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+            settings
+                .signed_webhook_urls(path)
+                .iter()
+                .any(|url| validate(token, url, params, header))
+        }
+        Signed::Upgrade { path } => {
+            let url = settings.public_ws_url(path);
+            validate(token, &url, &[], header) || validate(token, &format!("{url}/"), &[], header)
+        }
+    }
+}
 
 /// The signature Twilio would send for `url` and form `params`.
 pub fn compute(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
@@ -241,6 +299,94 @@ mod tests {
             compute("12345", "https://x.test/r", &params),
             "xiJ8QgHHQGILnj29H6Heb+mn1OE="
         );
+    }
+
+    fn settings(public_url: &str, webhook_base_url: &str) -> Settings {
+        Settings::from_toml(&format!(
+            "public_url = \"{public_url}\"\n[twilio]\nauth_token = \"{V1_TOKEN}\"\n\
+             webhook_base_url = \"{webhook_base_url}\"\n"
+        ))
+        .unwrap()
+    }
+
+    fn signed(sig: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(HEADER, sig.parse().unwrap());
+        h
+    }
+
+    fn form<'a>(uri: &'a Uri, params: &'a [(String, String)]) -> Signed<'a> {
+        Signed::Form { uri, params }
+    }
+
+    const VOICE_SIG: &str = "dv248gc7Aqkdg1X31HXeOYAzFCE=";
+    const MEDIA: Signed<'static> = Signed::Upgrade {
+        path: "/twilio/media",
+    };
+
+    #[test]
+    fn check_form_against_public_url_or_the_webhook_base_url() {
+        let voice: Uri = "/twilio/voice".parse().unwrap();
+        let params = v1_params();
+        let direct = settings("https://warmline.example.com", "");
+        assert!(check(&direct, &signed(VOICE_SIG), form(&voice, &params)));
+        assert!(!check(&direct, &HeaderMap::new(), form(&voice, &params)));
+        let mut changed = params.clone();
+        changed[7].1 = "+14155550199".into();
+        assert!(!check(&direct, &signed(VOICE_SIG), form(&voice, &changed)));
+        // Behind a load balancer: the console's base URL is what Twilio signed.
+        let node = settings("https://node1.internal.example", "");
+        assert!(!check(&node, &signed(VOICE_SIG), form(&voice, &params)));
+        let balanced = settings(
+            "https://node1.internal.example",
+            "https://warmline.example.com/",
+        );
+        assert!(check(&balanced, &signed(VOICE_SIG), form(&voice, &params)));
+    }
+
+    #[test]
+    fn check_form_covers_the_query_string() {
+        let s = settings("https://warmline.example.com", "");
+        let params = v1_params();
+        let url = "https://warmline.example.com/twilio/status?tenant=a%20b";
+        let sig = compute(V1_TOKEN, url, &params);
+        let with_query: Uri = "/twilio/status?tenant=a%20b".parse().unwrap();
+        let without: Uri = "/twilio/status".parse().unwrap();
+        assert!(check(&s, &signed(&sig), form(&with_query, &params)));
+        assert!(!check(&s, &signed(&sig), form(&without, &params)));
+    }
+
+    #[test]
+    fn check_upgrade_takes_the_wss_stream_url_with_or_without_a_slash() {
+        let s = settings("https://warmline.example.com", "");
+        assert!(check(&s, &signed("00+3YFoE0HXKly0Bg8EGTx+zLY4="), MEDIA));
+        assert!(check(&s, &signed("z+BGhsJnMK0wd+V1a8yGlW+yaUU="), MEDIA));
+        // Signed over the https URL instead, or unsigned: refused.
+        assert!(!check(&s, &signed("UAbB+mA6xZh1oOJHlF+NW/BI2Wc="), MEDIA));
+        assert!(!check(&s, &HeaderMap::new(), MEDIA));
+        // The stream URL names this instance; the load balancer's base URL is not accepted.
+        let node = settings(
+            "https://node1.internal.example",
+            "https://warmline.example.com",
+        );
+        assert!(!check(
+            &node,
+            &signed("00+3YFoE0HXKly0Bg8EGTx+zLY4="),
+            MEDIA
+        ));
+    }
+
+    #[test]
+    fn check_passes_everything_with_validation_off_and_nothing_without_a_token() {
+        let voice: Uri = "/twilio/voice".parse().unwrap();
+        let mut s = settings("https://warmline.example.com", "");
+        s.twilio.validate_signatures = false;
+        assert!(check(&s, &HeaderMap::new(), MEDIA));
+        assert!(check(&s, &HeaderMap::new(), form(&voice, &[])));
+        s.twilio.validate_signatures = true;
+        s.twilio.auth_token = crate::config::Secret::new("");
+        assert!(!check(&s, &signed(VOICE_SIG), form(&voice, &v1_params())));
+        assert!(!check(&s, &signed("00+3YFoE0HXKly0Bg8EGTx+zLY4="), MEDIA));
     }
 
     #[test]

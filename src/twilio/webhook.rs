@@ -26,13 +26,14 @@ use tokio::{sync::watch, time::Instant as TokioInstant};
 
 use super::{
     form::{self, StatusRequest, VoiceRequest},
-    signature, token, twiml,
+    signature::{self, Signed},
+    token, twiml,
 };
 use crate::{
     app::AppState,
-    bridge::{CallContext, writer::Job},
+    bridge::{CallContext, outcome::EndReason},
     config::PrewarmPolicy,
-    domain::E164,
+    domain::{CallStatus, ClientId, E164},
     realtime::{
         client::{self, SessionSpec, Status},
         profile::AgentProfile,
@@ -42,6 +43,7 @@ use crate::{
         callers,
         calls::{self, CallPatch, NewCall},
         clients,
+        writer::Job,
     },
 };
 
@@ -52,34 +54,6 @@ pub fn router() -> Router<AppState> {
         .route("/twilio/status", post(status))
         .route("/twilio/after-stream", post(after_stream))
         .route("/twilio/media", get(crate::bridge::socket::upgrade))
-}
-
-/// The header Twilio signs with.
-pub const SIGNATURE_HEADER: &str = "x-twilio-signature";
-
-/// Whether a signed form request is genuine (always true with validation off). Twilio signs
-/// the URL it was configured with, query string included (protocols.md §2.1), so the request's
-/// own path and query are appended to `public_url`.
-pub fn verify_form(
-    state: &AppState,
-    uri: &Uri,
-    headers: &HeaderMap,
-    params: &[(String, String)],
-) -> bool {
-    let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-    let twilio = &state.settings.twilio;
-    if !twilio.validate_signatures {
-        return true;
-    }
-    let sig = headers
-        .get(SIGNATURE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    state
-        .settings
-        .signed_webhook_urls(path)
-        .iter()
-        .any(|url| signature::validate(twilio.auth_token.expose(), url, params, sig))
 }
 
 fn xml(body: String) -> Response {
@@ -131,7 +105,11 @@ async fn voice(
     let deadline =
         TokioInstant::from_std(t0 + Duration::from_millis(state.settings.prewarm.ring_max_ms));
     let params = form::parse(&body);
-    if !verify_form(&state, &uri, &headers, &params) {
+    let signed = Signed::Form {
+        uri: &uri,
+        params: &params,
+    };
+    if !signature::check(&state.settings, &headers, signed) {
         tracing::warn!(
             call_sid = params
                 .iter()
@@ -180,7 +158,7 @@ async fn answer(
         let client = clients::client_by_number(&state.db, &to).await?;
         // Memory is per phone number: `get_caller` finds none for a withheld caller id.
         let caller = match &client {
-            Some(c) => callers::get_caller(&state.db, c.client.id, &req.from).await?,
+            Some(c) => callers::get_caller(&state.db, c.id(), &req.from).await?,
             None => None,
         };
         Ok::<_, crate::store::StoreError>((client, caller))
@@ -207,7 +185,7 @@ async fn answer(
                     client_id: None,
                     from: req.from.clone(),
                     to: req.to.clone(),
-                    status: "rejected".into(),
+                    status: CallStatus::Rejected,
                     started_at: arrived,
                 }),
                 deadline,
@@ -233,10 +211,10 @@ async fn answer(
         .submit_by(
             Job::Insert(NewCall {
                 call_sid: sid.to_string(),
-                client_id: Some(client.client.id),
+                client_id: Some(client.id()),
                 from: req.from.clone(),
                 to: req.to.clone(),
-                status: "ringing".into(),
+                status: CallStatus::Ringing,
                 started_at: arrived,
             }),
             deadline,
@@ -244,7 +222,7 @@ async fn answer(
         .await;
     let ctx = CallContext {
         call_sid: sid.clone(),
-        client_id: client.client.id,
+        client_id: client.id(),
         from: req.from.clone(),
         to: req.to.clone(),
         profile: profile.clone(),
@@ -307,7 +285,7 @@ async fn answer(
             TokioInstant::now() + Duration::from_millis(5),
         )
         .await;
-    tracing::info!(call_sid = %sid, client_id = client.client.id, outcome, webhook_ms, "voice webhook answered");
+    tracing::info!(call_sid = %sid, client_id = client.id().get(), outcome, webhook_ms, "voice webhook answered");
     (outcome, body)
 }
 
@@ -337,7 +315,11 @@ async fn status(
     body: Bytes,
 ) -> Response {
     let params = form::parse(&body);
-    if !verify_form(&state, &uri, &headers, &params) {
+    let signed = Signed::Form {
+        uri: &uri,
+        params: &params,
+    };
+    if !signature::check(&state.settings, &headers, signed) {
         tracing::warn!("status callback refused: bad X-Twilio-Signature");
         return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
     }
@@ -348,9 +330,9 @@ async fn status(
             return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
         }
     };
-    if !req.call_status.is_terminal() {
+    let Some(final_status) = req.call_status.final_status() else {
         return StatusCode::NO_CONTENT.into_response();
-    }
+    };
     let reason = req.call_status.label();
     if let Some(warm) = state.registry.close(&req.call_sid, reason) {
         tracing::info!(call_sid = %req.call_sid, status = reason, warm, "call ended before its media stream; session closed");
@@ -358,12 +340,10 @@ async fn status(
             .writer
             .submit(Job::Patch(
                 req.call_sid.to_string(),
-                CallPatch {
-                    status: Some(reason.replace('-', "_")),
-                    end_reason: Some(format!("ended before the media stream ({reason})")),
-                    ended_at: Some(Utc::now()),
-                    ..Default::default()
-                },
+                CallPatch::ended(
+                    final_status,
+                    format!("ended before the media stream ({reason})"),
+                ),
             ))
             .await;
     } else {
@@ -379,7 +359,11 @@ async fn after_stream(
     body: Bytes,
 ) -> Response {
     let params = form::parse(&body);
-    if !verify_form(&state, &uri, &headers, &params) {
+    let signed = Signed::Form {
+        uri: &uri,
+        params: &params,
+    };
+    if !signature::check(&state.settings, &headers, signed) {
         tracing::warn!("after-stream callback refused: bad X-Twilio-Signature");
         return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
     }
@@ -414,7 +398,7 @@ async fn after_stream(
             .as_ref()
             .and_then(|r: &crate::store::entities::call::Model| r.client_id)
         {
-            client = clients::get_client(&state.db, id).await.ok();
+            client = clients::get_client(&state.db, ClientId::new(id)).await.ok();
         }
     };
     // On time-out, whatever was found so far (the record, perhaps the client) still decides.
@@ -425,25 +409,19 @@ async fn after_stream(
         tracing::error!(call_sid = %sid, "after-stream: database look-up timed out");
     }
     let language = say_language(client.as_ref().map_or("en", |c| c.client.language.as_str()));
+    // No record, no end reason, or one no stream wrote: not a normal end.
     let normal = record
         .as_ref()
         .and_then(|r| r.end_reason.as_deref())
-        .is_some_and(|r| ["twilio_stop", "twilio_closed", "max_duration"].contains(&r));
-    let transfer = record
-        .as_ref()
-        .and_then(|r| r.end_reason.as_deref())
-        .is_some_and(|r| r.starts_with("transfer"));
+        .and_then(EndReason::from_code)
+        .is_some_and(|r| r.is_normal());
     let fallback = client
         .as_ref()
         .and_then(|c| c.client.fallback_number.clone());
     let (decision, body) = if normal {
         ("hangup", twiml::hangup())
     } else if let Some(number) = fallback {
-        let say = if transfer {
-            "Please hold while I transfer you."
-        } else {
-            "Sorry, something went wrong. Let me put you through to a colleague."
-        };
+        let say = "Sorry, something went wrong. Let me put you through to a colleague.";
         ("dial_fallback", twiml::dial(&number, Some(say), &language))
     } else {
         ("apologise", twiml::say_hangup(SORRY, &language))

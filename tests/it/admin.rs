@@ -454,14 +454,14 @@ both_backends!(callers_and_calls_endpoints, |app| {
         &calls::FinishedCall {
             call: calls::NewCall {
                 call_sid: "CA42".into(),
-                client_id: Some(id),
+                client_id: Some(id.into()),
                 from: "+14155550100".into(),
                 to: "+15005550006".into(),
-                status: "ringing".into(),
+                status: warmline::domain::CallStatus::Ringing,
                 started_at: now,
             },
             stream_sid: None,
-            status: "completed".into(),
+            status: warmline::domain::CallStatus::Completed,
             path: Some("cold".into()),
             time_to_first_audio_ms: Some(900),
             answered_at: Some(now),

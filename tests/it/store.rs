@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use warmline::{
-    domain::E164,
+    domain::{CallStatus, ClientId, E164},
     store::{
         callers,
         calls::{self, FinishedCall, NewCall, TranscriptIn},
@@ -25,13 +25,13 @@ both_backends!(migrations_are_all_applied, |app| {
 
 both_backends!(client_by_number_ignores_inactive_numbers, |app| {
     let client = app.create_client("Bright Smile", "+15005550006").await;
-    let id = client["id"].as_i64().unwrap() as i32;
+    let id = ClientId::new(client["id"].as_i64().unwrap() as i32);
     let number = E164::parse("+15005550006").unwrap();
     let found = clients::client_by_number(&app.state.db, &number)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(found.client.id, id);
+    assert_eq!(found.id(), id);
     assert_eq!(found.faqs.len(), 1);
     clients::set_number_active(&app.state.db, id, &number, false)
         .await
@@ -53,7 +53,7 @@ both_backends!(client_by_number_ignores_inactive_numbers, |app| {
 
 both_backends!(concurrent_calls_from_one_caller_count_exactly, |app| {
     let client = app.create_client("Bright Smile", "+15005550006").await;
-    let id = client["id"].as_i64().unwrap() as i32;
+    let id = ClientId::new(client["id"].as_i64().unwrap() as i32);
     let tasks: Vec<_> = (0..50)
         .map(|i| {
             let db = app.state.db.clone();
@@ -84,7 +84,7 @@ both_backends!(concurrent_calls_from_one_caller_count_exactly, |app| {
 
 both_backends!(caller_memory_is_bounded_and_keeps_the_newest_notes, |app| {
     let client = app.create_client("Bright Smile", "+15005550006").await;
-    let id = client["id"].as_i64().unwrap() as i32;
+    let id = ClientId::new(client["id"].as_i64().unwrap() as i32);
     for i in 0..40 {
         let note = format!("call {i:02}: {}", "x".repeat(80));
         callers::record_caller_call(
@@ -109,7 +109,7 @@ both_backends!(caller_memory_is_bounded_and_keeps_the_newest_notes, |app| {
     assert_eq!(c.call_count, 40);
 });
 
-fn finished(client_id: i32, sid: &str, said: &str) -> FinishedCall {
+fn finished(client_id: ClientId, sid: &str, said: &str) -> FinishedCall {
     let now = Utc::now();
     FinishedCall {
         call: NewCall {
@@ -117,11 +117,11 @@ fn finished(client_id: i32, sid: &str, said: &str) -> FinishedCall {
             client_id: Some(client_id),
             from: "+14155550100".into(),
             to: "+15005550006".into(),
-            status: "ringing".into(),
+            status: CallStatus::Ringing,
             started_at: now,
         },
         stream_sid: Some("MZ1".into()),
-        status: "completed".into(),
+        status: CallStatus::Completed,
         path: Some("warm".into()),
         time_to_first_audio_ms: Some(1),
         answered_at: Some(now),
@@ -149,7 +149,7 @@ both_backends!(
     finish_call_writes_record_transcript_and_memory_together,
     |app| {
         let client = app.create_client("Bright Smile", "+15005550006").await;
-        let id = client["id"].as_i64().unwrap() as i32;
+        let id = ClientId::new(client["id"].as_i64().unwrap() as i32);
         // The ringing row exists for the first call, not for the second (webhook write lost).
         calls::insert_call(&app.state.db, &finished(id, "CA1", "").call)
             .await
@@ -192,7 +192,7 @@ both_backends!(
 
 both_backends!(deleting_a_caller_erases_memory_and_transcripts, |app| {
     let client = app.create_client("Bright Smile", "+15005550006").await;
-    let id = client["id"].as_i64().unwrap() as i32;
+    let id = ClientId::new(client["id"].as_i64().unwrap() as i32);
     calls::finish_call(&app.state.db, &finished(id, "CA1", "My name is Dana"))
         .await
         .unwrap();

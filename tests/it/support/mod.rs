@@ -269,7 +269,7 @@ pub struct Gateway {
     /// Twilio, simulated.
     pub twilio: sim::twilio::TwilioSim,
     /// The client's id.
-    pub client_id: i32,
+    pub client_id: warmline::domain::ClientId,
 }
 
 /// The number the test client answers.
@@ -294,7 +294,7 @@ pub async fn gateway(fake: sim::realtime::FakeConfig, extra_toml: &str) -> Gatew
     let client = app.create_client("Bright Smile", CLIENT_NUMBER).await;
     let twilio = sim::twilio::TwilioSim::new(&app.base, AUTH_TOKEN);
     Gateway {
-        client_id: client["id"].as_i64().unwrap() as i32,
+        client_id: warmline::domain::ClientId::new(client["id"].as_i64().unwrap() as i32),
         app,
         fake,
         twilio,

@@ -1,8 +1,17 @@
-//! The call-record writer: one task drains a bounded queue of database writes so that nothing
-//! on the relay or webhook path waits for the database (style.md §6). A failed write is retried
-//! a few times, then logged and counted in `warmline_store_errors_total`.
+//! The call-record writer, the one way call records reach the database: one task drains a
+//! bounded queue of [`Job`]s so that nothing on the relay or webhook path waits for the database.
+//! A failed write is retried a few times, then logged and counted in
+//! `warmline_store_errors_total`.
 //!
-//! Shutdown: [`Writer::flush`] waits until every write queued before it is done.
+//! Who queues what:
+//! - the voice webhook (`twilio::webhook`): the `ringing` (or `rejected`) row, then its
+//!   `webhook_ms`;
+//! - the status callback (`twilio::webhook`) and the reaper (`realtime::reaper`): a call that
+//!   ended before its media stream ([`CallPatch::ended`]);
+//! - the media stream (`bridge::socket`): the finished call, its transcript and caller memory.
+//!
+//! One queue keeps each call's writes in order (the insert lands before a patch of the same
+//! call). Shutdown: [`Writer::flush`] waits until every write queued before it is done.
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,13 +19,11 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
-use crate::{
-    metrics::Metrics,
-    store::{
-        StoreError,
-        calls::{self, CallPatch, FinishedCall, NewCall},
-    },
+use super::{
+    StoreError,
+    calls::{self, CallPatch, FinishedCall, NewCall},
 };
+use crate::metrics::Metrics;
 
 /// A queued write.
 #[derive(Debug)]
