@@ -1,18 +1,26 @@
 //! `warmline loadgen`: N concurrent simulated calls against a real gateway process, measuring
 //! what warmline promises: time to first audio (warm and cold), the delay the gateway adds to
-//! each relayed frame in both directions, frames lost, the gateway's CPU and resident memory
-//! per call, and the webhook's answer time while the Realtime API hangs.
+//! each relayed frame in both directions, frames lost, the gateway's CPU (per relayed frame and
+//! per call) and resident memory per call, and the webhook's answer time while the Realtime API
+//! hangs.
 //!
 //! The gateway runs as a child process (this same binary, `serve`), so its CPU and memory are
 //! read from `/proc/<pid>` apart from the load generator's. The fake Realtime server and the
 //! Twilio simulator run here and share [`sim::stamp::Stamps`], which time each frame from the
 //! sender of one fake to the receiver of the other, through the gateway.
+//!
+//! Both processes can be pinned to CPUs (`taskset`, see [`CpuList`]) so the load generator does
+//! not compete with the gateway it measures, and a stepped run (`--calls 200,400,600`) finds the
+//! knee: the most calls at which the relay still meets its target.
 
 use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
     path::PathBuf,
     process::Stdio,
+    str::FromStr,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -27,7 +35,10 @@ use sim::{
     twilio::{CallSpec, Step, StreamOptions, TwilioSim, Twiml},
 };
 
-/// Options.
+/// The relay target a step must meet to count below the knee: p99 in both directions.
+pub const RELAY_P99_TARGET_MS: f64 = 1.0;
+
+/// Options of one load (one step).
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     /// Concurrent calls.
@@ -46,6 +57,429 @@ pub struct LoadOptions {
     pub json: bool,
     /// The gateway binary (default: this executable).
     pub gateway_bin: Option<PathBuf>,
+    /// Run the gateway on these CPUs (`taskset -c`); `None` leaves its affinity alone (it then
+    /// gets the CPUs this process had before [`pin_load_generator`], if that was called).
+    pub gateway_cpus: Option<CpuList>,
+    /// Pin this process, every thread of it, to these CPUs (`taskset -a -p -c`) before the run.
+    /// The command line does it before the async runtime starts (see [`pin_load_generator`]),
+    /// so the runtime sizes its worker pool to these CPUs.
+    pub loadgen_cpus: Option<CpuList>,
+}
+
+impl Default for LoadOptions {
+    /// The command line's defaults.
+    fn default() -> Self {
+        Self {
+            calls: 100,
+            duration: Duration::from_secs(20),
+            ramp: Duration::from_secs(10),
+            cold_every: 10,
+            hang_calls: 20,
+            ring_max_ms: 1000,
+            json: false,
+            gateway_bin: None,
+            gateway_cpus: None,
+            loadgen_cpus: None,
+        }
+    }
+}
+
+/// `--calls`: one number (one load) or a comma list of steps (`200,400,600`), each a full load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Steps(pub Vec<usize>);
+
+impl FromStr for Steps {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let steps = s
+            .split(',')
+            .map(|p| match p.trim().parse::<usize>() {
+                Ok(0) => Err("a step of 0 calls".to_string()),
+                Ok(n) => Ok(n),
+                Err(_) => Err(format!("{:?} is not a number of calls", p.trim())),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self(steps))
+    }
+}
+
+/// A CPU list in `taskset -c` syntax: `0`, `0,2`, `1-3`, `0,2-3`. Kept sorted and unique.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(Vec<usize>);
+
+impl CpuList {
+    /// The CPUs, ascending.
+    pub fn cpus(&self) -> &[usize] {
+        &self.0
+    }
+}
+
+impl FromStr for CpuList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let cpu = |v: &str| {
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{:?} is not a CPU number in the CPU list {s:?}", v.trim()))
+        };
+        let mut cpus = Vec::new();
+        for part in s.split(',') {
+            match part.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (cpu(a)?, cpu(b)?);
+                    if a > b {
+                        return Err(format!("the range {a}-{b} in {s:?} runs backwards"));
+                    }
+                    cpus.extend(a..=b);
+                }
+                None => cpus.push(cpu(part)?),
+            }
+        }
+        cpus.sort_unstable();
+        cpus.dedup();
+        Ok(Self(cpus))
+    }
+}
+
+impl fmt::Display for CpuList {
+    /// The kernel's canonical form (`Cpus_allowed_list`): `0-2,5`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut i = 0;
+        while i < self.0.len() {
+            let mut j = i;
+            while j + 1 < self.0.len() && self.0[j + 1] == self.0[j] + 1 {
+                j += 1;
+            }
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if j > i {
+                write!(f, "{}-{}", self.0[i], self.0[j])?;
+            } else {
+                write!(f, "{}", self.0[i])?;
+            }
+            i = j + 1;
+        }
+        Ok(())
+    }
+}
+
+/// The CPUs this process could use before [`pin_load_generator`] narrowed them. A child inherits
+/// its parent's affinity, so the gateway is started on these unless `gateway_cpus` says otherwise.
+static UNPINNED: OnceLock<CpuList> = OnceLock::new();
+
+/// Runs `taskset` (util-linux); a missing command or a refused list is an error that says so.
+fn taskset(args: &[&str]) -> anyhow::Result<()> {
+    let out = match std::process::Command::new("taskset").args(args).output() {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("CPU pinning needs the `taskset` command (util-linux), which is not on PATH")
+        }
+        Err(e) => return Err(e).context("running taskset"),
+    };
+    if !out.status.success() {
+        bail!(
+            "`taskset {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Checks a CPU list before a run: every CPU online, and `taskset` accepts it here.
+fn check_cpus(flag: &str, cpus: &CpuList) -> anyhow::Result<()> {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| s.trim().parse::<CpuList>().ok());
+    if let Some(online) = online
+        && let Some(cpu) = cpus.0.iter().find(|c| !online.0.contains(c))
+    {
+        bail!("{flag} {cpus}: CPU {cpu} is not online (online: {online})");
+    }
+    taskset(&["-c", &cpus.to_string(), "true"]).with_context(|| format!("{flag} {cpus}"))
+}
+
+/// `Cpus_allowed_list` of `/proc/<pid>` or `/proc/<pid>/task/<tid>`.
+fn allowed_cpus(proc_dir: &str) -> Option<CpuList> {
+    std::fs::read_to_string(format!("{proc_dir}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Each thread's `Cpus_allowed_list` of a process, by thread id.
+fn thread_affinities(pid: u32) -> BTreeMap<u32, Option<CpuList>> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return BTreeMap::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .map(|tid| (tid, allowed_cpus(&format!("/proc/{pid}/task/{tid}"))))
+        .collect()
+}
+
+/// Pins this process, every thread of it, to `cpus` (`taskset -a -p -c`); threads started later
+/// inherit it. The command line calls it before the async runtime starts, so the runtime sizes its
+/// worker pool to these CPUs. Fails if `taskset` is missing, the list is refused, or a thread
+/// did not take it.
+pub fn pin_load_generator(cpus: &CpuList) -> anyhow::Result<()> {
+    check_cpus("--loadgen-cpus", cpus)?;
+    if let Some(before) = allowed_cpus("/proc/self") {
+        UNPINNED.get_or_init(|| before);
+    }
+    let pid = std::process::id();
+    taskset(&["-a", "-p", "-c", &cpus.to_string(), &pid.to_string()])
+        .context("pinning the load generator")?;
+    for (tid, allowed) in thread_affinities(pid) {
+        if allowed.as_ref() != Some(cpus) {
+            bail!(
+                "thread {tid} of the load generator runs on CPUs {}, not {cpus}",
+                allowed.map_or("?".into(), |c| c.to_string())
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Where a process was allowed to run during a load.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Affinity {
+    /// `Cpus_allowed_list` (the load generator's: all its threads', or `mixed: …` if they differ).
+    pub cpus: String,
+    /// The `taskset` command that set it, if one did.
+    pub pinned_with: Option<String>,
+    /// Threads of the process when read.
+    pub threads: usize,
+}
+
+fn affinity_of(pid: u32, pinned_with: Option<String>) -> Affinity {
+    let threads = thread_affinities(pid);
+    let mut lists: Vec<String> = threads
+        .values()
+        .map(|c| c.as_ref().map_or("?".into(), |c| c.to_string()))
+        .collect();
+    lists.sort();
+    lists.dedup();
+    let cpus = match lists.as_slice() {
+        [] => allowed_cpus(&format!("/proc/{pid}")).map_or("?".into(), |c| c.to_string()),
+        [one] => one.clone(),
+        many => format!("mixed: {}", many.join(" | ")),
+    };
+    Affinity {
+        cpus,
+        pinned_with,
+        threads: threads.len(),
+    }
+}
+
+/// `getconf CLK_TCK`: the unit of `/proc/<pid>/stat`'s CPU times (100 almost everywhere).
+fn clk_tck() -> u64 {
+    static TCK: OnceLock<u64> = OnceLock::new();
+    *TCK.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(100)
+    })
+}
+
+/// A process's CPU time at one moment, from two sources.
+#[derive(Debug, Clone, Default)]
+struct CpuSnap {
+    /// utime + stime of `/proc/<pid>/stat` in ns: whole process, threads that already exited
+    /// included, but in clock ticks (10 ms at CLK_TCK 100).
+    stat_ns: u64,
+    /// Time on CPU per live thread in ns (`/proc/<pid>/task/<tid>/schedstat`, first field).
+    threads: Option<HashMap<u32, u64>>,
+}
+
+fn cpu_snap(pid: u32) -> CpuSnap {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()
+        .and_then(|dir| {
+            dir.flatten()
+                .map(|e| {
+                    let tid = e.file_name().to_str()?.parse::<u32>().ok()?;
+                    let s = std::fs::read_to_string(e.path().join("schedstat")).ok()?;
+                    Some((tid, s.split_whitespace().next()?.parse::<u64>().ok()?))
+                })
+                .collect::<Option<HashMap<_, _>>>()
+        });
+    CpuSnap {
+        stat_ns: ticks * (1_000_000_000 / clk_tck()),
+        threads,
+    }
+}
+
+/// Where a CPU figure came from.
+const SCHEDSTAT: &str = "schedstat";
+const STAT: &str = "stat";
+
+/// CPU time between two snapshots in ns, and its source: the threads' schedstat (ns) when every
+/// thread of the first snapshot is still alive and the ticks agree within two; otherwise (a
+/// thread exited, its time would be missing) the process's clock ticks.
+fn cpu_between(a: &CpuSnap, b: &CpuSnap) -> (u64, &'static str) {
+    let ticks = b.stat_ns.saturating_sub(a.stat_ns);
+    if let (Some(ta), Some(tb)) = (&a.threads, &b.threads)
+        && ta.keys().all(|t| tb.contains_key(t))
+    {
+        let ns: u64 = tb
+            .iter()
+            .map(|(t, v)| v.saturating_sub(ta.get(t).copied().unwrap_or(0)))
+            .sum();
+        if ticks <= ns + 2 * (1_000_000_000 / clk_tck()) {
+            return (ns, SCHEDSTAT);
+        }
+    }
+    (ticks, STAT)
+}
+
+/// One sample of the Prometheus text format: metric name, labels, value.
+fn samples(text: &str) -> impl Iterator<Item = (&str, Vec<(&str, &str)>, f64)> {
+    text.lines().filter_map(|line| {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            return None;
+        }
+        let name_end = line.find(['{', ' '])?;
+        let name = &line[..name_end];
+        let mut labels = Vec::new();
+        let mut rest = &line[name_end..];
+        if let Some(inner) = rest.strip_prefix('{') {
+            // key="value" pairs; a value may hold an escaped quote.
+            let mut s = inner;
+            loop {
+                s = s.trim_start_matches([',', ' ']);
+                if let Some(after) = s.strip_prefix('}') {
+                    rest = after;
+                    break;
+                }
+                let (key, v) = s.split_once("=\"")?;
+                let mut end = None;
+                let mut escaped = false;
+                for (i, c) in v.char_indices() {
+                    match c {
+                        _ if escaped => escaped = false,
+                        '\\' => escaped = true,
+                        '"' => {
+                            end = Some(i);
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                let end = end?;
+                labels.push((key.trim(), &v[..end]));
+                s = &v[end + 1..];
+            }
+        }
+        let value = rest.split_whitespace().next()?.parse::<f64>().ok()?;
+        Some((name, labels, value))
+    })
+}
+
+/// The sum of every sample of `name` whose labels include all of `want`.
+fn metric_sum(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+    samples(text)
+        .filter(|(n, labels, _)| *n == name && want.iter().all(|w| labels.contains(w)))
+        .map(|(_, _, v)| v)
+        // (An empty f64 sum is -0.0, which would print as "-0".)
+        .fold(0.0, |a, b| a + b)
+}
+
+/// `warmline_frames_relayed_total`: (inbound, outbound).
+fn frames_relayed(text: &str) -> (f64, f64) {
+    let m = |d| metric_sum(text, "warmline_frames_relayed_total", &[("direction", d)]);
+    (m("inbound"), m("outbound"))
+}
+
+/// A histogram's cumulative buckets `(upper bound, count)`, ascending, summed over every series
+/// whose labels include all of `want` (like `sum by (le)`); empty if there is none.
+fn histogram_buckets(text: &str, name: &str, want: &[(&str, &str)]) -> Vec<(f64, f64)> {
+    let bucket = format!("{name}_bucket");
+    let mut by_le: Vec<(f64, f64)> = Vec::new();
+    for (n, labels, v) in samples(text) {
+        if n != bucket || !want.iter().all(|w| labels.contains(w)) {
+            continue;
+        }
+        let Some(le) = labels
+            .iter()
+            .find(|(k, _)| *k == "le")
+            .and_then(|(_, le)| le.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        match by_le.iter_mut().find(|(b, _)| *b == le) {
+            Some((_, c)) => *c += v,
+            None => by_le.push((le, v)),
+        }
+    }
+    by_le.sort_by(|a, b| a.0.total_cmp(&b.0));
+    by_le
+}
+
+/// The `q` quantile (0–1) of a histogram from its cumulative buckets, the way Prometheus'
+/// `histogram_quantile` estimates it: find the bucket the rank falls in and interpolate linearly
+/// between its bounds (the first bucket starts at 0); a rank in the `+Inf` bucket gives the
+/// highest finite bound. `None` without a `+Inf` bucket or observations.
+fn histogram_quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
+    let (&(last_le, total), finite) = buckets.split_last()?;
+    if finite.is_empty() || last_le != f64::INFINITY || total <= 0.0 || !(0.0..=1.0).contains(&q) {
+        return None;
+    }
+    let rank = q * total;
+    let Some(b) = finite.iter().position(|(_, c)| *c >= rank) else {
+        return finite.last().map(|(le, _)| *le);
+    };
+    let (end, count) = finite[b];
+    if b == 0 && end <= 0.0 {
+        return Some(end);
+    }
+    let (start, below) = if b == 0 { (0.0, 0.0) } else { finite[b - 1] };
+    let inside = count - below;
+    if inside <= 0.0 {
+        return Some(end);
+    }
+    Some(start + (end - start) * (rank - below) / inside)
+}
+
+/// The gateway's own view of one relay direction.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistogramSummary {
+    /// Observations.
+    pub n: f64,
+    /// Median, ms (bucket-interpolated).
+    pub p50_ms: f64,
+    /// 99th percentile, ms (bucket-interpolated).
+    pub p99_ms: f64,
+}
+
+/// `warmline_relay_delay_seconds{direction}` from a /metrics text, if the gateway has it.
+fn relay_histogram(text: &str, direction: &str) -> Option<HistogramSummary> {
+    let b = histogram_buckets(
+        text,
+        "warmline_relay_delay_seconds",
+        &[("direction", direction)],
+    );
+    Some(HistogramSummary {
+        n: b.last()?.1,
+        p50_ms: histogram_quantile(0.5, &b)? * 1000.0,
+        p99_ms: histogram_quantile(0.99, &b)? * 1000.0,
+    })
 }
 
 /// Percentiles in milliseconds.
@@ -75,6 +509,47 @@ fn percentiles_us(mut v: Vec<u32>) -> Percentiles {
     }
 }
 
+/// The steady window: from the moment every call is live, for a third of a call (or less, so
+/// it ends before the first call can).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SteadyWindow {
+    /// Its length.
+    pub secs: f64,
+    /// Whether every call was live throughout (none failed, none ended, at least 1 s long).
+    pub steady: bool,
+    /// `warmline_frames_relayed_total` over the window: (inbound, outbound).
+    pub frames_relayed: (f64, f64),
+    /// Where its CPU figures come from: `schedstat` (ns, `/proc/<pid>/task/*/schedstat`) or
+    /// `stat` (`/proc/<pid>/stat`, in clock ticks).
+    pub cpu_source: &'static str,
+    /// `getconf CLK_TCK`: clock ticks per second of the `stat` source.
+    pub clk_tck: u64,
+}
+
+/// The gateway's CPU per relayed frame and per call.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct GatewayCpu {
+    /// Gateway CPU over the steady window / frames relayed in it (both directions), µs.
+    pub us_per_frame: Option<f64>,
+    /// Gateway CPU over the whole load (first webhook to the last call's end, hang phase
+    /// excluded), seconds.
+    pub run_secs: f64,
+    /// Source of `run_secs` (see [`SteadyWindow::cpu_source`]).
+    pub run_source: &'static str,
+    /// Frames relayed over the whole load, both directions (the gateway's counter).
+    pub run_frames: f64,
+    /// The relay part of `run_secs`: `us_per_frame` × `run_frames`, seconds.
+    pub relay_part_secs: Option<f64>,
+    /// The rest per call (webhook, warm-up, set-up, end-of-call writes): (`run_secs` − relay
+    /// part) / calls, ms.
+    pub fixed_per_call_ms: Option<f64>,
+    /// Frames a 10-second call relays at this run's mix (both directions): frames relayed /
+    /// seconds of streaming summed over the calls × 10.
+    pub frames_per_10s_call: f64,
+    /// Fixed part + `us_per_frame` × `frames_per_10s_call`, ms (the target: ≤ 10 ms).
+    pub per_10s_call_ms: Option<f64>,
+}
+
 /// What a run measured.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct LoadReport {
@@ -98,12 +573,25 @@ pub struct LoadReport {
     pub inbound_frames: (u64, u64),
     /// Agent chunks sent by the fake / received by the simulator.
     pub outbound_frames: (u64, u64),
+    /// Frames sent by one fake that the other never received, both directions.
+    pub frames_lost: u64,
     /// `warmline_frames_dropped_total` on the gateway.
     pub gateway_frames_dropped: f64,
-    /// Gateway CPU while all calls were live (percent of one core).
+    /// Gateway CPU over the steady window (percent of one core).
     pub gateway_cpu_percent: f64,
     /// The load generator's own CPU (both fakes) over the same window.
     pub loadgen_cpu_percent: f64,
+    /// The load generator's CPU over the whole load, seconds (same span as
+    /// [`GatewayCpu::run_secs`]).
+    pub loadgen_cpu_run_secs: f64,
+    /// The steady window the CPU percentages and µs per frame are measured over.
+    pub steady_window: SteadyWindow,
+    /// The gateway's CPU per relayed frame and per call.
+    pub gateway_cpu: GatewayCpu,
+    /// CPUs the gateway ran on.
+    pub gateway_affinity: Affinity,
+    /// CPUs the load generator ran on.
+    pub loadgen_affinity: Affinity,
     /// Gateway resident memory when idle.
     pub gateway_rss_idle_kib: u64,
     /// Gateway resident memory at peak.
@@ -121,9 +609,47 @@ pub struct LoadReport {
     /// The gateway's `warmline_frames_relayed_total`: (inbound, outbound), to set beside the
     /// frames the fakes counted.
     pub gateway_frames_relayed: (f64, f64),
+    /// The gateway's own relay delay, caller → model (`warmline_relay_delay_seconds`, estimated
+    /// from its buckets); `None` if the gateway does not expose it.
+    pub gateway_relay_inbound: Option<HistogramSummary>,
+    /// The same, model → caller.
+    pub gateway_relay_outbound: Option<HistogramSummary>,
     /// The gateway's webhook outcomes during the load: (warm, warm_not_ready, cold), so a
     /// "warm" call that was not ready in time is visible.
     pub gateway_webhook_outcomes: (f64, f64, f64),
+}
+
+/// A stepped run: one load per step, and the knee.
+#[derive(Debug, Clone, Serialize)]
+pub struct SteppedReport {
+    /// One report per step, in the order run.
+    pub steps: Vec<LoadReport>,
+    /// The most calls of a step that met the target ([`step_meets_target`]).
+    pub knee_calls: Option<usize>,
+    /// Whether a smaller step missed the target while a larger one met it (noise: run again).
+    pub not_monotone: bool,
+}
+
+/// Whether a step met the relay target: relay p99 ≤ 1 ms in both directions (the fakes'
+/// measurement, through the gateway), no frame lost and no call failed.
+pub fn step_meets_target(r: &LoadReport) -> bool {
+    r.relay_inbound.p99_ms <= RELAY_P99_TARGET_MS
+        && r.relay_outbound.p99_ms <= RELAY_P99_TARGET_MS
+        && r.frames_lost == 0
+        && r.calls_failed == 0
+        && r.calls_completed == r.calls
+}
+
+/// The knee: the largest step that met the target, and whether a smaller one missed it.
+pub fn knee(steps: &[LoadReport]) -> (Option<usize>, bool) {
+    let knee = steps
+        .iter()
+        .filter(|r| step_meets_target(r))
+        .map(|r| r.calls)
+        .max();
+    let not_monotone =
+        knee.is_some_and(|k| steps.iter().any(|r| r.calls < k && !step_meets_target(r)));
+    (knee, not_monotone)
 }
 
 struct Gateway {
@@ -131,6 +657,7 @@ struct Gateway {
     pid: u32,
     base: String,
     dir: PathBuf,
+    pinned_with: Option<String>,
 }
 
 const AUTH: &str = "loadgen-auth-token";
@@ -149,8 +676,19 @@ async fn start_gateway(opts: &LoadOptions, fake_url: &str) -> anyhow::Result<Gat
         Some(b) => b.clone(),
         None => std::env::current_exe().context("locating this executable")?,
     };
+    // taskset execs the gateway, so the child's pid is the gateway's. Without --gateway-cpus
+    // the gateway gets the CPUs this process had before it pinned itself, not its pin.
+    let cpus = opts.gateway_cpus.as_ref().or(UNPINNED.get());
+    let (mut command, pinned_with) = match cpus {
+        Some(cpus) => {
+            let mut c = tokio::process::Command::new("taskset");
+            c.arg("-c").arg(cpus.to_string()).arg(&bin);
+            (c, Some(format!("taskset -c {cpus}")))
+        }
+        None => (tokio::process::Command::new(&bin), None),
+    };
     let base = format!("http://127.0.0.1:{port}");
-    let child = tokio::process::Command::new(bin)
+    let mut child = command
         .arg("serve")
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -183,17 +721,30 @@ async fn start_gateway(opts: &LoadOptions, fake_url: &str) -> anyhow::Result<Gat
     let pid = child.id().context("gateway pid")?;
     let http = reqwest::Client::new();
     for _ in 0..200 {
+        if let Some(status) = child.try_wait()? {
+            bail!("the gateway exited before it was ready ({status})");
+        }
         if http
             .get(format!("{base}/readyz"))
             .send()
             .await
             .is_ok_and(|r| r.status().is_success())
         {
+            if let Some(cpus) = cpus {
+                let applied = allowed_cpus(&format!("/proc/{pid}"));
+                if applied.as_ref() != Some(cpus) {
+                    bail!(
+                        "the gateway runs on CPUs {}, not the {cpus} asked for",
+                        applied.map_or("?".into(), |c| c.to_string())
+                    );
+                }
+            }
             return Ok(Gateway {
                 child,
                 pid,
                 base,
                 dir,
+                pinned_with,
             });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -237,16 +788,95 @@ async fn create_client(base: &str, number: &str, policy: &str) -> anyhow::Result
     Ok(())
 }
 
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        // (An empty f64 sum is -0.0, which would print as "-0".)
-        .fold(0.0, |a, b| a + b)
+async fn scrape(base: &str) -> anyhow::Result<String> {
+    Ok(reqwest::get(format!("{base}/metrics"))
+        .await
+        .context("reading the gateway's /metrics")?
+        .text()
+        .await?)
 }
 
-/// Runs the load and returns (and prints) the report.
+/// Pins what the options ask for (once per process) and checks the gateway's CPU list.
+fn prepare(opts: &LoadOptions) -> anyhow::Result<()> {
+    if let Some(cpus) = &opts.loadgen_cpus {
+        let pid = std::process::id();
+        if thread_affinities(pid)
+            .values()
+            .any(|c| c.as_ref() != Some(cpus))
+        {
+            pin_load_generator(cpus)?;
+        }
+    }
+    if let Some(cpus) = &opts.gateway_cpus {
+        check_cpus("--gateway-cpus", cpus)?;
+    }
+    Ok(())
+}
+
+/// Runs one load and returns (and prints) the report.
 pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
+    prepare(&opts)?;
+    let report = load(&opts).await?;
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(report)
+}
+
+/// Runs one full load per step, each on a fresh gateway (and fresh fakes), and finds the knee.
+/// The hang phase (`hang_calls`) runs in the last step only. Prints each step's table as it
+/// ends, then a summary row per step and the knee (or, with `json`, everything at the end).
+pub async fn run_steps(opts: LoadOptions, steps: &[usize]) -> anyhow::Result<SteppedReport> {
+    if steps.is_empty() {
+        bail!("no steps");
+    }
+    prepare(&opts)?;
+    let mut reports = Vec::new();
+    for (i, &calls) in steps.iter().enumerate() {
+        let last = i + 1 == steps.len();
+        let step = LoadOptions {
+            calls,
+            hang_calls: if last { opts.hang_calls } else { 0 },
+            ..opts.clone()
+        };
+        if !opts.json {
+            println!("== step {}/{}: {calls} calls ==", i + 1, steps.len());
+        }
+        let report = load(&step)
+            .await
+            .with_context(|| format!("the step of {calls} calls"))?;
+        if !opts.json {
+            print_table(&report);
+            println!();
+        }
+        reports.push(report);
+    }
+    let (knee_calls, not_monotone) = knee(&reports);
+    let stepped = SteppedReport {
+        steps: reports,
+        knee_calls,
+        not_monotone,
+    };
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&stepped)?);
+    } else {
+        print_steps(&stepped);
+    }
+    Ok(stepped)
+}
+
+/// What the calls report back.
+#[derive(Default)]
+struct Collected {
+    ttfa_warm_us: Vec<u32>,
+    ttfa_cold_us: Vec<u32>,
+    /// Seconds of streaming (`start` sent → stream over), summed over the calls.
+    stream_secs: f64,
+}
+
+async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
     let stamps = Arc::new(Stamps::default());
     let cfg = FakeConfig {
         record_audio: false,
@@ -254,12 +884,20 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         ..FakeConfig::default()
     };
     let fake = FakeRealtime::start(cfg).await?;
-    let mut gw = start_gateway(&opts, &fake.url()).await?;
+    let mut gw = start_gateway(opts, &fake.url()).await?;
     create_client(&gw.base, "+15005550006", "always").await?;
     create_client(&gw.base, "+15005550007", "never").await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, rss_idle) = proc_stats(gw.pid);
     let twilio = TwilioSim::new(&gw.base, AUTH);
+    let me = std::process::id();
+    let gateway_affinity = affinity_of(gw.pid, gw.pinned_with.clone());
+    let loadgen_affinity = affinity_of(
+        me,
+        opts.loadgen_cpus
+            .as_ref()
+            .map(|c| format!("taskset -a -p -c {c}")),
+    );
 
     let live = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
@@ -268,6 +906,8 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     let rss_peak = Arc::new(AtomicUsize::new(rss_idle as usize));
     let mut tasks = tokio::task::JoinSet::new();
     let gap = opts.ramp / opts.calls.max(1) as u32;
+    let run_metrics = scrape(&gw.base).await?;
+    let (gw_run_start, lg_run_start) = (cpu_snap(gw.pid), cpu_snap(me));
     let started = Instant::now();
     let progress_stop = tokio_util::sync::CancellationToken::new();
     let progress = {
@@ -284,7 +924,7 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut last = proc_stats(pid).0;
-            let hz = 100.0;
+            let hz = clk_tck() as f64;
             loop {
                 tokio::select! { _ = tick.tick() => {}, _ = stop.cancelled() => break }
                 let (ticks, rss) = proc_stats(pid);
@@ -318,13 +958,10 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         Step::WaitForAgentQuiet(Duration::from_secs(10)),
         Step::HangUp,
     ];
-    let ttfa = Arc::new(std::sync::Mutex::new((
-        Vec::<u32>::new(),
-        Vec::<u32>::new(),
-    )));
+    let collected = Arc::new(std::sync::Mutex::new(Collected::default()));
     for i in 0..opts.calls {
         let cold = opts.cold_every > 0 && i % opts.cold_every == opts.cold_every - 1;
-        let (twilio, stamps, script, live, peak, done, failed, ttfa) = (
+        let (twilio, stamps, script, live, peak, done, failed, collected) = (
             twilio.clone(),
             stamps.clone(),
             script.clone(),
@@ -332,7 +969,7 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
             peak.clone(),
             done.clone(),
             failed.clone(),
-            ttfa.clone(),
+            collected.clone(),
         );
         tasks.spawn(async move {
             let to = if cold { "+15005550007" } else { "+15005550006" };
@@ -352,17 +989,21 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
                 ..Default::default()
             };
             let report = twilio.stream(&placed, &script, options).await;
+            let ended = Instant::now();
             live.fetch_sub(1, Ordering::Relaxed);
             match report {
                 Ok(r) if r.first_media_after_start.is_some() => {
                     let us = r
                         .first_media_after_start
                         .map_or(0, |d| d.as_micros() as u32);
-                    let mut t = ttfa.lock().expect("ttfa lock");
+                    let mut c = collected.lock().expect("collected lock");
                     if cold {
-                        t.1.push(us)
+                        c.ttfa_cold_us.push(us)
                     } else {
-                        t.0.push(us)
+                        c.ttfa_warm_us.push(us)
+                    }
+                    if let Some(t0) = r.start_sent_at {
+                        c.stream_secs += ended.saturating_duration_since(t0).as_secs_f64();
                     }
                     done.fetch_add(1, Ordering::Relaxed);
                 }
@@ -373,28 +1014,55 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         });
         tokio::time::sleep(gap).await;
     }
-    // CPU over the window where every call is live: from the end of the ramp for a third of a
-    // call. (A gateway that died reads as 0 ticks, hence the saturating subtraction.)
-    let me = std::process::id();
-    let (window_start, self_start) = (proc_stats(gw.pid).0, proc_stats(me).0);
+
+    // The steady window: from the moment every call is live (webhooks answered) for a third
+    // of a call, ending before the first call can end. (A gateway that died reads as no CPU,
+    // hence the saturating subtractions.)
+    let all_placed_by = Instant::now() + Duration::from_secs(15);
+    let settled = || {
+        live.load(Ordering::Relaxed) + done.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed)
+    };
+    while settled() < opts.calls && Instant::now() < all_placed_by {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first_call_end = started + opts.duration;
+    let room = first_call_end.saturating_duration_since(Instant::now());
+    let mut window = (opts.duration / 3).min(room);
+    let mut steady = live.load(Ordering::Relaxed) == opts.calls;
+    if window < Duration::from_secs(1) {
+        window = Duration::from_secs(1);
+        steady = false;
+    }
+    let ended_before = done.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed);
+    let window_metrics_start = scrape(&gw.base).await?;
+    let (gw_window_start, lg_window_start) = (cpu_snap(gw.pid), cpu_snap(me));
     let window_t = Instant::now();
-    tokio::time::sleep(opts.duration / 3).await;
-    let (window_end, self_end) = (proc_stats(gw.pid).0, proc_stats(me).0);
+    tokio::time::sleep(window).await;
+    let (gw_window_end, lg_window_end) = (cpu_snap(gw.pid), cpu_snap(me));
     let secs = window_t.elapsed().as_secs_f64();
-    let cpu = window_end.saturating_sub(window_start) as f64 / 100.0 / secs * 100.0;
-    let loadgen_cpu = self_end.saturating_sub(self_start) as f64 / 100.0 / secs * 100.0;
+    let window_metrics_end = scrape(&gw.base).await?;
+    steady &= done.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) == ended_before;
+    let (gw_window_ns, window_source) = cpu_between(&gw_window_start, &gw_window_end);
+    let (lg_window_ns, _) = cpu_between(&lg_window_start, &lg_window_end);
+    let percent = |ns: u64| ns as f64 / 1e9 / secs * 100.0;
+    let (wa, wb) = (
+        frames_relayed(&window_metrics_start),
+        frames_relayed(&window_metrics_end),
+    );
+    let window_frames = (wb.0 - wa.0, wb.1 - wa.1);
+
     while tasks.join_next().await.is_some() {}
     progress_stop.cancel();
     let _ = progress.await;
     if !opts.json {
         eprintln!();
     }
+    // The last calls' end-of-call writes may still be under way.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (gw_run_end, lg_run_end) = (cpu_snap(gw.pid), cpu_snap(me));
 
     // The webhook outcomes of the load itself, before the hang phase adds its own.
-    let load_metrics = reqwest::get(format!("{}/metrics", gw.base))
-        .await?
-        .text()
-        .await?;
+    let load_metrics = scrape(&gw.base).await?;
     // The webhook's deadline while Realtime hangs.
     fake.set_config(|c| c.mode = Mode::Hang);
     let mut hang_times = Vec::new();
@@ -405,37 +1073,54 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         hang_times.push(placed.webhook_time.as_micros() as u32);
         let _ = twilio.status_callback(&placed.call_sid, "canceled").await;
     }
-    let metrics_text = reqwest::get(format!("{}/metrics", gw.base))
-        .await?
-        .text()
-        .await?;
-    let count = |path: &str| {
-        metric(
+    let metrics_text = scrape(&gw.base).await?;
+    let ttfa_count = |path| {
+        metric_sum(
             &metrics_text,
-            &format!("warmline_time_to_first_audio_seconds_count{{path=\"{path}\"}}"),
+            "warmline_time_to_first_audio_seconds_count",
+            &[("path", path)],
         )
     };
-    let sum = |path: &str| {
-        metric(
+    let ttfa_mean_ms = |path| {
+        let sum = metric_sum(
             &metrics_text,
-            &format!("warmline_time_to_first_audio_seconds_sum{{path=\"{path}\"}}"),
-        )
+            "warmline_time_to_first_audio_seconds_sum",
+            &[("path", path)],
+        );
+        let n = ttfa_count(path);
+        if n > 0.0 { sum / n * 1000.0 } else { 0.0 }
     };
-    let outcome = |o: &str| {
-        metric(
+    let outcome = |o| {
+        metric_sum(
             &load_metrics,
-            &format!("warmline_webhook_duration_seconds_count{{outcome=\"{o}\"}}"),
+            "warmline_webhook_duration_seconds_count",
+            &[("outcome", o)],
         )
-    };
-    let mean_ms = |path: &str| {
-        if count(path) > 0.0 {
-            sum(path) / count(path) * 1000.0
-        } else {
-            0.0
-        }
     };
 
-    let (warm, cold) = std::mem::take(&mut *ttfa.lock().expect("ttfa lock"));
+    // Gateway CPU per frame (steady window) and per call (whole load).
+    let window_frames_total = window_frames.0 + window_frames.1;
+    let us_per_frame =
+        (window_frames_total > 0.0).then(|| gw_window_ns as f64 / 1000.0 / window_frames_total);
+    let (gw_run_ns, run_source) = cpu_between(&gw_run_start, &gw_run_end);
+    let (lg_run_ns, _) = cpu_between(&lg_run_start, &lg_run_end);
+    let (ra, rb) = (frames_relayed(&run_metrics), frames_relayed(&load_metrics));
+    let run_frames = (rb.0 - ra.0) + (rb.1 - ra.1);
+    let run_secs = gw_run_ns as f64 / 1e9;
+    let collected = std::mem::take(&mut *collected.lock().expect("collected lock"));
+    let relay_part_secs = us_per_frame.map(|us| us * run_frames / 1e6);
+    let fixed_per_call_ms =
+        relay_part_secs.map(|relay| (run_secs - relay) / opts.calls.max(1) as f64 * 1000.0);
+    let frames_per_10s_call = if collected.stream_secs > 0.0 {
+        run_frames / collected.stream_secs * 10.0
+    } else {
+        0.0
+    };
+    let per_10s_call_ms = match (fixed_per_call_ms, us_per_frame) {
+        (Some(fixed), Some(us)) => Some(fixed + us * frames_per_10s_call / 1000.0),
+        _ => None,
+    };
+
     let (in_sent, in_recv, in_delays) = stamps.inbound.take();
     let (out_sent, out_recv, out_delays) = stamps.outbound.take();
     let peak_n = peak.load(Ordering::Relaxed);
@@ -445,42 +1130,71 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         calls_completed: done.load(Ordering::Relaxed),
         calls_failed: failed.load(Ordering::Relaxed),
         peak_concurrent: peak_n,
-        ttfa_warm: percentiles_us(warm),
-        ttfa_cold: percentiles_us(cold),
+        ttfa_warm: percentiles_us(collected.ttfa_warm_us),
+        ttfa_cold: percentiles_us(collected.ttfa_cold_us),
         relay_inbound: percentiles_us(in_delays),
         relay_outbound: percentiles_us(out_delays),
         inbound_frames: (in_sent, in_recv),
         outbound_frames: (out_sent, out_recv),
-        gateway_frames_dropped: metric(&metrics_text, "warmline_frames_dropped_total"),
-        gateway_cpu_percent: cpu,
-        loadgen_cpu_percent: loadgen_cpu,
+        frames_lost: in_sent.saturating_sub(in_recv) + out_sent.saturating_sub(out_recv),
+        gateway_frames_dropped: metric_sum(&metrics_text, "warmline_frames_dropped_total", &[]),
+        gateway_cpu_percent: percent(gw_window_ns),
+        loadgen_cpu_percent: percent(lg_window_ns),
+        loadgen_cpu_run_secs: lg_run_ns as f64 / 1e9,
+        steady_window: SteadyWindow {
+            secs,
+            steady,
+            frames_relayed: window_frames,
+            cpu_source: window_source,
+            clk_tck: clk_tck(),
+        },
+        gateway_cpu: GatewayCpu {
+            us_per_frame,
+            run_secs,
+            run_source,
+            run_frames,
+            relay_part_secs,
+            fixed_per_call_ms,
+            frames_per_10s_call,
+            per_10s_call_ms,
+        },
+        gateway_affinity,
+        loadgen_affinity,
         gateway_rss_idle_kib: rss_idle,
         gateway_rss_peak_kib: rss_peak,
         gateway_rss_per_call_kib: rss_peak.saturating_sub(rss_idle) as f64 / peak_n.max(1) as f64,
         webhook_hanging: percentiles_us(hang_times),
         ring_max_ms: opts.ring_max_ms,
-        gateway_ttfa_warm: (count("warm"), mean_ms("warm")),
-        gateway_ttfa_cold: (count("cold"), mean_ms("cold")),
-        gateway_frames_relayed: (
-            metric(
-                &metrics_text,
-                "warmline_frames_relayed_total{direction=\"inbound\"}",
-            ),
-            metric(
-                &metrics_text,
-                "warmline_frames_relayed_total{direction=\"outbound\"}",
-            ),
-        ),
+        gateway_ttfa_warm: (ttfa_count("warm"), ttfa_mean_ms("warm")),
+        gateway_ttfa_cold: (ttfa_count("cold"), ttfa_mean_ms("cold")),
+        gateway_frames_relayed: frames_relayed(&metrics_text),
+        gateway_relay_inbound: relay_histogram(&load_metrics, "inbound"),
+        gateway_relay_outbound: relay_histogram(&load_metrics, "outbound"),
         gateway_webhook_outcomes: (outcome("warm"), outcome("warm_not_ready"), outcome("cold")),
     };
     let _ = gw.child.kill().await;
     let _ = std::fs::remove_dir_all(&gw.dir);
-    if opts.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
-    }
     Ok(report)
+}
+
+fn affinity_text(a: &Affinity) -> String {
+    let how = a.pinned_with.as_deref().unwrap_or("not pinned");
+    format!("CPUs {}, {} threads ({how})", a.cpus, a.threads)
+}
+
+fn cpu_source_text(source: &str, tck: u64) -> String {
+    if source == SCHEDSTAT {
+        "/proc/<pid>/task/*/schedstat, ns".into()
+    } else {
+        format!(
+            "/proc/<pid>/stat in clock ticks of 1/{tck} s: ±{:.0} ms, so keep the window long",
+            2000.0 / tck as f64
+        )
+    }
+}
+
+fn opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or("n/a".into(), |v| format!("{v:.decimals$}"))
 }
 
 fn print_table(r: &LoadReport) {
@@ -493,6 +1207,11 @@ fn print_table(r: &LoadReport) {
     println!(
         "calls {} (completed {}, failed {}), peak concurrent {}",
         r.calls, r.calls_completed, r.calls_failed, r.peak_concurrent
+    );
+    println!(
+        "affinity: gateway {}; load generator {}",
+        affinity_text(&r.gateway_affinity),
+        affinity_text(&r.loadgen_affinity),
     );
     println!(
         "{:<44} {:>7} {:>9} {:>9} {:>9} {:>9}",
@@ -509,21 +1228,62 @@ fn print_table(r: &LoadReport) {
         &r.relay_outbound,
     );
     row("webhook answer, Realtime hanging", &r.webhook_hanging);
+    let hist = |h: &Option<HistogramSummary>| match h {
+        Some(h) => format!("p50 {:.3} ms, p99 {:.3} ms (n={})", h.p50_ms, h.p99_ms, h.n),
+        None => "n/a".into(),
+    };
     println!(
-        "frames caller→model sent/received {}/{}, model→caller {}/{}, gateway dropped {}",
+        "gateway's own relay delay (warmline_relay_delay_seconds, interpolated in its buckets): caller→model {}; model→caller {}",
+        hist(&r.gateway_relay_inbound),
+        hist(&r.gateway_relay_outbound)
+    );
+    println!(
+        "frames caller→model sent/received {}/{}, model→caller {}/{}, lost {}, gateway dropped {}",
         r.inbound_frames.0,
         r.inbound_frames.1,
         r.outbound_frames.0,
         r.outbound_frames.1,
+        r.frames_lost,
         r.gateway_frames_dropped
     );
+    let w = &r.steady_window;
     println!(
-        "gateway cpu {:.1}% of one core (load generator {:.1}%); rss idle {} KiB, peak {} KiB, {:.1} KiB per call",
+        "steady window {:.1} s{} (CPU from {}): frames relayed caller→model {}, model→caller {}",
+        w.secs,
+        if w.steady {
+            " with every call live"
+        } else {
+            ", NOT steady (calls failed or ended in it, or the ramp left less than 1 s)"
+        },
+        cpu_source_text(w.cpu_source, w.clk_tck),
+        w.frames_relayed.0,
+        w.frames_relayed.1
+    );
+    let c = &r.gateway_cpu;
+    println!(
+        "gateway cpu {:.1}% of one core (load generator {:.1}%) over the window: {} µs per relayed frame",
         r.gateway_cpu_percent,
         r.loadgen_cpu_percent,
-        r.gateway_rss_idle_kib,
-        r.gateway_rss_peak_kib,
-        r.gateway_rss_per_call_kib
+        opt(c.us_per_frame, 2)
+    );
+    println!(
+        "gateway cpu over the whole load {:.3} s (load generator {:.3} s; from {}) = relay {} s ({} µs × {} frames) + fixed {} ms per call",
+        c.run_secs,
+        r.loadgen_cpu_run_secs,
+        cpu_source_text(c.run_source, w.clk_tck),
+        opt(c.relay_part_secs, 3),
+        opt(c.us_per_frame, 2),
+        c.run_frames,
+        opt(c.fixed_per_call_ms, 2)
+    );
+    println!(
+        "gateway cpu per 10-second call: {} ms (fixed + {:.0} frames at this run's mix; target ≤ 10 ms)",
+        opt(c.per_10s_call_ms, 2),
+        c.frames_per_10s_call
+    );
+    println!(
+        "gateway rss idle {} KiB, peak {} KiB, {:.1} KiB per call",
+        r.gateway_rss_idle_kib, r.gateway_rss_peak_kib, r.gateway_rss_per_call_kib
     );
     println!(
         "gateway /metrics time to first audio: warm n={} mean {:.3} ms; cold n={} mean {:.1} ms",
@@ -539,12 +1299,252 @@ fn print_table(r: &LoadReport) {
         r.gateway_webhook_outcomes.1,
         r.gateway_webhook_outcomes.2
     );
-    if r.ttfa_warm.p50_ms > 0.0 {
+    if r.ttfa_warm.p50_ms > 0.0 && r.ttfa_cold.n > 0 {
         println!(
             "warm vs cold time to first audio (p50): {:.2} ms vs {:.0} ms = {:.0}x",
             r.ttfa_warm.p50_ms,
             r.ttfa_cold.p50_ms,
             r.ttfa_cold.p50_ms / r.ttfa_warm.p50_ms
         );
+    }
+}
+
+fn print_steps(s: &SteppedReport) {
+    println!(
+        "steps (a fresh gateway each; relay p99 from the fakes, the gateway's own histogram beside it; CPU over each steady window)"
+    );
+    println!(
+        "{:>6} {:>12} {:>13} {:>13} {:>17} {:>6} {:>6} {:>8} {:>8} {:>9} {:>12} {:>9} {:>5}",
+        "calls",
+        "TTFA p99 ms",
+        "relay→m p99",
+        "relay→c p99",
+        "gw hist p99 →m/→c",
+        "lost",
+        "failed",
+        "gw CPU%",
+        "lg CPU%",
+        "µs/frame",
+        "ms/10s call",
+        "KiB/call",
+        "ok"
+    );
+    for r in &s.steps {
+        let h = |h: &Option<HistogramSummary>| h.as_ref().map(|h| h.p99_ms);
+        println!(
+            "{:>6} {:>12.3} {:>13.3} {:>13.3} {:>17} {:>6} {:>6} {:>8.1} {:>8.1} {:>9} {:>12} {:>9.1} {:>5}",
+            r.calls,
+            r.ttfa_warm.p99_ms,
+            r.relay_inbound.p99_ms,
+            r.relay_outbound.p99_ms,
+            format!(
+                "{}/{}",
+                opt(h(&r.gateway_relay_inbound), 3),
+                opt(h(&r.gateway_relay_outbound), 3)
+            ),
+            r.frames_lost,
+            r.calls_failed,
+            r.gateway_cpu_percent,
+            r.loadgen_cpu_percent,
+            opt(r.gateway_cpu.us_per_frame, 2),
+            opt(r.gateway_cpu.per_10s_call_ms, 2),
+            r.gateway_rss_per_call_kib,
+            if step_meets_target(r) { "yes" } else { "no" }
+        );
+    }
+    match s.knee_calls {
+        Some(k) => println!(
+            "knee: {k} calls, the largest step with relay p99 ≤ {RELAY_P99_TARGET_MS} ms both ways, no frame lost and no call failed{}",
+            if s.not_monotone {
+                " (a smaller step missed the target: the figures are noisy here, run again)"
+            } else {
+                ""
+            }
+        ),
+        None => println!(
+            "knee: none of the steps kept relay p99 ≤ {RELAY_P99_TARGET_MS} ms both ways with no frame lost and no call failed"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_parse_one_number_or_a_comma_list() {
+        assert_eq!("100".parse::<Steps>(), Ok(Steps(vec![100])));
+        assert_eq!(
+            "200, 400,600".parse::<Steps>(),
+            Ok(Steps(vec![200, 400, 600]))
+        );
+        assert!("200,,400".parse::<Steps>().is_err());
+        assert!("200,0".parse::<Steps>().is_err());
+        assert!("many".parse::<Steps>().is_err());
+    }
+
+    #[test]
+    fn cpu_lists_parse_like_taskset_and_print_like_the_kernel() {
+        let l: CpuList = "3,0-1,1".parse().unwrap();
+        assert_eq!(l.cpus(), [0, 1, 3]);
+        assert_eq!(l.to_string(), "0-1,3");
+        assert_eq!("0".parse::<CpuList>().unwrap().to_string(), "0");
+        assert_eq!("0-2,4-5".parse::<CpuList>().unwrap().to_string(), "0-2,4-5");
+        assert!("2-1".parse::<CpuList>().is_err());
+        assert!("a".parse::<CpuList>().is_err());
+        assert!("".parse::<CpuList>().is_err());
+        assert!("0,".parse::<CpuList>().is_err());
+    }
+
+    fn step(calls: usize, p99_in: f64, p99_out: f64, lost: u64) -> LoadReport {
+        LoadReport {
+            calls,
+            calls_completed: calls,
+            frames_lost: lost,
+            relay_inbound: Percentiles {
+                p99_ms: p99_in,
+                ..Default::default()
+            },
+            relay_outbound: Percentiles {
+                p99_ms: p99_out,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_knee_is_the_largest_step_that_met_the_target() {
+        let steps = [
+            step(200, 0.4, 0.5, 0),
+            step(400, 0.9, 1.0, 0),
+            step(600, 1.2, 0.8, 0),
+            step(800, 3.0, 4.0, 0),
+        ];
+        assert_eq!(knee(&steps), (Some(400), false));
+        // A lost frame or a failed call misses the target whatever the delays.
+        let mut lossy = step(400, 0.5, 0.5, 1);
+        assert!(!step_meets_target(&lossy));
+        lossy.frames_lost = 0;
+        lossy.calls_failed = 1;
+        lossy.calls_completed = 399;
+        assert!(!step_meets_target(&lossy));
+        // None met it.
+        assert_eq!(knee(&[step(200, 1.01, 0.2, 0)]), (None, false));
+        // A noisy run: a larger step met it after a smaller one missed; it is flagged.
+        assert_eq!(
+            knee(&[step(200, 2.0, 0.2, 0), step(400, 0.5, 0.5, 0)]),
+            (Some(400), true)
+        );
+    }
+
+    const METRICS: &str = r#"# HELP warmline_relay_delay_seconds Relay delay.
+# TYPE warmline_relay_delay_seconds histogram
+# UNIT warmline_relay_delay_seconds seconds
+warmline_relay_delay_seconds_sum{direction="inbound"} 0.5
+warmline_relay_delay_seconds_count{direction="inbound"} 100
+warmline_relay_delay_seconds_bucket{le="0.00001",direction="inbound"} 0
+warmline_relay_delay_seconds_bucket{le="0.000025",direction="inbound"} 10
+warmline_relay_delay_seconds_bucket{le="0.00005",direction="inbound"} 50
+warmline_relay_delay_seconds_bucket{le="0.0001",direction="inbound"} 90
+warmline_relay_delay_seconds_bucket{le="0.00025",direction="inbound"} 98
+warmline_relay_delay_seconds_bucket{le="0.0005",direction="inbound"} 100
+warmline_relay_delay_seconds_bucket{le="+Inf",direction="inbound"} 100
+warmline_relay_delay_seconds_bucket{direction="outbound",le="0.001"} 0
+warmline_relay_delay_seconds_bucket{direction="outbound",le="0.0025"} 0
+warmline_relay_delay_seconds_bucket{direction="outbound",le="+Inf"} 4
+warmline_frames_relayed_total{direction="inbound"} 1234
+warmline_frames_relayed_total{direction="outbound"} 56
+# EOF
+"#;
+
+    #[test]
+    fn prometheus_text_samples_parse_with_labels_in_any_order() {
+        assert_eq!(frames_relayed(METRICS), (1234.0, 56.0));
+        assert_eq!(
+            metric_sum(
+                METRICS,
+                "warmline_relay_delay_seconds_count",
+                &[("direction", "inbound")]
+            ),
+            100.0
+        );
+        assert_eq!(metric_sum(METRICS, "absent_total", &[]), 0.0);
+        let b = histogram_buckets(
+            METRICS,
+            "warmline_relay_delay_seconds",
+            &[("direction", "outbound")],
+        );
+        assert_eq!(b, [(0.001, 0.0), (0.0025, 0.0), (f64::INFINITY, 4.0)]);
+        let escaped = r#"m{a="x\"}y",b="2"} 7"#;
+        assert_eq!(metric_sum(escaped, "m", &[("b", "2")]), 7.0);
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_the_bucket_like_histogram_quantile() {
+        let b = histogram_buckets(
+            METRICS,
+            "warmline_relay_delay_seconds",
+            &[("direction", "inbound")],
+        );
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        // Rank 50 is the upper edge of the (25 µs, 50 µs] bucket.
+        assert!(close(histogram_quantile(0.5, &b).unwrap(), 0.00005));
+        // Rank 99 is half-way through (250 µs, 500 µs], which holds ranks 98–100.
+        assert!(close(histogram_quantile(0.99, &b).unwrap(), 0.000375));
+        // Rank 5 is half-way through (10 µs, 25 µs].
+        assert!(close(histogram_quantile(0.05, &b).unwrap(), 0.0000175));
+        // In the first bucket the lower bound is 0.
+        let first = [(0.001, 10.0), (f64::INFINITY, 10.0)];
+        assert!(close(histogram_quantile(0.5, &first).unwrap(), 0.0005));
+        // A rank in +Inf gives the highest finite bound.
+        let o = relay_histogram(METRICS, "outbound").unwrap();
+        assert_eq!((o.n, o.p50_ms, o.p99_ms), (4.0, 2.5, 2.5));
+        // Nothing observed, no +Inf bucket, or no histogram at all: no estimate.
+        assert_eq!(
+            histogram_quantile(0.5, &[(0.001, 0.0), (f64::INFINITY, 0.0)]),
+            None
+        );
+        assert_eq!(histogram_quantile(0.5, &[(0.001, 3.0)]), None);
+        assert!(relay_histogram("warmline_frames_relayed_total 3", "inbound").is_none());
+        let i = relay_histogram(METRICS, "inbound").unwrap();
+        assert!(close(i.p50_ms, 0.05) && close(i.p99_ms, 0.375) && i.n == 100.0);
+    }
+
+    #[test]
+    fn cpu_comes_from_schedstat_unless_a_thread_went_missing() {
+        let tick = 1_000_000_000 / clk_tck();
+        let snap = |stat_ticks: u64, threads: &[(u32, u64)]| CpuSnap {
+            stat_ns: stat_ticks * tick,
+            threads: Some(threads.iter().copied().collect()),
+        };
+        // A new thread counts from zero.
+        let a = snap(10, &[(1, 100_000_000)]);
+        let b = snap(12, &[(1, 115_000_000), (2, 3_000_000)]);
+        assert_eq!(cpu_between(&a, &b), (18_000_000, SCHEDSTAT));
+        // A thread that exited takes its time with it: the ticks are used.
+        let c = snap(14, &[(2, 4_000_000)]);
+        assert_eq!(cpu_between(&a, &c), (4 * tick, STAT));
+        // No schedstat at all.
+        let none = CpuSnap {
+            stat_ns: 20 * tick,
+            threads: None,
+        };
+        assert_eq!(cpu_between(&a, &none), (10 * tick, STAT));
+    }
+
+    #[test]
+    fn this_process_cpu_and_affinity_are_readable() {
+        let me = std::process::id();
+        let a = cpu_snap(me);
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        let (ns, _) = cpu_between(&a, &cpu_snap(me));
+        assert!(ns > 0);
+        let aff = affinity_of(me, None);
+        assert!(aff.threads >= 1 && !aff.cpus.starts_with('?'), "{aff:?}");
     }
 }

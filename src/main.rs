@@ -47,9 +47,10 @@ enum Command {
     /// to first audio, relay delay, frames lost, CPU and memory per call, webhook deadline.
     #[cfg(feature = "sim")]
     Loadgen {
-        /// Concurrent calls.
-        #[arg(long, default_value_t = 100)]
-        calls: usize,
+        /// Concurrent calls; a comma list (200,400,600) runs one full load per step, each on a
+        /// fresh gateway, and reports the knee (the most calls still within the relay target).
+        #[arg(long, default_value = "100", value_name = "N[,N…]")]
+        calls: warmline::loadgen::Steps,
         /// Seconds each call lasts.
         #[arg(long, default_value_t = 20)]
         duration: u64,
@@ -68,6 +69,12 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Run the gateway on these CPUs (`taskset -c`, e.g. 0 or 0-1).
+        #[arg(long, value_name = "LIST")]
+        gateway_cpus: Option<warmline::loadgen::CpuList>,
+        /// Pin the load generator, every thread, to these CPUs (`taskset -a -p -c`).
+        #[arg(long, value_name = "LIST")]
+        loadgen_cpus: Option<warmline::loadgen::CpuList>,
     },
 }
 
@@ -89,6 +96,10 @@ fn main() -> ExitCode {
             format: warmline::config::LogFormat::Pretty,
             level: "warn".into(),
         });
+        if let Err(e) = pin_load_generator(&cli.command) {
+            eprintln!("warmline: {e:#}");
+            return ExitCode::FAILURE;
+        }
         return match tokio::runtime::Runtime::new().map(|rt| rt.block_on(tools(cli.command))) {
             Ok(Ok(())) => ExitCode::SUCCESS,
             Ok(Err(e)) => {
@@ -171,18 +182,41 @@ async fn tools(command: Command) -> anyhow::Result<()> {
             hang_calls,
             ring_max_ms,
             json,
-        } => warmline::loadgen::run(warmline::loadgen::LoadOptions {
-            calls,
-            duration: std::time::Duration::from_secs(duration),
-            ramp: std::time::Duration::from_secs(ramp),
-            cold_every,
-            hang_calls,
-            ring_max_ms,
-            json,
-            gateway_bin: None,
-        })
-        .await
-        .map(|_| ()),
+            gateway_cpus,
+            loadgen_cpus,
+        } => {
+            let opts = warmline::loadgen::LoadOptions {
+                calls: calls.0[0],
+                duration: std::time::Duration::from_secs(duration),
+                ramp: std::time::Duration::from_secs(ramp),
+                cold_every,
+                hang_calls,
+                ring_max_ms,
+                json,
+                gateway_bin: None,
+                gateway_cpus,
+                loadgen_cpus,
+            };
+            if calls.0.len() == 1 {
+                warmline::loadgen::run(opts).await.map(|_| ())
+            } else {
+                warmline::loadgen::run_steps(opts, &calls.0)
+                    .await
+                    .map(|_| ())
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `loadgen --loadgen-cpus`: pinned before the async runtime starts, so every thread it starts
+/// inherits the CPUs and its worker pool is sized to them.
+fn pin_load_generator(command: &Command) -> anyhow::Result<()> {
+    match command {
+        Command::Loadgen {
+            loadgen_cpus: Some(cpus),
+            ..
+        } => warmline::loadgen::pin_load_generator(cpus),
         _ => Ok(()),
     }
 }

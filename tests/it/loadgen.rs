@@ -17,6 +17,7 @@ async fn a_small_load_run_measures_warm_cold_relay_and_the_webhook_deadline() {
         ring_max_ms: 1500,
         json: true,
         gateway_bin: Some(env!("CARGO_BIN_EXE_warmline").into()),
+        ..LoadOptions::default()
     })
     .await
     .unwrap();
@@ -44,6 +45,23 @@ async fn a_small_load_run_measures_warm_cold_relay_and_the_webhook_deadline() {
     assert!(report.gateway_rss_idle_kib > 0);
     // The gateway's own counters agree with what the fakes saw.
     assert_eq!(report.gateway_frames_relayed.0, received as f64);
+    // CPU per relayed frame over the steady window, and the whole load split per call.
+    let (w_in, w_out) = report.steady_window.frames_relayed;
+    assert!(w_in > 0.0 && w_out >= 0.0, "{:?}", report.steady_window);
+    let cpu = &report.gateway_cpu;
+    assert!(
+        cpu.us_per_frame.is_some_and(|us| us > 0.0) && cpu.run_secs > 0.0,
+        "{cpu:?}"
+    );
+    assert_eq!(
+        cpu.run_frames,
+        report.gateway_frames_relayed.0 + report.gateway_frames_relayed.1
+    );
+    assert!(cpu.per_10s_call_ms.is_some() && cpu.frames_per_10s_call > 250.0);
+    assert!(
+        !report.gateway_affinity.cpus.is_empty() && report.gateway_affinity.pinned_with.is_none()
+    );
+    assert_eq!(report.frames_lost, 0);
     let (warm, not_ready, cold) = report.gateway_webhook_outcomes;
     assert_eq!(
         (warm + not_ready, cold),
