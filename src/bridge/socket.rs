@@ -338,6 +338,10 @@ async fn run(state: AppState, socket: WebSocket) {
     // The read time of the frame this turn relays (for the relay-delay histogram).
     let mut relaying_inbound: Option<Instant> = None;
     let mut relaying_outbound: Option<Instant> = None;
+    // One timer for the call's deadlines, armed at the earliest one.
+    let timer = tokio::time::sleep(Duration::from_secs(86_400));
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     loop {
         while let Some(out) = call.poll_output() {
             match out {
@@ -431,6 +435,9 @@ async fn run(state: AppState, socket: WebSocket) {
         if let Some(l) = live.as_mut() {
             l.peer.note_waiting(now);
         }
+        // The timer is moved only to an earlier deadline (a peer starting to wait, per frame
+        // under load, must not re-register a timer every turn); firing early is harmless: the
+        // tick finds nothing due and the timer is armed again.
         let deadline = [
             call.poll_timeout(),
             twilio.deadline(),
@@ -439,13 +446,22 @@ async fn run(state: AppState, socket: WebSocket) {
         .into_iter()
         .flatten()
         .min();
+        if let Some(d) = deadline
+            && armed.is_none_or(|a| d < a)
+        {
+            timer.as_mut().reset(tokio::time::Instant::from_std(d));
+            armed = Some(d);
+        }
         let input = match pending.take() {
             Some(input) => input,
             None => tokio::select! {
                 biased;
                 input = std::future::poll_fn(|cx| poll_io(cx, &mut twilio, live.as_mut().map(|l| &mut l.peer))) => input,
                 outcome = next_attach(&mut attaching) => Input::Attached(Box::new(outcome)),
-                _ = sleep_until(deadline) => Input::Tick,
+                _ = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    Input::Tick
+                }
                 _ = state.shutdown.cancelled() => Input::Shutdown,
             },
         };
@@ -616,13 +632,6 @@ async fn next_attach(attaching: &mut Option<Attaching>) -> AttachOutcome {
             *attaching = None;
             outcome
         }
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
         None => std::future::pending().await,
     }
 }

@@ -232,3 +232,30 @@ async fn a_realtime_peer_that_stops_reading_does_not_hold_back_control_frames_to
     );
     gw.app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_call_reaching_its_maximum_duration_is_ended_by_the_calls_own_timer_and_saved() {
+    let gw = gateway(FakeConfig::instant(), "[call]\nmax_duration_secs = 1\n").await;
+    let placed = gw
+        .twilio
+        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
+        .await
+        .unwrap();
+    // The caller keeps sending audio (every turn moves the loop's other deadlines); the call's
+    // own deadline still ends it.
+    let script = [Step::Silence(ms(5000)), Step::WaitForClose(WAIT)];
+    let report = gw
+        .twilio
+        .stream(&placed, &script, StreamOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.closed_by.as_deref(), Some("gateway"));
+    let closed = report.closed_at_ms.expect("closed by the gateway");
+    assert!(
+        (1000..5000).contains(&closed),
+        "ended at the maximum duration, before the caller's 5 s of audio ran out ({closed} ms)"
+    );
+    let record = gw.ended_call(&placed.call_sid).await;
+    assert_eq!(record.call.end_reason.as_deref(), Some("max_duration"));
+    gw.app.shutdown().await;
+}
