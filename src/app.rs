@@ -1,6 +1,6 @@
 //! `AppState`, the router that merges every area's routes, and serving with graceful shutdown.
 //!
-//! Shutdown order (style.md §7):
+//! Shutdown order (docs/architecture.md, "The call task", for what a live call does):
 //! 1. stop accepting (axum graceful shutdown) once the token is cancelled;
 //! 2. wait for the task tracker (live calls end and queue their records) up to the grace period;
 //! 3. the caller then closes the store, so a call that ended during shutdown is still saved.

@@ -1,6 +1,6 @@
 //! Typed settings: the built-in `config/default.toml` (compiled in), then an optional
 //! `--config` file, then `WARMLINE_<SECTION>__<KEY>` environment variables (top-level keys as
-//! `WARMLINE_<KEY>`). The key names are a contract (DESIGN.md, "Interfaces").
+//! `WARMLINE_<KEY>`). The key names are a contract (README.md, "Configuration").
 //!
 //! Invariants:
 //! 1. Settings are validated once, right after merging; every refusal names the key.

@@ -12,7 +12,7 @@
 //! - [`config`]: typed settings (built-in defaults < `--config` file < `WARMLINE_*` env), validation, redaction.
 //! - [`app`]: `AppState`, the router merging every area, serving and graceful shutdown.
 //! - [`telemetry`]: tracing subscriber (pretty or JSON logs).
-//! - [`metrics`]: the Prometheus registry; every metric name of DESIGN.md is defined there and nowhere else.
+//! - [`metrics`]: the Prometheus registry; every metric name (README.md, "Operations") is defined there and nowhere else.
 //! - [`twilio`]: voice webhook, X-Twilio-Signature, TwiML, stream token, Media Streams protocol, status callback.
 //! - [`realtime`]: OpenAI Realtime (GA) protocol types, the session machine and its socket task,
 //!   the warm-session registry and the reaper.

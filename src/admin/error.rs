@@ -1,4 +1,4 @@
-//! The admin API's one error type and its JSON extractor (style.md §4): every failure is
+//! The admin API's one error type and its JSON extractor: every failure is
 //! `{"error":{"code","message"}}` with the right status; 5xx causes are logged, not shown.
 
 use axum::body::Bytes;

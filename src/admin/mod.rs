@@ -1,4 +1,4 @@
-//! The admin REST API under `/admin/api/v1` (DESIGN.md "HTTP surface"): clients, their numbers
+//! The admin REST API under `/admin/api/v1` (README.md, "Admin API"): clients, their numbers
 //! and FAQs, caller memory (with deletion for privacy requests) and calls.
 //!
 //! Invariants: every route but `openapi.json` needs `Authorization: Bearer <admin.token>`,

@@ -1,4 +1,4 @@
-//! One call: the media-stream side of the call path (DESIGN.md "Call flow").
+//! One call: the media-stream side of the call path (docs/architecture.md, "Call flow").
 //!
 //! - [`call`]: `Call`, the sans-IO machine joining a Twilio media stream to a Realtime session
 //!   (greeting flush, relay, barge-in, DTMF, transcript, ending).

@@ -3,7 +3,7 @@
 //! database (the client's profile, the caller's memory) and, on the warm path, the Realtime
 //! session opened while the phone rang.
 //!
-//! Invariants (DESIGN.md "Nothing leaks"; style.md §6):
+//! Invariants (docs/architecture.md, "Invariants" 3 and 4):
 //! 1. The map is touched on insert, claim, close and reap, never per frame; no guard is held
 //!    across an `.await` (every method here is synchronous).
 //! 2. Ownership is exactly-once: [`Registry::claim`], [`Registry::close`] and the reaper all
