@@ -36,7 +36,7 @@ pub fn encode_sample(sample: i16) -> u8 {
 }
 
 /// Decodes one μ-law byte to 16-bit linear PCM.
-pub fn decode_sample(byte: u8) -> i16 {
+pub const fn decode_sample(byte: u8) -> i16 {
     let u = !byte;
     let sign = u & 0x80;
     let exponent = ((u >> 4) & 0x07) as i32;
@@ -55,18 +55,25 @@ pub fn encode(pcm: &[i16]) -> Vec<u8> {
     pcm.iter().map(|&s| encode_sample(s)).collect()
 }
 
+/// Every μ-law code's decoded sample, squared (exact in an f64): the fake's voice detector
+/// weighs 50 frames a second per call with it.
+const SQUARES: [f64; 256] = {
+    let mut t = [0.0; 256];
+    let mut i = 0;
+    while i < 256 {
+        let s = decode_sample(i as u8) as f64;
+        t[i] = s * s;
+        i += 1;
+    }
+    t
+};
+
 /// Root-mean-square level of a μ-law chunk in dBFS (silence is about -90).
 pub fn level_dbfs(mulaw: &[u8]) -> f64 {
     if mulaw.is_empty() {
         return -90.0;
     }
-    let sum: f64 = mulaw
-        .iter()
-        .map(|&b| {
-            let s = decode_sample(b) as f64;
-            s * s
-        })
-        .sum();
+    let sum: f64 = mulaw.iter().map(|&b| SQUARES[b as usize]).sum();
     let rms = (sum / mulaw.len() as f64).sqrt();
     if rms < 1.0 {
         -90.0
@@ -180,6 +187,14 @@ mod tests {
         assert_eq!(decode_sample(0x00), -32124);
         assert_eq!(encode_sample(i16::MAX), 0x80);
         assert_eq!(encode_sample(i16::MIN), 0x00);
+    }
+
+    #[test]
+    fn the_squares_table_is_each_decoded_sample_squared() {
+        for b in 0..=255u8 {
+            let s = decode_sample(b) as f64;
+            assert_eq!(SQUARES[b as usize], s * s);
+        }
     }
 
     #[test]

@@ -373,6 +373,8 @@ struct Conn {
     /// Set by the first `input_audio_buffer.append`: the gateway is relaying this session, so
     /// agent audio sent from now on is timed by the stamps (earlier audio waits in a buffer).
     relaying: Arc<AtomicBool>,
+    /// The last append's audio, decoded (its buffer is reused).
+    decoded: Vec<u8>,
     create_response: bool,
     interrupt_response: bool,
     // VAD
@@ -398,6 +400,7 @@ impl Conn {
             finished: Arc::default(),
             item_audio_ms: HashMap::new(),
             relaying: Arc::default(),
+            decoded: Vec::new(),
             create_response: true,
             interrupt_response: true,
             audio_ms: 0,
@@ -520,12 +523,16 @@ impl Conn {
         {
             self.record("input_audio_buffer.append", text);
             self.relaying.store(true, Ordering::Relaxed);
-            match STANDARD.decode(audio) {
-                Ok(bytes) => {
+            // Decoded into a buffer kept for the connection (one frame per append).
+            let mut bytes = std::mem::take(&mut self.decoded);
+            bytes.clear();
+            match STANDARD.decode_vec(audio, &mut bytes) {
+                Ok(()) => {
                     if let Some(st) = &self.config.borrow().stamps {
                         st.inbound.received(audio, Instant::now());
                     }
-                    self.vad(&bytes).await
+                    self.vad(&bytes).await;
+                    self.decoded = bytes;
                 }
                 Err(_) => {
                     self.error(
@@ -852,9 +859,14 @@ async fn speak(s: Speech) {
         let (from, to) = (words.len() * i / parts, words.len() * (i + 1) / parts);
         if to > from {
             let text: String = words[from..to].concat();
-            let d = json!({"type": "response.output_audio_transcript.delta", "event_id": eid(), "response_id": s.id,
-                "item_id": s.item_id, "output_index": 0, "content_index": 0, "delta": text});
-            let _ = s.out.send(ev(d)).await;
+            let d = delta_event(
+                "response.output_audio_transcript.delta",
+                &eid(),
+                &s.id,
+                &s.item_id,
+                &Value::from(text).to_string(),
+            );
+            let _ = s.out.send(Message::text(d)).await;
         }
         let payload = match &s.cfg.stamps {
             Some(st) => {
@@ -870,9 +882,15 @@ async fn speak(s: Speech) {
             }
             None => STANDARD.encode(part),
         };
-        let delta = json!({"type": "response.output_audio.delta", "event_id": eid(), "response_id": s.id,
-            "item_id": s.item_id, "output_index": 0, "content_index": 0, "delta": payload});
-        if s.out.send(ev(delta)).await.is_err() {
+        // Base64 needs no escaping: the payload goes in as it is, between quotes.
+        let delta = delta_event(
+            "response.output_audio.delta",
+            &eid(),
+            &s.id,
+            &s.item_id,
+            &format!("\"{payload}\""),
+        );
+        if s.out.send(Message::text(delta)).await.is_err() {
             return;
         }
         s.sent_ms
@@ -898,11 +916,48 @@ async fn speak(s: Speech) {
     }
 }
 
+/// A `response.output_audio.delta` or `…transcript.delta` event, byte for byte what `json!`
+/// with these fields writes (keys in order), without building a `Value` for each chunk:
+/// `delta_json` is the delta already as JSON (a quoted string).
+fn delta_event(
+    kind: &str,
+    event_id: &str,
+    response_id: &str,
+    item_id: &str,
+    delta_json: &str,
+) -> String {
+    let (kind, event_id, response_id, item_id) = (
+        Value::from(kind),
+        Value::from(event_id),
+        Value::from(response_id),
+        Value::from(item_id),
+    );
+    format!(
+        r#"{{"content_index":0,"delta":{delta_json},"event_id":{event_id},"item_id":{item_id},"output_index":0,"response_id":{response_id},"type":{kind}}}"#
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
     use super::*;
+
+    #[test]
+    fn delta_events_are_what_json_writes() {
+        let payload = STANDARD.encode([0xFFu8, 0x7F, 0x00, 0x12]);
+        assert_eq!(
+            delta_event("response.output_audio.delta", "event_000007", "resp_000001", "item_000002", &format!("\"{payload}\"")),
+            json!({"type": "response.output_audio.delta", "event_id": "event_000007", "response_id": "resp_000001",
+                "item_id": "item_000002", "output_index": 0, "content_index": 0, "delta": payload}).to_string()
+        );
+        let text = "You're \"welcome\". ";
+        assert_eq!(
+            delta_event("response.output_audio_transcript.delta", "e", "r", "i", &Value::from(text).to_string()),
+            json!({"type": "response.output_audio_transcript.delta", "event_id": "e", "response_id": "r",
+                "item_id": "i", "output_index": 0, "content_index": 0, "delta": text}).to_string()
+        );
+    }
 
     type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 

@@ -11,7 +11,9 @@
 //! - After the stream: the `<Connect action>` callback and the status callback, signed.
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, VecDeque},
+    fmt::Write,
     time::{Duration, Instant},
 };
 
@@ -20,7 +22,7 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use futures_util::{SinkExt, StreamExt};
 use hmac::{Hmac, KeyInit, Mac};
 use quick_xml::{Reader, events::Event};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha1::Sha1;
 use tokio::time::MissedTickBehavior;
@@ -324,8 +326,10 @@ pub struct StreamOptions {
 /// Twilio's playback buffer for one stream (§4.2).
 #[derive(Debug, Default)]
 struct Playback {
-    /// (start, end, bytes) of scheduled agent audio.
+    /// (start, end, bytes) of scheduled agent audio (bytes only if `keep_audio`).
     segments: Vec<(Instant, Instant, Vec<u8>)>,
+    /// Keep the audio for [`Playback::heard`] (a load run times it and lets it go).
+    keep_audio: bool,
     /// When the buffer runs dry.
     end: Option<Instant>,
     /// Marks waiting for their audio: (due, name).
@@ -333,10 +337,15 @@ struct Playback {
 }
 
 impl Playback {
-    fn push_audio(&mut self, now: Instant, bytes: Vec<u8>) {
+    fn push_audio(&mut self, now: Instant, bytes: &[u8]) {
         let start = self.end.filter(|e| *e > now).unwrap_or(now);
         let end = start + Duration::from_micros(bytes.len() as u64 * 125);
-        self.segments.push((start, end, bytes));
+        let kept = if self.keep_audio {
+            bytes.to_vec()
+        } else {
+            Vec::new()
+        };
+        self.segments.push((start, end, kept));
         self.end = Some(end);
     }
 
@@ -574,29 +583,43 @@ impl TwilioSim {
         stamps: Option<std::sync::Arc<crate::stamp::Stamps>>,
         report: &mut CallReport,
     ) {
-        let (mut tx, mut rx) = ws.split();
+        // One socket, not split: `select!` drops its branch futures (the read among them)
+        // before a branch body writes, so no lock between a read half and a write half is needed.
+        let mut ws = ws;
         let stream_sid = sid("MZ");
         let mut seq: u64 = 0;
         let mut next_seq = || {
             seq += 1;
-            seq.to_string()
+            seq
         };
-        let _ = tx
+        let _ = ws
             .send(Message::text(
                 json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}).to_string(),
             ))
             .await;
-        let start = json!({"event": "start", "sequenceNumber": next_seq(), "streamSid": stream_sid,
+        let start = json!({"event": "start", "sequenceNumber": next_seq().to_string(), "streamSid": stream_sid,
             "start": {"accountSid": self.account_sid, "streamSid": stream_sid, "callSid": placed.call_sid,
                 "tracks": ["inbound"], "customParameters": parameters,
                 "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}});
         let t0 = Instant::now();
         report.start_sent_at = Some(t0);
-        if tx.send(Message::text(start.to_string())).await.is_err() {
+        if ws.send(Message::text(start.to_string())).await.is_err() {
             report.closed_by = Some("gateway".into());
             return;
         }
-        let mut playback = Playback::default();
+        // Under load (stamps) the agent audio is timed, not kept: only its length is.
+        let mut playback = Playback {
+            keep_audio: stamps.is_none(),
+            ..Playback::default()
+        };
+        // Buffers reused for every frame: caller audio, its base64, decoded agent audio.
+        let mut frame = [audio::SILENCE; audio::FRAME_BYTES];
+        let mut payload = String::new();
+        let mut decoded = Vec::new();
+        // The next mark echo's timer, kept across loop turns and moved only when the first
+        // pending mark changes.
+        let mut mark_timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+        let mut mark_armed: Option<Instant> = None;
         let mut talk: VecDeque<u8> = VecDeque::new();
         let mut steps = script.iter().cloned().collect::<VecDeque<_>>();
         let mut step_started = Instant::now();
@@ -607,6 +630,14 @@ impl TwilioSim {
         let mut last_media_at: Option<Instant> = None;
         loop {
             let mark_due = playback.next_due();
+            if mark_due != mark_armed {
+                if let Some(due) = mark_due {
+                    mark_timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::from_std(due));
+                }
+                mark_armed = mark_due;
+            }
             tokio::select! {
                 _ = tick.tick() => {
                     let now = Instant::now();
@@ -619,12 +650,12 @@ impl TwilioSim {
                             match &step {
                                 Step::Say(clip) => talk.extend(clip.mulaw.iter()),
                                 Step::Dtmf(d) => {
-                                    let m = json!({"event": "dtmf", "sequenceNumber": next_seq(), "streamSid": stream_sid,
+                                    let m = json!({"event": "dtmf", "sequenceNumber": next_seq().to_string(), "streamSid": stream_sid,
                                         "dtmf": {"track": "inbound_track", "digit": d.to_string()}});
-                                    let _ = tx.send(Message::text(m.to_string())).await;
+                                    let _ = ws.send(Message::text(m.to_string())).await;
                                 }
                                 Step::SendRaw(text) => {
-                                    let _ = tx.send(Message::text(text.clone())).await;
+                                    let _ = ws.send(Message::text(text.clone())).await;
                                 }
                                 _ => {}
                             }
@@ -659,17 +690,17 @@ impl TwilioSim {
                     }
                     match hang {
                         Some(Step::HangUp) => {
-                            let m = json!({"event": "stop", "sequenceNumber": next_seq(), "streamSid": stream_sid,
+                            let m = json!({"event": "stop", "sequenceNumber": next_seq().to_string(), "streamSid": stream_sid,
                                 "stop": {"accountSid": self.account_sid, "callSid": placed.call_sid}});
-                            let _ = tx.send(Message::text(m.to_string())).await;
-                            let _ = tx.send(Message::Close(None)).await;
+                            let _ = ws.send(Message::text(m.to_string())).await;
+                            let _ = ws.send(Message::Close(None)).await;
                             report.closed_by = Some("caller".into());
                             // Wait briefly for the gateway's close.
-                            let _ = tokio::time::timeout(Duration::from_secs(5), async { while let Some(Ok(_)) = rx.next().await {} }).await;
+                            let _ = tokio::time::timeout(Duration::from_secs(5), async { while let Some(Ok(_)) = ws.next().await {} }).await;
                             break;
                         }
                         Some(_) => {
-                            let _ = tx.close().await;
+                            let _ = SinkExt::close(&mut ws).await;
                             report.closed_by = Some("caller".into());
                             break;
                         }
@@ -680,25 +711,25 @@ impl TwilioSim {
                         report.closed_by = Some("caller".into());
                         break;
                     }
-                    // One 20 ms frame of caller audio.
-                    let mut frame: Vec<u8> = if talk.is_empty() {
-                        audio::silence(20)
-                    } else {
-                        let n = talk.len().min(audio::FRAME_BYTES);
-                        let mut f: Vec<u8> = talk.drain(..n).collect();
-                        f.resize(audio::FRAME_BYTES, audio::SILENCE);
-                        f
-                    };
+                    // One 20 ms frame of caller audio (what is left of the clip, then silence).
+                    let n = talk.len().min(audio::FRAME_BYTES);
+                    for (b, t) in frame.iter_mut().zip(talk.drain(..n)) {
+                        *b = t;
+                    }
+                    frame[n..].fill(audio::SILENCE);
                     if let Some(st) = &stamps {
                         st.tag(&mut frame);
                     } else {
                         report.caller_audio.extend_from_slice(&frame);
                     }
                     chunk += 1;
-                    let payload = STANDARD.encode(&frame);
+                    payload.clear();
+                    STANDARD.encode_string(frame, &mut payload);
                     // Written directly (this runs 50 times a second per call in load tests);
                     // the shape is the one Twilio sends, numeric fields as strings.
-                    let m = format!(
+                    let mut m = String::with_capacity(payload.len() + 192);
+                    let _ = write!(
+                        m,
                         r#"{{"event":"media","sequenceNumber":"{}","streamSid":"{stream_sid}","media":{{"track":"inbound","chunk":"{chunk}","timestamp":"{}","payload":"{payload}"}}}}"#,
                         next_seq(),
                         t0.elapsed().as_millis()
@@ -712,63 +743,68 @@ impl TwilioSim {
                             st.inbound.held(&payload);
                         }
                     }
-                    if tx.send(Message::text(m)).await.is_err() {
+                    if ws.send(Message::text(m)).await.is_err() {
                         report.closed_by.get_or_insert_with(|| "gateway".into());
                         break;
                     }
                     report.frames_sent += 1;
                 }
-                _ = sleep_until(mark_due) => {
+                _ = &mut mark_timer, if mark_armed.is_some() => {
+                    // Re-armed at the next turn for the next mark, if any.
+                    mark_armed = None;
                     let now = Instant::now();
                     while playback.next_due().is_some_and(|d| d <= now) {
                         let (_, name) = playback.marks.pop_front().expect("checked above");
                         report.marks_played += 1;
-                        let m = json!({"event": "mark", "sequenceNumber": next_seq(), "streamSid": stream_sid, "mark": {"name": name}});
-                        let _ = tx.send(Message::text(m.to_string())).await;
+                        let m = mark_echo(next_seq(), &stream_sid, &name);
+                        let _ = ws.send(Message::text(m)).await;
                     }
                 }
-                msg = rx.next() => {
+                msg = ws.next() => {
                     let now = Instant::now();
                     match msg {
                         Some(Ok(Message::Text(text))) => {
-                            let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else {
+                            let Some((event, wrong_sid)) = parse_incoming(text.as_str(), &stream_sid) else {
                                 report.violations.push(format!("not JSON: {}", text.as_str().chars().take(80).collect::<String>()));
                                 continue;
                             };
-                            if v["streamSid"] != stream_sid.as_str() {
-                                report.violations.push(format!("wrong or missing streamSid in {}", v["event"]));
+                            if let Some(v) = wrong_sid {
+                                report.violations.push(v);
                             }
-                            match v["event"].as_str().unwrap_or("") {
-                                "media" => match v["media"]["payload"].as_str().map(|p| (p, STANDARD.decode(p))) {
-                                    Some((raw, Ok(bytes))) => {
-                                        if let Some(st) = &stamps {
-                                            st.outbound.received(raw, now);
+                            match event {
+                                Incoming::Media(payload) => {
+                                    decoded.clear();
+                                    match payload.map(|p| STANDARD.decode_vec(p.as_bytes(), &mut decoded).map(|_| p)) {
+                                        Some(Ok(raw)) => {
+                                            if let Some(st) = &stamps {
+                                                st.outbound.received(&raw, now);
+                                            }
+                                            if report.first_media_at.is_none() {
+                                                report.first_media_at = Some(now);
+                                                report.first_media_after_start = Some(now.duration_since(t0));
+                                            }
+                                            report.media_messages += 1;
+                                            last_media_at = Some(now);
+                                            report.received_ms += (decoded.len() / audio::BYTES_PER_MS) as u64;
+                                            playback.push_audio(now, &decoded);
                                         }
-                                        if report.first_media_at.is_none() {
-                                            report.first_media_at = Some(now);
-                                            report.first_media_after_start = Some(now.duration_since(t0));
-                                        }
-                                        report.media_messages += 1;
-                                        last_media_at = Some(now);
-                                        report.received_ms += (bytes.len() / audio::BYTES_PER_MS) as u64;
-                                        playback.push_audio(now, bytes);
+                                        _ => report.violations.push("media payload is not base64".into()),
                                     }
-                                    _ => report.violations.push("media payload is not base64".into()),
-                                },
-                                "mark" => match v["mark"]["name"].as_str() {
-                                    Some(name) => playback.push_mark(now, name.to_string()),
+                                }
+                                Incoming::Mark(name) => match name {
+                                    Some(name) => playback.push_mark(now, name.into_owned()),
                                     None => report.violations.push("mark without name".into()),
                                 },
-                                "clear" => {
+                                Incoming::Clear => {
                                     let (played, dropped, marks) = playback.clear(now);
                                     report.clears.push(ClearSeen { at_ms: now.duration_since(t0).as_millis() as u64, played_ms: played, dropped_ms: dropped });
                                     for name in marks {
                                         report.marks_cleared += 1;
-                                        let m = json!({"event": "mark", "sequenceNumber": next_seq(), "streamSid": stream_sid, "mark": {"name": name}});
-                                        let _ = tx.send(Message::text(m.to_string())).await;
+                                        let m = mark_echo(next_seq(), &stream_sid, &name);
+                                        let _ = ws.send(Message::text(m)).await;
                                     }
                                 }
-                                other => report.violations.push(format!("unknown event {other:?}")),
+                                Incoming::Other(other) => report.violations.push(format!("unknown event {other:?}")),
                             }
                         }
                         Some(Ok(Message::Binary(_))) => report.violations.push("binary frame (Twilio error 31950)".into()),
@@ -790,11 +826,79 @@ impl TwilioSim {
     }
 }
 
-async fn sleep_until(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
-        None => std::future::pending().await,
+/// A message from the gateway, as far as the simulator acts on it.
+#[derive(Debug, PartialEq)]
+enum Incoming<'a> {
+    /// `media` with its `media.payload` if that is a string.
+    Media(Option<Cow<'a, str>>),
+    /// `mark` with its `mark.name` if that is a string.
+    Mark(Option<Cow<'a, str>>),
+    /// `clear`.
+    Clear,
+    /// Any other `event` (`""` when it is missing or not a string).
+    Other(String),
+}
+
+/// Reads a gateway message: the event, and a violation if its `streamSid` is not this stream's.
+/// `None` if it is not JSON. The usual shapes are read in place (a typed parse borrowing from the
+/// text, the way the gateway's media arrive 50 times a second per call under load); anything the
+/// typed parse refuses (a field of another type, a duplicate key) is read as a `Value` with the
+/// same rules, so every message is judged the same either way.
+fn parse_incoming<'a>(text: &'a str, stream_sid: &str) -> Option<(Incoming<'a>, Option<String>)> {
+    #[derive(Deserialize)]
+    struct Typed<'a> {
+        #[serde(borrow)]
+        event: Cow<'a, str>,
+        #[serde(rename = "streamSid", borrow, default)]
+        stream_sid: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        media: Option<Payload<'a>>,
+        #[serde(borrow, default)]
+        mark: Option<Name<'a>>,
     }
+    #[derive(Deserialize)]
+    struct Payload<'a> {
+        #[serde(borrow, default)]
+        payload: Option<Cow<'a, str>>,
+    }
+    #[derive(Deserialize)]
+    struct Name<'a> {
+        #[serde(borrow, default)]
+        name: Option<Cow<'a, str>>,
+    }
+    if let Ok(t) = serde_json::from_str::<Typed>(text) {
+        let wrong_sid = (t.stream_sid.as_deref() != Some(stream_sid))
+            .then(|| format!("wrong or missing streamSid in {}", Value::from(&*t.event)));
+        let event = match &*t.event {
+            "media" => Incoming::Media(t.media.and_then(|m| m.payload)),
+            "mark" => Incoming::Mark(t.mark.and_then(|m| m.name)),
+            "clear" => Incoming::Clear,
+            other => Incoming::Other(other.to_string()),
+        };
+        return Some((event, wrong_sid));
+    }
+    let v = serde_json::from_str::<Value>(text).ok()?;
+    let wrong_sid = (v["streamSid"] != stream_sid)
+        .then(|| format!("wrong or missing streamSid in {}", v["event"]));
+    let owned = |s: &Value| s.as_str().map(|s| Cow::Owned(s.to_string()));
+    let event = match v["event"].as_str().unwrap_or("") {
+        "media" => Incoming::Media(owned(&v["media"]["payload"])),
+        "mark" => Incoming::Mark(owned(&v["mark"]["name"])),
+        "clear" => Incoming::Clear,
+        other => Incoming::Other(other.to_string()),
+    };
+    Some((event, wrong_sid))
+}
+
+/// The `mark` echo, byte for byte what `json!({"event": "mark", "sequenceNumber": seq,
+/// "streamSid": sid, "mark": {"name": name}}).to_string()` writes (keys in order), without
+/// building a `Value` for each.
+fn mark_echo(seq: u64, stream_sid: &str, name: &str) -> String {
+    let name = Value::from(name);
+    let sid = Value::from(stream_sid);
+    format!(
+        r#"{{"event":"mark","mark":{{"name":{name}}},"sequenceNumber":"{seq}","streamSid":{sid}}}"#
+    )
 }
 
 #[cfg(test)]
@@ -874,12 +978,73 @@ mod tests {
     }
 
     #[test]
+    fn mark_echoes_are_what_json_writes() {
+        for name in ["7", "a \"quoted\" \\ name"] {
+            assert_eq!(
+                mark_echo(12, "MZ1", name),
+                json!({"event": "mark", "sequenceNumber": "12", "streamSid": "MZ1", "mark": {"name": name}})
+                    .to_string()
+            );
+        }
+    }
+
+    #[test]
+    fn gateway_messages_read_the_same_typed_or_as_values() {
+        let sid = "MZ1";
+        let media = r#"{"event":"media","streamSid":"MZ1","media":{"payload":"//8="}}"#;
+        assert_eq!(
+            parse_incoming(media, sid),
+            Some((Incoming::Media(Some("//8=".into())), None))
+        );
+        // Escapes are read (owned), key order does not matter.
+        let mark = r#"{"mark":{"name":"a\"b"},"streamSid":"MZ1","event":"mark"}"#;
+        assert_eq!(
+            parse_incoming(mark, sid),
+            Some((Incoming::Mark(Some("a\"b".into())), None))
+        );
+        // A wrong or missing streamSid is a violation either way.
+        let (e, wrong) = parse_incoming(r#"{"event":"clear"}"#, sid).unwrap();
+        assert_eq!(
+            (e, wrong.as_deref()),
+            (
+                Incoming::Clear,
+                Some("wrong or missing streamSid in \"clear\"")
+            )
+        );
+        // Shapes the typed parse refuses take the Value path with the same rules.
+        let (e, wrong) = parse_incoming(
+            r#"{"event":"media","streamSid":5,"media":{"payload":7}}"#,
+            sid,
+        )
+        .unwrap();
+        assert_eq!(
+            (e, wrong.as_deref()),
+            (
+                Incoming::Media(None),
+                Some("wrong or missing streamSid in \"media\"")
+            )
+        );
+        let (e, wrong) = parse_incoming(r#"{"streamSid":"MZ1","event":3}"#, sid).unwrap();
+        assert_eq!(
+            (e, wrong.as_deref()),
+            (Incoming::Other(String::new()), None)
+        );
+        let (e, _) =
+            parse_incoming(r#"{"event":"mark","streamSid":"MZ1","mark":"x"}"#, sid).unwrap();
+        assert_eq!(e, Incoming::Mark(None));
+        assert_eq!(parse_incoming("not json", sid), None);
+    }
+
+    #[test]
     fn playback_echoes_marks_after_audio_and_clear_drops_the_rest() {
         let t0 = Instant::now();
-        let mut p = Playback::default();
-        p.push_audio(t0, vec![0xFF; 800]); // 100 ms
+        let mut p = Playback {
+            keep_audio: true,
+            ..Playback::default()
+        };
+        p.push_audio(t0, &[0xFF; 800]); // 100 ms
         p.push_mark(t0, "a".into());
-        p.push_audio(t0, vec![0xFF; 800]);
+        p.push_audio(t0, &[0xFF; 800]);
         p.push_mark(t0, "b".into());
         assert_eq!(p.next_due(), Some(t0 + Duration::from_millis(100)));
         assert_eq!(p.played_ms(t0 + Duration::from_millis(150)), 150);
