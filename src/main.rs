@@ -211,6 +211,7 @@ async fn tools(command: Command) -> anyhow::Result<()> {
 
 /// `loadgen --loadgen-cpus`: pinned before the async runtime starts, so every thread it starts
 /// inherits the CPUs and its worker pool is sized to them.
+#[cfg(feature = "sim")]
 fn pin_load_generator(command: &Command) -> anyhow::Result<()> {
     match command {
         Command::Loadgen {
