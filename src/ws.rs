@@ -9,8 +9,12 @@
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-/// Bytes tungstenite reads per call of the socket.
+/// Bytes tungstenite reads per call of the Realtime socket (a 100 ms audio delta, ~1.3 KiB,
+/// fits in one read).
 pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Bytes tungstenite reads per call of the Twilio socket: a 20 ms media frame is ~350 bytes,
+/// and the buffer is zero-filled before every read, 50 times a second per call.
+pub const TWILIO_READ_BUFFER_BYTES: usize = 1024;
 /// Bytes buffered before tungstenite writes to the socket without waiting for a flush.
 pub const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 /// Largest message accepted from Twilio (a media frame is ~300 bytes).
@@ -30,6 +34,6 @@ pub fn realtime_client() -> WebSocketConfig {
 pub fn twilio_upgrade(ws: axum::extract::WebSocketUpgrade) -> axum::extract::WebSocketUpgrade {
     ws.max_message_size(TWILIO_MAX_MESSAGE)
         .max_frame_size(TWILIO_MAX_MESSAGE)
-        .read_buffer_size(READ_BUFFER_BYTES)
+        .read_buffer_size(TWILIO_READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
 }

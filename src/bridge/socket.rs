@@ -342,6 +342,9 @@ async fn run(state: AppState, socket: WebSocket) {
     let timer = tokio::time::sleep(Duration::from_secs(86_400));
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
+    // Kept across turns (registering a new waiter on the token every turn costs per frame).
+    let shutdown = state.shutdown.cancelled();
+    tokio::pin!(shutdown);
     loop {
         while let Some(out) = call.poll_output() {
             match out {
@@ -462,7 +465,7 @@ async fn run(state: AppState, socket: WebSocket) {
                     armed = None;
                     Input::Tick
                 }
-                _ = state.shutdown.cancelled() => Input::Shutdown,
+                _ = &mut shutdown => Input::Shutdown,
             },
         };
         now = Instant::now();
