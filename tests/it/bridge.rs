@@ -21,11 +21,7 @@ fn ms(n: u64) -> Duration {
 }
 
 async fn call(gw: &Gateway, script: &[Step]) -> (String, CallReport) {
-    let placed = gw
-        .twilio
-        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-        .await
-        .unwrap();
+    let placed = gw.place_call().await;
     let report = gw
         .twilio
         .stream(&placed, script, StreamOptions::default())
@@ -163,11 +159,7 @@ async fn barge_in_clears_twilio_cancels_and_truncates_to_what_was_heard() {
 #[tokio::test]
 async fn a_wrong_or_expired_token_is_refused_and_the_rightful_call_keeps_its_session() {
     let gw = gateway(FakeConfig::instant(), "").await;
-    let placed = gw
-        .twilio
-        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-        .await
-        .unwrap();
+    let placed = gw.place_call().await;
     let sid = warmline::domain::CallSid::parse(&placed.call_sid).unwrap();
     let expired = warmline::twilio::token::issue(&gw.app.state.stream_secret, &sid, 1);
     for bad in ["v1.99999999999.Zm9yZ2Vk".to_string(), expired] {
@@ -265,11 +257,7 @@ async fn a_realtime_drop_mid_call_ends_the_call_and_transfers_to_the_fallback() 
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let placed = gw
-        .twilio
-        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-        .await
-        .unwrap();
+    let placed = gw.place_call().await;
     let script = [Step::WaitForAgentAudio(WAIT), Step::WaitForClose(WAIT)];
     let stream = gw.twilio.stream(&placed, &script, StreamOptions::default());
     let dropper = async {
@@ -320,11 +308,7 @@ async fn a_call_whose_session_cannot_open_is_still_saved_and_apologised_to() {
     let mut cfg = FakeConfig::instant();
     cfg.mode = sim::realtime::Mode::Down;
     let gw = gateway(cfg, "").await;
-    let placed = gw
-        .twilio
-        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-        .await
-        .unwrap();
+    let placed = gw.place_call().await;
     let report = gw
         .twilio
         .stream(
@@ -422,11 +406,7 @@ async fn the_second_call_from_a_caller_carries_the_memory_of_the_first() {
     )
     .await;
     gw.ended_call(&first).await;
-    let placed = gw
-        .twilio
-        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-        .await
-        .unwrap();
+    let placed = gw.place_call().await;
     let conns = gw.fake.connections();
     let update: Value =
         serde_json::from_str(&conns.last().unwrap().of_type("session.update")[0].raw).unwrap();
@@ -514,11 +494,7 @@ async fn garbage_frames_close_only_that_call() {
                 .to_string(),
             huge,
         ] {
-            let placed = gw
-                .twilio
-                .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-                .await
-                .unwrap();
+            let placed = gw.place_call().await;
             let r = gw
                 .twilio
                 .stream(
@@ -572,11 +548,7 @@ async fn garbage_frames_close_only_that_call() {
 #[tokio::test]
 async fn a_call_live_at_shutdown_is_ended_and_saved() {
     let gw = gateway(FakeConfig::instant(), "").await;
-    let placed = gw
-        .twilio
-        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-        .await
-        .unwrap();
+    let placed = gw.place_call().await;
     let script = [Step::WaitForAgentAudio(WAIT), Step::WaitForClose(WAIT)];
     let options = StreamOptions {
         no_callbacks: true,

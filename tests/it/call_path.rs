@@ -18,11 +18,7 @@ const WAIT: Duration = Duration::from_secs(10);
 #[tokio::test]
 async fn a_signed_webhook_warms_one_session_and_answers_with_a_stream() {
     let gw = gateway(FakeConfig::instant(), "").await;
-    let placed = gw
-        .twilio
-        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-        .await
-        .unwrap();
+    let placed = gw.place_call().await;
     assert_eq!(placed.status, 200);
     assert!(
         placed.content_type.starts_with("text/xml"),
@@ -150,11 +146,7 @@ async fn with_realtime_hanging_the_webhook_still_answers_and_the_stream_goes_col
         "[prewarm]\nring_max_ms = 300\n[openai]\nconnect_timeout_ms = 5000\n",
     )
     .await;
-    let placed = gw
-        .twilio
-        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-        .await
-        .unwrap();
+    let placed = gw.place_call().await;
     assert_eq!(placed.status, 200);
     assert!(
         matches!(placed.twiml, Twiml::Stream { .. }),
@@ -178,11 +170,7 @@ async fn with_realtime_down_the_webhook_answers_at_once() {
     let mut cfg = FakeConfig::instant();
     cfg.mode = Mode::Down;
     let gw = gateway(cfg, "[prewarm]\nring_max_ms = 10000\n").await;
-    let placed = gw
-        .twilio
-        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-        .await
-        .unwrap();
+    let placed = gw.place_call().await;
     assert!(matches!(placed.twiml, Twiml::Stream { .. }));
     // Not a timing bound: the outcome says it did not wait for ring_max.
     assert!(gw.metric("warmline_prewarm_duration_seconds_count{outcome=\"error\"}") >= 1.0);
@@ -197,11 +185,7 @@ async fn an_unclaimed_session_is_reaped_after_the_ttl() {
         "[prewarm]\nttl_secs = 1\nring_max_ms = 500\n",
     )
     .await;
-    let placed = gw
-        .twilio
-        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-        .await
-        .unwrap();
+    let placed = gw.place_call().await;
     assert!(matches!(placed.twiml, Twiml::Stream { .. }));
     assert_eq!(gw.fake.open_connections(), 1);
     assert!(
@@ -261,11 +245,7 @@ async fn policy_known_callers_warms_only_returning_callers() {
         "[prewarm]\npolicy = \"known_callers\"\n",
     )
     .await;
-    let placed = gw
-        .twilio
-        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-        .await
-        .unwrap();
+    let placed = gw.place_call().await;
     assert!(matches!(placed.twiml, Twiml::Stream { .. }));
     assert_eq!(
         gw.fake.connection_attempts(),
@@ -328,11 +308,7 @@ async fn unknown_numbers_malformed_forms_and_oversized_bodies_are_handled() {
 
     // Nothing above opened a session, and the gateway still serves calls.
     assert_eq!(gw.fake.connection_attempts(), 0);
-    let ok = gw
-        .twilio
-        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-        .await
-        .unwrap();
+    let ok = gw.place_call().await;
     assert!(matches!(ok.twiml, Twiml::Stream { .. }));
     gw.twilio
         .status_callback(&ok.call_sid, "canceled")
@@ -376,11 +352,7 @@ async fn a_refused_session_configuration_fails_the_warm_up_at_once() {
     let mut cfg = FakeConfig::instant();
     cfg.reject_session_update = true;
     let gw = gateway(cfg, "[prewarm]\nring_max_ms = 10000\nttl_secs = 30\n").await;
-    let placed = gw
-        .twilio
-        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-        .await
-        .unwrap();
+    let placed = gw.place_call().await;
     assert!(
         matches!(placed.twiml, Twiml::Stream { .. }),
         "{}",

@@ -10,10 +10,10 @@ use serde_json::json;
 use sim::{
     audio::clips,
     realtime::FakeConfig,
-    twilio::{CallSpec, Step, StreamOptions},
+    twilio::{Step, StreamOptions},
 };
 
-use crate::support::{CALLER, CLIENT_NUMBER, gateway};
+use crate::support::gateway;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -31,11 +31,7 @@ async fn a_claim_while_the_greeting_is_still_streaming_plays_all_of_it_in_order(
         ..FakeConfig::instant()
     };
     let gw = gateway(cfg, "").await;
-    let placed = gw
-        .twilio
-        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-        .await
-        .unwrap();
+    let placed = gw.place_call().await;
     let greeting = clips::greeting();
     assert!(
         placed.webhook_time < ms(greeting.duration_ms() as u64 / 2),
@@ -82,11 +78,7 @@ async fn slow_connecting_gateway() -> crate::support::Gateway {
 #[tokio::test]
 async fn a_claim_while_the_session_is_still_connecting_waits_for_it_and_stays_warm() {
     let gw = slow_connecting_gateway().await;
-    let placed = gw
-        .twilio
-        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-        .await
-        .unwrap();
+    let placed = gw.place_call().await;
     assert!(placed.webhook_time < ms(1000), "answered at ring_max_ms");
     let script = [
         Step::WaitForAgentAudio(WAIT),
@@ -118,11 +110,7 @@ async fn a_claim_while_the_session_is_still_connecting_waits_for_it_and_stays_wa
 #[tokio::test]
 async fn a_hang_up_during_the_hand_over_leaves_no_socket_open_and_saves_the_call() {
     let gw = slow_connecting_gateway().await;
-    let placed = gw
-        .twilio
-        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-        .await
-        .unwrap();
+    let placed = gw.place_call().await;
     // The caller hangs up right after `start`, while the claimed session is still connecting.
     let report = gw
         .twilio
@@ -170,11 +158,7 @@ fn deltas(n: usize) -> Vec<serde_json::Value> {
 #[tokio::test]
 async fn a_realtime_peer_that_stops_reading_does_not_hold_back_control_frames_to_twilio() {
     let gw = gateway(FakeConfig::instant(), "").await;
-    let placed = gw
-        .twilio
-        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-        .await
-        .unwrap();
+    let placed = gw.place_call().await;
     // Large caller frames (45 KB of audio each, ~14 MB in all) fill the socket buffers
     // towards a Realtime server that has stopped reading, so the gateway's writes to it stall.
     let flood_frame = format!(
@@ -236,11 +220,7 @@ async fn a_realtime_peer_that_stops_reading_does_not_hold_back_control_frames_to
 #[tokio::test]
 async fn a_call_reaching_its_maximum_duration_is_ended_by_the_calls_own_timer_and_saved() {
     let gw = gateway(FakeConfig::instant(), "[call]\nmax_duration_secs = 1\n").await;
-    let placed = gw
-        .twilio
-        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-        .await
-        .unwrap();
+    let placed = gw.place_call().await;
     // The caller keeps sending audio (every turn moves the loop's other deadlines); the call's
     // own deadline still ends it.
     let script = [Step::Silence(ms(5000)), Step::WaitForClose(WAIT)];

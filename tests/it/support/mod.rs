@@ -317,6 +317,14 @@ impl Gateway {
         panic!("call {call_sid} was never recorded as ended");
     }
 
+    /// Places a call from [`CALLER`] to the client (the signed voice webhook) and returns it.
+    pub async fn place_call(&self) -> sim::twilio::PlacedCall {
+        self.twilio
+            .place_call(&sim::twilio::CallSpec::new(CALLER, CLIENT_NUMBER))
+            .await
+            .unwrap()
+    }
+
     /// A metric's value line from /metrics (e.g. `warmline_warm_sessions_reaped_total`).
     pub fn metric(&self, prefix: &str) -> f64 {
         let text = self.app.state.metrics.encode();
