@@ -81,6 +81,9 @@ pub enum Output {
     ResponseLatency(Duration),
     /// The caller interrupted the agent (clear + cancel + truncate were queued).
     BargeIn,
+    /// Caller audio held during the attach was dropped (over [`HELD_AUDIO_BYTES`]): the loop
+    /// counts it with the other inbound drops.
+    HeldAudioDropped,
     /// Something worth a log line (unknown events, dropped deltas).
     Log(String),
     /// The call is over; close both sockets and save this.
@@ -186,10 +189,11 @@ pub struct Call {
     max_duration: Duration,
     outputs: VecDeque<Output>,
     frames_dropped: u64,
-    /// Caller audio that arrived between `start` and the attach (a cold session connecting, a
-    /// warm one still being handed over), sent right after the greeting: the caller's first
-    /// words are not lost. Bounded by [`HELD_AUDIO_BYTES`]; beyond it the oldest go.
-    held: VecDeque<String>,
+    /// What the caller sent between `start` and the attach (a cold session connecting, a warm
+    /// one still being handed over): audio and key presses, in arrival order, sent right after
+    /// the greeting, so the caller's first words and keys are not lost. Audio is bounded by
+    /// [`HELD_AUDIO_BYTES`]; beyond it the oldest audio goes (and is counted); keys never do.
+    held: VecDeque<Command>,
     held_bytes: usize,
 }
 
@@ -279,9 +283,8 @@ impl Call {
             self.handle_realtime(now, event);
         }
         self.held_bytes = 0;
-        for payload in std::mem::take(&mut self.held) {
-            self.outputs
-                .push_back(Output::Engine(Command::Append(payload)));
+        for command in std::mem::take(&mut self.held) {
+            self.outputs.push_back(Output::Engine(command));
         }
     }
 
@@ -413,23 +416,27 @@ impl Call {
             }
             // Before the attach there is nowhere to send it yet: held, bounded, oldest out.
             MediaEvent::Media { payload, bytes, .. } if self.phase == Phase::AwaitingSession => {
-                self.held.push_back(payload);
+                self.held.push_back(Command::Append(payload));
                 self.held_bytes += bytes;
                 while self.held_bytes > HELD_AUDIO_BYTES {
-                    let Some(old) = self.held.pop_front() else {
+                    let Some(i) = self.held.iter().position(Command::is_droppable) else {
                         break;
                     };
-                    let len = crate::twilio::wire::base64_len(&old).unwrap_or(0);
-                    self.held_bytes = self.held_bytes.saturating_sub(len);
+                    if let Some(Command::Append(old)) = self.held.remove(i) {
+                        let len = crate::twilio::wire::base64_len(&old).unwrap_or(0);
+                        self.held_bytes = self.held_bytes.saturating_sub(len);
+                    }
+                    self.outputs.push_back(Output::HeldAudioDropped);
                 }
             }
             MediaEvent::Dtmf { digit } => {
                 self.push_line(now, Role::System, format!("caller pressed {digit}"));
-                if self.phase == Phase::Live {
-                    self.outputs
-                        .push_back(Output::Engine(Command::UserText(format!(
-                            "(The caller pressed {digit} on the phone keypad.)"
-                        ))));
+                let key =
+                    Command::UserText(format!("(The caller pressed {digit} on the phone keypad.)"));
+                match self.phase {
+                    Phase::Live => self.outputs.push_back(Output::Engine(key)),
+                    Phase::AwaitingSession => self.held.push_back(key),
+                    Phase::AwaitingStart | Phase::Ended => {}
                 }
             }
             MediaEvent::Stopped => self.end(now, EndReason::TwilioStop),
@@ -754,9 +761,18 @@ mod tests {
             call.handle_twilio_text(t0 + ms(n as u64 * 20), &frame(n))
                 .unwrap();
         }
+        let before = drain(&mut call);
         assert!(
-            realtime(&drain(&mut call)).is_empty(),
+            realtime(&before).is_empty(),
             "nothing sent before the attach"
+        );
+        assert_eq!(
+            before
+                .iter()
+                .filter(|o| matches!(o, Output::HeldAudioDropped))
+                .count(),
+            50,
+            "the 1 s that did not fit is counted"
         );
         call.handle_session_attached(t0 + ms(6000), CallPath::Cold, greeting(2));
         let out = drain(&mut call);
@@ -789,6 +805,25 @@ mod tests {
             (50..300).collect::<Vec<_>>(),
             "the newest, in order"
         );
+    }
+
+    #[test]
+    fn a_key_pressed_during_the_attach_reaches_the_engine_after_the_greeting_in_order() {
+        let t0 = Instant::now();
+        let mut call = Call::new(Duration::from_secs(60), t0, Utc::now());
+        call.handle_twilio_text(t0, START).unwrap();
+        drain(&mut call);
+        let dtmf = r#"{"event":"dtmf","sequenceNumber":"3","streamSid":"MZ1","dtmf":{"track":"inbound_track","digit":"5"}}"#;
+        call.handle_twilio_text(t0, MEDIA).unwrap();
+        call.handle_twilio_text(t0, dtmf).unwrap();
+        call.handle_twilio_text(t0, MEDIA).unwrap();
+        assert!(realtime(&drain(&mut call)).is_empty());
+        call.handle_session_attached(t0, CallPath::Warm, greeting(1));
+        let sent = realtime(&drain(&mut call));
+        assert!(matches!(
+            sent.as_slice(),
+            [Command::Append(_), Command::UserText(t), Command::Append(_)] if t.contains("pressed 5")
+        ));
     }
 
     #[test]

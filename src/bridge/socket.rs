@@ -30,7 +30,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -130,8 +130,12 @@ struct Peer<S, M> {
     /// keeps up): beyond `limit` it is given up.
     waiting_since: Option<Instant>,
     limit: Duration,
-    /// Most waiting messages before droppable ones are dropped.
+    /// Most waiting messages, while the socket pushes back, before droppable ones are dropped.
     cap: usize,
+    /// The socket said "not now" (`poll_ready` or `poll_flush` pending) and has not caught up
+    /// since: only then are droppable messages dropped. A burst queued while the socket keeps
+    /// up (the buffered greeting at the claim) is never cut.
+    blocked: bool,
     /// `warmline_relay_delay_seconds` for the direction this socket is written in.
     delay: Histogram,
     /// Its read side ended (closed, failed): never polled again.
@@ -153,6 +157,7 @@ where
             waiting_since: None,
             limit,
             cap,
+            blocked: false,
             delay,
             read_done: false,
             broken: false,
@@ -170,9 +175,10 @@ where
         }
     }
 
-    /// Whether a droppable message still fits.
+    /// Whether a droppable message may be queued: always while the socket keeps up; while it
+    /// pushes back, until `cap` messages wait.
     fn has_room(&self) -> bool {
-        !self.broken && self.out.len() < self.cap
+        !self.broken && (!self.blocked || self.out.len() < self.cap)
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
@@ -190,16 +196,21 @@ where
             return Poll::Ready(Ok(()));
         }
         while !self.out.is_empty() {
-            ready!(self.sock.poll_ready_unpin(cx))?;
+            if self.sock.poll_ready_unpin(cx)?.is_pending() {
+                return self.pushed_back();
+            }
             let m = self.out.pop_front().expect("checked non-empty above");
             self.sock.start_send_unpin(m)?;
             self.unflushed = true;
             self.waiting_since = None;
         }
         if self.unflushed {
-            ready!(self.sock.poll_flush_unpin(cx))?;
+            if self.sock.poll_flush_unpin(cx)?.is_pending() {
+                return self.pushed_back();
+            }
             self.unflushed = false;
             self.waiting_since = None;
+            self.blocked = false;
             if !self.stamps.is_empty() {
                 let flushed = Instant::now();
                 for read_at in self.stamps.drain(..) {
@@ -209,6 +220,14 @@ where
             }
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// The socket cannot take more now (the task is woken when it can): the stall clock runs
+    /// from here if it was not running, and droppable messages may be dropped.
+    fn pushed_back(&mut self) -> Poll<Result<(), S::Error>> {
+        self.blocked = true;
+        self.waiting_since.get_or_insert_with(Instant::now);
+        Poll::Pending
     }
 
     /// End of a turn: if writes are waiting, the wait starts now (unless it already had).
@@ -258,51 +277,83 @@ enum Input {
     TwilioWriteFailed,
     /// Writing to Realtime failed.
     RealtimeWriteFailed,
-    /// The attach begun at `start` finished.
-    Attached(Box<AttachOutcome>),
+    /// A step of the attach begun at `start` finished.
+    Attached(Box<AttachStep>),
     /// A deadline passed (the call's, or a peer's write limit).
     Tick,
     /// The process is shutting down.
     Shutdown,
 }
 
-/// Reads first, both sockets; once neither has a frame ready, writes (and flushes) what the
-/// turns queued. Resolves with the first read or failed write.
+/// Most reads in a row before the queued writes get a turn anyway (under sustained input the
+/// reads would otherwise never run dry).
+const READS_BEFORE_WRITE: u32 = 32;
+
+/// Reads first, both sockets; once neither has a frame ready (or after
+/// [`READS_BEFORE_WRITE`] reads in a row), writes and flushes what the turns queued. Resolves
+/// with the first read or failed write.
 fn poll_io(
     cx: &mut Context<'_>,
     twilio: &mut TwilioPeer,
     realtime: Option<&mut RealtimePeer>,
+    reads_in_a_row: &mut u32,
 ) -> Poll<Input> {
+    let mut realtime = realtime;
+    if *reads_in_a_row >= READS_BEFORE_WRITE {
+        *reads_in_a_row = 0;
+        if let Poll::Ready(Some(failed)) = poll_writes(cx, twilio, realtime.as_deref_mut()) {
+            return Poll::Ready(failed);
+        }
+    }
     if let Poll::Ready(m) = twilio.poll_read(cx) {
+        *reads_in_a_row += 1;
         return Poll::Ready(Input::Twilio(m));
     }
-    let mut realtime = realtime;
     if let Some(rt) = realtime.as_deref_mut()
         && let Poll::Ready(m) = rt.poll_read(cx)
     {
+        *reads_in_a_row += 1;
         return Poll::Ready(Input::Realtime(m));
     }
+    *reads_in_a_row = 0;
+    match poll_writes(cx, twilio, realtime) {
+        Poll::Ready(Some(failed)) => Poll::Ready(failed),
+        _ => Poll::Pending,
+    }
+}
+
+/// Writes both sockets' queues; `Ready(Some(..))` names the one whose write failed.
+fn poll_writes(
+    cx: &mut Context<'_>,
+    twilio: &mut TwilioPeer,
+    realtime: Option<&mut RealtimePeer>,
+) -> Poll<Option<Input>> {
     if let Poll::Ready(Err(_)) = twilio.poll_write(cx) {
         twilio.broken = true;
-        return Poll::Ready(Input::TwilioWriteFailed);
+        return Poll::Ready(Some(Input::TwilioWriteFailed));
     }
     if let Some(rt) = realtime
         && let Poll::Ready(Err(_)) = rt.poll_write(cx)
     {
         rt.broken = true;
-        return Poll::Ready(Input::RealtimeWriteFailed);
+        return Poll::Ready(Some(Input::RealtimeWriteFailed));
     }
-    Poll::Pending
+    Poll::Ready(None)
 }
 
-/// The result of an attach: the session (or why there is none) and, when the call had to be
-/// read from the database, its context.
-struct AttachOutcome {
-    context: Option<Arc<CallContext>>,
-    result: Result<(Attached, CallPath), EndReason>,
+/// A step of the attach; each is the next input when it finishes.
+enum AttachStep {
+    /// The call read from the database (the registry had no entry): from now on it is known,
+    /// and saved however it ends; taking the session is the next step.
+    Context(Result<Arc<CallContext>, EndReason>),
+    /// The session, taken over or opened (or why there is none).
+    Session(Result<Box<(Attached, CallPath)>, EndReason>),
 }
 
-type Attaching = Pin<Box<dyn Future<Output = AttachOutcome> + Send>>;
+type Attaching = Pin<Box<dyn Future<Output = AttachStep> + Send>>;
+
+/// Longest the database may take to give a call's context when the registry has none.
+const CONTEXT_LIMIT: Duration = Duration::from_secs(5);
 
 /// The engine session a call owns, and its socket.
 struct Live {
@@ -322,7 +373,8 @@ async fn run(state: AppState, socket: WebSocket) {
     let mut twilio: TwilioPeer = Peer::new(
         socket,
         TWILIO_SEND_LIMIT,
-        state.settings.call.outbound_queue_frames,
+        // Each frame is a media message and its mark.
+        state.settings.call.outbound_queue_frames * 2,
         metrics.relay_delay("outbound"),
     );
     let mut live: Option<Live> = None;
@@ -342,6 +394,7 @@ async fn run(state: AppState, socket: WebSocket) {
     let timer = tokio::time::sleep(Duration::from_secs(86_400));
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
+    let mut reads_in_a_row = 0u32;
     // Kept across turns (registering a new waiter on the token every turn costs per frame).
     let shutdown = state.shutdown.cancelled();
     tokio::pin!(shutdown);
@@ -394,26 +447,22 @@ async fn run(state: AppState, socket: WebSocket) {
                         .unwrap_or_default();
                     let now_unix = Utc::now().timestamp().max(0) as u64;
                     if let Err(e) = token::verify(&state.stream_secret, tok, &call_sid, now_unix) {
-                        pending = Some(Input::Attached(Box::new(AttachOutcome {
-                            context: None,
-                            result: Err(EndReason::TwilioProtocol(format!(
-                                "stream token refused: {e}"
-                            ))),
-                        })));
+                        pending = Some(Input::Attached(Box::new(AttachStep::Session(Err(
+                            EndReason::TwilioProtocol(format!("stream token refused: {e}")),
+                        )))));
                         continue;
                     }
                     // Exactly once: whoever removes the registry entry owns its session.
-                    let (context, warm) = match state.registry.claim(&call_sid) {
-                        Some(c) => (Some(c.context), c.session),
-                        None => (None, None),
-                    };
-                    if let Some(ctx) = &context {
-                        known = Some(Known {
-                            context: ctx.clone(),
-                            stream_sid: sid,
-                        });
-                    }
-                    attaching = Some(attach(state.clone(), call_sid, context, warm));
+                    attaching = Some(match state.registry.claim(&call_sid) {
+                        Some(claimed) => {
+                            known = Some(Known {
+                                context: claimed.context.clone(),
+                                stream_sid: sid,
+                            });
+                            take_session(state.clone(), claimed.context, claimed.session)
+                        }
+                        None => read_context(state.clone(), call_sid),
+                    });
                 }
                 Output::FirstAudio { path, elapsed } => {
                     metrics.observe_first_audio(path.as_str(), elapsed.as_secs_f64());
@@ -421,6 +470,9 @@ async fn run(state: AppState, socket: WebSocket) {
                 Output::ResponseLatency(d) => metrics.response_latency.observe(d.as_secs_f64()),
                 Output::BargeIn => {
                     tracing::debug!(call_sid = ?call.call_sid(), "barge-in: cleared Twilio, cancelled and truncated")
+                }
+                Output::HeldAudioDropped => {
+                    counters.dropped_inbound.inc();
                 }
                 Output::Log(msg) => tracing::debug!(call_sid = ?call.call_sid(), "{msg}"),
                 Output::Ended(o) => outcome = Some(o),
@@ -459,7 +511,7 @@ async fn run(state: AppState, socket: WebSocket) {
             Some(input) => input,
             None => tokio::select! {
                 biased;
-                input = std::future::poll_fn(|cx| poll_io(cx, &mut twilio, live.as_mut().map(|l| &mut l.peer))) => input,
+                input = std::future::poll_fn(|cx| poll_io(cx, &mut twilio, live.as_mut().map(|l| &mut l.peer), &mut reads_in_a_row)) => input,
                 outcome = next_attach(&mut attaching) => Input::Attached(Box::new(outcome)),
                 _ = &mut timer, if armed.is_some() => {
                     armed = None;
@@ -531,17 +583,24 @@ async fn run(state: AppState, socket: WebSocket) {
             Input::RealtimeWriteFailed => {
                 call.handle_realtime_closed(now, "send to realtime failed".into())
             }
-            Input::Attached(attached) => {
-                let AttachOutcome { context, result } = *attached;
-                if let (Some(ctx), None, Some(sid)) = (context, &known, &stream_sid) {
-                    known = Some(Known {
-                        context: ctx,
-                        stream_sid: sid.clone(),
-                    });
-                }
+            Input::Attached(step) => {
+                let result = match *step {
+                    AttachStep::Context(Ok(ctx)) => {
+                        if let Some(sid) = &stream_sid {
+                            known = Some(Known {
+                                context: ctx.clone(),
+                                stream_sid: sid.clone(),
+                            });
+                        }
+                        attaching = Some(take_session(state.clone(), ctx, None));
+                        continue;
+                    }
+                    AttachStep::Context(Err(reason)) => Err(reason),
+                    AttachStep::Session(result) => result,
+                };
                 match result {
-                    Ok((attached, path)) => {
-                        let Attached { ws, mut session } = attached;
+                    Ok(taken) => {
+                        let (Attached { ws, mut session }, path) = *taken;
                         let buffered = session.claim();
                         tracing::info!(call_sid = ?call.call_sid(), path = path.as_str(), buffered_events = buffered.len(), "media stream started");
                         live = Some(Live {
@@ -577,111 +636,117 @@ async fn run(state: AppState, socket: WebSocket) {
             Input::Shutdown => call.handle_shutdown(now),
         }
     }
-    // A call that ended while its session was being attached: let the attach finish (bounded)
-    // so the session it yields is closed properly and a call read from the database is known.
-    if let Some(pending) = attaching.take() {
-        let limit = Duration::from_millis(state.settings.openai.connect_timeout_ms)
-            + Duration::from_secs(1);
-        if let Ok(AttachOutcome { context, result }) = tokio::time::timeout(limit, pending).await {
-            if let (Some(ctx), None, Some(sid)) = (context, &known, &stream_sid) {
-                known = Some(Known {
-                    context: ctx,
-                    stream_sid: sid.clone(),
-                });
-            }
-            if let Ok((mut attached, _)) = result {
-                client::close(&mut attached.ws).await;
-            }
-        }
+    // A call that ended while it was still being read from the database: wait for its context
+    // (bounded), so that it is saved like any other.
+    let mut late = attaching.take();
+    if known.is_none()
+        && let (Some(sid), Some(step)) = (&stream_sid, late.take())
+        && let Ok(AttachStep::Context(Ok(ctx))) = tokio::time::timeout(CONTEXT_LIMIT, step).await
+    {
+        known = Some(Known {
+            context: ctx,
+            stream_sid: sid.clone(),
+        });
     }
     // The record is queued before Twilio's side is closed: Twilio then asks
-    // `/twilio/after-stream`, which reads it.
-    if let (Some(o), Some(k)) = (outcome, &known) {
-        Metrics::inc_reason(&state.metrics.calls_ended, o.end_reason.code());
-        tracing::info!(
-            call_sid = %k.context.call_sid,
-            end_reason = %o.end_reason.describe(),
-            path = o.path.map_or("none", CallPath::as_str),
-            duration_ms = o.duration().as_millis() as u64,
-            transcript_lines = o.transcript.len(),
-            frames_dropped = o.frames_dropped,
-            "call ended"
-        );
-        state
-            .writer
-            .submit(Job::Finish(Box::new(finished(k, &o))))
+    // `/twilio/after-stream`, which reads it. Meanwhile the Realtime socket is flushed and
+    // closed (caller audio queued before the end still reaches it), and a session still being
+    // attached is finished (bounded) and closed: each within its own limit, all at once.
+    let record_then_twilio = async {
+        if let (Some(o), Some(k)) = (outcome, &known) {
+            Metrics::inc_reason(&state.metrics.calls_ended, o.end_reason.code());
+            tracing::info!(
+                call_sid = %k.context.call_sid,
+                end_reason = %o.end_reason.describe(),
+                path = o.path.map_or("none", CallPath::as_str),
+                duration_ms = o.duration().as_millis() as u64,
+                transcript_lines = o.transcript.len(),
+                frames_dropped = o.frames_dropped,
+                "call ended"
+            );
+            state
+                .writer
+                .submit(Job::Finish(Box::new(finished(k, &o))))
+                .await;
+        }
+        twilio
+            .finish(Some(Message::Close(Some(CloseFrame {
+                code: 1000,
+                reason: "call ended".into(),
+            }))))
             .await;
-    }
-    // Both sockets are closed at once, each within its own limit; caller audio queued before
-    // the end still reaches Realtime.
-    let close_twilio = twilio.finish(Some(Message::Close(Some(CloseFrame {
-        code: 1000,
-        reason: "call ended".into(),
-    }))));
+    };
     let close_realtime = async {
         if let Some(l) = live.as_mut() {
             l.engine.handle_closed();
             l.peer.finish(None).await;
         }
     };
-    tokio::join!(close_twilio, close_realtime);
+    let close_late = async {
+        let limit = Duration::from_millis(state.settings.openai.connect_timeout_ms)
+            + Duration::from_secs(1);
+        if let Some(step) = late
+            && let Ok(AttachStep::Session(Ok(taken))) = tokio::time::timeout(limit, step).await
+        {
+            let (mut attached, _) = *taken;
+            client::close(&mut attached.ws).await;
+        }
+    };
+    tokio::join!(record_then_twilio, close_realtime, close_late);
     state.metrics.active_calls.dec();
 }
 
-async fn next_attach(attaching: &mut Option<Attaching>) -> AttachOutcome {
+async fn next_attach(attaching: &mut Option<Attaching>) -> AttachStep {
     match attaching {
         Some(f) => {
-            let outcome = f.await;
+            let step = f.await;
             *attaching = None;
-            outcome
+            step
         }
         None => std::future::pending().await,
     }
 }
 
-/// Takes over the warm session (waiting while it connects) or opens a cold one; reads the
-/// call from the database first when the registry had no entry for it.
-fn attach(
-    state: AppState,
-    call_sid: CallSid,
-    context: Option<Arc<CallContext>>,
-    warm: Option<SessionHandle>,
-) -> Attaching {
+/// Reads the call from the database (the registry had no entry: it expired, or this process
+/// restarted between webhook and stream), within [`CONTEXT_LIMIT`].
+fn read_context(state: AppState, call_sid: CallSid) -> Attaching {
     Box::pin(async move {
-        let (ctx, resolved) = match context {
-            Some(ctx) => (ctx, None),
-            None => match context_from_db(&state, &call_sid).await {
-                Ok(ctx) => {
-                    let ctx = Arc::new(ctx);
-                    (ctx.clone(), Some(ctx))
-                }
-                Err(reason) => {
-                    return AttachOutcome {
-                        context: None,
-                        result: Err(reason),
-                    };
-                }
-            },
-        };
+        let read = tokio::time::timeout(CONTEXT_LIMIT, context_from_db(&state, &call_sid)).await;
+        AttachStep::Context(match read {
+            Ok(Ok(ctx)) => Ok(Arc::new(ctx)),
+            Ok(Err(reason)) => Err(reason),
+            Err(_) => Err(EndReason::RealtimeUnavailable(format!(
+                "call lookup took longer than {} s",
+                CONTEXT_LIMIT.as_secs()
+            ))),
+        })
+    })
+}
+
+/// Takes over the warm session (waiting while it connects) or opens a cold one. Nothing new is
+/// opened once the process is shutting down.
+fn take_session(state: AppState, ctx: Arc<CallContext>, warm: Option<SessionHandle>) -> Attaching {
+    Box::pin(async move {
         let result = match warm {
             Some(handle) => match handle.claim().await {
                 Ok(attached) => Ok((attached, CallPath::Warm)),
+                Err(_) if state.shutdown.is_cancelled() => Err(EndReason::Shutdown),
                 Err(e) => {
-                    tracing::warn!(call_sid = %call_sid, error = %e, "warm session unusable; going cold");
+                    tracing::warn!(call_sid = %ctx.call_sid, error = %e, "warm session unusable; going cold");
                     Metrics::inc_reason(&state.metrics.cold_sessions, "failed");
                     open_cold(&state, &ctx).await.map(|a| (a, CallPath::Cold))
                 }
             },
             None => open_cold(&state, &ctx).await.map(|a| (a, CallPath::Cold)),
         };
-        AttachOutcome {
-            context: resolved,
-            result,
-        }
+        AttachStep::Session(result.map(Box::new))
     })
 }
 
 async fn open_cold(state: &AppState, ctx: &CallContext) -> Result<Attached, EndReason> {
+    if state.shutdown.is_cancelled() {
+        return Err(EndReason::Shutdown);
+    }
     let spec = SessionSpec::new(
         &state.settings,
         &ctx.profile,

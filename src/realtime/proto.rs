@@ -241,8 +241,14 @@ impl Session {
                 // Before `session.updated` the only thing sent is the configuration (and
                 // the greeting): an error now means the session would run without our
                 // instructions, voice or formats. Unusable.
-                // A call that claims it ends at once, saying why.
-                if !self.configured && self.setup_error.is_none() {
+                // A call that claims it ends at once, saying why. (A `response.create` refused
+                // because one is in progress is not about the configuration: a key pressed
+                // while a claimed session was still connecting asks for an answer before
+                // `session.updated` has arrived.)
+                if !self.configured
+                    && self.setup_error.is_none()
+                    && code.as_deref() != Some(ACTIVE_RESPONSE)
+                {
                     let why = format!(
                         "session.update refused: {}: {message}",
                         code.as_deref().unwrap_or(&kind)
@@ -572,6 +578,28 @@ mod tests {
         s.handle_text(r#"{"type":"error","error":{"type":"invalid_request_error","message":"m"}}"#)
             .unwrap();
         assert!(s.poll_setup_error().is_none());
+    }
+
+    #[test]
+    fn a_response_create_refused_before_session_updated_is_asked_again_not_a_refused_setup() {
+        let mut s = session();
+        s.handle_open();
+        s.claim();
+        while s.poll_transmit().is_some() {}
+        s.handle_command(Command::UserText("(The caller pressed 5.)".into()));
+        while s.poll_transmit().is_some() {}
+        s.handle_text(r#"{"type":"error","error":{"type":"invalid_request_error","code":"conversation_already_has_active_response","message":"m"}}"#).unwrap();
+        assert!(s.poll_setup_error().is_none());
+        assert!(
+            std::iter::from_fn(|| s.poll_event())
+                .all(|e| !matches!(e, Event::Error { fatal: true, .. })),
+            "not fatal"
+        );
+        s.handle_text(r#"{"type":"session.updated","session":{}}"#)
+            .unwrap();
+        s.handle_text(r#"{"type":"response.done","response":{"id":"r1","status":"completed"}}"#)
+            .unwrap();
+        assert!(s.poll_transmit().unwrap().contains("response.create"));
     }
 
     #[test]

@@ -239,3 +239,66 @@ async fn a_call_reaching_its_maximum_duration_is_ended_by_the_calls_own_timer_an
     assert_eq!(record.call.end_reason.as_deref(), Some("max_duration"));
     gw.app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_buffered_greeting_longer_than_the_outbound_queue_is_played_whole() {
+    // 10 ms chunks: the 4.4 s greeting is 440 deltas, all buffered while the phone rings
+    // (ring_min_ms), more than `call.outbound_queue_frames` (256). A healthy Twilio socket takes
+    // them all: only real backpressure drops audio.
+    let cfg = FakeConfig {
+        chunk_ms: 10,
+        chunk_interval: ms(1),
+        ..FakeConfig::instant()
+    };
+    let gw = gateway(cfg, "[prewarm]\nring_min_ms = 1500\n").await;
+    let placed = gw.place_call().await;
+    let script = [
+        Step::WaitForAgentAudio(WAIT),
+        Step::WaitForAgentQuiet(WAIT),
+        Step::HangUp,
+    ];
+    let report = gw
+        .twilio
+        .stream(&placed, &script, StreamOptions::default())
+        .await
+        .unwrap();
+    let greeting = clips::greeting();
+    assert_eq!(report.received_ms as usize, greeting.duration_ms());
+    assert_eq!(
+        &report.heard_audio[..greeting.mulaw.len()],
+        &greeting.mulaw[..]
+    );
+    assert_eq!(
+        gw.metric("warmline_frames_dropped_total{direction=\"outbound\"}"),
+        0.0
+    );
+    gw.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_key_pressed_during_the_hand_over_reaches_the_model() {
+    let gw = slow_connecting_gateway().await;
+    let placed = gw.place_call().await;
+    let script = [
+        Step::Dtmf('5'),
+        Step::WaitForAgentAudio(WAIT),
+        Step::Silence(ms(300)),
+        Step::HangUp,
+    ];
+    let report = gw
+        .twilio
+        .stream(&placed, &script, StreamOptions::default())
+        .await
+        .unwrap();
+    assert!(report.received_ms > 0);
+    assert!(
+        gw.fake
+            .wait_event("conversation.item.create", 1, WAIT)
+            .await,
+        "the key pressed while the session was still connecting was sent once it attached"
+    );
+    let conns = gw.fake.connections();
+    let item = &conns[0].of_type("conversation.item.create")[0].raw;
+    assert!(item.contains("pressed 5"), "{item}");
+    gw.app.shutdown().await;
+}
