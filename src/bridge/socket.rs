@@ -46,6 +46,7 @@ use chrono::Utc;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use tokio_tungstenite::tungstenite::Message as RtMessage;
+use tokio_util::sync::CancellationToken;
 
 use super::{
     CallContext,
@@ -285,8 +286,8 @@ enum Input {
     Shutdown,
 }
 
-/// Most reads in a row before the queued writes get a turn anyway (under sustained input the
-/// reads would otherwise never run dry).
+/// Most reads in a row before the queued writes, and the `select!`'s other branches, get a turn
+/// anyway (under sustained input the reads would otherwise never run dry).
 const READS_BEFORE_WRITE: u32 = 32;
 
 /// Reads first, both sockets; once neither has a frame ready (or after
@@ -304,6 +305,10 @@ fn poll_io(
         if let Poll::Ready(Some(failed)) = poll_writes(cx, twilio, realtime.as_deref_mut()) {
             return Poll::Ready(failed);
         }
+        // Let the `select!`'s other branches (the timer, the attach, shutdown) be polled this
+        // round too; the task is polled again at once.
+        cx.waker().wake_by_ref();
+        return Poll::Pending;
     }
     if let Poll::Ready(m) = twilio.poll_read(cx) {
         *reads_in_a_row += 1;
@@ -395,6 +400,8 @@ async fn run(state: AppState, socket: WebSocket) {
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
     let mut reads_in_a_row = 0u32;
+    // Cancelled when this loop ends (and on shutdown): an attach still running opens nothing new.
+    let call_over = state.shutdown.child_token();
     // Kept across turns (registering a new waiter on the token every turn costs per frame).
     let shutdown = state.shutdown.cancelled();
     tokio::pin!(shutdown);
@@ -459,7 +466,12 @@ async fn run(state: AppState, socket: WebSocket) {
                                 context: claimed.context.clone(),
                                 stream_sid: sid,
                             });
-                            take_session(state.clone(), claimed.context, claimed.session)
+                            take_session(
+                                state.clone(),
+                                call_over.clone(),
+                                claimed.context,
+                                claimed.session,
+                            )
                         }
                         None => read_context(state.clone(), call_sid),
                     });
@@ -592,7 +604,7 @@ async fn run(state: AppState, socket: WebSocket) {
                                 stream_sid: sid.clone(),
                             });
                         }
-                        attaching = Some(take_session(state.clone(), ctx, None));
+                        attaching = Some(take_session(state.clone(), call_over.clone(), ctx, None));
                         continue;
                     }
                     AttachStep::Context(Err(reason)) => Err(reason),
@@ -636,6 +648,7 @@ async fn run(state: AppState, socket: WebSocket) {
             Input::Shutdown => call.handle_shutdown(now),
         }
     }
+    call_over.cancel();
     // A call that ended while it was still being read from the database: wait for its context
     // (bounded), so that it is saved like any other.
     let mut late = attaching.take();
@@ -724,27 +737,41 @@ fn read_context(state: AppState, call_sid: CallSid) -> Attaching {
 }
 
 /// Takes over the warm session (waiting while it connects) or opens a cold one. Nothing new is
-/// opened once the process is shutting down.
-fn take_session(state: AppState, ctx: Arc<CallContext>, warm: Option<SessionHandle>) -> Attaching {
+/// opened once the call is over or the process is shutting down (`call_over`, a child of the
+/// shutdown token cancelled when the call's loop ends).
+fn take_session(
+    state: AppState,
+    call_over: CancellationToken,
+    ctx: Arc<CallContext>,
+    warm: Option<SessionHandle>,
+) -> Attaching {
     Box::pin(async move {
         let result = match warm {
             Some(handle) => match handle.claim().await {
                 Ok(attached) => Ok((attached, CallPath::Warm)),
-                Err(_) if state.shutdown.is_cancelled() => Err(EndReason::Shutdown),
+                Err(_) if call_over.is_cancelled() => Err(EndReason::Shutdown),
                 Err(e) => {
                     tracing::warn!(call_sid = %ctx.call_sid, error = %e, "warm session unusable; going cold");
                     Metrics::inc_reason(&state.metrics.cold_sessions, "failed");
-                    open_cold(&state, &ctx).await.map(|a| (a, CallPath::Cold))
+                    open_cold(&state, &call_over, &ctx)
+                        .await
+                        .map(|a| (a, CallPath::Cold))
                 }
             },
-            None => open_cold(&state, &ctx).await.map(|a| (a, CallPath::Cold)),
+            None => open_cold(&state, &call_over, &ctx)
+                .await
+                .map(|a| (a, CallPath::Cold)),
         };
         AttachStep::Session(result.map(Box::new))
     })
 }
 
-async fn open_cold(state: &AppState, ctx: &CallContext) -> Result<Attached, EndReason> {
-    if state.shutdown.is_cancelled() {
+async fn open_cold(
+    state: &AppState,
+    call_over: &CancellationToken,
+    ctx: &CallContext,
+) -> Result<Attached, EndReason> {
+    if call_over.is_cancelled() {
         return Err(EndReason::Shutdown);
     }
     let spec = SessionSpec::new(
