@@ -8,6 +8,7 @@
 //! - [`engine`]: the voice-engine seam: the commands a call sends its model session and the
 //!   events it gets back, whatever the engine's protocol.
 //! - [`ws`]: the one WebSocket configuration of both legs.
+//! - [`lines`]: the fixed lines warmline speaks itself, in English and Spanish.
 //! - [`hours`]: business hours (weekly schedule in the client's timezone).
 //! - [`config`]: typed settings (built-in defaults < `--config` file < `WARMLINE_*` env), validation, redaction.
 //! - [`app`]: `AppState`, the router merging every area, serving and graceful shutdown.
@@ -37,6 +38,7 @@ pub mod domain;
 pub mod engine;
 pub mod hours;
 pub mod json;
+pub mod lines;
 #[cfg(feature = "sim")]
 pub mod loadgen;
 pub mod metrics;

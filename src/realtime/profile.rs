@@ -59,9 +59,11 @@ impl AgentProfile {
         let mut s = String::with_capacity(1024);
         s.push_str(self.instructions.trim());
         s.push_str(&format!(
-            "\n\nYou are answering the phone for {}. Speak {} naturally and briefly, as on a phone call. \
-             Never read out markup or lists.",
-            self.business, self.language
+            "\n\nYou are answering the phone for {}. Speak {} ({}) naturally and briefly, as on a phone \
+             call. Never read out markup or lists.",
+            self.business,
+            crate::lines::language_name(&self.language),
+            self.language
         ));
         s.push_str(&format!(
             "\n\nIt is now {} ({}).",
@@ -212,6 +214,19 @@ mod tests {
         assert_eq!(
             v["session"]["audio"]["input"]["transcription"]["language"],
             "en"
+        );
+    }
+
+    #[test]
+    fn the_prompt_names_the_language_in_words() {
+        let mut p = profile(None);
+        p.language = "es-MX".into();
+        let text = p.instructions(Utc::now());
+        assert!(text.contains("Speak Spanish (es-MX)"), "{text}");
+        assert!(
+            profile(None)
+                .instructions(Utc::now())
+                .contains("Speak English (en-US)")
         );
     }
 }

@@ -34,6 +34,7 @@ use crate::{
     bridge::{CallContext, outcome::EndReason},
     config::PrewarmPolicy,
     domain::{CallStatus, ClientId, E164},
+    lines::{self, Line},
     realtime::{
         client::{self, SessionSpec, Status},
         profile::AgentProfile,
@@ -78,8 +79,6 @@ pub fn say_language(language: &str) -> String {
 
 /// Longest the after-stream callback spends looking the call up before it answers anyway.
 const AFTER_STREAM_LIMIT: Duration = Duration::from_secs(5);
-
-const SORRY: &str = "We're sorry, we cannot take your call right now. Please try again later.";
 
 /// Every `warmline_webhook_duration_seconds{outcome}` value the voice webhook records:
 /// `forbidden` (bad signature) and each outcome `answer` returns. The series exist at zero from
@@ -142,7 +141,10 @@ async fn answer(
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "voice webhook: malformed request");
-            return ("invalid", twiml::say_hangup(SORRY, "en-US"));
+            return (
+                "invalid",
+                twiml::say_hangup(lines::text(Line::Unavailable, "en"), "en-US"),
+            );
         }
     };
     let sid = req.call_sid.clone();
@@ -150,7 +152,7 @@ async fn answer(
         tracing::warn!(call_sid = %sid, "voice webhook: To is not an E.164 number");
         return (
             "unknown_number",
-            twiml::say_hangup("This number is not in service.", "en-US"),
+            twiml::say_hangup(lines::text(Line::NotInService, "en"), "en-US"),
         );
     };
     // The database is bounded by the same deadline as everything else.
@@ -168,11 +170,17 @@ async fn answer(
         Ok(Ok(found)) => found,
         Ok(Err(e)) => {
             tracing::error!(call_sid = %sid, error = %e, source = ?std::error::Error::source(&e), "voice webhook: database lookup failed");
-            return ("error", twiml::say_hangup(SORRY, "en-US"));
+            return (
+                "error",
+                twiml::say_hangup(lines::text(Line::Unavailable, "en"), "en-US"),
+            );
         }
         Err(_) => {
             tracing::error!(call_sid = %sid, "voice webhook: database lookup exceeded ring_max_ms");
-            return ("error", twiml::say_hangup(SORRY, "en-US"));
+            return (
+                "error",
+                twiml::say_hangup(lines::text(Line::Unavailable, "en"), "en-US"),
+            );
         }
     };
     let Some(client) = client else {
@@ -193,7 +201,7 @@ async fn answer(
             .await;
         return (
             "unknown_number",
-            twiml::say_hangup("This number is not in service.", "en-US"),
+            twiml::say_hangup(lines::text(Line::NotInService, "en"), "en-US"),
         );
     };
     let policy = client
@@ -372,7 +380,10 @@ async fn after_stream(
         .find(|(k, _)| k == "CallSid")
         .map(|(_, v)| v.clone())
     else {
-        return xml(twiml::say_hangup(SORRY, "en-US"));
+        return xml(twiml::say_hangup(
+            lines::text(Line::Unavailable, "en"),
+            "en-US",
+        ));
     };
     // The call's record is written by the instance that ran the stream; give its writer a
     // moment if the stream only just closed. The whole look-up is bounded: Twilio gives up on
@@ -408,7 +419,8 @@ async fn after_stream(
     {
         tracing::error!(call_sid = %sid, "after-stream: database look-up timed out");
     }
-    let language = say_language(client.as_ref().map_or("en", |c| c.client.language.as_str()));
+    let client_language = client.as_ref().map_or("en", |c| c.client.language.as_str());
+    let language = say_language(client_language);
     // No record, no end reason, or one no stream wrote: not a normal end.
     let normal = record
         .as_ref()
@@ -421,10 +433,11 @@ async fn after_stream(
     let (decision, body) = if normal {
         ("hangup", twiml::hangup())
     } else if let Some(number) = fallback {
-        let say = "Sorry, something went wrong. Let me put you through to a colleague.";
+        let say = lines::text(Line::PuttingThrough, client_language);
         ("dial_fallback", twiml::dial(&number, Some(say), &language))
     } else {
-        ("apologise", twiml::say_hangup(SORRY, &language))
+        let say = lines::text(Line::Unavailable, client_language);
+        ("apologise", twiml::say_hangup(say, &language))
     };
     tracing::info!(
         call_sid = %sid,

@@ -573,3 +573,39 @@ async fn a_call_live_at_shutdown_is_ended_and_saved() {
     );
     gw.app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_spanish_speaking_business_apologises_and_puts_through_in_spanish() {
+    let mut cfg = FakeConfig::instant();
+    cfg.mode = sim::realtime::Mode::Down;
+    let gw = gateway(cfg, "").await;
+    let body = serde_json::json!({"name": "Clínica Sonrisa", "phone_numbers": [CLIENT_NUMBER],
+        "instructions": "x", "greeting": "Hola", "voice": "marin", "language": "es-MX"});
+    let resp = gw
+        .app
+        .admin(reqwest::Method::PUT, &format!("/clients/{}", gw.client_id))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let placed = gw.place_call().await;
+    let report = gw
+        .twilio
+        .stream(
+            &placed,
+            &[Step::WaitForClose(WAIT)],
+            StreamOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        report.after_stream,
+        Some(Twiml::SayHangup {
+            text:
+                "Lo sentimos, ahora no podemos atender su llamada. Por favor, inténtelo más tarde."
+                    .into()
+        })
+    );
+    gw.app.shutdown().await;
+}
