@@ -1,4 +1,4 @@
-//! A fake OpenAI Realtime (GA) server on loopback, faithful to docs/protocols.md §7: bearer auth,
+//! A fake OpenAI Realtime (GA) server on loopback, faithful to docs/twilio-openai-reference.md §7: bearer auth,
 //! `session.created` first, `session.update` answered by `session.updated` (GA shape checked),
 //! `response.create` answered by real μ-law speech as `response.output_audio.delta` chunks with
 //! transcripts and `response.done`, a server VAD on the caller's audio (speech_started/stopped,

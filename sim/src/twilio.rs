@@ -1,5 +1,5 @@
 //! A Twilio simulator: it plays Twilio's side of an inbound call against a running gateway,
-//! faithfully to docs/protocols.md §1–§5 and §9, and reports what it saw.
+//! faithfully to docs/twilio-openai-reference.md §1–§5 and §9, and reports what it saw.
 //!
 //! - The voice webhook: a signed form POST with the real parameters; the TwiML is parsed.
 //! - The media stream: a signed WebSocket upgrade, `connected`, `start` (with the TwiML's

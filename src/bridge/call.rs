@@ -1,5 +1,5 @@
 //! `Call`: the sans-IO machine joining one Twilio media stream to one voice-engine session
-//! (docs/protocols.md §8 event mapping, §9 barge-in; docs/architecture.md, "The three machines").
+//! (docs/twilio-openai-reference.md §8 event mapping, §9 barge-in; docs/architecture.md, "The three machines").
 //! It owns the Twilio-side machine ([`MediaStream`]); the engine's machine sits beside it in
 //! the same task, and the call speaks to it in [`Command`]s and hears from it in [`Event`]s.
 //!
@@ -479,7 +479,7 @@ impl Call {
         }
     }
 
-    /// Barge-in (docs/protocols.md §9): the caller speaks while agent audio is still buffered at
+    /// Barge-in (docs/twilio-openai-reference.md §9): the caller speaks while agent audio is still buffered at
     /// Twilio. Clear Twilio's buffer, cancel the response, and truncate the item to what the
     /// caller actually heard, so the model's memory matches the call.
     fn on_speech_started(&mut self, now: Instant) {

@@ -1,4 +1,4 @@
-//! `GET /twilio/media`: the Media Streams WebSocket (docs/protocols.md §4, §8), and the call's
+//! `GET /twilio/media`: the Media Streams WebSocket (docs/twilio-openai-reference.md §4, §8), and the call's
 //! task: one task per live call drives both sockets (docs/architecture.md, "The call task").
 //!
 //! The task is a thin loop around two machines, [`Call`] (which holds the Twilio-side
@@ -85,7 +85,7 @@ const TWILIO_SEND_LIMIT: Duration = Duration::from_secs(3);
 /// of 20 ms frames).
 const REALTIME_QUEUE: usize = 128;
 
-/// The upgrade: Twilio signs it over the `wss://` URL with no params (docs/protocols.md §2.1).
+/// The upgrade: Twilio signs it over the `wss://` URL with no params (docs/twilio-openai-reference.md §2.1).
 pub async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -1,4 +1,4 @@
-//! OpenAI Realtime (GA) over WebSocket (docs/protocols.md §7–§10).
+//! OpenAI Realtime (GA) over WebSocket (docs/twilio-openai-reference.md §7–§10).
 //!
 //! Pure: [`wire`] (the JSON events), [`proto`] (the `Session` machine), [`profile`] (the
 //! agent's instructions and greeting). IO: [`client`] (the session task and its handles),

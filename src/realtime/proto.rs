@@ -1,4 +1,4 @@
-//! `Session`: the sans-IO machine for one OpenAI Realtime socket (docs/protocols.md §7, §8).
+//! `Session`: the sans-IO machine for one OpenAI Realtime socket (docs/twilio-openai-reference.md §7, §8).
 //!
 //! Lifecycle: Connecting → (socket open) session.update and the greeting's response.create are
 //! sent at once, pipelined → Configured (`session.updated`) → Ready (configured AND the first

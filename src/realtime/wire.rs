@@ -1,4 +1,4 @@
-//! OpenAI Realtime (GA) JSON (docs/protocols.md §7): the client events warmline sends and the server
+//! OpenAI Realtime (GA) JSON (docs/twilio-openai-reference.md §7): the client events warmline sends and the server
 //! events it reads. GA names only (`response.output_audio.delta`, `session.type:"realtime"`,
 //! `{"type":"audio/pcmu"}`); an unknown `type` parses into [`ServerEvent::Unknown`].
 //!

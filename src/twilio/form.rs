@@ -1,4 +1,4 @@
-//! Twilio's form-encoded requests (docs/protocols.md §1, §5): the raw pairs (every received param is
+//! Twilio's form-encoded requests (docs/twilio-openai-reference.md §1, §5): the raw pairs (every received param is
 //! signed, including ones we do not know) and the typed views the handlers use.
 
 use std::fmt;

@@ -1,4 +1,4 @@
-//! `MediaStream`: the sans-IO machine for one Twilio Media Streams WebSocket (docs/protocols.md §4,
+//! `MediaStream`: the sans-IO machine for one Twilio Media Streams WebSocket (docs/twilio-openai-reference.md §4,
 //! §9). States: awaiting `start` → started → stopped. It validates what Twilio sends, encodes
 //! what we send, and keeps the playback bookkeeping barge-in needs.
 //!
@@ -167,7 +167,7 @@ pub enum Transmit {
 }
 
 impl Transmit {
-    /// The Media Streams message (docs/protocols.md §4.2) for the stream `stream_sid`.
+    /// The Media Streams message (docs/twilio-openai-reference.md §4.2) for the stream `stream_sid`.
     pub fn encode(&self, stream_sid: &str) -> String {
         match self {
             Self::Media { payload, .. } => wire::media_json(stream_sid, payload),

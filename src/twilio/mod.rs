@@ -1,5 +1,5 @@
 //! Twilio: the voice webhook, X-Twilio-Signature, TwiML, the stream token, the Media Streams
-//! protocol and the status callbacks (docs/protocols.md §1–§5).
+//! protocol and the status callbacks (docs/twilio-openai-reference.md §1–§5).
 //!
 //! Pure pieces (no IO): [`signature`], [`token`], [`twiml`], [`form`], [`wire`] (Media Streams
 //! JSON) and [`media`] (the `MediaStream` machine). IO edge: [`webhook`] (the HTTP routes).

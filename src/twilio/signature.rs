@@ -1,4 +1,4 @@
-//! X-Twilio-Signature (docs/protocols.md §2): `base64(HMAC-SHA1(auth_token, url + sorted params))`.
+//! X-Twilio-Signature (docs/twilio-openai-reference.md §2): `base64(HMAC-SHA1(auth_token, url + sorted params))`.
 //!
 //! Rules kept: the URL is used exactly as Twilio requested it (query untouched, never
 //! re-encoded); form params are sorted byte-wise by name, repeated names by value; the URL is

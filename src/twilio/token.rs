@@ -1,4 +1,4 @@
-//! The stream token carried in `<Parameter name="token">` (docs/protocols.md §3): proof that a media
+//! The stream token carried in `<Parameter name="token">` (docs/twilio-openai-reference.md §3): proof that a media
 //! stream belongs to a call this instance answered. `v1.<expiry unix s>.<base64url HMAC-SHA256>`
 //! over `v1|<CallSid>|<expiry>` with a server secret; constant-time check.
 

@@ -1,4 +1,4 @@
-//! TwiML documents (docs/protocols.md §3), written with quick-xml so every attribute and text is
+//! TwiML documents (docs/twilio-openai-reference.md §3), written with quick-xml so every attribute and text is
 //! escaped by the library, never by string formatting.
 
 use quick_xml::{

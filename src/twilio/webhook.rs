@@ -1,4 +1,4 @@
-//! The Twilio HTTP routes (docs/protocols.md §1–§5): `POST /twilio/voice` (warm the agent while the
+//! The Twilio HTTP routes (docs/twilio-openai-reference.md §1–§5): `POST /twilio/voice` (warm the agent while the
 //! phone rings, answer with `<Connect><Stream>`), `POST /twilio/status` (close a warm session
 //! whose call ended before its stream), `POST /twilio/after-stream` (the `<Connect action>`:
 //! what to do when the stream ends), and the `GET /twilio/media` upgrade (in `bridge::socket`).

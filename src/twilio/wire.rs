@@ -1,4 +1,4 @@
-//! Media Streams JSON (docs/protocols.md §4): parsing Twilio's text frames into a typed message and
+//! Media Streams JSON (docs/twilio-openai-reference.md §4): parsing Twilio's text frames into a typed message and
 //! encoding ours. Numeric-looking fields are strings on the wire. Unknown events parse into
 //! [`TwilioMessage::Unknown`] (logged and ignored), never an error.
 //!
@@ -250,7 +250,7 @@ pub fn clear_json(stream_sid: &str) -> String {
 
 #[cfg(test)]
 pub(crate) mod fixtures {
-    //! Messages exactly as docs/protocols.md §4.1 shows them.
+    //! Messages exactly as docs/twilio-openai-reference.md §4.1 shows them.
     pub const CONNECTED: &str = r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#;
     pub const START: &str = r#"{"event":"start","sequenceNumber":"1","streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0","start":{"accountSid":"AC123","streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0","callSid":"CA123","tracks":["inbound"],"customParameters":{"token":"v1.1.abc"},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#;
     pub const MEDIA: &str = r#"{"event":"media","sequenceNumber":"3","streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0","media":{"track":"inbound","chunk":"1","timestamp":"5","payload":"//7+/v7+/v4="}}"#;
