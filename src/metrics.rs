@@ -396,15 +396,9 @@ mod tests {
     fn every_labelled_series_exists_at_zero_from_start() {
         let text = Metrics::new().encode();
         let mut want = Vec::new();
-        for o in [
-            "warm",
-            "warm_not_ready",
-            "cold",
-            "unknown_number",
-            "invalid",
-            "forbidden",
-            "error",
-        ] {
+        // The label lists are the ones the code records from (webhook::OUTCOMES,
+        // EndReason::CODES); their own tests keep them in step with the code.
+        for o in webhook::OUTCOMES {
             want.push(format!(
                 "warmline_webhook_duration_seconds_count{{outcome=\"{o}\"}} 0"
             ));
@@ -452,16 +446,7 @@ mod tests {
                 "warmline_warm_sessions_closed_total{{reason=\"{r}\"}} 0"
             ));
         }
-        for r in [
-            "twilio_stop",
-            "twilio_closed",
-            "twilio_protocol",
-            "realtime_closed",
-            "realtime_error",
-            "realtime_unavailable",
-            "max_duration",
-            "shutdown",
-        ] {
+        for r in EndReason::CODES {
             want.push(format!("warmline_calls_total{{reason=\"{r}\"}} 0"));
         }
         for line in &want {

@@ -110,13 +110,6 @@ struct Counters {
     dropped_outbound: Counter,
 }
 
-/// Whose call this is, known once `start` carried a valid token: from then on the call is
-/// saved however it ends, even if no Realtime session could be attached.
-struct Known {
-    context: Arc<CallContext>,
-    stream_sid: StreamSid,
-}
-
 /// One socket of the call as the call's task drives it: reads are taken as they come; writes
 /// wait in `out` until the reads run dry, then go to the socket with one flush.
 struct Peer<S, M> {
@@ -386,7 +379,10 @@ async fn run(state: AppState, socket: WebSocket) {
     let max = Duration::from_secs(state.settings.call.max_duration_secs);
     let mut now = Instant::now();
     let mut call = Call::new(max, now, Utc::now());
-    let mut known: Option<Known> = None;
+    // Whose call this is, known once `start` carried a valid token and the context was found
+    // (registry or database): from then on the call is saved however it ends, even if no
+    // Realtime session could be attached.
+    let mut known: Option<Arc<CallContext>> = None;
     let mut stream_sid: Option<StreamSid> = None;
     let mut attaching: Option<Attaching> = None;
     // An input decided while dispatching (a refused token): it is the next turn's input.
@@ -410,22 +406,18 @@ async fn run(state: AppState, socket: WebSocket) {
             match out {
                 Output::Twilio(t) => {
                     let Some(sid) = &stream_sid else { continue };
-                    if let Transmit::Media { seq, .. } = &t
-                        && !twilio.has_room()
-                    {
-                        // Twilio's leg is backed up: this audio is stale before it is heard.
-                        counters.dropped_outbound.inc();
-                        call.handle_media_dropped(*seq);
-                        continue;
-                    }
-                    let media = matches!(t, Transmit::Media { .. });
-                    if media {
+                    let mut read_at = None;
+                    if let Transmit::Media { seq, .. } = &t {
+                        if !twilio.has_room() {
+                            // Twilio's leg is backed up: this audio is stale before it is heard.
+                            counters.dropped_outbound.inc();
+                            call.handle_media_dropped(*seq);
+                            continue;
+                        }
                         counters.outbound.inc();
+                        read_at = relaying_outbound;
                     }
-                    twilio.queue(
-                        Message::Text(t.encode(sid.as_str()).into()),
-                        relaying_outbound.filter(|_| media),
-                    );
+                    twilio.queue(Message::Text(t.encode(sid.as_str()).into()), read_at);
                 }
                 Output::Engine(cmd) => {
                     let Some(l) = live.as_mut() else { continue };
@@ -462,10 +454,7 @@ async fn run(state: AppState, socket: WebSocket) {
                     // Exactly once: whoever removes the registry entry owns its session.
                     attaching = Some(match state.registry.claim(&call_sid) {
                         Some(claimed) => {
-                            known = Some(Known {
-                                context: claimed.context.clone(),
-                                stream_sid: sid,
-                            });
+                            known = Some(claimed.context.clone());
                             take_session(
                                 state.clone(),
                                 call_over.clone(),
@@ -598,12 +587,7 @@ async fn run(state: AppState, socket: WebSocket) {
             Input::Attached(step) => {
                 let result = match *step {
                     AttachStep::Context(Ok(ctx)) => {
-                        if let Some(sid) = &stream_sid {
-                            known = Some(Known {
-                                context: ctx.clone(),
-                                stream_sid: sid.clone(),
-                            });
-                        }
+                        known = Some(ctx.clone());
                         attaching = Some(take_session(state.clone(), call_over.clone(), ctx, None));
                         continue;
                     }
@@ -653,23 +637,20 @@ async fn run(state: AppState, socket: WebSocket) {
     // (bounded), so that it is saved like any other.
     let mut late = attaching.take();
     if known.is_none()
-        && let (Some(sid), Some(step)) = (&stream_sid, late.take())
+        && let Some(step) = late.take()
         && let Ok(AttachStep::Context(Ok(ctx))) = tokio::time::timeout(CONTEXT_LIMIT, step).await
     {
-        known = Some(Known {
-            context: ctx,
-            stream_sid: sid.clone(),
-        });
+        known = Some(ctx);
     }
     // The record is queued before Twilio's side is closed: Twilio then asks
     // `/twilio/after-stream`, which reads it. Meanwhile the Realtime socket is flushed and
     // closed (caller audio queued before the end still reaches it), and a session still being
     // attached is finished (bounded) and closed: each within its own limit, all at once.
     let record_then_twilio = async {
-        if let (Some(o), Some(k)) = (outcome, &known) {
+        if let (Some(o), Some(ctx), Some(sid)) = (outcome, &known, &stream_sid) {
             Metrics::inc_reason(&state.metrics.calls_ended, o.end_reason.code());
             tracing::info!(
-                call_sid = %k.context.call_sid,
+                call_sid = %ctx.call_sid,
                 end_reason = %o.end_reason.describe(),
                 path = o.path.map_or("none", CallPath::as_str),
                 duration_ms = o.duration().as_millis() as u64,
@@ -679,7 +660,7 @@ async fn run(state: AppState, socket: WebSocket) {
             );
             state
                 .writer
-                .submit(Job::Finish(Box::new(finished(k, &o))))
+                .submit(Job::Finish(Box::new(finished(ctx, sid, &o))))
                 .await;
         }
         twilio
@@ -817,8 +798,7 @@ async fn context_from_db(state: &AppState, call_sid: &CallSid) -> Result<CallCon
     })
 }
 
-fn finished(k: &Known, o: &CallOutcome) -> FinishedCall {
-    let ctx = &k.context;
+fn finished(ctx: &CallContext, stream_sid: &StreamSid, o: &CallOutcome) -> FinishedCall {
     let note = o.memory_note();
     // Memory is kept per phone number; a withheld or non-phone caller id (`anonymous`,
     // `client:…`) is nobody in particular, so it is never remembered.
@@ -832,7 +812,7 @@ fn finished(k: &Known, o: &CallOutcome) -> FinishedCall {
             status: CallStatus::Ringing,
             started_at: ctx.started_at,
         },
-        stream_sid: Some(k.stream_sid.to_string()),
+        stream_sid: Some(stream_sid.to_string()),
         status: CallStatus::Completed,
         path: o.path.map(|p| p.as_str().to_string()),
         time_to_first_audio_ms: o.time_to_first_audio.map(|d| d.as_millis() as i64),

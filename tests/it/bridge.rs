@@ -22,11 +22,7 @@ fn ms(n: u64) -> Duration {
 
 async fn call(gw: &Gateway, script: &[Step]) -> (String, CallReport) {
     let placed = gw.place_call().await;
-    let report = gw
-        .twilio
-        .stream(&placed, script, StreamOptions::default())
-        .await
-        .unwrap();
+    let report = gw.stream(&placed, script).await;
     (placed.call_sid, report)
 }
 
@@ -309,15 +305,7 @@ async fn a_call_whose_session_cannot_open_is_still_saved_and_apologised_to() {
     cfg.mode = sim::realtime::Mode::Down;
     let gw = gateway(cfg, "").await;
     let placed = gw.place_call().await;
-    let report = gw
-        .twilio
-        .stream(
-            &placed,
-            &[Step::WaitForClose(WAIT)],
-            StreamOptions::default(),
-        )
-        .await
-        .unwrap();
+    let report = gw.stream(&placed, &[Step::WaitForClose(WAIT)]).await;
     assert_eq!(report.closed_by.as_deref(), Some("gateway"));
     assert!(
         report.first_media_at.is_none(),
@@ -590,15 +578,7 @@ async fn a_spanish_speaking_business_apologises_and_puts_through_in_spanish() {
         .unwrap();
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     let placed = gw.place_call().await;
-    let report = gw
-        .twilio
-        .stream(
-            &placed,
-            &[Step::WaitForClose(WAIT)],
-            StreamOptions::default(),
-        )
-        .await
-        .unwrap();
+    let report = gw.stream(&placed, &[Step::WaitForClose(WAIT)]).await;
     assert_eq!(
         report.after_stream,
         Some(Twiml::SayHangup {

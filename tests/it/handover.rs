@@ -43,11 +43,7 @@ async fn a_claim_while_the_greeting_is_still_streaming_plays_all_of_it_in_order(
         Step::WaitForAgentQuiet(WAIT),
         Step::HangUp,
     ];
-    let report = gw
-        .twilio
-        .stream(&placed, &script, StreamOptions::default())
-        .await
-        .unwrap();
+    let report = gw.stream(&placed, &script).await;
     assert!(report.violations.is_empty(), "{:?}", report.violations);
     assert_eq!(
         report.received_ms as usize,
@@ -85,11 +81,7 @@ async fn a_claim_while_the_session_is_still_connecting_waits_for_it_and_stays_wa
         Step::Silence(ms(300)),
         Step::HangUp,
     ];
-    let report = gw
-        .twilio
-        .stream(&placed, &script, StreamOptions::default())
-        .await
-        .unwrap();
+    let report = gw.stream(&placed, &script).await;
     assert!(report.violations.is_empty(), "{:?}", report.violations);
     assert!(report.received_ms > 0, "the greeting played");
     let record = gw.ended_call(&placed.call_sid).await;
@@ -112,11 +104,7 @@ async fn a_hang_up_during_the_hand_over_leaves_no_socket_open_and_saves_the_call
     let gw = slow_connecting_gateway().await;
     let placed = gw.place_call().await;
     // The caller hangs up right after `start`, while the claimed session is still connecting.
-    let report = gw
-        .twilio
-        .stream(&placed, &[Step::HangUp], StreamOptions::default())
-        .await
-        .unwrap();
+    let report = gw.stream(&placed, &[Step::HangUp]).await;
     assert_eq!(report.closed_by.as_deref(), Some("caller"));
     let record = gw.ended_call(&placed.call_sid).await;
     assert_eq!(record.call.end_reason.as_deref(), Some("twilio_stop"));
@@ -224,11 +212,7 @@ async fn a_call_reaching_its_maximum_duration_is_ended_by_the_calls_own_timer_an
     // The caller keeps sending audio (every turn moves the loop's other deadlines); the call's
     // own deadline still ends it.
     let script = [Step::Silence(ms(5000)), Step::WaitForClose(WAIT)];
-    let report = gw
-        .twilio
-        .stream(&placed, &script, StreamOptions::default())
-        .await
-        .unwrap();
+    let report = gw.stream(&placed, &script).await;
     assert_eq!(report.closed_by.as_deref(), Some("gateway"));
     let closed = report.closed_at_ms.expect("closed by the gateway");
     assert!(
@@ -257,11 +241,7 @@ async fn a_buffered_greeting_longer_than_the_outbound_queue_is_played_whole() {
         Step::WaitForAgentQuiet(WAIT),
         Step::HangUp,
     ];
-    let report = gw
-        .twilio
-        .stream(&placed, &script, StreamOptions::default())
-        .await
-        .unwrap();
+    let report = gw.stream(&placed, &script).await;
     let greeting = clips::greeting();
     assert_eq!(report.received_ms as usize, greeting.duration_ms());
     assert_eq!(
@@ -285,11 +265,7 @@ async fn a_key_pressed_during_the_hand_over_reaches_the_model() {
         Step::Silence(ms(300)),
         Step::HangUp,
     ];
-    let report = gw
-        .twilio
-        .stream(&placed, &script, StreamOptions::default())
-        .await
-        .unwrap();
+    let report = gw.stream(&placed, &script).await;
     assert!(report.received_ms > 0);
     assert!(
         gw.fake

@@ -325,6 +325,18 @@ impl Gateway {
             .unwrap()
     }
 
+    /// Runs the call's media stream with `script` (default options) and returns its report.
+    pub async fn stream(
+        &self,
+        placed: &sim::twilio::PlacedCall,
+        script: &[sim::twilio::Step],
+    ) -> sim::twilio::CallReport {
+        self.twilio
+            .stream(placed, script, sim::twilio::StreamOptions::default())
+            .await
+            .unwrap()
+    }
+
     /// A metric's value line from /metrics (e.g. `warmline_warm_sessions_reaped_total`).
     pub fn metric(&self, prefix: &str) -> f64 {
         let text = self.app.state.metrics.encode();
