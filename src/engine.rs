@@ -131,8 +131,6 @@ pub trait Engine: Send + std::fmt::Debug {
     fn handle_closed(&mut self);
     /// Next frame for the socket (JSON text).
     fn poll_transmit(&mut self) -> Option<String>;
-    /// Whether frames wait for the socket.
-    fn has_transmit(&self) -> bool;
     /// Next event for the call (after [`Engine::claim`]; before it, events are buffered).
     fn poll_event(&mut self) -> Option<Event>;
     /// A call takes the session: everything buffered so far (the greeting first), in order.

@@ -596,11 +596,12 @@ async fn run(state: AppState, socket: WebSocket) {
                 };
                 match result {
                     Ok(taken) => {
-                        let (Attached { ws, mut session }, path) = *taken;
-                        let buffered = session.claim();
+                        let (Attached { ws, session }, path) = *taken;
+                        let mut engine: Box<dyn Engine> = Box::new(session);
+                        let buffered = engine.claim();
                         tracing::info!(call_sid = ?call.call_sid(), path = path.as_str(), buffered_events = buffered.len(), "media stream started");
                         live = Some(Live {
-                            engine: Box::new(session),
+                            engine,
                             peer: Peer::new(
                                 ws,
                                 REALTIME_SEND_LIMIT,

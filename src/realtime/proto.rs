@@ -391,10 +391,6 @@ impl Engine for Session {
         Session::poll_transmit(self)
     }
 
-    fn has_transmit(&self) -> bool {
-        Session::has_transmit(self)
-    }
-
     fn poll_event(&mut self) -> Option<Event> {
         Session::poll_event(self)
     }

@@ -245,14 +245,7 @@ async fn a_realtime_drop_mid_call_ends_the_call_and_transfers_to_the_fallback() 
     let mut body = serde_json::json!({"name": "Bright Smile", "phone_numbers": [CLIENT_NUMBER],
         "instructions": "x", "greeting": "Hello", "voice": "marin", "fallback_number": "+15557654321"});
     body["language"] = "en".into();
-    let resp = gw
-        .app
-        .admin(reqwest::Method::PUT, &format!("/clients/{}", gw.client_id))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    gw.update_client(&body).await;
     let placed = gw.place_call().await;
     let script = [Step::WaitForAgentAudio(WAIT), Step::WaitForClose(WAIT)];
     let stream = gw.twilio.stream(&placed, &script, StreamOptions::default());
@@ -563,20 +556,13 @@ async fn a_call_live_at_shutdown_is_ended_and_saved() {
 }
 
 #[tokio::test]
-async fn a_spanish_speaking_business_apologises_and_puts_through_in_spanish() {
+async fn a_spanish_speaking_business_apologises_in_spanish() {
     let mut cfg = FakeConfig::instant();
     cfg.mode = sim::realtime::Mode::Down;
     let gw = gateway(cfg, "").await;
     let body = serde_json::json!({"name": "Clínica Sonrisa", "phone_numbers": [CLIENT_NUMBER],
         "instructions": "x", "greeting": "Hola", "voice": "marin", "language": "es-MX"});
-    let resp = gw
-        .app
-        .admin(reqwest::Method::PUT, &format!("/clients/{}", gw.client_id))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    gw.update_client(&body).await;
     let placed = gw.place_call().await;
     let report = gw.stream(&placed, &[Step::WaitForClose(WAIT)]).await;
     assert_eq!(

@@ -325,6 +325,21 @@ impl Gateway {
             .unwrap()
     }
 
+    /// Replaces the test client's settings (admin `PUT /clients/{id}`); panics unless 200.
+    pub async fn update_client(&self, body: &serde_json::Value) {
+        let resp = self
+            .app
+            .admin(
+                reqwest::Method::PUT,
+                &format!("/clients/{}", self.client_id),
+            )
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    }
+
     /// Runs the call's media stream with `script` (default options) and returns its report.
     pub async fn stream(
         &self,
