@@ -258,6 +258,8 @@ pub struct CallSettings {
     pub max_duration_secs: u64,
     /// Bounded outbound audio queue per call, in frames; excess audio is dropped and counted.
     pub outbound_queue_frames: usize,
+    /// Longest a tool the agent calls may run before the model is told it timed out.
+    pub tool_timeout_ms: u64,
 }
 
 /// `[admin]`.
@@ -416,6 +418,9 @@ impl Settings {
         if self.call.outbound_queue_frames < 8 {
             return invalid("call.outbound_queue_frames", "must be at least 8");
         }
+        if !(100..=60_000).contains(&self.call.tool_timeout_ms) {
+            return invalid("call.tool_timeout_ms", "must be between 100 and 60000");
+        }
         Ok(())
     }
 
@@ -429,7 +434,7 @@ impl Settings {
              [twilio]\nauth_token = {}\nvalidate_signatures = {}\nstream_token_secret = {}\nstream_token_ttl_secs = {}\nwebhook_base_url = {}\n\n\
              [openai]\napi_key = {}\nrealtime_url = {}\nmodel = {}\ntranscription_model = {}\nconnect_timeout_ms = {}\n\n\
              [prewarm]\npolicy = {}\nring_min_ms = {}\nring_max_ms = {}\nttl_secs = {}\nmax_sessions = {}\ngreeting_buffer_bytes = {}\n\n\
-             [call]\nmax_duration_secs = {}\noutbound_queue_frames = {}\n\n\
+             [call]\nmax_duration_secs = {}\noutbound_queue_frames = {}\ntool_timeout_ms = {}\n\n\
              [admin]\ntoken = {}\n\n[log]\nformat = {}\nlevel = {}\n",
             q(s.public_url.as_str()),
             q(&s.server.listen.to_string()),
@@ -455,6 +460,7 @@ impl Settings {
             s.prewarm.greeting_buffer_bytes,
             s.call.max_duration_secs,
             s.call.outbound_queue_frames,
+            s.call.tool_timeout_ms,
             q(s.admin.token.redacted()),
             q(match s.log.format {
                 LogFormat::Pretty => "pretty",

@@ -71,6 +71,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             "Do you take walk-ins?".into(),
             "Yes, weekday mornings.".into(),
         )],
+        transfer_number: Some(E164::parse("+15005550009").map_err(anyhow::Error::msg)?),
+        tools: Default::default(),
+        caller_id_trust: Default::default(),
+        lines: Default::default(),
     };
     clients::create_client(&db, &input).await?;
     // A second number whose client never pre-warms: the cold path, for comparison.

@@ -288,9 +288,122 @@ impl From<Voice> for String {
     }
 }
 
+/// How far a client trusts the caller id when using caller memory (admin API
+/// `caller_id_trust`). Twilio adds `StirVerstat` to the voice webhook when the call carried a
+/// SHAKEN/STIR identity (United States only; elsewhere it is absent): `TN-Validation-Passed-A`
+/// / `-B` / `-C`, `TN-Validation-Failed-…`, `No-TN-Validation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CallerIdTrust {
+    /// Memory and name only for a caller id validated with attestation A or B.
+    VerifiedOnly,
+    /// Memory unless validation failed or the attestation is C (the default: calls with no
+    /// `StirVerstat` at all, as outside the United States, are trusted).
+    #[default]
+    UnlessFailed,
+    /// Always use memory.
+    Always,
+}
+
+/// What the caller id is worth on one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerTrust {
+    /// SHAKEN/STIR validated it (attestation A or B).
+    Verified,
+    /// Not validated, but the client's policy accepts it: memory is used, yet personal
+    /// details are not recited to the caller.
+    Unverified,
+    /// The policy refuses it: no memory, no name, nothing remembered.
+    Untrusted,
+}
+
+impl CallerIdTrust {
+    /// Every policy.
+    pub const ALL: [CallerIdTrust; 3] = [Self::VerifiedOnly, Self::UnlessFailed, Self::Always];
+
+    /// The setting's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::VerifiedOnly => "verified_only",
+            Self::UnlessFailed => "unless_failed",
+            Self::Always => "always",
+        }
+    }
+
+    /// Parses the setting's value.
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s.trim())
+            .ok_or_else(|| {
+                DomainError(format!(
+                    "{s:?} is not one of verified_only, unless_failed, always"
+                ))
+            })
+    }
+
+    /// The trust this policy gives a call whose webhook carried `stir_verstat` (absent: `None`).
+    pub fn judge(self, stir_verstat: Option<&str>) -> CallerTrust {
+        let v = stir_verstat.map(str::trim).unwrap_or_default();
+        let verified = v.eq_ignore_ascii_case("TN-Validation-Passed-A")
+            || v.eq_ignore_ascii_case("TN-Validation-Passed-B");
+        if verified {
+            return CallerTrust::Verified;
+        }
+        let lower = v.to_ascii_lowercase();
+        let failed = lower.contains("failed") || lower.ends_with("-c");
+        match self {
+            Self::Always => CallerTrust::Unverified,
+            Self::UnlessFailed if !failed => CallerTrust::Unverified,
+            Self::UnlessFailed | Self::VerifiedOnly => CallerTrust::Untrusted,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn caller_id_trust_follows_the_policy_and_stir_verstat() {
+        use CallerTrust::*;
+        let cases = [
+            (None, [Untrusted, Unverified, Unverified]),
+            (
+                Some("TN-Validation-Passed-A"),
+                [Verified, Verified, Verified],
+            ),
+            (
+                Some("TN-Validation-Passed-B"),
+                [Verified, Verified, Verified],
+            ),
+            (
+                Some("TN-Validation-Passed-C"),
+                [Untrusted, Untrusted, Unverified],
+            ),
+            (
+                Some("TN-Validation-Failed-A"),
+                [Untrusted, Untrusted, Unverified],
+            ),
+            (
+                Some("TN-Validation-Failed"),
+                [Untrusted, Untrusted, Unverified],
+            ),
+            (
+                Some("No-TN-Validation"),
+                [Untrusted, Unverified, Unverified],
+            ),
+        ];
+        for (stir, want) in cases {
+            for (policy, w) in CallerIdTrust::ALL.into_iter().zip(want) {
+                assert_eq!(policy.judge(stir), w, "{policy:?} {stir:?}");
+            }
+        }
+        for p in CallerIdTrust::ALL {
+            assert_eq!(CallerIdTrust::parse(p.as_str()).unwrap(), p);
+        }
+        assert!(CallerIdTrust::parse("sometimes").is_err());
+        assert_eq!(CallerIdTrust::default(), CallerIdTrust::UnlessFailed);
+    }
 
     #[test]
     fn e164_accepts_formatted_numbers_and_normalises_them() {

@@ -35,6 +35,23 @@ pub enum Command {
     },
     /// A user text turn (e.g. a DTMF key) and a request for an answer to it.
     UserText(String),
+    /// A tool's answer to the model's function call `call_id` (JSON text). Sent as an item;
+    /// the answer to it is asked for with [`Command::Respond`].
+    FunctionOutput {
+        /// The model's call id.
+        call_id: String,
+        /// JSON text the model reads.
+        output: String,
+    },
+    /// Ask the model for a response, one at a time (held while one is being generated): to the
+    /// tool outputs just sent, or, with `instructions`, a line it must say (the hand-off before
+    /// a transfer, a goodbye). `tools: false` forbids calling tools in that response.
+    Respond {
+        /// Per-response instructions, if any.
+        instructions: Option<String>,
+        /// Whether the response may call tools.
+        tools: bool,
+    },
     /// The call is over: nothing more will be sent.
     Close,
 }
@@ -97,6 +114,8 @@ pub enum Event {
     },
     /// The model called a tool.
     FunctionCall {
+        /// The response that made the call.
+        response_id: String,
         /// Call id.
         call_id: String,
         /// Function name.
@@ -151,6 +170,14 @@ mod tests {
                 audio_end_ms: 1,
             },
             Command::UserText("t".into()),
+            Command::FunctionOutput {
+                call_id: "c".into(),
+                output: "{}".into(),
+            },
+            Command::Respond {
+                instructions: None,
+                tools: true,
+            },
             Command::Close,
         ] {
             assert!(!control.is_droppable(), "{control:?}");

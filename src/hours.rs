@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Datelike, NaiveTime, Utc, Weekday};
+use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
 use serde_json::Value;
 
@@ -122,6 +122,48 @@ impl BusinessHours {
             .is_some_and(|ranges| ranges.iter().any(|(o, c)| *o <= t && t < *c))
     }
 
+    /// The next moment the business opens after `now` (strictly later), in `tz`, within the
+    /// coming week; `None` with no schedule. A time a clock change skips is moved past the gap.
+    pub fn next_opening(&self, now: DateTime<Utc>, tz: Tz) -> Option<DateTime<Tz>> {
+        let local = now.with_timezone(&tz);
+        for ahead in 0..8 {
+            let date = local.date_naive() + chrono::Days::new(ahead);
+            let Some((key, _, _)) = DAYS.iter().find(|(_, w, _)| *w == date.weekday()) else {
+                continue;
+            };
+            let Some(ranges) = self.days.get(key) else {
+                continue;
+            };
+            for (open, _) in ranges {
+                let naive = date.and_time(*open);
+                let at = tz.from_local_datetime(&naive).earliest().or_else(|| {
+                    tz.from_local_datetime(&(naive + chrono::Duration::hours(1)))
+                        .earliest()
+                });
+                if let Some(at) = at
+                    && at > local
+                {
+                    return Some(at);
+                }
+            }
+        }
+        None
+    }
+
+    /// The week as `(day name, ["09:00-17:00", …])`, Monday first; an empty list is closed.
+    pub fn week(&self) -> Vec<(&'static str, Vec<String>)> {
+        DAYS.iter()
+            .map(|(key, _, name)| {
+                let ranges = self.days.get(key).map_or_else(Vec::new, |r| {
+                    r.iter()
+                        .map(|(o, c)| format!("{}-{}", o.format("%H:%M"), c.format("%H:%M")))
+                        .collect()
+                });
+                (*name, ranges)
+            })
+            .collect()
+    }
+
     /// "Monday 09:00–17:00; Tuesday closed; …" for the agent's instructions.
     pub fn describe(&self) -> String {
         DAYS.iter()
@@ -169,6 +211,41 @@ mod tests {
             let err = BusinessHours::parse(&bad).unwrap_err();
             assert!(err.0.contains(needle), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_next_opening_is_found_across_days_in_the_clients_timezone() {
+        let h = BusinessHours::parse(
+            &json!({"mon": [["09:00", "12:00"], ["13:00", "17:00"]], "wed": [["10:00", "11:00"]]}),
+        )
+        .unwrap();
+        let tz: Tz = "America/New_York".parse().unwrap();
+        let at = |d, h, m| Utc.with_ymd_and_hms(2026, 11, d, h, m, 0).unwrap();
+        let next = |now| {
+            h.next_opening(now, tz)
+                .map(|t| t.format("%a %H:%M").to_string())
+        };
+        // Monday 08:00 local (13:00 UTC): opens at 09:00 the same day.
+        assert_eq!(next(at(23, 13, 0)).as_deref(), Some("Mon 09:00"));
+        // Monday 12:30 local, over lunch: 13:00.
+        assert_eq!(next(at(23, 17, 30)).as_deref(), Some("Mon 13:00"));
+        // Monday 18:00 local: Wednesday 10:00.
+        assert_eq!(next(at(23, 23, 0)).as_deref(), Some("Wed 10:00"));
+        // Thursday: the next Monday.
+        assert_eq!(next(at(26, 15, 0)).as_deref(), Some("Mon 09:00"));
+        assert_eq!(
+            BusinessHours::default().next_opening(at(23, 13, 0), tz),
+            None
+        );
+        let week = h.week();
+        assert_eq!(
+            week[0],
+            (
+                "Monday",
+                vec!["09:00-12:00".to_string(), "13:00-17:00".to_string()]
+            )
+        );
+        assert_eq!(week[1], ("Tuesday", vec![]));
     }
 
     #[test]

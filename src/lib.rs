@@ -46,5 +46,6 @@ pub mod ops;
 pub mod realtime;
 pub mod store;
 pub mod telemetry;
+pub mod tools;
 pub mod twilio;
 pub mod ws;

@@ -1,7 +1,13 @@
-//! The fixed lines warmline speaks itself (not the agent): when a number is not in service, when
-//! the agent cannot take the call, when a failed call is put through to a person. Each exists in
-//! English and Spanish and is chosen by the client's language (`es`, `es-MX`, … → Spanish); any
-//! other language falls back to English. Pure: no IO.
+//! The fixed lines warmline speaks itself (not the agent's own words): when a number is not in
+//! service, when the agent cannot take the call, when a failed call is put through to a person,
+//! and the hand-off before a transfer the agent asked for. Each exists in English and Spanish and
+//! is chosen by the client's language (`es`, `es-MX`, … → Spanish); any other language falls back
+//! to English. A client may override any line with its own text ([`LineOverrides`], admin API
+//! `lines`). Pure: no IO.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
 
 /// A line warmline speaks itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +19,93 @@ pub enum Line {
     Unavailable,
     /// A failed call is put through to the client's fallback number.
     PuttingThrough,
+    /// The agent transfers the caller to a person (`transfer_to_human`): said by the agent's
+    /// voice just before the stream ends and the phone rings.
+    Handoff,
+}
+
+impl Line {
+    /// Every line, in declaration order.
+    pub const ALL: [Line; 4] = [
+        Line::NotInService,
+        Line::Unavailable,
+        Line::PuttingThrough,
+        Line::Handoff,
+    ];
+
+    /// The key a client uses to override it (admin API `lines`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::NotInService => "not_in_service",
+            Self::Unavailable => "unavailable",
+            Self::PuttingThrough => "putting_through",
+            Self::Handoff => "handoff",
+        }
+    }
+}
+
+/// Longest override (characters): these are spoken on the phone, briefly.
+pub const OVERRIDE_MAX_CHARS: usize = 300;
+
+/// A client's own texts for some lines (by [`Line::key`]); the rest keep the built-in text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LineOverrides(BTreeMap<&'static str, String>);
+
+impl LineOverrides {
+    /// Parses `{"handoff": "…", …}`; `null` is none. Errors name the offending key.
+    pub fn parse(value: &Value) -> Result<Self, String> {
+        let obj = match value {
+            Value::Null => return Ok(Self::default()),
+            Value::Object(o) => o,
+            _ => return Err("must be an object like {\"handoff\": \"…\"}".into()),
+        };
+        let mut map = BTreeMap::new();
+        for (k, v) in obj {
+            let Some(line) = Line::ALL.iter().find(|l| l.key() == k) else {
+                let keys: Vec<_> = Line::ALL.iter().map(|l| l.key()).collect();
+                return Err(format!("unknown line {k:?} (known: {})", keys.join(", ")));
+            };
+            let text = v.as_str().map(str::trim).unwrap_or_default();
+            if text.is_empty() {
+                return Err(format!("{k}: must be a non-empty string"));
+            }
+            if text.chars().count() > OVERRIDE_MAX_CHARS {
+                return Err(format!("{k}: at most {OVERRIDE_MAX_CHARS} characters"));
+            }
+            map.insert(line.key(), text.to_string());
+        }
+        Ok(Self(map))
+    }
+
+    /// As stored (JSON text), or `None` when there are no overrides.
+    pub fn to_stored(&self) -> Option<String> {
+        (!self.0.is_empty()).then(|| self.to_json().to_string())
+    }
+
+    /// Reads what [`LineOverrides::to_stored`] wrote (anything unreadable counts as none).
+    pub fn from_stored(text: Option<&str>) -> Self {
+        text.and_then(|t| serde_json::from_str::<Value>(t).ok())
+            .and_then(|v| Self::parse(&v).ok())
+            .unwrap_or_default()
+    }
+
+    /// The JSON form.
+    pub fn to_json(&self) -> Value {
+        Value::Object(
+            self.0
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::String(v.clone())))
+                .collect(),
+        )
+    }
+
+    /// The client's text for `line` in `language`: its override, or the built-in line.
+    pub fn text(&self, line: Line, language: &str) -> String {
+        self.0
+            .get(line.key())
+            .cloned()
+            .unwrap_or_else(|| text(line, language).to_string())
+    }
 }
 
 /// The languages the fixed lines exist in.
@@ -34,6 +127,8 @@ pub fn text(line: Line, language: &str) -> &'static str {
             "Sorry, something went wrong. Let me put you through to a colleague."
         }
         (Line::PuttingThrough, true) => "Disculpe, algo ha fallado. Le paso con un compañero.",
+        (Line::Handoff, false) => "One moment, I'm putting you through to a member of our team.",
+        (Line::Handoff, true) => "Un momento, le paso con una persona de nuestro equipo.",
     }
 }
 
@@ -62,7 +157,7 @@ fn base(language: &str) -> &str {
 mod tests {
     use super::*;
 
-    const ALL: [Line; 3] = [Line::NotInService, Line::Unavailable, Line::PuttingThrough];
+    const ALL: [Line; 4] = Line::ALL;
 
     #[test]
     fn every_line_exists_in_english_and_spanish() {
@@ -81,6 +176,41 @@ mod tests {
         for line in ALL {
             assert_eq!(text(line, "fr"), text(line, "en"));
             assert_eq!(text(line, ""), text(line, "en"));
+        }
+    }
+
+    #[test]
+    fn a_client_overrides_a_line_and_keeps_the_rest() {
+        let o = LineOverrides::parse(&serde_json::json!({"handoff": "  Le comunico con Marta.  "}))
+            .unwrap();
+        assert_eq!(o.text(Line::Handoff, "es"), "Le comunico con Marta.");
+        assert_eq!(
+            o.text(Line::Unavailable, "es"),
+            text(Line::Unavailable, "es")
+        );
+        let back = LineOverrides::from_stored(o.to_stored().as_deref());
+        assert_eq!(back, o);
+        assert_eq!(LineOverrides::default().to_stored(), None);
+        assert_eq!(
+            LineOverrides::from_stored(Some("not json")),
+            LineOverrides::default()
+        );
+    }
+
+    #[test]
+    fn bad_overrides_are_refused_by_name() {
+        for (bad, needle) in [
+            (serde_json::json!({"hello": "x"}), "unknown line \"hello\""),
+            (serde_json::json!({"handoff": ""}), "handoff"),
+            (serde_json::json!({"handoff": 3}), "handoff"),
+            (
+                serde_json::json!({"handoff": "x".repeat(301)}),
+                "at most 300",
+            ),
+            (serde_json::json!(["handoff"]), "object"),
+        ] {
+            let err = LineOverrides::parse(&bad).unwrap_err();
+            assert!(err.contains(needle), "{bad}: {err}");
         }
     }
 

@@ -10,7 +10,7 @@
 //! (TCP accepted, handshake never answered).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -150,6 +150,63 @@ struct Shared {
     /// Server events sent as they are to every open connection (tests of what the gateway does
     /// with an event at a chosen moment).
     inject: tokio::sync::broadcast::Sender<String>,
+    /// Scripted responses, taken in order by the next responses after the greeting.
+    script: Mutex<VecDeque<Scripted>>,
+}
+
+/// One function call a scripted response makes.
+#[derive(Debug, Clone)]
+pub struct ScriptedCall {
+    /// The function's name (the fake does not check it is a declared tool: a real model
+    /// should not call anything else, but the gateway must survive it).
+    pub name: String,
+    /// The arguments as the model writes them (any text, even invalid JSON).
+    pub arguments: String,
+}
+
+/// A response scripted by a test or the demo: optionally some speech, then function calls,
+/// as the real API sends them (`response.output_item.added` of type `function_call`,
+/// `response.function_call_arguments.delta|done`, the item in `response.done.output`).
+#[derive(Debug, Clone, Default)]
+pub struct Scripted {
+    /// Speak an answer clip before the calls (e.g. a goodbye before `end_call`).
+    pub speak: bool,
+    /// The calls, in order.
+    pub calls: Vec<ScriptedCall>,
+}
+
+impl Scripted {
+    /// A response that only calls `name` with `arguments` (JSON).
+    pub fn call(name: &str, arguments: Value) -> Self {
+        Self::default().then_call(name, arguments)
+    }
+
+    /// A response that says something, then calls `name`.
+    pub fn say_then_call(name: &str, arguments: Value) -> Self {
+        Self {
+            speak: true,
+            ..Self::default()
+        }
+        .then_call(name, arguments)
+    }
+
+    /// One more call in the same response.
+    pub fn then_call(mut self, name: &str, arguments: Value) -> Self {
+        self.calls.push(ScriptedCall {
+            name: name.into(),
+            arguments: arguments.to_string(),
+        });
+        self
+    }
+
+    /// One more call whose arguments are raw text (malformed input tests).
+    pub fn then_call_raw(mut self, name: &str, arguments: &str) -> Self {
+        self.calls.push(ScriptedCall {
+            name: name.into(),
+            arguments: arguments.into(),
+        });
+        self
+    }
 }
 
 /// A running fake.
@@ -182,6 +239,7 @@ impl FakeRealtime {
             kill: watch::channel(0).0,
             stalled: watch::channel(false).0,
             inject: tokio::sync::broadcast::channel(256).0,
+            script: Mutex::default(),
         });
         let task = tokio::spawn(accept_loop(listener, rx, shared.clone()));
         Ok(Self {
@@ -216,6 +274,17 @@ impl FakeRealtime {
     /// Sends `event` as it is to every open connection.
     pub fn inject(&self, event: &Value) {
         let _ = self.shared.inject.send(event.to_string());
+    }
+
+    /// The next response after the greeting (any connection) plays `r` instead of a spoken
+    /// answer; several are taken in order. A `response.create` with `tool_choice: "none"`
+    /// never takes one.
+    pub fn script(&self, r: Scripted) {
+        self.shared
+            .script
+            .lock()
+            .expect("fake realtime script lock")
+            .push_back(r);
     }
 
     /// Successful WebSocket connections so far.
@@ -377,6 +446,10 @@ struct Conn {
     decoded: Vec<u8>,
     create_response: bool,
     interrupt_response: bool,
+    /// Function names declared in the last `session.update`.
+    tools: Vec<String>,
+    /// Call ids of the function calls made, not yet answered with a `function_call_output`.
+    open_calls: Vec<String>,
     // VAD
     audio_ms: u64,
     speech_run: u64,
@@ -403,6 +476,8 @@ impl Conn {
             decoded: Vec::new(),
             create_response: true,
             interrupt_response: true,
+            tools: Vec::new(),
+            open_calls: Vec::new(),
             audio_ms: 0,
             speech_run: 0,
             silence_run: 0,
@@ -568,7 +643,8 @@ impl Conn {
                     return;
                 }
                 let instructions = v["response"]["instructions"].as_str().unwrap_or("").to_string();
-                self.start_response(&instructions).await;
+                let tools_allowed = v["response"]["tool_choice"] != "none";
+                self.start_response(&instructions, tools_allowed).await;
             }
             "response.cancel" => {
                 if !self.cancel_active("client_cancelled").await {
@@ -588,12 +664,30 @@ impl Conn {
             },
             "conversation.item.truncate" => self.on_truncate(&v).await,
             "conversation.item.create" => {
+                let item = &v["item"];
                 let item_id = self.id("item");
+                let added = if item["type"] == "function_call_output" {
+                    let call_id = item["call_id"].as_str().unwrap_or("");
+                    let Some(i) = self.open_calls.iter().position(|c| c == call_id) else {
+                        self.error("invalid_request_error", Some("invalid_value"),
+                            &format!("Invalid value: no function call with call_id '{call_id}' awaits an output.")).await;
+                        return;
+                    };
+                    if !item["output"].is_string() {
+                        self.error("invalid_request_error", Some("invalid_type"),
+                            "Invalid type for 'item.output': expected a string.").await;
+                        return;
+                    }
+                    self.open_calls.remove(i);
+                    json!({"id": item_id, "type": "function_call_output", "call_id": call_id, "output": item["output"]})
+                } else {
+                    json!({"id": item_id, "type": "message", "role": "user"})
+                };
                 self.send(json!({"type": "conversation.item.added", "event_id": self.id("event"),
-                    "item": {"id": item_id, "type": "message", "role": "user"}}))
+                    "item": added}))
                     .await;
                 self.send(json!({"type": "conversation.item.done", "event_id": self.id("event"),
-                    "item": {"id": item_id, "type": "message", "role": "user"}}))
+                    "item": added}))
                     .await;
             }
             "input_audio_buffer.commit" | "input_audio_buffer.clear" => {}
@@ -634,6 +728,34 @@ impl Conn {
             .await;
             return;
         }
+        // Tools in the GA shape: `{"type":"function","name","description","parameters"}`.
+        let mut tools = Vec::new();
+        if let Some(list) = s.get("tools") {
+            let valid_name = |n: &str| {
+                (1..=64).contains(&n.len())
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            };
+            let Some(list) = list.as_array() else {
+                self.error(
+                    "invalid_request_error",
+                    Some("invalid_type"),
+                    "Invalid type for 'session.tools': expected an array.",
+                )
+                .await;
+                return;
+            };
+            for (i, t) in list.iter().enumerate() {
+                let name = t["name"].as_str().unwrap_or("");
+                if t["type"] != "function" || !valid_name(name) || !t["parameters"].is_object() {
+                    self.error("invalid_request_error", Some("invalid_value"),
+                        &format!("Invalid value for 'session.tools[{i}]': a function needs type \"function\", a name matching ^[a-zA-Z0-9_-]{{1,64}}$ and parameters as a JSON Schema object.")).await;
+                    return;
+                }
+                tools.push(name.to_string());
+            }
+        }
+        self.tools = tools;
         let td = &s["audio"]["input"]["turn_detection"];
         self.create_response = td["create_response"].as_bool().unwrap_or(true);
         self.interrupt_response = td["interrupt_response"].as_bool().unwrap_or(true);
@@ -649,16 +771,36 @@ impl Conn {
         });
     }
 
-    async fn start_response(&mut self, instructions: &str) {
+    async fn start_response(&mut self, instructions: &str, tools_allowed: bool) {
         self.cancel_active("turn_detected").await;
         self.responses += 1;
-        let clip = if self.responses == 1 && !instructions.is_empty() {
-            clips::greeting()
-        } else if instructions.contains("keypad") {
-            clips::goodbye()
+        let greeting = self.responses == 1 && !instructions.is_empty();
+        let scripted = if greeting || !tools_allowed {
+            None
         } else {
-            clips::answer()
+            self.shared
+                .script
+                .lock()
+                .expect("fake realtime script lock")
+                .pop_front()
         };
+        let clip = match &scripted {
+            _ if greeting => Some(clips::greeting()),
+            Some(sc) if !sc.speak => None,
+            Some(sc) if sc.calls.iter().any(|c| c.name == "end_call") => Some(clips::goodbye()),
+            _ if instructions.contains("keypad") || instructions.contains("goodbye") => {
+                Some(clips::goodbye())
+            }
+            _ => Some(clips::answer()),
+        };
+        let calls: Vec<(ScriptedCall, String, String)> = scripted
+            .map(|sc| sc.calls)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| (c, self.id("call"), self.id("item")))
+            .collect();
+        self.open_calls
+            .extend(calls.iter().map(|(_, call_id, _)| call_id.clone()));
         let id = self.id("resp");
         let item_id = self.id("item");
         let cancel = Arc::new(Notify::new());
@@ -687,6 +829,7 @@ impl Conn {
                 finished,
                 shared,
                 relaying,
+                calls,
             })
             .await;
         });
@@ -810,7 +953,7 @@ impl Conn {
                     )
                     .await;
                     if self.create_response {
-                        self.start_response("").await;
+                        self.start_response("", true).await;
                     }
                 }
             }
@@ -822,7 +965,10 @@ struct Speech {
     out: mpsc::Sender<Message>,
     id: String,
     item_id: String,
-    clip: Clip,
+    /// What it says (`None`: a response that only calls functions).
+    clip: Option<Clip>,
+    /// Function calls after the speech: (call, call id, item id).
+    calls: Vec<(ScriptedCall, String, String)>,
     cfg: FakeConfig,
     cancel: Arc<Notify>,
     sent_ms: Arc<AtomicU64>,
@@ -834,9 +980,59 @@ struct Speech {
 async fn speak(s: Speech) {
     let ev = |v: Value| Message::text(v.to_string());
     let eid = || format!("event_{:06}", s.shared.ids.fetch_add(1, Ordering::Relaxed));
+    let _ = s
+        .out
+        .send(ev(json!({"type": "response.created", "event_id": eid(), "response": {"id": s.id, "object": "realtime.response", "status": "in_progress", "output": []}})))
+        .await;
+    let mut output = Vec::new();
+    if let Some(clip) = &s.clip {
+        if !speak_clip(&s, clip).await {
+            return; // cancelled: its `response.done` was sent by the cancel
+        }
+        output.push(
+            json!({"id": s.item_id, "type": "message", "role": "assistant", "status": "completed"}),
+        );
+    }
+    let cancelled = || s.finished.lock().expect("finished lock").contains(&s.id);
+    for (call, call_id, item_id) in &s.calls {
+        if cancelled() {
+            return;
+        }
+        let output_index = output.len();
+        let item = |status: &str, arguments: &str| {
+            json!({"id": item_id, "type": "function_call", "status": status, "name": call.name,
+                "call_id": call_id, "arguments": arguments})
+        };
+        for m in [
+            json!({"type": "response.output_item.added", "event_id": eid(), "response_id": s.id, "output_index": output_index, "item": item("in_progress", "")}),
+            json!({"type": "conversation.item.added", "event_id": eid(), "previous_item_id": null, "item": item("in_progress", "")}),
+            json!({"type": "response.function_call_arguments.delta", "event_id": eid(), "response_id": s.id, "item_id": item_id, "output_index": output_index, "call_id": call_id, "delta": call.arguments}),
+            json!({"type": "response.function_call_arguments.done", "event_id": eid(), "response_id": s.id, "item_id": item_id, "output_index": output_index, "call_id": call_id, "name": call.name, "arguments": call.arguments}),
+            json!({"type": "response.output_item.done", "event_id": eid(), "response_id": s.id, "output_index": output_index, "item": item("completed", &call.arguments)}),
+            json!({"type": "conversation.item.done", "event_id": eid(), "previous_item_id": null, "item": item("completed", &call.arguments)}),
+        ] {
+            let _ = s.out.send(ev(m)).await;
+        }
+        output.push(item("completed", &call.arguments));
+    }
+    if cancelled() {
+        return;
+    }
+    s.finished.lock().expect("finished lock").push(s.id.clone());
+    let _ = s
+        .out
+        .send(ev(json!({"type": "response.done", "event_id": eid(), "response": {"id": s.id, "object": "realtime.response", "status": "completed", "status_details": null,
+            "output": output, "usage": {"total_tokens": 120, "input_tokens": 80, "output_tokens": 40}}})))
+        .await;
+}
+
+/// The audio item of a response: added, deltas with their transcript, done. False if the
+/// response was cancelled on the way.
+async fn speak_clip(s: &Speech, clip: &Clip) -> bool {
+    let ev = |v: Value| Message::text(v.to_string());
+    let eid = || format!("event_{:06}", s.shared.ids.fetch_add(1, Ordering::Relaxed));
     let item = json!({"id": s.item_id, "type": "message", "role": "assistant", "status": "in_progress", "content": []});
     for m in [
-        json!({"type": "response.created", "event_id": eid(), "response": {"id": s.id, "object": "realtime.response", "status": "in_progress", "output": []}}),
         json!({"type": "response.output_item.added", "event_id": eid(), "response_id": s.id, "output_index": 0, "item": item}),
         json!({"type": "conversation.item.added", "event_id": eid(), "previous_item_id": null, "item": item}),
         json!({"type": "response.content_part.added", "event_id": eid(), "response_id": s.id, "item_id": s.item_id, "output_index": 0, "content_index": 0, "part": {"type": "audio", "transcript": ""}}),
@@ -846,14 +1042,14 @@ async fn speak(s: Speech) {
     let cancelled = || s.finished.lock().expect("finished lock").contains(&s.id);
     tokio::select! {
         _ = tokio::time::sleep(s.cfg.first_audio_delay) => {}
-        _ = s.cancel.notified() => return,
+        _ = s.cancel.notified() => return false,
     }
     let chunk = s.cfg.chunk_ms.max(10) * audio::BYTES_PER_MS;
-    let parts = s.clip.mulaw.len().div_ceil(chunk).max(1);
-    let words: Vec<&str> = s.clip.text.split_inclusive(' ').collect();
-    for (i, part) in s.clip.mulaw.chunks(chunk).enumerate() {
+    let parts = clip.mulaw.len().div_ceil(chunk).max(1);
+    let words: Vec<&str> = clip.text.split_inclusive(' ').collect();
+    for (i, part) in clip.mulaw.chunks(chunk).enumerate() {
         if cancelled() {
-            return;
+            return false;
         }
         // The transcript streams alongside the audio, in proportion.
         let (from, to) = (words.len() * i / parts, words.len() * (i + 1) / parts);
@@ -891,29 +1087,27 @@ async fn speak(s: Speech) {
             &format!("\"{payload}\""),
         );
         if s.out.send(Message::text(delta)).await.is_err() {
-            return;
+            return false;
         }
         s.sent_ms
             .fetch_add((part.len() / audio::BYTES_PER_MS) as u64, Ordering::Relaxed);
         tokio::select! {
             _ = tokio::time::sleep(s.cfg.chunk_interval) => {}
-            _ = s.cancel.notified() => return,
+            _ = s.cancel.notified() => return false,
         }
     }
     if cancelled() {
-        return;
+        return false;
     }
-    s.finished.lock().expect("finished lock").push(s.id.clone());
     for m in [
         json!({"type": "response.output_audio.done", "event_id": eid(), "response_id": s.id, "item_id": s.item_id, "output_index": 0, "content_index": 0}),
-        json!({"type": "response.output_audio_transcript.done", "event_id": eid(), "response_id": s.id, "item_id": s.item_id, "output_index": 0, "content_index": 0, "transcript": s.clip.text}),
-        json!({"type": "response.content_part.done", "event_id": eid(), "response_id": s.id, "item_id": s.item_id, "output_index": 0, "content_index": 0, "part": {"type": "audio", "transcript": s.clip.text}}),
+        json!({"type": "response.output_audio_transcript.done", "event_id": eid(), "response_id": s.id, "item_id": s.item_id, "output_index": 0, "content_index": 0, "transcript": clip.text}),
+        json!({"type": "response.content_part.done", "event_id": eid(), "response_id": s.id, "item_id": s.item_id, "output_index": 0, "content_index": 0, "part": {"type": "audio", "transcript": clip.text}}),
         json!({"type": "response.output_item.done", "event_id": eid(), "response_id": s.id, "output_index": 0, "item": {"id": s.item_id, "type": "message", "role": "assistant", "status": "completed"}}),
-        json!({"type": "response.done", "event_id": eid(), "response": {"id": s.id, "object": "realtime.response", "status": "completed", "status_details": null,
-            "usage": {"total_tokens": 120, "input_tokens": 80, "output_tokens": 40}}}),
     ] {
         let _ = s.out.send(ev(m)).await;
     }
+    true
 }
 
 /// A `response.output_audio.delta` or `…transcript.delta` event, byte for byte what `json!`

@@ -84,6 +84,8 @@ pub struct CallSpec {
     pub to: String,
     /// How to sign the webhook.
     pub signing: Signing,
+    /// `StirVerstat` (SHAKEN/STIR result; United States calls only, so absent by default).
+    pub stir_verstat: Option<String>,
 }
 
 impl CallSpec {
@@ -94,7 +96,14 @@ impl CallSpec {
             from: from.into(),
             to: to.into(),
             signing: Signing::Valid,
+            stir_verstat: None,
         }
+    }
+
+    /// The same call with a `StirVerstat` parameter.
+    pub fn stir_verstat(mut self, value: &str) -> Self {
+        self.stir_verstat = Some(value.into());
+        self
     }
 }
 
@@ -443,7 +452,7 @@ impl TwilioSim {
     /// Sends the voice webhook for a new inbound call and parses the answer.
     pub async fn place_call(&self, spec: &CallSpec) -> anyhow::Result<PlacedCall> {
         let call_sid = spec.call_sid.clone().unwrap_or_else(|| sid("CA"));
-        let params = [
+        let mut params = vec![
             ("AccountSid", self.account_sid.as_str()),
             ("ApiVersion", "2010-04-01"),
             ("CallSid", call_sid.as_str()),
@@ -454,6 +463,9 @@ impl TwilioSim {
             ("From", spec.from.as_str()),
             ("To", spec.to.as_str()),
         ];
+        if let Some(v) = &spec.stir_verstat {
+            params.push(("StirVerstat", v.as_str()));
+        }
         let started = Instant::now();
         let resp = self
             .post_form(

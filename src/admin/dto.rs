@@ -7,14 +7,16 @@ use utoipa::ToSchema;
 use super::error::ApiError;
 use crate::{
     config::PrewarmPolicy,
-    domain::{CallStatus, ClientId, E164, Voice},
+    domain::{CallStatus, CallerIdTrust, ClientId, E164, Voice},
     hours::BusinessHours,
+    lines::LineOverrides,
     store::{
         callers::CallerMemory,
         calls::CallWithTranscript,
         clients::{ClientInput, ClientProfile},
         entities::{call, faq, phone_number},
     },
+    tools::Enabled,
 };
 
 /// A client, as created (POST) or replaced (PUT).
@@ -50,6 +52,22 @@ pub struct ClientIn {
     /// FAQs in order.
     #[serde(default)]
     pub faqs: Vec<FaqIn>,
+    /// Where `transfer_to_human` puts callers through (E.164; else the fallback number).
+    #[serde(default)]
+    pub transfer_number: Option<String>,
+    /// Built-in tools turned on, by name; absent means all (README "Tools").
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub tools: Option<serde_json::Value>,
+    /// `verified_only`, `unless_failed` (default) or `always` (README "Caller memory and
+    /// caller ID").
+    #[serde(default)]
+    pub caller_id_trust: Option<String>,
+    /// The client's own text for fixed lines, by key: `not_in_service`, `unavailable`,
+    /// `putting_through`, `handoff`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub lines: Option<serde_json::Value>,
 }
 
 /// An FAQ.
@@ -173,6 +191,22 @@ impl ClientIn {
                 .enumerate()
                 .map(|(i, f)| f.validate(&format!("faqs[{i}]")))
                 .collect::<Result<_, _>>()?,
+            transfer_number: self
+                .transfer_number
+                .as_deref()
+                .map(|n| e164("transfer_number", n))
+                .transpose()?,
+            tools: Enabled::parse(self.tools.as_ref().unwrap_or(&serde_json::Value::Null))
+                .map_err(|e| invalid("tools", e))?,
+            caller_id_trust: self
+                .caller_id_trust
+                .as_deref()
+                .map(CallerIdTrust::parse)
+                .transpose()
+                .map_err(|e| invalid("caller_id_trust", e))?
+                .unwrap_or_default(),
+            lines: LineOverrides::parse(self.lines.as_ref().unwrap_or(&serde_json::Value::Null))
+                .map_err(|e| invalid("lines", e))?,
         })
     }
 }
@@ -249,6 +283,15 @@ pub struct ClientOut {
     pub created_at: DateTime<Utc>,
     /// Updated.
     pub updated_at: DateTime<Utc>,
+    /// Transfer number.
+    pub transfer_number: Option<String>,
+    /// Built-in tools turned on.
+    pub tools: Vec<String>,
+    /// Caller-id trust policy.
+    pub caller_id_trust: String,
+    /// Overridden fixed lines.
+    #[schema(value_type = Object)]
+    pub lines: serde_json::Value,
 }
 
 impl From<ClientProfile> for ClientOut {
@@ -270,6 +313,20 @@ impl From<ClientProfile> for ClientOut {
             faqs: p.faqs.iter().map(FaqOut::from).collect(),
             created_at: c.created_at,
             updated_at: c.updated_at,
+            transfer_number: c.transfer_number,
+            tools: Enabled::from_stored(c.tools.as_deref())
+                .names()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            caller_id_trust: c
+                .caller_id_trust
+                .as_deref()
+                .and_then(|t| CallerIdTrust::parse(t).ok())
+                .unwrap_or_default()
+                .as_str()
+                .to_string(),
+            lines: LineOverrides::from_stored(c.lines.as_deref()).to_json(),
         }
     }
 }

@@ -39,6 +39,7 @@ use crate::{
     domain::{CallSid, StreamSid},
     engine::{Command, Event},
     realtime::proto::push_recent,
+    tools::{Effect, ToolCall, ToolResult},
     twilio::media::{MediaEvent, MediaStream, Transmit},
 };
 
@@ -79,6 +80,9 @@ pub enum Output {
     },
     /// Caller stopped speaking → first agent audio relayed.
     ResponseLatency(Duration),
+    /// The model called a tool: run it off the relay path (with a time limit) and give the
+    /// result to [`Call::handle_tool_result`] under the same `call_id`.
+    RunTool(ToolCall),
     /// The caller interrupted the agent (clear + cancel + truncate were queued).
     BargeIn,
     /// Caller audio held during the attach was dropped (over [`HELD_AUDIO_BYTES`]): the loop
@@ -195,6 +199,58 @@ pub struct Call {
     /// [`HELD_AUDIO_BYTES`]; beyond it the oldest audio goes (and is counted); keys never do.
     held: VecDeque<Command>,
     held_bytes: usize,
+    /// The model's tool calls in the order it made them; their outputs go out in that order.
+    tools: VecDeque<PendingTool>,
+    /// A response that called tools has not reported `response.done` yet: its outputs are
+    /// answered with one `response.create` once it has and they are all in.
+    tool_response_open: bool,
+    /// Tool outputs sent that no `response.create` has asked about yet.
+    unanswered_outputs: bool,
+    /// The agent is ending the call (transfer, hang-up).
+    closing: Option<Closing>,
+}
+
+/// A tool call waiting for its result, or for an earlier call's (outputs keep the model's
+/// order).
+#[derive(Debug)]
+struct PendingTool {
+    call_id: String,
+    name: String,
+    response_id: String,
+    result: Option<ToolResult>,
+}
+
+/// Most tool calls of one call running at once; beyond it a call is answered with an error.
+const MAX_PENDING_TOOLS: usize = 8;
+
+/// Longest the agent may take to say the hand-off line or goodbye it was asked for.
+const CLOSING_SPEAK_LIMIT: Duration = Duration::from_secs(10);
+
+/// After the last agent audio should have played, how long to wait for its mark before
+/// ending the call anyway.
+const CLOSING_MARK_GRACE: Duration = Duration::from_secs(3);
+
+/// The agent ending the call: the line it says last, heard, then the end.
+#[derive(Debug)]
+struct Closing {
+    reason: EndReason,
+    /// The instruction for the last line, not asked for yet (it waits for the response that
+    /// called the tool to finish: one response at a time).
+    say: Option<String>,
+    stage: ClosingStage,
+    /// Ends the call whatever the stage.
+    deadline: Instant,
+}
+
+#[derive(Debug, PartialEq)]
+enum ClosingStage {
+    /// Waiting for the response that called the tool to be done.
+    AwaitTurn,
+    /// The line was asked for: waiting for its audio (from a response other than `before`)
+    /// and its `response.done`.
+    Speaking { before: Option<String>, spoke: bool },
+    /// Waiting for the last mark of what was sent.
+    Playing,
 }
 
 /// Most caller audio held before the attach (μ-law bytes: 5 s, the default connect limit).
@@ -229,6 +285,10 @@ impl Call {
             frames_dropped: 0,
             held: VecDeque::new(),
             held_bytes: 0,
+            tools: VecDeque::new(),
+            tool_response_open: false,
+            unanswered_outputs: false,
+            closing: None,
         }
     }
 
@@ -249,9 +309,11 @@ impl Call {
 
     /// When the loop must call [`Call::handle_timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
-        (self.phase != Phase::Ended)
-            .then_some(self.deadline)
-            .flatten()
+        if self.phase == Phase::Ended {
+            return None;
+        }
+        let closing = self.closing.as_ref().map(|c| c.deadline);
+        [self.deadline, closing].into_iter().flatten().min()
     }
 
     /// A text frame from Twilio.
@@ -267,6 +329,7 @@ impl Call {
         while let Some(event) = self.stream.poll_event() {
             self.on_media_event(now, event);
         }
+        self.advance_closing(now);
         Ok(())
     }
 
@@ -312,6 +375,8 @@ impl Call {
                     payload,
                 },
             ),
+            // While the agent ends the call its last line is not interrupted.
+            Event::SpeechStarted { .. } if self.closing.is_some() => {}
             Event::SpeechStarted { .. } => self.on_speech_started(now),
             Event::SpeechStopped { .. } => self.speech_stopped_at = Some(now),
             Event::CallerTranscript { text, .. } => self.push_line(now, Role::Caller, text),
@@ -338,6 +403,27 @@ impl Call {
                 };
                 self.push_agent_line(now, item_id, text);
             }
+            Event::FunctionCall {
+                response_id,
+                call_id,
+                name,
+                arguments,
+            } => self.on_function_call(now, response_id, call_id, name, arguments),
+            Event::ResponseDone { .. } => {
+                self.tool_response_open = false;
+                // The line asked for has been spoken (see `relay_agent_audio`) and is done:
+                // now it only has to be heard.
+                if let Some(c) = self.closing.as_mut()
+                    && let ClosingStage::Speaking { spoke: true, .. } = c.stage
+                {
+                    c.stage = ClosingStage::Playing;
+                    c.deadline = now
+                        + Duration::from_millis(self.stream.unplayed_ms(now))
+                        + CLOSING_MARK_GRACE;
+                }
+                self.release_tools(now);
+                self.advance_closing(now);
+            }
             Event::Error {
                 code,
                 message,
@@ -350,7 +436,6 @@ impl Call {
                         .push_back(Output::Log(format!("realtime error {code}: {message}")));
                 }
             }
-            _ => {}
         }
     }
 
@@ -373,6 +458,167 @@ impl Call {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.deadline.is_some_and(|d| now >= d) {
             self.end(now, EndReason::MaxDuration);
+        } else if let Some(c) = self.closing.as_ref().filter(|c| now >= c.deadline) {
+            let reason = c.reason.clone();
+            self.end(now, reason);
+        }
+    }
+
+    /// The result of a tool the loop ran for [`Output::RunTool`]. Outputs are sent in the
+    /// order the model called; once every call of a response is answered and the response is
+    /// done, one `response.create` asks the model to go on.
+    pub fn handle_tool_result(&mut self, now: Instant, call_id: &str, result: ToolResult) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        if let Some(t) = self
+            .tools
+            .iter_mut()
+            .find(|t| t.call_id == call_id && t.result.is_none())
+        {
+            t.result = Some(result);
+        }
+        self.release_tools(now);
+        self.advance_closing(now);
+    }
+
+    fn on_function_call(
+        &mut self,
+        now: Instant,
+        response_id: String,
+        call_id: String,
+        name: String,
+        arguments: String,
+    ) {
+        let shown: String = arguments.chars().take(200).collect();
+        let shown_name: String = name.chars().take(64).collect();
+        self.push_line(now, Role::System, format!("tool {shown_name} {shown}"));
+        self.tool_response_open = true;
+        let mut pending = PendingTool {
+            call_id: call_id.clone(),
+            name: shown_name,
+            response_id,
+            result: None,
+        };
+        if self.tools.len() >= MAX_PENDING_TOOLS {
+            pending.result = Some(ToolResult::error(
+                "too_many_calls",
+                "Too many tool calls at once; wait for the answers.",
+            ));
+        } else {
+            self.outputs.push_back(Output::RunTool(ToolCall {
+                call_id,
+                name,
+                arguments,
+            }));
+        }
+        self.tools.push_back(pending);
+    }
+
+    /// Sends the outputs that are ready, in order, applying their effects; then asks for the
+    /// answer to them when nothing is left to wait for.
+    fn release_tools(&mut self, now: Instant) {
+        while self.tools.front().is_some_and(|t| t.result.is_some()) {
+            let Some(PendingTool {
+                call_id,
+                name,
+                response_id,
+                result: Some(result),
+            }) = self.tools.pop_front()
+            else {
+                break;
+            };
+            if let Some(code) = result.output["error"]["code"].as_str() {
+                self.push_line(now, Role::System, format!("tool {name} failed: {code}"));
+            }
+            self.outputs
+                .push_back(Output::Engine(Command::FunctionOutput {
+                    call_id,
+                    output: result.output.to_string(),
+                }));
+            self.unanswered_outputs = true;
+            if let Some(effect) = result.effect {
+                self.start_closing(now, effect, &response_id);
+            }
+        }
+        if self.tools.is_empty()
+            && !self.tool_response_open
+            && self.unanswered_outputs
+            && self.closing.is_none()
+        {
+            self.unanswered_outputs = false;
+            self.outputs.push_back(Output::Engine(Command::Respond {
+                instructions: None,
+                tools: true,
+            }));
+        }
+    }
+
+    /// A tool ends the call: the agent's last line (the hand-off, a goodbye it has not said
+    /// yet) is asked for once the response that called the tool is done, and the call ends
+    /// once that line has been heard (its last mark echoed), or at the deadline.
+    fn start_closing(&mut self, now: Instant, effect: Effect, tool_response: &str) {
+        if self.closing.is_some() {
+            return;
+        }
+        let (reason, say, line) = match effect {
+            Effect::Transfer { say } => {
+                (EndReason::Transfer, Some(say), "transferring to a person")
+            }
+            Effect::Hangup { say } => {
+                // A goodbye said in the same response as the `end_call` is not asked for again.
+                let spoke = self
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.response_id == tool_response);
+                (
+                    EndReason::AgentHangup,
+                    (!spoke).then_some(say),
+                    "agent ended the call",
+                )
+            }
+        };
+        self.push_line(now, Role::System, line.to_string());
+        self.closing = Some(Closing {
+            reason,
+            say,
+            stage: ClosingStage::AwaitTurn,
+            deadline: now + CLOSING_SPEAK_LIMIT,
+        });
+    }
+
+    fn advance_closing(&mut self, now: Instant) {
+        if self.phase != Phase::Live {
+            return;
+        }
+        let Some(c) = self.closing.as_mut() else {
+            return;
+        };
+        if c.stage == ClosingStage::AwaitTurn && !self.tool_response_open {
+            match c.say.take() {
+                Some(say) => {
+                    self.unanswered_outputs = false;
+                    c.stage = ClosingStage::Speaking {
+                        before: self.current.as_ref().map(|x| x.response_id.clone()),
+                        spoke: false,
+                    };
+                    c.deadline = now + CLOSING_SPEAK_LIMIT;
+                    self.outputs.push_back(Output::Engine(Command::Respond {
+                        instructions: Some(say),
+                        tools: false,
+                    }));
+                }
+                None => {
+                    c.stage = ClosingStage::Playing;
+                    c.deadline = now
+                        + Duration::from_millis(self.stream.unplayed_ms(now))
+                        + CLOSING_MARK_GRACE;
+                }
+            }
+        }
+        if c.stage == ClosingStage::Playing && self.stream.all_played() {
+            let reason = c.reason.clone();
+            self.end(now, reason);
         }
     }
 
@@ -410,6 +656,8 @@ impl Call {
                     custom_parameters,
                 });
             }
+            // The agent is ending the call: nothing the caller says starts another turn.
+            MediaEvent::Media { .. } if self.closing.is_some() => {}
             MediaEvent::Media { payload, .. } if self.phase == Phase::Live => {
                 self.outputs
                     .push_back(Output::Engine(Command::Append(payload)));
@@ -429,6 +677,7 @@ impl Call {
                     self.outputs.push_back(Output::HeldAudioDropped);
                 }
             }
+            MediaEvent::Dtmf { .. } if self.closing.is_some() => {}
             MediaEvent::Dtmf { digit } => {
                 self.push_line(now, Role::System, format!("caller pressed {digit}"));
                 let key =
@@ -461,6 +710,14 @@ impl Call {
         };
         self.stream.send_media(now, item, chunk.payload);
         self.drain_stream_transmits();
+        if let Some(Closing {
+            stage: ClosingStage::Speaking { before, spoke },
+            ..
+        }) = self.closing.as_mut()
+            && before.as_deref() != Some(chunk.response_id.as_str())
+        {
+            *spoke = true;
+        }
         self.current = Some(Current {
             response_id: chunk.response_id,
         });
@@ -1172,5 +1429,302 @@ mod tests {
                 .iter()
                 .any(|o| matches!(o, Output::Ended(e) if e.end_reason.code() == "twilio_protocol"))
         );
+    }
+
+    fn tool_call(call: &mut Call, at: Instant, response_id: &str, call_id: &str, name: &str) {
+        call.handle_realtime(
+            at,
+            Event::FunctionCall {
+                response_id: response_id.into(),
+                call_id: call_id.into(),
+                name: name.into(),
+                arguments: "{}".into(),
+            },
+        );
+    }
+
+    fn response_done(call: &mut Call, at: Instant, response_id: &str) {
+        call.handle_realtime(
+            at,
+            Event::ResponseDone {
+                response_id: response_id.into(),
+                status: "completed".into(),
+            },
+        );
+    }
+
+    fn agent_audio(call: &mut Call, at: Instant, response_id: &str, item_id: &str) {
+        call.handle_realtime(
+            at,
+            Event::AudioDelta {
+                response_id: response_id.into(),
+                item_id: item_id.into(),
+                payload: chunk(),
+            },
+        );
+    }
+
+    /// Twilio echoes every mark among `out`.
+    fn echo_marks(call: &mut Call, at: Instant, out: &[Output]) {
+        for o in out {
+            if let Output::Twilio(Transmit::Mark { seq }) = o {
+                let echo = format!(
+                    r#"{{"event":"mark","sequenceNumber":"9","streamSid":"MZ1","mark":{{"name":"{seq}"}}}}"#
+                );
+                call.handle_twilio_text(at, &echo).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn tool_outputs_keep_the_models_order_and_one_answer_follows_the_response() {
+        let t0 = Instant::now();
+        let (mut call, _) = live(t0, 1);
+        tool_call(&mut call, t0, "resp_2", "call_a", "business_hours");
+        tool_call(&mut call, t0, "resp_2", "call_b", "remember_caller");
+        let run: Vec<String> = drain(&mut call)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::RunTool(t) => Some(t.call_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(run, ["call_a", "call_b"]);
+        // The second finishes first: it waits for the first.
+        call.handle_tool_result(t0, "call_b", ToolResult::ok(serde_json::json!({"b": 1})));
+        assert!(realtime(&drain(&mut call)).is_empty());
+        call.handle_tool_result(t0, "call_a", ToolResult::ok(serde_json::json!({"a": 1})));
+        let cmds = realtime(&drain(&mut call));
+        let ids: Vec<&str> = cmds
+            .iter()
+            .filter_map(|c| match c {
+                Command::FunctionOutput { call_id, .. } => Some(call_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids, ["call_a", "call_b"]);
+        assert!(
+            !cmds.iter().any(|c| matches!(c, Command::Respond { .. })),
+            "the response that called them is not done yet"
+        );
+        response_done(&mut call, t0, "resp_2");
+        assert_eq!(
+            realtime(&drain(&mut call)),
+            [Command::Respond {
+                instructions: None,
+                tools: true
+            }]
+        );
+        // A late duplicate result is ignored.
+        call.handle_tool_result(t0, "call_a", ToolResult::ok(serde_json::json!({})));
+        assert!(realtime(&drain(&mut call)).is_empty());
+        let o = {
+            call.handle_twilio_closed(t0 + ms(10));
+            ended(&mut call)
+        };
+        let lines: Vec<&str> = o.transcript.iter().map(|l| l.text.as_str()).collect();
+        assert!(lines.contains(&"tool business_hours {}"), "{lines:?}");
+    }
+
+    #[test]
+    fn a_tool_error_is_answered_and_the_call_goes_on() {
+        let t0 = Instant::now();
+        let (mut call, _) = live(t0, 1);
+        tool_call(&mut call, t0, "resp_2", "call_a", "nope");
+        response_done(&mut call, t0, "resp_2");
+        drain(&mut call);
+        call.handle_tool_result(
+            t0,
+            "call_a",
+            ToolResult::error("unknown_tool", "no such tool"),
+        );
+        let cmds = realtime(&drain(&mut call));
+        assert!(
+            matches!(&cmds[0], Command::FunctionOutput { output, .. } if output.contains("unknown_tool"))
+        );
+        assert!(matches!(
+            &cmds[1],
+            Command::Respond {
+                instructions: None,
+                tools: true
+            }
+        ));
+        assert!(!call.is_ended());
+    }
+
+    #[test]
+    fn too_many_tool_calls_at_once_are_answered_with_an_error_in_order() {
+        let t0 = Instant::now();
+        let (mut call, _) = live(t0, 1);
+        for i in 0..MAX_PENDING_TOOLS + 1 {
+            tool_call(
+                &mut call,
+                t0,
+                "resp_2",
+                &format!("call_{i}"),
+                "business_hours",
+            );
+        }
+        let run = drain(&mut call)
+            .into_iter()
+            .filter(|o| matches!(o, Output::RunTool(_)))
+            .count();
+        assert_eq!(run, MAX_PENDING_TOOLS);
+        for i in 0..MAX_PENDING_TOOLS {
+            call.handle_tool_result(
+                t0,
+                &format!("call_{i}"),
+                ToolResult::ok(serde_json::json!({})),
+            );
+        }
+        let cmds = realtime(&drain(&mut call));
+        assert!(
+            matches!(cmds.last(), Some(Command::FunctionOutput { call_id, output })
+            if *call_id == format!("call_{MAX_PENDING_TOOLS}") && output.contains("too_many_calls"))
+        );
+    }
+
+    #[test]
+    fn a_transfer_says_the_hand_off_line_then_ends_once_it_is_heard() {
+        let t0 = Instant::now();
+        let (mut call, out) = live(t0, 2);
+        echo_marks(&mut call, t0 + ms(200), &out);
+        tool_call(
+            &mut call,
+            t0 + ms(300),
+            "resp_2",
+            "call_t",
+            "transfer_to_human",
+        );
+        drain(&mut call);
+        call.handle_tool_result(
+            t0 + ms(310),
+            "call_t",
+            ToolResult {
+                output: serde_json::json!({"ok": true}),
+                effect: Some(Effect::Transfer {
+                    say: "Say exactly: \"One moment.\"".into(),
+                }),
+            },
+        );
+        let cmds = realtime(&drain(&mut call));
+        assert!(
+            matches!(cmds.as_slice(), [Command::FunctionOutput { .. }]),
+            "{cmds:?}"
+        );
+        // The caller talking now starts no new turn.
+        call.handle_twilio_text(t0 + ms(320), MEDIA).unwrap();
+        assert!(realtime(&drain(&mut call)).is_empty());
+        response_done(&mut call, t0 + ms(330), "resp_2");
+        let cmds = realtime(&drain(&mut call));
+        assert!(
+            matches!(cmds.as_slice(), [Command::Respond { instructions: Some(i), tools: false }] if i.contains("One moment.")),
+            "{cmds:?}"
+        );
+        // The hand-off line plays; a barge-in does not cut it.
+        agent_audio(&mut call, t0 + ms(400), "resp_3", "item_3");
+        speech_started(&mut call, t0 + ms(450));
+        let out = drain(&mut call);
+        assert!(!twilio_events(&out).contains(&"clear".to_string()));
+        response_done(&mut call, t0 + ms(500), "resp_3");
+        assert!(!call.is_ended(), "not heard yet");
+        echo_marks(&mut call, t0 + ms(500), &out);
+        let o = ended(&mut call);
+        assert_eq!(o.end_reason, EndReason::Transfer);
+        assert!(
+            o.transcript
+                .iter()
+                .any(|l| l.text == "transferring to a person")
+        );
+    }
+
+    #[test]
+    fn end_call_after_a_spoken_goodbye_asks_for_nothing_more() {
+        let t0 = Instant::now();
+        let (mut call, out) = live(t0, 1);
+        echo_marks(&mut call, t0, &out);
+        agent_audio(&mut call, t0 + ms(100), "resp_2", "item_2");
+        tool_call(&mut call, t0 + ms(150), "resp_2", "call_e", "end_call");
+        let out = drain(&mut call);
+        call.handle_tool_result(
+            t0 + ms(160),
+            "call_e",
+            ToolResult {
+                output: serde_json::json!({"ok": true}),
+                effect: Some(Effect::Hangup {
+                    say: "Say goodbye.".into(),
+                }),
+            },
+        );
+        response_done(&mut call, t0 + ms(170), "resp_2");
+        let cmds = realtime(&drain(&mut call));
+        assert!(
+            !cmds.iter().any(|c| matches!(c, Command::Respond { .. })),
+            "{cmds:?}"
+        );
+        assert!(!call.is_ended(), "the goodbye is still playing");
+        echo_marks(&mut call, t0 + ms(200), &out);
+        assert_eq!(ended(&mut call).end_reason, EndReason::AgentHangup);
+    }
+
+    #[test]
+    fn end_call_with_nothing_said_asks_for_a_goodbye_and_ends_at_the_deadline_without_marks() {
+        let t0 = Instant::now();
+        let (mut call, out) = live(t0, 1);
+        echo_marks(&mut call, t0, &out);
+        tool_call(&mut call, t0 + ms(100), "resp_2", "call_e", "end_call");
+        call.handle_tool_result(
+            t0 + ms(110),
+            "call_e",
+            ToolResult {
+                output: serde_json::json!({"ok": true}),
+                effect: Some(Effect::Hangup {
+                    say: "Say goodbye.".into(),
+                }),
+            },
+        );
+        response_done(&mut call, t0 + ms(120), "resp_2");
+        let cmds = realtime(&drain(&mut call));
+        assert!(cmds.iter().any(
+            |c| matches!(c, Command::Respond { instructions: Some(i), tools: false } if i == "Say goodbye.")
+        ));
+        agent_audio(&mut call, t0 + ms(200), "resp_3", "item_3");
+        response_done(&mut call, t0 + ms(250), "resp_3");
+        // Twilio never echoes: the call ends 3 s after the audio should have played.
+        let deadline = call.poll_timeout().unwrap();
+        assert!(
+            deadline > t0 + ms(250) + CLOSING_MARK_GRACE,
+            "{:?}",
+            deadline - t0
+        );
+        assert!(
+            deadline < t0 + ms(400) + CLOSING_MARK_GRACE,
+            "{:?}",
+            deadline - t0
+        );
+        call.handle_timeout(deadline - ms(1));
+        assert!(!call.is_ended());
+        call.handle_timeout(deadline);
+        assert_eq!(ended(&mut call).end_reason, EndReason::AgentHangup);
+    }
+
+    #[test]
+    fn a_closing_line_that_never_comes_still_ends_the_call() {
+        let t0 = Instant::now();
+        let (mut call, _) = live(t0, 1);
+        tool_call(&mut call, t0, "resp_2", "call_t", "transfer_to_human");
+        response_done(&mut call, t0, "resp_2");
+        call.handle_tool_result(
+            t0,
+            "call_t",
+            ToolResult {
+                output: serde_json::json!({"ok": true}),
+                effect: Some(Effect::Transfer { say: "x".into() }),
+            },
+        );
+        drain(&mut call);
+        assert_eq!(call.poll_timeout(), Some(t0 + CLOSING_SPEAK_LIMIT));
+        call.handle_timeout(t0 + CLOSING_SPEAK_LIMIT);
+        assert_eq!(ended(&mut call).end_reason, EndReason::Transfer);
     }
 }

@@ -25,6 +25,11 @@ pub enum EndReason {
     MaxDuration,
     /// The process is shutting down.
     Shutdown,
+    /// The agent put the caller through to a person (`transfer_to_human`): the after-stream
+    /// TwiML dials the transfer number.
+    Transfer,
+    /// The agent ended the call after its goodbye (`end_call`): the after-stream TwiML hangs up.
+    AgentHangup,
 }
 
 impl EndReason {
@@ -40,6 +45,8 @@ impl EndReason {
         "realtime_unavailable",
         "max_duration",
         "shutdown",
+        "transfer",
+        "agent_hangup",
     ];
 
     /// Short machine-readable code (metric label, `end_reason` column prefix).
@@ -53,6 +60,8 @@ impl EndReason {
             Self::RealtimeUnavailable(_) => "realtime_unavailable",
             Self::MaxDuration => "max_duration",
             Self::Shutdown => "shutdown",
+            Self::Transfer => "transfer",
+            Self::AgentHangup => "agent_hangup",
         }
     }
 
@@ -75,6 +84,8 @@ impl EndReason {
             "realtime_unavailable" => Self::RealtimeUnavailable(detail),
             "max_duration" => Self::MaxDuration,
             "shutdown" => Self::Shutdown,
+            "transfer" => Self::Transfer,
+            "agent_hangup" => Self::AgentHangup,
             _ => return None,
         })
     }
@@ -84,7 +95,7 @@ impl EndReason {
     pub fn is_normal(&self) -> bool {
         matches!(
             self,
-            Self::TwilioStop | Self::TwilioClosed | Self::MaxDuration
+            Self::TwilioStop | Self::TwilioClosed | Self::MaxDuration | Self::AgentHangup
         )
     }
 
@@ -255,6 +266,8 @@ mod tests {
             EndReason::RealtimeUnavailable("connect: refused".into()),
             EndReason::MaxDuration,
             EndReason::Shutdown,
+            EndReason::Transfer,
+            EndReason::AgentHangup,
         ];
         for r in &all {
             match r {
@@ -265,7 +278,9 @@ mod tests {
                 | EndReason::RealtimeError(_)
                 | EndReason::RealtimeUnavailable(_)
                 | EndReason::MaxDuration
-                | EndReason::Shutdown => {}
+                | EndReason::Shutdown
+                | EndReason::Transfer
+                | EndReason::AgentHangup => {}
             }
         }
         all
@@ -294,20 +309,27 @@ mod tests {
     }
 
     #[test]
-    fn only_stop_close_and_max_duration_are_normal_ends() {
+    fn only_stop_close_max_duration_and_the_agents_hang_up_are_normal_ends() {
         let normal: Vec<&str> = every_end_reason()
             .iter()
             .filter(|r| r.is_normal())
             .map(EndReason::code)
             .collect();
-        assert_eq!(normal, ["twilio_stop", "twilio_closed", "max_duration"]);
+        assert_eq!(
+            normal,
+            [
+                "twilio_stop",
+                "twilio_closed",
+                "max_duration",
+                "agent_hangup"
+            ]
+        );
     }
 
     #[test]
     fn end_reasons_not_written_by_a_stream_are_not_parsed() {
         for other in [
             "",
-            "transfer",
             "reaped: no media stream within prewarm.ttl_secs",
             "ended before the media stream (canceled)",
             "TWILIO_STOP",

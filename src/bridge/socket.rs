@@ -26,7 +26,7 @@
 //! writer when the call ends.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     future::Future,
     pin::Pin,
     sync::Arc,
@@ -45,6 +45,7 @@ use axum::{
 use chrono::Utc;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
+use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message as RtMessage;
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +56,7 @@ use super::{
 };
 use crate::{
     app::AppState,
-    domain::{CallSid, CallStatus, ClientId, StreamSid},
+    domain::{CallSid, CallStatus, CallerIdTrust, CallerTrust, ClientId, StreamSid},
     engine::Engine,
     metrics::Metrics,
     realtime::{
@@ -70,6 +71,7 @@ use crate::{
         clients,
         writer::Job,
     },
+    tools::{self, ToolCall, ToolEnv, ToolResult},
     twilio::{
         media::Transmit,
         signature::{self, Signed},
@@ -273,6 +275,8 @@ enum Input {
     RealtimeWriteFailed,
     /// A step of the attach begun at `start` finished.
     Attached(Box<AttachStep>),
+    /// A tool the model called finished (or failed, or ran out of time).
+    ToolDone(String, ToolResult),
     /// A deadline passed (the call's, or a peer's write limit).
     Tick,
     /// The process is shutting down.
@@ -396,6 +400,10 @@ async fn run(state: AppState, socket: WebSocket) {
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
     let mut reads_in_a_row = 0u32;
+    // The tools the model called, running off the relay path (task id → call id).
+    let mut tool_tasks: JoinSet<(String, ToolResult)> = JoinSet::new();
+    let mut tool_ids: HashMap<tokio::task::Id, String> = HashMap::new();
+    let tool_limit = Duration::from_millis(state.settings.call.tool_timeout_ms);
     // Cancelled when this loop ends (and on shutdown): an attach still running opens nothing new.
     let call_over = state.shutdown.child_token();
     // Kept across turns (registering a new waiter on the token every turn costs per frame).
@@ -469,6 +477,24 @@ async fn run(state: AppState, socket: WebSocket) {
                     metrics.observe_first_audio(path.as_str(), elapsed.as_secs_f64());
                 }
                 Output::ResponseLatency(d) => metrics.response_latency.observe(d.as_secs_f64()),
+                Output::RunTool(tool) => {
+                    let Some(ctx) = known.clone() else {
+                        let id = tool.call_id.clone();
+                        pending = Some(Input::ToolDone(
+                            id,
+                            ToolResult::error("unavailable", "No call context yet."),
+                        ));
+                        continue;
+                    };
+                    tracing::info!(call_sid = %ctx.call_sid, tool = %tool.name.chars().take(64).collect::<String>(), "running tool");
+                    let env = ToolEnv {
+                        db: state.db.clone(),
+                        context: ctx,
+                    };
+                    let call_id = tool.call_id.clone();
+                    let handle = tool_tasks.spawn(run_tool(env, tool, tool_limit));
+                    tool_ids.insert(handle.id(), call_id);
+                }
                 Output::BargeIn => {
                     tracing::debug!(call_sid = ?call.call_sid(), "barge-in: cleared Twilio, cancelled and truncated")
                 }
@@ -514,6 +540,20 @@ async fn run(state: AppState, socket: WebSocket) {
                 biased;
                 input = std::future::poll_fn(|cx| poll_io(cx, &mut twilio, live.as_mut().map(|l| &mut l.peer), &mut reads_in_a_row)) => input,
                 outcome = next_attach(&mut attaching) => Input::Attached(Box::new(outcome)),
+                Some(done) = tool_tasks.join_next_with_id(), if !tool_tasks.is_empty() => {
+                    match done {
+                        Ok((id, (call_id, result))) => {
+                            tool_ids.remove(&id);
+                            Input::ToolDone(call_id, result)
+                        }
+                        // A tool that panicked: its call still gets an answer.
+                        Err(e) => {
+                            let call_id = tool_ids.remove(&e.id()).unwrap_or_default();
+                            tracing::error!(call_sid = ?call.call_sid(), error = %e, "tool task failed");
+                            Input::ToolDone(call_id, ToolResult::error("tool_failed", "The tool failed."))
+                        }
+                    }
+                }
                 _ = &mut timer, if armed.is_some() => {
                     armed = None;
                     Input::Tick
@@ -630,9 +670,13 @@ async fn run(state: AppState, socket: WebSocket) {
                     call.handle_timeout(now);
                 }
             }
+            Input::ToolDone(call_id, result) => call.handle_tool_result(now, &call_id, result),
             Input::Shutdown => call.handle_shutdown(now),
         }
     }
+    // Tools still running finish on their own (a message being saved is not cut off midway);
+    // their answers have nobody to go to.
+    tool_tasks.detach_all();
     call_over.cancel();
     // A call that ended while it was still being read from the database: wait for its context
     // (bounded), so that it is saved like any other.
@@ -689,6 +733,24 @@ async fn run(state: AppState, socket: WebSocket) {
     };
     tokio::join!(record_then_twilio, close_realtime, close_late);
     state.metrics.active_calls.dec();
+}
+
+/// Runs one tool within `limit`; a tool that runs out of time gets an error answer.
+async fn run_tool(env: ToolEnv, tool: ToolCall, limit: Duration) -> (String, ToolResult) {
+    let result = match tokio::time::timeout(limit, tools::run(&env, &tool, Utc::now())).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(call_sid = %env.context.call_sid, tool = %tool.name.chars().take(64).collect::<String>(), limit_ms = limit.as_millis() as u64, "tool timed out");
+            ToolResult::error(
+                "timeout",
+                format!("The tool did not answer within {} ms.", limit.as_millis()),
+            )
+        }
+    };
+    if result.is_error() {
+        tracing::info!(call_sid = %env.context.call_sid, tool = %tool.name.chars().take(64).collect::<String>(), error = %result.output["error"]["code"], "tool answered with an error");
+    }
+    (tool.call_id, result)
 }
 
 async fn next_attach(attaching: &mut Option<Attaching>) -> AttachStep {
@@ -794,7 +856,20 @@ async fn context_from_db(state: &AppState, call_sid: &CallSid) -> Result<CallCon
         client_id,
         from: call.from_number.clone(),
         to: call.to_number.clone(),
-        profile: AgentProfile::new(&client, caller),
+        // The webhook's `StirVerstat` is not stored: a call rebuilt from the database gets the
+        // caller's memory only when the client trusts every caller id.
+        profile: {
+            let trust = match client.caller_id_trust() {
+                CallerIdTrust::Always => CallerTrust::Unverified,
+                _ => CallerTrust::Untrusted,
+            };
+            AgentProfile::new(
+                &client,
+                caller,
+                trust,
+                callers::remembers(&call.from_number),
+            )
+        },
         started_at: call.started_at,
     })
 }

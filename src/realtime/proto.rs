@@ -45,6 +45,14 @@ pub(crate) fn push_recent<T>(queue: &mut VecDeque<T>, value: T) {
     }
 }
 
+/// A `response.create` frame and whether it asks for a scripted line (said even when the
+/// response it waited for was cancelled).
+#[derive(Debug, Clone)]
+struct Create {
+    frame: String,
+    scripted: bool,
+}
+
 /// Most non-audio events buffered before a claim.
 const MAX_BUFFERED_EVENTS: usize = 512;
 
@@ -67,7 +75,10 @@ pub struct Session {
     /// stays open until its `response.done`): the API refuses a second `response.create` then.
     responding: bool,
     /// A `response.create` held back until the open response is done.
-    create_deferred: bool,
+    deferred: Option<Create>,
+    /// The last `response.create` sent (asked again if the server refuses it because one of
+    /// its own responses was already under way).
+    last_create: Option<Create>,
     /// An `error` before `session.updated`: the configuration was refused.
     setup_error: Option<String>,
     ready_reported: bool,
@@ -92,7 +103,8 @@ impl Session {
             cancelled: VecDeque::new(),
             active_response: None,
             responding: false,
-            create_deferred: false,
+            deferred: None,
+            last_create: None,
             setup_error: None,
             ready_reported: false,
         }
@@ -200,10 +212,12 @@ impl Session {
                 text: transcript,
             }),
             ServerEvent::FunctionCall {
+                response_id,
                 call_id,
                 name,
                 arguments,
             } => self.push(Event::FunctionCall {
+                response_id,
                 call_id,
                 name,
                 arguments,
@@ -220,8 +234,11 @@ impl Session {
                 // A cancelled response means the caller is talking (turn detection, or our
                 // barge-in cancel): the server answers when they stop, and that answer sees
                 // the held input too, so asking as well would answer twice.
-                if std::mem::take(&mut self.create_deferred) && status != "cancelled" {
-                    self.transmit.push_back(wire::response_create(None));
+                // A scripted line (the hand-off, a goodbye) is said regardless.
+                if let Some(create) = self.deferred.take()
+                    && (status != "cancelled" || create.scripted)
+                {
+                    self.send_create(create);
                 }
                 self.push(Event::ResponseDone {
                     response_id,
@@ -235,8 +252,11 @@ impl Session {
             } => {
                 // Our `response.create` raced a response the server started itself (turn
                 // detection): ask again once that one is done, so the input is answered.
-                if code.as_deref() == Some(ACTIVE_RESPONSE) {
-                    self.create_deferred = true;
+                if code.as_deref() == Some(ACTIVE_RESPONSE) && self.deferred.is_none() {
+                    self.deferred = Some(self.last_create.clone().unwrap_or(Create {
+                        frame: wire::response_create(None),
+                        scripted: false,
+                    }));
                 }
                 // Before `session.updated` the only thing sent is the configuration (and
                 // the greeting): an error now means the session would run without our
@@ -345,11 +365,28 @@ impl Session {
     /// the `response.create` waits for its `response.done` (the API allows one at a time).
     fn send_user_text(&mut self, text: &str) {
         self.transmit.push_back(wire::user_text(text));
-        if self.responding {
-            self.create_deferred = true;
-        } else {
-            self.transmit.push_back(wire::response_create(None));
+        self.request_response(Create {
+            frame: wire::response_create(None),
+            scripted: false,
+        });
+    }
+
+    /// A `response.create`, now or (while a response is open) once it is done. A scripted one
+    /// replaces a plain one waiting; a plain one never replaces a scripted one.
+    fn request_response(&mut self, create: Create) {
+        if !self.responding {
+            self.send_create(create);
+            return;
         }
+        match &self.deferred {
+            Some(waiting) if waiting.scripted && !create.scripted => {}
+            _ => self.deferred = Some(create),
+        }
+    }
+
+    fn send_create(&mut self, create: Create) {
+        self.transmit.push_back(create.frame.clone());
+        self.last_create = Some(create);
     }
 
     /// The socket closed.
@@ -367,6 +404,16 @@ impl Session {
                 audio_end_ms,
             } => self.truncate(&item_id, audio_end_ms),
             Command::UserText(text) => self.send_user_text(&text),
+            Command::FunctionOutput { call_id, output } => self
+                .transmit
+                .push_back(wire::function_output(&call_id, &output)),
+            Command::Respond {
+                instructions,
+                tools,
+            } => self.request_response(Create {
+                frame: wire::response_create_with(instructions.as_deref(), tools),
+                scripted: instructions.is_some(),
+            }),
             // Realtime has no goodbye event: the socket's close frame, sent by the loop after
             // the last transmit, ends the session.
             Command::Close => {}
@@ -405,6 +452,7 @@ mod tests {
     use rand::{RngExt, SeedableRng, rngs::StdRng};
 
     use super::*;
+    use serde_json::Value;
 
     fn session() -> Session {
         Session::new("UPDATE".into(), Some("GREET".into()), 16)
@@ -537,6 +585,67 @@ mod tests {
             s.poll_transmit().is_none(),
             "the server's own answer to the caller covers the key press"
         );
+    }
+
+    #[test]
+    fn a_tool_output_is_an_item_and_the_answer_waits_for_the_open_response() {
+        let mut s = claimed();
+        s.handle_text(r#"{"type":"response.created","response":{"id":"r1"}}"#)
+            .unwrap();
+        s.handle_text(r#"{"type":"response.function_call_arguments.done","response_id":"r1","item_id":"i1","call_id":"call_1","name":"business_hours","arguments":"{}"}"#).unwrap();
+        assert_eq!(
+            s.poll_event(),
+            Some(Event::FunctionCall {
+                response_id: "r1".into(),
+                call_id: "call_1".into(),
+                name: "business_hours".into(),
+                arguments: "{}".into()
+            })
+        );
+        s.handle_command(Command::FunctionOutput {
+            call_id: "call_1".into(),
+            output: r#"{"open_now":true}"#.into(),
+        });
+        s.handle_command(Command::Respond {
+            instructions: None,
+            tools: true,
+        });
+        let out: Value = serde_json::from_str(&s.poll_transmit().unwrap()).unwrap();
+        assert_eq!(out["item"]["type"], "function_call_output");
+        assert_eq!(out["item"]["call_id"], "call_1");
+        assert!(s.poll_transmit().is_none(), "one response at a time");
+        s.handle_text(r#"{"type":"response.done","response":{"id":"r1","status":"completed"}}"#)
+            .unwrap();
+        assert_eq!(
+            s.poll_transmit().as_deref(),
+            Some(r#"{"type":"response.create"}"#)
+        );
+    }
+
+    #[test]
+    fn a_scripted_line_is_said_even_after_a_cancelled_response_and_wins_over_a_plain_one() {
+        let mut s = claimed();
+        s.handle_text(r#"{"type":"response.created","response":{"id":"r1"}}"#)
+            .unwrap();
+        s.handle_command(Command::Respond {
+            instructions: Some("Say exactly: \"One moment.\"".into()),
+            tools: false,
+        });
+        s.handle_command(Command::UserText("(key)".into()));
+        while let Some(t) = s.poll_transmit() {
+            assert!(!t.contains("response.create"), "held: {t}");
+        }
+        s.handle_text(r#"{"type":"response.done","response":{"id":"r1","status":"cancelled"}}"#)
+            .unwrap();
+        let create: Value = serde_json::from_str(&s.poll_transmit().unwrap()).unwrap();
+        assert_eq!(create["response"]["tool_choice"], "none");
+        assert!(
+            create["response"]["instructions"]
+                .as_str()
+                .unwrap()
+                .contains("One moment.")
+        );
+        assert!(s.poll_transmit().is_none());
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub enum ServerEvent<'a> {
     },
     /// `response.function_call_arguments.done`.
     FunctionCall {
+        /// The response making the call.
+        response_id: String,
         /// Call id for the output item.
         call_id: String,
         /// Function name.
@@ -205,6 +207,7 @@ pub fn parse(text: &str) -> Result<ServerEvent<'_>, WireError> {
             transcript: need(e.transcript, kind, "transcript")?,
         },
         "response.function_call_arguments.done" => ServerEvent::FunctionCall {
+            response_id: e.response_id.unwrap_or_default(),
             call_id: need(e.call_id, kind, "call_id")?,
             name: e.name.unwrap_or_default(),
             arguments: e.arguments.unwrap_or_else(|| "{}".into()),
@@ -243,6 +246,8 @@ pub struct SessionConfig {
     pub transcription_model: String,
     /// Caller's language for transcription (`en`), if known.
     pub language: Option<String>,
+    /// Function tools (GA shape: `{"type":"function","name","description","parameters"}`).
+    pub tools: Vec<Value>,
 }
 
 /// `session.update` in the GA shape: PCMU both ways, server VAD with barge-in, transcription.
@@ -273,6 +278,8 @@ pub fn session_update(c: &SessionConfig) -> String {
                 },
                 "output": {"format": {"type": "audio/pcmu"}, "voice": c.voice}
             },
+            "tools": c.tools,
+            "tool_choice": "auto",
             "truncation": "auto"
         }
     })
@@ -285,6 +292,29 @@ pub fn response_create(instructions: Option<&str>) -> String {
         Some(i) => json!({"type": "response.create", "response": {"instructions": i}}).to_string(),
         None => json!({"type": "response.create"}).to_string(),
     }
+}
+
+/// `response.create` for a response that must or must not use tools: `tool_choice: "none"`
+/// when `tools` is false (a scripted line), with per-response instructions when given.
+pub fn response_create_with(instructions: Option<&str>, tools: bool) -> String {
+    let mut response = serde_json::Map::new();
+    if let Some(i) = instructions {
+        response.insert("instructions".into(), Value::from(i));
+    }
+    if !tools {
+        response.insert("tool_choice".into(), Value::from("none"));
+    }
+    if response.is_empty() {
+        return response_create(None);
+    }
+    json!({"type": "response.create", "response": response}).to_string()
+}
+
+/// A tool's answer: a `function_call_output` item for the model's call `call_id`.
+pub fn function_output(call_id: &str, output: &str) -> String {
+    json!({"type": "conversation.item.create", "item": {"type": "function_call_output",
+        "call_id": call_id, "output": output}})
+    .to_string()
 }
 
 /// `response.cancel`.
@@ -316,6 +346,10 @@ mod tests {
             voice: "marin".into(),
             transcription_model: "gpt-4o-mini-transcribe".into(),
             language: Some("en".into()),
+            tools: vec![
+                json!({"type": "function", "name": "end_call", "description": "End the call.",
+                "parameters": {"type": "object", "properties": {}}}),
+            ],
         }))
         .unwrap();
         assert_eq!(v["type"], "session.update");
@@ -337,6 +371,36 @@ mod tests {
             "en"
         );
         assert!(!v.to_string().contains("g711"), "no beta format names");
+        assert_eq!(v["session"]["tools"][0]["name"], "end_call");
+        assert_eq!(v["session"]["tool_choice"], "auto");
+    }
+
+    #[test]
+    fn tool_answers_encode_in_the_ga_shape() {
+        let o: Value = serde_json::from_str(&function_output("call_1", r#"{"ok":true}"#)).unwrap();
+        assert_eq!(
+            o,
+            json!({"type": "conversation.item.create", "item": {"type": "function_call_output",
+                "call_id": "call_1", "output": "{\"ok\":true}"}})
+        );
+        let plain: Value = serde_json::from_str(&response_create_with(None, true)).unwrap();
+        assert_eq!(plain, json!({"type": "response.create"}));
+        let scripted: Value =
+            serde_json::from_str(&response_create_with(Some("Say \"bye\""), false)).unwrap();
+        assert_eq!(
+            scripted,
+            json!({"type": "response.create", "response": {"instructions": "Say \"bye\"", "tool_choice": "none"}})
+        );
+        let call = parse(r#"{"type":"response.function_call_arguments.done","event_id":"e","response_id":"resp_2","item_id":"item_3","output_index":0,"call_id":"call_9","name":"end_call","arguments":"{}"}"#).unwrap();
+        assert_eq!(
+            call,
+            ServerEvent::FunctionCall {
+                response_id: "resp_2".into(),
+                call_id: "call_9".into(),
+                name: "end_call".into(),
+                arguments: "{}".into()
+            }
+        );
     }
 
     #[test]

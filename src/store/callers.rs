@@ -93,18 +93,70 @@ pub async fn record_caller_call(
                     caller::Column::Name,
                     Expr::cust(r#"COALESCE(excluded."name", "callers"."name")"#),
                 )
-                .value(
-                    caller::Column::Memory,
-                    Expr::cust(
-                        "CASE WHEN excluded.\"memory\" = '' THEN \"callers\".\"memory\" \
-                         WHEN \"callers\".\"memory\" = '' THEN excluded.\"memory\" \
-                         ELSE \"callers\".\"memory\" || '\n' || excluded.\"memory\" END",
-                    ),
-                )
+                .value(caller::Column::Memory, Expr::cust(APPEND_MEMORY))
                 .to_owned(),
         )
         .exec_without_returning(db)
         .await?;
+    bound_memory(db, client_id, phone).await
+}
+
+/// What `remember_caller` saves mid-call: the name (replacing the one known) and/or a dated
+/// note appended to the memory (bounded like every note). The caller's row is created if this
+/// is their first call (with no calls counted yet: the call's own end counts it).
+pub async fn remember(
+    db: &impl ConnectionTrait,
+    client_id: ClientId,
+    phone: &str,
+    name: Option<&str>,
+    note: Option<&str>,
+    at: DateTime<Utc>,
+) -> Result<CallerMemory, StoreError> {
+    if !remembers(phone) {
+        return Err(StoreError::NotFound("caller"));
+    }
+    let phone = phone.trim();
+    let note = note
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| format!("{}: {}", at.format("%Y-%m-%d"), n.replace('\n', " ")))
+        .unwrap_or_default();
+    let row = caller::ActiveModel {
+        client_id: Set(client_id.get()),
+        phone: Set(phone.to_string()),
+        name: Set(name.map(str::to_string)),
+        call_count: Set(0),
+        first_call_at: Set(at),
+        last_call_at: Set(at),
+        memory: Set(note),
+        ..Default::default()
+    };
+    caller::Entity::insert(row)
+        .on_conflict(
+            OnConflict::columns([caller::Column::ClientId, caller::Column::Phone])
+                .value(
+                    caller::Column::Name,
+                    Expr::cust(r#"COALESCE(excluded."name", "callers"."name")"#),
+                )
+                .value(caller::Column::Memory, Expr::cust(APPEND_MEMORY))
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+    bound_memory(db, client_id, phone).await
+}
+
+/// Appends the new row's memory to the stored one (one note per line).
+const APPEND_MEMORY: &str = "CASE WHEN excluded.\"memory\" = '' THEN \"callers\".\"memory\" \
+     WHEN \"callers\".\"memory\" = '' THEN excluded.\"memory\" \
+     ELSE \"callers\".\"memory\" || '\n' || excluded.\"memory\" END";
+
+/// Reads the caller back, trimming the oldest notes beyond [`MEMORY_MAX_CHARS`].
+async fn bound_memory(
+    db: &impl ConnectionTrait,
+    client_id: ClientId,
+    phone: &str,
+) -> Result<CallerMemory, StoreError> {
     let current = get_caller(db, client_id, phone)
         .await?
         .ok_or(StoreError::NotFound("caller"))?;

@@ -14,8 +14,10 @@ use super::{
 };
 use crate::{
     config::PrewarmPolicy,
-    domain::{ClientId, E164, Voice},
+    domain::{CallerIdTrust, ClientId, E164, Voice},
     hours::BusinessHours,
+    lines::LineOverrides,
+    tools::Enabled,
 };
 
 /// A validated client, as the admin API accepts it.
@@ -43,6 +45,14 @@ pub struct ClientInput {
     pub phone_numbers: Vec<E164>,
     /// (question, answer) in order.
     pub faqs: Vec<(String, String)>,
+    /// Where `transfer_to_human` puts callers through.
+    pub transfer_number: Option<E164>,
+    /// Built-in tools turned on.
+    pub tools: Enabled,
+    /// How far caller ids are trusted for memory.
+    pub caller_id_trust: CallerIdTrust,
+    /// The client's own fixed lines.
+    pub lines: LineOverrides,
 }
 
 /// A client with its numbers and FAQs.
@@ -60,6 +70,15 @@ impl ClientProfile {
     /// The client's id.
     pub fn id(&self) -> ClientId {
         ClientId::new(self.client.id)
+    }
+
+    /// The client's caller-id trust policy.
+    pub fn caller_id_trust(&self) -> CallerIdTrust {
+        self.client
+            .caller_id_trust
+            .as_deref()
+            .and_then(|t| CallerIdTrust::parse(t).ok())
+            .unwrap_or_default()
     }
 
     /// The per-client prewarm policy, if set and valid.
@@ -83,6 +102,10 @@ fn active_model(input: &ClientInput, now: chrono::DateTime<Utc>) -> client::Acti
         prewarm_policy: Set(input.prewarm_policy.map(|p| p.as_str().to_string())),
         fallback_number: Set(input.fallback_number.as_ref().map(|n| n.to_string())),
         updated_at: Set(now),
+        transfer_number: Set(input.transfer_number.as_ref().map(|n| n.to_string())),
+        tools: Set(input.tools.to_stored()),
+        caller_id_trust: Set(Some(input.caller_id_trust.as_str().to_string())),
+        lines: Set(input.lines.to_stored()),
         ..Default::default()
     }
 }

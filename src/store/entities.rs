@@ -34,6 +34,14 @@ pub mod client {
         pub created_at: ChronoDateTimeUtc,
         /// Last changed.
         pub updated_at: ChronoDateTimeUtc,
+        /// Where `transfer_to_human` puts callers through (else the fallback number).
+        pub transfer_number: Option<String>,
+        /// JSON list of the built-in tools turned on; NULL is all of them (`crate::tools`).
+        pub tools: Option<String>,
+        /// `verified_only`, `unless_failed` or `always`; NULL is `unless_failed`.
+        pub caller_id_trust: Option<String>,
+        /// JSON overrides of the fixed lines (`crate::lines`).
+        pub lines: Option<String>,
     }
 
     /// No declared relations.

@@ -148,6 +148,9 @@ pub struct VoiceRequest {
     pub direction: String,
     /// Only with caller-id lookup.
     pub caller_name: Option<String>,
+    /// SHAKEN/STIR verification of the caller id (`TN-Validation-Passed-A`, …); United States
+    /// calls only, absent elsewhere.
+    pub stir_verstat: Option<String>,
 }
 
 impl VoiceRequest {
@@ -163,6 +166,10 @@ impl VoiceRequest {
             caller_name: get(params, "CallerName")
                 .filter(|s| !s.trim().is_empty())
                 .map(str::to_string),
+            stir_verstat: get(params, "StirVerstat")
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| s.chars().take(64).collect()),
         })
     }
 }

@@ -371,6 +371,22 @@ impl MediaStream {
         !self.pending.is_empty() && self.heard_timeline_ms(now) < self.sent_ms
     }
 
+    /// Whether every mark sent has been echoed (all agent audio sent has been played).
+    pub fn all_played(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// How much of the agent audio sent has, by the clock, still to play (ms; 0 when all
+    /// marks are in).
+    pub fn unplayed_ms(&self, now: Instant) -> u64 {
+        if self.pending.is_empty() {
+            return 0;
+        }
+        (self.sent_ms - self.heard_timeline_ms(now))
+            .max(0.0)
+            .round() as u64
+    }
+
     /// What the caller has heard of the item playing now: `(item, ms into that item)`.
     pub fn heard_ms(&self, now: Instant) -> Option<(u64, u64)> {
         let pos = self.heard_timeline_ms(now);

@@ -33,8 +33,8 @@ use crate::{
     app::AppState,
     bridge::{CallContext, outcome::EndReason},
     config::PrewarmPolicy,
-    domain::{CallStatus, ClientId, E164},
-    lines::{self, Line},
+    domain::{CallStatus, CallerTrust, ClientId, E164},
+    lines::{self, Line, LineOverrides},
     realtime::{
         client::{self, SessionSpec, Status},
         profile::AgentProfile,
@@ -213,7 +213,11 @@ async fn answer(
         PrewarmPolicy::KnownCallers => known,
         PrewarmPolicy::Never => false,
     };
-    let profile = AgentProfile::new(&client, caller);
+    let trust = client.caller_id_trust().judge(req.stir_verstat.as_deref());
+    if trust == CallerTrust::Untrusted {
+        tracing::info!(call_sid = %sid, stir_verstat = req.stir_verstat.as_deref().unwrap_or("absent"), "caller id not trusted: no caller memory on this call");
+    }
+    let profile = AgentProfile::new(&client, caller, trust, callers::remembers(&req.from));
     state
         .writer
         .submit_by(
@@ -421,23 +425,40 @@ async fn after_stream(
     }
     let client_language = client.as_ref().map_or("en", |c| c.client.language.as_str());
     let language = say_language(client_language);
+    let own_lines = client
+        .as_ref()
+        .map(|c| LineOverrides::from_stored(c.client.lines.as_deref()))
+        .unwrap_or_default();
     // No record, no end reason, or one no stream wrote: not a normal end.
-    let normal = record
+    let reason = record
         .as_ref()
         .and_then(|r| r.end_reason.as_deref())
-        .and_then(EndReason::from_code)
-        .is_some_and(|r| r.is_normal());
+        .and_then(EndReason::from_code);
     let fallback = client
         .as_ref()
         .and_then(|c| c.client.fallback_number.clone());
-    let (decision, body) = if normal {
-        ("hangup", twiml::hangup())
-    } else if let Some(number) = fallback {
-        let say = lines::text(Line::PuttingThrough, client_language);
-        ("dial_fallback", twiml::dial(&number, Some(say), &language))
-    } else {
-        let say = lines::text(Line::Unavailable, client_language);
-        ("apologise", twiml::say_hangup(say, &language))
+    // The agent's transfer: its hand-off line has just been heard, so the phone rings at once.
+    let transfer_to = client.as_ref().and_then(|c| {
+        c.client
+            .transfer_number
+            .clone()
+            .or_else(|| c.client.fallback_number.clone())
+    });
+    let (decision, body) = match (&reason, transfer_to) {
+        (Some(EndReason::Transfer), Some(number)) => {
+            ("dial_transfer", twiml::dial(&number, None, &language))
+        }
+        (Some(r), _) if r.is_normal() => ("hangup", twiml::hangup()),
+        _ => match fallback {
+            Some(number) => {
+                let say = own_lines.text(Line::PuttingThrough, client_language);
+                ("dial_fallback", twiml::dial(&number, Some(&say), &language))
+            }
+            None => {
+                let say = own_lines.text(Line::Unavailable, client_language);
+                ("apologise", twiml::say_hangup(&say, &language))
+            }
+        },
     };
     tracing::info!(
         call_sid = %sid,

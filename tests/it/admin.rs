@@ -149,9 +149,29 @@ both_backends!(client_crud_round_trip, |app| {
         .unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1);
 
+    // The agent's defaults: every built-in tool on, caller ids trusted unless they failed.
+    assert_eq!(
+        created["tools"],
+        json!([
+            "search_knowledge",
+            "business_hours",
+            "remember_caller",
+            "take_message",
+            "transfer_to_human",
+            "end_call"
+        ])
+    );
+    assert_eq!(created["caller_id_trust"], "unless_failed");
+    assert_eq!(created["lines"], json!({}));
+    assert_eq!(created["transfer_number"], Value::Null);
+
     let mut body = client_body("+15005550008");
     body["name"] = json!("Bright Smile II");
     body["faqs"] = json!([{"question": "Parking?", "answer": "Behind the building."}]);
+    body["transfer_number"] = json!("+1 (500) 555-0009");
+    body["tools"] = json!(["end_call", "business_hours"]);
+    body["caller_id_trust"] = json!("verified_only");
+    body["lines"] = json!({"handoff": "Un momento."});
     let put = app
         .admin(Method::PUT, &format!("/clients/{id}"))
         .json(&body)
@@ -166,6 +186,10 @@ both_backends!(client_crud_round_trip, |app| {
         json!([{"number": "+15005550008", "active": true}])
     );
     assert_eq!(put["faqs"].as_array().unwrap().len(), 1);
+    assert_eq!(put["transfer_number"], "+15005550009");
+    assert_eq!(put["tools"], json!(["business_hours", "end_call"]));
+    assert_eq!(put["caller_id_trust"], "verified_only");
+    assert_eq!(put["lines"], json!({"handoff": "Un momento."}));
 
     let del = app
         .admin(Method::DELETE, &format!("/clients/{id}"))
@@ -259,6 +283,38 @@ async fn invalid_fields_are_422_naming_the_field() {
                 b
             },
             "prewarm_policy",
+        ),
+        (
+            {
+                let mut b = client_body("+15005550006");
+                b["transfer_number"] = json!("front desk");
+                b
+            },
+            "transfer_number",
+        ),
+        (
+            {
+                let mut b = client_body("+15005550006");
+                b["tools"] = json!(["end_call", "launch_rockets"]);
+                b
+            },
+            "tools",
+        ),
+        (
+            {
+                let mut b = client_body("+15005550006");
+                b["caller_id_trust"] = json!("sometimes");
+                b
+            },
+            "caller_id_trust",
+        ),
+        (
+            {
+                let mut b = client_body("+15005550006");
+                b["lines"] = json!({"handoff": ""});
+                b
+            },
+            "lines",
         ),
         (
             {

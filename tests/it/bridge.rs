@@ -393,7 +393,7 @@ async fn the_second_call_from_a_caller_carries_the_memory_of_the_first() {
         serde_json::from_str(&conns.last().unwrap().of_type("session.update")[0].raw).unwrap();
     let instructions = update["session"]["instructions"].as_str().unwrap();
     assert!(
-        instructions.contains("called 1 time(s) before"),
+        instructions.contains("earlier calls: 1, the last on"),
         "{instructions}"
     );
     assert!(instructions.contains("caller said"), "{instructions}");

@@ -216,3 +216,46 @@ both_backends!(deleting_a_caller_erases_memory_and_transcripts, |app| {
         Err(warmline::store::StoreError::NotFound(_))
     ));
 });
+
+both_backends!(
+    remember_caller_mid_call_then_the_calls_end_counts_it_once,
+    |app| {
+        let client = app.create_client("Bright Smile", "+15005550006").await;
+        let id = ClientId::new(client["id"].as_i64().unwrap() as i32);
+        let phone = "+14155550177";
+        let at = Utc::now();
+        // First call: remembered mid-call, before the call's end has counted anything.
+        let m = callers::remember(&app.state.db, id, phone, Some("Dana"), None, at)
+            .await
+            .unwrap();
+        assert_eq!((m.call_count, m.name.as_deref()), (0, Some("Dana")));
+        let m = callers::remember(
+            &app.state.db,
+            id,
+            phone,
+            None,
+            Some("prefers\nmornings"),
+            at,
+        )
+        .await
+        .unwrap();
+        assert_eq!(m.name.as_deref(), Some("Dana"), "a note keeps the name");
+        assert!(
+            m.memory.ends_with(": prefers mornings"),
+            "one line per note: {:?}",
+            m.memory
+        );
+        let m = callers::record_caller_call(&app.state.db, id, phone, at, None, Some("n2"))
+            .await
+            .unwrap();
+        assert_eq!(m.call_count, 1);
+        assert_eq!(m.name.as_deref(), Some("Dana"));
+        assert_eq!(m.memory.lines().count(), 2);
+        // A withheld number is nobody: nothing is stored.
+        assert!(
+            callers::remember(&app.state.db, id, "anonymous", Some("X"), None, at)
+                .await
+                .is_err()
+        );
+    }
+);

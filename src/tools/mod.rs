@@ -1,0 +1,381 @@
+//! Tools the agent can call during a call (README "Tools"; docs/architecture.md, "Tools").
+//!
+//! - [`BuiltIn`]: the built-in tools, by the names the model, operators and dashboards see.
+//! - [`Toolbox`]: which of them one call offers (the client's choice, narrowed by what the call
+//!   can do: no transfer without a number, no remembering an untrusted caller), rendered as the
+//!   `tools` of `session.update` (docs/twilio-openai-reference.md §7.2).
+//! - [`run`]: runs one call of the model's off the relay path (the call's task spawns it, with
+//!   a time limit) and gives the [`ToolResult`] the model reads; a result may carry an
+//!   [`Effect`] on the call itself (transfer, hang-up), applied by the call machine when the
+//!   output is sent.
+//!
+//! Bad input (arguments that are not JSON or have the wrong types, a tool that is not offered)
+//! is answered with an error object the model can explain (`{"error": {"code", "message"}}`),
+//! never a panic and never a dropped call.
+
+mod builtin;
+
+use std::fmt;
+
+use serde_json::{Value, json};
+
+pub use builtin::{ToolEnv, run};
+
+/// A built-in tool. The names are a contract (README "Tools").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BuiltIn {
+    /// `search_knowledge {query}`: passages from the client's FAQs and documents.
+    SearchKnowledge,
+    /// `business_hours {}`: the week, open now, the next opening.
+    BusinessHours,
+    /// `remember_caller {name?, note?}`: into caller memory.
+    RememberCaller,
+    /// `take_message {message, callback_number?, caller_name?}`: stored and delivered.
+    TakeMessage,
+    /// `transfer_to_human {reason?}`: hand-off line, then `<Dial>` the transfer number.
+    TransferToHuman,
+    /// `end_call {}`: the agent hangs up after its goodbye is heard.
+    EndCall,
+}
+
+impl BuiltIn {
+    /// Every built-in, in the order they are offered.
+    pub const ALL: [BuiltIn; 6] = [
+        BuiltIn::SearchKnowledge,
+        BuiltIn::BusinessHours,
+        BuiltIn::RememberCaller,
+        BuiltIn::TakeMessage,
+        BuiltIn::TransferToHuman,
+        BuiltIn::EndCall,
+    ];
+
+    /// The name the model calls it by.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SearchKnowledge => "search_knowledge",
+            Self::BusinessHours => "business_hours",
+            Self::RememberCaller => "remember_caller",
+            Self::TakeMessage => "take_message",
+            Self::TransferToHuman => "transfer_to_human",
+            Self::EndCall => "end_call",
+        }
+    }
+
+    /// The built-in called `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// Whether this build can run it yet (a tool is offered only once it works end to end).
+    fn available(self) -> bool {
+        !matches!(self, Self::SearchKnowledge | Self::TakeMessage)
+    }
+
+    /// The function definition in the GA `session.update` shape.
+    fn definition(self) -> Value {
+        let (description, parameters) = match self {
+            Self::SearchKnowledge => (
+                "Search the business's own documents and FAQs. Use it before answering any \
+                 question about the business you cannot answer from your instructions.",
+                json!({"type": "object", "properties": {
+                    "query": {"type": "string", "description": "What to look up, in a few words."}},
+                    "required": ["query"], "additionalProperties": false}),
+            ),
+            Self::BusinessHours => (
+                "Get the opening hours for the week, whether the business is open right now, \
+                 and when it next opens.",
+                json!({"type": "object", "properties": {}, "additionalProperties": false}),
+            ),
+            Self::RememberCaller => (
+                "Remember the caller's name and/or one fact worth knowing on their next call \
+                 (for example a preferred appointment time). Use it when the caller tells you \
+                 their name.",
+                json!({"type": "object", "properties": {
+                    "name": {"type": "string", "description": "The caller's name as they said it."},
+                    "note": {"type": "string", "description": "One short fact worth remembering."}},
+                    "additionalProperties": false}),
+            ),
+            Self::TakeMessage => (
+                "Take a message for the business when the caller wants someone to call back or \
+                 to pass something on.",
+                json!({"type": "object", "properties": {
+                    "message": {"type": "string", "description": "The message, in the caller's words."},
+                    "callback_number": {"type": "string", "description": "A number to call back, if different from the one calling."},
+                    "caller_name": {"type": "string"}},
+                    "required": ["message"], "additionalProperties": false}),
+            ),
+            Self::TransferToHuman => (
+                "Put the caller through to a person at the business. Use it when the caller \
+                 asks for a person or you cannot help. The caller hears a short hand-off line; \
+                 say nothing after calling it.",
+                json!({"type": "object", "properties": {
+                    "reason": {"type": "string", "description": "Why, in a few words."}},
+                    "additionalProperties": false}),
+            ),
+            Self::EndCall => (
+                "End the call. Use it only when the caller is done and you have said goodbye.",
+                json!({"type": "object", "properties": {}, "additionalProperties": false}),
+            ),
+        };
+        json!({"type": "function", "name": self.name(), "description": description, "parameters": parameters})
+    }
+}
+
+impl fmt::Display for BuiltIn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The built-ins a client turned on (admin API `tools`); absent means all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enabled(Vec<BuiltIn>);
+
+impl Default for Enabled {
+    fn default() -> Self {
+        Self(BuiltIn::ALL.to_vec())
+    }
+}
+
+impl Enabled {
+    /// Parses a list of names (`["business_hours", "end_call"]`); `null` is the default (all).
+    /// An unknown or repeated name is refused by name.
+    pub fn parse(value: &Value) -> Result<Self, String> {
+        let list = match value {
+            Value::Null => return Ok(Self::default()),
+            Value::Array(a) => a,
+            _ => return Err("must be a list of built-in tool names".into()),
+        };
+        let mut out = Vec::new();
+        for v in list {
+            let name = v.as_str().unwrap_or_default();
+            let Some(b) = BuiltIn::parse(name) else {
+                let known: Vec<_> = BuiltIn::ALL.iter().map(|b| b.name()).collect();
+                return Err(format!(
+                    "unknown tool {v} (built-in tools: {})",
+                    known.join(", ")
+                ));
+            };
+            if out.contains(&b) {
+                return Err(format!("{b} is listed twice"));
+            }
+            out.push(b);
+        }
+        out.sort();
+        Ok(Self(out))
+    }
+
+    /// Whether `b` is on.
+    pub fn contains(&self, b: BuiltIn) -> bool {
+        self.0.contains(&b)
+    }
+
+    /// The names, in order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.0.iter().map(|b| b.name()).collect()
+    }
+
+    /// As stored: `None` for the default (so tools added later are on for such clients).
+    pub fn to_stored(&self) -> Option<String> {
+        (*self != Self::default()).then(|| json!(self.names()).to_string())
+    }
+
+    /// Reads what [`Enabled::to_stored`] wrote; unreadable text counts as the default.
+    pub fn from_stored(text: Option<&str>) -> Self {
+        text.and_then(|t| serde_json::from_str::<Value>(t).ok())
+            .and_then(|v| Self::parse(&v).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// What one call offers the model.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Toolbox {
+    /// The client's choice.
+    pub enabled: Enabled,
+    /// Where `transfer_to_human` dials (the transfer number, else the fallback number).
+    pub transfer_to: Option<String>,
+    /// Whether this caller may be remembered (a real, trusted phone number).
+    pub remember: bool,
+}
+
+impl Toolbox {
+    /// The built-ins offered on this call, in order.
+    pub fn offered(&self) -> Vec<BuiltIn> {
+        BuiltIn::ALL
+            .into_iter()
+            .filter(|b| self.enabled.contains(*b) && b.available())
+            .filter(|b| match b {
+                BuiltIn::TransferToHuman => self.transfer_to.is_some(),
+                BuiltIn::RememberCaller => self.remember,
+                _ => true,
+            })
+            .collect()
+    }
+
+    /// The offered built-in called `name`.
+    pub fn find(&self, name: &str) -> Option<BuiltIn> {
+        BuiltIn::parse(name).filter(|b| self.offered().contains(b))
+    }
+
+    /// The `tools` of `session.update`.
+    pub fn definitions(&self) -> Vec<Value> {
+        self.offered()
+            .into_iter()
+            .map(BuiltIn::definition)
+            .collect()
+    }
+}
+
+/// One function call of the model's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    /// The id its output must carry.
+    pub call_id: String,
+    /// The function's name (untrusted: the model may call anything).
+    pub name: String,
+    /// The arguments as the model wrote them (untrusted JSON text).
+    pub arguments: String,
+}
+
+/// What a tool does to the call itself, once its output has been sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Say `say` (the hand-off line), let it be heard, end the stream; Twilio then dials the
+    /// transfer number (`/twilio/after-stream`). End reason `transfer`.
+    Transfer {
+        /// The agent's instruction for the hand-off line.
+        say: String,
+    },
+    /// Let the goodbye be heard (asking for one with `say` when the agent has not said it),
+    /// end the stream; Twilio then hangs up. End reason `agent_hangup`.
+    Hangup {
+        /// The instruction for a goodbye, used only when the response that called `end_call`
+        /// said nothing.
+        say: String,
+    },
+}
+
+/// A tool's answer: the JSON the model reads, and an effect on the call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolResult {
+    /// Sent as the `function_call_output`'s `output` (JSON text).
+    pub output: Value,
+    /// What the call does once the output is sent.
+    pub effect: Option<Effect>,
+}
+
+impl ToolResult {
+    /// A plain answer.
+    pub fn ok(output: Value) -> Self {
+        Self {
+            output,
+            effect: None,
+        }
+    }
+
+    /// An error the model can explain to the caller.
+    pub fn error(code: &str, message: impl Into<String>) -> Self {
+        Self::ok(json!({"error": {"code": code, "message": message.into()}}))
+    }
+
+    /// Whether this is an error answer.
+    pub fn is_error(&self) -> bool {
+        self.output.get("error").is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_are_the_documented_ones() {
+        let names: Vec<_> = BuiltIn::ALL.iter().map(|b| b.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "search_knowledge",
+                "business_hours",
+                "remember_caller",
+                "take_message",
+                "transfer_to_human",
+                "end_call"
+            ]
+        );
+        for b in BuiltIn::ALL {
+            assert_eq!(BuiltIn::parse(b.name()), Some(b));
+        }
+        assert_eq!(BuiltIn::parse("rm -rf"), None);
+    }
+
+    #[test]
+    fn definitions_are_the_ga_function_shape() {
+        let tb = Toolbox {
+            transfer_to: Some("+15005550006".into()),
+            remember: true,
+            ..Toolbox::default()
+        };
+        for d in tb.definitions() {
+            assert_eq!(d["type"], "function");
+            assert!(
+                d["name"]
+                    .as_str()
+                    .is_some_and(|n| BuiltIn::parse(n).is_some())
+            );
+            assert!(d["description"].as_str().is_some_and(|s| s.len() > 20));
+            assert_eq!(d["parameters"]["type"], "object");
+        }
+    }
+
+    #[test]
+    fn transfer_needs_a_number_and_remembering_a_trusted_caller() {
+        let mut tb = Toolbox::default();
+        let offered = tb.offered();
+        assert!(!offered.contains(&BuiltIn::TransferToHuman));
+        assert!(!offered.contains(&BuiltIn::RememberCaller));
+        assert!(offered.contains(&BuiltIn::EndCall));
+        assert_eq!(tb.find("transfer_to_human"), None);
+        tb.transfer_to = Some("+15005550006".into());
+        tb.remember = true;
+        assert_eq!(tb.find("transfer_to_human"), Some(BuiltIn::TransferToHuman));
+        assert_eq!(tb.find("remember_caller"), Some(BuiltIn::RememberCaller));
+    }
+
+    #[test]
+    fn a_client_turns_tools_off() {
+        let e = Enabled::parse(&json!(["end_call", "business_hours"])).unwrap();
+        assert_eq!(e.names(), ["business_hours", "end_call"]);
+        let tb = Toolbox {
+            enabled: e.clone(),
+            transfer_to: Some("+15005550006".into()),
+            remember: true,
+        };
+        assert_eq!(tb.offered(), [BuiltIn::BusinessHours, BuiltIn::EndCall]);
+        assert_eq!(Enabled::from_stored(e.to_stored().as_deref()), e);
+        assert_eq!(Enabled::default().to_stored(), None);
+        assert_eq!(Enabled::from_stored(None), Enabled::default());
+        let none = Enabled::parse(&json!([])).unwrap();
+        assert!(
+            Toolbox {
+                enabled: none,
+                ..Toolbox::default()
+            }
+            .definitions()
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn bad_tool_lists_are_refused_by_name() {
+        for (bad, needle) in [
+            (json!(["end_call", "launch_rockets"]), "launch_rockets"),
+            (json!(["end_call", "end_call"]), "twice"),
+            (json!("end_call"), "list"),
+            (json!([3]), "unknown tool 3"),
+        ] {
+            let err = Enabled::parse(&bad).unwrap_err();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
+}

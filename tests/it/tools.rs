@@ -1,0 +1,392 @@
+//! The agent acts (issue 10): the fake Realtime server scripts function calls and the gateway
+//! runs them off the relay path, answers in order, and acts on the call: transfer after the
+//! hand-off line, hang-up after the goodbye, caller memory through `remember_caller` (and not
+//! for a caller id that failed verification), bad calls answered with errors.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sim::{
+    audio::clips,
+    realtime::{ConnectionLog, FakeConfig, Scripted},
+    twilio::{CallSpec, Step, Twiml},
+};
+
+use crate::support::{CALLER, CLIENT_NUMBER, Gateway, gateway};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// After the greeting the caller asks something; the answer is whatever the fake was scripted
+/// to do; then the caller waits for the gateway to end the call.
+fn ask_then_wait() -> Vec<Step> {
+    vec![
+        Step::WaitForAgentQuiet(WAIT),
+        Step::Say(clips::question()),
+        Step::WaitForClose(WAIT),
+    ]
+}
+
+/// The client-side events of the one connection, parsed, in order.
+fn sent(log: &ConnectionLog) -> Vec<Value> {
+    log.events
+        .iter()
+        .filter(|e| e.kind != "input_audio_buffer.append")
+        .map(|e| serde_json::from_str(&e.raw).unwrap())
+        .collect()
+}
+
+/// The `function_call_output` items the gateway sent, as (call_id, parsed output).
+fn outputs(events: &[Value]) -> Vec<(String, Value)> {
+    events
+        .iter()
+        .filter(|e| e["item"]["type"] == "function_call_output")
+        .map(|e| {
+            (
+                e["item"]["call_id"].as_str().unwrap().to_string(),
+                serde_json::from_str(e["item"]["output"].as_str().unwrap()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The client with everything the old tests gave it, plus `extra` fields.
+fn client_body(extra: Value) -> Value {
+    let mut body = json!({
+        "name": "Bright Smile",
+        "phone_numbers": [CLIENT_NUMBER],
+        "instructions": "You are the receptionist of a dental practice.",
+        "greeting": "Thanks for calling Bright Smile Dental!",
+        "voice": "marin",
+        "timezone": "America/New_York",
+        "business_hours": {"mon": [["09:00", "17:00"]], "tue": [["09:00", "17:00"]]},
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+async fn only_connection(gw: &Gateway) -> ConnectionLog {
+    let conns = gw.fake.connections();
+    assert_eq!(conns.len(), 1, "one Realtime session");
+    conns.into_iter().next().unwrap()
+}
+
+#[tokio::test]
+async fn transfer_to_human_says_the_hand_off_line_then_dials_the_transfer_number() {
+    let gw = gateway(FakeConfig::instant(), "").await;
+    gw.update_client(&client_body(json!({"transfer_number": "+15005550009",
+        "fallback_number": "+15005550008"})))
+        .await;
+    gw.fake.script(Scripted::call(
+        "transfer_to_human",
+        json!({"reason": "wants to speak to a person"}),
+    ));
+    let placed = gw.place_call().await;
+    let report = gw.stream(&placed, &ask_then_wait()).await;
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert_eq!(report.closed_by.as_deref(), Some("gateway"));
+    assert_eq!(
+        report.after_stream,
+        Some(Twiml::Dial {
+            say: None,
+            number: "+15005550009".into()
+        }),
+        "the transfer number, not the fallback, and no second line"
+    );
+    // Everything sent was heard before the stream ended: the hand-off line was not cut.
+    assert!(
+        report.played_ms + 60 >= report.received_ms,
+        "played {} of {} ms",
+        report.played_ms,
+        report.received_ms
+    );
+    let call = gw.ended_call(&placed.call_sid).await;
+    assert_eq!(call.call.end_reason.as_deref(), Some("transfer"));
+    assert!(
+        call.transcript
+            .iter()
+            .any(|l| l.role == "system" && l.text == "transferring to a person"),
+        "{:?}",
+        call.transcript
+    );
+
+    let events = sent(&only_connection(&gw).await);
+    let update = &events[0];
+    let tools: Vec<&str> = update["session"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(tools.contains(&"transfer_to_human"), "{tools:?}");
+    let outs = outputs(&events);
+    assert_eq!(outs.len(), 1);
+    assert_eq!(outs[0].1["status"], "transferring");
+    // The output, then one scripted response: the hand-off line, with no tools.
+    let out_at = events
+        .iter()
+        .position(|e| e["item"]["type"] == "function_call_output")
+        .unwrap();
+    let creates: Vec<&Value> = events[out_at..]
+        .iter()
+        .filter(|e| e["type"] == "response.create")
+        .collect();
+    assert_eq!(creates.len(), 1, "{creates:?}");
+    assert_eq!(creates[0]["response"]["tool_choice"], "none");
+    let said = creates[0]["response"]["instructions"].as_str().unwrap();
+    assert!(
+        said.contains("putting you through to a member of our team"),
+        "{said}"
+    );
+    gw.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_hand_off_line_is_the_clients_own_in_its_language() {
+    let gw = gateway(FakeConfig::instant(), "").await;
+    gw.update_client(&client_body(json!({"language": "es-MX",
+        "transfer_number": "+15005550009", "lines": {"handoff": "Le comunico con Marta."}})))
+        .await;
+    gw.fake
+        .script(Scripted::call("transfer_to_human", json!({})));
+    let placed = gw.place_call().await;
+    let report = gw.stream(&placed, &ask_then_wait()).await;
+    assert!(matches!(report.after_stream, Some(Twiml::Dial { .. })));
+    let events = sent(&only_connection(&gw).await);
+    let said = events
+        .iter()
+        .filter(|e| e["type"] == "response.create")
+        .filter_map(|e| e["response"]["instructions"].as_str())
+        .next_back()
+        .unwrap()
+        .to_string();
+    assert!(said.contains("Le comunico con Marta."), "{said}");
+    gw.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn end_call_after_a_spoken_goodbye_hangs_up_once_it_is_heard() {
+    let gw = gateway(FakeConfig::instant(), "").await;
+    gw.fake
+        .script(Scripted::say_then_call("end_call", json!({})));
+    let placed = gw.place_call().await;
+    let report = gw.stream(&placed, &ask_then_wait()).await;
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert_eq!(report.closed_by.as_deref(), Some("gateway"));
+    assert_eq!(report.after_stream, Some(Twiml::Hangup));
+    assert!(
+        report.played_ms + 60 >= report.received_ms,
+        "the goodbye was heard whole: played {} of {} ms",
+        report.played_ms,
+        report.received_ms
+    );
+    let call = gw.ended_call(&placed.call_sid).await;
+    assert_eq!(call.call.end_reason.as_deref(), Some("agent_hangup"));
+    let events = sent(&only_connection(&gw).await);
+    assert_eq!(outputs(&events).len(), 1);
+    let out_at = events
+        .iter()
+        .position(|e| e["item"]["type"] == "function_call_output")
+        .unwrap();
+    assert!(
+        !events[out_at..]
+            .iter()
+            .any(|e| e["type"] == "response.create"),
+        "the goodbye was already said: nothing more is asked for"
+    );
+    gw.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn business_hours_is_answered_and_the_conversation_goes_on() {
+    let gw = gateway(FakeConfig::instant(), "").await;
+    gw.fake.script(Scripted::call("business_hours", json!({})));
+    let placed = gw.place_call().await;
+    let script = vec![
+        Step::WaitForAgentQuiet(WAIT),
+        Step::Say(clips::question()),
+        // The answer to the tool's output is spoken.
+        Step::WaitForAgentAudio(WAIT),
+        Step::WaitForAgentQuiet(WAIT),
+        Step::HangUp,
+    ];
+    let report = gw.stream(&placed, &script).await;
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    let call = gw.ended_call(&placed.call_sid).await;
+    assert_eq!(call.call.end_reason.as_deref(), Some("twilio_stop"));
+    let events = sent(&only_connection(&gw).await);
+    let outs = outputs(&events);
+    assert_eq!(outs.len(), 1);
+    let hours = &outs[0].1;
+    assert_eq!(hours["hours_known"], true);
+    assert_eq!(hours["timezone"], "America/New_York");
+    assert_eq!(hours["week"]["Monday"], json!(["09:00-17:00"]));
+    assert_eq!(hours["week"]["Sunday"], "closed");
+    assert!(hours["open_now"].is_boolean());
+    assert!(hours["next_opening"].is_string() || hours["open_now"] == true);
+    let out_at = events
+        .iter()
+        .position(|e| e["item"]["type"] == "function_call_output")
+        .unwrap();
+    let creates: Vec<&Value> = events[out_at..]
+        .iter()
+        .filter(|e| e["type"] == "response.create")
+        .collect();
+    assert_eq!(creates, [&json!({"type": "response.create"})]);
+    assert!(
+        call.transcript
+            .iter()
+            .any(|l| l.text == "tool business_hours {}"),
+        "{:?}",
+        call.transcript
+    );
+    gw.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_calls_get_error_outputs_in_order_and_the_call_goes_on() {
+    let gw = gateway(FakeConfig::instant(), "").await;
+    gw.fake.script(
+        Scripted::default()
+            .then_call_raw("business_hours", "{not json")
+            .then_call("launch_rockets", json!({}))
+            .then_call("remember_caller", json!({"name": 42}))
+            .then_call("business_hours", json!({})),
+    );
+    let placed = gw.place_call().await;
+    let script = vec![
+        Step::WaitForAgentQuiet(WAIT),
+        Step::Say(clips::question()),
+        Step::WaitForAgentAudio(WAIT),
+        Step::WaitForAgentQuiet(WAIT),
+        Step::HangUp,
+    ];
+    let report = gw.stream(&placed, &script).await;
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    let log = only_connection(&gw).await;
+    assert!(
+        log.errors_sent.is_empty(),
+        "the fake refused nothing: {:?}",
+        log.errors_sent
+    );
+    let events = sent(&log);
+    let outs = outputs(&events);
+    let codes: Vec<&str> = outs
+        .iter()
+        .map(|(_, o)| o["error"]["code"].as_str().unwrap_or("ok"))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "invalid_arguments",
+            "unknown_tool",
+            "invalid_arguments",
+            "ok"
+        ]
+    );
+    // Outputs in the model's order (the fake numbers its call ids in order).
+    let ids: Vec<&String> = outs.iter().map(|(id, _)| id).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted);
+    let call = gw.ended_call(&placed.call_sid).await;
+    assert_eq!(call.call.end_reason.as_deref(), Some("twilio_stop"));
+    gw.app.shutdown().await;
+}
+
+/// Places a call from `CALLER` with `stir` and hangs up after the greeting; returns the
+/// greeting request and the session's instructions the fake received.
+async fn greeting_for(gw: &Gateway, stir: Option<&str>) -> (String, String, Vec<String>) {
+    let before = gw.fake.connections().len();
+    let mut spec = CallSpec::new(CALLER, CLIENT_NUMBER);
+    if let Some(s) = stir {
+        spec = spec.stir_verstat(s);
+    }
+    let placed = gw.twilio.place_call(&spec).await.unwrap();
+    gw.stream(&placed, &[Step::WaitForAgentQuiet(WAIT), Step::HangUp])
+        .await;
+    gw.ended_call(&placed.call_sid).await;
+    let log = gw.fake.connections().into_iter().nth(before).unwrap();
+    let events = sent(&log);
+    let update = &events[0]["session"];
+    let greet = events
+        .iter()
+        .find(|e| e["type"] == "response.create")
+        .unwrap()["response"]["instructions"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tools = update["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    (
+        greet,
+        update["instructions"].as_str().unwrap().to_string(),
+        tools,
+    )
+}
+
+#[tokio::test]
+async fn remember_caller_greets_by_name_next_time_unless_the_caller_id_failed_verification() {
+    let gw = gateway(FakeConfig::instant(), "").await;
+    gw.fake.script(Scripted::call(
+        "remember_caller",
+        json!({"name": "Dana", "note": "prefers morning appointments"}),
+    ));
+    let placed = gw.place_call().await;
+    let script = vec![
+        Step::WaitForAgentQuiet(WAIT),
+        Step::Say(clips::question()),
+        Step::WaitForAgentAudio(WAIT),
+        Step::WaitForAgentQuiet(WAIT),
+        Step::HangUp,
+    ];
+    gw.stream(&placed, &script).await;
+    gw.ended_call(&placed.call_sid).await;
+    let outs = outputs(&sent(&only_connection(&gw).await));
+    assert_eq!(outs[0].1["ok"], true, "{:?}", outs);
+
+    // No StirVerstat at all (how calls outside the United States arrive): remembered.
+    let (greet, instructions, tools) = greeting_for(&gw, None).await;
+    assert!(greet.contains("\"Dana\""), "{greet}");
+    assert!(
+        instructions.contains("prefers morning appointments"),
+        "{instructions}"
+    );
+    assert!(instructions.contains("not verified"), "{instructions}");
+    assert!(tools.contains(&"remember_caller".to_string()));
+
+    // Validation failed: a stranger, whatever the number says.
+    let (greet, instructions, tools) = greeting_for(&gw, Some("TN-Validation-Failed-B")).await;
+    assert!(!greet.contains("Dana"), "{greet}");
+    assert!(
+        !instructions.contains("Dana") && !instructions.contains("prefers morning"),
+        "{instructions}"
+    );
+    assert!(
+        instructions.contains("could not be verified"),
+        "{instructions}"
+    );
+    assert!(
+        !tools.contains(&"remember_caller".to_string()),
+        "nothing is remembered for an untrusted caller id: {tools:?}"
+    );
+
+    // Verified with attestation A: remembered, with no caution.
+    let (greet, instructions, _) = greeting_for(&gw, Some("TN-Validation-Passed-A")).await;
+    assert!(greet.contains("\"Dana\""), "{greet}");
+    assert!(!instructions.contains("not verified"), "{instructions}");
+
+    // verified_only: an unverified caller id gets nothing; a verified one the name.
+    gw.update_client(&client_body(json!({"caller_id_trust": "verified_only"})))
+        .await;
+    let (greet, _, _) = greeting_for(&gw, None).await;
+    assert!(!greet.contains("Dana"), "{greet}");
+    let (greet, _, _) = greeting_for(&gw, Some("TN-Validation-Passed-B")).await;
+    assert!(greet.contains("\"Dana\""), "{greet}");
+    gw.app.shutdown().await;
+}
