@@ -71,6 +71,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             "Do you take walk-ins?".into(),
             "Yes, weekday mornings.".into(),
         )],
+        webhook_url: None,
     };
     clients::create_client(&db, &input).await?;
     // A second number whose client never pre-warms: the cold path, for comparison.

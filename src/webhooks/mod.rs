@@ -3,6 +3,8 @@
 //!
 //! - [`signing`]: sign, verify, generate secrets (pure).
 //! - [`retry`]: the backoff schedule and the `last_error` text (pure).
+//! - [`worker`]: the delivery task the app starts; it claims due outbox rows with a lease,
+//!   POSTs them and records the outcome.
 //!
 //! The outbox itself is the `outbox` table (`store::outbox`): an event is enqueued in the
 //! transaction that produced it, its body fixed then; the URL and the secret are read at each
@@ -18,6 +20,7 @@
 
 pub mod retry;
 pub mod signing;
+pub mod worker;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
