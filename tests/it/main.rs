@@ -11,3 +11,4 @@ mod handover;
 mod loadgen;
 mod store;
 mod support;
+mod webhooks;
