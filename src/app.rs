@@ -42,12 +42,15 @@ pub struct AppState {
     pub stream_secret: Arc<[u8]>,
     /// Call records written off the relay path.
     pub writer: crate::store::writer::Writer,
+    /// Wakes the webhook delivery worker: `notify_one()` after committing an outbox row
+    /// (`store::outbox::enqueue`, `store::messages::take_message`); else it looks within a second.
+    pub outbox_wake: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
     /// Builds the state around an open database.
-    /// Builds the state around an open database and starts the background tasks (the reaper
-    /// and the call-record writer); they stop with `shutdown`.
+    /// Builds the state around an open database and starts the background tasks (the reaper,
+    /// the call-record writer and the webhook delivery worker); they stop with `shutdown`.
     pub fn new(settings: Settings, db: DatabaseConnection) -> Self {
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(
@@ -70,6 +73,15 @@ impl AppState {
             writer.clone(),
             shutdown.clone(),
         ));
+        let outbox_wake = Arc::new(tokio::sync::Notify::new());
+        crate::webhooks::worker::start(
+            db.clone(),
+            settings.webhooks.clone(),
+            metrics.clone(),
+            outbox_wake.clone(),
+            shutdown.clone(),
+            &background,
+        );
         background.close();
         Self {
             settings: Arc::new(settings),
@@ -80,6 +92,7 @@ impl AppState {
             registry,
             stream_secret,
             writer,
+            outbox_wake,
         }
     }
 }

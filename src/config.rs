@@ -171,6 +171,8 @@ pub struct Settings {
     pub admin: AdminSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Webhook events to clients' `webhook_url`s.
+    pub webhooks: WebhookSettings,
 }
 
 /// `[server]`.
@@ -279,6 +281,41 @@ pub struct LogSettings {
     /// Default filter directive; `RUST_LOG` wins when set.
     #[serde(deserialize_with = "string_like")]
     pub level: String,
+}
+
+/// `[webhooks]`: delivery of webhook events (README.md, "Webhook events").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Accept `http://` webhook URLs (local testing only); otherwise `https://` only.
+    pub allow_http: bool,
+    /// Longest one delivery attempt may take, answer included; then it counts as failed.
+    pub timeout_secs: u64,
+    /// Attempts before an event is marked `failed`.
+    pub max_attempts: u32,
+    /// Delay before each retry, in seconds (fractions allowed); the last one repeats.
+    pub retry_schedule_secs: Vec<f64>,
+}
+
+impl WebhookSettings {
+    /// The per-attempt timeout.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout_secs)
+    }
+
+    /// How long a claimed event stays leased to the instance sending it: the timeout and a
+    /// minute to record the outcome. Another instance sends it only after the lease ends.
+    pub fn lease(&self) -> std::time::Duration {
+        self.timeout() + std::time::Duration::from_secs(60)
+    }
+
+    /// The retry delays as durations (valid once the settings are validated).
+    pub fn retry_schedule(&self) -> Vec<std::time::Duration> {
+        self.retry_schedule_secs
+            .iter()
+            .map(|s| std::time::Duration::try_from_secs_f64(*s).unwrap_or_default())
+            .collect()
+    }
 }
 
 impl Settings {
@@ -421,6 +458,27 @@ impl Settings {
         if !(100..=60_000).contains(&self.call.tool_timeout_ms) {
             return invalid("call.tool_timeout_ms", "must be between 100 and 60000");
         }
+        if !(1..=MAX_WEBHOOK_TIMEOUT_SECS).contains(&self.webhooks.timeout_secs) {
+            return invalid(
+                "webhooks.timeout_secs",
+                &format!("must be between 1 and {MAX_WEBHOOK_TIMEOUT_SECS}"),
+            );
+        }
+        if !(1..=1000).contains(&self.webhooks.max_attempts) {
+            return invalid("webhooks.max_attempts", "must be between 1 and 1000");
+        }
+        let schedule = &self.webhooks.retry_schedule_secs;
+        if schedule.is_empty()
+            || schedule.len() > 100
+            || schedule
+                .iter()
+                .any(|s| !s.is_finite() || *s < 0.01 || *s > 86_400.0)
+        {
+            return invalid(
+                "webhooks.retry_schedule_secs",
+                "must list 1 to 100 delays, each between 0.01 and 86400 seconds",
+            );
+        }
         Ok(())
     }
 
@@ -467,6 +525,12 @@ impl Settings {
                 LogFormat::Json => "json",
             }),
             q(&s.log.level),
+        ) + &format!(
+            "\n[webhooks]\nallow_http = {}\ntimeout_secs = {}\nmax_attempts = {}\nretry_schedule_secs = {:?}\n",
+            s.webhooks.allow_http,
+            s.webhooks.timeout_secs,
+            s.webhooks.max_attempts,
+            s.webhooks.retry_schedule_secs,
         )
     }
 
@@ -545,6 +609,9 @@ fn check_base_url(u: &Url) -> Result<(), &'static str> {
 
 /// Longest call accepted in `call.max_duration_secs` (a day; Realtime sessions last an hour).
 const MAX_CALL_SECS: u64 = 86_400;
+
+/// Longest accepted `webhooks.timeout_secs`.
+const MAX_WEBHOOK_TIMEOUT_SECS: u64 = 120;
 
 /// Keys (last path segment) whose values are text, never parsed from the environment as
 /// numbers or booleans.
@@ -826,6 +893,40 @@ mod tests {
         // The printed TOML is itself valid settings.
         let reparsed: toml_check::Doc = toml_check::parse(&out);
         assert!(reparsed.ok, "redacted output is TOML");
+    }
+
+    #[test]
+    fn webhook_defaults_and_refusals_name_the_key() {
+        let s = Settings::from_toml("[twilio]\nauth_token=\"t\"\n").unwrap();
+        assert!(!s.webhooks.allow_http);
+        assert_eq!(s.webhooks.timeout_secs, 10);
+        assert_eq!(s.webhooks.max_attempts, 24);
+        assert_eq!(
+            s.webhooks.retry_schedule(),
+            [5, 30, 120, 600, 3600].map(std::time::Duration::from_secs)
+        );
+        let fast = Settings::from_toml(
+            "[twilio]\nauth_token=\"t\"\n[webhooks]\nretry_schedule_secs = [0.2, 1]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            fast.webhooks.retry_schedule(),
+            [200, 1000].map(std::time::Duration::from_millis)
+        );
+        for (toml, key) in [
+            ("timeout_secs = 0", "webhooks.timeout_secs"),
+            ("max_attempts = 0", "webhooks.max_attempts"),
+            ("retry_schedule_secs = []", "webhooks.retry_schedule_secs"),
+            (
+                "retry_schedule_secs = [5, -1]",
+                "webhooks.retry_schedule_secs",
+            ),
+        ] {
+            let err =
+                Settings::from_toml(&format!("[twilio]\nauth_token=\"t\"\n[webhooks]\n{toml}\n"))
+                    .expect_err(toml);
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -75,6 +75,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         tools: Default::default(),
         caller_id_trust: Default::default(),
         lines: Default::default(),
+        webhook_url: None,
     };
     clients::create_client(&db, &input).await?;
     // A second number whose client never pre-warms: the cold path, for comparison.

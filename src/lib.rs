@@ -21,6 +21,8 @@
 //! - [`store`]: sea-orm entities and repositories (clients, numbers, FAQs, callers, calls, transcripts),
 //!   and the call-record writer every call record goes through.
 //! - [`admin`]: the admin REST API under `/admin/api/v1`.
+//! - [`webhooks`]: signed webhook events to the business (Standard Webhooks) and the worker
+//!   delivering them from the `outbox` table.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`loadgen`]: `warmline loadgen`, the benchmark (a gateway child process under simulated calls;
 //!   cargo feature `sim`, on by default).
@@ -48,4 +50,5 @@ pub mod store;
 pub mod telemetry;
 pub mod tools;
 pub mod twilio;
+pub mod webhooks;
 pub mod ws;

@@ -51,6 +51,10 @@ pub const COLD_REASONS: &[&str] = &["policy", "cap", "failed", "expired"];
 /// src/realtime/registry.rs) and `shutdown` (src/realtime/reaper.rs).
 pub const WARM_CLOSE_REASONS: &[&str] = &["expired", "shutdown"];
 
+/// `warmline_webhook_deliveries_total{outcome}` values (recorded by src/webhooks/worker.rs):
+/// `delivered` (a 2xx), `retry` (failed, scheduled again), `failed` (given up).
+pub const WEBHOOK_OUTCOMES: &[&str] = &["delivered", "retry", "failed"];
+
 /// `{outcome}` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -119,6 +123,8 @@ pub struct Metrics {
     pub calls_ended: Family<ReasonLabel, Counter>,
     /// `warmline_store_errors_total`: database writes that failed after retries.
     pub store_errors: Counter,
+    /// `warmline_webhook_deliveries_total{outcome}`: webhook attempts, by outcome.
+    pub webhook_deliveries: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -156,6 +162,7 @@ impl Metrics {
             warm_sessions_closed: Family::default(),
             calls_ended: Family::default(),
             store_errors: Counter::default(),
+            webhook_deliveries: Family::default(),
             registry: Registry::default(),
         };
         registry.register_with_unit(
@@ -230,6 +237,11 @@ impl Metrics {
             "Database writes that failed",
             m.store_errors.clone(),
         );
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts, by outcome (delivered|retry|failed)",
+            m.webhook_deliveries.clone(),
+        );
         m.create_every_series();
         Self { registry, ..m }
     }
@@ -269,6 +281,10 @@ impl Metrics {
         create(
             &self.calls_ended,
             EndReason::CODES.iter().copied().map(reason),
+        );
+        create(
+            &self.webhook_deliveries,
+            WEBHOOK_OUTCOMES.iter().map(outcome),
         );
     }
 
@@ -323,6 +339,13 @@ impl Metrics {
         self.time_to_first_audio
             .get_or_create(&label)
             .observe(seconds);
+    }
+
+    /// Counts one webhook attempt's outcome (`delivered`, `retry` or `failed`).
+    pub fn inc_webhook_delivery(&self, outcome: &'static str) {
+        let label = OutcomeLabel { outcome };
+        listed(&self.webhook_deliveries, &label);
+        self.webhook_deliveries.get_or_create(&label).inc();
     }
 
     /// Counts a reason-labelled event.
@@ -448,6 +471,11 @@ mod tests {
         }
         for r in EndReason::CODES {
             want.push(format!("warmline_calls_total{{reason=\"{r}\"}} 0"));
+        }
+        for o in ["delivered", "retry", "failed"] {
+            want.push(format!(
+                "warmline_webhook_deliveries_total{{outcome=\"{o}\"}} 0"
+            ));
         }
         for line in &want {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");

@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_init;
 mod m20261129_000001_agent;
+mod m20261129_000003_outbox;
 
 /// The ordered list of warmline migrations.
 pub struct Migrator;
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_init::Migration),
             Box::new(m20261129_000001_agent::Migration),
+            Box::new(m20261129_000003_outbox::Migration),
         ]
     }
 }

@@ -15,6 +15,8 @@ use crate::{
         calls::CallWithTranscript,
         clients::{ClientInput, ClientProfile},
         entities::{call, faq, phone_number},
+        messages::Message,
+        outbox::{DeliveryStatus, OutboxRow},
     },
     tools::Enabled,
 };
@@ -68,6 +70,10 @@ pub struct ClientIn {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub lines: Option<serde_json::Value>,
+    /// Where webhook events go (`https://`; `http://` only with `webhooks.allow_http`); null or
+    /// absent: no events.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
 }
 
 /// An FAQ.
@@ -126,6 +132,17 @@ impl FaqIn {
             non_empty(&format!("{field}.question"), &self.question, 1000)?,
             non_empty(&format!("{field}.answer"), &self.answer, 4000)?,
         ))
+    }
+}
+
+/// Refuses an `http://` `webhook_url` unless `webhooks.allow_http` ([`ClientIn::validate`]
+/// checks everything else about it).
+pub fn webhook_url_allowed(input: &ClientInput, allow_http: bool) -> Result<(), ApiError> {
+    match &input.webhook_url {
+        Some(u) => crate::webhooks::check_url(u, allow_http)
+            .map(drop)
+            .map_err(|e| invalid("webhook_url", e)),
+        None => Ok(()),
     }
 }
 
@@ -207,6 +224,12 @@ impl ClientIn {
                 .unwrap_or_default(),
             lines: LineOverrides::parse(self.lines.as_ref().unwrap_or(&serde_json::Value::Null))
                 .map_err(|e| invalid("lines", e))?,
+            webhook_url: self
+                .webhook_url
+                .as_deref()
+                .map(|u| crate::webhooks::check_url(u, true).map(|u| u.to_string()))
+                .transpose()
+                .map_err(|e| invalid("webhook_url", e))?,
         })
     }
 }
@@ -292,6 +315,10 @@ pub struct ClientOut {
     /// Overridden fixed lines.
     #[schema(value_type = Object)]
     pub lines: serde_json::Value,
+    /// Where webhook events go.
+    pub webhook_url: Option<String>,
+    /// The `whsec_…` secret the receiver verifies events with (Standard Webhooks).
+    pub webhook_secret: Option<String>,
 }
 
 impl From<ClientProfile> for ClientOut {
@@ -327,6 +354,8 @@ impl From<ClientProfile> for ClientOut {
                 .as_str()
                 .to_string(),
             lines: LineOverrides::from_stored(c.lines.as_deref()).to_json(),
+            webhook_url: c.webhook_url,
+            webhook_secret: c.webhook_secret.map(|s| s.expose().to_string()),
         }
     }
 }
@@ -452,5 +481,87 @@ impl TryFrom<CallWithTranscript> for CallOut {
                 .collect(),
         );
         Ok(out)
+    }
+}
+
+/// A client's new webhook secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookSecretOut {
+    /// `whsec_…`: configure the receiver with it; events are signed with it from now on.
+    pub webhook_secret: String,
+}
+
+/// A message the agent took.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageOut {
+    /// Id.
+    pub id: i32,
+    /// The call it was taken on.
+    pub call_sid: String,
+    /// The caller id.
+    pub caller_phone: String,
+    /// The name the caller gave.
+    pub caller_name: Option<String>,
+    /// The number to call back.
+    pub callback_number: Option<String>,
+    /// The message.
+    pub message: String,
+    /// Taken.
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Message> for MessageOut {
+    fn from(m: Message) -> Self {
+        Self {
+            id: m.id,
+            call_sid: m.call_sid,
+            caller_phone: m.caller_phone,
+            caller_name: m.caller_name,
+            callback_number: m.callback_number,
+            message: m.message,
+            created_at: m.created_at,
+        }
+    }
+}
+
+/// A webhook event and how its delivery went.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryOut {
+    /// The `webhook-id` header (the same on every attempt).
+    pub webhook_id: String,
+    /// `message.taken`, `call.completed`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    /// Attempts so far.
+    pub attempts: i32,
+    /// What went wrong last.
+    pub last_error: Option<String>,
+    /// Enqueued.
+    pub created_at: DateTime<Utc>,
+    /// Next attempt (while pending).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When a 2xx came back.
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// The body as sent.
+    #[schema(value_type = Object)]
+    pub body: serde_json::Value,
+}
+
+impl From<OutboxRow> for DeliveryOut {
+    fn from(r: OutboxRow) -> Self {
+        let pending = r.status == DeliveryStatus::Pending.as_str();
+        Self {
+            body: serde_json::from_str(&r.body).unwrap_or(serde_json::Value::String(r.body)),
+            webhook_id: r.webhook_id,
+            event_type: r.event_type,
+            status: r.status,
+            attempts: r.attempts,
+            last_error: r.last_error,
+            created_at: r.created_at,
+            next_attempt_at: pending.then_some(r.next_attempt_at),
+            delivered_at: r.delivered_at,
+        }
     }
 }

@@ -23,15 +23,15 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use self::{
     dto::{
-        CallOut, CallerOut, ClientIn, ClientOut, FaqIn, FaqOut, NumberIn, NumberOut, NumberPatch,
-        e164,
+        CallOut, CallerOut, ClientIn, ClientOut, DeliveryOut, FaqIn, FaqOut, MessageOut, NumberIn,
+        NumberOut, NumberPatch, WebhookSecretOut, e164,
     },
     error::{ApiError, Path, ValidJson},
 };
 use crate::{
     app::AppState,
     domain::ClientId,
-    store::{callers, calls, clients},
+    store::{callers, calls, clients, messages, outbox},
 };
 
 /// Where the admin API lives.
@@ -63,6 +63,9 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .routes(routes!(get_caller, delete_caller))
         .routes(routes!(list_calls))
         .routes(routes!(get_call))
+        .routes(routes!(rotate_webhook_secret))
+        .routes(routes!(list_messages))
+        .routes(routes!(list_deliveries))
         .split_for_parts();
     // Paths in the document are the full ones operators call.
     doc.paths.paths = std::mem::take(&mut doc.paths.paths)
@@ -113,6 +116,7 @@ async fn create_client(
     ValidJson(body): ValidJson<ClientIn>,
 ) -> ApiResult<(StatusCode, Json<ClientOut>)> {
     let input = body.validate()?;
+    dto::webhook_url_allowed(&input, s.settings.webhooks.allow_http)?;
     let created = clients::create_client(&s.db, &input).await?;
     tracing::info!(client_id = created.client.id, name = %created.client.name, "client created");
     Ok((StatusCode::CREATED, Json(created.into())))
@@ -138,6 +142,7 @@ async fn replace_client(
     ValidJson(body): ValidJson<ClientIn>,
 ) -> ApiResult<Json<ClientOut>> {
     let input = body.validate()?;
+    dto::webhook_url_allowed(&input, s.settings.webhooks.allow_http)?;
     Ok(Json(
         clients::update_client(&s.db, id, &input).await?.into(),
     ))
@@ -334,4 +339,63 @@ async fn get_call(
         .await?
         .ok_or(ApiError::NotFound("call"))?;
     Ok(Json(c.try_into()?))
+}
+
+/// Replace a client's webhook secret (events are signed with the new one from now on, retries
+/// of pending events included).
+#[utoipa::path(post, path = "/clients/{id}/webhook-secret",
+    params(("id" = i32, Path)), responses((status = 200, body = WebhookSecretOut), (status = 404)))]
+async fn rotate_webhook_secret(
+    State(s): State<AppState>,
+    Path(id): Path<ClientId>,
+) -> ApiResult<Json<WebhookSecretOut>> {
+    let secret = clients::rotate_webhook_secret(&s.db, id).await?;
+    tracing::info!(client_id = id.get(), "webhook secret rotated");
+    Ok(Json(WebhookSecretOut {
+        webhook_secret: secret.expose().to_string(),
+    }))
+}
+
+/// `?limit=` of the per-client lists.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+struct LimitQuery {
+    /// At most this many (default 50, max 500).
+    limit: Option<u64>,
+}
+
+fn limit_of(
+    query: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<u64> {
+    let Query(q) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
+    Ok(q.limit.unwrap_or(50).clamp(1, 500))
+}
+
+/// Messages the agent took for a client, newest first.
+#[utoipa::path(get, path = "/clients/{id}/messages",
+    params(("id" = i32, Path), LimitQuery),
+    responses((status = 200, body = Vec<MessageOut>), (status = 404)))]
+async fn list_messages(
+    State(s): State<AppState>,
+    Path(id): Path<ClientId>,
+    query: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<MessageOut>>> {
+    let limit = limit_of(query)?;
+    clients::get_client(&s.db, id).await?;
+    let rows = messages::list_messages(&s.db, id, limit).await?;
+    Ok(Json(rows.into_iter().map(MessageOut::from).collect()))
+}
+
+/// A client's webhook events and their delivery (status, attempts, last error), newest first.
+#[utoipa::path(get, path = "/clients/{id}/webhook-deliveries",
+    params(("id" = i32, Path), LimitQuery),
+    responses((status = 200, body = Vec<DeliveryOut>), (status = 404)))]
+async fn list_deliveries(
+    State(s): State<AppState>,
+    Path(id): Path<ClientId>,
+    query: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<DeliveryOut>>> {
+    let limit = limit_of(query)?;
+    clients::get_client(&s.db, id).await?;
+    let rows = outbox::list_deliveries(&s.db, id, limit).await?;
+    Ok(Json(rows.into_iter().map(DeliveryOut::from).collect()))
 }

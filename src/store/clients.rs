@@ -10,7 +10,7 @@ use sea_orm::{
 
 use super::{
     StoreError,
-    entities::{client, faq, phone_number},
+    entities::{SecretText, client, faq, phone_number},
 };
 use crate::{
     config::PrewarmPolicy,
@@ -53,6 +53,8 @@ pub struct ClientInput {
     pub caller_id_trust: CallerIdTrust,
     /// The client's own fixed lines.
     pub lines: LineOverrides,
+    /// Where webhook events go (a checked URL, see `crate::webhooks::check_url`); none: no events.
+    pub webhook_url: Option<String>,
 }
 
 /// A client with its numbers and FAQs.
@@ -106,6 +108,7 @@ fn active_model(input: &ClientInput, now: chrono::DateTime<Utc>) -> client::Acti
         tools: Set(input.tools.to_stored()),
         caller_id_trust: Set(Some(input.caller_id_trust.as_str().to_string())),
         lines: Set(input.lines.to_stored()),
+        webhook_url: Set(input.webhook_url.clone()),
         ..Default::default()
     }
 }
@@ -168,6 +171,7 @@ pub async fn create_client(
     let now = Utc::now();
     let mut am = active_model(input, now);
     am.created_at = Set(now);
+    am.webhook_secret = Set(Some(new_webhook_secret()));
     let row = am.insert(&txn).await?;
     let id = ClientId::new(row.id);
     insert_numbers(&txn, id, &input.phone_numbers).await?;
@@ -185,12 +189,16 @@ pub async fn update_client(
     input: &ClientInput,
 ) -> Result<ClientProfile, StoreError> {
     let txn = db.begin().await?;
-    client::Entity::find_by_id(id)
+    let before = client::Entity::find_by_id(id)
         .one(&txn)
         .await?
         .ok_or(StoreError::NotFound("client"))?;
     let mut am = active_model(input, Utc::now());
     am.id = Set(id.get());
+    if before.webhook_secret.is_none() {
+        // A client created before webhooks existed gets its secret on its next update.
+        am.webhook_secret = Set(Some(new_webhook_secret()));
+    }
     let row = am.update(&txn).await?;
     let existing = phone_number::Entity::find()
         .filter(phone_number::Column::ClientId.eq(id))
@@ -440,4 +448,27 @@ pub async fn delete_faq(
     let row = find_faq(db, client_id, faq_id).await?;
     faq::Entity::delete_by_id(row.id).exec(db).await?;
     Ok(())
+}
+
+fn new_webhook_secret() -> SecretText {
+    SecretText(crate::webhooks::signing::generate_secret())
+}
+
+/// Replaces a client's webhook secret with a new one and returns it. Events still pending are
+/// signed with the new secret from their next attempt on.
+pub async fn rotate_webhook_secret(
+    db: &DatabaseConnection,
+    id: ClientId,
+) -> Result<SecretText, StoreError> {
+    let secret = new_webhook_secret();
+    let res = client::Entity::update_many()
+        .col_expr(client::Column::WebhookSecret, Expr::value(secret.clone()))
+        .col_expr(client::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(client::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    if res.rows_affected == 0 {
+        return Err(StoreError::NotFound("client"));
+    }
+    Ok(secret)
 }

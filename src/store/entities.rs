@@ -42,6 +42,10 @@ pub mod client {
         pub caller_id_trust: Option<String>,
         /// JSON overrides of the fixed lines (`crate::lines`).
         pub lines: Option<String>,
+        /// Where webhook events go (`https://`); none: no events.
+        pub webhook_url: Option<String>,
+        /// `whsec_…` key signing its webhook events (redacted in `Debug`).
+        pub webhook_secret: Option<super::SecretText>,
     }
 
     /// No declared relations.
@@ -49,6 +53,24 @@ pub mod client {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A secret stored as text (a webhook secret): `Debug` prints `[redacted]`, so a logged model
+/// never shows it; [`SecretText::expose`] is the way to read it.
+#[derive(Clone, PartialEq, Eq, sea_orm::DeriveValueType)]
+pub struct SecretText(pub String);
+
+impl SecretText {
+    /// The secret, for the places that sign with it or hand it to the operator.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
 }
 
 /// `phone_numbers`: numbers routed to a client.
@@ -216,6 +238,82 @@ pub mod transcript_item {
         pub text: String,
         /// When.
         pub at: ChronoDateTimeUtc,
+    }
+
+    /// No declared relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `messages`: messages the agent took for the business.
+pub mod message {
+    use sea_orm::entity::prelude::*;
+
+    /// A message row.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "messages")]
+    pub struct Model {
+        /// Primary key.
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        /// The business it is for.
+        pub client_id: i32,
+        /// The call it was taken on.
+        pub call_sid: String,
+        /// The caller id of that call, as Twilio gave it.
+        pub caller_phone: String,
+        /// The name the caller gave, if any.
+        pub caller_name: Option<String>,
+        /// The number to call back, if the caller gave one.
+        pub callback_number: Option<String>,
+        /// The message.
+        pub message: String,
+        /// Taken.
+        pub created_at: ChronoDateTimeUtc,
+    }
+
+    /// No declared relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `outbox`: webhook events to deliver, one row per event (see `crate::webhooks`).
+pub mod outbox {
+    use sea_orm::entity::prelude::*;
+
+    /// An outbox row.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "outbox")]
+    pub struct Model {
+        /// Primary key.
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        /// The client whose `webhook_url` receives it.
+        pub client_id: i32,
+        /// `message.taken`, `call.completed`.
+        pub event_type: String,
+        /// The `webhook-id` header (`msg_…`), unique, the same on every attempt.
+        pub webhook_id: String,
+        /// The JSON body exactly as sent.
+        pub body: String,
+        /// Attempts started so far.
+        pub attempts: i32,
+        /// Not sent before this.
+        pub next_attempt_at: ChronoDateTimeUtc,
+        /// Leased to an instance sending it until then.
+        pub locked_until: Option<ChronoDateTimeUtc>,
+        /// `pending`, `delivered` or `failed`.
+        pub status: String,
+        /// What went wrong last (never a secret or the URL).
+        pub last_error: Option<String>,
+        /// Enqueued.
+        pub created_at: ChronoDateTimeUtc,
+        /// When a 2xx came back.
+        pub delivered_at: Option<ChronoDateTimeUtc>,
     }
 
     /// No declared relations.

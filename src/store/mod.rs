@@ -2,7 +2,8 @@
 //!
 //! Layout: [`entities`] (one module per table), [`clients`] (clients, numbers, FAQs),
 //! [`callers`] (caller memory), [`calls`] (call records and transcripts), [`writer`] (the queue
-//! every call record is written through).
+//! every call record is written through), [`messages`] (messages taken for the business),
+//! [`outbox`] (webhook events waiting for delivery).
 //!
 //! Invariants:
 //! 1. Every query works on both backends (tests run each storage test on both).
@@ -16,6 +17,8 @@ pub mod callers;
 pub mod calls;
 pub mod clients;
 pub mod entities;
+pub mod messages;
+pub mod outbox;
 pub mod writer;
 
 use std::time::Duration;

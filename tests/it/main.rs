@@ -12,3 +12,4 @@ mod loadgen;
 mod store;
 mod support;
 mod tools;
+mod webhooks;

@@ -218,6 +218,35 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Stops this app (graceful shutdown) and starts a new one on the same database with the
+    /// same settings (a new port): what a process restart does.
+    pub async fn restart(mut self) -> TestApp {
+        self.state.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        self.state.db.clone().close().await.ok();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut settings = (*self.state.settings).clone();
+        settings.public_url = format!("http://{addr}").parse().unwrap();
+        let db = warmline::store::connect(&settings.database).await.unwrap();
+        warmline::store::migrate(&db).await.unwrap();
+        let state = AppState::new(settings, db);
+        let server = tokio::spawn(warmline::app::serve(listener, state.clone()));
+        TestApp {
+            base: format!("http://{addr}"),
+            state,
+            http: reqwest::Client::new(),
+            backend: self.backend,
+            server: Some(server),
+            _dir: self._dir.take(),
+            pg_db: self.pg_db.take(),
+        }
+    }
+}
+
 async fn drop_postgres(name: &str) {
     if let Ok(admin) = Database::connect(postgres_url()).await {
         let _ = admin
@@ -361,4 +390,36 @@ impl Gateway {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     }
+}
+
+/// Like [`both_backends!`], each app started with `$toml` over the test defaults.
+#[macro_export]
+macro_rules! both_backends_with {
+    ($(#[$meta:meta])* $name:ident, $toml:expr, |$app:ident| $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn run($app: &$crate::support::TestApp) $body
+
+            #[tokio::test]
+            async fn sqlite() {
+                let app = $crate::support::spawn_app($crate::support::Backend::Sqlite, $toml).await;
+                run(&app).await;
+                app.shutdown().await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if $crate::support::postgres_skipped() {
+                    eprintln!("TEST_POSTGRES=skip: Postgres variant skipped");
+                    return;
+                }
+                let app = $crate::support::spawn_app($crate::support::Backend::Postgres, $toml).await;
+                run(&app).await;
+                app.shutdown().await;
+            }
+        }
+    };
 }
