@@ -490,6 +490,7 @@ async fn run(state: AppState, socket: WebSocket) {
                     let env = ToolEnv {
                         db: state.db.clone(),
                         context: ctx,
+                        outbox_wake: state.outbox_wake.clone(),
                     };
                     let call_id = tool.call_id.clone();
                     let handle = tool_tasks.spawn(run_tool(env, tool, tool_limit));

@@ -14,7 +14,10 @@ use super::{BuiltIn, Effect, ToolCall, ToolResult};
 use crate::{
     bridge::CallContext,
     lines::{self, Line},
-    store::callers,
+    store::{
+        callers,
+        messages::{self, MessageError, MessageInput},
+    },
 };
 
 /// What a tool may use: the database and what the call knows.
@@ -24,6 +27,8 @@ pub struct ToolEnv {
     pub db: DatabaseConnection,
     /// The call (client, caller, agent profile with its toolbox).
     pub context: Arc<CallContext>,
+    /// Wakes the webhook delivery worker (a message taken is delivered at once).
+    pub outbox_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Longest name `remember_caller` keeps (characters).
@@ -76,7 +81,11 @@ pub async fn run(env: &ToolEnv, call: &ToolCall, now: DateTime<Utc>) -> ToolResu
                 ),
             }),
         },
-        BuiltIn::SearchKnowledge | BuiltIn::TakeMessage => ToolResult::error(
+        BuiltIn::TakeMessage => match typed::<MessageInput>(args) {
+            Ok(input) => take_message(env, input).await,
+            Err(e) => e,
+        },
+        BuiltIn::SearchKnowledge => ToolResult::error(
             "unavailable",
             format!("{tool} is not available on this call."),
         ),
@@ -199,6 +208,22 @@ async fn remember_caller(env: &ToolEnv, a: RememberArgs, now: DateTime<Utc>) -> 
         Err(e) => {
             tracing::warn!(call_sid = %ctx.call_sid, error = %e, "remember_caller: store failed");
             ToolResult::error("store_failed", "Could not save that right now.")
+        }
+    }
+}
+
+async fn take_message(env: &ToolEnv, input: MessageInput) -> ToolResult {
+    let ctx = &env.context;
+    match messages::take_message(&env.db, ctx.client_id, &ctx.call_sid, &ctx.from, input).await {
+        Ok(m) => {
+            env.outbox_wake.notify_one();
+            ToolResult::ok(json!({"ok": true, "message_id": m.id,
+                "note": "The message is saved and passed on to the business."}))
+        }
+        Err(MessageError::Invalid(why)) => ToolResult::error("invalid_arguments", why),
+        Err(MessageError::Store(e)) => {
+            tracing::warn!(call_sid = %ctx.call_sid, error = %e, "take_message: store failed");
+            ToolResult::error("store_failed", "Could not save the message right now.")
         }
     }
 }

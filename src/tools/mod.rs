@@ -68,7 +68,7 @@ impl BuiltIn {
 
     /// Whether this build can run it yet (a tool is offered only once it works end to end).
     fn available(self) -> bool {
-        !matches!(self, Self::SearchKnowledge | Self::TakeMessage)
+        !matches!(self, Self::SearchKnowledge)
     }
 
     /// The function definition in the GA `session.update` shape.

@@ -390,3 +390,66 @@ async fn remember_caller_greets_by_name_next_time_unless_the_caller_id_failed_ve
     assert!(greet.contains("\"Dana\""), "{greet}");
     gw.app.shutdown().await;
 }
+
+#[tokio::test]
+async fn take_message_is_stored_and_delivered_signed_to_the_business() {
+    let gw = gateway(FakeConfig::instant(), "[webhooks]\nallow_http = true\n").await;
+    let receiver = crate::webhooks::Receiver::start(&[]).await;
+    gw.update_client(&client_body(json!({"webhook_url": receiver.url})))
+        .await;
+    let client: Value = gw
+        .app
+        .admin(reqwest::Method::GET, &format!("/clients/{}", gw.client_id))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    receiver.trust(client["webhook_secret"].as_str().unwrap());
+    gw.fake.script(Scripted::call(
+        "take_message",
+        json!({"message": "Please call me about my crown", "caller_name": "Dana",
+            "callback_number": "+1 415 555 0199"}),
+    ));
+    let placed = gw.place_call().await;
+    let script = vec![
+        Step::WaitForAgentQuiet(WAIT),
+        Step::Say(clips::question()),
+        Step::WaitForAgentAudio(WAIT),
+        Step::WaitForAgentQuiet(WAIT),
+        Step::HangUp,
+    ];
+    gw.stream(&placed, &script).await;
+    let outs = outputs(&sent(&only_connection(&gw).await));
+    assert_eq!(outs[0].1["ok"], true, "{outs:?}");
+
+    let got = crate::webhooks::wait_for("the message.taken delivery", || async {
+        let got = receiver.got();
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    assert_eq!(got.len(), 1);
+    assert!(got[0].verified.is_ok(), "{:?}", got[0].verified);
+    let event: Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(event["type"], "message.taken");
+    let data = &event["data"];
+    assert_eq!(data["message"], "Please call me about my crown");
+    assert_eq!(data["caller_name"], "Dana");
+    assert_eq!(data["call_sid"], placed.call_sid);
+
+    let listed: Value = gw
+        .app
+        .admin(
+            reqwest::Method::GET,
+            &format!("/clients/{}/messages", gw.client_id),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[0]["message"], "Please call me about my crown");
+    gw.app.shutdown().await;
+}

@@ -41,7 +41,7 @@ const FAST: &str = "[webhooks]\nallow_http = true\nretry_schedule_secs = [0.2]\n
 
 /// What the receiver answers, in order; `Ok` once the plan runs out.
 #[derive(Clone, Copy, Debug)]
-enum Reply {
+pub(crate) enum Reply {
     Status(u16),
     /// 500 with a 5 MB body.
     Huge500,
@@ -51,13 +51,13 @@ enum Reply {
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
-struct Received {
-    webhook_id: String,
-    timestamp: String,
-    signature: String,
-    body: String,
+pub(crate) struct Received {
+    pub(crate) webhook_id: String,
+    pub(crate) timestamp: String,
+    pub(crate) signature: String,
+    pub(crate) body: String,
     /// `signing::verify` with the secret the receiver holds.
-    verified: Result<(), signing::VerifyError>,
+    pub(crate) verified: Result<(), signing::VerifyError>,
 }
 
 #[derive(Clone, Default)]
@@ -68,8 +68,8 @@ struct ReceiverState {
 }
 
 /// A webhook receiver on loopback, as a business would run one.
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     state: ReceiverState,
 }
 
@@ -111,7 +111,7 @@ async fn receive(
 }
 
 impl Receiver {
-    async fn start(plan: &[Reply]) -> Receiver {
+    pub(crate) async fn start(plan: &[Reply]) -> Receiver {
         let state = ReceiverState::default();
         state.plan.lock().unwrap().extend(plan.iter().copied());
         let app = Router::new()
@@ -126,17 +126,17 @@ impl Receiver {
         }
     }
 
-    fn trust(&self, secret: &str) {
+    pub(crate) fn trust(&self, secret: &str) {
         *self.state.secret.lock().unwrap() = Some(secret.to_string());
     }
 
-    fn got(&self) -> Vec<Received> {
+    pub(crate) fn got(&self) -> Vec<Received> {
         self.state.got.lock().unwrap().clone()
     }
 }
 
 /// Polls `probe` every 50 ms until it yields a value; fails after 20 s.
-async fn wait_for<T, F, Fut>(what: &str, mut probe: F) -> T
+pub(crate) async fn wait_for<T, F, Fut>(what: &str, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
