@@ -2,7 +2,8 @@
 //!
 //! Layout: [`entities`] (one module per table), [`clients`] (clients, numbers, FAQs),
 //! [`callers`] (caller memory), [`calls`] (call records and transcripts), [`writer`] (the queue
-//! every call record is written through).
+//! every call record is written through), [`knowledge`] (documents and the full-text search of
+//! documents and FAQs).
 //!
 //! Invariants:
 //! 1. Every query works on both backends (tests run each storage test on both).
@@ -16,6 +17,7 @@ pub mod callers;
 pub mod calls;
 pub mod clients;
 pub mod entities;
+pub mod knowledge;
 pub mod writer;
 
 use std::time::Duration;
