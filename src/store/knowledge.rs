@@ -79,11 +79,11 @@ pub mod passage {
         pub id: i32,
         /// Owner.
         pub client_id: i32,
-        /// The document it was cut from, or
+        /// The document it was cut from (exactly one of `document_id` and `faq_id` is set).
         pub document_id: Option<i32>,
-        /// the FAQ it is.
+        /// The FAQ it is.
         pub faq_id: Option<i32>,
-        /// Order within its document.
+        /// Order within its document (0 for an FAQ).
         pub position: i32,
         /// The text searched and returned.
         pub text: String,
