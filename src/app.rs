@@ -106,6 +106,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::twilio::webhook::router())
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestBodyLimitLayer::new(max_body))
+        // After the limits: the knowledge upload has its own (documents up to 1 MiB).
+        .merge(crate::admin::knowledge::upload_router(&state))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

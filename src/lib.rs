@@ -10,6 +10,7 @@
 //! - [`ws`]: the one WebSocket configuration of both legs.
 //! - [`lines`]: the fixed lines warmline speaks itself, in English and Spanish.
 //! - [`hours`]: business hours (weekly schedule in the client's timezone).
+//! - [`knowledge`]: knowledge documents: what is accepted, passage splitting, search queries.
 //! - [`config`]: typed settings (built-in defaults < `--config` file < `WARMLINE_*` env), validation, redaction.
 //! - [`app`]: `AppState`, the router merging every area, serving and graceful shutdown.
 //! - [`telemetry`]: tracing subscriber (pretty or JSON logs).
@@ -40,6 +41,7 @@ pub mod domain;
 pub mod engine;
 pub mod hours;
 pub mod json;
+pub mod knowledge;
 pub mod lines;
 #[cfg(feature = "sim")]
 pub mod loadgen;

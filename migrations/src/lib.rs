@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_init;
 mod m20261129_000001_agent;
+mod m20261129_000002_knowledge;
 mod m20261129_000003_outbox;
 
 /// The ordered list of warmline migrations.
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_init::Migration),
             Box::new(m20261129_000001_agent::Migration),
+            Box::new(m20261129_000002_knowledge::Migration),
             Box::new(m20261129_000003_outbox::Migration),
         ]
     }

@@ -37,6 +37,9 @@ pub enum ApiError {
     /// 500: logged, not shown.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// 415: a body in a content type the route does not take; the message lists those it does.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
 }
 
 impl ApiError {
@@ -49,6 +52,9 @@ impl ApiError {
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Self::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
         }
     }
 }
@@ -99,7 +105,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ValidJson<T> {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e: BytesRejection| ApiError::BadJson(e.body_text()))?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        Self::from_bytes(&bytes)
+    }
+}
+
+impl<T: DeserializeOwned> ValidJson<T> {
+    /// Parses a JSON body already read, with the extractor's errors (400 syntax, 422 shape).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ApiError> {
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
         match serde_path_to_error::deserialize(de) {
             Ok(v) => Ok(Self(v)),
             Err(e) => {

@@ -1,5 +1,6 @@
 //! The admin REST API under `/admin/api/v1` (README.md, "Admin API"): clients, their numbers
-//! and FAQs, caller memory (with deletion for privacy requests) and calls.
+//! and FAQs, caller memory (with deletion for privacy requests), calls, and knowledge
+//! documents ([`knowledge`]).
 //!
 //! Invariants: every route but `openapi.json` needs `Authorization: Bearer <admin.token>`,
 //! compared in constant time; with no token configured the routes are not mounted at all.
@@ -7,6 +8,7 @@
 
 pub mod dto;
 pub mod error;
+pub mod knowledge;
 
 use axum::{
     Json, Router,
@@ -66,7 +68,11 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .routes(routes!(rotate_webhook_secret))
         .routes(routes!(list_messages))
         .routes(routes!(list_deliveries))
+        .routes(routes!(knowledge::list_documents))
+        .routes(routes!(knowledge::search_knowledge))
+        .routes(routes!(knowledge::get_document, knowledge::delete_document))
         .split_for_parts();
+    doc.merge(knowledge::UploadDoc::openapi());
     // Paths in the document are the full ones operators call.
     doc.paths.paths = std::mem::take(&mut doc.paths.paths)
         .into_iter()

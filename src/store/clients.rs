@@ -1,5 +1,8 @@
 //! Clients (businesses), their phone numbers and FAQs: the admin API's CRUD and the webhook's
 //! `client_by_number` (two round trips while the phone rings).
+//!
+//! Every FAQ write keeps the FAQ's search passage in step, in the same transaction
+//! (`store::knowledge`).
 
 use chrono::Utc;
 use sea_orm::{
@@ -11,6 +14,7 @@ use sea_orm::{
 use super::{
     StoreError,
     entities::{SecretText, client, faq, phone_number},
+    knowledge,
 };
 use crate::{
     config::PrewarmPolicy,
@@ -142,13 +146,15 @@ async fn replace_faqs(
     db: &impl ConnectionTrait,
     client_id: ClientId,
     faqs: &[(String, String)],
+    language: &str,
 ) -> Result<(), StoreError> {
+    knowledge::unindex_faqs(db, client_id).await?;
     faq::Entity::delete_many()
         .filter(faq::Column::ClientId.eq(client_id))
         .exec(db)
         .await?;
     for (i, (q, a)) in faqs.iter().enumerate() {
-        faq::ActiveModel {
+        let row = faq::ActiveModel {
             client_id: Set(client_id.get()),
             question: Set(q.clone()),
             answer: Set(a.clone()),
@@ -157,6 +163,7 @@ async fn replace_faqs(
         }
         .insert(db)
         .await?;
+        knowledge::index_faq(db, &row, language).await?;
     }
     Ok(())
 }
@@ -175,7 +182,7 @@ pub async fn create_client(
     let row = am.insert(&txn).await?;
     let id = ClientId::new(row.id);
     insert_numbers(&txn, id, &input.phone_numbers).await?;
-    replace_faqs(&txn, id, &input.faqs).await?;
+    replace_faqs(&txn, id, &input.faqs, &input.language).await?;
     let profile = load_profile(&txn, row).await?;
     txn.commit().await?;
     Ok(profile)
@@ -223,7 +230,8 @@ pub async fn update_client(
         .cloned()
         .collect();
     insert_numbers(&txn, id, &new).await?;
-    replace_faqs(&txn, id, &input.faqs).await?;
+    replace_faqs(&txn, id, &input.faqs, &input.language).await?;
+    knowledge::set_language(&txn, id, &input.language).await?;
     let profile = load_profile(&txn, row).await?;
     txn.commit().await?;
     Ok(profile)
@@ -395,26 +403,34 @@ pub async fn add_faq(
     question: &str,
     answer: &str,
 ) -> Result<faq::Model, StoreError> {
-    let profile = get_client(db, client_id).await?;
+    let txn = db.begin().await?;
+    let client = client::Entity::find_by_id(client_id)
+        .one(&txn)
+        .await?
+        .ok_or(StoreError::NotFound("client"))?;
+    let profile = load_profile(&txn, client).await?;
     let position = profile
         .faqs
         .iter()
         .map(|f| f.position + 1)
         .max()
         .unwrap_or(0);
-    Ok(faq::ActiveModel {
+    let row = faq::ActiveModel {
         client_id: Set(client_id.get()),
         question: Set(question.to_string()),
         answer: Set(answer.to_string()),
         position: Set(position),
         ..Default::default()
     }
-    .insert(db)
-    .await?)
+    .insert(&txn)
+    .await?;
+    knowledge::index_faq(&txn, &row, &profile.client.language).await?;
+    txn.commit().await?;
+    Ok(row)
 }
 
 async fn find_faq(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     client_id: ClientId,
     faq_id: i32,
 ) -> Result<faq::Model, StoreError> {
@@ -433,10 +449,19 @@ pub async fn update_faq(
     question: &str,
     answer: &str,
 ) -> Result<faq::Model, StoreError> {
-    let mut am: faq::ActiveModel = find_faq(db, client_id, faq_id).await?.into();
+    let txn = db.begin().await?;
+    let mut am: faq::ActiveModel = find_faq(&txn, client_id, faq_id).await?.into();
     am.question = Set(question.to_string());
     am.answer = Set(answer.to_string());
-    Ok(am.update(db).await?)
+    let row = am.update(&txn).await?;
+    let client = client::Entity::find_by_id(client_id)
+        .one(&txn)
+        .await?
+        .ok_or(StoreError::NotFound("client"))?;
+    knowledge::unindex_faq(&txn, row.id).await?;
+    knowledge::index_faq(&txn, &row, &client.language).await?;
+    txn.commit().await?;
+    Ok(row)
 }
 
 /// Deletes an FAQ.
@@ -445,8 +470,11 @@ pub async fn delete_faq(
     client_id: ClientId,
     faq_id: i32,
 ) -> Result<(), StoreError> {
-    let row = find_faq(db, client_id, faq_id).await?;
-    faq::Entity::delete_by_id(row.id).exec(db).await?;
+    let txn = db.begin().await?;
+    let row = find_faq(&txn, client_id, faq_id).await?;
+    knowledge::unindex_faq(&txn, row.id).await?;
+    faq::Entity::delete_by_id(row.id).exec(&txn).await?;
+    txn.commit().await?;
     Ok(())
 }
 

@@ -3,7 +3,8 @@
 //! Layout: [`entities`] (one module per table), [`clients`] (clients, numbers, FAQs),
 //! [`callers`] (caller memory), [`calls`] (call records and transcripts), [`writer`] (the queue
 //! every call record is written through), [`messages`] (messages taken for the business),
-//! [`outbox`] (webhook events waiting for delivery).
+//! [`outbox`] (webhook events waiting for delivery), [`knowledge`] (documents and the full-text
+//! search of documents and FAQs).
 //!
 //! Invariants:
 //! 1. Every query works on both backends (tests run each storage test on both).
@@ -17,6 +18,7 @@ pub mod callers;
 pub mod calls;
 pub mod clients;
 pub mod entities;
+pub mod knowledge;
 pub mod messages;
 pub mod outbox;
 pub mod writer;

@@ -7,6 +7,7 @@ mod bridge;
 mod call_path;
 mod cli;
 mod handover;
+mod knowledge;
 #[cfg(feature = "sim")]
 mod loadgen;
 mod store;
