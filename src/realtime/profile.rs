@@ -11,8 +11,11 @@ use crate::{
     hours::BusinessHours,
     lines::LineOverrides,
     store::{callers::CallerMemory, clients::ClientProfile},
-    tools::{Enabled, Toolbox},
+    tools::{BuiltIn, Enabled, Toolbox},
 };
+
+/// FAQs kept in the prompt when the agent can search the rest (`search_knowledge`).
+const FAQS_IN_PROMPT: usize = 5;
 
 /// Everything the agent knows when the call starts.
 #[derive(Debug, Clone)]
@@ -111,11 +114,24 @@ impl AgentProfile {
                 self.hours.describe()
             ));
         }
-        if !self.faqs.is_empty() {
+        // With `search_knowledge` the prompt keeps only the first FAQs; the rest is looked up.
+        let searchable = self.tools.offered().contains(&BuiltIn::SearchKnowledge);
+        let shown = if searchable {
+            FAQS_IN_PROMPT.min(self.faqs.len())
+        } else {
+            self.faqs.len()
+        };
+        if shown > 0 {
             s.push_str("\n\nFrequently asked questions:");
-            for (q, a) in &self.faqs {
+            for (q, a) in &self.faqs[..shown] {
                 s.push_str(&format!("\nQ: {q}\nA: {a}"));
             }
+        }
+        if searchable {
+            s.push_str(
+                "\n\nFor anything else about the business (services, prices, policies, more \
+                 questions and answers), call search_knowledge before answering. Never guess.",
+            );
         }
         self.push_caller(&mut s, tz);
         s
@@ -317,6 +333,26 @@ mod tests {
         let text = p.instructions(Utc::now());
         assert!(text.contains("could not be verified"), "{text}");
         assert!(!text.contains("Dana"));
+    }
+
+    #[test]
+    fn with_search_the_prompt_keeps_only_the_first_faqs() {
+        let mut p = profile(None);
+        p.faqs = (0..8)
+            .map(|i| (format!("Q{i}?"), format!("A{i}.")))
+            .collect();
+        let text = p.instructions(Utc::now());
+        assert!(
+            text.contains("Q: Q4?") && !text.contains("Q: Q5?"),
+            "{text}"
+        );
+        assert!(text.contains("call search_knowledge"));
+        p.tools.enabled = Enabled::parse(&serde_json::json!(["end_call"])).unwrap();
+        let text = p.instructions(Utc::now());
+        assert!(
+            text.contains("Q: Q7?") && !text.contains("search_knowledge"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::{
     bridge::CallContext,
     lines::{self, Line},
     store::{
-        callers,
+        callers, knowledge,
         messages::{self, MessageError, MessageInput},
     },
 };
@@ -85,10 +85,10 @@ pub async fn run(env: &ToolEnv, call: &ToolCall, now: DateTime<Utc>) -> ToolResu
             Ok(input) => take_message(env, input).await,
             Err(e) => e,
         },
-        BuiltIn::SearchKnowledge => ToolResult::error(
-            "unavailable",
-            format!("{tool} is not available on this call."),
-        ),
+        BuiltIn::SearchKnowledge => match typed::<SearchArgs>(args) {
+            Ok(a) => search_knowledge(env, a).await,
+            Err(e) => e,
+        },
     }
 }
 
@@ -161,6 +161,16 @@ struct RememberArgs {
 }
 
 #[derive(Debug, Deserialize)]
+struct SearchArgs {
+    query: String,
+}
+
+/// Longest query `search_knowledge` takes (characters).
+const QUERY_MAX: usize = 300;
+/// Passages `search_knowledge` gives the model.
+const SEARCH_RESULTS: usize = 3;
+
+#[derive(Debug, Deserialize)]
 struct TransferArgs {
     #[serde(default)]
     reason: Option<String>,
@@ -224,6 +234,30 @@ async fn take_message(env: &ToolEnv, input: MessageInput) -> ToolResult {
         Err(MessageError::Store(e)) => {
             tracing::warn!(call_sid = %ctx.call_sid, error = %e, "take_message: store failed");
             ToolResult::error("store_failed", "Could not save the message right now.")
+        }
+    }
+}
+
+async fn search_knowledge(env: &ToolEnv, a: SearchArgs) -> ToolResult {
+    let query = match bounded("query", Some(a.query), QUERY_MAX) {
+        Ok(Some(q)) => q,
+        Ok(None) => return ToolResult::error("invalid_arguments", "query must not be empty"),
+        Err(e) => return e,
+    };
+    let ctx = &env.context;
+    match knowledge::search(&env.db, ctx.client_id, &query, SEARCH_RESULTS).await {
+        Ok(found) if found.is_empty() => ToolResult::ok(json!({"results": [],
+            "note": "Nothing in the business's documents or FAQs matches. Say you don't know rather than guess."})),
+        Ok(found) => ToolResult::ok(json!({"results": found
+            .into_iter()
+            .map(|p| json!({"source": p.source, "text": p.text}))
+            .collect::<Vec<_>>()})),
+        Err(e) => {
+            tracing::warn!(call_sid = %ctx.call_sid, error = %e, "search_knowledge: store failed");
+            ToolResult::error(
+                "store_failed",
+                "The documents cannot be searched right now.",
+            )
         }
     }
 }

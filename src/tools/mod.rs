@@ -66,11 +66,6 @@ impl BuiltIn {
         Self::ALL.into_iter().find(|b| b.name() == name)
     }
 
-    /// Whether this build can run it yet (a tool is offered only once it works end to end).
-    fn available(self) -> bool {
-        !matches!(self, Self::SearchKnowledge)
-    }
-
     /// The function definition in the GA `session.update` shape.
     fn definition(self) -> Value {
         let (description, parameters) = match self {
@@ -204,7 +199,7 @@ impl Toolbox {
     pub fn offered(&self) -> Vec<BuiltIn> {
         BuiltIn::ALL
             .into_iter()
-            .filter(|b| self.enabled.contains(*b) && b.available())
+            .filter(|b| self.enabled.contains(*b))
             .filter(|b| match b {
                 BuiltIn::TransferToHuman => self.transfer_to.is_some(),
                 BuiltIn::RememberCaller => self.remember,

@@ -12,7 +12,9 @@ use sim::{
     twilio::{CallSpec, Step, Twiml},
 };
 
-use crate::support::{CALLER, CLIENT_NUMBER, Gateway, gateway};
+use crate::support::{
+    Backend, CALLER, CLIENT_NUMBER, Gateway, gateway, gateway_on, postgres_skipped,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -452,4 +454,61 @@ async fn take_message_is_stored_and_delivered_signed_to_the_business() {
         .unwrap();
     assert_eq!(listed[0]["message"], "Please call me about my crown");
     gw.app.shutdown().await;
+}
+
+async fn search_finds_an_uploaded_passage(backend: Backend) {
+    let gw = gateway_on(backend, FakeConfig::instant(), "").await;
+    let resp = gw
+        .app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/clients/{}/knowledge?name=prices.md", gw.client_id),
+        )
+        .header("content-type", "text/markdown")
+        .body(
+            "# Prices\n\n## Whitening\n\nTeeth whitening costs 180 dollars and takes an hour.\n\n\
+             ## Parking\n\nFree parking behind the building.\n",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+    gw.fake.script(Scripted::call(
+        "search_knowledge",
+        json!({"query": "how much is whitening"}),
+    ));
+    let placed = gw.place_call().await;
+    let script = vec![
+        Step::WaitForAgentQuiet(WAIT),
+        Step::Say(clips::question()),
+        Step::WaitForAgentAudio(WAIT),
+        Step::WaitForAgentQuiet(WAIT),
+        Step::HangUp,
+    ];
+    gw.stream(&placed, &script).await;
+    let events = sent(&only_connection(&gw).await);
+    let outs = outputs(&events);
+    let results = outs[0].1["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{outs:?}"));
+    assert_eq!(results[0]["source"], "prices.md", "{results:?}");
+    assert!(
+        results[0]["text"].as_str().unwrap().contains("180 dollars"),
+        "{results:?}"
+    );
+    assert!(results.len() <= 3);
+    gw.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn search_knowledge_finds_a_passage_of_an_uploaded_document_on_sqlite() {
+    search_finds_an_uploaded_passage(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn search_knowledge_finds_a_passage_of_an_uploaded_document_on_postgres() {
+    if postgres_skipped() {
+        return;
+    }
+    search_finds_an_uploaded_passage(Backend::Postgres).await;
 }

@@ -308,10 +308,19 @@ pub const CALLER: &str = "+14155550100";
 
 /// Starts a gateway (SQLite) against a fake Realtime server configured by `fake`.
 pub async fn gateway(fake: sim::realtime::FakeConfig, extra_toml: &str) -> Gateway {
+    gateway_on(Backend::Sqlite, fake, extra_toml).await
+}
+
+/// [`gateway`] on `backend`.
+pub async fn gateway_on(
+    backend: Backend,
+    fake: sim::realtime::FakeConfig,
+    extra_toml: &str,
+) -> Gateway {
     let fake = sim::realtime::FakeRealtime::start(fake).await.unwrap();
     let url = format!("realtime_url = \"{}\"", fake.url());
     let app = spawn_app_with(
-        Backend::Sqlite,
+        backend,
         extra_toml,
         &[
             ("openai", &url),
