@@ -173,6 +173,21 @@ pub struct Settings {
     pub log: LogSettings,
     /// Webhook events to clients' `webhook_url`s.
     pub webhooks: WebhookSettings,
+    /// Operators' HTTP tools.
+    pub tools: ToolSettings,
+}
+
+/// `[tools]`: the operators' own HTTP tools (README.md, "Operator tools").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolSettings {
+    /// Accept `http://` tool URLs (local testing only); otherwise `https://` only.
+    pub allow_http: bool,
+    /// Accept tool URLs that name or resolve to loopback, private, link-local or other
+    /// non-public addresses (server-side request forgery guard; local testing only).
+    pub allow_private_urls: bool,
+    /// Largest answer read from a tool; a longer one is cut and refused.
+    pub max_response_bytes: usize,
 }
 
 /// `[server]`.
@@ -464,6 +479,12 @@ impl Settings {
                 &format!("must be between 1 and {MAX_WEBHOOK_TIMEOUT_SECS}"),
             );
         }
+        if !(256..=1_048_576).contains(&self.tools.max_response_bytes) {
+            return invalid(
+                "tools.max_response_bytes",
+                "must be between 256 and 1048576",
+            );
+        }
         if !(1..=1000).contains(&self.webhooks.max_attempts) {
             return invalid("webhooks.max_attempts", "must be between 1 and 1000");
         }
@@ -531,6 +552,9 @@ impl Settings {
             s.webhooks.timeout_secs,
             s.webhooks.max_attempts,
             s.webhooks.retry_schedule_secs,
+        ) + &format!(
+            "\n[tools]\nallow_http = {}\nallow_private_urls = {}\nmax_response_bytes = {}\n",
+            s.tools.allow_http, s.tools.allow_private_urls, s.tools.max_response_bytes,
         )
     }
 

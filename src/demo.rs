@@ -76,6 +76,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         caller_id_trust: Default::default(),
         lines: Default::default(),
         webhook_url: None,
+        http_tools: Default::default(),
+        agents: Default::default(),
     };
     clients::create_client(&db, &input).await?;
     // A second number whose client never pre-warms: the cold path, for comparison.

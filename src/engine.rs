@@ -19,7 +19,7 @@
 /// What the call asks of the engine. One variant per thing a call can want, in one place:
 /// a new capability (a function's output, re-seeding a reconnected session) is one more
 /// variant here and one more arm in each engine's `handle_command`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Caller audio (base64 μ-law 8 kHz, passed through untouched). The only droppable
     /// command: when the model's socket cannot keep up, caller audio is dropped and counted.
@@ -51,6 +51,14 @@ pub enum Command {
         instructions: Option<String>,
         /// Whether the response may call tools.
         tools: bool,
+    },
+    /// Another of the client's agents takes over: new instructions and tools for the rest of
+    /// the session (voice and audio settings stay).
+    Reconfigure {
+        /// The whole prompt.
+        instructions: String,
+        /// Function tools (`session.update` shape).
+        tools: Vec<serde_json::Value>,
     },
     /// The call is over: nothing more will be sent.
     Close,
@@ -177,6 +185,10 @@ mod tests {
             Command::Respond {
                 instructions: None,
                 tools: true,
+            },
+            Command::Reconfigure {
+                instructions: "i".into(),
+                tools: vec![],
             },
             Command::Close,
         ] {

@@ -448,6 +448,8 @@ struct Conn {
     interrupt_response: bool,
     /// Function names declared in the last `session.update`.
     tools: Vec<String>,
+    /// A `session.update` was accepted (later ones may be partial).
+    configured: bool,
     /// Call ids of the function calls made, not yet answered with a `function_call_output`.
     open_calls: Vec<String>,
     // VAD
@@ -477,6 +479,7 @@ impl Conn {
             create_response: true,
             interrupt_response: true,
             tools: Vec::new(),
+            configured: false,
             open_calls: Vec::new(),
             audio_ms: 0,
             speech_run: 0,
@@ -707,9 +710,18 @@ impl Conn {
                 Some("audio/pcmu" | "audio/pcma" | "audio/pcm")
             )
         };
+        // Only the fields present are updated: a later update may leave the audio out, but
+        // formats that are given must be GA objects.
+        let format_given_ok = |f: &Value| f.is_null() || format_ok(f);
+        let first = !self.configured;
         let ga = s["type"] == "realtime"
-            && format_ok(&s["audio"]["input"]["format"])
-            && format_ok(&s["audio"]["output"]["format"]);
+            && if first {
+                format_ok(&s["audio"]["input"]["format"])
+                    && format_ok(&s["audio"]["output"]["format"])
+            } else {
+                format_given_ok(&s["audio"]["input"]["format"])
+                    && format_given_ok(&s["audio"]["output"]["format"])
+            };
         if !ga {
             self.error(
                 "invalid_request_error",
@@ -755,10 +767,15 @@ impl Conn {
                 tools.push(name.to_string());
             }
         }
-        self.tools = tools;
+        if s.get("tools").is_some() {
+            self.tools = tools;
+        }
+        self.configured = true;
         let td = &s["audio"]["input"]["turn_detection"];
-        self.create_response = td["create_response"].as_bool().unwrap_or(true);
-        self.interrupt_response = td["interrupt_response"].as_bool().unwrap_or(true);
+        if !td.is_null() {
+            self.create_response = td["create_response"].as_bool().unwrap_or(true);
+            self.interrupt_response = td["interrupt_response"].as_bool().unwrap_or(true);
+        }
         let delay = self.config.borrow().session_ready_delay;
         let out = self.out.clone();
         let mut session = s.clone();

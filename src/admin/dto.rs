@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 
 use super::error::ApiError;
 use crate::{
-    config::PrewarmPolicy,
+    config::{PrewarmPolicy, ToolSettings},
     domain::{CallStatus, CallerIdTrust, ClientId, E164, Voice},
     hours::BusinessHours,
     lines::LineOverrides,
@@ -18,7 +18,7 @@ use crate::{
         messages::Message,
         outbox::{DeliveryStatus, OutboxRow},
     },
-    tools::Enabled,
+    tools::{Enabled, agents::Agents, http::HttpTools},
 };
 
 /// A client, as created (POST) or replaced (PUT).
@@ -74,6 +74,16 @@ pub struct ClientIn {
     /// absent: no events.
     #[serde(default)]
     pub webhook_url: Option<String>,
+    /// The operator's own HTTP tools: `[{name, description, parameters, url, timeout_ms?}]`
+    /// (README "Operator tools").
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub http_tools: Option<serde_json::Value>,
+    /// Other agents a caller can be handed to: `[{name, description, instructions, tools?,
+    /// http_tools?}]` (README "Agents").
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub agents: Option<serde_json::Value>,
 }
 
 /// An FAQ.
@@ -135,6 +145,14 @@ impl FaqIn {
     }
 }
 
+/// Refuses operator tool URLs the settings do not allow (plain http, non-public addresses).
+pub fn http_tools_allowed(input: &ClientInput, settings: &ToolSettings) -> Result<(), ApiError> {
+    input
+        .http_tools
+        .check_urls(settings)
+        .map_err(|e| invalid("http_tools", e))
+}
+
 /// Refuses an `http://` `webhook_url` unless `webhooks.allow_http` ([`ClientIn::validate`]
 /// checks everything else about it).
 pub fn webhook_url_allowed(input: &ClientInput, allow_http: bool) -> Result<(), ApiError> {
@@ -149,6 +167,9 @@ pub fn webhook_url_allowed(input: &ClientInput, allow_http: bool) -> Result<(), 
 impl ClientIn {
     /// Validates every field into a store input; errors name the field.
     pub fn validate(&self) -> Result<ClientInput, ApiError> {
+        let http_tools =
+            HttpTools::parse(self.http_tools.as_ref().unwrap_or(&serde_json::Value::Null))
+                .map_err(|e| invalid("http_tools", e))?;
         let mut numbers = Vec::with_capacity(self.phone_numbers.len());
         for (i, n) in self.phone_numbers.iter().enumerate() {
             let n = e164(&format!("phone_numbers[{i}]"), n)?;
@@ -230,6 +251,12 @@ impl ClientIn {
                 .map(|u| crate::webhooks::check_url(u, true).map(|u| u.to_string()))
                 .transpose()
                 .map_err(|e| invalid("webhook_url", e))?,
+            http_tools: http_tools.clone(),
+            agents: Agents::parse(
+                self.agents.as_ref().unwrap_or(&serde_json::Value::Null),
+                &http_tools,
+            )
+            .map_err(|e| invalid("agents", e))?,
         })
     }
 }
@@ -319,12 +346,19 @@ pub struct ClientOut {
     pub webhook_url: Option<String>,
     /// The `whsec_…` secret the receiver verifies events with (Standard Webhooks).
     pub webhook_secret: Option<String>,
+    /// The operator's HTTP tools.
+    #[schema(value_type = Vec<Object>)]
+    pub http_tools: serde_json::Value,
+    /// Other agents.
+    #[schema(value_type = Vec<Object>)]
+    pub agents: serde_json::Value,
 }
 
 impl From<ClientProfile> for ClientOut {
     fn from(p: ClientProfile) -> Self {
         let id = p.id();
         let c = p.client;
+        let http = HttpTools::from_stored(c.http_tools.as_deref());
         Self {
             id,
             name: c.name,
@@ -356,6 +390,8 @@ impl From<ClientProfile> for ClientOut {
             lines: LineOverrides::from_stored(c.lines.as_deref()).to_json(),
             webhook_url: c.webhook_url,
             webhook_secret: c.webhook_secret.map(|s| s.expose().to_string()),
+            http_tools: http.to_json(),
+            agents: Agents::from_stored(c.agents.as_deref(), &http).to_json(),
         }
     }
 }

@@ -123,6 +123,7 @@ async fn create_client(
 ) -> ApiResult<(StatusCode, Json<ClientOut>)> {
     let input = body.validate()?;
     dto::webhook_url_allowed(&input, s.settings.webhooks.allow_http)?;
+    dto::http_tools_allowed(&input, &s.settings.tools)?;
     let created = clients::create_client(&s.db, &input).await?;
     tracing::info!(client_id = created.client.id, name = %created.client.name, "client created");
     Ok((StatusCode::CREATED, Json(created.into())))
@@ -149,6 +150,7 @@ async fn replace_client(
 ) -> ApiResult<Json<ClientOut>> {
     let input = body.validate()?;
     dto::webhook_url_allowed(&input, s.settings.webhooks.allow_http)?;
+    dto::http_tools_allowed(&input, &s.settings.tools)?;
     Ok(Json(
         clients::update_client(&s.db, id, &input).await?.into(),
     ))

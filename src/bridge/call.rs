@@ -208,6 +208,8 @@ pub struct Call {
     unanswered_outputs: bool,
     /// The agent is ending the call (transfer, hang-up).
     closing: Option<Closing>,
+    /// The client's agent that has the call (`switch_agent` changes it).
+    agent: String,
 }
 
 /// A tool call waiting for its result, or for an earlier call's (outputs keep the model's
@@ -289,6 +291,7 @@ impl Call {
             tool_response_open: false,
             unanswered_outputs: false,
             closing: None,
+            agent: crate::tools::agents::MAIN.to_string(),
         }
     }
 
@@ -510,6 +513,7 @@ impl Call {
                 call_id,
                 name,
                 arguments,
+                agent: self.agent.clone(),
             }));
         }
         self.tools.push_back(pending);
@@ -531,13 +535,30 @@ impl Call {
             if let Some(code) = result.output["error"]["code"].as_str() {
                 self.push_line(now, Role::System, format!("tool {name} failed: {code}"));
             }
+            // A new agent is configured before the output it is to answer arrives.
+            let effect = match result.effect {
+                Some(Effect::SwitchAgent {
+                    agent,
+                    instructions,
+                    tools,
+                }) => {
+                    self.push_line(now, Role::System, format!("switched to agent {agent}"));
+                    self.agent = agent;
+                    self.outputs.push_back(Output::Engine(Command::Reconfigure {
+                        instructions,
+                        tools,
+                    }));
+                    None
+                }
+                other => other,
+            };
             self.outputs
                 .push_back(Output::Engine(Command::FunctionOutput {
                     call_id,
                     output: result.output.to_string(),
                 }));
             self.unanswered_outputs = true;
-            if let Some(effect) = result.effect {
+            if let Some(effect) = effect {
                 self.start_closing(now, effect, &response_id);
             }
         }
@@ -562,6 +583,7 @@ impl Call {
             return;
         }
         let (reason, say, line) = match effect {
+            Effect::SwitchAgent { .. } => return,
             Effect::Transfer { say } => {
                 (EndReason::Transfer, Some(say), "transferring to a person")
             }

@@ -491,6 +491,7 @@ async fn run(state: AppState, socket: WebSocket) {
                         db: state.db.clone(),
                         context: ctx,
                         outbox_wake: state.outbox_wake.clone(),
+                        settings: state.settings.tools.clone(),
                     };
                     let call_id = tool.call_id.clone();
                     let handle = tool_tasks.spawn(run_tool(env, tool, tool_limit));

@@ -11,7 +11,11 @@ use crate::{
     hours::BusinessHours,
     lines::LineOverrides,
     store::{callers::CallerMemory, clients::ClientProfile},
-    tools::{BuiltIn, Enabled, Toolbox},
+    tools::{
+        BuiltIn, Enabled, Toolbox,
+        agents::{Agents, MAIN},
+        http::HttpTools,
+    },
 };
 
 /// FAQs kept in the prompt when the agent can search the rest (`search_knowledge`).
@@ -73,24 +77,43 @@ impl AgentProfile {
                 .collect(),
             caller: caller.filter(|_| trusted),
             trust,
-            tools: Toolbox {
-                enabled: Enabled::from_stored(c.tools.as_deref()),
-                transfer_to: c
-                    .transfer_number
-                    .clone()
-                    .or_else(|| c.fallback_number.clone()),
-                remember: trusted && rememberable,
+            tools: {
+                let http = HttpTools::from_stored(c.http_tools.as_deref());
+                Toolbox {
+                    enabled: Enabled::from_stored(c.tools.as_deref()),
+                    transfer_to: c
+                        .transfer_number
+                        .clone()
+                        .or_else(|| c.fallback_number.clone()),
+                    remember: trusted && rememberable,
+                    agents: Agents::from_stored(c.agents.as_deref(), &http),
+                    http,
+                    agent: String::new(),
+                }
             },
             lines: LineOverrides::from_stored(c.lines.as_deref()),
         }
     }
 
-    /// The full prompt at `now`.
+    /// The full prompt at `now` (the main agent's).
     pub fn instructions(&self, now: DateTime<Utc>) -> String {
+        self.instructions_as(MAIN, now)
+    }
+
+    /// The full prompt of agent `agent` at `now`: its own instructions (the client's for
+    /// `main`), then what every agent of the business knows (hours, FAQs, the caller), and
+    /// its tools.
+    pub fn instructions_as(&self, agent: &str, now: DateTime<Utc>) -> String {
         let tz: Tz = self.timezone.parse().unwrap_or(Tz::UTC);
         let local = now.with_timezone(&tz);
+        let tools = self.tools.for_agent(agent);
+        let own = self
+            .tools
+            .agents
+            .get(agent)
+            .map_or(self.instructions.as_str(), |a| a.instructions.as_str());
         let mut s = String::with_capacity(1024);
-        s.push_str(self.instructions.trim());
+        s.push_str(own.trim());
         s.push_str(&format!(
             "\n\nYou are answering the phone for {}. Speak {} ({}) naturally and briefly, as on a phone \
              call. Never read out markup or lists.",
@@ -115,7 +138,7 @@ impl AgentProfile {
             ));
         }
         // With `search_knowledge` the prompt keeps only the first FAQs; the rest is looked up.
-        let searchable = self.tools.offered().contains(&BuiltIn::SearchKnowledge);
+        let searchable = tools.offered().contains(&BuiltIn::SearchKnowledge);
         let shown = if searchable {
             FAQS_IN_PROMPT.min(self.faqs.len())
         } else {

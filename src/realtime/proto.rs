@@ -404,6 +404,12 @@ impl Session {
                 audio_end_ms,
             } => self.truncate(&item_id, audio_end_ms),
             Command::UserText(text) => self.send_user_text(&text),
+            Command::Reconfigure {
+                instructions,
+                tools,
+            } => self
+                .transmit
+                .push_back(wire::session_reconfigure(&instructions, &tools)),
             Command::FunctionOutput { call_id, output } => self
                 .transmit
                 .push_back(wire::function_output(&call_id, &output)),

@@ -310,6 +310,14 @@ pub fn response_create_with(instructions: Option<&str>, tools: bool) -> String {
     json!({"type": "response.create", "response": response}).to_string()
 }
 
+/// A partial `session.update`: new instructions and tools, everything else as it was (only the
+/// fields present are updated, docs/twilio-openai-reference.md §7.2).
+pub fn session_reconfigure(instructions: &str, tools: &[Value]) -> String {
+    json!({"type": "session.update", "session": {"type": "realtime",
+        "instructions": instructions, "tools": tools, "tool_choice": "auto"}})
+    .to_string()
+}
+
 /// A tool's answer: a `function_call_output` item for the model's call `call_id`.
 pub fn function_output(call_id: &str, output: &str) -> String {
     json!({"type": "conversation.item.create", "item": {"type": "function_call_output",

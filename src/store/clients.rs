@@ -21,7 +21,7 @@ use crate::{
     domain::{CallerIdTrust, ClientId, E164, Voice},
     hours::BusinessHours,
     lines::LineOverrides,
-    tools::Enabled,
+    tools::{Enabled, agents::Agents, http::HttpTools},
 };
 
 /// A validated client, as the admin API accepts it.
@@ -59,6 +59,10 @@ pub struct ClientInput {
     pub lines: LineOverrides,
     /// Where webhook events go (a checked URL, see `crate::webhooks::check_url`); none: no events.
     pub webhook_url: Option<String>,
+    /// The operator's HTTP tools.
+    pub http_tools: HttpTools,
+    /// The client's other agents.
+    pub agents: Agents,
 }
 
 /// A client with its numbers and FAQs.
@@ -113,6 +117,8 @@ fn active_model(input: &ClientInput, now: chrono::DateTime<Utc>) -> client::Acti
         caller_id_trust: Set(Some(input.caller_id_trust.as_str().to_string())),
         lines: Set(input.lines.to_stored()),
         webhook_url: Set(input.webhook_url.clone()),
+        http_tools: Set(input.http_tools.to_stored()),
+        agents: Set(input.agents.to_stored()),
         ..Default::default()
     }
 }

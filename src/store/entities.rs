@@ -46,6 +46,10 @@ pub mod client {
         pub webhook_url: Option<String>,
         /// `whsec_…` key signing its webhook events (redacted in `Debug`).
         pub webhook_secret: Option<super::SecretText>,
+        /// JSON list of the operator's HTTP tools (`crate::tools::http`).
+        pub http_tools: Option<String>,
+        /// JSON list of the client's other agents (`crate::tools::agents`).
+        pub agents: Option<String>,
     }
 
     /// No declared relations.

@@ -5,19 +5,22 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, EntityTrait};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
-use super::{BuiltIn, Effect, ToolCall, ToolResult};
+use super::{BuiltIn, Effect, Offered, ToolCall, ToolResult, Toolbox, agents::MAIN, http};
 use crate::{
     bridge::CallContext,
+    config::ToolSettings,
     lines::{self, Line},
+    store::entities::client,
     store::{
         callers, knowledge,
         messages::{self, MessageError, MessageInput},
     },
+    webhooks::signing::WebhookSecret,
 };
 
 /// What a tool may use: the database and what the call knows.
@@ -29,6 +32,8 @@ pub struct ToolEnv {
     pub context: Arc<CallContext>,
     /// Wakes the webhook delivery worker (a message taken is delivered at once).
     pub outbox_wake: Arc<tokio::sync::Notify>,
+    /// What operator HTTP tools may reach.
+    pub settings: ToolSettings,
 }
 
 /// Longest name `remember_caller` keeps (characters).
@@ -41,7 +46,8 @@ const NOTE_MAX: usize = 300;
 /// error object the model can explain.
 pub async fn run(env: &ToolEnv, call: &ToolCall, now: DateTime<Utc>) -> ToolResult {
     let profile = &env.context.profile;
-    let Some(tool) = profile.tools.find(&call.name) else {
+    let toolbox = profile.tools.for_agent(&call.agent);
+    let Some(tool) = toolbox.lookup(&call.name) else {
         let name: String = call.name.chars().take(64).collect();
         return ToolResult::error(
             "unknown_tool",
@@ -51,6 +57,10 @@ pub async fn run(env: &ToolEnv, call: &ToolCall, now: DateTime<Utc>) -> ToolResu
     let args = match parse_object(&call.arguments) {
         Ok(a) => a,
         Err(e) => return e,
+    };
+    let tool = match tool {
+        Offered::BuiltIn(b) => b,
+        Offered::Http(t) => return http_tool(env, t, args).await,
     };
     match tool {
         BuiltIn::BusinessHours => business_hours(env, now),
@@ -83,6 +93,10 @@ pub async fn run(env: &ToolEnv, call: &ToolCall, now: DateTime<Utc>) -> ToolResu
         },
         BuiltIn::TakeMessage => match typed::<MessageInput>(args) {
             Ok(input) => take_message(env, input).await,
+            Err(e) => e,
+        },
+        BuiltIn::SwitchAgent => match typed::<SwitchArgs>(args) {
+            Ok(a) => switch_agent(env, &toolbox, a, now),
             Err(e) => e,
         },
         BuiltIn::SearchKnowledge => match typed::<SearchArgs>(args) {
@@ -158,6 +172,11 @@ struct RememberArgs {
     name: Option<String>,
     #[serde(default)]
     note: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SwitchArgs {
+    agent: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,4 +279,52 @@ async fn search_knowledge(env: &ToolEnv, a: SearchArgs) -> ToolResult {
             )
         }
     }
+}
+
+fn switch_agent(env: &ToolEnv, toolbox: &Toolbox, a: SwitchArgs, now: DateTime<Utc>) -> ToolResult {
+    let name = a.agent.trim();
+    let known = name == MAIN || toolbox.agents.get(name).is_some();
+    if !known || name == toolbox.current() {
+        let shown: String = name.chars().take(32).collect();
+        return ToolResult::error(
+            "invalid_arguments",
+            format!("{shown:?} is not another agent of this business."),
+        );
+    }
+    let profile = &env.context.profile;
+    let next = toolbox.for_agent(name);
+    ToolResult {
+        output: json!({"ok": true, "agent": name,
+            "note": "You are now this agent: carry on the conversation with the caller."}),
+        effect: Some(Effect::SwitchAgent {
+            agent: name.to_string(),
+            instructions: profile.instructions_as(name, now),
+            tools: next.definitions(),
+        }),
+    }
+}
+
+/// An operator's HTTP tool, signed with the client's current secret (read now, so a rotated
+/// secret applies at once).
+async fn http_tool(env: &ToolEnv, tool: &http::HttpTool, args: Map<String, Value>) -> ToolResult {
+    let ctx = &env.context;
+    let secret = match client::Entity::find_by_id(ctx.client_id.get())
+        .one(&env.db)
+        .await
+    {
+        Ok(Some(c)) => c
+            .webhook_secret
+            .as_ref()
+            .and_then(|s| WebhookSecret::parse(s.expose()).ok()),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(call_sid = %ctx.call_sid, error = %e, "operator tool: client lookup failed");
+            return ToolResult::error("tool_failed", "The tool could not be called right now.");
+        }
+    };
+    let caller = http::Caller {
+        call_sid: ctx.call_sid.as_str(),
+        from: &ctx.from,
+    };
+    http::call(tool, args, caller, secret.as_ref(), &env.settings).await
 }

@@ -13,13 +13,20 @@
 //! is answered with an error object the model can explain (`{"error": {"code", "message"}}`),
 //! never a panic and never a dropped call.
 
+pub mod agents;
 mod builtin;
+pub mod http;
 
 use std::fmt;
 
 use serde_json::{Value, json};
 
 pub use builtin::{ToolEnv, run};
+
+use self::{
+    agents::{Agents, MAIN},
+    http::{HttpTool, HttpTools},
+};
 
 /// A built-in tool. The names are a contract (README "Tools").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,17 +43,20 @@ pub enum BuiltIn {
     TransferToHuman,
     /// `end_call {}`: the agent hangs up after its goodbye is heard.
     EndCall,
+    /// `switch_agent {agent}`: another of the client's agents takes over the call.
+    SwitchAgent,
 }
 
 impl BuiltIn {
     /// Every built-in, in the order they are offered.
-    pub const ALL: [BuiltIn; 6] = [
+    pub const ALL: [BuiltIn; 7] = [
         BuiltIn::SearchKnowledge,
         BuiltIn::BusinessHours,
         BuiltIn::RememberCaller,
         BuiltIn::TakeMessage,
         BuiltIn::TransferToHuman,
         BuiltIn::EndCall,
+        BuiltIn::SwitchAgent,
     ];
 
     /// The name the model calls it by.
@@ -58,6 +68,7 @@ impl BuiltIn {
             Self::TakeMessage => "take_message",
             Self::TransferToHuman => "transfer_to_human",
             Self::EndCall => "end_call",
+            Self::SwitchAgent => "switch_agent",
         }
     }
 
@@ -110,6 +121,12 @@ impl BuiltIn {
             Self::EndCall => (
                 "End the call. Use it only when the caller is done and you have said goodbye.",
                 json!({"type": "object", "properties": {}, "additionalProperties": false}),
+            ),
+            // The real definition lists the agents (`Agents::switch_definition`).
+            Self::SwitchAgent => (
+                "Hand the caller to another agent of this business.",
+                json!({"type": "object", "properties": {"agent": {"type": "string"}},
+                    "required": ["agent"], "additionalProperties": false}),
             ),
         };
         json!({"type": "function", "name": self.name(), "description": description, "parameters": parameters})
@@ -183,18 +200,59 @@ impl Enabled {
     }
 }
 
-/// What one call offers the model.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What one call offers the model (as one of the client's agents: the main one unless
+/// [`Toolbox::for_agent`] chose another).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Toolbox {
-    /// The client's choice.
+    /// The built-ins turned on (the client's, or the agent's).
     pub enabled: Enabled,
     /// Where `transfer_to_human` dials (the transfer number, else the fallback number).
     pub transfer_to: Option<String>,
     /// Whether this caller may be remembered (a real, trusted phone number).
     pub remember: bool,
+    /// The operator's HTTP tools this agent may use.
+    pub http: HttpTools,
+    /// The client's other agents (`switch_agent` is offered when there are any).
+    pub agents: Agents,
+    /// The agent whose toolbox this is (empty: the main one).
+    pub agent: String,
+}
+
+/// A tool the call offers, found by name.
+#[derive(Debug, Clone, Copy)]
+pub enum Offered<'a> {
+    /// A built-in.
+    BuiltIn(BuiltIn),
+    /// An operator's HTTP tool.
+    Http(&'a HttpTool),
 }
 
 impl Toolbox {
+    /// The agent whose toolbox this is.
+    pub fn current(&self) -> &str {
+        if self.agent.is_empty() {
+            MAIN
+        } else {
+            &self.agent
+        }
+    }
+
+    /// The toolbox of agent `name` (`main`: the client's own; an unknown name: unchanged):
+    /// its built-ins and HTTP tools if it restricts them.
+    pub fn for_agent(&self, name: &str) -> Toolbox {
+        let mut tb = self.clone();
+        tb.agent = name.to_string();
+        if let Some(a) = self.agents.get(name) {
+            if let Some(enabled) = a.enabled() {
+                tb.enabled = enabled;
+            }
+            if let Some(names) = &a.http_tools {
+                tb.http = self.http.only(names);
+            }
+        }
+        tb
+    }
+
     /// The built-ins offered on this call, in order.
     pub fn offered(&self) -> Vec<BuiltIn> {
         BuiltIn::ALL
@@ -203,6 +261,7 @@ impl Toolbox {
             .filter(|b| match b {
                 BuiltIn::TransferToHuman => self.transfer_to.is_some(),
                 BuiltIn::RememberCaller => self.remember,
+                BuiltIn::SwitchAgent => !self.agents.is_empty(),
                 _ => true,
             })
             .collect()
@@ -213,12 +272,26 @@ impl Toolbox {
         BuiltIn::parse(name).filter(|b| self.offered().contains(b))
     }
 
-    /// The `tools` of `session.update`.
+    /// The offered tool called `name`, built-in or HTTP.
+    pub fn lookup(&self, name: &str) -> Option<Offered<'_>> {
+        match self.find(name) {
+            Some(b) => Some(Offered::BuiltIn(b)),
+            None => self.http.get(name).map(Offered::Http),
+        }
+    }
+
+    /// The `tools` of `session.update`: the offered built-ins, then the HTTP tools.
     pub fn definitions(&self) -> Vec<Value> {
-        self.offered()
+        let mut defs: Vec<Value> = self
+            .offered()
             .into_iter()
-            .map(BuiltIn::definition)
-            .collect()
+            .map(|b| match b {
+                BuiltIn::SwitchAgent => self.agents.switch_definition(self.current()),
+                b => b.definition(),
+            })
+            .collect();
+        defs.extend(self.http.definitions());
+        defs
     }
 }
 
@@ -231,6 +304,8 @@ pub struct ToolCall {
     pub name: String,
     /// The arguments as the model wrote them (untrusted JSON text).
     pub arguments: String,
+    /// The agent that has the call (`main` unless `switch_agent` handed it on).
+    pub agent: String,
 }
 
 /// What a tool does to the call itself, once its output has been sent.
@@ -248,6 +323,16 @@ pub enum Effect {
         /// The instruction for a goodbye, used only when the response that called `end_call`
         /// said nothing.
         say: String,
+    },
+    /// Another agent takes over: the session is reconfigured with its instructions and tools
+    /// before the output is sent, and the transcript records the switch.
+    SwitchAgent {
+        /// The agent's name.
+        agent: String,
+        /// Its whole prompt.
+        instructions: String,
+        /// Its tools (`session.update` shape).
+        tools: Vec<Value>,
     },
 }
 
@@ -295,7 +380,8 @@ mod tests {
                 "remember_caller",
                 "take_message",
                 "transfer_to_human",
-                "end_call"
+                "end_call",
+                "switch_agent"
             ]
         );
         for b in BuiltIn::ALL {
@@ -345,6 +431,7 @@ mod tests {
             enabled: e.clone(),
             transfer_to: Some("+15005550006".into()),
             remember: true,
+            ..Toolbox::default()
         };
         assert_eq!(tb.offered(), [BuiltIn::BusinessHours, BuiltIn::EndCall]);
         assert_eq!(Enabled::from_stored(e.to_stored().as_deref()), e);

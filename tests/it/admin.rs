@@ -158,7 +158,8 @@ both_backends!(client_crud_round_trip, |app| {
             "remember_caller",
             "take_message",
             "transfer_to_human",
-            "end_call"
+            "end_call",
+            "switch_agent"
         ])
     );
     assert_eq!(created["caller_id_trust"], "unless_failed");

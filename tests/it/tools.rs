@@ -512,3 +512,257 @@ async fn search_knowledge_finds_a_passage_of_an_uploaded_document_on_postgres() 
     }
     search_finds_an_uploaded_passage(Backend::Postgres).await;
 }
+
+/// What the operator's tool server saw: bodies, and whether each signature verified.
+#[derive(Clone, Default)]
+struct ToolServer {
+    secret: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(String, Value, bool)>>>,
+}
+
+async fn tool_endpoint(
+    axum::extract::State(s): axum::extract::State<ToolServer>,
+    axum::extract::Path(path): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let secret = s.secret.lock().unwrap().clone();
+    let verified = secret
+        .as_deref()
+        .and_then(|k| warmline::webhooks::signing::WebhookSecret::parse(k).ok())
+        .is_some_and(|k| {
+            warmline::webhooks::signing::verify(&k, &headers, &body, chrono::Utc::now().timestamp())
+                .is_ok()
+        });
+    let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    s.got.lock().unwrap().push((path.clone(), json, verified));
+    match path.as_str() {
+        "book" => axum::Json(json!({"booked": true, "slot": "Tuesday 10:00"})).into_response(),
+        "hang" => std::future::pending().await,
+        "huge" => (
+            [("content-type", "application/json")],
+            format!("[\"{}\"]", "x".repeat(5 * 1024 * 1024)),
+        )
+            .into_response(),
+        _ => axum::http::StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+impl ToolServer {
+    async fn start() -> (ToolServer, String) {
+        let s = ToolServer::default();
+        let app = axum::Router::new()
+            .route("/tools/{path}", axum::routing::post(tool_endpoint))
+            .with_state(s.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (s, format!("http://{addr}/tools"))
+    }
+}
+
+fn http_tool(name: &str, url: &str, timeout_ms: u64) -> Value {
+    json!({"name": name, "description": "Books a dental appointment on a given day.",
+        "parameters": {"type": "object", "properties": {"date": {"type": "string"}},
+            "required": ["date"], "additionalProperties": false},
+        "url": url, "timeout_ms": timeout_ms})
+}
+
+/// The client's webhook secret (which also signs its HTTP tools).
+async fn client_secret(gw: &Gateway) -> String {
+    let client: Value = gw
+        .app
+        .admin(reqwest::Method::GET, &format!("/clients/{}", gw.client_id))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    client["webhook_secret"].as_str().unwrap().to_string()
+}
+
+const LOCAL_TOOLS: &str = "[tools]\nallow_http = true\nallow_private_urls = true\n";
+
+#[tokio::test]
+async fn an_operator_http_tool_is_called_signed_and_its_answer_given_to_the_model() {
+    let gw = gateway(FakeConfig::instant(), LOCAL_TOOLS).await;
+    let (server, base) = ToolServer::start().await;
+    gw.update_client(&client_body(json!({"http_tools": [
+        http_tool("book_appointment", &format!("{base}/book"), 2000),
+        http_tool("slow_tool", &format!("{base}/hang"), 300),
+        http_tool("chatty_tool", &format!("{base}/huge"), 3000),
+    ]})))
+    .await;
+    *server.secret.lock().unwrap() = Some(client_secret(&gw).await);
+    gw.fake.script(
+        Scripted::call("book_appointment", json!({"date": "Tuesday"}))
+            .then_call("book_appointment", json!({"date": 5}))
+            .then_call("slow_tool", json!({"date": "Monday"}))
+            .then_call("chatty_tool", json!({"date": "Monday"})),
+    );
+    let placed = gw.place_call().await;
+    let script = vec![
+        Step::WaitForAgentQuiet(WAIT),
+        Step::Say(clips::question()),
+        Step::WaitForAgentAudio(WAIT),
+        Step::WaitForAgentQuiet(WAIT),
+        Step::HangUp,
+    ];
+    let report = gw.stream(&placed, &script).await;
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    let events = sent(&only_connection(&gw).await);
+    let tools: Vec<&str> = events[0]["session"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(tools.contains(&"book_appointment"), "{tools:?}");
+    let outs = outputs(&events);
+    assert_eq!(outs.len(), 4, "{outs:?}");
+    assert_eq!(outs[0].1, json!({"booked": true, "slot": "Tuesday 10:00"}));
+    assert_eq!(outs[1].1["error"]["code"], "invalid_arguments", "{outs:?}");
+    assert_eq!(outs[2].1["error"]["code"], "timeout", "{outs:?}");
+    assert_eq!(outs[3].1["error"]["code"], "response_too_large", "{outs:?}");
+    // The server saw the valid call signed, with the call's sid; the invalid one never left.
+    let got = server.got.lock().unwrap().clone();
+    let booked: Vec<_> = got.iter().filter(|(p, _, _)| p == "book").collect();
+    assert_eq!(booked.len(), 1, "{got:?}");
+    let (_, body, verified) = booked[0];
+    assert!(verified, "the signature verifies with the client's secret");
+    assert_eq!(body["tool"], "book_appointment");
+    assert_eq!(body["arguments"], json!({"date": "Tuesday"}));
+    assert_eq!(body["call_sid"], placed.call_sid);
+    assert_eq!(body["caller"], CALLER);
+    // The call went on: one answer asked for after all four outputs, then the caller hung up.
+    let call = gw.ended_call(&placed.call_sid).await;
+    assert_eq!(call.call.end_reason.as_deref(), Some("twilio_stop"));
+    gw.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn tool_urls_to_private_addresses_or_plain_http_are_refused_when_saved() {
+    let gw = gateway(FakeConfig::instant(), "").await;
+    for url in [
+        "https://127.0.0.1:9/x",
+        "https://169.254.169.254/latest/meta-data",
+        "https://localhost/x",
+        "http://api.example.com/x",
+    ] {
+        let resp = gw
+            .app
+            .admin(reqwest::Method::PUT, &format!("/clients/{}", gw.client_id))
+            .json(&client_body(
+                json!({"http_tools": [http_tool("t", url, 1000)]}),
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 422, "{url}");
+        let body: Value = resp.json().await.unwrap();
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(msg.starts_with("http_tools"), "{url}: {msg}");
+    }
+    // A schema that is not a JSON Schema is refused, naming the tool and field.
+    let mut bad = http_tool("t", "https://api.example.com/x", 1000);
+    bad["parameters"] = json!({"type": "object", "properties": {"a": {"type": 12}}});
+    let resp = gw
+        .app
+        .admin(reqwest::Method::PUT, &format!("/clients/{}", gw.client_id))
+        .json(&client_body(json!({"http_tools": [bad]})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("http_tools: [0].parameters"),
+        "{body}"
+    );
+    gw.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn switch_agent_hands_the_caller_to_a_specialist_with_its_own_prompt_and_tools() {
+    let gw = gateway(FakeConfig::instant(), "").await;
+    gw.update_client(&client_body(json!({"agents": [{
+        "name": "billing", "description": "Questions about bills and payments.",
+        "instructions": "You are the billing specialist of Bright Smile.",
+        "tools": ["end_call", "switch_agent"]}]})))
+        .await;
+    gw.fake
+        .script(Scripted::call("switch_agent", json!({"agent": "billing"})));
+    // The billing agent then tries a tool it does not have.
+    gw.fake.script(Scripted::call("business_hours", json!({})));
+    let placed = gw.place_call().await;
+    let script = vec![
+        Step::WaitForAgentQuiet(WAIT),
+        Step::Say(clips::question()),
+        Step::WaitForAgentQuiet(WAIT),
+        Step::Say(clips::question()),
+        Step::WaitForAgentAudio(WAIT),
+        Step::WaitForAgentQuiet(WAIT),
+        Step::HangUp,
+    ];
+    let report = gw.stream(&placed, &script).await;
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    let log = only_connection(&gw).await;
+    assert!(log.errors_sent.is_empty(), "{:?}", log.errors_sent);
+    let events = sent(&log);
+    let main_tools: Vec<&str> = events[0]["session"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(main_tools.contains(&"switch_agent") && main_tools.contains(&"business_hours"));
+    // The switch: a partial session.update (new prompt and tools), then the output.
+    let updates: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e["type"] == "session.update")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(updates.len(), 2, "the configuration, then the switch");
+    let switch = &events[updates[1]]["session"];
+    assert!(
+        switch["instructions"]
+            .as_str()
+            .unwrap()
+            .starts_with("You are the billing specialist of Bright Smile."),
+        "{switch}"
+    );
+    assert!(
+        switch.get("audio").is_none(),
+        "voice and audio stay as they are"
+    );
+    let names: Vec<&str> = switch["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["end_call", "switch_agent"]);
+    let first_output = events
+        .iter()
+        .position(|e| e["item"]["type"] == "function_call_output")
+        .unwrap();
+    assert!(updates[1] < first_output, "configured before the output");
+    let outs = outputs(&events);
+    assert_eq!(outs[0].1["agent"], "billing");
+    assert_eq!(outs[1].1["error"]["code"], "unknown_tool", "{outs:?}");
+    let call = gw.ended_call(&placed.call_sid).await;
+    assert!(
+        call.transcript
+            .iter()
+            .any(|l| l.role == "system" && l.text == "switched to agent billing"),
+        "{:?}",
+        call.transcript
+    );
+    gw.app.shutdown().await;
+}
