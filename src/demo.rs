@@ -8,7 +8,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context;
 use sim::{
     audio::{self, clips},
-    realtime::{FakeConfig, FakeRealtime},
+    realtime::{FakeConfig, FakeRealtime, Scripted},
     twilio::{CallReport, CallSpec, Step, StreamOptions, TwilioSim, Twiml},
 };
 
@@ -34,6 +34,7 @@ struct Row {
     path: String,
     transcript: Vec<(String, String)>,
     truncate_ms: Option<u64>,
+    end_reason: String,
 }
 
 /// Runs the demo and prints a table.
@@ -112,23 +113,65 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         Step::WaitForAgentQuiet(Duration::from_secs(15)),
         Step::HangUp,
     ];
-    let plan: [(&str, &str, &str, &[Step]); 4] = [
-        ("warm: question", "+14155550100", "+15005550006", &ask),
-        ("cold: question", "+14155550101", "+15005550007", &ask),
-        ("warm: barge-in", "+14155550102", "+15005550006", &barge),
+    // The agent acts: the caller asks, the model calls a tool, the gateway ends the call.
+    let acted = vec![
+        Step::WaitForAgentQuiet(Duration::from_secs(15)),
+        Step::Say(clips::question()),
+        Step::WaitForClose(Duration::from_secs(20)),
+    ];
+    let transfer = Scripted::call(
+        "transfer_to_human",
+        serde_json::json!({"reason": "wants to speak to the dentist"}),
+    );
+    let hang_up = Scripted::say_then_call("end_call", serde_json::json!({}));
+    type Planned<'a> = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'a [Step],
+        Option<Scripted>,
+    );
+    let plan: [Planned<'_>; 6] = [
+        ("warm: question", "+14155550100", "+15005550006", &ask, None),
+        ("cold: question", "+14155550101", "+15005550007", &ask, None),
+        (
+            "warm: barge-in",
+            "+14155550102",
+            "+15005550006",
+            &barge,
+            None,
+        ),
         (
             "warm: returning caller",
             "+14155550100",
             "+15005550006",
             &ask[..1],
+            None,
+        ),
+        (
+            "warm: agent transfers",
+            "+14155550103",
+            "+15005550006",
+            &acted,
+            Some(transfer),
+        ),
+        (
+            "warm: agent hangs up",
+            "+14155550104",
+            "+15005550006",
+            &acted,
+            Some(hang_up),
         ),
     ];
     let mut rows = Vec::new();
-    for (label, from, to, script) in plan {
+    for (label, from, to, script, scripted) in plan {
         let mut script = script.to_vec();
-        if !matches!(script.last(), Some(Step::HangUp)) {
+        if !matches!(script.last(), Some(Step::HangUp | Step::WaitForClose(_))) {
             script.push(Step::Silence(Duration::from_millis(500)));
             script.push(Step::HangUp);
+        }
+        if let Some(s) = scripted {
+            fake.script(s);
         }
         eprintln!("placing call: {label} ...");
         let placed = twilio.place_call(&CallSpec::new(from, to)).await?;
@@ -157,6 +200,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             .filter(|_| !report.clears.is_empty());
         rows.push(Row {
             label,
+            end_reason: record.call.end_reason.clone().unwrap_or_default(),
             webhook_ms: placed.webhook_time.as_millis(),
             path: record.call.path.clone().unwrap_or_else(|| "-".into()),
             transcript: record
@@ -170,8 +214,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     }
 
     println!(
-        "\n{:<24} {:>5} {:>11} {:>15} {:>10}  barge-in",
-        "call", "path", "webhook ms", "first audio ms", "heard ms"
+        "\n{:<24} {:>5} {:>11} {:>15} {:>10}  {:<13} {:<18} barge-in",
+        "call", "path", "webhook ms", "first audio ms", "heard ms", "end", "then"
     );
     for r in &rows {
         let barge = match (r.report.clears.first(), r.truncate_ms) {
@@ -182,8 +226,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             (Some(c), None) => format!("clear at {} ms heard", c.played_ms),
             _ => "-".into(),
         };
+        let then = match &r.report.after_stream {
+            Some(Twiml::Dial { number, .. }) => format!("<Dial> {number}"),
+            Some(Twiml::Hangup) => "<Hangup/>".into(),
+            Some(Twiml::SayHangup { .. }) => "<Say><Hangup/>".into(),
+            _ => "-".into(),
+        };
         println!(
-            "{:<24} {:>5} {:>11} {:>15} {:>10}  {barge}",
+            "{:<24} {:>5} {:>11} {:>15} {:>10}  {:<13} {:<18} {barge}",
             r.label,
             r.path,
             r.webhook_ms,
@@ -191,6 +241,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
                 .first_media_after_start
                 .map_or("-".into(), |d| format!("{:.1}", d.as_secs_f64() * 1000.0)),
             r.report.played_ms,
+            r.end_reason,
+            then,
         );
     }
     if let (Some(w), Some(c)) = (
@@ -203,6 +255,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             c.as_secs_f64() * 1000.0,
             (c.as_secs_f64() / w.as_secs_f64().max(1e-6)).round()
         );
+    }
+    for r in rows.iter().filter(|r| r.end_reason == "transfer") {
+        if let Some(gap) = r.report.after_stream_gap_ms {
+            println!(
+                "\n{}: the hand-off line was heard whole; {gap} ms from its last word to the <Dial> TwiML (then Twilio rings)",
+                r.label
+            );
+        }
     }
     println!("\ntranscript of \"{}\":", rows[2].label);
     for (role, text) in &rows[2].transcript {

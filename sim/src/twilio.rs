@@ -305,6 +305,13 @@ pub struct CallReport {
     pub closed_at_ms: Option<u64>,
     /// The `<Connect action>` answer.
     pub after_stream: Option<Twiml>,
+    /// From the end of the last agent audio heard to the `<Connect action>` answer (ms): the
+    /// silence before the next verb (a `<Dial>` rings) starts. Negative: the stream ended while
+    /// agent audio was still playing (the rest was cut).
+    pub after_stream_gap_ms: Option<i64>,
+    /// When the last agent audio received would have finished playing.
+    #[serde(skip)]
+    pub heard_until: Option<Instant>,
     /// When the first agent media arrived (for ordering checks across fakes).
     #[serde(skip)]
     pub first_media_at: Option<Instant>,
@@ -577,6 +584,14 @@ impl TwilioSim {
                 ];
                 if let Ok(resp) = self.post_form(action, &p, Signing::Valid).await {
                     report.after_stream = Some(parse_twiml(&resp.text().await.unwrap_or_default()));
+                    let answered = Instant::now();
+                    report.after_stream_gap_ms = report.heard_until.map(|end| {
+                        if answered >= end {
+                            answered.duration_since(end).as_millis() as i64
+                        } else {
+                            -(end.duration_since(answered).as_millis() as i64)
+                        }
+                    });
                 }
             }
             let _ = self.status_callback(&placed.call_sid, "completed").await;
@@ -831,6 +846,7 @@ impl TwilioSim {
             }
         }
         let now = Instant::now();
+        report.heard_until = playback.end;
         report.played_ms = playback.played_ms(now);
         if stamps.is_none() {
             report.heard_audio = playback.heard(now);

@@ -98,6 +98,11 @@ async fn transfer_to_human_says_the_hand_off_line_then_dials_the_transfer_number
     );
     // Everything sent was heard before the stream ended: the hand-off line was not cut.
     assert!(
+        report.after_stream_gap_ms.is_some_and(|g| g >= 0),
+        "the stream ended after the last word was heard: {:?}",
+        report.after_stream_gap_ms
+    );
+    assert!(
         report.played_ms + 60 >= report.received_ms,
         "played {} of {} ms",
         report.played_ms,
