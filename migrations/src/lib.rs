@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_init;
 mod m20261129_000001_agent;
 mod m20261129_000003_outbox;
+mod m20261129_000004_post_call;
 
 /// The ordered list of warmline migrations.
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_init::Migration),
             Box::new(m20261129_000001_agent::Migration),
             Box::new(m20261129_000003_outbox::Migration),
+            Box::new(m20261129_000004_post_call::Migration),
         ]
     }
 }
