@@ -46,7 +46,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let toml = format!(
         "public_url = \"http://{addr}\"\n[database]\nurl = \"sqlite://{}/demo.db?mode=rwc\"\n\
          [twilio]\nauth_token = \"{auth_token}\"\n[openai]\napi_key = \"sk-demo\"\nrealtime_url = \"{}\"\n\
-         [log]\nlevel = \"warn\"\n",
+         [log]\nlevel = \"warn\"\n[post_call]\nenabled = false\n",
         dir.display(),
         fake.url()
     );
@@ -76,6 +76,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         caller_id_trust: Default::default(),
         lines: Default::default(),
         webhook_url: None,
+        results_schema: None,
     };
     clients::create_client(&db, &input).await?;
     // A second number whose client never pre-warms: the cold path, for comparison.

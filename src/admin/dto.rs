@@ -17,6 +17,7 @@ use crate::{
         entities::{call, faq, phone_number},
         messages::Message,
         outbox::{DeliveryStatus, OutboxRow},
+        post_call::{JobStatus, PostCallJob},
     },
     tools::Enabled,
 };
@@ -74,6 +75,12 @@ pub struct ClientIn {
     /// absent: no events.
     #[serde(default)]
     pub webhook_url: Option<String>,
+    /// JSON Schema of the structured fields wanted from each call (README "After the call"):
+    /// an object usable by strict structured output (every property required, optional ones a
+    /// union with null, `additionalProperties: false`); null or absent: a summary only.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub results_schema: Option<serde_json::Value>,
 }
 
 /// An FAQ.
@@ -230,6 +237,14 @@ impl ClientIn {
                 .map(|u| crate::webhooks::check_url(u, true).map(|u| u.to_string()))
                 .transpose()
                 .map_err(|e| invalid("webhook_url", e))?,
+            results_schema: match &self.results_schema {
+                None | Some(serde_json::Value::Null) => None,
+                Some(schema) => {
+                    crate::post_call::schema::check_results_schema(schema)
+                        .map_err(|e| invalid("results_schema", e))?;
+                    Some(schema.clone())
+                }
+            },
         })
     }
 }
@@ -319,6 +334,9 @@ pub struct ClientOut {
     pub webhook_url: Option<String>,
     /// The `whsec_…` secret the receiver verifies events with (Standard Webhooks).
     pub webhook_secret: Option<String>,
+    /// JSON Schema of the structured fields wanted from each call.
+    #[schema(value_type = Option<Object>)]
+    pub results_schema: Option<serde_json::Value>,
 }
 
 impl From<ClientProfile> for ClientOut {
@@ -356,6 +374,10 @@ impl From<ClientProfile> for ClientOut {
             lines: LineOverrides::from_stored(c.lines.as_deref()).to_json(),
             webhook_url: c.webhook_url,
             webhook_secret: c.webhook_secret.map(|s| s.expose().to_string()),
+            results_schema: c
+                .results_schema
+                .as_deref()
+                .and_then(|s| serde_json::from_str(s).ok()),
         }
     }
 }
@@ -373,7 +395,7 @@ pub struct CallerOut {
     pub first_call_at: DateTime<Utc>,
     /// Latest call.
     pub last_call_at: DateTime<Utc>,
-    /// Notes, newest last.
+    /// Notes, one per line, newest first.
     pub memory: String,
 }
 
@@ -421,11 +443,47 @@ pub struct CallOut {
     pub duration_ms: Option<i64>,
     /// Why it ended.
     pub end_reason: Option<String>,
-    /// Short summary.
+    /// Short summary: the caller's first words when the call ends, the post-call summary once
+    /// its job is done.
     pub summary: Option<String>,
     /// Transcript (only on GET /calls/{call_sid}).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transcript: Option<Vec<TranscriptOut>>,
+    /// The client's structured fields from the post-call job (valid against its
+    /// `results_schema`).
+    #[schema(value_type = Option<Object>)]
+    pub results: Option<serde_json::Value>,
+    /// The post-call job (only on GET /calls/{call_sid}, for a call that has one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post_call: Option<PostCallOut>,
+}
+
+/// Where a call's post-call job stands.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PostCallOut {
+    /// `pending`, `done` or `failed`.
+    pub status: String,
+    /// Attempts so far.
+    pub attempts: i32,
+    /// What went wrong last.
+    pub last_error: Option<String>,
+    /// Next attempt (while pending).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<PostCallJob> for PostCallOut {
+    fn from(j: PostCallJob) -> Self {
+        let pending = j.status == JobStatus::Pending.as_str();
+        Self {
+            next_attempt_at: pending.then_some(j.next_attempt_at),
+            status: j.status,
+            attempts: j.attempts,
+            last_error: j.last_error,
+            updated_at: j.updated_at,
+        }
+    }
 }
 
 /// A transcript line.
@@ -462,6 +520,11 @@ impl TryFrom<call::Model> for CallOut {
             end_reason: c.end_reason,
             summary: c.summary,
             transcript: None,
+            results: c
+                .results
+                .as_deref()
+                .and_then(|r| serde_json::from_str(r).ok()),
+            post_call: None,
         })
     }
 }

@@ -55,6 +55,9 @@ pub struct ClientInput {
     pub lines: LineOverrides,
     /// Where webhook events go (a checked URL, see `crate::webhooks::check_url`); none: no events.
     pub webhook_url: Option<String>,
+    /// JSON Schema of the structured fields the post-call job extracts (checked by
+    /// `crate::post_call::schema::check_results_schema`); none: a summary only.
+    pub results_schema: Option<serde_json::Value>,
 }
 
 /// A client with its numbers and FAQs.
@@ -109,6 +112,7 @@ fn active_model(input: &ClientInput, now: chrono::DateTime<Utc>) -> client::Acti
         caller_id_trust: Set(Some(input.caller_id_trust.as_str().to_string())),
         lines: Set(input.lines.to_stored()),
         webhook_url: Set(input.webhook_url.clone()),
+        results_schema: Set(input.results_schema.as_ref().map(|s| s.to_string())),
         ..Default::default()
     }
 }

@@ -3,7 +3,7 @@
 //! Layout: [`entities`] (one module per table), [`clients`] (clients, numbers, FAQs),
 //! [`callers`] (caller memory), [`calls`] (call records and transcripts), [`writer`] (the queue
 //! every call record is written through), [`messages`] (messages taken for the business),
-//! [`outbox`] (webhook events waiting for delivery).
+//! [`outbox`] (webhook events waiting for delivery), [`post_call`] (the post-call jobs).
 //!
 //! Invariants:
 //! 1. Every query works on both backends (tests run each storage test on both).
@@ -19,6 +19,7 @@ pub mod clients;
 pub mod entities;
 pub mod messages;
 pub mod outbox;
+pub mod post_call;
 pub mod writer;
 
 use std::time::Duration;
