@@ -9,6 +9,7 @@ mod cli;
 mod handover;
 #[cfg(feature = "sim")]
 mod loadgen;
+mod post_call;
 mod store;
 mod support;
 mod tools;
