@@ -50,7 +50,8 @@ pub struct AppState {
 impl AppState {
     /// Builds the state around an open database.
     /// Builds the state around an open database and starts the background tasks (the reaper,
-    /// the call-record writer and the webhook delivery worker); they stop with `shutdown`.
+    /// the call-record writer, the webhook delivery worker and the post-call worker); they stop
+    /// with `shutdown`.
     pub fn new(settings: Settings, db: DatabaseConnection) -> Self {
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(
@@ -67,7 +68,12 @@ impl AppState {
         };
         let shutdown = CancellationToken::new();
         let background = TaskTracker::new();
-        let writer = crate::store::writer::Writer::start(db.clone(), metrics.clone(), &background);
+        let writer = crate::store::writer::Writer::start(
+            db.clone(),
+            metrics.clone(),
+            settings.post_call.enabled,
+            &background,
+        );
         background.spawn(crate::realtime::reaper::run(
             registry.clone(),
             writer.clone(),
@@ -78,6 +84,14 @@ impl AppState {
             db.clone(),
             settings.webhooks.clone(),
             metrics.clone(),
+            outbox_wake.clone(),
+            shutdown.clone(),
+            &background,
+        );
+        crate::post_call::worker::start(
+            db.clone(),
+            &settings.openai,
+            settings.post_call.clone(),
             outbox_wake.clone(),
             shutdown.clone(),
             &background,

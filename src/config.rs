@@ -175,6 +175,8 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     /// Operators' HTTP tools.
     pub tools: ToolSettings,
+    /// The post-call job: summary and structured results of each finished call.
+    pub post_call: PostCallSettings,
 }
 
 /// `[tools]`: the operators' own HTTP tools (README.md, "Operator tools").
@@ -247,6 +249,12 @@ pub struct OpenAiSettings {
     pub transcription_model: String,
     /// Longest wait for the Realtime WebSocket handshake.
     pub connect_timeout_ms: u64,
+    /// Base of the REST API (`{base_url}/responses` for the post-call job); overridable so
+    /// tests and local dev use a fake on loopback.
+    pub base_url: Url,
+    /// Text model the post-call job asks for the summary and the structured fields.
+    #[serde(deserialize_with = "string_like")]
+    pub summary_model: String,
 }
 
 /// `[prewarm]`.
@@ -322,6 +330,43 @@ impl WebhookSettings {
     /// minute to record the outcome. Another instance sends it only after the lease ends.
     pub fn lease(&self) -> std::time::Duration {
         self.timeout() + std::time::Duration::from_secs(60)
+    }
+
+    /// The retry delays as durations (valid once the settings are validated).
+    pub fn retry_schedule(&self) -> Vec<std::time::Duration> {
+        self.retry_schedule_secs
+            .iter()
+            .map(|s| std::time::Duration::try_from_secs_f64(*s).unwrap_or_default())
+            .collect()
+    }
+}
+
+/// `[post_call]`: the post-call job (README.md, "After the call").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostCallSettings {
+    /// Whether finished calls get a post-call job.
+    pub enabled: bool,
+    /// Attempts before a job is marked `failed`.
+    pub max_attempts: u32,
+    /// Delay before each retry, in seconds (fractions allowed); the last one repeats.
+    pub retry_schedule_secs: Vec<f64>,
+    /// Longest one request to the Responses API may take, answer included.
+    pub timeout_secs: u64,
+    /// How long a claimed job stays leased to the instance working on it; another instance
+    /// takes it over only after that (a crashed one's job is picked up again then).
+    pub lease_secs: u64,
+}
+
+impl PostCallSettings {
+    /// The per-request timeout.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout_secs)
+    }
+
+    /// The lease of a claimed job.
+    pub fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.lease_secs)
     }
 
     /// The retry delays as durations (valid once the settings are validated).
@@ -500,6 +545,44 @@ impl Settings {
                 "must list 1 to 100 delays, each between 0.01 and 86400 seconds",
             );
         }
+        if let Err(why) = check_base_url(&self.openai.base_url) {
+            return invalid("openai.base_url", why);
+        }
+        if self.openai.summary_model.trim().is_empty() {
+            return invalid("openai.summary_model", "must not be empty");
+        }
+        let pc = &self.post_call;
+        if !(1..=100).contains(&pc.max_attempts) {
+            return invalid("post_call.max_attempts", "must be between 1 and 100");
+        }
+        if pc.retry_schedule_secs.is_empty()
+            || pc.retry_schedule_secs.len() > 100
+            || pc
+                .retry_schedule_secs
+                .iter()
+                .any(|s| !s.is_finite() || *s < 0.01 || *s > 86_400.0)
+        {
+            return invalid(
+                "post_call.retry_schedule_secs",
+                "must list 1 to 100 delays, each between 0.01 and 86400 seconds",
+            );
+        }
+        if !(1..=MAX_POST_CALL_TIMEOUT_SECS).contains(&pc.timeout_secs) {
+            return invalid(
+                "post_call.timeout_secs",
+                &format!("must be between 1 and {MAX_POST_CALL_TIMEOUT_SECS}"),
+            );
+        }
+        // One attempt makes at most two requests (a mismatch is asked again once).
+        if pc.lease_secs <= 2 * pc.timeout_secs || pc.lease_secs > 86_400 {
+            return invalid(
+                "post_call.lease_secs",
+                &format!(
+                    "must be longer than twice post_call.timeout_secs ({} s) and at most 86400",
+                    pc.timeout_secs
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -511,7 +594,7 @@ impl Settings {
             "public_url = {}\n\n[server]\nlisten = {}\nmax_body_bytes = {}\nshutdown_grace_secs = {}\n\n\
              [database]\nurl = {}\nmax_connections = {}\n\n\
              [twilio]\nauth_token = {}\nvalidate_signatures = {}\nstream_token_secret = {}\nstream_token_ttl_secs = {}\nwebhook_base_url = {}\n\n\
-             [openai]\napi_key = {}\nrealtime_url = {}\nmodel = {}\ntranscription_model = {}\nconnect_timeout_ms = {}\n\n\
+             [openai]\napi_key = {}\nrealtime_url = {}\nmodel = {}\ntranscription_model = {}\nconnect_timeout_ms = {}\nbase_url = {}\nsummary_model = {}\n\n\
              [prewarm]\npolicy = {}\nring_min_ms = {}\nring_max_ms = {}\nttl_secs = {}\nmax_sessions = {}\ngreeting_buffer_bytes = {}\n\n\
              [call]\nmax_duration_secs = {}\noutbound_queue_frames = {}\ntool_timeout_ms = {}\n\n\
              [admin]\ntoken = {}\n\n[log]\nformat = {}\nlevel = {}\n",
@@ -531,6 +614,8 @@ impl Settings {
             q(&s.openai.model),
             q(&s.openai.transcription_model),
             s.openai.connect_timeout_ms,
+            q(&redact_url_password(s.openai.base_url.as_str())),
+            q(&s.openai.summary_model),
             q(s.prewarm.policy.as_str()),
             s.prewarm.ring_min_ms,
             s.prewarm.ring_max_ms,
@@ -555,6 +640,13 @@ impl Settings {
         ) + &format!(
             "\n[tools]\nallow_http = {}\nallow_private_urls = {}\nmax_response_bytes = {}\n",
             s.tools.allow_http, s.tools.allow_private_urls, s.tools.max_response_bytes,
+        ) + &format!(
+            "\n[post_call]\nenabled = {}\nmax_attempts = {}\nretry_schedule_secs = {:?}\ntimeout_secs = {}\nlease_secs = {}\n",
+            s.post_call.enabled,
+            s.post_call.max_attempts,
+            s.post_call.retry_schedule_secs,
+            s.post_call.timeout_secs,
+            s.post_call.lease_secs,
         )
     }
 
@@ -637,6 +729,9 @@ const MAX_CALL_SECS: u64 = 86_400;
 /// Longest accepted `webhooks.timeout_secs`.
 const MAX_WEBHOOK_TIMEOUT_SECS: u64 = 120;
 
+/// Longest accepted `post_call.timeout_secs`.
+const MAX_POST_CALL_TIMEOUT_SECS: u64 = 600;
+
 /// Keys (last path segment) whose values are text, never parsed from the environment as
 /// numbers or booleans.
 const TEXT_KEYS: &[&str] = &[
@@ -650,6 +745,8 @@ const TEXT_KEYS: &[&str] = &[
     "public_url",
     "url",
     "realtime_url",
+    "base_url",
+    "summary_model",
     "listen",
     "level",
     "format",
@@ -951,6 +1048,56 @@ mod tests {
                     .expect_err(toml);
             assert!(err.to_string().contains(key), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn post_call_defaults_and_refusals_name_the_key() {
+        let s = Settings::from_toml("[twilio]\nauth_token=\"t\"\n").unwrap();
+        assert_eq!(s.openai.base_url.as_str(), "https://api.openai.com/v1");
+        assert_eq!(s.openai.summary_model, "gpt-5-mini");
+        assert!(s.post_call.enabled);
+        assert_eq!(s.post_call.max_attempts, 8);
+        assert_eq!(s.post_call.timeout_secs, 60);
+        assert_eq!(s.post_call.lease_secs, 300);
+        assert_eq!(
+            s.post_call.retry_schedule(),
+            [10, 60, 300, 1800, 3600].map(std::time::Duration::from_secs)
+        );
+        let fast = Settings::from_toml(
+            "[twilio]\nauth_token=\"t\"\n[post_call]\nretry_schedule_secs = [0.1]\ntimeout_secs = 1\nlease_secs = 3\n",
+        )
+        .unwrap();
+        assert_eq!(
+            fast.post_call.retry_schedule(),
+            [std::time::Duration::from_millis(100)]
+        );
+        for (toml, key) in [
+            ("[post_call]\nmax_attempts = 0", "post_call.max_attempts"),
+            (
+                "[post_call]\nretry_schedule_secs = []",
+                "post_call.retry_schedule_secs",
+            ),
+            ("[post_call]\ntimeout_secs = 0", "post_call.timeout_secs"),
+            (
+                "[post_call]\ntimeout_secs = 60\nlease_secs = 120",
+                "post_call.lease_secs",
+            ),
+            (
+                "[openai]\nbase_url = \"ftp://api.example\"",
+                "openai.base_url",
+            ),
+            ("[openai]\nsummary_model = \" \"", "openai.summary_model"),
+        ] {
+            let err = Settings::from_toml(&format!("[twilio]\nauth_token=\"t\"\n{toml}\n"))
+                .expect_err(toml);
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+        // The redacted output shows the new keys and stays valid settings.
+        let out = s.redacted_toml();
+        assert!(out.contains("summary_model = \"gpt-5-mini\""), "{out}");
+        assert!(out.contains("[post_call]\nenabled = true"), "{out}");
+        let reparsed = Settings::from_toml(&out.replace("\"[redacted]\"", "\"t\""));
+        assert!(reparsed.is_ok(), "{reparsed:?}");
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let toml = format!(
         "public_url = \"http://{addr}\"\n[database]\nurl = \"sqlite://{}/demo.db?mode=rwc\"\n\
          [twilio]\nauth_token = \"{auth_token}\"\n[openai]\napi_key = \"sk-demo\"\nrealtime_url = \"{}\"\n\
-         [log]\nlevel = \"warn\"\n",
+         [log]\nlevel = \"warn\"\n[post_call]\nenabled = false\n",
         dir.display(),
         fake.url()
     );
@@ -79,6 +79,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         webhook_url: None,
         http_tools: Default::default(),
         agents: Default::default(),
+        results_schema: None,
     };
     clients::create_client(&db, &input).await?;
     // A second number whose client never pre-warms: the cold path, for comparison.

@@ -24,6 +24,8 @@
 //! - [`admin`]: the admin REST API under `/admin/api/v1`.
 //! - [`webhooks`]: signed webhook events to the business (Standard Webhooks) and the worker
 //!   delivering them from the `outbox` table.
+//! - [`post_call`]: after the call, a durable job asks the Responses API for a summary and the
+//!   client's structured fields, validates and stores them.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`loadgen`]: `warmline loadgen`, the benchmark (a gateway child process under simulated calls;
 //!   cargo feature `sim`, on by default).
@@ -47,6 +49,7 @@ pub mod lines;
 pub mod loadgen;
 pub mod metrics;
 pub mod ops;
+pub mod post_call;
 pub mod realtime;
 pub mod store;
 pub mod telemetry;

@@ -702,6 +702,8 @@ async fn start_gateway(opts: &LoadOptions, fake_url: &str) -> anyhow::Result<Gat
         .env("WARMLINE_ADMIN__TOKEN", ADMIN)
         .env("WARMLINE_OPENAI__API_KEY", "sk-loadgen")
         .env("WARMLINE_OPENAI__REALTIME_URL", fake_url)
+        // The post-call job would ask the real Responses API: not part of the load.
+        .env("WARMLINE_POST_CALL__ENABLED", "false")
         .env(
             "WARMLINE_PREWARM__MAX_SESSIONS",
             (opts.calls * 2 + opts.hang_calls + 10).to_string(),

@@ -7,6 +7,7 @@ mod m20261123_000001_init;
 mod m20261129_000001_agent;
 mod m20261129_000002_knowledge;
 mod m20261129_000003_outbox;
+mod m20261129_000004_post_call;
 mod m20261129_000005_agents;
 
 /// The ordered list of warmline migrations.
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000001_agent::Migration),
             Box::new(m20261129_000002_knowledge::Migration),
             Box::new(m20261129_000003_outbox::Migration),
+            Box::new(m20261129_000004_post_call::Migration),
             Box::new(m20261129_000005_agents::Migration),
         ]
     }

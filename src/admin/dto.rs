@@ -17,6 +17,7 @@ use crate::{
         entities::{call, faq, phone_number},
         messages::Message,
         outbox::{DeliveryStatus, OutboxRow},
+        post_call::{JobStatus, PostCallJob},
     },
     tools::{Enabled, agents::Agents, http::HttpTools},
 };
@@ -84,6 +85,12 @@ pub struct ClientIn {
     #[serde(default)]
     #[schema(value_type = Option<Vec<Object>>)]
     pub agents: Option<serde_json::Value>,
+    /// JSON Schema of the structured fields wanted from each call (README "After the call"):
+    /// an object usable by strict structured output (every property required, optional ones a
+    /// union with null, `additionalProperties: false`); null or absent: a summary only.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub results_schema: Option<serde_json::Value>,
 }
 
 /// An FAQ.
@@ -257,6 +264,14 @@ impl ClientIn {
                 &http_tools,
             )
             .map_err(|e| invalid("agents", e))?,
+            results_schema: match &self.results_schema {
+                None | Some(serde_json::Value::Null) => None,
+                Some(schema) => {
+                    crate::post_call::schema::check_results_schema(schema)
+                        .map_err(|e| invalid("results_schema", e))?;
+                    Some(schema.clone())
+                }
+            },
         })
     }
 }
@@ -352,6 +367,9 @@ pub struct ClientOut {
     /// Other agents.
     #[schema(value_type = Vec<Object>)]
     pub agents: serde_json::Value,
+    /// JSON Schema of the structured fields wanted from each call.
+    #[schema(value_type = Option<Object>)]
+    pub results_schema: Option<serde_json::Value>,
 }
 
 impl From<ClientProfile> for ClientOut {
@@ -392,6 +410,10 @@ impl From<ClientProfile> for ClientOut {
             webhook_secret: c.webhook_secret.map(|s| s.expose().to_string()),
             http_tools: http.to_json(),
             agents: Agents::from_stored(c.agents.as_deref(), &http).to_json(),
+            results_schema: c
+                .results_schema
+                .as_deref()
+                .and_then(|s| serde_json::from_str(s).ok()),
         }
     }
 }
@@ -409,7 +431,7 @@ pub struct CallerOut {
     pub first_call_at: DateTime<Utc>,
     /// Latest call.
     pub last_call_at: DateTime<Utc>,
-    /// Notes, newest last.
+    /// Notes, one per line, newest first.
     pub memory: String,
 }
 
@@ -457,11 +479,47 @@ pub struct CallOut {
     pub duration_ms: Option<i64>,
     /// Why it ended.
     pub end_reason: Option<String>,
-    /// Short summary.
+    /// Short summary: the caller's first words when the call ends, the post-call summary once
+    /// its job is done.
     pub summary: Option<String>,
     /// Transcript (only on GET /calls/{call_sid}).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transcript: Option<Vec<TranscriptOut>>,
+    /// The client's structured fields from the post-call job (valid against its
+    /// `results_schema`).
+    #[schema(value_type = Option<Object>)]
+    pub results: Option<serde_json::Value>,
+    /// The post-call job (only on GET /calls/{call_sid}, for a call that has one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post_call: Option<PostCallOut>,
+}
+
+/// Where a call's post-call job stands.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PostCallOut {
+    /// `pending`, `done` or `failed`.
+    pub status: String,
+    /// Attempts so far.
+    pub attempts: i32,
+    /// What went wrong last.
+    pub last_error: Option<String>,
+    /// Next attempt (while pending).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<PostCallJob> for PostCallOut {
+    fn from(j: PostCallJob) -> Self {
+        let pending = j.status == JobStatus::Pending.as_str();
+        Self {
+            next_attempt_at: pending.then_some(j.next_attempt_at),
+            status: j.status,
+            attempts: j.attempts,
+            last_error: j.last_error,
+            updated_at: j.updated_at,
+        }
+    }
 }
 
 /// A transcript line.
@@ -498,6 +556,11 @@ impl TryFrom<call::Model> for CallOut {
             end_reason: c.end_reason,
             summary: c.summary,
             transcript: None,
+            results: c
+                .results
+                .as_deref()
+                .and_then(|r| serde_json::from_str(r).ok()),
+            post_call: None,
         })
     }
 }

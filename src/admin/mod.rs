@@ -33,7 +33,7 @@ use self::{
 use crate::{
     app::AppState,
     domain::ClientId,
-    store::{callers, calls, clients, messages, outbox},
+    store::{callers, calls, clients, messages, outbox, post_call},
 };
 
 /// Where the admin API lives.
@@ -337,7 +337,7 @@ async fn list_calls(
     Ok(Json(out.collect::<Result<_, _>>()?))
 }
 
-/// One call with its transcript.
+/// One call with its transcript, its summary and results, and its post-call job.
 #[utoipa::path(get, path = "/calls/{call_sid}", responses((status = 200, body = CallOut), (status = 404)))]
 async fn get_call(
     State(s): State<AppState>,
@@ -346,7 +346,10 @@ async fn get_call(
     let c = calls::call_by_sid(&s.db, &call_sid)
         .await?
         .ok_or(ApiError::NotFound("call"))?;
-    Ok(Json(c.try_into()?))
+    let job = post_call::job_for_call(&s.db, c.call.id).await?;
+    let mut out = CallOut::try_from(c)?;
+    out.post_call = job.map(Into::into);
+    Ok(Json(out))
 }
 
 /// Replace a client's webhook secret (events are signed with the new one from now on, retries

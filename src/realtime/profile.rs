@@ -194,7 +194,7 @@ impl AgentProfile {
         }
         let notes: Vec<&str> = m.memory.lines().filter(|l| !l.trim().is_empty()).collect();
         if !notes.is_empty() {
-            s.push_str("\n- notes, oldest first:");
+            s.push_str("\n- notes, newest first:");
             for n in notes {
                 s.push_str(&format!("\n  {}", quote(n.trim())));
             }

@@ -2,12 +2,17 @@
 //!
 //! `record_caller_call` is one atomic upsert, so many calls ending at once from the same caller
 //! add exactly one each to `call_count` on SQLite and Postgres alike.
+//!
+//! The notes are one per line, newest first, at most [`MEMORY_MAX_CHARS`]: a new note goes on
+//! top and the oldest lines are dropped from the bottom. The end of a call writes the caller's
+//! first words as its note; the post-call job later replaces that note with the call's summary
+//! ([`replace_note`]).
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
     QueryOrder, Set, TransactionTrait,
-    sea_query::{Expr, ExprTrait, OnConflict},
+    sea_query::{BinOper, Expr, ExprTrait, Func, OnConflict},
 };
 
 use super::{
@@ -16,7 +21,7 @@ use super::{
 };
 use crate::domain::ClientId;
 
-/// Most characters of notes kept per caller (oldest dropped first).
+/// Most characters of notes kept per caller (oldest, at the bottom, dropped first).
 pub const MEMORY_MAX_CHARS: usize = 2000;
 
 /// A caller's memory.
@@ -57,7 +62,7 @@ pub async fn list_callers(
 }
 
 /// Counts one more call from `phone` to `client_id` at `at`; sets the name when given and
-/// appends `note` to the memory. Atomic under concurrency (INSERT … ON CONFLICT DO UPDATE).
+/// puts `note` on top of the memory. Atomic under concurrency (INSERT … ON CONFLICT DO UPDATE).
 pub async fn record_caller_call(
     db: &impl ConnectionTrait,
     client_id: ClientId,
@@ -93,7 +98,7 @@ pub async fn record_caller_call(
                     caller::Column::Name,
                     Expr::cust(r#"COALESCE(excluded."name", "callers"."name")"#),
                 )
-                .value(caller::Column::Memory, Expr::cust(APPEND_MEMORY))
+                .value(caller::Column::Memory, Expr::cust(PREPEND_MEMORY))
                 .to_owned(),
         )
         .exec_without_returning(db)
@@ -102,7 +107,7 @@ pub async fn record_caller_call(
 }
 
 /// What `remember_caller` saves mid-call: the name (replacing the one known) and/or a dated
-/// note appended to the memory (bounded like every note). The caller's row is created if this
+/// note put on top of the memory (bounded like every note). The caller's row is created if this
 /// is their first call (with no calls counted yet: the call's own end counts it).
 pub async fn remember(
     db: &impl ConnectionTrait,
@@ -138,7 +143,7 @@ pub async fn remember(
                     caller::Column::Name,
                     Expr::cust(r#"COALESCE(excluded."name", "callers"."name")"#),
                 )
-                .value(caller::Column::Memory, Expr::cust(APPEND_MEMORY))
+                .value(caller::Column::Memory, Expr::cust(PREPEND_MEMORY))
                 .to_owned(),
         )
         .exec_without_returning(db)
@@ -146,10 +151,77 @@ pub async fn remember(
     bound_memory(db, client_id, phone).await
 }
 
-/// Appends the new row's memory to the stored one (one note per line).
-const APPEND_MEMORY: &str = "CASE WHEN excluded.\"memory\" = '' THEN \"callers\".\"memory\" \
+/// Puts the new row's memory on top of the stored one (one note per line, newest first).
+const PREPEND_MEMORY: &str = "CASE WHEN excluded.\"memory\" = '' THEN \"callers\".\"memory\" \
      WHEN \"callers\".\"memory\" = '' THEN excluded.\"memory\" \
-     ELSE \"callers\".\"memory\" || '\n' || excluded.\"memory\" END";
+     ELSE excluded.\"memory\" || '\n' || \"callers\".\"memory\" END";
+
+/// The memory with `old` replaced by `new` where it occurs; else with `new` on top:
+/// `CASE WHEN old <> '' AND replace(memory, old, '') <> memory THEN replace(memory, old, new)
+/// WHEN memory = '' THEN new ELSE new || '\n' || memory END`. One statement, so a note another
+/// call adds meanwhile is never lost. (Built from expressions, not custom SQL: the two
+/// backends write bound parameters differently.)
+fn replace_note_expr(old: &str, new: &str) -> Expr {
+    let memory = || Expr::col((caller::Entity, caller::Column::Memory));
+    let replace = |with: &str| {
+        Expr::from(
+            Func::cust("replace")
+                .arg(memory())
+                .arg(Expr::val(old))
+                .arg(Expr::val(with)),
+        )
+    };
+    Expr::case(
+        Expr::val(old).ne("").and(replace("").ne(memory())),
+        replace(new),
+    )
+    .case(memory().eq(""), Expr::val(new))
+    .finally(Expr::val(format!("{new}\n")).binary(BinOper::Custom("||"), memory()))
+    .into()
+}
+
+/// Replaces the note `old` (what the end of a call wrote) with `new` in the caller's memory, or
+/// puts `new` on top when `old` is no longer there (trimmed away, or edited); bounded like
+/// every note. `new` is made one line. Returns `None`, changing nothing, when the client has
+/// no memory of this caller (a withheld caller id, or a memory erased on request).
+pub async fn replace_note(
+    db: &impl ConnectionTrait,
+    client_id: ClientId,
+    phone: &str,
+    old: Option<&str>,
+    new: &str,
+) -> Result<Option<CallerMemory>, StoreError> {
+    if !remembers(phone) {
+        return Ok(None);
+    }
+    let phone = phone.trim();
+    let new = new.split_whitespace().collect::<Vec<_>>().join(" ");
+    let old = old.map(str::trim).unwrap_or_default().to_string();
+    let changed = caller::Entity::update_many()
+        .col_expr(caller::Column::Memory, replace_note_expr(&old, &new))
+        .filter(caller::Column::ClientId.eq(client_id))
+        .filter(caller::Column::Phone.eq(phone))
+        .exec(db)
+        .await?
+        .rows_affected;
+    if changed == 0 {
+        return Ok(None);
+    }
+    bound_memory(db, client_id, phone).await.map(Some)
+}
+
+/// The first [`MEMORY_MAX_CHARS`] characters of `memory` (newest first), cut after the last
+/// whole line that fits; a single note longer than the bound is cut at the bound.
+pub fn bounded(memory: &str) -> String {
+    if memory.chars().count() <= MEMORY_MAX_CHARS {
+        return memory.to_string();
+    }
+    let kept: String = memory.chars().take(MEMORY_MAX_CHARS).collect();
+    match kept.rfind('\n') {
+        Some(i) => kept[..i].to_string(),
+        None => kept,
+    }
+}
 
 /// Reads the caller back, trimming the oldest notes beyond [`MEMORY_MAX_CHARS`].
 async fn bound_memory(
@@ -163,20 +235,15 @@ async fn bound_memory(
     if current.memory.chars().count() <= MEMORY_MAX_CHARS {
         return Ok(current);
     }
-    // Keep the newest notes; a concurrent append lost here only shortens old history.
-    let skip = current.memory.chars().count() - MEMORY_MAX_CHARS;
-    let trimmed: String = current.memory.chars().skip(skip).collect();
-    let trimmed = match trimmed.find('\n') {
-        Some(i) => trimmed[i + 1..].to_string(),
-        None => trimmed,
-    };
+    // Keep the newest notes; a concurrent note lost here only shortens old history.
+    let trimmed = bounded(&current.memory);
     let mut am: caller::ActiveModel = current.into();
     am.memory = Set(trimmed);
     Ok(am.update(db).await?)
 }
 
-/// Erases a caller's memory and the transcripts and summaries of their calls to this client
-/// (a privacy request). The call rows stay, for billing and counts, without content.
+/// Erases a caller's memory and the transcripts, summaries and results of their calls to this
+/// client (a privacy request); a post-call job still pending for one of them then fails. The call rows stay, for billing and counts, without content.
 pub async fn delete_caller(
     db: &DatabaseConnection,
     client_id: ClientId,
@@ -208,10 +275,31 @@ pub async fn delete_caller(
             .await?;
         call::Entity::update_many()
             .col_expr(call::Column::Summary, Expr::value(Option::<String>::None))
+            .col_expr(call::Column::Results, Expr::value(Option::<String>::None))
             .filter(call::Column::Id.is_in(call_ids))
             .exec(&txn)
             .await?;
     }
     txn.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_memory_keeps_the_newest_whole_lines() {
+        let line = |i: usize| format!("note {i:02}: {}", "x".repeat(90));
+        let memory: Vec<String> = (0..40).rev().map(line).collect();
+        let memory = memory.join("\n");
+        let kept = bounded(&memory);
+        assert!(kept.chars().count() <= MEMORY_MAX_CHARS);
+        assert!(kept.starts_with(&line(39)), "newest first");
+        assert!(kept.ends_with('x'), "cut after a whole line: {kept:?}");
+        assert!(!kept.contains("note 00"), "the oldest went first");
+        assert_eq!(bounded("short\nnotes"), "short\nnotes");
+        let one_long = "é".repeat(MEMORY_MAX_CHARS + 5);
+        assert_eq!(bounded(&one_long).chars().count(), MEMORY_MAX_CHARS);
+    }
 }

@@ -1,6 +1,7 @@
 //! Call records and transcripts. The webhook inserts a `ringing` row (idempotent per CallSid);
 //! the end of a call writes the final record, its transcript and the caller-memory update in
-//! one transaction ([`finish_call`]), whether or not the ringing row made it.
+//! one transaction ([`finish_call`]), whether or not the ringing row made it, with the call's
+//! post-call job when there is one to do ([`finish_call_with`]).
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -12,6 +13,7 @@ use sea_orm::{
 use super::{
     StoreError, callers,
     entities::{call, transcript_item},
+    post_call,
 };
 use crate::domain::{CallStatus, ClientId};
 
@@ -151,8 +153,27 @@ pub struct FinishedCall {
     pub remember: Option<(Option<String>, Option<String>)>,
 }
 
-/// Writes the final call record, its transcript and the caller-memory update atomically.
+/// Writes the final call record, its transcript and the caller-memory update atomically (no
+/// post-call job: see [`finish_call_with`]).
 pub async fn finish_call(db: &DatabaseConnection, f: &FinishedCall) -> Result<(), StoreError> {
+    finish_call_with(db, f, false).await
+}
+
+/// Whether a transcript is worth summarising: the caller said something.
+pub fn worth_summarising(transcript: &[TranscriptIn]) -> bool {
+    transcript
+        .iter()
+        .any(|t| t.role == "caller" && !t.text.trim().is_empty())
+}
+
+/// Like [`finish_call`], and when `post_call` is on (`post_call.enabled`), the call has a client
+/// and the transcript has a caller line, inserts the call's post-call job in the same
+/// transaction (`store::post_call::enqueue`): the job exists exactly when the call does.
+pub async fn finish_call_with(
+    db: &DatabaseConnection,
+    f: &FinishedCall,
+    post_call: bool,
+) -> Result<(), StoreError> {
     let txn = db.begin().await?;
     insert_call(&txn, &f.call).await?;
     let mut q = call::Entity::update_many()
@@ -221,6 +242,12 @@ pub async fn finish_call(db: &DatabaseConnection, f: &FinishedCall) -> Result<()
             note.as_deref(),
         )
         .await?;
+    }
+    if let Some(client_id) = f.call.client_id.or(row.client_id.map(ClientId::new))
+        && post_call
+        && worth_summarising(&f.transcript)
+    {
+        post_call::enqueue(&txn, row.id, &row.call_sid, client_id).await?;
     }
     txn.commit().await?;
     Ok(())

@@ -63,6 +63,9 @@ pub struct ClientInput {
     pub http_tools: HttpTools,
     /// The client's other agents.
     pub agents: Agents,
+    /// JSON Schema of the structured fields the post-call job extracts (checked by
+    /// `crate::post_call::schema::check_results_schema`); none: a summary only.
+    pub results_schema: Option<serde_json::Value>,
 }
 
 /// A client with its numbers and FAQs.
@@ -119,6 +122,7 @@ fn active_model(input: &ClientInput, now: chrono::DateTime<Utc>) -> client::Acti
         webhook_url: Set(input.webhook_url.clone()),
         http_tools: Set(input.http_tools.to_stored()),
         agents: Set(input.agents.to_stored()),
+        results_schema: Set(input.results_schema.as_ref().map(|s| s.to_string())),
         ..Default::default()
     }
 }

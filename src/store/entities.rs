@@ -50,6 +50,8 @@ pub mod client {
         pub http_tools: Option<String>,
         /// JSON list of the client's other agents (`crate::tools::agents`).
         pub agents: Option<String>,
+        /// JSON Schema of the structured fields the post-call job extracts (`crate::post_call`).
+        pub results_schema: Option<String>,
     }
 
     /// No declared relations.
@@ -156,7 +158,7 @@ pub mod caller {
         pub first_call_at: ChronoDateTimeUtc,
         /// Latest call.
         pub last_call_at: ChronoDateTimeUtc,
-        /// Notes, newest last, bounded.
+        /// Notes, one per line, newest first, bounded.
         pub memory: String,
     }
 
@@ -206,12 +208,16 @@ pub mod call {
         pub duration_ms: Option<i64>,
         /// Why it ended.
         pub end_reason: Option<String>,
-        /// Short note of what the call was about.
+        /// Short note of what the call was about: the caller's first words when the call ends,
+        /// the post-call job's summary once it is done.
         pub summary: Option<String>,
         /// Created.
         pub created_at: ChronoDateTimeUtc,
         /// Last changed.
         pub updated_at: ChronoDateTimeUtc,
+        /// The client's structured fields (JSON text, valid against its `results_schema`), set
+        /// by the post-call job.
+        pub results: Option<String>,
     }
 
     /// No declared relations.
@@ -318,6 +324,47 @@ pub mod outbox {
         pub created_at: ChronoDateTimeUtc,
         /// When a 2xx came back.
         pub delivered_at: Option<ChronoDateTimeUtc>,
+    }
+
+    /// No declared relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `post_call_jobs`: the durable post-call queue, one job per finished call (see
+/// `crate::post_call`).
+pub mod post_call_job {
+    use sea_orm::entity::prelude::*;
+
+    /// A post-call job row.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "post_call_jobs")]
+    pub struct Model {
+        /// Primary key.
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        /// `calls.id`, unique: one job per call.
+        pub call_id: i32,
+        /// The call's CallSid (for logs and the admin API).
+        pub call_sid: String,
+        /// The client whose call it is.
+        pub client_id: i32,
+        /// `pending`, `done` or `failed`.
+        pub status: String,
+        /// Attempts started so far.
+        pub attempts: i32,
+        /// Not tried before this.
+        pub next_attempt_at: ChronoDateTimeUtc,
+        /// Leased to an instance working on it until then.
+        pub locked_until: Option<ChronoDateTimeUtc>,
+        /// What went wrong last (never a secret).
+        pub last_error: Option<String>,
+        /// Enqueued (with the finished call).
+        pub created_at: ChronoDateTimeUtc,
+        /// Last changed.
+        pub updated_at: ChronoDateTimeUtc,
     }
 
     /// No declared relations.

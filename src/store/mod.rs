@@ -4,7 +4,7 @@
 //! [`callers`] (caller memory), [`calls`] (call records and transcripts), [`writer`] (the queue
 //! every call record is written through), [`messages`] (messages taken for the business),
 //! [`outbox`] (webhook events waiting for delivery), [`knowledge`] (documents and the full-text
-//! search of documents and FAQs).
+//! search of documents and FAQs), [`post_call`] (the post-call jobs).
 //!
 //! Invariants:
 //! 1. Every query works on both backends (tests run each storage test on both).
@@ -21,6 +21,7 @@ pub mod entities;
 pub mod knowledge;
 pub mod messages;
 pub mod outbox;
+pub mod post_call;
 pub mod writer;
 
 use std::time::Duration;

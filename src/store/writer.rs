@@ -11,7 +11,9 @@
 //! - the media stream (`bridge::socket`): the finished call, its transcript and caller memory.
 //!
 //! One queue keeps each call's writes in order (the insert lands before a patch of the same
-//! call). Shutdown: [`Writer::flush`] waits until every write queued before it is done.
+//! call). Shutdown: [`Writer::flush`] waits until every write queued before it is done. A
+//! finished call worth summarising gets its post-call job in the same transaction when
+//! `post_call.enabled` (`calls::finish_call_with`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -61,13 +63,19 @@ const QUEUE: usize = 4096;
 const ATTEMPTS: u32 = 3;
 
 impl Writer {
-    /// Starts the writer task on `tracker`.
-    pub fn start(db: DatabaseConnection, metrics: Arc<Metrics>, tracker: &TaskTracker) -> Self {
+    /// Starts the writer task on `tracker`; `post_call`: whether finished calls get a post-call
+    /// job (`post_call.enabled`).
+    pub fn start(
+        db: DatabaseConnection,
+        metrics: Arc<Metrics>,
+        post_call: bool,
+        tracker: &TaskTracker,
+    ) -> Self {
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
         let task_metrics = metrics.clone();
         tracker.spawn(async move {
             while let Some(job) = rx.recv().await {
-                execute(&db, &task_metrics, job).await;
+                execute(&db, &task_metrics, post_call, job).await;
             }
         });
         Self { tx, metrics }
@@ -111,7 +119,7 @@ impl Writer {
 }
 
 /// Runs one job with retries (one step, callable from tests).
-pub async fn execute(db: &DatabaseConnection, metrics: &Metrics, job: Job) {
+pub async fn execute(db: &DatabaseConnection, metrics: &Metrics, post_call: bool, job: Job) {
     let (sid, what) = job.describe();
     let sid = sid.to_string();
     if let Job::Flush(reply) = job {
@@ -122,7 +130,7 @@ pub async fn execute(db: &DatabaseConnection, metrics: &Metrics, job: Job) {
         let result: Result<(), StoreError> = match &job {
             Job::Insert(n) => calls::insert_call(db, n).await,
             Job::Patch(sid, p) => calls::update_call(db, sid, p).await.map(|_| ()),
-            Job::Finish(f) => calls::finish_call(db, f).await,
+            Job::Finish(f) => calls::finish_call_with(db, f, post_call).await,
             Job::Flush(_) => Ok(()),
         };
         match result {

@@ -10,6 +10,7 @@ mod handover;
 mod knowledge;
 #[cfg(feature = "sim")]
 mod loadgen;
+mod post_call;
 mod store;
 mod support;
 mod tools;

@@ -103,7 +103,16 @@ both_backends!(caller_memory_is_bounded_and_keeps_the_newest_notes, |app| {
         .unwrap()
         .unwrap();
     assert!(c.memory.chars().count() <= callers::MEMORY_MAX_CHARS);
-    assert!(c.memory.ends_with(&format!("call 39: {}", "x".repeat(80))));
+    // Newest first, whole notes only: the oldest were dropped from the bottom.
+    assert!(
+        c.memory
+            .starts_with(&format!("call 39: {}", "x".repeat(80)))
+    );
+    assert!(c.memory.ends_with(&"x".repeat(80)));
+    let numbers: Vec<&str> = c.memory.lines().map(|l| &l[5..7]).collect();
+    let mut sorted = numbers.clone();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(numbers, sorted, "newest first");
     assert!(!c.memory.contains("call 00"));
     assert_eq!(c.name.as_deref(), Some("Dana"));
     assert_eq!(c.call_count, 40);
@@ -180,8 +189,11 @@ both_backends!(
             .unwrap()
             .unwrap();
         assert_eq!(memory.call_count, 2);
-        assert!(
-            memory.memory.contains("What are your hours?") && memory.memory.contains("Can I book?")
+        let notes: Vec<&str> = memory.memory.lines().collect();
+        assert_eq!(
+            notes,
+            ["asked: Can I book?", "asked: What are your hours?"],
+            "newest first"
         );
         let listed = calls::list_calls(&app.state.db, Some(id), None, 10)
             .await
@@ -250,7 +262,10 @@ both_backends!(
             .unwrap();
         assert_eq!(m.call_count, 1);
         assert_eq!(m.name.as_deref(), Some("Dana"));
-        assert_eq!(m.memory.lines().count(), 2);
+        let notes: Vec<&str> = m.memory.lines().collect();
+        assert_eq!(notes.len(), 2);
+        assert_eq!(notes[0], "n2", "the newest note on top");
+        assert!(notes[1].ends_with(": prefers mornings"), "{notes:?}");
         // A withheld number is nobody: nothing is stored.
         assert!(
             callers::remember(&app.state.db, id, "anonymous", Some("X"), None, at)

@@ -120,6 +120,7 @@ pub async fn spawn_app_with(
             "openai",
             "realtime_url = \"ws://127.0.0.1:9/v1/realtime\"".to_string(),
         ),
+        ("openai", "base_url = \"http://127.0.0.1:9/v1\"".to_string()),
     ];
     all.splice(0..0, defaults.iter().map(|(s, l)| (*s, l.to_string())));
     let pairs: Vec<(&str, &str)> = all.iter().map(|(s, l)| (*s, l.as_str())).collect();

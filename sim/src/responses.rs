@@ -1,0 +1,822 @@
+//! A fake OpenAI Responses endpoint on loopback (`POST /v1/responses`), for the post-call job:
+//! it checks the request the way the real API does (a Bearer key, `model`, `input`, known
+//! parameters only, `text.format` a strict `json_schema` whose schema strict mode accepts) and
+//! answers 400 with an OpenAI-style error body otherwise (`{"error": {"message", "type",
+//! "param", "code"}}`). A valid request gets a `response` object whose `message` item's
+//! `output_text` is JSON matching the schema: a deterministic summary built from the transcript
+//! in the input, and the minimal valid value of every other field (the first enum value, a
+//! date for `"format": "date"`, null where null is allowed first, …). A `reasoning` item comes
+//! before the message, as a reasoning model's answer has.
+//!
+//! Faults are scripted in order ([`FakeResponses::push`]): an HTTP status with an error body, a
+//! hang (the request is never answered), an answer whose fields do not match the schema, an
+//! answer whose text is not JSON. Every request is recorded ([`FakeResponses::requests`]) and
+//! valid answers are counted ([`FakeResponses::completions`]).
+//!
+//! Its strict-mode rules are written independently of warmline's own check, after the
+//! Structured Outputs guide ("Supported schemas"): the root an object and not `anyOf`, every
+//! object with `additionalProperties: false` and every property in `required`, the supported
+//! keywords only, `$ref` to `#/$defs/…` or `#`.
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use serde_json::{Map, Value, json};
+use tokio::sync::Notify;
+
+/// What the next request gets instead of a good answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// This HTTP status with an OpenAI-style error body (500, 429, 503, …).
+    Status(u16),
+    /// The request is never answered.
+    Hang,
+    /// A 200 whose `fields` (or, without fields, `summary`) do not match the schema.
+    Mismatch,
+    /// A 200 whose `output_text` is not JSON.
+    NotJson,
+}
+
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
+    /// The body (`Value::Null` when it was not JSON).
+    pub body: Value,
+    /// The status answered (0 for a hang).
+    pub status: u16,
+    /// The `output_text` answered, for a 200.
+    pub answer: Option<String>,
+}
+
+#[derive(Default)]
+struct Shared {
+    faults: Mutex<VecDeque<Fault>>,
+    requests: Mutex<Vec<Recorded>>,
+    completions: AtomicUsize,
+    ids: AtomicUsize,
+    changed: Notify,
+}
+
+/// The fake Responses endpoint.
+pub struct FakeResponses {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeResponses {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeResponses {
+    /// Starts on 127.0.0.1 with an OS-chosen port.
+    pub async fn start() -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::default());
+        let app = Router::new()
+            .route("/v1/responses", post(respond))
+            .with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, shared, task })
+    }
+
+    /// `http://127.0.0.1:PORT/v1`: the `openai.base_url` to give the gateway.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Queues faults: each of the next requests gets one, in order, before good answers resume.
+    pub fn push(&self, faults: impl IntoIterator<Item = Fault>) {
+        lock(&self.shared.faults).extend(faults);
+    }
+
+    /// Every request so far, in order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        lock(&self.shared.requests).clone()
+    }
+
+    /// Good answers sent so far (a 200 with JSON matching the schema).
+    pub fn completions(&self) -> usize {
+        self.shared.completions.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` requests arrived; false after `limit`.
+    pub async fn wait_requests(&self, n: usize, limit: Duration) -> bool {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.shared.changed.notified();
+            if lock(&self.shared.requests).len() >= n {
+                return true;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return lock(&self.shared.requests).len() >= n;
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn error(
+    status: StatusCode,
+    kind: &str,
+    param: Option<&str>,
+    code: Option<&str>,
+    message: &str,
+) -> Response {
+    let body = json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Top-level parameters of `POST /v1/responses` (others are refused, as the real API does).
+const KNOWN_PARAMS: &[&str] = &[
+    "model",
+    "input",
+    "instructions",
+    "text",
+    "store",
+    "temperature",
+    "top_p",
+    "max_output_tokens",
+    "metadata",
+    "reasoning",
+    "previous_response_id",
+    "conversation",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "truncation",
+    "include",
+    "stream",
+    "background",
+    "service_tier",
+    "user",
+    "safety_identifier",
+    "prompt_cache_key",
+];
+
+async fn respond(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let record = |status: u16, answer: Option<String>| {
+        lock(&shared.requests).push(Recorded {
+            authorization: authorization.clone(),
+            body: parsed.clone().unwrap_or(Value::Null),
+            status,
+            answer,
+        });
+        shared.changed.notify_waiters();
+    };
+    let key = authorization
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default();
+    if key.is_empty() {
+        record(401, None);
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            None,
+            None,
+            "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+        );
+    }
+    let Some(request) = parsed.clone() else {
+        record(400, None);
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            None,
+            None,
+            "We could not parse the JSON body of your request.",
+        );
+    };
+    let schema = match check_request(&request) {
+        Ok(schema) => schema,
+        Err((param, code, message)) => {
+            record(400, None);
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some(&param),
+                code,
+                &message,
+            );
+        }
+    };
+    let fault = lock(&shared.faults).pop_front();
+    let mut answer = minimal(&schema, &schema, 0);
+    if let Some(obj) = answer.as_object_mut()
+        && obj.contains_key("summary")
+    {
+        obj.insert(
+            "summary".into(),
+            Value::String(summary_of(&request["input"])),
+        );
+    }
+    let text = match fault {
+        Some(Fault::Status(code)) => {
+            record(code, None);
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let (kind, message) = if code == 429 {
+                (
+                    "requests",
+                    "Rate limit reached for requests. Please try again later.",
+                )
+            } else {
+                (
+                    "server_error",
+                    "The server had an error while processing your request. Sorry about that!",
+                )
+            };
+            return error(status, kind, None, None, message);
+        }
+        Some(Fault::Hang) => {
+            record(0, None);
+            return std::future::pending().await;
+        }
+        Some(Fault::Mismatch) => {
+            match answer.get_mut("fields").and_then(Value::as_object_mut) {
+                Some(fields) => {
+                    fields.insert("not_in_the_schema".into(), Value::Bool(true));
+                }
+                None => answer["summary"] = json!(42),
+            }
+            answer.to_string()
+        }
+        Some(Fault::NotJson) => "Sure! Here is the summary you asked for.".to_string(),
+        None => answer.to_string(),
+    };
+    if fault.is_none() {
+        shared.completions.fetch_add(1, Ordering::SeqCst);
+    }
+    record(200, Some(text.clone()));
+    let n = shared.ids.fetch_add(1, Ordering::SeqCst);
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let body = json!({
+        "id": format!("resp_fake{n:04}"),
+        "object": "response",
+        "created_at": created,
+        "status": "completed",
+        "error": null,
+        "incomplete_details": null,
+        "model": request["model"],
+        "instructions": request.get("instructions"),
+        "output": [
+            {"id": format!("rs_fake{n:04}"), "type": "reasoning", "summary": []},
+            {"id": format!("msg_fake{n:04}"), "type": "message", "status": "completed",
+             "role": "assistant",
+             "content": [{"type": "output_text", "text": text, "annotations": []}]}
+        ],
+        "store": request.get("store").cloned().unwrap_or(Value::Bool(true)),
+        "text": request["text"],
+        "usage": {"input_tokens": 100, "output_tokens": 50, "total_tokens": 150}
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+type Refusal = (String, Option<&'static str>, String);
+
+fn refuse(param: &str, message: impl Into<String>) -> Refusal {
+    (param.to_string(), None, message.into())
+}
+
+/// Checks the request's shape; the schema of `text.format` when it is good.
+fn check_request(r: &Value) -> Result<Value, Refusal> {
+    let Some(obj) = r.as_object() else {
+        return Err(refuse("", "The body must be a JSON object."));
+    };
+    if let Some(unknown) = obj.keys().find(|k| !KNOWN_PARAMS.contains(&k.as_str())) {
+        return Err((
+            unknown.clone(),
+            Some("unknown_parameter"),
+            format!("Unknown parameter: '{unknown}'."),
+        ));
+    }
+    match obj.get("model").and_then(Value::as_str) {
+        Some(m) if !m.trim().is_empty() => {}
+        _ => return Err(refuse("model", "Missing required parameter: 'model'.")),
+    }
+    check_input(obj.get("input"))?;
+    if let Some(i) = obj.get("instructions")
+        && !i.is_string()
+        && !i.is_null()
+    {
+        return Err(refuse("instructions", "'instructions' must be a string."));
+    }
+    if let Some(s) = obj.get("store")
+        && !s.is_boolean()
+    {
+        return Err(refuse("store", "'store' must be a boolean."));
+    }
+    let format = r.pointer("/text/format");
+    if format.and_then(|f| f.get("type")).and_then(Value::as_str) != Some("json_schema") {
+        return Err(refuse(
+            "text.format.type",
+            "The post-call request must ask for text.format.type 'json_schema'.",
+        ));
+    }
+    let format = format.unwrap_or(&Value::Null);
+    let name = format
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let name_ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !name_ok {
+        return Err(refuse(
+            "text.format.name",
+            "Invalid 'text.format.name': must be 1-64 characters of a-z, A-Z, 0-9, _ or -.",
+        ));
+    }
+    if format.get("strict") != Some(&Value::Bool(true)) {
+        return Err(refuse(
+            "text.format.strict",
+            "The post-call request must set text.format.strict to true.",
+        ));
+    }
+    let Some(schema) = format.get("schema").filter(|s| s.is_object()) else {
+        return Err(refuse(
+            "text.format.schema",
+            "Missing required parameter: 'text.format.schema'.",
+        ));
+    };
+    strict_problem(schema).map_or(Ok(()), |problem| {
+        Err((
+            "text.format.schema".into(),
+            Some("invalid_json_schema"),
+            format!("Invalid schema for response_format '{name}': {problem}"),
+        ))
+    })?;
+    Ok(schema.clone())
+}
+
+fn check_input(input: Option<&Value>) -> Result<(), Refusal> {
+    let ok = match input {
+        Some(Value::String(s)) => !s.trim().is_empty(),
+        Some(Value::Array(items)) if !items.is_empty() => items.iter().all(|item| {
+            let role_ok = matches!(
+                item.get("role").and_then(Value::as_str),
+                Some("user" | "system" | "developer" | "assistant")
+            );
+            let content_ok = match item.get("content") {
+                Some(Value::String(s)) => !s.is_empty(),
+                Some(Value::Array(parts)) => parts.iter().all(|p| {
+                    p.get("type").and_then(Value::as_str) == Some("input_text")
+                        && p.get("text").is_some_and(Value::is_string)
+                }),
+                _ => false,
+            };
+            role_ok && content_ok
+        }),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(refuse(
+            "input",
+            "Invalid 'input': expected a non-empty string or a list of messages with a role and text content.",
+        ))
+    }
+}
+
+/// Keywords strict mode takes (the Structured Outputs guide's supported subset).
+const STRICT_KEYWORDS: &[&str] = &[
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "enum",
+    "const",
+    "anyOf",
+    "$ref",
+    "$defs",
+    "description",
+    "title",
+    "$comment",
+    "pattern",
+    "format",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minItems",
+    "maxItems",
+];
+
+/// What strict mode refuses in `schema`, in the real API's style ("In context=(...), ...").
+pub fn strict_problem(schema: &Value) -> Option<String> {
+    if schema.get("type").and_then(Value::as_str) != Some("object") || schema.get("anyOf").is_some()
+    {
+        return Some(
+            "schema must be a JSON Schema of 'type: \"object\"', got something else.".into(),
+        );
+    }
+    let mut problem = walk(schema, schema, &mut Vec::new());
+    if problem.is_none()
+        && let Some(defs) = schema.get("$defs").and_then(Value::as_object)
+    {
+        for (name, def) in defs {
+            problem = walk(def, schema, &mut vec!["$defs".into(), name.clone()]);
+            if problem.is_some() {
+                break;
+            }
+        }
+    }
+    problem
+}
+
+fn context(path: &[String]) -> String {
+    let parts: Vec<String> = path.iter().map(|p| format!("'{p}'")).collect();
+    format!("In context=({})", parts.join(", "))
+}
+
+fn walk(node: &Value, root: &Value, path: &mut Vec<String>) -> Option<String> {
+    let Some(obj) = node.as_object() else {
+        return Some(format!("{}, schema must be an object.", context(path)));
+    };
+    for key in obj.keys() {
+        if !STRICT_KEYWORDS.contains(&key.as_str()) || (key == "$defs" && !path.is_empty()) {
+            return Some(format!("{}, '{key}' is not permitted.", context(path)));
+        }
+    }
+    if let Some(r) = obj.get("$ref").and_then(Value::as_str) {
+        let resolves = r == "#"
+            || r.strip_prefix("#/$defs/")
+                .is_some_and(|n| root.pointer(&format!("/$defs/{n}")).is_some());
+        return (!resolves)
+            .then(|| format!("{}, reference '{r}' cannot be resolved.", context(path)));
+    }
+    let types: Vec<&str> = match obj.get("type") {
+        Some(Value::String(t)) => vec![t],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if types.is_empty()
+        && !obj.contains_key("anyOf")
+        && !obj.contains_key("enum")
+        && !obj.contains_key("const")
+    {
+        return Some(format!("{}, schema must have a 'type' key.", context(path)));
+    }
+    if types.contains(&"object") {
+        if obj.get("additionalProperties") != Some(&Value::Bool(false)) {
+            return Some(format!(
+                "{}, 'additionalProperties' is required to be supplied and to be false.",
+                context(path)
+            ));
+        }
+        let props = obj
+            .get("properties")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let required: Vec<&str> = obj
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if let Some(missing) = props.keys().find(|k| !required.contains(&k.as_str())) {
+            return Some(format!(
+                "{}, 'required' is required to be supplied and to be an array including every key in properties. Missing '{missing}'.",
+                context(path)
+            ));
+        }
+        for (k, sub) in &props {
+            path.extend(["properties".to_string(), k.clone()]);
+            let p = walk(sub, root, path);
+            path.truncate(path.len() - 2);
+            if p.is_some() {
+                return p;
+            }
+        }
+    }
+    if types.contains(&"array") {
+        let Some(items) = obj.get("items") else {
+            return Some(format!("{}, array schema missing items.", context(path)));
+        };
+        path.push("items".into());
+        let p = walk(items, root, path);
+        path.pop();
+        if p.is_some() {
+            return p;
+        }
+    }
+    if let Some(any) = obj.get("anyOf").and_then(Value::as_array) {
+        for (i, sub) in any.iter().enumerate() {
+            path.extend(["anyOf".to_string(), i.to_string()]);
+            let p = walk(sub, root, path);
+            path.truncate(path.len() - 2);
+            if p.is_some() {
+                return p;
+            }
+        }
+    }
+    None
+}
+
+/// The smallest value `schema` accepts (references resolved against `root`).
+pub fn minimal(schema: &Value, root: &Value, depth: usize) -> Value {
+    if depth > 32 {
+        return Value::Null;
+    }
+    let Some(obj) = schema.as_object() else {
+        return Value::Null;
+    };
+    if let Some(r) = obj.get("$ref").and_then(Value::as_str) {
+        let target = if r == "#" {
+            Some(root)
+        } else {
+            r.strip_prefix('#').and_then(|p| root.pointer(p))
+        };
+        return target.map_or(Value::Null, |t| minimal(t, root, depth + 1));
+    }
+    if let Some(c) = obj.get("const") {
+        return c.clone();
+    }
+    if let Some(first) = obj
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first())
+    {
+        return first.clone();
+    }
+    if let Some(first) = obj
+        .get("anyOf")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+    {
+        return minimal(first, root, depth + 1);
+    }
+    let types: Vec<&str> = match obj.get("type") {
+        Some(Value::String(t)) => vec![t],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let kind = types
+        .iter()
+        .find(|t| **t != "null")
+        .copied()
+        .unwrap_or("null");
+    let number = |integer: bool| {
+        let min = obj
+            .get("minimum")
+            .and_then(Value::as_f64)
+            .or_else(|| {
+                obj.get("exclusiveMinimum")
+                    .and_then(Value::as_f64)
+                    .map(|m| m.floor() + 1.0)
+            })
+            .unwrap_or(0.0);
+        if integer {
+            json!(min.ceil() as i64)
+        } else {
+            json!(min)
+        }
+    };
+    match kind {
+        "string" => Value::String(
+            match obj.get("format").and_then(Value::as_str) {
+                Some("date") => "2026-12-01",
+                Some("date-time") => "2026-12-01T09:00:00Z",
+                Some("time") => "09:00:00",
+                Some("duration") => "P1D",
+                Some("email") => "caller@example.com",
+                Some("hostname") => "example.com",
+                Some("ipv4") => "127.0.0.1",
+                Some("ipv6") => "::1",
+                Some("uuid") => "00000000-0000-4000-8000-000000000000",
+                _ => "x",
+            }
+            .to_string(),
+        ),
+        "integer" => number(true),
+        "number" => number(false),
+        "boolean" => Value::Bool(false),
+        "object" => {
+            let mut out = Map::new();
+            if let Some(props) = obj.get("properties").and_then(Value::as_object) {
+                for (k, sub) in props {
+                    out.insert(k.clone(), minimal(sub, root, depth + 1));
+                }
+            }
+            Value::Object(out)
+        }
+        "array" => {
+            let n = obj.get("minItems").and_then(Value::as_u64).unwrap_or(0);
+            let item = obj
+                .get("items")
+                .map_or(Value::Null, |i| minimal(i, root, depth + 1));
+            Value::Array((0..n).map(|_| item.clone()).collect())
+        }
+        _ => Value::Null,
+    }
+}
+
+/// The deterministic summary: the caller's first line and how many lines they said, read from
+/// the transcript document in the input (warmline's shape: `{"transcript": [{"role", "text"}]}`),
+/// else the start of the input's text.
+pub fn summary_of(input: &Value) -> String {
+    let mut texts = Vec::new();
+    match input {
+        Value::String(s) => texts.push(s.clone()),
+        Value::Array(items) => {
+            for item in items {
+                match item.get("content") {
+                    Some(Value::String(s)) => texts.push(s.clone()),
+                    Some(Value::Array(parts)) => texts.extend(
+                        parts
+                            .iter()
+                            .filter_map(|p| p.get("text").and_then(Value::as_str))
+                            .map(str::to_string),
+                    ),
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
+    }
+    for text in &texts {
+        let Ok(doc) = serde_json::from_str::<Value>(text) else {
+            continue;
+        };
+        let caller: Vec<&str> = doc
+            .get("transcript")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|l| l.get("role").and_then(Value::as_str) == Some("caller"))
+            .filter_map(|l| l.get("text").and_then(Value::as_str))
+            .collect();
+        if let Some(first) = caller.first() {
+            return format!(
+                "Summary: the caller asked \"{first}\" ({} caller line{}).",
+                caller.len(),
+                if caller.len() == 1 { "" } else { "s" }
+            );
+        }
+    }
+    let all = texts.join(" ");
+    format!("Summary of: {}", all.chars().take(80).collect::<String>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> Value {
+        json!({"type": "object",
+            "properties": {
+                "summary": {"type": "string"},
+                "fields": {"type": "object",
+                    "properties": {
+                        "date": {"type": ["string", "null"], "format": "date"},
+                        "urgency": {"type": "string", "enum": ["low", "urgent"]},
+                        "visits": {"type": "integer", "minimum": 1},
+                        "tags": {"type": "array", "items": {"$ref": "#/$defs/tag"}, "minItems": 2},
+                        "contact": {"anyOf": [{"type": "null"}, {"type": "string"}]}
+                    },
+                    "required": ["date", "urgency", "visits", "tags", "contact"],
+                    "additionalProperties": false}
+            },
+            "required": ["summary", "fields"],
+            "additionalProperties": false,
+            "$defs": {"tag": {"type": "string", "enum": ["new"]}}})
+    }
+
+    #[test]
+    fn minimal_values_satisfy_the_schema() {
+        let s = schema();
+        assert_eq!(strict_problem(&s), None);
+        assert_eq!(
+            minimal(&s, &s, 0),
+            json!({"summary": "x", "fields": {"date": "2026-12-01", "urgency": "low",
+                "visits": 1, "tags": ["new", "new"], "contact": null}})
+        );
+    }
+
+    #[test]
+    fn strict_problems_are_named() {
+        let mut s = schema();
+        s["properties"]["fields"]["required"] = json!(["date"]);
+        let problem = strict_problem(&s).unwrap();
+        assert!(
+            problem.starts_with("In context=('properties', 'fields'), 'required'")
+                && problem.contains("Missing 'contact'"),
+            "{problem}"
+        );
+        let mut s = schema();
+        s["properties"]["fields"]
+            .as_object_mut()
+            .unwrap()
+            .remove("additionalProperties");
+        assert!(
+            strict_problem(&s)
+                .unwrap()
+                .contains("'additionalProperties'")
+        );
+        let mut s = schema();
+        s["properties"]["summary"]["minLength"] = json!(1);
+        assert!(
+            strict_problem(&s)
+                .unwrap()
+                .contains("'minLength' is not permitted")
+        );
+        assert!(strict_problem(&json!({"type": "array", "items": {"type": "string"}})).is_some());
+    }
+
+    #[test]
+    fn the_summary_quotes_the_first_caller_line() {
+        let doc = json!({"transcript": [{"role": "agent", "text": "Hello"},
+            {"role": "caller", "text": "I need a cleaning"}, {"role": "caller", "text": "Thanks"}]});
+        let input = json!([{"role": "user", "content": doc.to_string()}]);
+        assert_eq!(
+            summary_of(&input),
+            "Summary: the caller asked \"I need a cleaning\" (2 caller lines)."
+        );
+        assert_eq!(summary_of(&json!("plain words")), "Summary of: plain words");
+    }
+
+    #[test]
+    fn requests_missing_what_the_api_needs_are_refused() {
+        let good = json!({"model": "m", "input": "hi", "store": false,
+            "text": {"format": {"type": "json_schema", "name": "call_results",
+                                "schema": schema(), "strict": true}}});
+        assert!(check_request(&good).is_ok());
+        for (change, param) in [
+            (json!({"model": ""}), "model"),
+            (json!({"input": []}), "input"),
+            (json!({"response_format": {}}), "response_format"),
+            (
+                json!({"text": {"format": {"type": "json_object"}}}),
+                "text.format.type",
+            ),
+            (
+                json!({"text": {"format": {"type": "json_schema", "name": "a b", "schema": schema(), "strict": true}}}),
+                "text.format.name",
+            ),
+            (
+                json!({"text": {"format": {"type": "json_schema", "name": "n", "schema": schema()}}}),
+                "text.format.strict",
+            ),
+            (
+                json!({"text": {"format": {"type": "json_schema", "name": "n", "strict": true,
+                "schema": {"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": false}}}}),
+                "text.format.schema",
+            ),
+        ] {
+            let mut r = good.clone();
+            for (k, v) in change.as_object().unwrap() {
+                r[k] = v.clone();
+            }
+            let (got, _, message) = check_request(&r).expect_err(param);
+            assert_eq!(got, param, "{message}");
+        }
+    }
+}

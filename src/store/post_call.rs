@@ -1,0 +1,337 @@
+//! The post-call jobs (README.md, "After the call"): one row of `post_call_jobs` per finished
+//! call worth summarising, inserted with the call record ([`enqueue`], from
+//! `calls::finish_call_with`); the worker (`crate::post_call::worker`) claims due jobs with a
+//! lease ([`claim_due`]) and records each attempt's outcome: [`complete`] (results, caller
+//! memory, the `call.completed` event and the job's end in one transaction), [`retry_at`] or
+//! [`fail`].
+//!
+//! A claim is a compare-and-set on the job's attempt count, so of two instances sharing one
+//! database exactly one wins a job; the winner holds it until `locked_until`. Every outcome is
+//! written only while the job is still pending with the claimer's attempt count: a job whose
+//! lease ran out and was claimed again is never completed twice.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, TransactionTrait,
+    sea_query::{Expr, OnConflict},
+};
+
+use super::{
+    StoreError, callers,
+    entities::{call, post_call_job},
+    outbox,
+};
+use crate::{domain::ClientId, webhooks::EventType};
+
+/// A post-call job row.
+pub type PostCallJob = post_call_job::Model;
+
+/// Where a job stands (the `status` column; the strings are a contract with API clients).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    /// `pending`: not done yet; tried (again) at `next_attempt_at`.
+    Pending,
+    /// `done`: the summary and results are stored.
+    Done,
+    /// `failed`: given up (`post_call.max_attempts` reached, or an answer that did not match
+    /// the client's schema twice); `last_error` says why.
+    Failed,
+}
+
+impl JobStatus {
+    /// The stored string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Inserts the post-call job of call `call_id` (inside the transaction that finishes the call),
+/// due at once; a second insert for the same call changes nothing.
+pub async fn enqueue(
+    db: &impl ConnectionTrait,
+    call_id: i32,
+    call_sid: &str,
+    client_id: ClientId,
+) -> Result<(), StoreError> {
+    let now = Utc::now();
+    let row = post_call_job::ActiveModel {
+        call_id: Set(call_id),
+        call_sid: Set(call_sid.to_string()),
+        client_id: Set(client_id.get()),
+        status: Set(JobStatus::Pending.as_str().to_string()),
+        attempts: Set(0),
+        next_attempt_at: Set(now),
+        locked_until: Set(None),
+        last_error: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    };
+    post_call_job::Entity::insert(row)
+        .on_conflict(
+            OnConflict::column(post_call_job::Column::CallId)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
+/// What [`claim_due`] got.
+#[derive(Debug, Default)]
+pub struct Claim {
+    /// Jobs now leased to the caller, `attempts` already counting the attempt about to start.
+    pub jobs: Vec<PostCallJob>,
+    /// When the earliest pending, unleased job not claimed now comes due: the worker sleeps at
+    /// most until then.
+    pub next_due: Option<DateTime<Utc>>,
+}
+
+fn unleased(now: DateTime<Utc>) -> Condition {
+    Condition::any()
+        .add(post_call_job::Column::LockedUntil.is_null())
+        .add(post_call_job::Column::LockedUntil.lte(now))
+}
+
+/// Claims up to `limit` pending jobs due at `now` and not leased (or whose lease ran out: their
+/// instance died), leasing each until `lease_until` and counting the attempt. Jobs another
+/// instance won in between are skipped.
+pub async fn claim_due(
+    db: &DatabaseConnection,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    limit: u64,
+) -> Result<Claim, StoreError> {
+    let candidates = post_call_job::Entity::find()
+        .filter(post_call_job::Column::Status.eq(JobStatus::Pending.as_str()))
+        .filter(unleased(now))
+        .order_by_asc(post_call_job::Column::NextAttemptAt)
+        .order_by_asc(post_call_job::Column::Id)
+        .limit(limit + 1)
+        .all(db)
+        .await?;
+    let mut claim = Claim::default();
+    for job in candidates {
+        if job.next_attempt_at > now || claim.jobs.len() as u64 >= limit {
+            claim.next_due = Some(job.next_attempt_at);
+            break;
+        }
+        let won = post_call_job::Entity::update_many()
+            .col_expr(
+                post_call_job::Column::Attempts,
+                Expr::value(job.attempts + 1),
+            )
+            .col_expr(post_call_job::Column::LockedUntil, Expr::value(lease_until))
+            .col_expr(post_call_job::Column::UpdatedAt, Expr::value(now))
+            .filter(post_call_job::Column::Id.eq(job.id))
+            .filter(post_call_job::Column::Status.eq(JobStatus::Pending.as_str()))
+            .filter(post_call_job::Column::Attempts.eq(job.attempts))
+            .filter(unleased(now))
+            .exec(db)
+            .await?
+            .rows_affected
+            == 1;
+        if won {
+            claim.jobs.push(PostCallJob {
+                attempts: job.attempts + 1,
+                locked_until: Some(lease_until),
+                updated_at: now,
+                ..job
+            });
+        }
+    }
+    Ok(claim)
+}
+
+/// Ends the claimed `job` with `status` (and `last_error`), releasing its lease, if it is still
+/// this attempt's; returns whether it was.
+async fn end_job(
+    db: &impl ConnectionTrait,
+    job: &PostCallJob,
+    status: JobStatus,
+    error: Option<&str>,
+) -> Result<bool, StoreError> {
+    Ok(post_call_job::Entity::update_many()
+        .col_expr(post_call_job::Column::Status, Expr::value(status.as_str()))
+        .col_expr(
+            post_call_job::Column::LockedUntil,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(
+            post_call_job::Column::LastError,
+            Expr::value(error.map(str::to_string)),
+        )
+        .col_expr(post_call_job::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(post_call_job::Column::Id.eq(job.id))
+        .filter(post_call_job::Column::Attempts.eq(job.attempts))
+        .filter(post_call_job::Column::Status.eq(JobStatus::Pending.as_str()))
+        .exec(db)
+        .await?
+        .rows_affected
+        == 1)
+}
+
+/// What a successful attempt stores.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The summary, for `calls.summary`.
+    pub summary: String,
+    /// The client's fields, for `calls.results` (none for a client without a schema).
+    pub results: Option<serde_json::Value>,
+    /// The caller-memory note the end of the call wrote (`calls.summary` when the job read the
+    /// call): the one the summary replaces, and the proof the call was not erased meanwhile.
+    pub raw_note: String,
+    /// The caller-memory note that replaces it (`YYYY-MM-DD: summary`).
+    pub memory_note: String,
+    /// The `call.completed` event's data (`crate::post_call::completed_event`).
+    pub event: serde_json::Value,
+    /// The `call.completed` event's data if the call turns out to have been erased meanwhile
+    /// (summary and results null, with the reason).
+    pub erased_event: serde_json::Value,
+}
+
+/// What [`complete`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completed {
+    /// Results, memory, event and `done` written.
+    Done,
+    /// The call's summary was erased (a privacy request) while the job ran: nothing of the
+    /// answer is stored; the job is `failed` and its event says so.
+    Erased,
+    /// The job is no longer this attempt's (its lease ran out and another instance claimed it,
+    /// or it was deleted with its client): nothing written.
+    NotOurs,
+}
+
+/// Why a completion meets an erased call.
+pub const ERASED: &str =
+    "the call's transcript was erased (a privacy request) before its summary was stored";
+
+/// Stores a successful attempt in one transaction: the job `done` (only if still this
+/// attempt's), `calls.summary` and `calls.results` (only if the call still holds its raw note),
+/// the caller's memory note replaced by the summary, and the `call.completed` event.
+pub async fn complete(
+    db: &DatabaseConnection,
+    job: &PostCallJob,
+    c: &Completion,
+) -> Result<Completed, StoreError> {
+    let txn = db.begin().await?;
+    if !end_job(&txn, job, JobStatus::Done, None).await? {
+        txn.rollback().await?;
+        return Ok(Completed::NotOurs);
+    }
+    let results = c.results.as_ref().map(|r| r.to_string());
+    let stored = call::Entity::update_many()
+        .col_expr(call::Column::Summary, Expr::value(c.summary.clone()))
+        .col_expr(call::Column::Results, Expr::value(results))
+        .col_expr(call::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(call::Column::Id.eq(job.call_id))
+        .filter(call::Column::Summary.eq(c.raw_note.as_str()))
+        .exec(&txn)
+        .await?
+        .rows_affected
+        == 1;
+    let client_id = ClientId::new(job.client_id);
+    if !stored {
+        post_call_job::Entity::update_many()
+            .col_expr(
+                post_call_job::Column::Status,
+                Expr::value(JobStatus::Failed.as_str()),
+            )
+            .col_expr(post_call_job::Column::LastError, Expr::value(ERASED))
+            .filter(post_call_job::Column::Id.eq(job.id))
+            .exec(&txn)
+            .await?;
+        outbox::enqueue(
+            &txn,
+            client_id,
+            EventType::CallCompleted,
+            c.erased_event.clone(),
+        )
+        .await?;
+        txn.commit().await?;
+        return Ok(Completed::Erased);
+    }
+    let call = call::Entity::find_by_id(job.call_id)
+        .one(&txn)
+        .await?
+        .ok_or(StoreError::NotFound("call"))?;
+    callers::replace_note(
+        &txn,
+        client_id,
+        &call.from_number,
+        Some(&c.raw_note),
+        &c.memory_note,
+    )
+    .await?;
+    outbox::enqueue(&txn, client_id, EventType::CallCompleted, c.event.clone()).await?;
+    txn.commit().await?;
+    Ok(Completed::Done)
+}
+
+/// Puts the claimed `job` back for another attempt at `at`, with `error`; false (nothing
+/// written) if it is no longer this attempt's.
+pub async fn retry_at(
+    db: &DatabaseConnection,
+    job: &PostCallJob,
+    at: DateTime<Utc>,
+    error: &str,
+) -> Result<bool, StoreError> {
+    Ok(post_call_job::Entity::update_many()
+        .col_expr(post_call_job::Column::NextAttemptAt, Expr::value(at))
+        .col_expr(
+            post_call_job::Column::LockedUntil,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(post_call_job::Column::LastError, Expr::value(error))
+        .col_expr(post_call_job::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(post_call_job::Column::Id.eq(job.id))
+        .filter(post_call_job::Column::Attempts.eq(job.attempts))
+        .filter(post_call_job::Column::Status.eq(JobStatus::Pending.as_str()))
+        .exec(db)
+        .await?
+        .rows_affected
+        == 1)
+}
+
+/// Gives the claimed `job` up (`failed`, with `error`) and queues its `call.completed` event
+/// (`event`: summary and results null, with the error), in one transaction; false (nothing
+/// written) if it is no longer this attempt's.
+pub async fn fail(
+    db: &DatabaseConnection,
+    job: &PostCallJob,
+    error: &str,
+    event: serde_json::Value,
+) -> Result<bool, StoreError> {
+    let txn = db.begin().await?;
+    if !end_job(&txn, job, JobStatus::Failed, Some(error)).await? {
+        txn.rollback().await?;
+        return Ok(false);
+    }
+    outbox::enqueue(
+        &txn,
+        ClientId::new(job.client_id),
+        EventType::CallCompleted,
+        event,
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(true)
+}
+
+/// The post-call job of call `call_id`, if it has one.
+pub async fn job_for_call(
+    db: &impl ConnectionTrait,
+    call_id: i32,
+) -> Result<Option<PostCallJob>, StoreError> {
+    Ok(post_call_job::Entity::find()
+        .filter(post_call_job::Column::CallId.eq(call_id))
+        .one(db)
+        .await?)
+}
