@@ -316,6 +316,17 @@ pub enum CallerTrust {
     Untrusted,
 }
 
+impl CallerTrust {
+    /// `verified`, `unverified` or `untrusted` (sent to operator tools, shown in logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Verified => "verified",
+            Self::Unverified => "unverified",
+            Self::Untrusted => "untrusted",
+        }
+    }
+}
+
 impl CallerIdTrust {
     /// Every policy.
     pub const ALL: [CallerIdTrust; 3] = [Self::VerifiedOnly, Self::UnlessFailed, Self::Always];

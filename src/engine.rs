@@ -113,6 +113,14 @@ pub enum Event {
         /// Text.
         text: String,
     },
+    /// A response started; `scripted` when it answers a [`Command::Respond`] with instructions
+    /// (the hand-off line, a goodbye), so the call knows which audio is that line.
+    ResponseCreated {
+        /// Response id.
+        response_id: String,
+        /// Whether it is the scripted line asked for.
+        scripted: bool,
+    },
     /// A response finished.
     ResponseDone {
         /// Response id.

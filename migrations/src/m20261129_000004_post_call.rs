@@ -35,6 +35,7 @@ enum PostCallJobs {
     LastError,
     CreatedAt,
     UpdatedAt,
+    Remember,
 }
 
 #[async_trait::async_trait]
@@ -72,6 +73,8 @@ impl MigrationTrait for Migration {
                 .col(text_null(PostCallJobs::LastError))
                 .col(timestamp_with_time_zone(PostCallJobs::CreatedAt))
                 .col(timestamp_with_time_zone(PostCallJobs::UpdatedAt))
+                // Whether the summary goes into caller memory (not for an untrusted caller id).
+                .col(boolean(PostCallJobs::Remember).default(true))
                 .foreign_key(
                     ForeignKey::create()
                         .from(PostCallJobs::Table, PostCallJobs::CallId)

@@ -448,6 +448,8 @@ struct Conn {
     interrupt_response: bool,
     /// Function names declared in the last `session.update`.
     tools: Vec<String>,
+    /// `event_id` of the client event being handled (errors about it echo it).
+    current_event: Option<String>,
     /// A `session.update` was accepted (later ones may be partial).
     configured: bool,
     /// Call ids of the function calls made, not yet answered with a `function_call_output`.
@@ -479,6 +481,7 @@ impl Conn {
             create_response: true,
             interrupt_response: true,
             tools: Vec::new(),
+            current_event: None,
             configured: false,
             open_calls: Vec::new(),
             audio_ms: 0,
@@ -505,7 +508,8 @@ impl Conn {
         self.log(|c| c.errors_sent.push(code.unwrap_or(kind).to_string()));
         self.send(
             json!({"type": "error", "event_id": self.id("event"), "error": {
-            "type": kind, "code": code, "message": message, "param": null, "event_id": null}}),
+            "type": kind, "code": code, "message": message, "param": null,
+            "event_id": self.current_event}}),
         )
         .await;
     }
@@ -600,6 +604,7 @@ impl Conn {
             && !audio.contains('"')
         {
             self.record("input_audio_buffer.append", text);
+            self.current_event = None;
             self.relaying.store(true, Ordering::Relaxed);
             // Decoded into a buffer kept for the connection (one frame per append).
             let mut bytes = std::mem::take(&mut self.decoded);
@@ -634,6 +639,7 @@ impl Conn {
             return;
         };
         let kind = v["type"].as_str().unwrap_or("").to_string();
+        self.current_event = v["event_id"].as_str().map(str::to_string);
         self.record(&kind, text);
         match kind.as_str() {
             "session.update" => self.on_session_update(&v).await,
@@ -647,7 +653,8 @@ impl Conn {
                 }
                 let instructions = v["response"]["instructions"].as_str().unwrap_or("").to_string();
                 let tools_allowed = v["response"]["tool_choice"] != "none";
-                self.start_response(&instructions, tools_allowed).await;
+                let metadata = v["response"]["metadata"].clone();
+                self.start_response(&instructions, tools_allowed, metadata).await;
             }
             "response.cancel" => {
                 if !self.cancel_active("client_cancelled").await {
@@ -788,7 +795,7 @@ impl Conn {
         });
     }
 
-    async fn start_response(&mut self, instructions: &str, tools_allowed: bool) {
+    async fn start_response(&mut self, instructions: &str, tools_allowed: bool, metadata: Value) {
         self.cancel_active("turn_detected").await;
         self.responses += 1;
         let greeting = self.responses == 1 && !instructions.is_empty();
@@ -847,6 +854,7 @@ impl Conn {
                 shared,
                 relaying,
                 calls,
+                metadata,
             })
             .await;
         });
@@ -970,7 +978,7 @@ impl Conn {
                     )
                     .await;
                     if self.create_response {
-                        self.start_response("", true).await;
+                        self.start_response("", true, Value::Null).await;
                     }
                 }
             }
@@ -986,6 +994,8 @@ struct Speech {
     clip: Option<Clip>,
     /// Function calls after the speech: (call, call id, item id).
     calls: Vec<(ScriptedCall, String, String)>,
+    /// `response.metadata` of the `response.create` (echoed in `response.created|done`).
+    metadata: Value,
     cfg: FakeConfig,
     cancel: Arc<Notify>,
     sent_ms: Arc<AtomicU64>,
@@ -999,7 +1009,7 @@ async fn speak(s: Speech) {
     let eid = || format!("event_{:06}", s.shared.ids.fetch_add(1, Ordering::Relaxed));
     let _ = s
         .out
-        .send(ev(json!({"type": "response.created", "event_id": eid(), "response": {"id": s.id, "object": "realtime.response", "status": "in_progress", "output": []}})))
+        .send(ev(json!({"type": "response.created", "event_id": eid(), "response": {"id": s.id, "object": "realtime.response", "status": "in_progress", "output": [], "metadata": s.metadata}})))
         .await;
     let mut output = Vec::new();
     if let Some(clip) = &s.clip {
@@ -1024,7 +1034,8 @@ async fn speak(s: Speech) {
             json!({"type": "response.output_item.added", "event_id": eid(), "response_id": s.id, "output_index": output_index, "item": item("in_progress", "")}),
             json!({"type": "conversation.item.added", "event_id": eid(), "previous_item_id": null, "item": item("in_progress", "")}),
             json!({"type": "response.function_call_arguments.delta", "event_id": eid(), "response_id": s.id, "item_id": item_id, "output_index": output_index, "call_id": call_id, "delta": call.arguments}),
-            json!({"type": "response.function_call_arguments.done", "event_id": eid(), "response_id": s.id, "item_id": item_id, "output_index": output_index, "call_id": call_id, "name": call.name, "arguments": call.arguments}),
+            // As the GA SDK types it: no `name` here (it is on the item).
+            json!({"type": "response.function_call_arguments.done", "event_id": eid(), "response_id": s.id, "item_id": item_id, "output_index": output_index, "call_id": call_id, "arguments": call.arguments}),
             json!({"type": "response.output_item.done", "event_id": eid(), "response_id": s.id, "output_index": output_index, "item": item("completed", &call.arguments)}),
             json!({"type": "conversation.item.done", "event_id": eid(), "previous_item_id": null, "item": item("completed", &call.arguments)}),
         ] {
@@ -1039,7 +1050,7 @@ async fn speak(s: Speech) {
     let _ = s
         .out
         .send(ev(json!({"type": "response.done", "event_id": eid(), "response": {"id": s.id, "object": "realtime.response", "status": "completed", "status_details": null,
-            "output": output, "usage": {"total_tokens": 120, "input_tokens": 80, "output_tokens": 40}}})))
+            "output": output, "metadata": s.metadata, "usage": {"total_tokens": 120, "input_tokens": 80, "output_tokens": 40}}})))
         .await;
 }
 

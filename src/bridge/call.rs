@@ -220,6 +220,9 @@ struct PendingTool {
     name: String,
     response_id: String,
     result: Option<ToolResult>,
+    /// Whether the model is asked to answer the output (not for a call of a response the
+    /// caller interrupted: the server answers the caller when they stop).
+    answer: bool,
 }
 
 /// Most tool calls of one call running at once; beyond it a call is answered with an error.
@@ -248,9 +251,9 @@ struct Closing {
 enum ClosingStage {
     /// Waiting for the response that called the tool to be done.
     AwaitTurn,
-    /// The line was asked for: waiting for its audio (from a response other than `before`)
-    /// and its `response.done`.
-    Speaking { before: Option<String>, spoke: bool },
+    /// The line was asked for: waiting for its response (`line`, known from its
+    /// `response.created`), its audio and its `response.done`.
+    Speaking { line: Option<String>, spoke: bool },
     /// Waiting for the last mark of what was sent.
     Playing,
 }
@@ -412,12 +415,27 @@ impl Call {
                 name,
                 arguments,
             } => self.on_function_call(now, response_id, call_id, name, arguments),
-            Event::ResponseDone { .. } => {
+            Event::ResponseCreated {
+                response_id,
+                scripted,
+            } => {
+                if let Some(Closing {
+                    stage: ClosingStage::Speaking { line, .. },
+                    ..
+                }) = self.closing.as_mut()
+                    && scripted
+                    && line.is_none()
+                {
+                    *line = Some(response_id);
+                }
+            }
+            Event::ResponseDone { response_id, .. } => {
                 self.tool_response_open = false;
-                // The line asked for has been spoken (see `relay_agent_audio`) and is done:
-                // now it only has to be heard.
+                // The line asked for is done (spoken, see `relay_agent_audio`, or cut short
+                // with nothing to hear): now it only has to be heard.
                 if let Some(c) = self.closing.as_mut()
-                    && let ClosingStage::Speaking { spoke: true, .. } = c.stage
+                    && let ClosingStage::Speaking { line: Some(id), .. } = &c.stage
+                    && *id == response_id
                 {
                     c.stage = ClosingStage::Playing;
                     c.deadline = now
@@ -497,13 +515,22 @@ impl Call {
         let shown_name: String = name.chars().take(64).collect();
         self.push_line(now, Role::System, format!("tool {shown_name} {shown}"));
         self.tool_response_open = true;
+        let interrupted = self.cancelled.contains(&response_id);
         let mut pending = PendingTool {
             call_id: call_id.clone(),
             name: shown_name,
             response_id,
             result: None,
+            answer: !interrupted,
         };
-        if self.tools.len() >= MAX_PENDING_TOOLS {
+        if interrupted {
+            // The caller cut this response off: nothing it asked for is done (an `end_call`
+            // or a transfer must not act while the caller is talking), and the model is told.
+            pending.result = Some(ToolResult::error(
+                "interrupted",
+                "The caller interrupted before this ran; it was not done.",
+            ));
+        } else if self.tools.len() >= MAX_PENDING_TOOLS {
             pending.result = Some(ToolResult::error(
                 "too_many_calls",
                 "Too many tool calls at once; wait for the answers.",
@@ -528,6 +555,7 @@ impl Call {
                 name,
                 response_id,
                 result: Some(result),
+                answer,
             }) = self.tools.pop_front()
             else {
                 break;
@@ -557,7 +585,7 @@ impl Call {
                     call_id,
                     output: result.output.to_string(),
                 }));
-            self.unanswered_outputs = true;
+            self.unanswered_outputs |= answer;
             if let Some(effect) = effect {
                 self.start_closing(now, effect, &response_id);
             }
@@ -621,7 +649,7 @@ impl Call {
                 Some(say) => {
                     self.unanswered_outputs = false;
                     c.stage = ClosingStage::Speaking {
-                        before: self.current.as_ref().map(|x| x.response_id.clone()),
+                        line: None,
                         spoke: false,
                     };
                     c.deadline = now + CLOSING_SPEAK_LIMIT;
@@ -732,13 +760,21 @@ impl Call {
         };
         self.stream.send_media(now, item, chunk.payload);
         self.drain_stream_transmits();
-        if let Some(Closing {
-            stage: ClosingStage::Speaking { before, spoke },
-            ..
-        }) = self.closing.as_mut()
-            && before.as_deref() != Some(chunk.response_id.as_str())
-        {
-            *spoke = true;
+        match self.closing.as_mut() {
+            Some(Closing {
+                stage:
+                    ClosingStage::Speaking {
+                        line: Some(line),
+                        spoke,
+                    },
+                ..
+            }) if *line == chunk.response_id => *spoke = true,
+            // More audio after the line: the wait for the last mark starts over.
+            Some(c) if c.stage == ClosingStage::Playing => {
+                c.deadline =
+                    now + Duration::from_millis(self.stream.unplayed_ms(now)) + CLOSING_MARK_GRACE;
+            }
+            _ => {}
         }
         self.current = Some(Current {
             response_id: chunk.response_id,
@@ -869,6 +905,18 @@ impl Call {
         if self.phase == Phase::Ended {
             return;
         }
+        // The agent was already ending the call (the caller heard "putting you through"):
+        // a Realtime drop, the time limit or a shutdown does not undo the transfer or hang-up.
+        let reason = match (&self.closing, reason) {
+            (
+                Some(c),
+                EndReason::RealtimeClosed(_)
+                | EndReason::RealtimeError(_)
+                | EndReason::MaxDuration
+                | EndReason::Shutdown,
+            ) => c.reason.clone(),
+            (_, reason) => reason,
+        };
         self.phase = Phase::Ended;
         for (item_id, text) in std::mem::take(&mut self.partial) {
             let share = self.cut_of(&item_id).map_or(1.0, |c| c.heard_share);
@@ -1465,6 +1513,16 @@ mod tests {
         );
     }
 
+    fn created(call: &mut Call, at: Instant, response_id: &str, scripted: bool) {
+        call.handle_realtime(
+            at,
+            Event::ResponseCreated {
+                response_id: response_id.into(),
+                scripted,
+            },
+        );
+    }
+
     fn response_done(call: &mut Call, at: Instant, response_id: &str) {
         call.handle_realtime(
             at,
@@ -1644,6 +1702,7 @@ mod tests {
             "{cmds:?}"
         );
         // The hand-off line plays; a barge-in does not cut it.
+        created(&mut call, t0 + ms(390), "resp_3", true);
         agent_audio(&mut call, t0 + ms(400), "resp_3", "item_3");
         speech_started(&mut call, t0 + ms(450));
         let out = drain(&mut call);
@@ -1710,6 +1769,7 @@ mod tests {
         assert!(cmds.iter().any(
             |c| matches!(c, Command::Respond { instructions: Some(i), tools: false } if i == "Say goodbye.")
         ));
+        created(&mut call, t0 + ms(190), "resp_3", true);
         agent_audio(&mut call, t0 + ms(200), "resp_3", "item_3");
         response_done(&mut call, t0 + ms(250), "resp_3");
         // Twilio never echoes: the call ends 3 s after the audio should have played.
@@ -1731,6 +1791,64 @@ mod tests {
     }
 
     #[test]
+    fn another_response_playing_before_the_hand_off_line_is_not_taken_for_it() {
+        let t0 = Instant::now();
+        let (mut call, out) = live(t0, 1);
+        echo_marks(&mut call, t0, &out);
+        tool_call(
+            &mut call,
+            t0 + ms(100),
+            "resp_2",
+            "call_t",
+            "transfer_to_human",
+        );
+        call.handle_tool_result(
+            t0 + ms(110),
+            "call_t",
+            ToolResult {
+                output: serde_json::json!({"ok": true}),
+                effect: Some(Effect::Transfer { say: "x".into() }),
+            },
+        );
+        response_done(&mut call, t0 + ms(120), "resp_2");
+        drain(&mut call);
+        // A key press's answer (asked for earlier) plays first and ends: still speaking.
+        created(&mut call, t0 + ms(130), "resp_k", false);
+        agent_audio(&mut call, t0 + ms(140), "resp_k", "item_k");
+        response_done(&mut call, t0 + ms(150), "resp_k");
+        let out = drain(&mut call);
+        echo_marks(&mut call, t0 + ms(300), &out);
+        assert!(!call.is_ended(), "the hand-off line has not been heard yet");
+        // Then the line itself.
+        created(&mut call, t0 + ms(400), "resp_3", true);
+        agent_audio(&mut call, t0 + ms(410), "resp_3", "item_3");
+        response_done(&mut call, t0 + ms(420), "resp_3");
+        let out = drain(&mut call);
+        echo_marks(&mut call, t0 + ms(600), &out);
+        assert_eq!(ended(&mut call).end_reason, EndReason::Transfer);
+    }
+
+    #[test]
+    fn a_tool_called_by_an_interrupted_response_is_not_run_and_not_answered_again() {
+        let t0 = Instant::now();
+        let (mut call, out) = live(t0, 3);
+        echo_marks(&mut call, t0 + ms(50), &out[..2]);
+        // The caller barges in on the greeting; its response is cancelled.
+        speech_started(&mut call, t0 + ms(100));
+        drain(&mut call);
+        tool_call(&mut call, t0 + ms(110), "resp_1", "call_e", "end_call");
+        let out = drain(&mut call);
+        assert!(!out.iter().any(|o| matches!(o, Output::RunTool(_))));
+        response_done(&mut call, t0 + ms(120), "resp_1");
+        let cmds = realtime(&drain(&mut call));
+        assert!(
+            matches!(cmds.as_slice(), [Command::FunctionOutput { output, .. }] if output.contains("interrupted")),
+            "the output only, no response.create: {cmds:?}"
+        );
+        assert!(!call.is_ended());
+    }
+
+    #[test]
     fn a_closing_line_that_never_comes_still_ends_the_call() {
         let t0 = Instant::now();
         let (mut call, _) = live(t0, 1);
@@ -1747,6 +1865,39 @@ mod tests {
         drain(&mut call);
         assert_eq!(call.poll_timeout(), Some(t0 + CLOSING_SPEAK_LIMIT));
         call.handle_timeout(t0 + CLOSING_SPEAK_LIMIT);
+        assert_eq!(ended(&mut call).end_reason, EndReason::Transfer);
+    }
+
+    /// the hand-off line is playing (the model has nothing left to do) when the
+    /// Realtime socket drops; the caller was promised a person, yet the call ends
+    /// `realtime_closed`, so /twilio/after-stream apologises (or dials the fallback number)
+    /// instead of dialling the transfer number.
+    #[test]
+    fn realtime_dropping_while_the_hand_off_plays_still_transfers() {
+        let t0 = Instant::now();
+        let (mut call, out) = live(t0, 1);
+        echo_marks(&mut call, t0, &out);
+        tool_call(
+            &mut call,
+            t0 + ms(100),
+            "resp_2",
+            "call_t",
+            "transfer_to_human",
+        );
+        call.handle_tool_result(
+            t0 + ms(110),
+            "call_t",
+            ToolResult {
+                output: serde_json::json!({"ok": true}),
+                effect: Some(Effect::Transfer { say: "x".into() }),
+            },
+        );
+        response_done(&mut call, t0 + ms(120), "resp_2");
+        created(&mut call, t0 + ms(190), "resp_3", true);
+        agent_audio(&mut call, t0 + ms(200), "resp_3", "item_3");
+        response_done(&mut call, t0 + ms(250), "resp_3");
+        drain(&mut call);
+        call.handle_realtime_closed(t0 + ms(300), "1006".into());
         assert_eq!(ended(&mut call).end_reason, EndReason::Transfer);
     }
 }

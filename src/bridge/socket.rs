@@ -880,7 +880,10 @@ fn finished(ctx: &CallContext, stream_sid: &StreamSid, o: &CallOutcome) -> Finis
     let note = o.memory_note();
     // Memory is kept per phone number; a withheld or non-phone caller id (`anonymous`,
     // `client:…`) is nobody in particular, so it is never remembered.
-    let remember = callers::remembers(&ctx.from).then(|| (None, note.clone()));
+    // Nor is a caller id the client does not trust (a spoofer must not write the real owner's
+    // memory).
+    let remember = (callers::remembers(&ctx.from) && ctx.profile.trust != CallerTrust::Untrusted)
+        .then(|| (None, note.clone()));
     FinishedCall {
         call: NewCall {
             call_sid: ctx.call_sid.to_string(),

@@ -45,12 +45,26 @@ pub(crate) fn push_recent<T>(queue: &mut VecDeque<T>, value: T) {
     }
 }
 
-/// A `response.create` frame and whether it asks for a scripted line (said even when the
-/// response it waited for was cancelled).
+/// A `response.create` to send: per-response instructions (a scripted line when given: said
+/// even when the response it waited for was cancelled) and whether tools may be called.
 #[derive(Debug, Clone)]
 struct Create {
-    frame: String,
-    scripted: bool,
+    instructions: Option<String>,
+    tools: bool,
+}
+
+impl Create {
+    /// A plain request for an answer.
+    fn plain() -> Self {
+        Self {
+            instructions: None,
+            tools: true,
+        }
+    }
+
+    fn scripted(&self) -> bool {
+        self.instructions.is_some()
+    }
 }
 
 /// Most non-audio events buffered before a claim.
@@ -79,6 +93,14 @@ pub struct Session {
     /// The last `response.create` sent (asked again if the server refuses it because one of
     /// its own responses was already under way).
     last_create: Option<Create>,
+    /// The event id of our `response.create` the server has not answered yet (with
+    /// `response.created` carrying it in its metadata, or an `error` naming it): no second
+    /// one is sent meanwhile.
+    in_flight: Option<String>,
+    /// Event ids of the scripted `response.create`s sent (recent ones).
+    scripted_ids: VecDeque<String>,
+    /// `response.create`s sent, for their event ids.
+    creates_sent: u64,
     /// An `error` before `session.updated`: the configuration was refused.
     setup_error: Option<String>,
     ready_reported: bool,
@@ -105,6 +127,9 @@ impl Session {
             responding: false,
             deferred: None,
             last_create: None,
+            in_flight: None,
+            scripted_ids: VecDeque::new(),
+            creates_sent: 0,
             setup_error: None,
             ready_reported: false,
         }
@@ -159,9 +184,17 @@ impl Session {
                 }
                 self.maybe_ready();
             }
-            ServerEvent::ResponseCreated { response_id } => {
+            ServerEvent::ResponseCreated { response_id, tag } => {
                 self.responding = true;
-                self.active_response = Some(response_id)
+                if tag.is_some() && tag == self.in_flight {
+                    self.in_flight = None;
+                }
+                let scripted = tag.is_some_and(|t| self.scripted_ids.contains(&t));
+                self.active_response = Some(response_id.clone());
+                self.push(Event::ResponseCreated {
+                    response_id,
+                    scripted,
+                })
             }
             ServerEvent::AudioDelta {
                 response_id,
@@ -235,8 +268,9 @@ impl Session {
                 // barge-in cancel): the server answers when they stop, and that answer sees
                 // the held input too, so asking as well would answer twice.
                 // A scripted line (the hand-off, a goodbye) is said regardless.
-                if let Some(create) = self.deferred.take()
-                    && (status != "cancelled" || create.scripted)
+                if self.in_flight.is_none()
+                    && let Some(create) = self.deferred.take()
+                    && (status != "cancelled" || create.scripted())
                 {
                     self.send_create(create);
                 }
@@ -249,14 +283,25 @@ impl Session {
                 kind,
                 code,
                 message,
+                event_id,
             } => {
+                // The answer to our `response.create` in flight (by its event id; an
+                // active-response refusal that names no event is taken as ours).
+                let ours = self.in_flight.is_some()
+                    && (event_id == self.in_flight
+                        || (event_id.is_none() && code.as_deref() == Some(ACTIVE_RESPONSE)));
+                if ours {
+                    self.in_flight = None;
+                }
                 // Our `response.create` raced a response the server started itself (turn
-                // detection): ask again once that one is done, so the input is answered.
-                if code.as_deref() == Some(ACTIVE_RESPONSE) && self.deferred.is_none() {
-                    self.deferred = Some(self.last_create.clone().unwrap_or(Create {
-                        frame: wire::response_create(None),
-                        scripted: false,
-                    }));
+                // detection): ask again once that one is done, so the input is answered. A
+                // scripted line waiting keeps its place.
+                if code.as_deref() == Some(ACTIVE_RESPONSE) {
+                    let again = self.last_create.clone().unwrap_or_else(Create::plain);
+                    match &self.deferred {
+                        Some(waiting) if waiting.scripted() => {}
+                        _ => self.deferred = Some(again),
+                    }
                 }
                 // Before `session.updated` the only thing sent is the configuration (and
                 // the greeting): an error now means the session would run without our
@@ -365,27 +410,35 @@ impl Session {
     /// the `response.create` waits for its `response.done` (the API allows one at a time).
     fn send_user_text(&mut self, text: &str) {
         self.transmit.push_back(wire::user_text(text));
-        self.request_response(Create {
-            frame: wire::response_create(None),
-            scripted: false,
-        });
+        self.request_response(Create::plain());
     }
 
-    /// A `response.create`, now or (while a response is open) once it is done. A scripted one
-    /// replaces a plain one waiting; a plain one never replaces a scripted one.
+    /// A `response.create`, now or (while a response is open, or our last request has no
+    /// answer yet) once it is done. A scripted one replaces a plain one waiting; a plain one
+    /// never replaces a scripted one.
     fn request_response(&mut self, create: Create) {
-        if !self.responding {
+        if !self.responding && self.in_flight.is_none() {
             self.send_create(create);
             return;
         }
         match &self.deferred {
-            Some(waiting) if waiting.scripted && !create.scripted => {}
+            Some(waiting) if waiting.scripted() && !create.scripted() => {}
             _ => self.deferred = Some(create),
         }
     }
 
     fn send_create(&mut self, create: Create) {
-        self.transmit.push_back(create.frame.clone());
+        self.creates_sent += 1;
+        let event_id = format!("wl_create_{}", self.creates_sent);
+        self.transmit.push_back(wire::response_create_tagged(
+            create.instructions.as_deref(),
+            create.tools,
+            &event_id,
+        ));
+        if create.scripted() {
+            push_recent(&mut self.scripted_ids, event_id.clone());
+        }
+        self.in_flight = Some(event_id);
         self.last_create = Some(create);
     }
 
@@ -417,8 +470,8 @@ impl Session {
                 instructions,
                 tools,
             } => self.request_response(Create {
-                frame: wire::response_create_with(instructions.as_deref(), tools),
-                scripted: instructions.is_some(),
+                instructions,
+                tools,
             }),
             // Realtime has no goodbye event: the socket's close frame, sent by the loop after
             // the last transmit, ends the session.
@@ -550,6 +603,7 @@ mod tests {
             .poll_transmit()
             .is_some_and(|t| !t.contains("response.cancel"))
         {}
+        while s.poll_event().is_some() {}
         s.handle_text(&delta("r1", "AAAA")).unwrap();
         assert_eq!(s.poll_event(), None);
         s.handle_text(&delta("r2", "AAAA")).unwrap();
@@ -572,8 +626,24 @@ mod tests {
             .unwrap();
         let next = s.poll_transmit().expect("the deferred response.create");
         assert!(next.contains("response.create"), "{next}");
-        // With no response open it goes out at once.
+        // Until the server answers it, another key press sends its item only.
         s.send_user_text("The caller pressed 2.");
+        let sent: Vec<_> = std::iter::from_fn(|| s.poll_transmit()).collect();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        s.handle_text(r#"{"type":"response.created","response":{"id":"r2","metadata":{"warmline":"wl_create_1"}}}"#)
+            .unwrap();
+        s.handle_text(r#"{"type":"response.done","response":{"id":"r2","status":"completed"}}"#)
+            .unwrap();
+        assert!(
+            s.poll_transmit().unwrap().contains("response.create"),
+            "the held one goes out once r2 is done"
+        );
+        s.handle_text(r#"{"type":"response.created","response":{"id":"r3","metadata":{"warmline":"wl_create_2"}}}"#)
+            .unwrap();
+        s.handle_text(r#"{"type":"response.done","response":{"id":"r3","status":"completed"}}"#)
+            .unwrap();
+        // With no response open and none asked for, it goes out at once.
+        s.send_user_text("The caller pressed 3.");
         let sent: Vec<_> = std::iter::from_fn(|| s.poll_transmit()).collect();
         assert_eq!(sent.len(), 2);
         assert!(sent[1].contains("response.create"));
@@ -598,7 +668,14 @@ mod tests {
         let mut s = claimed();
         s.handle_text(r#"{"type":"response.created","response":{"id":"r1"}}"#)
             .unwrap();
-        s.handle_text(r#"{"type":"response.function_call_arguments.done","response_id":"r1","item_id":"i1","call_id":"call_1","name":"business_hours","arguments":"{}"}"#).unwrap();
+        s.handle_text(r#"{"type":"response.output_item.done","response_id":"r1","output_index":0,"item":{"id":"i1","type":"function_call","status":"completed","call_id":"call_1","name":"business_hours","arguments":"{}"}}"#).unwrap();
+        assert_eq!(
+            s.poll_event(),
+            Some(Event::ResponseCreated {
+                response_id: "r1".into(),
+                scripted: false
+            })
+        );
         assert_eq!(
             s.poll_event(),
             Some(Event::FunctionCall {
@@ -622,10 +699,10 @@ mod tests {
         assert!(s.poll_transmit().is_none(), "one response at a time");
         s.handle_text(r#"{"type":"response.done","response":{"id":"r1","status":"completed"}}"#)
             .unwrap();
-        assert_eq!(
-            s.poll_transmit().as_deref(),
-            Some(r#"{"type":"response.create"}"#)
-        );
+        let create: Value = serde_json::from_str(&s.poll_transmit().unwrap()).unwrap();
+        assert_eq!(create["type"], "response.create");
+        assert_eq!(create["response"].get("instructions"), None);
+        assert_eq!(create["response"].get("tool_choice"), None);
     }
 
     #[test]
@@ -742,5 +819,28 @@ mod tests {
             let _ = s.handle_text(&String::from_utf8_lossy(&b));
             s.claim();
         }
+    }
+
+    /// a key pressed while the response that called `transfer_to_human` was open
+    /// leaves a plain `response.create` deferred; that response's `response.done` sends it, and
+    /// the call then asks for the hand-off line in the same turn: both go out before the server
+    /// has said `response.created`, so the second is sent while a response is in progress.
+    #[test]
+    fn no_second_response_create_before_the_first_is_answered() {
+        let mut s = claimed();
+        s.handle_text(r#"{"type":"response.created","response":{"id":"r1"}}"#)
+            .unwrap();
+        s.handle_command(Command::UserText("(The caller pressed 1.)".into()));
+        while s.poll_transmit().is_some() {}
+        s.handle_text(r#"{"type":"response.done","response":{"id":"r1","status":"completed"}}"#)
+            .unwrap();
+        s.handle_command(Command::Respond {
+            instructions: Some("Say exactly: \"One moment.\"".into()),
+            tools: false,
+        });
+        let creates: Vec<String> = std::iter::from_fn(|| s.poll_transmit())
+            .filter(|t| t.contains("response.create"))
+            .collect();
+        assert_eq!(creates.len(), 1, "{creates:#?}");
     }
 }

@@ -27,6 +27,8 @@ pub enum ServerEvent<'a> {
         code: Option<String>,
         /// `error.message`.
         message: String,
+        /// `error.event_id`: the client event it is about, if the server named one.
+        event_id: Option<String>,
     },
     /// `input_audio_buffer.speech_started`.
     SpeechStarted {
@@ -51,6 +53,9 @@ pub enum ServerEvent<'a> {
     ResponseCreated {
         /// Response id.
         response_id: String,
+        /// `response.metadata.warmline`: the event id of the `response.create` that asked for
+        /// it (see [`response_create_tagged`]); none for a response the server started itself.
+        tag: Option<String>,
     },
     /// `response.output_audio.delta`.
     AudioDelta {
@@ -82,7 +87,9 @@ pub enum ServerEvent<'a> {
         /// Transcript.
         transcript: String,
     },
-    /// `response.function_call_arguments.done`.
+    /// `response.output_item.done` of a `function_call` item (its name, call id and
+    /// arguments are all on the item; `response.function_call_arguments.done` may lack the
+    /// name and is not used).
     FunctionCall {
         /// The response making the call.
         response_id: String,
@@ -125,11 +132,9 @@ struct Envelope<'a> {
     transcript: Option<String>,
     audio_start_ms: Option<u64>,
     audio_end_ms: Option<u64>,
-    call_id: Option<String>,
-    name: Option<String>,
-    arguments: Option<String>,
     response: Option<ResponseBody>,
     error: Option<ErrorBody>,
+    item: Option<ItemBody>,
 }
 
 #[derive(Deserialize)]
@@ -137,6 +142,22 @@ struct ResponseBody {
     id: Option<String>,
     status: Option<String>,
     status_details: Option<StatusDetails>,
+    metadata: Option<Metadata>,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    warmline: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ItemBody {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    status: Option<String>,
+    call_id: Option<String>,
+    name: Option<String>,
+    arguments: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -150,6 +171,7 @@ struct ErrorBody {
     kind: Option<String>,
     code: Option<String>,
     message: Option<String>,
+    event_id: Option<String>,
 }
 
 fn need<T>(v: Option<T>, kind: &str, field: &str) -> Result<T, WireError> {
@@ -168,11 +190,13 @@ pub fn parse(text: &str) -> Result<ServerEvent<'_>, WireError> {
                 kind: None,
                 code: None,
                 message: None,
+                event_id: None,
             });
             ServerEvent::Error {
                 kind: err.kind.unwrap_or_else(|| "unknown".into()),
                 code: err.code,
                 message: err.message.unwrap_or_default(),
+                event_id: err.event_id,
             }
         }
         "input_audio_buffer.speech_started" => ServerEvent::SpeechStarted {
@@ -186,9 +210,13 @@ pub fn parse(text: &str) -> Result<ServerEvent<'_>, WireError> {
             item_id: e.item_id.unwrap_or_default(),
             transcript: need(e.transcript, kind, "transcript")?,
         },
-        "response.created" => ServerEvent::ResponseCreated {
-            response_id: need(e.response.and_then(|r| r.id), kind, "response.id")?,
-        },
+        "response.created" => {
+            let r = need(e.response, kind, "response")?;
+            ServerEvent::ResponseCreated {
+                response_id: need(r.id, kind, "response.id")?,
+                tag: r.metadata.and_then(|m| m.warmline),
+            }
+        }
         "response.output_audio.delta" => ServerEvent::AudioDelta {
             response_id: need(e.response_id, kind, "response_id")?,
             item_id: need(e.item_id, kind, "item_id")?,
@@ -206,11 +234,22 @@ pub fn parse(text: &str) -> Result<ServerEvent<'_>, WireError> {
             item_id: e.item_id.unwrap_or_default(),
             transcript: need(e.transcript, kind, "transcript")?,
         },
-        "response.function_call_arguments.done" => ServerEvent::FunctionCall {
-            response_id: e.response_id.unwrap_or_default(),
-            call_id: need(e.call_id, kind, "call_id")?,
-            name: e.name.unwrap_or_default(),
-            arguments: e.arguments.unwrap_or_else(|| "{}".into()),
+        "response.output_item.done" => match e.item {
+            Some(item) if item.kind.as_deref() == Some("function_call") => {
+                // A call cut off with its response (`incomplete`) has no usable arguments.
+                if item.status.as_deref() == Some("incomplete") {
+                    return Ok(ServerEvent::Unknown {
+                        kind: "response.output_item.done (incomplete function_call)".into(),
+                    });
+                }
+                ServerEvent::FunctionCall {
+                    response_id: e.response_id.unwrap_or_default(),
+                    call_id: need(item.call_id, kind, "item.call_id")?,
+                    name: item.name.unwrap_or_default(),
+                    arguments: item.arguments.unwrap_or_else(|| "{}".into()),
+                }
+            }
+            _ => ServerEvent::Unknown { kind: kind.into() },
         },
         "response.done" => {
             let r = need(e.response, kind, "response")?;
@@ -294,9 +333,11 @@ pub fn response_create(instructions: Option<&str>) -> String {
     }
 }
 
-/// `response.create` for a response that must or must not use tools: `tool_choice: "none"`
-/// when `tools` is false (a scripted line), with per-response instructions when given.
-pub fn response_create_with(instructions: Option<&str>, tools: bool) -> String {
+/// `response.create` for a response that must or must not use tools (`tool_choice: "none"`
+/// when `tools` is false: a scripted line), with per-response instructions when given, under
+/// the client event id `event_id`, which also goes into `response.metadata.warmline` so that
+/// `response.created` says which request it answers (docs/twilio-openai-reference.md §7.3).
+pub fn response_create_tagged(instructions: Option<&str>, tools: bool, event_id: &str) -> String {
     let mut response = serde_json::Map::new();
     if let Some(i) = instructions {
         response.insert("instructions".into(), Value::from(i));
@@ -304,10 +345,8 @@ pub fn response_create_with(instructions: Option<&str>, tools: bool) -> String {
     if !tools {
         response.insert("tool_choice".into(), Value::from("none"));
     }
-    if response.is_empty() {
-        return response_create(None);
-    }
-    json!({"type": "response.create", "response": response}).to_string()
+    response.insert("metadata".into(), json!({"warmline": event_id}));
+    json!({"type": "response.create", "event_id": event_id, "response": response}).to_string()
 }
 
 /// A partial `session.update`: new instructions and tools, everything else as it was (only the
@@ -391,15 +430,27 @@ mod tests {
             json!({"type": "conversation.item.create", "item": {"type": "function_call_output",
                 "call_id": "call_1", "output": "{\"ok\":true}"}})
         );
-        let plain: Value = serde_json::from_str(&response_create_with(None, true)).unwrap();
-        assert_eq!(plain, json!({"type": "response.create"}));
-        let scripted: Value =
-            serde_json::from_str(&response_create_with(Some("Say \"bye\""), false)).unwrap();
+        let plain: Value =
+            serde_json::from_str(&response_create_tagged(None, true, "wl_create_1")).unwrap();
+        assert_eq!(
+            plain,
+            json!({"type": "response.create", "event_id": "wl_create_1",
+                "response": {"metadata": {"warmline": "wl_create_1"}}})
+        );
+        let scripted: Value = serde_json::from_str(&response_create_tagged(
+            Some("Say \"bye\""),
+            false,
+            "wl_create_2",
+        ))
+        .unwrap();
         assert_eq!(
             scripted,
-            json!({"type": "response.create", "response": {"instructions": "Say \"bye\"", "tool_choice": "none"}})
+            json!({"type": "response.create", "event_id": "wl_create_2", "response": {
+                "instructions": "Say \"bye\"", "tool_choice": "none",
+                "metadata": {"warmline": "wl_create_2"}}})
         );
-        let call = parse(r#"{"type":"response.function_call_arguments.done","event_id":"e","response_id":"resp_2","item_id":"item_3","output_index":0,"call_id":"call_9","name":"end_call","arguments":"{}"}"#).unwrap();
+        // Function calls are read from the finished item (name, call id and arguments).
+        let call = parse(r#"{"type":"response.output_item.done","event_id":"e","response_id":"resp_2","output_index":0,"item":{"id":"item_3","type":"function_call","status":"completed","name":"end_call","call_id":"call_9","arguments":"{}"}}"#).unwrap();
         assert_eq!(
             call,
             ServerEvent::FunctionCall {
@@ -408,6 +459,29 @@ mod tests {
                 name: "end_call".into(),
                 arguments: "{}".into()
             }
+        );
+        // The arguments' own `.done` event (it may lack the name) and a cut-off call are not.
+        for other in [
+            r#"{"type":"response.function_call_arguments.done","response_id":"resp_2","item_id":"item_3","call_id":"call_9","arguments":"{}"}"#,
+            r#"{"type":"response.output_item.done","response_id":"resp_2","item":{"id":"item_3","type":"function_call","status":"incomplete","name":"end_call","call_id":"call_9","arguments":"{"}}"#,
+            r#"{"type":"response.output_item.done","response_id":"resp_2","item":{"id":"item_4","type":"message","role":"assistant","status":"completed"}}"#,
+        ] {
+            assert!(
+                matches!(parse(other).unwrap(), ServerEvent::Unknown { .. }),
+                "{other}"
+            );
+        }
+        let created = parse(r#"{"type":"response.created","response":{"id":"resp_5","metadata":{"warmline":"wl_create_3"}}}"#).unwrap();
+        assert_eq!(
+            created,
+            ServerEvent::ResponseCreated {
+                response_id: "resp_5".into(),
+                tag: Some("wl_create_3".into())
+            }
+        );
+        let err = parse(r#"{"type":"error","error":{"type":"invalid_request_error","code":"conversation_already_has_active_response","message":"m","event_id":"wl_create_3"}}"#).unwrap();
+        assert!(
+            matches!(err, ServerEvent::Error { event_id: Some(ref e), .. } if e == "wl_create_3")
         );
     }
 

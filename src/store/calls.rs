@@ -247,7 +247,7 @@ pub async fn finish_call_with(
         && post_call
         && worth_summarising(&f.transcript)
     {
-        post_call::enqueue(&txn, row.id, &row.call_sid, client_id).await?;
+        post_call::enqueue(&txn, row.id, &row.call_sid, client_id, f.remember.is_some()).await?;
     }
     txn.commit().await?;
     Ok(())

@@ -365,6 +365,9 @@ pub mod post_call_job {
         pub created_at: ChronoDateTimeUtc,
         /// Last changed.
         pub updated_at: ChronoDateTimeUtc,
+        /// Whether the summary replaces the call's note in caller memory (false when the call
+        /// wrote none: an untrusted or withheld caller id).
+        pub remember: bool,
     }
 
     /// No declared relations.

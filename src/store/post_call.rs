@@ -57,9 +57,11 @@ pub async fn enqueue(
     call_id: i32,
     call_sid: &str,
     client_id: ClientId,
+    remember: bool,
 ) -> Result<(), StoreError> {
     let now = Utc::now();
     let row = post_call_job::ActiveModel {
+        remember: Set(remember),
         call_id: Set(call_id),
         call_sid: Set(call_sid.to_string()),
         client_id: Set(client_id.get()),
@@ -262,14 +264,16 @@ pub async fn complete(
         .one(&txn)
         .await?
         .ok_or(StoreError::NotFound("call"))?;
-    callers::replace_note(
-        &txn,
-        client_id,
-        &call.from_number,
-        Some(&c.raw_note),
-        &c.memory_note,
-    )
-    .await?;
+    if job.remember {
+        callers::replace_note(
+            &txn,
+            client_id,
+            &call.from_number,
+            Some(&c.raw_note),
+            &c.memory_note,
+        )
+        .await?;
+    }
     outbox::enqueue(&txn, client_id, EventType::CallCompleted, c.event.clone()).await?;
     txn.commit().await?;
     Ok(Completed::Done)

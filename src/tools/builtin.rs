@@ -292,7 +292,7 @@ fn switch_agent(env: &ToolEnv, toolbox: &Toolbox, a: SwitchArgs, now: DateTime<U
         );
     }
     let profile = &env.context.profile;
-    let next = toolbox.for_agent(name);
+    let next = profile.tools.for_agent(name);
     ToolResult {
         output: json!({"ok": true, "agent": name,
             "note": "You are now this agent: carry on the conversation with the caller."}),
@@ -325,6 +325,7 @@ async fn http_tool(env: &ToolEnv, tool: &http::HttpTool, args: Map<String, Value
     let caller = http::Caller {
         call_sid: ctx.call_sid.as_str(),
         from: &ctx.from,
+        trust: ctx.profile.trust.as_str(),
     };
     http::call(tool, args, caller, secret.as_ref(), &env.settings).await
 }

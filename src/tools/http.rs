@@ -284,6 +284,21 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
         return forbidden_v4(v4);
     }
     let s = ip.segments();
+    let v4_at =
+        |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    // 6to4 (2002::/16) carries an IPv4 address in its second and third segments.
+    if s[0] == 0x2002 {
+        return forbidden_v4(v4_at(s[1], s[2]));
+    }
+    // IPv4-translated (::ffff:0:a.b.c.d, SIIT).
+    if s[..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0 {
+        return forbidden_v4(v4_at(s[6], s[7]));
+    }
+    // Local-use NAT64 (64:ff9b:1::/48) and Teredo (2001::/32) reach addresses we cannot
+    // check: refused outright.
+    if (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) || (s[0] == 0x2001 && s[1] == 0) {
+        return true;
+    }
     // NAT64 (64:ff9b::/96) and the deprecated IPv4-compatible form (::a.b.c.d).
     if (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0]) || s[..6] == [0; 6] {
         let v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
@@ -305,6 +320,9 @@ pub struct Caller<'a> {
     pub call_sid: &'a str,
     /// The caller id.
     pub from: &'a str,
+    /// How far the caller id can be trusted (`verified`, `unverified`, `untrusted`): a tool
+    /// that looks data up by the caller's number must not serve an untrusted one.
+    pub trust: &'a str,
 }
 
 /// Calls `tool` with `arguments` (already parsed to an object): schema check, address check,
@@ -353,13 +371,15 @@ pub async fn call(
     };
     let timeout = Duration::from_millis(tool.timeout_ms);
     let body = json!({"tool": tool.name, "call_sid": caller.call_sid, "caller": caller.from,
-        "arguments": arguments})
+        "caller_trust": caller.trust, "arguments": arguments})
     .to_string();
     let id = new_webhook_id();
     let timestamp = Utc::now().timestamp();
     let signature = signing::sign(secret, &id, timestamp, body.as_bytes());
     let host = url.host_str().unwrap_or_default().to_string();
+    // No proxy: a proxy would resolve the name itself, past the addresses checked here.
     let client = match reqwest::Client::builder()
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .resolve_to_addrs(&host, &addrs)
         .timeout(timeout)
@@ -561,6 +581,7 @@ mod tests {
             Caller {
                 call_sid: "CA1",
                 from: "+14155550100",
+                trust: "verified",
             },
             Some(&secret),
             &settings(false),
@@ -606,5 +627,21 @@ mod tests {
         ] {
             assert!(!forbidden_ip(good.parse().unwrap()), "{good}");
         }
+    }
+
+    /// IPv6 forms that embed a non-public IPv4 address and are not refused.
+    #[test]
+    fn ipv6_forms_embedding_a_private_ipv4_address_are_refused() {
+        let allowed: Vec<&str> = [
+            "2002:7f00:1::",        // 6to4 of 127.0.0.1
+            "2002:a9fe:a9fe::",     // 6to4 of 169.254.169.254
+            "64:ff9b:1::a9fe:a9fe", // local-use NAT64 (RFC 8215) of 169.254.169.254
+            "::ffff:0:a9fe:a9fe",   // IPv4-translated (SIIT) 169.254.169.254
+            "2001::5ef5:79fd",      // Teredo
+        ]
+        .into_iter()
+        .filter(|a| !forbidden_ip(a.parse().unwrap()))
+        .collect();
+        assert!(allowed.is_empty(), "allowed: {allowed:?}");
     }
 }

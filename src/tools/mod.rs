@@ -237,27 +237,41 @@ impl Toolbox {
         }
     }
 
-    /// The toolbox of agent `name` (`main`: the client's own; an unknown name: unchanged):
-    /// its built-ins and HTTP tools if it restricts them.
+    /// The toolbox of agent `name` (`main`: the client's own): `enabled` and `http` stay the
+    /// client's, and what is offered follows the agent's own lists where it has them. Going
+    /// from any agent to any other gives the same toolbox as starting there.
     pub fn for_agent(&self, name: &str) -> Toolbox {
         let mut tb = self.clone();
         tb.agent = name.to_string();
-        if let Some(a) = self.agents.get(name) {
-            if let Some(enabled) = a.enabled() {
-                tb.enabled = enabled;
-            }
-            if let Some(names) = &a.http_tools {
-                tb.http = self.http.only(names);
-            }
-        }
         tb
+    }
+
+    /// The built-ins the current agent may use: its own list, else the client's.
+    fn enabled_now(&self) -> Enabled {
+        self.agents
+            .get(self.current())
+            .and_then(|a| a.enabled())
+            .unwrap_or_else(|| self.enabled.clone())
+    }
+
+    /// The HTTP tools the current agent may use: those it names, else all of the client's.
+    fn http_now(&self) -> HttpTools {
+        match self
+            .agents
+            .get(self.current())
+            .and_then(|a| a.http_tools.as_ref())
+        {
+            Some(names) => self.http.only(names),
+            None => self.http.clone(),
+        }
     }
 
     /// The built-ins offered on this call, in order.
     pub fn offered(&self) -> Vec<BuiltIn> {
+        let enabled = self.enabled_now();
         BuiltIn::ALL
             .into_iter()
-            .filter(|b| self.enabled.contains(*b))
+            .filter(|b| enabled.contains(*b))
             .filter(|b| match b {
                 BuiltIn::TransferToHuman => self.transfer_to.is_some(),
                 BuiltIn::RememberCaller => self.remember,
@@ -276,7 +290,8 @@ impl Toolbox {
     pub fn lookup(&self, name: &str) -> Option<Offered<'_>> {
         match self.find(name) {
             Some(b) => Some(Offered::BuiltIn(b)),
-            None => self.http.get(name).map(Offered::Http),
+            None if self.http_now().get(name).is_some() => self.http.get(name).map(Offered::Http),
+            None => None,
         }
     }
 
@@ -290,7 +305,7 @@ impl Toolbox {
                 b => b.definition(),
             })
             .collect();
-        defs.extend(self.http.definitions());
+        defs.extend(self.http_now().definitions());
         defs
     }
 }
@@ -459,5 +474,24 @@ mod tests {
             let err = Enabled::parse(&bad).unwrap_err();
             assert!(err.contains(needle), "{bad}: {err}");
         }
+    }
+
+    /// `switch_agent` builds the next toolbox from the *current agent's* toolbox
+    /// (`builtin::switch_agent`: `toolbox.for_agent(name)`), and `for_agent("main")` changes
+    /// nothing, so going back to main keeps the specialist's restricted tools.
+    #[test]
+    fn switching_back_to_main_restores_mains_tools() {
+        let agents = agents::Agents::parse(
+            &json!([{"name": "billing", "description": "Bills.", "instructions": "You bill.",
+                "tools": ["end_call", "switch_agent"]}]),
+            &HttpTools::default(),
+        )
+        .unwrap();
+        let base = Toolbox {
+            agents,
+            ..Toolbox::default()
+        };
+        let back = base.for_agent("billing").for_agent(MAIN);
+        assert_eq!(back.offered(), base.for_agent(MAIN).offered());
     }
 }
