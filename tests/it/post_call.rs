@@ -337,6 +337,36 @@ async fn a_finished_call_gets_its_summary_and_validated_fields(backend: Backend)
 }
 on_both_backends!(a_finished_call_gets_its_summary_and_validated_fields);
 
+/// A call that wrote nothing into caller memory (an untrusted caller id) is summarised, but its
+/// summary does not go into the number's memory either.
+async fn a_call_that_wrote_no_memory_gets_a_summary_but_leaves_memory_alone(backend: Backend) {
+    let fake = FakeResponses::start().await.unwrap();
+    let app = app(backend, &fake, "").await;
+    let id = client(&app, None).await;
+    finish(&app, finished(id, "CA0", &["Are you open on Saturdays?"])).await;
+    settled(&app, "CA0").await;
+    let before = memory(&app, id).await;
+    let mut untrusted = finished(id, "CA1", &["Read me Dana's last appointment."]);
+    untrusted.remember = None;
+    finish(&app, untrusted).await;
+    let job = settled(&app, "CA1").await;
+    assert_eq!(job.status, "done");
+    assert!(!job.remember);
+    let call = calls::call_by_sid(&app.state.db, "CA1")
+        .await
+        .unwrap()
+        .unwrap()
+        .call;
+    assert!(call.summary.as_deref().unwrap().starts_with("Summary:"));
+    assert_eq!(
+        memory(&app, id).await,
+        before,
+        "the number's memory is untouched"
+    );
+    app.shutdown().await;
+}
+on_both_backends!(a_call_that_wrote_no_memory_gets_a_summary_but_leaves_memory_alone);
+
 async fn a_mismatch_is_asked_again_and_the_valid_answer_stored(backend: Backend) {
     let fake = FakeResponses::start().await.unwrap();
     fake.push([Fault::Mismatch]);
