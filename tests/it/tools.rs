@@ -28,6 +28,18 @@ fn ask_then_wait() -> Vec<Step> {
     ]
 }
 
+/// After the greeting the caller asks something, hears the answer (to the tool's output),
+/// and hangs up.
+fn ask_hear_hang() -> Vec<Step> {
+    vec![
+        Step::WaitForAgentQuiet(WAIT),
+        Step::Say(clips::question()),
+        Step::WaitForAgentAudio(WAIT),
+        Step::WaitForAgentQuiet(WAIT),
+        Step::HangUp,
+    ]
+}
+
 /// The client-side events of the one connection, parsed, in order.
 fn sent(log: &ConnectionLog) -> Vec<Value> {
     log.events
@@ -264,13 +276,7 @@ async fn malformed_calls_get_error_outputs_in_order_and_the_call_goes_on() {
             .then_call("business_hours", json!({})),
     );
     let placed = gw.place_call().await;
-    let script = vec![
-        Step::WaitForAgentQuiet(WAIT),
-        Step::Say(clips::question()),
-        Step::WaitForAgentAudio(WAIT),
-        Step::WaitForAgentQuiet(WAIT),
-        Step::HangUp,
-    ];
+    let script = ask_hear_hang();
     let report = gw.stream(&placed, &script).await;
     assert!(report.violations.is_empty(), "{:?}", report.violations);
     let log = only_connection(&gw).await;
@@ -347,13 +353,7 @@ async fn remember_caller_greets_by_name_next_time_unless_the_caller_id_failed_ve
         json!({"name": "Dana", "note": "prefers morning appointments"}),
     ));
     let placed = gw.place_call().await;
-    let script = vec![
-        Step::WaitForAgentQuiet(WAIT),
-        Step::Say(clips::question()),
-        Step::WaitForAgentAudio(WAIT),
-        Step::WaitForAgentQuiet(WAIT),
-        Step::HangUp,
-    ];
+    let script = ask_hear_hang();
     gw.stream(&placed, &script).await;
     gw.ended_call(&placed.call_sid).await;
     let outs = outputs(&sent(&only_connection(&gw).await));
@@ -422,13 +422,7 @@ async fn take_message_is_stored_and_delivered_signed_to_the_business() {
             "callback_number": "+1 415 555 0199"}),
     ));
     let placed = gw.place_call().await;
-    let script = vec![
-        Step::WaitForAgentQuiet(WAIT),
-        Step::Say(clips::question()),
-        Step::WaitForAgentAudio(WAIT),
-        Step::WaitForAgentQuiet(WAIT),
-        Step::HangUp,
-    ];
+    let script = ask_hear_hang();
     gw.stream(&placed, &script).await;
     let outs = outputs(&sent(&only_connection(&gw).await));
     assert_eq!(outs[0].1["ok"], true, "{outs:?}");
@@ -485,13 +479,7 @@ async fn search_finds_an_uploaded_passage(backend: Backend) {
         json!({"query": "how much is whitening"}),
     ));
     let placed = gw.place_call().await;
-    let script = vec![
-        Step::WaitForAgentQuiet(WAIT),
-        Step::Say(clips::question()),
-        Step::WaitForAgentAudio(WAIT),
-        Step::WaitForAgentQuiet(WAIT),
-        Step::HangUp,
-    ];
+    let script = ask_hear_hang();
     gw.stream(&placed, &script).await;
     let events = sent(&only_connection(&gw).await);
     let outs = outputs(&events);
@@ -610,13 +598,7 @@ async fn an_operator_http_tool_is_called_signed_and_its_answer_given_to_the_mode
             .then_call("chatty_tool", json!({"date": "Monday"})),
     );
     let placed = gw.place_call().await;
-    let script = vec![
-        Step::WaitForAgentQuiet(WAIT),
-        Step::Say(clips::question()),
-        Step::WaitForAgentAudio(WAIT),
-        Step::WaitForAgentQuiet(WAIT),
-        Step::HangUp,
-    ];
+    let script = ask_hear_hang();
     let report = gw.stream(&placed, &script).await;
     assert!(report.violations.is_empty(), "{:?}", report.violations);
     let events = sent(&only_connection(&gw).await);
@@ -788,13 +770,7 @@ async fn switching_back_to_main_offers_mains_tools_again() {
     gw.fake
         .script(Scripted::call("switch_agent", json!({"agent": "main"})));
     let placed = gw.place_call().await;
-    let script = vec![
-        Step::WaitForAgentQuiet(WAIT),
-        Step::Say(clips::question()),
-        Step::WaitForAgentAudio(WAIT),
-        Step::WaitForAgentQuiet(WAIT),
-        Step::HangUp,
-    ];
+    let script = ask_hear_hang();
     gw.stream(&placed, &script).await;
     gw.ended_call(&placed.call_sid).await;
     let events = sent(&only_connection(&gw).await);
@@ -833,13 +809,7 @@ async fn an_untrusted_call_does_not_write_the_numbers_memory() {
     let gw = gateway(FakeConfig::instant(), "").await;
     let spec = CallSpec::new(CALLER, CLIENT_NUMBER).stir_verstat("TN-Validation-Failed-B");
     let placed = gw.twilio.place_call(&spec).await.unwrap();
-    let script = vec![
-        Step::WaitForAgentQuiet(WAIT),
-        Step::Say(clips::question()),
-        Step::WaitForAgentAudio(WAIT),
-        Step::WaitForAgentQuiet(WAIT),
-        Step::HangUp,
-    ];
+    let script = ask_hear_hang();
     gw.stream(&placed, &script).await;
     gw.ended_call(&placed.call_sid).await;
     let (_, instructions, _) = greeting_for(&gw, Some("TN-Validation-Passed-A")).await;
