@@ -1,4 +1,13 @@
-//! `AppState`, the router that merges every area's routes, and serving with graceful shutdown.
+//! `AppState`, the router that merges every area's routes, and serving with a drain and a
+//! graceful shutdown.
+//!
+//! Drain (first SIGTERM, README "Deploying without dropping calls"): `/readyz` turns 503,
+//! `warmline_draining` is 1, new voice webhooks are redirected to `twilio.webhook_base_url`
+//! (or answered here, cold), the listener stays up and live calls go on. Once no call is live
+//! or ringing here for [`DRAIN_LINGER`] (Twilio's after-stream and status callbacks still reach
+//! this instance meanwhile), or at `server.drain_secs`, when every live call is ended for its
+//! after-stream TwiML to put it through to the fallback number, the shutdown below follows. A
+//! second SIGTERM, or SIGINT, shuts down at once.
 //!
 //! Shutdown order (docs/architecture.md, "The call task", for what a live call does):
 //! 1. stop accepting (axum graceful shutdown) once the token is cancelled;
@@ -34,6 +43,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the process shuts down.
     pub shutdown: CancellationToken,
+    /// Cancelled when the process starts draining (the first SIGTERM).
+    pub draining: CancellationToken,
+    /// Cancelled when the drain runs out of time: live calls end ([`crate::bridge::outcome::EndReason::Drained`]).
+    pub drain_deadline: CancellationToken,
     /// Owner of every long-lived task spawned on behalf of a request.
     pub tasks: TaskTracker,
     /// Calls between webhook and stream.
@@ -102,6 +115,8 @@ impl AppState {
             db,
             metrics,
             shutdown,
+            draining: CancellationToken::new(),
+            drain_deadline: CancellationToken::new(),
             tasks: TaskTracker::new(),
             registry,
             stream_secret,
@@ -109,6 +124,75 @@ impl AppState {
             outbox_wake,
         }
     }
+}
+
+impl AppState {
+    /// Starts draining (idempotent): not ready any more, live calls go on.
+    pub fn begin_drain(&self) {
+        if self.draining.is_cancelled() {
+            return;
+        }
+        self.metrics.draining.set(1);
+        tracing::info!(
+            live_calls = self.metrics.active_calls.get(),
+            ringing = self.registry.len(),
+            drain_secs = self.settings.server.drain_secs,
+            "draining: not ready; live calls go on"
+        );
+        self.draining.cancel();
+    }
+
+    /// Whether no call is live or between webhook and stream on this instance.
+    fn idle(&self) -> bool {
+        self.metrics.active_calls.get() == 0 && self.registry.is_empty()
+    }
+}
+
+/// How long a drained instance stays up after its last call (Twilio's after-stream and status
+/// callbacks for it are answered meanwhile).
+pub const DRAIN_LINGER: Duration = Duration::from_secs(3);
+
+/// Waits for the drain to start, then for the calls to end (or the drain's deadline, when
+/// the calls still live are ended), then starts the shutdown.
+async fn supervise_drain(state: AppState) {
+    tokio::select! {
+        _ = state.draining.cancelled() => {}
+        _ = state.shutdown.cancelled() => return,
+    }
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(state.settings.server.drain_secs);
+    let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
+    let mut quiet_since: Option<tokio::time::Instant> = None;
+    let mut ended_at_deadline = false;
+    loop {
+        let now = tokio::time::Instant::now();
+        if state.idle() {
+            let since = *quiet_since.get_or_insert(now);
+            if now - since >= DRAIN_LINGER {
+                break;
+            }
+        } else {
+            quiet_since = None;
+            if now >= deadline && !ended_at_deadline {
+                ended_at_deadline = true;
+                tracing::warn!(
+                    live_calls = state.metrics.active_calls.get(),
+                    "drain: server.drain_secs passed; putting live calls through to their fallback"
+                );
+                state.drain_deadline.cancel();
+            }
+            if ended_at_deadline && now >= deadline + grace {
+                tracing::warn!("drain: calls still live after the grace period; shutting down");
+                break;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+    }
+    tracing::info!("drain complete: shutting down");
+    state.shutdown.cancel();
 }
 
 /// The full router: operations, admin API (and the Twilio routes as they land).
@@ -132,6 +216,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> anyhow
     let tasks = state.tasks.clone();
     let writer = state.writer.clone();
     let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
+    let drain = tokio::spawn(supervise_drain(state.clone()));
     let app = router(state);
     // Audio frames are small and latency-bound: never let Nagle hold one back.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -153,28 +238,42 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> anyhow
         );
     }
     writer.flush(grace).await;
+    drain.abort();
     Ok(())
 }
 
-/// Cancels `token` on SIGINT or SIGTERM.
-pub async fn cancel_on_signal(token: CancellationToken) {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Signals: the first SIGTERM starts the drain ([`AppState::begin_drain`]); a second SIGTERM,
+/// or SIGINT at any time, shuts down at once.
+pub async fn handle_signals(state: AppState) {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    loop {
+        #[cfg(unix)]
+        let next_term = async {
+            match term.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        #[cfg(not(unix))]
+        let next_term = std::future::pending::<()>();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("SIGINT received: shutting down now");
+                state.shutdown.cancel();
+                return;
+            }
+            _ = next_term => {
+                if state.draining.is_cancelled() {
+                    tracing::info!("second SIGTERM received: shutting down now");
+                    state.shutdown.cancel();
+                    return;
+                }
+                tracing::info!("SIGTERM received: draining (send it again to stop at once)");
+                state.begin_drain();
+            }
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received: shutting down"),
-        _ = term => tracing::info!("SIGTERM received: shutting down"),
     }
-    token.cancel();
 }

@@ -202,6 +202,9 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// How long shutdown waits for live calls to end and be saved.
     pub shutdown_grace_secs: u64,
+    /// On SIGTERM, how long live calls may go on before they are transferred to the fallback
+    /// or ended politely (README "Deploying without dropping calls").
+    pub drain_secs: u64,
 }
 
 /// `[database]`.
@@ -512,6 +515,9 @@ impl Settings {
                 &format!("must be between 1 and {MAX_CALL_SECS}"),
             );
         }
+        if self.server.drain_secs > 86_400 {
+            return invalid("server.drain_secs", "must be at most 86400");
+        }
         if self.call.outbound_queue_frames < 8 {
             return invalid("call.outbound_queue_frames", "must be at least 8");
         }
@@ -591,7 +597,7 @@ impl Settings {
         let q = |s: &str| toml_quote(s);
         let s = self;
         format!(
-            "public_url = {}\n\n[server]\nlisten = {}\nmax_body_bytes = {}\nshutdown_grace_secs = {}\n\n\
+            "public_url = {}\n\n[server]\nlisten = {}\nmax_body_bytes = {}\nshutdown_grace_secs = {}\ndrain_secs = {}\n\n\
              [database]\nurl = {}\nmax_connections = {}\n\n\
              [twilio]\nauth_token = {}\nvalidate_signatures = {}\nstream_token_secret = {}\nstream_token_ttl_secs = {}\nwebhook_base_url = {}\n\n\
              [openai]\napi_key = {}\nrealtime_url = {}\nmodel = {}\ntranscription_model = {}\nconnect_timeout_ms = {}\nbase_url = {}\nsummary_model = {}\n\n\
@@ -602,6 +608,7 @@ impl Settings {
             q(&s.server.listen.to_string()),
             s.server.max_body_bytes,
             s.server.shutdown_grace_secs,
+            s.server.drain_secs,
             q(&redact_url_password(s.database.url.expose())),
             s.database.max_connections,
             q(s.twilio.auth_token.redacted()),
@@ -664,6 +671,18 @@ impl Settings {
             urls.push(format!("{base}{path_and_query}"));
         }
         urls
+    }
+
+    /// The URL Twilio is given for what any instance can answer (`<Connect action>`, a
+    /// redirected voice webhook): `twilio.webhook_base_url` + path when set, else this
+    /// instance's `public_url` + path.
+    pub fn shared_http_url(&self, path_and_query: &str) -> String {
+        let base = self.twilio.webhook_base_url.trim_end_matches('/');
+        if base.is_empty() {
+            self.public_http_url(path_and_query)
+        } else {
+            format!("{base}{path_and_query}")
+        }
     }
 
     /// The WebSocket URL Twilio must open for the media stream (http→ws, https→wss).

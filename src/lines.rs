@@ -22,15 +22,21 @@ pub enum Line {
     /// The agent transfers the caller to a person (`transfer_to_human`): said by the agent's
     /// voice just before the stream ends and the phone rings.
     Handoff,
+    /// A deploy's drain ran out of time: the call is put through to the fallback number.
+    DrainTransfer,
+    /// A deploy's drain ran out of time and there is no fallback number: the call ends.
+    DrainGoodbye,
 }
 
 impl Line {
     /// Every line, in declaration order.
-    pub const ALL: [Line; 4] = [
+    pub const ALL: [Line; 6] = [
         Line::NotInService,
         Line::Unavailable,
         Line::PuttingThrough,
         Line::Handoff,
+        Line::DrainTransfer,
+        Line::DrainGoodbye,
     ];
 
     /// The key a client uses to override it (admin API `lines`).
@@ -40,6 +46,8 @@ impl Line {
             Self::Unavailable => "unavailable",
             Self::PuttingThrough => "putting_through",
             Self::Handoff => "handoff",
+            Self::DrainTransfer => "drain_transfer",
+            Self::DrainGoodbye => "drain_goodbye",
         }
     }
 }
@@ -129,6 +137,14 @@ pub fn text(line: Line, language: &str) -> &'static str {
         (Line::PuttingThrough, true) => "Disculpe, algo ha fallado. Le paso con un compañero.",
         (Line::Handoff, false) => "One moment, I'm putting you through to a member of our team.",
         (Line::Handoff, true) => "Un momento, le paso con una persona de nuestro equipo.",
+        (Line::DrainTransfer, false) => "We need to transfer your call now. One moment, please.",
+        (Line::DrainTransfer, true) => "Tenemos que transferir su llamada. Un momento, por favor.",
+        (Line::DrainGoodbye, false) => {
+            "We have to end this call now. Please call us again in a moment. Goodbye."
+        }
+        (Line::DrainGoodbye, true) => {
+            "Tenemos que terminar esta llamada. Por favor, vuelva a llamarnos en un momento. Adiós."
+        }
     }
 }
 
@@ -157,7 +173,7 @@ fn base(language: &str) -> &str {
 mod tests {
     use super::*;
 
-    const ALL: [Line; 4] = Line::ALL;
+    const ALL: [Line; 6] = Line::ALL;
 
     #[test]
     fn every_line_exists_in_english_and_spanish() {

@@ -237,7 +237,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         admin_api = !state.settings.admin.token.is_empty(),
         "warmline serving"
     );
-    tokio::spawn(app::cancel_on_signal(state.shutdown.clone()));
+    tokio::spawn(app::handle_signals(state.clone()));
     app::serve(listener, state).await?;
     db.close().await.context("closing the database")?;
     tracing::info!("warmline stopped");

@@ -106,6 +106,8 @@ pub struct Metrics {
     pub active_calls: Gauge,
     /// `warmline_warm_sessions` (gauge).
     pub warm_sessions: Gauge,
+    /// `warmline_draining` (gauge): 1 while the process drains for a deploy.
+    pub draining: Gauge,
     /// `warmline_warm_sessions_reaped_total`.
     pub warm_sessions_reaped: Counter,
     /// `warmline_frames_relayed_total{direction}`.
@@ -154,6 +156,7 @@ impl Metrics {
             response_latency: response_latency.clone(),
             active_calls: Gauge::default(),
             warm_sessions: Gauge::default(),
+            draining: Gauge::default(),
             warm_sessions_reaped: Counter::default(),
             frames_relayed: Family::default(),
             frames_dropped: Family::default(),
@@ -198,6 +201,11 @@ impl Metrics {
             "warm_sessions",
             "Warm Realtime sessions waiting for their stream",
             m.warm_sessions.clone(),
+        );
+        registry.register(
+            "draining",
+            "1 while the process drains (SIGTERM): not ready, live calls go on",
+            m.draining.clone(),
         );
         registry.register(
             "warm_sessions_reaped",

@@ -1,4 +1,5 @@
-//! Operations endpoints: `/healthz` (process up), `/readyz` (database reachable), `/metrics`.
+//! Operations endpoints: `/healthz` (process up), `/readyz` (database reachable and not
+//! draining), `/metrics`.
 
 use axum::{
     Router,
@@ -23,6 +24,9 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.draining.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
     match state.db.ping().await {
         Ok(()) => (StatusCode::OK, "ready\n"),
         Err(err) => {

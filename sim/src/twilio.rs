@@ -133,6 +133,11 @@ pub enum Twiml {
     },
     /// `<Hangup/>` alone.
     Hangup,
+    /// `<Redirect>url</Redirect>`: fetch TwiML from `url` instead.
+    Redirect {
+        /// Where.
+        url: String,
+    },
     /// Anything else (the raw document is kept in the caller's hands).
     Other,
 }
@@ -146,6 +151,7 @@ pub fn parse_twiml(xml: &str) -> Twiml {
     let mut params = HashMap::new();
     let mut text = String::new();
     let mut dial = String::new();
+    let mut redirect = String::new();
     let mut current = String::new();
     loop {
         match r.read_event() {
@@ -181,6 +187,7 @@ pub fn parse_twiml(xml: &str) -> Twiml {
                     match current.as_str() {
                         "Say" => text.push_str(&s),
                         "Dial" => dial.push_str(&s),
+                        "Redirect" => redirect.push_str(&s),
                         _ => {}
                     }
                 }
@@ -191,6 +198,7 @@ pub fn parse_twiml(xml: &str) -> Twiml {
                 {
                     match current.as_str() {
                         "Dial" => dial.push_str(ch),
+                        "Redirect" => redirect.push_str(ch),
                         _ => text.push_str(ch),
                     }
                 }
@@ -205,6 +213,9 @@ pub fn parse_twiml(xml: &str) -> Twiml {
             action,
             parameters: params,
         };
+    }
+    if names.iter().any(|n| n == "Redirect") {
+        return Twiml::Redirect { url: redirect };
     }
     if names.iter().any(|n| n == "Dial") {
         return Twiml::Dial {

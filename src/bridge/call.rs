@@ -475,6 +475,12 @@ impl Call {
         self.end(now, EndReason::Shutdown);
     }
 
+    /// A deploy's drain ran out of time: the call ends so that Twilio's after-stream request
+    /// puts it through to the fallback number (or ends it politely).
+    pub fn handle_drain_deadline(&mut self, now: Instant) {
+        self.end(now, EndReason::Drained);
+    }
+
     /// The deadline from [`Call::poll_timeout`] passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.deadline.is_some_and(|d| now >= d) {
@@ -913,7 +919,8 @@ impl Call {
                 EndReason::RealtimeClosed(_)
                 | EndReason::RealtimeError(_)
                 | EndReason::MaxDuration
-                | EndReason::Shutdown,
+                | EndReason::Shutdown
+                | EndReason::Drained,
             ) => c.reason.clone(),
             (_, reason) => reason,
         };

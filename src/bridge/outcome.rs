@@ -30,6 +30,9 @@ pub enum EndReason {
     Transfer,
     /// The agent ended the call after its goodbye (`end_call`): the after-stream TwiML hangs up.
     AgentHangup,
+    /// A deploy's drain (`server.drain_secs`) ran out while the call was live: the
+    /// after-stream TwiML says a short line and dials the fallback number, or hangs up.
+    Drained,
 }
 
 impl EndReason {
@@ -47,6 +50,7 @@ impl EndReason {
         "shutdown",
         "transfer",
         "agent_hangup",
+        "drained",
     ];
 
     /// Short machine-readable code (metric label, `end_reason` column prefix).
@@ -62,6 +66,7 @@ impl EndReason {
             Self::Shutdown => "shutdown",
             Self::Transfer => "transfer",
             Self::AgentHangup => "agent_hangup",
+            Self::Drained => "drained",
         }
     }
 
@@ -86,6 +91,7 @@ impl EndReason {
             "shutdown" => Self::Shutdown,
             "transfer" => Self::Transfer,
             "agent_hangup" => Self::AgentHangup,
+            "drained" => Self::Drained,
             _ => return None,
         })
     }
@@ -268,6 +274,7 @@ mod tests {
             EndReason::Shutdown,
             EndReason::Transfer,
             EndReason::AgentHangup,
+            EndReason::Drained,
         ];
         for r in &all {
             match r {
@@ -280,7 +287,8 @@ mod tests {
                 | EndReason::MaxDuration
                 | EndReason::Shutdown
                 | EndReason::Transfer
-                | EndReason::AgentHangup => {}
+                | EndReason::AgentHangup
+                | EndReason::Drained => {}
             }
         }
         all

@@ -281,6 +281,8 @@ enum Input {
     Tick,
     /// The process is shutting down.
     Shutdown,
+    /// The deploy's drain ran out of time.
+    DrainDeadline,
 }
 
 /// Most reads in a row before the queued writes, and the `select!`'s other branches, get a turn
@@ -409,6 +411,9 @@ async fn run(state: AppState, socket: WebSocket) {
     // Kept across turns (registering a new waiter on the token every turn costs per frame).
     let shutdown = state.shutdown.cancelled();
     tokio::pin!(shutdown);
+    let drain_deadline = state.drain_deadline.cancelled();
+    tokio::pin!(drain_deadline);
+    let mut drain_seen = false;
     loop {
         while let Some(out) = call.poll_output() {
             match out {
@@ -561,6 +566,10 @@ async fn run(state: AppState, socket: WebSocket) {
                     Input::Tick
                 }
                 _ = &mut shutdown => Input::Shutdown,
+                _ = &mut drain_deadline, if !drain_seen => {
+                    drain_seen = true;
+                    Input::DrainDeadline
+                }
             },
         };
         now = Instant::now();
@@ -674,6 +683,7 @@ async fn run(state: AppState, socket: WebSocket) {
             }
             Input::ToolDone(call_id, result) => call.handle_tool_result(now, &call_id, result),
             Input::Shutdown => call.handle_shutdown(now),
+            Input::DrainDeadline => call.handle_drain_deadline(now),
         }
     }
     // Tools still running finish on their own (a message being saved is not cut off midway);

@@ -103,6 +103,15 @@ pub fn dial(number: &str, say_first: Option<&str>, language: &str) -> String {
     d.finish()
 }
 
+/// `<Redirect method="POST">url</Redirect>`: Twilio fetches the TwiML from `url` instead.
+pub fn redirect(url: &str) -> String {
+    let mut d = Doc::new();
+    d.open("Redirect", &[("method", "POST")]);
+    d.text(url);
+    d.close("Redirect");
+    d.finish()
+}
+
 /// `<Hangup/>`.
 pub fn hangup() -> String {
     let mut d = Doc::new();

@@ -91,6 +91,7 @@ pub const OUTCOMES: &[&str] = &[
     "invalid",
     "forbidden",
     "error",
+    "redirected",
 ];
 
 async fn voice(
@@ -121,6 +122,27 @@ async fn voice(
             .metrics
             .observe_webhook("forbidden", t0.elapsed().as_secs_f64());
         return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
+    }
+    // Draining for a deploy: the call belongs on another instance. Twilio fetches the same
+    // webhook from the shared URL (the load balancer, which no longer sends calls here); a
+    // request that was already redirected once is answered here, cold.
+    if state.draining.is_cancelled()
+        && !state.settings.twilio.webhook_base_url.is_empty()
+        && !uri.query().unwrap_or_default().contains("redirected=1")
+    {
+        let to = state.settings.shared_http_url("/twilio/voice?redirected=1");
+        tracing::info!(
+            call_sid = params
+                .iter()
+                .find(|(k, _)| k == "CallSid")
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("-"),
+            "draining: voice webhook redirected to twilio.webhook_base_url"
+        );
+        state
+            .metrics
+            .observe_webhook("redirected", t0.elapsed().as_secs_f64());
+        return xml(twiml::redirect(&to));
     }
     let (outcome, body) = answer(&state, &params, t0, arrived, deadline).await;
     state
@@ -208,11 +230,13 @@ async fn answer(
         .prewarm_policy()
         .unwrap_or(state.settings.prewarm.policy);
     let known = caller.as_ref().is_some_and(|c| c.call_count > 0);
-    let want_warm = match policy {
-        PrewarmPolicy::Always => true,
-        PrewarmPolicy::KnownCallers => known,
-        PrewarmPolicy::Never => false,
-    };
+    // A draining instance opens no warm session: the call may outlive the drain.
+    let want_warm = !state.draining.is_cancelled()
+        && match policy {
+            PrewarmPolicy::Always => true,
+            PrewarmPolicy::KnownCallers => known,
+            PrewarmPolicy::Never => false,
+        };
     let trust = client.caller_id_trust().judge(req.stir_verstat.as_deref());
     if trust == CallerTrust::Untrusted {
         tracing::info!(call_sid = %sid, stir_verstat = req.stir_verstat.as_deref().unwrap_or("absent"), "caller id not trusted: no caller memory on this call");
@@ -276,7 +300,8 @@ async fn answer(
         Utc::now().timestamp().max(0) as u64 + state.settings.twilio.stream_token_ttl_secs;
     let tok = token::issue(&state.stream_secret, &sid, expires);
     let stream_url = state.settings.public_ws_url("/twilio/media");
-    let action = state.settings.public_http_url("/twilio/after-stream");
+    // Any instance can answer it (it only reads the database): the shared URL when there is one.
+    let action = state.settings.shared_http_url("/twilio/after-stream");
     let body = twiml::connect_stream(&twiml::ConnectStream {
         stream_url: &stream_url,
         action_url: Some(&action),
@@ -448,6 +473,20 @@ async fn after_stream(
         (Some(EndReason::Transfer), Some(number)) => {
             ("dial_transfer", twiml::dial(&number, None, &language))
         }
+        // The instance it was on was deployed away and ran out of time.
+        (Some(EndReason::Drained), _) => match fallback {
+            Some(number) => {
+                let say = own_lines.text(Line::DrainTransfer, client_language);
+                (
+                    "drain_fallback",
+                    twiml::dial(&number, Some(&say), &language),
+                )
+            }
+            None => {
+                let say = own_lines.text(Line::DrainGoodbye, client_language);
+                ("drain_goodbye", twiml::say_hangup(&say, &language))
+            }
+        },
         (Some(r), _) if r.is_normal() => ("hangup", twiml::hangup()),
         _ => match fallback {
             Some(number) => {

@@ -55,3 +55,87 @@ fn serve_refuses_to_start_without_an_auth_token() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("twilio.auth_token"), "{stderr}");
 }
+
+/// `GET path` on 127.0.0.1:port with a plain socket; the status code, if it answered.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn sigterm_drains_then_the_process_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = warmline()
+        .arg("serve")
+        .env("WARMLINE_TWILIO__AUTH_TOKEN", "t")
+        .env("WARMLINE_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "WARMLINE_DATABASE__URL",
+            format!("sqlite://{}/w.db?mode=rwc", dir.path().display()),
+        )
+        .env("WARMLINE_LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while http_status(port, "/healthz") != Some(200) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the server never came up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(http_status(port, "/readyz"), Some(200));
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // Draining: still listening, not ready.
+    let mut saw_draining = false;
+    for _ in 0..20 {
+        match http_status(port, "/readyz") {
+            Some(503) => {
+                saw_draining = true;
+                break;
+            }
+            Some(200) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            other => panic!("readyz answered {other:?} while draining"),
+        }
+    }
+    assert!(saw_draining, "/readyz turns 503 on SIGTERM");
+    assert_eq!(
+        http_status(port, "/healthz"),
+        Some(200),
+        "the listener stays up"
+    );
+    // No call is live: the drain completes and the process exits by itself, successfully.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process did not exit after draining");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}");
+}

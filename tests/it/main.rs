@@ -6,6 +6,7 @@ mod admin;
 mod bridge;
 mod call_path;
 mod cli;
+mod drain;
 mod handover;
 mod knowledge;
 #[cfg(feature = "sim")]

@@ -206,6 +206,21 @@ impl TestApp {
         resp.json().await.unwrap()
     }
 
+    /// Waits up to `limit` for the server to stop by itself (a drain that completed); true if
+    /// it did.
+    pub async fn stopped_within(&mut self, limit: std::time::Duration) -> bool {
+        let Some(server) = self.server.as_mut() else {
+            return true;
+        };
+        match tokio::time::timeout(limit, server).await {
+            Ok(_) => {
+                self.server = None;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Stops the server (graceful shutdown) and drops the Postgres database.
     pub async fn shutdown(mut self) {
         self.state.shutdown.cancel();
