@@ -288,6 +288,12 @@ pub struct CallSettings {
     pub outbound_queue_frames: usize,
     /// Longest a tool the agent calls may run before the model is told it timed out.
     pub tool_timeout_ms: u64,
+    /// How many times a call may replace a dropped or expired Realtime session (0: a drop
+    /// ends the call); each replacement gets as many attempts.
+    pub realtime_reconnects: u32,
+    /// Replace the Realtime session after this long, between turns, before the API's 60-minute
+    /// limit (0: never).
+    pub session_renew_secs: u64,
 }
 
 /// `[admin]`.
@@ -524,6 +530,16 @@ impl Settings {
         if !(100..=60_000).contains(&self.call.tool_timeout_ms) {
             return invalid("call.tool_timeout_ms", "must be between 100 and 60000");
         }
+        if self.call.realtime_reconnects > 10 {
+            return invalid("call.realtime_reconnects", "must be at most 10");
+        }
+        if self.call.session_renew_secs != 0 && !(60..=3540).contains(&self.call.session_renew_secs)
+        {
+            return invalid(
+                "call.session_renew_secs",
+                "must be 0 (never) or between 60 and 3540",
+            );
+        }
         if !(1..=MAX_WEBHOOK_TIMEOUT_SECS).contains(&self.webhooks.timeout_secs) {
             return invalid(
                 "webhooks.timeout_secs",
@@ -602,7 +618,7 @@ impl Settings {
              [twilio]\nauth_token = {}\nvalidate_signatures = {}\nstream_token_secret = {}\nstream_token_ttl_secs = {}\nwebhook_base_url = {}\n\n\
              [openai]\napi_key = {}\nrealtime_url = {}\nmodel = {}\ntranscription_model = {}\nconnect_timeout_ms = {}\nbase_url = {}\nsummary_model = {}\n\n\
              [prewarm]\npolicy = {}\nring_min_ms = {}\nring_max_ms = {}\nttl_secs = {}\nmax_sessions = {}\ngreeting_buffer_bytes = {}\n\n\
-             [call]\nmax_duration_secs = {}\noutbound_queue_frames = {}\ntool_timeout_ms = {}\n\n\
+             [call]\nmax_duration_secs = {}\noutbound_queue_frames = {}\ntool_timeout_ms = {}\nrealtime_reconnects = {}\nsession_renew_secs = {}\n\n\
              [admin]\ntoken = {}\n\n[log]\nformat = {}\nlevel = {}\n",
             q(s.public_url.as_str()),
             q(&s.server.listen.to_string()),
@@ -632,6 +648,8 @@ impl Settings {
             s.call.max_duration_secs,
             s.call.outbound_queue_frames,
             s.call.tool_timeout_ms,
+            s.call.realtime_reconnects,
+            s.call.session_renew_secs,
             q(s.admin.token.redacted()),
             q(match s.log.format {
                 LogFormat::Pretty => "pretty",

@@ -60,6 +60,8 @@ pub enum Command {
         /// Function tools (`session.update` shape).
         tools: Vec<serde_json::Value>,
     },
+    /// A re-opened session learns the conversation so far (as quoted data).
+    Seed(String),
     /// The call is over: nothing more will be sent.
     Close,
 }
@@ -198,6 +200,7 @@ mod tests {
                 instructions: "i".into(),
                 tools: vec![],
             },
+            Command::Seed("s".into()),
             Command::Close,
         ] {
             assert!(!control.is_droppable(), "{control:?}");

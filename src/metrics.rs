@@ -55,6 +55,10 @@ pub const WARM_CLOSE_REASONS: &[&str] = &["expired", "shutdown"];
 /// `delivered` (a 2xx), `retry` (failed, scheduled again), `failed` (given up).
 pub const WEBHOOK_OUTCOMES: &[&str] = &["delivered", "retry", "failed"];
 
+/// `warmline_realtime_reconnects_total{outcome}` values (recorded by src/bridge/socket.rs):
+/// `ok` (a new session took over mid-call), `failed` (none could be opened; the call ended).
+pub const RECONNECT_OUTCOMES: &[&str] = &["ok", "failed"];
+
 /// `{outcome}` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -127,6 +131,8 @@ pub struct Metrics {
     pub store_errors: Counter,
     /// `warmline_webhook_deliveries_total{outcome}`: webhook attempts, by outcome.
     pub webhook_deliveries: Family<OutcomeLabel, Counter>,
+    /// `warmline_realtime_reconnects_total{outcome}`: mid-call session replacements.
+    pub realtime_reconnects: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -166,6 +172,7 @@ impl Metrics {
             calls_ended: Family::default(),
             store_errors: Counter::default(),
             webhook_deliveries: Family::default(),
+            realtime_reconnects: Family::default(),
             registry: Registry::default(),
         };
         registry.register_with_unit(
@@ -250,6 +257,11 @@ impl Metrics {
             "Webhook delivery attempts, by outcome (delivered|retry|failed)",
             m.webhook_deliveries.clone(),
         );
+        registry.register(
+            "realtime_reconnects",
+            "Mid-call Realtime session replacements, by outcome (ok|failed)",
+            m.realtime_reconnects.clone(),
+        );
         m.create_every_series();
         Self { registry, ..m }
     }
@@ -293,6 +305,10 @@ impl Metrics {
         create(
             &self.webhook_deliveries,
             WEBHOOK_OUTCOMES.iter().map(outcome),
+        );
+        create(
+            &self.realtime_reconnects,
+            RECONNECT_OUTCOMES.iter().map(outcome),
         );
     }
 
@@ -354,6 +370,13 @@ impl Metrics {
         let label = OutcomeLabel { outcome };
         listed(&self.webhook_deliveries, &label);
         self.webhook_deliveries.get_or_create(&label).inc();
+    }
+
+    /// Counts one mid-call reconnect's outcome (`ok` or `failed`).
+    pub fn inc_reconnect(&self, outcome: &'static str) {
+        let label = OutcomeLabel { outcome };
+        listed(&self.realtime_reconnects, &label);
+        self.realtime_reconnects.get_or_create(&label).inc();
     }
 
     /// Counts a reason-labelled event.
@@ -483,6 +506,11 @@ mod tests {
         for o in ["delivered", "retry", "failed"] {
             want.push(format!(
                 "warmline_webhook_deliveries_total{{outcome=\"{o}\"}} 0"
+            ));
+        }
+        for o in ["ok", "failed"] {
+            want.push(format!(
+                "warmline_realtime_reconnects_total{{outcome=\"{o}\"}} 0"
             ));
         }
         for line in &want {

@@ -384,7 +384,11 @@ async fn run(state: AppState, socket: WebSocket) {
     let mut live: Option<Live> = None;
     let max = Duration::from_secs(state.settings.call.max_duration_secs);
     let mut now = Instant::now();
-    let mut call = Call::new(max, now, Utc::now());
+    let renew = state.settings.call.session_renew_secs;
+    let mut call = Call::new(max, now, Utc::now()).with_reconnects(
+        state.settings.call.realtime_reconnects,
+        (renew > 0).then(|| Duration::from_secs(renew)),
+    );
     // Whose call this is, known once `start` carried a valid token and the context was found
     // (registry or database): from then on the call is saved however it ends, even if no
     // Realtime session could be attached.
@@ -482,6 +486,28 @@ async fn run(state: AppState, socket: WebSocket) {
                     metrics.observe_first_audio(path.as_str(), elapsed.as_secs_f64());
                 }
                 Output::ResponseLatency(d) => metrics.response_latency.observe(d.as_secs_f64()),
+                Output::Reconnect { attempt, reason } => {
+                    tracing::warn!(call_sid = ?call.call_sid(), attempt, reason, "realtime session lost; opening a new one");
+                    // What is left of the old socket is closed off the call's path.
+                    if let Some(mut old) = live.take() {
+                        state.tasks.spawn(async move {
+                            old.engine.handle_closed();
+                            old.peer.finish(None).await;
+                        });
+                    }
+                    attaching = Some(match known.clone() {
+                        Some(ctx) => reopen(state.clone(), call_over.clone(), ctx, attempt),
+                        None => Box::pin(async {
+                            AttachStep::Session(Err(EndReason::RealtimeUnavailable(
+                                "no call context".into(),
+                            )))
+                        }),
+                    });
+                }
+                Output::Reconnected(outcome) => {
+                    tracing::info!(call_sid = ?call.call_sid(), outcome, "realtime reconnect");
+                    metrics.inc_reconnect(outcome);
+                }
                 Output::RunTool(tool) => {
                     let Some(ctx) = known.clone() else {
                         let id = tool.call_id.clone();
@@ -745,6 +771,35 @@ async fn run(state: AppState, socket: WebSocket) {
     };
     tokio::join!(record_then_twilio, close_realtime, close_late);
     state.metrics.active_calls.dec();
+}
+
+/// Opens the session that replaces a lost one (attempt `attempt`, from 1; later attempts wait
+/// a little first), configured like the first, without a greeting.
+fn reopen(
+    state: AppState,
+    call_over: CancellationToken,
+    ctx: Arc<CallContext>,
+    attempt: u32,
+) -> Attaching {
+    Box::pin(async move {
+        if attempt > 1 {
+            let backoff = Duration::from_millis(250 * (1u64 << (attempt - 2).min(3)));
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = call_over.cancelled() => {}
+            }
+        }
+        if call_over.is_cancelled() {
+            return AttachStep::Session(Err(EndReason::Shutdown));
+        }
+        let spec = SessionSpec::resumed(&state.settings, &ctx.profile, &ctx.call_sid, Utc::now());
+        AttachStep::Session(
+            client::open(&state.settings.openai, spec)
+                .await
+                .map(|a| Box::new((a, CallPath::Cold)))
+                .map_err(|e| EndReason::RealtimeUnavailable(e.to_string())),
+        )
+    })
 }
 
 /// Runs one tool within `limit`; a tool that runs out of time gets an error answer.

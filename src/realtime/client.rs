@@ -144,6 +144,20 @@ impl SessionSpec {
         }
     }
 
+    /// The session that replaces a lost one mid-call: the same configuration, no greeting (the
+    /// call goes on; the conversation so far is seeded by the call).
+    pub fn resumed(
+        settings: &Settings,
+        profile: &AgentProfile,
+        call_sid: &CallSid,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            greeting: None,
+            ..Self::new(settings, profile, call_sid, false, now)
+        }
+    }
+
     fn machine(self) -> Session {
         Session::new(self.session_update, self.greeting, self.buffer_cap)
     }

@@ -457,6 +457,7 @@ impl Session {
                 audio_end_ms,
             } => self.truncate(&item_id, audio_end_ms),
             Command::UserText(text) => self.send_user_text(&text),
+            Command::Seed(text) => self.transmit.push_back(wire::system_text(&text)),
             Command::Reconfigure {
                 instructions,
                 tools,

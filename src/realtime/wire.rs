@@ -375,6 +375,13 @@ pub fn truncate(item_id: &str, audio_end_ms: u64) -> String {
         .to_string()
 }
 
+/// A system message item (`input_text`, the only content a system message takes).
+pub fn system_text(text: &str) -> String {
+    json!({"type": "conversation.item.create", "item": {"type": "message", "role": "system",
+        "content": [{"type": "input_text", "text": text}]}})
+    .to_string()
+}
+
 /// A user text message item (e.g. a DTMF key).
 pub fn user_text(text: &str) -> String {
     json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user",

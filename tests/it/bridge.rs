@@ -239,7 +239,7 @@ async fn a_hang_up_mid_greeting_saves_call_transcript_and_memory() {
 }
 
 #[tokio::test]
-async fn a_realtime_drop_mid_call_ends_the_call_and_transfers_to_the_fallback() {
+async fn a_realtime_drop_that_cannot_be_replaced_ends_the_call_and_transfers_to_the_fallback() {
     let gw = gateway(FakeConfig::instant(), "").await;
     // The client has a fallback number for failed calls.
     let mut body = serde_json::json!({"name": "Bright Smile", "phone_numbers": [CLIENT_NUMBER],
@@ -255,6 +255,8 @@ async fn a_realtime_drop_mid_call_ends_the_call_and_transfers_to_the_fallback() 
                 .wait_event("input_audio_buffer.append", 5, WAIT)
                 .await
         );
+        // Realtime is down for good: the replacement sessions cannot be opened either.
+        gw.fake.set_config(|c| c.mode = sim::realtime::Mode::Down);
         gw.fake.drop_connections();
     };
     let (report, ()) = tokio::join!(stream, dropper);
@@ -278,6 +280,15 @@ async fn a_realtime_drop_mid_call_ends_the_call_and_transfers_to_the_fallback() 
             .end_reason
             .unwrap()
             .starts_with("realtime_closed")
+    );
+    assert_eq!(
+        gw.metric("warmline_realtime_reconnects_total{outcome=\"failed\"}"),
+        1.0,
+        "two replacements were tried, then the fallback as before"
+    );
+    assert!(
+        gw.fake.connection_attempts() >= 3,
+        "the first session and two attempts to replace it"
     );
     assert!(
         !record.transcript.is_empty(),

@@ -145,7 +145,8 @@ fn deltas(n: usize) -> Vec<serde_json::Value> {
 
 #[tokio::test]
 async fn a_realtime_peer_that_stops_reading_does_not_hold_back_control_frames_to_twilio() {
-    let gw = gateway(FakeConfig::instant(), "").await;
+    // Without replacement sessions: the stalled one is given up and the call ends.
+    let gw = gateway(FakeConfig::instant(), "[call]\nrealtime_reconnects = 0\n").await;
     let placed = gw.place_call().await;
     // Large caller frames (45 KB of audio each, ~14 MB in all) fill the socket buffers
     // towards a Realtime server that has stopped reading, so the gateway's writes to it stall.

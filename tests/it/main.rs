@@ -12,6 +12,7 @@ mod knowledge;
 #[cfg(feature = "sim")]
 mod loadgen;
 mod post_call;
+mod reconnect;
 mod store;
 mod support;
 mod tools;
