@@ -272,6 +272,9 @@ pub enum Step {
     SendRaw(String),
     /// Wait for the gateway to close the socket, at most this long.
     WaitForClose(Duration),
+    /// Stop reading the socket (a Twilio leg that stopped taking audio; what the gateway
+    /// writes backs up in the kernel's buffers), while still sending. For the rest of the call.
+    StopReading,
 }
 
 /// One `clear` seen.
@@ -666,6 +669,7 @@ impl TwilioSim {
         tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
         let mut entered = false;
         let mut last_media_at: Option<Instant> = None;
+        let mut reading = true;
         loop {
             let mark_due = playback.next_due();
             if mark_due != mark_armed {
@@ -716,6 +720,10 @@ impl TwilioSim {
                                 true
                             }
                             Step::WaitForClose(limit) => waited >= *limit,
+                            Step::StopReading => {
+                                reading = false;
+                                true
+                            }
                         };
                         if !done {
                             break;
@@ -798,7 +806,7 @@ impl TwilioSim {
                         let _ = ws.send(Message::text(m)).await;
                     }
                 }
-                msg = ws.next() => {
+                msg = ws.next(), if reading => {
                     let now = Instant::now();
                     match msg {
                         Some(Ok(Message::Text(text))) => {

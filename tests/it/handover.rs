@@ -279,3 +279,77 @@ async fn a_key_pressed_during_the_hand_over_reaches_the_model() {
     assert!(item.contains("pressed 5"), "{item}");
     gw.app.shutdown().await;
 }
+
+/// Both legs stuck at once (issue 11: "no mutual wait"): Twilio stops reading what the gateway
+/// sends while the model floods it with audio, and Realtime stops reading while the caller
+/// floods it. The call task never waits on either write, so the caller's hang-up (or, with no
+/// hang-up, the call's own limits) still ends the call, which is saved, with no socket left.
+async fn both_legs_stuck(hang_up: bool) {
+    let extra = "[call]\nrealtime_reconnects = 0\nmax_duration_secs = 4\n";
+    let gw = gateway(FakeConfig::instant(), extra).await;
+    let placed = gw.place_call().await;
+    let flood_frame = format!(
+        r#"{{"event":"media","sequenceNumber":"99","streamSid":"MZ00000000000000000000000000000001","media":{{"track":"inbound","chunk":"1","timestamp":"1000","payload":"{}"}}}}"#,
+        base64::engine::general_purpose::STANDARD.encode(vec![0xFFu8; 45_000])
+    );
+    let mut script = vec![Step::WaitForAgentAudio(WAIT), Step::StopReading];
+    script.extend((0..150).map(|_| Step::SendRaw(flood_frame.clone())));
+    if hang_up {
+        script.push(Step::HangUp);
+    } else {
+        script.push(Step::WaitForClose(Duration::from_secs(20)));
+    }
+    let stream = gw.twilio.stream(&placed, &script, StreamOptions::default());
+    let stall = async {
+        assert!(
+            gw.fake
+                .wait_event("input_audio_buffer.append", 1, WAIT)
+                .await
+        );
+        gw.fake.stall_reading(true);
+        // The model keeps talking: ~4 MB of audio towards a Twilio leg that reads nothing.
+        let big = base64::engine::general_purpose::STANDARD.encode(vec![0xFFu8; 40_000]);
+        for _ in 0..100 {
+            gw.fake
+                .inject(&json!({"type": "response.output_audio.delta",
+                "event_id": "event_x", "response_id": "resp_flood", "item_id": "item_flood",
+                "output_index": 0, "content_index": 0, "delta": big}));
+        }
+    };
+    let started = std::time::Instant::now();
+    let (report, ()) = tokio::join!(stream, stall);
+    report.unwrap();
+    let record = gw.ended_call(&placed.call_sid).await;
+    let reason = record.call.end_reason.unwrap_or_default();
+    let expected: &[&str] = if hang_up {
+        &["twilio_stop", "twilio_closed", "realtime_closed"]
+    } else {
+        &["max_duration", "twilio_closed", "realtime_closed"]
+    };
+    assert!(
+        expected.iter().any(|e| reason.starts_with(e)),
+        "ended as {reason}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "the call ended by itself: {:?}",
+        started.elapsed()
+    );
+    // The stuck fake notices the gateway's side is gone once it reads again.
+    gw.fake.stall_reading(false);
+    assert!(
+        gw.fake.wait_open(0, Duration::from_secs(10)).await,
+        "no Realtime socket left open"
+    );
+    gw.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_both_legs_stuck_a_hang_up_still_ends_the_call() {
+    both_legs_stuck(true).await;
+}
+
+#[tokio::test]
+async fn with_both_legs_stuck_the_calls_limits_still_end_it() {
+    both_legs_stuck(false).await;
+}
