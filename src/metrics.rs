@@ -121,10 +121,21 @@ pub struct Metrics {
     pub warm_sessions_closed: Family<ReasonLabel, Counter>,
     /// `warmline_calls_total{reason}`: calls ended, by end reason.
     pub calls_ended: Family<ReasonLabel, Counter>,
-    /// `warmline_store_errors_total`: database writes that failed after retries.
+    /// `warmline_store_errors_total`: database writes that failed after retries (or could not be
+    /// queued): every call record counted in `store_records_lost`.
     pub store_errors: Counter,
     /// `warmline_webhook_deliveries_total{outcome}`: webhook attempts, by outcome.
     pub webhook_deliveries: Family<OutcomeLabel, Counter>,
+    /// `warmline_store_queue_depth` (gauge): call records spooled and not yet in the database.
+    pub store_queue_depth: Gauge,
+    /// `warmline_store_oldest_unwritten_seconds` (gauge): age of the record the writer is
+    /// retrying (0 when it is not waiting on the database).
+    pub store_oldest_unwritten: Gauge,
+    /// `warmline_store_writes_retried_total`: call-record writes retried after a failure.
+    pub store_writes_retried: Counter,
+    /// `warmline_store_records_lost_total{reason}`: call records that never reached the
+    /// database, and why (`store::writer::LOST_REASONS`; should stay 0).
+    pub store_records_lost: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -163,6 +174,10 @@ impl Metrics {
             calls_ended: Family::default(),
             store_errors: Counter::default(),
             webhook_deliveries: Family::default(),
+            store_queue_depth: Gauge::default(),
+            store_oldest_unwritten: Gauge::default(),
+            store_writes_retried: Counter::default(),
+            store_records_lost: Family::default(),
             registry: Registry::default(),
         };
         registry.register_with_unit(
@@ -242,6 +257,27 @@ impl Metrics {
             "Webhook delivery attempts, by outcome (delivered|retry|failed)",
             m.webhook_deliveries.clone(),
         );
+        registry.register(
+            "store_queue_depth",
+            "Call records spooled and not yet in the database",
+            m.store_queue_depth.clone(),
+        );
+        registry.register_with_unit(
+            "store_oldest_unwritten",
+            "Age of the call record the writer is retrying (0 when not waiting on the database)",
+            prometheus_client::registry::Unit::Seconds,
+            m.store_oldest_unwritten.clone(),
+        );
+        registry.register(
+            "store_writes_retried",
+            "Call-record writes retried after a database failure",
+            m.store_writes_retried.clone(),
+        );
+        registry.register(
+            "store_records_lost",
+            "Call records that never reached the database, by reason (should stay 0)",
+            m.store_records_lost.clone(),
+        );
         m.create_every_series();
         Self { registry, ..m }
     }
@@ -285,6 +321,13 @@ impl Metrics {
         create(
             &self.webhook_deliveries,
             WEBHOOK_OUTCOMES.iter().map(outcome),
+        );
+        create(
+            &self.store_records_lost,
+            crate::store::writer::LOST_REASONS
+                .iter()
+                .copied()
+                .map(reason),
         );
     }
 
@@ -410,6 +453,9 @@ mod tests {
             "warmline_relay_delay_seconds_bucket{le=\"0.0005\",direction=\"outbound\"} 1",
             "warmline_relay_delay_seconds_count{direction=\"outbound\"} 1",
             "warmline_store_errors_total 0",
+            "warmline_store_queue_depth 0",
+            "warmline_store_oldest_unwritten_seconds 0",
+            "warmline_store_writes_retried_total 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
@@ -475,6 +521,18 @@ mod tests {
         for o in ["delivered", "retry", "failed"] {
             want.push(format!(
                 "warmline_webhook_deliveries_total{{outcome=\"{o}\"}} 0"
+            ));
+        }
+        for r in [
+            "spool_full",
+            "queue_full",
+            "stopped",
+            "retry_expired",
+            "rejected",
+            "corrupt",
+        ] {
+            want.push(format!(
+                "warmline_store_records_lost_total{{reason=\"{r}\"}} 0"
             ));
         }
         for line in &want {
