@@ -11,6 +11,7 @@ mod knowledge;
 #[cfg(feature = "sim")]
 mod loadgen;
 mod post_call;
+mod spool;
 mod store;
 mod support;
 mod tools;
