@@ -384,3 +384,78 @@ crate::both_backends!(
         );
     }
 );
+
+crate::both_backends!(
+    a_record_failing_beyond_the_retry_window_is_counted_lost,
+    |app| {
+        let client = client(app).await;
+        let metrics = Arc::new(Metrics::new());
+        let tracker = TaskTracker::new();
+        let mut opts = options(spool_dir(app));
+        opts.retry_for = Duration::from_secs(1);
+        let writer =
+            Writer::start(writer_pool(app).await, metrics.clone(), opts, &tracker).unwrap();
+        let outage = Outage::begin(app).await;
+        let sids = ["CA1"];
+        for job in jobs(client, &sids) {
+            writer.submit(job).await;
+        }
+        for _ in 0..200 {
+            if lost(&metrics).len() == 1 && metrics.store_queue_depth.get() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            lost(&metrics),
+            ["warmline_store_records_lost_total{reason=\"retry_expired\"} 2"],
+            "the insert and the finished call, each given up after store.retry_for_secs"
+        );
+        assert_eq!(metrics.store_errors.get(), 2);
+        outage.end().await;
+        writer.flush(Duration::from_secs(30)).await;
+        assert_eq!(call::Entity::find().count(&app.state.db).await.unwrap(), 0);
+        // Given up for good: a restart does not bring them back.
+        restart_writer(app, metrics.clone()).await;
+        assert_eq!(call::Entity::find().count(&app.state.db).await.unwrap(), 0);
+    }
+);
+
+crate::both_backends!(
+    a_record_beyond_the_spool_bound_is_refused_not_waited_for,
+    |app| {
+        let client = client(app).await;
+        let metrics = Arc::new(Metrics::new());
+        let tracker = TaskTracker::new();
+        let mut opts = options(spool_dir(app));
+        opts.spool_max_bytes = 2048;
+        let writer =
+            Writer::start(writer_pool(app).await, metrics.clone(), opts, &tracker).unwrap();
+        let small = finished(client, "CA1");
+        let mut big = finished(client, "CA2");
+        big.transcript[1].text = "x".repeat(4096);
+        writer.submit(Job::Finish(Box::new(small))).await;
+        let by = tokio::time::Instant::now() + Duration::from_secs(5);
+        assert!(
+            !writer.submit_by(Job::Finish(Box::new(big)), by).await,
+            "refused"
+        );
+        writer.flush(Duration::from_secs(30)).await;
+        assert_eq!(
+            lost(&metrics),
+            ["warmline_store_records_lost_total{reason=\"spool_full\"} 1"]
+        );
+        assert!(
+            calls::call_by_sid(&app.state.db, "CA1")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            calls::call_by_sid(&app.state.db, "CA2")
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+);
