@@ -459,3 +459,78 @@ crate::both_backends!(
         );
     }
 );
+
+/// A real call through the gateway whose end comes while the database is unavailable: the call
+/// ends normally (the caller waits for nothing), its record waits in the spool and lands once
+/// the database is back.
+async fn a_call_ending_during_an_outage_is_saved_once_it_is_back(backend: Backend) {
+    use sim::{audio::clips, realtime::FakeConfig, twilio::Step};
+    let wait = Duration::from_secs(20);
+    let gw = crate::support::gateway_on(backend, FakeConfig::instant(), "").await;
+    let placed = gw.place_call().await;
+    assert_eq!(placed.status, 200);
+    // The webhook's own writes (ringing row, webhook_ms) land first.
+    for _ in 0..100 {
+        if gw.app.state.metrics.store_queue_depth.get() == 0
+            && calls::call_by_sid(&gw.app.state.db, &placed.call_sid)
+                .await
+                .unwrap()
+                .is_some_and(|c| c.call.webhook_ms.is_some())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let outage = Outage::begin(&gw.app).await;
+    let script = [
+        Step::WaitForAgentQuiet(wait),
+        Step::Say(clips::question()),
+        Step::WaitForAgentAudio(wait),
+        Step::WaitForAgentQuiet(wait),
+        Step::HangUp,
+    ];
+    let report = gw.stream(&placed, &script).await;
+    assert_eq!(report.closed_by.as_deref(), Some("caller"), "{report:?}");
+    assert!(report.media_messages > 0, "the caller heard the agent");
+    let metrics = gw.app.state.metrics.clone();
+    for _ in 0..200 {
+        if metrics.store_queue_depth.get() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metrics.store_queue_depth.get(),
+        1,
+        "the finished call waits"
+    );
+    if backend == Backend::Postgres {
+        wait_for_retries(&metrics, 2).await;
+    }
+    outage.end().await;
+    let saved = gw.ended_call(&placed.call_sid).await;
+    assert_eq!(saved.call.status, "completed");
+    assert!(saved.call.recorded);
+    let seqs: Vec<i32> = saved.transcript.iter().map(|t| t.seq).collect();
+    assert!(!seqs.is_empty());
+    assert_eq!(seqs, (0..seqs.len() as i32).collect::<Vec<_>>());
+    assert_eq!(
+        call::Entity::find().count(&gw.app.state.db).await.unwrap(),
+        1
+    );
+    assert!(lost(&metrics).is_empty(), "{:?}", lost(&metrics));
+    gw.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_call_ending_during_an_outage_is_saved_once_it_is_back_on_sqlite() {
+    a_call_ending_during_an_outage_is_saved_once_it_is_back(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_call_ending_during_an_outage_is_saved_once_it_is_back_on_postgres() {
+    if crate::support::postgres_skipped() {
+        return;
+    }
+    a_call_ending_during_an_outage_is_saved_once_it_is_back(Backend::Postgres).await;
+}
