@@ -240,11 +240,16 @@ impl Spool {
             );
             segments.push((generation, found.valid_len));
         }
-        if segments.is_empty() {
-            segments.push((progress.generation.max(1), 0));
+        let created = segments.is_empty();
+        if created {
+            // After the progress's generation, so no stale offset applies to it.
+            segments.push((progress.generation + 1, 0));
         }
         let (generation, _) = segments[segments.len() - 1];
         let file = open_append(&segment_path(dir, generation))?;
+        if created {
+            sync_dir(dir)?;
+        }
         Ok((
             Self {
                 dir: dir.to_path_buf(),
@@ -295,10 +300,15 @@ impl Spool {
         }
         if !buf.is_empty() {
             let path = segment_path(&self.dir, generation);
-            self.file
+            let written = self
+                .file
                 .write_all(&buf)
-                .and_then(|()| self.file.sync_data())
-                .map_err(io("writing", &path))?;
+                .and_then(|()| self.file.sync_data());
+            if let Err(e) = written {
+                // Cut a partial write off, so the next record starts on a line of its own.
+                let _ = self.file.set_len(self.segments[last].1);
+                return Err(io("writing", &path)(e));
+            }
             self.segments[last].1 = len;
         }
         Ok(out)
