@@ -128,8 +128,8 @@ pub struct Metrics {
     pub webhook_deliveries: Family<OutcomeLabel, Counter>,
     /// `warmline_store_queue_depth` (gauge): call records spooled and not yet in the database.
     pub store_queue_depth: Gauge,
-    /// `warmline_store_oldest_unwritten_seconds` (gauge): age of the record the writer is
-    /// retrying (0 when it is not waiting on the database).
+    /// `warmline_store_oldest_unwritten_seconds` (gauge): age of the oldest call record not yet
+    /// in the database (0 when none), updated at least every second while it is retried.
     pub store_oldest_unwritten: Gauge,
     /// `warmline_store_writes_retried_total`: call-record writes retried after a failure.
     pub store_writes_retried: Counter,
@@ -264,7 +264,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "store_oldest_unwritten",
-            "Age of the call record the writer is retrying (0 when not waiting on the database)",
+            "Age of the oldest call record not yet in the database (0 when none)",
             prometheus_client::registry::Unit::Seconds,
             m.store_oldest_unwritten.clone(),
         );

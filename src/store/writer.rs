@@ -332,9 +332,15 @@ async fn db_task(
     while let Some(entry) = rx.recv().await {
         let Entry { spooled, pos } = entry;
         if let Job::Flush(reply) = spooled.job {
+            if rx.is_empty() {
+                metrics.store_oldest_unwritten.set(0);
+            }
             let _ = reply.send(());
             continue;
         }
+        // In order: this is the oldest record not yet in the database.
+        let age = (Utc::now() - spooled.queued_at).num_seconds().max(0);
+        metrics.store_oldest_unwritten.set(age);
         let deadline = spooled.queued_at
             + chrono::Duration::from_std(options.retry_for).unwrap_or(chrono::Duration::MAX);
         apply(
@@ -347,7 +353,9 @@ async fn db_task(
         )
         .await;
         metrics.store_queue_depth.dec();
-        metrics.store_oldest_unwritten.set(0);
+        if rx.is_empty() {
+            metrics.store_oldest_unwritten.set(0);
+        }
         if let Some(pos) = pos {
             let spool = spool.clone();
             let saved = tokio::task::spawn_blocking(move || lock(&spool).mark_applied(pos)).await;
