@@ -61,11 +61,10 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Builds the state around an open database.
     /// Builds the state around an open database and starts the background tasks (the reaper,
     /// the call-record writer, the webhook delivery worker and the post-call worker); they stop
-    /// with `shutdown`.
-    pub fn new(settings: Settings, db: DatabaseConnection) -> Self {
+    /// with `shutdown`. Fails if the call-record spool cannot be opened (`store.spool_dir`).
+    pub fn new(settings: Settings, db: DatabaseConnection) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(
             settings.prewarm.max_sessions,
@@ -84,9 +83,10 @@ impl AppState {
         let writer = crate::store::writer::Writer::start(
             db.clone(),
             metrics.clone(),
-            settings.post_call.enabled,
+            crate::store::writer::options(&settings),
             &background,
-        );
+        )
+        .context("opening the call-record spool (store.spool_dir)")?;
         background.spawn(crate::realtime::reaper::run(
             registry.clone(),
             writer.clone(),
@@ -110,7 +110,7 @@ impl AppState {
             &background,
         );
         background.close();
-        Self {
+        Ok(Self {
             settings: Arc::new(settings),
             db,
             metrics,
@@ -122,7 +122,7 @@ impl AppState {
             stream_secret,
             writer,
             outbox_wake,
-        }
+        })
     }
 }
 

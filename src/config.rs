@@ -7,7 +7,12 @@
 //! 2. Secrets are [`Secret`]s: `Debug` and [`Settings::redacted_toml`] never show them.
 //! 3. Unknown keys in a file are refused (a typo must not silently fall back to a default).
 
-use std::{fmt, net::SocketAddr, path::Path, str::FromStr};
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
 
 use figment::{
     Figment,
@@ -177,6 +182,8 @@ pub struct Settings {
     pub tools: ToolSettings,
     /// The post-call job: summary and structured results of each finished call.
     pub post_call: PostCallSettings,
+    /// The call-record spool and writer (README.md, "What survives what").
+    pub store: StoreSettings,
 }
 
 /// `[tools]`: the operators' own HTTP tools (README.md, "Operator tools").
@@ -350,6 +357,40 @@ impl WebhookSettings {
     }
 }
 
+/// `[store]`: the local spool every call record goes through before the database (README.md,
+/// "What survives what").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// Directory of the spool; empty: `spool` next to the SQLite file, or `data/spool` (relative
+    /// to the working directory) with Postgres, where it should be set to a persistent volume
+    /// of this instance's own.
+    pub spool_dir: String,
+    /// Largest size of the spool on disk, in bytes; a record beyond it is refused and counted in
+    /// `warmline_store_records_lost_total{reason="spool_full"}`.
+    pub spool_max_bytes: u64,
+    /// How long a record is retried while the database fails before it is dropped and counted
+    /// in `warmline_store_records_lost_total{reason="retry_expired"}`.
+    pub retry_for_secs: u64,
+}
+
+impl StoreSettings {
+    /// The spool directory: `spool_dir`, or its default for `database_url`.
+    pub fn spool_dir(&self, database_url: &str) -> PathBuf {
+        if !self.spool_dir.is_empty() {
+            return PathBuf::from(&self.spool_dir);
+        }
+        crate::store::sqlite_file_path(database_url)
+            .and_then(|file| Path::new(&file).parent().map(|d| d.join("spool")))
+            .unwrap_or_else(|| PathBuf::from("data/spool"))
+    }
+
+    /// How long a record is retried.
+    pub fn retry_for(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.retry_for_secs)
+    }
+}
+
 /// `[post_call]`: the post-call job (README.md, "After the call").
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -449,6 +490,12 @@ impl Settings {
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1");
+        }
+        if self.store.retry_for_secs == 0 {
+            return invalid("store.retry_for_secs", "must be at least 1");
+        }
+        if self.store.spool_max_bytes < 65536 {
+            return invalid("store.spool_max_bytes", "must be at least 65536");
         }
         if self.server.max_body_bytes < 1024 {
             return invalid("server.max_body_bytes", "must be at least 1024");
@@ -672,6 +719,11 @@ impl Settings {
             s.post_call.retry_schedule_secs,
             s.post_call.timeout_secs,
             s.post_call.lease_secs,
+        ) + &format!(
+            "\n[store]\nspool_dir = {}\nspool_max_bytes = {}\nretry_for_secs = {}\n",
+            q(&s.store.spool_dir),
+            s.store.spool_max_bytes,
+            s.store.retry_for_secs,
         )
     }
 
@@ -788,6 +840,7 @@ const TEXT_KEYS: &[&str] = &[
     "level",
     "format",
     "policy",
+    "spool_dir",
 ];
 
 fn describe_figment_error(e: figment::Error) -> String {
@@ -1165,6 +1218,46 @@ mod tests {
                     .extract::<figment::value::Value>()
                     .is_ok(),
             }
+        }
+    }
+
+    #[test]
+    fn the_spool_sits_next_to_the_sqlite_file_unless_set() {
+        let s = Settings::from_toml("[twilio]\nauth_token=\"t\"\n").unwrap();
+        assert_eq!(s.store.retry_for(), std::time::Duration::from_secs(86_400));
+        assert_eq!(s.store.spool_max_bytes, 1 << 30);
+        assert_eq!(
+            s.store.spool_dir(s.database.url.expose()),
+            PathBuf::from("data/spool")
+        );
+        assert_eq!(
+            s.store
+                .spool_dir("sqlite:///var/lib/warmline/w.db?mode=rwc"),
+            PathBuf::from("/var/lib/warmline/spool")
+        );
+        assert_eq!(
+            s.store.spool_dir("postgres://db/warmline"),
+            PathBuf::from("data/spool")
+        );
+        let set = Settings::from_toml(
+            "[twilio]\nauth_token=\"t\"\n[store]\nspool_dir = \"/data/spool\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            set.store.spool_dir("postgres://db/warmline"),
+            PathBuf::from("/data/spool")
+        );
+        assert!(
+            set.redacted_toml()
+                .contains("[store]\nspool_dir = \"/data/spool\"")
+        );
+        for (toml, key) in [
+            ("[store]\nretry_for_secs = 0", "store.retry_for_secs"),
+            ("[store]\nspool_max_bytes = 1000", "store.spool_max_bytes"),
+        ] {
+            let err = Settings::from_toml(&format!("[twilio]\nauth_token=\"t\"\n{toml}\n"))
+                .expect_err(toml);
+            assert!(err.to_string().contains(key), "{key}: {err}");
         }
     }
 }

@@ -88,7 +88,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     input.phone_numbers = vec![E164::parse("+15005550007").map_err(anyhow::Error::msg)?];
     clients::create_client(&db, &input).await?;
 
-    let state = AppState::new(settings, db.clone());
+    let state = AppState::new(settings, db.clone())?;
     let shutdown = state.shutdown.clone();
     let server = tokio::spawn(app::serve(listener, state));
     let twilio = TwilioSim::new(&format!("http://{addr}"), &auth_token);

@@ -228,7 +228,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.server.listen)
         .await
         .with_context(|| format!("binding server.listen = {}", settings.server.listen))?;
-    let state = app::AppState::new(settings, db.clone());
+    let state = app::AppState::new(settings, db.clone())?;
     tracing::info!(
         listen = %listener.local_addr()?,
         public_url = %state.settings.public_url,

@@ -127,12 +127,23 @@ pub struct Metrics {
     pub warm_sessions_closed: Family<ReasonLabel, Counter>,
     /// `warmline_calls_total{reason}`: calls ended, by end reason.
     pub calls_ended: Family<ReasonLabel, Counter>,
-    /// `warmline_store_errors_total`: database writes that failed after retries.
+    /// `warmline_store_errors_total`: database writes that failed after retries (or could not be
+    /// queued): every call record counted in `store_records_lost`.
     pub store_errors: Counter,
     /// `warmline_webhook_deliveries_total{outcome}`: webhook attempts, by outcome.
     pub webhook_deliveries: Family<OutcomeLabel, Counter>,
     /// `warmline_realtime_reconnects_total{outcome}`: mid-call session replacements.
     pub realtime_reconnects: Family<OutcomeLabel, Counter>,
+    /// `warmline_store_queue_depth` (gauge): call records spooled and not yet in the database.
+    pub store_queue_depth: Gauge,
+    /// `warmline_store_oldest_unwritten_seconds` (gauge): age of the oldest call record not yet
+    /// in the database (0 when none), updated at least every second while it is retried.
+    pub store_oldest_unwritten: Gauge,
+    /// `warmline_store_writes_retried_total`: call-record writes retried after a failure.
+    pub store_writes_retried: Counter,
+    /// `warmline_store_records_lost_total{reason}`: call records that never reached the
+    /// database, and why (`store::writer::LOST_REASONS`; should stay 0).
+    pub store_records_lost: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -173,6 +184,10 @@ impl Metrics {
             store_errors: Counter::default(),
             webhook_deliveries: Family::default(),
             realtime_reconnects: Family::default(),
+            store_queue_depth: Gauge::default(),
+            store_oldest_unwritten: Gauge::default(),
+            store_writes_retried: Counter::default(),
+            store_records_lost: Family::default(),
             registry: Registry::default(),
         };
         registry.register_with_unit(
@@ -262,6 +277,27 @@ impl Metrics {
             "Mid-call Realtime session replacements, by outcome (ok|failed)",
             m.realtime_reconnects.clone(),
         );
+        registry.register(
+            "store_queue_depth",
+            "Call records spooled and not yet in the database",
+            m.store_queue_depth.clone(),
+        );
+        registry.register_with_unit(
+            "store_oldest_unwritten",
+            "Age of the oldest call record not yet in the database (0 when none)",
+            prometheus_client::registry::Unit::Seconds,
+            m.store_oldest_unwritten.clone(),
+        );
+        registry.register(
+            "store_writes_retried",
+            "Call-record writes retried after a database failure",
+            m.store_writes_retried.clone(),
+        );
+        registry.register(
+            "store_records_lost",
+            "Call records that never reached the database, by reason (should stay 0)",
+            m.store_records_lost.clone(),
+        );
         m.create_every_series();
         Self { registry, ..m }
     }
@@ -309,6 +345,13 @@ impl Metrics {
         create(
             &self.realtime_reconnects,
             RECONNECT_OUTCOMES.iter().map(outcome),
+        );
+        create(
+            &self.store_records_lost,
+            crate::store::writer::LOST_REASONS
+                .iter()
+                .copied()
+                .map(reason),
         );
     }
 
@@ -441,6 +484,9 @@ mod tests {
             "warmline_relay_delay_seconds_bucket{le=\"0.0005\",direction=\"outbound\"} 1",
             "warmline_relay_delay_seconds_count{direction=\"outbound\"} 1",
             "warmline_store_errors_total 0",
+            "warmline_store_queue_depth 0",
+            "warmline_store_oldest_unwritten_seconds 0",
+            "warmline_store_writes_retried_total 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
@@ -511,6 +557,18 @@ mod tests {
         for o in ["ok", "failed"] {
             want.push(format!(
                 "warmline_realtime_reconnects_total{{outcome=\"{o}\"}} 0"
+            ));
+        }
+        for r in [
+            "spool_full",
+            "queue_full",
+            "stopped",
+            "retry_expired",
+            "rejected",
+            "corrupt",
+        ] {
+            want.push(format!(
+                "warmline_store_records_lost_total{{reason=\"{r}\"}} 0"
             ));
         }
         for line in &want {

@@ -9,6 +9,7 @@ mod m20261129_000002_knowledge;
 mod m20261129_000003_outbox;
 mod m20261129_000004_post_call;
 mod m20261129_000005_agents;
+mod m20261129_000006_spool;
 
 /// The ordered list of warmline migrations.
 pub struct Migrator;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000003_outbox::Migration),
             Box::new(m20261129_000004_post_call::Migration),
             Box::new(m20261129_000005_agents::Migration),
+            Box::new(m20261129_000006_spool::Migration),
         ]
     }
 }

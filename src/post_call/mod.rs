@@ -116,6 +116,7 @@ mod tests {
             created_at: at("2026-11-29T10:15:00Z"),
             updated_at: at("2026-11-29T10:16:25Z"),
             results: None,
+            recorded: true,
         }
     }
 

@@ -18,7 +18,7 @@ use super::{
 use crate::domain::{CallStatus, ClientId};
 
 /// A call as the webhook first sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewCall {
     /// CallSid.
     pub call_sid: String,
@@ -60,7 +60,7 @@ pub async fn insert_call(db: &impl ConnectionTrait, new: &NewCall) -> Result<(),
 }
 
 /// Fields a later step sets on a call (only `Some` fields change).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct CallPatch {
     /// New status.
     pub status: Option<CallStatus>,
@@ -114,7 +114,7 @@ pub async fn update_call(
 }
 
 /// One transcript line to store.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TranscriptIn {
     /// caller, agent or system.
     pub role: String,
@@ -125,7 +125,7 @@ pub struct TranscriptIn {
 }
 
 /// The final record of a call that had a media stream.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FinishedCall {
     /// Identity (used if the ringing row is missing).
     pub call: NewCall,
@@ -169,6 +169,8 @@ pub fn worth_summarising(transcript: &[TranscriptIn]) -> bool {
 /// Like [`finish_call`], and when `post_call` is on (`post_call.enabled`), the call has a client
 /// and the transcript has a caller line, inserts the call's post-call job in the same
 /// transaction (`store::post_call::enqueue`): the job exists exactly when the call does.
+/// Idempotent: a call already saved (`calls.recorded`) is left as it is, so a replayed save
+/// writes no second transcript, counts no second call for the caller and queues no second job.
 pub async fn finish_call_with(
     db: &DatabaseConnection,
     f: &FinishedCall,
@@ -176,8 +178,20 @@ pub async fn finish_call_with(
 ) -> Result<(), StoreError> {
     let txn = db.begin().await?;
     insert_call(&txn, &f.call).await?;
+    // Saved before (a spool replay after a crash between the commit and the spool's progress):
+    // nothing more to do, so the transcript, `call_count` and the post-call job stay single.
+    let saved = call::Entity::find()
+        .filter(call::Column::CallSid.eq(f.call.call_sid.as_str()))
+        .one(&txn)
+        .await?
+        .is_some_and(|c| c.recorded);
+    if saved {
+        txn.commit().await?;
+        return Ok(());
+    }
     let mut q = call::Entity::update_many()
         .col_expr(call::Column::Status, Expr::value(f.status.as_str()))
+        .col_expr(call::Column::Recorded, Expr::value(true))
         .col_expr(call::Column::EndedAt, Expr::value(f.ended_at))
         .col_expr(call::Column::EndReason, Expr::value(f.end_reason.clone()))
         .col_expr(call::Column::UpdatedAt, Expr::value(Utc::now()))

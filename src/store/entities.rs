@@ -218,6 +218,9 @@ pub mod call {
         /// The client's structured fields (JSON text, valid against its `results_schema`), set
         /// by the post-call job.
         pub results: Option<String>,
+        /// The finished call (transcript, caller memory, post-call job) is saved: a replayed
+        /// save changes nothing (`store::calls::finish_call_with`).
+        pub recorded: bool,
     }
 
     /// No declared relations.

@@ -22,6 +22,7 @@ pub mod knowledge;
 pub mod messages;
 pub mod outbox;
 pub mod post_call;
+pub mod spool;
 pub mod writer;
 
 use std::time::Duration;
@@ -129,7 +130,8 @@ pub async fn migration_status(db: &DatabaseConnection) -> anyhow::Result<Vec<(St
         .collect())
 }
 
-fn sqlite_file_path(url: &str) -> Option<String> {
+/// The file of a `sqlite:` URL (none for `:memory:` or another database).
+pub fn sqlite_file_path(url: &str) -> Option<String> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;

@@ -13,6 +13,7 @@ mod knowledge;
 mod loadgen;
 mod post_call;
 mod reconnect;
+mod spool;
 mod store;
 mod support;
 mod tools;

@@ -107,9 +107,14 @@ pub async fn spawn_app_with(
         }
         Backend::Postgres => {
             let (url, name) = fresh_postgres().await;
-            (url, None, Some(name))
+            (url, Some(tempfile::tempdir().unwrap()), Some(name))
         }
     };
+    // The call-record spool: next to the SQLite file by default; its own dir with Postgres.
+    let spool_dir = dir
+        .as_ref()
+        .map(|d| d.path().join("spool"))
+        .unwrap_or_default();
     let toml = format!("public_url = \"http://{addr}\"\n{extra_toml}\n",);
     let mut all: Vec<(&str, String)> = vec![
         ("database", format!("url = \"{db_url}\"")),
@@ -121,6 +126,7 @@ pub async fn spawn_app_with(
             "realtime_url = \"ws://127.0.0.1:9/v1/realtime\"".to_string(),
         ),
         ("openai", "base_url = \"http://127.0.0.1:9/v1\"".to_string()),
+        ("store", format!("spool_dir = \"{}\"", spool_dir.display())),
     ];
     all.splice(0..0, defaults.iter().map(|(s, l)| (*s, l.to_string())));
     let pairs: Vec<(&str, &str)> = all.iter().map(|(s, l)| (*s, l.as_str())).collect();
@@ -129,7 +135,7 @@ pub async fn spawn_app_with(
         Settings::from_toml(&toml).unwrap_or_else(|e| panic!("test settings: {e}\n{toml}"));
     let db = warmline::store::connect(&settings.database).await.unwrap();
     warmline::store::migrate(&db).await.unwrap();
-    let state = AppState::new(settings, db);
+    let state = AppState::new(settings, db).unwrap();
     let server = tokio::spawn(warmline::app::serve(listener, state.clone()));
     TestApp {
         base: format!("http://{addr}"),
@@ -249,7 +255,7 @@ impl TestApp {
         settings.public_url = format!("http://{addr}").parse().unwrap();
         let db = warmline::store::connect(&settings.database).await.unwrap();
         warmline::store::migrate(&db).await.unwrap();
-        let state = AppState::new(settings, db);
+        let state = AppState::new(settings, db).unwrap();
         let server = tokio::spawn(warmline::app::serve(listener, state.clone()));
         TestApp {
             base: format!("http://{addr}"),
