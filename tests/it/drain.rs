@@ -29,7 +29,6 @@ async fn a_drain_keeps_live_calls_going_and_stops_once_they_have_ended() {
     let mut gw = gateway(FakeConfig::instant(), "").await;
     assert_eq!(readyz(&gw.app.base).await, 200);
     let placed = gw.place_call().await;
-    let twilio = gw.twilio.clone();
     let script = vec![
         Step::WaitForAgentQuiet(WAIT),
         // The drain starts here (below); the caller goes on talking and is answered.
@@ -39,15 +38,7 @@ async fn a_drain_keeps_live_calls_going_and_stops_once_they_have_ended() {
         Step::WaitForAgentQuiet(WAIT),
         Step::HangUp,
     ];
-    let streaming = {
-        let placed = placed.clone();
-        tokio::spawn(async move {
-            twilio
-                .stream(&placed, &script, sim::twilio::StreamOptions::default())
-                .await
-                .unwrap()
-        })
-    };
+    let streaming = gw.stream_in_background(&placed, script);
     assert!(gw.fake.wait_event("response.create", 1, WAIT).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     gw.app.state.begin_drain();
@@ -93,20 +84,10 @@ async fn at_the_drain_deadline_a_live_call_hears_a_line_and_is_put_through_to_it
     )
     .await;
     let placed = gw.place_call().await;
-    let twilio = gw.twilio.clone();
-    let streaming = {
-        let placed = placed.clone();
-        tokio::spawn(async move {
-            twilio
-                .stream(
-                    &placed,
-                    &[Step::WaitForAgentQuiet(WAIT), Step::WaitForClose(WAIT)],
-                    sim::twilio::StreamOptions::default(),
-                )
-                .await
-                .unwrap()
-        })
-    };
+    let streaming = gw.stream_in_background(
+        &placed,
+        vec![Step::WaitForAgentQuiet(WAIT), Step::WaitForClose(WAIT)],
+    );
     assert!(gw.fake.wait_event("response.create", 1, WAIT).await);
     gw.app.state.begin_drain();
     let report = streaming.await.unwrap();

@@ -95,20 +95,7 @@ async fn check_replaced(gw: &Gateway, call_sid: &str) {
 async fn a_realtime_drop_mid_call_is_replaced_and_the_conversation_goes_on() {
     let gw = gateway(FakeConfig::instant(), "").await;
     let placed = gw.place_call().await;
-    let twilio = gw.twilio.clone();
-    let streaming = {
-        let placed = placed.clone();
-        tokio::spawn(async move {
-            twilio
-                .stream(
-                    &placed,
-                    &conversation(),
-                    sim::twilio::StreamOptions::default(),
-                )
-                .await
-                .unwrap()
-        })
-    };
+    let streaming = gw.stream_in_background(&placed, conversation());
     // Once the first answer has been generated (the caller's question was transcribed and
     // answered), the Realtime side drops.
     for _ in 0..400 {
@@ -131,20 +118,7 @@ async fn a_realtime_drop_mid_call_is_replaced_and_the_conversation_goes_on() {
 async fn session_expired_is_replaced_and_the_conversation_goes_on() {
     let gw = gateway(FakeConfig::instant(), "").await;
     let placed = gw.place_call().await;
-    let twilio = gw.twilio.clone();
-    let streaming = {
-        let placed = placed.clone();
-        tokio::spawn(async move {
-            twilio
-                .stream(
-                    &placed,
-                    &conversation(),
-                    sim::twilio::StreamOptions::default(),
-                )
-                .await
-                .unwrap()
-        })
-    };
+    let streaming = gw.stream_in_background(&placed, conversation());
     for _ in 0..400 {
         if gw.metric("warmline_frames_relayed_total{direction=\"outbound\"}") > 60.0 {
             break;

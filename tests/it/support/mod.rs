@@ -412,6 +412,23 @@ impl Gateway {
             .unwrap()
     }
 
+    /// Starts the call's media stream with `script` on its own task (the test acts meanwhile)
+    /// and returns its handle.
+    pub fn stream_in_background(
+        &self,
+        placed: &sim::twilio::PlacedCall,
+        script: Vec<sim::twilio::Step>,
+    ) -> tokio::task::JoinHandle<sim::twilio::CallReport> {
+        let twilio = self.twilio.clone();
+        let placed = placed.clone();
+        tokio::spawn(async move {
+            twilio
+                .stream(&placed, &script, sim::twilio::StreamOptions::default())
+                .await
+                .unwrap()
+        })
+    }
+
     /// A metric's value line from /metrics (e.g. `warmline_warm_sessions_reaped_total`).
     pub fn metric(&self, prefix: &str) -> f64 {
         let text = self.app.state.metrics.encode();
