@@ -317,6 +317,13 @@ pub enum CallerTrust {
 }
 
 impl CallerTrust {
+    /// Reads back [`CallerTrust::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Verified, Self::Unverified, Self::Untrusted]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+
     /// `verified`, `unverified` or `untrusted` (sent to operator tools, shown in logs).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -10,6 +10,7 @@ mod m20261129_000003_outbox;
 mod m20261129_000004_post_call;
 mod m20261129_000005_agents;
 mod m20261129_000006_spool;
+mod m20261129_000007_call_trust;
 
 /// The ordered list of warmline migrations.
 pub struct Migrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000004_post_call::Migration),
             Box::new(m20261129_000005_agents::Migration),
             Box::new(m20261129_000006_spool::Migration),
+            Box::new(m20261129_000007_call_trust::Migration),
         ]
     }
 }

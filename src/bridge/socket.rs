@@ -923,13 +923,17 @@ async fn context_from_db(state: &AppState, call_sid: &CallSid) -> Result<CallCon
         client_id,
         from: call.from_number.clone(),
         to: call.to_number.clone(),
-        // The webhook's `StirVerstat` is not stored: a call rebuilt from the database gets the
-        // caller's memory only when the client trusts every caller id.
+        // The trust the webhook judged from `StirVerstat` is kept with the call; a row without
+        // it gets the caller's memory only when the client trusts every caller id.
         profile: {
-            let trust = match client.caller_id_trust() {
-                CallerIdTrust::Always => CallerTrust::Unverified,
-                _ => CallerTrust::Untrusted,
-            };
+            let trust = call
+                .caller_trust
+                .as_deref()
+                .and_then(CallerTrust::parse)
+                .unwrap_or(match client.caller_id_trust() {
+                    CallerIdTrust::Always => CallerTrust::Unverified,
+                    _ => CallerTrust::Untrusted,
+                });
             AgentProfile::new(
                 &client,
                 caller,
@@ -957,6 +961,7 @@ fn finished(ctx: &CallContext, stream_sid: &StreamSid, o: &CallOutcome) -> Finis
             to: ctx.to.clone(),
             status: CallStatus::Ringing,
             started_at: ctx.started_at,
+            caller_trust: Some(ctx.profile.trust.as_str().to_string()),
         },
         stream_sid: Some(stream_sid.to_string()),
         status: CallStatus::Completed,

@@ -117,6 +117,7 @@ mod tests {
             updated_at: at("2026-11-29T10:16:25Z"),
             results: None,
             recorded: true,
+            caller_trust: None,
         }
     }
 

@@ -32,6 +32,9 @@ pub struct NewCall {
     pub status: CallStatus,
     /// Webhook arrival.
     pub started_at: DateTime<Utc>,
+    /// What the caller id was worth (`domain::CallerTrust::as_str`), if judged.
+    #[serde(default)]
+    pub caller_trust: Option<String>,
 }
 
 /// Inserts the call if its CallSid is new (a retried webhook changes nothing).
@@ -44,6 +47,7 @@ pub async fn insert_call(db: &impl ConnectionTrait, new: &NewCall) -> Result<(),
         to_number: Set(new.to.clone()),
         status: Set(new.status.as_str().to_string()),
         started_at: Set(new.started_at),
+        caller_trust: Set(new.caller_trust.clone()),
         created_at: Set(now),
         updated_at: Set(now),
         ..Default::default()

@@ -221,6 +221,9 @@ pub mod call {
         /// The finished call (transcript, caller memory, post-call job) is saved: a replayed
         /// save changes nothing (`store::calls::finish_call_with`).
         pub recorded: bool,
+        /// What the caller id was worth (`verified`, `unverified`, `untrusted`), as the voice
+        /// webhook judged it.
+        pub caller_trust: Option<String>,
     }
 
     /// No declared relations.

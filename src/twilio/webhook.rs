@@ -217,6 +217,7 @@ async fn answer(
                     to: req.to.clone(),
                     status: CallStatus::Rejected,
                     started_at: arrived,
+                    caller_trust: None,
                 }),
                 deadline,
             )
@@ -252,6 +253,7 @@ async fn answer(
                 to: req.to.clone(),
                 status: CallStatus::Ringing,
                 started_at: arrived,
+                caller_trust: Some(trust.as_str().to_string()),
             }),
             deadline,
         )

@@ -516,6 +516,7 @@ both_backends!(callers_and_calls_endpoints, |app| {
                 to: "+15005550006".into(),
                 status: warmline::domain::CallStatus::Ringing,
                 started_at: now,
+                caller_trust: None,
             },
             stream_sid: None,
             status: warmline::domain::CallStatus::Completed,

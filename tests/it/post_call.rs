@@ -153,6 +153,7 @@ fn finished(client_id: ClientId, sid: &str, said: &[&str]) -> FinishedCall {
             to: "+15005550006".into(),
             status: CallStatus::Ringing,
             started_at: now,
+            caller_trust: None,
         },
         stream_sid: Some("MZ1".into()),
         status: CallStatus::Completed,

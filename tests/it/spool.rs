@@ -146,6 +146,7 @@ fn finished(client: ClientId, sid: &str) -> FinishedCall {
             to: "+15005550006".into(),
             status: CallStatus::Ringing,
             started_at: now,
+            caller_trust: None,
         },
         stream_sid: Some(format!("MZ{sid}")),
         status: CallStatus::Completed,

@@ -819,3 +819,52 @@ async fn an_untrusted_call_does_not_write_the_numbers_memory() {
     );
     gw.app.shutdown().await;
 }
+
+/// A call whose webhook context expired before its stream started is rebuilt from the
+/// database; the trust judged from its `StirVerstat` was kept with it.
+async fn rebuilt_call_instructions(gw: &Gateway, stir: Option<&str>) -> String {
+    let before = gw.fake.connections().len();
+    let mut spec = CallSpec::new(CALLER, CLIENT_NUMBER);
+    if let Some(s) = stir {
+        spec = spec.stir_verstat(s);
+    }
+    let placed = gw.twilio.place_call(&spec).await.unwrap();
+    let sid = warmline::domain::CallSid::parse(&placed.call_sid).unwrap();
+    // The registry entry is gone (reaped after a long ring): the stream reads the database.
+    gw.app.state.writer.flush(Duration::from_secs(5)).await;
+    gw.app.state.registry.close(&sid, "expired");
+    gw.stream(&placed, &[Step::WaitForAgentQuiet(WAIT), Step::HangUp])
+        .await;
+    gw.ended_call(&placed.call_sid).await;
+    let conns = gw.fake.connections();
+    let cold = conns.last().unwrap();
+    assert!(conns.len() > before);
+    let update: Value = serde_json::from_str(&cold.of_type("session.update")[0].raw).unwrap();
+    update["session"]["instructions"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_call_rebuilt_from_the_database_keeps_its_caller_id_trust() {
+    let gw = gateway(FakeConfig::instant(), "").await;
+    warmline::store::callers::remember(
+        &gw.app.state.db,
+        gw.client_id,
+        CALLER,
+        Some("Dana"),
+        None,
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    // No StirVerstat (trusted under the default policy): remembered after the rebuild too.
+    let text = rebuilt_call_instructions(&gw, None).await;
+    assert!(text.contains("- name: \"Dana\""), "{text}");
+    // Validation failed: a stranger, after the rebuild too.
+    let text = rebuilt_call_instructions(&gw, Some("TN-Validation-Failed-A")).await;
+    assert!(!text.contains("Dana"), "{text}");
+    assert!(gw.metric("warmline_cold_sessions_total{reason=\"expired\"}") >= 2.0);
+    gw.app.shutdown().await;
+}
