@@ -192,10 +192,27 @@ impl Writer {
     /// the spool by then (it stays queued).
     pub async fn submit_by(&self, job: Job, deadline: tokio::time::Instant) -> bool {
         let (ack, acked) = oneshot::channel();
+        if !self.hand_over(job, Some(ack)) {
+            return false;
+        }
+        matches!(tokio::time::timeout_at(deadline, acked).await, Ok(Ok(())))
+    }
+
+    /// Queues a write without waiting for the spool's fsync (the webhook and the status
+    /// callback: Twilio is waiting, and these rows are small; a finished call, which carries
+    /// its own ringing row, waits with [`Writer::submit`]). False if it was refused (logged
+    /// and counted).
+    pub fn enqueue(&self, job: Job) -> bool {
+        self.hand_over(job, None)
+    }
+
+    /// Hands `job` to the spool task without blocking; false (logged and counted as lost) if
+    /// its queue is full or the writer is gone.
+    fn hand_over(&self, job: Job, acked: Option<oneshot::Sender<()>>) -> bool {
         let submission = Submission {
             job,
             queued_at: Utc::now(),
-            acked: Some(ack),
+            acked,
         };
         if let Err(e) = self.tx.try_send(submission) {
             let (reason, why, job) = match e {
@@ -207,7 +224,7 @@ impl Writer {
             tracing::error!(call_sid = %sid, "call-record {why}: {what} lost");
             return false;
         }
-        matches!(tokio::time::timeout_at(deadline, acked).await, Ok(Ok(())))
+        true
     }
 
     /// Waits (up to `limit`) until every write queued so far is done.

@@ -207,21 +207,15 @@ async fn answer(
     };
     let Some(client) = client else {
         tracing::info!(call_sid = %sid, to = %to, "voice webhook: number not assigned to any active client");
-        state
-            .writer
-            .submit_by(
-                Job::Insert(NewCall {
-                    call_sid: sid.to_string(),
-                    client_id: None,
-                    from: req.from.clone(),
-                    to: req.to.clone(),
-                    status: CallStatus::Rejected,
-                    started_at: arrived,
-                    caller_trust: None,
-                }),
-                deadline,
-            )
-            .await;
+        state.writer.enqueue(Job::Insert(NewCall {
+            call_sid: sid.to_string(),
+            client_id: None,
+            from: req.from.clone(),
+            to: req.to.clone(),
+            status: CallStatus::Rejected,
+            started_at: arrived,
+            caller_trust: None,
+        }));
         return (
             "unknown_number",
             twiml::say_hangup(lines::text(Line::NotInService, "en"), "en-US"),
@@ -243,21 +237,16 @@ async fn answer(
         tracing::info!(call_sid = %sid, stir_verstat = req.stir_verstat.as_deref().unwrap_or("absent"), "caller id not trusted: no caller memory on this call");
     }
     let profile = AgentProfile::new(&client, caller, trust, callers::remembers(&req.from));
-    state
-        .writer
-        .submit_by(
-            Job::Insert(NewCall {
-                call_sid: sid.to_string(),
-                client_id: Some(client.id()),
-                from: req.from.clone(),
-                to: req.to.clone(),
-                status: CallStatus::Ringing,
-                started_at: arrived,
-                caller_trust: Some(trust.as_str().to_string()),
-            }),
-            deadline,
-        )
-        .await;
+    // Queued, not waited for: the warm session is opened at once (no disk wait on the ring).
+    state.writer.enqueue(Job::Insert(NewCall {
+        call_sid: sid.to_string(),
+        client_id: Some(client.id()),
+        from: req.from.clone(),
+        to: req.to.clone(),
+        status: CallStatus::Ringing,
+        started_at: arrived,
+        caller_trust: Some(trust.as_str().to_string()),
+    }));
     let ctx = CallContext {
         call_sid: sid.clone(),
         client_id: client.id(),
@@ -310,20 +299,14 @@ async fn answer(
         parameters: &[("token", &tok)],
     });
     let webhook_ms = t0.elapsed().as_millis() as i64;
-    // Twilio is waiting for this answer: a full queue gets a few milliseconds, not more.
-    state
-        .writer
-        .submit_by(
-            Job::Patch(
-                sid.to_string(),
-                CallPatch {
-                    webhook_ms: Some(webhook_ms),
-                    ..Default::default()
-                },
-            ),
-            TokioInstant::now() + Duration::from_millis(5),
-        )
-        .await;
+    // Twilio is waiting for this answer: queued, never waited for.
+    state.writer.enqueue(Job::Patch(
+        sid.to_string(),
+        CallPatch {
+            webhook_ms: Some(webhook_ms),
+            ..Default::default()
+        },
+    ));
     tracing::info!(call_sid = %sid, client_id = client.id().get(), outcome, webhook_ms, "voice webhook answered");
     (outcome, body)
 }
@@ -375,16 +358,13 @@ async fn status(
     let reason = req.call_status.label();
     if let Some(warm) = state.registry.close(&req.call_sid, reason) {
         tracing::info!(call_sid = %req.call_sid, status = reason, warm, "call ended before its media stream; session closed");
-        state
-            .writer
-            .submit(Job::Patch(
-                req.call_sid.to_string(),
-                CallPatch::ended(
-                    final_status,
-                    format!("ended before the media stream ({reason})"),
-                ),
-            ))
-            .await;
+        state.writer.enqueue(Job::Patch(
+            req.call_sid.to_string(),
+            CallPatch::ended(
+                final_status,
+                format!("ended before the media stream ({reason})"),
+            ),
+        ));
     } else {
         tracing::debug!(call_sid = %req.call_sid, status = reason, "status callback for a call already handled");
     }
