@@ -1679,6 +1679,14 @@ mod tests {
         );
     }
 
+    /// A tool's `{"ok": true}` answer carrying `effect`.
+    fn acting(effect: Effect) -> ToolResult {
+        ToolResult {
+            output: serde_json::json!({"ok": true}),
+            effect: Some(effect),
+        }
+    }
+
     fn created(call: &mut Call, at: Instant, response_id: &str, scripted: bool) {
         call.handle_realtime(
             at,
@@ -1846,12 +1854,9 @@ mod tests {
         call.handle_tool_result(
             t0 + ms(310),
             "call_t",
-            ToolResult {
-                output: serde_json::json!({"ok": true}),
-                effect: Some(Effect::Transfer {
-                    say: "Say exactly: \"One moment.\"".into(),
-                }),
-            },
+            acting(Effect::Transfer {
+                say: "Say exactly: \"One moment.\"".into(),
+            }),
         );
         let cmds = realtime(&drain(&mut call));
         assert!(
@@ -1896,12 +1901,9 @@ mod tests {
         call.handle_tool_result(
             t0 + ms(160),
             "call_e",
-            ToolResult {
-                output: serde_json::json!({"ok": true}),
-                effect: Some(Effect::Hangup {
-                    say: "Say goodbye.".into(),
-                }),
-            },
+            acting(Effect::Hangup {
+                say: "Say goodbye.".into(),
+            }),
         );
         response_done(&mut call, t0 + ms(170), "resp_2");
         let cmds = realtime(&drain(&mut call));
@@ -1923,12 +1925,9 @@ mod tests {
         call.handle_tool_result(
             t0 + ms(110),
             "call_e",
-            ToolResult {
-                output: serde_json::json!({"ok": true}),
-                effect: Some(Effect::Hangup {
-                    say: "Say goodbye.".into(),
-                }),
-            },
+            acting(Effect::Hangup {
+                say: "Say goodbye.".into(),
+            }),
         );
         response_done(&mut call, t0 + ms(120), "resp_2");
         let cmds = realtime(&drain(&mut call));
@@ -1971,10 +1970,7 @@ mod tests {
         call.handle_tool_result(
             t0 + ms(110),
             "call_t",
-            ToolResult {
-                output: serde_json::json!({"ok": true}),
-                effect: Some(Effect::Transfer { say: "x".into() }),
-            },
+            acting(Effect::Transfer { say: "x".into() }),
         );
         response_done(&mut call, t0 + ms(120), "resp_2");
         drain(&mut call);
@@ -2020,14 +2016,7 @@ mod tests {
         let (mut call, _) = live(t0, 1);
         tool_call(&mut call, t0, "resp_2", "call_t", "transfer_to_human");
         response_done(&mut call, t0, "resp_2");
-        call.handle_tool_result(
-            t0,
-            "call_t",
-            ToolResult {
-                output: serde_json::json!({"ok": true}),
-                effect: Some(Effect::Transfer { say: "x".into() }),
-            },
-        );
+        call.handle_tool_result(t0, "call_t", acting(Effect::Transfer { say: "x".into() }));
         drain(&mut call);
         assert_eq!(call.poll_timeout(), Some(t0 + CLOSING_SPEAK_LIMIT));
         call.handle_timeout(t0 + CLOSING_SPEAK_LIMIT);
@@ -2053,10 +2042,7 @@ mod tests {
         call.handle_tool_result(
             t0 + ms(110),
             "call_t",
-            ToolResult {
-                output: serde_json::json!({"ok": true}),
-                effect: Some(Effect::Transfer { say: "x".into() }),
-            },
+            acting(Effect::Transfer { say: "x".into() }),
         );
         response_done(&mut call, t0 + ms(120), "resp_2");
         created(&mut call, t0 + ms(190), "resp_3", true);
