@@ -1,6 +1,7 @@
 //! A JSON string field borrowed from the frame it was parsed from when it has no escapes (the
 //! common case for base64 audio), owned otherwise. serde's own `Cow<str>` support copies inside
-//! an `Option`, and audio payloads are the hot path of both protocols.
+//! an `Option`, and audio payloads are the hot path of both protocols. Also [`from_stored`], how
+//! a client's JSON columns are read back.
 
 use std::borrow::Cow;
 
@@ -26,6 +27,18 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
         }
         d.deserialize_str(V(std::marker::PhantomData))
     }
+}
+
+/// Reads a JSON column written by a `to_stored` (the client's tools, lines, HTTP tools,
+/// agents): `parse` validates it as when it was saved; absent or unreadable text is the
+/// default, as if none had been set.
+pub fn from_stored<T: Default>(
+    text: Option<&str>,
+    parse: impl FnOnce(&serde_json::Value) -> Result<T, String>,
+) -> T {
+    text.and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+        .and_then(|v| parse(&v).ok())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -109,9 +109,7 @@ impl Agents {
 
     /// Reads what [`Agents::to_stored`] wrote (unreadable text counts as none).
     pub fn from_stored(text: Option<&str>, http: &HttpTools) -> Self {
-        text.and_then(|t| serde_json::from_str::<Value>(t).ok())
-            .and_then(|v| Self::parse(&v, http).ok())
-            .unwrap_or_default()
+        crate::json::from_stored(text, |v| Self::parse(v, http))
     }
 
     /// The JSON form (the admin API's `agents`).

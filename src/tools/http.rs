@@ -147,9 +147,7 @@ impl HttpTools {
 
     /// Reads what [`HttpTools::to_stored`] wrote (unreadable text counts as none).
     pub fn from_stored(text: Option<&str>) -> Self {
-        text.and_then(|t| serde_json::from_str::<Value>(t).ok())
-            .and_then(|v| Self::parse(&v).ok())
-            .unwrap_or_default()
+        crate::json::from_stored(text, Self::parse)
     }
 
     /// The JSON form (the admin API's `http_tools`).

@@ -194,9 +194,7 @@ impl Enabled {
 
     /// Reads what [`Enabled::to_stored`] wrote; unreadable text counts as the default.
     pub fn from_stored(text: Option<&str>) -> Self {
-        text.and_then(|t| serde_json::from_str::<Value>(t).ok())
-            .and_then(|v| Self::parse(&v).ok())
-            .unwrap_or_default()
+        crate::json::from_stored(text, Self::parse)
     }
 }
 
