@@ -252,16 +252,11 @@ impl Toolbox {
             .unwrap_or_else(|| self.enabled.clone())
     }
 
-    /// The HTTP tools the current agent may use: those it names, else all of the client's.
-    fn http_now(&self) -> HttpTools {
-        match self
-            .agents
+    /// The names of the HTTP tools the current agent may use (`None`: all of the client's).
+    fn http_names(&self) -> Option<&Vec<String>> {
+        self.agents
             .get(self.current())
             .and_then(|a| a.http_tools.as_ref())
-        {
-            Some(names) => self.http.only(names),
-            None => self.http.clone(),
-        }
     }
 
     /// The built-ins offered on this call, in order.
@@ -288,7 +283,12 @@ impl Toolbox {
     pub fn lookup(&self, name: &str) -> Option<Offered<'_>> {
         match self.find(name) {
             Some(b) => Some(Offered::BuiltIn(b)),
-            None if self.http_now().get(name).is_some() => self.http.get(name).map(Offered::Http),
+            None if self
+                .http_names()
+                .is_none_or(|n| n.iter().any(|n| n == name)) =>
+            {
+                self.http.get(name).map(Offered::Http)
+            }
             None => None,
         }
     }
@@ -303,7 +303,10 @@ impl Toolbox {
                 b => b.definition(),
             })
             .collect();
-        defs.extend(self.http_now().definitions());
+        match self.http_names() {
+            Some(names) => defs.extend(self.http.only(names).definitions()),
+            None => defs.extend(self.http.definitions()),
+        }
         defs
     }
 }
