@@ -58,6 +58,9 @@ pub struct AppState {
     /// Wakes the webhook delivery worker: `notify_one()` after committing an outbox row
     /// (`store::outbox::enqueue`, `store::messages::take_message`); else it looks within a second.
     pub outbox_wake: Arc<tokio::sync::Notify>,
+    /// Clients read and calls ended lately (`store::recent`): calls go on while the database
+    /// is unavailable.
+    pub recent: Arc<crate::store::recent::Recent>,
 }
 
 impl AppState {
@@ -122,6 +125,7 @@ impl AppState {
             stream_secret,
             writer,
             outbox_wake,
+            recent: Arc::default(),
         })
     }
 }

@@ -54,9 +54,9 @@ enum Command {
         /// Seconds each call lasts.
         #[arg(long, default_value_t = 20)]
         duration: u64,
-        /// Seconds over which calls are started.
-        #[arg(long, default_value_t = 10)]
-        ramp: u64,
+        /// Seconds over which calls are started (default 10; 60 with --chaos).
+        #[arg(long)]
+        ramp: Option<u64>,
         /// Every n-th call goes to a never-prewarm client (0 = none).
         #[arg(long, default_value_t = 10)]
         cold_every: usize,
@@ -75,6 +75,27 @@ enum Command {
         /// Pin the load generator, every thread, to these CPUs (`taskset -a -p -c`).
         #[arg(long, value_name = "LIST")]
         loadgen_cpus: Option<warmline::loadgen::CpuList>,
+        /// Chaos: callers hang up at any moment, Realtime refuses, hangs, drops and expires
+        /// sessions, the database pauses, and the gateway gets SIGTERM with calls live; prints
+        /// what was lost (README.md, "What survives what").
+        #[arg(long)]
+        chaos: bool,
+        /// --chaos: seed of every random draw (the same seed, the same run).
+        #[arg(long, default_value_t = 1, requires = "chaos")]
+        seed: u64,
+        /// --chaos: a postgres:// URL whose server hosts the run's own database (created and
+        /// dropped by the run); SQLite in a temporary directory without it.
+        #[arg(long, value_name = "URL", requires = "chaos")]
+        database: Option<String>,
+        /// --chaos: seconds the database is unavailable.
+        #[arg(long, default_value_t = 30, requires = "chaos")]
+        db_pause: u64,
+        /// --chaos: calls live when the gateway gets SIGTERM.
+        #[arg(long, default_value_t = 20, requires = "chaos")]
+        drain_calls: usize,
+        /// --chaos: the gateway's server.drain_secs (half the calls live at SIGTERM outlive it).
+        #[arg(long, default_value_t = 15, requires = "chaos")]
+        drain_secs: u64,
     },
 }
 
@@ -184,11 +205,43 @@ async fn tools(command: Command) -> anyhow::Result<()> {
             json,
             gateway_cpus,
             loadgen_cpus,
+            chaos,
+            seed,
+            database,
+            db_pause,
+            drain_calls,
+            drain_secs,
         } => {
+            let secs = std::time::Duration::from_secs;
+            if chaos {
+                let [calls] = calls.0[..] else {
+                    anyhow::bail!("--chaos takes one number of calls, not steps");
+                };
+                let report =
+                    warmline::loadgen::chaos::run(warmline::loadgen::chaos::ChaosOptions {
+                        calls,
+                        ramp: secs(ramp.unwrap_or(60)),
+                        seed,
+                        database,
+                        db_pause: secs(db_pause),
+                        drain_calls,
+                        drain_secs,
+                        faults: None,
+                        json,
+                        gateway_bin: None,
+                        gateway_cpus,
+                        loadgen_cpus,
+                    })
+                    .await?;
+                if !report.clean() {
+                    anyhow::bail!("the chaos run lost something (see the report)");
+                }
+                return Ok(());
+            }
             let opts = warmline::loadgen::LoadOptions {
                 calls: calls.0[0],
-                duration: std::time::Duration::from_secs(duration),
-                ramp: std::time::Duration::from_secs(ramp),
+                duration: secs(duration),
+                ramp: secs(ramp.unwrap_or(10)),
                 cold_every,
                 hang_calls,
                 ring_max_ms,

@@ -7,7 +7,8 @@
 //!
 //! It records what it saw (every client event per connection, connections opened and open) so
 //! tests can assert on it, and it can be slow (delays), down (connections dropped) or hanging
-//! (TCP accepted, handshake never answered).
+//! (TCP accepted, handshake never answered). With [`Faults`] (the load generator's chaos mode)
+//! each new connection draws its own fate: refused, hanging, dropped mid-call or expired.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -21,6 +22,7 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use futures_util::{SinkExt, StreamExt};
+use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -67,6 +69,86 @@ pub struct FakeConfig {
     /// Refuse every `session.update` with an `invalid_request_error` (a model or setting the
     /// account may not use).
     pub reject_session_update: bool,
+    /// Per-connection faults drawn at random (chaos runs); `None` serves every connection.
+    pub faults: Option<Faults>,
+}
+
+/// What can go wrong with one connection, each a probability drawn once per connection (their
+/// sum at most 1; the rest are served normally). Drawn from a seeded generator, so a run can be
+/// repeated.
+#[derive(Debug, Clone)]
+pub struct Faults {
+    /// Seed of the draws.
+    pub seed: u64,
+    /// The handshake is answered `503 Service Unavailable` (an overloaded or failing API).
+    pub refuse: f64,
+    /// TCP is accepted and the handshake never answered; held until the client gives up.
+    pub hang: f64,
+    /// Served, then dropped without a close frame at a random moment within `window` of the
+    /// handshake (a network blip).
+    pub drop: f64,
+    /// Served, then answered with the `session_expired` error and closed at a random moment
+    /// within `window` (the API's session-length limit, brought forward).
+    pub expire: f64,
+    /// When a drop or expiry happens, counted from the handshake.
+    pub window: (Duration, Duration),
+}
+
+/// How many connections met each fault so far (a drop or expiry counts when it happened, not
+/// when it was drawn: the client may have closed first).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FaultCounts {
+    /// Handshakes answered 503.
+    pub refused: usize,
+    /// Handshakes never answered.
+    pub hung: usize,
+    /// Connections dropped mid-call.
+    pub dropped: usize,
+    /// Connections ended with `session_expired`.
+    pub expired: usize,
+}
+
+/// One connection's fate.
+#[derive(Debug, Clone, Copy)]
+enum Fate {
+    Serve,
+    Refuse,
+    Hang,
+    /// Dropped (no close frame) this long after the handshake.
+    Drop(Duration),
+    /// `session_expired`, then closed, this long after the handshake.
+    Expire(Duration),
+}
+
+impl Faults {
+    fn draw(&self, rng: &mut StdRng) -> Fate {
+        let x: f64 = rng.random();
+        let (lo, hi) = self.window;
+        let mut at = || {
+            if hi > lo {
+                rng.random_range(lo..hi)
+            } else {
+                lo
+            }
+        };
+        let mut edge = self.refuse;
+        if x < edge {
+            return Fate::Refuse;
+        }
+        edge += self.hang;
+        if x < edge {
+            return Fate::Hang;
+        }
+        edge += self.drop;
+        if x < edge {
+            return Fate::Drop(at());
+        }
+        edge += self.expire;
+        if x < edge {
+            return Fate::Expire(at());
+        }
+        Fate::Serve
+    }
 }
 
 impl Default for FakeConfig {
@@ -83,6 +165,7 @@ impl Default for FakeConfig {
             record_audio: true,
             stamps: None,
             reject_session_update: false,
+            faults: None,
         }
     }
 }
@@ -152,6 +235,12 @@ struct Shared {
     inject: tokio::sync::broadcast::Sender<String>,
     /// Scripted responses, taken in order by the next responses after the greeting.
     script: Mutex<VecDeque<Scripted>>,
+    /// The fault draws (seeded from `Faults::seed` when the first connection draws).
+    rng: Mutex<Option<StdRng>>,
+    /// Faults met: refused, hung, dropped, expired.
+    faults: [AtomicUsize; 4],
+    /// Hanging handshakes whose client has not closed its socket yet.
+    held: AtomicUsize,
 }
 
 /// One function call a scripted response makes.
@@ -240,6 +329,9 @@ impl FakeRealtime {
             stalled: watch::channel(false).0,
             inject: tokio::sync::broadcast::channel(256).0,
             script: Mutex::default(),
+            rng: Mutex::default(),
+            faults: Default::default(),
+            held: AtomicUsize::default(),
         });
         let task = tokio::spawn(accept_loop(listener, rx, shared.clone()));
         Ok(Self {
@@ -302,6 +394,23 @@ impl FakeRealtime {
         self.shared.open.load(Ordering::SeqCst)
     }
 
+    /// The faults met so far (see [`Faults`]).
+    pub fn faults_met(&self) -> FaultCounts {
+        let n = |i: usize| self.shared.faults[i].load(Ordering::SeqCst);
+        FaultCounts {
+            refused: n(0),
+            hung: n(1),
+            dropped: n(2),
+            expired: n(3),
+        }
+    }
+
+    /// Hanging handshakes (a [`Faults::hang`] fate) whose client still holds the socket: a
+    /// client that gave up closed it.
+    pub fn held_handshakes(&self) -> usize {
+        self.shared.held.load(Ordering::SeqCst)
+    }
+
     /// Waits until exactly `n` connections are open; false after `limit`.
     pub async fn wait_open(&self, n: usize, limit: Duration) -> bool {
         let until = tokio::time::Instant::now() + limit;
@@ -361,13 +470,41 @@ async fn accept_loop(
             Mode::Down => drop(tcp),
             Mode::Hang => hanging.push(tcp),
             Mode::Normal => {
-                tokio::spawn(serve(tcp, config.clone(), shared.clone()));
+                let fate = cfg.faults.as_ref().map_or(Fate::Serve, |f| {
+                    let mut rng = shared.rng.lock().expect("fake realtime rng lock");
+                    f.draw(rng.get_or_insert_with(|| StdRng::seed_from_u64(f.seed)))
+                });
+                if let Fate::Hang = fate {
+                    shared.faults[1].fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(hold(tcp, shared.clone()));
+                } else {
+                    tokio::spawn(serve(tcp, fate, config.clone(), shared.clone()));
+                }
             }
         }
     }
 }
 
-async fn serve(tcp: TcpStream, config: watch::Receiver<FakeConfig>, shared: Arc<Shared>) {
+/// A handshake never answered: what the client sends is read and ignored until it closes.
+async fn hold(mut tcp: TcpStream, shared: Arc<Shared>) {
+    use tokio::io::AsyncReadExt;
+    shared.held.fetch_add(1, Ordering::SeqCst);
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = tcp.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+    shared.held.fetch_sub(1, Ordering::SeqCst);
+    shared.changed.notify_waiters();
+}
+
+async fn serve(
+    tcp: TcpStream,
+    fate: Fate,
+    config: watch::Receiver<FakeConfig>,
+    shared: Arc<Shared>,
+) {
     let _ = tcp.set_nodelay(true);
     let delay = config.borrow().connect_delay;
     tokio::time::sleep(delay).await;
@@ -390,12 +527,20 @@ async fn serve(tcp: TcpStream, config: watch::Receiver<FakeConfig>, shared: Arc<
             *e.status_mut() = StatusCode::UNAUTHORIZED;
             return Err(e);
         }
+        if let Fate::Refuse = fate {
+            let mut e = ErrorResponse::new(Some("the server is overloaded".into()));
+            *e.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return Err(e);
+        }
         Ok(resp)
     };
     let Ok(ws) =
         tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(crate::ws_config()))
             .await
     else {
+        if let Fate::Refuse = fate {
+            shared.faults[0].fetch_add(1, Ordering::SeqCst);
+        }
         return;
     };
     let index = {
@@ -407,7 +552,12 @@ async fn serve(tcp: TcpStream, config: watch::Receiver<FakeConfig>, shared: Arc<
     shared.opened.fetch_add(1, Ordering::SeqCst);
     shared.open.fetch_add(1, Ordering::SeqCst);
     shared.changed.notify_waiters();
-    Conn::new(index, config, shared.clone()).run(ws).await;
+    let end = match fate {
+        Fate::Drop(after) => Some((after, false)),
+        Fate::Expire(after) => Some((after, true)),
+        _ => None,
+    };
+    Conn::new(index, config, shared.clone()).run(ws, end).await;
     shared.open.fetch_sub(1, Ordering::SeqCst);
     if let Some(c) = shared
         .connections
@@ -541,7 +691,13 @@ impl Conn {
         }
     }
 
-    async fn run(mut self, ws: tokio_tungstenite::WebSocketStream<TcpStream>) {
+    /// Serves the connection; `end` is a fault's moment (from now) and whether it is an expiry
+    /// (`true`) or a drop.
+    async fn run(
+        mut self,
+        ws: tokio_tungstenite::WebSocketStream<TcpStream>,
+        end: Option<(Duration, bool)>,
+    ) {
         let (mut sink, mut stream) = ws.split();
         let mut out_rx = self.out_rx.take().expect("taken once");
         let writer = tokio::spawn(async move {
@@ -567,6 +723,16 @@ impl Conn {
         kill.mark_unchanged();
         let mut stalled = self.shared.stalled.subscribe();
         let mut inject = self.shared.inject.subscribe();
+        let fault = async {
+            match end {
+                Some((after, expire)) => {
+                    tokio::time::sleep(after).await;
+                    expire
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(fault);
         loop {
             let reading = !*stalled.borrow_and_update();
             tokio::select! {
@@ -583,6 +749,21 @@ impl Conn {
                 }
                 _ = kill.changed() => {
                     writer.abort();
+                    break;
+                }
+                expire = &mut fault => {
+                    if expire {
+                        self.shared.faults[3].fetch_add(1, Ordering::SeqCst);
+                        // As the API does at its session-length limit: the error, then a close.
+                        self.send(json!({"type": "error", "event_id": self.id("event"), "error": {
+                            "type": "invalid_request_error", "code": "session_expired",
+                            "message": "Your session hit the maximum duration of 60 minutes.",
+                            "param": null, "event_id": null}}))
+                        .await;
+                    } else {
+                        self.shared.faults[2].fetch_add(1, Ordering::SeqCst);
+                        writer.abort();
+                    }
                     break;
                 }
             }

@@ -487,7 +487,12 @@ async fn run(state: AppState, socket: WebSocket) {
                 }
                 Output::ResponseLatency(d) => metrics.response_latency.observe(d.as_secs_f64()),
                 Output::Reconnect { attempt, reason } => {
-                    tracing::warn!(call_sid = ?call.call_sid(), attempt, reason, "realtime session lost; opening a new one");
+                    tracing::warn!(
+                        call_sid = sid(&call),
+                        attempt,
+                        reason,
+                        "realtime session lost; opening a new one"
+                    );
                     // What is left of the old socket is closed off the call's path.
                     if let Some(mut old) = live.take() {
                         state.tasks.spawn(async move {
@@ -505,7 +510,7 @@ async fn run(state: AppState, socket: WebSocket) {
                     });
                 }
                 Output::Reconnected(outcome) => {
-                    tracing::info!(call_sid = ?call.call_sid(), outcome, "realtime reconnect");
+                    tracing::info!(call_sid = sid(&call), outcome, "realtime reconnect");
                     metrics.inc_reconnect(outcome);
                 }
                 Output::RunTool(tool) => {
@@ -529,12 +534,15 @@ async fn run(state: AppState, socket: WebSocket) {
                     tool_ids.insert(handle.id(), call_id);
                 }
                 Output::BargeIn => {
-                    tracing::debug!(call_sid = ?call.call_sid(), "barge-in: cleared Twilio, cancelled and truncated")
+                    tracing::debug!(
+                        call_sid = sid(&call),
+                        "barge-in: cleared Twilio, cancelled and truncated"
+                    )
                 }
                 Output::HeldAudioDropped => {
                     counters.dropped_inbound.inc();
                 }
-                Output::Log(msg) => tracing::debug!(call_sid = ?call.call_sid(), "{msg}"),
+                Output::Log(msg) => tracing::debug!(call_sid = sid(&call), "{msg}"),
                 Output::Ended(o) => outcome = Some(o),
             }
         }
@@ -582,7 +590,7 @@ async fn run(state: AppState, socket: WebSocket) {
                         // A tool that panicked: its call still gets an answer.
                         Err(e) => {
                             let call_id = tool_ids.remove(&e.id()).unwrap_or_default();
-                            tracing::error!(call_sid = ?call.call_sid(), error = %e, "tool task failed");
+                            tracing::error!(call_sid = sid(&call), error = %e, "tool task failed");
                             Input::ToolDone(call_id, ToolResult::error("tool_failed", "The tool failed."))
                         }
                     }
@@ -606,7 +614,7 @@ async fn run(state: AppState, socket: WebSocket) {
                 Some(Ok(Message::Text(text))) => {
                     relaying_inbound = Some(now);
                     if let Err(e) = call.handle_twilio_text(now, text.as_str()) {
-                        tracing::warn!(call_sid = ?call.call_sid(), error = %e, "closing media stream: bad message from Twilio");
+                        tracing::warn!(call_sid = sid(&call), error = %e, "closing media stream: bad message from Twilio");
                     }
                 }
                 Some(Ok(Message::Binary(_))) => call
@@ -618,7 +626,7 @@ async fn run(state: AppState, socket: WebSocket) {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     twilio.read_done = true;
-                    tracing::warn!(call_sid = ?call.call_sid(), error = %e, "media stream socket error");
+                    tracing::warn!(call_sid = sid(&call), error = %e, "media stream socket error");
                     call.handle_session_refused(now, EndReason::TwilioProtocol(e.to_string()));
                 }
             },
@@ -628,7 +636,7 @@ async fn run(state: AppState, socket: WebSocket) {
                     Some(Ok(RtMessage::Text(text))) => {
                         relaying_outbound = Some(now);
                         if let Err(e) = l.engine.handle_text(text.as_str()) {
-                            tracing::debug!(call_sid = ?call.call_sid(), error = %e, "ignoring unparsable realtime frame");
+                            tracing::debug!(call_sid = sid(&call), error = %e, "ignoring unparsable realtime frame");
                         }
                         // One frame is one event at most (docs/architecture.md).
                         while let Some(event) = l.engine.poll_event() {
@@ -676,7 +684,12 @@ async fn run(state: AppState, socket: WebSocket) {
                         let (Attached { ws, session }, path) = *taken;
                         let mut engine: Box<dyn Engine> = Box::new(session);
                         let buffered = engine.claim();
-                        tracing::info!(call_sid = ?call.call_sid(), path = path.as_str(), buffered_events = buffered.len(), "media stream started");
+                        tracing::info!(
+                            call_sid = sid(&call),
+                            path = path.as_str(),
+                            buffered_events = buffered.len(),
+                            "media stream started"
+                        );
                         live = Some(Live {
                             engine,
                             peer: Peer::new(
@@ -689,18 +702,24 @@ async fn run(state: AppState, socket: WebSocket) {
                         call.handle_session_attached(now, path, buffered);
                     }
                     Err(reason) => {
-                        tracing::warn!(call_sid = ?call.call_sid(), reason = %reason.describe(), "media stream refused");
+                        tracing::warn!(call_sid = sid(&call), reason = %reason.describe(), "media stream refused");
                         call.handle_session_refused(now, reason);
                     }
                 }
             }
             Input::Tick => {
                 if twilio.stalled(now) {
-                    tracing::warn!(call_sid = ?call.call_sid(), "Twilio stopped reading the media stream; giving up on it");
+                    tracing::warn!(
+                        call_sid = sid(&call),
+                        "Twilio stopped reading the media stream; giving up on it"
+                    );
                     twilio.broken = true;
                     call.handle_twilio_closed(now);
                 } else if let Some(l) = live.as_mut().filter(|l| l.peer.stalled(now)) {
-                    tracing::warn!(call_sid = ?call.call_sid(), "Realtime stopped reading; giving up on it");
+                    tracing::warn!(
+                        call_sid = sid(&call),
+                        "Realtime stopped reading; giving up on it"
+                    );
                     l.peer.broken = true;
                     call.handle_realtime_closed(now, "realtime stopped reading".into());
                 } else {
@@ -740,6 +759,14 @@ async fn run(state: AppState, socket: WebSocket) {
                 transcript_lines = o.transcript.len(),
                 frames_dropped = o.frames_dropped,
                 "call ended"
+            );
+            // Remembered before Twilio hears the stream end: its after-stream request finds
+            // it here even while the record waits for the database.
+            state.recent.call_ended(
+                ctx.call_sid.as_str(),
+                ctx.client_id,
+                o.end_reason.describe(),
+                Instant::now(),
             );
             state
                 .writer
@@ -983,4 +1010,9 @@ fn finished(ctx: &CallContext, stream_sid: &StreamSid, o: &CallOutcome) -> Finis
             .collect(),
         remember,
     }
+}
+
+/// The call's CallSid for a log line (empty before `start`).
+fn sid(call: &Call) -> &str {
+    call.call_sid().map_or("", |s| s.as_str())
 }

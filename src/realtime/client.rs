@@ -223,7 +223,8 @@ impl SessionHandle {
     /// socket is still connecting (bounded by `openai.connect_timeout_ms`).
     pub async fn claim(self) -> Result<Attached, SessionError> {
         if let Status::Failed(reason) = &*self.status.borrow() {
-            return Err(SessionError::Connect(reason.clone()));
+            // `reason` already says what failed ("realtime connect failed: …").
+            return Err(SessionError::Closed(reason.clone()));
         }
         let (tx, rx) = oneshot::channel();
         self.ctl

@@ -4,7 +4,8 @@
 //! [`callers`] (caller memory), [`calls`] (call records and transcripts), [`writer`] (the queue
 //! every call record is written through), [`messages`] (messages taken for the business),
 //! [`outbox`] (webhook events waiting for delivery), [`knowledge`] (documents and the full-text
-//! search of documents and FAQs), [`post_call`] (the post-call jobs).
+//! search of documents and FAQs), [`post_call`] (the post-call jobs), [`recent`] (what the
+//! gateway keeps in memory to answer calls while the database is unavailable).
 //!
 //! Invariants:
 //! 1. Every query works on both backends (tests run each storage test on both).
@@ -22,6 +23,7 @@ pub mod knowledge;
 pub mod messages;
 pub mod outbox;
 pub mod post_call;
+pub mod recent;
 pub mod spool;
 pub mod writer;
 

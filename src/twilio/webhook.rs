@@ -80,6 +80,10 @@ pub fn say_language(language: &str) -> String {
 /// Longest the after-stream callback spends looking the call up before it answers anyway.
 const AFTER_STREAM_LIMIT: Duration = Duration::from_secs(5);
 
+/// How long the voice webhook waits for the database when it can answer from the client it
+/// read last time (`store::recent`): a database that takes longer is treated as unavailable.
+const DB_PATIENCE: Duration = Duration::from_millis(1000);
+
 /// Every `warmline_webhook_duration_seconds{outcome}` value the voice webhook records:
 /// `forbidden` (bad signature) and each outcome `answer` returns. The series exist at zero from
 /// start (src/metrics.rs); in debug builds an outcome missing here panics when recorded.
@@ -177,8 +181,15 @@ async fn answer(
             twiml::say_hangup(lines::text(Line::NotInService, "en"), "en-US"),
         );
     };
-    // The database is bounded by the same deadline as everything else.
-    let lookup = tokio::time::timeout_at(deadline, async {
+    // The database is bounded by the same deadline as everything else; when this number's
+    // client was read before, by a shorter one, past which the call is answered from it.
+    let remembered = state.recent.client_for(&to);
+    let limit = if remembered.is_some() {
+        deadline.min(TokioInstant::now() + DB_PATIENCE)
+    } else {
+        deadline
+    };
+    let lookup = tokio::time::timeout_at(limit, async {
         let client = clients::client_by_number(&state.db, &to).await?;
         // Memory is per phone number: `get_caller` finds none for a withheld caller id.
         let caller = match &client {
@@ -189,20 +200,46 @@ async fn answer(
     })
     .await;
     let (client, caller) = match lookup {
-        Ok(Ok(found)) => found,
-        Ok(Err(e)) => {
-            tracing::error!(call_sid = %sid, error = %e, source = ?std::error::Error::source(&e), "voice webhook: database lookup failed");
-            return (
-                "error",
-                twiml::say_hangup(lines::text(Line::Unavailable, "en"), "en-US"),
-            );
+        Ok(Ok(found)) => {
+            state.recent.client_read(&to, found.0.as_ref());
+            found
         }
-        Err(_) => {
-            tracing::error!(call_sid = %sid, "voice webhook: database lookup exceeded ring_max_ms");
-            return (
-                "error",
-                twiml::say_hangup(lines::text(Line::Unavailable, "en"), "en-US"),
-            );
+        failed => {
+            let why = match &failed {
+                Ok(Err(e)) => {
+                    tracing::error!(call_sid = %sid, error = %e, source = ?std::error::Error::source(e), "voice webhook: database lookup failed");
+                    "failed"
+                }
+                _ => {
+                    tracing::error!(call_sid = %sid, "voice webhook: database lookup timed out");
+                    "timed out"
+                }
+            };
+            let Some(client) = remembered else {
+                // Turned away, and kept: the record waits in the spool for the database.
+                state.writer.enqueue(Job::Insert(NewCall {
+                    call_sid: sid.to_string(),
+                    client_id: None,
+                    from: req.from.clone(),
+                    to: req.to.clone(),
+                    status: CallStatus::Failed,
+                    started_at: arrived,
+                    caller_trust: None,
+                }));
+                state.writer.enqueue(Job::Patch(
+                    sid.to_string(),
+                    CallPatch::ended(
+                        CallStatus::Failed,
+                        format!("turned away: database lookup {why}"),
+                    ),
+                ));
+                return (
+                    "error",
+                    twiml::say_hangup(lines::text(Line::Unavailable, "en"), "en-US"),
+                );
+            };
+            tracing::warn!(call_sid = %sid, client_id = client.id().get(), "voice webhook: database lookup {why}; answering from the client last read (without the caller's memory)");
+            (Some(client), None)
         }
     };
     let Some(client) = client else {
@@ -396,31 +433,49 @@ async fn after_stream(
             "en-US",
         ));
     };
-    // The call's record is written by the instance that ran the stream; give its writer a
-    // moment if the stream only just closed. The whole look-up is bounded: Twilio gives up on
-    // this request after 15 s, and then the caller would hear an application error.
-    let mut record = None;
+    // A call that streamed here ended moments ago: how is remembered (`store::recent`), so the
+    // answer does not wait for its record (nor for a database that is unavailable).
+    let ended_here = state.recent.ended(&sid, Instant::now());
+    let mut end_reason = ended_here.as_ref().map(|e| e.end_reason.clone());
+    let mut client_id = ended_here.as_ref().map(|e| e.client_id);
     let mut client = None;
     let lookup = async {
-        for _ in 0..15 {
-            match calls::call_by_sid(&state.db, &sid).await {
-                Ok(Some(c)) if c.call.ended_at.is_some() => {
-                    record = Some(c.call);
-                    break;
+        // Otherwise the record, written by the instance that ran the stream: give its writer a
+        // moment if the stream only just closed. The whole look-up is bounded: Twilio gives up
+        // on this request after 15 s, and then the caller would hear an application error.
+        if ended_here.is_none() {
+            for _ in 0..15 {
+                match calls::call_by_sid(&state.db, &sid).await {
+                    Ok(found) => {
+                        let done = found.as_ref().is_some_and(|c| c.call.ended_at.is_some());
+                        end_reason = found.as_ref().and_then(|c| c.call.end_reason.clone());
+                        client_id = found.and_then(|c| c.call.client_id).map(ClientId::new);
+                        if done {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(call_sid = %sid, error = %e, "after-stream: database lookup failed");
+                        break;
+                    }
                 }
-                Ok(other) => record = other.map(|c| c.call),
-                Err(e) => {
-                    tracing::error!(call_sid = %sid, error = %e, "after-stream: database lookup failed");
-                    break;
-                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if let Some(id) = record
-            .as_ref()
-            .and_then(|r: &crate::store::entities::call::Model| r.client_id)
-        {
-            client = clients::get_client(&state.db, ClientId::new(id)).await.ok();
+        if let Some(id) = client_id {
+            // Read fresh when the database answers; the client read lately otherwise.
+            let patience = if state.recent.client(id).is_some() {
+                DB_PATIENCE
+            } else {
+                AFTER_STREAM_LIMIT
+            };
+            match tokio::time::timeout(patience, clients::get_client(&state.db, id)).await {
+                Ok(Ok(c)) => client = Some(c),
+                Ok(Err(e)) => {
+                    tracing::warn!(call_sid = %sid, error = %e, "after-stream: client lookup failed")
+                }
+                Err(_) => tracing::warn!(call_sid = %sid, "after-stream: client lookup timed out"),
+            }
         }
     };
     // On time-out, whatever was found so far (the record, perhaps the client) still decides.
@@ -430,6 +485,7 @@ async fn after_stream(
     {
         tracing::error!(call_sid = %sid, "after-stream: database look-up timed out");
     }
+    let client = client.or_else(|| client_id.and_then(|id| state.recent.client(id)));
     let client_language = client.as_ref().map_or("en", |c| c.client.language.as_str());
     let language = say_language(client_language);
     let own_lines = client
@@ -437,10 +493,7 @@ async fn after_stream(
         .map(|c| LineOverrides::from_stored(c.client.lines.as_deref()))
         .unwrap_or_default();
     // No record, no end reason, or one no stream wrote: not a normal end.
-    let reason = record
-        .as_ref()
-        .and_then(|r| r.end_reason.as_deref())
-        .and_then(EndReason::from_code);
+    let reason = end_reason.as_deref().and_then(EndReason::from_code);
     let fallback = client
         .as_ref()
         .and_then(|c| c.client.fallback_number.clone());
@@ -483,7 +536,8 @@ async fn after_stream(
     };
     tracing::info!(
         call_sid = %sid,
-        end_reason = record.as_ref().and_then(|r| r.end_reason.as_deref()).unwrap_or("unknown"),
+        end_reason = end_reason.as_deref().unwrap_or("unknown"),
+        remembered = ended_here.is_some(),
         decision,
         "after-stream: answered"
     );

@@ -5,6 +5,8 @@
 mod admin;
 mod bridge;
 mod call_path;
+#[cfg(feature = "sim")]
+mod chaos;
 mod cli;
 mod drain;
 mod handover;

@@ -535,3 +535,106 @@ async fn a_call_ending_during_an_outage_is_saved_once_it_is_back_on_postgres() {
     }
     a_call_ending_during_an_outage_is_saved_once_it_is_back(Backend::Postgres).await;
 }
+
+/// The database unavailable while calls come in (Postgres refusing connections; on SQLite a
+/// held write lock leaves reads working, so there is nothing to answer from memory): the voice
+/// webhook answers from the client it read before, the call streams, a Realtime failure still
+/// ends at the fallback number (the after-stream request decides from what this instance
+/// remembers of the call's end), and the records land once the database is back.
+#[tokio::test]
+async fn calls_are_answered_and_put_through_while_postgres_is_down() {
+    use sim::{
+        realtime::{FakeConfig, Mode},
+        twilio::{Step, Twiml},
+    };
+    if crate::support::postgres_skipped() {
+        return;
+    }
+    let wait = Duration::from_secs(20);
+    let gw = crate::support::gateway_on(
+        Backend::Postgres,
+        FakeConfig::instant(),
+        "[call]\nrealtime_reconnects = 0\n",
+    )
+    .await;
+    gw.update_client(&serde_json::json!({"name": "Bright Smile",
+        "phone_numbers": [crate::support::CLIENT_NUMBER],
+        "instructions": "You are the receptionist.", "greeting": "Thanks for calling!",
+        "voice": "marin", "fallback_number": "+15005550008"}))
+        .await;
+    // A first call reads the client (and the instance remembers it).
+    let first = gw.place_call().await;
+    let report = gw
+        .stream(&first, &[Step::WaitForAgentQuiet(wait), Step::HangUp])
+        .await;
+    assert_eq!(report.closed_by.as_deref(), Some("caller"));
+
+    let outage = Outage::begin(&gw.app).await;
+    let placed = gw.place_call().await;
+    assert!(
+        matches!(placed.twiml, Twiml::Stream { .. }),
+        "answered from the remembered client, not turned away: {}",
+        placed.body
+    );
+    let streaming = gw.stream_in_background(
+        &placed,
+        vec![Step::WaitForAgentQuiet(wait), Step::WaitForClose(wait)],
+    );
+    // Its own session relays the caller (the first call's appends are in the fake's log too).
+    let before: usize = gw
+        .fake
+        .connections()
+        .iter()
+        .map(|c| c.of_type("input_audio_buffer.append").len())
+        .sum();
+    assert!(
+        gw.fake
+            .wait_event("input_audio_buffer.append", before + 1, wait)
+            .await
+    );
+    // Realtime goes away mid-call, and no reconnect is allowed: the call ends at once.
+    gw.fake.set_config(|c| c.mode = Mode::Down);
+    gw.fake.drop_connections();
+    let report = streaming.await.unwrap();
+    assert_eq!(report.closed_by.as_deref(), Some("gateway"), "{report:?}");
+    assert!(
+        matches!(&report.after_stream, Some(Twiml::Dial { number, .. }) if number == "+15005550008"),
+        "put through to the fallback while the database is down: {:?}",
+        report.after_stream
+    );
+    // A number this instance never read cannot be answered: turned away, and recorded.
+    let unread = gw
+        .twilio
+        .place_call(&sim::twilio::CallSpec::new("+14155550199", "+15005550199"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(unread.twiml, Twiml::SayHangup { .. }),
+        "{}",
+        unread.body
+    );
+    outage.end().await;
+    let turned_away = gw.ended_call(&unread.call_sid).await;
+    assert_eq!(turned_away.call.status, "failed");
+    assert!(
+        turned_away
+            .call
+            .end_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("turned away: database lookup")),
+        "{:?}",
+        turned_away.call.end_reason
+    );
+    let saved = gw.ended_call(&placed.call_sid).await;
+    assert!(saved.call.recorded);
+    assert!(
+        saved
+            .call
+            .end_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("realtime_closed")),
+        "{:?}",
+        saved.call.end_reason
+    );
+    gw.app.shutdown().await;
+}

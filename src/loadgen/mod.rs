@@ -26,6 +26,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod chaos;
+
 use anyhow::{Context, bail};
 use serde::Serialize;
 use sim::{
@@ -663,15 +665,38 @@ struct Gateway {
 const AUTH: &str = "loadgen-auth-token";
 const ADMIN: &str = "loadgen-admin-token";
 
-async fn start_gateway(opts: &LoadOptions, fake_url: &str) -> anyhow::Result<Gateway> {
+/// A fresh directory for one run's files (database, spool), under the temp directory.
+fn run_dir(kind: &str) -> anyhow::Result<PathBuf> {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "warmline-{kind}-{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    ));
+    // A run killed earlier under the same pid may have left its files behind.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Starts the gateway child on a free port, its files in `dir`, on `database_url` (SQLite in
+/// `dir` when `None`); `extra` settings (`WARMLINE_*`) come after the defaults and override
+/// them. Returns once `/readyz` answers.
+async fn start_gateway(
+    opts: &LoadOptions,
+    fake_url: &str,
+    dir: PathBuf,
+    database_url: Option<&str>,
+    extra: &[(&str, String)],
+) -> anyhow::Result<Gateway> {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port()
     };
-    let dir = std::env::temp_dir().join(format!("warmline-loadgen-{}", std::process::id()));
-    // A run killed earlier under the same pid may have left its database behind.
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
+    let database_url = database_url.map_or_else(
+        || format!("sqlite://{}/lg.db?mode=rwc", dir.display()),
+        str::to_string,
+    );
     let bin = match &opts.gateway_bin {
         Some(b) => b.clone(),
         None => std::env::current_exe().context("locating this executable")?,
@@ -688,16 +713,14 @@ async fn start_gateway(opts: &LoadOptions, fake_url: &str) -> anyhow::Result<Gat
         None => (tokio::process::Command::new(&bin), None),
     };
     let base = format!("http://127.0.0.1:{port}");
-    let mut child = command
+    command
         .arg("serve")
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("WARMLINE_PUBLIC_URL", &base)
         .env("WARMLINE_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env(
-            "WARMLINE_DATABASE__URL",
-            format!("sqlite://{}/lg.db?mode=rwc", dir.display()),
-        )
+        .env("WARMLINE_DATABASE__URL", &database_url)
+        .env("WARMLINE_STORE__SPOOL_DIR", dir.join("spool"))
         .env("WARMLINE_TWILIO__AUTH_TOKEN", AUTH)
         .env("WARMLINE_ADMIN__TOKEN", ADMIN)
         .env("WARMLINE_OPENAI__API_KEY", "sk-loadgen")
@@ -714,8 +737,14 @@ async fn start_gateway(opts: &LoadOptions, fake_url: &str) -> anyhow::Result<Gat
         )
         .env("WARMLINE_PREWARM__TTL_SECS", "60")
         .env("WARMLINE_LOG__LEVEL", "warn")
-        .env("WARMLINE_LOG__FORMAT", "json")
-        .stdout(Stdio::null())
+        .env("WARMLINE_LOG__FORMAT", "json");
+    for (key, value) in extra {
+        command.env(key, value);
+    }
+    // Its log (JSON, warnings and worse) is kept with its files: `gateway.log`.
+    let log = std::fs::File::create(dir.join("gateway.log")).context("creating gateway.log")?;
+    let mut child = command
+        .stdout(log)
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
@@ -772,13 +801,22 @@ fn proc_stats(pid: u32) -> (u64, u64) {
 }
 
 async fn create_client(base: &str, number: &str, policy: &str) -> anyhow::Result<()> {
+    create_client_with(
+        base,
+        serde_json::json!({
+            "name": format!("Load {number}"), "phone_numbers": [number],
+            "instructions": "You are a receptionist.", "greeting": "Thanks for calling!",
+            "voice": "marin", "prewarm_policy": policy}),
+    )
+    .await
+}
+
+/// `POST /admin/api/v1/clients` with this body.
+async fn create_client_with(base: &str, body: serde_json::Value) -> anyhow::Result<()> {
     let resp = reqwest::Client::new()
         .post(format!("{base}/admin/api/v1/clients"))
         .bearer_auth(ADMIN)
-        .json(&serde_json::json!({
-            "name": format!("Load {number}"), "phone_numbers": [number],
-            "instructions": "You are a receptionist.", "greeting": "Thanks for calling!",
-            "voice": "marin", "prewarm_policy": policy}))
+        .json(&body)
         .send()
         .await?;
     if !resp.status().is_success() {
@@ -886,7 +924,7 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
         ..FakeConfig::default()
     };
     let fake = FakeRealtime::start(cfg).await?;
-    let mut gw = start_gateway(opts, &fake.url()).await?;
+    let mut gw = start_gateway(opts, &fake.url(), run_dir("loadgen")?, None, &[]).await?;
     create_client(&gw.base, "+15005550006", "always").await?;
     create_client(&gw.base, "+15005550007", "never").await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
