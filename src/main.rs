@@ -80,7 +80,8 @@ enum Command {
         /// what was lost (README.md, "What survives what").
         #[arg(long)]
         chaos: bool,
-        /// --chaos: seed of every random draw (the same seed, the same run).
+        /// --chaos: seed of the random draws (the callers repeat with it; the Realtime faults,
+        /// drawn in the order connections arrive, only roughly).
         #[arg(long, default_value_t = 1, requires = "chaos")]
         seed: u64,
         /// --chaos: a postgres:// URL whose server hosts the run's own database (created and

@@ -151,9 +151,9 @@ async fn replace_client(
     let input = body.validate()?;
     dto::webhook_url_allowed(&input, s.settings.webhooks.allow_http)?;
     dto::http_tools_allowed(&input, &s.settings.tools)?;
-    Ok(Json(
-        clients::update_client(&s.db, id, &input).await?.into(),
-    ))
+    let updated = clients::update_client(&s.db, id, &input).await?;
+    s.recent.forget_client(id);
+    Ok(Json(updated.into()))
 }
 
 /// Delete a client.
@@ -164,6 +164,7 @@ async fn delete_client(
     Path(id): Path<ClientId>,
 ) -> ApiResult<StatusCode> {
     clients::delete_client(&s.db, id).await?;
+    s.recent.forget_client(id);
     tracing::info!(client_id = id.get(), "client deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -193,6 +194,7 @@ async fn add_number(
     if body.active == Some(false) {
         row = clients::set_number_active(&s.db, id, &n, false).await?;
     }
+    s.recent.forget_client(id);
     Ok((StatusCode::CREATED, Json((&row).into())))
 }
 
@@ -207,6 +209,7 @@ async fn set_number(
 ) -> ApiResult<Json<NumberOut>> {
     let n = e164("number", &number)?;
     let row = clients::set_number_active(&s.db, id, &n, body.active).await?;
+    s.recent.forget_client(id);
     Ok(Json((&row).into()))
 }
 
@@ -219,6 +222,7 @@ async fn delete_number(
 ) -> ApiResult<StatusCode> {
     let n = e164("number", &number)?;
     clients::delete_number(&s.db, id, &n).await?;
+    s.recent.forget_client(id);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -38,7 +38,8 @@ pub struct ChaosOptions {
     pub calls: usize,
     /// Seconds over which they are placed.
     pub ramp: Duration,
-    /// Seed of every random draw (caller fates, Realtime faults): a run can be repeated.
+    /// Seed of the random draws. The callers' behaviours repeat with it; the Realtime faults are
+    /// drawn in the order connections arrive, which timing changes, so they repeat only roughly.
     pub seed: u64,
     /// `None`: SQLite in a temporary directory. A `postgres://` URL: the run creates its own
     /// database on that server (the URL's user must be allowed to), and drops it at the end.
@@ -207,7 +208,8 @@ pub struct CallCounts {
     pub ended_politely: usize,
     /// Streams whose caller heard no agent audio at all.
     pub heard_nothing: usize,
-    /// Streams that failed (an upgrade refused, a protocol violation, no after-stream TwiML).
+    /// Streams that failed: an upgrade refused, a protocol violation, a gateway that closed
+    /// without an after-stream answer, or a caller who waited for the agent and heard nothing.
     pub failed: usize,
 }
 
@@ -219,8 +221,14 @@ pub struct RecordCheck {
     /// Streamed calls whose finished record (transcript, caller memory) is not saved, or calls
     /// that never streamed and are still `ringing`.
     pub unfinished: usize,
-    /// Call rows, transcript lines or caller counts written twice.
+    /// Calls counted twice in caller memory (`callers.call_count` above the caller's saved
+    /// calls), plus call rows and transcript lines written twice (those two are also unique
+    /// keys: a sanity check of the schema). A replayed write would otherwise show here; that
+    /// the spool's replay after a crash is idempotent is tested in tests/it/spool.rs.
     pub duplicates: usize,
+    /// Calls turned away because the database could not be read (`failed`, end reason
+    /// `turned away: …`).
+    pub turned_away: usize,
     /// Call rows by status.
     pub by_status: HashMap<String, usize>,
     /// Streamed calls by end reason.
@@ -248,7 +256,8 @@ pub struct ChaosReport {
     pub db_paused_secs: f64,
     /// Whether the pause really blocked the gateway's writes (retries counted).
     pub writes_retried: f64,
-    /// `warmline_store_records_lost_total` just before SIGTERM.
+    /// Records the gateway lost: `warmline_store_records_lost_total` just before SIGTERM, or
+    /// the `… lost` errors in its log by the time it exited, whichever is more.
     pub records_lost: f64,
     /// Realtime sockets (and unanswered handshakes) still open at the fake once every call had
     /// ended and the reaper's deadline had passed. Must be 0.
@@ -271,6 +280,7 @@ impl ChaosReport {
             && self.records.missing == 0
             && self.records.unfinished == 0
             && self.records.duplicates == 0
+            && self.records.turned_away == 0
             && self.records_lost == 0.0
             && self.exit_code == Some(0)
             && self.calls.failed == 0
@@ -500,7 +510,13 @@ fn count(outcomes: &[(Caller, Outcome)]) -> CallCounts {
             o.after_stream,
             Some(Twiml::Dial { .. } | Twiml::SayHangup { .. } | Twiml::Hangup)
         );
-        if o.error.is_none() && (!by_gateway || answered) {
+        // A caller who waited for the agent, heard nothing, and gave up: a silent line.
+        let waited = matches!(
+            caller,
+            Caller::Converses | Caller::HangUpAnswer | Caller::Drained { .. }
+        );
+        let silent = waited && !o.heard_agent && !by_gateway;
+        if o.error.is_none() && !silent && (!by_gateway || answered) {
             c.completed += 1;
         } else {
             c.failed += 1;
@@ -532,8 +548,14 @@ async fn check_records(url: &str, outcomes: &[(Caller, Outcome)]) -> anyhow::Res
     let mut check = RecordCheck::default();
     for rows in calls.values() {
         check.duplicates += rows.len() - 1;
-        for (status, _, _) in rows {
+        for (status, _, reason) in rows {
             *check.by_status.entry(status.clone()).or_default() += 1;
+            if reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("turned away"))
+            {
+                check.turned_away += 1;
+            }
         }
     }
     for (_, o) in outcomes.iter().filter(|(_, o)| o.placed) {
@@ -875,6 +897,13 @@ async fn chaos(opts: &ChaosOptions, store: &Store, dir: PathBuf) -> anyhow::Resu
     }
     report.calls = count(&outcomes);
     report.records = check_records(store.url(), &outcomes).await?;
+    // Records lost after the last scrape (while draining) are in the log.
+    let log = std::fs::read_to_string(gw.dir.join("gateway.log")).unwrap_or_default();
+    let lost_in_log = log
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\"") && l.contains(" lost"))
+        .count();
+    report.records_lost = report.records_lost.max(lost_in_log as f64);
     Ok(report)
 }
 
@@ -929,6 +958,10 @@ fn print_report(r: &ChaosReport) {
     println!(
         "duplicate records         {:>5}  (must be 0)",
         r.records.duplicates
+    );
+    println!(
+        "calls turned away         {:>5}  (must be 0)",
+        r.records.turned_away
     );
     println!("{}", if r.clean() { "CLEAN" } else { "NOT CLEAN" });
 }

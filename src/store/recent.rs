@@ -30,6 +30,10 @@ use crate::{
 /// How long the ending of a call is kept (Twilio asks for the after-stream TwiML at once).
 pub const ENDED_FOR: Duration = Duration::from_secs(600);
 
+/// How long a client read is trusted for when the database cannot be read: a change made
+/// through another instance's admin API meanwhile is not seen here before then.
+pub const CLIENT_FOR: Duration = Duration::from_secs(3600);
+
 /// A call that ended on this instance.
 #[derive(Debug, Clone)]
 pub struct Ended {
@@ -40,41 +44,60 @@ pub struct Ended {
     at: Instant,
 }
 
+/// A client as read from the database, and when.
+#[derive(Clone)]
+struct Read {
+    client: Arc<ClientProfile>,
+    at: Instant,
+}
+
 /// See the module documentation.
 #[derive(Default)]
 pub struct Recent {
-    clients: DashMap<String, Arc<ClientProfile>>,
+    by_number: DashMap<String, Read>,
+    by_id: DashMap<ClientId, Read>,
     ended: DashMap<String, Ended>,
     inserts: AtomicUsize,
 }
 
 impl Recent {
-    /// A lookup of `number` answered: remembered (or forgotten when no client has it now).
-    pub fn client_read(&self, number: &E164, client: Option<&ClientProfile>) {
+    /// A lookup of `number` answered at `now`: remembered (or forgotten when no client has it).
+    pub fn client_read(&self, number: &E164, client: Option<&ClientProfile>, now: Instant) {
         match client {
             Some(c) => {
-                self.clients
-                    .insert(number.as_str().to_string(), Arc::new(c.clone()));
+                let read = Read {
+                    client: Arc::new(c.clone()),
+                    at: now,
+                };
+                self.by_id.insert(c.id(), read.clone());
+                self.by_number.insert(number.as_str().to_string(), read);
             }
             None => {
-                self.clients.remove(number.as_str());
+                self.by_number.remove(number.as_str());
             }
         }
     }
 
-    /// The client `number` belonged to when the database last said so.
-    pub fn client_for(&self, number: &E164) -> Option<ClientProfile> {
-        self.clients
+    /// The client `number` belonged to when the database last said so, within [`CLIENT_FOR`].
+    pub fn client_for(&self, number: &E164, now: Instant) -> Option<Arc<ClientProfile>> {
+        self.by_number
             .get(number.as_str())
-            .map(|c| ClientProfile::clone(&c))
+            .filter(|r| now.duration_since(r.at) < CLIENT_FOR)
+            .map(|r| r.client.clone())
     }
 
-    /// The client with this id, if some number of it was read lately.
-    pub fn client(&self, id: ClientId) -> Option<ClientProfile> {
-        self.clients
-            .iter()
-            .find(|c| c.id() == id)
-            .map(|c| ClientProfile::clone(&c))
+    /// The client with this id as last read, within [`CLIENT_FOR`].
+    pub fn client(&self, id: ClientId, now: Instant) -> Option<Arc<ClientProfile>> {
+        self.by_id
+            .get(&id)
+            .filter(|r| now.duration_since(r.at) < CLIENT_FOR)
+            .map(|r| r.client.clone())
+    }
+
+    /// The client was changed or deleted (the admin API): what was read of it is forgotten.
+    pub fn forget_client(&self, id: ClientId) {
+        self.by_id.remove(&id);
+        self.by_number.retain(|_, r| r.client.id() != id);
     }
 
     /// A call ended here, for this reason.

@@ -41,9 +41,9 @@ use crate::{
         registry::Begun,
     },
     store::{
-        callers,
+        StoreError, callers,
         calls::{self, CallPatch, NewCall},
-        clients,
+        clients::{self, ClientProfile},
         writer::Job,
     },
 };
@@ -183,26 +183,19 @@ async fn answer(
     };
     // The database is bounded by the same deadline as everything else; when this number's
     // client was read before, by a shorter one, past which the call is answered from it.
-    let remembered = state.recent.client_for(&to);
+    let remembered = state.recent.client_for(&to, Instant::now());
     let limit = if remembered.is_some() {
         deadline.min(TokioInstant::now() + DB_PATIENCE)
     } else {
         deadline
     };
-    let lookup = tokio::time::timeout_at(limit, async {
-        let client = clients::client_by_number(&state.db, &to).await?;
-        // Memory is per phone number: `get_caller` finds none for a withheld caller id.
-        let caller = match &client {
-            Some(c) => callers::get_caller(&state.db, c.id(), &req.from).await?,
-            None => None,
-        };
-        Ok::<_, crate::store::StoreError>((client, caller))
-    })
-    .await;
-    let (client, caller) = match lookup {
+    let lookup = tokio::time::timeout_at(limit, clients::client_by_number(&state.db, &to)).await;
+    let (client, read) = match lookup {
         Ok(Ok(found)) => {
-            state.recent.client_read(&to, found.0.as_ref());
-            found
+            state
+                .recent
+                .client_read(&to, found.as_ref(), Instant::now());
+            (found, true)
         }
         failed => {
             let why = match &failed {
@@ -239,8 +232,28 @@ async fn answer(
                 );
             };
             tracing::warn!(call_sid = %sid, client_id = client.id().get(), "voice webhook: database lookup {why}; answering from the client last read (without the caller's memory)");
-            (Some(client), None)
+            (Some(ClientProfile::clone(&client)), false)
         }
+    };
+    // Memory is per phone number: `get_caller` finds none for a withheld caller id. A memory
+    // that cannot be read costs the call its memory, not the call.
+    let caller = match &client {
+        Some(c) if read => {
+            match tokio::time::timeout_at(limit, callers::get_caller(&state.db, c.id(), &req.from))
+                .await
+            {
+                Ok(Ok(caller)) => caller,
+                Ok(Err(e)) => {
+                    tracing::warn!(call_sid = %sid, error = %e, "voice webhook: caller memory lookup failed; answering without it");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(call_sid = %sid, "voice webhook: caller memory lookup timed out; answering without it");
+                    None
+                }
+            }
+        }
+        _ => None,
     };
     let Some(client) = client else {
         tracing::info!(call_sid = %sid, to = %to, "voice webhook: number not assigned to any active client");
@@ -439,6 +452,7 @@ async fn after_stream(
     let mut end_reason = ended_here.as_ref().map(|e| e.end_reason.clone());
     let mut client_id = ended_here.as_ref().map(|e| e.client_id);
     let mut client = None;
+    let mut deleted = false;
     let lookup = async {
         // Otherwise the record, written by the instance that ran the stream: give its writer a
         // moment if the stream only just closed. The whole look-up is bounded: Twilio gives up
@@ -463,18 +477,28 @@ async fn after_stream(
             }
         }
         if let Some(id) = client_id {
-            // Read fresh when the database answers; the client read lately otherwise.
-            let patience = if state.recent.client(id).is_some() {
+            // Read fresh when the database answers; the client read lately when it cannot.
+            let remembered = state.recent.client(id, Instant::now());
+            let patience = if remembered.is_some() {
                 DB_PATIENCE
             } else {
                 AFTER_STREAM_LIMIT
             };
             match tokio::time::timeout(patience, clients::get_client(&state.db, id)).await {
                 Ok(Ok(c)) => client = Some(c),
-                Ok(Err(e)) => {
-                    tracing::warn!(call_sid = %sid, error = %e, "after-stream: client lookup failed")
+                // Deleted meanwhile: nobody to put the caller through to.
+                Ok(Err(StoreError::NotFound(_))) => {
+                    state.recent.forget_client(id);
+                    deleted = true;
                 }
-                Err(_) => tracing::warn!(call_sid = %sid, "after-stream: client lookup timed out"),
+                Ok(Err(e)) => {
+                    tracing::warn!(call_sid = %sid, error = %e, "after-stream: client lookup failed; using the client read lately");
+                    client = remembered.map(|c| ClientProfile::clone(&c));
+                }
+                Err(_) => {
+                    tracing::warn!(call_sid = %sid, "after-stream: client lookup timed out; using the client read lately");
+                    client = remembered.map(|c| ClientProfile::clone(&c));
+                }
             }
         }
     };
@@ -485,7 +509,13 @@ async fn after_stream(
     {
         tracing::error!(call_sid = %sid, "after-stream: database look-up timed out");
     }
-    let client = client.or_else(|| client_id.and_then(|id| state.recent.client(id)));
+    // Timed out before the client was read: the one read lately, unless it was deleted.
+    let client = client.or_else(|| {
+        client_id
+            .filter(|_| !deleted)
+            .and_then(|id| state.recent.client(id, Instant::now()))
+            .map(|c| ClientProfile::clone(&c))
+    });
     let client_language = client.as_ref().map_or("en", |c| c.client.language.as_str());
     let language = say_language(client_language);
     let own_lines = client

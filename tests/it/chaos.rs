@@ -16,7 +16,8 @@ async fn small_run(database: Option<String>) -> ChaosReport {
         ramp: Duration::from_secs(6),
         seed: 7,
         database,
-        db_pause: Duration::from_secs(4),
+        // Longer than SQLite's busy timeout (10 s), so writes fail and are retried.
+        db_pause: Duration::from_secs(12),
         drain_calls: 4,
         drain_secs: 3,
         // Faults far more often than the command line's default, so a small run meets each.
@@ -65,7 +66,11 @@ async fn small_run(database: Option<String>) -> ChaosReport {
         report.reconnects.get("ok").copied().unwrap_or(0.0) > 0.0,
         "{report:#?}"
     );
-    assert!(report.db_paused_secs >= 4.0);
+    assert!(report.db_paused_secs >= 12.0);
+    assert!(
+        report.writes_retried > 0.0,
+        "the pause held writes up: {report:#?}"
+    );
     // At the drain deadline the calls still live were handed to the fallback number.
     let drained = report
         .records

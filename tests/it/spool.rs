@@ -636,5 +636,20 @@ async fn calls_are_answered_and_put_through_while_postgres_is_down() {
         "{:?}",
         saved.call.end_reason
     );
+    // A client changed through the admin API is forgotten at once: in the next outage its
+    // number is not answered from what was read before the change.
+    gw.update_client(&serde_json::json!({"name": "Bright Smile",
+        "phone_numbers": [crate::support::CLIENT_NUMBER],
+        "instructions": "You are the receptionist.", "greeting": "Welcome!",
+        "voice": "marin"}))
+        .await;
+    let outage = Outage::begin(&gw.app).await;
+    let after_change = gw.place_call().await;
+    assert!(
+        matches!(after_change.twiml, Twiml::SayHangup { .. }),
+        "{}",
+        after_change.body
+    );
+    outage.end().await;
     gw.app.shutdown().await;
 }
