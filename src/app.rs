@@ -199,19 +199,41 @@ async fn supervise_drain(state: AppState) {
     state.shutdown.cancel();
 }
 
-/// The full router: operations, admin API (and the Twilio routes as they land).
+/// The full router: health, metrics, the admin API and the Twilio routes, all on one listener
+/// (`server.admin_listen` empty).
 pub fn router(state: AppState) -> Router {
+    build(state, true, true)
+}
+
+/// The routes of `server.listen` when the admin side has its own listener: health and Twilio.
+pub fn public_router(state: AppState) -> Router {
+    build(state, true, false)
+}
+
+/// The routes of `server.admin_listen`: health, `/metrics` and the admin API.
+pub fn admin_router(state: AppState) -> Router {
+    build(state, false, true)
+}
+
+fn build(state: AppState, twilio: bool, admin: bool) -> Router {
     let max_body = state.settings.server.max_body_bytes;
-    Router::new()
-        .merge(crate::ops::router())
-        .merge(crate::admin::router(&state))
-        .merge(crate::twilio::webhook::router())
+    let mut r = Router::new().merge(crate::ops::health_router());
+    if admin {
+        r = r
+            .merge(crate::ops::metrics_router())
+            .merge(crate::admin::router(&state));
+    }
+    if twilio {
+        r = r.merge(crate::twilio::webhook::router());
+    }
+    r = r
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(RequestBodyLimitLayer::new(max_body))
+        .layer(RequestBodyLimitLayer::new(max_body));
+    if admin {
         // After the limits: the knowledge upload has its own (documents up to 1 MiB).
-        .merge(crate::admin::knowledge::upload_router(&state))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        r = r.merge(crate::admin::knowledge::upload_router(&state));
+    }
+    r.layer(TraceLayer::new_for_http()).with_state(state)
 }
 
 /// Serves on an already bound listener until `state.shutdown` is cancelled, then drains.
@@ -221,7 +243,23 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> anyhow
     let writer = state.writer.clone();
     let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
     let drain = tokio::spawn(supervise_drain(state.clone()));
-    let app = router(state);
+    // `/metrics` and the admin API on their own listener, when one is set.
+    let (app, admin) = match state.settings.server.admin_addr() {
+        Some(addr) => {
+            let admin_listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding server.admin_listen = {addr}"))?;
+            tracing::info!(admin_listen = %addr, "metrics and admin API on their own listener");
+            let admin = std::future::IntoFuture::into_future(
+                axum::serve(admin_listener, admin_router(state.clone())).with_graceful_shutdown({
+                    let shutdown = shutdown.clone();
+                    async move { shutdown.cancelled().await }
+                }),
+            );
+            (public_router(state), Some(tokio::spawn(admin)))
+        }
+        None => (router(state), None),
+    };
     // Audio frames are small and latency-bound: never let Nagle hold one back.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
@@ -232,6 +270,13 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> anyhow
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .context("HTTP server failed")?;
+    if let Some(admin) = admin {
+        match admin.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "admin listener failed"),
+            Err(e) => tracing::error!(error = %e, "admin listener task failed"),
+        }
+    }
     // Calls see the cancellation, end and queue their records; wait for them, then let the
     // writer drain its queue, so a call that ended during shutdown is still saved.
     tasks.close();

@@ -212,6 +212,17 @@ pub struct ServerSettings {
     /// On SIGTERM, how long live calls may go on before they are transferred to the fallback
     /// or ended politely (README "Deploying without dropping calls").
     pub drain_secs: u64,
+    /// A second bind address for `/metrics` and the admin API (empty: both are served on
+    /// `listen` with everything else). When set, `listen` serves neither, so they need not face
+    /// the internet.
+    pub admin_listen: String,
+}
+
+impl ServerSettings {
+    /// `admin_listen` as an address, if set (checked by `Settings::validate`).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listen.trim().parse().ok()
+    }
 }
 
 /// `[database]`.
@@ -301,6 +312,11 @@ pub struct CallSettings {
     /// Replace the Realtime session after this long, between turns, before the API's 60-minute
     /// limit (0: never).
     pub session_renew_secs: u64,
+    /// A media socket that has not sent `start` this long after its upgrade is closed.
+    pub start_timeout_secs: u64,
+    /// A call whose Twilio leg sends no media for this long ends as `twilio_silent` (Twilio
+    /// sends a frame every 20 ms, silence included: a quiet leg is a dead or half-open one).
+    pub media_timeout_secs: u64,
 }
 
 /// `[admin]`.
@@ -568,6 +584,20 @@ impl Settings {
                 &format!("must be between 1 and {MAX_CALL_SECS}"),
             );
         }
+        if !self.server.admin_listen.trim().is_empty() {
+            match self.server.admin_addr() {
+                None => {
+                    return invalid(
+                        "server.admin_listen",
+                        "must be empty or an address such as 127.0.0.1:9090",
+                    );
+                }
+                Some(a) if a == self.server.listen => {
+                    return invalid("server.admin_listen", "must differ from server.listen");
+                }
+                Some(_) => {}
+            }
+        }
         if self.server.drain_secs > 86_400 {
             return invalid("server.drain_secs", "must be at most 86400");
         }
@@ -576,6 +606,12 @@ impl Settings {
         }
         if !(100..=60_000).contains(&self.call.tool_timeout_ms) {
             return invalid("call.tool_timeout_ms", "must be between 100 and 60000");
+        }
+        if !(1..=300).contains(&self.call.start_timeout_secs) {
+            return invalid("call.start_timeout_secs", "must be between 1 and 300");
+        }
+        if !(1..=300).contains(&self.call.media_timeout_secs) {
+            return invalid("call.media_timeout_secs", "must be between 1 and 300");
         }
         if self.call.realtime_reconnects > 10 {
             return invalid("call.realtime_reconnects", "must be at most 10");
@@ -660,18 +696,19 @@ impl Settings {
         let q = |s: &str| toml_quote(s);
         let s = self;
         format!(
-            "public_url = {}\n\n[server]\nlisten = {}\nmax_body_bytes = {}\nshutdown_grace_secs = {}\ndrain_secs = {}\n\n\
+            "public_url = {}\n\n[server]\nlisten = {}\nmax_body_bytes = {}\nshutdown_grace_secs = {}\ndrain_secs = {}\nadmin_listen = {}\n\n\
              [database]\nurl = {}\nmax_connections = {}\n\n\
              [twilio]\nauth_token = {}\nvalidate_signatures = {}\nstream_token_secret = {}\nstream_token_ttl_secs = {}\nwebhook_base_url = {}\n\n\
              [openai]\napi_key = {}\nrealtime_url = {}\nmodel = {}\ntranscription_model = {}\nconnect_timeout_ms = {}\nbase_url = {}\nsummary_model = {}\n\n\
              [prewarm]\npolicy = {}\nring_min_ms = {}\nring_max_ms = {}\nttl_secs = {}\nmax_sessions = {}\ngreeting_buffer_bytes = {}\n\n\
-             [call]\nmax_duration_secs = {}\noutbound_queue_frames = {}\ntool_timeout_ms = {}\nrealtime_reconnects = {}\nsession_renew_secs = {}\n\n\
+             [call]\nmax_duration_secs = {}\noutbound_queue_frames = {}\ntool_timeout_ms = {}\nrealtime_reconnects = {}\nsession_renew_secs = {}\nstart_timeout_secs = {}\nmedia_timeout_secs = {}\n\n\
              [admin]\ntoken = {}\n\n[log]\nformat = {}\nlevel = {}\n",
             q(s.public_url.as_str()),
             q(&s.server.listen.to_string()),
             s.server.max_body_bytes,
             s.server.shutdown_grace_secs,
             s.server.drain_secs,
+            q(&s.server.admin_listen),
             q(&redact_url_password(s.database.url.expose())),
             s.database.max_connections,
             q(s.twilio.auth_token.redacted()),
@@ -697,6 +734,8 @@ impl Settings {
             s.call.tool_timeout_ms,
             s.call.realtime_reconnects,
             s.call.session_renew_secs,
+            s.call.start_timeout_secs,
+            s.call.media_timeout_secs,
             q(s.admin.token.redacted()),
             q(match s.log.format {
                 LogFormat::Pretty => "pretty",
@@ -831,6 +870,7 @@ const TEXT_KEYS: &[&str] = &[
     "model",
     "transcription_model",
     "webhook_base_url",
+    "admin_listen",
     "public_url",
     "url",
     "realtime_url",

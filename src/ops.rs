@@ -11,12 +11,16 @@ use axum::{
 
 use crate::app::AppState;
 
-/// The operations routes.
-pub fn router() -> Router<AppState> {
+/// The health routes (`/healthz`, `/readyz`): on every listener.
+pub fn health_router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+}
+
+/// `/metrics`: with the admin API (`server.admin_listen`).
+pub fn metrics_router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
 }
 
 async fn healthz() -> &'static str {

@@ -275,6 +275,9 @@ pub enum Step {
     /// Stop reading the socket (a Twilio leg that stopped taking audio; what the gateway
     /// writes backs up in the kernel's buffers), while still sending. For the rest of the call.
     StopReading,
+    /// Send nothing at all, not even silence, for this long (a leg gone quiet: half-open, or
+    /// Twilio's side stuck), still reading.
+    Pause(Duration),
 }
 
 /// One `clear` seen.
@@ -704,7 +707,7 @@ impl TwilioSim {
                         }
                         let waited = now.duration_since(step_started);
                         let done = match &step {
-                            Step::Silence(d) => waited >= *d,
+                            Step::Silence(d) | Step::Pause(d) => waited >= *d,
                             Step::Say(_) => talk.is_empty(),
                             Step::WaitForAgentAudio(limit) => {
                                 last_media_at.is_some_and(|t| t >= step_started)
@@ -756,6 +759,9 @@ impl TwilioSim {
                     if steps.is_empty() && now.duration_since(step_started) > Duration::from_secs(30) {
                         report.closed_by = Some("caller".into());
                         break;
+                    }
+                    if matches!(steps.front(), Some(Step::Pause(_))) {
+                        continue;
                     }
                     // One 20 ms frame of caller audio (what is left of the clip, then silence).
                     let n = talk.len().min(audio::FRAME_BYTES);

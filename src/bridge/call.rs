@@ -204,6 +204,12 @@ pub struct Call {
     time_to_first_audio: Option<Duration>,
     deadline: Option<Instant>,
     max_duration: Duration,
+    /// `start` must come by then (`call.start_timeout_secs`).
+    start_by: Option<Instant>,
+    /// No media for this long ends the call as `twilio_silent` (`call.media_timeout_secs`).
+    media_timeout: Option<Duration>,
+    /// The last frame from Twilio with media (or `start`).
+    last_media: Option<Instant>,
     outputs: VecDeque<Output>,
     frames_dropped: u64,
     /// What the caller sent between `start` and the attach (a cold session connecting, a warm
@@ -315,6 +321,9 @@ impl Call {
             agent_lines: HashMap::new(),
             time_to_first_audio: None,
             deadline: None,
+            start_by: None,
+            media_timeout: None,
+            last_media: None,
             max_duration,
             outputs: VecDeque::new(),
             frames_dropped: 0,
@@ -343,6 +352,14 @@ impl Call {
         self
     }
 
+    /// Deadlines for an idle Twilio peer: `start` within `start` of the creation, then media at
+    /// least every `media` (Twilio sends a frame every 20 ms, silence included).
+    pub fn with_peer_timeouts(mut self, start: Duration, media: Duration) -> Self {
+        self.start_by = Some(self.anchor.0 + start);
+        self.media_timeout = Some(media);
+        self
+    }
+
     /// The CallSid, once `start` arrived.
     pub fn call_sid(&self) -> Option<&CallSid> {
         self.call_sid.as_ref()
@@ -367,7 +384,22 @@ impl Call {
         let renew = (self.phase == Phase::Live)
             .then_some(self.renew_at)
             .flatten();
-        [self.deadline, closing, renew].into_iter().flatten().min()
+        let start = (self.phase == Phase::AwaitingStart)
+            .then_some(self.start_by)
+            .flatten();
+        let silent = self.silent_at();
+        [self.deadline, closing, renew, start, silent]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// When the Twilio leg counts as silent, if no media comes before.
+    fn silent_at(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::AwaitingSession | Phase::Live => Some(self.last_media? + self.media_timeout?),
+            Phase::AwaitingStart | Phase::Ended => None,
+        }
     }
 
     /// A text frame from Twilio.
@@ -635,7 +667,15 @@ impl Call {
 
     /// The deadline from [`Call::poll_timeout`] passed.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.deadline.is_some_and(|d| now >= d) {
+        if self.phase == Phase::AwaitingStart && self.start_by.is_some_and(|d| now >= d) {
+            let waited = self.start_by.map_or(0, |d| (d - self.anchor.0).as_secs());
+            self.end(
+                now,
+                EndReason::TwilioProtocol(format!("no start within {waited} s")),
+            );
+        } else if self.silent_at().is_some_and(|d| now >= d) {
+            self.end(now, EndReason::TwilioSilent);
+        } else if self.deadline.is_some_and(|d| now >= d) {
             self.end(now, EndReason::MaxDuration);
         } else if self.phase == Phase::Live && self.renew_at.is_some_and(|r| now >= r) {
             // Renew before the engine's own limit, between turns: not while the agent speaks.
@@ -854,6 +894,9 @@ impl Call {
     }
 
     fn on_media_event(&mut self, now: Instant, event: MediaEvent) {
+        if let MediaEvent::Media { .. } = event {
+            self.last_media = Some(now);
+        }
         match event {
             MediaEvent::Started {
                 stream_sid,
@@ -863,6 +906,7 @@ impl Call {
             } => {
                 self.phase = Phase::AwaitingSession;
                 self.started = Some(now);
+                self.last_media = Some(now);
                 self.deadline = Some(now + self.max_duration);
                 self.call_sid = Some(call_sid.clone());
                 self.outputs.push_back(Output::Start {
@@ -1196,6 +1240,42 @@ mod tests {
         call.handle_session_attached(t0, CallPath::Warm, greeting(n));
         let out = drain(&mut call);
         (call, out)
+    }
+
+    #[test]
+    fn a_socket_that_never_sends_start_is_ended_at_the_start_timeout() {
+        let t0 = Instant::now();
+        let mut call = Call::new(Duration::from_secs(60), t0, Utc::now())
+            .with_peer_timeouts(Duration::from_secs(10), Duration::from_secs(10));
+        assert_eq!(call.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+        call.handle_timeout(t0 + Duration::from_secs(9));
+        assert!(!call.is_ended(), "not before the limit");
+        call.handle_timeout(t0 + Duration::from_secs(10));
+        assert!(call.is_ended());
+        assert_eq!(
+            ended(&mut call).end_reason,
+            EndReason::TwilioProtocol("no start within 10 s".into())
+        );
+    }
+
+    #[test]
+    fn a_twilio_leg_that_goes_quiet_ends_the_call_as_twilio_silent() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut call = Call::new(s(60), t0, Utc::now()).with_peer_timeouts(s(10), s(10));
+        call.handle_twilio_text(t0 + s(1), START).unwrap();
+        drain(&mut call);
+        // `start` counts as media: the silence clock starts there, not at the upgrade.
+        assert_eq!(call.poll_timeout(), Some(t0 + s(11)));
+        call.handle_session_attached(t0 + s(1), CallPath::Warm, greeting(1));
+        drain(&mut call);
+        // Each frame moves it on.
+        call.handle_twilio_text(t0 + s(5), MEDIA).unwrap();
+        assert_eq!(call.poll_timeout(), Some(t0 + s(15)));
+        call.handle_timeout(t0 + s(11));
+        assert!(!call.is_ended());
+        call.handle_timeout(t0 + s(15));
+        assert_eq!(ended(&mut call).end_reason, EndReason::TwilioSilent);
     }
 
     #[test]

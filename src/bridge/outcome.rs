@@ -33,6 +33,8 @@ pub enum EndReason {
     /// A deploy's drain (`server.drain_secs`) ran out while the call was live: the
     /// after-stream TwiML says a short line and dials the fallback number, or hangs up.
     Drained,
+    /// Twilio sent no media for `call.media_timeout_secs` (a dead or half-open leg).
+    TwilioSilent,
 }
 
 impl EndReason {
@@ -51,6 +53,7 @@ impl EndReason {
         "transfer",
         "agent_hangup",
         "drained",
+        "twilio_silent",
     ];
 
     /// Short machine-readable code (metric label, `end_reason` column prefix).
@@ -67,6 +70,7 @@ impl EndReason {
             Self::Transfer => "transfer",
             Self::AgentHangup => "agent_hangup",
             Self::Drained => "drained",
+            Self::TwilioSilent => "twilio_silent",
         }
     }
 
@@ -92,6 +96,7 @@ impl EndReason {
             "transfer" => Self::Transfer,
             "agent_hangup" => Self::AgentHangup,
             "drained" => Self::Drained,
+            "twilio_silent" => Self::TwilioSilent,
             _ => return None,
         })
     }
@@ -275,6 +280,7 @@ mod tests {
             EndReason::Transfer,
             EndReason::AgentHangup,
             EndReason::Drained,
+            EndReason::TwilioSilent,
         ];
         for r in &all {
             match r {
@@ -288,7 +294,8 @@ mod tests {
                 | EndReason::Shutdown
                 | EndReason::Transfer
                 | EndReason::AgentHangup
-                | EndReason::Drained => {}
+                | EndReason::Drained
+                | EndReason::TwilioSilent => {}
             }
         }
         all

@@ -67,7 +67,7 @@ use crate::{
     },
     store::{
         callers,
-        calls::{self, FinishedCall, NewCall, TranscriptIn},
+        calls::{self, CallPatch, FinishedCall, NewCall, TranscriptIn},
         clients,
         writer::Job,
     },
@@ -385,10 +385,15 @@ async fn run(state: AppState, socket: WebSocket) {
     let max = Duration::from_secs(state.settings.call.max_duration_secs);
     let mut now = Instant::now();
     let renew = state.settings.call.session_renew_secs;
-    let mut call = Call::new(max, now, Utc::now()).with_reconnects(
-        state.settings.call.realtime_reconnects,
-        (renew > 0).then(|| Duration::from_secs(renew)),
-    );
+    let mut call = Call::new(max, now, Utc::now())
+        .with_reconnects(
+            state.settings.call.realtime_reconnects,
+            (renew > 0).then(|| Duration::from_secs(renew)),
+        )
+        .with_peer_timeouts(
+            Duration::from_secs(state.settings.call.start_timeout_secs),
+            Duration::from_secs(state.settings.call.media_timeout_secs),
+        );
     // Whose call this is, known once `start` carried a valid token and the context was found
     // (registry or database): from then on the call is saved however it ends, even if no
     // Realtime session could be attached.
@@ -472,6 +477,15 @@ async fn run(state: AppState, socket: WebSocket) {
                     attaching = Some(match state.registry.claim(&call_sid) {
                         Some(claimed) => {
                             known = Some(claimed.context.clone());
+                            // Other instances (and this one after a restart) learn from the
+                            // database that the call has its stream.
+                            state.writer.enqueue(Job::Patch(
+                                call_sid.to_string(),
+                                CallPatch {
+                                    stream_sid: Some(sid.to_string()),
+                                    ..Default::default()
+                                },
+                            ));
                             take_session(
                                 state.clone(),
                                 call_over.clone(),
@@ -479,7 +493,18 @@ async fn run(state: AppState, socket: WebSocket) {
                                 claimed.session,
                             )
                         }
-                        None => read_context(state.clone(), call_sid),
+                        // One stream per call: a second `start` (a replayed token) opens
+                        // nothing and writes nothing.
+                        None if state.registry.is_done(&call_sid, Instant::now()) => {
+                            pending = Some(Input::Attached(Box::new(AttachStep::Session(Err(
+                                EndReason::TwilioProtocol(
+                                    "a second stream for a call that already streamed or ended"
+                                        .into(),
+                                ),
+                            )))));
+                            continue;
+                        }
+                        None => read_context(state.clone(), call_sid, sid.clone()),
                     });
                 }
                 Output::FirstAudio { path, elapsed } => {
@@ -860,9 +885,13 @@ async fn next_attach(attaching: &mut Option<Attaching>) -> AttachStep {
 
 /// Reads the call from the database (the registry had no entry: it expired, or this process
 /// restarted between webhook and stream), within [`CONTEXT_LIMIT`].
-fn read_context(state: AppState, call_sid: CallSid) -> Attaching {
+fn read_context(state: AppState, call_sid: CallSid, stream_sid: StreamSid) -> Attaching {
     Box::pin(async move {
-        let read = tokio::time::timeout(CONTEXT_LIMIT, context_from_db(&state, &call_sid)).await;
+        let read = tokio::time::timeout(
+            CONTEXT_LIMIT,
+            context_from_db(&state, &call_sid, &stream_sid),
+        )
+        .await;
         AttachStep::Context(match read {
             Ok(Ok(ctx)) => Ok(Arc::new(ctx)),
             Ok(Err(reason)) => Err(reason),
@@ -926,13 +955,28 @@ async fn open_cold(
 
 /// Rebuilds a call's context from the database when the registry has none (the entry expired,
 /// or this process restarted between webhook and stream).
-async fn context_from_db(state: &AppState, call_sid: &CallSid) -> Result<CallContext, EndReason> {
+/// The call is claimed for `stream_sid` in the database first (`calls::claim_stream`): a call
+/// that already had its stream, here or on another instance, or that ended, is refused.
+async fn context_from_db(
+    state: &AppState,
+    call_sid: &CallSid,
+    stream_sid: &StreamSid,
+) -> Result<CallContext, EndReason> {
     let unavailable = |m: String| EndReason::RealtimeUnavailable(m);
     let call = calls::call_by_sid(&state.db, call_sid.as_str())
         .await
         .map_err(|e| unavailable(format!("call lookup failed: {e}")))?
         .ok_or_else(|| unavailable("no record of this call".into()))?
         .call;
+    let claimed = calls::claim_stream(&state.db, call_sid.as_str(), stream_sid.as_str())
+        .await
+        .map_err(|e| unavailable(format!("call claim failed: {e}")))?;
+    state.registry.mark_done(call_sid, Instant::now());
+    if !claimed {
+        return Err(EndReason::TwilioProtocol(
+            "a second stream for a call that already streamed or ended".into(),
+        ));
+    }
     let client_id = call
         .client_id
         .map(ClientId::new)

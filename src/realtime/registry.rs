@@ -12,6 +12,10 @@
 //!    opens a second session.
 //! 4. Warm sessions hold a permit of a semaphore sized `prewarm.max_sessions`; the permit is
 //!    released when the entry leaves the map, whoever takes it.
+//! 5. One stream per call: an entry that leaves the map (claimed, closed, reaped) leaves a
+//!    tombstone for [`DONE_FOR`], so a second `start` for that CallSid ([`Registry::is_done`])
+//!    and a replayed webhook ([`Begun::Over`]) open nothing. Beyond this instance and this
+//!    window, the calls table says the same (`store::calls::claim_stream`).
 
 use std::{
     sync::Arc,
@@ -60,7 +64,13 @@ pub enum Begun<R> {
     Cold(ColdReason),
     /// The CallSid already had an entry (Twilio retried the webhook): nothing new was opened.
     Retry(Option<R>),
+    /// The call already streamed or ended here (a replayed webhook): nothing was opened.
+    Over,
 }
+
+/// How long a call that left the registry is remembered as done (longer than a stream token
+/// lives by default, `twilio.stream_token_ttl_secs` = 120).
+pub const DONE_FOR: Duration = Duration::from_secs(600);
 
 /// One call between webhook and stream.
 struct Entry<C, S> {
@@ -82,6 +92,8 @@ pub struct Claimed<C, S> {
 /// Warm sessions keyed by CallSid. `C` is the per-call context, `S` the session handle.
 pub struct Registry<C, S> {
     map: DashMap<CallSid, Entry<C, S>>,
+    /// Calls that left the map (claimed, closed, reaped), and when.
+    done: DashMap<CallSid, Instant>,
     permits: Arc<Semaphore>,
     ttl: Duration,
     metrics: Arc<Metrics>,
@@ -92,6 +104,7 @@ impl<C: Send + Sync + 'static, S: WarmSession> Registry<C, S> {
     pub fn new(max_sessions: usize, ttl: Duration, metrics: Arc<Metrics>) -> Self {
         Self {
             map: DashMap::new(),
+            done: DashMap::new(),
             permits: Arc::new(Semaphore::new(max_sessions)),
             ttl,
             metrics,
@@ -109,6 +122,9 @@ impl<C: Send + Sync + 'static, S: WarmSession> Registry<C, S> {
         now: Instant,
         open: impl FnOnce() -> S,
     ) -> Begun<S::Ready> {
+        if self.is_done(call_sid, now) {
+            return Begun::Over;
+        }
         match self.map.entry(call_sid.clone()) {
             MapEntry::Occupied(existing) => {
                 Begun::Retry(existing.get().warm.as_ref().map(|(s, _)| s.ready()))
@@ -155,6 +171,7 @@ impl<C: Send + Sync + 'static, S: WarmSession> Registry<C, S> {
     /// Takes the call out of the registry (exactly once): the stream handler now owns it.
     pub fn claim(&self, call_sid: &CallSid) -> Option<Claimed<C, S>> {
         let (_, entry) = self.map.remove(call_sid)?;
+        self.mark_done(call_sid, Instant::now());
         let session = entry.warm.map(|(session, _permit)| {
             self.metrics.warm_sessions.dec();
             session
@@ -181,6 +198,7 @@ impl<C: Send + Sync + 'static, S: WarmSession> Registry<C, S> {
     /// its stream). Returns whether there was a warm session to close.
     pub fn close(&self, call_sid: &CallSid, reason: &'static str) -> Option<bool> {
         let (_, entry) = self.map.remove(call_sid)?;
+        self.mark_done(call_sid, Instant::now());
         Some(self.close_entry(entry, reason))
     }
 
@@ -199,6 +217,7 @@ impl<C: Send + Sync + 'static, S: WarmSession> Registry<C, S> {
             if let Some((sid, entry)) = self.map.remove_if(&sid, |_, e| {
                 now.saturating_duration_since(e.created) >= self.ttl
             }) {
+                self.mark_done(&sid, now);
                 let had = self.close_entry(entry, "expired");
                 if had {
                     self.metrics.warm_sessions_reaped.inc();
@@ -206,7 +225,22 @@ impl<C: Send + Sync + 'static, S: WarmSession> Registry<C, S> {
                 reaped.push((sid, had));
             }
         }
+        self.done
+            .retain(|_, at| now.saturating_duration_since(*at) < DONE_FOR);
         reaped
+    }
+
+    /// Whether the call left the registry within [`DONE_FOR`] (streamed, or ended while it
+    /// rang): a second stream or a replayed webhook for it opens nothing.
+    pub fn is_done(&self, call_sid: &CallSid, now: Instant) -> bool {
+        self.done
+            .get(call_sid)
+            .is_some_and(|at| now.saturating_duration_since(*at) < DONE_FOR)
+    }
+
+    /// Marks a call done without a registry entry (a stream that attached from the database).
+    pub fn mark_done(&self, call_sid: &CallSid, now: Instant) {
+        self.done.insert(call_sid.clone(), now);
     }
 
     /// Closes every entry (shutdown).
@@ -214,6 +248,7 @@ impl<C: Send + Sync + 'static, S: WarmSession> Registry<C, S> {
         let keys: Vec<CallSid> = self.map.iter().map(|e| e.key().clone()).collect();
         keys.iter()
             .filter_map(|k| self.map.remove(k))
+            .inspect(|(k, _)| self.mark_done(k, Instant::now()))
             .map(|(_, e)| self.close_entry(e, reason))
             .filter(|had| *had)
             .count()
@@ -384,6 +419,32 @@ mod tests {
         assert_eq!(f.reg.close(&Fixture::sid("CA1"), "canceled"), None);
         assert!(f.reg.reap(f.t0 + Duration::from_secs(999)).is_empty());
         assert_eq!(*f.closed.lock().unwrap(), vec![(1, "canceled")]);
+    }
+
+    #[test]
+    fn a_call_that_left_stays_done_for_a_while() {
+        let f = Fixture::new(10);
+        let sid = Fixture::sid;
+        f.begin("CA1", true, 0);
+        assert!(f.reg.claim(&sid("CA1")).is_some());
+        assert!(f.reg.is_done(&sid("CA1"), f.t0 + Duration::from_secs(1)));
+        assert!(
+            matches!(f.begin("CA1", true, 1), Begun::Over),
+            "a replayed webhook opens nothing"
+        );
+        assert_eq!(f.opened.get(), 1);
+        f.begin("CA2", false, 0);
+        f.reg.close(&sid("CA2"), "canceled");
+        assert!(f.reg.is_done(&sid("CA2"), f.t0 + Duration::from_secs(1)));
+        f.begin("CA3", true, 0);
+        f.reg.reap(f.t0 + Duration::from_secs(30));
+        assert!(f.reg.is_done(&sid("CA3"), f.t0 + Duration::from_secs(31)));
+        assert!(!f.reg.is_done(&sid("CA4"), f.t0));
+        // Forgotten after DONE_FOR, and swept by the reaper.
+        let later = f.t0 + DONE_FOR + Duration::from_secs(60);
+        assert!(!f.reg.is_done(&sid("CA1"), later));
+        f.reg.reap(later);
+        assert!(f.reg.done.is_empty());
     }
 
     #[test]

@@ -76,6 +76,10 @@ pub struct CallPatch {
     pub end_reason: Option<String>,
     /// When it ended.
     pub ended_at: Option<DateTime<Utc>>,
+    /// The media stream that took the call (set as the stream claims it). Absent from records
+    /// spooled by an older version.
+    #[serde(default)]
+    pub stream_sid: Option<String>,
 }
 
 impl CallPatch {
@@ -88,6 +92,38 @@ impl CallPatch {
             ..Default::default()
         }
     }
+}
+
+/// Claims the call for the media stream `stream_sid`: sets it only where no stream has and the
+/// call has not ended (one conditional update, atomic on both backends). True when this
+/// stream is the call's one stream; false for a second stream or a call that ended.
+pub async fn claim_stream(
+    db: &impl ConnectionTrait,
+    call_sid: &str,
+    stream_sid: &str,
+) -> Result<bool, StoreError> {
+    let done = call::Entity::update_many()
+        .col_expr(call::Column::StreamSid, Expr::value(stream_sid))
+        .col_expr(call::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(call::Column::CallSid.eq(call_sid))
+        .filter(call::Column::StreamSid.is_null())
+        .filter(call::Column::EndedAt.is_null())
+        .exec(db)
+        .await?;
+    Ok(done.rows_affected == 1)
+}
+
+/// Whether the call has had its media stream or has ended (a voice webhook for it now is a
+/// replay, and must open nothing).
+pub async fn streamed_or_ended(
+    db: &impl ConnectionTrait,
+    call_sid: &str,
+) -> Result<bool, StoreError> {
+    Ok(call::Entity::find()
+        .filter(call::Column::CallSid.eq(call_sid))
+        .one(db)
+        .await?
+        .is_some_and(|c| c.stream_sid.is_some() || c.ended_at.is_some()))
 }
 
 /// Applies a patch; returns whether the call exists.
@@ -113,6 +149,9 @@ pub async fn update_call(
     }
     if let Some(v) = patch.ended_at {
         q = q.col_expr(call::Column::EndedAt, Expr::value(v));
+    }
+    if let Some(v) = &patch.stream_sid {
+        q = q.col_expr(call::Column::StreamSid, Expr::value(v.clone()));
     }
     Ok(q.exec(db).await?.rows_affected > 0)
 }

@@ -96,6 +96,7 @@ pub const OUTCOMES: &[&str] = &[
     "forbidden",
     "error",
     "redirected",
+    "replayed",
 ];
 
 async fn voice(
@@ -189,7 +190,20 @@ async fn answer(
     } else {
         deadline
     };
-    let lookup = tokio::time::timeout_at(limit, clients::client_by_number(&state.db, &to)).await;
+    // Beside it: whether this call already streamed or ended somewhere (a replayed webhook).
+    let lookup = tokio::time::timeout_at(limit, async {
+        tokio::join!(
+            clients::client_by_number(&state.db, &to),
+            calls::streamed_or_ended(&state.db, sid.as_str())
+        )
+    })
+    .await;
+    let replayed_in_db = matches!(lookup, Ok((_, Ok(true))));
+    if replayed_in_db || state.registry.is_done(&sid, Instant::now()) {
+        tracing::warn!(call_sid = %sid, "voice webhook for a call that already streamed or ended (a replay?): <Hangup/>, nothing opened");
+        return ("replayed", twiml::hangup());
+    }
+    let lookup = lookup.map(|(client, _)| client);
     let (client, read) = match lookup {
         Ok(Ok(found)) => {
             state
@@ -336,6 +350,8 @@ async fn answer(
             tokio::time::sleep_until(min_at.min(deadline)).await;
             "cold"
         }
+        // It streamed or ended between the check above and now.
+        Begun::Over => return ("replayed", twiml::hangup()),
     };
     let expires =
         Utc::now().timestamp().max(0) as u64 + state.settings.twilio.stream_token_ttl_secs;

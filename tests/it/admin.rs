@@ -621,3 +621,56 @@ both_backends!(callers_and_calls_endpoints, |app| {
         .unwrap();
     assert_eq!(one["transcript"], json!([]));
 });
+
+/// `server.admin_listen`: `/metrics` and the admin API move to their own listener; the public
+/// one keeps health and the Twilio routes only.
+#[tokio::test]
+async fn with_admin_listen_metrics_and_the_admin_api_leave_the_public_listener() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let app = crate::support::spawn_app(
+        crate::support::Backend::Sqlite,
+        &format!("[server]\nadmin_listen = \"127.0.0.1:{port}\"\n"),
+    )
+    .await;
+    let admin = format!("http://127.0.0.1:{port}");
+    let get = |url: String| {
+        let http = app.http.clone();
+        async move {
+            http.get(url)
+                .bearer_auth(crate::support::ADMIN_TOKEN)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    };
+    // The admin listener is bound as the server starts.
+    let mut up = false;
+    for _ in 0..100 {
+        if get(format!("{admin}/healthz")).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(up, "the admin listener answers");
+    assert_eq!(get(app.url("/metrics")).await.unwrap(), 404);
+    assert_eq!(get(app.url("/admin/api/v1/clients")).await.unwrap(), 404);
+    assert_eq!(get(app.url("/healthz")).await.unwrap(), 200);
+    assert_eq!(get(format!("{admin}/metrics")).await.unwrap(), 200);
+    assert_eq!(
+        get(format!("{admin}/admin/api/v1/clients")).await.unwrap(),
+        200
+    );
+    // Twilio's routes are not on the admin side.
+    let twilio = app
+        .http
+        .post(format!("{admin}/twilio/voice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twilio.status(), 404);
+    app.shutdown().await;
+}

@@ -10,9 +10,11 @@ mod chaos;
 mod cli;
 mod drain;
 mod handover;
+mod idle_peers;
 mod knowledge;
 #[cfg(feature = "sim")]
 mod loadgen;
+mod one_stream;
 mod post_call;
 mod reconnect;
 mod spool;

@@ -494,22 +494,25 @@ async fn a_call_ending_during_an_outage_is_saved_once_it_is_back(backend: Backen
     assert_eq!(report.closed_by.as_deref(), Some("caller"), "{report:?}");
     assert!(report.media_messages > 0, "the caller heard the agent");
     let metrics = gw.app.state.metrics.clone();
+    // The stream's claim (`stream_sid`) and the finished call wait.
     for _ in 0..200 {
-        if metrics.store_queue_depth.get() == 1 {
+        if metrics.store_queue_depth.get() == 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
         metrics.store_queue_depth.get(),
-        1,
-        "the finished call waits"
+        2,
+        "the claim and the finished call wait"
     );
     if backend == Backend::Postgres {
         wait_for_retries(&metrics, 2).await;
     }
     outage.end().await;
-    let saved = gw.ended_call(&placed.call_sid).await;
+    let saved = gw
+        .ended_call_within(&placed.call_sid, Duration::from_secs(60))
+        .await;
     assert_eq!(saved.call.status, "completed");
     assert!(saved.call.recorded);
     let seqs: Vec<i32> = saved.transcript.iter().map(|t| t.seq).collect();

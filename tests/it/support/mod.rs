@@ -362,9 +362,55 @@ pub async fn gateway_on(
 }
 
 impl Gateway {
+    /// Restarts the app on the same database and settings (a process restart: nothing in
+    /// memory survives), with a Twilio simulator for its new address. Streams placed before it
+    /// verify only with a configured `twilio.stream_token_secret`.
+    pub async fn restart(self) -> Gateway {
+        let app = self.app.restart().await;
+        let twilio = sim::twilio::TwilioSim::new(&app.base, AUTH_TOKEN);
+        Gateway {
+            app,
+            fake: self.fake,
+            twilio,
+            client_id: self.client_id,
+        }
+    }
+
+    /// `placed` with its stream URL pointed at this gateway (a call placed before a restart).
+    pub fn here(&self, placed: &sim::twilio::PlacedCall) -> sim::twilio::PlacedCall {
+        let sim::twilio::Twiml::Stream {
+            url,
+            action,
+            parameters,
+        } = &placed.twiml
+        else {
+            panic!("not a stream: {:?}", placed.twiml)
+        };
+        let path = &url[url.find("/twilio/").expect("a media stream URL")..];
+        sim::twilio::PlacedCall {
+            twiml: sim::twilio::Twiml::Stream {
+                url: format!("{}{path}", self.app.base.replacen("http", "ws", 1)),
+                action: action.clone(),
+                parameters: parameters.clone(),
+            },
+            ..placed.clone()
+        }
+    }
+
     /// Waits until the call's final record is written (ended_at set) and returns it.
     pub async fn ended_call(&self, call_sid: &str) -> warmline::store::calls::CallWithTranscript {
-        for _ in 0..100 {
+        self.ended_call_within(call_sid, std::time::Duration::from_secs(10))
+            .await
+    }
+
+    /// [`Gateway::ended_call`], waiting up to `limit` (after a database outage the writer's
+    /// next retry, and an attempt still waiting for a connection, come first).
+    pub async fn ended_call_within(
+        &self,
+        call_sid: &str,
+        limit: std::time::Duration,
+    ) -> warmline::store::calls::CallWithTranscript {
+        for _ in 0..limit.as_millis().div_ceil(100) {
             if let Some(c) = warmline::store::calls::call_by_sid(&self.app.state.db, call_sid)
                 .await
                 .unwrap()
