@@ -323,9 +323,15 @@ pub struct CallSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
-    /// Bearer token; the admin API is off when empty.
+    /// Bearer token; the admin API is off when empty. At least [`MIN_ADMIN_TOKEN_CHARS`]
+    /// characters unless `allow_short_token`.
     pub token: Secret,
+    /// Accept a shorter `token` (development only: `config/local.toml`).
+    pub allow_short_token: bool,
 }
+
+/// The shortest `admin.token` accepted (a guessable token opens every business's data).
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 
 /// `[log]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -598,6 +604,16 @@ impl Settings {
                 Some(_) => {}
             }
         }
+        let admin_chars = self.admin.token.expose().chars().count();
+        if admin_chars > 0 && admin_chars < MIN_ADMIN_TOKEN_CHARS && !self.admin.allow_short_token {
+            return invalid(
+                "admin.token",
+                &format!(
+                    "must be at least {MIN_ADMIN_TOKEN_CHARS} characters (e.g. `openssl rand -hex 32`), \
+                     or set admin.allow_short_token = true on a development machine"
+                ),
+            );
+        }
         if self.server.drain_secs > 86_400 {
             return invalid("server.drain_secs", "must be at most 86400");
         }
@@ -702,7 +718,7 @@ impl Settings {
              [openai]\napi_key = {}\nrealtime_url = {}\nmodel = {}\ntranscription_model = {}\nconnect_timeout_ms = {}\nbase_url = {}\nsummary_model = {}\n\n\
              [prewarm]\npolicy = {}\nring_min_ms = {}\nring_max_ms = {}\nttl_secs = {}\nmax_sessions = {}\ngreeting_buffer_bytes = {}\n\n\
              [call]\nmax_duration_secs = {}\noutbound_queue_frames = {}\ntool_timeout_ms = {}\nrealtime_reconnects = {}\nsession_renew_secs = {}\nstart_timeout_secs = {}\nmedia_timeout_secs = {}\n\n\
-             [admin]\ntoken = {}\n\n[log]\nformat = {}\nlevel = {}\n",
+             [admin]\ntoken = {}\nallow_short_token = {}\n\n[log]\nformat = {}\nlevel = {}\n",
             q(s.public_url.as_str()),
             q(&s.server.listen.to_string()),
             s.server.max_body_bytes,
@@ -737,6 +753,7 @@ impl Settings {
             s.call.start_timeout_secs,
             s.call.media_timeout_secs,
             q(s.admin.token.redacted()),
+            s.admin.allow_short_token,
             q(match s.log.format {
                 LogFormat::Pretty => "pretty",
                 LogFormat::Json => "json",
@@ -1128,10 +1145,22 @@ mod tests {
     }
 
     #[test]
+    fn a_short_admin_token_is_refused_unless_development_allows_it() {
+        let with = |admin: &str| {
+            Settings::from_toml(&format!("[twilio]\nauth_token = \"t\"\n[admin]\n{admin}\n"))
+        };
+        let err = with("token = \"dev-admin-token\"").unwrap_err().to_string();
+        assert!(err.contains("admin.token") && err.contains("32"), "{err}");
+        assert!(with("token = \"dev-admin-token\"\nallow_short_token = true").is_ok());
+        assert!(with("token = \"\"").is_ok(), "empty: the admin API is off");
+        assert!(with(&format!("token = \"{}\"", "x".repeat(32))).is_ok());
+    }
+
+    #[test]
     fn redacted_output_never_contains_a_secret() {
         let s = Settings::from_toml(
             "[twilio]\nauth_token = \"tw-SECRET-1\"\nstream_token_secret = \"st-SECRET-2\"\n\
-             [openai]\napi_key = \"sk-SECRET-3\"\n[admin]\ntoken = \"ad-SECRET-4\"\n\
+             [openai]\napi_key = \"sk-SECRET-3\"\n[admin]\ntoken = \"ad-SECRET-4-long-enough-for-an-admin-token\"\n\
              [database]\nurl = \"postgres://u:pw-SECRET-5@db/x\"\n",
         )
         .unwrap();

@@ -663,7 +663,7 @@ struct Gateway {
 }
 
 const AUTH: &str = "loadgen-auth-token";
-const ADMIN: &str = "loadgen-admin-token";
+const ADMIN: &str = "loadgen-admin-token-of-at-least-32-chars";
 
 /// A fresh directory for one run's files (database, spool), under the temp directory.
 fn run_dir(kind: &str) -> anyhow::Result<PathBuf> {

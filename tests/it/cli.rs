@@ -19,7 +19,10 @@ fn check_config_never_prints_a_secret() {
         .args(["check-config", "--config"])
         .arg(&file)
         .env("WARMLINE_TWILIO__AUTH_TOKEN", "tw-ENV-SECRET")
-        .env("WARMLINE_ADMIN__TOKEN", "ad-ENV-SECRET")
+        .env(
+            "WARMLINE_ADMIN__TOKEN",
+            "ad-ENV-SECRET-long-enough-for-a-token",
+        )
         .env("WARMLINE_TWILIO__STREAM_TOKEN_SECRET", "st-ENV-SECRET")
         .env("WARMLINE_DATABASE__URL", "postgres://u:pw-ENV-SECRET@db/x")
         .output()

@@ -22,7 +22,7 @@ pub enum Backend {
 }
 
 /// The admin token every test app uses.
-pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const ADMIN_TOKEN: &str = "test-admin-token-of-at-least-32-chars";
 /// The Twilio auth token every test app uses.
 pub const AUTH_TOKEN: &str = "test-twilio-auth-token";
 
