@@ -56,4 +56,5 @@ pub mod telemetry;
 pub mod tools;
 pub mod twilio;
 pub mod webhooks;
+pub mod workers;
 pub mod ws;

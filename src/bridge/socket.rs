@@ -497,10 +497,7 @@ async fn run(state: AppState, socket: WebSocket) {
                         // nothing and writes nothing.
                         None if state.registry.is_done(&call_sid, Instant::now()) => {
                             pending = Some(Input::Attached(Box::new(AttachStep::Session(Err(
-                                EndReason::TwilioProtocol(
-                                    "a second stream for a call that already streamed or ended"
-                                        .into(),
-                                ),
+                                EndReason::TwilioProtocol(SECOND_STREAM.into()),
                             )))));
                             continue;
                         }
@@ -883,6 +880,10 @@ async fn next_attach(attaching: &mut Option<Attaching>) -> AttachStep {
     }
 }
 
+/// Why a second `start` for a call is refused (one stream per call; docs/architecture.md,
+/// invariant 12).
+const SECOND_STREAM: &str = "a second stream for a call that already streamed or ended";
+
 /// Reads the call from the database (the registry had no entry: it expired, or this process
 /// restarted between webhook and stream), within [`CONTEXT_LIMIT`].
 fn read_context(state: AppState, call_sid: CallSid, stream_sid: StreamSid) -> Attaching {
@@ -973,9 +974,7 @@ async fn context_from_db(
         .map_err(|e| unavailable(format!("call claim failed: {e}")))?;
     state.registry.mark_done(call_sid, Instant::now());
     if !claimed {
-        return Err(EndReason::TwilioProtocol(
-            "a second stream for a call that already streamed or ended".into(),
-        ));
+        return Err(EndReason::TwilioProtocol(SECOND_STREAM.into()));
     }
     let client_id = call
         .client_id

@@ -16,7 +16,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::Utc;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 use serde_json::Value;
-use tokio::{sync::Notify, task::JoinSet};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -93,37 +93,27 @@ impl Worker {
 
     /// Runs until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut in_flight = JoinSet::new();
-        loop {
-            let mut wait = POLL;
-            let room = MAX_IN_FLIGHT.saturating_sub(in_flight.len());
-            if room > 0 {
-                let now = Utc::now();
-                let lease_until = now
-                    + chrono::Duration::from_std(self.settings.lease())
-                        .unwrap_or(chrono::Duration::minutes(5));
-                match post_call::claim_due(&self.db, now, lease_until, room as u64).await {
-                    Ok(claim) => {
-                        for job in claim.jobs {
-                            in_flight.spawn(self.clone().attempt(job));
-                        }
-                        if let Some(due) = claim.next_due {
-                            wait = wait.min((due - now).to_std().unwrap_or(Duration::ZERO));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "post-call: could not read the jobs");
-                    }
-                }
-            }
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
-        in_flight.shutdown().await;
+        let db = self.db.clone();
+        let lease = chrono::Duration::from_std(self.settings.lease())
+            .unwrap_or(chrono::Duration::minutes(5));
+        let run = crate::workers::Loop {
+            what: "post-call",
+            max_in_flight: MAX_IN_FLIGHT,
+            poll: POLL,
+            wake: None,
+        };
+        run.run(
+            shutdown,
+            move |now, room| {
+                let db = db.clone();
+                Box::pin(async move {
+                    let claim = post_call::claim_due(&db, now, now + lease, room).await?;
+                    Ok((claim.jobs, claim.next_due))
+                })
+            },
+            |job| self.clone().attempt(job),
+        )
+        .await;
     }
 
     /// One attempt of a claimed job, its outcome recorded.

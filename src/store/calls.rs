@@ -119,11 +119,16 @@ pub async fn streamed_or_ended(
     db: &impl ConnectionTrait,
     call_sid: &str,
 ) -> Result<bool, StoreError> {
-    Ok(call::Entity::find()
+    // Two columns, not the row: this runs on every voice webhook.
+    let row: Option<(Option<String>, Option<DateTime<Utc>>)> = call::Entity::find()
+        .select_only()
+        .column(call::Column::StreamSid)
+        .column(call::Column::EndedAt)
         .filter(call::Column::CallSid.eq(call_sid))
+        .into_tuple()
         .one(db)
-        .await?
-        .is_some_and(|c| c.stream_sid.is_some() || c.ended_at.is_some()))
+        .await?;
+    Ok(row.is_some_and(|(stream, ended)| stream.is_some() || ended.is_some()))
 }
 
 /// Applies a patch; returns whether the call exists.

@@ -493,9 +493,9 @@ async fn after_stream(
             }
         }
         if let Some(id) = client_id {
-            // Read fresh when the database answers; the client read lately when it cannot.
-            let remembered = state.recent.client(id, Instant::now());
-            let patience = if remembered.is_some() {
+            // Read fresh when the database answers; the client read lately when it cannot
+            // (below, once the look-up is over or out of time).
+            let patience = if state.recent.client(id, Instant::now()).is_some() {
                 DB_PATIENCE
             } else {
                 AFTER_STREAM_LIMIT
@@ -508,12 +508,10 @@ async fn after_stream(
                     deleted = true;
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(call_sid = %sid, error = %e, "after-stream: client lookup failed; using the client read lately");
-                    client = remembered.map(|c| ClientProfile::clone(&c));
+                    tracing::warn!(call_sid = %sid, error = %e, "after-stream: client lookup failed; using the client read lately")
                 }
                 Err(_) => {
-                    tracing::warn!(call_sid = %sid, "after-stream: client lookup timed out; using the client read lately");
-                    client = remembered.map(|c| ClientProfile::clone(&c));
+                    tracing::warn!(call_sid = %sid, "after-stream: client lookup timed out; using the client read lately")
                 }
             }
         }
@@ -525,7 +523,7 @@ async fn after_stream(
     {
         tracing::error!(call_sid = %sid, "after-stream: database look-up timed out");
     }
-    // Timed out before the client was read: the one read lately, unless it was deleted.
+    // Not read (failed or out of time): the one read lately, unless it was deleted.
     let client = client.or_else(|| {
         client_id
             .filter(|_| !deleted)

@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::Utc;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
 use sea_orm::{DatabaseConnection, EntityTrait};
-use tokio::{sync::Notify, task::JoinSet};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -69,36 +69,25 @@ impl Worker {
 
     /// Runs until `shutdown`.
     pub async fn run(self, wake: Arc<Notify>, shutdown: CancellationToken) {
-        let mut in_flight = JoinSet::new();
-        loop {
-            let mut wait = POLL;
-            let room = MAX_IN_FLIGHT.saturating_sub(in_flight.len());
-            if room > 0 {
-                let now = Utc::now();
-                let lease_until = now + self.settings.lease();
-                match outbox::claim_due(&self.db, now, lease_until, room as u64).await {
-                    Ok(claim) => {
-                        for row in claim.rows {
-                            in_flight.spawn(self.clone().attempt(row));
-                        }
-                        if let Some(due) = claim.next_due {
-                            wait = wait.min((due - now).to_std().unwrap_or(Duration::ZERO));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "webhooks: could not read the outbox");
-                    }
-                }
-            }
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                _ = wake.notified() => {}
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
-        in_flight.shutdown().await;
+        let (db, lease) = (self.db.clone(), self.settings.lease());
+        let run = crate::workers::Loop {
+            what: "webhooks",
+            max_in_flight: MAX_IN_FLIGHT,
+            poll: POLL,
+            wake: Some(wake),
+        };
+        run.run(
+            shutdown,
+            move |now, room| {
+                let db = db.clone();
+                Box::pin(async move {
+                    let claim = outbox::claim_due(&db, now, now + lease, room).await?;
+                    Ok((claim.rows, claim.next_due))
+                })
+            },
+            |row| self.clone().attempt(row),
+        )
+        .await;
     }
 
     /// One attempt of a claimed row, its outcome recorded.
