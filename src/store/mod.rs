@@ -20,6 +20,7 @@ pub mod calls;
 pub mod clients;
 pub mod entities;
 pub mod knowledge;
+pub mod lease;
 pub mod messages;
 pub mod outbox;
 pub mod post_call;

@@ -9,13 +9,14 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set, sea_query::Expr,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, sea_query::Expr,
 };
 
 use super::{
     StoreError,
     entities::{client, outbox},
+    lease,
 };
 use crate::{
     domain::ClientId,
@@ -35,7 +36,7 @@ pub enum DeliveryStatus {
 
 impl DeliveryStatus {
     /// The stored string.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Delivered => "delivered",
@@ -94,11 +95,16 @@ pub struct Claim {
     pub next_due: Option<DateTime<Utc>>,
 }
 
-fn unleased(now: DateTime<Utc>) -> Condition {
-    Condition::any()
-        .add(outbox::Column::LockedUntil.is_null())
-        .add(outbox::Column::LockedUntil.lte(now))
-}
+/// The outbox as a leased queue (`store::lease`).
+const QUEUE: lease::Queue<outbox::Entity> = lease::Queue {
+    id: outbox::Column::Id,
+    status: (outbox::Column::Status, DeliveryStatus::Pending.as_str()),
+    locked_until: outbox::Column::LockedUntil,
+    next_attempt_at: outbox::Column::NextAttemptAt,
+    attempts: outbox::Column::Attempts,
+    touched: None,
+    fields: |r| (r.id, r.attempts, r.next_attempt_at),
+};
 
 /// Claims up to `limit` pending rows due at `now` and not leased, leasing each until
 /// `lease_until` and counting the attempt. Rows another instance won in between are skipped.
@@ -108,40 +114,19 @@ pub async fn claim_due(
     lease_until: DateTime<Utc>,
     limit: u64,
 ) -> Result<Claim, StoreError> {
-    let candidates = outbox::Entity::find()
-        .filter(outbox::Column::Status.eq(DeliveryStatus::Pending.as_str()))
-        .filter(unleased(now))
-        .order_by_asc(outbox::Column::NextAttemptAt)
-        .order_by_asc(outbox::Column::Id)
-        .limit(limit + 1)
-        .all(db)
-        .await?;
-    let mut claim = Claim::default();
-    for row in candidates {
-        if row.next_attempt_at > now || claim.rows.len() as u64 >= limit {
-            claim.next_due = Some(row.next_attempt_at);
-            break;
-        }
-        let won = outbox::Entity::update_many()
-            .col_expr(outbox::Column::Attempts, Expr::value(row.attempts + 1))
-            .col_expr(outbox::Column::LockedUntil, Expr::value(lease_until))
-            .filter(outbox::Column::Id.eq(row.id))
-            .filter(outbox::Column::Status.eq(DeliveryStatus::Pending.as_str()))
-            .filter(outbox::Column::Attempts.eq(row.attempts))
-            .filter(unleased(now))
-            .exec(db)
-            .await?
-            .rows_affected
-            == 1;
-        if won {
-            claim.rows.push(OutboxRow {
+    let claimed = lease::claim_due(db, &QUEUE, now, lease_until, limit).await?;
+    Ok(Claim {
+        rows: claimed
+            .rows
+            .into_iter()
+            .map(|row| OutboxRow {
                 attempts: row.attempts + 1,
                 locked_until: Some(lease_until),
                 ..row
-            });
-        }
-    }
-    Ok(claim)
+            })
+            .collect(),
+        next_due: claimed.next_due,
+    })
 }
 
 /// The outcome of one attempt.

@@ -12,15 +12,15 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, Set,
+    TransactionTrait,
     sea_query::{Expr, OnConflict},
 };
 
 use super::{
     StoreError, callers,
     entities::{call, post_call_job},
-    outbox,
+    lease, outbox,
 };
 use crate::{domain::ClientId, webhooks::EventType};
 
@@ -41,7 +41,7 @@ pub enum JobStatus {
 
 impl JobStatus {
     /// The stored string.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Done => "done",
@@ -95,11 +95,16 @@ pub struct Claim {
     pub next_due: Option<DateTime<Utc>>,
 }
 
-fn unleased(now: DateTime<Utc>) -> Condition {
-    Condition::any()
-        .add(post_call_job::Column::LockedUntil.is_null())
-        .add(post_call_job::Column::LockedUntil.lte(now))
-}
+/// The post-call jobs as a leased queue (`store::lease`).
+const QUEUE: lease::Queue<post_call_job::Entity> = lease::Queue {
+    id: post_call_job::Column::Id,
+    status: (post_call_job::Column::Status, JobStatus::Pending.as_str()),
+    locked_until: post_call_job::Column::LockedUntil,
+    next_attempt_at: post_call_job::Column::NextAttemptAt,
+    attempts: post_call_job::Column::Attempts,
+    touched: Some(post_call_job::Column::UpdatedAt),
+    fields: |j| (j.id, j.attempts, j.next_attempt_at),
+};
 
 /// Claims up to `limit` pending jobs due at `now` and not leased (or whose lease ran out: their
 /// instance died), leasing each until `lease_until` and counting the attempt. Jobs another
@@ -110,45 +115,20 @@ pub async fn claim_due(
     lease_until: DateTime<Utc>,
     limit: u64,
 ) -> Result<Claim, StoreError> {
-    let candidates = post_call_job::Entity::find()
-        .filter(post_call_job::Column::Status.eq(JobStatus::Pending.as_str()))
-        .filter(unleased(now))
-        .order_by_asc(post_call_job::Column::NextAttemptAt)
-        .order_by_asc(post_call_job::Column::Id)
-        .limit(limit + 1)
-        .all(db)
-        .await?;
-    let mut claim = Claim::default();
-    for job in candidates {
-        if job.next_attempt_at > now || claim.jobs.len() as u64 >= limit {
-            claim.next_due = Some(job.next_attempt_at);
-            break;
-        }
-        let won = post_call_job::Entity::update_many()
-            .col_expr(
-                post_call_job::Column::Attempts,
-                Expr::value(job.attempts + 1),
-            )
-            .col_expr(post_call_job::Column::LockedUntil, Expr::value(lease_until))
-            .col_expr(post_call_job::Column::UpdatedAt, Expr::value(now))
-            .filter(post_call_job::Column::Id.eq(job.id))
-            .filter(post_call_job::Column::Status.eq(JobStatus::Pending.as_str()))
-            .filter(post_call_job::Column::Attempts.eq(job.attempts))
-            .filter(unleased(now))
-            .exec(db)
-            .await?
-            .rows_affected
-            == 1;
-        if won {
-            claim.jobs.push(PostCallJob {
+    let claimed = lease::claim_due(db, &QUEUE, now, lease_until, limit).await?;
+    Ok(Claim {
+        jobs: claimed
+            .rows
+            .into_iter()
+            .map(|job| PostCallJob {
                 attempts: job.attempts + 1,
                 locked_until: Some(lease_until),
                 updated_at: now,
                 ..job
-            });
-        }
-    }
-    Ok(claim)
+            })
+            .collect(),
+        next_due: claimed.next_due,
+    })
 }
 
 /// Ends the claimed `job` with `status` (and `last_error`), releasing its lease, if it is still
