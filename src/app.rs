@@ -61,6 +61,8 @@ pub struct AppState {
     /// Clients read and calls ended lately (`store::recent`): calls go on while the database
     /// is unavailable.
     pub recent: Arc<crate::store::recent::Recent>,
+    /// The other instances on the same Postgres (`crate::fleet`; off on SQLite).
+    pub fleet: crate::fleet::Fleet,
 }
 
 impl AppState {
@@ -112,6 +114,52 @@ impl AppState {
             shutdown.clone(),
             &background,
         );
+        let fleet = crate::fleet::Fleet::new(&db, settings.public_ws_url("/twilio/media"));
+        if fleet.enabled() {
+            if settings.twilio.stream_token_secret.is_empty() {
+                tracing::warn!(
+                    "twilio.stream_token_secret is empty: with several instances on this database, a retried webhook that reaches another instance cannot hand the call to the one holding it"
+                );
+            }
+            let (reg, writer, metrics) = (registry.clone(), writer.clone(), metrics.clone());
+            let reg_local = registry.clone();
+            background.spawn(crate::fleet::listen(
+                fleet.clone(),
+                settings.database.url.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+                move |sid| {
+                    use crate::fleet::Local;
+                    let Ok(sid) = crate::domain::CallSid::parse(sid) else {
+                        return Local::Unknown;
+                    };
+                    if reg_local.contains(&sid) {
+                        Local::Ringing
+                    } else if reg_local.is_done(&sid, std::time::Instant::now()) {
+                        Local::Done
+                    } else {
+                        Local::Unknown
+                    }
+                },
+                move |sid, status| {
+                    let Ok(sid) = crate::domain::CallSid::parse(sid) else {
+                        return;
+                    };
+                    let status = crate::twilio::form::TwilioCallStatus::parse(status);
+                    if let Some(final_status) = status.final_status()
+                        && crate::twilio::webhook::close_ringing(
+                            &reg,
+                            &writer,
+                            &sid,
+                            &status,
+                            final_status,
+                        )
+                    {
+                        metrics.inc_fleet("status_closed");
+                    }
+                },
+            ));
+        }
         background.close();
         Ok(Self {
             settings: Arc::new(settings),
@@ -126,6 +174,7 @@ impl AppState {
             writer,
             outbox_wake,
             recent: Arc::default(),
+            fleet,
         })
     }
 }

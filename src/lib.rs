@@ -41,6 +41,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod engine;
+pub mod fleet;
 pub mod hours;
 pub mod json;
 pub mod knowledge;

@@ -27,7 +27,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Apply pending migrations, then serve the gateway until SIGINT/SIGTERM.
-    Serve,
+    Serve {
+        /// Do not migrate: refuse to start unless the database is already migrated (when a
+        /// deploy step runs `warmline migrate` once for the fleet).
+        #[arg(long)]
+        no_migrate: bool,
+    },
     /// Database migrations.
     Migrate {
         #[command(subcommand)]
@@ -166,7 +171,7 @@ fn main() -> ExitCode {
 
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
-        Command::Serve => serve(settings).await,
+        Command::Serve { no_migrate } => serve(settings, no_migrate).await,
         Command::Migrate { action } => {
             let db = store::connect(&settings.database).await?;
             match action.unwrap_or(MigrateAction::Up) {
@@ -276,9 +281,22 @@ fn pin_load_generator(command: &Command) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+async fn serve(settings: Settings, no_migrate: bool) -> anyhow::Result<()> {
     let db = store::connect(&settings.database).await?;
-    store::migrate(&db).await?;
+    if no_migrate {
+        let pending = store::pending_migrations(&db)
+            .await
+            .context("--no-migrate: reading the database's migrations (run `warmline migrate`)")?;
+        if !pending.is_empty() {
+            anyhow::bail!(
+                "--no-migrate: the database lacks {} migration(s) ({}); run `warmline migrate` first",
+                pending.len(),
+                pending.join(", ")
+            );
+        }
+    } else {
+        store::migrate(&db).await?;
+    }
     let listener = tokio::net::TcpListener::bind(settings.server.listen)
         .await
         .with_context(|| format!("binding server.listen = {}", settings.server.listen))?;

@@ -80,6 +80,13 @@ pub struct DirectionLabel {
     pub direction: &'static str,
 }
 
+/// `{event}` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    /// What happened (`crate::fleet::EVENTS`).
+    pub event: &'static str,
+}
+
 /// `{reason}` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -144,6 +151,9 @@ pub struct Metrics {
     /// `warmline_store_records_lost_total{reason}`: call records that never reached the
     /// database, and why (`store::writer::LOST_REASONS`; should stay 0).
     pub store_records_lost: Family<ReasonLabel, Counter>,
+    /// `warmline_fleet_events_total{event}`: what instances sharing one Postgres did for each
+    /// other (`crate::fleet::EVENTS`).
+    pub fleet_events: Family<EventLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -188,6 +198,7 @@ impl Metrics {
             store_oldest_unwritten: Gauge::default(),
             store_writes_retried: Counter::default(),
             store_records_lost: Family::default(),
+            fleet_events: Family::default(),
             registry: Registry::default(),
         };
         registry.register_with_unit(
@@ -298,6 +309,11 @@ impl Metrics {
             "Call records that never reached the database, by reason (should stay 0)",
             m.store_records_lost.clone(),
         );
+        registry.register(
+            "fleet_events",
+            "What instances sharing one Postgres did for each other, by event",
+            m.fleet_events.clone(),
+        );
         m.create_every_series();
         Self { registry, ..m }
     }
@@ -353,6 +369,12 @@ impl Metrics {
                 .copied()
                 .map(reason),
         );
+        create(
+            &self.fleet_events,
+            crate::fleet::EVENTS
+                .iter()
+                .map(|&event| EventLabel { event }),
+        );
     }
 
     /// The Prometheus text exposition of every metric.
@@ -406,6 +428,13 @@ impl Metrics {
         self.time_to_first_audio
             .get_or_create(&label)
             .observe(seconds);
+    }
+
+    /// Counts one fleet event (`crate::fleet::EVENTS`).
+    pub fn inc_fleet(&self, event: &'static str) {
+        let label = EventLabel { event };
+        listed(&self.fleet_events, &label);
+        self.fleet_events.get_or_create(&label).inc();
     }
 
     /// Counts one webhook attempt's outcome (`delivered`, `retry` or `failed`).

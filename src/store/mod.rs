@@ -32,7 +32,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, SqlErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, SqlErr,
+};
 
 use crate::{config::DatabaseSettings, domain::ClientId};
 
@@ -108,11 +110,57 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
     Ok(db)
 }
 
-/// Applies pending migrations.
+/// The Postgres advisory lock key instances take around migrations (`warmline` in ASCII).
+pub const MIGRATION_LOCK: i64 = 0x7761_726d_6c69_6e65;
+
+/// Applies pending migrations. On Postgres under an advisory lock ([`MIGRATION_LOCK`], held on
+/// a connection of its own, so any pool size works): instances started at once against one
+/// database migrate one after the other, and the later ones find nothing pending.
 pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
-    Migrator::up(db, None)
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Migrator::up(db, None)
+            .await
+            .context("applying database migrations");
+    }
+    use sea_orm::sqlx::{ConnectOptions as _, Connection as _};
+    let options = db.get_postgres_connection_pool().connect_options();
+    let mut lock = options
+        .connect()
         .await
-        .context("applying database migrations")
+        .context("opening a connection for the migration lock")?;
+    let free: bool = sea_orm::sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .fetch_one(&mut lock)
+        .await
+        .context("taking the migration lock")?;
+    if !free {
+        tracing::info!("another instance is migrating this database; waiting for it");
+        sea_orm::sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut lock)
+            .await
+            .context("waiting for the migration lock")?;
+    }
+    let applied = Migrator::up(db, None)
+        .await
+        .context("applying database migrations");
+    // Closing the connection releases the lock too; unlock first to say so plainly.
+    let _ = sea_orm::sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut lock)
+        .await;
+    let _ = lock.close().await;
+    applied
+}
+
+/// The migrations this binary knows that the database has not applied.
+pub async fn pending_migrations(db: &DatabaseConnection) -> anyhow::Result<Vec<String>> {
+    Ok(migration_status(db)
+        .await?
+        .into_iter()
+        .filter(|(_, applied)| !applied)
+        .map(|(name, _)| name)
+        .collect())
 }
 
 /// Every known migration and whether it is applied.

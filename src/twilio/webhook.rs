@@ -25,15 +25,16 @@ use chrono::Utc;
 use tokio::{sync::watch, time::Instant as TokioInstant};
 
 use super::{
-    form::{self, StatusRequest, VoiceRequest},
+    form::{self, StatusRequest, TwilioCallStatus, VoiceRequest},
     signature::{self, Signed},
     token, twiml,
 };
 use crate::{
-    app::AppState,
+    app::{AppState, Registry},
     bridge::{CallContext, outcome::EndReason},
     config::PrewarmPolicy,
-    domain::{CallStatus, CallerTrust, ClientId, E164},
+    domain::{CallSid, CallStatus, CallerTrust, ClientId, E164},
+    fleet,
     lines::{self, Line, LineOverrides},
     realtime::{
         client::{self, SessionSpec, Status},
@@ -44,7 +45,7 @@ use crate::{
         StoreError, callers,
         calls::{self, CallPatch, NewCall},
         clients::{self, ClientProfile},
-        writer::Job,
+        writer::{Job, Writer},
     },
 };
 
@@ -97,6 +98,7 @@ pub const OUTCOMES: &[&str] = &[
     "error",
     "redirected",
     "replayed",
+    "elsewhere",
 ];
 
 async fn voice(
@@ -191,19 +193,52 @@ async fn answer(
         deadline
     };
     // Beside it: whether this call already streamed or ended somewhere (a replayed webhook).
+    // And with several instances on one Postgres: this instance's claim on the call, so that a
+    // retry reaching another instance finds the one warming it (src/fleet.rs).
     let lookup = tokio::time::timeout_at(limit, async {
         tokio::join!(
             clients::client_by_number(&state.db, &to),
-            calls::streamed_or_ended(&state.db, sid.as_str())
+            calls::streamed_or_ended(&state.db, sid.as_str()),
+            state.fleet.claim(sid.as_str()),
         )
     })
     .await;
-    let replayed_in_db = matches!(lookup, Ok((_, Ok(true))));
+    let replayed_in_db = matches!(lookup, Ok((_, Ok(true), _)));
     if replayed_in_db || state.registry.is_done(&sid, Instant::now()) {
         tracing::warn!(call_sid = %sid, "voice webhook for a call that already streamed or ended (a replay?): <Hangup/>, nothing opened");
         return ("replayed", twiml::hangup());
     }
-    let lookup = lookup.map(|(client, _)| client);
+    let (lookup, claim) = match lookup {
+        Ok((client, _, claim)) => (Ok(client), Some(claim)),
+        Err(e) => (Err(e), None),
+    };
+    // Held by another instance (a retry that reached this one): its warm session takes the
+    // call; nothing is opened or written here.
+    let _claim = match claim {
+        Some(Ok(fleet::Claim::Theirs(holder))) if !state.registry.contains(&sid) => {
+            match hand_over(state, &sid, &holder, deadline).await {
+                HandOver::There(stream_url) => {
+                    let min_at = TokioInstant::from_std(
+                        t0 + Duration::from_millis(state.settings.prewarm.ring_min_ms),
+                    );
+                    tokio::time::sleep_until(min_at.min(deadline)).await;
+                    tracing::info!(call_sid = %sid, holder, "voice webhook for a call another instance holds: its stream goes there");
+                    return ("elsewhere", stream_twiml(state, &sid, &stream_url));
+                }
+                HandOver::Over => {
+                    tracing::warn!(call_sid = %sid, holder, "voice webhook for a call that streamed or ended on another instance: <Hangup/>, nothing opened");
+                    return ("replayed", twiml::hangup());
+                }
+                HandOver::Here(guard) => guard,
+            }
+        }
+        Some(Ok(fleet::Claim::Ours(guard))) => Some(guard),
+        Some(Err(e)) => {
+            tracing::warn!(call_sid = %sid, error = %e, source = ?std::error::Error::source(&e), "voice webhook: could not claim the call for this instance; answering here");
+            None
+        }
+        _ => None,
+    };
     let (client, read) = match lookup {
         Ok(Ok(found)) => {
             state
@@ -353,17 +388,7 @@ async fn answer(
         // It streamed or ended between the check above and now.
         Begun::Over => return ("replayed", twiml::hangup()),
     };
-    let expires =
-        Utc::now().timestamp().max(0) as u64 + state.settings.twilio.stream_token_ttl_secs;
-    let tok = token::issue(&state.stream_secret, &sid, expires);
-    let stream_url = state.settings.public_ws_url("/twilio/media");
-    // Any instance can answer it (it only reads the database): the shared URL when there is one.
-    let action = state.settings.shared_http_url("/twilio/after-stream");
-    let body = twiml::connect_stream(&twiml::ConnectStream {
-        stream_url: &stream_url,
-        action_url: Some(&action),
-        parameters: &[("token", &tok)],
-    });
+    let body = stream_twiml(state, &sid, &state.settings.public_ws_url("/twilio/media"));
     let webhook_ms = t0.elapsed().as_millis() as i64;
     // Twilio is waiting for this answer: queued, never waited for.
     state.writer.enqueue(Job::Patch(
@@ -375,6 +400,68 @@ async fn answer(
     ));
     tracing::info!(call_sid = %sid, client_id = client.id().get(), outcome, webhook_ms, "voice webhook answered");
     (outcome, body)
+}
+
+/// `<Connect><Stream>` to `stream_url` (this instance's, or the one holding the call), with a
+/// fresh stream token and the after-stream action.
+fn stream_twiml(state: &AppState, sid: &CallSid, stream_url: &str) -> String {
+    let expires =
+        Utc::now().timestamp().max(0) as u64 + state.settings.twilio.stream_token_ttl_secs;
+    let tok = token::issue(&state.stream_secret, sid, expires);
+    // Any instance can answer it (it only reads the database): the shared URL when there is one.
+    let action = state.settings.shared_http_url("/twilio/after-stream");
+    twiml::connect_stream(&twiml::ConnectStream {
+        stream_url,
+        action_url: Some(&action),
+        parameters: &[("token", &tok)],
+    })
+}
+
+/// Where a call claimed by another instance goes.
+enum HandOver {
+    /// To the holder's stream URL: it rings there.
+    There(String),
+    /// Nowhere: it already streamed or ended there.
+    Over,
+    /// Here: the holder did not answer (gone), and the claim moved to this instance.
+    Here(Option<fleet::ClaimGuard>),
+}
+
+/// Asks the instance holding the call for it; takes the call over when it does not answer.
+async fn hand_over(
+    state: &AppState,
+    sid: &CallSid,
+    holder: &str,
+    deadline: TokioInstant,
+) -> HandOver {
+    // The holder's stream verifies a token issued here only with a shared secret.
+    if state.settings.twilio.stream_token_secret.is_empty() {
+        tracing::warn!(call_sid = %sid, holder, "a call another instance holds, but twilio.stream_token_secret is empty (random per process): answering it here");
+        return HandOver::Here(None);
+    }
+    let wait = fleet::ASK_FOR.min(deadline.saturating_duration_since(TokioInstant::now()));
+    match state.fleet.ask(sid.as_str(), wait).await {
+        Some(fleet::Answer::There { stream_url, .. }) => {
+            state.metrics.inc_fleet("webhook_forwarded");
+            HandOver::There(stream_url)
+        }
+        Some(fleet::Answer::Over) => HandOver::Over,
+        None => {
+            tracing::warn!(call_sid = %sid, holder, "the instance holding the call did not answer: taking it over");
+            state.metrics.inc_fleet("webhook_took_over");
+            let moved =
+                tokio::time::timeout_at(deadline, state.fleet.take_over(sid.as_str(), holder))
+                    .await;
+            match moved {
+                Ok(Ok(guard)) => HandOver::Here(guard),
+                Ok(Err(e)) => {
+                    tracing::warn!(call_sid = %sid, error = %e, "could not move the call's claim here; answering it here anyway");
+                    HandOver::Here(None)
+                }
+                Err(_) => HandOver::Here(None),
+            }
+        }
+    }
 }
 
 /// Waits until the session is ready (true) or failed/closed or the deadline passed (false).
@@ -421,20 +508,64 @@ async fn status(
     let Some(final_status) = req.call_status.final_status() else {
         return StatusCode::NO_CONTENT.into_response();
     };
+    if close_ringing(
+        &state.registry,
+        &state.writer,
+        &req.call_sid,
+        &req.call_status,
+        final_status,
+    ) {
+        return StatusCode::NO_CONTENT.into_response();
+    }
     let reason = req.call_status.label();
-    if let Some(warm) = state.registry.close(&req.call_sid, reason) {
-        tracing::info!(call_sid = %req.call_sid, status = reason, warm, "call ended before its media stream; session closed");
-        state.writer.enqueue(Job::Patch(
-            req.call_sid.to_string(),
-            CallPatch::ended(
-                final_status,
-                format!("ended before the media stream ({reason})"),
-            ),
-        ));
+    if state.fleet.enabled() && !state.registry.is_done(&req.call_sid, Instant::now()) {
+        // Not here, and not handled here: the instance that holds it (if one does) closes it.
+        let end = fleet::Message::End {
+            call_sid: req.call_sid.to_string(),
+            status: req.call_status.to_string(),
+            from: state.fleet.id().unwrap_or_default().to_string(),
+        };
+        match tokio::time::timeout(DB_PATIENCE, state.fleet.publish(&end)).await {
+            Ok(Ok(())) => {
+                state.metrics.inc_fleet("status_forwarded");
+                tracing::debug!(call_sid = %req.call_sid, status = reason, "status callback for a call not held here: told the other instances");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(call_sid = %req.call_sid, error = %e, "status callback: could not tell the other instances")
+            }
+            Err(_) => {
+                tracing::warn!(call_sid = %req.call_sid, "status callback: telling the other instances timed out")
+            }
+        }
     } else {
         tracing::debug!(call_sid = %req.call_sid, status = reason, "status callback for a call already handled");
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// A call ended (Twilio's final `status`) before its media stream: closes its warm session, if
+/// it is registered here, and records the call as ended. Whether it was registered here. For
+/// the status callback, and for one that reached another instance (src/fleet.rs).
+pub fn close_ringing(
+    registry: &Registry,
+    writer: &Writer,
+    call_sid: &CallSid,
+    status: &TwilioCallStatus,
+    final_status: CallStatus,
+) -> bool {
+    let reason = status.label();
+    let Some(warm) = registry.close(call_sid, reason) else {
+        return false;
+    };
+    tracing::info!(call_sid = %call_sid, status = reason, warm, "call ended before its media stream; session closed");
+    writer.enqueue(Job::Patch(
+        call_sid.to_string(),
+        CallPatch::ended(
+            final_status,
+            format!("ended before the media stream ({reason})"),
+        ),
+    ));
+    true
 }
 
 async fn after_stream(

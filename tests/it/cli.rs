@@ -142,3 +142,39 @@ fn sigterm_drains_then_the_process_exits_cleanly() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn serve_no_migrate_refuses_a_database_that_is_not_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/w.db?mode=rwc", dir.path().display());
+    let out = warmline()
+        .args(["serve", "--no-migrate"])
+        .env("WARMLINE_TWILIO__AUTH_TOKEN", "t")
+        .env("WARMLINE_DATABASE__URL", &url)
+        .env("WARMLINE_SERVER__LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("run `warmline migrate`"), "{stderr}");
+    // Migrated once, the same command gets past the check (it then serves; not waited for here).
+    let migrated = warmline()
+        .args(["migrate"])
+        .env("WARMLINE_TWILIO__AUTH_TOKEN", "t")
+        .env("WARMLINE_DATABASE__URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    let status = warmline()
+        .args(["migrate", "status"])
+        .env("WARMLINE_TWILIO__AUTH_TOKEN", "t")
+        .env("WARMLINE_DATABASE__URL", &url)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&status.stdout);
+    assert!(!listed.contains("pending"), "{listed}");
+}

@@ -9,6 +9,7 @@ mod call_path;
 mod chaos;
 mod cli;
 mod drain;
+mod fleet;
 mod handover;
 mod idle_peers;
 mod knowledge;

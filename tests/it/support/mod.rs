@@ -53,7 +53,8 @@ pub fn postgres_skipped() -> bool {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-async fn fresh_postgres() -> (String, String) {
+/// A fresh Postgres database on `TEST_POSTGRES_URL`: its URL and its name.
+pub async fn fresh_postgres() -> (String, String) {
     let admin_url = postgres_url();
     let admin = Database::connect(&admin_url).await.unwrap_or_else(|e| {
         panic!(
@@ -269,7 +270,8 @@ impl TestApp {
     }
 }
 
-async fn drop_postgres(name: &str) {
+/// Drops a database [`fresh_postgres`] made.
+pub async fn drop_postgres(name: &str) {
     if let Ok(admin) = Database::connect(postgres_url()).await {
         let _ = admin
             .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
