@@ -841,7 +841,12 @@ fn env_provider(env: impl IntoIterator<Item = (String, String)>) -> Figment {
         // Text settings (secrets above all) arrive exactly as set, even when they look like
         // a number (`00123`, a 30-digit token); other values are parsed like figment's `Env`.
         let text_key = TEXT_KEYS.contains(&path.rsplit('.').next().unwrap_or_default());
-        let parsed: figment::value::Value = if text_key {
+        // figment's value parser slices by character count where it means bytes: a quoted
+        // value with a non-ASCII character before a backslash (`["¡\u0000"]`) panics it or
+        // loses characters. No setting needs both, so such a value stays text (and a setting
+        // that wants a number or a list refuses it, naming the key).
+        let unsafe_to_parse = value.contains('\\') && !value.is_ascii();
+        let parsed: figment::value::Value = if text_key || unsafe_to_parse {
             figment::value::Value::from(value.clone())
         } else {
             value
@@ -909,13 +914,31 @@ fn describe_figment_error(e: figment::Error) -> String {
             .as_ref()
             .map(|m| m.name.to_string())
             .unwrap_or_default();
+        let kind = without_source_excerpt(&err.kind.to_string());
         if key.is_empty() {
-            out.push(format!("{} ({origin})", err.kind));
+            out.push(format!("{kind} ({origin})"));
         } else {
-            out.push(format!("invalid setting `{key}`: {} ({origin})", err.kind));
+            out.push(format!("invalid setting `{key}`: {kind} ({origin})"));
         }
     }
     out.join("; ")
+}
+
+/// A TOML syntax error without the excerpt of the file it quotes (`14 | auth_token = "…`):
+/// the line at fault may hold a secret. What is left names the line, the column and the fault.
+fn without_source_excerpt(message: &str) -> String {
+    message
+        .lines()
+        .filter(|line| {
+            let rest = line
+                .trim_start()
+                .trim_start_matches(|c: char| c.is_ascii_digit());
+            !rest.trim_start().starts_with('|')
+        })
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn toml_quote(s: &str) -> String {
@@ -1157,6 +1180,44 @@ mod tests {
     }
 
     #[test]
+    fn a_syntax_error_names_the_line_but_does_not_quote_it() {
+        // Found by `props::a_mangled_file_is_refused_without_the_secrets`: the TOML error
+        // quoted the faulty line, secret and all (`$auth_token = { value = "a0aa…" }`).
+        let err = Settings::from_toml("[twilio]\nauth_token = \"tw-SECRET-1\n").unwrap_err();
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(shown.contains("line 2"), "{shown}");
+        let err = Settings::from_toml("[twilio]\n$auth_token = \"tw-SECRET-1\"\n").unwrap_err();
+        assert!(!err.to_string().contains("SECRET"), "{err}");
+    }
+
+    #[test]
+    fn an_environment_value_figment_cannot_parse_is_refused_not_a_panic() {
+        // Found by `props::arbitrary_environment_values_load_or_are_refused_without_the_secrets`:
+        // figment's value parser panicked on `["¡\u0000"]` (a non-ASCII character before a
+        // backslash).
+        let err = Settings::load_with_env(
+            None,
+            env(&[
+                ("WARMLINE_TWILIO__AUTH_TOKEN", "tok"),
+                ("WARMLINE_PREWARM__RING_MIN_MS", r#"["¡\u0000"]"#),
+            ]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("prewarm.ring_min_ms"), "{err}");
+        // An ASCII list is still a list.
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("WARMLINE_TWILIO__AUTH_TOKEN", "tok"),
+                ("WARMLINE_WEBHOOKS__RETRY_SCHEDULE_SECS", "[1, 2]"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.webhooks.retry_schedule_secs, [1.0, 2.0]);
+    }
+
+    #[test]
     fn redacted_output_never_contains_a_secret() {
         let s = Settings::from_toml(
             "[twilio]\nauth_token = \"tw-SECRET-1\"\nstream_token_secret = \"st-SECRET-2\"\n\
@@ -1327,6 +1388,270 @@ mod tests {
             let err = Settings::from_toml(&format!("[twilio]\nauth_token=\"t\"\n{toml}\n"))
                 .expect_err(toml);
             assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod props {
+    //! Properties of the settings loader (README.md, Security, "Parsers that cannot be
+    //! crashed"): any value for any setting loads or is refused, never panics, and a refusal
+    //! never repeats a secret it was given.
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::props::text;
+
+    /// `(section, key)` of every setting in the built-in defaults (`""`: top level).
+    fn settings_keys() -> Vec<(String, String)> {
+        let mut section = String::new();
+        let mut keys = Vec::new();
+        for line in DEFAULT_TOML.lines().map(str::trim) {
+            if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = s.to_string();
+            } else if let Some((k, _)) = line.split_once('=')
+                && !line.starts_with('#')
+            {
+                keys.push((section.clone(), k.trim().to_string()));
+            }
+        }
+        keys
+    }
+
+    /// The secret settings; a value given to one must never appear in an error.
+    const SECRET_KEYS: &[(&str, &str)] = &[
+        ("twilio", "auth_token"),
+        ("twilio", "stream_token_secret"),
+        ("openai", "api_key"),
+        ("admin", "token"),
+        ("database", "url"),
+    ];
+
+    /// A TOML value as text: any scalar, the plausible ones for each setting, arrays and
+    /// inline tables of them.
+    fn toml_value() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            text(12).prop_map(|s| toml_quote(&s)),
+            any::<i64>().prop_map(|i| i.to_string()),
+            prop::sample::select(
+                &[
+                    "0",
+                    "1",
+                    "-1",
+                    "7",
+                    "8",
+                    "99",
+                    "100",
+                    "255",
+                    "256",
+                    "1023",
+                    "1024",
+                    "3540",
+                    "4000",
+                    "14000",
+                    "14001",
+                    "60000",
+                    "65535",
+                    "65536",
+                    "86400",
+                    "4294967295",
+                    "9223372036854775807",
+                    "-9223372036854775808",
+                    "inf",
+                    "-inf",
+                    "nan",
+                    "0.0",
+                    "0.001",
+                    "1e300",
+                    "-0.5",
+                    "true",
+                    "false",
+                    "1979-05-27T07:32:00Z",
+                    "\"\"",
+                    "\"always\"",
+                    "\"never\"",
+                    "\"known_callers\"",
+                    "\"json\"",
+                    "\"pretty\"",
+                    "\"127.0.0.1:0\"",
+                    "\"[::1]:8080\"",
+                    "\"https://x.test\"",
+                    "\"http://x.test/\"",
+                    "\"https://u:p@x.test\"",
+                    "\"https://x.test/?q=1\"",
+                    "\"wss://x.test/rt\"",
+                    "\"ws://x\"",
+                    "\"sqlite::memory:\"",
+                    "\"postgres://db/x\"",
+                    "\"mailto:x\"",
+                    "\"http://\"",
+                    "\"https://[::1]:0/\"",
+                ][..],
+            )
+            .prop_map(str::to_string),
+            any::<f64>().prop_map(|f| {
+                if f.is_nan() {
+                    "nan".to_string()
+                } else if f.is_infinite() {
+                    if f > 0.0 { "inf".into() } else { "-inf".into() }
+                } else {
+                    format!("{f:?}")
+                }
+            }),
+        ];
+        leaf.prop_recursive(2, 12, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(", "))),
+                prop::collection::btree_map("[a-z_]{1,8}", inner, 0..3).prop_map(|m| {
+                    let fields: Vec<String> =
+                        m.into_iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                    format!("{{ {} }}", fields.join(", "))
+                }),
+            ]
+        })
+    }
+
+    /// A secret: long and random enough never to appear in an error by chance.
+    fn secret() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9]{16,24}"
+    }
+
+    /// Five secrets and a settings file that gives them (each plainly, or inside a value of
+    /// the wrong shape) next to arbitrary values for up to eight other settings or unknown keys.
+    fn settings_file() -> impl Strategy<Value = (String, Vec<String>)> {
+        let keys = settings_keys();
+        (
+            prop::collection::vec(secret(), SECRET_KEYS.len()),
+            prop::collection::vec(0..4u8, SECRET_KEYS.len()),
+            prop::collection::vec(
+                (
+                    prop_oneof![
+                        4 => prop::sample::select(keys),
+                        1 => (
+                            prop::sample::select(&["", "server", "twilio", "call", "nope"][..]),
+                            "[a-z_]{1,10}",
+                        ).prop_map(|(s, k)| (s.to_string(), k)),
+                    ],
+                    toml_value(),
+                ),
+                0..8,
+            ),
+        )
+            .prop_map(|(secrets, shapes, values)| {
+                let mut doc: std::collections::BTreeMap<
+                    String,
+                    std::collections::BTreeMap<String, String>,
+                > = Default::default();
+                for ((section, key), value) in values {
+                    doc.entry(section).or_default().insert(key, value);
+                }
+                for (((section, key), secret), shape) in
+                    SECRET_KEYS.iter().zip(&secrets).zip(shapes)
+                {
+                    let plain = if *key == "url" {
+                        toml_quote(&format!("postgres://warmline:{secret}@db/x"))
+                    } else {
+                        toml_quote(secret)
+                    };
+                    let value = match shape {
+                        0 | 1 => plain,
+                        2 => format!("[{plain}]"),
+                        _ => format!("{{ value = {plain} }}"),
+                    };
+                    doc.entry(section.to_string())
+                        .or_default()
+                        .insert(key.to_string(), value);
+                }
+                let mut out = String::new();
+                if let Some(top) = doc.remove("") {
+                    for (k, v) in top {
+                        out += &format!("{k} = {v}\n");
+                    }
+                }
+                for (section, entries) in doc {
+                    out += &format!("[{section}]\n");
+                    for (k, v) in entries {
+                        out += &format!("{k} = {v}\n");
+                    }
+                }
+                (out, secrets)
+            })
+    }
+
+    /// The error (as `serve` and `check-config` print it, and its `Debug`) holds no secret.
+    fn assert_no_secret(
+        result: Result<Settings, ConfigError>,
+        secrets: &[String],
+    ) -> Result<(), TestCaseError> {
+        if let Err(e) = result {
+            let shown = format!("{e}\n{e:?}");
+            for s in secrets {
+                prop_assert!(!shown.contains(s.as_str()), "secret {s:?} in {shown}");
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(crate::props::config(256))]
+
+        #[test]
+        fn arbitrary_values_load_or_are_refused_without_the_secrets((file, secrets) in settings_file()) {
+            assert_no_secret(Settings::from_toml(&file), &secrets)?;
+        }
+
+        #[test]
+        fn a_mangled_file_is_refused_without_the_secrets(
+            (file, secrets) in settings_file(),
+            at in any::<usize>(),
+            insert in prop::option::of(prop_oneof![
+                any::<char>(),
+                prop::sample::select(&['"', '\'', '\n', '[', ']', '=', '\\', '{', '#'][..]),
+            ]),
+        ) {
+            // One character inserted or removed anywhere: an unclosed quote, a broken line.
+            let mut chars: Vec<char> = file.chars().collect();
+            let at = at % (chars.len() + 1);
+            match insert {
+                Some(c) => chars.insert(at, c),
+                None if at < chars.len() => { chars.remove(at); }
+                None => chars.truncate(at.saturating_sub(1)),
+            }
+            let mangled: String = chars.into_iter().collect();
+            assert_no_secret(Settings::from_toml(&mangled), &secrets)?;
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics_the_loader(s in text(64)) {
+            let _ = Settings::from_toml(&s);
+        }
+
+        #[test]
+        fn arbitrary_environment_values_load_or_are_refused_without_the_secrets(
+            secrets in prop::collection::vec(secret(), 4),
+            values in prop::collection::vec(
+                (
+                    prop_oneof![
+                        4 => prop::sample::select(settings_keys()).prop_map(|(s, k)| {
+                            if s.is_empty() { k } else { format!("{s}__{k}") }
+                        }),
+                        1 => "[A-Za-z_]{0,12}",
+                    ],
+                    prop_oneof![text(12), toml_value()],
+                ),
+                0..8,
+            ),
+        ) {
+            let mut env: Vec<(String, String)> = values
+                .into_iter()
+                .map(|(k, v)| (format!("WARMLINE_{}", k.to_ascii_uppercase()), v))
+                .collect();
+            for (name, s) in ["TWILIO__AUTH_TOKEN", "TWILIO__STREAM_TOKEN_SECRET", "OPENAI__API_KEY",
+                "ADMIN__TOKEN"].iter().zip(&secrets) {
+                env.push((format!("WARMLINE_{name}"), s.clone()));
+            }
+            assert_no_secret(Settings::load_with_env(None, env), &secrets)?;
         }
     }
 }

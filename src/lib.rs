@@ -51,6 +51,8 @@ pub mod loadgen;
 pub mod metrics;
 pub mod ops;
 pub mod post_call;
+#[cfg(test)]
+mod props;
 pub mod realtime;
 pub mod store;
 pub mod telemetry;

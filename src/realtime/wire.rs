@@ -546,3 +546,216 @@ mod tests {
         assert!(parse(r#"{"type":"response.output_audio.delta"}"#).is_err());
     }
 }
+
+#[cfg(test)]
+mod props {
+    //! Properties of the Realtime event parser (README.md, Security, "Parsers that cannot be
+    //! crashed"): nothing panics it, and every known event parses to its variant.
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::{props::text, realtime::proto::Session};
+
+    const TYPES: &[&str] = &[
+        "session.created",
+        "session.updated",
+        "error",
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "conversation.item.input_audio_transcription.completed",
+        "response.created",
+        "response.output_audio.delta",
+        "response.output_audio.done",
+        "response.output_audio_transcript.delta",
+        "response.output_audio_transcript.done",
+        "response.output_item.done",
+        "response.done",
+    ];
+
+    const FIELDS: &[&str] = &[
+        "type",
+        "response_id",
+        "item_id",
+        "delta",
+        "transcript",
+        "audio_start_ms",
+        "audio_end_ms",
+        "response",
+        "error",
+        "item",
+        "id",
+        "status",
+        "status_details",
+        "reason",
+        "metadata",
+        "warmline",
+        "code",
+        "message",
+        "event_id",
+        "call_id",
+        "name",
+        "arguments",
+    ];
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            text(8).prop_map(Value::from),
+            prop::sample::select(&["function_call", "incomplete", "completed"][..])
+                .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        prop::sample::select(FIELDS).prop_map(str::to_string),
+                        text(4)
+                    ],
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// An event shaped like the server's: a known (or any) type and arbitrary values in the
+    /// fields the parser reads.
+    fn frame() -> impl Strategy<Value = String> {
+        (
+            prop_oneof![
+                3 => prop::sample::select(TYPES).prop_map(Value::from),
+                1 => json_value(),
+            ],
+            prop::collection::btree_map(prop::sample::select(FIELDS), json_value(), 0..5),
+        )
+            .prop_map(|(kind, fields)| {
+                let mut o: serde_json::Map<String, Value> = fields
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
+                o.insert("type".into(), kind);
+                Value::Object(o).to_string()
+            })
+    }
+
+    /// Feeds `text` to the parser and to a session in each phase that reads server events.
+    fn feed(text: &str) {
+        let _ = parse(text);
+        let mut warming = Session::new("UPDATE".into(), Some("GREET".into()), 64);
+        warming.handle_open();
+        let _ = warming.handle_text(text);
+        while warming.poll_event().is_some() {}
+        let mut claimed = Session::new("UPDATE".into(), Some("GREET".into()), 64);
+        claimed.handle_open();
+        claimed.claim();
+        let _ = claimed.handle_text(text);
+        while claimed.poll_event().is_some() {}
+        while claimed.poll_transmit().is_some() {}
+    }
+
+    /// A known event built from arbitrary field values, and what it must parse to.
+    fn known_event() -> impl Strategy<Value = (Value, ServerEvent<'static>)> {
+        let s = || text(10);
+        let opt = || prop::option::of(text(10));
+        prop_oneof![
+            Just((json!({"type": "session.created", "session": {}}), ServerEvent::SessionCreated)),
+            Just((json!({"type": "session.updated", "session": {}}), ServerEvent::SessionUpdated)),
+            (s(), opt(), s(), opt()).prop_map(|(kind, code, message, event_id)| (
+                json!({"type": "error", "event_id": "evt",
+                    "error": {"type": kind, "code": code, "message": message, "event_id": event_id}}),
+                ServerEvent::Error { kind, code, message, event_id },
+            )),
+            (any::<u64>(), s()).prop_map(|(audio_start_ms, item_id)| (
+                json!({"type": "input_audio_buffer.speech_started",
+                    "audio_start_ms": audio_start_ms, "item_id": item_id}),
+                ServerEvent::SpeechStarted { audio_start_ms, item_id },
+            )),
+            any::<u64>().prop_map(|audio_end_ms| (
+                json!({"type": "input_audio_buffer.speech_stopped",
+                    "audio_end_ms": audio_end_ms, "item_id": "item_1"}),
+                ServerEvent::SpeechStopped { audio_end_ms },
+            )),
+            (s(), s()).prop_map(|(item_id, transcript)| (
+                json!({"type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": item_id, "content_index": 0, "transcript": transcript}),
+                ServerEvent::CallerTranscript { item_id, transcript },
+            )),
+            (s(), opt()).prop_map(|(response_id, tag)| (
+                json!({"type": "response.created", "response": {"id": response_id,
+                    "status": "in_progress", "metadata": tag.as_ref().map(|t| json!({"warmline": t}))}}),
+                ServerEvent::ResponseCreated { response_id, tag },
+            )),
+            (s(), s(), s()).prop_map(|(response_id, item_id, delta)| (
+                json!({"type": "response.output_audio.delta", "response_id": response_id,
+                    "item_id": item_id, "output_index": 0, "content_index": 0, "delta": delta}),
+                ServerEvent::AudioDelta { response_id, item_id, delta: delta.into() },
+            )),
+            (s(), s()).prop_map(|(response_id, item_id)| (
+                json!({"type": "response.output_audio.done", "response_id": response_id,
+                    "item_id": item_id}),
+                ServerEvent::AudioDone { response_id, item_id },
+            )),
+            (s(), s()).prop_map(|(item_id, delta)| (
+                json!({"type": "response.output_audio_transcript.delta", "response_id": "r",
+                    "item_id": item_id, "delta": delta}),
+                ServerEvent::AgentTranscriptDelta { item_id, delta },
+            )),
+            (s(), s()).prop_map(|(item_id, transcript)| (
+                json!({"type": "response.output_audio_transcript.done", "response_id": "r",
+                    "item_id": item_id, "transcript": transcript}),
+                ServerEvent::AgentTranscript { item_id, transcript },
+            )),
+            (s(), s(), s(), s()).prop_map(|(response_id, call_id, name, arguments)| (
+                json!({"type": "response.output_item.done", "response_id": response_id,
+                    "output_index": 0, "item": {"id": "item_3", "type": "function_call",
+                    "status": "completed", "name": name, "call_id": call_id,
+                    "arguments": arguments}}),
+                ServerEvent::FunctionCall { response_id, call_id, name, arguments },
+            )),
+            (s(), s(), opt()).prop_map(|(response_id, status, reason)| (
+                json!({"type": "response.done", "response": {"id": response_id,
+                    "status": status,
+                    "status_details": reason.as_ref().map(|r| json!({"type": "x", "reason": r}))}}),
+                ServerEvent::ResponseDone { response_id, status, reason },
+            )),
+            text(90).prop_filter("not a known type", |k| !TYPES.contains(&k.as_str()))
+                .prop_map(|kind| (
+                    json!({"type": kind, "x": 1}),
+                    ServerEvent::Unknown { kind: kind.chars().take(80).collect() },
+                )),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(crate::props::config(1024))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            feed(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(s in text(64)) {
+            feed(&s);
+        }
+
+        #[test]
+        fn arbitrary_json_events_never_panic(f in frame()) {
+            feed(&f);
+        }
+
+        #[test]
+        fn each_known_event_parses_to_its_variant((event, expected) in known_event()) {
+            let text = event.to_string();
+            prop_assert_eq!(parse(&text), Ok(expected));
+            feed(&text);
+        }
+    }
+}

@@ -253,3 +253,75 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod props {
+    //! Properties of the form parser (README.md, Security, "Parsers that cannot be crashed").
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::props::text;
+
+    /// Names the typed views read, so generated pairs reach their branches.
+    const NAMES: &[&str] = &[
+        "CallSid",
+        "AccountSid",
+        "From",
+        "To",
+        "CallStatus",
+        "Direction",
+        "CallerName",
+        "StirVerstat",
+        "CallDuration",
+    ];
+
+    fn pairs() -> impl Strategy<Value = Vec<(String, String)>> {
+        prop::collection::vec(
+            (
+                prop_oneof![
+                    prop::sample::select(NAMES).prop_map(str::to_string),
+                    text(6)
+                ],
+                prop_oneof![
+                    text(12),
+                    "CA[0-9a-f]{32}",
+                    "\\+[0-9]{1,15}",
+                    prop::sample::select(&["ringing", "completed", "no-answer", " 42 "][..])
+                        .prop_map(str::to_string),
+                ],
+            ),
+            0..8,
+        )
+    }
+
+    fn encode(pairs: &[(String, String)]) -> String {
+        form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish()
+    }
+
+    proptest! {
+        #![proptest_config(crate::props::config(1024))]
+
+        #[test]
+        fn arbitrary_bodies_never_panic(body in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..256),
+            text(48).prop_map(String::into_bytes),
+        ]) {
+            let params = parse(&body);
+            let _ = VoiceRequest::from_params(&params);
+            let _ = StatusRequest::from_params(&params);
+        }
+
+        #[test]
+        fn typed_views_of_arbitrary_pairs_never_panic(params in pairs()) {
+            let _ = VoiceRequest::from_params(&params);
+            let _ = StatusRequest::from_params(&params);
+        }
+
+        #[test]
+        fn an_encoded_form_parses_back_to_the_same_pairs(params in pairs()) {
+            prop_assert_eq!(parse(encode(&params).as_bytes()), params);
+        }
+    }
+}

@@ -396,3 +396,178 @@ mod tests {
         assert!(!validate("12345", "not a url", &[], "garbage"));
     }
 }
+
+#[cfg(test)]
+mod props {
+    //! Properties of the signature check (README.md, Security, "Parsers that cannot be
+    //! crashed"): what is signed verifies, and any single change to what Twilio signs fails.
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::props::text;
+
+    /// What Twilio's scheme feeds the HMAC: the URL, then each sorted pair's name and value,
+    /// with nothing between them (docs/twilio-openai-reference.md §2).
+    fn signed_bytes(url: &str, params: &[(String, String)]) -> String {
+        let mut sorted = params.to_vec();
+        sorted.sort();
+        sorted
+            .iter()
+            .fold(url.to_string(), |acc, (k, v)| acc + k + v)
+    }
+
+    fn url() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => (
+                prop::sample::select(&["https", "http", "wss", "ws", "HTTPS", "ftp"][..]),
+                "[a-z0-9.-]{1,12}|\\[::1\\]",
+                prop::option::of(prop::sample::select(&[":443", ":80", ":8080", ":", ":0"][..])),
+                "(/[a-zA-Z0-9%._~-]{0,8}){0,3}",
+                prop::option::of("[a-zA-Z0-9=&%+]{0,12}"),
+            )
+                .prop_map(|(scheme, host, port, path, query)| {
+                    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+                    format!("{scheme}://{host}{}{path}{query}", port.unwrap_or_default())
+                }),
+            1 => text(16),
+        ]
+    }
+
+    fn params() -> impl Strategy<Value = Vec<(String, String)>> {
+        prop::collection::vec((text(4), text(8)), 0..6)
+    }
+
+    /// One edit of `s`: a character replaced, inserted or removed, or the whole text swapped.
+    fn edit(s: &str, at: usize, c: char, how: u8) -> String {
+        let mut chars: Vec<char> = s.chars().collect();
+        let at = if chars.is_empty() {
+            0
+        } else {
+            at % (chars.len() + 1)
+        };
+        match how % 4 {
+            0 if at < chars.len() => chars[at] = c,
+            1 => chars.insert(at, c),
+            2 if at < chars.len() => {
+                chars.remove(at);
+            }
+            _ => return format!("{s}{c}"),
+        }
+        chars.into_iter().collect()
+    }
+
+    fn token() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[0-9a-f]{32}",
+            text(8).prop_filter("non-empty", |t| !t.is_empty())
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(crate::props::config(512))]
+
+        #[test]
+        fn a_computed_signature_verifies_in_any_param_order(
+            token in token(),
+            url in url(),
+            params in params(),
+            seed in any::<u64>(),
+        ) {
+            let sig = compute(&token, &url, &params);
+            prop_assert!(validate(&token, &url, &params, &sig));
+            let mut shuffled = params.clone();
+            let len = shuffled.len().max(1);
+            shuffled.rotate_left((seed as usize) % len);
+            shuffled.reverse();
+            prop_assert!(validate(&token, &url, &shuffled, &sig));
+        }
+
+        #[test]
+        fn a_changed_param_value_or_name_fails(
+            token in token(),
+            url in url(),
+            params in params().prop_filter("a param to change", |p| !p.is_empty()),
+            which in any::<usize>(),
+            name in any::<bool>(),
+            (at, c, how) in (any::<usize>(), any::<char>(), any::<u8>()),
+        ) {
+            let sig = compute(&token, &url, &params);
+            let mut changed = params.clone();
+            let i = which % changed.len();
+            if name {
+                changed[i].0 = edit(&changed[i].0, at, c, how);
+            } else {
+                changed[i].1 = edit(&changed[i].1, at, c, how);
+            }
+            prop_assume!(changed != params);
+            // Twilio's scheme joins names and values with nothing between, so a change that
+            // leaves the signed bytes as they were (`ab=` `aba=` to `ba=` `aba=`) cannot be
+            // told apart; see `names_and_values_are_joined_without_a_separator`.
+            let same_bytes = signed_bytes(&url, &changed) == signed_bytes(&url, &params);
+            prop_assert_eq!(validate(&token, &url, &changed, &sig), same_bytes);
+        }
+
+        #[test]
+        fn a_changed_url_fails_unless_it_only_toggles_the_default_port(
+            token in token(),
+            url in url(),
+            params in params(),
+            (at, c, how) in (any::<usize>(), any::<char>(), any::<u8>()),
+        ) {
+            let sig = compute(&token, &url, &params);
+            let changed = edit(&url, at, c, how);
+            prop_assume!(changed != url);
+            let port_variant = url_variants(&changed).contains(&url);
+            prop_assert_eq!(validate(&token, &changed, &params, &sig), port_variant);
+        }
+
+        #[test]
+        fn another_token_fails(
+            token in token(),
+            other in token(),
+            url in url(),
+            params in params(),
+        ) {
+            prop_assume!(token != other);
+            let sig = compute(&token, &url, &params);
+            prop_assert!(!validate(&other, &url, &params, &sig));
+        }
+
+        #[test]
+        fn arbitrary_headers_and_urls_never_panic_and_never_verify(
+            token in token(),
+            url in url(),
+            params in params(),
+            header in text(32),
+        ) {
+            prop_assume!(header != compute(&token, &url, &params));
+            let _ = url_variants(&url);
+            // A forged header verifies only by matching a port variant's signature exactly.
+            let forged = url_variants(&url)
+                .iter()
+                .any(|u| compute(&token, u, &params) == header);
+            prop_assert_eq!(validate(&token, &url, &params, &header), forged);
+            let _ = validate_json(&token, &url, header.as_bytes(), &header);
+        }
+    }
+
+    #[test]
+    fn names_and_values_are_joined_without_a_separator() {
+        // Twilio's own scheme: these two forms sign the same bytes (`ababa`), so one signature
+        // covers both. Every Twilio library shares this; we must compute what Twilio computes.
+        // A replayed request can at most move bytes across the boundaries of neighbouring sorted
+        // pairs (say, fold a field into the value before it).
+        let a = [
+            ("ab".to_string(), String::new()),
+            ("aba".into(), String::new()),
+        ];
+        let b = [
+            ("ba".to_string(), String::new()),
+            ("aba".into(), String::new()),
+        ];
+        assert_eq!(
+            compute("12345", "https://x.test/r", &a),
+            compute("12345", "https://x.test/r", &b)
+        );
+    }
+}

@@ -1,9 +1,18 @@
-//! TwiML documents (docs/twilio-openai-reference.md §3), written with quick-xml so every attribute and text is
-//! escaped by the library, never by string formatting.
+//! TwiML documents (docs/twilio-openai-reference.md §3), written with quick-xml; every text and
+//! attribute value goes through [`escape`], never through string formatting.
+//!
+//! Invariant: any `&str` in any slot gives well-formed XML 1.0 that a conforming parser (what
+//! Twilio runs) reads back as that text, except for the characters XML 1.0 cannot carry at all
+//! (NUL and the other C0 controls but tab, LF and CR; U+FFFE, U+FFFF): each of those becomes
+//! U+FFFD, so the document stays well-formed and nothing merges with its neighbours
+//! (README.md, Security, "Parsers that cannot be crashed").
+
+use std::borrow::Cow;
 
 use quick_xml::{
     Writer,
-    events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event},
+    events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event, attributes::Attribute},
+    name::QName,
 };
 
 /// `<Connect><Stream>` parameters.
@@ -30,7 +39,7 @@ impl Doc {
     fn open(&mut self, name: &str, attrs: &[(&str, &str)]) {
         let mut el = BytesStart::new(name);
         for (k, v) in attrs {
-            el.push_attribute((*k, *v));
+            el.push_attribute(attribute(k, v));
         }
         self.0
             .write_event(Event::Start(el))
@@ -39,7 +48,7 @@ impl Doc {
     fn empty(&mut self, name: &str, attrs: &[(&str, &str)]) {
         let mut el = BytesStart::new(name);
         for (k, v) in attrs {
-            el.push_attribute((*k, *v));
+            el.push_attribute(attribute(k, v));
         }
         self.0
             .write_event(Event::Empty(el))
@@ -47,7 +56,7 @@ impl Doc {
     }
     fn text(&mut self, text: &str) {
         self.0
-            .write_event(Event::Text(BytesText::new(text)))
+            .write_event(Event::Text(BytesText::from_escaped(escape(text, false))))
             .expect("writing to a Vec cannot fail");
     }
     fn close(&mut self, name: &str) {
@@ -65,6 +74,55 @@ impl Doc {
         // quick-xml writes UTF-8 from &str inputs only.
         String::from_utf8(self.0.into_inner()).expect("TwiML is UTF-8")
     }
+}
+
+/// Whether XML 1.0 can carry `c` at all (its `Char` production, §2.2).
+fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..)
+}
+
+/// `name="value"`, the value escaped by [`escape`] (element and attribute names are ours).
+fn attribute<'a>(name: &'a str, value: &'a str) -> Attribute<'a> {
+    Attribute {
+        key: QName(name.as_bytes()),
+        value: match escape(value, true) {
+            Cow::Borrowed(v) => Cow::Borrowed(v.as_bytes()),
+            Cow::Owned(v) => Cow::Owned(v.into_bytes()),
+        },
+    }
+}
+
+/// `s` as XML 1.0 character data (`attr`: a double-quoted attribute value) that a conforming
+/// parser reads back as `s`: markup characters and quotes as entities; CR as `&#13;` (a parser
+/// turns a literal CR into LF, §2.11), and in an attribute also tab and LF as references (a
+/// parser turns literal ones into spaces, §3.3.3); characters XML 1.0 cannot carry become
+/// U+FFFD (even as a reference they are not well-formed). quick-xml's own escaping does only
+/// the markup characters: a NUL in a `<Say>` text made the whole TwiML unreadable.
+fn escape(s: &str, attr: bool) -> Cow<'_, str> {
+    let special = |c: char| {
+        matches!(c, '<' | '>' | '&' | '"' | '\'' | '\r')
+            || (attr && matches!(c, '\t' | '\n'))
+            || !is_xml_char(c)
+    };
+    if !s.contains(special) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\r' => out.push_str("&#13;"),
+            '\t' if attr => out.push_str("&#9;"),
+            '\n' if attr => out.push_str("&#10;"),
+            c if !is_xml_char(c) => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// `<Connect [action]><Stream url><Parameter …/></Stream></Connect>`.
@@ -211,11 +269,216 @@ mod tests {
     }
 
     #[test]
+    fn characters_xml_cannot_carry_are_replaced_and_line_ends_survive() {
+        // Found by the properties in `props`: a NUL made the document unreadable (`"\0"` in a
+        // `<Say>` or a `<Parameter name>`), a CR read back as LF (`"\r"` in a `<Say>` or a
+        // `<Redirect>`), and tab or LF in an attribute read back as a space.
+        let xml = say_hangup("a\0b\rc\r\nd\u{fffe}", "en\tUS\n");
+        assert!(!xml.contains('\0'), "{xml}");
+        assert!(xml.contains("&#13;"), "{xml}");
+        let xml = connect_stream(&ConnectStream {
+            stream_url: "wss://x\t/",
+            action_url: None,
+            parameters: &[("\0", "v\n")],
+        });
+        assert!(
+            xml.contains(
+                "<Stream url=\"wss://x&#9;/\"><Parameter name=\"\u{fffd}\" value=\"v&#10;\"/>"
+            ),
+            "{xml}"
+        );
+        assert_eq!(
+            redirect("\r"),
+            r#"<?xml version="1.0" encoding="UTF-8"?><Response><Redirect method="POST">&#13;</Redirect></Response>"#
+        );
+    }
+
+    #[test]
     fn dial_says_first_then_dials() {
         let els = parse(&dial("+15551234567", Some("Transferring you."), "en"));
         let names: Vec<_> = els.iter().map(|e| e.0.as_str()).collect();
         assert_eq!(names, ["Response", "Say", "Dial"]);
         assert_eq!(els[2].2, "+15551234567");
         assert_eq!(parse(&hangup()).last().unwrap().0, "Hangup");
+    }
+}
+
+#[cfg(test)]
+mod props {
+    //! Any text in any slot gives well-formed XML 1.0 that reads back as the text (README.md,
+    //! Security, "Parsers that cannot be crashed"), read as a conforming XML 1.0 parser (what
+    //! Twilio runs) reads it: line ends normalized in text (XML 1.0 §2.11), white space in
+    //! attribute values (§3.3.3).
+    use proptest::prelude::*;
+    use quick_xml::{
+        Reader,
+        escape::{resolve_predefined_entity, unescape},
+        events::Event,
+    };
+
+    use super::*;
+    use crate::props::text;
+
+    /// (element name, attributes, text) in document order.
+    type Element = (String, Vec<(String, String)>, String);
+
+    /// Reads `xml` as a conforming XML 1.0 parser would, refusing what is not well-formed
+    /// (quick-xml does not check characters, so that is checked here).
+    fn read(xml: &str) -> Result<Vec<Element>, String> {
+        if let Some(c) = xml.chars().find(|&c| !is_xml_char(c)) {
+            return Err(format!("{c:?} is not an XML 1.0 character"));
+        }
+        let mut r = Reader::from_str(xml);
+        let mut out: Vec<Element> = Vec::new();
+        loop {
+            match r.read_event().map_err(|e| e.to_string())? {
+                Event::Start(e) | Event::Empty(e) => {
+                    let mut attrs = Vec::new();
+                    for a in e.attributes() {
+                        let a = a.map_err(|e| e.to_string())?;
+                        let raw = std::str::from_utf8(&a.value).map_err(|e| e.to_string())?;
+                        // §3.3.3: each literal white-space character becomes a space; a
+                        // character reference keeps its character.
+                        let normalized = raw.replace("\r\n", " ").replace(['\t', '\n', '\r'], " ");
+                        let value = unescape(&normalized).map_err(|e| e.to_string())?;
+                        check_char_refs(&normalized)?;
+                        attrs.push((
+                            String::from_utf8(a.key.as_ref().to_vec())
+                                .map_err(|e| e.to_string())?,
+                            value.into_owned(),
+                        ));
+                    }
+                    out.push((
+                        String::from_utf8(e.name().as_ref().to_vec()).map_err(|e| e.to_string())?,
+                        attrs,
+                        String::new(),
+                    ));
+                }
+                Event::End(_) => {}
+                Event::Text(t) => {
+                    let t = t.xml10_content().map_err(|e| e.to_string())?;
+                    if let Some(last) = out.last_mut() {
+                        last.2.push_str(&t);
+                    }
+                }
+                Event::GeneralRef(g) => {
+                    let resolved = match g.resolve_char_ref().map_err(|e| e.to_string())? {
+                        Some(c) if is_xml_char(c) => c.to_string(),
+                        Some(c) => {
+                            return Err(format!("&#{};: not an XML 1.0 character", c as u32));
+                        }
+                        None => {
+                            let name = g.decode().map_err(|e| e.to_string())?;
+                            resolve_predefined_entity(&name)
+                                .ok_or_else(|| format!("undeclared entity {name}"))?
+                                .to_string()
+                        }
+                    };
+                    if let Some(last) = out.last_mut() {
+                        last.2.push_str(&resolved);
+                    }
+                }
+                Event::Eof => break,
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Refuses a character reference to a character XML 1.0 cannot carry (WFC: Legal Char).
+    fn check_char_refs(raw: &str) -> Result<(), String> {
+        for part in raw.split("&#").skip(1) {
+            let num = part.split(';').next().unwrap_or_default();
+            let code = match num.strip_prefix('x') {
+                Some(hex) => u32::from_str_radix(hex, 16),
+                None => num.parse(),
+            }
+            .map_err(|e| e.to_string())?;
+            if !char::from_u32(code).is_some_and(is_xml_char) {
+                return Err(format!("&#{num};: not an XML 1.0 character"));
+            }
+        }
+        Ok(())
+    }
+
+    /// What a slot given `s` must read back as: `s`, with each character XML 1.0 cannot carry
+    /// replaced by U+FFFD (see [`escape`]).
+    fn carried(s: &str) -> String {
+        s.chars()
+            .map(|c| if is_xml_char(c) { c } else { '\u{fffd}' })
+            .collect()
+    }
+
+    fn attrs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), carried(v)))
+            .collect()
+    }
+
+    fn el(name: &str, a: &[(&str, &str)], text: &str) -> Element {
+        (name.to_string(), attrs(a), carried(text))
+    }
+
+    fn response(mut els: Vec<Element>) -> Vec<Element> {
+        els.insert(0, el("Response", &[], ""));
+        els
+    }
+
+    proptest! {
+        #![proptest_config(crate::props::config(512))]
+
+        #[test]
+        fn say_hangup_carries_any_text(say in text(32), language in text(6)) {
+            let xml = say_hangup(&say, &language);
+            prop_assert_eq!(read(&xml), Ok(response(vec![
+                el("Say", &[("language", &language)], &say),
+                el("Hangup", &[], ""),
+            ])), "{}", xml);
+        }
+
+        #[test]
+        fn dial_carries_any_text(number in text(16), say in prop::option::of(text(32)),
+            language in text(6)) {
+            let xml = dial(&number, say.as_deref(), &language);
+            let mut els = Vec::new();
+            if let Some(say) = &say {
+                els.push(el("Say", &[("language", &language)], say));
+            }
+            els.push(el("Dial", &[], &number));
+            prop_assert_eq!(read(&xml), Ok(response(els)), "{}", xml);
+        }
+
+        #[test]
+        fn redirect_carries_any_text(url in text(24)) {
+            let xml = redirect(&url);
+            prop_assert_eq!(read(&xml), Ok(response(vec![
+                el("Redirect", &[("method", "POST")], &url),
+            ])), "{}", xml);
+        }
+
+        #[test]
+        fn connect_stream_carries_any_text(
+            stream_url in text(24),
+            action_url in prop::option::of(text(24)),
+            parameters in prop::collection::vec((text(6), text(12)), 0..4),
+        ) {
+            let pairs: Vec<(&str, &str)> =
+                parameters.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let xml = connect_stream(&ConnectStream {
+                stream_url: &stream_url,
+                action_url: action_url.as_deref(),
+                parameters: &pairs,
+            });
+            let mut els = vec![match &action_url {
+                Some(a) => el("Connect", &[("action", a), ("method", "POST")], ""),
+                None => el("Connect", &[], ""),
+            }];
+            els.push(el("Stream", &[("url", &stream_url)], ""));
+            for (k, v) in &pairs {
+                els.push(el("Parameter", &[("name", k), ("value", v)], ""));
+            }
+            prop_assert_eq!(read(&xml), Ok(response(els)), "{}", xml);
+        }
     }
 }
