@@ -98,9 +98,17 @@ pub enum Verdict {
     },
 }
 
+/// governor's keyed limiter over our tracked keys.
+type KeyedLimiter<K, C> = RateLimiter<
+    Tracked<K>,
+    DashMapStateStore<Tracked<K>>,
+    C,
+    NoOpMiddleware<<C as Clock>::Instant>,
+>;
+
 /// Events per minute per key, bounded in memory (module docs, invariant 1).
 pub struct Rate<K: Hash + Eq + Clone, C: Clock + Clone = DefaultClock> {
-    limiter: RateLimiter<Tracked<K>, DashMapStateStore<Tracked<K>>, C, NoOpMiddleware<C::Instant>>,
+    limiter: KeyedLimiter<K, C>,
     clock: C,
     max_keys: usize,
     /// When stale keys were last forgotten.
