@@ -228,14 +228,10 @@ impl<K: Hash + Eq + Clone> Slots<K> {
     /// Takes a place for `key`, or `None` when it holds `cap` already.
     pub fn try_take(self: &Arc<Self>, key: K) -> Option<Slot<K>> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let n = held.entry(key.clone()).or_insert(0);
-        if self.cap != 0 && *n >= self.cap {
-            if *n == 0 {
-                held.remove(&key);
-            }
+        if self.cap != 0 && held.get(&key).is_some_and(|n| *n >= self.cap) {
             return None;
         }
-        *n += 1;
+        *held.entry(key.clone()).or_insert(0) += 1;
         Some(Slot {
             slots: self.clone(),
             key,
