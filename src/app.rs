@@ -14,7 +14,7 @@
 //! 2. wait for the task tracker (live calls end and queue their records) up to the grace period;
 //! 3. the caller then closes the store, so a call that ended during shutdown is still saved.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{Router, extract::DefaultBodyLimit};
@@ -63,6 +63,8 @@ pub struct AppState {
     pub recent: Arc<crate::store::recent::Recent>,
     /// The other instances on the same Postgres (`crate::fleet`; off on SQLite).
     pub fleet: crate::fleet::Fleet,
+    /// Rate limits and per-client caps (`[limits]`; the warm-session cap is the registry's).
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 impl AppState {
@@ -73,6 +75,7 @@ impl AppState {
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(
             settings.prewarm.max_sessions,
+            settings.limits.warm_sessions_per_client,
             Duration::from_secs(settings.prewarm.ttl_secs),
             metrics.clone(),
         ));
@@ -161,6 +164,7 @@ impl AppState {
             ));
         }
         background.close();
+        let settings_limits = settings.limits.clone();
         Ok(Self {
             settings: Arc::new(settings),
             db,
@@ -175,6 +179,7 @@ impl AppState {
             outbox_wake,
             recent: Arc::default(),
             fleet,
+            limits: Arc::new(crate::limits::Limits::new(&settings_limits)),
         })
     }
 }
@@ -300,7 +305,11 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> anyhow
                 .with_context(|| format!("binding server.admin_listen = {addr}"))?;
             tracing::info!(admin_listen = %addr, "metrics and admin API on their own listener");
             let admin = std::future::IntoFuture::into_future(
-                axum::serve(admin_listener, admin_router(state.clone())).with_graceful_shutdown({
+                axum::serve(
+                    admin_listener,
+                    admin_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown({
                     let shutdown = shutdown.clone();
                     async move { shutdown.cancelled().await }
                 }),
@@ -315,10 +324,14 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> anyhow
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .context("HTTP server failed")?;
+    // The peer's address reaches the handlers (`ConnectInfo`): the admin bad-token limit keys on it.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+    .context("HTTP server failed")?;
     if let Some(admin) = admin {
         match admin.await {
             Ok(Ok(())) => {}

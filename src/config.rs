@@ -184,6 +184,29 @@ pub struct Settings {
     pub post_call: PostCallSettings,
     /// The call-record spool and writer (README.md, "What survives what").
     pub store: StoreSettings,
+    /// Rate limits and per-client caps (README.md, "Security").
+    pub limits: LimitSettings,
+}
+
+/// `[limits]`: rate limits and per-client caps (README.md, "Security"; `crate::limits`). 0
+/// turns a limit off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Voice webhooks from one caller number a minute that may open a warm session; beyond it
+    /// the call is answered cold. Withheld numbers share one count.
+    pub caller_webhooks_per_minute: u32,
+    /// Warm sessions one client may hold at once (besides `prewarm.max_sessions`); beyond it
+    /// the call is answered cold.
+    pub warm_sessions_per_client: usize,
+    /// Calls ringing or live on this instance per client; beyond it the call is put through to
+    /// the client's fallback number, or told the lines are busy.
+    pub live_calls_per_client: usize,
+    /// Admin requests with a bad or missing token per source address a minute; beyond it the
+    /// address gets 429, whatever its token, until the window allows one more.
+    pub admin_bad_tokens_per_minute: u32,
+    /// How long each bad-token answer (401) is held back, in milliseconds.
+    pub admin_bad_token_delay_ms: u64,
 }
 
 /// `[tools]`: the operators' own HTTP tools (README.md, "Operator tools").
@@ -614,6 +637,9 @@ impl Settings {
                 ),
             );
         }
+        if self.limits.admin_bad_token_delay_ms > 5_000 {
+            return invalid("limits.admin_bad_token_delay_ms", "must be at most 5000");
+        }
         if self.server.drain_secs > 86_400 {
             return invalid("server.drain_secs", "must be at most 86400");
         }
@@ -780,6 +806,13 @@ impl Settings {
             q(&s.store.spool_dir),
             s.store.spool_max_bytes,
             s.store.retry_for_secs,
+        ) + &format!(
+            "\n[limits]\ncaller_webhooks_per_minute = {}\nwarm_sessions_per_client = {}\nlive_calls_per_client = {}\nadmin_bad_tokens_per_minute = {}\nadmin_bad_token_delay_ms = {}\n",
+            s.limits.caller_webhooks_per_minute,
+            s.limits.warm_sessions_per_client,
+            s.limits.live_calls_per_client,
+            s.limits.admin_bad_tokens_per_minute,
+            s.limits.admin_bad_token_delay_ms,
         )
     }
 
@@ -1318,6 +1351,39 @@ mod tests {
         assert!(out.contains("[post_call]\nenabled = true"), "{out}");
         let reparsed = Settings::from_toml(&out.replace("\"[redacted]\"", "\"t\""));
         assert!(reparsed.is_ok(), "{reparsed:?}");
+    }
+
+    #[test]
+    fn limit_defaults_and_refusals_name_the_key() {
+        let s = Settings::from_toml("[twilio]\nauth_token=\"t\"\n").unwrap();
+        let l = &s.limits;
+        assert_eq!(
+            (
+                l.caller_webhooks_per_minute,
+                l.warm_sessions_per_client,
+                l.live_calls_per_client,
+                l.admin_bad_tokens_per_minute,
+                l.admin_bad_token_delay_ms
+            ),
+            (5, 50, 100, 10, 500)
+        );
+        let off = Settings::from_toml(
+            "[twilio]\nauth_token=\"t\"\n[limits]\ncaller_webhooks_per_minute = 0\nlive_calls_per_client = 0\n",
+        )
+        .unwrap();
+        assert_eq!(off.limits.caller_webhooks_per_minute, 0, "0 turns it off");
+        let err = Settings::from_toml(
+            "[twilio]\nauth_token=\"t\"\n[limits]\nadmin_bad_token_delay_ms = 60000\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("limits.admin_bad_token_delay_ms"),
+            "{err}"
+        );
+        assert!(
+            s.redacted_toml()
+                .contains("[limits]\ncaller_webhooks_per_minute = 5")
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`engine`]: the voice-engine seam: the commands a call sends its model session and the
 //!   events it gets back, whatever the engine's protocol.
 //! - [`ws`]: the one WebSocket configuration of both legs.
+//! - [`limits`]: rate limits and per-client caps (caller numbers, clients, admin source addresses).
 //! - [`lines`]: the fixed lines warmline speaks itself, in English and Spanish.
 //! - [`hours`]: business hours (weekly schedule in the client's timezone).
 //! - [`knowledge`]: knowledge documents: what is accepted, passage splitting, search queries.
@@ -45,6 +46,7 @@ pub mod fleet;
 pub mod hours;
 pub mod json;
 pub mod knowledge;
+pub mod limits;
 pub mod lines;
 #[cfg(feature = "sim")]
 pub mod loadgen;

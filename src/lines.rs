@@ -1,6 +1,7 @@
 //! The fixed lines warmline speaks itself (not the agent's own words): when a number is not in
 //! service, when the agent cannot take the call, when a failed call is put through to a person,
-//! and the hand-off before a transfer the agent asked for. Each exists in English and Spanish and
+//! the hand-off before a transfer the agent asked for, and the busy line of a client at its
+//! `limits.live_calls_per_client`. Each exists in English and Spanish and
 //! is chosen by the client's language (`es`, `es-MX`, … → Spanish); any other language falls back
 //! to English. A client may override any line with its own text ([`LineOverrides`], admin API
 //! `lines`). Pure: no IO.
@@ -26,17 +27,20 @@ pub enum Line {
     DrainTransfer,
     /// A deploy's drain ran out of time and there is no fallback number: the call ends.
     DrainGoodbye,
+    /// The client has `limits.live_calls_per_client` calls already and no fallback number.
+    Busy,
 }
 
 impl Line {
     /// Every line, in declaration order.
-    pub const ALL: [Line; 6] = [
+    pub const ALL: [Line; 7] = [
         Line::NotInService,
         Line::Unavailable,
         Line::PuttingThrough,
         Line::Handoff,
         Line::DrainTransfer,
         Line::DrainGoodbye,
+        Line::Busy,
     ];
 
     /// The key a client uses to override it (admin API `lines`).
@@ -48,6 +52,7 @@ impl Line {
             Self::Handoff => "handoff",
             Self::DrainTransfer => "drain_transfer",
             Self::DrainGoodbye => "drain_goodbye",
+            Self::Busy => "busy",
         }
     }
 }
@@ -143,6 +148,12 @@ pub fn text(line: Line, language: &str) -> &'static str {
         (Line::DrainGoodbye, true) => {
             "Tenemos que terminar esta llamada. Por favor, vuelva a llamarnos en un momento. Adiós."
         }
+        (Line::Busy, false) => {
+            "All our lines are busy right now. Please call again in a few minutes. Goodbye."
+        }
+        (Line::Busy, true) => {
+            "Todas nuestras líneas están ocupadas en este momento. Por favor, vuelva a llamar en unos minutos. Adiós."
+        }
     }
 }
 
@@ -171,7 +182,7 @@ fn base(language: &str) -> &str {
 mod tests {
     use super::*;
 
-    const ALL: [Line; 6] = Line::ALL;
+    const ALL: [Line; 7] = Line::ALL;
 
     #[test]
     fn every_line_exists_in_english_and_spanish() {

@@ -41,10 +41,17 @@ pub const DIRECTIONS: &[&str] = &["inbound", "outbound"];
 pub const PREWARM_OUTCOMES: &[&str] = &["ready", "timeout", "error"];
 
 /// `warmline_cold_sessions_total{reason}` values: the webhook's
-/// [`ColdReason`](crate::realtime::registry::ColdReason)s (`policy`, `cap`)
-/// and the stream's (src/bridge/socket.rs): `failed` (the warm session was unusable when claimed)
+/// [`ColdReason`](crate::realtime::registry::ColdReason)s (`policy`, `cap`, `client_cap`,
+/// `rate_limited`) and the stream's (src/bridge/socket.rs): `failed` (the warm session was unusable when claimed)
 /// and `expired` (the call was no longer registered when its stream started).
-pub const COLD_REASONS: &[&str] = &["policy", "cap", "failed", "expired"];
+pub const COLD_REASONS: &[&str] = &[
+    "policy",
+    "cap",
+    "client_cap",
+    "rate_limited",
+    "failed",
+    "expired",
+];
 
 /// `warmline_warm_sessions_closed_total{reason}` values besides the Twilio terminal statuses
 /// ([`TwilioCallStatus::TERMINAL`], from the status callback): `expired` (the reaper,
@@ -85,6 +92,13 @@ pub struct DirectionLabel {
 pub struct EventLabel {
     /// What happened (`crate::fleet::EVENTS`).
     pub event: &'static str,
+}
+
+/// `{limit}` label: which of the `[limits]` turned something away ([`crate::limits::LIMITS`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    /// `caller_webhooks`, `client_warm_sessions`, `client_live_calls` or `admin_bad_token`.
+    pub limit: &'static str,
 }
 
 /// `{reason}` label.
@@ -128,7 +142,7 @@ pub struct Metrics {
     /// `warmline_relay_delay_seconds{direction}`: a relayed frame read from one socket to its
     /// write flushed to the other.
     pub relay_delay: Family<DirectionLabel, Histogram>,
-    /// `warmline_cold_sessions_total{reason}`: calls that went cold, and why (`policy`, `cap`, `failed`, `expired`).
+    /// `warmline_cold_sessions_total{reason}`: calls that went cold, and why ([`COLD_REASONS`]).
     pub cold_sessions: Family<ReasonLabel, Counter>,
     /// `warmline_warm_sessions_closed_total{reason}`: warm sessions closed unclaimed, and why.
     pub warm_sessions_closed: Family<ReasonLabel, Counter>,
@@ -154,6 +168,10 @@ pub struct Metrics {
     /// `warmline_fleet_events_total{event}`: what instances sharing one Postgres did for each
     /// other (`crate::fleet::EVENTS`).
     pub fleet_events: Family<EventLabel, Counter>,
+    /// `warmline_rate_limited_total{limit}`: what a limit of `[limits]` turned away (a warm
+    /// session not opened, a call put through or told the lines are busy, an admin request
+    /// answered 429).
+    pub rate_limited: Family<LimitLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -199,6 +217,7 @@ impl Metrics {
             store_writes_retried: Counter::default(),
             store_records_lost: Family::default(),
             fleet_events: Family::default(),
+            rate_limited: Family::default(),
             registry: Registry::default(),
         };
         registry.register_with_unit(
@@ -314,6 +333,12 @@ impl Metrics {
             "What instances sharing one Postgres did for each other, by event",
             m.fleet_events.clone(),
         );
+        registry.register(
+            "rate_limited",
+            "Turned away by a limit of [limits], by limit \
+             (caller_webhooks|client_warm_sessions|client_live_calls|admin_bad_token)",
+            m.rate_limited.clone(),
+        );
         m.create_every_series();
         Self { registry, ..m }
     }
@@ -363,6 +388,12 @@ impl Metrics {
             RECONNECT_OUTCOMES.iter().map(outcome),
         );
         create(
+            &self.rate_limited,
+            crate::limits::LIMITS
+                .iter()
+                .map(|&limit| LimitLabel { limit }),
+        );
+        create(
             &self.store_records_lost,
             crate::store::writer::LOST_REASONS
                 .iter()
@@ -375,6 +406,13 @@ impl Metrics {
                 .iter()
                 .map(|&event| EventLabel { event }),
         );
+    }
+
+    /// Counts one thing turned away by `limit` (one of [`crate::limits::LIMITS`]).
+    pub fn inc_rate_limited(&self, limit: &'static str) {
+        let label = LimitLabel { limit };
+        listed(&self.rate_limited, &label);
+        self.rate_limited.get_or_create(&label).inc();
     }
 
     /// The Prometheus text exposition of every metric.
@@ -559,7 +597,14 @@ mod tests {
                 "warmline_relay_delay_seconds_bucket{{le=\"1.0\",direction=\"{d}\"}} 0"
             ));
         }
-        for r in ["policy", "cap", "failed", "expired"] {
+        for r in [
+            "policy",
+            "cap",
+            "client_cap",
+            "rate_limited",
+            "failed",
+            "expired",
+        ] {
             want.push(format!("warmline_cold_sessions_total{{reason=\"{r}\"}} 0"));
         }
         for r in [
@@ -600,6 +645,14 @@ mod tests {
                 "warmline_store_records_lost_total{{reason=\"{r}\"}} 0"
             ));
         }
+        for l in [
+            "caller_webhooks",
+            "client_warm_sessions",
+            "client_live_calls",
+            "admin_bad_token",
+        ] {
+            want.push(format!("warmline_rate_limited_total{{limit=\"{l}\"}} 0"));
+        }
         for line in &want {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
@@ -630,7 +683,12 @@ mod tests {
 
     #[test]
     fn the_webhook_cold_reasons_are_listed() {
-        for r in [ColdReason::Policy, ColdReason::Cap] {
+        for r in [
+            ColdReason::Policy,
+            ColdReason::Cap,
+            ColdReason::ClientCap,
+            ColdReason::RateLimited,
+        ] {
             assert!(COLD_REASONS.contains(&r.as_str()), "{r:?}");
         }
     }

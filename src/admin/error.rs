@@ -25,6 +25,9 @@ pub enum ApiError {
     /// 401: missing or wrong token.
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// 429: too many bad tokens from this address (`limits.admin_bad_tokens_per_minute`).
+    #[error("too many requests with a bad token from this address; retry later")]
+    TooManyRequests,
     /// 404.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -49,6 +52,7 @@ impl ApiError {
             Self::BadPath(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

@@ -3,17 +3,26 @@
 //! documents ([`knowledge`]).
 //!
 //! Invariants: every route but `openapi.json` needs `Authorization: Bearer <admin.token>`,
-//! compared in constant time; with no token configured the routes are not mounted at all.
+//! compared in constant time; with no token configured the routes are not mounted at all. A bad
+//! or missing token is answered late (`limits.admin_bad_token_delay_ms`) and counted per source
+//! address (the TCP peer, never `X-Forwarded-For`); an address over
+//! `limits.admin_bad_tokens_per_minute` gets 429 before its token is even looked at, until the
+//! window allows one more (README.md, "Security").
 //! Every error is `{"error":{"code","message"}}` ([`error::ApiError`]).
 
 pub mod dto;
 pub mod error;
 pub mod knowledge;
 
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
 use axum::{
     Json, Router,
-    extract::{Query, Request, State},
-    http::{StatusCode, header},
+    extract::{ConnectInfo, Query, Request, State},
+    http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
@@ -33,6 +42,7 @@ use self::{
 use crate::{
     app::AppState,
     domain::ClientId,
+    limits::{self, Verdict},
     store::{callers, calls, clients, messages, outbox, post_call},
 };
 
@@ -89,6 +99,19 @@ pub fn router(state: &AppState) -> Router<AppState> {
 }
 
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    // The TCP peer (served with `ConnectInfo`, src/app.rs); a router served without it (none
+    // is) would count every request as one address.
+    let source = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| limits::source_key(*addr))
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let guard = state.limits.admin_bad_tokens.as_ref();
+    // Locked out: refused whatever the token, or guessing would go on at full speed with
+    // the right guess told apart by its answer.
+    if let Some(retry_after) = guard.and_then(|g| g.locked(source)) {
+        return too_many(&state, source, retry_after, false);
+    }
     let expected = state.settings.admin.token.expose().as_bytes();
     let given = req
         .headers()
@@ -99,10 +122,29 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
         .unwrap_or_default()
         .as_bytes();
     if given.len() == expected.len() && bool::from(given.ct_eq(expected)) {
-        next.run(req).await
-    } else {
-        ApiError::Unauthorized.into_response()
+        return next.run(req).await;
     }
+    if let Some(Verdict::Limited { retry_after }) = guard.map(|g| g.check(source)) {
+        return too_many(&state, source, retry_after, true);
+    }
+    tokio::time::sleep(state.limits.admin_bad_token_delay).await;
+    ApiError::Unauthorized.into_response()
+}
+
+/// 429 with `Retry-After` (whole seconds, at least 1) for an address over its bad-token limit;
+/// logged as a warning when it has just run over (`first`), quietly while it stays locked out.
+fn too_many(state: &AppState, source: IpAddr, retry_after: Duration, first: bool) -> Response {
+    state.metrics.inc_rate_limited("admin_bad_token");
+    let secs = (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1);
+    if first {
+        tracing::warn!(%source, retry_after_secs = secs, "admin API: too many bad tokens from this address; refused until the window allows");
+    } else {
+        tracing::debug!(%source, retry_after_secs = secs, "admin API: address locked out; refused");
+    }
+    let mut resp = ApiError::TooManyRequests.into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
 }
 
 type ApiResult<T> = Result<T, ApiError>;

@@ -10,10 +10,13 @@ pub mod call;
 pub mod outcome;
 pub mod socket;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use crate::{
     domain::{CallSid, ClientId},
+    limits::Slot,
     realtime::profile::AgentProfile,
 };
 
@@ -33,4 +36,9 @@ pub struct CallContext {
     pub profile: AgentProfile,
     /// Webhook arrival.
     pub started_at: DateTime<Utc>,
+    /// The call's place under its client's `limits.live_calls_per_client` on this instance,
+    /// taken by the webhook: held while the call rings (in the registry) and while its stream
+    /// runs (by the call task), given back when the last holder of the context lets go. `None`
+    /// for a call this instance did not answer the webhook of (read from the database).
+    pub live_slot: Option<Arc<Slot<ClientId>>>,
 }

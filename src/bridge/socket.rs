@@ -989,6 +989,7 @@ async fn context_from_db(
         .flatten();
     Metrics::inc_reason(&state.metrics.cold_sessions, "expired");
     Ok(CallContext {
+        live_slot: None,
         call_sid: call_sid.clone(),
         client_id,
         from: call.from_number.clone(),

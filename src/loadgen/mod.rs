@@ -736,6 +736,9 @@ async fn start_gateway(
             opts.ring_max_ms.to_string(),
         )
         .env("WARMLINE_PREWARM__TTL_SECS", "60")
+        // One client takes every call of the load: its per-client caps would measure themselves.
+        .env("WARMLINE_LIMITS__WARM_SESSIONS_PER_CLIENT", "0")
+        .env("WARMLINE_LIMITS__LIVE_CALLS_PER_CLIENT", "0")
         .env("WARMLINE_LOG__LEVEL", "warn")
         .env("WARMLINE_LOG__FORMAT", "json");
     for (key, value) in extra {

@@ -10,8 +10,9 @@
 //!    `remove` the entry, so exactly one of them gets it and closes (or keeps) its session.
 //! 3. A retried webhook for the same CallSid finds the entry in flight and reuses it; it never
 //!    opens a second session.
-//! 4. Warm sessions hold a permit of a semaphore sized `prewarm.max_sessions`; the permit is
-//!    released when the entry leaves the map, whoever takes it.
+//! 4. Warm sessions hold a permit of a semaphore sized `prewarm.max_sessions`, and a slot of
+//!    their client's `limits.warm_sessions_per_client`; both are released when the entry leaves
+//!    the map, whoever takes it.
 //! 5. One stream per call: an entry that leaves the map (claimed, closed, reaped) leaves a
 //!    tombstone for [`DONE_FOR`], so a second `start` for that CallSid ([`Registry::is_done`])
 //!    and a replayed webhook ([`Begun::Over`]) open nothing. Beyond this instance and this
@@ -25,7 +26,11 @@ use std::{
 use dashmap::{DashMap, mapref::entry::Entry as MapEntry};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::{domain::CallSid, metrics::Metrics};
+use crate::{
+    domain::{CallSid, ClientId},
+    limits::{Slot, Slots},
+    metrics::Metrics,
+};
 
 /// A session the registry can close when nobody claims it.
 pub trait WarmSession: Send + Sync + 'static {
@@ -44,6 +49,10 @@ pub enum ColdReason {
     Policy,
     /// `prewarm.max_sessions` warm sessions exist already.
     Cap,
+    /// The client holds `limits.warm_sessions_per_client` warm sessions already.
+    ClientCap,
+    /// The caller number ran over `limits.caller_webhooks_per_minute`.
+    RateLimited,
 }
 
 impl ColdReason {
@@ -52,8 +61,19 @@ impl ColdReason {
         match self {
             Self::Policy => "policy",
             Self::Cap => "cap",
+            Self::ClientCap => "client_cap",
+            Self::RateLimited => "rate_limited",
         }
     }
+}
+
+/// What the webhook asks [`Registry::begin`] for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// A warm session, if the caps allow.
+    Warm,
+    /// No session (the stream opens one), for this reason.
+    Cold(ColdReason),
 }
 
 /// What [`Registry::begin`] did.
@@ -75,8 +95,14 @@ pub const DONE_FOR: Duration = Duration::from_secs(600);
 /// One call between webhook and stream.
 struct Entry<C, S> {
     context: Arc<C>,
-    warm: Option<(S, OwnedSemaphorePermit)>,
+    warm: Option<(S, Held)>,
     created: Instant,
+}
+
+/// What a warm session holds while it is registered: its place under each cap.
+struct Held {
+    _permit: OwnedSemaphorePermit,
+    _client: Slot<ClientId>,
 }
 
 /// What the stream handler gets when it claims a call.
@@ -95,30 +121,40 @@ pub struct Registry<C, S> {
     /// Calls that left the map (claimed, closed, reaped), and when.
     done: DashMap<CallSid, Instant>,
     permits: Arc<Semaphore>,
+    /// Warm sessions per client (`limits.warm_sessions_per_client`).
+    client_warm: Arc<Slots<ClientId>>,
     ttl: Duration,
     metrics: Arc<Metrics>,
 }
 
 impl<C: Send + Sync + 'static, S: WarmSession> Registry<C, S> {
-    /// An empty registry allowing `max_sessions` warm sessions, each living `ttl` unclaimed.
-    pub fn new(max_sessions: usize, ttl: Duration, metrics: Arc<Metrics>) -> Self {
+    /// An empty registry allowing `max_sessions` warm sessions, at most `per_client` of them
+    /// for one client (0: no such cap), each living `ttl` unclaimed.
+    pub fn new(
+        max_sessions: usize,
+        per_client: usize,
+        ttl: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             map: DashMap::new(),
             done: DashMap::new(),
             permits: Arc::new(Semaphore::new(max_sessions)),
+            client_warm: Slots::new(per_client),
             ttl,
             metrics,
         }
     }
 
-    /// Registers a call: reuses an entry in flight (retry), else inserts one, warm when
-    /// `want_warm` and a permit is free (calling `open` to start the session), cold otherwise.
-    /// `open` runs under the map's shard lock: it must only spawn, never block.
+    /// Registers a call of `client`: reuses an entry in flight (retry), else inserts one, warm
+    /// when `want` is [`Want::Warm`] and both caps allow (calling `open` to start the session),
+    /// cold otherwise. `open` runs under the map's shard lock: it must only spawn, never block.
     pub fn begin(
         &self,
         call_sid: &CallSid,
+        client: ClientId,
         context: C,
-        want_warm: bool,
+        want: Want,
         now: Instant,
         open: impl FnOnce() -> S,
     ) -> Begun<S::Ready> {
@@ -130,36 +166,30 @@ impl<C: Send + Sync + 'static, S: WarmSession> Registry<C, S> {
                 Begun::Retry(existing.get().warm.as_ref().map(|(s, _)| s.ready()))
             }
             MapEntry::Vacant(slot) => {
-                let permit = if want_warm {
-                    match self.permits.clone().try_acquire_owned() {
-                        Ok(p) => Some(p),
-                        Err(_) => {
-                            slot.insert(Entry {
-                                context: Arc::new(context),
-                                warm: None,
-                                created: now,
-                            });
-                            Metrics::inc_reason(&self.metrics.cold_sessions, "cap");
-                            return Begun::Cold(ColdReason::Cap);
-                        }
-                    }
-                } else {
-                    None
+                let held = match want {
+                    Want::Cold(reason) => Err(reason),
+                    Want::Warm => self.hold(client),
                 };
-                let Some(permit) = permit else {
-                    slot.insert(Entry {
-                        context: Arc::new(context),
-                        warm: None,
-                        created: now,
-                    });
-                    Metrics::inc_reason(&self.metrics.cold_sessions, "policy");
-                    return Begun::Cold(ColdReason::Policy);
+                let held = match held {
+                    Ok(held) => held,
+                    Err(reason) => {
+                        slot.insert(Entry {
+                            context: Arc::new(context),
+                            warm: None,
+                            created: now,
+                        });
+                        Metrics::inc_reason(&self.metrics.cold_sessions, reason.as_str());
+                        if reason == ColdReason::ClientCap {
+                            self.metrics.inc_rate_limited("client_warm_sessions");
+                        }
+                        return Begun::Cold(reason);
+                    }
                 };
                 let session = open();
                 let ready = session.ready();
                 slot.insert(Entry {
                     context: Arc::new(context),
-                    warm: Some((session, permit)),
+                    warm: Some((session, held)),
                     created: now,
                 });
                 self.metrics.warm_sessions.inc();
@@ -168,11 +198,33 @@ impl<C: Send + Sync + 'static, S: WarmSession> Registry<C, S> {
         }
     }
 
+    /// A place for one more warm session of `client`, under its cap and the global one.
+    fn hold(&self, client: ClientId) -> Result<Held, ColdReason> {
+        let client = self
+            .client_warm
+            .try_take(client)
+            .ok_or(ColdReason::ClientCap)?;
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ColdReason::Cap)?;
+        Ok(Held {
+            _permit: permit,
+            _client: client,
+        })
+    }
+
+    /// Warm sessions `client` holds now.
+    pub fn warm_for(&self, client: ClientId) -> usize {
+        self.client_warm.held(&client)
+    }
+
     /// Takes the call out of the registry (exactly once): the stream handler now owns it.
     pub fn claim(&self, call_sid: &CallSid) -> Option<Claimed<C, S>> {
         let (_, entry) = self.map.remove(call_sid)?;
         self.mark_done(call_sid, Instant::now());
-        let session = entry.warm.map(|(session, _permit)| {
+        let session = entry.warm.map(|(session, _held)| {
             self.metrics.warm_sessions.dec();
             session
         });
@@ -266,7 +318,7 @@ impl<C: Send + Sync + 'static, S: WarmSession> Registry<C, S> {
 
     fn close_entry(&self, entry: Entry<C, S>, reason: &'static str) -> bool {
         match entry.warm {
-            Some((session, _permit)) => {
+            Some((session, _held)) => {
                 self.metrics.warm_sessions.dec();
                 Metrics::inc_reason(&self.metrics.warm_sessions_closed, reason);
                 session.close(reason);
@@ -309,18 +361,27 @@ mod tests {
     impl Fixture {
         fn new(max: usize) -> Self {
             Self {
-                reg: Registry::new(max, Duration::from_secs(30), Arc::new(Metrics::new())),
+                reg: Registry::new(max, 0, Duration::from_secs(30), Arc::new(Metrics::new())),
                 closed: Arc::default(),
                 opened: std::cell::Cell::new(0),
                 t0: Instant::now(),
             }
         }
         fn begin(&self, sid: &str, warm: bool, at_secs: u64) -> Begun<u32> {
+            self.begin_for(1, sid, warm, at_secs)
+        }
+        fn begin_for(&self, client: i32, sid: &str, warm: bool, at_secs: u64) -> Begun<u32> {
             let sid = CallSid::parse(sid).unwrap();
+            let want = if warm {
+                Want::Warm
+            } else {
+                Want::Cold(ColdReason::Policy)
+            };
             self.reg.begin(
                 &sid,
+                ClientId::new(client),
                 "ctx",
-                warm,
+                want,
                 self.t0 + Duration::from_secs(at_secs),
                 || {
                     self.opened.set(self.opened.get() + 1);
@@ -445,6 +506,54 @@ mod tests {
         assert!(!f.reg.is_done(&sid("CA1"), later));
         f.reg.reap(later);
         assert!(f.reg.done.is_empty());
+    }
+
+    #[test]
+    fn beyond_its_own_cap_a_client_goes_cold_while_others_stay_warm() {
+        let mut f = Fixture::new(10);
+        f.reg = Registry::new(10, 2, Duration::from_secs(30), Arc::new(Metrics::new()));
+        assert!(matches!(f.begin_for(1, "CA1", true, 0), Begun::Warm(_)));
+        assert!(matches!(f.begin_for(1, "CA2", true, 0), Begun::Warm(_)));
+        assert!(matches!(
+            f.begin_for(1, "CA3", true, 0),
+            Begun::Cold(ColdReason::ClientCap)
+        ));
+        assert!(matches!(f.begin_for(2, "CA4", true, 0), Begun::Warm(_)));
+        assert_eq!(f.reg.warm_for(ClientId::new(1)), 2);
+        // Every way out gives the place back: a claim, a close, the reaper.
+        f.reg.claim(&Fixture::sid("CA1"));
+        assert!(matches!(f.begin_for(1, "CA5", true, 1), Begun::Warm(_)));
+        f.reg.close(&Fixture::sid("CA2"), "canceled");
+        f.reg.reap(f.t0 + Duration::from_secs(31));
+        assert_eq!(f.reg.warm_for(ClientId::new(1)), 0);
+        assert!(
+            f.reg.client_warm.keys() == 0,
+            "no client kept once it holds none"
+        );
+        let text = f.reg.metrics.encode();
+        assert!(text.contains("warmline_cold_sessions_total{reason=\"client_cap\"} 1"));
+        assert!(text.contains("warmline_rate_limited_total{limit=\"client_warm_sessions\"} 1"));
+    }
+
+    #[test]
+    fn a_cold_reason_asked_for_is_the_one_counted() {
+        let f = Fixture::new(10);
+        let sid = Fixture::sid("CA1");
+        let begun = f.reg.begin(
+            &sid,
+            ClientId::new(1),
+            "ctx",
+            Want::Cold(ColdReason::RateLimited),
+            f.t0,
+            || unreachable!("no session is opened"),
+        );
+        assert!(matches!(begun, Begun::Cold(ColdReason::RateLimited)));
+        assert!(
+            f.reg
+                .metrics
+                .encode()
+                .contains("warmline_cold_sessions_total{reason=\"rate_limited\"} 1")
+        );
     }
 
     #[test]

@@ -11,7 +11,10 @@
 //! 3. It answers when the warm session is ready (configured and greeting audio buffered) and
 //!    `ring_min_ms` has passed, or at `ring_max_ms` whatever the state.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Router,
@@ -34,12 +37,12 @@ use crate::{
     bridge::{CallContext, outcome::EndReason},
     config::PrewarmPolicy,
     domain::{CallSid, CallStatus, CallerTrust, ClientId, E164},
-    fleet,
+    fleet, limits,
     lines::{self, Line, LineOverrides},
     realtime::{
         client::{self, SessionSpec, Status},
         profile::AgentProfile,
-        registry::Begun,
+        registry::{Begun, ColdReason, Want},
     },
     store::{
         StoreError, callers,
@@ -99,6 +102,7 @@ pub const OUTCOMES: &[&str] = &[
     "redirected",
     "replayed",
     "elsewhere",
+    "busy",
 ];
 
 async fn voice(
@@ -320,17 +324,45 @@ async fn answer(
             twiml::say_hangup(lines::text(Line::NotInService, "en"), "en-US"),
         );
     };
+    // Twilio retrying the webhook of a call registered here: it reuses what the first took.
+    let retry = state.registry.contains(&sid);
+    // The call's place under `limits.live_calls_per_client` (ringing and live, this instance).
+    let live_slot = match state.limits.live_calls.try_take(client.id()) {
+        Some(slot) => Some(Arc::new(slot)),
+        None if retry => None,
+        None => return turn_away_busy(state, &req, &client, arrived),
+    };
     let policy = client
         .prewarm_policy()
         .unwrap_or(state.settings.prewarm.policy);
     let known = caller.as_ref().is_some_and(|c| c.call_count > 0);
     // A draining instance opens no warm session: the call may outlive the drain.
-    let want_warm = !state.draining.is_cancelled()
+    let policy_warm = !state.draining.is_cancelled()
         && match policy {
             PrewarmPolicy::Always => true,
             PrewarmPolicy::KnownCallers => known,
             PrewarmPolicy::Never => false,
         };
+    // `limits.caller_webhooks_per_minute`: counts the calls from one number that would be
+    // warmed (a retry is not a new call); beyond it they are answered cold, so a dialer
+    // ringing and hanging up costs no generated greeting.
+    let over_rate = policy_warm
+        && !retry
+        && state.limits.caller_webhooks.as_ref().is_some_and(|r| {
+            matches!(
+                r.check(limits::caller_key(&req.from)),
+                limits::Verdict::Limited { .. }
+            )
+        });
+    let want = if !policy_warm {
+        Want::Cold(ColdReason::Policy)
+    } else if over_rate {
+        state.metrics.inc_rate_limited("caller_webhooks");
+        tracing::info!(call_sid = %sid, "caller number over limits.caller_webhooks_per_minute: answered cold");
+        Want::Cold(ColdReason::RateLimited)
+    } else {
+        Want::Warm
+    };
     let trust = client.caller_id_trust().judge(req.stir_verstat.as_deref());
     if trust == CallerTrust::Untrusted {
         tracing::info!(call_sid = %sid, stir_verstat = req.stir_verstat.as_deref().unwrap_or("absent"), "caller id not trusted: no caller memory on this call");
@@ -353,10 +385,11 @@ async fn answer(
         to: req.to.clone(),
         profile: profile.clone(),
         started_at: arrived,
+        live_slot,
     };
     let begun = state
         .registry
-        .begin(&sid, ctx, want_warm, Instant::now(), || {
+        .begin(&sid, client.id(), ctx, want, Instant::now(), || {
             client::spawn(
                 &state.settings.openai,
                 SessionSpec::new(&state.settings, &profile, &sid, true, arrived),
@@ -462,6 +495,52 @@ async fn hand_over(
             }
         }
     }
+}
+
+/// Turns a call away because its client has `limits.live_calls_per_client` calls ringing or
+/// live here: put through to the client's fallback number, or told the lines are busy. The call
+/// is recorded (`busy`, with the reason) and counted.
+fn turn_away_busy(
+    state: &AppState,
+    req: &VoiceRequest,
+    client: &ClientProfile,
+    arrived: chrono::DateTime<Utc>,
+) -> (&'static str, String) {
+    let sid = &req.call_sid;
+    state.metrics.inc_rate_limited("client_live_calls");
+    tracing::warn!(
+        call_sid = %sid,
+        client_id = client.id().get(),
+        cap = state.limits.live_calls.cap(),
+        "client at limits.live_calls_per_client on this instance: call turned away"
+    );
+    state.writer.enqueue(Job::Insert(NewCall {
+        call_sid: sid.to_string(),
+        client_id: Some(client.id()),
+        from: req.from.clone(),
+        to: req.to.clone(),
+        status: CallStatus::Busy,
+        started_at: arrived,
+        caller_trust: None,
+    }));
+    state.writer.enqueue(Job::Patch(
+        sid.to_string(),
+        CallPatch::ended(
+            CallStatus::Busy,
+            "turned away: limits.live_calls_per_client reached".to_string(),
+        ),
+    ));
+    let client_language = client.client.language.as_str();
+    let language = say_language(client_language);
+    let own_lines = LineOverrides::from_stored(client.client.lines.as_deref());
+    let body = match &client.client.fallback_number {
+        Some(number) => {
+            let say = own_lines.text(Line::PuttingThrough, client_language);
+            twiml::dial(number, Some(&say), &language)
+        }
+        None => twiml::say_hangup(&own_lines.text(Line::Busy, client_language), &language),
+    };
+    ("busy", body)
 }
 
 /// Waits until the session is ready (true) or failed/closed or the deadline passed (false).

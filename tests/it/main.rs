@@ -17,6 +17,7 @@ mod knowledge;
 mod loadgen;
 mod one_stream;
 mod post_call;
+mod rate_limits;
 mod reconnect;
 mod spool;
 mod store;
