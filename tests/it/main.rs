@@ -17,6 +17,7 @@ mod loadgen;
 mod one_stream;
 mod post_call;
 mod reconnect;
+mod slow_peers;
 mod spool;
 mod store;
 mod support;
