@@ -2,12 +2,12 @@
 //! byte at a time is cut at `server.header_read_timeout_secs`; connections beyond
 //! `server.max_connections` are refused and counted while the earlier ones go on; an HTTP
 //! request whose body trickles in is cut at `server.request_timeout_secs`, while a live call's
-//! WebSocket outlives it; a Realtime peer that goes silent mid-call (half-open: no events, no
-//! Pongs, socket still open) is found by the ping deadline and replaced.
+//! WebSocket outlives it; a Realtime peer that goes silent (half-open: no events, no Pongs,
+//! socket still open) is found by the ping deadline: replaced mid-call, closed while ringing.
 
 use std::time::Duration;
 
-use sim::{realtime::FakeConfig, twilio::Step};
+use sim::{audio::clips, realtime::FakeConfig, twilio::Step};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -217,5 +217,108 @@ async fn a_live_call_outlives_the_request_timeout() {
     let saved = gw.ended_call(&placed.call_sid).await;
     assert_eq!(saved.call.end_reason.as_deref(), Some("twilio_stop"));
     assert_eq!(gw.app.state.metrics.http_request_timeouts.get(), 0);
+    gw.app.shutdown().await;
+}
+
+const PINGS: &str = "[call]\nrealtime_ping_secs = 1\nrealtime_silence_secs = 3\n";
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn a_realtime_peer_that_goes_silent_mid_call_is_found_by_the_ping_deadline_and_replaced() {
+    let gw = gateway(FakeConfig::instant(), PINGS).await;
+    let placed = gw.place_call().await;
+    let streaming = gw.stream_in_background(
+        &placed,
+        vec![
+            Step::WaitForAgentQuiet(WAIT),
+            // Meanwhile the Realtime side goes half-open, is found silent and replaced.
+            Step::Silence(Duration::from_secs(8)),
+            Step::Say(clips::question()),
+            Step::WaitForAgentAudio(WAIT),
+            Step::WaitForAgentQuiet(WAIT),
+            Step::HangUp,
+        ],
+    );
+    // Once the greeting is playing, the first session goes silent without closing.
+    for _ in 0..400 {
+        if gw.metric("warmline_frames_relayed_total{direction=\"outbound\"}") > 10.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.fake.silence_connections();
+    let report = streaming.await.unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert_eq!(report.closed_by.as_deref(), Some("caller"), "{report:?}");
+    assert_eq!(gw.metric("warmline_realtime_ping_timeouts_total"), 1.0);
+    assert_eq!(
+        gw.metric("warmline_realtime_reconnects_total{outcome=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        gw.fake.connections_opened(),
+        2,
+        "the silent one, then its replacement"
+    );
+    let call = gw.ended_call(&placed.call_sid).await;
+    assert_eq!(call.call.end_reason.as_deref(), Some("twilio_stop"));
+    let lines: Vec<(&str, &str)> = call
+        .transcript
+        .iter()
+        .map(|l| (l.role.as_str(), l.text.as_str()))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|(r, t)| *r == "system" && t.contains("no answer from realtime")),
+        "{lines:?}"
+    );
+    let reopened = lines
+        .iter()
+        .position(|l| *l == ("system", "realtime session re-opened"))
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert!(
+        lines[reopened..].iter().any(|(r, _)| *r == "agent"),
+        "the new session answered the caller: {lines:?}"
+    );
+    gw.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_warm_session_that_goes_silent_while_ringing_is_closed_and_the_call_goes_cold() {
+    let gw = gateway(FakeConfig::instant(), PINGS).await;
+    let placed = gw.place_call().await;
+    // Warm and ready; then its socket goes half-open before the stream starts.
+    gw.fake.silence_connections();
+    let mut found = false;
+    for _ in 0..400 {
+        if gw.metric("warmline_realtime_ping_timeouts_total") >= 1.0 {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(found, "the silent warm session was found");
+    let report = gw
+        .stream(
+            &placed,
+            &[
+                Step::WaitForAgentAudio(WAIT),
+                Step::WaitForAgentQuiet(WAIT),
+                Step::HangUp,
+            ],
+        )
+        .await;
+    assert!(
+        report.media_messages > 0,
+        "the caller hears a greeting: {report:?}"
+    );
+    assert_eq!(
+        gw.metric("warmline_cold_sessions_total{reason=\"failed\"}"),
+        1.0
+    );
+    assert_eq!(gw.fake.connections_opened(), 2);
+    let call = gw.ended_call(&placed.call_sid).await;
+    assert_eq!(call.call.path.as_deref(), Some("cold"));
     gw.app.shutdown().await;
 }
