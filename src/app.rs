@@ -10,14 +10,20 @@
 //! second SIGTERM, or SIGINT, shuts down at once.
 //!
 //! Shutdown order (docs/architecture.md, "The call task", for what a live call does):
-//! 1. stop accepting (axum graceful shutdown) once the token is cancelled;
+//! 1. stop accepting once the token is cancelled, and let the requests being served finish
+//!    (src/listener.rs, as axum's graceful shutdown did);
 //! 2. wait for the task tracker (live calls end and queue their records) up to the grace period;
 //! 3. the caller then closes the store, so a call that ended during shutdown is still saved.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use axum::{Router, extract::DefaultBodyLimit};
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
 use sea_orm::DatabaseConnection;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::{limit::RequestBodyLimitLayer, trace::TraceLayer};
@@ -25,6 +31,7 @@ use tower_http::{limit::RequestBodyLimitLayer, trace::TraceLayer};
 use crate::{
     bridge::CallContext,
     config::Settings,
+    listener::Limits,
     metrics::Metrics,
     realtime::{client::SessionHandle, registry},
 };
@@ -287,7 +294,41 @@ fn build(state: AppState, twilio: bool, admin: bool) -> Router {
         // After the limits: the knowledge upload has its own (documents up to 1 MiB).
         r = r.merge(crate::admin::knowledge::upload_router(&state));
     }
+    // Every HTTP route so far has a deadline (body read and answer); the media upgrade, merged
+    // after it, has none: a call lasts as long as it lasts.
+    r = r.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        request_deadline,
+    ));
+    if twilio {
+        r = r.merge(crate::twilio::webhook::media_router());
+    }
     r.layer(TraceLayer::new_for_http()).with_state(state)
+}
+
+/// `server.request_timeout_secs` on an HTTP request: past it the request is dropped, answered
+/// `503` and counted in `warmline_http_request_timeouts_total`. (tower-http's `TimeoutLayer`
+/// does the same, but its answer cannot be told from a handler's own, so it could not be
+/// counted.)
+async fn request_deadline(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = Duration::from_secs(state.settings.server.request_timeout_secs);
+    let path = req.uri().path().to_owned();
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            state.metrics.http_request_timeouts.inc();
+            tracing::warn!(
+                path = %path.chars().take(128).collect::<String>(),
+                limit_secs = limit.as_secs(),
+                "request cut at server.request_timeout_secs"
+            );
+            (StatusCode::SERVICE_UNAVAILABLE, "request timed out\n").into_response()
+        }
+    }
 }
 
 /// Serves on an already bound listener until `state.shutdown` is cancelled, then drains.
@@ -296,6 +337,8 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> anyhow
     let tasks = state.tasks.clone();
     let writer = state.writer.clone();
     let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
+    let limits = Limits::from_settings(&state.settings.server);
+    let metrics = state.metrics.clone();
     let drain = tokio::spawn(supervise_drain(state.clone()));
     // `/metrics` and the admin API on their own listener, when one is set.
     let (app, admin) = match state.settings.server.admin_addr() {
@@ -304,40 +347,22 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> anyhow
                 .await
                 .with_context(|| format!("binding server.admin_listen = {addr}"))?;
             tracing::info!(admin_listen = %addr, "metrics and admin API on their own listener");
-            let admin = std::future::IntoFuture::into_future(
-                axum::serve(
-                    admin_listener,
-                    admin_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown({
-                    let shutdown = shutdown.clone();
-                    async move { shutdown.cancelled().await }
-                }),
+            let admin = crate::listener::serve(
+                admin_listener,
+                admin_router(state.clone()),
+                limits,
+                metrics.clone(),
+                shutdown.clone(),
             );
             (public_router(state), Some(tokio::spawn(admin)))
         }
         None => (router(state), None),
     };
-    // Audio frames are small and latency-bound: never let Nagle hold one back.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    // The peer's address reaches the handlers (`ConnectInfo`): the admin bad-token limit keys on it.
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
-    .context("HTTP server failed")?;
-    if let Some(admin) = admin {
-        match admin.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "admin listener failed"),
-            Err(e) => tracing::error!(error = %e, "admin listener task failed"),
-        }
+    crate::listener::serve(listener, app, limits, metrics, shutdown).await;
+    if let Some(admin) = admin
+        && let Err(e) = admin.await
+    {
+        tracing::error!(error = %e, "admin listener task failed");
     }
     // Calls see the cancellation, end and queue their records; wait for them, then let the
     // writer drain its queue, so a call that ended during shutdown is still saved.

@@ -239,6 +239,15 @@ pub struct ServerSettings {
     /// `listen` with everything else). When set, `listen` serves neither, so they need not face
     /// the internet.
     pub admin_listen: String,
+    /// A connection must send a whole request header within this (slowloris); an idle
+    /// keep-alive connection is closed after it too.
+    pub header_read_timeout_secs: u64,
+    /// Most connections open at once on each listener, upgraded WebSockets (live calls)
+    /// included; beyond it a new connection is answered 503 and closed at once.
+    pub max_connections: usize,
+    /// Longest an HTTP request may take, body read and answer included (not the media
+    /// WebSocket); must exceed `prewarm.ring_max_ms`, which the voice webhook may wait.
+    pub request_timeout_secs: u64,
 }
 
 impl ServerSettings {
@@ -340,6 +349,12 @@ pub struct CallSettings {
     /// A call whose Twilio leg sends no media for this long ends as `twilio_silent` (Twilio
     /// sends a frame every 20 ms, silence included: a quiet leg is a dead or half-open one).
     pub media_timeout_secs: u64,
+    /// A Realtime socket (warm or in a call) that has been quiet this long is sent a WebSocket
+    /// Ping.
+    pub realtime_ping_secs: u64,
+    /// A Realtime socket that sends nothing (no event, no Pong) this long counts as dropped:
+    /// replaced mid-call, like any Realtime drop, or closed while ringing.
+    pub realtime_silence_secs: u64,
 }
 
 /// `[admin]`.
@@ -655,6 +670,42 @@ impl Settings {
         if !(1..=300).contains(&self.call.media_timeout_secs) {
             return invalid("call.media_timeout_secs", "must be between 1 and 300");
         }
+        if !(1..=300).contains(&self.call.realtime_ping_secs) {
+            return invalid("call.realtime_ping_secs", "must be between 1 and 300");
+        }
+        if self.call.realtime_silence_secs <= self.call.realtime_ping_secs
+            || self.call.realtime_silence_secs > 900
+        {
+            return invalid(
+                "call.realtime_silence_secs",
+                &format!(
+                    "must be longer than call.realtime_ping_secs ({} s), so a Pong can come back, \
+                     and at most 900",
+                    self.call.realtime_ping_secs
+                ),
+            );
+        }
+        if !(1..=300).contains(&self.server.header_read_timeout_secs) {
+            return invalid(
+                "server.header_read_timeout_secs",
+                "must be between 1 and 300",
+            );
+        }
+        if !(1..=1_000_000).contains(&self.server.max_connections) {
+            return invalid("server.max_connections", "must be between 1 and 1000000");
+        }
+        if self.server.request_timeout_secs.saturating_mul(1000) <= self.prewarm.ring_max_ms
+            || self.server.request_timeout_secs > 3600
+        {
+            return invalid(
+                "server.request_timeout_secs",
+                &format!(
+                    "must be longer than prewarm.ring_max_ms ({} ms), which the voice webhook may \
+                     wait before it answers, and at most 3600",
+                    self.prewarm.ring_max_ms
+                ),
+            );
+        }
         if self.call.realtime_reconnects > 10 {
             return invalid("call.realtime_reconnects", "must be at most 10");
         }
@@ -738,12 +789,12 @@ impl Settings {
         let q = |s: &str| toml_quote(s);
         let s = self;
         format!(
-            "public_url = {}\n\n[server]\nlisten = {}\nmax_body_bytes = {}\nshutdown_grace_secs = {}\ndrain_secs = {}\nadmin_listen = {}\n\n\
+            "public_url = {}\n\n[server]\nlisten = {}\nmax_body_bytes = {}\nshutdown_grace_secs = {}\ndrain_secs = {}\nadmin_listen = {}\nheader_read_timeout_secs = {}\nmax_connections = {}\nrequest_timeout_secs = {}\n\n\
              [database]\nurl = {}\nmax_connections = {}\n\n\
              [twilio]\nauth_token = {}\nvalidate_signatures = {}\nstream_token_secret = {}\nstream_token_ttl_secs = {}\nwebhook_base_url = {}\n\n\
              [openai]\napi_key = {}\nrealtime_url = {}\nmodel = {}\ntranscription_model = {}\nconnect_timeout_ms = {}\nbase_url = {}\nsummary_model = {}\n\n\
              [prewarm]\npolicy = {}\nring_min_ms = {}\nring_max_ms = {}\nttl_secs = {}\nmax_sessions = {}\ngreeting_buffer_bytes = {}\n\n\
-             [call]\nmax_duration_secs = {}\noutbound_queue_frames = {}\ntool_timeout_ms = {}\nrealtime_reconnects = {}\nsession_renew_secs = {}\nstart_timeout_secs = {}\nmedia_timeout_secs = {}\n\n\
+             [call]\nmax_duration_secs = {}\noutbound_queue_frames = {}\ntool_timeout_ms = {}\nrealtime_reconnects = {}\nsession_renew_secs = {}\nstart_timeout_secs = {}\nmedia_timeout_secs = {}\nrealtime_ping_secs = {}\nrealtime_silence_secs = {}\n\n\
              [admin]\ntoken = {}\nallow_short_token = {}\n\n[log]\nformat = {}\nlevel = {}\n",
             q(s.public_url.as_str()),
             q(&s.server.listen.to_string()),
@@ -751,6 +802,9 @@ impl Settings {
             s.server.shutdown_grace_secs,
             s.server.drain_secs,
             q(&s.server.admin_listen),
+            s.server.header_read_timeout_secs,
+            s.server.max_connections,
+            s.server.request_timeout_secs,
             q(&redact_url_password(s.database.url.expose())),
             s.database.max_connections,
             q(s.twilio.auth_token.redacted()),
@@ -778,6 +832,8 @@ impl Settings {
             s.call.session_renew_secs,
             s.call.start_timeout_secs,
             s.call.media_timeout_secs,
+            s.call.realtime_ping_secs,
+            s.call.realtime_silence_secs,
             q(s.admin.token.redacted()),
             s.admin.allow_short_token,
             q(match s.log.format {
@@ -1198,6 +1254,42 @@ mod tests {
             Settings::from_toml("[prewarm]\nring_max_ms = 20000\n[twilio]\nauth_token=\"t\"\n")
                 .unwrap_err();
         assert!(err.to_string().contains("prewarm.ring_max_ms"), "{err}");
+    }
+
+    #[test]
+    fn the_request_timeout_must_exceed_the_longest_ring() {
+        let err = Settings::from_toml(
+            "[prewarm]\nring_max_ms = 4000\n[server]\nrequest_timeout_secs = 4\n[twilio]\nauth_token=\"t\"\n",
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("server.request_timeout_secs") && msg.contains("4000 ms"),
+            "{msg}"
+        );
+        Settings::from_toml(
+            "[prewarm]\nring_max_ms = 4000\n[server]\nrequest_timeout_secs = 5\n[twilio]\nauth_token=\"t\"\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn the_realtime_silence_deadline_must_leave_room_for_a_pong() {
+        let err = Settings::from_toml(
+            "[call]\nrealtime_ping_secs = 15\nrealtime_silence_secs = 15\n[twilio]\nauth_token=\"t\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("call.realtime_silence_secs"),
+            "{err}"
+        );
+        for bad in [
+            "[server]\nmax_connections = 0\n",
+            "[server]\nheader_read_timeout_secs = 0\n",
+        ] {
+            let toml = format!("{bad}[twilio]\nauth_token=\"t\"\n");
+            assert!(Settings::from_toml(&toml).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`knowledge`]: knowledge documents: what is accepted, passage splitting, search queries.
 //! - [`config`]: typed settings (built-in defaults < `--config` file < `WARMLINE_*` env), validation, redaction.
 //! - [`app`]: `AppState`, the router merging every area, serving and graceful shutdown.
+//! - [`listener`]: the accept loop: header-read deadline, connection cap, TCP_NODELAY.
 //! - [`telemetry`]: tracing subscriber (pretty or JSON logs).
 //! - [`metrics`]: the Prometheus registry; every metric name (README.md, "Operations") is defined there and nowhere else.
 //! - [`twilio`]: voice webhook, X-Twilio-Signature, TwiML, stream token, Media Streams protocol, status callback.
@@ -48,6 +49,7 @@ pub mod json;
 pub mod knowledge;
 pub mod limits;
 pub mod lines;
+pub mod listener;
 #[cfg(feature = "sim")]
 pub mod loadgen;
 pub mod metrics;

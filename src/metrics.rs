@@ -172,6 +172,19 @@ pub struct Metrics {
     /// session not opened, a call put through or told the lines are busy, an admin request
     /// answered 429).
     pub rate_limited: Family<LimitLabel, Counter>,
+    /// `warmline_realtime_ping_timeouts_total`: Realtime sockets that sent nothing (no event, no
+    /// Pong) for `call.realtime_silence_secs`, taken as dropped.
+    pub realtime_ping_timeouts: Counter,
+    /// `warmline_http_header_timeouts_total`: connections closed because a request header did
+    /// not arrive within `server.header_read_timeout_secs` (idle keep-alive ones not counted).
+    pub http_header_timeouts: Counter,
+    /// `warmline_http_request_timeouts_total`: HTTP requests cut at `server.request_timeout_secs`.
+    pub http_request_timeouts: Counter,
+    /// `warmline_connections_refused_total`: connections refused at `server.max_connections`.
+    pub connections_refused: Counter,
+    /// `warmline_open_connections` (gauge): connections open, upgraded WebSockets included, on
+    /// every listener.
+    pub open_connections: Gauge,
 }
 
 impl Default for Metrics {
@@ -218,6 +231,11 @@ impl Metrics {
             store_records_lost: Family::default(),
             fleet_events: Family::default(),
             rate_limited: Family::default(),
+            realtime_ping_timeouts: Counter::default(),
+            http_header_timeouts: Counter::default(),
+            http_request_timeouts: Counter::default(),
+            connections_refused: Counter::default(),
+            open_connections: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register_with_unit(
@@ -338,6 +356,31 @@ impl Metrics {
             "Turned away by a limit of [limits], by limit \
              (caller_webhooks|client_warm_sessions|client_live_calls|admin_bad_token)",
             m.rate_limited.clone(),
+        );
+        registry.register(
+            "realtime_ping_timeouts",
+            "Realtime sockets silent (no event, no Pong) for call.realtime_silence_secs, taken as dropped",
+            m.realtime_ping_timeouts.clone(),
+        );
+        registry.register(
+            "http_header_timeouts",
+            "Connections closed for not sending a request header within server.header_read_timeout_secs",
+            m.http_header_timeouts.clone(),
+        );
+        registry.register(
+            "http_request_timeouts",
+            "HTTP requests cut at server.request_timeout_secs",
+            m.http_request_timeouts.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused at server.max_connections",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Connections open, upgraded WebSockets included",
+            m.open_connections.clone(),
         );
         m.create_every_series();
         Self { registry, ..m }

@@ -230,6 +230,9 @@ struct Shared {
     /// While true, open connections stop reading their sockets (a server that is stuck; the
     /// client's writes back up in the kernel's buffers). They still send.
     stalled: watch::Sender<bool>,
+    /// Bumped to make every open connection go silent for good without closing (a half-open
+    /// peer): it reads nothing (so answers no Ping) and sends nothing.
+    silent: watch::Sender<u64>,
     /// Server events sent as they are to every open connection (tests of what the gateway does
     /// with an event at a chosen moment).
     inject: tokio::sync::broadcast::Sender<String>,
@@ -327,6 +330,7 @@ impl FakeRealtime {
             ids: AtomicU64::default(),
             kill: watch::channel(0).0,
             stalled: watch::channel(false).0,
+            silent: watch::channel(0).0,
             inject: tokio::sync::broadcast::channel(256).0,
             script: Mutex::default(),
             rng: Mutex::default(),
@@ -361,6 +365,13 @@ impl FakeRealtime {
     /// that stopped reading, while it still sends.
     pub fn stall_reading(&self, stalled: bool) {
         self.shared.stalled.send_replace(stalled);
+    }
+
+    /// Every open connection goes silent for good, its socket left open: it reads nothing (so
+    /// no Ping is answered) and sends nothing, like a peer gone half-open. Later connections are
+    /// served normally.
+    pub fn silence_connections(&self) {
+        self.shared.silent.send_modify(|n| *n += 1);
     }
 
     /// Sends `event` as it is to every open connection.
@@ -722,6 +733,9 @@ impl Conn {
         let mut kill = self.shared.kill.subscribe();
         kill.mark_unchanged();
         let mut stalled = self.shared.stalled.subscribe();
+        let mut silence = self.shared.silent.subscribe();
+        silence.mark_unchanged();
+        let mut silent = false;
         let mut inject = self.shared.inject.subscribe();
         let fault = async {
             match end {
@@ -734,7 +748,9 @@ impl Conn {
         };
         tokio::pin!(fault);
         loop {
-            let reading = !*stalled.borrow_and_update();
+            // Reading is what answers a Ping (tungstenite queues the Pong and flushes it as it
+            // reads), so a silent connection answers none.
+            let reading = !*stalled.borrow_and_update() && !silent;
             tokio::select! {
                 msg = stream.next(), if reading => match msg {
                     Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
@@ -742,8 +758,15 @@ impl Conn {
                     Some(Ok(_)) => {}
                 },
                 _ = stalled.changed() => {}
+                _ = silence.changed(), if !silent => {
+                    silent = true;
+                    // Nothing more is written; the socket stays open (its reading half is kept).
+                    writer.abort();
+                }
                 event = inject.recv() => {
-                    if let Ok(text) = event {
+                    if let Ok(text) = event
+                        && !silent
+                    {
                         let _ = self.out.send(Message::text(text)).await;
                     }
                 }
@@ -1428,6 +1451,58 @@ mod tests {
         assert_eq!(log.model.as_deref(), Some("gpt-realtime-2"));
         assert!(!log.beta_header);
         assert_eq!(log.of_type("session.update").len(), 1);
+    }
+
+    /// The next Pong, skipping events; `None` if none comes within `limit` (the socket staying
+    /// open) and `Err` if the socket ends.
+    async fn pong_within(ws: &mut Client, limit: Duration) -> Result<Option<Vec<u8>>, String> {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(until, ws.next()).await {
+                Err(_) => return Ok(None),
+                Ok(Some(Ok(Message::Pong(p)))) => return Ok(Some(p.to_vec())),
+                Ok(Some(Ok(_))) => {}
+                Ok(other) => return Err(format!("socket ended: {other:?}")),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn pings_are_answered_until_the_connection_goes_silent_without_closing() {
+        let fake = FakeRealtime::start(FakeConfig::instant()).await.unwrap();
+        let mut ws = connect(&fake).await;
+        next_of(&mut ws, "session.created").await;
+        ws.send(Message::Ping(b"one".to_vec().into()))
+            .await
+            .unwrap();
+        assert_eq!(
+            pong_within(&mut ws, Duration::from_secs(10)).await,
+            Ok(Some(b"one".to_vec()))
+        );
+        fake.silence_connections();
+        // Let the connection see it before the next Ping.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        ws.send(Message::Ping(b"two".to_vec().into()))
+            .await
+            .unwrap();
+        ws.send(Message::text(session_update())).await.unwrap();
+        assert_eq!(
+            pong_within(&mut ws, Duration::from_secs(2)).await,
+            Ok(None),
+            "no Pong, no event, and no close"
+        );
+        assert_eq!(fake.open_connections(), 1);
+        // A new connection is served as ever.
+        let mut fresh = connect(&fake).await;
+        next_of(&mut fresh, "session.created").await;
+        fresh
+            .send(Message::Ping(b"three".to_vec().into()))
+            .await
+            .unwrap();
+        assert_eq!(
+            pong_within(&mut fresh, Duration::from_secs(10)).await,
+            Ok(Some(b"three".to_vec()))
+        );
     }
 
     #[tokio::test]

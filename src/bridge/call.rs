@@ -38,7 +38,10 @@ use super::outcome::{CallOutcome, CallPath, EndReason, Role, TranscriptLine};
 use crate::{
     domain::{CallSid, StreamSid},
     engine::{Command, Event},
-    realtime::proto::push_recent,
+    realtime::{
+        keepalive::{Due, Keepalive, KeepaliveSpec},
+        proto::push_recent,
+    },
     tools::{Effect, ToolCall, ToolResult},
     twilio::media::{MediaEvent, MediaStream, Transmit},
 };
@@ -96,6 +99,13 @@ pub enum Output {
     /// A reconnect ended: `ok` (a new session took over) or `failed` (none could be opened;
     /// the call ends as it would have without one).
     Reconnected(&'static str),
+    /// Send a WebSocket Ping on the engine's socket (it has been quiet for
+    /// `call.realtime_ping_secs`).
+    PingEngine,
+    /// The engine's socket sent nothing, not even a Pong, for `call.realtime_silence_secs`: the
+    /// loop counts it and gives the socket up (nothing more is written to it); the call treats
+    /// it as a drop (a [`Output::Reconnect`] or the end follows).
+    EngineSilent,
     /// The caller interrupted the agent (clear + cancel + truncate were queued).
     BargeIn,
     /// Caller audio held during the attach was dropped (over [`HELD_AUDIO_BYTES`]): the loop
@@ -243,6 +253,10 @@ pub struct Call {
     renew_after: Option<Duration>,
     /// When the current session must be renewed.
     renew_at: Option<Instant>,
+    /// Ping and silence intervals of the engine's socket (none: not watched).
+    keepalive_spec: Option<KeepaliveSpec>,
+    /// The attached socket's liveness (while live).
+    keepalive: Option<Keepalive>,
 }
 
 /// Most characters of transcript a re-opened session is seeded with (the newest lines).
@@ -341,6 +355,8 @@ impl Call {
             pending_seed: None,
             renew_after: None,
             renew_at: None,
+            keepalive_spec: None,
+            keepalive: None,
         }
     }
 
@@ -358,6 +374,22 @@ impl Call {
         self.start_by = Some(self.anchor.0 + start);
         self.media_timeout = Some(media);
         self
+    }
+
+    /// Watches the engine's socket while a session is attached: a Ping after `spec.ping_every`
+    /// of quiet ([`Output::PingEngine`]), and a drop after `spec.silence` with nothing heard
+    /// ([`Output::EngineSilent`], then a reconnect like any drop). The loop reports every frame
+    /// it reads with [`Call::handle_engine_heard`].
+    pub fn with_keepalive(mut self, spec: KeepaliveSpec) -> Self {
+        self.keepalive_spec = Some(spec);
+        self
+    }
+
+    /// A frame of any kind (an event, a Pong) was read from the engine's socket.
+    pub fn handle_engine_heard(&mut self, now: Instant) {
+        if let Some(k) = self.keepalive.as_mut() {
+            k.handle_heard(now);
+        }
     }
 
     /// The CallSid, once `start` arrived.
@@ -388,7 +420,10 @@ impl Call {
             .then_some(self.start_by)
             .flatten();
         let silent = self.silent_at();
-        [self.deadline, closing, renew, start, silent]
+        let keepalive = (self.phase == Phase::Live)
+            .then(|| self.keepalive.as_ref().map(Keepalive::poll_timeout))
+            .flatten();
+        [self.deadline, closing, renew, start, silent, keepalive]
             .into_iter()
             .flatten()
             .min()
@@ -429,6 +464,7 @@ impl Call {
         self.phase = Phase::Live;
         self.path.get_or_insert(path);
         self.renew_at = self.renew_after.map(|d| now + d);
+        self.keepalive = self.keepalive_spec.map(|spec| Keepalive::new(spec, now));
         if self.reconnect_attempt > 0 {
             self.reconnect_attempt = 0;
             self.outputs.push_back(Output::Reconnected("ok"));
@@ -677,6 +713,19 @@ impl Call {
             self.end(now, EndReason::TwilioSilent);
         } else if self.deadline.is_some_and(|d| now >= d) {
             self.end(now, EndReason::MaxDuration);
+        } else if self.phase == Phase::Live
+            && let Some(k) = self.keepalive.as_mut().filter(|k| now >= k.poll_timeout())
+        {
+            match k.handle_timeout(now) {
+                Some(Due::Ping) => self.outputs.push_back(Output::PingEngine),
+                Some(Due::Silent) => {
+                    let why = format!("no answer from realtime within {} s", k.silence().as_secs());
+                    self.keepalive = None;
+                    self.outputs.push_back(Output::EngineSilent);
+                    self.handle_realtime_closed(now, why);
+                }
+                None => {}
+            }
         } else if self.phase == Phase::Live && self.renew_at.is_some_and(|r| now >= r) {
             // Renew before the engine's own limit, between turns: not while the agent speaks.
             if self.stream.is_playing(now) || self.tool_response_open || !self.tools.is_empty() {
@@ -1717,6 +1766,81 @@ mod tests {
         assert_eq!(ends[0].end_reason, EndReason::RealtimeClosed("1006".into()));
         assert_eq!(ends[0].transcript[0].text, "Thanks for …");
         assert!(call.is_ended() && call.poll_timeout().is_none());
+    }
+
+    const KEEPALIVE: KeepaliveSpec = KeepaliveSpec {
+        ping_every: Duration::from_secs(15),
+        silence: Duration::from_secs(45),
+    };
+
+    fn pinged(out: &[Output]) -> bool {
+        out.iter().any(|o| matches!(o, Output::PingEngine))
+    }
+
+    #[test]
+    fn a_quiet_engine_socket_is_pinged_and_a_silent_one_replaced_like_a_drop() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut call = Call::new(s(3600), t0, Utc::now())
+            .with_reconnects(1, None)
+            .with_keepalive(KEEPALIVE);
+        call.handle_twilio_text(t0, START).unwrap();
+        assert_eq!(
+            call.poll_timeout(),
+            Some(t0 + s(3600)),
+            "no socket to watch before the attach: only the call's maximum"
+        );
+        call.handle_session_attached(t0, CallPath::Warm, greeting(1));
+        drain(&mut call);
+        assert_eq!(call.poll_timeout(), Some(t0 + s(15)));
+        call.handle_timeout(t0 + s(15));
+        assert!(pinged(&drain(&mut call)));
+        // The Pong.
+        call.handle_engine_heard(t0 + s(16));
+        assert_eq!(call.poll_timeout(), Some(t0 + s(31)));
+        // Then nothing at all.
+        call.handle_timeout(t0 + s(31));
+        assert!(pinged(&drain(&mut call)));
+        call.handle_timeout(t0 + s(46));
+        assert!(pinged(&drain(&mut call)));
+        call.handle_timeout(t0 + s(61));
+        let out = drain(&mut call);
+        let silent = out.iter().position(|o| matches!(o, Output::EngineSilent));
+        let reconnect = out
+            .iter()
+            .position(|o| matches!(o, Output::Reconnect { attempt: 1, reason } if reason.contains("no answer from realtime within 45 s")));
+        assert!(
+            matches!((silent, reconnect), (Some(a), Some(b)) if a < b),
+            "counted, then replaced: {out:?}"
+        );
+        assert!(!call.is_ended());
+        assert_eq!(
+            call.poll_timeout(),
+            Some(t0 + s(3600)),
+            "no socket to watch while replacing"
+        );
+        // The new socket is watched from its attach.
+        call.handle_session_attached(t0 + s(62), CallPath::Cold, vec![]);
+        drain(&mut call);
+        assert_eq!(call.poll_timeout(), Some(t0 + s(77)));
+    }
+
+    #[test]
+    fn a_silent_engine_socket_with_no_reconnect_left_ends_the_call() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut call = Call::new(s(3600), t0, Utc::now()).with_keepalive(KEEPALIVE);
+        call.handle_twilio_text(t0, START).unwrap();
+        call.handle_session_attached(t0, CallPath::Warm, greeting(1));
+        drain(&mut call);
+        for at in [15, 30] {
+            call.handle_timeout(t0 + s(at));
+            assert!(pinged(&drain(&mut call)));
+        }
+        call.handle_timeout(t0 + s(45));
+        let o = ended(&mut call);
+        assert_eq!(o.end_reason.code(), "realtime_closed");
+        assert!(o.end_reason.describe().contains("no answer from realtime"));
     }
 
     #[test]

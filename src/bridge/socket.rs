@@ -16,7 +16,9 @@
 //! limit (Twilio 3 s, Realtime 5 s) is given up and the call ends; the other direction is never
 //! blocked by it, because no write is ever awaited inside the loop. Agent audio to Twilio and
 //! caller audio to Realtime are dropped (and counted) when their socket is backed up beyond a
-//! bound; control messages never are.
+//! bound; control messages never are. A Realtime socket that sends nothing, not even a Pong, for
+//! `call.realtime_silence_secs` (it is pinged after `call.realtime_ping_secs` of quiet; the rule
+//! is the call's, [`Call::with_keepalive`]) is given up like one that dropped.
 //!
 //! Attach: on `start` the stream token is checked and the warm session claimed from the
 //! registry (both without waiting); taking over the warm socket (which may still be
@@ -63,6 +65,7 @@ use crate::{
         client::{
             self, Attached, SEND_LIMIT as REALTIME_SEND_LIMIT, SessionHandle, SessionSpec, Ws,
         },
+        keepalive::KeepaliveSpec,
         profile::AgentProfile,
     },
     store::{
@@ -393,7 +396,8 @@ async fn run(state: AppState, socket: WebSocket) {
         .with_peer_timeouts(
             Duration::from_secs(state.settings.call.start_timeout_secs),
             Duration::from_secs(state.settings.call.media_timeout_secs),
-        );
+        )
+        .with_keepalive(KeepaliveSpec::from_settings(&state.settings.call));
     // Whose call this is, known once `start` carried a valid token and the context was found
     // (registry or database): from then on the call is saved however it ends, even if no
     // Realtime session could be attached.
@@ -555,6 +559,24 @@ async fn run(state: AppState, socket: WebSocket) {
                     let handle = tool_tasks.spawn(run_tool(env, tool, tool_limit));
                     tool_ids.insert(handle.id(), call_id);
                 }
+                Output::PingEngine => {
+                    if let Some(l) = live.as_mut() {
+                        l.peer.queue(RtMessage::Ping(Default::default()), None);
+                    }
+                }
+                Output::EngineSilent => {
+                    metrics.realtime_ping_timeouts.inc();
+                    tracing::warn!(
+                        call_sid = sid(&call),
+                        silence_secs = state.settings.call.realtime_silence_secs,
+                        "Realtime sent nothing, not even a Pong; giving up on its socket"
+                    );
+                    // Half-open: nothing more is written to it, and no close handshake waited for.
+                    if let Some(l) = live.as_mut() {
+                        l.peer.read_done = true;
+                        l.peer.broken = true;
+                    }
+                }
                 Output::BargeIn => {
                     tracing::debug!(
                         call_sid = sid(&call),
@@ -654,6 +676,10 @@ async fn run(state: AppState, socket: WebSocket) {
             },
             Input::Realtime(msg) => {
                 let Some(l) = live.as_mut() else { continue };
+                if matches!(msg, Some(Ok(_))) {
+                    // Any frame, a Pong included, shows the socket is alive.
+                    call.handle_engine_heard(now);
+                }
                 match msg {
                     Some(Ok(RtMessage::Text(text))) => {
                         relaying_outbound = Some(now);

@@ -16,6 +16,10 @@
 //!    is gone, on shutdown, or when the server closes), or, once handed over, the call.
 //! 2. A hand-over the claimer no longer waits for is closed here, never leaked.
 //! 3. The API key is sent in the `Authorization` header and never logged.
+//! 4. A warm socket quiet for `call.realtime_ping_secs` is pinged; one silent (not even a Pong)
+//!    for `call.realtime_silence_secs` is closed and counted
+//!    (`warmline_realtime_ping_timeouts_total`), like a socket the server closed: its claim
+//!    fails and the call goes cold ([`super::keepalive`]).
 
 use std::{
     sync::{
@@ -36,6 +40,7 @@ use tokio_tungstenite::tungstenite::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
+    keepalive::{Due, Keepalive, KeepaliveSpec},
     profile::AgentProfile,
     proto::{Phase, Session},
     registry::WarmSession,
@@ -122,6 +127,8 @@ pub struct SessionSpec {
     pub call_sid: String,
     /// Whether this is a warm session (its time to ready is the prewarm metric).
     pub prewarm: bool,
+    /// Ping and silence deadlines while the session waits for its call.
+    pub keepalive: KeepaliveSpec,
 }
 
 impl SessionSpec {
@@ -141,6 +148,7 @@ impl SessionSpec {
             buffer_cap: settings.prewarm.greeting_buffer_bytes * 4 / 3 + 4,
             call_sid: call_sid.to_string(),
             prewarm,
+            keepalive: KeepaliveSpec::from_settings(&settings.call),
         }
     }
 
@@ -178,6 +186,7 @@ pub fn spawn(
     let started = Instant::now();
     let task = Task {
         settings: settings.clone(),
+        keepalive: spec.keepalive,
         call_sid: spec.call_sid.clone(),
         session: spec.machine(),
         status: status_tx,
@@ -263,6 +272,7 @@ impl WarmSession for SessionHandle {
 
 struct Task {
     settings: OpenAiSettings,
+    keepalive: KeepaliveSpec,
     call_sid: String,
     session: Session,
     status: watch::Sender<Status>,
@@ -314,14 +324,39 @@ impl Task {
         }
         // False once the socket is known to be closed or stuck: nothing more is sent on it.
         let mut sink_usable = true;
+        // A half-open socket is found by its silence (src/realtime/keepalive.rs).
+        let mut keepalive = Keepalive::new(self.keepalive, Instant::now());
+        let timer = tokio::time::sleep_until(keepalive.poll_timeout().into());
+        tokio::pin!(timer);
         let close_reason: String = loop {
             if let Err(reason) = send_queued(&mut self.session, &mut ws).await {
                 sink_usable = false;
                 break reason.into();
             }
+            let wake = tokio::time::Instant::from_std(keepalive.poll_timeout());
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             tokio::select! {
+                _ = &mut timer => match keepalive.handle_timeout(Instant::now()) {
+                    Some(Due::Ping) => {
+                        let ping = ws.send(Message::Ping(Default::default()));
+                        if !matches!(tokio::time::timeout(SEND_LIMIT, ping).await, Ok(Ok(()))) {
+                            sink_usable = false;
+                            break "realtime stopped reading".into();
+                        }
+                    }
+                    Some(Due::Silent) => {
+                        self.metrics.realtime_ping_timeouts.inc();
+                        tracing::warn!(call_sid = %self.call_sid, silence_secs = keepalive.silence().as_secs(), "warm realtime session sent nothing, not even a Pong; closing it");
+                        sink_usable = false;
+                        break "no answer from realtime".into();
+                    }
+                    None => {}
+                },
                 msg = ws.next() => match msg {
                     Some(Ok(Message::Text(text))) => {
+                        keepalive.handle_heard(Instant::now());
                         if let Err(e) = self.session.handle_text(text.as_str()) {
                             tracing::debug!(call_sid = %self.call_sid, error = %e, "ignoring unparsable realtime frame");
                         }
@@ -337,7 +372,8 @@ impl Task {
                         sink_usable = false;
                         break frame.map_or_else(|| "closed by server".into(), |f| format!("closed by server: {} {}", f.code, f.reason));
                     }
-                    Some(Ok(_)) => {}
+                    // A Pong (or a Ping, answered by tungstenite): the socket is alive.
+                    Some(Ok(_)) => keepalive.handle_heard(Instant::now()),
                     Some(Err(e)) => {
                         sink_usable = false;
                         break format!("socket error: {e}");

@@ -58,7 +58,12 @@ pub fn router() -> Router<AppState> {
         .route("/twilio/voice", post(voice))
         .route("/twilio/status", post(status))
         .route("/twilio/after-stream", post(after_stream))
-        .route("/twilio/media", get(crate::bridge::socket::upgrade))
+}
+
+/// `GET /twilio/media`, the Media Streams upgrade: apart from [`router`], so the request
+/// timeout of the HTTP routes never reaches a call (src/app.rs).
+pub fn media_router() -> Router<AppState> {
+    Router::new().route("/twilio/media", get(crate::bridge::socket::upgrade))
 }
 
 fn xml(body: String) -> Response {

@@ -19,6 +19,7 @@ mod one_stream;
 mod post_call;
 mod rate_limits;
 mod reconnect;
+mod slow_peers;
 mod spool;
 mod store;
 mod support;
