@@ -182,25 +182,40 @@ pub fn react(msg: Message, me: &str, stream_url: &str, local: impl Fn(&str) -> L
 }
 
 /// The outcome of claiming a call in the database.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Claim {
     /// The fleet is off (SQLite): this instance is the only one.
     Solo,
-    /// Claimed by this instance (now or by an earlier request); registering it here. While the
-    /// guard lives, a `who` for the call is answered from here.
-    Ours(ClaimGuard),
+    /// Claimed by this instance (now or by an earlier request).
+    Ours,
     /// Another instance claimed it first.
     Theirs(String),
 }
 
-/// Marks a call as being registered on this instance until dropped.
-pub struct ClaimGuard {
+/// What asking the fleet who holds a call gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Asked {
+    /// The holder answered.
+    Answer(Answer),
+    /// Nobody answered in time: the holder is gone.
+    Silent,
+    /// The question could not be sent (the database failed): nothing is known.
+    Failed,
+}
+
+/// A voice webhook for the call is being answered on this instance (while it lives, `who` is
+/// answered from here, even before the call is registered). Counted: several may overlap.
+pub struct Mark {
     inner: Arc<Inner>,
     call_sid: String,
 }
 
-impl Drop for ClaimGuard {
+impl Drop for Mark {
     fn drop(&mut self) {
-        self.inner.claiming.remove(&self.call_sid);
+        self.inner.claiming.remove_if_mut(&self.call_sid, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
     }
 }
 
@@ -208,10 +223,12 @@ struct Inner {
     id: String,
     stream_url: String,
     db: DatabaseConnection,
-    /// Webhooks waiting for an answer to `who`, by CallSid.
-    asking: DashMap<String, oneshot::Sender<Answer>>,
-    /// Calls claimed here and not registered yet.
-    claiming: DashMap<String, ()>,
+    /// Webhooks waiting for an answer to `who`, by CallSid (several may ask at once).
+    asking: DashMap<String, Vec<oneshot::Sender<Answer>>>,
+    /// Calls whose voice webhook is being answered here, and how many times over.
+    claiming: DashMap<String, usize>,
+    /// Whether the listener has listened once (`/readyz` waits for it).
+    joined: std::sync::atomic::AtomicBool,
 }
 
 /// This instance's part in the fleet; cheap to clone. Off (every method a no-op) on SQLite.
@@ -234,6 +251,7 @@ impl Fleet {
             db: db.clone(),
             asking: DashMap::new(),
             claiming: DashMap::new(),
+            joined: std::sync::atomic::AtomicBool::new(false),
         })))
     }
 
@@ -242,28 +260,34 @@ impl Fleet {
         self.0.is_some()
     }
 
+    /// Whether this instance hears the others (the listener has listened once), or the fleet
+    /// is off. `/readyz` answers 503 until then: a call taken before could miss a hang-up.
+    pub fn joined(&self) -> bool {
+        self.0
+            .as_deref()
+            .is_none_or(|i| i.joined.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// This instance's id in the fleet (random per process), when on.
     pub fn id(&self) -> Option<&str> {
         self.0.as_deref().map(|i| i.id.as_str())
     }
 
-    /// Whether a call is being registered here (claimed, not yet in the registry).
-    pub fn claiming(&self, call_sid: &str) -> bool {
-        self.0
-            .as_deref()
-            .is_some_and(|i| i.claiming.contains_key(call_sid))
+    /// Marks a voice webhook for the call as being answered here, from before its claim until
+    /// the call is registered (hold the mark that long): a `who` racing it is answered from here.
+    pub fn mark(&self, call_sid: &str) -> Option<Mark> {
+        let inner = self.0.as_ref()?;
+        *inner.claiming.entry(call_sid.to_string()).or_insert(0) += 1;
+        Some(Mark {
+            inner: inner.clone(),
+            call_sid: call_sid.to_string(),
+        })
     }
 
     /// Claims the call for this instance, unless another claimed it first.
     pub async fn claim(&self, call_sid: &str) -> Result<Claim, StoreError> {
         let Some(inner) = &self.0 else {
             return Ok(Claim::Solo);
-        };
-        // Marked before the insert: a `who` racing it is answered from here.
-        inner.claiming.insert(call_sid.to_string(), ());
-        let guard = ClaimGuard {
-            inner: inner.clone(),
-            call_sid: call_sid.to_string(),
         };
         let inserted = inner
             .db
@@ -276,7 +300,7 @@ impl Fleet {
             .await?
             .rows_affected();
         if inserted == 1 {
-            return Ok(Claim::Ours(guard));
+            return Ok(Claim::Ours);
         }
         let holder = inner
             .db
@@ -291,24 +315,15 @@ impl Fleet {
         match holder {
             Some(h) if h != inner.id => Ok(Claim::Theirs(h)),
             // Ours already (a retry to this instance), or deleted meanwhile.
-            _ => Ok(Claim::Ours(guard)),
+            _ => Ok(Claim::Ours),
         }
     }
 
     /// Moves the call's claim from `holder` (silent: crashed or gone) to this instance; false
     /// when someone else moved it first.
-    pub async fn take_over(
-        &self,
-        call_sid: &str,
-        holder: &str,
-    ) -> Result<Option<ClaimGuard>, StoreError> {
+    pub async fn take_over(&self, call_sid: &str, holder: &str) -> Result<bool, StoreError> {
         let Some(inner) = &self.0 else {
-            return Ok(None);
-        };
-        inner.claiming.insert(call_sid.to_string(), ());
-        let guard = ClaimGuard {
-            inner: inner.clone(),
-            call_sid: call_sid.to_string(),
+            return Ok(false);
         };
         let moved = inner
             .db
@@ -320,14 +335,20 @@ impl Fleet {
             ))
             .await?
             .rows_affected();
-        Ok((moved == 1).then_some(guard))
+        Ok(moved == 1)
     }
 
     /// Asks the fleet who holds the call; waits up to `within` for the answer.
-    pub async fn ask(&self, call_sid: &str, within: Duration) -> Option<Answer> {
-        let inner = self.0.as_ref()?;
+    pub async fn ask(&self, call_sid: &str, within: Duration) -> Asked {
+        let Some(inner) = self.0.as_ref() else {
+            return Asked::Failed;
+        };
         let (tx, rx) = oneshot::channel();
-        inner.asking.insert(call_sid.to_string(), tx);
+        inner
+            .asking
+            .entry(call_sid.to_string())
+            .or_default()
+            .push(tx);
         let asked = self
             .publish(&Message::Who {
                 call_sid: call_sid.to_string(),
@@ -335,16 +356,23 @@ impl Fleet {
             })
             .await;
         let answer = match asked {
-            Ok(()) => tokio::time::timeout(within, rx)
-                .await
-                .ok()
-                .and_then(Result::ok),
+            Ok(()) => match tokio::time::timeout(within, rx).await {
+                Ok(Ok(answer)) => Asked::Answer(answer),
+                _ => Asked::Silent,
+            },
             Err(e) => {
-                tracing::warn!(call_sid, error = %e, "fleet: could not ask who holds the call");
-                None
+                tracing::warn!(call_sid, error = %e, source = ?std::error::Error::source(&e), "fleet: could not ask who holds the call");
+                Asked::Failed
             }
         };
-        inner.asking.remove(call_sid);
+        // This asker's sender is closed now (its receiver is gone): drop it, and the entry once
+        // nobody else waits.
+        if let Some(mut waiting) = inner.asking.get_mut(call_sid) {
+            waiting.retain(|tx| !tx.is_closed());
+        }
+        inner
+            .asking
+            .remove_if(call_sid, |_, waiting| waiting.is_empty());
         answer
     }
 
@@ -403,9 +431,11 @@ impl Fleet {
 
     fn resolve(&self, call_sid: &str, answer: Answer) {
         if let Some(inner) = &self.0
-            && let Some((_, tx)) = inner.asking.remove(call_sid)
+            && let Some((_, waiting)) = inner.asking.remove(call_sid)
         {
-            let _ = tx.send(answer);
+            for tx in waiting {
+                let _ = tx.send(answer.clone());
+            }
         }
     }
 }
@@ -449,6 +479,11 @@ pub async fn listen(
                 }
             },
         };
+        if let Some(inner) = &fleet.0 {
+            inner
+                .joined
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if std::mem::take(&mut failing) {
             tracing::info!("fleet: listening again");
             metrics.inc_fleet("listener_reconnects");
@@ -475,8 +510,17 @@ pub async fn listen(
                 Ok(Some(n)) => match fleet.reaction(n.payload(), &local) {
                     Reaction::Ignore => {}
                     Reaction::Close { call_sid, status } => close(&call_sid, &status),
+                    // On the listening connection itself: an answer must not wait for the pool
+                    // (the asker gives up after ASK_FOR and takes the call over).
                     Reaction::Answer(msg) => {
-                        if let Err(e) = fleet.publish(&msg).await {
+                        let payload =
+                            serde_json::to_string(&msg).expect("a fleet message serializes");
+                        let sent = sea_orm::sqlx::query("SELECT pg_notify($1, $2)")
+                            .bind(CHANNEL)
+                            .bind(payload)
+                            .execute(&mut listener)
+                            .await;
+                        if let Err(e) = sent {
                             tracing::warn!(error = %e, "fleet: could not answer another instance");
                         }
                     }

@@ -57,6 +57,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// `server.max_connections`.
     pub max_connections: usize,
+    /// `server.shutdown_grace_secs`: how long shutdown waits for the connections being served.
+    pub grace: Duration,
 }
 
 impl Limits {
@@ -65,9 +67,13 @@ impl Limits {
         Self {
             header_read_timeout: Duration::from_secs(s.header_read_timeout_secs),
             max_connections: s.max_connections,
+            grace: Duration::from_secs(s.shutdown_grace_secs),
         }
     }
 }
+
+/// How often a refused connection is logged as a warning (each is counted).
+const REFUSED_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// What a connection over the cap is told before it is closed.
 const REFUSED: &[u8] =
@@ -84,6 +90,8 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
+    // One warning per [`REFUSED_WARN_EVERY`] at most: a flood at the cap must not flood the log.
+    let mut warned: Option<std::time::Instant> = None;
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
@@ -100,11 +108,16 @@ pub async fn serve(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             metrics.connections_refused.inc();
-            tracing::warn!(
-                peer = %remote,
-                max_connections = limits.max_connections,
-                "connection refused: server.max_connections reached"
-            );
+            if warned.is_none_or(|at| at.elapsed() >= REFUSED_WARN_EVERY) {
+                warned = Some(std::time::Instant::now());
+                tracing::warn!(
+                    peer = %remote,
+                    max_connections = limits.max_connections,
+                    "connection refused: server.max_connections reached (warmline_connections_refused_total counts every one)"
+                );
+            } else {
+                tracing::debug!(peer = %remote, "connection refused: server.max_connections reached");
+            }
             // Whatever the socket takes now; then it is closed.
             let _ = tcp.try_write(REFUSED);
             continue;
@@ -147,7 +160,16 @@ pub async fn serve(
     }
     drop(listener);
     connections.close();
-    connections.wait().await;
+    // Bounded: a client that never reads its answer must not hold the shutdown up (src/app.rs).
+    if tokio::time::timeout(limits.grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "shutdown: connections still open after server.shutdown_grace_secs; closing them"
+        );
+    }
 }
 
 /// An accept that failed: the peer's own trouble is skipped; anything else (out of file

@@ -31,6 +31,12 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.draining.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n");
     }
+    if !state.fleet.joined() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not yet listening to the other instances\n",
+        );
+    }
     match state.db.ping().await {
         Ok(()) => (StatusCode::OK, "ready\n"),
         Err(err) => {

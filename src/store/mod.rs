@@ -153,13 +153,15 @@ pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
     applied
 }
 
-/// The migrations this binary knows that the database has not applied.
+/// The migrations this binary knows that the database has not applied. Reads only (no
+/// `seaql_migrations` table is created): `serve --no-migrate` may run as a role without DDL
+/// rights, beside instances that are migrating.
 pub async fn pending_migrations(db: &DatabaseConnection) -> anyhow::Result<Vec<String>> {
-    Ok(migration_status(db)
-        .await?
+    Ok(Migrator::get_pending_migrations_read_only(db)
+        .await
+        .context("reading the applied migrations")?
         .into_iter()
-        .filter(|(_, applied)| !applied)
-        .map(|(name, _)| name)
+        .map(|m| m.name().to_string())
         .collect())
 }
 

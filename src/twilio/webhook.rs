@@ -186,6 +186,9 @@ async fn answer(
         }
     };
     let sid = req.call_sid.clone();
+    // Held until the call is registered (the end of this answer): another instance asking who
+    // holds the call is answered from here meanwhile (src/fleet.rs).
+    let _mark = state.fleet.mark(sid.as_str());
     let Ok(to) = E164::parse(&req.to) else {
         tracing::warn!(call_sid = %sid, "voice webhook: To is not an E.164 number");
         return (
@@ -223,7 +226,7 @@ async fn answer(
     };
     // Held by another instance (a retry that reached this one): its warm session takes the
     // call; nothing is opened or written here.
-    let _claim = match claim {
+    match claim {
         Some(Ok(fleet::Claim::Theirs(holder))) if !state.registry.contains(&sid) => {
             match hand_over(state, &sid, &holder, deadline).await {
                 HandOver::There(stream_url) => {
@@ -238,16 +241,14 @@ async fn answer(
                     tracing::warn!(call_sid = %sid, holder, "voice webhook for a call that streamed or ended on another instance: <Hangup/>, nothing opened");
                     return ("replayed", twiml::hangup());
                 }
-                HandOver::Here(guard) => guard,
+                HandOver::Here => {}
             }
         }
-        Some(Ok(fleet::Claim::Ours(guard))) => Some(guard),
         Some(Err(e)) => {
             tracing::warn!(call_sid = %sid, error = %e, source = ?std::error::Error::source(&e), "voice webhook: could not claim the call for this instance; answering here");
-            None
         }
-        _ => None,
-    };
+        _ => {}
+    }
     let (client, read) = match lookup {
         Ok(Ok(found)) => {
             state
@@ -461,8 +462,9 @@ enum HandOver {
     There(String),
     /// Nowhere: it already streamed or ended there.
     Over,
-    /// Here: the holder did not answer (gone), and the claim moved to this instance.
-    Here(Option<fleet::ClaimGuard>),
+    /// Here: the holder did not answer (gone, and the claim moved here), or nothing could be
+    /// learnt (the database failed, no shared stream token secret).
+    Here,
 }
 
 /// Asks the instance holding the call for it; takes the call over when it does not answer.
@@ -475,31 +477,44 @@ async fn hand_over(
     // The holder's stream verifies a token issued here only with a shared secret.
     if state.settings.twilio.stream_token_secret.is_empty() {
         tracing::warn!(call_sid = %sid, holder, "a call another instance holds, but twilio.stream_token_secret is empty (random per process): answering it here");
-        return HandOver::Here(None);
+        return HandOver::Here;
     }
-    let wait = fleet::ASK_FOR.min(deadline.saturating_duration_since(TokioInstant::now()));
-    match state.fleet.ask(sid.as_str(), wait).await {
-        Some(fleet::Answer::There { stream_url, .. }) => {
-            state.metrics.inc_fleet("webhook_forwarded");
-            HandOver::There(stream_url)
-        }
-        Some(fleet::Answer::Over) => HandOver::Over,
-        None => {
-            tracing::warn!(call_sid = %sid, holder, "the instance holding the call did not answer: taking it over");
-            state.metrics.inc_fleet("webhook_took_over");
-            let moved =
-                tokio::time::timeout_at(deadline, state.fleet.take_over(sid.as_str(), holder))
-                    .await;
-            match moved {
-                Ok(Ok(guard)) => HandOver::Here(guard),
-                Ok(Err(e)) => {
-                    tracing::warn!(call_sid = %sid, error = %e, "could not move the call's claim here; answering it here anyway");
-                    HandOver::Here(None)
-                }
-                Err(_) => HandOver::Here(None),
+    let mut holder = holder.to_string();
+    for round in 0..2 {
+        let wait = fleet::ASK_FOR.min(deadline.saturating_duration_since(TokioInstant::now()));
+        match state.fleet.ask(sid.as_str(), wait).await {
+            fleet::Asked::Answer(fleet::Answer::There { stream_url, .. }) => {
+                state.metrics.inc_fleet("webhook_forwarded");
+                return HandOver::There(stream_url);
             }
+            fleet::Asked::Answer(fleet::Answer::Over) => return HandOver::Over,
+            fleet::Asked::Failed => return HandOver::Here,
+            // Asked twice (the claim moved meanwhile): nobody answers; answered here.
+            fleet::Asked::Silent if round > 0 => return HandOver::Here,
+            fleet::Asked::Silent => {}
+        }
+        match tokio::time::timeout_at(deadline, state.fleet.take_over(sid.as_str(), &holder)).await
+        {
+            Ok(Ok(true)) => {
+                tracing::warn!(call_sid = %sid, holder, "the instance holding the call did not answer: taken over");
+                state.metrics.inc_fleet("webhook_took_over");
+                return HandOver::Here;
+            }
+            // Another instance moved the claim first: ask the one holding it now, once.
+            Ok(Ok(false)) => {
+                match tokio::time::timeout_at(deadline, state.fleet.claim(sid.as_str())).await {
+                    Ok(Ok(fleet::Claim::Theirs(now))) => holder = now,
+                    _ => return HandOver::Here,
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(call_sid = %sid, error = %e, "could not move the call's claim here; answering it here anyway");
+                return HandOver::Here;
+            }
+            Err(_) => return HandOver::Here,
         }
     }
+    HandOver::Here
 }
 
 /// Turns a call away because its client has `limits.live_calls_per_client` calls ringing or
@@ -680,6 +695,12 @@ async fn after_stream(
     // A call that streamed here ended moments ago: how is remembered (`store::recent`), so the
     // answer does not wait for its record (nor for a database that is unavailable).
     let ended_here = state.recent.ended(&sid, Instant::now());
+    // Bounded below the request timeout too (`server.request_timeout_secs` may be shorter):
+    // an answer cut by it would leave the caller an application error.
+    let limit = AFTER_STREAM_LIMIT.min(
+        Duration::from_secs(state.settings.server.request_timeout_secs)
+            .saturating_sub(Duration::from_millis(500)),
+    );
     let mut end_reason = ended_here.as_ref().map(|e| e.end_reason.clone());
     let mut client_id = ended_here.as_ref().map(|e| e.client_id);
     let mut client = None;
@@ -713,7 +734,7 @@ async fn after_stream(
             let patience = if state.recent.client(id, Instant::now()).is_some() {
                 DB_PATIENCE
             } else {
-                AFTER_STREAM_LIMIT
+                limit
             };
             match tokio::time::timeout(patience, clients::get_client(&state.db, id)).await {
                 Ok(Ok(c)) => client = Some(c),
@@ -732,10 +753,7 @@ async fn after_stream(
         }
     };
     // On time-out, whatever was found so far (the record, perhaps the client) still decides.
-    if tokio::time::timeout(AFTER_STREAM_LIMIT, lookup)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(limit, lookup).await.is_err() {
         tracing::error!(call_sid = %sid, "after-stream: database look-up timed out");
     }
     // Not read (failed or out of time): the one read lately, unless it was deleted.

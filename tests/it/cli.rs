@@ -157,7 +157,7 @@ fn serve_no_migrate_refuses_a_database_that_is_not_migrated() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("run `warmline migrate`"), "{stderr}");
-    // Migrated once, the same command gets past the check (it then serves; not waited for here).
+    // Migrated once, nothing is pending: the check `serve --no-migrate` makes passes.
     let migrated = warmline()
         .args(["migrate"])
         .env("WARMLINE_TWILIO__AUTH_TOKEN", "t")
