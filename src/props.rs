@@ -87,3 +87,66 @@ pub(crate) fn text(max_pieces: usize) -> impl Strategy<Value = String> {
     )
     .prop_map(|pieces| pieces.concat())
 }
+
+/// Any JSON value, a few levels deep: leaves of every kind (hostile text, and `words` the parser
+/// looks for), objects keyed by `fields` the parser reads or by any text.
+pub(crate) fn json_value(
+    fields: &'static [&'static str],
+    words: &'static [&'static str],
+) -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        text(8).prop_map(Value::from),
+        prop::sample::select(if words.is_empty() { &[""][..] } else { words })
+            .prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map(
+                prop_oneof![
+                    prop::sample::select(fields).prop_map(str::to_string),
+                    text(4)
+                ],
+                inner,
+                0..4
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// A JSON frame shaped like a protocol's: `tag` (`event`, `type`) one of `kinds` (or any
+/// value), and arbitrary values ([`json_value`]) in the `fields` its parser reads.
+pub(crate) fn json_frame(
+    tag: &'static str,
+    kinds: &'static [&'static str],
+    fields: &'static [&'static str],
+    words: &'static [&'static str],
+) -> impl Strategy<Value = String> {
+    use serde_json::Value;
+    (
+        prop_oneof![
+            3 => prop::sample::select(kinds).prop_map(Value::from),
+            1 => json_value(fields, words),
+        ],
+        prop::collection::btree_map(
+            prop::sample::select(fields),
+            json_value(fields, words),
+            0..5,
+        ),
+    )
+        .prop_map(move |(kind, fields)| {
+            let mut o: serde_json::Map<String, Value> = fields
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            o.insert(tag.into(), kind);
+            Value::Object(o).to_string()
+        })
+}

@@ -598,51 +598,15 @@ mod props {
         "arguments",
     ];
 
-    fn json_value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            any::<u64>().prop_map(Value::from),
-            any::<f64>().prop_map(Value::from),
-            text(8).prop_map(Value::from),
-            prop::sample::select(&["function_call", "incomplete", "completed"][..])
-                .prop_map(Value::from),
-        ];
-        leaf.prop_recursive(3, 24, 4, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
-                prop::collection::btree_map(
-                    prop_oneof![
-                        prop::sample::select(FIELDS).prop_map(str::to_string),
-                        text(4)
-                    ],
-                    inner,
-                    0..4
-                )
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
-    }
-
     /// An event shaped like the server's: a known (or any) type and arbitrary values in the
     /// fields the parser reads.
     fn frame() -> impl Strategy<Value = String> {
-        (
-            prop_oneof![
-                3 => prop::sample::select(TYPES).prop_map(Value::from),
-                1 => json_value(),
-            ],
-            prop::collection::btree_map(prop::sample::select(FIELDS), json_value(), 0..5),
+        crate::props::json_frame(
+            "type",
+            TYPES,
+            FIELDS,
+            &["function_call", "incomplete", "completed"],
         )
-            .prop_map(|(kind, fields)| {
-                let mut o: serde_json::Map<String, Value> = fields
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect();
-                o.insert("type".into(), kind);
-                Value::Object(o).to_string()
-            })
     }
 
     /// Feeds `text` to the parser and to a session in each phase that reads server events.

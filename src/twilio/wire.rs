@@ -469,32 +469,6 @@ mod props {
     use super::*;
     use crate::{props::text, twilio::media::MediaStream};
 
-    /// Any JSON value, nested a few levels, its strings hostile.
-    fn json_value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            any::<u64>().prop_map(Value::from),
-            any::<f64>().prop_map(Value::from),
-            text(8).prop_map(Value::from),
-        ];
-        leaf.prop_recursive(3, 24, 4, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
-                prop::collection::btree_map(
-                    prop_oneof![
-                        prop::sample::select(FIELDS).prop_map(str::to_string),
-                        text(4)
-                    ],
-                    inner,
-                    0..4
-                )
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
-    }
-
     /// The names the parser looks for, so generated objects reach its branches.
     const FIELDS: &[&str] = &[
         "event",
@@ -521,21 +495,7 @@ mod props {
     /// A frame shaped like Twilio's: a known (or any) event and arbitrary values in the fields
     /// the parser reads.
     fn frame() -> impl Strategy<Value = String> {
-        (
-            prop_oneof![
-                3 => prop::sample::select(EVENTS).prop_map(Value::from),
-                1 => json_value(),
-            ],
-            prop::collection::btree_map(prop::sample::select(FIELDS), json_value(), 0..5),
-        )
-            .prop_map(|(event, fields)| {
-                let mut o: serde_json::Map<String, Value> = fields
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect();
-                o.insert("event".into(), event);
-                Value::Object(o).to_string()
-            })
+        crate::props::json_frame("event", EVENTS, FIELDS, &[])
     }
 
     /// Feeds `text` to the parser, and to a media stream before and after its `start`.

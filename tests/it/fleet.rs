@@ -108,6 +108,17 @@ impl Instance {
         TwilioSim::new(&self.base, AUTH_TOKEN)
     }
 
+    /// Twilio retrying the voice webhook of call `sid` here.
+    async fn retry(&self, sid: &str) -> sim::twilio::PlacedCall {
+        self.twilio()
+            .place_call(&CallSpec {
+                call_sid: Some(sid.to_string()),
+                ..CallSpec::new(CALLER, CLIENT_NUMBER)
+            })
+            .await
+            .unwrap()
+    }
+
     /// A metric's value from `/metrics` (0 when absent).
     async fn metric(&self, series: &str) -> f64 {
         let text = self
@@ -277,15 +288,7 @@ async fn two_instances_start_at_once_on_an_empty_database_and_share_the_calls() 
         .await
         .unwrap();
     let opened = fleet.fake.connections_opened();
-    let retry = fleet
-        .b
-        .twilio()
-        .place_call(&CallSpec {
-            call_sid: Some(placed.call_sid.clone()),
-            ..CallSpec::new(CALLER, CLIENT_NUMBER)
-        })
-        .await
-        .unwrap();
+    let retry = fleet.b.retry(&placed.call_sid).await;
     assert_eq!(
         stream_url(&retry.twiml),
         fleet.a.ws(),
@@ -338,15 +341,7 @@ async fn a_retry_takes_the_call_over_when_the_instance_holding_it_is_gone() {
     assert_eq!(stream_url(&placed.twiml), fleet.a.ws());
     fleet.a.child.kill().await.unwrap();
     let opened = fleet.fake.connections_opened();
-    let retry = fleet
-        .b
-        .twilio()
-        .place_call(&CallSpec {
-            call_sid: Some(placed.call_sid.clone()),
-            ..CallSpec::new(CALLER, CLIENT_NUMBER)
-        })
-        .await
-        .unwrap();
+    let retry = fleet.b.retry(&placed.call_sid).await;
     assert_eq!(stream_url(&retry.twiml), fleet.b.ws(), "{}", retry.body);
     assert_eq!(fleet.fake.connections_opened(), opened + 1, "warmed on B");
     assert_eq!(
