@@ -510,6 +510,13 @@ async fn run(state: AppState, socket: WebSocket) {
                 }
                 Output::FirstAudio { path, elapsed } => {
                     metrics.observe_first_audio(path.as_str(), elapsed.as_secs_f64());
+                    // From the webhook's arrival (wall clock: it may have been another process
+                    // of this instance, before a restart). Every session opened for a new call
+                    // asks for the greeting, so the first audio is a generated one.
+                    if let Some(ctx) = &known {
+                        let waited = (Utc::now() - ctx.started_at).to_std().unwrap_or_default();
+                        metrics.observe_dial_to_first_audio("generated", waited.as_secs_f64());
+                    }
                 }
                 Output::ResponseLatency(d) => metrics.response_latency.observe(d.as_secs_f64()),
                 Output::Reconnect { attempt, reason } => {
@@ -869,7 +876,7 @@ fn reopen(
         }
         let spec = SessionSpec::resumed(&state.settings, &ctx.profile, &ctx.call_sid, Utc::now());
         AttachStep::Session(
-            client::open(&state.settings.openai, spec)
+            client::open(&state.settings.openai, spec, &state.metrics)
                 .await
                 .map(|a| Box::new((a, CallPath::Cold)))
                 .map_err(|e| EndReason::RealtimeUnavailable(e.to_string())),
@@ -975,7 +982,7 @@ async fn open_cold(
         false,
         Utc::now(),
     );
-    client::open(&state.settings.openai, spec)
+    client::open(&state.settings.openai, spec, &state.metrics)
         .await
         .map_err(|e| EndReason::RealtimeUnavailable(e.to_string()))
 }

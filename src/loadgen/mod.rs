@@ -567,6 +567,11 @@ pub struct LoadReport {
     pub ttfa_warm: Percentiles,
     /// Time to first audio, cold path.
     pub ttfa_cold: Percentiles,
+    /// Dial to first audio, warm path (voice webhook sent → first agent media received: the
+    /// ringing and the silence together, what a caller waits).
+    pub dial_warm: Percentiles,
+    /// Dial to first audio, cold path.
+    pub dial_cold: Percentiles,
     /// Caller frame sent by the simulator → append received by the fake.
     pub relay_inbound: Percentiles,
     /// Agent audio sent by the fake → media received by the simulator.
@@ -915,6 +920,8 @@ pub async fn run_steps(opts: LoadOptions, steps: &[usize]) -> anyhow::Result<Ste
 struct Collected {
     ttfa_warm_us: Vec<u32>,
     ttfa_cold_us: Vec<u32>,
+    dial_warm_us: Vec<u32>,
+    dial_cold_us: Vec<u32>,
     /// Seconds of streaming (`start` sent → stream over), summed over the calls.
     stream_secs: f64,
 }
@@ -1017,6 +1024,7 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
         tasks.spawn(async move {
             let to = if cold { "+15005550007" } else { "+15005550006" };
             let from = format!("+1415{:07}", i);
+            let dialed = Instant::now();
             let placed = match twilio.place_call(&CallSpec::new(&from, to)).await {
                 Ok(p) if matches!(p.twiml, Twiml::Stream { .. }) => p,
                 _ => {
@@ -1039,11 +1047,16 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
                     let us = r
                         .first_media_after_start
                         .map_or(0, |d| d.as_micros() as u32);
+                    let dial_us = r.first_media_at.map_or(0, |t| {
+                        t.saturating_duration_since(dialed).as_micros() as u32
+                    });
                     let mut c = collected.lock().expect("collected lock");
                     if cold {
-                        c.ttfa_cold_us.push(us)
+                        c.ttfa_cold_us.push(us);
+                        c.dial_cold_us.push(dial_us);
                     } else {
-                        c.ttfa_warm_us.push(us)
+                        c.ttfa_warm_us.push(us);
+                        c.dial_warm_us.push(dial_us);
                     }
                     if let Some(t0) = r.start_sent_at {
                         c.stream_secs += ended.saturating_duration_since(t0).as_secs_f64();
@@ -1175,6 +1188,8 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
         peak_concurrent: peak_n,
         ttfa_warm: percentiles_us(collected.ttfa_warm_us),
         ttfa_cold: percentiles_us(collected.ttfa_cold_us),
+        dial_warm: percentiles_us(collected.dial_warm_us),
+        dial_cold: percentiles_us(collected.dial_cold_us),
         relay_inbound: percentiles_us(in_delays),
         relay_outbound: percentiles_us(out_delays),
         inbound_frames: (in_sent, in_recv),
@@ -1262,6 +1277,8 @@ fn print_table(r: &LoadReport) {
     );
     row("time to first audio, warm", &r.ttfa_warm);
     row("time to first audio, cold", &r.ttfa_cold);
+    row("dial to first audio, warm", &r.dial_warm);
+    row("dial to first audio, cold", &r.dial_cold);
     row(
         "relay delay caller→model (through gateway)",
         &r.relay_inbound,

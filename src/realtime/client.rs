@@ -206,10 +206,17 @@ pub fn spawn(
 
 /// Opens a session in the caller's task (the cold path): connect, and the machine with the
 /// configuration and the greeting queued for the socket.
-pub async fn open(settings: &OpenAiSettings, spec: SessionSpec) -> Result<Attached, SessionError> {
+pub async fn open(
+    settings: &OpenAiSettings,
+    spec: SessionSpec,
+    metrics: &Metrics,
+) -> Result<Attached, SessionError> {
     let ws = connect(settings).await?;
     let mut session = spec.machine();
     session.handle_open();
+    if session.greeted() {
+        metrics.inc_greeting("generated");
+    }
     Ok(Attached { ws, session })
 }
 
@@ -268,6 +275,11 @@ impl WarmSession for SessionHandle {
     fn close(self, reason: &'static str) {
         self.close_now(reason);
     }
+
+    fn greeted(&self) -> bool {
+        // The socket opened, so the greeting was asked for (`Task::run`, after `handle_open`).
+        matches!(*self.status.borrow(), Status::Open | Status::Ready)
+    }
 }
 
 struct Task {
@@ -318,6 +330,9 @@ impl Task {
             }
         };
         self.session.handle_open();
+        if self.session.greeted() {
+            self.metrics.inc_greeting("generated");
+        }
         let _ = self.status.send(Status::Open);
         if let Some(reply) = early_claim {
             return self.hand_over(ws, reply).await;

@@ -78,6 +78,8 @@ pub struct Session {
     audio_seen: bool,
     session_update: String,
     greeting: Option<String>,
+    /// The greeting's `response.create` was queued for the socket (a greeting is generated).
+    greeted: bool,
     transmit: VecDeque<String>,
     events: VecDeque<Event>,
     buffered_bytes: usize,
@@ -117,6 +119,7 @@ impl Session {
             audio_seen: false,
             session_update,
             greeting,
+            greeted: false,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             buffered_bytes: 0,
@@ -156,7 +159,14 @@ impl Session {
             .push_back(std::mem::take(&mut self.session_update));
         if let Some(g) = self.greeting.take() {
             self.transmit.push_back(g);
+            self.greeted = true;
         }
+    }
+
+    /// Whether the greeting was asked for on the socket (it is generated, billed, whether or not
+    /// anyone hears it): `warmline_greetings_total{source="generated"}`.
+    pub fn greeted(&self) -> bool {
+        self.greeted
     }
 
     /// Why the configuration was refused, once (the session is then unusable).

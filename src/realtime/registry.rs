@@ -40,6 +40,11 @@ pub trait WarmSession: Send + Sync + 'static {
     fn ready(&self) -> Self::Ready;
     /// Closes the socket (idempotent; called at most once by the registry).
     fn close(self, reason: &'static str);
+    /// Whether a greeting was generated on it (closed unclaimed, nobody heard it:
+    /// `warmline_greetings_unheard_total`).
+    fn greeted(&self) -> bool {
+        false
+    }
 }
 
 /// Why a call did not get a warm session.
@@ -321,6 +326,9 @@ impl<C: Send + Sync + 'static, S: WarmSession> Registry<C, S> {
             Some((session, _held)) => {
                 self.metrics.warm_sessions.dec();
                 Metrics::inc_reason(&self.metrics.warm_sessions_closed, reason);
+                if session.greeted() {
+                    self.metrics.greetings_unheard.inc();
+                }
                 session.close(reason);
                 true
             }
@@ -348,6 +356,10 @@ mod tests {
         }
         fn close(self, reason: &'static str) {
             self.closed.lock().unwrap().push((self.id, reason));
+        }
+        // Odd ids stand for sessions whose socket opened (their greeting was asked for).
+        fn greeted(&self) -> bool {
+            self.id % 2 == 1
         }
     }
 
@@ -564,5 +576,17 @@ mod tests {
         f.begin("CA3", false, 0);
         assert_eq!(f.reg.close_all("shutdown"), 2);
         assert!(f.reg.is_empty());
+    }
+
+    #[test]
+    fn a_greeting_generated_for_a_session_closed_unclaimed_is_counted_unheard() {
+        let f = Fixture::new(10);
+        f.begin("CA1", true, 0); // session 1: its greeting was asked for
+        f.begin("CA2", true, 0); // session 2: its socket never opened
+        f.begin("CA3", true, 0); // session 3: asked for, then claimed (heard)
+        f.reg.claim(&Fixture::sid("CA3")).expect("claimed");
+        f.reg.close(&Fixture::sid("CA1"), "canceled");
+        f.reg.close(&Fixture::sid("CA2"), "canceled");
+        assert_eq!(f.reg.metrics.greetings_unheard.get(), 1);
     }
 }

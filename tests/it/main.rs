@@ -10,6 +10,7 @@ mod chaos;
 mod cli;
 mod drain;
 mod fleet;
+mod greeting;
 mod handover;
 mod idle_peers;
 mod knowledge;
