@@ -27,7 +27,7 @@ use dashmap::{DashMap, mapref::entry::Entry as MapEntry};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
-    domain::{CallSid, ClientId},
+    domain::{CallSid, CallStatus, ClientId},
     limits::{Slot, Slots},
     metrics::Metrics,
 };
@@ -91,6 +91,41 @@ pub enum Begun<R> {
     Retry(Option<R>),
     /// The call already streamed or ended here (a replayed webhook): nothing was opened.
     Over,
+    /// Twilio said the call ended while this webhook was still being answered (a hang-up in
+    /// the first moments of ringing, [`Registry::end_arriving`]): nothing was opened; record it.
+    Ended(EarlyEnd),
+}
+
+/// How a call ended before its webhook registered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EarlyEnd {
+    /// Twilio's status label (`canceled`, `busy`, …).
+    pub reason: &'static str,
+    /// The call's final status.
+    pub status: CallStatus,
+}
+
+/// A voice webhook for the call is being answered ([`Registry::arrive`]); while any is, a
+/// status callback that finds no entry is kept for it ([`Registry::end_arriving`]).
+pub struct Arriving {
+    arriving: Arc<DashMap<CallSid, usize>>,
+    ended: Arc<DashMap<CallSid, EarlyEnd>>,
+    call_sid: CallSid,
+}
+
+impl Drop for Arriving {
+    fn drop(&mut self) {
+        let last = self
+            .arriving
+            .remove_if_mut(&self.call_sid, |_, n| {
+                *n -= 1;
+                *n == 0
+            })
+            .is_some();
+        if last {
+            self.ended.remove(&self.call_sid);
+        }
+    }
 }
 
 /// How long a call that left the registry is remembered as done (longer than a stream token
@@ -125,6 +160,10 @@ pub struct Registry<C, S> {
     map: DashMap<CallSid, Entry<C, S>>,
     /// Calls that left the map (claimed, closed, reaped), and when.
     done: DashMap<CallSid, Instant>,
+    /// Calls whose voice webhook is being answered, and how many times over.
+    arriving: Arc<DashMap<CallSid, usize>>,
+    /// Calls Twilio said ended while their webhook was being answered.
+    ended_early: Arc<DashMap<CallSid, EarlyEnd>>,
     permits: Arc<Semaphore>,
     /// Warm sessions per client (`limits.warm_sessions_per_client`).
     client_warm: Arc<Slots<ClientId>>,
@@ -144,6 +183,8 @@ impl<C: Send + Sync + 'static, S: WarmSession> Registry<C, S> {
         Self {
             map: DashMap::new(),
             done: DashMap::new(),
+            arriving: Arc::default(),
+            ended_early: Arc::default(),
             permits: Arc::new(Semaphore::new(max_sessions)),
             client_warm: Slots::new(per_client),
             ttl,
@@ -163,6 +204,10 @@ impl<C: Send + Sync + 'static, S: WarmSession> Registry<C, S> {
         now: Instant,
         open: impl FnOnce() -> S,
     ) -> Begun<S::Ready> {
+        if let Some((_, early)) = self.ended_early.remove(call_sid) {
+            self.mark_done(call_sid, now);
+            return Begun::Ended(early);
+        }
         if self.is_done(call_sid, now) {
             return Begun::Over;
         }
@@ -223,6 +268,27 @@ impl<C: Send + Sync + 'static, S: WarmSession> Registry<C, S> {
     /// Warm sessions `client` holds now.
     pub fn warm_for(&self, client: ClientId) -> usize {
         self.client_warm.held(&client)
+    }
+
+    /// Marks a voice webhook for the call as being answered, until the guard is dropped (hold it
+    /// past [`Registry::begin`]).
+    pub fn arrive(&self, call_sid: &CallSid) -> Arriving {
+        *self.arriving.entry(call_sid.clone()).or_insert(0) += 1;
+        Arriving {
+            arriving: self.arriving.clone(),
+            ended: self.ended_early.clone(),
+            call_sid: call_sid.clone(),
+        }
+    }
+
+    /// Twilio says the call ended, and it is not registered: if its webhook is being answered,
+    /// keeps the end for it ([`Begun::Ended`]: nothing is opened) and returns true.
+    pub fn end_arriving(&self, call_sid: &CallSid, early: EarlyEnd) -> bool {
+        if !self.arriving.contains_key(call_sid) {
+            return false;
+        }
+        self.ended_early.insert(call_sid.clone(), early);
+        true
     }
 
     /// Takes the call out of the registry (exactly once): the stream handler now owns it.
@@ -576,6 +642,41 @@ mod tests {
         f.begin("CA3", false, 0);
         assert_eq!(f.reg.close_all("shutdown"), 2);
         assert!(f.reg.is_empty());
+    }
+
+    #[test]
+    fn a_hang_up_while_the_webhook_is_answered_opens_nothing() {
+        let f = Fixture::new(10);
+        let sid = Fixture::sid("CA1");
+        let early = EarlyEnd {
+            reason: "canceled",
+            status: CallStatus::Canceled,
+        };
+        // No webhook being answered: nothing to keep (the status callback is for another call).
+        assert!(!f.reg.end_arriving(&sid, early));
+        let arriving = f.reg.arrive(&sid);
+        assert!(f.reg.end_arriving(&sid, early));
+        assert!(matches!(f.begin("CA1", true, 0), Begun::Ended(e) if e == early));
+        assert_eq!(f.opened.get(), 0, "no session opened");
+        assert!(f.reg.is_empty());
+        // Done: a retry of that webhook opens nothing either.
+        assert!(matches!(f.begin("CA1", true, 1), Begun::Over));
+        drop(arriving);
+
+        // A webhook that returns before `begin` (an unknown number, say) takes the kept end
+        // with it: nothing is left behind for a later call.
+        let sid2 = Fixture::sid("CA2");
+        let first = f.reg.arrive(&sid2);
+        let second = f.reg.arrive(&sid2);
+        assert!(f.reg.end_arriving(&sid2, early));
+        drop(first);
+        assert!(
+            f.reg.end_arriving(&sid2, early),
+            "one webhook still being answered"
+        );
+        drop(second);
+        assert!(!f.reg.end_arriving(&sid2, early));
+        assert!(matches!(f.begin("CA2", true, 0), Begun::Warm(_)));
     }
 
     #[test]

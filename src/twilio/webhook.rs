@@ -42,7 +42,7 @@ use crate::{
     realtime::{
         client::{self, SessionSpec, Status},
         profile::AgentProfile,
-        registry::{Begun, ColdReason, Want},
+        registry::{Begun, ColdReason, EarlyEnd, Want},
     },
     store::{
         StoreError, callers,
@@ -107,6 +107,7 @@ pub const OUTCOMES: &[&str] = &[
     "redirected",
     "replayed",
     "elsewhere",
+    "ended",
     "busy",
 ];
 
@@ -189,6 +190,8 @@ async fn answer(
     // Held until the call is registered (the end of this answer): another instance asking who
     // holds the call is answered from here meanwhile (src/fleet.rs).
     let _mark = state.fleet.mark(sid.as_str());
+    // Likewise a hang-up that arrives before then is kept for this answer (`Begun::Ended`).
+    let _arriving = state.registry.arrive(&sid);
     let Ok(to) = E164::parse(&req.to) else {
         tracing::warn!(call_sid = %sid, "voice webhook: To is not an E.164 number");
         return (
@@ -426,6 +429,18 @@ async fn answer(
         }
         // It streamed or ended between the check above and now.
         Begun::Over => return ("replayed", twiml::hangup()),
+        // Twilio said it ended (a hang-up) while this answer was being prepared.
+        Begun::Ended(early) => {
+            tracing::info!(call_sid = %sid, status = early.reason, "call ended while its webhook was answered; nothing opened");
+            state.writer.enqueue(Job::Patch(
+                sid.to_string(),
+                CallPatch::ended(
+                    early.status,
+                    format!("ended before the media stream ({})", early.reason),
+                ),
+            ));
+            return ("ended", twiml::hangup());
+        }
     };
     let body = stream_twiml(state, &sid, &state.settings.public_ws_url("/twilio/media"));
     let webhook_ms = t0.elapsed().as_millis() as i64;
@@ -654,7 +669,14 @@ pub fn close_ringing(
 ) -> bool {
     let reason = status.label();
     let Some(warm) = registry.close(call_sid, reason) else {
-        return false;
+        // Not registered yet: its webhook, if one is being answered here, opens nothing.
+        return registry.end_arriving(
+            call_sid,
+            EarlyEnd {
+                reason,
+                status: final_status,
+            },
+        );
     };
     tracing::info!(call_sid = %call_sid, status = reason, warm, "call ended before its media stream; session closed");
     writer.enqueue(Job::Patch(
