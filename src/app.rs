@@ -143,7 +143,7 @@ impl AppState {
                     let Ok(sid) = crate::domain::CallSid::parse(sid) else {
                         return Local::Unknown;
                     };
-                    if reg_local.contains(&sid) {
+                    if reg_local.contains(&sid) || reg_local.is_arriving(&sid) {
                         Local::Ringing
                     } else if reg_local.is_done(&sid, std::time::Instant::now()) {
                         Local::Done

@@ -203,30 +203,12 @@ pub enum Asked {
     Failed,
 }
 
-/// A voice webhook for the call is being answered on this instance (while it lives, `who` is
-/// answered from here, even before the call is registered). Counted: several may overlap.
-pub struct Mark {
-    inner: Arc<Inner>,
-    call_sid: String,
-}
-
-impl Drop for Mark {
-    fn drop(&mut self) {
-        self.inner.claiming.remove_if_mut(&self.call_sid, |_, n| {
-            *n -= 1;
-            *n == 0
-        });
-    }
-}
-
 struct Inner {
     id: String,
     stream_url: String,
     db: DatabaseConnection,
     /// Webhooks waiting for an answer to `who`, by CallSid (several may ask at once).
     asking: DashMap<String, Vec<oneshot::Sender<Answer>>>,
-    /// Calls whose voice webhook is being answered here, and how many times over.
-    claiming: DashMap<String, usize>,
     /// Whether the listener has listened once (`/readyz` waits for it).
     joined: std::sync::atomic::AtomicBool,
 }
@@ -250,7 +232,6 @@ impl Fleet {
             stream_url,
             db: db.clone(),
             asking: DashMap::new(),
-            claiming: DashMap::new(),
             joined: std::sync::atomic::AtomicBool::new(false),
         })))
     }
@@ -271,17 +252,6 @@ impl Fleet {
     /// This instance's id in the fleet (random per process), when on.
     pub fn id(&self) -> Option<&str> {
         self.0.as_deref().map(|i| i.id.as_str())
-    }
-
-    /// Marks a voice webhook for the call as being answered here, from before its claim until
-    /// the call is registered (hold the mark that long): a `who` racing it is answered from here.
-    pub fn mark(&self, call_sid: &str) -> Option<Mark> {
-        let inner = self.0.as_ref()?;
-        *inner.claiming.entry(call_sid.to_string()).or_insert(0) += 1;
-        Some(Mark {
-            inner: inner.clone(),
-            call_sid: call_sid.to_string(),
-        })
     }
 
     /// Claims the call for this instance, unless another claimed it first.
@@ -418,10 +388,7 @@ impl Fleet {
             return Reaction::Ignore;
         };
         match serde_json::from_str::<Message>(payload) {
-            Ok(msg) => react(msg, &inner.id, &inner.stream_url, |sid| match local(sid) {
-                Local::Unknown if inner.claiming.contains_key(sid) => Local::Ringing,
-                known => known,
-            }),
+            Ok(msg) => react(msg, &inner.id, &inner.stream_url, local),
             Err(e) => {
                 tracing::warn!(error = %e, "fleet: ignoring a message that is not ours");
                 Reaction::Ignore

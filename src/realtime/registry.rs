@@ -281,6 +281,11 @@ impl<C: Send + Sync + 'static, S: WarmSession> Registry<C, S> {
         }
     }
 
+    /// Whether a voice webhook for the call is being answered ([`Registry::arrive`]).
+    pub fn is_arriving(&self, call_sid: &CallSid) -> bool {
+        self.arriving.contains_key(call_sid)
+    }
+
     /// Twilio says the call ended, and it is not registered: if its webhook is being answered,
     /// keeps the end for it ([`Begun::Ended`]: nothing is opened) and returns true.
     pub fn end_arriving(&self, call_sid: &CallSid, early: EarlyEnd) -> bool {

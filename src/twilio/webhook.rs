@@ -187,10 +187,9 @@ async fn answer(
         }
     };
     let sid = req.call_sid.clone();
-    // Held until the call is registered (the end of this answer): another instance asking who
-    // holds the call is answered from here meanwhile (src/fleet.rs).
-    let _mark = state.fleet.mark(sid.as_str());
-    // Likewise a hang-up that arrives before then is kept for this answer (`Begun::Ended`).
+    // Held until the call is registered (the end of this answer): meanwhile a hang-up is kept
+    // for this answer (`Begun::Ended`), and another instance asking who holds the call is
+    // answered from here (src/fleet.rs, `Local::Ringing`).
     let _arriving = state.registry.arrive(&sid);
     let Ok(to) = E164::parse(&req.to) else {
         tracing::warn!(call_sid = %sid, "voice webhook: To is not an E.164 number");

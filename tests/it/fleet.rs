@@ -108,6 +108,14 @@ impl Instance {
         TwilioSim::new(&self.base, AUTH_TOKEN)
     }
 
+    /// A new call from [`CALLER`] whose voice webhook reaches this instance.
+    async fn place(&self) -> sim::twilio::PlacedCall {
+        self.twilio()
+            .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
+            .await
+            .unwrap()
+    }
+
     /// Twilio retrying the voice webhook of call `sid` here.
     async fn retry(&self, sid: &str) -> sim::twilio::PlacedCall {
         self.twilio()
@@ -242,12 +250,7 @@ async fn two_instances_start_at_once_on_an_empty_database_and_share_the_calls() 
     assert!(applied.iter().all(|(_, done)| *done), "{applied:?}");
 
     // 1. Warmed on A; Twilio's status callback for the hang-up reaches B.
-    let placed = fleet
-        .a
-        .twilio()
-        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-        .await
-        .unwrap();
+    let placed = fleet.a.place().await;
     assert_eq!(stream_url(&placed.twiml), fleet.a.ws());
     assert_eq!(fleet.fake.open_connections(), 1);
     let status = fleet
@@ -281,12 +284,7 @@ async fn two_instances_start_at_once_on_an_empty_database_and_share_the_calls() 
     assert!(fleet.fake.wait_open(0, Duration::from_secs(5)).await);
 
     // 2. Warmed on A; Twilio retries the voice webhook and the retry reaches B.
-    let placed = fleet
-        .a
-        .twilio()
-        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-        .await
-        .unwrap();
+    let placed = fleet.a.place().await;
     let opened = fleet.fake.connections_opened();
     let retry = fleet.b.retry(&placed.call_sid).await;
     assert_eq!(
@@ -332,12 +330,7 @@ async fn a_retry_takes_the_call_over_when_the_instance_holding_it_is_gone() {
         return;
     }
     let mut fleet = Fleet::start().await;
-    let placed = fleet
-        .a
-        .twilio()
-        .place_call(&CallSpec::new(CALLER, CLIENT_NUMBER))
-        .await
-        .unwrap();
+    let placed = fleet.a.place().await;
     assert_eq!(stream_url(&placed.twiml), fleet.a.ws());
     fleet.a.child.kill().await.unwrap();
     let opened = fleet.fake.connections_opened();
