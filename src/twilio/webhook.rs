@@ -564,17 +564,34 @@ fn turn_away_busy(
             "turned away: limits.live_calls_per_client reached".to_string(),
         ),
     ));
-    let client_language = client.client.language.as_str();
-    let language = say_language(client_language);
-    let own_lines = LineOverrides::from_stored(client.client.lines.as_deref());
-    let body = match &client.client.fallback_number {
-        Some(number) => {
-            let say = own_lines.text(Line::PuttingThrough, client_language);
-            twiml::dial(number, Some(&say), &language)
-        }
-        None => twiml::say_hangup(&own_lines.text(Line::Busy, client_language), &language),
-    };
+    let (_, body) = fallback_or_line(
+        client.client.fallback_number.as_deref(),
+        Line::Busy,
+        &LineOverrides::from_stored(client.client.lines.as_deref()),
+        &client.client.language,
+    );
     ("busy", body)
+}
+
+/// Puts the caller through to `fallback`, announced with the `putting_through` line (true), or,
+/// with none, says `otherwise` and hangs up (false); lines in the client's language and words.
+fn fallback_or_line(
+    fallback: Option<&str>,
+    otherwise: Line,
+    lines: &LineOverrides,
+    client_language: &str,
+) -> (bool, String) {
+    let language = say_language(client_language);
+    match fallback {
+        Some(number) => {
+            let say = lines.text(Line::PuttingThrough, client_language);
+            (true, twiml::dial(number, Some(&say), &language))
+        }
+        None => {
+            let say = lines.text(otherwise, client_language);
+            (false, twiml::say_hangup(&say, &language))
+        }
+    }
 }
 
 /// Waits until the session is ready (true) or failed/closed or the deadline passed (false).
@@ -821,15 +838,14 @@ async fn after_stream(
             }
         },
         (Some(r), _) if r.is_normal() => ("hangup", twiml::hangup()),
-        _ => match fallback {
-            Some(number) => {
-                let say = own_lines.text(Line::PuttingThrough, client_language);
-                ("dial_fallback", twiml::dial(&number, Some(&say), &language))
-            }
-            None => {
-                let say = own_lines.text(Line::Unavailable, client_language);
-                ("apologise", twiml::say_hangup(&say, &language))
-            }
+        _ => match fallback_or_line(
+            fallback.as_deref(),
+            Line::Unavailable,
+            &own_lines,
+            client_language,
+        ) {
+            (true, body) => ("dial_fallback", body),
+            (false, body) => ("apologise", body),
         },
     };
     tracing::info!(
