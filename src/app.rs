@@ -72,6 +72,8 @@ pub struct AppState {
     pub fleet: crate::fleet::Fleet,
     /// Rate limits and per-client caps (`[limits]`; the warm-session cap is the registry's).
     pub limits: Arc<crate::limits::Limits>,
+    /// Every client's cached greeting in memory (`crate::greeting`).
+    pub greetings: Arc<crate::greeting::Greetings>,
 }
 
 impl AppState {
@@ -187,6 +189,7 @@ impl AppState {
             recent: Arc::default(),
             fleet,
             limits: Arc::new(crate::limits::Limits::new(&settings_limits)),
+            greetings: Arc::new(crate::greeting::Greetings::new()),
         })
     }
 }

@@ -80,6 +80,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         http_tools: Default::default(),
         agents: Default::default(),
         results_schema: None,
+        greeting_mode: crate::greeting::GreetingMode::Auto,
     };
     clients::create_client(&db, &input).await?;
     // A second number whose client never pre-warms: the cold path, for comparison.

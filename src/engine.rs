@@ -35,6 +35,15 @@ pub enum Command {
     },
     /// A user text turn (e.g. a DTMF key) and a request for an answer to it.
     UserText(String),
+    /// The caller heard only `text` of the agent item `item_id`, one the engine has as text
+    /// (a greeting played from the cache, given to it as an assistant message): the item is
+    /// replaced by what was heard (removed when `text` is empty).
+    Heard {
+        /// The engine's id of the agent item.
+        item_id: String,
+        /// What the caller heard of it.
+        text: String,
+    },
     /// A tool's answer to the model's function call `call_id` (JSON text). Sent as an item;
     /// the answer to it is asked for with [`Command::Respond`].
     FunctionOutput {

@@ -20,6 +20,7 @@
 //! - [`twilio`]: voice webhook, X-Twilio-Signature, TwiML, stream token, Media Streams protocol, status callback.
 //! - [`realtime`]: OpenAI Realtime (GA) protocol types, the session machine and its socket task,
 //!   the warm-session registry and the reaper.
+//! - [`greeting`]: the instant answer: cached greetings (key, mode, the cache in memory, WAV).
 //! - [`bridge`]: one call: the state machine joining a media stream to a Realtime session.
 //! - [`store`]: sea-orm entities and repositories (clients, numbers, FAQs, callers, calls, transcripts),
 //!   and the call-record writer every call record goes through.
@@ -44,6 +45,7 @@ pub mod demo;
 pub mod domain;
 pub mod engine;
 pub mod fleet;
+pub mod greeting;
 pub mod hours;
 pub mod json;
 pub mod knowledge;

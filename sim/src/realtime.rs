@@ -600,6 +600,8 @@ struct Conn {
     speaking: Option<Speaking>,
     finished: Arc<Mutex<Vec<String>>>,
     item_audio_ms: HashMap<String, Arc<AtomicU64>>,
+    /// Items created by the client (messages, function outputs), by id.
+    items: std::collections::HashSet<String>,
     /// Set by the first `input_audio_buffer.append`: the gateway is relaying this session, so
     /// agent audio sent from now on is timed by the stamps (earlier audio waits in a buffer).
     relaying: Arc<AtomicBool>,
@@ -637,6 +639,7 @@ impl Conn {
             speaking: None,
             finished: Arc::default(),
             item_audio_ms: HashMap::new(),
+            items: Default::default(),
             relaying: Arc::default(),
             decoded: Vec::new(),
             create_response: true,
@@ -877,32 +880,17 @@ impl Conn {
                 _ => self.error("invalid_request_error", Some("invalid_value"), "audio must be base64").await,
             },
             "conversation.item.truncate" => self.on_truncate(&v).await,
-            "conversation.item.create" => {
-                let item = &v["item"];
-                let item_id = self.id("item");
-                let added = if item["type"] == "function_call_output" {
-                    let call_id = item["call_id"].as_str().unwrap_or("");
-                    let Some(i) = self.open_calls.iter().position(|c| c == call_id) else {
-                        self.error("invalid_request_error", Some("invalid_value"),
-                            &format!("Invalid value: no function call with call_id '{call_id}' awaits an output.")).await;
-                        return;
-                    };
-                    if !item["output"].is_string() {
-                        self.error("invalid_request_error", Some("invalid_type"),
-                            "Invalid type for 'item.output': expected a string.").await;
-                        return;
-                    }
-                    self.open_calls.remove(i);
-                    json!({"id": item_id, "type": "function_call_output", "call_id": call_id, "output": item["output"]})
+            "conversation.item.create" => self.on_item_create(&v).await,
+            "conversation.item.delete" => {
+                let item_id = v["item_id"].as_str().unwrap_or("");
+                if self.items.remove(item_id) || self.item_audio_ms.remove(item_id).is_some() {
+                    self.send(json!({"type": "conversation.item.deleted", "event_id": self.id("event"),
+                        "item_id": item_id}))
+                        .await;
                 } else {
-                    json!({"id": item_id, "type": "message", "role": "user"})
-                };
-                self.send(json!({"type": "conversation.item.added", "event_id": self.id("event"),
-                    "item": added}))
-                    .await;
-                self.send(json!({"type": "conversation.item.done", "event_id": self.id("event"),
-                    "item": added}))
-                    .await;
+                    self.error("invalid_request_error", Some("item_not_found"),
+                        &format!("Item with item_id '{item_id}' not found.")).await;
+                }
             }
             "input_audio_buffer.commit" | "input_audio_buffer.clear" => {}
             other => {
@@ -911,6 +899,96 @@ impl Conn {
                     .await
             }
         }
+    }
+
+    /// `conversation.item.create`: a function call's output, or a message whose content types
+    /// must match its role (user and system `input_*`, assistant `output_*`, as the GA API
+    /// checks). A client-chosen `id` is kept (a second item with the same id is refused).
+    async fn on_item_create(&mut self, v: &Value) {
+        let item = &v["item"];
+        let item_id = match item["id"].as_str() {
+            Some(id) if id.is_empty() || id.len() > 32 => {
+                self.error(
+                    "invalid_request_error",
+                    Some("invalid_value"),
+                    "Invalid 'item.id': string too long. Expected a string with maximum length 32.",
+                )
+                .await;
+                return;
+            }
+            Some(id) if self.items.contains(id) || self.item_audio_ms.contains_key(id) => {
+                self.error(
+                    "invalid_request_error",
+                    Some("invalid_value"),
+                    &format!("Item with id '{id}' already exists."),
+                )
+                .await;
+                return;
+            }
+            Some(id) => id.to_string(),
+            None => self.id("item"),
+        };
+        let added = if item["type"] == "function_call_output" {
+            let call_id = item["call_id"].as_str().unwrap_or("");
+            let Some(i) = self.open_calls.iter().position(|c| c == call_id) else {
+                self.error(
+                    "invalid_request_error",
+                    Some("invalid_value"),
+                    &format!(
+                        "Invalid value: no function call with call_id '{call_id}' awaits an output."
+                    ),
+                )
+                .await;
+                return;
+            };
+            if !item["output"].is_string() {
+                self.error(
+                    "invalid_request_error",
+                    Some("invalid_type"),
+                    "Invalid type for 'item.output': expected a string.",
+                )
+                .await;
+                return;
+            }
+            self.open_calls.remove(i);
+            json!({"id": item_id, "type": "function_call_output", "call_id": call_id, "output": item["output"]})
+        } else {
+            let role = item["role"].as_str().unwrap_or("user");
+            let allowed: &[&str] = match role {
+                "assistant" => &["output_text", "output_audio"],
+                "user" => &["input_text", "input_audio", "input_image"],
+                "system" => &["input_text"],
+                other => {
+                    self.error("invalid_request_error", Some("invalid_value"),
+                        &format!("Invalid value: '{other}'. Supported values are: 'user', 'assistant', and 'system'.")).await;
+                    return;
+                }
+            };
+            let empty = vec![];
+            let content = item["content"].as_array().unwrap_or(&empty);
+            if let Some(bad) = content
+                .iter()
+                .map(|c| c["type"].as_str().unwrap_or(""))
+                .find(|t| !allowed.contains(t))
+            {
+                self.error("invalid_request_error", Some("invalid_value"),
+                    &format!("Invalid value: '{bad}'. Supported values for a {role} message are: {allowed:?}.")).await;
+                return;
+            }
+            json!({"id": item_id, "type": "message", "role": role, "status": "completed",
+                "content": item["content"]})
+        };
+        self.items.insert(item_id);
+        self.send(
+            json!({"type": "conversation.item.added", "event_id": self.id("event"),
+            "previous_item_id": null, "item": added}),
+        )
+        .await;
+        self.send(
+            json!({"type": "conversation.item.done", "event_id": self.id("event"),
+            "previous_item_id": null, "item": added}),
+        )
+        .await;
     }
 
     async fn on_session_update(&mut self, v: &Value) {

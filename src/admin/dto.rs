@@ -8,6 +8,7 @@ use super::error::ApiError;
 use crate::{
     config::{PrewarmPolicy, ToolSettings},
     domain::{CallStatus, CallerIdTrust, ClientId, E164, Voice},
+    greeting::GreetingMode,
     hours::BusinessHours,
     lines::LineOverrides,
     store::{
@@ -91,6 +92,9 @@ pub struct ClientIn {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub results_schema: Option<serde_json::Value>,
+    /// `cached`, `generated` or `auto` (default; README "Greetings: cached, generated, auto").
+    #[serde(default)]
+    pub greeting_mode: Option<String>,
 }
 
 /// An FAQ.
@@ -264,6 +268,13 @@ impl ClientIn {
                 &http_tools,
             )
             .map_err(|e| invalid("agents", e))?,
+            greeting_mode: self
+                .greeting_mode
+                .as_deref()
+                .map(|m| m.parse::<GreetingMode>())
+                .transpose()
+                .map_err(|e| invalid("greeting_mode", e))?
+                .unwrap_or_default(),
             results_schema: match &self.results_schema {
                 None | Some(serde_json::Value::Null) => None,
                 Some(schema) => {
@@ -370,6 +381,8 @@ pub struct ClientOut {
     /// JSON Schema of the structured fields wanted from each call.
     #[schema(value_type = Option<Object>)]
     pub results_schema: Option<serde_json::Value>,
+    /// `cached`, `generated` or `auto`.
+    pub greeting_mode: String,
 }
 
 impl From<ClientProfile> for ClientOut {
@@ -414,6 +427,9 @@ impl From<ClientProfile> for ClientOut {
                 .results_schema
                 .as_deref()
                 .and_then(|s| serde_json::from_str(s).ok()),
+            greeting_mode: GreetingMode::from_stored(c.greeting_mode.as_deref())
+                .as_str()
+                .to_string(),
         }
     }
 }

@@ -111,6 +111,10 @@ pub enum Output {
     /// Caller audio held during the attach was dropped (over [`HELD_AUDIO_BYTES`]): the loop
     /// counts it with the other inbound drops.
     HeldAudioDropped,
+    /// The greeting this call was asked to keep ([`Call::capture_greeting`]): its frames
+    /// (base64 μ-law, as relayed) and transcript when it was generated whole, or `None` when it
+    /// was not (interrupted, cut, failed, the call ended first). Reported once.
+    GreetingCaptured(Option<CapturedGreeting>),
     /// Something worth a log line (unknown events, dropped deltas).
     Log(String),
     /// The call is over; close both sockets and save this.
@@ -129,6 +133,34 @@ impl Output {
         }
     }
 }
+
+/// A generated greeting, whole: what the cache keeps (`crate::greeting`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedGreeting {
+    /// What the model said.
+    pub transcript: String,
+    /// Its audio frames, base64 μ-law, in order.
+    pub frames: Vec<String>,
+}
+
+/// A greeting being captured: the first response relayed.
+#[derive(Debug, Default)]
+struct Capture {
+    response_id: Option<String>,
+    item_id: Option<String>,
+    frames: Vec<String>,
+    /// base64 bytes so far.
+    bytes: usize,
+    transcript: Option<String>,
+    done: bool,
+}
+
+/// Most greeting captured (base64 bytes of [`crate::greeting::MAX_AUDIO_BYTES`] μ-law).
+const MAX_CAPTURE_B64: usize = crate::greeting::MAX_AUDIO_BYTES * 4 / 3 + 4;
+
+/// The response id the call gives a greeting played from the cache (no engine response made
+/// it: a barge-in over it cancels nothing).
+const CACHED_RESPONSE: &str = "wl_cached_greeting";
 
 /// Why an input could not be applied (the loop ends the call with it).
 #[derive(Debug, thiserror::Error)]
@@ -257,6 +289,14 @@ pub struct Call {
     keepalive_spec: Option<KeepaliveSpec>,
     /// The attached socket's liveness (while live).
     keepalive: Option<Keepalive>,
+    /// The greeting being kept for the cache, if this call keeps it.
+    capture: Option<Capture>,
+    /// A greeting played from the cache: its engine item id and text (a barge-in replaces the
+    /// item with the part heard, see [`Command::Heard`]).
+    said: Option<(String, String)>,
+    /// No session could be attached while a greeting from the cache played: the call ends
+    /// with this once the greeting has been heard (its last mark), or at the deadline.
+    end_after_greeting: Option<(EndReason, Instant)>,
 }
 
 /// Most characters of transcript a re-opened session is seeded with (the newest lines).
@@ -357,6 +397,50 @@ impl Call {
             renew_at: None,
             keepalive_spec: None,
             keepalive: None,
+            capture: None,
+            said: None,
+            end_after_greeting: None,
+        }
+    }
+
+    /// Keep this call's greeting (the first response relayed) if it is generated whole: it is
+    /// reported with [`Output::GreetingCaptured`].
+    pub fn capture_greeting(&mut self) {
+        if self.phase != Phase::Ended && self.capture.is_none() {
+            self.capture = Some(Capture::default());
+        }
+    }
+
+    /// Plays a greeting from the cache now, after `start` and before (or without) a session:
+    /// `frames` (base64 μ-law) as the agent item `item_id`, which the engine has as an
+    /// assistant message saying `text`. Its first frame is the call's first audio (`path`: how
+    /// the session is being attached).
+    pub fn play_greeting(
+        &mut self,
+        now: Instant,
+        path: CallPath,
+        item_id: &str,
+        text: &str,
+        frames: &[String],
+    ) {
+        if !matches!(self.phase, Phase::AwaitingSession | Phase::Live)
+            || self.said.is_some()
+            || frames.is_empty()
+        {
+            return;
+        }
+        self.said = Some((item_id.to_string(), text.to_string()));
+        self.push_agent_line(now, item_id.to_string(), text.to_string());
+        for frame in frames {
+            self.relay_agent_audio_as(
+                now,
+                AgentAudio {
+                    response_id: CACHED_RESPONSE.into(),
+                    item_id: item_id.to_string(),
+                    payload: frame.clone(),
+                },
+                Some(path),
+            );
         }
     }
 
@@ -420,13 +504,22 @@ impl Call {
             .then_some(self.start_by)
             .flatten();
         let silent = self.silent_at();
+        let greeting_heard = self.end_after_greeting.as_ref().map(|(_, by)| *by);
         let keepalive = (self.phase == Phase::Live)
             .then(|| self.keepalive.as_ref().map(Keepalive::poll_timeout))
             .flatten();
-        [self.deadline, closing, renew, start, silent, keepalive]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.deadline,
+            closing,
+            renew,
+            start,
+            silent,
+            keepalive,
+            greeting_heard,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// When the Twilio leg counts as silent, if no media comes before.
@@ -451,6 +544,7 @@ impl Call {
             self.on_media_event(now, event);
         }
         self.advance_closing(now);
+        self.end_if_greeting_heard(now);
         Ok(())
     }
 
@@ -499,7 +593,27 @@ impl Call {
             self.end(now, EndReason::RealtimeClosed(why));
             return;
         }
+        // The caller is hearing the greeting from the cache: it is not cut off; the call ends
+        // (to the fallback) once it has played.
+        if self.phase == Phase::AwaitingSession
+            && self.said.is_some()
+            && self.stream.is_playing(now)
+        {
+            let by = now + Duration::from_millis(self.stream.unplayed_ms(now)) + CLOSING_MARK_GRACE;
+            self.end_after_greeting = Some((reason, by));
+            return;
+        }
         self.end(now, reason);
+    }
+
+    /// Ends a call left without a session once its cached greeting has played.
+    fn end_if_greeting_heard(&mut self, now: Instant) {
+        if let Some((_, by)) = &self.end_after_greeting
+            && (self.stream.all_played() || now >= *by)
+            && let Some((reason, _)) = self.end_after_greeting.take()
+        {
+            self.end(now, reason);
+        }
     }
 
     /// Replaces the engine session if the call allows it (live, not ending, reconnects left):
@@ -518,6 +632,7 @@ impl Call {
         );
         self.reconnects += 1;
         self.reconnect_attempt = 1;
+        self.give_up_capture();
         self.reconnect_reason = reason.to_string();
         self.phase = Phase::AwaitingSession;
         self.renew_at = None;
@@ -603,6 +718,12 @@ impl Call {
             }
             Event::AgentTranscript { item_id, text } => {
                 self.partial.retain(|(id, _)| *id != item_id);
+                if let Some(c) = self.capture.as_mut()
+                    && c.item_id.as_deref() == Some(item_id.as_str())
+                {
+                    c.transcript = Some(text.clone());
+                    self.finish_capture();
+                }
                 let text = match self.cut_of(&item_id) {
                     // Already written, cut, where the caller interrupted.
                     Some(c) if c.written => return,
@@ -635,7 +756,20 @@ impl Call {
                     *line = Some(response_id);
                 }
             }
-            Event::ResponseDone { response_id, .. } => {
+            Event::ResponseDone {
+                response_id,
+                status,
+            } => {
+                if let Some(c) = self.capture.as_mut()
+                    && c.response_id.as_deref() == Some(response_id.as_str())
+                {
+                    if status == "completed" {
+                        c.done = true;
+                        self.finish_capture();
+                    } else {
+                        self.give_up_capture();
+                    }
+                }
                 self.tool_response_open = false;
                 // The line asked for is done (spoken, see `relay_agent_audio`, or cut short
                 // with nothing to hear): now it only has to be heard.
@@ -736,6 +870,8 @@ impl Call {
         } else if let Some(c) = self.closing.as_ref().filter(|c| now >= c.deadline) {
             let reason = c.reason.clone();
             self.end(now, reason);
+        } else {
+            self.end_if_greeting_heard(now);
         }
     }
 
@@ -1005,8 +1141,30 @@ impl Call {
     }
 
     fn relay_agent_audio(&mut self, now: Instant, chunk: AgentAudio) {
+        self.relay_agent_audio_as(now, chunk, None);
+    }
+
+    /// Sends a chunk of agent audio to Twilio; the first is the call's first audio, on `path`
+    /// (else the attached session's).
+    fn relay_agent_audio_as(&mut self, now: Instant, chunk: AgentAudio, path: Option<CallPath>) {
         if self.cancelled.contains(&chunk.response_id) {
             return;
+        }
+        if let Some(c) = self.capture.as_mut()
+            && chunk.response_id != CACHED_RESPONSE
+            && !c.done
+        {
+            if c.response_id.is_none() {
+                c.response_id = Some(chunk.response_id.clone());
+                c.item_id = Some(chunk.item_id.clone());
+            }
+            if c.response_id.as_deref() == Some(chunk.response_id.as_str()) {
+                c.bytes += chunk.payload.len();
+                c.frames.push(chunk.payload.clone());
+                if c.bytes > MAX_CAPTURE_B64 {
+                    self.give_up_capture();
+                }
+            }
         }
         let item = match self.items.get(&chunk.item_id) {
             Some(&n) => n,
@@ -1039,7 +1197,7 @@ impl Call {
         });
         if !self.first_audio_sent {
             self.first_audio_sent = true;
-            if let (Some(start), Some(path)) = (self.started, self.path) {
+            if let (Some(start), Some(path)) = (self.started, path.or(self.path)) {
                 let elapsed = now.saturating_duration_since(start);
                 self.time_to_first_audio = Some(elapsed);
                 self.outputs.push_back(Output::FirstAudio { path, elapsed });
@@ -1062,7 +1220,18 @@ impl Call {
         }
         let heard = self.stream.send_clear(now);
         self.drain_stream_transmits();
-        self.outputs.push_back(Output::Engine(Command::Cancel));
+        // The greeting being kept was not heard whole.
+        if self.capture.as_ref().is_some_and(|c| !c.done) {
+            self.give_up_capture();
+        }
+        // A greeting played from the cache is no response of the engine's: nothing to cancel.
+        if self
+            .current
+            .as_ref()
+            .is_none_or(|c| c.response_id != CACHED_RESPONSE)
+        {
+            self.outputs.push_back(Output::Engine(Command::Cancel));
+        }
         if let Some(current) = self.current.take() {
             // The item being heard is cut where the caller is; any item queued behind it (a
             // later response, already generated) was not heard at all and is cut to nothing.
@@ -1080,16 +1249,48 @@ impl Call {
                     } else {
                         (0, 0.0)
                     };
-                    self.outputs.push_back(Output::Engine(Command::Truncate {
-                        item_id: item_id.clone(),
-                        audio_end_ms: end_ms,
-                    }));
+                    let command = match &self.said {
+                        // The engine has it as text: replaced by the part heard.
+                        Some((said, text)) if *said == item_id => Command::Heard {
+                            item_id: item_id.clone(),
+                            text: cut_text(text, share),
+                        },
+                        _ => Command::Truncate {
+                            item_id: item_id.clone(),
+                            audio_end_ms: end_ms,
+                        },
+                    };
+                    self.outputs.push_back(Output::Engine(command));
                     self.cut_transcript(now, item_id, share);
                 }
             }
             push_recent(&mut self.cancelled, current.response_id);
         }
         self.outputs.push_back(Output::BargeIn);
+    }
+
+    /// Reports the captured greeting once it is whole (its response completed and its
+    /// transcript in).
+    fn finish_capture(&mut self) {
+        if self
+            .capture
+            .as_ref()
+            .is_some_and(|c| c.done && c.transcript.is_some())
+            && let Some(c) = self.capture.take()
+        {
+            self.outputs
+                .push_back(Output::GreetingCaptured(Some(CapturedGreeting {
+                    transcript: c.transcript.unwrap_or_default(),
+                    frames: c.frames,
+                })));
+        }
+    }
+
+    /// The greeting being kept will not be whole: reported, and nothing more is captured.
+    fn give_up_capture(&mut self) {
+        if self.capture.take().is_some() {
+            self.outputs.push_back(Output::GreetingCaptured(None));
+        }
     }
 
     /// The transcript keeps what the caller heard of an interrupted item (its words in
@@ -1177,6 +1378,7 @@ impl Call {
             (_, reason) => reason,
         };
         self.phase = Phase::Ended;
+        self.give_up_capture();
         for (item_id, text) in std::mem::take(&mut self.partial) {
             let share = self.cut_of(&item_id).map_or(1.0, |c| c.heard_share);
             let text = cut_text(&text, share);
@@ -1511,6 +1713,199 @@ mod tests {
             },
         );
         assert_eq!(twilio_events(&drain(&mut call)), ["media", "mark"]);
+    }
+
+    /// A call that plays a cached greeting of `n` × 100 ms at `start` (t0), not attached yet.
+    fn playing_cached(t0: Instant, n: usize) -> (Call, Vec<Output>) {
+        let mut call = Call::new(Duration::from_secs(60), t0, Utc::now());
+        call.handle_twilio_text(t0, START).unwrap();
+        drain(&mut call);
+        let frames: Vec<String> = (0..n).map(|_| chunk()).collect();
+        call.play_greeting(
+            t0,
+            CallPath::Warm,
+            "wl_greeting",
+            "Thanks for calling Bright Smile, how can I help?",
+            &frames,
+        );
+        let out = drain(&mut call);
+        (call, out)
+    }
+
+    #[test]
+    fn a_cached_greeting_plays_at_start_and_the_callers_words_wait_for_the_session_in_order() {
+        let t0 = Instant::now();
+        let (mut call, out) = playing_cached(t0, 3);
+        assert_eq!(
+            twilio_events(&out),
+            ["media", "mark", "media", "mark", "media", "mark"],
+            "played before any session is attached"
+        );
+        assert!(matches!(
+            out.iter().find(|o| matches!(o, Output::FirstAudio { .. })),
+            Some(Output::FirstAudio { path: CallPath::Warm, elapsed }) if elapsed.is_zero()
+        ));
+        assert!(realtime(&out).is_empty());
+        // The caller talks over it while the session connects: held, in order.
+        let media = |n: u32, payload: &str| {
+            format!(
+                r#"{{"event":"media","sequenceNumber":"{n}","streamSid":"MZ1","media":{{"track":"inbound","chunk":"{n}","timestamp":"{}","payload":"{payload}"}}}}"#,
+                n * 20
+            )
+        };
+        for (i, p) in ["AAAA", "BBBB", "CCCC"].iter().enumerate() {
+            call.handle_twilio_text(t0 + ms(20 * (i as u64 + 1)), &media(i as u32 + 2, p))
+                .unwrap();
+        }
+        assert!(realtime(&drain(&mut call)).is_empty(), "no session yet");
+        call.handle_session_attached(t0 + ms(90), CallPath::Warm, Vec::new());
+        let out = drain(&mut call);
+        assert!(
+            twilio_events(&out).is_empty(),
+            "the greeting is not played twice"
+        );
+        assert_eq!(
+            realtime(&out),
+            ["AAAA", "BBBB", "CCCC"].map(|p| Command::Append(p.into()))
+        );
+        // The transcript has the greeting as the agent's first line.
+        call.handle_twilio_closed(t0 + ms(5000));
+        let o = ended(&mut call);
+        assert_eq!(o.transcript[0].role, Role::Agent);
+        assert_eq!(
+            o.transcript[0].text,
+            "Thanks for calling Bright Smile, how can I help?"
+        );
+        assert_eq!(o.time_to_first_audio, Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn talking_over_a_cached_greeting_clears_it_and_the_model_keeps_the_part_heard() {
+        let t0 = Instant::now();
+        let (mut call, _) = playing_cached(t0, 10);
+        call.handle_session_attached(t0 + ms(80), CallPath::Warm, Vec::new());
+        drain(&mut call);
+        // The model hears the caller (held audio) while the second of ten frames plays.
+        speech_started(&mut call, t0 + ms(150));
+        let out = drain(&mut call);
+        assert_eq!(twilio_events(&out), ["clear"]);
+        assert_eq!(
+            realtime(&out),
+            [Command::Heard {
+                item_id: "wl_greeting".into(),
+                text: "Thanks for …".into(),
+            }],
+            "no response to cancel, nothing to truncate: the item is replaced"
+        );
+        assert!(out.iter().any(|o| matches!(o, Output::BargeIn)));
+        call.handle_twilio_closed(t0 + ms(2000));
+        let o = ended(&mut call);
+        assert_eq!(o.transcript[0].text, "Thanks for …");
+    }
+
+    #[test]
+    fn no_session_during_a_cached_greeting_ends_the_call_once_it_is_heard() {
+        let t0 = Instant::now();
+        let (mut call, out) = playing_cached(t0, 3);
+        call.handle_session_refused(
+            t0 + ms(50),
+            EndReason::RealtimeUnavailable("connect: refused".into()),
+        );
+        assert!(!call.is_ended(), "the greeting is not cut off");
+        assert!(drain(&mut call).is_empty());
+        echo_marks(&mut call, t0 + ms(300), &out);
+        let o = ended(&mut call);
+        assert!(matches!(o.end_reason, EndReason::RealtimeUnavailable(_)));
+        // Without marks, at the deadline.
+        let (mut call, _) = playing_cached(t0, 3);
+        call.handle_session_refused(t0, EndReason::RealtimeUnavailable("x".into()));
+        let by = call.poll_timeout().unwrap();
+        assert!(by >= t0 + ms(300), "not before it could have played");
+        call.handle_timeout(by);
+        assert!(call.is_ended());
+        // With no cached greeting playing, at once.
+        let mut call = Call::new(Duration::from_secs(60), t0, Utc::now());
+        call.handle_twilio_text(t0, START).unwrap();
+        call.handle_session_refused(t0, EndReason::RealtimeUnavailable("x".into()));
+        assert!(call.is_ended());
+    }
+
+    /// A generated greeting of `n` chunks with its transcript and `response.done`.
+    fn greet_whole(call: &mut Call, at: Instant, n: usize, status: &str) {
+        created(call, at, "resp_1", false);
+        for e in greeting(n) {
+            call.handle_realtime(at, e);
+        }
+        call.handle_realtime(
+            at,
+            Event::AgentTranscript {
+                item_id: "item_1".into(),
+                text: "Thanks for calling!".into(),
+            },
+        );
+        call.handle_realtime(
+            at,
+            Event::ResponseDone {
+                response_id: "resp_1".into(),
+                status: status.into(),
+            },
+        );
+    }
+
+    fn captured(out: &[Output]) -> Vec<Option<CapturedGreeting>> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::GreetingCaptured(c) => Some(c.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_greeting_generated_whole_is_captured_once_with_its_transcript() {
+        let t0 = Instant::now();
+        let (mut call, _) = live(t0, 0);
+        call.capture_greeting();
+        greet_whole(&mut call, t0, 3, "completed");
+        let got = captured(&drain(&mut call));
+        assert_eq!(
+            got,
+            [Some(CapturedGreeting {
+                transcript: "Thanks for calling!".into(),
+                frames: vec![chunk(); 3],
+            })]
+        );
+        // The next response is not the greeting.
+        agent_audio(&mut call, t0 + ms(500), "resp_2", "item_2");
+        response_done(&mut call, t0 + ms(600), "resp_2");
+        call.handle_twilio_closed(t0 + ms(700));
+        assert!(captured(&drain(&mut call)).is_empty(), "reported once");
+    }
+
+    #[test]
+    fn a_greeting_interrupted_cut_or_left_unfinished_is_not_captured() {
+        let t0 = Instant::now();
+        // Interrupted while it plays.
+        let (mut call, _) = live(t0, 0);
+        call.capture_greeting();
+        for e in greeting(5) {
+            call.handle_realtime(t0, e);
+        }
+        speech_started(&mut call, t0 + ms(150));
+        assert_eq!(captured(&drain(&mut call)), [None]);
+        // Cancelled by the server.
+        let (mut call, _) = live(t0, 0);
+        call.capture_greeting();
+        greet_whole(&mut call, t0, 2, "cancelled");
+        assert_eq!(captured(&drain(&mut call)), [None]);
+        // The call ends before it is done.
+        let (mut call, _) = live(t0, 0);
+        call.capture_greeting();
+        for e in greeting(2) {
+            call.handle_realtime(t0, e);
+        }
+        call.handle_twilio_closed(t0 + ms(100));
+        assert_eq!(captured(&drain(&mut call)), [None]);
     }
 
     #[test]

@@ -53,13 +53,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     CallContext,
-    call::{Call, Output},
+    call::{Call, CapturedGreeting, Output},
     outcome::{CallOutcome, CallPath, EndReason},
 };
 use crate::{
     app::AppState,
     domain::{CallSid, CallStatus, CallerIdTrust, CallerTrust, ClientId, StreamSid},
     engine::Engine,
+    greeting::{GreetingKey, GreetingMode},
     metrics::Metrics,
     realtime::{
         client::{
@@ -427,6 +428,8 @@ async fn run(state: AppState, socket: WebSocket) {
     let drain_deadline = state.drain_deadline.cancelled();
     tokio::pin!(drain_deadline);
     let mut drain_seen = false;
+    // Whether a session was attached yet (later ones replace a lost one).
+    let mut attached_once = false;
     loop {
         while let Some(out) = call.poll_output() {
             match out {
@@ -481,6 +484,12 @@ async fn run(state: AppState, socket: WebSocket) {
                     attaching = Some(match state.registry.claim(&call_sid) {
                         Some(claimed) => {
                             known = Some(claimed.context.clone());
+                            let path = if claimed.session.is_some() {
+                                CallPath::Warm
+                            } else {
+                                CallPath::Cold
+                            };
+                            play_cached(&state, &mut call, &claimed.context, now, path);
                             // Other instances (and this one after a restart) learn from the
                             // database that the call has its stream.
                             state.writer.enqueue(Job::Patch(
@@ -511,11 +520,19 @@ async fn run(state: AppState, socket: WebSocket) {
                 Output::FirstAudio { path, elapsed } => {
                     metrics.observe_first_audio(path.as_str(), elapsed.as_secs_f64());
                     // From the webhook's arrival (wall clock: it may have been another process
-                    // of this instance, before a restart). Every session opened for a new call
-                    // asks for the greeting, so the first audio is a generated one.
+                    // of this instance, before a restart): the cached greeting, or the one the
+                    // session generated.
                     if let Some(ctx) = &known {
                         let waited = (Utc::now() - ctx.started_at).to_std().unwrap_or_default();
-                        metrics.observe_dial_to_first_audio("generated", waited.as_secs_f64());
+                        metrics.observe_dial_to_first_audio(
+                            ctx.greeting.label(),
+                            waited.as_secs_f64(),
+                        );
+                    }
+                }
+                Output::GreetingCaptured(captured) => {
+                    if let Some(ctx) = &known {
+                        keep_greeting(&state, ctx, captured);
                     }
                 }
                 Output::ResponseLatency(d) => metrics.response_latency.observe(d.as_secs_f64()),
@@ -728,6 +745,7 @@ async fn run(state: AppState, socket: WebSocket) {
                 let result = match *step {
                     AttachStep::Context(Ok(ctx)) => {
                         known = Some(ctx.clone());
+                        play_cached(&state, &mut call, &ctx, now, CallPath::Cold);
                         attaching = Some(take_session(state.clone(), call_over.clone(), ctx, None));
                         continue;
                     }
@@ -737,6 +755,20 @@ async fn run(state: AppState, socket: WebSocket) {
                 match result {
                     Ok(taken) => {
                         let (Attached { ws, session }, path) = *taken;
+                        // The first session of a call that keeps its client's greeting: the
+                        // greeting is captured, unless part of it was already dropped while it
+                        // was buffered (it would be kept cut short).
+                        if !attached_once
+                            && let Some(ctx) = &known
+                            && let Some(key) = ctx.greeting.fill()
+                        {
+                            if session.dropped_bytes() == 0 {
+                                call.capture_greeting();
+                            } else {
+                                state.greetings.fill_failed(ctx.client_id, key);
+                            }
+                        }
+                        attached_once = true;
                         let mut engine: Box<dyn Engine> = Box::new(session);
                         let buffered = engine.claim();
                         tracing::info!(
@@ -853,6 +885,48 @@ async fn run(state: AppState, socket: WebSocket) {
     };
     tokio::join!(record_then_twilio, close_realtime, close_late);
     state.metrics.active_calls.dec();
+}
+
+/// Plays the client's cached greeting at once, if the call has one (`crate::greeting`): the
+/// session, warm or still to open (`path`), learns it as an assistant message.
+fn play_cached(state: &AppState, call: &mut Call, ctx: &CallContext, now: Instant, path: CallPath) {
+    if let Some(g) = ctx.greeting.cached() {
+        state.metrics.inc_greeting("cached");
+        tracing::debug!(call_sid = %ctx.call_sid, duration_ms = g.duration().as_millis() as u64, "playing the cached greeting");
+        call.play_greeting(now, path, client::GREETING_ITEM, &g.transcript, &g.frames);
+    }
+}
+
+/// Keeps a greeting the call generated whole as its client's cached greeting (in memory at
+/// once, in the database off the call's path); one that was not whole lets the next call try.
+fn keep_greeting(state: &AppState, ctx: &CallContext, captured: Option<CapturedGreeting>) {
+    let Some(key) = ctx.greeting.fill() else {
+        return;
+    };
+    let stored = captured
+        .and_then(|c| crate::greeting::heard(key, c.transcript, &c.frames, "call", Utc::now()));
+    let Some(stored) = stored else {
+        tracing::debug!(call_sid = %ctx.call_sid, "greeting not heard whole; not cached");
+        state.greetings.fill_failed(ctx.client_id, key);
+        return;
+    };
+    let (db, greetings, client, call_sid) = (
+        state.db.clone(),
+        state.greetings.clone(),
+        ctx.client_id,
+        ctx.call_sid.clone(),
+    );
+    state.tasks.spawn(async move {
+        let duration_ms = stored.audio.len() / 8;
+        match crate::greeting::keep(&db, &greetings, client, stored).await {
+            Ok(_) => {
+                tracing::info!(call_sid = %call_sid, client_id = client.get(), duration_ms, "greeting cached: the client's next calls can hear it at once")
+            }
+            Err(e) => {
+                tracing::warn!(call_sid = %call_sid, client_id = client.get(), error = %e, source = ?std::error::Error::source(&e), "greeting cached in memory only: the database refused it")
+            }
+        }
+    });
 }
 
 /// Opens the session that replaces a lost one (attempt `attempt`, from 1; later attempts wait
@@ -975,13 +1049,15 @@ async fn open_cold(
     if call_over.is_cancelled() {
         return Err(EndReason::Shutdown);
     }
+    // A call that heard its greeting from the cache gets a session that knows it, and says none.
     let spec = SessionSpec::new(
         &state.settings,
         &ctx.profile,
         &ctx.call_sid,
         false,
         Utc::now(),
-    );
+    )
+    .greeting_from(&ctx.greeting);
     client::open(&state.settings.openai, spec, &state.metrics)
         .await
         .map_err(|e| EndReason::RealtimeUnavailable(e.to_string()))
@@ -1021,31 +1097,41 @@ async fn context_from_db(
         .ok()
         .flatten();
     Metrics::inc_reason(&state.metrics.cold_sessions, "expired");
+    // The trust the webhook judged from `StirVerstat` is kept with the call; a row without it
+    // gets the caller's memory only when the client trusts every caller id.
+    let trust = call
+        .caller_trust
+        .as_deref()
+        .and_then(CallerTrust::parse)
+        .unwrap_or(match client.caller_id_trust() {
+            CallerIdTrust::Always => CallerTrust::Unverified,
+            _ => CallerTrust::Untrusted,
+        });
+    let profile = AgentProfile::new(
+        &client,
+        caller,
+        trust,
+        callers::remembers(&call.from_number),
+    );
+    // The cached greeting as the webhook would have chosen it (from memory: no more waiting).
+    let key = GreetingKey::of(&profile, &state.settings.openai.model);
+    let greeting = state.greetings.plan(
+        client_id,
+        &key,
+        GreetingMode::from_stored(client.client.greeting_mode.as_deref()),
+        state.greetings.lookup(client_id, &key, Instant::now()),
+        profile.greets_by_name(),
+        Instant::now(),
+    );
     Ok(CallContext {
         live_slot: None,
         call_sid: call_sid.clone(),
         client_id,
         from: call.from_number.clone(),
         to: call.to_number.clone(),
-        // The trust the webhook judged from `StirVerstat` is kept with the call; a row without
-        // it gets the caller's memory only when the client trusts every caller id.
-        profile: {
-            let trust = call
-                .caller_trust
-                .as_deref()
-                .and_then(CallerTrust::parse)
-                .unwrap_or(match client.caller_id_trust() {
-                    CallerIdTrust::Always => CallerTrust::Unverified,
-                    _ => CallerTrust::Untrusted,
-                });
-            AgentProfile::new(
-                &client,
-                caller,
-                trust,
-                callers::remembers(&call.from_number),
-            )
-        },
+        profile,
         started_at: call.started_at,
+        greeting,
     })
 }
 

@@ -42,14 +42,19 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use super::{
     keepalive::{Due, Keepalive, KeepaliveSpec},
     profile::AgentProfile,
-    proto::{Phase, Session},
+    proto::{Greeting, Phase, Session},
     registry::WarmSession,
+    wire,
 };
 use crate::{
     config::{OpenAiSettings, Settings},
     domain::CallSid,
+    greeting::GreetingPlan,
     metrics::Metrics,
 };
+
+/// The engine's item id of a greeting played from the cache (one per session).
+pub const GREETING_ITEM: &str = "wl_greeting";
 
 /// Where a session stands, as waiters see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +108,8 @@ pub struct Attached {
 /// A session not yet claimed. Dropping it closes the socket.
 pub struct SessionHandle {
     ctl: mpsc::Sender<Control>,
+    /// The session generates the greeting once open.
+    generates: bool,
     status: watch::Receiver<Status>,
     prewarm_observed: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
@@ -119,8 +126,9 @@ pub const SEND_LIMIT: Duration = Duration::from_secs(5);
 pub struct SessionSpec {
     /// The `session.update` frame.
     pub session_update: String,
-    /// The greeting's `response.create`, if the agent speaks first.
-    pub greeting: Option<String>,
+    /// What the session does about the greeting: generate it, learn the one the caller heard
+    /// from the cache, or nothing.
+    pub greeting: Greeting,
     /// Most greeting audio buffered before a claim (base64 bytes).
     pub buffer_cap: usize,
     /// For logs.
@@ -144,7 +152,7 @@ impl SessionSpec {
     ) -> Self {
         Self {
             session_update: profile.session_update(&settings.openai.transcription_model, now),
-            greeting: Some(profile.greeting_request()),
+            greeting: Greeting::Generate(profile.greeting_request()),
             buffer_cap: settings.prewarm.greeting_buffer_bytes * 4 / 3 + 4,
             call_sid: call_sid.to_string(),
             prewarm,
@@ -161,9 +169,22 @@ impl SessionSpec {
         now: DateTime<Utc>,
     ) -> Self {
         Self {
-            greeting: None,
+            greeting: Greeting::None,
             ..Self::new(settings, profile, call_sid, false, now)
         }
+    }
+
+    /// The session of a call whose greeting follows `plan`: generated (as [`SessionSpec::new`]),
+    /// or played from the cache, which the session gets as an assistant message with the id the
+    /// call knows it by ([`GREETING_ITEM`]).
+    pub fn greeting_from(mut self, plan: &GreetingPlan) -> Self {
+        if let Some(cached) = plan.cached() {
+            self.greeting = Greeting::Said(wire::assistant_text(
+                Some(GREETING_ITEM),
+                &cached.transcript,
+            ));
+        }
+        self
     }
 
     fn machine(self) -> Session {
@@ -184,6 +205,7 @@ pub fn spawn(
     // A cold session's time to ready is not a prewarm figure: mark it observed from the start.
     let observed = Arc::new(AtomicBool::new(!spec.prewarm));
     let started = Instant::now();
+    let generates = matches!(spec.greeting, Greeting::Generate(_));
     let task = Task {
         settings: settings.clone(),
         keepalive: spec.keepalive,
@@ -197,6 +219,7 @@ pub fn spawn(
     tracker.spawn(task.run(ctl_rx, shutdown));
     SessionHandle {
         ctl: ctl_tx,
+        generates,
         status: status_rx,
         prewarm_observed: observed,
         metrics,
@@ -278,7 +301,11 @@ impl WarmSession for SessionHandle {
 
     fn greeted(&self) -> bool {
         // The socket opened, so the greeting was asked for (`Task::run`, after `handle_open`).
-        matches!(*self.status.borrow(), Status::Open | Status::Ready)
+        self.generates
+            && matches!(
+                *self.status.borrow(),
+                Status::Open | Status::Configured | Status::Ready
+            )
     }
 }
 

@@ -219,6 +219,11 @@ impl AgentProfile {
         })
     }
 
+    /// Whether the greeting is personal (a known caller greeted by name): never cached.
+    pub fn greets_by_name(&self) -> bool {
+        self.caller.as_ref().is_some_and(|m| m.name.is_some())
+    }
+
     /// The greeting's `response.create`: the client's greeting, by name for a known caller.
     pub fn greeting_request(&self) -> String {
         let name = self.caller.as_ref().and_then(|m| m.name.as_deref());

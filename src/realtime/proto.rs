@@ -67,6 +67,19 @@ impl Create {
     }
 }
 
+/// What a session does about the greeting once its socket opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Greeting {
+    /// Generate it: this `response.create` (buffered until the claim; the session is ready
+    /// once its first audio is).
+    Generate(String),
+    /// It was played from the cache: this `conversation.item.create` (the assistant message
+    /// the caller heard) tells the model, which says nothing (ready once configured).
+    Said(String),
+    /// Nothing: the caller speaks first (a session replacing a lost one).
+    None,
+}
+
 /// Most non-audio events buffered before a claim.
 const MAX_BUFFERED_EVENTS: usize = 512;
 
@@ -77,7 +90,9 @@ pub struct Session {
     configured: bool,
     audio_seen: bool,
     session_update: String,
-    greeting: Option<String>,
+    greeting: Greeting,
+    /// Ready needs greeting audio (a greeting is generated).
+    expects_audio: bool,
     /// The greeting's `response.create` was queued for the socket (a greeting is generated).
     greeted: bool,
     transmit: VecDeque<String>,
@@ -109,15 +124,16 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session that will send `session_update` and then `greeting` (a `response.create`, or
-    /// `None` to wait for the caller) when the socket opens, buffering up to `buffer_cap` bytes of
-    /// greeting audio (base64 length) until claimed.
-    pub fn new(session_update: String, greeting: Option<String>, buffer_cap: usize) -> Self {
+    /// A session that will send `session_update` and then what `greeting` asks when the socket
+    /// opens, buffering up to `buffer_cap` bytes of greeting audio (base64 length) until
+    /// claimed.
+    pub fn new(session_update: String, greeting: Greeting, buffer_cap: usize) -> Self {
         Self {
             phase: Phase::Connecting,
             configured: false,
             audio_seen: false,
             session_update,
+            expects_audio: matches!(greeting, Greeting::Generate(_)),
             greeting,
             greeted: false,
             transmit: VecDeque::new(),
@@ -157,9 +173,13 @@ impl Session {
         self.phase = Phase::Open;
         self.transmit
             .push_back(std::mem::take(&mut self.session_update));
-        if let Some(g) = self.greeting.take() {
-            self.transmit.push_back(g);
-            self.greeted = true;
+        match std::mem::replace(&mut self.greeting, Greeting::None) {
+            Greeting::Generate(create) => {
+                self.transmit.push_back(create);
+                self.greeted = true;
+            }
+            Greeting::Said(item) => self.transmit.push_back(item),
+            Greeting::None => {}
         }
     }
 
@@ -174,9 +194,10 @@ impl Session {
         self.setup_error.take()
     }
 
-    /// True once, the moment the session became ready (configured and audio buffered).
+    /// True once, the moment the session became ready (configured, and the greeting's first
+    /// audio buffered when it generates one).
     pub fn poll_ready(&mut self) -> bool {
-        if self.ready_reported || !(self.configured && self.audio_seen) {
+        if self.ready_reported || !(self.configured && (self.audio_seen || !self.expects_audio)) {
             return false;
         }
         self.ready_reported = true;
@@ -352,7 +373,7 @@ impl Session {
 
     fn maybe_ready(&mut self) {
         if self.configured
-            && self.audio_seen
+            && (self.audio_seen || !self.expects_audio)
             && matches!(self.phase, Phase::Open | Phase::Configured)
         {
             self.phase = Phase::Ready;
@@ -467,6 +488,15 @@ impl Session {
                 audio_end_ms,
             } => self.truncate(&item_id, audio_end_ms),
             Command::UserText(text) => self.send_user_text(&text),
+            // The item has no audio to truncate: it is deleted, and what was heard of it put
+            // back as text (at the end of the conversation: the caller's words that cut it
+            // off are committed after it, when they stop).
+            Command::Heard { item_id, text } => {
+                self.transmit.push_back(wire::item_delete(&item_id));
+                if !text.trim().is_empty() {
+                    self.transmit.push_back(wire::assistant_text(None, &text));
+                }
+            }
             Command::Seed(text) => self.transmit.push_back(wire::system_text(&text)),
             Command::Reconfigure {
                 instructions,
@@ -525,7 +555,45 @@ mod tests {
     use serde_json::Value;
 
     fn session() -> Session {
-        Session::new("UPDATE".into(), Some("GREET".into()), 16)
+        Session::new("UPDATE".into(), Greeting::Generate("GREET".into()), 16)
+    }
+
+    #[test]
+    fn a_greeting_said_from_the_cache_is_an_item_and_ready_needs_no_audio() {
+        let mut s = Session::new("UPDATE".into(), Greeting::Said("ITEM".into()), 16);
+        s.handle_open();
+        assert_eq!(s.poll_transmit().as_deref(), Some("UPDATE"));
+        assert_eq!(s.poll_transmit().as_deref(), Some("ITEM"));
+        assert!(!s.greeted(), "nothing generated");
+        assert!(!s.poll_ready());
+        s.handle_text(r#"{"type":"session.updated","session":{}}"#)
+            .unwrap();
+        assert!(s.poll_ready());
+        assert_eq!(s.phase(), Phase::Ready);
+        // A barge-in over it replaces the item with the part heard.
+        s.claim();
+        s.handle_command(Command::Heard {
+            item_id: "wl_greeting".into(),
+            text: "Thanks for …".into(),
+        });
+        let del: Value = serde_json::from_str(&s.poll_transmit().unwrap()).unwrap();
+        assert_eq!(del["type"], "conversation.item.delete");
+        assert_eq!(del["item_id"], "wl_greeting");
+        let add: Value = serde_json::from_str(&s.poll_transmit().unwrap()).unwrap();
+        assert_eq!(add["item"]["content"][0]["text"], "Thanks for …");
+        s.handle_command(Command::Heard {
+            item_id: "wl_greeting".into(),
+            text: String::new(),
+        });
+        assert!(
+            s.poll_transmit()
+                .unwrap()
+                .contains("conversation.item.delete")
+        );
+        assert!(
+            s.poll_transmit().is_none(),
+            "nothing heard: nothing put back"
+        );
     }
 
     /// An open session taken by a call, its setup frames already sent.

@@ -389,9 +389,45 @@ pub fn user_text(text: &str) -> String {
     .to_string()
 }
 
+/// An assistant message item the caller already heard (a greeting played from the cache): the
+/// model knows what was said without saying it. `id` is ours (the Realtime API takes a
+/// client-chosen item id), so that a barge-in can replace it with the part heard.
+pub fn assistant_text(id: Option<&str>, text: &str) -> String {
+    let mut item = json!({"type": "message", "role": "assistant",
+        "content": [{"type": "output_text", "text": text}]});
+    if let Some(id) = id {
+        item["id"] = json!(id);
+    }
+    json!({"type": "conversation.item.create", "item": item}).to_string()
+}
+
+/// `conversation.item.delete`.
+pub fn item_delete(item_id: &str) -> String {
+    json!({"type": "conversation.item.delete", "item_id": item_id}).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_assistant_message_carries_output_text_and_our_id() {
+        let v: Value = serde_json::from_str(&assistant_text(Some("wl_greeting"), "Hi!")).unwrap();
+        assert_eq!(v["type"], "conversation.item.create");
+        assert_eq!(v["item"]["id"], "wl_greeting");
+        assert_eq!(v["item"]["role"], "assistant");
+        assert_eq!(
+            v["item"]["content"],
+            json!([{"type": "output_text", "text": "Hi!"}])
+        );
+        let v: Value = serde_json::from_str(&assistant_text(None, "Hi")).unwrap();
+        assert!(v["item"].get("id").is_none());
+        let v: Value = serde_json::from_str(&item_delete("wl_greeting")).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "conversation.item.delete", "item_id": "wl_greeting"})
+        );
+    }
 
     #[test]
     fn session_update_is_the_ga_shape() {
@@ -612,11 +648,19 @@ mod props {
     /// Feeds `text` to the parser and to a session in each phase that reads server events.
     fn feed(text: &str) {
         let _ = parse(text);
-        let mut warming = Session::new("UPDATE".into(), Some("GREET".into()), 64);
+        let mut warming = Session::new(
+            "UPDATE".into(),
+            crate::realtime::proto::Greeting::Generate("GREET".into()),
+            64,
+        );
         warming.handle_open();
         let _ = warming.handle_text(text);
         while warming.poll_event().is_some() {}
-        let mut claimed = Session::new("UPDATE".into(), Some("GREET".into()), 64);
+        let mut claimed = Session::new(
+            "UPDATE".into(),
+            crate::realtime::proto::Greeting::Generate("GREET".into()),
+            64,
+        );
         claimed.handle_open();
         claimed.claim();
         let _ = claimed.handle_text(text);

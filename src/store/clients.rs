@@ -19,6 +19,7 @@ use super::{
 use crate::{
     config::PrewarmPolicy,
     domain::{CallerIdTrust, ClientId, E164, Voice},
+    greeting::GreetingMode,
     hours::BusinessHours,
     lines::LineOverrides,
     tools::{Enabled, agents::Agents, http::HttpTools},
@@ -66,6 +67,8 @@ pub struct ClientInput {
     /// JSON Schema of the structured fields the post-call job extracts (checked by
     /// `crate::post_call::schema::check_results_schema`); none: a summary only.
     pub results_schema: Option<serde_json::Value>,
+    /// How its calls' greeting is made (`crate::greeting`).
+    pub greeting_mode: GreetingMode,
 }
 
 /// A client with its numbers and FAQs.
@@ -123,6 +126,7 @@ fn active_model(input: &ClientInput, now: chrono::DateTime<Utc>) -> client::Acti
         http_tools: Set(input.http_tools.to_stored()),
         agents: Set(input.agents.to_stored()),
         results_schema: Set(input.results_schema.as_ref().map(|s| s.to_string())),
+        greeting_mode: Set(Some(input.greeting_mode.as_str().to_string())),
         ..Default::default()
     }
 }

@@ -52,6 +52,8 @@ pub mod client {
         pub agents: Option<String>,
         /// JSON Schema of the structured fields the post-call job extracts (`crate::post_call`).
         pub results_schema: Option<String>,
+        /// `cached`, `generated` or `auto`; NULL is `auto` (`crate::greeting`).
+        pub greeting_mode: Option<String>,
     }
 
     /// No declared relations.
@@ -374,6 +376,39 @@ pub mod post_call_job {
         /// Whether the summary replaces the call's note in caller memory (false when the call
         /// wrote none: an untrusted or withheld caller id).
         pub remember: bool,
+    }
+
+    /// No declared relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `greeting_cache`: a client's greeting as callers heard it (`crate::greeting`), one row per
+/// client, valid for the key it was made under.
+pub mod greeting_cache {
+    use sea_orm::entity::prelude::*;
+
+    /// A cached greeting.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "greeting_cache")]
+    pub struct Model {
+        /// The client (primary key).
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub client_id: i32,
+        /// Hash of greeting text, voice, model and language (`crate::greeting::GreetingKey`).
+        pub cache_key: String,
+        /// What the model said.
+        pub transcript: String,
+        /// μ-law 8 kHz mono, as heard.
+        pub audio: Vec<u8>,
+        /// Length of `audio` in ms.
+        pub duration_ms: i32,
+        /// `call` (kept from a call's greeting) or `refresh` (generated on request).
+        pub source: String,
+        /// When it was kept.
+        pub created_at: ChronoDateTimeUtc,
     }
 
     /// No declared relations.

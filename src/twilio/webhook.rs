@@ -9,7 +9,9 @@
 //! 2. The webhook is never late: everything it waits for (database, Realtime) is bounded by
 //!    `ring_max_ms` from its arrival.
 //! 3. It answers when the warm session is ready (configured and greeting audio buffered) and
-//!    `ring_min_ms` has passed, or at `ring_max_ms` whatever the state.
+//!    `ring_min_ms` has passed, or at `ring_max_ms` whatever the state. A call that plays the
+//!    client's cached greeting (`crate::greeting`) waits for nothing but `ring_min_ms`: its
+//!    session opens and is configured behind the greeting (outcome `cached`).
 
 use std::{
     sync::Arc,
@@ -37,7 +39,9 @@ use crate::{
     bridge::{CallContext, outcome::EndReason},
     config::PrewarmPolicy,
     domain::{CallSid, CallStatus, CallerTrust, ClientId, E164},
-    fleet, limits,
+    fleet,
+    greeting::{self, Found, GreetingKey, GreetingMode, GreetingPlan},
+    limits,
     lines::{self, Line, LineOverrides},
     realtime::{
         client::{self, SessionSpec, Status},
@@ -99,6 +103,7 @@ const DB_PATIENCE: Duration = Duration::from_millis(1000);
 pub const OUTCOMES: &[&str] = &[
     "warm",
     "warm_not_ready",
+    "cached",
     "cold",
     "unknown_number",
     "invalid",
@@ -297,24 +302,48 @@ async fn answer(
         }
     };
     // Memory is per phone number: `get_caller` finds none for a withheld caller id. A memory
-    // that cannot be read costs the call its memory, not the call.
-    let caller = match &client {
-        Some(c) if read => {
-            match tokio::time::timeout_at(limit, callers::get_caller(&state.db, c.id(), &req.from))
+    // that cannot be read costs the call its memory, not the call. Beside it, the client's
+    // cached greeting (memory first; the database only when memory has none for its key).
+    let key = client.as_ref().map(|c| {
+        GreetingKey::new(
+            &c.client.greeting,
+            &c.client.voice,
+            &state.settings.openai.model,
+            &c.client.language,
+        )
+    });
+    let (caller, found) = match (&client, &key) {
+        (Some(c), Some(key)) if read => {
+            let memory = async {
+                match tokio::time::timeout_at(
+                    limit,
+                    callers::get_caller(&state.db, c.id(), &req.from),
+                )
                 .await
-            {
-                Ok(Ok(caller)) => caller,
-                Ok(Err(e)) => {
-                    tracing::warn!(call_sid = %sid, error = %e, "voice webhook: caller memory lookup failed; answering without it");
-                    None
+                {
+                    Ok(Ok(caller)) => caller,
+                    Ok(Err(e)) => {
+                        tracing::warn!(call_sid = %sid, error = %e, "voice webhook: caller memory lookup failed; answering without it");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!(call_sid = %sid, "voice webhook: caller memory lookup timed out; answering without it");
+                        None
+                    }
                 }
-                Err(_) => {
-                    tracing::warn!(call_sid = %sid, "voice webhook: caller memory lookup timed out; answering without it");
-                    None
-                }
-            }
+            };
+            let cached = async {
+                tokio::time::timeout_at(
+                    limit,
+                    greeting::find(&state.db, &state.greetings, c.id(), key),
+                )
+                .await
+                .unwrap_or(Found::Missing)
+            };
+            tokio::join!(memory, cached)
         }
-        _ => None,
+        (Some(c), Some(key)) => (None, state.greetings.lookup(c.id(), key, Instant::now())),
+        _ => (None, Found::Missing),
     };
     let Some(client) = client else {
         tracing::info!(call_sid = %sid, to = %to, "voice webhook: number not assigned to any active client");
@@ -376,6 +405,17 @@ async fn answer(
         tracing::info!(call_sid = %sid, stir_verstat = req.stir_verstat.as_deref().unwrap_or("absent"), "caller id not trusted: no caller memory on this call");
     }
     let profile = AgentProfile::new(&client, caller, trust, callers::remembers(&req.from));
+    let plan = match &key {
+        Some(key) => state.greetings.plan(
+            client.id(),
+            key,
+            GreetingMode::from_stored(client.client.greeting_mode.as_deref()),
+            found,
+            profile.greets_by_name(),
+            Instant::now(),
+        ),
+        None => GreetingPlan::GENERATE,
+    };
     // Queued, not waited for: the warm session is opened at once (no disk wait on the ring).
     state.writer.enqueue(Job::Insert(NewCall {
         call_sid: sid.to_string(),
@@ -394,13 +434,15 @@ async fn answer(
         profile: profile.clone(),
         started_at: arrived,
         live_slot,
+        greeting: plan.clone(),
     };
     let begun = state
         .registry
         .begin(&sid, client.id(), ctx, want, Instant::now(), || {
             client::spawn(
                 &state.settings.openai,
-                SessionSpec::new(&state.settings, &profile, &sid, true, arrived),
+                SessionSpec::new(&state.settings, &profile, &sid, true, arrived)
+                    .greeting_from(&plan),
                 state.metrics.clone(),
                 &state.tasks,
                 state.shutdown.clone(),
@@ -409,6 +451,12 @@ async fn answer(
     let min_at =
         TokioInstant::from_std(t0 + Duration::from_millis(state.settings.prewarm.ring_min_ms));
     let outcome = match begun {
+        // The cached greeting plays at stream start: nothing to wait for; the session opens
+        // and is configured behind it.
+        Begun::Warm(_) | Begun::Retry(Some(_)) if plan.cached().is_some() => {
+            tokio::time::sleep_until(min_at.min(deadline)).await;
+            "cached"
+        }
         Begun::Warm(rx) | Begun::Retry(Some(rx)) => {
             let ready = wait_ready(rx, deadline).await;
             if !ready {
@@ -427,9 +475,13 @@ async fn answer(
             "cold"
         }
         // It streamed or ended between the check above and now.
-        Begun::Over => return ("replayed", twiml::hangup()),
+        Begun::Over => {
+            release_fill(state, client.id(), &plan);
+            return ("replayed", twiml::hangup());
+        }
         // Twilio said it ended (a hang-up) while this answer was being prepared.
         Begun::Ended(early) => {
+            release_fill(state, client.id(), &plan);
             tracing::info!(call_sid = %sid, status = early.reason, "call ended while its webhook was answered; nothing opened");
             state.writer.enqueue(Job::Patch(
                 sid.to_string(),
@@ -453,6 +505,14 @@ async fn answer(
     ));
     tracing::info!(call_sid = %sid, client_id = client.id().get(), outcome, webhook_ms, "voice webhook answered");
     (outcome, body)
+}
+
+/// A call that will not stream gives up filling its client's cached greeting: the next call
+/// may.
+fn release_fill(state: &AppState, client: ClientId, plan: &GreetingPlan) {
+    if let Some(key) = plan.fill() {
+        state.greetings.fill_failed(client, key);
+    }
 }
 
 /// `<Connect><Stream>` to `stream_url` (this instance's, or the one holding the call), with a
