@@ -1,6 +1,6 @@
 //! The admin REST API under `/admin/api/v1` (README.md, "Admin API"): clients, their numbers
 //! and FAQs, caller memory (with deletion for privacy requests), calls, and knowledge
-//! documents ([`knowledge`]).
+//! documents ([`knowledge`]), the cached greeting ([`greeting`]).
 //!
 //! Invariants: every route but `openapi.json` needs `Authorization: Bearer <admin.token>`,
 //! compared in constant time; with no token configured the routes are not mounted at all. A bad
@@ -12,6 +12,7 @@
 
 pub mod dto;
 pub mod error;
+pub mod greeting;
 pub mod knowledge;
 
 use std::{
@@ -78,6 +79,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .routes(routes!(rotate_webhook_secret))
         .routes(routes!(list_messages))
         .routes(routes!(list_deliveries))
+        .routes(routes!(greeting::get_greeting, greeting::delete_greeting))
+        .routes(routes!(greeting::refresh_greeting))
         .routes(routes!(knowledge::list_documents))
         .routes(routes!(knowledge::search_knowledge))
         .routes(routes!(knowledge::get_document, knowledge::delete_document))

@@ -7,6 +7,7 @@
 //! - [`GreetingMode`]: the client's choice (`cached`, `generated`, `auto`).
 //! - [`Greetings`]: the cache in memory, in front of the `greeting_cache` table
 //!   (`crate::store::greetings`); the voice webhook asks it for a [`GreetingPlan`].
+//! - [`refresh`]: the greeting generated again on an operator's request, off any call.
 //! - [`wav`]: the WAV file the admin API serves.
 //!
 //! Rules kept here:
@@ -17,6 +18,7 @@
 //! 3. The webhook reads the database only when memory has nothing valid for the key, and
 //!    remembers a miss for [`MISS_FOR`] (another instance's fill is found by then).
 
+pub mod refresh;
 pub mod wav;
 
 use std::{
@@ -241,10 +243,20 @@ pub enum Found {
     Ask,
 }
 
+/// A refresh asked for through the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refresh {
+    /// Under way.
+    Running,
+    /// The last one failed, saying why.
+    Failed(String),
+}
+
 /// The cache of every client's greeting in memory, in front of the database.
 #[derive(Debug, Default)]
 pub struct Greetings {
     entries: DashMap<ClientId, Entry>,
+    refreshes: DashMap<ClientId, Refresh>,
 }
 
 impl Greetings {
@@ -361,6 +373,36 @@ impl Greetings {
     /// Forgets `client`'s greeting (deleted, or the client changed).
     pub fn forget(&self, client: ClientId) {
         self.entries.remove(&client);
+    }
+
+    /// Marks a refresh of `client`'s greeting as under way; false if one already is.
+    pub fn start_refresh(&self, client: ClientId) -> bool {
+        let mut e = self
+            .refreshes
+            .entry(client)
+            .or_insert(Refresh::Failed(String::new()));
+        if *e == Refresh::Running {
+            return false;
+        }
+        *e = Refresh::Running;
+        true
+    }
+
+    /// A refresh ended: done (`None`), or failed saying why.
+    pub fn end_refresh(&self, client: ClientId, failed: Option<String>) {
+        match failed {
+            None => {
+                self.refreshes.remove(&client);
+            }
+            Some(why) => {
+                self.refreshes.insert(client, Refresh::Failed(why));
+            }
+        }
+    }
+
+    /// The last refresh of `client`'s greeting, if one is running or failed.
+    pub fn refresh_state(&self, client: ClientId) -> Option<Refresh> {
+        self.refreshes.get(&client).map(|r| r.clone())
     }
 
     /// Decides a call's greeting from the client's `mode`, what was `found` for its key, and
@@ -568,6 +610,24 @@ mod tests {
         assert!(!cache.take_fill(c, &k, t0), "filled");
         let changed = GreetingKey::new("a!", "b", "c", "d");
         assert!(cache.take_fill(c, &changed, t0), "a new key is filled anew");
+    }
+
+    #[test]
+    fn one_refresh_at_a_time_and_a_failure_is_remembered_until_the_next() {
+        let cache = Greetings::new();
+        let c = ClientId::new(1);
+        assert_eq!(cache.refresh_state(c), None);
+        assert!(cache.start_refresh(c));
+        assert!(!cache.start_refresh(c));
+        assert_eq!(cache.refresh_state(c), Some(Refresh::Running));
+        cache.end_refresh(c, Some("timed out".into()));
+        assert_eq!(
+            cache.refresh_state(c),
+            Some(Refresh::Failed("timed out".into()))
+        );
+        assert!(cache.start_refresh(c));
+        cache.end_refresh(c, None);
+        assert_eq!(cache.refresh_state(c), None);
     }
 
     #[test]

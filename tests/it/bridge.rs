@@ -399,6 +399,9 @@ async fn the_second_call_from_a_caller_carries_the_memory_of_the_first() {
     .await;
     gw.ended_call(&first).await;
     let placed = gw.place_call().await;
+    // The second call's greeting comes from the cache: the webhook answered without waiting
+    // for its session, which may still be opening.
+    assert!(gw.fake.wait_event("session.update", 2, WAIT).await);
     let conns = gw.fake.connections();
     let update: Value =
         serde_json::from_str(&conns.last().unwrap().of_type("session.update")[0].raw).unwrap();

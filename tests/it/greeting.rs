@@ -434,3 +434,162 @@ crate::both_backends!(greeting_cache_rows, |app| {
         Err(warmline::store::StoreError::NotFound("client"))
     ));
 });
+
+async fn greeting_state(gw: &Gateway) -> serde_json::Value {
+    let resp = gw
+        .app
+        .admin(
+            reqwest::Method::GET,
+            &format!("/clients/{}/greeting", gw.client_id),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_admin_api_shows_downloads_refreshes_and_deletes_the_cached_greeting() {
+    let gw = gateway(FakeConfig::instant(), "").await;
+    let path = format!("/clients/{}/greeting", gw.client_id);
+    let g = greeting_state(&gw).await;
+    assert_eq!(
+        (g["status"].as_str(), g["mode"].as_str()),
+        (Some("none"), Some("auto"))
+    );
+    assert!(g["wav_url"].is_null());
+    let wav = gw
+        .app
+        .admin(reqwest::Method::GET, &format!("{path}?format=wav"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wav.status(), 404, "nothing to download yet");
+
+    heard(&gw).await;
+    cached(&gw).await;
+    let greeting = sim::audio::clips::greeting();
+    let g = greeting_state(&gw).await;
+    assert_eq!(g["status"], "ready", "{g}");
+    assert_eq!(g["transcript"], greeting.text);
+    assert_eq!(g["source"], "call");
+    assert_eq!(g["size_bytes"], greeting.mulaw.len() as u64);
+    assert_eq!(g["duration_ms"], greeting.mulaw.len() as u64 / 8);
+    // The WAV: μ-law 8 kHz mono, the audio as kept.
+    let wav_url = g["wav_url"].as_str().unwrap().to_string();
+    for req in [
+        gw.app
+            .admin(reqwest::Method::GET, &format!("{path}?format=wav")),
+        gw.app
+            .admin(reqwest::Method::GET, &path)
+            .header("accept", "audio/wav"),
+    ] {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "audio/wav");
+        let body = resp.bytes().await.unwrap();
+        assert_eq!(&body[..4], b"RIFF");
+        assert_eq!(u16::from_le_bytes([body[20], body[21]]), 7, "μ-law");
+        assert!(body[58..58 + greeting.mulaw.len()] == greeting.mulaw[..]);
+    }
+    assert!(
+        wav_url.ends_with(&format!("{path}?format=wav")),
+        "{wav_url}"
+    );
+    let bad = gw
+        .app
+        .admin(reqwest::Method::GET, &format!("{path}?format=mp3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
+
+    // The greeting text changes: what is kept is stale until a refresh (or the next call).
+    set_client(&gw, "auto", "Hello from the new Bright Smile!", None).await;
+    assert_eq!(greeting_state(&gw).await["status"], "stale");
+    let before = gw.fake.connections().len();
+    let resp = gw
+        .app
+        .admin(reqwest::Method::POST, &format!("{path}/refresh"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let mut g = greeting_state(&gw).await;
+    for _ in 0..100 {
+        if g["status"] == "ready" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        g = greeting_state(&gw).await;
+    }
+    assert_eq!(
+        (g["status"].as_str(), g["source"].as_str()),
+        (Some("ready"), Some("refresh")),
+        "{g}"
+    );
+    assert!(g["refresh"].is_null(), "{g}");
+    let conns = gw.fake.connections();
+    assert_eq!(conns.len(), before + 1, "one session of its own");
+    let asked = conns[before].of_type("response.create")[0].raw.clone();
+    assert!(
+        asked.contains("Hello from the new Bright Smile!"),
+        "{asked}"
+    );
+    assert!(!conns[before].open, "and closed");
+    // The next call plays it.
+    heard(&gw).await;
+    assert_eq!(greeting_requests(&gw, before + 1), 0);
+
+    // Realtime down: the refresh fails, says why, and what was kept stays.
+    gw.fake.set_config(|c| c.mode = sim::realtime::Mode::Down);
+    gw.app
+        .admin(reqwest::Method::POST, &format!("{path}/refresh"))
+        .send()
+        .await
+        .unwrap();
+    let mut g = greeting_state(&gw).await;
+    for _ in 0..100 {
+        if g["refresh"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        g = greeting_state(&gw).await;
+    }
+    assert_eq!(g["refresh"], "failed", "{g}");
+    assert!(
+        g["refresh_error"].as_str().unwrap().contains("connect"),
+        "{g}"
+    );
+    assert_eq!(g["status"], "ready");
+    gw.fake.set_config(|c| c.mode = sim::realtime::Mode::Normal);
+
+    // Deleted: gone, and the next call generates it again.
+    let del = gw
+        .app
+        .admin(reqwest::Method::DELETE, &path)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    assert_eq!(greeting_state(&gw).await["status"], "none");
+    let again = gw
+        .app
+        .admin(reqwest::Method::DELETE, &path)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 404);
+    let n = gw.fake.connections().len();
+    heard(&gw).await;
+    assert_eq!(greeting_requests(&gw, n), 1);
+    // An unknown client.
+    let none = gw
+        .app
+        .admin(reqwest::Method::GET, "/clients/9999/greeting")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 404);
+}

@@ -325,11 +325,19 @@ async fn greeting_for(gw: &Gateway, stir: Option<&str>) -> (String, String, Vec<
     let log = gw.fake.connections().into_iter().nth(before).unwrap();
     let events = sent(&log);
     let update = &events[0]["session"];
+    // Generated (a `response.create` with its instructions), or the client's cached greeting,
+    // which the model is given as an assistant message.
     let greet = events
         .iter()
-        .find(|e| e["type"] == "response.create")
-        .unwrap()["response"]["instructions"]
-        .as_str()
+        .find_map(|e| {
+            if e["type"] == "response.create" {
+                e["response"]["instructions"].as_str()
+            } else if e["type"] == "conversation.item.create" && e["item"]["role"] == "assistant" {
+                e["item"]["content"][0]["text"].as_str()
+            } else {
+                None
+            }
+        })
         .unwrap()
         .to_string();
     let tools = update["tools"]
