@@ -174,8 +174,11 @@ pub async fn refresh_greeting(
     let state = s.clone();
     tracing::info!(client_id = id.get(), "greeting refresh started");
     s.tasks.spawn(async move {
-        let generated =
-            greeting::refresh::generate(&state.settings, &profile, &key, &state.metrics).await;
+        // Shutdown does not wait for it.
+        let generated = tokio::select! {
+            g = greeting::refresh::generate(&state.settings, &profile, &key, &state.metrics) => g,
+            _ = state.shutdown.cancelled() => Err("shut down before it was done".into()),
+        };
         let kept = match generated {
             Ok(stored) => greeting::keep(&state.db, &state.greetings, id, stored)
                 .await

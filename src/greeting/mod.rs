@@ -127,9 +127,10 @@ pub struct CachedGreeting {
     pub key: GreetingKey,
     /// What it says (the assistant message the session gets, and the transcript line).
     pub transcript: String,
-    /// μ-law, as heard.
-    pub audio: Vec<u8>,
-    /// `audio` in [`FRAME_MS`] frames, base64.
+    /// Bytes of μ-law audio (the audio itself stays in the database: memory keeps only the
+    /// frames calls play).
+    pub audio_bytes: usize,
+    /// The audio (μ-law, as heard) in [`FRAME_MS`] frames, base64.
     pub frames: Vec<String>,
     /// `call` or `refresh`.
     pub source: String,
@@ -149,7 +150,7 @@ impl CachedGreeting {
             key: GreetingKey(stored.key),
             transcript: stored.transcript,
             frames,
-            audio: stored.audio,
+            audio_bytes: stored.audio.len(),
             source: stored.source,
             created_at: stored.created_at,
         }
@@ -157,18 +158,7 @@ impl CachedGreeting {
 
     /// Its length.
     pub fn duration(&self) -> Duration {
-        Duration::from_millis((self.audio.len() / BYTES_PER_MS) as u64)
-    }
-
-    /// The stored form.
-    pub fn stored(&self) -> StoredGreeting {
-        StoredGreeting {
-            key: self.key.0.clone(),
-            transcript: self.transcript.clone(),
-            audio: self.audio.clone(),
-            source: self.source.clone(),
-            created_at: self.created_at,
-        }
+        Duration::from_millis((self.audio_bytes / BYTES_PER_MS) as u64)
     }
 }
 
@@ -486,9 +476,9 @@ pub async fn keep(
     client: ClientId,
     stored: StoredGreeting,
 ) -> Result<Arc<CachedGreeting>, StoreError> {
-    let g = Arc::new(CachedGreeting::new(stored));
+    let g = Arc::new(CachedGreeting::new(stored.clone()));
     greetings.keep(client, g.clone());
-    crate::store::greetings::put(db, client, &g.stored()).await?;
+    crate::store::greetings::put(db, client, &stored).await?;
     Ok(g)
 }
 
@@ -542,11 +532,12 @@ mod tests {
     #[test]
     fn a_greeting_is_cut_into_frames_of_a_hundred_ms() {
         let k = GreetingKey::new("a", "b", "c", "d");
-        let g = CachedGreeting::new(stored(&k, 2500));
+        let original = stored(&k, 2500);
+        let g = CachedGreeting::new(original.clone());
         assert_eq!(g.frames.len(), 4);
         assert_eq!(g.duration(), Duration::from_millis(312));
         let back = heard(&k, g.transcript.clone(), &g.frames, "call", Utc::now()).unwrap();
-        assert_eq!(back.audio, g.audio);
+        assert_eq!(back.audio, original.audio);
     }
 
     #[test]
