@@ -209,6 +209,9 @@ pub struct ConnectionLog {
     pub errors_sent: Vec<String>,
     /// Whether the socket is still open.
     pub open: bool,
+    /// The conversation's items in order (ids): messages and function outputs created by the
+    /// client, the caller's turns as committed, the responses' items.
+    pub conversation: Vec<String>,
 }
 
 impl ConnectionLog {
@@ -883,7 +886,7 @@ impl Conn {
             "conversation.item.create" => self.on_item_create(&v).await,
             "conversation.item.delete" => {
                 let item_id = v["item_id"].as_str().unwrap_or("");
-                if self.items.remove(item_id) || self.item_audio_ms.remove(item_id).is_some() {
+                if self.remove_item(item_id) {
                     self.send(json!({"type": "conversation.item.deleted", "event_id": self.id("event"),
                         "item_id": item_id}))
                         .await;
@@ -901,13 +904,71 @@ impl Conn {
         }
     }
 
+    /// Puts `id` at the end of the conversation; the id before it (JSON null when first).
+    fn append_item(&self, id: &str) -> Value {
+        let mut previous = Value::Null;
+        self.log(|c| {
+            previous = c.conversation.last().map_or(Value::Null, |p| json!(p));
+            c.conversation.push(id.to_string());
+        });
+        previous
+    }
+
+    /// Puts `id` right after `after` (`root`: first); the id before it, or `Err` when `after`
+    /// is not in the conversation.
+    fn insert_item_after(&self, id: &str, after: &str) -> Result<Value, ()> {
+        let mut result = Err(());
+        self.log(|c| {
+            let at = if after == "root" {
+                Some(0)
+            } else {
+                c.conversation
+                    .iter()
+                    .position(|i| i == after)
+                    .map(|i| i + 1)
+            };
+            if let Some(at) = at {
+                c.conversation.insert(at, id.to_string());
+                result = Ok(if at == 0 {
+                    Value::Null
+                } else {
+                    json!(c.conversation[at - 1])
+                });
+            }
+        });
+        result
+    }
+
+    /// Deletes an item the conversation has; false if it has none with that id.
+    fn remove_item(&mut self, id: &str) -> bool {
+        let mut found = false;
+        self.log(|c| {
+            if let Some(i) = c.conversation.iter().position(|x| x == id) {
+                c.conversation.remove(i);
+                found = true;
+            }
+        });
+        self.items.remove(id);
+        self.item_audio_ms.remove(id);
+        found
+    }
+
     /// `conversation.item.create`: a function call's output, or a message whose content types
     /// must match its role (user and system `input_*`, assistant `output_*`, as the GA API
     /// checks). A client-chosen `id` is kept (a second item with the same id is refused).
     async fn on_item_create(&mut self, v: &Value) {
         let item = &v["item"];
         let item_id = match item["id"].as_str() {
-            Some(id) if id.is_empty() || id.len() > 32 => {
+            Some("") => {
+                self.error(
+                    "invalid_request_error",
+                    Some("invalid_value"),
+                    "Invalid 'item.id': empty string. Expected a string with minimum length 1.",
+                )
+                .await;
+                return;
+            }
+            Some(id) if id.len() > 32 => {
                 self.error(
                     "invalid_request_error",
                     Some("invalid_value"),
@@ -978,15 +1039,26 @@ impl Conn {
             json!({"id": item_id, "type": "message", "role": role, "status": "completed",
                 "content": item["content"]})
         };
+        let previous = match v["previous_item_id"].as_str() {
+            None => self.append_item(&item_id),
+            Some(after) => match self.insert_item_after(&item_id, after) {
+                Ok(previous) => previous,
+                Err(()) => {
+                    self.error("invalid_request_error", Some("invalid_value"),
+                        &format!("Invalid 'previous_item_id': no item with id '{after}' in the conversation.")).await;
+                    return;
+                }
+            },
+        };
         self.items.insert(item_id);
         self.send(
             json!({"type": "conversation.item.added", "event_id": self.id("event"),
-            "previous_item_id": null, "item": added}),
+            "previous_item_id": previous, "item": added}),
         )
         .await;
         self.send(
             json!({"type": "conversation.item.done", "event_id": self.id("event"),
-            "previous_item_id": null, "item": added}),
+            "previous_item_id": previous, "item": added}),
         )
         .await;
     }
@@ -1109,6 +1181,12 @@ impl Conn {
             .extend(calls.iter().map(|(_, call_id, _)| call_id.clone()));
         let id = self.id("resp");
         let item_id = self.id("item");
+        if clip.is_some() {
+            self.append_item(&item_id);
+        }
+        for (_, _, call_item) in &calls {
+            self.append_item(call_item);
+        }
         let cancel = Arc::new(Notify::new());
         let sent_ms = Arc::new(AtomicU64::new(0));
         self.item_audio_ms.insert(item_id.clone(), sent_ms.clone());
@@ -1248,9 +1326,10 @@ impl Conn {
                     self.send(json!({"type": "input_audio_buffer.speech_stopped", "event_id": self.id("event"),
                         "audio_end_ms": end, "item_id": item}))
                         .await;
+                    let previous = self.append_item(&item);
                     self.send(
                         json!({"type": "input_audio_buffer.committed", "event_id": self.id("event"),
-                        "previous_item_id": null, "item_id": item}),
+                        "previous_item_id": previous, "item_id": item}),
                     )
                     .await;
                     self.send(

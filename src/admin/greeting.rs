@@ -83,7 +83,6 @@ pub async fn get_greeting(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let client = clients::get_client(&s.db, id).await?;
-    let stored = greetings::get(&s.db, id).await?;
     let wants_wav = match format.format.as_deref() {
         Some("wav") => true,
         None | Some("json") => headers
@@ -97,7 +96,7 @@ pub async fn get_greeting(
         }
     };
     if wants_wav {
-        let Some(g) = stored else {
+        let Some(g) = greetings::get(&s.db, id).await? else {
             return Err(ApiError::NotFound("greeting"));
         };
         return Ok((
@@ -112,6 +111,7 @@ pub async fn get_greeting(
         )
             .into_response());
     }
+    let stored = greetings::summary(&s.db, id).await?;
     let key = key_of(&s, &client);
     let (refresh, refresh_error) = match s.greetings.refresh_state(id) {
         Some(Refresh::Running) => (Some("running".to_string()), None),
@@ -130,8 +130,8 @@ pub async fn get_greeting(
         .to_string(),
         key: key.as_str().to_string(),
         transcript: stored.as_ref().map(|g| g.transcript.clone()),
-        duration_ms: stored.as_ref().map(|g| g.audio.len() as u64 / 8),
-        size_bytes: stored.as_ref().map(|g| g.audio.len() as u64),
+        duration_ms: stored.as_ref().map(|g| g.duration_ms.max(0) as u64),
+        size_bytes: stored.as_ref().map(|g| g.size_bytes.max(0) as u64),
         source: stored.as_ref().map(|g| g.source.clone()),
         created_at: stored.as_ref().map(|g| g.created_at),
         wav_url: stored

@@ -35,9 +35,11 @@ use std::{
 use chrono::{DateTime, Utc};
 
 use super::outcome::{CallOutcome, CallPath, EndReason, Role, TranscriptLine};
+pub use crate::greeting::CapturedGreeting;
 use crate::{
     domain::{CallSid, StreamSid},
     engine::{Command, Event},
+    greeting::{Capture, Captured},
     realtime::{
         keepalive::{Due, Keepalive, KeepaliveSpec},
         proto::push_recent,
@@ -133,30 +135,6 @@ impl Output {
         }
     }
 }
-
-/// A generated greeting, whole: what the cache keeps (`crate::greeting`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CapturedGreeting {
-    /// What the model said.
-    pub transcript: String,
-    /// Its audio frames, base64 μ-law, in order.
-    pub frames: Vec<String>,
-}
-
-/// A greeting being captured: the first response relayed.
-#[derive(Debug, Default)]
-struct Capture {
-    response_id: Option<String>,
-    item_id: Option<String>,
-    frames: Vec<String>,
-    /// base64 bytes so far.
-    bytes: usize,
-    transcript: Option<String>,
-    done: bool,
-}
-
-/// Most greeting captured (base64 bytes of [`crate::greeting::MAX_AUDIO_BYTES`] μ-law).
-const MAX_CAPTURE_B64: usize = crate::greeting::MAX_AUDIO_BYTES * 4 / 3 + 4;
 
 /// The response id the call gives a greeting played from the cache (no engine response made
 /// it: a barge-in over it cancels nothing).
@@ -291,6 +269,8 @@ pub struct Call {
     keepalive: Option<Keepalive>,
     /// The greeting being kept for the cache, if this call keeps it.
     capture: Option<Capture>,
+    /// The engine's response between its `response.created` and `response.done`.
+    open_response: Option<String>,
     /// A greeting played from the cache: its engine item id and text (a barge-in replaces the
     /// item with the part heard, see [`Command::Heard`]).
     said: Option<(String, String)>,
@@ -398,6 +378,7 @@ impl Call {
             keepalive_spec: None,
             keepalive: None,
             capture: None,
+            open_response: None,
             said: None,
             end_after_greeting: None,
         }
@@ -596,6 +577,7 @@ impl Call {
         // The caller is hearing the greeting from the cache: it is not cut off; the call ends
         // (to the fallback) once it has played.
         if self.phase == Phase::AwaitingSession
+            && matches!(reason, EndReason::RealtimeUnavailable(_))
             && self.said.is_some()
             && self.stream.is_playing(now)
         {
@@ -633,6 +615,7 @@ impl Call {
         self.reconnects += 1;
         self.reconnect_attempt = 1;
         self.give_up_capture();
+        self.open_response = None;
         self.reconnect_reason = reason.to_string();
         self.phase = Phase::AwaitingSession;
         self.renew_at = None;
@@ -718,11 +701,9 @@ impl Call {
             }
             Event::AgentTranscript { item_id, text } => {
                 self.partial.retain(|(id, _)| *id != item_id);
-                if let Some(c) = self.capture.as_mut()
-                    && c.item_id.as_deref() == Some(item_id.as_str())
-                {
-                    c.transcript = Some(text.clone());
-                    self.finish_capture();
+                if let Some(c) = self.capture.as_mut() {
+                    let captured = c.transcript(&item_id, &text);
+                    self.on_captured(captured);
                 }
                 let text = match self.cut_of(&item_id) {
                     // Already written, cut, where the caller interrupted.
@@ -746,6 +727,7 @@ impl Call {
                 response_id,
                 scripted,
             } => {
+                self.open_response = Some(response_id.clone());
                 if let Some(Closing {
                     stage: ClosingStage::Speaking { line, .. },
                     ..
@@ -760,15 +742,12 @@ impl Call {
                 response_id,
                 status,
             } => {
-                if let Some(c) = self.capture.as_mut()
-                    && c.response_id.as_deref() == Some(response_id.as_str())
-                {
-                    if status == "completed" {
-                        c.done = true;
-                        self.finish_capture();
-                    } else {
-                        self.give_up_capture();
-                    }
+                if let Some(c) = self.capture.as_mut() {
+                    let captured = c.response_done(&response_id, &status);
+                    self.on_captured(captured);
+                }
+                if self.open_response.as_deref() == Some(response_id.as_str()) {
+                    self.open_response = None;
                 }
                 self.tool_response_open = false;
                 // The line asked for is done (spoken, see `relay_agent_audio`, or cut short
@@ -1150,21 +1129,11 @@ impl Call {
         if self.cancelled.contains(&chunk.response_id) {
             return;
         }
-        if let Some(c) = self.capture.as_mut()
-            && chunk.response_id != CACHED_RESPONSE
-            && !c.done
+        if chunk.response_id != CACHED_RESPONSE
+            && let Some(c) = self.capture.as_mut()
         {
-            if c.response_id.is_none() {
-                c.response_id = Some(chunk.response_id.clone());
-                c.item_id = Some(chunk.item_id.clone());
-            }
-            if c.response_id.as_deref() == Some(chunk.response_id.as_str()) {
-                c.bytes += chunk.payload.len();
-                c.frames.push(chunk.payload.clone());
-                if c.bytes > MAX_CAPTURE_B64 {
-                    self.give_up_capture();
-                }
-            }
+            let captured = c.audio(&chunk.response_id, &chunk.item_id, &chunk.payload);
+            self.on_captured(captured);
         }
         let item = match self.items.get(&chunk.item_id) {
             Some(&n) => n,
@@ -1221,16 +1190,18 @@ impl Call {
         let heard = self.stream.send_clear(now);
         self.drain_stream_transmits();
         // The greeting being kept was not heard whole.
-        if self.capture.as_ref().is_some_and(|c| !c.done) {
-            self.give_up_capture();
-        }
-        // A greeting played from the cache is no response of the engine's: nothing to cancel.
-        if self
+        self.give_up_capture();
+        // A greeting played from the cache is no response of the engine's: nothing to cancel,
+        // unless a response of its own is under way behind it (an answer to a key press).
+        let cached = self
             .current
             .as_ref()
-            .is_none_or(|c| c.response_id != CACHED_RESPONSE)
-        {
+            .is_some_and(|c| c.response_id == CACHED_RESPONSE);
+        if !cached {
             self.outputs.push_back(Output::Engine(Command::Cancel));
+        } else if let Some(open) = self.open_response.take() {
+            self.outputs.push_back(Output::Engine(Command::Cancel));
+            push_recent(&mut self.cancelled, open);
         }
         if let Some(current) = self.current.take() {
             // The item being heard is cut where the caller is; any item queued behind it (a
@@ -1269,20 +1240,19 @@ impl Call {
         self.outputs.push_back(Output::BargeIn);
     }
 
-    /// Reports the captured greeting once it is whole (its response completed and its
-    /// transcript in).
-    fn finish_capture(&mut self) {
-        if self
-            .capture
-            .as_ref()
-            .is_some_and(|c| c.done && c.transcript.is_some())
-            && let Some(c) = self.capture.take()
-        {
-            self.outputs
-                .push_back(Output::GreetingCaptured(Some(CapturedGreeting {
-                    transcript: c.transcript.unwrap_or_default(),
-                    frames: c.frames,
-                })));
+    /// Reports the captured greeting once it is whole, or once it cannot be.
+    fn on_captured(&mut self, captured: Captured) {
+        match captured {
+            Captured::Pending => {}
+            Captured::Whole(g) => {
+                self.capture = None;
+                self.outputs.push_back(Output::GreetingCaptured(Some(g)));
+            }
+            Captured::Failed(why) => {
+                self.outputs
+                    .push_back(Output::Log(format!("greeting not cached: {why}")));
+                self.give_up_capture();
+            }
         }
     }
 
@@ -1828,6 +1798,34 @@ mod tests {
         call.handle_twilio_text(t0, START).unwrap();
         call.handle_session_refused(t0, EndReason::RealtimeUnavailable("x".into()));
         assert!(call.is_ended());
+    }
+
+    #[test]
+    fn talking_over_a_cached_greeting_cancels_a_response_under_way_behind_it() {
+        let t0 = Instant::now();
+        let (mut call, _) = playing_cached(t0, 10);
+        call.handle_session_attached(t0 + ms(80), CallPath::Warm, Vec::new());
+        drain(&mut call);
+        // The model started answering a key press held during the attach; no audio yet.
+        created(&mut call, t0 + ms(100), "resp_7", false);
+        speech_started(&mut call, t0 + ms(150));
+        let cmds = realtime(&drain(&mut call));
+        assert_eq!(cmds[0], Command::Cancel, "{cmds:?}");
+        assert!(matches!(&cmds[1], Command::Heard { item_id, .. } if item_id == "wl_greeting"));
+        // Its late audio is dropped.
+        agent_audio(&mut call, t0 + ms(160), "resp_7", "item_7");
+        assert!(twilio_events(&drain(&mut call)).is_empty());
+    }
+
+    #[test]
+    fn only_a_session_that_cannot_open_waits_for_the_cached_greeting_to_end() {
+        let t0 = Instant::now();
+        let (mut call, _) = playing_cached(t0, 10);
+        call.handle_session_refused(
+            t0 + ms(10),
+            EndReason::TwilioProtocol("stream token refused".into()),
+        );
+        assert!(call.is_ended(), "a refused stream ends at once");
     }
 
     /// A generated greeting of `n` chunks with its transcript and `response.done`.

@@ -760,12 +760,12 @@ async fn run(state: AppState, socket: WebSocket) {
                         // was buffered (it would be kept cut short).
                         if !attached_once
                             && let Some(ctx) = &known
-                            && let Some(key) = ctx.greeting.fill()
+                            && let Some(fill) = ctx.greeting.fill()
                         {
                             if session.dropped_bytes() == 0 {
                                 call.capture_greeting();
                             } else {
-                                state.greetings.fill_failed(ctx.client_id, key);
+                                fill.release();
                             }
                         }
                         attached_once = true;
@@ -900,14 +900,15 @@ fn play_cached(state: &AppState, call: &mut Call, ctx: &CallContext, now: Instan
 /// Keeps a greeting the call generated whole as its client's cached greeting (in memory at
 /// once, in the database off the call's path); one that was not whole lets the next call try.
 fn keep_greeting(state: &AppState, ctx: &CallContext, captured: Option<CapturedGreeting>) {
-    let Some(key) = ctx.greeting.fill() else {
+    let Some(fill) = ctx.greeting.fill() else {
         return;
     };
-    let stored = captured
-        .and_then(|c| crate::greeting::heard(key, c.transcript, &c.frames, "call", Utc::now()));
+    let stored = captured.and_then(|c| {
+        crate::greeting::heard(fill.key(), c.transcript, &c.frames, "call", Utc::now())
+    });
     let Some(stored) = stored else {
         tracing::debug!(call_sid = %ctx.call_sid, "greeting not heard whole; not cached");
-        state.greetings.fill_failed(ctx.client_id, key);
+        fill.release();
         return;
     };
     let (db, greetings, client, call_sid) = (
@@ -1113,13 +1114,15 @@ async fn context_from_db(
         trust,
         callers::remembers(&call.from_number),
     );
-    // The cached greeting as the webhook would have chosen it (from memory: no more waiting).
+    // The greeting as the webhook would have chosen it (the one it answered with may have been
+    // the cached one: the caller must not wait for a generated one instead).
     let key = GreetingKey::of(&profile, &state.settings.openai.model);
+    let found = crate::greeting::find(&state.db, &state.greetings, client_id, &key).await;
     let greeting = state.greetings.plan(
         client_id,
         &key,
         GreetingMode::from_stored(client.client.greeting_mode.as_deref()),
-        state.greetings.lookup(client_id, &key, Instant::now()),
+        found,
         profile.greets_by_name(),
         Instant::now(),
     );

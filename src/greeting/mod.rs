@@ -168,8 +168,8 @@ pub enum GreetingPlan {
     /// The model generates it (while ringing, or on the cold path). With `fill`, this call's
     /// greeting, heard whole, becomes the client's cached greeting under that key.
     Generate {
-        /// Keep it under this key.
-        fill: Option<GreetingKey>,
+        /// This call fills the cache (released when the last holder of the plan lets go).
+        fill: Option<Arc<Fill>>,
     },
     /// The cached greeting plays at stream start; the session gets it as an assistant message
     /// and generates none.
@@ -188,8 +188,8 @@ impl GreetingPlan {
         }
     }
 
-    /// The key this call fills the cache under, if it does.
-    pub fn fill(&self) -> Option<&GreetingKey> {
+    /// The cache this call fills, if it does.
+    pub fn fill(&self) -> Option<&Arc<Fill>> {
         match self {
             Self::Generate { fill } => fill.as_ref(),
             Self::Cached(_) => None,
@@ -205,15 +205,58 @@ impl GreetingPlan {
     }
 }
 
+/// A call's turn to fill its client's cache under `key` (rule 2). Dropped (the call is over,
+/// kept or not) or [`Fill::release`]d, it lets the next call try at once; after a successful
+/// keep that changes nothing.
+#[derive(Debug)]
+pub struct Fill {
+    greetings: Arc<Greetings>,
+    client: ClientId,
+    key: GreetingKey,
+    since: Instant,
+}
+
+impl Fill {
+    /// The key the greeting is kept under.
+    pub fn key(&self) -> &GreetingKey {
+        &self.key
+    }
+
+    /// The client.
+    pub fn client(&self) -> ClientId {
+        self.client
+    }
+
+    /// The greeting will not be kept: another call may fill the cache now.
+    pub fn release(&self) {
+        self.greetings
+            .release_fill(self.client, &self.key, self.since);
+    }
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// How long a call may take to fill a client's cache before another call may try.
 pub const FILL_FOR: Duration = Duration::from_secs(20);
 
 /// How long a miss (no valid cached greeting in the database) is believed before asking again.
 pub const MISS_FOR: Duration = Duration::from_secs(10);
 
+/// How long a greeting in memory is played before the database is asked whether it is still
+/// the one kept (another instance may have deleted or refreshed it).
+pub const CHECK_EVERY: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone)]
 enum Entry {
-    Ready(Arc<CachedGreeting>),
+    /// Valid for its key; confirmed by the database (or kept here) at `checked`.
+    Ready {
+        greeting: Arc<CachedGreeting>,
+        checked: Instant,
+    },
     /// None valid for `key` in the database when last asked; a call may be filling it.
     Missing {
         key: GreetingKey,
@@ -231,6 +274,9 @@ pub enum Found {
     Missing,
     /// Memory does not know: ask the database ([`Greetings::learn`]).
     Ask,
+    /// This one, unless the database has another by now: ask it which it has
+    /// ([`Greetings::confirm`] when the same, else read it and [`Greetings::learn`]).
+    Check(Arc<CachedGreeting>),
 }
 
 /// A refresh asked for through the admin API.
@@ -258,7 +304,13 @@ impl Greetings {
     /// What memory knows of `client`'s greeting under `key` at `now`.
     pub fn lookup(&self, client: ClientId, key: &GreetingKey, now: Instant) -> Found {
         match self.entries.get(&client).as_deref() {
-            Some(Entry::Ready(g)) if g.key == *key => Found::Ready(g.clone()),
+            Some(Entry::Ready { greeting, checked }) if greeting.key == *key => {
+                if now.saturating_duration_since(*checked) < CHECK_EVERY {
+                    Found::Ready(greeting.clone())
+                } else {
+                    Found::Check(greeting.clone())
+                }
+            }
             Some(Entry::Missing {
                 key: k, checked, ..
             }) if k == key && now.saturating_duration_since(*checked) < MISS_FOR => Found::Missing,
@@ -266,19 +318,40 @@ impl Greetings {
         }
     }
 
-    /// What the database said of `client`'s greeting (`stored`, any key), read for `key` at
-    /// `now`: kept in memory, and the answer to [`Greetings::lookup`].
+    /// The database still has `greeting` (same key, same creation time) at `now`.
+    pub fn confirm(&self, client: ClientId, greeting: &Arc<CachedGreeting>, now: Instant) {
+        if let Some(mut e) = self.entries.get_mut(&client)
+            && let Entry::Ready {
+                greeting: g,
+                checked,
+            } = &mut *e
+            && Arc::ptr_eq(g, greeting)
+        {
+            *checked = now;
+        }
+    }
+
+    /// What the database said of `client`'s greeting (`stored`, any key), read for `key` from
+    /// `asked` to `now`: kept in memory, and the answer to [`Greetings::lookup`]. A greeting
+    /// kept here after the read began is newer than its answer and stays.
     pub fn learn(
         &self,
         client: ClientId,
         key: &GreetingKey,
         stored: Option<StoredGreeting>,
+        asked: Instant,
         now: Instant,
     ) -> Found {
         match stored.filter(|s| s.key == key.0 && !s.audio.is_empty()) {
             Some(s) => {
                 let g = Arc::new(CachedGreeting::new(s));
-                self.entries.insert(client, Entry::Ready(g.clone()));
+                self.entries.insert(
+                    client,
+                    Entry::Ready {
+                        greeting: g.clone(),
+                        checked: now,
+                    },
+                );
                 Found::Ready(g)
             }
             None => {
@@ -288,6 +361,11 @@ impl Greetings {
                     filling: None,
                 });
                 match &mut *e {
+                    Entry::Ready { greeting, checked }
+                        if greeting.key == *key && *checked >= asked =>
+                    {
+                        return Found::Ready(greeting.clone());
+                    }
                     Entry::Missing {
                         key: k, checked, ..
                     } if k == key => *checked = now,
@@ -305,8 +383,9 @@ impl Greetings {
     }
 
     /// Whether the caller may fill `client`'s cache under `key` (none is filling it, or the one
-    /// that was took longer than [`FILL_FOR`]); if so it is now the one.
-    pub fn take_fill(&self, client: ClientId, key: &GreetingKey, now: Instant) -> bool {
+    /// that was took longer than [`FILL_FOR`]); if so it is now the one, since the returned
+    /// instant.
+    fn take_fill(&self, client: ClientId, key: &GreetingKey, now: Instant) -> Option<Instant> {
         let mut e = self.entries.entry(client).or_insert(Entry::Missing {
             key: key.clone(),
             checked: now,
@@ -317,47 +396,47 @@ impl Greetings {
                 key: k, filling, ..
             } if k == key => {
                 if filling.is_some_and(|since| now.saturating_duration_since(since) < FILL_FOR) {
-                    return false;
+                    return None;
                 }
                 *filling = Some(now);
-                true
+                Some(now)
             }
             // Ready under this key: nothing to fill. Under another: stale, replaced.
-            Entry::Ready(g) if g.key == *key => false,
+            Entry::Ready { greeting, .. } if greeting.key == *key => None,
             other => {
                 *other = Entry::Missing {
                     key: key.clone(),
                     checked: now,
                     filling: Some(now),
                 };
-                true
+                Some(now)
             }
         }
     }
 
-    /// The filling call did not get a whole greeting: another call may try at once.
-    pub fn fill_failed(&self, client: ClientId, key: &GreetingKey) {
+    /// The fill taken at `since` is over without a greeting kept: another call may try at once
+    /// (a later fill, taken after this one was given up, is left alone).
+    fn release_fill(&self, client: ClientId, key: &GreetingKey, since: Instant) {
         if let Some(mut e) = self.entries.get_mut(&client)
             && let Entry::Missing {
                 key: k, filling, ..
             } = &mut *e
             && k == key
+            && *filling == Some(since)
         {
             *filling = None;
         }
     }
 
-    /// `greeting` is now `client`'s cached greeting (kept by a call or a refresh).
-    pub fn keep(&self, client: ClientId, greeting: Arc<CachedGreeting>) {
-        self.entries.insert(client, Entry::Ready(greeting));
-    }
-
-    /// What memory holds for `client` (any key), for the admin API.
-    pub fn held(&self, client: ClientId) -> Option<Arc<CachedGreeting>> {
-        match self.entries.get(&client).as_deref() {
-            Some(Entry::Ready(g)) => Some(g.clone()),
-            _ => None,
-        }
+    /// `greeting` is now `client`'s cached greeting (kept by a call or a refresh) at `now`.
+    pub fn keep(&self, client: ClientId, greeting: Arc<CachedGreeting>, now: Instant) {
+        self.entries.insert(
+            client,
+            Entry::Ready {
+                greeting,
+                checked: now,
+            },
+        );
     }
 
     /// Forgets `client`'s greeting (deleted, or the client changed).
@@ -399,7 +478,7 @@ impl Greetings {
     /// whether the greeting would be personal. A call that generates the greeting every caller
     /// hears fills a missing cache, one call at a time.
     pub fn plan(
-        &self,
+        self: &Arc<Self>,
         client: ClientId,
         key: &GreetingKey,
         mode: GreetingMode,
@@ -408,33 +487,148 @@ impl Greetings {
         now: Instant,
     ) -> GreetingPlan {
         match (mode, found) {
-            (GreetingMode::Cached, Found::Ready(g)) => GreetingPlan::Cached(g),
-            (GreetingMode::Auto, Found::Ready(g)) if !personal => GreetingPlan::Cached(g),
-            (_, Found::Ready(_)) => GreetingPlan::GENERATE,
+            (GreetingMode::Cached, Found::Ready(g) | Found::Check(g)) => GreetingPlan::Cached(g),
+            (GreetingMode::Auto, Found::Ready(g) | Found::Check(g)) if !personal => {
+                GreetingPlan::Cached(g)
+            }
+            (_, Found::Ready(_) | Found::Check(_)) => GreetingPlan::GENERATE,
+            (_, Found::Missing | Found::Ask) if personal => GreetingPlan::GENERATE,
             (_, Found::Missing | Found::Ask) => GreetingPlan::Generate {
-                fill: (!personal && self.take_fill(client, key, now)).then(|| key.clone()),
+                fill: self.take_fill(client, key, now).map(|since| {
+                    Arc::new(Fill {
+                        greetings: self.clone(),
+                        client,
+                        key: key.clone(),
+                        since,
+                    })
+                }),
             },
         }
     }
 }
 
+/// A generated greeting, whole: what the cache keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedGreeting {
+    /// What the model said.
+    pub transcript: String,
+    /// Its audio frames, base64 μ-law, in order.
+    pub frames: Vec<String>,
+}
+
+/// Where a [`Capture`] stands after an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Captured {
+    /// Not whole yet.
+    Pending,
+    /// Whole: the first response completed, with its transcript.
+    Whole(CapturedGreeting),
+    /// It will not be whole (why, for the log).
+    Failed(&'static str),
+}
+
+/// Most greeting captured (base64 bytes of [`MAX_AUDIO_BYTES`] μ-law).
+const MAX_CAPTURE_B64: usize = MAX_AUDIO_BYTES * 4 / 3 + 4;
+
+/// A generated greeting being captured, pure: the first response's audio (as relayed) and the
+/// transcript of its item, whole once its `response.done` says `completed`. Used by a call that
+/// fills the cache and by a refresh.
+#[derive(Debug, Default)]
+pub struct Capture {
+    response_id: Option<String>,
+    item_id: Option<String>,
+    frames: Vec<String>,
+    bytes: usize,
+    transcript: Option<String>,
+    completed: bool,
+}
+
+impl Capture {
+    /// Agent audio: the first response's is the greeting's (later responses are not).
+    pub fn audio(&mut self, response_id: &str, item_id: &str, payload: &str) -> Captured {
+        if self.response_id.is_none() {
+            self.response_id = Some(response_id.to_string());
+            self.item_id = Some(item_id.to_string());
+        }
+        if self.response_id.as_deref() != Some(response_id) || self.completed {
+            return Captured::Pending;
+        }
+        self.bytes += payload.len();
+        if self.bytes > MAX_CAPTURE_B64 {
+            return Captured::Failed("longer than 30 s");
+        }
+        self.frames.push(payload.to_string());
+        Captured::Pending
+    }
+
+    /// The whole transcript of an agent item.
+    pub fn transcript(&mut self, item_id: &str, text: &str) -> Captured {
+        if self.item_id.as_deref() == Some(item_id) {
+            self.transcript = Some(text.to_string());
+        }
+        self.whole()
+    }
+
+    /// A response is done with `status`.
+    pub fn response_done(&mut self, response_id: &str, status: &str) -> Captured {
+        match self.response_id.as_deref() {
+            Some(r) if r == response_id => {
+                if status != "completed" {
+                    return Captured::Failed("its response did not complete");
+                }
+                self.completed = true;
+                self.whole()
+            }
+            // A response done before any audio: the greeting had none.
+            None => Captured::Failed("its response ended before any audio"),
+            Some(_) => Captured::Pending,
+        }
+    }
+
+    fn whole(&mut self) -> Captured {
+        if !self.completed || self.transcript.is_none() {
+            return Captured::Pending;
+        }
+        Captured::Whole(CapturedGreeting {
+            transcript: self.transcript.take().unwrap_or_default(),
+            frames: std::mem::take(&mut self.frames),
+        })
+    }
+}
+
 /// What is known of `client`'s greeting under `key`: from memory, else read from the database
-/// (a failed read is a miss: the call generates its greeting as before).
+/// (a failed read is a miss: the call generates its greeting as before). A greeting played from
+/// memory for [`CHECK_EVERY`] is checked against the database first (its key and creation
+/// time only, unless it changed), so a delete or refresh on another instance is seen.
 pub async fn find(
     db: &sea_orm::DatabaseConnection,
     greetings: &Greetings,
     client: ClientId,
     key: &GreetingKey,
 ) -> Found {
-    match greetings.lookup(client, key, Instant::now()) {
-        Found::Ask => match crate::store::greetings::get(db, client).await {
-            Ok(stored) => greetings.learn(client, key, stored, Instant::now()),
-            Err(e) => {
-                tracing::warn!(client_id = client.get(), error = %e, source = ?std::error::Error::source(&e), "cached greeting lookup failed; the greeting is generated");
-                Found::Missing
+    let asked = Instant::now();
+    let found = greetings.lookup(client, key, asked);
+    if let Found::Check(g) = &found {
+        match crate::store::greetings::version(db, client).await {
+            Ok(Some((k, created))) if k == key.as_str() && created == g.created_at => {
+                greetings.confirm(client, g, Instant::now());
+                return found;
             }
-        },
-        found => found,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(client_id = client.get(), error = %e, source = ?std::error::Error::source(&e), "cached greeting check failed; playing the one in memory");
+                return found;
+            }
+        }
+    } else if !matches!(found, Found::Ask) {
+        return found;
+    }
+    match crate::store::greetings::get(db, client).await {
+        Ok(stored) => greetings.learn(client, key, stored, asked, Instant::now()),
+        Err(e) => {
+            tracing::warn!(client_id = client.get(), error = %e, source = ?std::error::Error::source(&e), "cached greeting lookup failed; the greeting is generated");
+            Found::Missing
+        }
     }
 }
 
@@ -477,7 +671,7 @@ pub async fn keep(
     stored: StoredGreeting,
 ) -> Result<Arc<CachedGreeting>, StoreError> {
     let g = Arc::new(CachedGreeting::new(stored.clone()));
-    greetings.keep(client, g.clone());
+    greetings.keep(client, g.clone(), Instant::now());
     crate::store::greetings::put(db, client, &stored).await?;
     Ok(g)
 }
@@ -553,13 +747,13 @@ mod tests {
     }
 
     #[test]
-    fn memory_answers_then_asks_again_after_a_miss_or_for_another_key() {
+    fn memory_answers_then_asks_again_after_a_miss_for_another_key_or_to_check() {
         let cache = Greetings::new();
         let c = ClientId::new(1);
         let k = GreetingKey::new("a", "b", "c", "d");
         let t0 = Instant::now();
         assert!(matches!(cache.lookup(c, &k, t0), Found::Ask));
-        assert!(matches!(cache.learn(c, &k, None, t0), Found::Missing));
+        assert!(matches!(cache.learn(c, &k, None, t0, t0), Found::Missing));
         assert!(matches!(
             cache.lookup(c, &k, t0 + MISS_FOR / 2),
             Found::Missing
@@ -568,39 +762,135 @@ mod tests {
         // A row under another key is stale: a miss.
         let old = GreetingKey::new("old", "b", "c", "d");
         assert!(matches!(
-            cache.learn(c, &k, Some(stored(&old, 800)), t0),
+            cache.learn(c, &k, Some(stored(&old, 800)), t0, t0),
             Found::Missing
         ));
+        let Found::Ready(g) = cache.learn(c, &k, Some(stored(&k, 800)), t0, t0) else {
+            panic!("ready")
+        };
         assert!(matches!(
-            cache.learn(c, &k, Some(stored(&k, 800)), t0),
+            cache.lookup(c, &k, t0 + CHECK_EVERY / 2),
             Found::Ready(_)
         ));
+        // Played for a while: checked against the database again (another instance may have
+        // deleted or refreshed it); confirmed, it plays on.
         assert!(matches!(
-            cache.lookup(c, &k, t0 + MISS_FOR * 100),
+            cache.lookup(c, &k, t0 + CHECK_EVERY),
+            Found::Check(_)
+        ));
+        cache.confirm(c, &g, t0 + CHECK_EVERY);
+        assert!(matches!(
+            cache.lookup(c, &k, t0 + CHECK_EVERY),
             Found::Ready(_)
+        ));
+        // Gone from the database (deleted elsewhere): a miss.
+        let later = t0 + CHECK_EVERY * 3;
+        assert!(matches!(cache.lookup(c, &k, later), Found::Check(_)));
+        assert!(matches!(
+            cache.learn(c, &k, None, later, later),
+            Found::Missing
         ));
         let changed = GreetingKey::new("a!", "b", "c", "d");
         assert!(matches!(cache.lookup(c, &changed, t0), Found::Ask));
     }
 
     #[test]
-    fn one_call_at_a_time_fills_and_a_failed_or_slow_fill_lets_the_next_try() {
+    fn a_database_answer_older_than_a_greeting_kept_meanwhile_does_not_undo_it() {
         let cache = Greetings::new();
         let c = ClientId::new(1);
         let k = GreetingKey::new("a", "b", "c", "d");
-        let t0 = Instant::now();
-        assert!(cache.take_fill(c, &k, t0));
-        assert!(!cache.take_fill(c, &k, t0), "one at a time");
-        cache.fill_failed(c, &k);
-        assert!(cache.take_fill(c, &k, t0));
-        assert!(
-            cache.take_fill(c, &k, t0 + FILL_FOR),
-            "the slow one is given up"
+        let asked = Instant::now();
+        // The read began, the call kept its greeting, then the read answered "none".
+        cache.keep(
+            c,
+            Arc::new(CachedGreeting::new(stored(&k, 800))),
+            asked + Duration::from_millis(5),
         );
-        cache.keep(c, Arc::new(CachedGreeting::new(stored(&k, 800))));
-        assert!(!cache.take_fill(c, &k, t0), "filled");
+        let answer = cache.learn(c, &k, None, asked, asked + Duration::from_millis(9));
+        assert!(matches!(answer, Found::Ready(_)));
+        assert!(matches!(cache.lookup(c, &k, asked), Found::Ready(_)));
+    }
+
+    fn fill_of(plan: GreetingPlan) -> Option<Arc<Fill>> {
+        plan.fill().cloned()
+    }
+
+    #[test]
+    fn one_call_at_a_time_fills_and_a_call_done_without_it_lets_the_next_try() {
+        let cache = Arc::new(Greetings::new());
+        let c = ClientId::new(1);
+        let k = GreetingKey::new("a", "b", "c", "d");
+        let t0 = Instant::now();
+        let plan = |now| fill_of(cache.plan(c, &k, GreetingMode::Auto, Found::Missing, false, now));
+        let first = plan(t0).expect("the first call fills");
+        assert!(plan(t0).is_none(), "one at a time");
+        // The call ended without keeping it (hung up while it rang, barge-in, ...).
+        drop(first);
+        let second = plan(t0).expect("the next call may");
+        // Too slow: given up, a third takes over; the second's late end leaves it alone.
+        let third = plan(t0 + FILL_FOR).expect("the slow one is given up");
+        second.release();
+        assert!(plan(t0 + FILL_FOR).is_none(), "the third still fills");
+        cache.keep(c, Arc::new(CachedGreeting::new(stored(&k, 800))), t0);
+        drop(third);
+        assert!(
+            matches!(cache.lookup(c, &k, t0), Found::Ready(_)),
+            "a fill released after the keep changes nothing"
+        );
         let changed = GreetingKey::new("a!", "b", "c", "d");
-        assert!(cache.take_fill(c, &changed, t0), "a new key is filled anew");
+        assert!(
+            fill_of(cache.plan(c, &changed, GreetingMode::Auto, Found::Ask, false, t0)).is_some(),
+            "a new key is filled anew"
+        );
+    }
+
+    #[test]
+    fn a_capture_is_whole_with_the_first_response_completed_and_its_transcript() {
+        let mut c = Capture::default();
+        assert_eq!(c.audio("r1", "i1", "AAAA"), Captured::Pending);
+        assert_eq!(c.audio("r1", "i1", "BBBB"), Captured::Pending);
+        assert_eq!(
+            c.audio("r2", "i2", "CCCC"),
+            Captured::Pending,
+            "not the greeting"
+        );
+        assert_eq!(c.transcript("i2", "Other"), Captured::Pending);
+        assert_eq!(
+            c.response_done("r1", "completed"),
+            Captured::Pending,
+            "no transcript yet"
+        );
+        assert_eq!(
+            c.transcript("i1", "Hello!"),
+            Captured::Whole(CapturedGreeting {
+                transcript: "Hello!".into(),
+                frames: vec!["AAAA".into(), "BBBB".into()],
+            })
+        );
+        // The transcript first, then the response's end.
+        let mut c = Capture::default();
+        c.audio("r1", "i1", "AAAA");
+        assert_eq!(c.transcript("i1", "Hi"), Captured::Pending);
+        assert!(matches!(
+            c.response_done("r1", "completed"),
+            Captured::Whole(_)
+        ));
+        // Not completed, or no audio at all, or too long: failed.
+        let mut c = Capture::default();
+        c.audio("r1", "i1", "AAAA");
+        assert!(matches!(
+            c.response_done("r1", "cancelled"),
+            Captured::Failed(_)
+        ));
+        let mut c = Capture::default();
+        assert!(matches!(
+            c.response_done("r1", "completed"),
+            Captured::Failed(_)
+        ));
+        let mut c = Capture::default();
+        let big = "A".repeat(MAX_CAPTURE_B64);
+        assert_eq!(c.audio("r1", "i1", &big), Captured::Pending);
+        assert!(matches!(c.audio("r1", "i1", "AAAA"), Captured::Failed(_)));
     }
 
     #[test]
@@ -623,7 +913,7 @@ mod tests {
 
     #[test]
     fn the_plan_follows_the_mode_and_never_caches_a_personal_greeting() {
-        let cache = Greetings::new();
+        let cache = Arc::new(Greetings::new());
         let c = ClientId::new(1);
         let k = GreetingKey::new("a", "b", "c", "d");
         let g = Arc::new(CachedGreeting::new(stored(&k, 800)));
@@ -640,6 +930,11 @@ mod tests {
                 .cached()
                 .is_some()
         );
+        assert!(
+            plan(Auto, Found::Check(g.clone()), false)
+                .cached()
+                .is_some()
+        );
         let by_name = plan(Auto, Found::Ready(g.clone()), true);
         assert!(by_name.cached().is_none() && by_name.fill().is_none());
         assert!(
@@ -649,7 +944,8 @@ mod tests {
         );
         // Missing: a personal greeting fills nothing; the first other call fills it.
         assert!(plan(Auto, Found::Missing, true).fill().is_none());
-        assert_eq!(plan(Generated, Found::Missing, false).fill(), Some(&k));
+        let filling = plan(Generated, Found::Missing, false);
+        assert_eq!(filling.fill().map(|f| f.key()), Some(&k));
         assert!(plan(Auto, Found::Missing, false).fill().is_none(), "taken");
     }
 }

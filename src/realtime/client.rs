@@ -181,6 +181,7 @@ impl SessionSpec {
         if let Some(cached) = plan.cached() {
             self.greeting = Greeting::Said(wire::assistant_text(
                 Some(GREETING_ITEM),
+                None,
                 &cached.transcript,
             ));
         }

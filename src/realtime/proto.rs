@@ -488,14 +488,15 @@ impl Session {
                 audio_end_ms,
             } => self.truncate(&item_id, audio_end_ms),
             Command::UserText(text) => self.send_user_text(&text),
-            // The item has no audio to truncate: it is deleted, and what was heard of it put
-            // back as text (at the end of the conversation: the caller's words that cut it
-            // off are committed after it, when they stop).
+            // The item has no audio to truncate: what was heard of it goes in right after it
+            // (in its place, even if the caller's words were already committed behind it),
+            // then it is deleted.
             Command::Heard { item_id, text } => {
-                self.transmit.push_back(wire::item_delete(&item_id));
                 if !text.trim().is_empty() {
-                    self.transmit.push_back(wire::assistant_text(None, &text));
+                    self.transmit
+                        .push_back(wire::assistant_text(None, Some(&item_id), &text));
                 }
+                self.transmit.push_back(wire::item_delete(&item_id));
             }
             Command::Seed(text) => self.transmit.push_back(wire::system_text(&text)),
             Command::Reconfigure {
@@ -576,11 +577,12 @@ mod tests {
             item_id: "wl_greeting".into(),
             text: "Thanks for …".into(),
         });
+        let add: Value = serde_json::from_str(&s.poll_transmit().unwrap()).unwrap();
+        assert_eq!(add["item"]["content"][0]["text"], "Thanks for …");
+        assert_eq!(add["previous_item_id"], "wl_greeting", "in its place");
         let del: Value = serde_json::from_str(&s.poll_transmit().unwrap()).unwrap();
         assert_eq!(del["type"], "conversation.item.delete");
         assert_eq!(del["item_id"], "wl_greeting");
-        let add: Value = serde_json::from_str(&s.poll_transmit().unwrap()).unwrap();
-        assert_eq!(add["item"]["content"][0]["text"], "Thanks for …");
         s.handle_command(Command::Heard {
             item_id: "wl_greeting".into(),
             text: String::new(),

@@ -392,13 +392,19 @@ pub fn user_text(text: &str) -> String {
 /// An assistant message item the caller already heard (a greeting played from the cache): the
 /// model knows what was said without saying it. `id` is ours (the Realtime API takes a
 /// client-chosen item id), so that a barge-in can replace it with the part heard.
-pub fn assistant_text(id: Option<&str>, text: &str) -> String {
+/// With `after`, it is inserted right after that item (`previous_item_id`) instead of at the
+/// end of the conversation.
+pub fn assistant_text(id: Option<&str>, after: Option<&str>, text: &str) -> String {
     let mut item = json!({"type": "message", "role": "assistant",
         "content": [{"type": "output_text", "text": text}]});
     if let Some(id) = id {
         item["id"] = json!(id);
     }
-    json!({"type": "conversation.item.create", "item": item}).to_string()
+    let mut event = json!({"type": "conversation.item.create", "item": item});
+    if let Some(after) = after {
+        event["previous_item_id"] = json!(after);
+    }
+    event.to_string()
 }
 
 /// `conversation.item.delete`.
@@ -412,7 +418,8 @@ mod tests {
 
     #[test]
     fn an_assistant_message_carries_output_text_and_our_id() {
-        let v: Value = serde_json::from_str(&assistant_text(Some("wl_greeting"), "Hi!")).unwrap();
+        let v: Value =
+            serde_json::from_str(&assistant_text(Some("wl_greeting"), None, "Hi!")).unwrap();
         assert_eq!(v["type"], "conversation.item.create");
         assert_eq!(v["item"]["id"], "wl_greeting");
         assert_eq!(v["item"]["role"], "assistant");
@@ -420,8 +427,10 @@ mod tests {
             v["item"]["content"],
             json!([{"type": "output_text", "text": "Hi!"}])
         );
-        let v: Value = serde_json::from_str(&assistant_text(None, "Hi")).unwrap();
+        let v: Value =
+            serde_json::from_str(&assistant_text(None, Some("wl_greeting"), "Hi")).unwrap();
         assert!(v["item"].get("id").is_none());
+        assert_eq!(v["previous_item_id"], "wl_greeting");
         let v: Value = serde_json::from_str(&item_delete("wl_greeting")).unwrap();
         assert_eq!(
             v,

@@ -4,7 +4,8 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set, SqlErr, sea_query::OnConflict,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set, SqlErr,
+    sea_query::{Expr, OnConflict},
 };
 
 use super::{StoreError, entities::greeting_cache};
@@ -46,6 +47,71 @@ pub async fn get(
         .one(db)
         .await?
         .map(StoredGreeting::from))
+}
+
+/// The key and creation time of the client's cached greeting (without its audio): whether the
+/// one an instance plays is still the one kept.
+pub async fn version(
+    db: &impl ConnectionTrait,
+    client_id: ClientId,
+) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
+    Ok(greeting_cache::Entity::find_by_id(client_id.get())
+        .select_only()
+        .column(greeting_cache::Column::CacheKey)
+        .column(greeting_cache::Column::CreatedAt)
+        .into_tuple()
+        .one(db)
+        .await?)
+}
+
+/// A cached greeting without its audio (the admin API's view).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GreetingSummary {
+    /// Key it was made under.
+    pub key: String,
+    /// What the model said.
+    pub transcript: String,
+    /// Length of its audio in ms.
+    pub duration_ms: i32,
+    /// Bytes of audio (μ-law, one a sample).
+    pub size_bytes: i64,
+    /// `call` or `refresh`.
+    pub source: String,
+    /// When it was kept.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The client's cached greeting without its audio.
+pub async fn summary(
+    db: &impl ConnectionTrait,
+    client_id: ClientId,
+) -> Result<Option<GreetingSummary>, StoreError> {
+    type Row = (String, String, i32, i64, String, DateTime<Utc>);
+    let row: Option<Row> = greeting_cache::Entity::find_by_id(client_id.get())
+        .select_only()
+        .column(greeting_cache::Column::CacheKey)
+        .column(greeting_cache::Column::Transcript)
+        .column(greeting_cache::Column::DurationMs)
+        // The same on SQLite and Postgres (bytes of a BLOB / bytea), as a 64-bit integer.
+        .column_as(
+            Expr::cust(r#"CAST(LENGTH("audio") AS BIGINT)"#),
+            "size_bytes",
+        )
+        .column(greeting_cache::Column::Source)
+        .column(greeting_cache::Column::CreatedAt)
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(row.map(
+        |(key, transcript, duration_ms, size_bytes, source, created_at)| GreetingSummary {
+            key,
+            transcript,
+            duration_ms,
+            size_bytes,
+            source,
+            created_at,
+        },
+    ))
 }
 
 /// Keeps `greeting` as the client's cached greeting, replacing the one there. A client deleted

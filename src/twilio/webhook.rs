@@ -475,13 +475,9 @@ async fn answer(
             "cold"
         }
         // It streamed or ended between the check above and now.
-        Begun::Over => {
-            release_fill(state, client.id(), &plan);
-            return ("replayed", twiml::hangup());
-        }
+        Begun::Over => return ("replayed", twiml::hangup()),
         // Twilio said it ended (a hang-up) while this answer was being prepared.
         Begun::Ended(early) => {
-            release_fill(state, client.id(), &plan);
             tracing::info!(call_sid = %sid, status = early.reason, "call ended while its webhook was answered; nothing opened");
             state.writer.enqueue(Job::Patch(
                 sid.to_string(),
@@ -505,14 +501,6 @@ async fn answer(
     ));
     tracing::info!(call_sid = %sid, client_id = client.id().get(), outcome, webhook_ms, "voice webhook answered");
     (outcome, body)
-}
-
-/// A call that will not stream gives up filling its client's cached greeting: the next call
-/// may.
-fn release_fill(state: &AppState, client: ClientId, plan: &GreetingPlan) {
-    if let Some(key) = plan.fill() {
-        state.greetings.fill_failed(client, key);
-    }
 }
 
 /// `<Connect><Stream>` to `stream_url` (this instance's, or the one holding the call), with a

@@ -186,8 +186,15 @@ async fn the_first_generated_greeting_is_cached_and_the_next_call_hears_it_witho
         1.0
     );
 
-    // A caller who hangs up while a cached call rings costs no greeting.
+    // A caller who hangs up while a cached call rings costs no greeting (the session was
+    // open and configured: it was never asked for one).
     let placed = gw.place_call().await;
+    assert!(gw.fake.wait_event("session.update", 3, WAIT).await);
+    assert!(
+        gw.fake
+            .wait_event("conversation.item.create", 2, WAIT)
+            .await
+    );
     gw.twilio
         .status_callback(&placed.call_sid, "canceled")
         .await
@@ -348,8 +355,20 @@ async fn words_said_over_a_cached_greeting_while_the_session_connects_reach_the_
         2,
         "the greeting, then the part heard: {items:?}"
     );
+    assert_eq!(items[1]["previous_item_id"], "wl_greeting", "in its place");
     let heard_part = items[1]["item"]["content"][0]["text"].as_str().unwrap();
     assert!(heard_part.ends_with('…'), "{heard_part}");
+    // The model's conversation: the part heard where the greeting was, nothing refused.
+    let conversation = &conn.conversation;
+    assert!(
+        !conversation.iter().any(|i| i == "wl_greeting"),
+        "{conversation:?}"
+    );
+    assert!(
+        conversation.len() >= 3,
+        "heard part, caller, answer: {conversation:?}"
+    );
+    assert!(conn.errors_sent.is_empty(), "{:?}", conn.errors_sent);
     let call = gw.ended_call(&placed.call_sid).await;
     assert_eq!(call.transcript[0].text, heard_part);
     assert_eq!(greeting_requests(&gw, 1), 0);
