@@ -41,7 +41,8 @@ enum Command {
     /// Print the effective settings (secrets redacted); exit non-zero if they are invalid.
     CheckConfig,
     /// Run the gateway with a fake Realtime server and a Twilio simulator on this machine, place
-    /// a few calls warm and cold, print what happened and write one call's audio as WAV files.
+    /// a few calls warm and cold (the second hears the first one's greeting from the cache),
+    /// print what happened and write one call's audio as WAV files.
     #[cfg(feature = "sim")]
     Demo {
         /// Directory for the WAV files.

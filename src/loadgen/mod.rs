@@ -473,8 +473,9 @@ fn samples(text: &str) -> impl Iterator<Item = (&str, Vec<(&str, &str)>, f64)> {
     })
 }
 
-/// The sum of every sample of `name` whose labels include all of `want`.
-fn metric_sum(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+/// The sum of every sample of `name` whose labels include all of `want` (the demo reads the
+/// gateway's counters with it too).
+pub(crate) fn metric_sum(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
     samples(text)
         .filter(|(n, labels, _)| *n == name && want.iter().all(|w| labels.contains(w)))
         .map(|(_, _, v)| v)
