@@ -2,8 +2,16 @@
 //! gateway (SQLite in a temp dir), the fake Realtime server (with latencies like the real API's)
 //! and the Twilio simulator, places a few calls warm and cold, prints what happened and writes
 //! one call's audio as WAV files.
+//!
+//! The first call's greeting is generated while the phone rings and, heard whole, kept in the
+//! client's cache; the second call to the same number hears it from the cache at once, the
+//! session opening behind it. Each call's webhook outcome and greeting source are read from the
+//! gateway's own counters around it (the calls run one at a time).
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use sim::{
@@ -31,6 +39,13 @@ struct Row {
     label: &'static str,
     report: CallReport,
     webhook_ms: u128,
+    /// Voice webhook sent → first agent audio received: what the caller waited, ringing
+    /// included.
+    dial_ms: Option<f64>,
+    /// `warmline_webhook_duration_seconds{outcome}` that rose over the call.
+    outcome: String,
+    /// `warmline_greetings_total{source}` that rose over the call (`-`: none).
+    greeting: String,
     path: String,
     transcript: Vec<(String, String)>,
     truncate_ms: Option<u64>,
@@ -82,7 +97,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         results_schema: None,
         greeting_mode: crate::greeting::GreetingMode::Auto,
     };
-    clients::create_client(&db, &input).await?;
+    let warm_client = clients::create_client(&db, &input).await?.id();
     // A second number whose client never pre-warms: the cold path, for comparison.
     input.name = "Bright Smile Dental (cold)".into();
     input.prewarm_policy = Some(PrewarmPolicy::Never);
@@ -93,6 +108,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let shutdown = state.shutdown.clone();
     let server = tokio::spawn(app::serve(listener, state));
     let twilio = TwilioSim::new(&format!("http://{addr}"), &auth_token);
+    let metrics_url = format!("http://{addr}/metrics");
     println!(
         "warmline demo: gateway on http://{addr}, fake Realtime on {} (connect 300 ms, ready 100 ms, first audio 500 ms)\n",
         fake.url()
@@ -133,8 +149,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         &'a [Step],
         Option<Scripted>,
     );
-    let plan: [Planned<'_>; 6] = [
+    let plan: [Planned<'_>; 7] = [
         ("warm: question", "+14155550100", "+15005550006", &ask, None),
+        // The first call heard its greeting whole: this one hears it from the cache.
+        (CACHED_CALL, "+14155550105", "+15005550006", &ask[..1], None),
         ("cold: question", "+14155550101", "+15005550007", &ask, None),
         (
             "warm: barge-in",
@@ -175,7 +193,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         if let Some(s) = scripted {
             fake.script(s);
         }
+        if label == CACHED_CALL && !wait_cached(&db, warm_client).await? {
+            eprintln!(
+                "note: the first call's greeting was not cached; the next call generates its own"
+            );
+        }
         eprintln!("placing call: {label} ...");
+        let before = scrape(&metrics_url).await?;
+        let dialed = Instant::now();
         let placed = twilio.place_call(&CallSpec::new(from, to)).await?;
         if !matches!(placed.twiml, Twiml::Stream { .. }) {
             anyhow::bail!(
@@ -187,6 +212,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             .stream(&placed, &script, StreamOptions::default())
             .await?;
         let record = wait_record(&db, &placed.call_sid).await?;
+        let after = scrape(&metrics_url).await?;
+        let rose_or_none = |name, label, values| {
+            let r = rose(&before, &after, name, label, values);
+            if r.is_empty() {
+                "-".into()
+            } else {
+                r.join("+")
+            }
+        };
         let truncate_ms = fake
             .connections()
             .iter()
@@ -204,6 +238,19 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             label,
             end_reason: record.call.end_reason.clone().unwrap_or_default(),
             webhook_ms: placed.webhook_time.as_millis(),
+            dial_ms: report
+                .first_media_at
+                .map(|t| t.saturating_duration_since(dialed).as_secs_f64() * 1000.0),
+            outcome: rose_or_none(
+                "warmline_webhook_duration_seconds_count",
+                "outcome",
+                crate::twilio::webhook::OUTCOMES,
+            ),
+            greeting: rose_or_none(
+                "warmline_greetings_total",
+                "source",
+                crate::metrics::GREETING_SOURCES,
+            ),
             path: record.call.path.clone().unwrap_or_else(|| "-".into()),
             transcript: record
                 .transcript
@@ -216,8 +263,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     }
 
     println!(
-        "\n{:<24} {:>5} {:>11} {:>15} {:>10}  {:<13} {:<18} barge-in",
-        "call", "path", "webhook ms", "first audio ms", "heard ms", "end", "then"
+        "\n{:<24} {:>5} {:<9} {:<9} {:>10} {:>13} {:>15} {:>10}  {:<13} {:<18} barge-in",
+        "call",
+        "path",
+        "outcome",
+        "greeting",
+        "webhook ms",
+        "dial→audio ms",
+        "first audio ms",
+        "heard ms",
+        "end",
+        "then"
     );
     for r in &rows {
         let barge = match (r.report.clears.first(), r.truncate_ms) {
@@ -235,10 +291,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             _ => "-".into(),
         };
         println!(
-            "{:<24} {:>5} {:>11} {:>15} {:>10}  {:<13} {:<18} {barge}",
+            "{:<24} {:>5} {:<9} {:<9} {:>10} {:>13} {:>15} {:>10}  {:<13} {:<18} {barge}",
             r.label,
             r.path,
+            r.outcome,
+            r.greeting,
             r.webhook_ms,
+            r.dial_ms.map_or("-".into(), |ms| format!("{ms:.1}")),
             r.report
                 .first_media_after_start
                 .map_or("-".into(), |d| format!("{:.1}", d.as_secs_f64() * 1000.0)),
@@ -247,15 +306,32 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             then,
         );
     }
+    let row = |label: &str| {
+        rows.iter()
+            .find(|r| r.label == label)
+            .context("a row of the demo's plan")
+    };
+    let (warm, cached, cold, barged) = (
+        row("warm: question")?,
+        row(CACHED_CALL)?,
+        row("cold: question")?,
+        row("warm: barge-in")?,
+    );
     if let (Some(w), Some(c)) = (
-        rows[0].report.first_media_after_start,
-        rows[1].report.first_media_after_start,
+        warm.report.first_media_after_start,
+        cold.report.first_media_after_start,
     ) {
         println!(
             "\nwarm vs cold time to first audio: {:.1} ms vs {:.0} ms ({}x faster)",
             w.as_secs_f64() * 1000.0,
             c.as_secs_f64() * 1000.0,
             (c.as_secs_f64() / w.as_secs_f64().max(1e-6)).round()
+        );
+    }
+    if let (Some(g), Some(c)) = (warm.dial_ms, cached.dial_ms) {
+        println!(
+            "generated vs cached greeting, dial to first audio: {g:.0} ms (webhook {}, greeting {}) vs {c:.1} ms (webhook {}, greeting {}): the cached greeting plays as the stream starts, the session opening behind it",
+            warm.outcome, warm.greeting, cached.outcome, cached.greeting
         );
     }
     for r in rows.iter().filter(|r| r.end_reason == "transfer") {
@@ -266,16 +342,16 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             );
         }
     }
-    println!("\ntranscript of \"{}\":", rows[2].label);
-    for (role, text) in &rows[2].transcript {
+    println!("\ntranscript of \"{}\":", barged.label);
+    for (role, text) in &barged.transcript {
         println!("  {role:>6}: {text}");
     }
     std::fs::create_dir_all(&opts.out_dir)
         .with_context(|| format!("creating {}", opts.out_dir.display()))?;
     let caller = opts.out_dir.join("barge-in-caller.wav");
     let agent = opts.out_dir.join("barge-in-agent-heard.wav");
-    audio::write_wav(&caller, &rows[2].report.caller_audio)?;
-    audio::write_wav(&agent, &rows[2].report.heard_audio)?;
+    audio::write_wav(&caller, &barged.report.caller_audio)?;
+    audio::write_wav(&agent, &barged.report.heard_audio)?;
     println!(
         "\naudio of the barge-in call: {} and {}",
         caller.display(),
@@ -287,6 +363,48 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     db.close().await.ok();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The call that hears the first call's greeting from the cache.
+const CACHED_CALL: &str = "warm: cached greeting";
+
+/// Waits (at most 5 s) until `client`'s greeting is cached; whether it is.
+async fn wait_cached(
+    db: &sea_orm::DatabaseConnection,
+    client: crate::domain::ClientId,
+) -> anyhow::Result<bool> {
+    for _ in 0..100 {
+        if store::greetings::get(db, client).await?.is_some() {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(false)
+}
+
+async fn scrape(url: &str) -> anyhow::Result<String> {
+    Ok(reqwest::get(url)
+        .await
+        .context("reading the gateway's /metrics")?
+        .text()
+        .await?)
+}
+
+/// The `values` of `label` whose series of `name` rose from `before` to `after` (two /metrics
+/// texts), in the order given.
+fn rose(
+    before: &str,
+    after: &str,
+    name: &str,
+    label: &str,
+    values: &[&'static str],
+) -> Vec<&'static str> {
+    let sum = |text, v| crate::loadgen::metric_sum(text, name, &[(label, v)]);
+    values
+        .iter()
+        .copied()
+        .filter(|v| sum(after, v) > sum(before, v))
+        .collect()
 }
 
 async fn wait_record(
@@ -308,4 +426,40 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("warmline-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_rose_over_a_call_is_read_from_two_metrics_texts() {
+        let before = r#"warmline_greetings_total{source="cached"} 1
+warmline_greetings_total{source="generated"} 2
+warmline_webhook_duration_seconds_count{outcome="warm"} 2
+"#;
+        let after = r#"warmline_greetings_total{source="cached"} 2
+warmline_greetings_total{source="generated"} 2
+warmline_webhook_duration_seconds_count{outcome="warm"} 2
+warmline_webhook_duration_seconds_count{outcome="cached"} 1
+"#;
+        let sources = crate::metrics::GREETING_SOURCES;
+        assert_eq!(
+            rose(before, after, "warmline_greetings_total", "source", sources),
+            ["cached"]
+        );
+        let outcomes = crate::twilio::webhook::OUTCOMES;
+        assert_eq!(
+            rose(
+                before,
+                after,
+                "warmline_webhook_duration_seconds_count",
+                "outcome",
+                outcomes
+            ),
+            ["cached"]
+        );
+        assert!(rose(after, after, "warmline_greetings_total", "source", sources).is_empty());
+        assert!(rose("", "", "absent_total", "x", &["a"]).is_empty());
+    }
 }

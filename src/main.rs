@@ -41,7 +41,8 @@ enum Command {
     /// Print the effective settings (secrets redacted); exit non-zero if they are invalid.
     CheckConfig,
     /// Run the gateway with a fake Realtime server and a Twilio simulator on this machine, place
-    /// a few calls warm and cold, print what happened and write one call's audio as WAV files.
+    /// a few calls warm and cold (the second hears the first one's greeting from the cache),
+    /// print what happened and write one call's audio as WAV files.
     #[cfg(feature = "sim")]
     Demo {
         /// Directory for the WAV files.
@@ -71,6 +72,26 @@ enum Command {
         /// The gateway's prewarm.ring_max_ms.
         #[arg(long, default_value_t = 1000)]
         ring_max_ms: u64,
+        /// The gateway's prewarm.ring_min_ms (0: a call with a cached greeting is answered at
+        /// once).
+        #[arg(long, default_value_t = 0, conflicts_with = "chaos")]
+        ring_min_ms: u64,
+        /// Greeting modes measured side by side, a comma list of cached, generated, auto: each
+        /// gets a pre-warming and a never-pre-warming client with that greeting_mode, the calls
+        /// go round-robin over the modes, and the cache of every cached or auto client is
+        /// filled before the load.
+        #[arg(
+            long,
+            default_value = "cached,generated",
+            value_name = "LIST",
+            conflicts_with = "chaos"
+        )]
+        greeting_mode: warmline::loadgen::GreetingModes,
+        /// After the load, per greeting mode: calls to its pre-warming client canceled as soon
+        /// as the webhook answered (never streamed), to count the greetings generated for
+        /// nobody.
+        #[arg(long, default_value_t = 20, value_name = "N", conflicts_with = "chaos")]
+        abandon_calls: usize,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -208,6 +229,9 @@ async fn tools(command: Command) -> anyhow::Result<()> {
             cold_every,
             hang_calls,
             ring_max_ms,
+            ring_min_ms,
+            greeting_mode,
+            abandon_calls,
             json,
             gateway_cpus,
             loadgen_cpus,
@@ -251,6 +275,9 @@ async fn tools(command: Command) -> anyhow::Result<()> {
                 cold_every,
                 hang_calls,
                 ring_max_ms,
+                ring_min_ms,
+                greeting_modes: greeting_mode,
+                abandon_calls,
                 json,
                 gateway_bin: None,
                 gateway_cpus,

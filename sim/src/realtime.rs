@@ -608,6 +608,9 @@ struct Conn {
     /// Set by the first `input_audio_buffer.append`: the gateway is relaying this session, so
     /// agent audio sent from now on is timed by the stamps (earlier audio waits in a buffer).
     relaying: Arc<AtomicBool>,
+    /// When the first `session.updated` was sent: caller audio sent before then was held by the
+    /// gateway, not relayed (the stamps leave it out of the delays).
+    ready_at: Arc<std::sync::OnceLock<Instant>>,
     /// The last append's audio, decoded (its buffer is reused).
     decoded: Vec<u8>,
     create_response: bool,
@@ -644,6 +647,7 @@ impl Conn {
             item_audio_ms: HashMap::new(),
             items: Default::default(),
             relaying: Arc::default(),
+            ready_at: Arc::default(),
             decoded: Vec::new(),
             create_response: true,
             interrupt_response: true,
@@ -658,6 +662,12 @@ impl Conn {
             speech_started_at: 0,
             user_item: String::new(),
         }
+    }
+
+    /// Since when this session could be relaying caller audio (its first `session.updated`);
+    /// `now` while it is not ready yet.
+    fn ready_since(&self, now: Instant) -> Instant {
+        self.ready_at.get().copied().unwrap_or(now)
     }
 
     fn id(&self, prefix: &str) -> String {
@@ -822,7 +832,9 @@ impl Conn {
             match STANDARD.decode_vec(audio, &mut bytes) {
                 Ok(()) => {
                     if let Some(st) = &self.config.borrow().stamps {
-                        st.inbound.received(audio, Instant::now());
+                        let now = Instant::now();
+                        st.inbound
+                            .received_since(audio, now, Some(self.ready_since(now)));
                     }
                     self.vad(&bytes).await;
                     self.decoded = bytes;
@@ -876,7 +888,8 @@ impl Conn {
                 Some((raw, Ok(bytes))) => {
                     self.relaying.store(true, Ordering::Relaxed);
                     if let Some(st) = &self.config.borrow().stamps {
-                        st.inbound.received(raw, Instant::now());
+                        let now = Instant::now();
+                        st.inbound.received_since(raw, now, Some(self.ready_since(now)));
                     }
                     self.vad(&bytes).await
                 }
@@ -1139,12 +1152,14 @@ impl Conn {
         }
         let delay = self.config.borrow().session_ready_delay;
         let out = self.out.clone();
+        let ready_at = self.ready_at.clone();
         let mut session = s.clone();
         session["id"] = json!(self.id("sess"));
         let event =
             json!({"type": "session.updated", "event_id": self.id("event"), "session": session});
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
+            ready_at.get_or_init(Instant::now);
             let _ = out.send(Message::text(event.to_string())).await;
         });
     }

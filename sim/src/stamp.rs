@@ -7,7 +7,11 @@
 //! Only frames sent while the call is relaying are timed: a frame sent before the gateway has
 //! joined the two legs (the greeting buffered while the phone rang, caller audio sent while a
 //! cold session is still connecting) waits for the call to start, not for the relay, so it is
-//! [`Direction::held`]: counted for loss, left out of the delays.
+//! [`Direction::held`]: counted for loss, left out of the delays. The receiver may know better
+//! than the sender: a caller hearing a cached greeting takes the call for started while the
+//! gateway still holds its audio for a session that is opening, so the fake Realtime server
+//! leaves out of the delays what was sent before its session was ready
+//! ([`Direction::received_since`]).
 
 use std::{
     collections::HashMap,
@@ -86,6 +90,15 @@ impl Direction {
 
     /// Records that a frame with this payload arrived now; unknown payloads are ignored.
     pub fn received(&self, payload_b64: &str, at: Instant) {
+        self.received_since(payload_b64, at, None);
+    }
+
+    /// Like [`Direction::received`], for a receiver that could only be reached from
+    /// `ready_since` on: a frame sent before then was held on the way (by the gateway, while the
+    /// session it relays to was still opening), so it is counted for loss and not timed, even if
+    /// its sender took it for relayed (a caller hearing a cached greeting before the session is
+    /// open).
+    pub fn received_since(&self, payload_b64: &str, at: Instant, ready_since: Option<Instant>) {
         let k = key(payload_b64);
         let sent = self.pending[shard(k)]
             .lock()
@@ -94,6 +107,9 @@ impl Direction {
         if let Some(sent) = sent {
             self.received.fetch_add(1, Ordering::Relaxed);
             let Some(sent) = sent else { return };
+            if ready_since.is_some_and(|ready| sent < ready) {
+                return;
+            }
             let us = at
                 .saturating_duration_since(sent)
                 .as_micros()
@@ -208,6 +224,21 @@ mod tests {
         let (sent, received, delays) = s.inbound.take();
         assert_eq!((sent, received, delays), (2, 1, vec![250]));
         assert_eq!(s.inbound.pending(), 1);
+    }
+
+    #[test]
+    fn a_frame_sent_before_the_receiver_was_ready_is_counted_and_not_timed() {
+        let s = Stamps::default();
+        let t0 = Instant::now();
+        let ready = t0 + Duration::from_millis(400);
+        s.inbound.sent("AAAA", t0);
+        s.inbound.sent("BBBB", ready);
+        s.inbound
+            .received_since("AAAA", ready + Duration::from_micros(90), Some(ready));
+        s.inbound
+            .received_since("BBBB", ready + Duration::from_micros(100), Some(ready));
+        let (sent, received, delays) = s.inbound.take();
+        assert_eq!((sent, received, delays), (2, 2, vec![100]));
     }
 
     #[test]

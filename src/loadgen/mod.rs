@@ -12,6 +12,14 @@
 //! Both processes can be pinned to CPUs (`taskset`, see [`CpuList`]) so the load generator does
 //! not compete with the gateway it measures, and a stepped run (`--calls 200,400,600`) finds the
 //! knee: the most calls at which the relay still meets its target.
+//!
+//! Greeting modes (`--greeting-mode cached,generated`, see [`GreetingModes`]) are measured side
+//! by side in one run: each mode has its own pre-warming client and never-pre-warming client,
+//! the calls go round-robin over the modes ([`assign`]), and the cache of every client whose
+//! mode may use it is filled before the load by a warm-up call that hears the greeting whole,
+//! then confirmed by a probe call that hears it from the cache. After the load, an "abandon"
+//! phase per mode places calls that are canceled as soon as the webhook answered (never
+//! streamed) and counts the greetings generated for nobody.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -37,6 +45,8 @@ use sim::{
     twilio::{CallSpec, Step, StreamOptions, TwilioSim, Twiml},
 };
 
+use crate::greeting::GreetingMode;
+
 /// The relay target a step must meet to count below the knee: p99 in both directions.
 pub const RELAY_P99_TARGET_MS: f64 = 1.0;
 
@@ -55,6 +65,14 @@ pub struct LoadOptions {
     pub hang_calls: usize,
     /// `prewarm.ring_max_ms` for the gateway.
     pub ring_max_ms: u64,
+    /// `prewarm.ring_min_ms` for the gateway (0: a cached greeting's call is answered at once).
+    pub ring_min_ms: u64,
+    /// The greeting modes measured side by side, one pair of clients (pre-warming and never)
+    /// each.
+    pub greeting_modes: GreetingModes,
+    /// Calls per greeting mode placed after the load and canceled once the webhook answered
+    /// (never streamed): the greetings generated for nobody.
+    pub abandon_calls: usize,
     /// Print JSON instead of a table.
     pub json: bool,
     /// The gateway binary (default: this executable).
@@ -78,6 +96,9 @@ impl Default for LoadOptions {
             cold_every: 10,
             hang_calls: 20,
             ring_max_ms: 1000,
+            ring_min_ms: 0,
+            greeting_modes: GreetingModes::default(),
+            abandon_calls: 20,
             json: false,
             gateway_bin: None,
             gateway_cpus: None,
@@ -104,6 +125,64 @@ impl FromStr for Steps {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self(steps))
     }
+}
+
+/// `--greeting-mode`: the greeting modes measured side by side, a comma list of `cached`,
+/// `generated` and `auto` (each once); `cached,generated` by default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GreetingModes(pub Vec<GreetingMode>);
+
+impl Default for GreetingModes {
+    fn default() -> Self {
+        Self(vec![GreetingMode::Cached, GreetingMode::Generated])
+    }
+}
+
+impl FromStr for GreetingModes {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut modes = Vec::new();
+        for part in s.split(',') {
+            let part = part.trim();
+            if part.is_empty() {
+                return Err(format!(
+                    "{s:?} has an empty greeting mode (a comma list of cached, generated, auto)"
+                ));
+            }
+            let mode = part.parse::<GreetingMode>()?;
+            if modes.contains(&mode) {
+                return Err(format!("the greeting mode {part} is given twice in {s:?}"));
+            }
+            modes.push(mode);
+        }
+        Ok(Self(modes))
+    }
+}
+
+impl fmt::Display for GreetingModes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, m) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(m.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+/// Which greeting mode call `i` of a load belongs to (an index into the `modes`), and whether it
+/// goes to that mode's never-pre-warming client: the calls go round-robin over the modes, and
+/// every `cold_every`-th call of each mode is cold (0: none), so each mode gets its share of
+/// cold calls whatever the number of modes.
+pub fn assign(i: usize, modes: usize, cold_every: usize) -> (usize, bool) {
+    let modes = modes.max(1);
+    let nth_of_mode = i / modes;
+    (
+        i % modes,
+        cold_every > 0 && nth_of_mode % cold_every == cold_every - 1,
+    )
 }
 
 /// A CPU list in `taskset -c` syntax: `0`, `0,2`, `1-3`, `0,2-3`. Kept sorted and unique.
@@ -394,13 +473,19 @@ fn samples(text: &str) -> impl Iterator<Item = (&str, Vec<(&str, &str)>, f64)> {
     })
 }
 
-/// The sum of every sample of `name` whose labels include all of `want`.
-fn metric_sum(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+/// The sum of every sample of `name` whose labels include all of `want` (the demo reads the
+/// gateway's counters with it too).
+pub(crate) fn metric_sum(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
     samples(text)
         .filter(|(n, labels, _)| *n == name && want.iter().all(|w| labels.contains(w)))
         .map(|(_, _, v)| v)
         // (An empty f64 sum is -0.0, which would print as "-0".)
         .fold(0.0, |a, b| a + b)
+}
+
+/// How much the sum of `name`'s samples with `want` rose from `before` to `after`.
+fn delta(before: &str, after: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+    metric_sum(after, name, want) - metric_sum(before, name, want)
 }
 
 /// `warmline_frames_relayed_total`: (inbound, outbound).
@@ -552,6 +637,115 @@ pub struct GatewayCpu {
     pub per_10s_call_ms: Option<f64>,
 }
 
+/// `warmline_webhook_duration_seconds_count{outcome}` over a span, for the outcomes a call of
+/// the load can have.
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
+pub struct WebhookOutcomes {
+    /// Answered with the warm session ready.
+    pub warm: f64,
+    /// Answered at `ring_max_ms` with the warm session not ready.
+    pub warm_not_ready: f64,
+    /// Answered at once (after `ring_min_ms`): the cached greeting plays at stream start.
+    pub cached: f64,
+    /// A never-pre-warming client's call.
+    pub cold: f64,
+}
+
+impl WebhookOutcomes {
+    /// The outcomes counted between two `/metrics` texts.
+    fn between(before: &str, after: &str) -> Self {
+        let d = |o| {
+            delta(
+                before,
+                after,
+                "warmline_webhook_duration_seconds_count",
+                &[("outcome", o)],
+            )
+        };
+        Self {
+            warm: d("warm"),
+            warm_not_ready: d("warm_not_ready"),
+            cached: d("cached"),
+            cold: d("cold"),
+        }
+    }
+}
+
+/// A count and a mean from one series of a gateway histogram.
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
+pub struct CountMean {
+    /// Observations.
+    pub n: f64,
+    /// Their mean, ms (0 without any).
+    pub mean_ms: f64,
+}
+
+impl CountMean {
+    /// `{name}_count` and `{name}_sum` (seconds) of the series with `labels`, between two
+    /// `/metrics` texts.
+    fn between(before: &str, after: &str, name: &str, labels: &[(&str, &str)]) -> Self {
+        let n = delta(before, after, &format!("{name}_count"), labels);
+        let sum = delta(before, after, &format!("{name}_sum"), labels);
+        Self {
+            n,
+            mean_ms: if n > 0.0 { sum / n * 1000.0 } else { 0.0 },
+        }
+    }
+}
+
+/// One greeting mode's abandon phase: calls to its pre-warming client canceled as soon as the
+/// webhook answered, never streamed (the phases run one after the other, so the gateway's
+/// counters over a phase are this mode's).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct AbandonReport {
+    /// Calls placed.
+    pub calls: usize,
+    /// Calls not answered with a stream, or whose cancellation was refused.
+    pub failed: usize,
+    /// The webhook's outcomes over the phase.
+    pub webhook_outcomes: WebhookOutcomes,
+    /// `warmline_greetings_total{source="generated"}` over the phase: greetings asked of the
+    /// model for these calls.
+    pub greetings_generated: f64,
+    /// `warmline_greetings_unheard_total` over the phase: greetings generated for a call that
+    /// never streamed (0 expected with a cached greeting).
+    pub greetings_unheard: f64,
+}
+
+/// What one greeting mode's calls measured.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ModeReport {
+    /// `cached`, `generated` or `auto`: both clients' `greeting_mode`.
+    pub mode: String,
+    /// The number of its pre-warming client.
+    pub warm_number: String,
+    /// The number of its never-pre-warming client.
+    pub cold_number: String,
+    /// The clients whose greeting was cached before the load (a warm-up call heard it whole and
+    /// a probe call heard it from the cache): `warm`, `cold`; none for `generated`.
+    pub cache_filled: Vec<String>,
+    /// Calls of the load placed to its clients.
+    pub calls: usize,
+    /// Of those, calls whose stream ran.
+    pub calls_completed: usize,
+    /// Of those, calls that failed (webhook, stream).
+    pub calls_failed: usize,
+    /// Time to first audio after the stream's start, pre-warming client.
+    pub ttfa_warm: Percentiles,
+    /// The same, never-pre-warming client.
+    pub ttfa_cold: Percentiles,
+    /// Dial to first audio (voice webhook sent → first agent media), pre-warming client.
+    pub dial_warm: Percentiles,
+    /// The same, never-pre-warming client.
+    pub dial_cold: Percentiles,
+    /// The webhook's answer time as the simulator saw it, pre-warming client.
+    pub webhook_warm: Percentiles,
+    /// The same, never-pre-warming client.
+    pub webhook_cold: Percentiles,
+    /// Its abandon phase.
+    pub abandon: AbandonReport,
+}
+
 /// What a run measured.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct LoadReport {
@@ -563,15 +757,18 @@ pub struct LoadReport {
     pub calls_failed: usize,
     /// Most calls live at once.
     pub peak_concurrent: usize,
-    /// Time to first audio, warm path (stream `start` sent → first agent media received).
+    /// Time to first audio, warm path (stream `start` sent → first agent media received), all
+    /// greeting modes.
     pub ttfa_warm: Percentiles,
-    /// Time to first audio, cold path.
+    /// Time to first audio, cold path, all greeting modes.
     pub ttfa_cold: Percentiles,
     /// Dial to first audio, warm path (voice webhook sent → first agent media received: the
-    /// ringing and the silence together, what a caller waits).
+    /// ringing and the silence together, what a caller waits), all greeting modes.
     pub dial_warm: Percentiles,
-    /// Dial to first audio, cold path.
+    /// Dial to first audio, cold path, all greeting modes.
     pub dial_cold: Percentiles,
+    /// Each greeting mode's figures, in the order given.
+    pub modes: Vec<ModeReport>,
     /// Caller frame sent by the simulator → append received by the fake.
     pub relay_inbound: Percentiles,
     /// Agent audio sent by the fake → media received by the simulator.
@@ -609,12 +806,15 @@ pub struct LoadReport {
     pub webhook_hanging: Percentiles,
     /// The gateway's `ring_max_ms`.
     pub ring_max_ms: u64,
+    /// The gateway's `ring_min_ms`.
+    pub ring_min_ms: u64,
     /// The gateway's own histogram: warm TTFA count and mean (ms).
     pub gateway_ttfa_warm: (f64, f64),
     /// The gateway's own histogram: cold TTFA count and mean (ms).
     pub gateway_ttfa_cold: (f64, f64),
-    /// The gateway's `warmline_frames_relayed_total`: (inbound, outbound), to set beside the
-    /// frames the fakes counted.
+    /// The gateway's `warmline_frames_relayed_total` during the load: (inbound, outbound), to
+    /// set beside the frames the fakes counted (outbound also counts the frames of the cached
+    /// greetings the gateway played itself, which no fake sent).
     pub gateway_frames_relayed: (f64, f64),
     /// The gateway's own relay delay, caller → model (`warmline_relay_delay_seconds`, estimated
     /// from its buckets); `None` if the gateway does not expose it.
@@ -624,6 +824,17 @@ pub struct LoadReport {
     /// The gateway's webhook outcomes during the load: (warm, warm_not_ready, cold), so a
     /// "warm" call that was not ready in time is visible.
     pub gateway_webhook_outcomes: (f64, f64, f64),
+    /// The gateway's webhook outcome `cached` during the load: a call answered at once, its
+    /// greeting played from the cache.
+    pub gateway_webhook_cached: f64,
+    /// `warmline_greetings_total{source="cached"}` during the load.
+    pub gateway_greetings_cached: f64,
+    /// `warmline_greetings_total{source="generated"}` during the load.
+    pub gateway_greetings_generated: f64,
+    /// `warmline_dial_to_first_audio_seconds{greeting="cached"}` during the load.
+    pub gateway_dial_cached: CountMean,
+    /// `warmline_dial_to_first_audio_seconds{greeting="generated"}` during the load.
+    pub gateway_dial_generated: CountMean,
 }
 
 /// A stepped run: one load per step, and the knee.
@@ -734,11 +945,20 @@ async fn start_gateway(
         .env("WARMLINE_POST_CALL__ENABLED", "false")
         .env(
             "WARMLINE_PREWARM__MAX_SESSIONS",
-            (opts.calls * 2 + opts.hang_calls + 10).to_string(),
+            (opts.calls * 2
+                + opts.hang_calls
+                + opts.abandon_calls * opts.greeting_modes.0.len()
+                + 10)
+                .to_string(),
         )
         .env(
             "WARMLINE_PREWARM__RING_MAX_MS",
             opts.ring_max_ms.to_string(),
+        )
+        // Said, not left to the defaults: the cached figures are read at ring_min 0.
+        .env(
+            "WARMLINE_PREWARM__RING_MIN_MS",
+            opts.ring_min_ms.to_string(),
         )
         .env("WARMLINE_PREWARM__TTL_SECS", "60")
         // One client takes every call of the load: its per-client caps would measure themselves.
@@ -808,13 +1028,19 @@ fn proc_stats(pid: u32) -> (u64, u64) {
     (ticks, rss)
 }
 
-async fn create_client(base: &str, number: &str, policy: &str) -> anyhow::Result<()> {
+async fn create_client(
+    base: &str,
+    number: &str,
+    policy: &str,
+    greeting_mode: GreetingMode,
+) -> anyhow::Result<()> {
     create_client_with(
         base,
         serde_json::json!({
             "name": format!("Load {number}"), "phone_numbers": [number],
             "instructions": "You are a receptionist.", "greeting": "Thanks for calling!",
-            "voice": "marin", "prewarm_policy": policy}),
+            "voice": "marin", "prewarm_policy": policy,
+            "greeting_mode": greeting_mode.as_str()}),
     )
     .await
 }
@@ -874,7 +1100,8 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
 }
 
 /// Runs one full load per step, each on a fresh gateway (and fresh fakes), and finds the knee.
-/// The hang phase (`hang_calls`) runs in the last step only. Prints each step's table as it
+/// The hang phase (`hang_calls`) and the abandon phases (`abandon_calls`) run in the last step
+/// only; every step fills its fresh gateway's greeting caches before its load. Prints each step's table as it
 /// ends, then a summary row per step and the knee (or, with `json`, everything at the end).
 pub async fn run_steps(opts: LoadOptions, steps: &[usize]) -> anyhow::Result<SteppedReport> {
     if steps.is_empty() {
@@ -887,6 +1114,7 @@ pub async fn run_steps(opts: LoadOptions, steps: &[usize]) -> anyhow::Result<Ste
         let step = LoadOptions {
             calls,
             hang_calls: if last { opts.hang_calls } else { 0 },
+            abandon_calls: if last { opts.abandon_calls } else { 0 },
             ..opts.clone()
         };
         if !opts.json {
@@ -915,18 +1143,267 @@ pub async fn run_steps(opts: LoadOptions, steps: &[usize]) -> anyhow::Result<Ste
     Ok(stepped)
 }
 
-/// What the calls report back.
+/// One greeting mode's figures, as the calls report them.
 #[derive(Default)]
-struct Collected {
+struct ModeCollected {
+    calls: usize,
+    completed: usize,
+    failed: usize,
     ttfa_warm_us: Vec<u32>,
     ttfa_cold_us: Vec<u32>,
     dial_warm_us: Vec<u32>,
     dial_cold_us: Vec<u32>,
+    webhook_warm_us: Vec<u32>,
+    webhook_cold_us: Vec<u32>,
+}
+
+/// What the calls report back.
+#[derive(Default)]
+struct Collected {
+    /// By greeting mode, in the order of [`LoadOptions::greeting_modes`].
+    modes: Vec<ModeCollected>,
     /// Seconds of streaming (`start` sent → stream over), summed over the calls.
     stream_secs: f64,
 }
 
+/// The two clients of one greeting mode.
+struct ModeClients {
+    mode: GreetingMode,
+    /// Pre-warms (`prewarm_policy` always).
+    warm: String,
+    /// Never pre-warms.
+    cold: String,
+}
+
+/// The numbers of the clients of the `m`-th greeting mode: (pre-warming, never).
+fn mode_numbers(m: usize) -> (String, String) {
+    (
+        format!("+1500555{:04}", 100 + 10 * m),
+        format!("+1500555{:04}", 101 + 10 * m),
+    )
+}
+
+/// The client the hang phase calls: it generates every greeting, so the webhook has a session
+/// to wait for (a cached greeting's call is answered without waiting).
+const HANG_NUMBER: &str = "+15005550006";
+
+/// A fresh caller number for the calls around the load (warm-up, probe, abandon), each its own
+/// (so no caller is remembered, and no per-caller limit is reached).
+fn helper_caller() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("+1419{:07}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Polls `/metrics` until no call is live on the gateway (the calls before have ended there,
+/// and what they leave behind, a cached greeting among it, is done).
+async fn wait_idle(base: &str) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        if metric_sum(&scrape(base).await?, "warmline_active_calls", &[]) <= 0.0 {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            bail!("calls were still live on the gateway 15 s after their callers hung up");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `/metrics` once what the calls before left to count is counted: read until the greeting
+/// counters stay the same for 100 ms (at most 5 s).
+async fn settled_metrics(base: &str) -> anyhow::Result<String> {
+    let key = |t: &str| {
+        (
+            metric_sum(t, "warmline_greetings_total", &[]),
+            metric_sum(t, "warmline_greetings_unheard_total", &[]),
+            metric_sum(t, "warmline_webhook_duration_seconds_count", &[]),
+        )
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut last = scrape(base).await?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let next = scrape(base).await?;
+        if key(&next) == key(&last) || Instant::now() > until {
+            return Ok(next);
+        }
+        last = next;
+    }
+}
+
+/// A call that hears the greeting whole (its first agent audio, then until the agent is quiet)
+/// and hangs up: the first such call of a client fills its cache. Timed by the stamps like the
+/// load's calls, so the agent audio it hears is not left pending (the run counts from after it).
+async fn warm_up_call(
+    twilio: &TwilioSim,
+    number: &str,
+    stamps: &Arc<Stamps>,
+) -> anyhow::Result<()> {
+    let placed = twilio
+        .place_call(&CallSpec::new(&helper_caller(), number))
+        .await?;
+    if !matches!(placed.twiml, Twiml::Stream { .. }) {
+        bail!(
+            "the warm-up call to {number} was not answered with a stream: {}",
+            placed.body
+        );
+    }
+    let script = [
+        Step::WaitForAgentAudio(Duration::from_secs(15)),
+        Step::WaitForAgentQuiet(Duration::from_secs(15)),
+        Step::HangUp,
+    ];
+    let options = StreamOptions {
+        stamps: Some(stamps.clone()),
+        ..Default::default()
+    };
+    let report = twilio.stream(&placed, &script, options).await?;
+    if report.first_media_after_start.is_none() {
+        bail!("the warm-up call to {number} heard no greeting");
+    }
+    Ok(())
+}
+
+/// A call that hears its first agent audio and hangs up: whether the gateway played the cached
+/// greeting (`warmline_greetings_total{source="cached"}` rose, and for a pre-warming client the
+/// webhook answered `cached`). Run alone: the counters are the gateway's, not the call's.
+async fn probe_call(
+    twilio: &TwilioSim,
+    base: &str,
+    number: &str,
+    warm: bool,
+) -> anyhow::Result<bool> {
+    let before = scrape(base).await?;
+    let placed = twilio
+        .place_call(&CallSpec::new(&helper_caller(), number))
+        .await?;
+    if !matches!(placed.twiml, Twiml::Stream { .. }) {
+        bail!(
+            "the probe call to {number} was not answered with a stream: {}",
+            placed.body
+        );
+    }
+    let script = [
+        Step::WaitForAgentAudio(Duration::from_secs(15)),
+        Step::HangUp,
+    ];
+    twilio
+        .stream(&placed, &script, StreamOptions::default())
+        .await?;
+    wait_idle(base).await?;
+    let after = scrape(base).await?;
+    let played = delta(
+        &before,
+        &after,
+        "warmline_greetings_total",
+        &[("source", "cached")],
+    ) >= 1.0;
+    let answered = !warm || WebhookOutcomes::between(&before, &after).cached >= 1.0;
+    Ok(played && answered)
+}
+
+/// Warm-up calls that try to fill a client's cache before the probe is given up.
+const FILL_ATTEMPTS: usize = 3;
+
+/// Fills the greeting cache of every client in `targets` (mode, number, pre-warming) and
+/// confirms each: the warm-up calls run together, then one probe call at a time; a client whose
+/// probe did not hear the cached greeting gets another warm-up call, up to [`FILL_ATTEMPTS`].
+async fn fill_caches(
+    twilio: &TwilioSim,
+    base: &str,
+    targets: &[(GreetingMode, String, bool)],
+    stamps: &Arc<Stamps>,
+) -> anyhow::Result<()> {
+    let mut warm_ups = tokio::task::JoinSet::new();
+    for (_, number, _) in targets {
+        let (twilio, number, stamps) = (twilio.clone(), number.clone(), stamps.clone());
+        warm_ups.spawn(async move { warm_up_call(&twilio, &number, &stamps).await });
+    }
+    while let Some(done) = warm_ups.join_next().await {
+        done.context("a warm-up call")??;
+    }
+    wait_idle(base).await?;
+    for (mode, number, warm) in targets {
+        let mut filled = false;
+        for attempt in 0..FILL_ATTEMPTS {
+            if attempt > 0 {
+                warm_up_call(twilio, number, stamps).await?;
+                wait_idle(base).await?;
+            }
+            if probe_call(twilio, base, number, *warm).await? {
+                filled = true;
+                break;
+            }
+        }
+        if !filled {
+            bail!(
+                "the greeting cache of the {} client {number} ({}) was not filled: after {FILL_ATTEMPTS} warm-up calls that heard the greeting whole, a probe call still did not hear it from the cache",
+                mode.as_str(),
+                if *warm {
+                    "pre-warms"
+                } else {
+                    "never pre-warms"
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The abandon phase of one greeting mode: `n` calls to `number`, each canceled with the status
+/// callback as soon as the webhook answered (never streamed), and the gateway's counters over
+/// the phase (nothing else runs meanwhile).
+async fn abandon_phase(
+    twilio: &TwilioSim,
+    base: &str,
+    number: &str,
+    n: usize,
+) -> anyhow::Result<AbandonReport> {
+    if n == 0 {
+        return Ok(AbandonReport::default());
+    }
+    let before = settled_metrics(base).await?;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (twilio, number) = (twilio.clone(), number.to_string());
+        calls.spawn(async move {
+            let placed = twilio
+                .place_call(&CallSpec::new(&helper_caller(), &number))
+                .await?;
+            if !matches!(placed.twiml, Twiml::Stream { .. }) {
+                return Ok(false);
+            }
+            let status = twilio.status_callback(&placed.call_sid, "canceled").await?;
+            anyhow::Ok((200..300).contains(&status))
+        });
+    }
+    let mut failed = 0;
+    while let Some(done) = calls.join_next().await {
+        if !matches!(done, Ok(Ok(true))) {
+            failed += 1;
+        }
+    }
+    let after = settled_metrics(base).await?;
+    Ok(AbandonReport {
+        calls: n,
+        failed,
+        webhook_outcomes: WebhookOutcomes::between(&before, &after),
+        greetings_generated: delta(
+            &before,
+            &after,
+            "warmline_greetings_total",
+            &[("source", "generated")],
+        ),
+        greetings_unheard: delta(&before, &after, "warmline_greetings_unheard_total", &[]),
+    })
+}
+
 async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
+    let modes = &opts.greeting_modes.0;
+    if modes.is_empty() {
+        bail!("no greeting mode to measure");
+    }
     let stamps = Arc::new(Stamps::default());
     let cfg = FakeConfig {
         record_audio: false,
@@ -935,11 +1412,48 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
     };
     let fake = FakeRealtime::start(cfg).await?;
     let mut gw = start_gateway(opts, &fake.url(), run_dir("loadgen")?, None, &[]).await?;
-    create_client(&gw.base, "+15005550006", "always").await?;
-    create_client(&gw.base, "+15005550007", "never").await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (_, rss_idle) = proc_stats(gw.pid);
+    create_client(&gw.base, HANG_NUMBER, "always", GreetingMode::Generated).await?;
+    let mut clients = Vec::new();
+    for (m, &mode) in modes.iter().enumerate() {
+        let (warm, cold) = mode_numbers(m);
+        create_client(&gw.base, &warm, "always", mode).await?;
+        create_client(&gw.base, &cold, "never", mode).await?;
+        clients.push(ModeClients { mode, warm, cold });
+    }
     let twilio = TwilioSim::new(&gw.base, AUTH);
+
+    // Every client that will take calls and whose mode may use the cache hears its greeting
+    // from it from the first call of the load. Nothing of this counts: the figures start after.
+    let called = |m: usize, cold: bool| {
+        (0..opts.calls).any(|i| assign(i, modes.len(), opts.cold_every) == (m, cold))
+    };
+    let mut fill = Vec::new();
+    let mut cache_filled = vec![Vec::new(); modes.len()];
+    for (m, c) in clients.iter().enumerate() {
+        if c.mode == GreetingMode::Generated {
+            continue;
+        }
+        for (number, cold) in [(&c.warm, false), (&c.cold, true)] {
+            if called(m, cold) {
+                fill.push((c.mode, number.clone(), !cold));
+                cache_filled[m].push(if cold { "cold" } else { "warm" }.to_string());
+            }
+        }
+    }
+    fill_caches(&twilio, &gw.base, &fill, &stamps)
+        .await
+        .with_context(|| {
+            format!(
+                "filling the greeting caches before the load (the gateway's log: {})",
+                gw.dir.join("gateway.log").display()
+            )
+        })?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The baselines: the figures are those of the load from here on.
+    let base_metrics = scrape(&gw.base).await?;
+    let (in_sent0, in_recv0, _) = stamps.inbound.take();
+    let (out_sent0, out_recv0, _) = stamps.outbound.take();
+    let (_, rss_idle) = proc_stats(gw.pid);
     let me = std::process::id();
     let gateway_affinity = affinity_of(gw.pid, gw.pinned_with.clone());
     let loadgen_affinity = affinity_of(
@@ -1008,9 +1522,18 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
         Step::WaitForAgentQuiet(Duration::from_secs(10)),
         Step::HangUp,
     ];
-    let collected = Arc::new(std::sync::Mutex::new(Collected::default()));
+    let collected = Arc::new(std::sync::Mutex::new(Collected {
+        modes: modes.iter().map(|_| ModeCollected::default()).collect(),
+        stream_secs: 0.0,
+    }));
     for i in 0..opts.calls {
-        let cold = opts.cold_every > 0 && i % opts.cold_every == opts.cold_every - 1;
+        let (m, cold) = assign(i, modes.len(), opts.cold_every);
+        let to = if cold {
+            clients[m].cold.clone()
+        } else {
+            clients[m].warm.clone()
+        };
+        collected.lock().expect("collected lock").modes[m].calls += 1;
         let (twilio, stamps, script, live, peak, done, failed, collected) = (
             twilio.clone(),
             stamps.clone(),
@@ -1022,16 +1545,17 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
             collected.clone(),
         );
         tasks.spawn(async move {
-            let to = if cold { "+15005550007" } else { "+15005550006" };
             let from = format!("+1415{:07}", i);
-            let dialed = Instant::now();
-            let placed = match twilio.place_call(&CallSpec::new(&from, to)).await {
-                Ok(p) if matches!(p.twiml, Twiml::Stream { .. }) => p,
-                _ => {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
+            let fail = || {
+                failed.fetch_add(1, Ordering::Relaxed);
+                collected.lock().expect("collected lock").modes[m].failed += 1;
             };
+            let dialed = Instant::now();
+            let placed = match twilio.place_call(&CallSpec::new(&from, &to)).await {
+                Ok(p) if matches!(p.twiml, Twiml::Stream { .. }) => p,
+                _ => return fail(),
+            };
+            let webhook_us = placed.webhook_time.as_micros() as u32;
             let n = live.fetch_add(1, Ordering::Relaxed) + 1;
             peak.fetch_max(n, Ordering::Relaxed);
             let options = StreamOptions {
@@ -1051,21 +1575,24 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
                         t.saturating_duration_since(dialed).as_micros() as u32
                     });
                     let mut c = collected.lock().expect("collected lock");
-                    if cold {
-                        c.ttfa_cold_us.push(us);
-                        c.dial_cold_us.push(dial_us);
-                    } else {
-                        c.ttfa_warm_us.push(us);
-                        c.dial_warm_us.push(dial_us);
-                    }
                     if let Some(t0) = r.start_sent_at {
                         c.stream_secs += ended.saturating_duration_since(t0).as_secs_f64();
                     }
+                    let mc = &mut c.modes[m];
+                    mc.completed += 1;
+                    if cold {
+                        mc.ttfa_cold_us.push(us);
+                        mc.dial_cold_us.push(dial_us);
+                        mc.webhook_cold_us.push(webhook_us);
+                    } else {
+                        mc.ttfa_warm_us.push(us);
+                        mc.dial_warm_us.push(dial_us);
+                        mc.webhook_warm_us.push(webhook_us);
+                    }
+                    drop(c);
                     done.fetch_add(1, Ordering::Relaxed);
                 }
-                _ => {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
+                _ => fail(),
             }
         });
         tokio::time::sleep(gap).await;
@@ -1117,42 +1644,43 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (gw_run_end, lg_run_end) = (cpu_snap(gw.pid), cpu_snap(me));
 
-    // The webhook outcomes of the load itself, before the hang phase adds its own.
+    // The webhook outcomes and the frames of the load itself, before the phases after it add
+    // their own (an abandoned call's greeting may have begun to arrive).
     let load_metrics = scrape(&gw.base).await?;
+    let (in_sent, in_recv, in_delays) = stamps.inbound.take();
+    let (out_sent, out_recv, out_delays) = stamps.outbound.take();
+    // Greetings generated for nobody: one mode at a time, so the counters are the mode's.
+    let mut abandoned = Vec::new();
+    for c in &clients {
+        abandoned.push(
+            abandon_phase(&twilio, &gw.base, &c.warm, opts.abandon_calls)
+                .await
+                .with_context(|| format!("the abandon phase of the {} mode", c.mode.as_str()))?,
+        );
+    }
     // The webhook's deadline while Realtime hangs.
     fake.set_config(|c| c.mode = Mode::Hang);
     let mut hang_times = Vec::new();
-    for i in 0..opts.hang_calls {
+    for _ in 0..opts.hang_calls {
         let placed = twilio
-            .place_call(&CallSpec::new(&format!("+1416{:07}", i), "+15005550006"))
+            .place_call(&CallSpec::new(&helper_caller(), HANG_NUMBER))
             .await?;
         hang_times.push(placed.webhook_time.as_micros() as u32);
         let _ = twilio.status_callback(&placed.call_sid, "canceled").await;
     }
     let metrics_text = scrape(&gw.base).await?;
-    let ttfa_count = |path| {
-        metric_sum(
+    let gateway_ttfa = |path| {
+        let t = CountMean::between(
+            &base_metrics,
             &metrics_text,
-            "warmline_time_to_first_audio_seconds_count",
-            &[("path", path)],
-        )
-    };
-    let ttfa_mean_ms = |path| {
-        let sum = metric_sum(
-            &metrics_text,
-            "warmline_time_to_first_audio_seconds_sum",
+            "warmline_time_to_first_audio_seconds",
             &[("path", path)],
         );
-        let n = ttfa_count(path);
-        if n > 0.0 { sum / n * 1000.0 } else { 0.0 }
+        (t.n, t.mean_ms)
     };
-    let outcome = |o| {
-        metric_sum(
-            &load_metrics,
-            "warmline_webhook_duration_seconds_count",
-            &[("outcome", o)],
-        )
-    };
+    let outcomes = WebhookOutcomes::between(&base_metrics, &load_metrics);
+    let load_delta =
+        |name: &str, want: &[(&str, &str)]| delta(&base_metrics, &load_metrics, name, want);
 
     // Gateway CPU per frame (steady window) and per call (whole load).
     let window_frames_total = window_frames.0 + window_frames.1;
@@ -1177,25 +1705,61 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
         _ => None,
     };
 
-    let (in_sent, in_recv, in_delays) = stamps.inbound.take();
-    let (out_sent, out_recv, out_delays) = stamps.outbound.take();
+    let (in_sent, in_recv) = (in_sent - in_sent0, in_recv - in_recv0);
+    let (out_sent, out_recv) = (out_sent - out_sent0, out_recv - out_recv0);
+    let all = |pick: fn(&ModeCollected) -> &Vec<u32>| {
+        percentiles_us(collected.modes.iter().flat_map(pick).copied().collect())
+    };
+    let (ttfa_warm, ttfa_cold, dial_warm, dial_cold) = (
+        all(|m| &m.ttfa_warm_us),
+        all(|m| &m.ttfa_cold_us),
+        all(|m| &m.dial_warm_us),
+        all(|m| &m.dial_cold_us),
+    );
+    let mode_reports = clients
+        .iter()
+        .zip(collected.modes)
+        .zip(abandoned)
+        .zip(cache_filled)
+        .map(|(((c, mc), abandon), cache_filled)| ModeReport {
+            mode: c.mode.as_str().to_string(),
+            warm_number: c.warm.clone(),
+            cold_number: c.cold.clone(),
+            cache_filled,
+            calls: mc.calls,
+            calls_completed: mc.completed,
+            calls_failed: mc.failed,
+            ttfa_warm: percentiles_us(mc.ttfa_warm_us),
+            ttfa_cold: percentiles_us(mc.ttfa_cold_us),
+            dial_warm: percentiles_us(mc.dial_warm_us),
+            dial_cold: percentiles_us(mc.dial_cold_us),
+            webhook_warm: percentiles_us(mc.webhook_warm_us),
+            webhook_cold: percentiles_us(mc.webhook_cold_us),
+            abandon,
+        })
+        .collect();
     let peak_n = peak.load(Ordering::Relaxed);
     let rss_peak = rss_peak.load(Ordering::Relaxed) as u64;
+    let gateway_frames_relayed = {
+        let (a, b) = (frames_relayed(&base_metrics), frames_relayed(&load_metrics));
+        (b.0 - a.0, b.1 - a.1)
+    };
     let report = LoadReport {
         calls: opts.calls,
         calls_completed: done.load(Ordering::Relaxed),
         calls_failed: failed.load(Ordering::Relaxed),
         peak_concurrent: peak_n,
-        ttfa_warm: percentiles_us(collected.ttfa_warm_us),
-        ttfa_cold: percentiles_us(collected.ttfa_cold_us),
-        dial_warm: percentiles_us(collected.dial_warm_us),
-        dial_cold: percentiles_us(collected.dial_cold_us),
+        ttfa_warm,
+        ttfa_cold,
+        dial_warm,
+        dial_cold,
+        modes: mode_reports,
         relay_inbound: percentiles_us(in_delays),
         relay_outbound: percentiles_us(out_delays),
         inbound_frames: (in_sent, in_recv),
         outbound_frames: (out_sent, out_recv),
         frames_lost: in_sent.saturating_sub(in_recv) + out_sent.saturating_sub(out_recv),
-        gateway_frames_dropped: metric_sum(&metrics_text, "warmline_frames_dropped_total", &[]),
+        gateway_frames_dropped: load_delta("warmline_frames_dropped_total", &[]),
         gateway_cpu_percent: percent(gw_window_ns),
         loadgen_cpu_percent: percent(lg_window_ns),
         loadgen_cpu_run_secs: lg_run_ns as f64 / 1e9,
@@ -1223,12 +1787,31 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
         gateway_rss_per_call_kib: rss_peak.saturating_sub(rss_idle) as f64 / peak_n.max(1) as f64,
         webhook_hanging: percentiles_us(hang_times),
         ring_max_ms: opts.ring_max_ms,
-        gateway_ttfa_warm: (ttfa_count("warm"), ttfa_mean_ms("warm")),
-        gateway_ttfa_cold: (ttfa_count("cold"), ttfa_mean_ms("cold")),
-        gateway_frames_relayed: frames_relayed(&metrics_text),
+        ring_min_ms: opts.ring_min_ms,
+        gateway_ttfa_warm: gateway_ttfa("warm"),
+        gateway_ttfa_cold: gateway_ttfa("cold"),
+        gateway_frames_relayed,
         gateway_relay_inbound: relay_histogram(&load_metrics, "inbound"),
         gateway_relay_outbound: relay_histogram(&load_metrics, "outbound"),
-        gateway_webhook_outcomes: (outcome("warm"), outcome("warm_not_ready"), outcome("cold")),
+        gateway_webhook_outcomes: (outcomes.warm, outcomes.warm_not_ready, outcomes.cold),
+        gateway_webhook_cached: outcomes.cached,
+        gateway_greetings_cached: load_delta("warmline_greetings_total", &[("source", "cached")]),
+        gateway_greetings_generated: load_delta(
+            "warmline_greetings_total",
+            &[("source", "generated")],
+        ),
+        gateway_dial_cached: CountMean::between(
+            &base_metrics,
+            &load_metrics,
+            "warmline_dial_to_first_audio_seconds",
+            &[("greeting", "cached")],
+        ),
+        gateway_dial_generated: CountMean::between(
+            &base_metrics,
+            &load_metrics,
+            "warmline_dial_to_first_audio_seconds",
+            &[("greeting", "generated")],
+        ),
     };
     let _ = gw.child.kill().await;
     let _ = std::fs::remove_dir_all(&gw.dir);
@@ -1275,10 +1858,24 @@ fn print_table(r: &LoadReport) {
         "{:<44} {:>7} {:>9} {:>9} {:>9} {:>9}",
         "figure (ms)", "n", "p50", "p95", "p99", "max"
     );
-    row("time to first audio, warm", &r.ttfa_warm);
-    row("time to first audio, cold", &r.ttfa_cold);
-    row("dial to first audio, warm", &r.dial_warm);
-    row("dial to first audio, cold", &r.dial_cold);
+    row("time to first audio, all modes, warm", &r.ttfa_warm);
+    row("time to first audio, all modes, cold", &r.ttfa_cold);
+    row("dial to first audio, all modes, warm", &r.dial_warm);
+    row("dial to first audio, all modes, cold", &r.dial_cold);
+    // Each figure for every mode in turn, so the modes are read side by side.
+    let figures: [(&str, &str, PickFigure); 6] = [
+        ("dial to first audio", "warm", |m| &m.dial_warm),
+        ("dial to first audio", "cold", |m| &m.dial_cold),
+        ("time to first audio", "warm", |m| &m.ttfa_warm),
+        ("time to first audio", "cold", |m| &m.ttfa_cold),
+        ("webhook answer", "warm", |m| &m.webhook_warm),
+        ("webhook answer", "cold", |m| &m.webhook_cold),
+    ];
+    for (figure, path, pick) in figures {
+        for m in &r.modes {
+            row(&format!("{figure}, {}, {path}", m.mode), pick(m));
+        }
+    }
     row(
         "relay delay caller→model (through gateway)",
         &r.relay_inbound,
@@ -1287,7 +1884,10 @@ fn print_table(r: &LoadReport) {
         "relay delay model→caller (through gateway)",
         &r.relay_outbound,
     );
-    row("webhook answer, Realtime hanging", &r.webhook_hanging);
+    row(
+        "webhook answer, Realtime hanging (generated)",
+        &r.webhook_hanging,
+    );
     let hist = |h: &Option<HistogramSummary>| match h {
         Some(h) => format!("p50 {:.3} ms, p99 {:.3} ms (n={})", h.p50_ms, h.p99_ms, h.n),
         None => "n/a".into(),
@@ -1350,22 +1950,111 @@ fn print_table(r: &LoadReport) {
         r.gateway_ttfa_warm.0, r.gateway_ttfa_warm.1, r.gateway_ttfa_cold.0, r.gateway_ttfa_cold.1
     );
     println!(
-        "gateway /metrics frames relayed caller→model {} (fake received {}), model→caller {} (simulator received {}); webhook outcomes during the load: warm {}, warm_not_ready {}, cold {}",
+        "gateway /metrics frames relayed caller→model {} (fake received {}), model→caller {} (simulator received {} from the fake, besides the cached greetings); webhook outcomes during the load: warm {}, warm_not_ready {}, cached {}, cold {}",
         r.gateway_frames_relayed.0,
         r.inbound_frames.1,
         r.gateway_frames_relayed.1,
         r.outbound_frames.1,
         r.gateway_webhook_outcomes.0,
         r.gateway_webhook_outcomes.1,
+        r.gateway_webhook_cached,
         r.gateway_webhook_outcomes.2
     );
-    if r.ttfa_warm.p50_ms > 0.0 && r.ttfa_cold.n > 0 {
+    println!(
+        "gateway /metrics during the load: greetings from the cache {}, generated {}; dial to first audio, cached n={} mean {:.3} ms, generated n={} mean {:.3} ms",
+        r.gateway_greetings_cached,
+        r.gateway_greetings_generated,
+        r.gateway_dial_cached.n,
+        r.gateway_dial_cached.mean_ms,
+        r.gateway_dial_generated.n,
+        r.gateway_dial_generated.mean_ms
+    );
+    print_modes(r);
+}
+
+/// One figure of a greeting mode's report.
+type PickFigure = fn(&ModeReport) -> &Percentiles;
+
+/// Each greeting mode's calls, cache and abandon phase, and the modes compared.
+fn print_modes(r: &LoadReport) {
+    println!(
+        "greeting modes (ring_min_ms {}; calls round-robin over the modes, every n-th call of a mode to its never-pre-warming client):",
+        r.ring_min_ms
+    );
+    for m in &r.modes {
+        let cache = if m.mode == GreetingMode::Generated.as_str() {
+            "cache not used".to_string()
+        } else if m.cache_filled.is_empty() {
+            "cache not filled (no calls)".to_string()
+        } else {
+            format!(
+                "cache filled before the load for the {} client(s) (a warm-up call heard the greeting whole, a probe heard it from the cache)",
+                m.cache_filled.join(" and ")
+            )
+        };
         println!(
-            "warm vs cold time to first audio (p50): {:.2} ms vs {:.0} ms = {:.0}x",
-            r.ttfa_warm.p50_ms,
-            r.ttfa_cold.p50_ms,
-            r.ttfa_cold.p50_ms / r.ttfa_warm.p50_ms
+            "  {}: clients {} (pre-warms) and {} (never); {cache}; calls {} (completed {}, failed {}; warm {}, cold {})",
+            m.mode,
+            m.warm_number,
+            m.cold_number,
+            m.calls,
+            m.calls_completed,
+            m.calls_failed,
+            m.dial_warm.n,
+            m.dial_cold.n
         );
+        let a = &m.abandon;
+        let o = &a.webhook_outcomes;
+        if a.calls == 0 {
+            continue;
+        }
+        println!(
+            "  {}, abandoned: {} calls to {} canceled once the webhook answered (failed {}): webhook outcomes warm {}, warm_not_ready {}, cached {}, cold {}; greetings generated {}, unheard {}",
+            m.mode,
+            a.calls,
+            m.warm_number,
+            a.failed,
+            o.warm,
+            o.warm_not_ready,
+            o.cached,
+            o.cold,
+            a.greetings_generated,
+            a.greetings_unheard
+        );
+    }
+    let generated = r
+        .modes
+        .iter()
+        .find(|m| m.mode == GreetingMode::Generated.as_str());
+    let paths: [(&str, PickFigure); 2] = [("warm", |m| &m.dial_warm), ("cold", |m| &m.dial_cold)];
+    for (path, pick) in paths {
+        let Some(g) = generated.map(pick).filter(|g| g.n > 0) else {
+            continue;
+        };
+        for m in r
+            .modes
+            .iter()
+            .filter(|m| m.mode != GreetingMode::Generated.as_str())
+        {
+            let c = pick(m);
+            if c.n > 0 {
+                println!(
+                    "{} vs generated dial to first audio, {path} (p50 / p99): {:.2} / {:.2} ms vs {:.1} / {:.1} ms",
+                    m.mode, c.p50_ms, c.p99_ms, g.p50_ms, g.p99_ms
+                );
+            }
+        }
+    }
+    for m in &r.modes {
+        if m.ttfa_warm.p50_ms > 0.0 && m.ttfa_cold.n > 0 {
+            println!(
+                "warm vs cold time to first audio (p50), {}: {:.2} ms vs {:.1} ms = {:.0}x",
+                m.mode,
+                m.ttfa_warm.p50_ms,
+                m.ttfa_cold.p50_ms,
+                m.ttfa_cold.p50_ms / m.ttfa_warm.p50_ms
+            );
+        }
     }
 }
 
@@ -1373,8 +2062,16 @@ fn print_steps(s: &SteppedReport) {
     println!(
         "steps (a fresh gateway each; relay p99 from the fakes, the gateway's own histogram beside it; CPU over each steady window)"
     );
+    // The last column: each mode's warm dial to first audio, p50/p99, in the order given.
+    let modes = s.steps.first().map_or(String::new(), |r| {
+        r.modes
+            .iter()
+            .map(|m| m.mode.as_str())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    });
     println!(
-        "{:>6} {:>12} {:>13} {:>13} {:>17} {:>6} {:>6} {:>8} {:>8} {:>9} {:>12} {:>9} {:>5}",
+        "{:>6} {:>12} {:>13} {:>13} {:>17} {:>6} {:>6} {:>8} {:>8} {:>9} {:>12} {:>9} {:>5}  warm dial p50/p99 ms: {modes}",
         "calls",
         "TTFA p99 ms",
         "relay→m p99",
@@ -1391,8 +2088,14 @@ fn print_steps(s: &SteppedReport) {
     );
     for r in &s.steps {
         let h = |h: &Option<HistogramSummary>| h.as_ref().map(|h| h.p99_ms);
+        let dial = r
+            .modes
+            .iter()
+            .map(|m| format!("{:.1}/{:.1}", m.dial_warm.p50_ms, m.dial_warm.p99_ms))
+            .collect::<Vec<_>>()
+            .join(" | ");
         println!(
-            "{:>6} {:>12.3} {:>13.3} {:>13.3} {:>17} {:>6} {:>6} {:>8.1} {:>8.1} {:>9} {:>12} {:>9.1} {:>5}",
+            "{:>6} {:>12.3} {:>13.3} {:>13.3} {:>17} {:>6} {:>6} {:>8.1} {:>8.1} {:>9} {:>12} {:>9.1} {:>5}  {dial}",
             r.calls,
             r.ttfa_warm.p99_ms,
             r.relay_inbound.p99_ms,
@@ -1441,6 +2144,135 @@ mod tests {
         assert!("200,,400".parse::<Steps>().is_err());
         assert!("200,0".parse::<Steps>().is_err());
         assert!("many".parse::<Steps>().is_err());
+    }
+
+    #[test]
+    fn greeting_modes_parse_a_comma_list_each_once() {
+        use GreetingMode::*;
+        assert_eq!(
+            "cached,generated".parse::<GreetingModes>(),
+            Ok(GreetingModes(vec![Cached, Generated]))
+        );
+        assert_eq!(
+            " auto , cached,generated ".parse::<GreetingModes>(),
+            Ok(GreetingModes(vec![Auto, Cached, Generated]))
+        );
+        assert_eq!(
+            "generated".parse::<GreetingModes>(),
+            Ok(GreetingModes(vec![Generated]))
+        );
+        assert_eq!(GreetingModes::default().to_string(), "cached,generated");
+        assert_eq!(
+            "auto,generated"
+                .parse::<GreetingModes>()
+                .unwrap()
+                .to_string(),
+            "auto,generated"
+        );
+        for (bad, says) in [
+            ("cached,bogus", "unknown greeting mode \"bogus\""),
+            ("Cached", "unknown greeting mode"),
+            ("cached,,generated", "empty greeting mode"),
+            ("", "empty greeting mode"),
+            ("cached,", "empty greeting mode"),
+            ("auto,cached,auto", "auto is given twice"),
+        ] {
+            let err = bad.parse::<GreetingModes>().unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn calls_go_round_robin_over_the_modes_and_each_mode_gets_its_cold_share() {
+        let calls = |n: usize, modes: usize, cold_every: usize| {
+            (0..n)
+                .map(|i| assign(i, modes, cold_every))
+                .collect::<Vec<_>>()
+        };
+        // One mode: every n-th call cold, as before the modes.
+        assert_eq!(
+            calls(4, 1, 2),
+            [(0, false), (0, true), (0, false), (0, true)]
+        );
+        // Two modes, every 2nd call of each mode cold: each has one warm and one cold.
+        assert_eq!(
+            calls(4, 2, 2),
+            [(0, false), (1, false), (0, true), (1, true)]
+        );
+        // Every 10th with two modes: the cold calls alternate between the modes (a global
+        // every-10th would give every one of them to the same mode).
+        let cold: Vec<usize> = calls(40, 2, 10)
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, cold))| *cold)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(cold, [18, 19, 38, 39]);
+        let per_mode = |m| calls(300, 3, 10).iter().filter(|c| c.0 == m).count();
+        assert_eq!((per_mode(0), per_mode(1), per_mode(2)), (100, 100, 100));
+        // No cold calls; no modes is taken as one.
+        assert!(calls(30, 3, 0).iter().all(|(_, cold)| !cold));
+        assert_eq!(assign(5, 0, 0), (0, false));
+    }
+
+    #[test]
+    fn outcomes_and_means_are_what_a_span_added() {
+        let before = r#"warmline_webhook_duration_seconds_count{outcome="warm"} 3
+warmline_webhook_duration_seconds_count{outcome="cached"} 1
+warmline_webhook_duration_seconds_count{outcome="cold"} 2
+warmline_dial_to_first_audio_seconds_sum{greeting="cached"} 0.01
+warmline_dial_to_first_audio_seconds_count{greeting="cached"} 1
+"#;
+        let after = r#"warmline_webhook_duration_seconds_count{outcome="warm"} 5
+warmline_webhook_duration_seconds_count{outcome="warm_not_ready"} 1
+warmline_webhook_duration_seconds_count{outcome="cached"} 4
+warmline_webhook_duration_seconds_count{outcome="cold"} 2
+warmline_dial_to_first_audio_seconds_sum{greeting="cached"} 0.04
+warmline_dial_to_first_audio_seconds_count{greeting="cached"} 4
+"#;
+        assert_eq!(
+            WebhookOutcomes::between(before, after),
+            WebhookOutcomes {
+                warm: 2.0,
+                warm_not_ready: 1.0,
+                cached: 3.0,
+                cold: 0.0
+            }
+        );
+        let dial = CountMean::between(
+            before,
+            after,
+            "warmline_dial_to_first_audio_seconds",
+            &[("greeting", "cached")],
+        );
+        assert_eq!(dial.n, 3.0);
+        assert!((dial.mean_ms - 10.0).abs() < 1e-9, "{dial:?}");
+        // Nothing observed: no mean, not a division by zero.
+        let none = CountMean::between(
+            before,
+            after,
+            "warmline_dial_to_first_audio_seconds",
+            &[("greeting", "generated")],
+        );
+        assert_eq!(none, CountMean::default());
+    }
+
+    #[test]
+    fn each_mode_has_its_own_numbers() {
+        let numbers: Vec<String> = (0..3)
+            .flat_map(|m| {
+                let (w, c) = mode_numbers(m);
+                [w, c]
+            })
+            .collect();
+        let mut unique = numbers.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 6);
+        assert!(!numbers.iter().any(|n| n == HANG_NUMBER));
+        for n in &numbers {
+            assert!(crate::domain::E164::parse(n).is_ok(), "{n}");
+        }
     }
 
     #[test]

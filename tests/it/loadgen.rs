@@ -1,6 +1,9 @@
 //! The load generator's own correctness on a tiny run (the figures themselves belong to the
 //! benchmark, not to tests): every call completes, warm and cold are both measured, no frame is
-//! lost, and with Realtime hanging the webhook waits for `ring_max_ms` and then answers.
+//! lost, and with Realtime hanging the webhook waits for `ring_max_ms` and then answers. The
+//! greeting modes (`cached,generated` by default) are measured side by side: the cached client's
+//! calls hear the greeting the warm-up call left in the cache, and its abandoned calls cost no
+//! greeting.
 
 use std::time::Duration;
 
@@ -15,6 +18,7 @@ async fn a_small_load_run_measures_warm_cold_relay_and_the_webhook_deadline() {
         cold_every: 2,
         hang_calls: 2,
         ring_max_ms: 1500,
+        abandon_calls: 2,
         json: true,
         gateway_bin: Some(env!("CARGO_BIN_EXE_warmline").into()),
         ..LoadOptions::default()
@@ -23,10 +27,55 @@ async fn a_small_load_run_measures_warm_cold_relay_and_the_webhook_deadline() {
     .unwrap();
     assert_eq!(report.calls_completed, 4, "{report:?}");
     assert_eq!((report.ttfa_warm.n, report.ttfa_cold.n), (2, 2));
+    assert_eq!(report.ring_min_ms, 0);
+    // One warm and one cold call per mode (round-robin, every 2nd call of a mode cold).
+    let modes: Vec<&str> = report.modes.iter().map(|m| m.mode.as_str()).collect();
+    assert_eq!(modes, ["cached", "generated"]);
+    let (cached, generated) = (&report.modes[0], &report.modes[1]);
+    for m in &report.modes {
+        assert_eq!(
+            (m.calls, m.calls_completed, m.dial_warm.n, m.dial_cold.n),
+            (2, 2, 1, 1),
+            "{m:?}"
+        );
+    }
+    assert_eq!(cached.cache_filled, ["warm", "cold"]);
+    assert!(generated.cache_filled.is_empty());
+    // A cold call generating its greeting waits for the session: the warm one does not. (With a
+    // cached greeting, cold calls do not wait either.)
     assert!(
-        report.ttfa_warm.p50_ms < report.ttfa_cold.p50_ms,
+        generated.ttfa_warm.p50_ms < generated.ttfa_cold.p50_ms,
         "warm beats cold"
     );
+    // The cached greeting plays without waiting for the model, warm or cold.
+    assert!(
+        cached.dial_warm.max_ms < generated.dial_warm.p50_ms
+            && cached.dial_cold.max_ms < generated.dial_cold.p50_ms,
+        "cached {:?} / {:?} vs generated {:?} / {:?}",
+        cached.dial_warm,
+        cached.dial_cold,
+        generated.dial_warm,
+        generated.dial_cold
+    );
+    // The gateway agrees: the load's cached calls (the warm-up and probe calls left out) played
+    // the greeting from the cache, the generated ones asked the model.
+    assert_eq!(report.gateway_greetings_cached, 2.0);
+    assert_eq!(report.gateway_greetings_generated, 2.0);
+    assert_eq!(report.gateway_dial_cached.n, 2.0);
+    // Abandoned calls: the cached greeting costs nothing; each generated one is wasted.
+    for m in &report.modes {
+        assert_eq!((m.abandon.calls, m.abandon.failed), (2, 0), "{m:?}");
+    }
+    assert_eq!(cached.abandon.webhook_outcomes.cached, 2.0);
+    assert_eq!(
+        (
+            cached.abandon.greetings_generated,
+            cached.abandon.greetings_unheard
+        ),
+        (0.0, 0.0)
+    );
+    assert_eq!(generated.abandon.webhook_outcomes.cached, 0.0);
+    assert_eq!(generated.abandon.greetings_unheard, 2.0);
     let (sent, received) = report.inbound_frames;
     assert!(
         sent > 100 && received == sent,
@@ -64,8 +113,8 @@ async fn a_small_load_run_measures_warm_cold_relay_and_the_webhook_deadline() {
     assert_eq!(report.frames_lost, 0);
     let (warm, not_ready, cold) = report.gateway_webhook_outcomes;
     assert_eq!(
-        (warm + not_ready, cold),
-        (2.0, 2.0),
-        "two calls warmed, two cold"
+        (warm + not_ready, report.gateway_webhook_cached, cold),
+        (1.0, 1.0, 2.0),
+        "one call warmed, one answered at once for its cached greeting, two cold"
     );
 }
