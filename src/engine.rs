@@ -95,6 +95,12 @@ pub enum Event {
         /// Base64 μ-law.
         payload: String,
     },
+    /// Silence on an engine's continuous output track outside any utterance (base64 μ-law):
+    /// relayed in real time, or dropped while a backlog the call flushed still plays.
+    Silence {
+        /// Base64 μ-law.
+        payload: String,
+    },
     /// The caller started speaking.
     SpeechStarted {
         /// ms into the input audio.
@@ -181,6 +187,19 @@ pub trait Engine: Send + std::fmt::Debug {
     fn poll_event(&mut self) -> Option<Event>;
     /// A call takes the session: everything buffered so far (the greeting first), in order.
     fn claim(&mut self) -> Vec<Event>;
+    /// When the loop must call [`Engine::handle_timeout`] (an engine whose model needs a
+    /// steady input, e.g. silence fed while the caller says nothing); none by default.
+    fn poll_timeout(&self) -> Option<std::time::Instant> {
+        None
+    }
+    /// The deadline from [`Engine::poll_timeout`] passed.
+    fn handle_timeout(&mut self, _now: std::time::Instant) {}
+    /// Whether the model runs barge-in itself (it stops speaking when the caller talks, and
+    /// takes what it emitted as heard): the call then clears only a backlog it made itself (a
+    /// flushed greeting), and sends no `Cancel`/`Truncate` of its own accord.
+    fn model_yields(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@
 //! - [`realtime`]: OpenAI Realtime (GA) protocol types, the session machine and its socket task,
 //!   the warm-session registry and the reaper.
 //! - [`greeting`]: the instant answer: cached greetings (key, mode, the cache in memory, WAV).
+//! - [`live`]: OpenAI GPT-Live (the second engine): its wire format and session machine.
 //! - [`bridge`]: one call: the state machine joining a media stream to a Realtime session.
 //! - [`store`]: sea-orm entities and repositories (clients, numbers, FAQs, callers, calls, transcripts),
 //!   and the call-record writer every call record goes through.
@@ -52,6 +53,7 @@ pub mod knowledge;
 pub mod limits;
 pub mod lines;
 pub mod listener;
+pub mod live;
 #[cfg(feature = "sim")]
 pub mod loadgen;
 pub mod metrics;

@@ -136,6 +136,9 @@ impl Output {
     }
 }
 
+/// The media machine's item number of an engine's idle silence (agent items count from 1).
+const SILENCE_ITEM: u64 = 0;
+
 /// The response id the call gives a greeting played from the cache (no engine response made
 /// it: a barge-in over it cancels nothing).
 const CACHED_RESPONSE: &str = "wl_cached_greeting";
@@ -277,6 +280,11 @@ pub struct Call {
     /// No session could be attached while a greeting from the cache played: the call ends
     /// with this once the greeting has been heard (its last mark), or at the deadline.
     end_after_greeting: Option<(EndReason, Instant)>,
+    /// The engine runs barge-in itself ([`crate::engine::Engine::model_yields`]).
+    model_yields: bool,
+    /// Until when the backlog flushed at the attach (a buffered greeting) plays, by the clock:
+    /// the engine's idle silence is dropped meanwhile instead of queued behind it.
+    trim_until: Option<Instant>,
 }
 
 /// Most characters of transcript a re-opened session is seeded with (the newest lines).
@@ -381,7 +389,21 @@ impl Call {
             open_response: None,
             said: None,
             end_after_greeting: None,
+            model_yields: false,
+            trim_until: None,
         }
+    }
+
+    /// The engine about to be attached runs barge-in itself (a model that stops when the
+    /// caller talks and takes what it emitted as heard): the call then clears only the backlog
+    /// it flushed itself, and trims the engine's idle silence behind it.
+    pub fn set_model_yields(&mut self, yields: bool) {
+        self.model_yields = yields;
+    }
+
+    /// Whether the backlog flushed at the attach is still playing.
+    fn flushed_backlog_plays(&self, now: Instant) -> bool {
+        self.trim_until.is_some_and(|t| now < t) && self.stream.is_playing(now)
     }
 
     /// Keep this call's greeting (the first response relayed) if it is generated whole: it is
@@ -552,6 +574,10 @@ impl Call {
         for event in buffered {
             self.handle_realtime(now, event);
         }
+        // What was just flushed plays for a while; the model, which took it as heard at once,
+        // goes on producing silence behind it: that silence is dropped until it has played.
+        self.trim_until = (self.model_yields && self.stream.is_playing(now))
+            .then(|| now + Duration::from_millis(self.stream.unplayed_ms(now)));
         self.held_bytes = 0;
         for command in std::mem::take(&mut self.held) {
             self.outputs.push_back(Output::Engine(command));
@@ -685,8 +711,21 @@ impl Call {
                     payload,
                 },
             ),
+            Event::Silence { payload } => {
+                if self.flushed_backlog_plays(now) {
+                    return;
+                }
+                self.trim_until = None;
+                // Relayed in real time as part of no agent item (nothing to cut on a barge-in).
+                self.stream.send_media(now, SILENCE_ITEM, payload);
+                self.drain_stream_transmits();
+            }
             // While the agent ends the call its last line is not interrupted.
             Event::SpeechStarted { .. } if self.closing.is_some() => {}
+            // A model that yields by itself needs no barge-in, unless the caller talks over a
+            // backlog the call flushed (only that is cleared).
+            Event::SpeechStarted { .. }
+                if self.model_yields && !self.flushed_backlog_plays(now) => {}
             Event::SpeechStarted { .. } => self.on_speech_started(now),
             Event::SpeechStopped { .. } => self.speech_stopped_at = Some(now),
             Event::CallerTranscript { text, .. } => self.push_line(now, Role::Caller, text),
@@ -1206,7 +1245,7 @@ impl Call {
         if let Some(current) = self.current.take() {
             // The item being heard is cut where the caller is; any item queued behind it (a
             // later response, already generated) was not heard at all and is cut to nothing.
-            if let Some(heard) = heard {
+            if let Some(heard) = heard.filter(|h| h.item != SILENCE_ITEM) {
                 let mut cut: Vec<(u64, String)> = self
                     .items
                     .iter()
@@ -1826,6 +1865,67 @@ mod tests {
             EndReason::TwilioProtocol("stream token refused".into()),
         );
         assert!(call.is_ended(), "a refused stream ends at once");
+    }
+
+    fn silence_event() -> Event {
+        use base64::Engine;
+        Event::Silence {
+            payload: base64::engine::general_purpose::STANDARD.encode([0xFFu8; 800]),
+        }
+    }
+
+    /// A live call on an engine that runs barge-in itself, its greeting (n × 100 ms) flushed.
+    fn live_yielding(t0: Instant, n: usize) -> (Call, Vec<Output>) {
+        let mut call = Call::new(Duration::from_secs(60), t0, Utc::now());
+        call.handle_twilio_text(t0, START).unwrap();
+        drain(&mut call);
+        call.set_model_yields(true);
+        call.handle_session_attached(t0, CallPath::Warm, greeting(n));
+        let out = drain(&mut call);
+        (call, out)
+    }
+
+    #[test]
+    fn the_engines_silence_behind_a_flushed_greeting_is_dropped_until_it_has_played() {
+        let t0 = Instant::now();
+        let (mut call, out) = live_yielding(t0, 5);
+        // The model goes on producing silence as if its greeting had been heard at once.
+        call.handle_realtime(t0 + ms(100), silence_event());
+        assert!(twilio_events(&drain(&mut call)).is_empty(), "dropped");
+        // Once it has played, silence is relayed in real time again.
+        echo_marks(&mut call, t0 + ms(500), &out);
+        drain(&mut call);
+        call.handle_realtime(t0 + ms(600), silence_event());
+        assert_eq!(twilio_events(&drain(&mut call)), ["media", "mark"]);
+        // Relayed silence is no agent audio: no first audio, no response latency.
+        call.handle_realtime(t0 + ms(700), Event::SpeechStopped { audio_end_ms: 1 });
+        call.handle_realtime(t0 + ms(800), silence_event());
+        assert!(
+            !drain(&mut call)
+                .iter()
+                .any(|o| matches!(o, Output::ResponseLatency(_)))
+        );
+    }
+
+    #[test]
+    fn a_model_that_yields_gets_no_barge_in_except_over_the_backlog_the_call_flushed() {
+        let t0 = Instant::now();
+        // The caller talks over the flushed greeting: only that backlog is cleared.
+        let (mut call, _) = live_yielding(t0, 5);
+        speech_started(&mut call, t0 + ms(150));
+        let out = drain(&mut call);
+        assert_eq!(twilio_events(&out), ["clear"]);
+        // Later, with the relay in real time, the model stops by itself: nothing is sent.
+        let (mut call, out) = live_yielding(t0, 2);
+        echo_marks(&mut call, t0 + ms(200), &out);
+        drain(&mut call);
+        agent_audio(&mut call, t0 + ms(300), "live_utt_2", "live_utt_2");
+        drain(&mut call);
+        speech_started(&mut call, t0 + ms(320));
+        let out = drain(&mut call);
+        assert!(twilio_events(&out).is_empty(), "{:?}", twilio_events(&out));
+        assert!(realtime(&out).is_empty());
+        assert!(!out.iter().any(|o| matches!(o, Output::BargeIn)));
     }
 
     /// A generated greeting of `n` chunks with its transcript and `response.done`.
