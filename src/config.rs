@@ -308,6 +308,14 @@ pub struct OpenAiSettings {
     /// Text model the post-call job asks for the summary and the structured fields.
     #[serde(deserialize_with = "string_like")]
     pub summary_model: String,
+    /// GPT-Live WebSocket endpoint (the second voice engine; docs/gpt-live-reference.md §1.1).
+    pub live_url: Url,
+    /// GPT-Live model of a client on `engine = "live"` that names none.
+    #[serde(deserialize_with = "string_like")]
+    pub live_model: String,
+    /// The Responses model a GPT-Live session delegates its tools to (§1.7).
+    #[serde(deserialize_with = "string_like")]
+    pub live_delegation_model: String,
 }
 
 /// `[prewarm]`.
@@ -749,6 +757,17 @@ impl Settings {
         if self.openai.summary_model.trim().is_empty() {
             return invalid("openai.summary_model", "must not be empty");
         }
+        if !matches!(self.openai.live_url.scheme(), "ws" | "wss") {
+            return invalid("openai.live_url", "must be a ws:// or wss:// URL");
+        }
+        for (key, v) in [
+            ("openai.live_model", &self.openai.live_model),
+            ("openai.live_delegation_model", &self.openai.live_delegation_model),
+        ] {
+            if v.trim().is_empty() {
+                return invalid(key, "must not be empty");
+            }
+        }
         let pc = &self.post_call;
         if !(1..=100).contains(&pc.max_attempts) {
             return invalid("post_call.max_attempts", "must be between 1 and 100");
@@ -792,7 +811,7 @@ impl Settings {
             "public_url = {}\n\n[server]\nlisten = {}\nmax_body_bytes = {}\nshutdown_grace_secs = {}\ndrain_secs = {}\nadmin_listen = {}\nheader_read_timeout_secs = {}\nmax_connections = {}\nrequest_timeout_secs = {}\n\n\
              [database]\nurl = {}\nmax_connections = {}\n\n\
              [twilio]\nauth_token = {}\nvalidate_signatures = {}\nstream_token_secret = {}\nstream_token_ttl_secs = {}\nwebhook_base_url = {}\n\n\
-             [openai]\napi_key = {}\nrealtime_url = {}\nmodel = {}\ntranscription_model = {}\nconnect_timeout_ms = {}\nbase_url = {}\nsummary_model = {}\n\n\
+             [openai]\napi_key = {}\nrealtime_url = {}\nmodel = {}\ntranscription_model = {}\nconnect_timeout_ms = {}\nbase_url = {}\nsummary_model = {}\nlive_url = {}\nlive_model = {}\nlive_delegation_model = {}\n\n\
              [prewarm]\npolicy = {}\nring_min_ms = {}\nring_max_ms = {}\nttl_secs = {}\nmax_sessions = {}\ngreeting_buffer_bytes = {}\n\n\
              [call]\nmax_duration_secs = {}\noutbound_queue_frames = {}\ntool_timeout_ms = {}\nrealtime_reconnects = {}\nsession_renew_secs = {}\nstart_timeout_secs = {}\nmedia_timeout_secs = {}\nrealtime_ping_secs = {}\nrealtime_silence_secs = {}\n\n\
              [admin]\ntoken = {}\nallow_short_token = {}\n\n[log]\nformat = {}\nlevel = {}\n",
@@ -819,6 +838,9 @@ impl Settings {
             s.openai.connect_timeout_ms,
             q(&redact_url_password(s.openai.base_url.as_str())),
             q(&s.openai.summary_model),
+            q(&redact_url_password(s.openai.live_url.as_str())),
+            q(&s.openai.live_model),
+            q(&s.openai.live_delegation_model),
             q(s.prewarm.policy.as_str()),
             s.prewarm.ring_min_ms,
             s.prewarm.ring_max_ms,
@@ -987,6 +1009,9 @@ const TEXT_KEYS: &[&str] = &[
     "realtime_url",
     "base_url",
     "summary_model",
+    "live_url",
+    "live_model",
+    "live_delegation_model",
     "listen",
     "level",
     "format",

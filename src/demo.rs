@@ -96,6 +96,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         agents: Default::default(),
         results_schema: None,
         greeting_mode: crate::greeting::GreetingMode::Auto,
+        engine: crate::engine::EngineKind::Realtime,
+        model: None,
     };
     let warm_client = clients::create_client(&db, &input).await?.id();
     // A second number whose client never pre-warms: the cold path, for comparison.

@@ -16,6 +16,43 @@
 //! 3. An engine does not support every command: one that runs barge-in in the model itself
 //!    ignores `Cancel` and `Truncate`. Ignoring is silent; the call's rules do not change.
 
+/// Which speech-to-speech engine a client's calls use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineKind {
+    /// OpenAI Realtime (`openai.realtime_url`).
+    #[default]
+    Realtime,
+    /// OpenAI GPT-Live (`openai.live_url`, docs/gpt-live-reference.md).
+    Live,
+}
+
+impl EngineKind {
+    /// The stored and API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Realtime => "realtime",
+            Self::Live => "live",
+        }
+    }
+
+    /// The engine stored for a client (NULL or unreadable: Realtime).
+    pub fn from_stored(stored: Option<&str>) -> Self {
+        stored.and_then(|s| s.parse().ok()).unwrap_or_default()
+    }
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "realtime" => Ok(Self::Realtime),
+            "live" => Ok(Self::Live),
+            other => Err(format!("unknown engine {other:?} (realtime or live)")),
+        }
+    }
+}
+
 /// What the call asks of the engine. One variant per thing a call can want, in one place:
 /// a new capability (a function's output, re-seeding a reconnected session) is one more
 /// variant here and one more arm in each engine's `handle_command`.
@@ -81,6 +118,18 @@ impl Command {
     pub fn is_droppable(&self) -> bool {
         matches!(self, Self::Append(_))
     }
+}
+
+/// How far a session is, as its warm task reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Not configured yet.
+    Opening,
+    /// Configured (Realtime `session.updated`, GPT-Live `session.started`).
+    Configured,
+    /// Configured, and the greeting's first audio buffered (or none expected): the caller can
+    /// hear it at once.
+    Ready,
 }
 
 /// What the engine tells the call.
@@ -187,6 +236,16 @@ pub trait Engine: Send + std::fmt::Debug {
     fn poll_event(&mut self) -> Option<Event>;
     /// A call takes the session: everything buffered so far (the greeting first), in order.
     fn claim(&mut self) -> Vec<Event>;
+    /// The socket opened at `now`: the session's first frames are queued.
+    fn handle_open(&mut self, now: std::time::Instant);
+    /// Whether the greeting was asked of the model (generated, billed whether heard or not).
+    fn greeted(&self) -> bool;
+    /// Why the session's configuration was refused, once (the session is then unusable).
+    fn poll_setup_error(&mut self) -> Option<String>;
+    /// How far the session is.
+    fn readiness(&self) -> Readiness;
+    /// Bytes of greeting audio dropped over the buffer cap before the claim.
+    fn dropped_bytes(&self) -> usize;
     /// When the loop must call [`Engine::handle_timeout`] (an engine whose model needs a
     /// steady input, e.g. silence fed while the caller says nothing); none by default.
     fn poll_timeout(&self) -> Option<std::time::Instant> {

@@ -13,6 +13,7 @@ mod m20261129_000006_spool;
 mod m20261129_000007_call_trust;
 mod m20261130_000001_call_claims;
 mod m20261130_000002_greetings;
+mod m20261130_000003_engine;
 
 /// The ordered list of warmline migrations.
 pub struct Migrator;
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000007_call_trust::Migration),
             Box::new(m20261130_000001_call_claims::Migration),
             Box::new(m20261130_000002_greetings::Migration),
+            Box::new(m20261130_000003_engine::Migration),
         ]
     }
 }

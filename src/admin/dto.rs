@@ -8,6 +8,7 @@ use super::error::ApiError;
 use crate::{
     config::{PrewarmPolicy, ToolSettings},
     domain::{CallStatus, CallerIdTrust, ClientId, E164, Voice},
+    engine::EngineKind,
     greeting::GreetingMode,
     hours::BusinessHours,
     lines::LineOverrides,
@@ -95,6 +96,12 @@ pub struct ClientIn {
     /// `cached`, `generated` or `auto` (default; README "Greetings: cached, generated, auto").
     #[serde(default)]
     pub greeting_mode: Option<String>,
+    /// `realtime` (default) or `live` (README "Voice engines").
+    #[serde(default)]
+    pub engine: Option<String>,
+    /// The engine's model for this client (default: `openai.model` or `openai.live_model`).
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 /// An FAQ.
@@ -268,6 +275,30 @@ impl ClientIn {
                 &http_tools,
             )
             .map_err(|e| invalid("agents", e))?,
+            engine: self
+                .engine
+                .as_deref()
+                .map(|e| e.parse::<EngineKind>())
+                .transpose()
+                .map_err(|e| invalid("engine", e))?
+                .unwrap_or_default(),
+            model: match self.model.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(m)
+                    if m.len() <= 100
+                        && m
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c)) =>
+                {
+                    Some(m.to_string())
+                }
+                Some(_) => {
+                    return Err(invalid(
+                        "model",
+                        "must be a model id (letters, digits, - . _ :, at most 100)",
+                    ));
+                }
+            },
             greeting_mode: self
                 .greeting_mode
                 .as_deref()
@@ -383,6 +414,10 @@ pub struct ClientOut {
     pub results_schema: Option<serde_json::Value>,
     /// `cached`, `generated` or `auto`.
     pub greeting_mode: String,
+    /// `realtime` or `live`.
+    pub engine: String,
+    /// The engine's model for this client (null: the instance's default).
+    pub model: Option<String>,
 }
 
 impl From<ClientProfile> for ClientOut {
@@ -430,6 +465,10 @@ impl From<ClientProfile> for ClientOut {
             greeting_mode: GreetingMode::from_stored(c.greeting_mode.as_deref())
                 .as_str()
                 .to_string(),
+            engine: EngineKind::from_stored(c.engine.as_deref())
+                .as_str()
+                .to_string(),
+            model: c.model,
         }
     }
 }

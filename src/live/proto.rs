@@ -35,7 +35,7 @@ use std::{
 };
 
 use super::wire::{self, AppendKind, ServerEvent};
-use crate::engine::{Command, Engine, EngineError, Event};
+use crate::engine::{Command, Engine, EngineError, Event, Readiness};
 
 /// How often the loop wakes the machine to keep the model's timeline moving.
 pub const TICK: Duration = Duration::from_millis(20);
@@ -687,6 +687,30 @@ impl Engine for LiveSession {
 
     fn model_yields(&self) -> bool {
         true
+    }
+
+    fn handle_open(&mut self, now: Instant) {
+        LiveSession::handle_open(self, now)
+    }
+
+    fn greeted(&self) -> bool {
+        LiveSession::greeted(self)
+    }
+
+    fn poll_setup_error(&mut self) -> Option<String> {
+        LiveSession::poll_setup_error(self)
+    }
+
+    fn readiness(&self) -> Readiness {
+        match self.phase {
+            Phase::Ready => Readiness::Ready,
+            _ if self.started => Readiness::Configured,
+            _ => Readiness::Opening,
+        }
+    }
+
+    fn dropped_bytes(&self) -> usize {
+        LiveSession::dropped_bytes(self)
     }
 }
 

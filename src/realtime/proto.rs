@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 
 use super::wire::{self, ServerEvent};
-use crate::engine::{Command, Engine, EngineError, Event};
+use crate::engine::{Command, Engine, EngineError, Event, Readiness};
 
 /// Readiness of a warm session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -545,6 +545,33 @@ impl Engine for Session {
 
     fn claim(&mut self) -> Vec<Event> {
         Session::claim(self)
+    }
+
+    fn handle_open(&mut self, _now: std::time::Instant) {
+        Session::handle_open(self)
+    }
+
+    fn greeted(&self) -> bool {
+        Session::greeted(self)
+    }
+
+    fn poll_setup_error(&mut self) -> Option<String> {
+        Session::poll_setup_error(self)
+    }
+
+    fn readiness(&self) -> Readiness {
+        match self.phase {
+            Phase::Connecting | Phase::Open => Readiness::Opening,
+            Phase::Configured => Readiness::Configured,
+            Phase::Ready => Readiness::Ready,
+            // Claimed or closed: as far as it got.
+            Phase::Claimed | Phase::Closed if self.configured => Readiness::Configured,
+            Phase::Claimed | Phase::Closed => Readiness::Opening,
+        }
+    }
+
+    fn dropped_bytes(&self) -> usize {
+        Session::dropped_bytes(self)
     }
 }
 

@@ -19,6 +19,7 @@ use super::{
 use crate::{
     config::PrewarmPolicy,
     domain::{CallerIdTrust, ClientId, E164, Voice},
+    engine::EngineKind,
     greeting::GreetingMode,
     hours::BusinessHours,
     lines::LineOverrides,
@@ -69,6 +70,10 @@ pub struct ClientInput {
     pub results_schema: Option<serde_json::Value>,
     /// How its calls' greeting is made (`crate::greeting`).
     pub greeting_mode: GreetingMode,
+    /// Its voice engine.
+    pub engine: EngineKind,
+    /// The engine's model for it (none: the instance's default).
+    pub model: Option<String>,
 }
 
 /// A client with its numbers and FAQs.
@@ -127,6 +132,8 @@ fn active_model(input: &ClientInput, now: chrono::DateTime<Utc>) -> client::Acti
         agents: Set(input.agents.to_stored()),
         results_schema: Set(input.results_schema.as_ref().map(|s| s.to_string())),
         greeting_mode: Set(Some(input.greeting_mode.as_str().to_string())),
+        engine: Set(Some(input.engine.as_str().to_string())),
+        model: Set(input.model.clone()),
         ..Default::default()
     }
 }

@@ -54,6 +54,10 @@ pub mod client {
         pub results_schema: Option<String>,
         /// `cached`, `generated` or `auto`; NULL is `auto` (`crate::greeting`).
         pub greeting_mode: Option<String>,
+        /// `realtime` or `live`; NULL is `realtime` (`crate::engine::EngineKind`).
+        pub engine: Option<String>,
+        /// The engine's model for this client; NULL: the instance's default.
+        pub model: Option<String>,
     }
 
     /// No declared relations.
