@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod audio;
+mod common;
 pub mod realtime;
 pub mod responses;
 pub mod stamp;
