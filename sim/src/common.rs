@@ -130,6 +130,11 @@ impl Vad {
         }
         None
     }
+
+    /// Whether the caller is in a turn.
+    pub(crate) fn in_speech(&self) -> bool {
+        self.in_speech
+    }
 }
 
 #[cfg(test)]
@@ -159,5 +164,6 @@ mod tests {
         };
         assert_eq!(start_ms, at_ms);
         assert!(end_ms > start_ms + 1000 && end_ms <= 200 + q.duration_ms() as u64);
+        assert!(!vad.in_speech());
     }
 }
