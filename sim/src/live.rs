@@ -1594,15 +1594,15 @@ impl Conn {
                 ))
             }
             Some(h) => {
-                self.continuation(&h.id, h.ends_call).await;
+                self.continuation(&h.id, None, h.ends_call).await;
                 Ok(())
             }
             None => {
                 match self.take_script() {
                     Some(calls) => self.delegate(calls).await,
                     None => {
-                        let id = self.delegation_created().await;
-                        self.continuation(&id, false).await;
+                        let (id, response_id) = self.delegation_created().await;
+                        self.continuation(&id, Some(response_id), false).await;
                     }
                 }
                 Ok(())
@@ -1741,8 +1741,9 @@ impl Conn {
         (!calls.is_empty()).then_some(calls)
     }
 
-    /// `session.delegation.created` for a new Responses delegation; its id.
-    async fn delegation_created(&mut self) -> String {
+    /// `session.delegation.created` for a new Responses delegation; its id and the id of the
+    /// backend response it starts.
+    async fn delegation_created(&mut self) -> (String, String) {
         let id = self.id("item");
         let response_id = self.id("resp");
         self.event(
@@ -1752,7 +1753,7 @@ impl Conn {
                 "response_id": response_id}, "offset_ms": self.clock}),
         )
         .await;
-        id
+        (id, response_id)
     }
 
     fn backend_model(&self) -> Value {
@@ -1763,9 +1764,14 @@ impl Conn {
 
     /// A backend response's events inside `response.event` (docs/gpt-live-reference.md §4):
     /// `response.created`, one `response.output_item.done` per item, `response.completed`
-    /// (its snapshot `output` cleared).
-    async fn backend_response(&mut self, delegation_id: &str, items: Vec<Value>) {
-        let id = self.id("resp");
+    /// (its snapshot `output` cleared). `id`: the response's id (`None`: a new one).
+    async fn backend_response(
+        &mut self,
+        delegation_id: &str,
+        id: Option<String>,
+        items: Vec<Value>,
+    ) {
+        let id = id.unwrap_or_else(|| self.id("resp"));
         let model = self.backend_model();
         let mut events = vec![json!({"type": "response.created", "response": {"id": id,
             "object": "response", "status": "in_progress", "model": model, "output": []}})];
@@ -1793,7 +1799,7 @@ impl Conn {
     /// The Responses delegation script (docs/gpt-live-reference.md §4, §8): created, the
     /// backend's function calls, then hold for their outputs and a `response.create`.
     async fn delegate(&mut self, calls: Vec<ScriptedCall>) {
-        let id = self.delegation_created().await;
+        let (id, response_id) = self.delegation_created().await;
         let mut open = Vec::new();
         let mut items = Vec::new();
         for c in &calls {
@@ -1804,7 +1810,7 @@ impl Conn {
             );
             open.push(call_id);
         }
-        self.backend_response(&id, items).await;
+        self.backend_response(&id, Some(response_id), items).await;
         self.held = Some(Held {
             id,
             open,
@@ -1813,9 +1819,16 @@ impl Conn {
     }
 
     /// The backend continues after the function outputs; the voice model speaks the result
-    /// (always: there is no silent close, §4).
-    async fn continuation(&mut self, delegation_id: &str, ends_call: bool) {
-        self.backend_response(delegation_id, Vec::new()).await;
+    /// (always: there is no silent close, §4). `response_id`: the backend response's id when
+    /// the delegation just announced it (`None`: a new response, after the function outputs).
+    async fn continuation(
+        &mut self,
+        delegation_id: &str,
+        response_id: Option<String>,
+        ends_call: bool,
+    ) {
+        self.backend_response(delegation_id, response_id, Vec::new())
+            .await;
         self.queue.push_back(Say::clip(if ends_call {
             clips::goodbye()
         } else {
@@ -2542,6 +2555,8 @@ mod tests {
         );
         let id = d["id"].as_str().unwrap();
         assert!(d["response_id"].as_str().unwrap().starts_with("resp_"));
+        assert_eq!(script[1]["event"]["response"]["id"], d["response_id"]);
+        assert_eq!(script[3]["event"]["response"]["id"], d["response_id"]);
         let offset = script[0]["offset_ms"].as_u64().unwrap();
         let turn = fake.connections()[0].caller_turns[0];
         assert!(offset >= turn.end_ms + 500, "{offset}");
