@@ -34,7 +34,11 @@ use tokio_tungstenite::tungstenite::{
     http::StatusCode,
 };
 
-use crate::audio::{self, Clip, clips};
+pub use crate::common::{Received, Scripted, ScriptedCall};
+use crate::{
+    audio::{self, Clip, clips},
+    common::{Turn, Vad},
+};
 
 /// How the server behaves toward new connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,17 +187,6 @@ impl FakeConfig {
     }
 }
 
-/// One client event as received.
-#[derive(Debug, Clone)]
-pub struct Received {
-    /// Its `type`.
-    pub kind: String,
-    /// The raw text.
-    pub raw: String,
-    /// When it arrived.
-    pub at: Instant,
-}
-
 /// What one connection saw.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionLog {
@@ -247,61 +240,6 @@ struct Shared {
     faults: [AtomicUsize; 4],
     /// Hanging handshakes whose client has not closed its socket yet.
     held: AtomicUsize,
-}
-
-/// One function call a scripted response makes.
-#[derive(Debug, Clone)]
-pub struct ScriptedCall {
-    /// The function's name (the fake does not check it is a declared tool: a real model
-    /// should not call anything else, but the gateway must survive it).
-    pub name: String,
-    /// The arguments as the model writes them (any text, even invalid JSON).
-    pub arguments: String,
-}
-
-/// A response scripted by a test or the demo: optionally some speech, then function calls,
-/// as the real API sends them (`response.output_item.added` of type `function_call`,
-/// `response.function_call_arguments.delta|done`, the item in `response.done.output`).
-#[derive(Debug, Clone, Default)]
-pub struct Scripted {
-    /// Speak an answer clip before the calls (e.g. a goodbye before `end_call`).
-    pub speak: bool,
-    /// The calls, in order.
-    pub calls: Vec<ScriptedCall>,
-}
-
-impl Scripted {
-    /// A response that only calls `name` with `arguments` (JSON).
-    pub fn call(name: &str, arguments: Value) -> Self {
-        Self::default().then_call(name, arguments)
-    }
-
-    /// A response that says something, then calls `name`.
-    pub fn say_then_call(name: &str, arguments: Value) -> Self {
-        Self {
-            speak: true,
-            ..Self::default()
-        }
-        .then_call(name, arguments)
-    }
-
-    /// One more call in the same response.
-    pub fn then_call(mut self, name: &str, arguments: Value) -> Self {
-        self.calls.push(ScriptedCall {
-            name: name.into(),
-            arguments: arguments.to_string(),
-        });
-        self
-    }
-
-    /// One more call whose arguments are raw text (malformed input tests).
-    pub fn then_call_raw(mut self, name: &str, arguments: &str) -> Self {
-        self.calls.push(ScriptedCall {
-            name: name.into(),
-            arguments: arguments.into(),
-        });
-        self
-    }
 }
 
 /// A running fake.
@@ -623,12 +561,7 @@ struct Conn {
     configured: bool,
     /// Call ids of the function calls made, not yet answered with a `function_call_output`.
     open_calls: Vec<String>,
-    // VAD
-    audio_ms: u64,
-    speech_run: u64,
-    silence_run: u64,
-    in_speech: bool,
-    speech_started_at: u64,
+    vad: Vad,
     user_item: String,
 }
 
@@ -655,11 +588,7 @@ impl Conn {
             current_event: None,
             configured: false,
             open_calls: Vec::new(),
-            audio_ms: 0,
-            speech_run: 0,
-            silence_run: 0,
-            in_speech: false,
-            speech_started_at: 0,
+            vad: Vad::default(),
             user_item: String::new(),
         }
     }
@@ -1307,39 +1236,25 @@ impl Conn {
         .await;
     }
 
-    /// A plain energy VAD over 20 ms frames: 100 ms of speech starts a turn, 500 ms of
-    /// silence ends it.
+    /// The caller's turns, by the shared energy VAD ([`Vad`]): 100 ms of speech starts a
+    /// turn, 500 ms of silence ends it.
     async fn vad(&mut self, mulaw: &[u8]) {
         for frame in mulaw.chunks(audio::FRAME_BYTES) {
-            let ms = (frame.len() / audio::BYTES_PER_MS) as u64;
-            self.audio_ms += ms;
-            if audio::is_speech(frame) {
-                self.speech_run += ms;
-                self.silence_run = 0;
-                if !self.in_speech && self.speech_run >= 100 {
-                    self.in_speech = true;
-                    self.speech_started_at = self.audio_ms - self.speech_run;
+            match self.vad.frame(frame) {
+                Some(Turn::Started { at_ms }) => {
                     self.user_item = self.id("item");
                     self.send(json!({"type": "input_audio_buffer.speech_started", "event_id": self.id("event"),
-                        "audio_start_ms": self.speech_started_at, "item_id": self.user_item}))
+                        "audio_start_ms": at_ms, "item_id": self.user_item}))
                         .await;
                     if self.interrupt_response {
                         self.cancel_active("turn_detected").await;
                     }
                 }
-            } else {
-                self.silence_run += ms;
-                if !self.in_speech {
-                    self.speech_run = 0;
-                }
-                if self.in_speech && self.silence_run >= 500 {
-                    self.in_speech = false;
-                    self.speech_run = 0;
-                    let end = self.audio_ms - self.silence_run;
-                    let spoke = (end - self.speech_started_at) as f64 / 1000.0;
+                Some(Turn::Ended { start_ms, end_ms }) => {
+                    let spoke = (end_ms - start_ms) as f64 / 1000.0;
                     let item = self.user_item.clone();
                     self.send(json!({"type": "input_audio_buffer.speech_stopped", "event_id": self.id("event"),
-                        "audio_end_ms": end, "item_id": item}))
+                        "audio_end_ms": end_ms, "item_id": item}))
                         .await;
                     let previous = self.append_item(&item);
                     self.send(
@@ -1357,6 +1272,7 @@ impl Conn {
                         self.start_response("", true, Value::Null).await;
                     }
                 }
+                None => {}
             }
         }
     }
