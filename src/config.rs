@@ -762,7 +762,10 @@ impl Settings {
         }
         for (key, v) in [
             ("openai.live_model", &self.openai.live_model),
-            ("openai.live_delegation_model", &self.openai.live_delegation_model),
+            (
+                "openai.live_delegation_model",
+                &self.openai.live_delegation_model,
+            ),
         ] {
             if v.trim().is_empty() {
                 return invalid(key, "must not be empty");

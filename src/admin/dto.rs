@@ -286,8 +286,7 @@ impl ClientIn {
                 None | Some("") => None,
                 Some(m)
                     if m.len() <= 100
-                        && m
-                            .chars()
+                        && m.chars()
                             .all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c)) =>
                 {
                     Some(m.to_string())

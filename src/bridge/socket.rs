@@ -633,6 +633,8 @@ async fn run(state: AppState, socket: WebSocket) {
             call.poll_timeout(),
             twilio.deadline(),
             live.as_ref().and_then(|l| l.peer.deadline()),
+            // An engine that keeps its model's timeline moving (GPT-Live's silence feed).
+            live.as_ref().and_then(|l| l.engine.poll_timeout()),
         ]
         .into_iter()
         .flatten()
@@ -769,8 +771,9 @@ async fn run(state: AppState, socket: WebSocket) {
                             }
                         }
                         attached_once = true;
-                        let mut engine: Box<dyn Engine> = Box::new(session);
+                        let mut engine = session;
                         let buffered = engine.claim();
+                        call.set_model_yields(engine.model_yields());
                         tracing::info!(
                             call_sid = sid(&call),
                             path = path.as_str(),
@@ -795,6 +798,9 @@ async fn run(state: AppState, socket: WebSocket) {
                 }
             }
             Input::Tick => {
+                if let Some(l) = live.as_mut() {
+                    l.engine.handle_timeout(now);
+                }
                 if twilio.stalled(now) {
                     tracing::warn!(
                         call_sid = sid(&call),

@@ -73,7 +73,20 @@ async fn run(
         if let Err(why) = sent {
             break Err(why);
         }
-        let text = match ws.next().await {
+        // An engine that needs its model's timeline kept moving (GPT-Live) is woken on time.
+        let next = match session.poll_timeout() {
+            Some(at) => {
+                match tokio::time::timeout_at(tokio::time::Instant::from_std(at), ws.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        session.handle_timeout(Instant::now());
+                        continue;
+                    }
+                }
+            }
+            None => ws.next().await,
+        };
+        let text = match next {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Close(_)) | Err(_)) | None => {
                 break Err("the Realtime socket closed before the greeting was done".into());

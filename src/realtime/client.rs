@@ -42,14 +42,19 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use super::{
     keepalive::{Due, Keepalive, KeepaliveSpec},
     profile::AgentProfile,
-    proto::{Greeting, Phase, Session},
+    proto::{Greeting, Session},
     registry::WarmSession,
     wire,
 };
 use crate::{
     config::{OpenAiSettings, Settings},
     domain::CallSid,
+    engine::{Engine, EngineKind, Readiness},
     greeting::GreetingPlan,
+    live::{
+        proto::{Greeting as LiveGreeting, LiveSession},
+        wire as live_wire,
+    },
     metrics::Metrics,
 };
 
@@ -101,8 +106,8 @@ pub type Ws =
 pub struct Attached {
     /// The open socket.
     pub ws: Ws,
-    /// The machine.
-    pub session: Session,
+    /// The machine (Realtime's or GPT-Live's).
+    pub session: Box<dyn Engine>,
 }
 
 /// A session not yet claimed. Dropping it closes the socket.
@@ -124,11 +129,8 @@ pub const SEND_LIMIT: Duration = Duration::from_secs(5);
 /// What to open.
 #[derive(Debug, Clone)]
 pub struct SessionSpec {
-    /// The `session.update` frame.
-    pub session_update: String,
-    /// What the session does about the greeting: generate it, learn the one the caller heard
-    /// from the cache, or nothing.
-    pub greeting: Greeting,
+    /// The engine, its model, and what is sent first.
+    pub opening: Opening,
     /// Most greeting audio buffered before a claim (base64 bytes).
     pub buffer_cap: usize,
     /// For logs.
@@ -139,10 +141,33 @@ pub struct SessionSpec {
     pub keepalive: KeepaliveSpec,
 }
 
+/// What a session opens with, per engine.
+#[derive(Debug, Clone)]
+pub enum Opening {
+    /// OpenAI Realtime: `?model=` and the `session.update` frame, then the greeting.
+    Realtime {
+        /// The model (the URL's `?model=`).
+        model: String,
+        /// The `session.update` frame.
+        session_update: String,
+        /// Generate the greeting, learn the one heard from the cache, or nothing.
+        greeting: Greeting,
+    },
+    /// OpenAI GPT-Live: the `session.start` frame, then the greeting.
+    Live {
+        /// The `session.start` frame (model, prompt, voice, μ-law 8 kHz, delegation).
+        start: String,
+        /// Generate the greeting (a commentary), tell the one heard from the cache, or nothing.
+        greeting: LiveGreeting,
+        /// The Responses model tools are delegated to (none: no tools).
+        delegation_model: Option<String>,
+    },
+}
+
 impl SessionSpec {
-    /// The session a call gets: the agent's configuration at `now`, the greeting, and a
-    /// greeting buffer of `prewarm.greeting_buffer_bytes` μ-law bytes (as base64: 4/3 of
-    /// that, rounded up, plus padding).
+    /// The session a call gets on its client's engine: the agent's configuration at `now`, the
+    /// greeting, and a greeting buffer of `prewarm.greeting_buffer_bytes` μ-law bytes (as
+    /// base64: 4/3 of that, rounded up, plus padding).
     pub fn new(
         settings: &Settings,
         profile: &AgentProfile,
@@ -150,9 +175,26 @@ impl SessionSpec {
         prewarm: bool,
         now: DateTime<Utc>,
     ) -> Self {
+        let opening = match profile.engine {
+            EngineKind::Realtime => Opening::Realtime {
+                model: profile
+                    .model
+                    .clone()
+                    .unwrap_or_else(|| settings.openai.model.clone()),
+                session_update: profile.session_update(&settings.openai.transcription_model, now),
+                greeting: Greeting::Generate(profile.greeting_request()),
+            },
+            EngineKind::Live => {
+                let config = profile.live_config(&settings.openai, now);
+                Opening::Live {
+                    delegation_model: config.delegation.as_ref().map(|d| d.model.clone()),
+                    start: live_wire::session_start(&config),
+                    greeting: LiveGreeting::Generate(profile.live_greeting()),
+                }
+            }
+        };
         Self {
-            session_update: profile.session_update(&settings.openai.transcription_model, now),
-            greeting: Greeting::Generate(profile.greeting_request()),
+            opening,
             buffer_cap: settings.prewarm.greeting_buffer_bytes * 4 / 3 + 4,
             call_sid: call_sid.to_string(),
             prewarm,
@@ -168,29 +210,87 @@ impl SessionSpec {
         call_sid: &CallSid,
         now: DateTime<Utc>,
     ) -> Self {
-        Self {
-            greeting: Greeting::None,
-            ..Self::new(settings, profile, call_sid, false, now)
+        let mut spec = Self::new(settings, profile, call_sid, false, now);
+        match &mut spec.opening {
+            Opening::Realtime { greeting, .. } => *greeting = Greeting::None,
+            Opening::Live { greeting, .. } => *greeting = LiveGreeting::None,
         }
+        spec
     }
 
     /// The session of a call whose greeting follows `plan`: generated (as [`SessionSpec::new`]),
-    /// or played from the cache, which the session gets as an assistant message with the id the
-    /// call knows it by ([`GREETING_ITEM`]).
+    /// or played from the cache, which the session is told: on Realtime an assistant message
+    /// with the id the call knows it by ([`GREETING_ITEM`]), on GPT-Live instructions.
     pub fn greeting_from(mut self, plan: &GreetingPlan) -> Self {
         if let Some(cached) = plan.cached() {
-            self.greeting = Greeting::Said(wire::assistant_text(
-                Some(GREETING_ITEM),
-                None,
-                &cached.transcript,
-            ));
+            match &mut self.opening {
+                Opening::Realtime { greeting, .. } => {
+                    *greeting = Greeting::Said(wire::assistant_text(
+                        Some(GREETING_ITEM),
+                        None,
+                        &cached.transcript,
+                    ))
+                }
+                Opening::Live { greeting, .. } => {
+                    *greeting = LiveGreeting::Said(format!(
+                        "The caller has already been greeted, from a recording in your voice, \
+                         with these words: {}. Do not greet them again: listen, then answer.",
+                        serde_json::to_string(&cached.transcript).unwrap_or_default()
+                    ))
+                }
+            }
         }
         self
     }
 
-    fn machine(self) -> Session {
-        Session::new(self.session_update, self.greeting, self.buffer_cap)
+    /// Whether the session generates the greeting once open (billed whether heard or not).
+    pub fn generates(&self) -> bool {
+        matches!(
+            self.opening,
+            Opening::Realtime {
+                greeting: Greeting::Generate(_),
+                ..
+            } | Opening::Live {
+                greeting: LiveGreeting::Generate(_),
+                ..
+            }
+        )
     }
+
+    fn machine(self) -> Box<dyn Engine> {
+        match self.opening {
+            Opening::Realtime {
+                session_update,
+                greeting,
+                ..
+            } => Box::new(Session::new(session_update, greeting, self.buffer_cap)),
+            Opening::Live {
+                start,
+                greeting,
+                delegation_model,
+            } => Box::new(
+                LiveSession::new(start, greeting, self.buffer_cap)
+                    .with_delegation_model(delegation_model),
+            ),
+        }
+    }
+
+    /// Where to connect: the engine and, on Realtime, the model.
+    fn endpoint(&self) -> Endpoint {
+        match &self.opening {
+            Opening::Realtime { model, .. } => Endpoint::Realtime(model.clone()),
+            Opening::Live { .. } => Endpoint::Live,
+        }
+    }
+}
+
+/// The socket a session connects to.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// `openai.realtime_url?model=…`.
+    Realtime(String),
+    /// `openai.live_url` (the model is in `session.start`).
+    Live,
 }
 
 /// Opens a session in the background: connect, then the configuration and the greeting.
@@ -206,8 +306,9 @@ pub fn spawn(
     // A cold session's time to ready is not a prewarm figure: mark it observed from the start.
     let observed = Arc::new(AtomicBool::new(!spec.prewarm));
     let started = Instant::now();
-    let generates = matches!(spec.greeting, Greeting::Generate(_));
+    let generates = spec.generates();
     let task = Task {
+        endpoint: spec.endpoint(),
         settings: settings.clone(),
         keepalive: spec.keepalive,
         call_sid: spec.call_sid.clone(),
@@ -235,9 +336,9 @@ pub async fn open(
     spec: SessionSpec,
     metrics: &Metrics,
 ) -> Result<Attached, SessionError> {
-    let ws = connect(settings).await?;
+    let ws = connect(settings, &spec.endpoint()).await?;
     let mut session = spec.machine();
-    session.handle_open();
+    session.handle_open(Instant::now());
     if session.greeted() {
         metrics.inc_greeting("generated");
     }
@@ -311,10 +412,11 @@ impl WarmSession for SessionHandle {
 }
 
 struct Task {
+    endpoint: Endpoint,
     settings: OpenAiSettings,
     keepalive: KeepaliveSpec,
     call_sid: String,
-    session: Session,
+    session: Box<dyn Engine>,
     status: watch::Sender<Status>,
     observed: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
@@ -334,7 +436,8 @@ impl Task {
         // arrives early (the stream started before the handshake) is answered once open.
         let mut early_claim = None;
         let settings = self.settings.clone();
-        let connecting = connect(&settings);
+        let endpoint = self.endpoint.clone();
+        let connecting = connect(&settings, &endpoint);
         tokio::pin!(connecting);
         let ws = loop {
             tokio::select! {
@@ -357,7 +460,7 @@ impl Task {
                 return;
             }
         };
-        self.session.handle_open();
+        self.session.handle_open(Instant::now());
         if self.session.greeted() {
             self.metrics.inc_greeting("generated");
         }
@@ -372,16 +475,21 @@ impl Task {
         let timer = tokio::time::sleep_until(keepalive.poll_timeout().into());
         tokio::pin!(timer);
         let close_reason: String = loop {
-            if let Err(reason) = send_queued(&mut self.session, &mut ws).await {
+            if let Err(reason) = send_queued(self.session.as_mut(), &mut ws).await {
                 sink_usable = false;
                 break reason.into();
             }
-            let wake = tokio::time::Instant::from_std(keepalive.poll_timeout());
+            // The keepalive's deadline, or the engine's own (GPT-Live's silence feed) if sooner.
+            let due = match self.session.poll_timeout() {
+                Some(e) => e.min(keepalive.poll_timeout()),
+                None => keepalive.poll_timeout(),
+            };
+            let wake = tokio::time::Instant::from_std(due);
             if timer.deadline() != wake {
                 timer.as_mut().reset(wake);
             }
             tokio::select! {
-                _ = &mut timer => match keepalive.handle_timeout(Instant::now()) {
+                _ = &mut timer => match self.tick(&mut keepalive, Instant::now()) {
                     Some(Due::Ping) => {
                         let ping = ws.send(Message::Ping(Default::default()));
                         if !matches!(tokio::time::timeout(SEND_LIMIT, ping).await, Ok(Ok(()))) {
@@ -444,6 +552,17 @@ impl Task {
         tracing::debug!(call_sid = %self.call_sid, reason = %close_reason, "realtime session closed");
     }
 
+    /// The timer fired at `now`: the engine's own deadline (GPT-Live's silence feed), and the
+    /// keepalive's if it is due.
+    fn tick(&mut self, keepalive: &mut Keepalive, now: Instant) -> Option<Due> {
+        self.session.handle_timeout(now);
+        if now >= keepalive.poll_timeout() {
+            keepalive.handle_timeout(now)
+        } else {
+            None
+        }
+    }
+
     /// Moves the socket and the machine to the claimer. If the claimer stopped waiting (its
     /// call ended during the hand-over), the session comes back and is closed here.
     async fn hand_over(self, ws: Ws, reply: oneshot::Sender<Attached>) {
@@ -464,15 +583,14 @@ impl Task {
     }
 
     fn update_status(&mut self) {
-        let ready = self.session.poll_ready();
-        let next = match self.session.phase() {
-            Phase::Configured => Status::Configured,
-            Phase::Ready => Status::Ready,
-            _ => return,
+        let next = match self.session.readiness() {
+            Readiness::Opening => return,
+            Readiness::Configured => Status::Configured,
+            Readiness::Ready => {
+                self.observe("ready");
+                Status::Ready
+            }
         };
-        if ready {
-            self.observe("ready");
-        }
         self.status.send_if_modified(|s| {
             if *s != next {
                 *s = next;
@@ -491,11 +609,12 @@ pub async fn close(ws: &mut Ws) {
 
 /// Sends everything the machine has queued with one flush (under load, several caller frames
 /// per write), within [`SEND_LIMIT`]; the error says why the socket is unusable.
-async fn send_queued(session: &mut Session, sink: &mut Ws) -> Result<(), &'static str> {
-    if !session.has_transmit() {
+async fn send_queued(session: &mut dyn Engine, sink: &mut Ws) -> Result<(), &'static str> {
+    let Some(first) = session.poll_transmit() else {
         return Ok(());
-    }
+    };
     let batch = async {
+        sink.feed(Message::text(first)).await?;
         while let Some(text) = session.poll_transmit() {
             sink.feed(Message::text(text)).await?;
         }
@@ -508,11 +627,18 @@ async fn send_queued(session: &mut Session, sink: &mut Ws) -> Result<(), &'stati
     }
 }
 
-/// Opens the WebSocket: `realtime_url?model=…` with `Authorization: Bearer …` and no
-/// `OpenAI-Beta` header (GA), bounded by `connect_timeout_ms`.
-pub async fn connect(settings: &OpenAiSettings) -> Result<Ws, SessionError> {
-    let mut url = settings.realtime_url.clone();
-    url.query_pairs_mut().append_pair("model", &settings.model);
+/// Opens the WebSocket: `realtime_url?model=…` (Realtime) or `live_url` (GPT-Live, no query),
+/// with `Authorization: Bearer …` and no `OpenAI-Beta` header (GA), bounded by
+/// `connect_timeout_ms`.
+pub async fn connect(settings: &OpenAiSettings, endpoint: &Endpoint) -> Result<Ws, SessionError> {
+    let url = match endpoint {
+        Endpoint::Realtime(model) => {
+            let mut url = settings.realtime_url.clone();
+            url.query_pairs_mut().append_pair("model", model);
+            url
+        }
+        Endpoint::Live => settings.live_url.clone(),
+    };
     let mut req = url
         .as_str()
         .into_client_request()

@@ -14,6 +14,7 @@ mod greeting;
 mod handover;
 mod idle_peers;
 mod knowledge;
+mod live;
 #[cfg(feature = "sim")]
 mod loadgen;
 mod one_stream;

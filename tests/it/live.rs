@@ -1,0 +1,213 @@
+//! GPT-Live, the second voice engine (issue 14; README "Voice engines"), through real sockets
+//! against the project's fake GPT-Live server (`sim::live`): a client on `engine = "live"`.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sim::{
+    audio::clips,
+    live::{FakeConfig as LiveConfig, FakeLive},
+    twilio::Step,
+};
+
+use crate::support::{CLIENT_NUMBER, Gateway, gateway};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A gateway whose test client speaks through a fake GPT-Live server.
+async fn live_gateway(extra_toml: &str) -> (Gateway, FakeLive) {
+    let live = FakeLive::start(LiveConfig::instant()).await.unwrap();
+    let toml = format!("{extra_toml}\n[openai]\nlive_url = \"{}\"\n", live.url());
+    let gw = gateway(sim::realtime::FakeConfig::instant(), &toml).await;
+    gw.update_client(&json!({
+        "name": "Bright Smile", "phone_numbers": [CLIENT_NUMBER],
+        "instructions": "You are the receptionist of a dental practice.",
+        "greeting": "Thanks for calling Bright Smile Dental!", "voice": "marin",
+        "engine": "live", "greeting_mode": "generated",
+    }))
+    .await;
+    (gw, live)
+}
+
+fn sent(live: &FakeLive, i: usize, kind: &str) -> Vec<Value> {
+    live.connections()[i]
+        .of_type(kind)
+        .iter()
+        .map(|e| serde_json::from_str(&e.raw).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_warm_call_on_gpt_live_hears_the_buffered_greeting_first_and_the_model_answers() {
+    let (gw, live) = live_gateway("").await;
+    let placed = gw.place_call().await;
+    // The webhook waited for the greeting: the session was opened while it rang, fed silence
+    // so the model's timeline moved, and the greeting buffered.
+    assert_eq!(live.connections().len(), 1, "warm, on GPT-Live");
+    assert_eq!(gw.fake.connections().len(), 0, "nothing on Realtime");
+    let report = gw
+        .stream(
+            &placed,
+            &[
+                Step::WaitForAgentQuiet(WAIT),
+                Step::Say(clips::question()),
+                Step::WaitForAgentAudio(WAIT),
+                Step::WaitForAgentQuiet(WAIT),
+                Step::HangUp,
+            ],
+        )
+        .await;
+    let call = gw.ended_call(&placed.call_sid).await;
+    let conn = &live.connections()[0];
+    assert!(
+        conn.errors_sent.is_empty(),
+        "every event validated: {:?}",
+        conn.errors_sent
+    );
+    let start = &sent(&live, 0, "session.start")[0]["session"];
+    assert_eq!(start["model"], "gpt-live-1");
+    assert_eq!(
+        start["audio"]["format"],
+        json!({"type": "audio/pcmu", "rate": 8000})
+    );
+    assert_eq!(start["delegation"]["type"], "responses");
+    let greet = &sent(&live, 0, "session.commentary.append")[0];
+    assert!(
+        greet["content"]
+            .as_str()
+            .unwrap()
+            .contains("Bright Smile Dental"),
+        "{greet}"
+    );
+    // The caller hears the greeting at once, from its first byte (nothing in front of it).
+    let greeting = clips::greeting();
+    assert!(
+        report.heard_audio.len() > greeting.mulaw.len(),
+        "{} bytes",
+        report.heard_audio.len()
+    );
+    // (Its last, partial 100 ms piece is mixed with the silence after it on the track.)
+    let whole = greeting.mulaw.len() / 800 * 800;
+    assert!(
+        report.heard_audio[..whole] == greeting.mulaw[..whole],
+        "the greeting first, whole"
+    );
+    assert!(
+        report.first_media_after_start.unwrap() < Duration::from_millis(200),
+        "buffered while it rang: {:?}",
+        report.first_media_after_start
+    );
+    // The model answered the caller; the transcript has the three turns in order.
+    assert!(
+        conn.speech.iter().any(|s| s.clip == "answer"),
+        "{:?}",
+        conn.speech
+    );
+    let lines: Vec<(String, String)> = call
+        .transcript
+        .iter()
+        .map(|l| (l.role.clone(), l.text.clone()))
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0].0, "agent");
+    assert!(lines[0].1.starts_with("Thanks for calling"), "{lines:?}");
+    assert_eq!(lines[1].0, "caller");
+    assert_eq!(lines[2].0, "agent");
+    assert!(lines[2].1.starts_with("Sure."), "{lines:?}");
+    // No Realtime event ever reached GPT-Live (the fake refuses unknown events: no errors).
+    assert!(conn.of_type("conversation.item.truncate").is_empty());
+    assert!(conn.of_type("response.cancel").is_empty());
+    assert_eq!(conn.closed.as_deref(), Some("close_requested"));
+}
+
+#[tokio::test]
+async fn a_key_press_reaches_gpt_live_as_silent_context() {
+    let (gw, live) = live_gateway("").await;
+    let placed = gw.place_call().await;
+    gw.stream(
+        &placed,
+        &[
+            Step::WaitForAgentQuiet(WAIT),
+            Step::Dtmf('1'),
+            Step::Silence(Duration::from_millis(600)),
+            Step::HangUp,
+        ],
+    )
+    .await;
+    gw.ended_call(&placed.call_sid).await;
+    let thinking = sent(&live, 0, "session.thinking.append");
+    assert_eq!(thinking.len(), 1, "{thinking:?}");
+    assert!(
+        thinking[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("pressed 1")
+    );
+    assert!(live.connections()[0].errors_sent.is_empty());
+}
+
+#[tokio::test]
+async fn a_gpt_live_session_that_cannot_open_falls_back_as_on_realtime() {
+    let (gw, live) = live_gateway("").await;
+    drop(live); // nothing listens any more
+    let placed = gw.place_call().await;
+    let report = gw.stream(&placed, &[Step::WaitForClose(WAIT)]).await;
+    assert_eq!(report.closed_by.as_deref(), Some("gateway"));
+    let call = gw.ended_call(&placed.call_sid).await;
+    assert!(
+        call.call
+            .end_reason
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("realtime_unavailable"),
+        "{:?}",
+        call.call.end_reason
+    );
+}
+
+#[tokio::test]
+async fn the_silence_the_model_made_behind_a_greeting_buffered_while_it_rang_is_not_played() {
+    // The phone rings 6 s: the 4.4 s greeting is generated, then the model goes on producing
+    // silence (its timeline is kept moving) until the stream starts.
+    let (gw, live) = live_gateway("[prewarm]\nring_min_ms = 6000\nring_max_ms = 8000\n").await;
+    let placed = gw.place_call().await;
+    let report = gw
+        .stream(
+            &placed,
+            &[
+                Step::WaitForAgentQuiet(WAIT),
+                Step::Say(clips::question()),
+                Step::WaitForAgentAudio(WAIT),
+                Step::WaitForAgentQuiet(WAIT),
+                Step::HangUp,
+            ],
+        )
+        .await;
+    gw.ended_call(&placed.call_sid).await;
+    let conn = &live.connections()[0];
+    assert!(conn.errors_sent.is_empty(), "{:?}", conn.errors_sent);
+    let greeting = clips::greeting();
+    let whole = greeting.mulaw.len() / 800 * 800;
+    assert!(
+        report.heard_audio[..whole] == greeting.mulaw[..whole],
+        "the greeting first"
+    );
+    // What the caller heard is the model's track without the silence made behind the greeting
+    // while it rang (≈ 1.5 s) and while the flushed greeting played (≈ 4.4 s): at least the
+    // first is gone, so the answer is not queued behind it.
+    let trimmed_ms = (conn.output_audio.len() - report.heard_audio.len()) / 8;
+    assert!(
+        trimmed_ms >= 1500,
+        "{trimmed_ms} ms of the model's silence not played"
+    );
+    // And what was dropped was silence: the answer was heard whole.
+    let answer = clips::answer();
+    let whole = answer.mulaw.len() / 800 * 800;
+    assert!(
+        report
+            .heard_audio
+            .windows(800)
+            .any(|w| w == &answer.mulaw[whole - 800..whole]),
+        "the answer's last piece was heard"
+    );
+}
