@@ -211,3 +211,46 @@ async fn the_silence_the_model_made_behind_a_greeting_buffered_while_it_rang_is_
         "the answer's last piece was heard"
     );
 }
+
+#[tokio::test]
+async fn a_tool_the_model_delegates_is_run_by_the_gateway_and_its_answer_spoken() {
+    let (gw, live) = live_gateway("").await;
+    live.script(sim::live::Scripted::call("business_hours", json!({})));
+    let placed = gw.place_call().await;
+    gw.stream(
+        &placed,
+        &[
+            Step::WaitForAgentQuiet(WAIT),
+            Step::Say(clips::question()),
+            Step::WaitForAgentAudio(WAIT),
+            Step::WaitForAgentQuiet(WAIT),
+            Step::HangUp,
+        ],
+    )
+    .await;
+    gw.ended_call(&placed.call_sid).await;
+    let conn = &live.connections()[0];
+    assert!(conn.errors_sent.is_empty(), "{:?}", conn.errors_sent);
+    // The delegated call was answered with its output, then one response.create.
+    let outputs = sent(&live, 0, "response.item.create");
+    assert_eq!(outputs.len(), 1, "{outputs:?}");
+    assert_eq!(outputs[0]["item"]["type"], "function_call_output");
+    let output: Value =
+        serde_json::from_str(outputs[0]["item"]["output"].as_str().unwrap()).unwrap();
+    assert_eq!(output["hours_known"], false, "the tool ran here: {output}");
+    assert_eq!(sent(&live, 0, "response.create").len(), 1);
+    // The model spoke the continuation.
+    assert!(
+        conn.speech.iter().any(|s| s.clip == "answer"),
+        "{:?}",
+        conn.speech
+    );
+    let start = sent(&live, 0, "session.start");
+    let declared: Vec<&str> = start[0]["session"]["delegation"]["responses"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(declared.contains(&"business_hours"), "{declared:?}");
+}
