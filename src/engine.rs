@@ -246,6 +246,11 @@ pub trait Engine: Send + std::fmt::Debug {
     fn readiness(&self) -> Readiness;
     /// Bytes of greeting audio dropped over the buffer cap before the claim.
     fn dropped_bytes(&self) -> usize;
+    /// Which engine this is (the metrics' `{engine}` label).
+    fn kind(&self) -> EngineKind;
+    /// ms of audio given to the model so far (caller audio, and silence fed): the session's
+    /// timeline, what GPT-Live bills (`warmline_engine_session_seconds_total`).
+    fn input_ms(&self) -> u64;
     /// When the loop must call [`Engine::handle_timeout`] (an engine whose model needs a
     /// steady input, e.g. silence fed while the caller says nothing); none by default.
     fn poll_timeout(&self) -> Option<std::time::Instant> {

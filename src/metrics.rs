@@ -10,6 +10,8 @@
 //! defines the values), so a fresh instance's `/metrics` already names them all. In debug builds
 //! recording a label value that is not listed panics, so a new value cannot be forgotten.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -102,6 +104,16 @@ pub struct GreetingLabel {
     pub greeting: &'static str,
 }
 
+/// `warmline_engine_session_seconds_total{engine}` values (`crate::engine::EngineKind`).
+pub const ENGINES: &[&str] = &["realtime", "live"];
+
+/// `{engine}` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EngineLabel {
+    /// [`ENGINES`].
+    pub engine: &'static str,
+}
+
 /// `{source}` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabel {
@@ -154,6 +166,12 @@ pub struct Metrics {
     /// `warmline_greetings_total{source}`: greetings said (`cached`) or asked of the model
     /// (`generated`, billed whether heard or not).
     pub greetings: Family<SourceLabel, Counter>,
+    /// `warmline_engine_session_seconds_total{engine}`: seconds of session timeline (audio
+    /// given to the model, silence fed included): what GPT-Live bills.
+    pub engine_session_seconds: Family<EngineLabel, Counter<f64, AtomicU64>>,
+    /// `warmline_engine_prewarm_seconds_total{engine}`: the part of it spent while the phone
+    /// rang (warm sessions, claimed or not).
+    pub engine_prewarm_seconds: Family<EngineLabel, Counter<f64, AtomicU64>>,
     /// `warmline_greetings_unheard_total`: greetings generated for a warm session closed
     /// without its stream (a hang-up while it rang, the reaper, shutdown): money for nothing.
     pub greetings_unheard: Counter,
@@ -250,6 +268,8 @@ impl Metrics {
             dial_to_first_audio,
             greetings: Family::default(),
             greetings_unheard: Counter::default(),
+            engine_session_seconds: Family::default(),
+            engine_prewarm_seconds: Family::default(),
             active_calls: Gauge::default(),
             warm_sessions: Gauge::default(),
             draining: Gauge::default(),
@@ -316,6 +336,16 @@ impl Metrics {
             "greetings_unheard",
             "Greetings generated for a warm session closed without its stream",
             m.greetings_unheard.clone(),
+        );
+        registry.register(
+            "engine_session_seconds",
+            "Seconds of session timeline (audio given to the model, silence fed included), by engine",
+            m.engine_session_seconds.clone(),
+        );
+        registry.register(
+            "engine_prewarm_seconds",
+            "Seconds of session timeline spent while the phone rang, by engine",
+            m.engine_prewarm_seconds.clone(),
         );
         registry.register(
             "active_calls",
@@ -459,6 +489,9 @@ impl Metrics {
             &self.dial_to_first_audio,
             GREETINGS.iter().map(|&greeting| GreetingLabel { greeting }),
         );
+        for family in [&self.engine_session_seconds, &self.engine_prewarm_seconds] {
+            create(family, ENGINES.iter().map(|&engine| EngineLabel { engine }));
+        }
         create(
             &self.greetings,
             GREETING_SOURCES
@@ -583,6 +616,23 @@ impl Metrics {
         self.dial_to_first_audio
             .get_or_create(&label)
             .observe(seconds);
+    }
+
+    /// Adds a session's timeline to `warmline_engine_session_seconds_total{engine}`, and the
+    /// part of it spent ringing (`prewarm_ms`) to `warmline_engine_prewarm_seconds_total`.
+    pub fn add_engine_time(&self, engine: &'static str, session_ms: u64, prewarm_ms: u64) {
+        let label = EngineLabel { engine };
+        listed(&self.engine_session_seconds, &label);
+        if session_ms > 0 {
+            self.engine_session_seconds
+                .get_or_create(&label)
+                .inc_by(session_ms as f64 / 1000.0);
+        }
+        if prewarm_ms > 0 {
+            self.engine_prewarm_seconds
+                .get_or_create(&label)
+                .inc_by(prewarm_ms as f64 / 1000.0);
+        }
     }
 
     /// Counts one greeting (`source`: [`GREETING_SOURCES`]).

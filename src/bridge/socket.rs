@@ -545,6 +545,11 @@ async fn run(state: AppState, socket: WebSocket) {
                     );
                     // What is left of the old socket is closed off the call's path.
                     if let Some(mut old) = live.take() {
+                        metrics.add_engine_time(
+                            old.engine.kind().as_str(),
+                            old.engine.input_ms(),
+                            0,
+                        );
                         state.tasks.spawn(async move {
                             old.engine.handle_closed();
                             old.peer.finish(None).await;
@@ -875,6 +880,9 @@ async fn run(state: AppState, socket: WebSocket) {
     };
     let close_realtime = async {
         if let Some(l) = live.as_mut() {
+            state
+                .metrics
+                .add_engine_time(l.engine.kind().as_str(), l.engine.input_ms(), 0);
             l.engine.handle_closed();
             l.peer.finish(None).await;
         }

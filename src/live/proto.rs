@@ -35,7 +35,7 @@ use std::{
 };
 
 use super::wire::{self, AppendKind, ServerEvent};
-use crate::engine::{Command, Engine, EngineError, Event, Readiness};
+use crate::engine::{Command, Engine, EngineError, EngineKind, Event, Readiness};
 
 /// How often the loop wakes the machine to keep the model's timeline moving.
 pub const TICK: Duration = Duration::from_millis(20);
@@ -150,6 +150,8 @@ pub struct LiveSession {
     closing: bool,
     /// The Responses model tools are delegated to (a tool-set change re-sends it).
     delegation_model: Option<String>,
+    /// μ-law bytes given to the model (caller audio and silence): its timeline.
+    input_bytes: u64,
 }
 
 impl LiveSession {
@@ -185,6 +187,7 @@ impl LiveSession {
             next_tick: None,
             closing: false,
             delegation_model: None,
+            input_bytes: 0,
         }
     }
 
@@ -316,8 +319,10 @@ impl LiveSession {
             for _ in 0..feed_from {
                 self.transmit.push_back(wire::append(SILENCE_FRAME));
             }
+            self.input_bytes += 160 * u64::from(feed_from);
         } else if self.quiet_ticks > feed_from {
             self.transmit.push_back(wire::append(SILENCE_FRAME));
+            self.input_bytes += 160;
         }
     }
 
@@ -600,6 +605,7 @@ impl LiveSession {
             Command::Append(b64) => {
                 self.quiet_ticks = 0;
                 self.heard_since_tick = true;
+                self.input_bytes += b64.len() as u64 * 3 / 4;
                 self.send(wire::append(&b64));
             }
             // The model yields by itself; nothing to cancel or cut (rule 4).
@@ -711,6 +717,14 @@ impl Engine for LiveSession {
 
     fn dropped_bytes(&self) -> usize {
         LiveSession::dropped_bytes(self)
+    }
+
+    fn kind(&self) -> EngineKind {
+        EngineKind::Live
+    }
+
+    fn input_ms(&self) -> u64 {
+        self.input_bytes / 8
     }
 }
 

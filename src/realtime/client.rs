@@ -546,6 +546,10 @@ impl Task {
             close(&mut ws).await;
         }
         self.session.handle_closed();
+        // Never claimed: all of its timeline was spent while the phone rang.
+        let ms = self.session.input_ms();
+        self.metrics
+            .add_engine_time(self.session.kind().as_str(), ms, ms);
         if !matches!(*self.status.borrow(), Status::Failed(_)) {
             let _ = self.status.send(Status::Closed);
         }
@@ -567,6 +571,9 @@ impl Task {
     /// call ended during the hand-over), the session comes back and is closed here.
     async fn hand_over(self, ws: Ws, reply: oneshot::Sender<Attached>) {
         let call_sid = self.call_sid;
+        // The timeline so far was spent ringing; the call counts the whole when it ends.
+        let (kind, rung) = (self.session.kind().as_str(), self.session.input_ms());
+        self.metrics.add_engine_time(kind, 0, rung);
         match reply.send(Attached {
             ws,
             session: self.session,
@@ -576,6 +583,8 @@ impl Task {
             }
             Err(mut back) => {
                 tracing::debug!(call_sid = %call_sid, "claimer gone during the hand-over; closing the session");
+                self.metrics
+                    .add_engine_time(kind, back.session.input_ms(), 0);
                 close(&mut back.ws).await;
                 let _ = self.status.send(Status::Closed);
             }

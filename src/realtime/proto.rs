@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 
 use super::wire::{self, ServerEvent};
-use crate::engine::{Command, Engine, EngineError, Event, Readiness};
+use crate::engine::{Command, Engine, EngineError, EngineKind, Event, Readiness};
 
 /// Readiness of a warm session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +121,8 @@ pub struct Session {
     /// An `error` before `session.updated`: the configuration was refused.
     setup_error: Option<String>,
     ready_reported: bool,
+    /// μ-law bytes of caller audio appended (about: from the base64 length).
+    input_bytes: u64,
 }
 
 impl Session {
@@ -151,6 +153,7 @@ impl Session {
             creates_sent: 0,
             setup_error: None,
             ready_reported: false,
+            input_bytes: 0,
         }
     }
 
@@ -420,6 +423,7 @@ impl Session {
 
     /// `input_audio_buffer.append` (caller audio, base64 μ-law).
     fn append_audio(&mut self, b64: &str) {
+        self.input_bytes += b64.len() as u64 * 3 / 4;
         self.transmit.push_back(wire::append(b64));
     }
 
@@ -572,6 +576,14 @@ impl Engine for Session {
 
     fn dropped_bytes(&self) -> usize {
         Session::dropped_bytes(self)
+    }
+
+    fn kind(&self) -> EngineKind {
+        EngineKind::Realtime
+    }
+
+    fn input_ms(&self) -> u64 {
+        self.input_bytes / 8
     }
 }
 

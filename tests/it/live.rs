@@ -118,6 +118,19 @@ async fn a_warm_call_on_gpt_live_hears_the_buffered_greeting_first_and_the_model
     assert!(conn.of_type("conversation.item.truncate").is_empty());
     assert!(conn.of_type("response.cancel").is_empty());
     assert_eq!(conn.closed.as_deref(), Some("close_requested"));
+    // What it cost: the session's timeline (what GPT-Live bills), and the part spent ringing.
+    let session = gw.metric("warmline_engine_session_seconds_total{engine=\"live\"}");
+    let rung = gw.metric("warmline_engine_prewarm_seconds_total{engine=\"live\"}");
+    let timeline = conn.timeline_ms as f64 / 1000.0;
+    assert!(rung > 0.0 && rung < session, "{rung} of {session}");
+    assert!(
+        (session - timeline).abs() < 0.5,
+        "counted {session} s, the fake's clock ran {timeline} s"
+    );
+    assert_eq!(
+        gw.metric("warmline_engine_session_seconds_total{engine=\"realtime\"}"),
+        0.0
+    );
 }
 
 #[tokio::test]
