@@ -145,7 +145,7 @@ pub enum Event {
         payload: String,
     },
     /// Silence on an engine's continuous output track outside any utterance (base64 μ-law):
-    /// relayed in real time, or dropped while a backlog the call flushed still plays.
+    /// not sent to Twilio (it plays silence when it has nothing).
     Silence {
         /// Base64 μ-law.
         payload: String,

@@ -136,9 +136,6 @@ impl Output {
     }
 }
 
-/// The media machine's item number of an engine's idle silence (agent items count from 1).
-const SILENCE_ITEM: u64 = 0;
-
 /// The response id the call gives a greeting played from the cache (no engine response made
 /// it: a barge-in over it cancels nothing).
 const CACHED_RESPONSE: &str = "wl_cached_greeting";
@@ -283,7 +280,7 @@ pub struct Call {
     /// The engine runs barge-in itself ([`crate::engine::Engine::model_yields`]).
     model_yields: bool,
     /// Until when the backlog flushed at the attach (a buffered greeting) plays, by the clock:
-    /// the engine's idle silence is dropped meanwhile instead of queued behind it.
+    /// a caller talking over it is a barge-in even for a model that yields by itself.
     trim_until: Option<Instant>,
 }
 
@@ -711,15 +708,10 @@ impl Call {
                     payload,
                 },
             ),
-            Event::Silence { payload } => {
-                if self.flushed_backlog_plays(now) {
-                    return;
-                }
-                self.trim_until = None;
-                // Relayed in real time as part of no agent item (nothing to cut on a barge-in).
-                self.stream.send_media(now, SILENCE_ITEM, payload);
-                self.drain_stream_transmits();
-            }
+            // The engine's idle silence between utterances is not sent: Twilio plays silence
+            // when it has nothing, and a media frame would only keep its buffer busy (and, behind
+            // a flushed greeting, delay what follows).
+            Event::Silence { .. } => {}
             // While the agent ends the call its last line is not interrupted.
             Event::SpeechStarted { .. } if self.closing.is_some() => {}
             // A model that yields by itself needs no barge-in, unless the caller talks over a
@@ -1245,7 +1237,7 @@ impl Call {
         if let Some(current) = self.current.take() {
             // The item being heard is cut where the caller is; any item queued behind it (a
             // later response, already generated) was not heard at all and is cut to nothing.
-            if let Some(heard) = heard.filter(|h| h.item != SILENCE_ITEM) {
+            if let Some(heard) = heard {
                 let mut cut: Vec<(u64, String)> = self
                     .items
                     .iter()
@@ -1886,18 +1878,17 @@ mod tests {
     }
 
     #[test]
-    fn the_engines_silence_behind_a_flushed_greeting_is_dropped_until_it_has_played() {
+    fn the_engines_idle_silence_is_never_sent_to_twilio() {
         let t0 = Instant::now();
         let (mut call, out) = live_yielding(t0, 5);
-        // The model goes on producing silence as if its greeting had been heard at once.
+        // Behind the flushed greeting, and after it has played.
         call.handle_realtime(t0 + ms(100), silence_event());
-        assert!(twilio_events(&drain(&mut call)).is_empty(), "dropped");
-        // Once it has played, silence is relayed in real time again.
+        assert!(twilio_events(&drain(&mut call)).is_empty());
         echo_marks(&mut call, t0 + ms(500), &out);
         drain(&mut call);
         call.handle_realtime(t0 + ms(600), silence_event());
-        assert_eq!(twilio_events(&drain(&mut call)), ["media", "mark"]);
-        // Relayed silence is no agent audio: no first audio, no response latency.
+        assert!(twilio_events(&drain(&mut call)).is_empty());
+        // No first audio, no response latency from it.
         call.handle_realtime(t0 + ms(700), Event::SpeechStopped { audio_end_ms: 1 });
         call.handle_realtime(t0 + ms(800), silence_event());
         assert!(

@@ -16,8 +16,8 @@
 //!    The machine cuts it into utterances: one starts with the first non-silent delta and ends
 //!    after [`TURN_GAP_MS`] of silence. Each gets an id, a `ResponseCreated` and a
 //!    `ResponseDone`, and its transcript (the output transcript deltas meanwhile) as one line.
-//!    Silence outside an utterance is `Event::Silence`: the call relays it in real time, or
-//!    drops it while the greeting it flushed still plays.
+//!    Silence outside an utterance is `Event::Silence`, which the call does not send to Twilio
+//!    (a greeting it flushed is then never followed by the silence made behind it).
 //! 3. No speech events (§2.3): a caller turn starts with an input transcript delta after a gap
 //!    of [`TURN_GAP_MS`] of timeline (`SpeechStarted`), every delta moves its end
 //!    (`SpeechStopped`), and it is written as one line when the next utterance or turn starts.
