@@ -101,6 +101,9 @@ pub struct FakeConfig {
     /// Record `session.input_audio.append` events and the output track in the log (off for
     /// load tests).
     pub record_audio: bool,
+    /// Refuse every `session.start` as if this session parameter were unknown (a field the
+    /// account or model does not take): `unknown_parameter` with this `param`.
+    pub refuse_start: Option<String>,
 }
 
 impl Default for FakeConfig {
@@ -112,6 +115,7 @@ impl Default for FakeConfig {
             session_started_delay: Duration::from_millis(450),
             session_seconds: 30 * 60,
             record_audio: true,
+            refuse_start: None,
         }
     }
 }
@@ -1325,6 +1329,9 @@ impl Conn {
                 "The session has already started.",
                 None,
             ));
+        }
+        if let Some(param) = self.config.borrow().refuse_start.clone() {
+            return Err(Refusal::unknown(&param));
         }
         let (mut resource, format, delegation) = check_session(v.get("session"))?;
         let (delay, seconds) = {

@@ -652,7 +652,11 @@ impl LiveSession {
             Command::Close => {
                 self.closing = true;
                 self.end_turns();
-                self.transmit.push_back(wire::session_close());
+                // Nothing may be sent before `session.started` (a refused or unfinished start):
+                // the socket's close frame ends it.
+                if self.started {
+                    self.transmit.push_back(wire::session_close());
+                }
             }
         }
     }

@@ -320,3 +320,87 @@ async fn an_expired_gpt_live_session_is_reopened_with_the_conversation_and_the_c
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_caller_talking_over_the_model_makes_it_yield_with_no_truncate_and_turns_grouped() {
+    let (gw, live) = live_gateway("").await;
+    let placed = gw.place_call().await;
+    let report = gw
+        .stream(
+            &placed,
+            &[
+                Step::WaitForAgentQuiet(WAIT),
+                Step::Say(clips::question()),
+                // The answer starts; the caller talks over it.
+                Step::WaitForAgentAudio(WAIT),
+                Step::Silence(Duration::from_millis(1500)),
+                Step::Say(clips::interrupt()),
+                Step::WaitForAgentAudio(WAIT),
+                Step::WaitForAgentQuiet(WAIT),
+                Step::HangUp,
+            ],
+        )
+        .await;
+    let call = gw.ended_call(&placed.call_sid).await;
+    let conn = &live.connections()[0];
+    assert!(conn.errors_sent.is_empty(), "{:?}", conn.errors_sent);
+    // The model stopped by itself; warmline cut nothing (GPT-Live has no truncate or cancel,
+    // and the fake refuses unknown events: no errors above).
+    let answers: Vec<_> = conn.speech.iter().filter(|s| s.clip == "answer").collect();
+    assert!(answers.len() >= 2, "{:?}", conn.speech);
+    assert!(answers[0].cut_by_caller, "{:?}", conn.speech);
+    assert!(
+        report.clears.is_empty(),
+        "no backlog of warmline's to clear: {:?}",
+        report.clears
+    );
+    // The transcript: greeting, question, the interrupted answer (as far as it was said), the
+    // interruption, the second answer; caller lines grouped into their turns.
+    let roles: Vec<&str> = call.transcript.iter().map(|l| l.role.as_str()).collect();
+    assert_eq!(
+        roles,
+        ["agent", "caller", "agent", "caller", "agent"],
+        "{:?}",
+        call.transcript
+    );
+    let cut = &call.transcript[2].text;
+    assert!(
+        cut.starts_with("Sure.") && cut.len() < clips::answer().text.len(),
+        "{cut}"
+    );
+}
+
+#[tokio::test]
+async fn a_session_start_gpt_live_refuses_is_logged_and_the_call_falls_back() {
+    let config = LiveConfig {
+        refuse_start: Some("session.audio.output.speed".into()),
+        ..LiveConfig::instant()
+    };
+    let (gw, live) = live_gateway_with(config, "").await;
+    gw.update_client(&json!({
+        "name": "Bright Smile", "phone_numbers": [CLIENT_NUMBER],
+        "instructions": "You are the receptionist of a dental practice.",
+        "greeting": "Thanks for calling Bright Smile Dental!", "voice": "marin",
+        "engine": "live", "greeting_mode": "generated", "fallback_number": "+15557654321",
+    }))
+    .await;
+    let placed = gw.place_call().await;
+    let report = gw.stream(&placed, &[Step::WaitForClose(WAIT)]).await;
+    assert!(
+        matches!(&report.after_stream, Some(sim::twilio::Twiml::Dial { number, .. }) if number == "+15557654321"),
+        "{:?}",
+        report.after_stream
+    );
+    let call = gw.ended_call(&placed.call_sid).await;
+    let why = call.call.end_reason.unwrap_or_default();
+    assert!(
+        why.contains("unknown_parameter") && why.contains("session.audio.output.speed"),
+        "the refusal, named: {why}"
+    );
+    assert!(
+        live.connections()
+            .iter()
+            .all(|c| c.errors_sent == ["unknown_parameter"]),
+        "nothing else sent after the refusal"
+    );
+}
