@@ -780,7 +780,12 @@ impl Call {
                 if self.open_response.as_deref() == Some(response_id.as_str()) {
                     self.open_response = None;
                 }
-                self.tool_response_open = false;
+                // Only the end of a response that called tools releases their outputs (an
+                // engine may end other responses meanwhile: GPT-Live's spoken utterances).
+                if self.tools.iter().any(|t| t.response_id == response_id) || self.tools.is_empty()
+                {
+                    self.tool_response_open = false;
+                }
                 // The line asked for is done (spoken, see `relay_agent_audio`, or cut short
                 // with nothing to hear): now it only has to be heard.
                 if let Some(c) = self.closing.as_mut()

@@ -41,8 +41,9 @@ use crate::engine::{Command, Engine, EngineError, EngineKind, Event, Readiness};
 pub const TICK: Duration = Duration::from_millis(20);
 
 /// Caller audio missing for this long is made up with silence (Twilio sends a frame every
-/// 20 ms, silence included; a few late frames are jitter, not a gap).
-pub const FEED_AFTER: Duration = Duration::from_millis(60);
+/// 20 ms, silence included; late frames within this are jitter, not a gap, and are not spliced
+/// with silence).
+pub const FEED_AFTER: Duration = Duration::from_millis(200);
 
 /// One frame of μ-law silence (20 ms, 160 bytes of 0xFF), base64.
 pub const SILENCE_FRAME: &str = concat!(
@@ -303,8 +304,13 @@ impl LiveSession {
         if now < due {
             return;
         }
-        // One tick at a time, never a burst of catch-up ticks after a stall.
-        self.next_tick = Some(now.max(due) + TICK);
+        // On the 20 ms grid while on time (lateness does not add up); after a stall, from now
+        // (never a burst of catch-up ticks).
+        self.next_tick = Some(if now < due + TICK {
+            due + TICK
+        } else {
+            now + TICK
+        });
         if !self.started || self.closing {
             return;
         }
@@ -332,7 +338,8 @@ impl LiveSession {
             ServerEvent::SessionStarted { .. } => self.on_started(),
             ServerEvent::AudioDelta { delta } => self.on_audio(delta.into_owned()),
             ServerEvent::OutputTranscript { delta, .. } => {
-                // Text that lags its audio belongs to the utterance just ended, if any.
+                // Text with no utterance under way (it lagged its audio by more than the 800 ms
+                // that ended it) is dropped: its line is already written.
                 let id = match self.utterance.as_mut() {
                     Some(u) => {
                         u.text.push_str(&delta);
@@ -358,7 +365,9 @@ impl LiveSession {
                 name,
                 arguments,
             } => {
-                let response_id = response_id.or(delegation_id).unwrap_or_default();
+                // The delegation's id names the backend work in every event of it (a nested
+                // `response.output_item.done` carries no response id).
+                let response_id = delegation_id.or(response_id).unwrap_or_default();
                 self.push(Event::ResponseCreated {
                     response_id: response_id.clone(),
                     scripted: false,
@@ -375,7 +384,7 @@ impl LiveSession {
                 response_id,
                 status,
             } => self.push(Event::ResponseDone {
-                response_id: response_id.or(delegation_id).unwrap_or_default(),
+                response_id: delegation_id.or(response_id).unwrap_or_default(),
                 status,
             }),
             ServerEvent::SessionClosed { reason } => {
@@ -608,8 +617,10 @@ impl LiveSession {
                 self.input_bytes += b64.len() as u64 * 3 / 4;
                 self.send(wire::append(&b64));
             }
-            // The model yields by itself; nothing to cancel or cut (rule 4).
-            Command::Cancel | Command::Truncate { .. } => {}
+            // The model yields by itself; nothing to send (rule 4). The utterance the call
+            // cut short is over for it: what the model says next is a new one.
+            Command::Cancel => self.end_utterance(),
+            Command::Truncate { .. } => {}
             Command::Heard { text, .. } => self.send(wire::text_append(
                 AppendKind::Instructions,
                 &format!(
@@ -646,9 +657,15 @@ impl LiveSession {
                 if let Some(model) = self.delegation_model.clone() {
                     self.send(wire::delegation_update(&wire::Delegation { model, tools }));
                 }
-                self.send(wire::text_append(AppendKind::Instructions, &instructions));
+                for frame in wire::text_appends(AppendKind::Instructions, &instructions) {
+                    self.send(frame);
+                }
             }
-            Command::Seed(text) => self.send(wire::text_append(AppendKind::Instructions, &text)),
+            Command::Seed(text) => {
+                for frame in wire::text_appends(AppendKind::Instructions, &text) {
+                    self.send(frame);
+                }
+            }
             Command::Close => {
                 self.closing = true;
                 self.end_turns();
@@ -828,10 +845,12 @@ mod tests {
             assert!(tick(&mut s).is_empty());
         }
         // The caller's audio stops: after FEED_AFTER the missed frames, then one a tick.
-        assert!(tick(&mut s).is_empty());
-        assert!(tick(&mut s).is_empty());
+        let feed_from = (FEED_AFTER.as_millis() / TICK.as_millis()) as usize;
+        for _ in 1..feed_from {
+            assert!(tick(&mut s).is_empty(), "jitter is not a gap");
+        }
         let caught_up = tick(&mut s);
-        assert_eq!(caught_up.len(), 3);
+        assert_eq!(caught_up.len(), feed_from);
         assert!(caught_up.iter().all(|v| v["audio"] == SILENCE_FRAME));
         assert_eq!(tick(&mut s).len(), 1);
         let decoded = base64::engine::general_purpose::STANDARD
@@ -938,23 +957,24 @@ mod tests {
         s.claim();
         sent(&mut s);
         s.handle_text(r#"{"type":"session.delegation.created","event_id":"e","delegation":{"id":"del_1","type":"delegation","target":"responses","response_id":"resp_1"},"offset_ms":1000}"#).unwrap();
-        s.handle_text(r#"{"type":"response.event","event_id":"e","delegation_id":"del_1","event":{"type":"response.output_item.done","response_id":"resp_1","output_index":0,"item":{"type":"function_call","id":"fc_1","status":"completed","call_id":"call_1","name":"business_hours","arguments":"{}"}}}"#).unwrap();
+        // The nested item event carries no response id (the delegation's id names the work).
+        s.handle_text(r#"{"type":"response.event","event_id":"e","delegation_id":"del_1","event":{"type":"response.output_item.done","output_index":0,"item":{"type":"function_call","id":"fc_1","status":"completed","call_id":"call_1","name":"business_hours","arguments":"{}"}}}"#).unwrap();
         s.handle_text(r#"{"type":"response.event","event_id":"e","delegation_id":"del_1","event":{"type":"response.completed","response":{"id":"resp_1","output":[]}}}"#).unwrap();
         assert_eq!(
             events(&mut s),
             [
                 Event::ResponseCreated {
-                    response_id: "resp_1".into(),
+                    response_id: "del_1".into(),
                     scripted: false
                 },
                 Event::FunctionCall {
-                    response_id: "resp_1".into(),
+                    response_id: "del_1".into(),
                     call_id: "call_1".into(),
                     name: "business_hours".into(),
                     arguments: "{}".into()
                 },
                 Event::ResponseDone {
-                    response_id: "resp_1".into(),
+                    response_id: "del_1".into(),
                     status: "completed".into()
                 },
             ]
@@ -1014,6 +1034,27 @@ mod tests {
                 .iter()
                 .any(|e| matches!(e, Event::Error { .. }))
         );
+    }
+
+    #[test]
+    fn a_cancel_ends_the_utterance_so_what_the_model_says_next_is_a_new_one() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        s.handle_text(started()).unwrap();
+        s.claim();
+        s.handle_text(&delta(true)).unwrap();
+        events(&mut s);
+        // The caller cut it short (the call drops the rest of live_utt_1).
+        s.handle_command(Command::Cancel);
+        assert!(events(&mut s).contains(&Event::ResponseDone {
+            response_id: "live_utt_1".into(),
+            status: "completed".into()
+        }));
+        s.handle_text(&delta(true)).unwrap();
+        assert!(matches!(
+            s.poll_event(),
+            Some(Event::ResponseCreated { response_id, .. }) if response_id == "live_utt_2"
+        ));
     }
 
     #[test]

@@ -116,6 +116,30 @@ pub fn text_append(kind: AppendKind, content: &str) -> String {
     json!({"type": kind, "content": content, "delegation_id": null}).to_string()
 }
 
+/// `text` as as many appends of `kind` as it takes, each within [`APPEND_MAX_CHARS`], cut at
+/// line breaks where it can (a long seed or prompt is given whole, in order, not cut short).
+pub fn text_appends(kind: AppendKind, text: &str) -> Vec<String> {
+    let mut frames = Vec::new();
+    let mut chunk = String::new();
+    for line in text.split_inclusive('\n') {
+        for piece in line
+            .chars()
+            .collect::<Vec<_>>()
+            .chunks(APPEND_MAX_CHARS)
+            .map(|c| c.iter().collect::<String>())
+        {
+            if chunk.chars().count() + piece.chars().count() > APPEND_MAX_CHARS {
+                frames.push(text_append(kind, &std::mem::take(&mut chunk)));
+            }
+            chunk.push_str(&piece);
+        }
+    }
+    if !chunk.trim().is_empty() {
+        frames.push(text_append(kind, &chunk));
+    }
+    frames
+}
+
 /// `response.item.create` with a function call's output (Responses delegation, §4).
 pub fn function_output(call_id: &str, output: &str) -> String {
     json!({"type": "response.item.create",
@@ -419,6 +443,28 @@ mod tests {
             v["session"]["delegation"]["responses"]["tools"][0]["name"],
             "end_call"
         );
+    }
+
+    #[test]
+    fn a_long_text_is_split_over_appends_in_order_at_line_breaks() {
+        let lines: Vec<String> = (0..200)
+            .map(|i| format!("caller: line {i:03} of the talk"))
+            .collect();
+        let text = lines.join("\n");
+        let frames = text_appends(AppendKind::Instructions, &text);
+        assert!(frames.len() > 1);
+        let mut back = String::new();
+        for f in &frames {
+            let v: Value = serde_json::from_str(f).unwrap();
+            let c = v["content"].as_str().unwrap();
+            assert!(c.chars().count() <= APPEND_MAX_CHARS);
+            back.push_str(c);
+        }
+        assert_eq!(back, text, "whole, in order");
+        // A single line longer than an append is cut, not lost.
+        let long = "x".repeat(APPEND_MAX_CHARS * 2 + 5);
+        let frames = text_appends(AppendKind::Thinking, &long);
+        assert_eq!(frames.len(), 3);
     }
 
     #[test]
