@@ -137,6 +137,25 @@ impl Vad {
     }
 }
 
+/// Waits until `done()` holds, checking again each time `changed` is notified; false if it
+/// still does not after `limit`. (The test hooks of both fakes: `wait_open`, `wait_event`.)
+pub(crate) async fn wait_until(
+    changed: &tokio::sync::Notify,
+    limit: std::time::Duration,
+    done: impl Fn() -> bool,
+) -> bool {
+    let until = tokio::time::Instant::now() + limit;
+    loop {
+        let notified = changed.notified();
+        if done() {
+            return true;
+        }
+        if tokio::time::timeout_at(until, notified).await.is_err() {
+            return done();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

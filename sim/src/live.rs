@@ -282,36 +282,21 @@ impl FakeLive {
 
     /// Waits until exactly `n` connections are open; false after `limit`.
     pub async fn wait_open(&self, n: usize, limit: Duration) -> bool {
-        let until = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.shared.changed.notified();
-            if self.open_connections() == n {
-                return true;
-            }
-            if tokio::time::timeout_at(until, notified).await.is_err() {
-                return self.open_connections() == n;
-            }
-        }
+        crate::common::wait_until(&self.shared.changed, limit, || self.open_connections() == n)
+            .await
     }
 
     /// Waits until the connections together have received `count` client events of `kind`;
     /// false after `limit`.
     pub async fn wait_event(&self, kind: &str, count: usize, limit: Duration) -> bool {
-        let until = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.shared.changed.notified();
-            let n: usize = self
-                .connections()
+        crate::common::wait_until(&self.shared.changed, limit, || {
+            self.connections()
                 .iter()
                 .map(|c| c.of_type(kind).len())
-                .sum();
-            if n >= count {
-                return true;
-            }
-            if tokio::time::timeout_at(until, notified).await.is_err() {
-                return false;
-            }
-        }
+                .sum::<usize>()
+                >= count
+        })
+        .await
     }
 
     /// Everything each connection saw, in connection order.
