@@ -281,7 +281,7 @@ pub struct Call {
     model_yields: bool,
     /// Until when the backlog flushed at the attach (a buffered greeting) plays, by the clock:
     /// a caller talking over it is a barge-in even for a model that yields by itself.
-    trim_until: Option<Instant>,
+    flushed_until: Option<Instant>,
 }
 
 /// Most characters of transcript a re-opened session is seeded with (the newest lines).
@@ -387,7 +387,7 @@ impl Call {
             said: None,
             end_after_greeting: None,
             model_yields: false,
-            trim_until: None,
+            flushed_until: None,
         }
     }
 
@@ -400,7 +400,7 @@ impl Call {
 
     /// Whether the backlog flushed at the attach is still playing.
     fn flushed_backlog_plays(&self, now: Instant) -> bool {
-        self.trim_until.is_some_and(|t| now < t) && self.stream.is_playing(now)
+        self.flushed_until.is_some_and(|t| now < t) && self.stream.is_playing(now)
     }
 
     /// Keep this call's greeting (the first response relayed) if it is generated whole: it is
@@ -573,7 +573,7 @@ impl Call {
         }
         // What was just flushed plays for a while; the model, which took it as heard at once,
         // goes on producing silence behind it: that silence is dropped until it has played.
-        self.trim_until = (self.model_yields && self.stream.is_playing(now))
+        self.flushed_until = (self.model_yields && self.stream.is_playing(now))
             .then(|| now + Duration::from_millis(self.stream.unplayed_ms(now)));
         self.held_bytes = 0;
         for command in std::mem::take(&mut self.held) {
@@ -1165,8 +1165,9 @@ impl Call {
         if self.cancelled.contains(&chunk.response_id) {
             return;
         }
-        if chunk.response_id != CACHED_RESPONSE
-            && let Some(c) = self.capture.as_mut()
+        // Only a call filling the cache looks (the rest of the calls pay nothing per chunk).
+        if let Some(c) = self.capture.as_mut()
+            && chunk.response_id != CACHED_RESPONSE
         {
             let captured = c.audio(&chunk.response_id, &chunk.item_id, &chunk.payload);
             self.on_captured(captured);

@@ -411,11 +411,6 @@ impl Session {
         }
     }
 
-    /// Whether frames wait for the socket.
-    pub fn has_transmit(&self) -> bool {
-        !self.transmit.is_empty()
-    }
-
     /// Next frame for the socket.
     pub fn poll_transmit(&mut self) -> Option<String> {
         self.transmit.pop_front()
