@@ -135,6 +135,11 @@ impl Vad {
     pub(crate) fn in_speech(&self) -> bool {
         self.in_speech
     }
+
+    /// Whether the last frame was speech.
+    pub(crate) fn last_was_speech(&self) -> bool {
+        self.silence_run == 0 && self.speech_run > 0
+    }
 }
 
 /// Waits until `done()` holds, checking again each time `changed` is notified; false if it

@@ -31,7 +31,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD};
@@ -104,6 +104,10 @@ pub struct FakeConfig {
     /// Refuse every `session.start` as if this session parameter were unknown (a field the
     /// account or model does not take): `unknown_parameter` with this `param`.
     pub refuse_start: Option<String>,
+    /// Relay-delay stamps (load generator): caller audio appended is timed, and each output
+    /// delta that carries speech is tagged and timed (silence is not: the gateway does not relay
+    /// it, and a tag would make it speech).
+    pub stamps: Option<Arc<crate::stamp::Stamps>>,
 }
 
 impl Default for FakeConfig {
@@ -116,6 +120,7 @@ impl Default for FakeConfig {
             session_seconds: 30 * 60,
             record_audio: true,
             refuse_start: None,
+            stamps: None,
         }
     }
 }
@@ -997,6 +1002,10 @@ struct Conn {
     carry: Vec<u8>,
     decoded: Vec<u8>,
     vad: Vad,
+    /// Timeline ms at the end of the last speech frame heard.
+    heard_until: u64,
+    /// The caller's current turn is transcribed up to this timeline ms.
+    transcribed_to: u64,
     muted: bool,
     pending: Vec<Pending>,
     /// Instruction commentaries placed so far (the first is the greeting).
@@ -1011,12 +1020,23 @@ struct Conn {
     fixture_playing: bool,
     /// Responses streaming events' `sequence_number`.
     sequence: u64,
+    /// The load generator's stamps (read when the connection opens).
+    stamps: Option<Arc<crate::stamp::Stamps>>,
+    /// When `session.started` was sent: caller audio sent before then was held by the gateway.
+    started_at: Option<Instant>,
+    /// Caller audio (anything but silence) was appended: the gateway relays this session, so
+    /// speech sent from now on is timed (earlier speech is the greeting, buffered while the
+    /// phone rang).
+    relaying: bool,
 }
 
 impl Conn {
     fn new(index: usize, config: watch::Receiver<FakeConfig>, shared: Arc<Shared>) -> Self {
         let (out, out_rx) = mpsc::channel(1024);
-        let record_audio = config.borrow().record_audio;
+        let (record_audio, stamps) = {
+            let c = config.borrow();
+            (c.record_audio, c.stamps.clone())
+        };
         Self {
             index,
             config,
@@ -1031,6 +1051,8 @@ impl Conn {
             carry: Vec::new(),
             decoded: Vec::new(),
             vad: Vad::default(),
+            heard_until: 0,
+            transcribed_to: 0,
             muted: false,
             pending: Vec::new(),
             commentaries: 0,
@@ -1041,6 +1063,9 @@ impl Conn {
             fixture: None,
             fixture_playing: false,
             sequence: 0,
+            stamps,
+            started_at: None,
+            relaying: false,
         }
     }
 
@@ -1340,6 +1365,7 @@ impl Conn {
         self.log(|c| c.session = Some(resource.clone()));
         self.ack("session.started", json!({"session": resource}))
             .await;
+        self.started_at = Some(Instant::now());
         Ok(())
     }
 
@@ -1616,6 +1642,14 @@ impl Conn {
             return;
         }
         let format = self.session.as_ref().expect("started").format;
+        if let Some(st) = &self.stamps {
+            let now = Instant::now();
+            if !self.relaying && bytes.iter().any(|&b| b != format.silence()) {
+                self.relaying = true;
+            }
+            st.inbound
+                .received_since(b64, now, Some(self.started_at.unwrap_or(now)));
+        }
         let mut carry = std::mem::take(&mut self.carry);
         if self.muted || self.fixture_playing {
             // Muted input is silence to the model (§2.1).
@@ -1647,8 +1681,11 @@ impl Conn {
             // Other formats are not listened to.
             self.vad.frame(&[audio::SILENCE; audio::FRAME_BYTES])
         };
+        if self.vad.last_was_speech() {
+            self.heard_until = now;
+        }
         match turn {
-            Some(Turn::Started { .. }) => self.caller_started(now),
+            Some(Turn::Started { at_ms }) => self.caller_started(now, at_ms).await,
             Some(Turn::Ended { start_ms, end_ms }) => self.caller_ended(start_ms, end_ms).await,
             None => {}
         }
@@ -1657,9 +1694,20 @@ impl Conn {
         }
     }
 
-    /// The caller started talking: a model speaking yields (its speech stops now) and drops
-    /// what it meant to say next. What it has to say while silent waits for the turn's end.
-    fn caller_started(&mut self, now: u64) {
+    /// The caller started talking (at `start_ms`; the VAD is sure at `now`): the transcript's
+    /// first fragment comes now, in the window the speech started in (transcription streams
+    /// while the caller talks, §2.3: a client learns of a turn from it); a model speaking
+    /// yields (its speech stops now) and drops what it meant to say next. What it has to say
+    /// while silent waits for the turn's end.
+    async fn caller_started(&mut self, now: u64, start_ms: u64) {
+        let window = floor_to(start_ms, TRANSCRIPT_MS);
+        self.event(
+            "session.input_transcript.delta",
+            None,
+            json!({"delta": FIRST_HEARD, "start_ms": window, "end_ms": window + TRANSCRIPT_MS}),
+        )
+        .await;
+        self.transcribed_to = window + TRANSCRIPT_MS;
         if let Some(seg) = &mut self.current
             && seg.name != "fixture"
             && seg.end() > now
@@ -1681,28 +1729,15 @@ impl Conn {
     async fn caller_ended(&mut self, start_ms: u64, end_ms: u64) {
         self.log(|c| c.caller_turns.push(CallerTurn { start_ms, end_ms }));
         let spoke = (end_ms - start_ms) as f64 / 1000.0;
-        let text = format!("(caller spoke for {spoke:.1} s)");
-        // Spread over the turn's 200 ms windows, word by word.
-        let first = floor_to(start_ms, TRANSCRIPT_MS);
-        let windows = (end_ms.div_ceil(TRANSCRIPT_MS) * TRANSCRIPT_MS - first) / TRANSCRIPT_MS;
-        let windows = windows.max(1);
-        let words = split_words(&text);
-        let mut groups: Vec<(u64, String)> = Vec::new();
-        for (i, w) in words.iter().enumerate() {
-            let at = first + TRANSCRIPT_MS * (i as u64 * windows / words.len() as u64);
-            match groups.last_mut() {
-                Some((t, g)) if *t == at => g.push_str(w),
-                _ => groups.push((at, w.clone())),
-            }
-        }
-        for (at, delta) in groups {
-            self.event(
-                "session.input_transcript.delta",
-                None,
-                json!({"delta": delta, "start_ms": at, "end_ms": at + TRANSCRIPT_MS}),
-            )
-            .await;
-        }
+        // The rest of the turn's transcript, in the window its speech ended in.
+        let last = floor_to(end_ms.saturating_sub(1), TRANSCRIPT_MS)
+            .max(floor_to(start_ms, TRANSCRIPT_MS));
+        self.event(
+            "session.input_transcript.delta",
+            None,
+            json!({"delta": format!(" spoke for {spoke:.1} s)"), "start_ms": last, "end_ms": last + TRANSCRIPT_MS}),
+        )
+        .await;
         if self.delegation() == DelegationKind::Responses
             && self.held.is_none()
             && let Some(calls) = self.take_script()
@@ -1846,7 +1881,20 @@ impl Conn {
                 block[at..at + src.len()].copy_from_slice(&clip[src]);
             }
         }
-        let payload = STANDARD.encode(&block);
+        let speech = block.iter().any(|&b| b != format.silence());
+        let payload = match &self.stamps {
+            Some(st) if speech => {
+                st.tag(&mut block);
+                let p = STANDARD.encode(&block);
+                if self.relaying {
+                    st.outbound.sent(&p, Instant::now());
+                } else {
+                    st.outbound.held(&p);
+                }
+                p
+            }
+            _ => STANDARD.encode(&block),
+        };
         let delta = format!(
             r#"{{"type":"session.output_audio.delta","event_id":"{}","delta":"{payload}"}}"#,
             self.id("event")
@@ -1885,6 +1933,21 @@ impl Conn {
                 )
                 .await;
             }
+        }
+        // 2b. The caller's transcript streams while the caller talks: a fragment for each window
+        //     with speech in it.
+        if t.is_multiple_of(TRANSCRIPT_MS)
+            && self.vad.in_speech()
+            && self.heard_until > t - TRANSCRIPT_MS
+            && t - TRANSCRIPT_MS >= self.transcribed_to
+        {
+            self.event(
+                "session.input_transcript.delta",
+                None,
+                json!({"delta": HEARING, "start_ms": t - TRANSCRIPT_MS, "end_ms": t}),
+            )
+            .await;
+            self.transcribed_to = t;
         }
         // 3. Appends are placed now, reported as the 200 ms window they fall in (the recorded
         //    acks span 200 ms windows, docs/gpt-live-reference.md §8).
@@ -2032,6 +2095,13 @@ impl Conn {
 }
 
 /// Words with their leading space ("Thanks", " for", …): joined, they give the text back.
+/// The caller's transcript: this fragment as the turn starts, [`HEARING`] for each 200 ms
+/// window with speech after it, and ` spoke for 3.3 s)` at its end (the fake does not know the
+/// words, only that someone talks and for how long): `(caller……… spoke for 3.3 s)`.
+const FIRST_HEARD: &str = "(caller";
+/// See [`FIRST_HEARD`].
+const HEARING: &str = "…";
+
 fn split_words(text: &str) -> Vec<String> {
     text.split(' ')
         .enumerate()
@@ -2506,7 +2576,10 @@ mod tests {
         let heard = of(&got, "session.input_transcript.delta");
         assert!(!heard.is_empty());
         let text: String = heard.iter().map(|t| t["delta"].as_str().unwrap()).collect();
-        assert!(text.starts_with("(caller spoke for"), "{text}");
+        assert!(
+            text.starts_with("(caller…") && text.contains("… spoke for ") && text.ends_with(" s)"),
+            "{text}"
+        );
         for t in heard {
             let (s, e) = (
                 t["start_ms"].as_u64().unwrap(),

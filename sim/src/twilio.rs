@@ -260,7 +260,8 @@ pub enum Step {
     Say(Clip),
     /// Wait (sending silence) until agent audio is playing or arrives, at most this long.
     WaitForAgentAudio(Duration),
-    /// Wait (sending silence) until no agent audio is buffered any more, at most this long.
+    /// Wait (sending silence) until no agent audio has played for [`QUIET_HOLD`], at most this
+    /// long.
     WaitForAgentQuiet(Duration),
     /// Press a key.
     Dtmf(char),
@@ -279,6 +280,11 @@ pub enum Step {
     /// Twilio's side stuck), still reading.
     Pause(Duration),
 }
+
+/// How long the agent must have been silent for [`Step::WaitForAgentQuiet`]: an engine that
+/// sends its audio in real time (GPT-Live, 100 ms a delta) empties the playback buffer between
+/// two deltas of one sentence, which is not the agent being done.
+pub const QUIET_HOLD: Duration = Duration::from_millis(300);
 
 /// One `clear` seen.
 #[derive(Debug, Clone, Serialize)]
@@ -302,6 +308,11 @@ pub struct CallReport {
     pub first_media_after_start: Option<Duration>,
     /// Agent media messages received.
     pub media_messages: usize,
+    /// For each [`Step::Say`], in order: from the end of the caller's clip to the first agent
+    /// media after it (`None`: none came before the next `Say` or the end of the call). The
+    /// agent's answer delay as the caller hears it.
+    #[serde(skip)]
+    pub answer_delays: Vec<Option<Duration>>,
     /// Agent audio received, ms.
     pub received_ms: u64,
     /// Agent audio played (heard), ms.
@@ -672,6 +683,8 @@ impl TwilioSim {
         tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
         let mut entered = false;
         let mut last_media_at: Option<Instant> = None;
+        // The `Say` whose answer is awaited: (its index in `answer_delays`, when it ended).
+        let mut awaiting_answer: Option<(usize, Instant)> = None;
         let mut reading = true;
         loop {
             let mark_due = playback.next_due();
@@ -708,14 +721,21 @@ impl TwilioSim {
                         let waited = now.duration_since(step_started);
                         let done = match &step {
                             Step::Silence(d) | Step::Pause(d) => waited >= *d,
-                            Step::Say(_) => talk.is_empty(),
+                            Step::Say(_) if talk.is_empty() => {
+                                awaiting_answer = Some((report.answer_delays.len(), now));
+                                report.answer_delays.push(None);
+                                true
+                            }
+                            Step::Say(_) => false,
                             Step::WaitForAgentAudio(limit) => {
                                 last_media_at.is_some_and(|t| t >= step_started)
                                     || playback.is_playing(now)
                                     || waited >= *limit
                             }
                             Step::WaitForAgentQuiet(limit) => {
-                                (report.first_media_at.is_some() && !playback.is_playing(now)) || waited >= *limit
+                                (report.first_media_at.is_some()
+                                    && playback.end.is_none_or(|e| now >= e + QUIET_HOLD))
+                                    || waited >= *limit
                             }
                             Step::Dtmf(_) | Step::SendRaw(_) => true,
                             Step::HangUp | Step::Drop => {
@@ -837,6 +857,9 @@ impl TwilioSim {
                                             }
                                             report.media_messages += 1;
                                             last_media_at = Some(now);
+                                            if let Some((i, said)) = awaiting_answer.take() {
+                                                report.answer_delays[i] = Some(now.duration_since(said));
+                                            }
                                             report.received_ms += (decoded.len() / audio::BYTES_PER_MS) as u64;
                                             playback.push_audio(now, &decoded);
                                         }
