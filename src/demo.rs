@@ -16,7 +16,7 @@ use std::{
 use anyhow::Context;
 use sim::{
     audio::{self, clips},
-    realtime::{FakeConfig, FakeRealtime, Scripted},
+    realtime::Scripted,
     twilio::{CallReport, CallSpec, Step, StreamOptions, TwilioSim, Twiml},
 };
 
@@ -24,7 +24,9 @@ use crate::{
     app::{self, AppState},
     config::{PrewarmPolicy, Settings},
     domain::{E164, Voice},
+    engine::EngineKind,
     hours::BusinessHours,
+    loadgen::Fake,
     store::{self, calls, clients},
 };
 
@@ -33,6 +35,8 @@ use crate::{
 pub struct DemoOptions {
     /// Where the WAV files go.
     pub out_dir: PathBuf,
+    /// The voice engine of the demo's business (its fake server is the one started).
+    pub engine: EngineKind,
 }
 
 struct Row {
@@ -55,15 +59,16 @@ struct Row {
 /// Runs the demo and prints a table.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let dir = tempfile_dir()?;
-    let fake = FakeRealtime::start(FakeConfig::default()).await?;
+    let fake = Fake::start(opts.engine, None).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let auth_token = format!("demo-{:x}", rand::random::<u64>());
     let toml = format!(
         "public_url = \"http://{addr}\"\n[database]\nurl = \"sqlite://{}/demo.db?mode=rwc\"\n\
-         [twilio]\nauth_token = \"{auth_token}\"\n[openai]\napi_key = \"sk-demo\"\nrealtime_url = \"{}\"\n\
+         [twilio]\nauth_token = \"{auth_token}\"\n[openai]\napi_key = \"sk-demo\"\nrealtime_url = \"{}\"\nlive_url = \"{}\"\n\
          [log]\nlevel = \"warn\"\n[post_call]\nenabled = false\n",
         dir.display(),
+        fake.url(),
         fake.url()
     );
     let settings = Settings::from_toml(&toml).context("demo settings")?;
@@ -96,7 +101,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         agents: Default::default(),
         results_schema: None,
         greeting_mode: crate::greeting::GreetingMode::Auto,
-        engine: crate::engine::EngineKind::Realtime,
+        engine: opts.engine,
         model: None,
     };
     let warm_client = clients::create_client(&db, &input).await?.id();
@@ -111,8 +116,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let server = tokio::spawn(app::serve(listener, state));
     let twilio = TwilioSim::new(&format!("http://{addr}"), &auth_token);
     let metrics_url = format!("http://{addr}/metrics");
+    let latencies = match opts.engine {
+        EngineKind::Realtime => "fake Realtime (connect 300 ms, ready 100 ms, first audio 500 ms)",
+        EngineKind::Live => {
+            "fake GPT-Live (connect 300 ms, session.started 450 ms, audio in real time, 100 ms a delta)"
+        }
+    };
     println!(
-        "warmline demo: gateway on http://{addr}, fake Realtime on {} (connect 300 ms, ready 100 ms, first audio 500 ms)\n",
+        "warmline demo: gateway on http://{addr}, {latencies} on {}\n",
         fake.url()
     );
 
@@ -185,6 +196,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             Some(hang_up),
         ),
     ];
+    // GPT-Live has no truncate: the model yields by itself.
+    let realtime = match &fake {
+        Fake::Realtime(f) => Some(f),
+        Fake::Live(_) => None,
+    };
     let mut rows = Vec::new();
     for (label, from, to, script, scripted) in plan {
         let mut script = script.to_vec();
@@ -223,8 +239,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
                 r.join("+")
             }
         };
-        let truncate_ms = fake
-            .connections()
+        let truncate_ms = realtime
+            .map(|f| f.connections())
+            .unwrap_or_default()
             .iter()
             .flat_map(|c| {
                 c.of_type("conversation.item.truncate")

@@ -240,6 +240,10 @@ pub trait Engine: Send + std::fmt::Debug {
     fn handle_open(&mut self, now: std::time::Instant);
     /// Whether the greeting was asked of the model (generated, billed whether heard or not).
     fn greeted(&self) -> bool;
+    /// [`Engine::greeted`], reported once: true the first time it is asked after the greeting
+    /// was asked of the model (`warmline_greetings_total{source="generated"}` counts it then,
+    /// whichever task holds the session: the warm task, or the call after a claim).
+    fn take_greeted(&mut self) -> bool;
     /// Why the session's configuration was refused, once (the session is then unusable).
     fn poll_setup_error(&mut self) -> Option<String>;
     /// How far the session is.

@@ -24,6 +24,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of the load generator's options costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Apply pending migrations, then serve the gateway until SIGINT/SIGTERM.
@@ -48,6 +50,9 @@ enum Command {
         /// Directory for the WAV files.
         #[arg(long, default_value = "demo-out")]
         out: PathBuf,
+        /// The voice engine of the demo's business: realtime or live (GPT-Live).
+        #[arg(long, default_value = "realtime")]
+        engine: warmline::engine::EngineKind,
     },
     /// Benchmark: N concurrent simulated calls against a gateway child process, reporting time
     /// to first audio, relay delay, frames lost, CPU and memory per call, webhook deadline.
@@ -92,6 +97,20 @@ enum Command {
         /// nobody.
         #[arg(long, default_value_t = 20, value_name = "N", conflicts_with = "chaos")]
         abandon_calls: usize,
+        /// The voice engine of every client of the run, realtime or live (GPT-Live); the
+        /// matching fake server is started.
+        #[arg(long, default_value = "realtime", conflicts_with = "chaos")]
+        engine: warmline::engine::EngineKind,
+        /// When the caller asks its question, seconds after the greeting was first heard, a
+        /// comma list (60,600 with --duration 610: the answer delay at minute 1 and minute 10);
+        /// the answer delay is reported per question. Default: one question at half the call.
+        #[arg(
+            long,
+            value_name = "SECS[,SECS…]",
+            value_delimiter = ',',
+            conflicts_with = "chaos"
+        )]
+        questions_at: Vec<u64>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -219,8 +238,12 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
 #[cfg(feature = "sim")]
 async fn tools(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Demo { out } => {
-            warmline::demo::run(warmline::demo::DemoOptions { out_dir: out }).await
+        Command::Demo { out, engine } => {
+            warmline::demo::run(warmline::demo::DemoOptions {
+                out_dir: out,
+                engine,
+            })
+            .await
         }
         Command::Loadgen {
             calls,
@@ -232,6 +255,8 @@ async fn tools(command: Command) -> anyhow::Result<()> {
             ring_min_ms,
             greeting_mode,
             abandon_calls,
+            engine,
+            questions_at,
             json,
             gateway_cpus,
             loadgen_cpus,
@@ -278,6 +303,8 @@ async fn tools(command: Command) -> anyhow::Result<()> {
                 ring_min_ms,
                 greeting_modes: greeting_mode,
                 abandon_calls,
+                engine,
+                questions_at: questions_at.into_iter().map(secs).collect(),
                 json,
                 gateway_bin: None,
                 gateway_cpus,

@@ -717,6 +717,11 @@ async fn run(state: AppState, socket: WebSocket) {
                         if let Err(e) = l.engine.handle_text(text.as_str()) {
                             tracing::debug!(call_sid = sid(&call), error = %e, "ignoring unparsable realtime frame");
                         }
+                        // A GPT-Live session opened by the call asks for its greeting once
+                        // started (one that was warm has been counted already).
+                        if l.engine.take_greeted() {
+                            state.metrics.inc_greeting("generated");
+                        }
                         // One frame is one event at most (docs/architecture.md).
                         while let Some(event) = l.engine.poll_event() {
                             call.handle_realtime(now, event);

@@ -121,6 +121,8 @@ pub struct LiveSession {
     greeting: Greeting,
     expects_audio: bool,
     greeted: bool,
+    /// [`Engine::take_greeted`] reported it.
+    greeted_reported: bool,
     started: bool,
     audio_seen: bool,
     ready_reported: bool,
@@ -166,6 +168,7 @@ impl LiveSession {
             expects_audio: matches!(greeting, Greeting::Generate(_)),
             greeting,
             greeted: false,
+            greeted_reported: false,
             started: false,
             audio_seen: false,
             ready_reported: false,
@@ -722,6 +725,12 @@ impl Engine for LiveSession {
 
     fn greeted(&self) -> bool {
         LiveSession::greeted(self)
+    }
+
+    fn take_greeted(&mut self) -> bool {
+        let new = self.greeted && !self.greeted_reported;
+        self.greeted_reported |= new;
+        new
     }
 
     fn poll_setup_error(&mut self) -> Option<String> {

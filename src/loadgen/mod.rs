@@ -40,12 +40,13 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use sim::{
     audio::clips,
+    live::{self, FakeLive},
     realtime::{FakeConfig, FakeRealtime, Mode},
     stamp::{Stamps, percentile},
     twilio::{CallSpec, Step, StreamOptions, TwilioSim, Twiml},
 };
 
-use crate::greeting::GreetingMode;
+use crate::{engine::EngineKind, greeting::GreetingMode};
 
 /// The relay target a step must meet to count below the knee: p99 in both directions.
 pub const RELAY_P99_TARGET_MS: f64 = 1.0;
@@ -73,6 +74,11 @@ pub struct LoadOptions {
     /// Calls per greeting mode placed after the load and canceled once the webhook answered
     /// (never streamed): the greetings generated for nobody.
     pub abandon_calls: usize,
+    /// The voice engine every client of the run uses (its fake server is the one started).
+    pub engine: EngineKind,
+    /// When the caller asks its question, each a time after the greeting was first heard; the
+    /// agent's answer delay is reported per question. Empty: one question, at half the call.
+    pub questions_at: Vec<Duration>,
     /// Print JSON instead of a table.
     pub json: bool,
     /// The gateway binary (default: this executable).
@@ -99,6 +105,8 @@ impl Default for LoadOptions {
             ring_min_ms: 0,
             greeting_modes: GreetingModes::default(),
             abandon_calls: 20,
+            engine: EngineKind::Realtime,
+            questions_at: Vec::new(),
             json: false,
             gateway_bin: None,
             gateway_cpus: None,
@@ -746,9 +754,23 @@ pub struct ModeReport {
     pub abandon: AbandonReport,
 }
 
+/// The agent's answers to one of the caller's questions, over the calls.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct AnswerReport {
+    /// When the question was asked: seconds after the greeting was first heard.
+    pub asked_at_secs: f64,
+    /// Calls that asked it.
+    pub asked: usize,
+    /// From the end of the question to the first agent audio after it, over the calls that
+    /// heard an answer (`n`); the rest heard none.
+    pub delay: Percentiles,
+}
+
 /// What a run measured.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct LoadReport {
+    /// The voice engine (`realtime` or `live`).
+    pub engine: String,
     /// Concurrent calls asked for.
     pub calls: usize,
     /// Calls whose stream ran.
@@ -835,6 +857,13 @@ pub struct LoadReport {
     pub gateway_dial_cached: CountMean,
     /// `warmline_dial_to_first_audio_seconds{greeting="generated"}` during the load.
     pub gateway_dial_generated: CountMean,
+    /// The agent's answer delay, per question of the script.
+    pub answers: Vec<AnswerReport>,
+    /// `warmline_engine_session_seconds_total` during the load: seconds of session timeline,
+    /// caller audio and the silence the gateway fed (GPT-Live bills these).
+    pub engine_session_secs: f64,
+    /// `warmline_engine_prewarm_seconds_total` during the load: the part spent ringing.
+    pub engine_prewarm_secs: f64,
 }
 
 /// A stepped run: one load per step, and the knee.
@@ -1033,6 +1062,7 @@ async fn create_client(
     number: &str,
     policy: &str,
     greeting_mode: GreetingMode,
+    engine: EngineKind,
 ) -> anyhow::Result<()> {
     create_client_with(
         base,
@@ -1040,7 +1070,7 @@ async fn create_client(
             "name": format!("Load {number}"), "phone_numbers": [number],
             "instructions": "You are a receptionist.", "greeting": "Thanks for calling!",
             "voice": "marin", "prewarm_policy": policy,
-            "greeting_mode": greeting_mode.as_str()}),
+            "greeting_mode": greeting_mode.as_str(), "engine": engine.as_str()}),
     )
     .await
 }
@@ -1164,6 +1194,8 @@ struct Collected {
     modes: Vec<ModeCollected>,
     /// Seconds of streaming (`start` sent → stream over), summed over the calls.
     stream_secs: f64,
+    /// By question of the script: the answer delays heard, µs.
+    answers_us: Vec<Vec<u32>>,
 }
 
 /// The two clients of one greeting mode.
@@ -1399,25 +1431,154 @@ async fn abandon_phase(
     })
 }
 
+/// The fake voice engine of a run (the load generator's, the demo's): the one its clients use.
+pub(crate) enum Fake {
+    Realtime(FakeRealtime),
+    Live(FakeLive),
+}
+
+impl Fake {
+    /// Started with the real API's latencies; under load (`stamps`) timed by them and keeping
+    /// no audio.
+    pub(crate) async fn start(
+        engine: EngineKind,
+        stamps: Option<&Arc<Stamps>>,
+    ) -> anyhow::Result<Self> {
+        let record_audio = stamps.is_none();
+        let stamps = stamps.cloned();
+        Ok(match engine {
+            EngineKind::Realtime => Self::Realtime(
+                FakeRealtime::start(FakeConfig {
+                    record_audio,
+                    stamps,
+                    ..FakeConfig::default()
+                })
+                .await?,
+            ),
+            EngineKind::Live => Self::Live(
+                FakeLive::start(live::FakeConfig {
+                    record_audio,
+                    stamps,
+                    ..live::FakeConfig::default()
+                })
+                .await?,
+            ),
+        })
+    }
+
+    /// Its address.
+    pub(crate) fn url(&self) -> String {
+        match self {
+            Self::Realtime(f) => f.url(),
+            Self::Live(f) => f.url(),
+        }
+    }
+
+    /// What the model does at the next caller turn (a tool call).
+    pub(crate) fn script(&self, s: sim::realtime::Scripted) {
+        match self {
+            Self::Realtime(f) => f.script(s),
+            Self::Live(f) => f.script(s),
+        }
+    }
+
+    /// The gateway's settings that point it here: `openai.realtime_url` (always set: the
+    /// gateway requires it), and `openai.live_url` for GPT-Live.
+    fn gateway_settings(&self) -> (String, Vec<(&'static str, String)>) {
+        match self {
+            Self::Realtime(f) => (f.url(), Vec::new()),
+            Self::Live(f) => (
+                // No client of the run uses Realtime: nothing listens there.
+                "ws://127.0.0.1:9/v1/realtime".into(),
+                vec![("WARMLINE_OPENAI__LIVE_URL", f.url())],
+            ),
+        }
+    }
+
+    /// From now on the handshake never completes (the webhook's deadline is measured).
+    fn hang(&self) {
+        match self {
+            Self::Realtime(f) => f.set_config(|c| c.mode = Mode::Hang),
+            Self::Live(f) => f.set_config(|c| c.connect_delay = Duration::from_secs(3600)),
+        }
+    }
+}
+
+/// The caller's script of a load call: hear the greeting, ask each question at its time (after
+/// the greeting was first heard), stay until `duration` after the last question's time minus
+/// 2 s, let the agent finish, hang up.
+fn call_script(duration: Duration, questions_at: &[Duration]) -> anyhow::Result<Vec<Step>> {
+    let half = [duration / 2];
+    let questions = if questions_at.is_empty() {
+        &half[..]
+    } else {
+        questions_at
+    };
+    let question = clips::question();
+    let said = Duration::from_millis((question.mulaw.len() / sim::audio::BYTES_PER_MS) as u64);
+    let mut script = vec![Step::WaitForAgentAudio(Duration::from_secs(15))];
+    let mut at = Duration::ZERO;
+    for &q in questions {
+        if q < at {
+            bail!(
+                "question times must leave room for the question ({} ms) and grow: {} s comes too early",
+                said.as_millis(),
+                q.as_secs_f64()
+            );
+        }
+        script.push(Step::Silence(q - at));
+        script.push(Step::Say(question.clone()));
+        at = q + said;
+    }
+    let last = *questions.last().expect("at least one question");
+    if duration < last + Duration::from_secs(2) {
+        bail!(
+            "the call ({} s) ends before its last question ({} s) can be answered: 2 s more at least",
+            duration.as_secs_f64(),
+            last.as_secs_f64()
+        );
+    }
+    script.extend([
+        Step::Silence(duration - last - Duration::from_secs(2)),
+        // The caller lets the agent finish before hanging up, so no agent audio is still in
+        // flight at the end: "frames lost" then counts only frames the gateway failed to relay.
+        Step::WaitForAgentQuiet(Duration::from_secs(10)),
+        Step::HangUp,
+    ]);
+    Ok(script)
+}
+
 async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
     let modes = &opts.greeting_modes.0;
     if modes.is_empty() {
         bail!("no greeting mode to measure");
     }
+    let script = call_script(opts.duration, &opts.questions_at)?;
     let stamps = Arc::new(Stamps::default());
-    let cfg = FakeConfig {
-        record_audio: false,
-        stamps: Some(stamps.clone()),
-        ..FakeConfig::default()
-    };
-    let fake = FakeRealtime::start(cfg).await?;
-    let mut gw = start_gateway(opts, &fake.url(), run_dir("loadgen")?, None, &[]).await?;
-    create_client(&gw.base, HANG_NUMBER, "always", GreetingMode::Generated).await?;
+    let fake = Fake::start(opts.engine, Some(&stamps)).await?;
+    let (realtime_url, engine_settings) = fake.gateway_settings();
+    let mut gw = start_gateway(
+        opts,
+        &realtime_url,
+        run_dir("loadgen")?,
+        None,
+        &engine_settings,
+    )
+    .await?;
+    let engine = opts.engine;
+    create_client(
+        &gw.base,
+        HANG_NUMBER,
+        "always",
+        GreetingMode::Generated,
+        engine,
+    )
+    .await?;
     let mut clients = Vec::new();
     for (m, &mode) in modes.iter().enumerate() {
         let (warm, cold) = mode_numbers(m);
-        create_client(&gw.base, &warm, "always", mode).await?;
-        create_client(&gw.base, &cold, "never", mode).await?;
+        create_client(&gw.base, &warm, "always", mode, engine).await?;
+        create_client(&gw.base, &cold, "never", mode, engine).await?;
         clients.push(ModeClients { mode, warm, cold });
     }
     let twilio = TwilioSim::new(&gw.base, AUTH);
@@ -1508,23 +1669,11 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
             }
         })
     };
-    let half = opts.duration / 2;
-    let script = vec![
-        Step::WaitForAgentAudio(Duration::from_secs(15)),
-        Step::Silence(half),
-        Step::Say(clips::question()),
-        Step::Silence(
-            opts.duration
-                .saturating_sub(half + Duration::from_millis(2000)),
-        ),
-        // The caller lets the agent finish before hanging up, so no agent audio is still in
-        // flight at the end: "frames lost" then counts only frames the gateway failed to relay.
-        Step::WaitForAgentQuiet(Duration::from_secs(10)),
-        Step::HangUp,
-    ];
+    let questions = script.iter().filter(|s| matches!(s, Step::Say(_))).count();
     let collected = Arc::new(std::sync::Mutex::new(Collected {
         modes: modes.iter().map(|_| ModeCollected::default()).collect(),
         stream_secs: 0.0,
+        answers_us: vec![Vec::new(); questions],
     }));
     for i in 0..opts.calls {
         let (m, cold) = assign(i, modes.len(), opts.cold_every);
@@ -1577,6 +1726,11 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
                     let mut c = collected.lock().expect("collected lock");
                     if let Some(t0) = r.start_sent_at {
                         c.stream_secs += ended.saturating_duration_since(t0).as_secs_f64();
+                    }
+                    for (answers, delay) in c.answers_us.iter_mut().zip(&r.answer_delays) {
+                        if let Some(d) = delay {
+                            answers.push(d.as_micros().min(u32::MAX as u128) as u32);
+                        }
                     }
                     let mc = &mut c.modes[m];
                     mc.completed += 1;
@@ -1658,8 +1812,8 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
                 .with_context(|| format!("the abandon phase of the {} mode", c.mode.as_str()))?,
         );
     }
-    // The webhook's deadline while Realtime hangs.
-    fake.set_config(|c| c.mode = Mode::Hang);
+    // The webhook's deadline while the engine hangs.
+    fake.hang();
     let mut hang_times = Vec::new();
     for _ in 0..opts.hang_calls {
         let placed = twilio
@@ -1744,7 +1898,26 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
         let (a, b) = (frames_relayed(&base_metrics), frames_relayed(&load_metrics));
         (b.0 - a.0, b.1 - a.1)
     };
+    let asked_at: Vec<f64> = if opts.questions_at.is_empty() {
+        vec![(opts.duration / 2).as_secs_f64()]
+    } else {
+        opts.questions_at
+            .iter()
+            .map(Duration::as_secs_f64)
+            .collect()
+    };
+    let completed = done.load(Ordering::Relaxed);
+    let answers = asked_at
+        .into_iter()
+        .zip(collected.answers_us)
+        .map(|(asked_at_secs, us)| AnswerReport {
+            asked_at_secs,
+            asked: completed,
+            delay: percentiles_us(us),
+        })
+        .collect();
     let report = LoadReport {
+        engine: opts.engine.as_str().to_string(),
         calls: opts.calls,
         calls_completed: done.load(Ordering::Relaxed),
         calls_failed: failed.load(Ordering::Relaxed),
@@ -1812,6 +1985,9 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
             "warmline_dial_to_first_audio_seconds",
             &[("greeting", "generated")],
         ),
+        answers,
+        engine_session_secs: load_delta("warmline_engine_session_seconds_total", &[]),
+        engine_prewarm_secs: load_delta("warmline_engine_prewarm_seconds_total", &[]),
     };
     let _ = gw.child.kill().await;
     let _ = std::fs::remove_dir_all(&gw.dir);
@@ -1846,8 +2022,8 @@ fn print_table(r: &LoadReport) {
         )
     };
     println!(
-        "calls {} (completed {}, failed {}), peak concurrent {}",
-        r.calls, r.calls_completed, r.calls_failed, r.peak_concurrent
+        "engine {}: calls {} (completed {}, failed {}), peak concurrent {}",
+        r.engine, r.calls, r.calls_completed, r.calls_failed, r.peak_concurrent
     );
     println!(
         "affinity: gateway {}; load generator {}",
@@ -1885,9 +2061,18 @@ fn print_table(r: &LoadReport) {
         &r.relay_outbound,
     );
     row(
-        "webhook answer, Realtime hanging (generated)",
+        "webhook answer, engine hanging (generated)",
         &r.webhook_hanging,
     );
+    for a in &r.answers {
+        row(
+            &format!(
+                "answer delay, question at {:.0} s ({} asked)",
+                a.asked_at_secs, a.asked
+            ),
+            &a.delay,
+        );
+    }
     let hist = |h: &Option<HistogramSummary>| match h {
         Some(h) => format!("p50 {:.3} ms, p99 {:.3} ms (n={})", h.p50_ms, h.p99_ms, h.n),
         None => "n/a".into(),
@@ -1968,6 +2153,19 @@ fn print_table(r: &LoadReport) {
         r.gateway_dial_cached.mean_ms,
         r.gateway_dial_generated.n,
         r.gateway_dial_generated.mean_ms
+    );
+    let fed = if r.engine == EngineKind::Live.as_str() {
+        format!(
+            "; caller audio relayed {:.1} s, so {:.1} s was silence the gateway fed",
+            r.gateway_frames_relayed.0 * 0.02,
+            (r.engine_session_secs - r.gateway_frames_relayed.0 * 0.02).max(0.0)
+        )
+    } else {
+        String::new()
+    };
+    println!(
+        "engine session timeline during the load {:.1} s ({:.1} s of it ringing){fed}",
+        r.engine_session_secs, r.engine_prewarm_secs,
     );
     print_modes(r);
 }
@@ -2133,6 +2331,58 @@ fn print_steps(s: &SteppedReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_script_asks_each_question_at_its_time_and_refuses_times_that_do_not_fit() {
+        let secs = Duration::from_secs;
+        let shape = |script: &[Step]| -> Vec<String> {
+            script
+                .iter()
+                .map(|s| match s {
+                    Step::Silence(d) => format!("silence {}", d.as_millis()),
+                    Step::Say(c) => format!("say {}", c.name),
+                    Step::WaitForAgentAudio(_) => "audio".into(),
+                    Step::WaitForAgentQuiet(_) => "quiet".into(),
+                    Step::HangUp => "hang up".into(),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        };
+        // The default: one question at half the call.
+        assert_eq!(
+            shape(&call_script(secs(30), &[]).unwrap()),
+            [
+                "audio",
+                "silence 15000",
+                "say question",
+                "silence 13000",
+                "quiet",
+                "hang up"
+            ]
+        );
+        // At minute 1 and minute 10 (the question lasts 2 s: the second waits 538 s after it).
+        assert_eq!(
+            shape(&call_script(secs(610), &[secs(60), secs(600)]).unwrap()),
+            [
+                "audio",
+                "silence 60000",
+                "say question",
+                "silence 538000",
+                "say question",
+                "silence 8000",
+                "quiet",
+                "hang up"
+            ]
+        );
+        assert!(
+            call_script(secs(30), &[secs(10), secs(11)]).is_err(),
+            "overlap"
+        );
+        assert!(
+            call_script(secs(30), &[secs(29)]).is_err(),
+            "no room to answer"
+        );
+    }
 
     #[test]
     fn steps_parse_one_number_or_a_comma_list() {

@@ -339,7 +339,7 @@ pub async fn open(
     let ws = connect(settings, &spec.endpoint()).await?;
     let mut session = spec.machine();
     session.handle_open(Instant::now());
-    if session.greeted() {
+    if session.take_greeted() {
         metrics.inc_greeting("generated");
     }
     Ok(Attached { ws, session })
@@ -461,7 +461,7 @@ impl Task {
             }
         };
         self.session.handle_open(Instant::now());
-        if self.session.greeted() {
+        if self.session.take_greeted() {
             self.metrics.inc_greeting("generated");
         }
         let _ = self.status.send(Status::Open);
@@ -510,6 +510,10 @@ impl Task {
                         keepalive.handle_heard(Instant::now());
                         if let Err(e) = self.session.handle_text(text.as_str()) {
                             tracing::debug!(call_sid = %self.call_sid, error = %e, "ignoring unparsable realtime frame");
+                        }
+                        // GPT-Live asks for the greeting once the session started.
+                        if self.session.take_greeted() {
+                            self.metrics.inc_greeting("generated");
                         }
                         if let Some(why) = self.session.poll_setup_error() {
                             tracing::warn!(call_sid = %self.call_sid, error = %why, "realtime session refused its configuration");

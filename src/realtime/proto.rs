@@ -95,6 +95,8 @@ pub struct Session {
     expects_audio: bool,
     /// The greeting's `response.create` was queued for the socket (a greeting is generated).
     greeted: bool,
+    /// [`Engine::take_greeted`] reported it.
+    greeted_reported: bool,
     transmit: VecDeque<String>,
     events: VecDeque<Event>,
     buffered_bytes: usize,
@@ -138,6 +140,7 @@ impl Session {
             expects_audio: matches!(greeting, Greeting::Generate(_)),
             greeting,
             greeted: false,
+            greeted_reported: false,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             buffered_bytes: 0,
@@ -552,6 +555,12 @@ impl Engine for Session {
 
     fn greeted(&self) -> bool {
         Session::greeted(self)
+    }
+
+    fn take_greeted(&mut self) -> bool {
+        let new = self.greeted && !self.greeted_reported;
+        self.greeted_reported |= new;
+        new
     }
 
     fn poll_setup_error(&mut self) -> Option<String> {

@@ -7,13 +7,17 @@
 
 use std::time::Duration;
 
-use warmline::loadgen::{LoadOptions, run};
+use warmline::{
+    engine::EngineKind,
+    loadgen::{LoadOptions, run},
+};
 
 #[tokio::test]
 async fn a_small_load_run_measures_warm_cold_relay_and_the_webhook_deadline() {
     let report = run(LoadOptions {
         calls: 4,
-        duration: Duration::from_secs(4),
+        // The question at 5 s, after the 4.4 s greeting, answered before the call ends.
+        duration: Duration::from_secs(10),
         ramp: Duration::from_millis(400),
         cold_every: 2,
         hang_calls: 2,
@@ -111,10 +115,82 @@ async fn a_small_load_run_measures_warm_cold_relay_and_the_webhook_deadline() {
         !report.gateway_affinity.cpus.is_empty() && report.gateway_affinity.pinned_with.is_none()
     );
     assert_eq!(report.frames_lost, 0);
+    // One question, at half the call, answered on every call.
+    assert_eq!(report.answers.len(), 1);
+    assert_eq!(report.answers[0].asked_at_secs, 5.0);
+    assert_eq!(report.answers[0].delay.n, 4, "{:?}", report.answers);
     let (warm, not_ready, cold) = report.gateway_webhook_outcomes;
     assert_eq!(
         (warm + not_ready, report.gateway_webhook_cached, cold),
         (1.0, 1.0, 2.0),
         "one call warmed, one answered at once for its cached greeting, two cold"
     );
+}
+
+/// The same run on GPT-Live (the fake GPT-Live server): the warm calls hear the greeting the
+/// session made while the phone rang, every caller frame reaches the model, the speech it sends
+/// back reaches the caller, the question is answered, and the gateway fed silence (the
+/// ringing, the cold calls' opening) that the session timeline counts.
+#[tokio::test]
+async fn a_small_load_run_on_gpt_live_measures_the_same_and_the_silence_fed() {
+    let report = run(LoadOptions {
+        calls: 4,
+        // The greeting lasts 4.4 s, the question 2 s: asked at 5 s, answered before the end.
+        duration: Duration::from_secs(10),
+        ramp: Duration::from_millis(400),
+        cold_every: 2,
+        hang_calls: 2,
+        ring_max_ms: 1500,
+        abandon_calls: 0,
+        engine: EngineKind::Live,
+        json: true,
+        gateway_bin: Some(env!("CARGO_BIN_EXE_warmline").into()),
+        ..LoadOptions::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.engine, "live");
+    assert_eq!(report.calls_completed, 4, "{report:?}");
+    assert_eq!((report.ttfa_warm.n, report.ttfa_cold.n), (2, 2));
+    let (cached, generated) = (&report.modes[0], &report.modes[1]);
+    assert_eq!(cached.cache_filled, ["warm", "cold"]);
+    assert!(
+        generated.ttfa_warm.p50_ms < generated.ttfa_cold.p50_ms,
+        "warm beats cold: {:?} vs {:?}",
+        generated.ttfa_warm,
+        generated.ttfa_cold
+    );
+    assert_eq!(report.gateway_greetings_cached, 2.0);
+    assert_eq!(report.gateway_greetings_generated, 2.0);
+    // The question answered on every call.
+    let asked: Vec<(f64, usize)> = report
+        .answers
+        .iter()
+        .map(|a| (a.asked_at_secs, a.delay.n))
+        .collect();
+    assert_eq!(asked, [(5.0, 4)], "{:?}", report.answers);
+    let (sent, received) = report.inbound_frames;
+    assert!(
+        sent > 100 && received == sent,
+        "caller frames all relayed: {sent}/{received}"
+    );
+    // The speech the fake sent after the call was relaying reached the caller, timed.
+    let (out_sent, out_received) = report.outbound_frames;
+    assert!(
+        out_sent > 10 && out_received == out_sent,
+        "{out_sent}/{out_received}"
+    );
+    assert!(report.relay_inbound.n > 100 && report.relay_outbound.n > 10);
+    assert_eq!(report.frames_lost, 0);
+    assert_eq!(report.webhook_hanging.n, 2);
+    assert!(report.webhook_hanging.p50_ms >= 1500.0);
+    // The model's timeline: the caller audio relayed, and silence fed besides it.
+    let caller_secs = report.gateway_frames_relayed.0 * 0.02;
+    assert!(
+        report.engine_session_secs > caller_secs && report.engine_prewarm_secs > 0.0,
+        "timeline {} s, ringing {} s, caller audio {caller_secs} s",
+        report.engine_session_secs,
+        report.engine_prewarm_secs
+    );
+    assert!(report.gateway_cpu.us_per_frame.is_some_and(|us| us > 0.0));
 }
