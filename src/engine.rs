@@ -205,6 +205,12 @@ pub enum Event {
         /// JSON arguments.
         arguments: String,
     },
+    /// The session ends at this wall-clock time (unix seconds; GPT-Live's `expires_at`): the
+    /// call renews it before then, between turns.
+    Expires {
+        /// Unix seconds.
+        at_unix_secs: i64,
+    },
     /// An error from the engine; `fatal` ones end the call.
     Error {
         /// Error code (or type).

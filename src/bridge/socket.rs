@@ -536,27 +536,38 @@ async fn run(state: AppState, socket: WebSocket) {
                     }
                 }
                 Output::ResponseLatency(d) => metrics.response_latency.observe(d.as_secs_f64()),
-                Output::Reconnect { attempt, reason } => {
+                Output::Reconnect {
+                    attempt,
+                    reason,
+                    history,
+                } => {
                     tracing::warn!(
                         call_sid = sid(&call),
                         attempt,
                         reason,
                         "realtime session lost; opening a new one"
                     );
-                    // What is left of the old socket is closed off the call's path.
+                    // What is left of the old socket is closed off the call's path, ended
+                    // properly if it still works (a renewal: GPT-Live's `session.close`).
                     if let Some(mut old) = live.take() {
                         metrics.add_engine_time(
                             old.engine.kind().as_str(),
                             old.engine.input_ms(),
                             0,
                         );
+                        old.engine.handle_command(crate::engine::Command::Close);
+                        while let Some(frame) = old.engine.poll_transmit() {
+                            old.peer.queue(RtMessage::text(frame), None);
+                        }
                         state.tasks.spawn(async move {
                             old.engine.handle_closed();
                             old.peer.finish(None).await;
                         });
                     }
                     attaching = Some(match known.clone() {
-                        Some(ctx) => reopen(state.clone(), call_over.clone(), ctx, attempt),
+                        Some(ctx) => {
+                            reopen(state.clone(), call_over.clone(), ctx, attempt, history)
+                        }
                         None => Box::pin(async {
                             AttachStep::Session(Err(EndReason::RealtimeUnavailable(
                                 "no call context".into(),
@@ -950,12 +961,14 @@ fn keep_greeting(state: &AppState, ctx: &CallContext, captured: Option<CapturedG
 }
 
 /// Opens the session that replaces a lost one (attempt `attempt`, from 1; later attempts wait
-/// a little first), configured like the first, without a greeting.
+/// a little first), configured like the first, without a greeting, and on an engine that
+/// takes one with the conversation so far as its startup history.
 fn reopen(
     state: AppState,
     call_over: CancellationToken,
     ctx: Arc<CallContext>,
     attempt: u32,
+    history: Vec<(&'static str, String)>,
 ) -> Attaching {
     Box::pin(async move {
         if attempt > 1 {
@@ -968,7 +981,13 @@ fn reopen(
         if call_over.is_cancelled() {
             return AttachStep::Session(Err(EndReason::Shutdown));
         }
-        let spec = SessionSpec::resumed(&state.settings, &ctx.profile, &ctx.call_sid, Utc::now());
+        let spec = SessionSpec::resumed(
+            &state.settings,
+            &ctx.profile,
+            &ctx.call_sid,
+            Utc::now(),
+            &history,
+        );
         AttachStep::Session(
             client::open(&state.settings.openai, spec, &state.metrics)
                 .await

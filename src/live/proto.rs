@@ -155,6 +155,9 @@ pub struct LiveSession {
     delegation_model: Option<String>,
     /// μ-law bytes given to the model (caller audio and silence): its timeline.
     input_bytes: u64,
+    /// `session.start` carries the conversation so far (a session replacing one): the call's
+    /// `Seed` is not sent again.
+    history_at_start: bool,
 }
 
 impl LiveSession {
@@ -192,7 +195,15 @@ impl LiveSession {
             closing: false,
             delegation_model: None,
             input_bytes: 0,
+            history_at_start: false,
         }
+    }
+
+    /// Whether `session.start` carries the conversation so far (a session replacing one): the
+    /// call's [`Command::Seed`] is then not sent again.
+    pub fn with_history_at_start(mut self, yes: bool) -> Self {
+        self.history_at_start = yes;
+        self
     }
 
     /// The Responses model the session delegates its tools to (for a tool-set change,
@@ -338,7 +349,12 @@ impl LiveSession {
     /// Applies one server frame.
     pub fn handle_text(&mut self, text: &str) -> Result<(), wire::WireError> {
         match wire::parse(text)? {
-            ServerEvent::SessionStarted { .. } => self.on_started(),
+            ServerEvent::SessionStarted { expires_at } => {
+                self.on_started();
+                if let Some(at_unix_secs) = expires_at {
+                    self.push(Event::Expires { at_unix_secs });
+                }
+            }
             ServerEvent::AudioDelta { delta } => self.on_audio(delta.into_owned()),
             ServerEvent::OutputTranscript { delta, .. } => {
                 // Text with no utterance under way (it lagged its audio by more than the 800 ms
@@ -664,6 +680,8 @@ impl LiveSession {
                     self.send(frame);
                 }
             }
+            // A session started with the conversation as its history knows it already.
+            Command::Seed(_) if self.history_at_start => {}
             Command::Seed(text) => {
                 for frame in wire::text_appends(AppendKind::Instructions, &text) {
                     self.send(frame);
@@ -805,6 +823,34 @@ mod tests {
 
     fn events(s: &mut LiveSession) -> Vec<Event> {
         std::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    #[test]
+    fn expires_at_is_told_to_the_call_and_a_session_started_with_the_history_is_not_seeded() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        s.handle_text(started()).unwrap();
+        assert!(
+            s.claim()
+                .iter()
+                .any(|e| matches!(e, Event::Expires { at_unix_secs: 1800 }))
+        );
+        sent(&mut s);
+        s.handle_command(Command::Seed("the conversation".into()));
+        let seeded = sent(&mut s);
+        assert_eq!(
+            seeded[0]["type"], "session.instructions.append",
+            "{seeded:?}"
+        );
+        // A replacement started with the conversation as its startup history.
+        let mut r =
+            LiveSession::new("START".into(), Greeting::None, 1000).with_history_at_start(true);
+        r.handle_open(t0);
+        assert_eq!(r.poll_transmit().as_deref(), Some("START"));
+        r.handle_text(started()).unwrap();
+        r.claim();
+        r.handle_command(Command::Seed("the conversation".into()));
+        assert!(sent(&mut r).is_empty());
     }
 
     #[test]

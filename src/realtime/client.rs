@@ -161,8 +161,14 @@ pub enum Opening {
         greeting: LiveGreeting,
         /// The Responses model tools are delegated to (none: no tools).
         delegation_model: Option<String>,
+        /// `start` carries the conversation so far (a session replacing one).
+        history_at_start: bool,
     },
 }
+
+/// What a GPT-Live session replacing one mid-call is told first, before the conversation's
+/// lines (its startup history).
+const RESUMED_NOTE: &str = "This call is already under way: the session that carried it      reached its time limit or dropped, and you take over. The conversation so far follows,      oldest first. Carry on from where it stopped; do not greet the caller again.";
 
 impl SessionSpec {
     /// The session a call gets on its client's engine: the agent's configuration at `now`, the
@@ -190,6 +196,7 @@ impl SessionSpec {
                     delegation_model: config.delegation.as_ref().map(|d| d.model.clone()),
                     start: live_wire::session_start(&config),
                     greeting: LiveGreeting::Generate(profile.live_greeting()),
+                    history_at_start: false,
                 }
             }
         };
@@ -204,16 +211,37 @@ impl SessionSpec {
 
     /// The session that replaces a lost one mid-call: the same configuration, no greeting (the
     /// call goes on; the conversation so far is seeded by the call).
+    ///
+    /// On GPT-Live `history` (the conversation, `(role, text)`, oldest first) is the session's
+    /// startup history, after a note that the call is under way; on Realtime the call seeds
+    /// the conversation once attached ([`crate::engine::Command::Seed`]).
     pub fn resumed(
         settings: &Settings,
         profile: &AgentProfile,
         call_sid: &CallSid,
         now: DateTime<Utc>,
+        history: &[(&'static str, String)],
     ) -> Self {
         let mut spec = Self::new(settings, profile, call_sid, false, now);
         match &mut spec.opening {
             Opening::Realtime { greeting, .. } => *greeting = Greeting::None,
-            Opening::Live { greeting, .. } => *greeting = LiveGreeting::None,
+            Opening::Live {
+                greeting,
+                start,
+                history_at_start,
+                ..
+            } => {
+                *greeting = LiveGreeting::None;
+                let mut config = profile.live_config(&settings.openai, now);
+                config
+                    .history
+                    .push(("developer".into(), RESUMED_NOTE.into()));
+                config
+                    .history
+                    .extend(history.iter().map(|(r, t)| (r.to_string(), t.clone())));
+                *start = live_wire::session_start(&config);
+                *history_at_start = true;
+            }
         }
         spec
     }
@@ -268,9 +296,11 @@ impl SessionSpec {
                 start,
                 greeting,
                 delegation_model,
+                history_at_start,
             } => Box::new(
                 LiveSession::new(start, greeting, self.buffer_cap)
-                    .with_delegation_model(delegation_model),
+                    .with_delegation_model(delegation_model)
+                    .with_history_at_start(history_at_start),
             ),
         }
     }

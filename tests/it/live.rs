@@ -271,14 +271,16 @@ async fn a_tool_the_model_delegates_is_run_by_the_gateway_and_its_answer_spoken(
 }
 
 #[tokio::test]
-async fn an_expired_gpt_live_session_is_reopened_with_the_conversation_and_the_call_goes_on() {
-    // Sessions end after 14 s of timeline here: the first during the silence after the greeting.
+async fn a_gpt_live_session_is_renewed_before_it_expires_with_the_conversation_as_its_history() {
+    // The warm session ends after 14 s (its `expires_at`): the call renews it a quarter of that
+    // before, in the silence after the greeting. The sessions after it are long.
     let config = LiveConfig {
         session_seconds: 14,
         ..LiveConfig::instant()
     };
     let (gw, live) = live_gateway_with(config, "").await;
     let placed = gw.place_call().await;
+    live.set_config(|c| c.session_seconds = 1800);
     let report = gw
         .stream(
             &placed,
@@ -294,21 +296,31 @@ async fn an_expired_gpt_live_session_is_reopened_with_the_conversation_and_the_c
         .await;
     let call = gw.ended_call(&placed.call_sid).await;
     let conns = live.connections();
-    assert_eq!(conns[0].closed.as_deref(), Some("expired"));
-    assert_eq!(conns.len(), 2, "one replacement");
+    assert_eq!(conns.len(), 2, "one renewal");
+    // Ended by the gateway (`session.close`) before its limit, not expired.
+    assert_eq!(conns[0].closed.as_deref(), Some("close_requested"));
+    assert!(conns[0].timeline_ms < 14_000, "{}", conns[0].timeline_ms);
     assert!(
         conns[1].errors_sent.is_empty(),
         "{:?}",
         conns[1].errors_sent
     );
-    // The new session knows the conversation and does not greet again.
-    let seeded = sent(&live, 1, "session.instructions.append");
+    // The new session starts with the conversation as its history: a note, then the greeting
+    // as the assistant said it; nothing is appended again, and it does not greet.
+    let start = &sent(&live, 1, "session.start")[0];
+    let input = start["session"]["input"].as_array().unwrap();
+    assert_eq!(input[0]["role"], "developer");
     assert!(
-        seeded
-            .iter()
-            .any(|v| v["content"].as_str().unwrap().contains("re-opened")),
-        "{seeded:?}"
+        input[0]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("do not greet the caller again"),
+        "{input:?}"
     );
+    assert_eq!(input[1]["role"], "assistant");
+    assert_eq!(input[1]["content"][0]["type"], "output_text");
+    assert_eq!(input[1]["content"][0]["text"], clips::greeting().text);
+    assert!(sent(&live, 1, "session.instructions.append").is_empty());
     assert!(sent(&live, 1, "session.commentary.append").is_empty());
     assert!(
         conns[1].speech.iter().any(|s| s.clip == "answer"),
