@@ -418,3 +418,97 @@ async fn a_session_start_gpt_live_refuses_is_logged_and_the_call_falls_back() {
         "nothing else sent after the refusal"
     );
 }
+
+#[tokio::test]
+async fn transfer_to_human_on_gpt_live_says_the_hand_off_line_then_dials() {
+    let (gw, live) = live_gateway("").await;
+    gw.update_client(&json!({
+        "name": "Bright Smile", "phone_numbers": [CLIENT_NUMBER],
+        "instructions": "You are the receptionist of a dental practice.",
+        "greeting": "Thanks for calling Bright Smile Dental!", "voice": "marin",
+        "engine": "live", "greeting_mode": "generated", "transfer_number": "+15005550009",
+    }))
+    .await;
+    live.script(sim::live::Scripted::call(
+        "transfer_to_human",
+        json!({"reason": "wants a person"}),
+    ));
+    let placed = gw.place_call().await;
+    let report = gw
+        .stream(
+            &placed,
+            &[
+                Step::WaitForAgentQuiet(WAIT),
+                Step::Say(clips::question()),
+                Step::WaitForClose(Duration::from_secs(30)),
+            ],
+        )
+        .await;
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert_eq!(report.closed_by.as_deref(), Some("gateway"));
+    assert_eq!(
+        report.after_stream,
+        Some(sim::twilio::Twiml::Dial {
+            say: None,
+            number: "+15005550009".into()
+        })
+    );
+    // The hand-off line was heard whole before the stream ended.
+    assert!(
+        report.after_stream_gap_ms.is_some_and(|g| g >= 0),
+        "{:?}",
+        report.after_stream_gap_ms
+    );
+    let call = gw.ended_call(&placed.call_sid).await;
+    assert_eq!(call.call.end_reason.as_deref(), Some("transfer"));
+    let conn = &live.connections()[0];
+    assert!(conn.errors_sent.is_empty(), "{:?}", conn.errors_sent);
+    // The tool's output went back through the delegation, and the line was asked for in words.
+    let outputs = sent(&live, 0, "response.item.create");
+    assert_eq!(outputs.len(), 1, "{outputs:?}");
+    let lines: Vec<String> = sent(&live, 0, "session.commentary.append")
+        .iter()
+        .map(|v| v["content"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("putting you through to a member of our team")),
+        "{lines:?}"
+    );
+    assert_eq!(conn.closed.as_deref(), Some("close_requested"));
+}
+
+#[tokio::test]
+async fn end_call_on_gpt_live_hangs_up_once_the_goodbye_is_heard() {
+    let (gw, live) = live_gateway("").await;
+    live.script(sim::live::Scripted::call("end_call", json!({})));
+    let placed = gw.place_call().await;
+    let report = gw
+        .stream(
+            &placed,
+            &[
+                Step::WaitForAgentQuiet(WAIT),
+                Step::Say(clips::question()),
+                Step::WaitForClose(Duration::from_secs(30)),
+            ],
+        )
+        .await;
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert_eq!(report.closed_by.as_deref(), Some("gateway"));
+    assert_eq!(report.after_stream, Some(sim::twilio::Twiml::Hangup));
+    assert!(
+        report.after_stream_gap_ms.is_some_and(|g| g >= 0),
+        "the goodbye was heard whole: {:?}",
+        report.after_stream_gap_ms
+    );
+    let call = gw.ended_call(&placed.call_sid).await;
+    assert_eq!(call.call.end_reason.as_deref(), Some("agent_hangup"));
+    let conn = &live.connections()[0];
+    assert!(conn.errors_sent.is_empty(), "{:?}", conn.errors_sent);
+    assert!(
+        conn.speech.iter().any(|s| s.clip == "goodbye"),
+        "{:?}",
+        conn.speech
+    );
+}
