@@ -2094,7 +2094,6 @@ impl Conn {
     }
 }
 
-/// Words with their leading space ("Thanks", " for", …): joined, they give the text back.
 /// The caller's transcript: this fragment as the turn starts, [`HEARING`] for each 200 ms
 /// window with speech after it, and ` spoke for 3.3 s)` at its end (the fake does not know the
 /// words, only that someone talks and for how long): `(caller……… spoke for 3.3 s)`.
@@ -2102,6 +2101,7 @@ const FIRST_HEARD: &str = "(caller";
 /// See [`FIRST_HEARD`].
 const HEARING: &str = "…";
 
+/// Words with their leading space ("Thanks", " for", …): joined, they give the text back.
 fn split_words(text: &str) -> Vec<String> {
     text.split(' ')
         .enumerate()

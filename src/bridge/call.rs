@@ -288,6 +288,14 @@ pub struct Call {
     flushed_until: Option<Instant>,
 }
 
+/// Most lines of a history (GPT-Live's startup `input` takes 128 messages, a note among them:
+/// docs/gpt-live-reference.md §1.3).
+const HISTORY_MAX_LINES: usize = 127;
+
+/// An `expires_at` closer than this is not renewed ahead (a clock off from the engine's would
+/// renew every new session at once): the session is replaced when it ends.
+const RENEW_MIN_LEFT: Duration = Duration::from_secs(10);
+
 /// How long before an engine's own session limit (GPT-Live's `expires_at`) the call renews
 /// the session at most (less when the session is short: a quarter of its length).
 const RENEW_MARGIN: Duration = Duration::from_secs(120);
@@ -640,18 +648,29 @@ impl Call {
     /// Replaces the engine session if the call allows it (live, not ending, reconnects left):
     /// the caller's audio is held from now until the new session is attached.
     fn try_reconnect(&mut self, now: Instant, reason: &str) -> bool {
+        self.replace_session(now, reason, false)
+    }
+
+    /// Replaces the engine session: after a loss (`renewal` false, one of the call's
+    /// `max_reconnects`), or ahead of its time limit (a renewal, planned: it takes nothing from
+    /// that budget, though none is made when the budget is 0).
+    fn replace_session(&mut self, now: Instant, reason: &str, renewal: bool) -> bool {
         if self.phase != Phase::Live
             || self.closing.is_some()
-            || self.reconnects >= self.max_reconnects
+            || self.max_reconnects == 0
+            || (!renewal && self.reconnects >= self.max_reconnects)
         {
             return false;
         }
-        self.push_line(
-            now,
-            Role::System,
-            format!("realtime session lost: {reason}"),
-        );
-        self.reconnects += 1;
+        let line = if renewal {
+            format!("realtime session renewed: {reason}")
+        } else {
+            format!("realtime session lost: {reason}")
+        };
+        self.push_line(now, Role::System, line);
+        if !renewal {
+            self.reconnects += 1;
+        }
         self.reconnect_attempt = 1;
         self.give_up_capture();
         self.open_response = None;
@@ -688,7 +707,7 @@ impl Call {
                 Role::System => continue,
             };
             total += l.text.len() + 12;
-            if total > SEED_MAX_CHARS {
+            if total > SEED_MAX_CHARS || lines.len() >= HISTORY_MAX_LINES {
                 break;
             }
             lines.push((role, l.text.clone()));
@@ -741,8 +760,12 @@ impl Call {
             // Renew before the engine's limit: a margin of a quarter of what is left, at most
             // RENEW_MARGIN, so the renewal can wait for a pause in the conversation.
             Event::Expires { at_unix_secs } => {
-                let left = at_unix_secs.saturating_sub(unix_now()).max(0) as u64;
+                // Untrusted: at most a day ahead (no overflow), ignored when too close.
+                let left = at_unix_secs.saturating_sub(unix_now()).clamp(0, 86_400) as u64;
                 let left = Duration::from_secs(left);
+                if left < RENEW_MIN_LEFT {
+                    return;
+                }
                 let at = now + left - (left / 4).min(RENEW_MARGIN);
                 if self.max_reconnects > 0 && self.renew_at.is_none_or(|r| at < r) {
                     self.renew_at = Some(at);
@@ -916,10 +939,17 @@ impl Call {
                 None => {}
             }
         } else if self.phase == Phase::Live && self.renew_at.is_some_and(|r| now >= r) {
-            // Renew before the engine's own limit, between turns: not while the agent speaks.
-            if self.stream.is_playing(now) || self.tool_response_open || !self.tools.is_empty() {
+            // Renew before the engine's own limit, between turns: not while the agent speaks (its
+            // utterance is open until it ends, even between two real-time deltas), nor between
+            // the caller's words and the answer, nor while a tool runs.
+            if self.stream.is_playing(now)
+                || self.open_response.is_some()
+                || self.speech_stopped_at.is_some()
+                || self.tool_response_open
+                || !self.tools.is_empty()
+            {
                 self.renew_at = Some(now + Duration::from_secs(1));
-            } else if !self.try_reconnect(now, "renewing the session before its time limit") {
+            } else if !self.replace_session(now, "before its time limit", true) {
                 self.renew_at = None;
             }
         } else if let Some(c) = self.closing.as_ref().filter(|c| now >= c.deadline) {
@@ -2922,7 +2952,7 @@ mod tests {
         let out = drain(&mut call);
         assert!(
             out.iter().any(
-                |o| matches!(o, Output::Reconnect { reason, .. } if reason.contains("renewing"))
+                |o| matches!(o, Output::Reconnect { reason, .. } if reason.contains("time limit"))
             ),
             "{out:?}"
         );
@@ -2970,7 +3000,7 @@ mod tests {
             .find_map(|o| match o {
                 Output::Reconnect {
                     reason, history, ..
-                } if reason.contains("renewing") => Some(history.clone()),
+                } if reason.contains("time limit") => Some(history.clone()),
                 _ => None,
             })
             .unwrap_or_else(|| panic!("renewed: {out:?}"));
@@ -2981,6 +3011,13 @@ mod tests {
                 ("user", "Are you open?".to_string())
             ]
         );
+        // The history is bounded in lines too (GPT-Live takes 128 messages, the note among
+        // them), keeping the newest.
+        for i in 0..300 {
+            call.push_line(t0, Role::Caller, format!("{i}"));
+        }
+        let h = call.history();
+        assert_eq!((h.len(), h[126].1.as_str()), (127, "299"));
         // A short session renews a quarter of its length before its end.
         let mut short =
             Call::new(Duration::from_secs(3600), t0, Utc::now()).with_reconnects(1, None);
@@ -2994,6 +3031,22 @@ mod tests {
         );
         let due = short.poll_timeout().expect("a renewal is due");
         assert!(due - t0 <= Duration::from_secs(30) && due - t0 > Duration::from_secs(28));
+        // An expires_at too close (a clock off from the engine's) is left to the reconnect.
+        let mut close =
+            Call::new(Duration::from_secs(3600), t0, Utc::now()).with_reconnects(1, None);
+        close.handle_twilio_text(t0, START).unwrap();
+        close.handle_session_attached(
+            t0,
+            CallPath::Warm,
+            vec![Event::Expires {
+                at_unix_secs: unix_now() + 5,
+            }],
+        );
+        assert!(
+            close
+                .poll_timeout()
+                .is_none_or(|t| t - t0 > Duration::from_secs(5))
+        );
         // Without reconnects allowed there is nothing to renew with.
         let mut none = Call::new(Duration::from_secs(3600), t0, Utc::now());
         none.handle_twilio_text(t0, START).unwrap();

@@ -944,8 +944,10 @@ mod tests {
             [true, true, false, true],
             "the pause inside the greeting stays; the silence behind it goes"
         );
+        // The session's expiry first (from `session.started`), then the greeting's utterance.
+        assert!(matches!(got[0], Event::Expires { .. }), "{:?}", got[0]);
         assert!(
-            matches!(&got[0], Event::ResponseCreated { response_id, scripted: false } if response_id == "live_utt_1")
+            matches!(&got[1], Event::ResponseCreated { response_id, scripted: false } if response_id == "live_utt_1")
         );
         assert!(got.contains(&Event::AgentTranscript {
             item_id: "live_utt_1".into(),

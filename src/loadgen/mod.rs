@@ -1196,6 +1196,8 @@ struct Collected {
     stream_secs: f64,
     /// By question of the script: the answer delays heard, µs.
     answers_us: Vec<Vec<u32>>,
+    /// By question of the script: the calls that asked it.
+    asked: Vec<usize>,
 }
 
 /// The two clients of one greeting mode.
@@ -1674,6 +1676,7 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
         modes: modes.iter().map(|_| ModeCollected::default()).collect(),
         stream_secs: 0.0,
         answers_us: vec![Vec::new(); questions],
+        asked: vec![0; questions],
     }));
     for i in 0..opts.calls {
         let (m, cold) = assign(i, modes.len(), opts.cold_every);
@@ -1726,6 +1729,10 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
                     let mut c = collected.lock().expect("collected lock");
                     if let Some(t0) = r.start_sent_at {
                         c.stream_secs += ended.saturating_duration_since(t0).as_secs_f64();
+                    }
+                    // The questions this call got to.
+                    for asked in c.asked.iter_mut().take(r.answer_delays.len()) {
+                        *asked += 1;
                     }
                     for (answers, delay) in c.answers_us.iter_mut().zip(&r.answer_delays) {
                         if let Some(d) = delay {
@@ -1906,13 +1913,13 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
             .map(Duration::as_secs_f64)
             .collect()
     };
-    let completed = done.load(Ordering::Relaxed);
     let answers = asked_at
         .into_iter()
         .zip(collected.answers_us)
-        .map(|(asked_at_secs, us)| AnswerReport {
+        .zip(collected.asked)
+        .map(|((asked_at_secs, us), asked)| AnswerReport {
             asked_at_secs,
-            asked: completed,
+            asked,
             delay: percentiles_us(us),
         })
         .collect();

@@ -168,7 +168,9 @@ pub enum Opening {
 
 /// What a GPT-Live session replacing one mid-call is told first, before the conversation's
 /// lines (its startup history).
-const RESUMED_NOTE: &str = "This call is already under way: the session that carried it      reached its time limit or dropped, and you take over. The conversation so far follows,      oldest first. Carry on from where it stopped; do not greet the caller again.";
+const RESUMED_NOTE: &str = "This call is already under way: the session that carried it \
+     reached its time limit or dropped, and you take over. The conversation so far follows, \
+     oldest first. Carry on from where it stopped; do not greet the caller again.";
 
 impl SessionSpec {
     /// The session a call gets on its client's engine: the agent's configuration at `now`, the

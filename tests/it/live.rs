@@ -272,10 +272,11 @@ async fn a_tool_the_model_delegates_is_run_by_the_gateway_and_its_answer_spoken(
 
 #[tokio::test]
 async fn a_gpt_live_session_is_renewed_before_it_expires_with_the_conversation_as_its_history() {
-    // The warm session ends after 14 s (its `expires_at`): the call renews it a quarter of that
-    // before, in the silence after the greeting. The sessions after it are long.
+    // The warm session ends after 40 s (its `expires_at`): the call renews it a quarter of that
+    // before, at 30 s, in the silence after the first question's answer. The sessions after it
+    // are long.
     let config = LiveConfig {
-        session_seconds: 14,
+        session_seconds: 40,
         ..LiveConfig::instant()
     };
     let (gw, live) = live_gateway_with(config, "").await;
@@ -286,7 +287,10 @@ async fn a_gpt_live_session_is_renewed_before_it_expires_with_the_conversation_a
             &placed,
             &[
                 Step::WaitForAgentQuiet(WAIT),
-                Step::Silence(Duration::from_secs(11)),
+                Step::Say(clips::question()),
+                Step::WaitForAgentAudio(WAIT),
+                Step::WaitForAgentQuiet(WAIT),
+                Step::Silence(Duration::from_secs(18)),
                 Step::Say(clips::question()),
                 Step::WaitForAgentAudio(WAIT),
                 Step::WaitForAgentQuiet(WAIT),
@@ -299,29 +303,36 @@ async fn a_gpt_live_session_is_renewed_before_it_expires_with_the_conversation_a
     assert_eq!(conns.len(), 2, "one renewal");
     // Ended by the gateway (`session.close`) before its limit, not expired.
     assert_eq!(conns[0].closed.as_deref(), Some("close_requested"));
-    assert!(conns[0].timeline_ms < 14_000, "{}", conns[0].timeline_ms);
+    assert!(conns[0].timeline_ms < 40_000, "{}", conns[0].timeline_ms);
     assert!(
         conns[1].errors_sent.is_empty(),
         "{:?}",
         conns[1].errors_sent
     );
-    // The new session starts with the conversation as its history: a note, then the greeting
-    // as the assistant said it; nothing is appended again, and it does not greet.
+    // The new session starts with the conversation as its history: a note, the greeting, the
+    // caller's question and the answer; nothing is appended again, and it does not greet.
     let start = &sent(&live, 1, "session.start")[0];
     let input = start["session"]["input"].as_array().unwrap();
-    assert_eq!(input[0]["role"], "developer");
-    assert!(
-        input[0]["content"][0]["text"]
-            .as_str()
-            .unwrap()
-            .contains("do not greet the caller again"),
+    let roles: Vec<&str> = input.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(
+        roles,
+        ["developer", "assistant", "user", "assistant"],
         "{input:?}"
     );
-    assert_eq!(input[1]["role"], "assistant");
+    let text = |i: usize| input[i]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text(0).contains("do not greet the caller again"),
+        "{}",
+        text(0)
+    );
     assert_eq!(input[1]["content"][0]["type"], "output_text");
-    assert_eq!(input[1]["content"][0]["text"], clips::greeting().text);
+    assert_eq!(text(1), clips::greeting().text);
+    assert!(text(2).starts_with("(caller"), "{}", text(2));
+    assert_eq!(input[2]["content"][0]["type"], "input_text");
+    assert_eq!(text(3), clips::answer().text);
     assert!(sent(&live, 1, "session.instructions.append").is_empty());
     assert!(sent(&live, 1, "session.commentary.append").is_empty());
+    // The second question is answered by the new session.
     assert!(
         conns[1].speech.iter().any(|s| s.clip == "answer"),
         "{:?}",
@@ -329,6 +340,13 @@ async fn a_gpt_live_session_is_renewed_before_it_expires_with_the_conversation_a
     );
     assert!(report.received_ms > clips::greeting().duration_ms() as u64);
     assert_eq!(call.call.end_reason.as_deref(), Some("twilio_stop"));
+    assert!(
+        call.transcript
+            .iter()
+            .any(|l| l.role == "system" && l.text.starts_with("realtime session renewed")),
+        "{:?}",
+        call.transcript
+    );
     assert_eq!(
         gw.metric("warmline_realtime_reconnects_total{outcome=\"ok\"}"),
         1.0
