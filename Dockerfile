@@ -5,6 +5,10 @@
 #          -e WARMLINE_TWILIO__AUTH_TOKEN=... -e WARMLINE_OPENAI__API_KEY=... warmline
 
 FROM rust:1.95-bookworm AS build
+# libopus for call recordings (audiopus links it; found with pkg-config).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libopus-dev pkg-config \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 # Without the default `sim` feature: no simulators, no `demo` or `loadgen` subcommands.
@@ -12,7 +16,7 @@ RUN cargo build --release --locked --no-default-features --bin warmline
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates libopus0 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin warmline \
  && mkdir -p /data && chown warmline /data

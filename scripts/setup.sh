@@ -4,7 +4,9 @@
 set -euo pipefail
 
 need_pkgs=()
-for pkg in pkg-config gcc libc6-dev ca-certificates; do
+# libopus-dev: call recordings are encoded with libopus (the audiopus crate finds it with
+# pkg-config; without it audiopus_sys would try to build libopus from source with cmake).
+for pkg in pkg-config gcc libc6-dev ca-certificates libopus-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

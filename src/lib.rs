@@ -62,6 +62,7 @@ pub mod post_call;
 #[cfg(test)]
 mod props;
 pub mod realtime;
+pub mod recording;
 pub mod store;
 pub mod telemetry;
 pub mod tools;

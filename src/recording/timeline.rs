@@ -1,0 +1,163 @@
+//! The two channels of a recording on one timeline, in milliseconds since the media stream's
+//! `start`: left the caller's audio at the time Twilio stamped it, right the agent's audio when
+//! the caller heard it. Twilio plays the agent audio it is sent back to back, so each chunk is
+//! heard after the one before it, or at once if nothing is playing; a `clear` (barge-in) drops
+//! what had not played yet, so it is cut from the recording too. Where a side said nothing the
+//! channel holds silence.
+//!
+//! Bounded: each channel holds at most `max_ms` of audio; later audio is dropped and counted.
+
+use super::{BYTES_PER_MS, SILENCE};
+
+/// The recording of one call while it runs.
+#[derive(Debug)]
+pub struct Timeline {
+    caller: Vec<u8>,
+    agent: Vec<u8>,
+    /// Where the agent audio sent so far ends, ms: the next chunk plays from here (or now).
+    agent_end_ms: u64,
+    max_bytes: usize,
+    dropped_bytes: u64,
+}
+
+impl Timeline {
+    /// An empty recording that keeps at most `max_ms` of each side.
+    pub fn new(max_ms: u64) -> Self {
+        Self {
+            caller: Vec::new(),
+            agent: Vec::new(),
+            agent_end_ms: 0,
+            max_bytes: usize::try_from(max_ms)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(BYTES_PER_MS),
+            dropped_bytes: 0,
+        }
+    }
+
+    /// Caller audio (μ-law) that Twilio stamped `at_ms` after the stream's start.
+    pub fn caller(&mut self, at_ms: u64, mulaw: &[u8]) {
+        self.dropped_bytes += place(&mut self.caller, at_ms, mulaw, self.max_bytes);
+    }
+
+    /// Agent audio (μ-law) written to the caller at `now_ms`: heard after what is still
+    /// playing.
+    pub fn agent(&mut self, now_ms: u64, mulaw: &[u8]) {
+        let start = now_ms.max(self.agent_end_ms);
+        self.dropped_bytes += place(&mut self.agent, start, mulaw, self.max_bytes);
+        self.agent_end_ms = start + (mulaw.len() / BYTES_PER_MS) as u64;
+    }
+
+    /// Twilio's buffer was cleared at `now_ms`: the agent audio queued past it is never heard.
+    pub fn clear(&mut self, now_ms: u64) {
+        if self.agent_end_ms > now_ms {
+            self.agent_end_ms = now_ms;
+            let keep = byte_at(now_ms);
+            if self.agent.len() > keep {
+                self.agent.truncate(keep);
+            }
+        }
+    }
+
+    /// Bytes of audio dropped because a side reached the bound.
+    pub fn dropped_bytes(&self) -> u64 {
+        self.dropped_bytes
+    }
+
+    /// Length so far, ms (the longer side).
+    pub fn duration_ms(&self) -> u64 {
+        (self.caller.len().max(self.agent.len()) / BYTES_PER_MS) as u64
+    }
+
+    /// The two channels, (caller, agent), padded with silence to the same length.
+    pub fn finish(mut self) -> (Vec<u8>, Vec<u8>) {
+        let n = self.caller.len().max(self.agent.len());
+        self.caller.resize(n, SILENCE);
+        self.agent.resize(n, SILENCE);
+        (self.caller, self.agent)
+    }
+}
+
+fn byte_at(ms: u64) -> usize {
+    usize::try_from(ms)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(BYTES_PER_MS)
+}
+
+/// Writes `data` into `channel` from `at_ms` (silence before it if the channel is shorter; over
+/// what is there if it is longer), within `max` bytes; returns the bytes dropped.
+fn place(channel: &mut Vec<u8>, at_ms: u64, data: &[u8], max: usize) -> u64 {
+    let at = byte_at(at_ms);
+    if at >= max {
+        return data.len() as u64;
+    }
+    let take = data.len().min(max - at);
+    let end = at + take;
+    if channel.len() < at {
+        channel.resize(at, SILENCE);
+    }
+    let overlap = channel.len().min(end) - at;
+    channel[at..at + overlap].copy_from_slice(&data[..overlap]);
+    channel.extend_from_slice(&data[overlap..take]);
+    (data.len() - take) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: u8 = 0x10;
+    const B: u8 = 0x20;
+
+    #[test]
+    fn the_caller_is_placed_by_its_timestamps_with_silence_in_the_gaps() {
+        let mut t = Timeline::new(60_000);
+        t.caller(0, &[A; 160]);
+        // A frame lost on the way: 20 ms of silence where it would have been.
+        t.caller(40, &[A; 160]);
+        let (caller, agent) = t.finish();
+        assert_eq!(caller.len(), 480);
+        assert!(caller[..160].iter().all(|&b| b == A));
+        assert!(caller[160..320].iter().all(|&b| b == SILENCE));
+        assert!(caller[320..].iter().all(|&b| b == A));
+        assert_eq!(agent, vec![SILENCE; 480], "the agent said nothing");
+    }
+
+    #[test]
+    fn agent_audio_plays_back_to_back_and_a_clear_cuts_what_was_not_heard() {
+        let mut t = Timeline::new(60_000);
+        // 100 ms sent at once at 10 ms: heard from 10 to 110 ms.
+        t.agent(10, &[A; 800]);
+        // Sent at 50 ms while the first still plays: heard from 110 to 210 ms.
+        t.agent(50, &[B; 800]);
+        // The caller talks over it at 150 ms: 150–210 ms is never heard.
+        t.clear(150);
+        // The next answer, sent at 400 ms, plays at once.
+        t.agent(400, &[A; 160]);
+        let (_, agent) = t.finish();
+        let ms = |m: usize| agent[m * 8];
+        assert_eq!(ms(5), SILENCE);
+        assert_eq!((ms(10), ms(109)), (A, A));
+        assert_eq!((ms(110), ms(149)), (B, B));
+        assert_eq!((ms(150), ms(399)), (SILENCE, SILENCE), "cut at the clear");
+        assert_eq!((ms(400), ms(419)), (A, A));
+        assert_eq!(agent.len(), 420 * 8);
+    }
+
+    #[test]
+    fn both_sides_end_together_and_the_bound_drops_and_counts() {
+        let mut t = Timeline::new(100);
+        t.caller(0, &[A; 400]);
+        t.agent(0, &[B; 1600]);
+        assert_eq!(t.dropped_bytes(), 800);
+        t.caller(200, &[A; 160]);
+        assert_eq!(t.dropped_bytes(), 960);
+        assert_eq!(t.duration_ms(), 100);
+        let (caller, agent) = t.finish();
+        assert_eq!((caller.len(), agent.len()), (800, 800));
+        assert!(caller[400..].iter().all(|&b| b == SILENCE));
+        // Far-off timestamps never allocate past the bound.
+        let mut t = Timeline::new(1000);
+        t.caller(u64::MAX / 2, &[A; 160]);
+        assert_eq!((t.duration_ms(), t.dropped_bytes()), (0, 160));
+    }
+}
