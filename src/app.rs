@@ -74,6 +74,8 @@ pub struct AppState {
     pub limits: Arc<crate::limits::Limits>,
     /// Every client's cached greeting in memory (`crate::greeting`).
     pub greetings: Arc<crate::greeting::Greetings>,
+    /// Call recordings, stored off the calls' path (`crate::recording`).
+    pub recorder: Arc<crate::recording::worker::Recorder>,
 }
 
 impl AppState {
@@ -174,6 +176,11 @@ impl AppState {
         }
         background.close();
         let settings_limits = settings.limits.clone();
+        let recorder = Arc::new(crate::recording::worker::Recorder::new(
+            &settings,
+            db.clone(),
+            metrics.clone(),
+        ));
         Ok(Self {
             settings: Arc::new(settings),
             db,
@@ -190,6 +197,7 @@ impl AppState {
             fleet,
             limits: Arc::new(crate::limits::Limits::new(&settings_limits)),
             greetings: Arc::new(crate::greeting::Greetings::new()),
+            recorder,
         })
     }
 }

@@ -186,6 +186,37 @@ pub struct Settings {
     pub store: StoreSettings,
     /// Rate limits and per-client caps (README.md, "Security").
     pub limits: LimitSettings,
+    /// Call recordings (README.md, "Recordings").
+    pub recording: RecordingSettings,
+}
+
+/// `[recording]`: where recordings go and how they are encoded (README.md, "Recordings";
+/// `crate::recording`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingSettings {
+    /// Directory of the recordings (one Ogg/Opus file per call, under the client's id); empty:
+    /// `recordings` next to the SQLite file, or `data/recordings` with Postgres.
+    pub dir: String,
+    /// Opus bitrate for both channels together, bits per second (14000–64000: below, libopus
+    /// lets the two sides bleed into each other).
+    pub bitrate: i32,
+    /// Opus encoder complexity, 0 (fastest) to 10.
+    pub complexity: u8,
+    /// Recordings encoded at once, each on a blocking thread (1–16); the rest wait their turn.
+    pub workers: usize,
+}
+
+impl RecordingSettings {
+    /// The recordings directory: `dir`, or its default for `database_url`.
+    pub fn dir(&self, database_url: &str) -> PathBuf {
+        if !self.dir.is_empty() {
+            return PathBuf::from(&self.dir);
+        }
+        crate::store::sqlite_file_path(database_url)
+            .and_then(|file| Path::new(&file).parent().map(|d| d.join("recordings")))
+            .unwrap_or_else(|| PathBuf::from("data/recordings"))
+    }
 }
 
 /// `[limits]`: rate limits and per-client caps (README.md, "Security"; `crate::limits`). 0
@@ -559,6 +590,18 @@ impl Settings {
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1");
         }
+        if !(crate::recording::opus::MIN_BITRATE..=64_000).contains(&self.recording.bitrate) {
+            return invalid(
+                "recording.bitrate",
+                "must be 14000 to 64000 bits per second (below, the two sides bleed into each other)",
+            );
+        }
+        if self.recording.complexity > 10 {
+            return invalid("recording.complexity", "must be 0 to 10");
+        }
+        if !(1..=16).contains(&self.recording.workers) {
+            return invalid("recording.workers", "must be 1 to 16");
+        }
         if self.store.retry_for_secs == 0 {
             return invalid("store.retry_for_secs", "must be at least 1");
         }
@@ -888,6 +931,12 @@ impl Settings {
             s.store.spool_max_bytes,
             s.store.retry_for_secs,
         ) + &format!(
+            "\n[recording]\ndir = {}\nbitrate = {}\ncomplexity = {}\nworkers = {}\n",
+            q(&s.recording.dir),
+            s.recording.bitrate,
+            s.recording.complexity,
+            s.recording.workers,
+        ) + &format!(
             "\n[limits]\ncaller_webhooks_per_minute = {}\nwarm_sessions_per_client = {}\nlive_calls_per_client = {}\nadmin_bad_tokens_per_minute = {}\nadmin_bad_token_delay_ms = {}\n",
             s.limits.caller_webhooks_per_minute,
             s.limits.warm_sessions_per_client,
@@ -1020,6 +1069,7 @@ const TEXT_KEYS: &[&str] = &[
     "format",
     "policy",
     "spool_dir",
+    "dir",
 ];
 
 fn describe_figment_error(e: figment::Error) -> String {
@@ -1569,6 +1619,9 @@ mod tests {
         );
         for (toml, key) in [
             ("[store]\nretry_for_secs = 0", "store.retry_for_secs"),
+            ("[recording]\nbitrate = 12000", "recording.bitrate"),
+            ("[recording]\ncomplexity = 11", "recording.complexity"),
+            ("[recording]\nworkers = 0", "recording.workers"),
             ("[store]\nspool_max_bytes = 1000", "store.spool_max_bytes"),
         ] {
             let err = Settings::from_toml(&format!("[twilio]\nauth_token=\"t\"\n{toml}\n"))

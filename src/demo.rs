@@ -41,6 +41,7 @@ pub struct DemoOptions {
 
 struct Row {
     label: &'static str,
+    call_sid: String,
     report: CallReport,
     webhook_ms: u128,
     /// Voice webhook sent → first agent audio received: what the caller waited, ringing
@@ -103,6 +104,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         greeting_mode: crate::greeting::GreetingMode::Auto,
         engine: opts.engine,
         model: None,
+        recording: true,
+        recording_notice: None,
     };
     let warm_client = clients::create_client(&db, &input).await?.id();
     // A second number whose client never pre-warms: the cold path, for comparison.
@@ -113,6 +116,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 
     let state = AppState::new(settings, db.clone())?;
     let shutdown = state.shutdown.clone();
+    let recorder = state.recorder.clone();
     let server = tokio::spawn(app::serve(listener, state));
     let twilio = TwilioSim::new(&format!("http://{addr}"), &auth_token);
     let metrics_url = format!("http://{addr}/metrics");
@@ -255,6 +259,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             .filter(|_| !report.clears.is_empty());
         rows.push(Row {
             label,
+            call_sid: placed.call_sid.clone(),
             end_reason: record.call.end_reason.clone().unwrap_or_default(),
             webhook_ms: placed.webhook_time.as_millis(),
             dial_ms: report
@@ -376,6 +381,19 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         caller.display(),
         agent.display()
     );
+    // The business records its calls: the barge-in call's recording, as stored.
+    let recording = opts.out_dir.join("barge-in-recording.ogg");
+    match wait_recording(&db, &barged.call_sid).await? {
+        Some(path) => {
+            std::fs::copy(recorder.file(&path), &recording)
+                .with_context(|| format!("copying the recording to {}", recording.display()))?;
+            println!(
+                "its recording (Ogg/Opus, left the caller, right the agent as heard): {}",
+                recording.display()
+            );
+        }
+        None => eprintln!("note: the barge-in call's recording was not stored"),
+    }
 
     shutdown.cancel();
     let _ = server.await;
@@ -386,6 +404,20 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 
 /// The call that hears the first call's greeting from the cache.
 const CACHED_CALL: &str = "warm: cached greeting";
+
+/// Waits (at most 10 s) for a call's recording; its path under `recording.dir` when stored.
+async fn wait_recording(
+    db: &sea_orm::DatabaseConnection,
+    call_sid: &str,
+) -> anyhow::Result<Option<String>> {
+    for _ in 0..200 {
+        if let Some(r) = store::recordings::get(db, call_sid).await? {
+            return Ok(r.path);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(None)
+}
 
 /// Waits (at most 5 s) until `client`'s greeting is cached; whether it is.
 async fn wait_cached(

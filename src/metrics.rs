@@ -104,6 +104,9 @@ pub struct GreetingLabel {
     pub greeting: &'static str,
 }
 
+/// `warmline_recordings_total{outcome}` values.
+pub const RECORDING_OUTCOMES: &[&str] = &["ready", "failed"];
+
 /// `warmline_engine_session_seconds_total{engine}` values (`crate::engine::EngineKind`).
 pub const ENGINES: &[&str] = &["realtime", "live"];
 
@@ -175,6 +178,11 @@ pub struct Metrics {
     /// `warmline_greetings_unheard_total`: greetings generated for a warm session closed
     /// without its stream (a hang-up while it rang, the reaper, shutdown): money for nothing.
     pub greetings_unheard: Counter,
+    /// `warmline_recordings_total{outcome}`: call recordings stored (`ready`) or not (`failed`).
+    pub recordings: Family<OutcomeLabel, Counter>,
+    /// `warmline_recording_frames_dropped_total`: 20 ms frames left out of recordings (a call
+    /// longer than the recording's bound).
+    pub recording_frames_dropped: Counter,
     /// `warmline_response_latency_seconds`: caller stops speaking to first agent audio relayed.
     pub response_latency: Histogram,
     /// `warmline_active_calls` (gauge).
@@ -268,6 +276,8 @@ impl Metrics {
             dial_to_first_audio,
             greetings: Family::default(),
             greetings_unheard: Counter::default(),
+            recordings: Family::default(),
+            recording_frames_dropped: Counter::default(),
             engine_session_seconds: Family::default(),
             engine_prewarm_seconds: Family::default(),
             active_calls: Gauge::default(),
@@ -336,6 +346,16 @@ impl Metrics {
             "greetings_unheard",
             "Greetings generated for a warm session closed without its stream",
             m.greetings_unheard.clone(),
+        );
+        registry.register(
+            "recordings",
+            "Call recordings stored (ready) or not (failed), by outcome",
+            m.recordings.clone(),
+        );
+        registry.register(
+            "recording_frames_dropped",
+            "20 ms frames left out of call recordings (beyond the recording's bound)",
+            m.recording_frames_dropped.clone(),
         );
         registry.register(
             "engine_session_seconds",
@@ -492,6 +512,7 @@ impl Metrics {
         for family in [&self.engine_session_seconds, &self.engine_prewarm_seconds] {
             create(family, ENGINES.iter().map(|&engine| EngineLabel { engine }));
         }
+        create(&self.recordings, RECORDING_OUTCOMES.iter().map(outcome));
         create(
             &self.greetings,
             GREETING_SOURCES

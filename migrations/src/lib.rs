@@ -14,6 +14,7 @@ mod m20261129_000007_call_trust;
 mod m20261130_000001_call_claims;
 mod m20261130_000002_greetings;
 mod m20261130_000003_engine;
+mod m20261130_000004_recordings;
 
 /// The ordered list of warmline migrations.
 pub struct Migrator;
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000001_call_claims::Migration),
             Box::new(m20261130_000002_greetings::Migration),
             Box::new(m20261130_000003_engine::Migration),
+            Box::new(m20261130_000004_recordings::Migration),
         ]
     }
 }

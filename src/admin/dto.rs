@@ -102,6 +102,13 @@ pub struct ClientIn {
     /// The engine's model for this client (default: `openai.model` or `openai.live_model`).
     #[serde(default)]
     pub model: Option<String>,
+    /// `on` or `off` (default): record the client's calls (README "Recordings").
+    #[serde(default)]
+    pub recording: Option<String>,
+    /// What callers hear before the greeting when recorded (default: "This call may be
+    /// recorded." in the client's language: English or Spanish).
+    #[serde(default)]
+    pub recording_notice: Option<String>,
 }
 
 /// An FAQ.
@@ -305,6 +312,23 @@ impl ClientIn {
                 .transpose()
                 .map_err(|e| invalid("greeting_mode", e))?
                 .unwrap_or_default(),
+            recording: match self.recording.as_deref() {
+                None | Some("off") => false,
+                Some("on") => true,
+                Some(_) => return Err(invalid("recording", "must be \"on\" or \"off\"")),
+            },
+            recording_notice: match self.recording_notice.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(n) if n.chars().count() <= 300 && !n.chars().any(char::is_control) => {
+                    Some(n.to_string())
+                }
+                Some(_) => {
+                    return Err(invalid(
+                        "recording_notice",
+                        "must be one line of at most 300 characters",
+                    ));
+                }
+            },
             results_schema: match &self.results_schema {
                 None | Some(serde_json::Value::Null) => None,
                 Some(schema) => {
@@ -417,6 +441,10 @@ pub struct ClientOut {
     pub engine: String,
     /// The engine's model for this client (null: the instance's default).
     pub model: Option<String>,
+    /// `on` or `off`.
+    pub recording: String,
+    /// The notice callers hear first when recorded (null: the built-in one).
+    pub recording_notice: Option<String>,
 }
 
 impl From<ClientProfile> for ClientOut {
@@ -468,6 +496,13 @@ impl From<ClientProfile> for ClientOut {
                 .as_str()
                 .to_string(),
             model: c.model,
+            recording: if c.recording.as_deref() == Some("on") {
+                "on"
+            } else {
+                "off"
+            }
+            .to_string(),
+            recording_notice: c.recording_notice,
         }
     }
 }
@@ -546,6 +581,9 @@ pub struct CallOut {
     /// The post-call job (only on GET /calls/{call_sid}, for a call that has one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub post_call: Option<PostCallOut>,
+    /// The call's recording (only on GET /calls/{call_sid}, for a recorded call).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<super::recording::RecordingOut>,
 }
 
 /// Where a call's post-call job stands.
@@ -615,6 +653,7 @@ impl TryFrom<call::Model> for CallOut {
                 .as_deref()
                 .and_then(|r| serde_json::from_str(r).ok()),
             post_call: None,
+            recording: None,
         })
     }
 }

@@ -14,6 +14,7 @@ pub mod dto;
 pub mod error;
 pub mod greeting;
 pub mod knowledge;
+pub mod recording;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -76,6 +77,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .routes(routes!(get_caller, delete_caller))
         .routes(routes!(list_calls))
         .routes(routes!(get_call))
+        .routes(routes!(
+            recording::get_recording,
+            recording::delete_recording
+        ))
         .routes(routes!(rotate_webhook_secret))
         .routes(routes!(list_messages))
         .routes(routes!(list_deliveries))
@@ -398,6 +403,9 @@ async fn get_call(
     let job = post_call::job_for_call(&s.db, c.call.id).await?;
     let mut out = CallOut::try_from(c)?;
     out.post_call = job.map(Into::into);
+    out.recording = crate::store::recordings::get(&s.db, &call_sid)
+        .await?
+        .map(Into::into);
     Ok(Json(out))
 }
 

@@ -44,6 +44,7 @@ use crate::{
         keepalive::{Due, Keepalive, KeepaliveSpec},
         proto::push_recent,
     },
+    recording::timeline::Timeline,
     tools::{Effect, ToolCall, ToolResult},
     twilio::media::{MediaEvent, MediaStream, Transmit},
 };
@@ -236,6 +237,10 @@ pub struct Call {
     last_media: Option<Instant>,
     outputs: VecDeque<Output>,
     frames_dropped: u64,
+    /// The call's recording while it runs ([`Call::start_recording`]), and a buffer its frames
+    /// are decoded into.
+    recording: Option<Timeline>,
+    recording_buf: Vec<u8>,
     /// What the caller sent between `start` and the attach (a cold session connecting, a warm
     /// one still being handed over): audio and key presses, in arrival order, sent right after
     /// the greeting, so the caller's first words and keys are not lost. Audio is bounded by
@@ -295,6 +300,20 @@ const HISTORY_MAX_LINES: usize = 127;
 /// An `expires_at` closer than this is not renewed ahead (a clock off from the engine's would
 /// renew every new session at once): the session is replaced when it ends.
 const RENEW_MIN_LEFT: Duration = Duration::from_secs(10);
+
+/// Decodes base64 audio into `buf` (cleared first); false if it is not base64.
+fn decode_into(b64: &str, buf: &mut Vec<u8>) -> bool {
+    use base64::Engine as _;
+    buf.clear();
+    base64::engine::general_purpose::STANDARD
+        .decode_vec(b64, buf)
+        .is_ok()
+}
+
+/// Milliseconds from `start` to `now`.
+fn ms_since(start: Instant, now: Instant) -> u64 {
+    now.saturating_duration_since(start).as_millis() as u64
+}
 
 /// How long before an engine's own session limit (GPT-Live's `expires_at`) the call renews
 /// the session at most (less when the session is short: a quarter of its length).
@@ -389,6 +408,8 @@ impl Call {
             max_duration,
             outputs: VecDeque::new(),
             frames_dropped: 0,
+            recording: None,
+            recording_buf: Vec::new(),
             held: VecDeque::new(),
             held_bytes: 0,
             tools: VecDeque::new(),
@@ -411,6 +432,14 @@ impl Call {
             end_after_greeting: None,
             model_yields: false,
             flushed_until: None,
+        }
+    }
+
+    /// Records the call from now on (both sides as heard, README "Recordings"), keeping at most
+    /// `max` of it; the recording goes out with the outcome.
+    pub fn start_recording(&mut self, max: Duration) {
+        if self.recording.is_none() {
+            self.recording = Some(Timeline::new(max.as_millis() as u64));
         }
     }
 
@@ -1164,8 +1193,18 @@ impl Call {
     }
 
     fn on_media_event(&mut self, now: Instant, event: MediaEvent) {
-        if let MediaEvent::Media { .. } = event {
+        if let MediaEvent::Media {
+            payload,
+            timestamp_ms,
+            ..
+        } = &event
+        {
             self.last_media = Some(now);
+            if let Some(rec) = self.recording.as_mut()
+                && decode_into(payload, &mut self.recording_buf)
+            {
+                rec.caller(*timestamp_ms, &self.recording_buf);
+            }
         }
         match event {
             MediaEvent::Started {
@@ -1250,6 +1289,11 @@ impl Call {
                 self.next_item
             }
         };
+        if let (Some(rec), Some(start)) = (self.recording.as_mut(), self.started)
+            && decode_into(&chunk.payload, &mut self.recording_buf)
+        {
+            rec.agent(ms_since(start, now), &self.recording_buf);
+        }
         self.stream.send_media(now, item, chunk.payload);
         self.drain_stream_transmits();
         match self.closing.as_mut() {
@@ -1295,6 +1339,9 @@ impl Call {
             return;
         }
         let heard = self.stream.send_clear(now);
+        if let (Some(rec), Some(start)) = (self.recording.as_mut(), self.started) {
+            rec.clear(ms_since(start, now));
+        }
         self.drain_stream_transmits();
         // The greeting being kept was not heard whole.
         self.give_up_capture();
@@ -1483,6 +1530,7 @@ impl Call {
             ended_at: now_wall,
             transcript: std::mem::take(&mut self.transcript),
             frames_dropped: self.frames_dropped,
+            recording: self.recording.take(),
         })));
     }
 }

@@ -194,6 +194,8 @@ pub struct CallOutcome {
     pub transcript: Vec<TranscriptLine>,
     /// Audio frames dropped because Twilio could not keep up.
     pub frames_dropped: u64,
+    /// Both sides as heard, when the call was recorded.
+    pub recording: Option<crate::recording::timeline::Timeline>,
 }
 
 impl CallOutcome {
@@ -247,6 +249,7 @@ mod tests {
                 line(Role::Caller, "Thanks"),
             ],
             frames_dropped: 0,
+            recording: None,
         };
         let note = outcome.memory_note().unwrap();
         assert!(

@@ -489,7 +489,7 @@ async fn run(state: AppState, socket: WebSocket) {
                             } else {
                                 CallPath::Cold
                             };
-                            play_cached(&state, &mut call, &claimed.context, now, path);
+                            begin(&state, &mut call, &claimed.context, now, path);
                             // Other instances (and this one after a restart) learn from the
                             // database that the call has its stream.
                             state.writer.enqueue(Job::Patch(
@@ -768,7 +768,7 @@ async fn run(state: AppState, socket: WebSocket) {
                 let result = match *step {
                     AttachStep::Context(Ok(ctx)) => {
                         known = Some(ctx.clone());
-                        play_cached(&state, &mut call, &ctx, now, CallPath::Cold);
+                        begin(&state, &mut call, &ctx, now, CallPath::Cold);
                         attaching = Some(take_session(state.clone(), call_over.clone(), ctx, None));
                         continue;
                     }
@@ -863,8 +863,16 @@ async fn run(state: AppState, socket: WebSocket) {
     // closed (caller audio queued before the end still reaches it), and a session still being
     // attached is finished (bounded) and closed: each within its own limit, all at once.
     let record_then_twilio = async {
-        if let (Some(o), Some(ctx), Some(sid)) = (outcome, &known, &stream_sid) {
+        if let (Some(mut o), Some(ctx), Some(sid)) = (outcome, &known, &stream_sid) {
             Metrics::inc_reason(&state.metrics.calls_ended, o.end_reason.code());
+            if let Some(recording) = o.recording.take() {
+                state.recorder.submit(
+                    &state.tasks,
+                    ctx.call_sid.to_string(),
+                    ctx.client_id,
+                    recording,
+                );
+            }
             tracing::info!(
                 call_sid = %ctx.call_sid,
                 end_reason = %o.end_reason.describe(),
@@ -919,6 +927,17 @@ async fn run(state: AppState, socket: WebSocket) {
 
 /// Plays the client's cached greeting at once, if the call has one (`crate::greeting`): the
 /// session, warm or still to open (`path`), learns it as an assistant message.
+/// The call's context is known (its client and caller): a recorded call starts recording
+/// (the cached greeting, the notice in it, included), then the cached greeting plays.
+fn begin(state: &AppState, call: &mut Call, ctx: &CallContext, now: Instant, path: CallPath) {
+    if ctx.profile.recording {
+        // The call's own bound, and a minute for the end.
+        let max = Duration::from_secs(state.settings.call.max_duration_secs + 60);
+        call.start_recording(max);
+    }
+    play_cached(state, call, ctx, now, path);
+}
+
 fn play_cached(state: &AppState, call: &mut Call, ctx: &CallContext, now: Instant, path: CallPath) {
     if let Some(g) = ctx.greeting.cached() {
         state.metrics.inc_greeting("cached");

@@ -31,7 +31,7 @@ pub struct AgentProfile {
     pub business: String,
     /// The business's prompt.
     pub instructions: String,
-    /// What to say first.
+    /// What to say first (the recording notice first when the call is recorded).
     pub greeting: String,
     /// Output voice.
     pub voice: String,
@@ -55,6 +55,8 @@ pub struct AgentProfile {
     pub engine: EngineKind,
     /// The engine's model for this client (none: the instance's default).
     pub model: Option<String>,
+    /// The call is recorded (README "Recordings").
+    pub recording: bool,
 }
 
 impl AgentProfile {
@@ -69,10 +71,21 @@ impl AgentProfile {
     ) -> Self {
         let c = &client.client;
         let trusted = trust != CallerTrust::Untrusted;
+        let recording = c.recording.as_deref() == Some("on");
         Self {
             business: c.name.clone(),
             instructions: c.instructions.clone(),
-            greeting: c.greeting.clone(),
+            // Heard first, in the greeting itself: a cached greeting holds it too.
+            greeting: if recording {
+                let notice = c
+                    .recording_notice
+                    .clone()
+                    .unwrap_or_else(|| crate::recording::notice(&c.language).to_string());
+                format!("{notice} {}", c.greeting)
+            } else {
+                c.greeting.clone()
+            },
+            recording,
             voice: c.voice.clone(),
             language: c.language.clone(),
             timezone: c.timezone.clone(),
@@ -315,6 +328,7 @@ mod tests {
             lines: LineOverrides::default(),
             engine: EngineKind::Realtime,
             model: None,
+            recording: false,
         }
     }
 

@@ -7,6 +7,17 @@
 
 pub mod opus;
 pub mod timeline;
+pub mod worker;
+
+/// The notice a recorded call's caller hears first, in the client's language (`es…`: Spanish,
+/// anything else English); a client may set its own (`recording_notice`).
+pub fn notice(language: &str) -> &'static str {
+    if language.to_ascii_lowercase().starts_with("es") {
+        "Esta llamada puede ser grabada."
+    } else {
+        "This call may be recorded."
+    }
+}
 
 /// μ-law bytes per millisecond (8 kHz, one byte a sample).
 pub const BYTES_PER_MS: usize = 8;

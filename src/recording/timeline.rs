@@ -10,7 +10,7 @@
 use super::{BYTES_PER_MS, SILENCE};
 
 /// The recording of one call while it runs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Timeline {
     caller: Vec<u8>,
     agent: Vec<u8>,

@@ -74,6 +74,10 @@ pub struct ClientInput {
     pub engine: EngineKind,
     /// The engine's model for it (none: the instance's default).
     pub model: Option<String>,
+    /// Its calls are recorded (README "Recordings").
+    pub recording: bool,
+    /// What callers hear first when recorded (none: the built-in notice in its language).
+    pub recording_notice: Option<String>,
 }
 
 /// A client with its numbers and FAQs.
@@ -134,6 +138,8 @@ fn active_model(input: &ClientInput, now: chrono::DateTime<Utc>) -> client::Acti
         greeting_mode: Set(Some(input.greeting_mode.as_str().to_string())),
         engine: Set(Some(input.engine.as_str().to_string())),
         model: Set(input.model.clone()),
+        recording: Set(Some(if input.recording { "on" } else { "off" }.to_string())),
+        recording_notice: Set(input.recording_notice.clone()),
         ..Default::default()
     }
 }

@@ -58,6 +58,11 @@ pub mod client {
         pub engine: Option<String>,
         /// The engine's model for this client; NULL: the instance's default.
         pub model: Option<String>,
+        /// `on` or `off`; NULL is `off` (`crate::recording`).
+        pub recording: Option<String>,
+        /// What callers hear before the greeting when recorded; NULL: the built-in notice in
+        /// the client's language.
+        pub recording_notice: Option<String>,
     }
 
     /// No declared relations.
@@ -380,6 +385,42 @@ pub mod post_call_job {
         /// Whether the summary replaces the call's note in caller memory (false when the call
         /// wrote none: an untrusted or withheld caller id).
         pub remember: bool,
+    }
+
+    /// No declared relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `recordings`: one row per recorded call (`crate::recording`): its Ogg/Opus file and state.
+pub mod recording {
+    use sea_orm::entity::prelude::*;
+
+    /// A call's recording.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "recordings")]
+    pub struct Model {
+        /// The call (primary key).
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub call_sid: String,
+        /// Whose call it was.
+        pub client_id: i32,
+        /// `ready` or `failed`.
+        pub status: String,
+        /// The file, relative to `recording.dir` (none when it failed).
+        pub path: Option<String>,
+        /// Size of the file.
+        pub size_bytes: i64,
+        /// Length of the audio, ms.
+        pub duration_ms: i64,
+        /// `opus` (Ogg/Opus, two channels: left the caller, right the agent).
+        pub codec: String,
+        /// Why it failed.
+        pub error: Option<String>,
+        /// When it was stored.
+        pub created_at: ChronoDateTimeUtc,
     }
 
     /// No declared relations.

@@ -27,6 +27,7 @@ pub mod messages;
 pub mod outbox;
 pub mod post_call;
 pub mod recent;
+pub mod recordings;
 pub mod spool;
 pub mod writer;
 

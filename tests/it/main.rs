@@ -21,6 +21,7 @@ mod one_stream;
 mod post_call;
 mod rate_limits;
 mod reconnect;
+mod recording;
 mod slow_peers;
 mod spool;
 mod store;

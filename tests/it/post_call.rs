@@ -143,6 +143,7 @@ fn finished(client_id: ClientId, sid: &str, said: &[&str]) -> FinishedCall {
         ended_at: now + chrono::Duration::seconds(42),
         transcript,
         frames_dropped: 0,
+        recording: None,
     };
     let note = outcome.memory_note();
     FinishedCall {

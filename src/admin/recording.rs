@@ -1,0 +1,209 @@
+//! A call's recording (README "Recordings"): `GET /calls/{call_sid}/recording` streams its
+//! Ogg/Opus file (`Range: bytes=…` answered with 206, so a browser's `<audio>` can seek),
+//! `DELETE /calls/{call_sid}/recording` removes the file and its row.
+
+use axum::{
+    body::Body,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use utoipa::ToSchema;
+
+use super::error::{ApiError, Path};
+use crate::{app::AppState, store::recordings};
+
+/// A call's recording, as the call record shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordingOut {
+    /// `ready` or `failed`.
+    pub status: String,
+    /// Length, ms.
+    pub duration_ms: i64,
+    /// Size of the file, bytes.
+    pub size_bytes: i64,
+    /// `opus`: Ogg/Opus, two channels (left the caller, right the agent as heard).
+    pub codec: String,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Where to fetch it (when ready).
+    pub url: Option<String>,
+}
+
+impl From<recordings::StoredRecording> for RecordingOut {
+    fn from(r: recordings::StoredRecording) -> Self {
+        let ready = r.status == "ready";
+        Self {
+            url: ready.then(|| format!("{}/calls/{}/recording", super::BASE, r.call_sid)),
+            status: r.status,
+            duration_ms: r.duration_ms,
+            size_bytes: r.size_bytes,
+            codec: r.codec,
+            error: r.error,
+        }
+    }
+}
+
+/// The longest piece answered to one range request (a browser asks again for the rest).
+const MAX_RANGE: u64 = 8 << 20;
+
+/// A call's recording as Ogg/Opus, whole or the byte range asked for.
+#[utoipa::path(get, path = "/calls/{call_sid}/recording",
+    responses((status = 200, description = "audio/ogg"), (status = 206, description = "the range asked for"),
+        (status = 404, description = "no such call, or it has no recording"),
+        (status = 416, description = "a range outside the file")))]
+pub async fn get_recording(
+    State(s): State<AppState>,
+    Path(call_sid): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let rec = recordings::get(&s.db, &call_sid)
+        .await?
+        .ok_or(ApiError::NotFound("recording"))?;
+    let Some(path) = rec.path.as_deref().filter(|_| rec.status == "ready") else {
+        return Err(ApiError::NotFound("recording"));
+    };
+    let file_path = s.recorder.file(path);
+    let mut file = match tokio::fs::File::open(&file_path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::NotFound("recording"));
+        }
+        Err(e) => {
+            return Err(ApiError::Internal(
+                anyhow::Error::new(e).context("recording"),
+            ));
+        }
+    };
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("recording")))?
+        .len();
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| parse_range(v, len));
+    let (status, start, end) = match range {
+        None | Some(Range::Ignored) => (StatusCode::OK, 0, len),
+        Some(Range::Bytes(a, b)) => (StatusCode::PARTIAL_CONTENT, a, b.min(a + MAX_RANGE)),
+        Some(Range::Unsatisfiable) => {
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+            )
+                .into_response());
+        }
+    };
+    let mut body = vec![0u8; (end - start) as usize];
+    let read = async {
+        file.seek(std::io::SeekFrom::Start(start)).await?;
+        file.read_exact(&mut body).await
+    };
+    read.await
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("recording")))?;
+    let mut response = (
+        status,
+        [
+            (header::CONTENT_TYPE, "audio/ogg".to_string()),
+            (header::ACCEPT_RANGES, "bytes".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("inline; filename=\"{call_sid}.ogg\""),
+            ),
+        ],
+        Body::from(body),
+    )
+        .into_response();
+    if status == StatusCode::PARTIAL_CONTENT {
+        response.headers_mut().insert(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{len}", end - 1)
+                .parse()
+                .expect("a valid header value"),
+        );
+    }
+    Ok(response)
+}
+
+/// Delete a call's recording: its file and its row.
+#[utoipa::path(delete, path = "/calls/{call_sid}/recording",
+    responses((status = 204), (status = 404, description = "no recording")))]
+pub async fn delete_recording(
+    State(s): State<AppState>,
+    Path(call_sid): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let rec = recordings::get(&s.db, &call_sid)
+        .await?
+        .ok_or(ApiError::NotFound("recording"))?;
+    if let Some(path) = rec.path.as_deref() {
+        match tokio::fs::remove_file(s.recorder.file(path)).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(ApiError::Internal(
+                    anyhow::Error::new(e).context("recording"),
+                ));
+            }
+        }
+    }
+    recordings::delete(&s.db, &call_sid).await?;
+    tracing::info!(call_sid, "recording deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A `Range` header against a file of `len` bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Range {
+    /// `[start, end)`.
+    Bytes(u64, u64),
+    /// Outside the file: 416.
+    Unsatisfiable,
+    /// Not one byte range (another unit, several ranges, garbage): the whole file, as RFC 9110
+    /// §14.2 lets a server do.
+    Ignored,
+}
+
+/// `bytes=a-b`, `bytes=a-` or `bytes=-n` (RFC 9110 §14.1.2).
+fn parse_range(v: &str, len: u64) -> Range {
+    let Some(spec) = v.trim().strip_prefix("bytes=") else {
+        return Range::Ignored;
+    };
+    if spec.contains(',') {
+        return Range::Ignored;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Range::Ignored;
+    };
+    let num = |s: &str| s.trim().parse::<u64>().ok();
+    match (a.trim().is_empty(), num(a), num(b)) {
+        // The last n bytes.
+        (true, _, Some(n)) if n > 0 && len > 0 => Range::Bytes(len.saturating_sub(n), len),
+        (true, _, _) => Range::Unsatisfiable,
+        (false, Some(a), _) if a >= len => Range::Unsatisfiable,
+        (false, Some(a), None) if b.trim().is_empty() => Range::Bytes(a, len),
+        (false, Some(a), Some(b)) if b >= a => Range::Bytes(a, (b + 1).min(len)),
+        _ => Range::Ignored,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_ranges_are_read_like_rfc_9110() {
+        assert_eq!(parse_range("bytes=0-99", 1000), Range::Bytes(0, 100));
+        assert_eq!(parse_range("bytes=900-", 1000), Range::Bytes(900, 1000));
+        assert_eq!(parse_range("bytes=-100", 1000), Range::Bytes(900, 1000));
+        assert_eq!(parse_range("bytes=500-5000", 1000), Range::Bytes(500, 1000));
+        assert_eq!(parse_range("bytes=1000-", 1000), Range::Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 1000), Range::Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-1", 1000), Range::Ignored);
+        assert_eq!(parse_range("bytes=0-1,5-9", 1000), Range::Ignored);
+        assert_eq!(parse_range("items=0-1", 1000), Range::Ignored);
+        assert_eq!(parse_range("bytes=x-y", 1000), Range::Ignored);
+    }
+}

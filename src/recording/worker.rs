@@ -1,0 +1,175 @@
+//! Stores finished calls' recordings off the calls' path: each is encoded on a blocking thread
+//! (at most `recording.workers` at once; the rest wait their turn, the calls never do), written
+//! to `recording.dir/<client id>/<CallSid>.ogg` (a temporary file renamed into place), and its
+//! `recordings` row saved: `ready`, or `failed` with why (the metric
+//! `warmline_recordings_total{outcome}` counts both).
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use chrono::Utc;
+use sea_orm::DatabaseConnection;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use super::{
+    opus::{self, OpusSettings},
+    timeline::Timeline,
+};
+use crate::{
+    config::Settings,
+    domain::ClientId,
+    metrics::Metrics,
+    store::recordings::{self, StoredRecording},
+};
+
+/// The codec of every recording (`recordings.codec`).
+pub const CODEC: &str = "opus";
+
+/// The recordings of this instance.
+pub struct Recorder {
+    dir: PathBuf,
+    opus: OpusSettings,
+    permits: Arc<Semaphore>,
+    db: DatabaseConnection,
+    metrics: Arc<Metrics>,
+}
+
+impl Recorder {
+    /// From the settings (`[recording]`), storing rows in `db`.
+    pub fn new(settings: &Settings, db: DatabaseConnection, metrics: Arc<Metrics>) -> Self {
+        let r = &settings.recording;
+        Self {
+            dir: r.dir(settings.database.url.expose()),
+            opus: OpusSettings {
+                bitrate: r.bitrate,
+                complexity: r.complexity,
+            },
+            permits: Arc::new(Semaphore::new(r.workers.max(1))),
+            db,
+            metrics,
+        }
+    }
+
+    /// Where a recording's file is (`path` as stored: relative to `recording.dir`).
+    pub fn file(&self, path: &str) -> PathBuf {
+        self.dir.join(path)
+    }
+
+    /// The recordings directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Encodes and stores a finished call's recording in the background (a task on `tasks`, so
+    /// a shutdown waits for it).
+    pub fn submit(
+        self: &Arc<Self>,
+        tasks: &TaskTracker,
+        call_sid: String,
+        client_id: ClientId,
+        timeline: Timeline,
+    ) {
+        let dropped_frames = timeline.dropped_bytes() / 160;
+        if dropped_frames > 0 {
+            self.metrics.recording_frames_dropped.inc_by(dropped_frames);
+        }
+        let me = self.clone();
+        tasks.spawn(async move {
+            let row = match me.store(&call_sid, client_id, timeline).await {
+                Ok(row) => {
+                    tracing::info!(
+                        call_sid,
+                        path = row.path.as_deref().unwrap_or(""),
+                        size_bytes = row.size_bytes,
+                        duration_ms = row.duration_ms,
+                        "recording stored"
+                    );
+                    row
+                }
+                Err(e) => {
+                    tracing::warn!(call_sid, error = %e, "recording failed");
+                    StoredRecording {
+                        call_sid: call_sid.clone(),
+                        client_id,
+                        status: "failed".into(),
+                        path: None,
+                        size_bytes: 0,
+                        duration_ms: 0,
+                        codec: CODEC.into(),
+                        error: Some(e),
+                        created_at: Utc::now(),
+                    }
+                }
+            };
+            me.metrics
+                .recordings
+                .get_or_create(&crate::metrics::OutcomeLabel {
+                    outcome: if row.status == "ready" {
+                        "ready"
+                    } else {
+                        "failed"
+                    },
+                })
+                .inc();
+            if let Err(e) = recordings::put(&me.db, &row).await {
+                tracing::warn!(call_sid = row.call_sid, error = %e, "recording row not saved");
+            }
+        });
+    }
+
+    async fn store(
+        &self,
+        call_sid: &str,
+        client_id: ClientId,
+        timeline: Timeline,
+    ) -> Result<StoredRecording, String> {
+        // A CallSid is 34 letters and digits (it was checked when the stream started); the
+        // file name is built from nothing else.
+        if call_sid.is_empty() || !call_sid.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err("not a CallSid".into());
+        }
+        let _permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
+        let opus = self.opus;
+        let serial = call_sid
+            .bytes()
+            .fold(0u32, |h, b| h.rotate_left(5) ^ u32::from(b));
+        let encoded = tokio::task::spawn_blocking(move || {
+            let (caller, agent) = timeline.finish();
+            opus::encode(&caller, &agent, opus, serial)
+        })
+        .await
+        .map_err(|e| format!("encoder task: {e}"))?
+        .map_err(|e| e.to_string())?;
+        let rel = format!("{}/{call_sid}.ogg", client_id.get());
+        let file = self.dir.join(&rel);
+        let dir = file.parent().unwrap_or(&self.dir).to_path_buf();
+        let tmp = dir.join(format!(".{call_sid}.ogg.tmp"));
+        let size = encoded.ogg.len() as i64;
+        async {
+            tokio::fs::create_dir_all(&dir).await?;
+            tokio::fs::write(&tmp, &encoded.ogg).await?;
+            tokio::fs::rename(&tmp, &file).await
+        }
+        .await
+        .map_err(|e| format!("writing {}: {e}", file.display()))?;
+        Ok(StoredRecording {
+            call_sid: call_sid.to_string(),
+            client_id,
+            status: "ready".into(),
+            path: Some(rel),
+            size_bytes: size,
+            duration_ms: encoded.duration_ms as i64,
+            codec: CODEC.into(),
+            error: None,
+            created_at: Utc::now(),
+        })
+    }
+}

@@ -1,0 +1,99 @@
+//! Call recordings (`recordings`, one row per recorded call; `crate::recording`): written by the
+//! recording worker once a call's file is stored (or failed), read and deleted by the admin API.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set, sea_query::OnConflict};
+
+use super::{StoreError, entities::recording};
+use crate::domain::ClientId;
+
+/// A call's recording as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecording {
+    /// The call.
+    pub call_sid: String,
+    /// Whose call.
+    pub client_id: ClientId,
+    /// `ready` or `failed`.
+    pub status: String,
+    /// The file, relative to `recording.dir` (none when it failed).
+    pub path: Option<String>,
+    /// Size of the file.
+    pub size_bytes: i64,
+    /// Length of the audio, ms.
+    pub duration_ms: i64,
+    /// `opus`.
+    pub codec: String,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<recording::Model> for StoredRecording {
+    fn from(m: recording::Model) -> Self {
+        Self {
+            call_sid: m.call_sid,
+            client_id: ClientId::new(m.client_id),
+            status: m.status,
+            path: m.path,
+            size_bytes: m.size_bytes,
+            duration_ms: m.duration_ms,
+            codec: m.codec,
+            error: m.error,
+            created_at: m.created_at,
+        }
+    }
+}
+
+/// Saves a recording's row (a second save of the same call replaces the first).
+pub async fn put(db: &impl ConnectionTrait, r: &StoredRecording) -> Result<(), StoreError> {
+    let am = recording::ActiveModel {
+        call_sid: Set(r.call_sid.clone()),
+        client_id: Set(r.client_id.get()),
+        status: Set(r.status.clone()),
+        path: Set(r.path.clone()),
+        size_bytes: Set(r.size_bytes),
+        duration_ms: Set(r.duration_ms),
+        codec: Set(r.codec.clone()),
+        error: Set(r.error.clone()),
+        created_at: Set(r.created_at),
+    };
+    recording::Entity::insert(am)
+        .on_conflict(
+            OnConflict::column(recording::Column::CallSid)
+                .update_columns([
+                    recording::Column::Status,
+                    recording::Column::Path,
+                    recording::Column::SizeBytes,
+                    recording::Column::DurationMs,
+                    recording::Column::Codec,
+                    recording::Column::Error,
+                    recording::Column::CreatedAt,
+                ])
+                .to_owned(),
+        )
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// The recording of a call, if it has one.
+pub async fn get(
+    db: &impl ConnectionTrait,
+    call_sid: &str,
+) -> Result<Option<StoredRecording>, StoreError> {
+    Ok(recording::Entity::find_by_id(call_sid.to_string())
+        .one(db)
+        .await?
+        .map(StoredRecording::from))
+}
+
+/// Deletes a call's recording row; whether there was one.
+pub async fn delete(db: &impl ConnectionTrait, call_sid: &str) -> Result<bool, StoreError> {
+    let r = recording::Entity::delete_many()
+        .filter(recording::Column::CallSid.eq(call_sid))
+        .exec(db)
+        .await?;
+    Ok(r.rows_affected > 0)
+}
