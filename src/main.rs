@@ -101,6 +101,10 @@ enum Command {
         /// matching fake server is started.
         #[arg(long, default_value = "realtime", conflicts_with = "chaos")]
         engine: warmline::engine::EngineKind,
+        /// Every client of the run records its calls; the report adds the recordings' size per
+        /// call-minute and how soon they were stored (the CPU figures include the encoding).
+        #[arg(long, conflicts_with = "chaos")]
+        record: bool,
         /// When the caller asks its question, seconds after the greeting was first heard, a
         /// comma list (60,600 with --duration 610: the answer delay at minute 1 and minute 10);
         /// the answer delay is reported per question. Default: one question at half the call.
@@ -256,6 +260,7 @@ async fn tools(command: Command) -> anyhow::Result<()> {
             greeting_mode,
             abandon_calls,
             engine,
+            record,
             questions_at,
             json,
             gateway_cpus,
@@ -304,6 +309,7 @@ async fn tools(command: Command) -> anyhow::Result<()> {
                 greeting_modes: greeting_mode,
                 abandon_calls,
                 engine,
+                record,
                 questions_at: questions_at.into_iter().map(secs).collect(),
                 json,
                 gateway_bin: None,

@@ -215,7 +215,10 @@ async fn delete_client(
 ) -> ApiResult<StatusCode> {
     clients::delete_client(&s.db, id).await?;
     s.recent.forget_client(id);
-    tracing::info!(client_id = id.get(), "client deleted");
+    // Its recordings go with it (rows, then files).
+    let paths = crate::store::recordings::delete_for_client(&s.db, id).await?;
+    let removed = s.recorder.remove_files(&paths).await;
+    tracing::info!(client_id = id.get(), recordings = removed, "client deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -358,10 +361,17 @@ async fn delete_caller(
     State(s): State<AppState>,
     Path((id, phone)): Path<(ClientId, String)>,
 ) -> ApiResult<StatusCode> {
-    callers::delete_caller(&s.db, id, &phone).await?;
+    // The recordings of the caller's calls first: the call rows they are found by stay.
+    let paths = crate::store::recordings::delete_for_caller(&s.db, id, &phone).await?;
+    let removed = s.recorder.remove_files(&paths).await;
+    match callers::delete_caller(&s.db, id, &phone).await {
+        Err(crate::store::StoreError::NotFound(_)) if removed > 0 => {}
+        other => other?,
+    }
     tracing::info!(
         client_id = id.get(),
-        "caller memory and transcripts erased on request"
+        recordings = removed,
+        "caller memory, transcripts and recordings erased on request"
     );
     Ok(StatusCode::NO_CONTENT)
 }

@@ -168,7 +168,12 @@ enum Range {
 
 /// `bytes=a-b`, `bytes=a-` or `bytes=-n` (RFC 9110 §14.1.2).
 fn parse_range(v: &str, len: u64) -> Range {
-    let Some(spec) = v.trim().strip_prefix("bytes=") else {
+    let v = v.trim();
+    let Some(spec) = v
+        .get(..6)
+        .filter(|unit| unit.eq_ignore_ascii_case("bytes="))
+        .map(|_| &v[6..])
+    else {
         return Range::Ignored;
     };
     if spec.contains(',') {
@@ -181,7 +186,8 @@ fn parse_range(v: &str, len: u64) -> Range {
     match (a.trim().is_empty(), num(a), num(b)) {
         // The last n bytes.
         (true, _, Some(n)) if n > 0 && len > 0 => Range::Bytes(len.saturating_sub(n), len),
-        (true, _, _) => Range::Unsatisfiable,
+        (true, _, Some(_)) => Range::Unsatisfiable,
+        (true, _, None) => Range::Ignored,
         (false, Some(a), _) if a >= len => Range::Unsatisfiable,
         (false, Some(a), None) if b.trim().is_empty() => Range::Bytes(a, len),
         (false, Some(a), Some(b)) if b >= a => Range::Bytes(a, (b + 1).min(len)),
@@ -205,5 +211,8 @@ mod tests {
         assert_eq!(parse_range("bytes=0-1,5-9", 1000), Range::Ignored);
         assert_eq!(parse_range("items=0-1", 1000), Range::Ignored);
         assert_eq!(parse_range("bytes=x-y", 1000), Range::Ignored);
+        assert_eq!(parse_range("Bytes=0-9", 1000), Range::Bytes(0, 10));
+        assert_eq!(parse_range("bytes=-", 1000), Range::Ignored);
+        assert_eq!(parse_range("bytes=-abc", 1000), Range::Ignored);
     }
 }

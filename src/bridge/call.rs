@@ -241,6 +241,9 @@ pub struct Call {
     /// are decoded into.
     recording: Option<Timeline>,
     recording_buf: Vec<u8>,
+    /// Where the recent agent frames were placed in the recording, by mark: a frame the
+    /// outbound queue drops is taken out of it again ([`Call::handle_media_dropped`]).
+    recorded_frames: VecDeque<(u64, usize, usize)>,
     /// What the caller sent between `start` and the attach (a cold session connecting, a warm
     /// one still being handed over): audio and key presses, in arrival order, sent right after
     /// the greeting, so the caller's first words and keys are not lost. Audio is bounded by
@@ -300,6 +303,10 @@ const HISTORY_MAX_LINES: usize = 127;
 /// An `expires_at` closer than this is not renewed ahead (a clock off from the engine's would
 /// renew every new session at once): the session is replaced when it ends.
 const RENEW_MIN_LEFT: Duration = Duration::from_secs(10);
+
+/// Agent frames whose place in the recording is kept (the outbound queue drops only recent
+/// ones).
+const RECORDED_FRAMES: usize = 512;
 
 /// Decodes base64 audio into `buf` (cleared first); false if it is not base64.
 fn decode_into(b64: &str, buf: &mut Vec<u8>) -> bool {
@@ -410,6 +417,7 @@ impl Call {
             frames_dropped: 0,
             recording: None,
             recording_buf: Vec::new(),
+            recorded_frames: VecDeque::new(),
             held: VecDeque::new(),
             held_bytes: 0,
             tools: VecDeque::new(),
@@ -1189,6 +1197,15 @@ impl Call {
             && self.stream.retract_media(seq)
         {
             self.outputs.remove(i);
+            if let Some(rec) = self.recording.as_mut()
+                && let Some(&(_, at, len)) = self.recorded_frames.iter().find(|f| f.0 == seq)
+            {
+                rec.retract(at, len);
+                // What was placed after it moved up with it.
+                for f in self.recorded_frames.iter_mut().filter(|f| f.1 > at) {
+                    f.1 -= len;
+                }
+            }
         }
     }
 
@@ -1289,12 +1306,23 @@ impl Call {
                 self.next_item
             }
         };
-        if let (Some(rec), Some(start)) = (self.recording.as_mut(), self.started)
-            && decode_into(&chunk.payload, &mut self.recording_buf)
-        {
-            rec.agent(ms_since(start, now), &self.recording_buf);
-        }
+        let placed = match (self.recording.as_mut(), self.started) {
+            (Some(rec), Some(start)) if decode_into(&chunk.payload, &mut self.recording_buf) => {
+                Some((
+                    rec.agent(ms_since(start, now), &self.recording_buf),
+                    self.recording_buf.len(),
+                ))
+            }
+            _ => None,
+        };
         self.stream.send_media(now, item, chunk.payload);
+        if let Some((at, len)) = placed {
+            self.recorded_frames
+                .push_back((self.stream.last_seq(), at, len));
+            if self.recorded_frames.len() > RECORDED_FRAMES {
+                self.recorded_frames.pop_front();
+            }
+        }
         self.drain_stream_transmits();
         match self.closing.as_mut() {
             Some(Closing {
@@ -1530,7 +1558,13 @@ impl Call {
             ended_at: now_wall,
             transcript: std::mem::take(&mut self.transcript),
             frames_dropped: self.frames_dropped,
-            recording: self.recording.take(),
+            recording: self.recording.take().map(|mut rec| {
+                // What was still queued at Twilio when the call ended was never heard.
+                if let Some(start) = self.started {
+                    rec.clear(ms_since(start, now));
+                }
+                rec
+            }),
         })));
     }
 }

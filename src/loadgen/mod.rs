@@ -76,6 +76,8 @@ pub struct LoadOptions {
     pub abandon_calls: usize,
     /// The voice engine every client of the run uses (its fake server is the one started).
     pub engine: EngineKind,
+    /// Every client of the run records its calls (`recording = "on"`, README "Recordings").
+    pub record: bool,
     /// When the caller asks its question, each a time after the greeting was first heard; the
     /// agent's answer delay is reported per question. Empty: one question, at half the call.
     pub questions_at: Vec<Duration>,
@@ -106,6 +108,7 @@ impl Default for LoadOptions {
             greeting_modes: GreetingModes::default(),
             abandon_calls: 20,
             engine: EngineKind::Realtime,
+            record: false,
             questions_at: Vec::new(),
             json: false,
             gateway_bin: None,
@@ -864,6 +867,45 @@ pub struct LoadReport {
     pub engine_session_secs: f64,
     /// `warmline_engine_prewarm_seconds_total` during the load: the part spent ringing.
     pub engine_prewarm_secs: f64,
+    /// `--record`: the load's recordings, once all were stored.
+    pub recordings: Option<RecordingReport>,
+}
+
+/// What `--record` measured.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct RecordingReport {
+    /// `warmline_recordings_total{outcome="ready"}` over the load.
+    pub ready: f64,
+    /// `warmline_recordings_total{outcome="failed"}` over the load.
+    pub failed: f64,
+    /// Bytes of the load's recordings (files added under `recording.dir`).
+    pub bytes: u64,
+    /// Minutes of the load's calls (streaming time).
+    pub call_minutes: f64,
+    /// `bytes` per call-minute, KB (1000 bytes).
+    pub kb_per_call_minute: f64,
+    /// From the last call's end until every recording was stored, s.
+    pub stored_within_secs: f64,
+}
+
+/// Files and bytes under `dir` (recursively).
+fn dir_usage(dir: &std::path::Path) -> (u64, u64) {
+    let mut files = 0;
+    let mut bytes = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                let (f, b) = dir_usage(&e.path());
+                files += f;
+                bytes += b;
+            } else {
+                files += 1;
+                bytes += meta.len();
+            }
+        }
+    }
+    (files, bytes)
 }
 
 /// A stepped run: one load per step, and the knee.
@@ -1063,6 +1105,7 @@ async fn create_client(
     policy: &str,
     greeting_mode: GreetingMode,
     engine: EngineKind,
+    record: bool,
 ) -> anyhow::Result<()> {
     create_client_with(
         base,
@@ -1070,7 +1113,8 @@ async fn create_client(
             "name": format!("Load {number}"), "phone_numbers": [number],
             "instructions": "You are a receptionist.", "greeting": "Thanks for calling!",
             "voice": "marin", "prewarm_policy": policy,
-            "greeting_mode": greeting_mode.as_str(), "engine": engine.as_str()}),
+            "greeting_mode": greeting_mode.as_str(), "engine": engine.as_str(),
+            "recording": if record { "on" } else { "off" }}),
     )
     .await
 }
@@ -1567,20 +1611,21 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
         &engine_settings,
     )
     .await?;
-    let engine = opts.engine;
+    let (engine, record) = (opts.engine, opts.record);
     create_client(
         &gw.base,
         HANG_NUMBER,
         "always",
         GreetingMode::Generated,
         engine,
+        false,
     )
     .await?;
     let mut clients = Vec::new();
     for (m, &mode) in modes.iter().enumerate() {
         let (warm, cold) = mode_numbers(m);
-        create_client(&gw.base, &warm, "always", mode, engine).await?;
-        create_client(&gw.base, &cold, "never", mode, engine).await?;
+        create_client(&gw.base, &warm, "always", mode, engine, record).await?;
+        create_client(&gw.base, &cold, "never", mode, engine, record).await?;
         clients.push(ModeClients { mode, warm, cold });
     }
     let twilio = TwilioSim::new(&gw.base, AUTH);
@@ -1614,6 +1659,8 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The baselines: the figures are those of the load from here on.
     let base_metrics = scrape(&gw.base).await?;
+    let recordings_dir = gw.dir.join("recordings");
+    let recorded_before = dir_usage(&recordings_dir);
     let (in_sent0, in_recv0, _) = stamps.inbound.take();
     let (out_sent0, out_recv0, _) = stamps.outbound.take();
     let (_, rss_idle) = proc_stats(gw.pid);
@@ -1803,6 +1850,45 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
     }
     // The last calls' end-of-call writes may still be under way.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // Recordings are encoded after their calls: the run's CPU counts them once all are stored.
+    let calls_ended = Instant::now();
+    let mut recordings = None;
+    if record {
+        let want = done.load(Ordering::Relaxed) as f64;
+        let until = Instant::now() + Duration::from_secs(120);
+        let (ready, failed) = loop {
+            let m = scrape(&gw.base).await?;
+            let count = |outcome| {
+                delta(
+                    &base_metrics,
+                    &m,
+                    "warmline_recordings_total",
+                    &[("outcome", outcome)],
+                )
+            };
+            let (ready, failed) = (count("ready"), count("failed"));
+            if ready + failed >= want || Instant::now() > until {
+                break (ready, failed);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let stored_within_secs = calls_ended.elapsed().as_secs_f64();
+        let after = dir_usage(&recordings_dir);
+        let bytes = after.1.saturating_sub(recorded_before.1);
+        let call_minutes = collected.lock().expect("collected lock").stream_secs / 60.0;
+        recordings = Some(RecordingReport {
+            ready,
+            failed,
+            bytes,
+            call_minutes,
+            kb_per_call_minute: if call_minutes > 0.0 {
+                bytes as f64 / 1000.0 / call_minutes
+            } else {
+                0.0
+            },
+            stored_within_secs,
+        });
+    }
     let (gw_run_end, lg_run_end) = (cpu_snap(gw.pid), cpu_snap(me));
 
     // The webhook outcomes and the frames of the load itself, before the phases after it add
@@ -1995,6 +2081,7 @@ async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
         answers,
         engine_session_secs: load_delta("warmline_engine_session_seconds_total", &[]),
         engine_prewarm_secs: load_delta("warmline_engine_prewarm_seconds_total", &[]),
+        recordings,
     };
     let _ = gw.child.kill().await;
     let _ = std::fs::remove_dir_all(&gw.dir);
@@ -2174,6 +2261,17 @@ fn print_table(r: &LoadReport) {
         "engine session timeline during the load {:.1} s ({:.1} s of it ringing){fed}",
         r.engine_session_secs, r.engine_prewarm_secs,
     );
+    if let Some(rec) = &r.recordings {
+        println!(
+            "recordings (--record): {} stored, {} failed, all within {:.1} s of the last call's end; {:.1} MB for {:.1} call-minutes = {:.1} KB per call-minute",
+            rec.ready,
+            rec.failed,
+            rec.stored_within_secs,
+            rec.bytes as f64 / 1e6,
+            rec.call_minutes,
+            rec.kb_per_call_minute
+        );
+    }
     print_modes(r);
 }
 

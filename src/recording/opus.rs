@@ -104,8 +104,14 @@ pub fn encode(
             pair[1] = at(right, i);
         }
         let n = encoder.encode(&pcm, &mut packet)?;
-        let granule =
-            u64::from(pre_skip) + (f as u64 + 1) * FRAME_SAMPLES as u64 * GRANULE_PER_SAMPLE;
+        // The last frame's granule is the audio's true end: a player trims the padding
+        // (RFC 7845 §4.5).
+        let end_sample = if f + 1 == frames && samples > 0 {
+            samples
+        } else {
+            (f + 1) * FRAME_SAMPLES
+        };
+        let granule = u64::from(pre_skip) + end_sample as u64 * GRANULE_PER_SAMPLE;
         let end = if f + 1 == frames {
             PacketWriteEndInfo::EndStream
         } else if (f + 1) % FRAMES_PER_PAGE == 0 {

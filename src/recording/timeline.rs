@@ -14,8 +14,9 @@ use super::{BYTES_PER_MS, SILENCE};
 pub struct Timeline {
     caller: Vec<u8>,
     agent: Vec<u8>,
-    /// Where the agent audio sent so far ends, ms: the next chunk plays from here (or now).
-    agent_end_ms: u64,
+    /// Where the agent audio sent so far ends, bytes (samples): the next chunk plays from here
+    /// (or now). Kept in samples, not ms: chunks of any length follow each other exactly.
+    agent_end: usize,
     max_bytes: usize,
     dropped_bytes: u64,
 }
@@ -26,7 +27,7 @@ impl Timeline {
         Self {
             caller: Vec::new(),
             agent: Vec::new(),
-            agent_end_ms: 0,
+            agent_end: 0,
             max_bytes: usize::try_from(max_ms)
                 .unwrap_or(usize::MAX)
                 .saturating_mul(BYTES_PER_MS),
@@ -36,24 +37,41 @@ impl Timeline {
 
     /// Caller audio (μ-law) that Twilio stamped `at_ms` after the stream's start.
     pub fn caller(&mut self, at_ms: u64, mulaw: &[u8]) {
-        self.dropped_bytes += place(&mut self.caller, at_ms, mulaw, self.max_bytes);
+        self.dropped_bytes += place(&mut self.caller, byte_at(at_ms), mulaw, self.max_bytes);
     }
 
     /// Agent audio (μ-law) written to the caller at `now_ms`: heard after what is still
-    /// playing.
-    pub fn agent(&mut self, now_ms: u64, mulaw: &[u8]) {
-        let start = now_ms.max(self.agent_end_ms);
+    /// playing. Returns where it was placed (a byte offset, for [`Timeline::retract`]).
+    pub fn agent(&mut self, now_ms: u64, mulaw: &[u8]) -> usize {
+        let start = byte_at(now_ms).max(self.agent_end);
         self.dropped_bytes += place(&mut self.agent, start, mulaw, self.max_bytes);
-        self.agent_end_ms = start + (mulaw.len() / BYTES_PER_MS) as u64;
+        self.agent_end = start + mulaw.len();
+        start
     }
 
-    /// Twilio's buffer was cleared at `now_ms`: the agent audio queued past it is never heard.
+    /// Agent audio placed at byte `start` (`len` bytes) was never sent after all (the
+    /// outbound queue was full): it goes, and what was placed after it moves up, as Twilio
+    /// plays it.
+    pub fn retract(&mut self, start: usize, len: usize) {
+        if start >= self.agent_end {
+            return;
+        }
+        let len = len.min(self.agent_end - start);
+        if start < self.agent.len() {
+            let end = (start + len).min(self.agent.len());
+            self.agent.drain(start..end);
+        }
+        self.agent_end -= len;
+    }
+
+    /// Twilio's buffer was cleared at `now_ms` (a barge-in, or the call's end): the agent audio
+    /// queued past it is never heard.
     pub fn clear(&mut self, now_ms: u64) {
-        if self.agent_end_ms > now_ms {
-            self.agent_end_ms = now_ms;
-            let keep = byte_at(now_ms);
-            if self.agent.len() > keep {
-                self.agent.truncate(keep);
+        let at = byte_at(now_ms);
+        if self.agent_end > at {
+            self.agent_end = at;
+            if self.agent.len() > at {
+                self.agent.truncate(at);
             }
         }
     }
@@ -83,10 +101,9 @@ fn byte_at(ms: u64) -> usize {
         .saturating_mul(BYTES_PER_MS)
 }
 
-/// Writes `data` into `channel` from `at_ms` (silence before it if the channel is shorter; over
-/// what is there if it is longer), within `max` bytes; returns the bytes dropped.
-fn place(channel: &mut Vec<u8>, at_ms: u64, data: &[u8], max: usize) -> u64 {
-    let at = byte_at(at_ms);
+/// Writes `data` into `channel` from byte `at` (silence before it if the channel is shorter;
+/// over what is there if it is longer), within `max` bytes; returns the bytes dropped.
+fn place(channel: &mut Vec<u8>, at: usize, data: &[u8], max: usize) -> u64 {
     if at >= max {
         return data.len() as u64;
     }
@@ -141,6 +158,21 @@ mod tests {
         assert_eq!((ms(150), ms(399)), (SILENCE, SILENCE), "cut at the clear");
         assert_eq!((ms(400), ms(419)), (A, A));
         assert_eq!(agent.len(), 420 * 8);
+    }
+
+    #[test]
+    fn chunks_of_any_length_follow_each_other_exactly_and_a_retracted_one_moves_the_rest_up() {
+        let mut t = Timeline::new(60_000);
+        // 5 bytes is less than a ms: the next chunk still starts right after it.
+        assert_eq!(t.agent(0, &[A; 5]), 0);
+        assert_eq!(t.agent(0, &[B; 7]), 5);
+        let at = t.agent(0, &[A; 160]);
+        assert_eq!(t.agent(0, &[B; 160]), at + 160);
+        // The A frame was never sent: the B frame after it plays in its place.
+        t.retract(at, 160);
+        let (_, agent) = t.finish();
+        assert_eq!(agent.len(), 5 + 7 + 160);
+        assert!(agent[12..].iter().all(|&b| b == B));
     }
 
     #[test]

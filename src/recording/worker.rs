@@ -63,6 +63,22 @@ impl Recorder {
         &self.dir
     }
 
+    /// Removes recordings' files (`paths` as stored); returns how many were removed (a file
+    /// already gone counts as removed; another failure is logged and left).
+    pub async fn remove_files(&self, paths: &[String]) -> usize {
+        let mut removed = 0;
+        for p in paths {
+            match tokio::fs::remove_file(self.file(p)).await {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => removed += 1,
+                Err(e) => {
+                    tracing::warn!(path = p, error = %e, "a recording's file could not be removed")
+                }
+            }
+        }
+        removed
+    }
+
     /// Encodes and stores a finished call's recording in the background (a task on `tasks`, so
     /// a shutdown waits for it).
     pub fn submit(
@@ -153,13 +169,22 @@ impl Recorder {
         let dir = file.parent().unwrap_or(&self.dir).to_path_buf();
         let tmp = dir.join(format!(".{call_sid}.ogg.tmp"));
         let size = encoded.ogg.len() as i64;
-        async {
+        let written = async {
+            use tokio::io::AsyncWriteExt;
             tokio::fs::create_dir_all(&dir).await?;
-            tokio::fs::write(&tmp, &encoded.ogg).await?;
+            let mut f = tokio::fs::File::create(&tmp).await?;
+            f.write_all(&encoded.ogg).await?;
+            // On disk before the row says `ready`.
+            f.sync_all().await?;
             tokio::fs::rename(&tmp, &file).await
         }
-        .await
-        .map_err(|e| format!("writing {}: {e}", file.display()))?;
+        .await;
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            // The path is logged, not stored: the row's error is shown by the admin API.
+            tracing::warn!(call_sid, path = %file.display(), error = %e, "writing a recording failed");
+            return Err(format!("the recording could not be written ({})", e.kind()));
+        }
         Ok(StoredRecording {
             call_sid: call_sid.to_string(),
             client_id,

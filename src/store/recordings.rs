@@ -97,3 +97,57 @@ pub async fn delete(db: &impl ConnectionTrait, call_sid: &str) -> Result<bool, S
         .await?;
     Ok(r.rows_affected > 0)
 }
+
+/// Deletes the rows of `rows` (found by the caller), returning their files' paths.
+async fn delete_rows(
+    db: &impl ConnectionTrait,
+    rows: Vec<recording::Model>,
+) -> Result<Vec<String>, StoreError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sids: Vec<String> = rows.iter().map(|r| r.call_sid.clone()).collect();
+    recording::Entity::delete_many()
+        .filter(recording::Column::CallSid.is_in(sids))
+        .exec(db)
+        .await?;
+    Ok(rows.into_iter().filter_map(|r| r.path).collect())
+}
+
+/// Deletes every recording row of a client (the client is deleted); returns the files' paths.
+pub async fn delete_for_client(
+    db: &impl ConnectionTrait,
+    client_id: ClientId,
+) -> Result<Vec<String>, StoreError> {
+    let rows = recording::Entity::find()
+        .filter(recording::Column::ClientId.eq(client_id.get()))
+        .all(db)
+        .await?;
+    delete_rows(db, rows).await
+}
+
+/// Deletes the recording rows of a client's calls from `phone` (the caller's privacy delete);
+/// returns the files' paths.
+pub async fn delete_for_caller(
+    db: &impl ConnectionTrait,
+    client_id: ClientId,
+    phone: &str,
+) -> Result<Vec<String>, StoreError> {
+    use super::entities::call;
+    let sids: Vec<String> = call::Entity::find()
+        .filter(call::Column::ClientId.eq(client_id))
+        .filter(call::Column::FromNumber.eq(phone.trim()))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|c| c.call_sid)
+        .collect();
+    if sids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = recording::Entity::find()
+        .filter(recording::Column::CallSid.is_in(sids))
+        .all(db)
+        .await?;
+    delete_rows(db, rows).await
+}

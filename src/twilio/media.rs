@@ -327,6 +327,11 @@ impl MediaStream {
         });
     }
 
+    /// The sequence number of the last media frame queued (its mark's).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     /// Forgets the media frame that mark `seq` follows: it was never sent (the outbound queue
     /// was full), so the audio after it moves up the timeline by its length. The caller drops
     /// the [`Transmit::Mark`] that follows it. Returns whether the mark was pending.

@@ -130,7 +130,8 @@ async fn a_small_load_run_measures_warm_cold_relay_and_the_webhook_deadline() {
 /// The same run on GPT-Live (the fake GPT-Live server): the warm calls hear the greeting the
 /// session made while the phone rang, every caller frame reaches the model, the speech it sends
 /// back reaches the caller, the question is answered, and the gateway fed silence (the
-/// ringing, the cold calls' opening) that the session timeline counts.
+/// ringing, the cold calls' opening) that the session timeline counts. The calls are recorded
+/// (`--record`).
 #[tokio::test]
 async fn a_small_load_run_on_gpt_live_measures_the_same_and_the_silence_fed() {
     let report = run(LoadOptions {
@@ -143,6 +144,7 @@ async fn a_small_load_run_on_gpt_live_measures_the_same_and_the_silence_fed() {
         ring_max_ms: 1500,
         abandon_calls: 0,
         engine: EngineKind::Live,
+        record: true,
         json: true,
         gateway_bin: Some(env!("CARGO_BIN_EXE_warmline").into()),
         ..LoadOptions::default()
@@ -193,4 +195,11 @@ async fn a_small_load_run_on_gpt_live_measures_the_same_and_the_silence_fed() {
         report.engine_prewarm_secs
     );
     assert!(report.gateway_cpu.us_per_frame.is_some_and(|us| us > 0.0));
+    // --record: every call of the load was recorded, at the size the README gives.
+    let rec = report.recordings.as_ref().expect("--record reports");
+    assert_eq!((rec.ready, rec.failed), (4.0, 0.0), "{rec:?}");
+    assert!(
+        rec.kb_per_call_minute > 50.0 && rec.kb_per_call_minute < 120.0,
+        "{rec:?}"
+    );
 }

@@ -335,3 +335,64 @@ both_backends!(recording_rows_are_saved_replaced_and_deleted, |app| {
             .is_none()
     );
 });
+
+#[tokio::test]
+async fn the_caller_s_privacy_delete_and_the_client_s_delete_remove_recordings() {
+    let gw = recorded_gateway().await;
+    let mut files = Vec::new();
+    for _ in 0..2 {
+        let placed = gw.place_call().await;
+        gw.stream(&placed, &[Step::WaitForAgentQuiet(WAIT), Step::HangUp])
+            .await;
+        gw.ended_call(&placed.call_sid).await;
+        let row = stored(&gw, &placed.call_sid).await;
+        let file = gw.app.state.recorder.file(row.path.as_deref().unwrap());
+        assert!(file.exists());
+        files.push((placed.call_sid, file));
+    }
+    // The caller asks to be forgotten: the recordings of their calls go.
+    let resp = gw
+        .app
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/clients/{}/callers/%2B14155550100", gw.client_id),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    for (sid, file) in &files {
+        assert!(!file.exists(), "{}", file.display());
+        assert!(
+            recordings::get(&gw.app.state.db, sid)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    // Another call, then the client is deleted: its recordings go with it.
+    let placed = gw.place_call().await;
+    gw.stream(&placed, &[Step::WaitForAgentQuiet(WAIT), Step::HangUp])
+        .await;
+    gw.ended_call(&placed.call_sid).await;
+    let row = stored(&gw, &placed.call_sid).await;
+    let file = gw.app.state.recorder.file(row.path.as_deref().unwrap());
+    assert!(file.exists());
+    let resp = gw
+        .app
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/clients/{}", gw.client_id),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(!file.exists());
+    assert!(
+        recordings::get(&gw.app.state.db, &placed.call_sid)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
