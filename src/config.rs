@@ -203,7 +203,8 @@ pub struct RecordingSettings {
     pub bitrate: i32,
     /// Opus encoder complexity, 0 (fastest) to 10.
     pub complexity: u8,
-    /// Recordings encoded at once, each on a blocking thread (1–16); the rest wait their turn.
+    /// Encoder threads, at the lowest CPU priority (1–16); recordings beyond them wait their
+    /// turn.
     pub workers: usize,
 }
 

@@ -1,5 +1,7 @@
-//! Stores finished calls' recordings off the calls' path: each is encoded on a blocking thread
-//! (at most `recording.workers` at once; the rest wait their turn, the calls never do), written
+//! Stores finished calls' recordings off the calls' path: each is encoded by one of
+//! `recording.workers` threads of its own, run at the lowest CPU priority (nice 19) so that
+//! encoding never delays a live call's frames on a busy core (the rest wait their turn, the calls
+//! never do), written
 //! to `recording.dir/<client id>/<CallSid>.ogg` (a temporary file renamed into place), and its
 //! `recordings` row saved: `ready`, or `failed` with why (the metric
 //! `warmline_recordings_total{outcome}` counts both).
@@ -11,7 +13,6 @@ use std::{
 
 use chrono::Utc;
 use sea_orm::DatabaseConnection;
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use super::{
@@ -28,13 +29,55 @@ use crate::{
 /// The codec of every recording (`recordings.codec`).
 pub const CODEC: &str = "opus";
 
+/// An encoding for the pool.
+type Job = Box<dyn FnOnce() + Send>;
+
 /// The recordings of this instance.
 pub struct Recorder {
     dir: PathBuf,
     opus: OpusSettings,
-    permits: Arc<Semaphore>,
+    /// The encoder threads' queue (they end when it is dropped with the recorder).
+    jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
     db: DatabaseConnection,
     metrics: Arc<Metrics>,
+}
+
+/// Starts `n` encoder threads at the lowest priority, taking jobs from one queue.
+fn encoders(n: usize) -> std::sync::mpsc::Sender<Job> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    for i in 0..n {
+        let rx = rx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("warmline-rec-{i}"))
+            .spawn(move || {
+                lowest_priority();
+                loop {
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start a recording encoder thread");
+        }
+    }
+    tx
+}
+
+/// This thread yields the CPU to everything else of the process (nice 19; Linux schedules
+/// threads on their own). Best effort: elsewhere, or refused, it runs at normal priority.
+fn lowest_priority() {
+    if let Err(e) =
+        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
+    {
+        tracing::debug!(error = ?e, "could not lower the recording encoder's priority");
+    }
 }
 
 impl Recorder {
@@ -47,7 +90,7 @@ impl Recorder {
                 bitrate: r.bitrate,
                 complexity: r.complexity,
             },
-            permits: Arc::new(Semaphore::new(r.workers.max(1))),
+            jobs: std::sync::Mutex::new(encoders(r.workers.max(1))),
             db,
             metrics,
         }
@@ -147,23 +190,24 @@ impl Recorder {
         if call_sid.is_empty() || !call_sid.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Err("not a CallSid".into());
         }
-        let _permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| e.to_string())?;
         let opus = self.opus;
         let serial = call_sid
             .bytes()
             .fold(0u32, |h, b| h.rotate_left(5) ^ u32::from(b));
-        let encoded = tokio::task::spawn_blocking(move || {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
             let (caller, agent) = timeline.finish();
-            opus::encode(&caller, &agent, opus, serial)
-        })
-        .await
-        .map_err(|e| format!("encoder task: {e}"))?
-        .map_err(|e| e.to_string())?;
+            let _ = tx.send(opus::encode(&caller, &agent, opus, serial));
+        });
+        self.jobs
+            .lock()
+            .map_err(|_| "the encoder queue is gone".to_string())?
+            .send(job)
+            .map_err(|_| "no encoder thread".to_string())?;
+        let encoded = rx
+            .await
+            .map_err(|_| "the encoder stopped".to_string())?
+            .map_err(|e| e.to_string())?;
         let rel = format!("{}/{call_sid}.ogg", client_id.get());
         let file = self.dir.join(&rel);
         let dir = file.parent().unwrap_or(&self.dir).to_path_buf();
