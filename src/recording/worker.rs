@@ -1,5 +1,5 @@
 //! Stores finished calls' recordings off the calls' path: each is encoded by one of
-//! `recording.workers` threads of its own, run at the lowest CPU priority (nice 19) so that
+//! `recording.workers` threads of its own, run at the lowest CPU priority (`SCHED_IDLE`) so that
 //! encoding never delays a live call's frames on a busy core (the rest wait their turn, the calls
 //! never do), written
 //! to `recording.dir/<client id>/<CallSid>.ogg` (a temporary file renamed into place), and its
@@ -70,11 +70,21 @@ fn encoders(n: usize) -> std::sync::mpsc::Sender<Job> {
     tx
 }
 
-/// This thread yields the CPU to everything else of the process (nice 19; Linux schedules
-/// threads on their own). Best effort: elsewhere, or refused, it runs at normal priority.
+/// This thread yields the CPU to everything else of the process: on Linux `SCHED_IDLE` (it runs
+/// only when no other thread wants the core, and any of them preempts it at once), else the
+/// lowest nice value. Best effort: refused, it runs at normal priority.
 fn lowest_priority() {
-    if let Err(e) =
-        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
+    use thread_priority::{
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+        set_current_thread_priority, set_thread_priority_and_policy, thread_native_id,
+    };
+    let idle = set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+    );
+    if idle.is_err()
+        && let Err(e) = set_current_thread_priority(ThreadPriority::Min)
     {
         tracing::debug!(error = ?e, "could not lower the recording encoder's priority");
     }
