@@ -174,13 +174,18 @@ impl AppState {
                 },
             ));
         }
-        background.close();
-        let settings_limits = settings.limits.clone();
         let recorder = Arc::new(crate::recording::worker::Recorder::new(
             &settings,
             db.clone(),
             metrics.clone(),
         ));
+        background.spawn(crate::recording::worker::retention(
+            recorder.clone(),
+            settings.recording.retention_days,
+            shutdown.clone(),
+        ));
+        background.close();
+        let settings_limits = settings.limits.clone();
         Ok(Self {
             settings: Arc::new(settings),
             db,

@@ -206,6 +206,9 @@ pub struct RecordingSettings {
     /// Encoder threads, at the lowest CPU priority (1–16); recordings beyond them wait their
     /// turn.
     pub workers: usize,
+    /// Recordings older than this many days are deleted (rows and files), checked hourly; 0
+    /// keeps them.
+    pub retention_days: u32,
 }
 
 impl RecordingSettings {
@@ -932,11 +935,12 @@ impl Settings {
             s.store.spool_max_bytes,
             s.store.retry_for_secs,
         ) + &format!(
-            "\n[recording]\ndir = {}\nbitrate = {}\ncomplexity = {}\nworkers = {}\n",
+            "\n[recording]\ndir = {}\nbitrate = {}\ncomplexity = {}\nworkers = {}\nretention_days = {}\n",
             q(&s.recording.dir),
             s.recording.bitrate,
             s.recording.complexity,
             s.recording.workers,
+            s.recording.retention_days,
         ) + &format!(
             "\n[limits]\ncaller_webhooks_per_minute = {}\nwarm_sessions_per_client = {}\nlive_calls_per_client = {}\nadmin_bad_tokens_per_minute = {}\nadmin_bad_token_delay_ms = {}\n",
             s.limits.caller_webhooks_per_minute,

@@ -29,6 +29,28 @@ use crate::{
 /// The codec of every recording (`recordings.codec`).
 pub const CODEC: &str = "opus";
 
+/// How often the retention sweep runs.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Deletes old recordings every hour (`recording.retention_days`; nothing with 0) until
+/// `shutdown`.
+pub async fn retention(
+    recorder: Arc<Recorder>,
+    days: u32,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    if days == 0 {
+        return;
+    }
+    loop {
+        recorder.sweep(days, Utc::now()).await;
+        tokio::select! {
+            _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
 /// An encoding for the pool.
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -114,6 +136,27 @@ impl Recorder {
     /// The recordings directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Deletes the recordings older than `days` (rows, then files); returns how many files
+    /// went.
+    pub async fn sweep(&self, days: u32, now: chrono::DateTime<Utc>) -> usize {
+        if days == 0 {
+            return 0;
+        }
+        let before = now - chrono::Duration::days(i64::from(days));
+        match recordings::delete_older_than(&self.db, before).await {
+            Ok(paths) if paths.is_empty() => 0,
+            Ok(paths) => {
+                let removed = self.remove_files(&paths).await;
+                tracing::info!(removed, retention_days = days, "old recordings deleted");
+                removed
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the recording retention sweep could not read the database");
+                0
+            }
+        }
     }
 
     /// Removes recordings' files (`paths` as stored); returns how many were removed (a file

@@ -151,3 +151,15 @@ pub async fn delete_for_caller(
         .await?;
     delete_rows(db, rows).await
 }
+
+/// Deletes the recording rows made before `before` (retention); returns the files' paths.
+pub async fn delete_older_than(
+    db: &impl ConnectionTrait,
+    before: DateTime<Utc>,
+) -> Result<Vec<String>, StoreError> {
+    let rows = recording::Entity::find()
+        .filter(recording::Column::CreatedAt.lt(before))
+        .all(db)
+        .await?;
+    delete_rows(db, rows).await
+}

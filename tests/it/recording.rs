@@ -396,3 +396,38 @@ async fn the_caller_s_privacy_delete_and_the_client_s_delete_remove_recordings()
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn recordings_past_their_retention_are_deleted_and_younger_ones_kept() {
+    let gw = recorded_gateway().await;
+    let placed = gw.place_call().await;
+    gw.stream(&placed, &[Step::WaitForAgentQuiet(WAIT), Step::HangUp])
+        .await;
+    gw.ended_call(&placed.call_sid).await;
+    let row = stored(&gw, &placed.call_sid).await;
+    let file = gw.app.state.recorder.file(row.path.as_deref().unwrap());
+    let recorder = &gw.app.state.recorder;
+    // Kept: retention off, or younger than a day.
+    assert_eq!(
+        recorder
+            .sweep(0, Utc::now() + chrono::Duration::days(9))
+            .await,
+        0
+    );
+    assert_eq!(recorder.sweep(1, Utc::now()).await, 0);
+    assert!(file.exists());
+    // Two days later, with a retention of one day: gone, file and row.
+    assert_eq!(
+        recorder
+            .sweep(1, Utc::now() + chrono::Duration::days(2))
+            .await,
+        1
+    );
+    assert!(!file.exists());
+    assert!(
+        recordings::get(&gw.app.state.db, &placed.call_sid)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
