@@ -97,13 +97,11 @@ pub async fn get_recording(
                 .into_response());
         }
     };
-    let mut body = vec![0u8; (end - start) as usize];
-    let read = async {
-        file.seek(std::io::SeekFrom::Start(start)).await?;
-        file.read_exact(&mut body).await
-    };
-    read.await
+    // Streamed from the file: a long recording is never read into memory whole.
+    file.seek(std::io::SeekFrom::Start(start))
+        .await
         .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("recording")))?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file.take(end - start)));
     let mut response = (
         status,
         [
@@ -114,7 +112,7 @@ pub async fn get_recording(
                 format!("inline; filename=\"{call_sid}.ogg\""),
             ),
         ],
-        Body::from(body),
+        body,
     )
         .into_response();
     if status == StatusCode::PARTIAL_CONTENT {
