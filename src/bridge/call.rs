@@ -3101,47 +3101,27 @@ mod tests {
         let h = call.history();
         assert_eq!((h.len(), h[126].1.as_str()), (127, "299"));
         // A short session renews a quarter of its length before its end.
-        let mut short =
-            Call::new(Duration::from_secs(3600), t0, Utc::now()).with_reconnects(1, None);
-        short.handle_twilio_text(t0, START).unwrap();
-        short.handle_session_attached(
-            t0,
-            CallPath::Warm,
-            vec![Event::Expires {
-                at_unix_secs: unix_now() + 40,
-            }],
-        );
-        let due = short.poll_timeout().expect("a renewal is due");
+        let due = due_after_expiry(t0, 1, 40).expect("a renewal is due");
         assert!(due - t0 <= Duration::from_secs(30) && due - t0 > Duration::from_secs(28));
         // An expires_at too close (a clock off from the engine's) is left to the reconnect.
-        let mut close =
-            Call::new(Duration::from_secs(3600), t0, Utc::now()).with_reconnects(1, None);
-        close.handle_twilio_text(t0, START).unwrap();
-        close.handle_session_attached(
-            t0,
-            CallPath::Warm,
-            vec![Event::Expires {
-                at_unix_secs: unix_now() + 5,
-            }],
-        );
-        assert!(
-            close
-                .poll_timeout()
-                .is_none_or(|t| t - t0 > Duration::from_secs(5))
-        );
+        assert!(due_after_expiry(t0, 1, 5).is_none_or(|t| t - t0 > Duration::from_secs(5)));
         // Without reconnects allowed there is nothing to renew with.
-        let mut none = Call::new(Duration::from_secs(3600), t0, Utc::now());
-        none.handle_twilio_text(t0, START).unwrap();
-        none.handle_session_attached(
+        assert!(due_after_expiry(t0, 0, 40).is_none_or(|t| t - t0 > Duration::from_secs(40)));
+    }
+
+    /// The next deadline of a call (`reconnects` allowed) whose session, attached at `t0`,
+    /// expires `expires_in` seconds from now.
+    fn due_after_expiry(t0: Instant, reconnects: u32, expires_in: i64) -> Option<Instant> {
+        let mut call =
+            Call::new(Duration::from_secs(3600), t0, Utc::now()).with_reconnects(reconnects, None);
+        call.handle_twilio_text(t0, START).unwrap();
+        call.handle_session_attached(
             t0,
             CallPath::Warm,
             vec![Event::Expires {
-                at_unix_secs: unix_now() + 40,
+                at_unix_secs: unix_now() + expires_in,
             }],
         );
-        assert!(
-            none.poll_timeout()
-                .is_none_or(|t| t - t0 > Duration::from_secs(40))
-        );
+        call.poll_timeout()
     }
 }

@@ -6,10 +6,7 @@
 //! `recordings` row saved: `ready`, or `failed` with why (the metric
 //! `warmline_recordings_total{outcome}` counts both).
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{path::PathBuf, sync::Arc};
 
 use chrono::Utc;
 use sea_orm::DatabaseConnection;
@@ -59,7 +56,7 @@ pub struct Recorder {
     dir: PathBuf,
     opus: OpusSettings,
     /// The encoder threads' queue (they end when it is dropped with the recorder).
-    jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+    jobs: std::sync::mpsc::Sender<Job>,
     db: DatabaseConnection,
     metrics: Arc<Metrics>,
 }
@@ -122,7 +119,7 @@ impl Recorder {
                 bitrate: r.bitrate,
                 complexity: r.complexity,
             },
-            jobs: std::sync::Mutex::new(encoders(r.workers.max(1))),
+            jobs: encoders(r.workers.max(1)),
             db,
             metrics,
         }
@@ -131,11 +128,6 @@ impl Recorder {
     /// Where a recording's file is (`path` as stored: relative to `recording.dir`).
     pub fn file(&self, path: &str) -> PathBuf {
         self.dir.join(path)
-    }
-
-    /// The recordings directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Deletes the recordings older than `days` (rows, then files); returns how many files
@@ -253,8 +245,6 @@ impl Recorder {
             let _ = tx.send(opus::encode(&caller, &agent, opus, serial));
         });
         self.jobs
-            .lock()
-            .map_err(|_| "the encoder queue is gone".to_string())?
             .send(job)
             .map_err(|_| "no encoder thread".to_string())?;
         let encoded = rx

@@ -34,6 +34,15 @@ async fn live_gateway_with(config: LiveConfig, extra_toml: &str) -> (Gateway, Fa
     (gw, live)
 }
 
+/// After the greeting the caller asks, then waits for the gateway to end the stream.
+fn ask_then_wait_for_close() -> [Step; 3] {
+    [
+        Step::WaitForAgentQuiet(WAIT),
+        Step::Say(clips::question()),
+        Step::WaitForClose(Duration::from_secs(30)),
+    ]
+}
+
 fn sent(live: &FakeLive, i: usize, kind: &str) -> Vec<Value> {
     live.connections()[i]
         .of_type(kind)
@@ -452,16 +461,7 @@ async fn transfer_to_human_on_gpt_live_says_the_hand_off_line_then_dials() {
         json!({"reason": "wants a person"}),
     ));
     let placed = gw.place_call().await;
-    let report = gw
-        .stream(
-            &placed,
-            &[
-                Step::WaitForAgentQuiet(WAIT),
-                Step::Say(clips::question()),
-                Step::WaitForClose(Duration::from_secs(30)),
-            ],
-        )
-        .await;
+    let report = gw.stream(&placed, &ask_then_wait_for_close()).await;
     assert!(report.violations.is_empty(), "{:?}", report.violations);
     assert_eq!(report.closed_by.as_deref(), Some("gateway"));
     assert_eq!(
@@ -502,16 +502,7 @@ async fn end_call_on_gpt_live_hangs_up_once_the_goodbye_is_heard() {
     let (gw, live) = live_gateway("").await;
     live.script(sim::live::Scripted::call("end_call", json!({})));
     let placed = gw.place_call().await;
-    let report = gw
-        .stream(
-            &placed,
-            &[
-                Step::WaitForAgentQuiet(WAIT),
-                Step::Say(clips::question()),
-                Step::WaitForClose(Duration::from_secs(30)),
-            ],
-        )
-        .await;
+    let report = gw.stream(&placed, &ask_then_wait_for_close()).await;
     assert!(report.violations.is_empty(), "{:?}", report.violations);
     assert_eq!(report.closed_by.as_deref(), Some("gateway"));
     assert_eq!(report.after_stream, Some(sim::twilio::Twiml::Hangup));

@@ -44,6 +44,18 @@ async fn stored(gw: &Gateway, call_sid: &str) -> StoredRecording {
     panic!("no recording stored for {call_sid}");
 }
 
+/// A call that hears the greeting and hangs up; its CallSid and its recording's file once
+/// stored.
+async fn short_recorded_call(gw: &Gateway) -> (String, std::path::PathBuf) {
+    let placed = gw.place_call().await;
+    gw.stream(&placed, &[Step::WaitForAgentQuiet(WAIT), Step::HangUp])
+        .await;
+    gw.ended_call(&placed.call_sid).await;
+    let row = stored(gw, &placed.call_sid).await;
+    let file = gw.app.state.recorder.file(row.path.as_deref().unwrap());
+    (placed.call_sid, file)
+}
+
 /// RMS of 20 ms windows (160 samples at 8 kHz).
 fn windows(pcm: &[i16]) -> Vec<f64> {
     pcm.chunks(160)
@@ -341,14 +353,9 @@ async fn the_caller_s_privacy_delete_and_the_client_s_delete_remove_recordings()
     let gw = recorded_gateway().await;
     let mut files = Vec::new();
     for _ in 0..2 {
-        let placed = gw.place_call().await;
-        gw.stream(&placed, &[Step::WaitForAgentQuiet(WAIT), Step::HangUp])
-            .await;
-        gw.ended_call(&placed.call_sid).await;
-        let row = stored(&gw, &placed.call_sid).await;
-        let file = gw.app.state.recorder.file(row.path.as_deref().unwrap());
+        let (sid, file) = short_recorded_call(&gw).await;
         assert!(file.exists());
-        files.push((placed.call_sid, file));
+        files.push((sid, file));
     }
     // The caller asks to be forgotten: the recordings of their calls go.
     let resp = gw
@@ -371,12 +378,7 @@ async fn the_caller_s_privacy_delete_and_the_client_s_delete_remove_recordings()
         );
     }
     // Another call, then the client is deleted: its recordings go with it.
-    let placed = gw.place_call().await;
-    gw.stream(&placed, &[Step::WaitForAgentQuiet(WAIT), Step::HangUp])
-        .await;
-    gw.ended_call(&placed.call_sid).await;
-    let row = stored(&gw, &placed.call_sid).await;
-    let file = gw.app.state.recorder.file(row.path.as_deref().unwrap());
+    let (sid, file) = short_recorded_call(&gw).await;
     assert!(file.exists());
     let resp = gw
         .app
@@ -390,7 +392,7 @@ async fn the_caller_s_privacy_delete_and_the_client_s_delete_remove_recordings()
     assert_eq!(resp.status(), 204);
     assert!(!file.exists());
     assert!(
-        recordings::get(&gw.app.state.db, &placed.call_sid)
+        recordings::get(&gw.app.state.db, &sid)
             .await
             .unwrap()
             .is_none()
@@ -400,12 +402,7 @@ async fn the_caller_s_privacy_delete_and_the_client_s_delete_remove_recordings()
 #[tokio::test]
 async fn recordings_past_their_retention_are_deleted_and_younger_ones_kept() {
     let gw = recorded_gateway().await;
-    let placed = gw.place_call().await;
-    gw.stream(&placed, &[Step::WaitForAgentQuiet(WAIT), Step::HangUp])
-        .await;
-    gw.ended_call(&placed.call_sid).await;
-    let row = stored(&gw, &placed.call_sid).await;
-    let file = gw.app.state.recorder.file(row.path.as_deref().unwrap());
+    let (sid, file) = short_recorded_call(&gw).await;
     let recorder = &gw.app.state.recorder;
     // Kept: retention off, or younger than a day.
     assert_eq!(
@@ -425,7 +422,7 @@ async fn recordings_past_their_retention_are_deleted_and_younger_ones_kept() {
     );
     assert!(!file.exists());
     assert!(
-        recordings::get(&gw.app.state.db, &placed.call_sid)
+        recordings::get(&gw.app.state.db, &sid)
             .await
             .unwrap()
             .is_none()
