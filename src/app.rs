@@ -178,7 +178,8 @@ impl AppState {
             &settings,
             db.clone(),
             metrics.clone(),
-        ));
+        )?);
+        background.spawn(recorder.clone().redeliver(shutdown.clone()));
         background.spawn(crate::recording::worker::retention(
             recorder.clone(),
             settings.recording.retention_days,

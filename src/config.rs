@@ -195,9 +195,25 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordingSettings {
-    /// Directory of the recordings (one Ogg/Opus file per call, under the client's id); empty:
-    /// `recordings` next to the SQLite file, or `data/recordings` with Postgres.
+    /// Directory of the recordings (one Ogg/Opus file per call, under the client's id) and of
+    /// their local spool (`.spool`); empty: `recordings` next to the SQLite file, or
+    /// `data/recordings` with Postgres.
     pub dir: String,
+    /// Where finished recordings are kept: empty, `dir`; or `s3://bucket/prefix`, an
+    /// S3-compatible bucket (credentials from the environment: `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+    pub store: String,
+    /// The S3 endpoint (`https://…`, or `http://…` for a local one); empty: AWS's own, or
+    /// `AWS_ENDPOINT_URL`.
+    pub s3_endpoint: String,
+    /// The bucket's region; empty: `AWS_REGION`, else `us-east-1`.
+    pub s3_region: String,
+    /// A recording the store refused waits in the local spool and is tried again, after 1 s,
+    /// then twice as long each time up to this many seconds.
+    pub retry_max_secs: u64,
+    /// Finished recordings waiting for an encoder at most; beyond, a recording is not kept
+    /// (its frames are counted as dropped and its row says why).
+    pub max_queued: usize,
     /// Opus bitrate for both channels together, bits per second (14000–64000: below, libopus
     /// lets the two sides bleed into each other).
     pub bitrate: i32,
@@ -606,6 +622,27 @@ impl Settings {
         if !(1..=16).contains(&self.recording.workers) {
             return invalid("recording.workers", "must be 1 to 16");
         }
+        if !self.recording.store.is_empty()
+            && let Err(e) = crate::recording::storage::parse_s3(&self.recording.store)
+        {
+            return invalid("recording.store", &e);
+        }
+        let endpoint = &self.recording.s3_endpoint;
+        if !(endpoint.is_empty()
+            || endpoint.starts_with("https://")
+            || endpoint.starts_with("http://"))
+        {
+            return invalid(
+                "recording.s3_endpoint",
+                "must start with https:// or http://",
+            );
+        }
+        if self.recording.retry_max_secs == 0 {
+            return invalid("recording.retry_max_secs", "must be at least 1");
+        }
+        if self.recording.max_queued == 0 {
+            return invalid("recording.max_queued", "must be at least 1");
+        }
         if self.store.retry_for_secs == 0 {
             return invalid("store.retry_for_secs", "must be at least 1");
         }
@@ -935,8 +972,13 @@ impl Settings {
             s.store.spool_max_bytes,
             s.store.retry_for_secs,
         ) + &format!(
-            "\n[recording]\ndir = {}\nbitrate = {}\ncomplexity = {}\nworkers = {}\nretention_days = {}\n",
+            "\n[recording]\ndir = {}\nstore = {}\ns3_endpoint = {}\ns3_region = {}\nretry_max_secs = {}\nmax_queued = {}\nbitrate = {}\ncomplexity = {}\nworkers = {}\nretention_days = {}\n",
             q(&s.recording.dir),
+            q(&s.recording.store),
+            q(&s.recording.s3_endpoint),
+            q(&s.recording.s3_region),
+            s.recording.retry_max_secs,
+            s.recording.max_queued,
             s.recording.bitrate,
             s.recording.complexity,
             s.recording.workers,
@@ -1075,6 +1117,9 @@ const TEXT_KEYS: &[&str] = &[
     "policy",
     "spool_dir",
     "dir",
+    "store",
+    "s3_endpoint",
+    "s3_region",
 ];
 
 fn describe_figment_error(e: figment::Error) -> String {
@@ -1627,6 +1672,17 @@ mod tests {
             ("[recording]\nbitrate = 12000", "recording.bitrate"),
             ("[recording]\ncomplexity = 11", "recording.complexity"),
             ("[recording]\nworkers = 0", "recording.workers"),
+            ("[recording]\nstore = \"/tmp/rec\"", "recording.store"),
+            ("[recording]\nstore = \"s3://B/x\"", "recording.store"),
+            (
+                "[recording]\ns3_endpoint = \"minio:9000\"",
+                "recording.s3_endpoint",
+            ),
+            (
+                "[recording]\nretry_max_secs = 0",
+                "recording.retry_max_secs",
+            ),
+            ("[recording]\nmax_queued = 0", "recording.max_queued"),
             ("[store]\nspool_max_bytes = 1000", "store.spool_max_bytes"),
         ] {
             let err = Settings::from_toml(&format!("[twilio]\nauth_token=\"t\"\n{toml}\n"))

@@ -385,8 +385,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let recording = opts.out_dir.join("barge-in-recording.ogg");
     match wait_recording(&db, &barged.call_sid).await? {
         Some(path) => {
-            std::fs::copy(recorder.file(&path), &recording)
-                .with_context(|| format!("copying the recording to {}", recording.display()))?;
+            let bytes = recorder
+                .storage()
+                .get(&path)
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the recording from its store: {e}"))?;
+            std::fs::write(&recording, &bytes)
+                .with_context(|| format!("writing the recording to {}", recording.display()))?;
             println!(
                 "its recording (Ogg/Opus, left the caller, right the agent as heard): {}",
                 recording.display()

@@ -181,8 +181,14 @@ pub struct Metrics {
     /// `warmline_recordings_total{outcome}`: call recordings stored (`ready`) or not (`failed`).
     pub recordings: Family<OutcomeLabel, Counter>,
     /// `warmline_recording_frames_dropped_total`: 20 ms frames left out of recordings (a call
-    /// longer than the recording's bound).
+    /// longer than the recording's bound, or a recording refused because the encoders were
+    /// [`crate::config::RecordingSettings::max_queued`] behind).
     pub recording_frames_dropped: Counter,
+    /// `warmline_recordings_pending`: recordings in the local spool waiting for the store.
+    pub recordings_pending: Gauge,
+    /// `warmline_recording_store_errors_total`: attempts to put a recording into the store that
+    /// failed (it stays in the spool and is tried again).
+    pub recording_store_errors: Counter,
     /// `warmline_response_latency_seconds`: caller stops speaking to first agent audio relayed.
     pub response_latency: Histogram,
     /// `warmline_active_calls` (gauge).
@@ -278,6 +284,8 @@ impl Metrics {
             greetings_unheard: Counter::default(),
             recordings: Family::default(),
             recording_frames_dropped: Counter::default(),
+            recordings_pending: Gauge::default(),
+            recording_store_errors: Counter::default(),
             engine_session_seconds: Family::default(),
             engine_prewarm_seconds: Family::default(),
             active_calls: Gauge::default(),
@@ -356,6 +364,16 @@ impl Metrics {
             "recording_frames_dropped",
             "20 ms frames left out of call recordings (beyond the recording's bound)",
             m.recording_frames_dropped.clone(),
+        );
+        registry.register(
+            "recordings_pending",
+            "Call recordings in the local spool waiting for the recording store",
+            m.recordings_pending.clone(),
+        );
+        registry.register(
+            "recording_store_errors",
+            "Attempts to put a call recording into the store that failed (retried from the spool)",
+            m.recording_store_errors.clone(),
         );
         registry.register(
             "engine_session_seconds",

@@ -40,6 +40,9 @@ pub enum ApiError {
     /// 500: logged, not shown.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// 503: a service the request needs (the recording store) did not answer; retry later.
+    #[error("{0} is unavailable; retry later")]
+    Unavailable(&'static str),
     /// 415: a body in a content type the route does not take; the message lists those it does.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -56,6 +59,7 @@ impl ApiError {
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }

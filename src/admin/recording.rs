@@ -9,16 +9,16 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, Path};
-use crate::{app::AppState, store::recordings};
+use crate::{app::AppState, recording::storage::Fault, store::recordings};
 
 /// A call's recording, as the call record shows it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RecordingOut {
-    /// `ready` or `failed`.
+    /// `ready`; `pending` (the store refused it: it waits in the local spool and is retried);
+    /// or `failed`.
     pub status: String,
     /// Length, ms.
     pub duration_ms: i64,
@@ -62,26 +62,10 @@ pub async fn get_recording(
     let rec = recordings::get(&s.db, &call_sid)
         .await?
         .ok_or(ApiError::NotFound("recording"))?;
-    let Some(path) = rec.path.as_deref().filter(|_| rec.status == "ready") else {
+    let Some(key) = rec.path.as_deref().filter(|_| rec.status == "ready") else {
         return Err(ApiError::NotFound("recording"));
     };
-    let file_path = s.recorder.file(path);
-    let mut file = match tokio::fs::File::open(&file_path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::NotFound("recording"));
-        }
-        Err(e) => {
-            return Err(ApiError::Internal(
-                anyhow::Error::new(e).context("recording"),
-            ));
-        }
-    };
-    let len = file
-        .metadata()
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("recording")))?
-        .len();
+    let len = u64::try_from(rec.size_bytes).unwrap_or(0);
     let range = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
@@ -97,11 +81,20 @@ pub async fn get_recording(
                 .into_response());
         }
     };
-    // Streamed from the file: a long recording is never read into memory whole.
-    file.seek(std::io::SeekFrom::Start(start))
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("recording")))?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file.take(end - start)));
+    // Streamed from the store: a long recording is never read into memory whole.
+    let stream = if end > start {
+        match s.recorder.storage().get_range(key, start..end).await {
+            Ok(stream) => stream,
+            Err(Fault::NotFound) => return Err(ApiError::NotFound("recording")),
+            Err(e) => {
+                tracing::warn!(call_sid, error = %e, "the recording store could not be read");
+                return Err(ApiError::Unavailable("the recording store"));
+            }
+        }
+    } else {
+        Box::pin(futures_util::stream::empty())
+    };
+    let body = Body::from_stream(stream);
     let mut response = (
         status,
         [
@@ -136,18 +129,12 @@ pub async fn delete_recording(
     let rec = recordings::get(&s.db, &call_sid)
         .await?
         .ok_or(ApiError::NotFound("recording"))?;
-    if let Some(path) = rec.path.as_deref() {
-        match tokio::fs::remove_file(s.recorder.file(path)).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(ApiError::Internal(
-                    anyhow::Error::new(e).context("recording"),
-                ));
-            }
-        }
-    }
+    // The row first: a failure to remove the file then leaves no row pointing at nothing
+    // (and the file is retried by nobody: it is logged).
     recordings::delete(&s.db, &call_sid).await?;
+    if let Some(key) = rec.path {
+        s.recorder.remove_files(&[key]).await;
+    }
     tracing::info!(call_sid, "recording deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -934,6 +934,9 @@ fn begin(state: &AppState, call: &mut Call, ctx: &CallContext, now: Instant, pat
         // The call's own bound, and a minute for the end.
         let max = Duration::from_secs(state.settings.call.max_duration_secs + 60);
         call.start_recording(max);
+        state
+            .recorder
+            .begin(&state.tasks, ctx.call_sid.as_str(), ctx.client_id);
     }
     play_cached(state, call, ctx, now, path);
 }

@@ -6,6 +6,7 @@
 //! and the encoding is done after the call, off the call's task.
 
 pub mod opus;
+pub mod storage;
 pub mod timeline;
 pub mod worker;
 

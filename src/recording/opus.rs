@@ -164,6 +164,24 @@ fn tags() -> Vec<u8> {
     t
 }
 
+/// The length of an Ogg/Opus stream written by [`encode`], ms: its last granule position less
+/// the pre-skip (a spooled recording's row is rebuilt from its file).
+pub fn duration_ms(ogg_bytes: &[u8]) -> Result<u64, OpusError> {
+    let bad = |e: ogg::OggReadError| OpusError::Ogg(e.to_string());
+    let mut reader = ogg::PacketReader::new(Cursor::new(ogg_bytes));
+    let head = reader
+        .read_packet()
+        .map_err(bad)?
+        .filter(|h| h.data.len() >= 19 && &h.data[..8] == b"OpusHead")
+        .ok_or_else(|| OpusError::Ogg("no OpusHead".into()))?;
+    let pre_skip = u64::from(u16::from_le_bytes([head.data[10], head.data[11]]));
+    let mut last = 0;
+    while let Some(p) = reader.read_packet().map_err(bad)? {
+        last = p.absgp_page();
+    }
+    Ok(last.saturating_sub(pre_skip) / (GRANULE_PER_SAMPLE * BYTES_PER_MS as u64))
+}
+
 /// A recording read back: the two channels, 16-bit PCM at 8 kHz, the pre-skip removed.
 #[derive(Debug, Clone, Default)]
 pub struct Decoded {

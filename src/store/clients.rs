@@ -295,6 +295,11 @@ async fn load_profile(
     })
 }
 
+/// Whether client `id` exists.
+pub async fn exists(db: &DatabaseConnection, id: ClientId) -> Result<bool, StoreError> {
+    Ok(client::Entity::find_by_id(id).one(db).await?.is_some())
+}
+
 /// A client with its numbers and FAQs.
 pub async fn get_client(
     db: &DatabaseConnection,

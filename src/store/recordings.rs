@@ -14,9 +14,10 @@ pub struct StoredRecording {
     pub call_sid: String,
     /// Whose call.
     pub client_id: ClientId,
-    /// `ready` or `failed`.
+    /// `ready`; `pending` (in the local spool, waiting for the store; tried again); or
+    /// `failed`.
     pub status: String,
-    /// The file, relative to `recording.dir` (none when it failed).
+    /// The recording's key in the store, `<client id>/<CallSid>.ogg` (none when it failed).
     pub path: Option<String>,
     /// Size of the file.
     pub size_bytes: i64,
@@ -76,6 +77,25 @@ pub async fn put(db: &impl ConnectionTrait, r: &StoredRecording) -> Result<(), S
         .exec(db)
         .await?;
     Ok(())
+}
+
+/// A `pending` recording reached the store: its row becomes `ready`. False when the row is
+/// gone or not pending any more (deleted meanwhile: the caller removes what it stored).
+pub async fn mark_ready(db: &impl ConnectionTrait, call_sid: &str) -> Result<bool, StoreError> {
+    let r = recording::Entity::update_many()
+        .col_expr(
+            recording::Column::Status,
+            sea_orm::sea_query::Expr::value("ready"),
+        )
+        .col_expr(
+            recording::Column::Error,
+            sea_orm::sea_query::Expr::value(Option::<String>::None),
+        )
+        .filter(recording::Column::CallSid.eq(call_sid))
+        .filter(recording::Column::Status.eq("pending"))
+        .exec(db)
+        .await?;
+    Ok(r.rows_affected > 0)
 }
 
 /// The recording of a call, if it has one.

@@ -52,8 +52,18 @@ async fn short_recorded_call(gw: &Gateway) -> (String, std::path::PathBuf) {
         .await;
     gw.ended_call(&placed.call_sid).await;
     let row = stored(gw, &placed.call_sid).await;
-    let file = gw.app.state.recorder.file(row.path.as_deref().unwrap());
+    let file = local_file(gw, &row);
     (placed.call_sid, file)
+}
+
+/// The file of a recording in the local store.
+fn local_file(gw: &Gateway, row: &StoredRecording) -> std::path::PathBuf {
+    gw.app
+        .state
+        .recorder
+        .storage()
+        .local_file(row.path.as_deref().unwrap())
+        .unwrap()
 }
 
 /// RMS of 20 ms windows (160 samples at 8 kHz).
@@ -131,7 +141,7 @@ async fn a_recorded_call_has_both_sides_as_heard_cut_at_the_barge_in() {
 
     // Another tool reads it as Ogg/Opus with two channels (opusinfo, from opus-tools, which
     // scripts/test.sh installs).
-    let file = gw.app.state.recorder.file(row.path.as_deref().unwrap());
+    let file = local_file(&gw, &row);
     let info = std::process::Command::new("opusinfo")
         .arg(&file)
         .output()
@@ -423,6 +433,457 @@ async fn recordings_past_their_retention_are_deleted_and_younger_ones_kept() {
     assert!(!file.exists());
     assert!(
         recordings::get(&gw.app.state.db, &sid)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// The S3-compatible server the test script starts (moto's, `TEST_S3_ENDPOINT`, with
+/// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` set); None with `TEST_S3=skip`.
+fn s3_endpoint() -> Option<String> {
+    if std::env::var("TEST_S3").is_ok_and(|v| v == "skip") {
+        eprintln!("TEST_S3=skip: S3 test skipped");
+        return None;
+    }
+    let endpoint = std::env::var("TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "TEST_S3_ENDPOINT is not set: run scripts/test.sh (it starts an S3-compatible \
+             server), or set TEST_S3=skip"
+        )
+    });
+    assert!(
+        std::env::var("AWS_ACCESS_KEY_ID").is_ok()
+            && std::env::var("AWS_SECRET_ACCESS_KEY").is_ok(),
+        "the S3 tests need AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (any values for the test server)"
+    );
+    Some(endpoint.trim_end_matches('/').to_string())
+}
+
+/// A new bucket on the S3-compatible server.
+async fn new_bucket(endpoint: &str) -> String {
+    let bucket = format!("warmline-{}", rand_suffix());
+    let resp = reqwest::Client::new()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.status().is_success(),
+        "creating {bucket}: {}",
+        resp.status()
+    );
+    bucket
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// An object as the S3-compatible server holds it (None: not there), read with a request of our
+/// own (the test server refuses anonymous reads; it checks that a request names credentials,
+/// not its signature).
+async fn s3_object(endpoint: &str, bucket: &str, key: &str) -> Option<Vec<u8>> {
+    let resp = reqwest::Client::new()
+        .get(format!("{endpoint}/{bucket}/{key}"))
+        .header(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=warmline-test/20261130/us-east-1/s3/aws4_request, \
+             SignedHeaders=host, Signature=0",
+        )
+        .send()
+        .await
+        .unwrap();
+    match resp.status().as_u16() {
+        200 => Some(resp.bytes().await.unwrap().to_vec()),
+        404 => None,
+        s => panic!("GET {bucket}/{key}: {s}"),
+    }
+}
+
+/// A gateway whose recordings go to `bucket` under `warmline/rec`, through `endpoint`.
+async fn s3_gateway(endpoint: &str, bucket: &str) -> Gateway {
+    let gw = gateway(
+        FakeConfig::instant(),
+        &format!(
+            "[recording]\nstore = \"s3://{bucket}/warmline/rec\"\ns3_endpoint = \"{endpoint}\"\n\
+             s3_region = \"us-east-1\"\nretry_max_secs = 1\n"
+        ),
+    )
+    .await;
+    gw.update_client(&json!({
+        "name": "Bright Smile", "phone_numbers": [CLIENT_NUMBER],
+        "instructions": "You are the receptionist of a dental practice.",
+        "greeting": "Thanks for calling Bright Smile Dental!", "voice": "marin",
+        "greeting_mode": "generated", "recording": "on",
+    }))
+    .await;
+    gw
+}
+
+/// A recorded call that hears the greeting and hangs up; its CallSid once it ended.
+async fn greeting_heard_and_hang_up(gw: &Gateway) -> String {
+    let placed = gw.place_call().await;
+    let report = gw
+        .stream(&placed, &[Step::WaitForAgentQuiet(WAIT), Step::HangUp])
+        .await;
+    assert!(
+        report
+            .heard_audio
+            .chunks(160)
+            .filter(|w| sim::audio::is_speech(w))
+            .count()
+            > 50,
+        "the caller heard the greeting"
+    );
+    let call = gw.ended_call(&placed.call_sid).await;
+    assert_eq!(call.call.end_reason.as_deref(), Some("twilio_stop"));
+    placed.call_sid
+}
+
+/// The recording's row once it has `status`.
+async fn with_status(gw: &Gateway, call_sid: &str, status: &str) -> StoredRecording {
+    for _ in 0..300 {
+        if let Some(r) = recordings::get(&gw.app.state.db, call_sid).await.unwrap()
+            && r.status == status
+        {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the recording of {call_sid} never became {status}: {:?}",
+        recordings::get(&gw.app.state.db, call_sid).await.unwrap()
+    );
+}
+
+#[tokio::test]
+async fn recordings_go_to_an_s3_compatible_store_served_and_deleted_there() {
+    let Some(endpoint) = s3_endpoint() else {
+        return;
+    };
+    let bucket = new_bucket(&endpoint).await;
+    let gw = s3_gateway(&endpoint, &bucket).await;
+    let sid = greeting_heard_and_hang_up(&gw).await;
+    let row = with_status(&gw, &sid, "ready").await;
+    let key = row.path.clone().unwrap();
+    assert_eq!(key, format!("{}/{sid}.ogg", gw.client_id.get()));
+    // In the bucket under the prefix, nothing on local disk.
+    let object = s3_object(&endpoint, &bucket, &format!("warmline/rec/{key}"))
+        .await
+        .expect("the recording is in the bucket");
+    assert_eq!(object.len() as i64, row.size_bytes);
+    assert!(gw.app.state.recorder.storage().local_file(&key).is_none());
+    let d = opus::decode(&object).unwrap();
+    assert_eq!(d.channels, 2);
+    assert!(
+        windows(&d.right).iter().filter(|&&r| r > LOUD).count() > 50,
+        "the greeting is on the agent's side"
+    );
+    // Served from the bucket, whole and by range.
+    let url = format!("/calls/{sid}/recording");
+    let whole = gw
+        .app
+        .admin(reqwest::Method::GET, &url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(whole.status(), 200);
+    assert_eq!(whole.bytes().await.unwrap().to_vec(), object);
+    let part = gw
+        .app
+        .admin(reqwest::Method::GET, &url)
+        .header("Range", "bytes=-100")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.bytes().await.unwrap().to_vec(),
+        object[object.len() - 100..].to_vec()
+    );
+
+    // The retention sweep deletes it from the bucket.
+    assert_eq!(
+        gw.app
+            .state
+            .recorder
+            .sweep(1, Utc::now() + chrono::Duration::days(2))
+            .await,
+        1
+    );
+    assert!(
+        s3_object(&endpoint, &bucket, &format!("warmline/rec/{key}"))
+            .await
+            .is_none()
+    );
+
+    // The caller's privacy delete too.
+    let sid = greeting_heard_and_hang_up(&gw).await;
+    let key = with_status(&gw, &sid, "ready").await.path.unwrap();
+    assert!(
+        s3_object(&endpoint, &bucket, &format!("warmline/rec/{key}"))
+            .await
+            .is_some()
+    );
+    let resp = gw
+        .app
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/clients/{}/callers/%2B14155550100", gw.client_id),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(
+        s3_object(&endpoint, &bucket, &format!("warmline/rec/{key}"))
+            .await
+            .is_none()
+    );
+    assert!(
+        recordings::get(&gw.app.state.db, &sid)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// A TCP proxy to `upstream` that, while down, accepts and drops every connection (the store
+/// is unreachable).
+struct Outage {
+    addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Outage {
+    async fn start(upstream: &str) -> Outage {
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = up.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+            }
+        });
+        Outage { addr, up }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_storage_outage_during_a_call_is_survived_and_the_recording_stored_from_the_spool() {
+    let Some(endpoint) = s3_endpoint() else {
+        return;
+    };
+    let bucket = new_bucket(&endpoint).await;
+    let outage = Outage::start(&endpoint).await;
+    let gw = s3_gateway(&format!("http://{}", outage.addr), &bucket).await;
+
+    // The store is down: the call goes on as ever (greeting heard, normal end).
+    let sid = greeting_heard_and_hang_up(&gw).await;
+    let row = with_status(&gw, &sid, "pending").await;
+    let key = row.path.clone().unwrap();
+    assert!(row.size_bytes > 1000 && row.duration_ms > 1000, "{row:?}");
+    let spooled = gw.app.state.recorder.spool_dir().join("pending").join(&key);
+    assert!(spooled.exists(), "{}", spooled.display());
+    // Visible on the call record and in the metrics; not served yet.
+    let out: Value = gw
+        .app
+        .admin(reqwest::Method::GET, &format!("/calls/{sid}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(out["recording"]["status"], "pending", "{out}");
+    assert!(
+        out["recording"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("retried"),
+        "{out}"
+    );
+    assert!(out["recording"]["url"].is_null());
+    assert!(gw.metric("warmline_recording_store_errors_total") >= 1.0);
+    let url = format!("/calls/{sid}/recording");
+    let resp = gw
+        .app
+        .admin(reqwest::Method::GET, &url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    // Still down on the next tries (the delay grows), and nothing lost.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        recordings::get(&gw.app.state.db, &sid)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        "pending"
+    );
+    assert_eq!(gw.metric("warmline_recordings_pending"), 1.0);
+    assert!(gw.metric("warmline_recording_store_errors_total") >= 2.0);
+
+    // The store is back: the spooled recording reaches it.
+    outage.restore();
+    let row = with_status(&gw, &sid, "ready").await;
+    assert_eq!(row.error, None);
+    let object = s3_object(&endpoint, &bucket, &format!("warmline/rec/{key}"))
+        .await
+        .expect("the spooled recording reached the bucket");
+    assert_eq!(object.len() as i64, row.size_bytes);
+    assert_eq!(opus::decode(&object).unwrap().channels, 2);
+    assert!(!spooled.exists(), "the spool is emptied");
+    let resp = gw
+        .app
+        .admin(reqwest::Method::GET, &url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().to_vec(), object);
+    assert_eq!(
+        gw.metric("warmline_recordings_total{outcome=\"ready\"}"),
+        1.0
+    );
+    for _ in 0..100 {
+        if gw.metric("warmline_recordings_pending") == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gw.metric("warmline_recordings_pending"), 0.0);
+}
+
+#[tokio::test]
+async fn a_call_interrupted_by_a_crash_has_its_recording_marked_failed_at_the_next_start() {
+    let gw = recorded_gateway().await;
+    let live = gw.app.state.recorder.spool_dir().join("live");
+    // A recorded call has a marker while it runs, gone once its recording is stored.
+    let placed = gw.place_call().await;
+    let marker = live.join(&placed.call_sid);
+    let seen = {
+        let gw = &gw;
+        let placed = &placed;
+        let call = gw.stream(placed, &[Step::WaitForAgentQuiet(WAIT), Step::HangUp]);
+        let watch = async {
+            for _ in 0..200 {
+                if marker.exists() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        };
+        let (_, seen) = tokio::join!(call, watch);
+        seen
+    };
+    assert!(seen, "the marker is written during the call");
+    gw.ended_call(&placed.call_sid).await;
+    stored(&gw, &placed.call_sid).await;
+    for _ in 0..100 {
+        if !marker.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!marker.exists(), "the marker is removed once stored");
+
+    // A marker left by a process that stopped during a call: the restart marks it failed.
+    let crashed = "CA00000000000000000000000000000c4a";
+    std::fs::write(live.join(crashed), gw.client_id.get().to_string()).unwrap();
+    // And one whose call's recording is stored: left as it is.
+    std::fs::write(live.join(&placed.call_sid), gw.client_id.get().to_string()).unwrap();
+    let gw = gw.restart().await;
+    let row = with_status(&gw, crashed, "failed").await;
+    assert!(row.error.unwrap().contains("stopped during the call"));
+    assert_eq!(
+        recordings::get(&gw.app.state.db, &placed.call_sid)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        "ready"
+    );
+    for _ in 0..100 {
+        if !live.join(crashed).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!live.join(crashed).exists());
+    assert!(!live.join(&placed.call_sid).exists());
+}
+
+#[tokio::test]
+async fn a_spooled_recording_without_a_row_is_stored_with_its_row_rebuilt() {
+    // The database was down when the call ended: the recording waits in the spool with no row.
+    let gw = recorded_gateway().await;
+    let sid = "CA0000000000000000000000000000beef";
+    let tone: Vec<u8> = (0..8000 * 3)
+        .map(|i| if (i / 40) % 2 == 0 { 0x10 } else { 0x90 })
+        .collect();
+    let encoded = opus::encode(
+        &tone,
+        &[],
+        opus::OpusSettings {
+            bitrate: 15000,
+            complexity: 0,
+        },
+        7,
+    )
+    .unwrap();
+    let key = format!("{}/{sid}.ogg", gw.client_id.get());
+    let spooled = gw.app.state.recorder.spool_dir().join("pending").join(&key);
+    std::fs::create_dir_all(spooled.parent().unwrap()).unwrap();
+    std::fs::write(&spooled, &encoded.ogg).unwrap();
+    // And one of a client that no longer exists: dropped.
+    let gone = gw
+        .app
+        .state
+        .recorder
+        .spool_dir()
+        .join("pending/99999/CA0000000000000000000000000000dead.ogg");
+    std::fs::create_dir_all(gone.parent().unwrap()).unwrap();
+    std::fs::write(&gone, &encoded.ogg).unwrap();
+
+    let pass = gw.app.state.recorder.deliver_pending().await;
+    assert_eq!((pass.delivered, pass.left), (1, 0));
+    let row = stored(&gw, sid).await;
+    assert_eq!(row.status, "ready");
+    assert_eq!(row.size_bytes, encoded.ogg.len() as i64);
+    assert_eq!(row.duration_ms, 3000);
+    assert_eq!(std::fs::read(local_file(&gw, &row)).unwrap(), encoded.ogg);
+    assert!(!spooled.exists() && !gone.exists());
+    assert!(
+        recordings::get(&gw.app.state.db, "CA0000000000000000000000000000dead")
             .await
             .unwrap()
             .is_none()

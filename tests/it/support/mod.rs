@@ -128,6 +128,17 @@ pub async fn spawn_app_with(
         ),
         ("openai", "base_url = \"http://127.0.0.1:9/v1\"".to_string()),
         ("store", format!("spool_dir = \"{}\"", spool_dir.display())),
+        // Recordings and their spool in the test's directory on both backends.
+        (
+            "recording",
+            format!(
+                "dir = \"{}\"",
+                dir.as_ref()
+                    .map(|d| d.path().join("recordings"))
+                    .unwrap_or_default()
+                    .display()
+            ),
+        ),
     ];
     all.splice(0..0, defaults.iter().map(|(s, l)| (*s, l.to_string())));
     let pairs: Vec<(&str, &str)> = all.iter().map(|(s, l)| (*s, l.as_str())).collect();
