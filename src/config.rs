@@ -628,14 +628,20 @@ impl Settings {
             return invalid("recording.store", &e);
         }
         let endpoint = &self.recording.s3_endpoint;
-        if !(endpoint.is_empty()
-            || endpoint.starts_with("https://")
-            || endpoint.starts_with("http://"))
-        {
-            return invalid(
-                "recording.s3_endpoint",
-                "must start with https:// or http://",
-            );
+        if !endpoint.is_empty() {
+            let why = match url::Url::parse(endpoint) {
+                Ok(u) if !matches!(u.scheme(), "http" | "https") || u.host().is_none() => {
+                    Some("must be an https:// or http:// URL")
+                }
+                Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                    Some("must not hold credentials (they come from the environment)")
+                }
+                Ok(_) => None,
+                Err(_) => Some("must be an https:// or http:// URL"),
+            };
+            if let Some(why) = why {
+                return invalid("recording.s3_endpoint", why);
+            }
         }
         if self.recording.retry_max_secs == 0 {
             return invalid("recording.retry_max_secs", "must be at least 1");
@@ -1564,6 +1570,7 @@ mod tests {
             let err = Settings::from_toml(&format!("[twilio]\nauth_token=\"t\"\n{toml}\n"))
                 .expect_err(toml);
             assert!(err.to_string().contains(key), "{key}: {err}");
+            assert!(!err.to_string().contains("secret"), "{err}");
         }
         // The redacted output shows the new keys and stays valid settings.
         let out = s.redacted_toml();
@@ -1683,6 +1690,10 @@ mod tests {
                 "recording.retry_max_secs",
             ),
             ("[recording]\nmax_queued = 0", "recording.max_queued"),
+            (
+                "[recording]\ns3_endpoint = \"https://key:secret@minio:9000\"",
+                "recording.s3_endpoint",
+            ),
             ("[store]\nspool_max_bytes = 1000", "store.spool_max_bytes"),
         ] {
             let err = Settings::from_toml(&format!("[twilio]\nauth_token=\"t\"\n{toml}\n"))

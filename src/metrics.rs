@@ -186,8 +186,8 @@ pub struct Metrics {
     pub recording_frames_dropped: Counter,
     /// `warmline_recordings_pending`: recordings in the local spool waiting for the store.
     pub recordings_pending: Gauge,
-    /// `warmline_recording_store_errors_total`: attempts to put a recording into the store that
-    /// failed (it stays in the spool and is tried again).
+    /// `warmline_recording_store_errors_total`: requests to the recording store that failed (a
+    /// recording put, or a deletion; each waits in the spool and is tried again).
     pub recording_store_errors: Counter,
     /// `warmline_response_latency_seconds`: caller stops speaking to first agent audio relayed.
     pub response_latency: Histogram,
@@ -372,7 +372,7 @@ impl Metrics {
         );
         registry.register(
             "recording_store_errors",
-            "Attempts to put a call recording into the store that failed (retried from the spool)",
+            "Requests to the call recording store that failed (puts and deletions, retried from the spool)",
             m.recording_store_errors.clone(),
         );
         registry.register(

@@ -53,7 +53,8 @@ const MAX_RANGE: u64 = 8 << 20;
 #[utoipa::path(get, path = "/calls/{call_sid}/recording",
     responses((status = 200, description = "audio/ogg"), (status = 206, description = "the range asked for"),
         (status = 404, description = "no such call, or it has no recording"),
-        (status = 416, description = "a range outside the file")))]
+        (status = 416, description = "a range outside the file"),
+        (status = 503, description = "the recording store did not answer")))]
 pub async fn get_recording(
     State(s): State<AppState>,
     Path(call_sid): Path<String>,
@@ -65,7 +66,31 @@ pub async fn get_recording(
     let Some(key) = rec.path.as_deref().filter(|_| rec.status == "ready") else {
         return Err(ApiError::NotFound("recording"));
     };
-    let len = u64::try_from(rec.size_bytes).unwrap_or(0);
+    // The object's own size (the row's is what was stored; they differ only if the store was
+    // changed behind warmline's back).
+    let store = s.recorder.storage();
+    let len = match store.size(key).await {
+        Ok(len) => len,
+        Err(Fault::NotFound) => {
+            tracing::warn!(
+                call_sid,
+                "a ready recording's object is missing from the store"
+            );
+            return Err(ApiError::NotFound("recording"));
+        }
+        Err(e) => {
+            tracing::warn!(call_sid, error = %e, "the recording store could not be read");
+            return Err(ApiError::Unavailable("the recording store"));
+        }
+    };
+    if i64::try_from(len).ok() != Some(rec.size_bytes) {
+        tracing::warn!(
+            call_sid,
+            stored = len,
+            recorded = rec.size_bytes,
+            "a recording's object differs in size from its row; the object is served"
+        );
+    }
     let range = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
@@ -83,7 +108,7 @@ pub async fn get_recording(
     };
     // Streamed from the store: a long recording is never read into memory whole.
     let stream = if end > start {
-        match s.recorder.storage().get_range(key, start..end).await {
+        match store.get_range(key, start..end).await {
             Ok(stream) => stream,
             Err(Fault::NotFound) => return Err(ApiError::NotFound("recording")),
             Err(e) => {
@@ -100,6 +125,7 @@ pub async fn get_recording(
         [
             (header::CONTENT_TYPE, "audio/ogg".to_string()),
             (header::ACCEPT_RANGES, "bytes".to_string()),
+            (header::CONTENT_LENGTH, (end - start).to_string()),
             (
                 header::CONTENT_DISPOSITION,
                 format!("inline; filename=\"{call_sid}.ogg\""),

@@ -12,8 +12,11 @@ use std::{ops::Range, path::PathBuf, sync::Arc, time::Duration};
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, PutPayload, RetryConfig, aws::AmazonS3Builder,
-    local::LocalFileSystem, path::Path as Key, prefix::PrefixStore,
+    BackoffConfig, ClientConfigKey, ObjectStore, PutPayload, RetryConfig,
+    aws::{AmazonS3Builder, AmazonS3ConfigKey},
+    local::LocalFileSystem,
+    path::Path as Key,
+    prefix::PrefixStore,
 };
 
 use crate::config::RecordingSettings;
@@ -60,9 +63,41 @@ impl From<object_store::Error> for Fault {
     fn from(e: object_store::Error) -> Self {
         match e {
             object_store::Error::NotFound { .. } => Fault::NotFound,
-            e => Fault::Other(e.to_string()),
+            e => Fault::Other(describe(&e)),
         }
     }
+}
+
+/// An object store error for logs: its kind and message, without the response body an S3
+/// server may add (a `SignatureDoesNotMatch` body holds the access key id and the signed
+/// request, session token included).
+fn describe(e: &object_store::Error) -> String {
+    use object_store::Error as E;
+    let kind = match e {
+        E::PermissionDenied { .. } => "permission denied",
+        E::Unauthenticated { .. } => "unauthenticated",
+        E::Precondition { .. } => "precondition failed",
+        E::NotSupported { .. } | E::NotImplemented => "not supported",
+        _ => "error",
+    };
+    let text = e.to_string();
+    // The body follows the status (`…: 403 Forbidden: <?xml …`); an XML or JSON document is
+    // cut off, and the rest bounded.
+    let cut = ["<?xml", "<Error", "{\""]
+        .iter()
+        .filter_map(|m| text.find(m))
+        .min()
+        .unwrap_or(text.len());
+    let mut text = text[..cut].trim_end_matches([' ', ':']).to_string();
+    if text.len() > 300 {
+        let mut end = 300;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    format!("{kind}: {text}")
 }
 
 /// `s3://bucket/prefix` read: the bucket and the prefix (possibly empty).
@@ -90,9 +125,6 @@ pub fn parse_s3(url: &str) -> Result<(String, String), String> {
 impl Storage {
     /// From `[recording]`: `store` empty is the directory `dir` (created if missing).
     pub fn new(r: &RecordingSettings, dir: PathBuf) -> Result<Self, StorageError> {
-        let options = ClientOptions::new()
-            .with_timeout(REQUEST_TIMEOUT)
-            .with_connect_timeout(Duration::from_secs(5));
         // A few quick retries inside one attempt; the spool retries for longer.
         let retry = RetryConfig {
             backoff: BackoffConfig {
@@ -115,9 +147,18 @@ impl Storage {
             });
         }
         let (bucket, prefix) = parse_s3(&r.store).map_err(StorageError)?;
+        // The environment's client settings (AWS_ALLOW_HTTP, proxies…) are kept; only the
+        // timeouts are set on top.
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&bucket)
-            .with_client_options(options)
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+                format!("{}s", REQUEST_TIMEOUT.as_secs()),
+            )
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                "5s",
+            )
             .with_retry(retry);
         if !r.s3_endpoint.is_empty() {
             // An S3-compatible service (MinIO, Ceph, R2…): path-style requests, plain HTTP
@@ -163,6 +204,11 @@ impl Storage {
         Ok(())
     }
 
+    /// The size of the object at `key`.
+    pub async fn size(&self, key: &str) -> Result<u64, Fault> {
+        Ok(self.store.head(&Key::from(key)).await?.size)
+    }
+
     /// The bytes `range` of `key`, as a stream.
     pub async fn get_range(
         &self,
@@ -197,6 +243,22 @@ impl Storage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_errors_are_logged_without_the_response_body() {
+        let e = object_store::Error::Generic {
+            store: "S3",
+            source: "Error performing PUT http://h/b/k in 1ms - Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code><AWSAccessKeyId>AKIASECRET</AWSAccessKeyId></Error>".into(),
+        };
+        let d = describe(&e);
+        assert!(d.contains("403 Forbidden"), "{d}");
+        assert!(!d.contains("AKIASECRET") && !d.contains("<"), "{d}");
+        let long = object_store::Error::Generic {
+            store: "S3",
+            source: "é".repeat(400).into(),
+        };
+        assert!(describe(&long).chars().count() < 320);
+    }
 
     #[test]
     fn s3_urls_are_read_and_bad_ones_refused() {

@@ -4,19 +4,27 @@
 //!   at most `recording.max_queued` wait for one (beyond, a recording is refused, counted in
 //!   `warmline_recording_frames_dropped_total`, and its row says why);
 //! - put into the recording store ([`Storage`]: `recording.dir`, or an S3-compatible bucket) as
-//!   `<client id>/<CallSid>.ogg`, and its `recordings` row saved `ready`;
-//! - a recording the store refuses (down, full, unreachable) is written to the local spool
-//!   (`recording.dir/.spool/pending/<client id>/<CallSid>.ogg`), its row says `pending`, and
-//!   [`Recorder::redeliver`] tries it again with a growing delay (up to
-//!   `recording.retry_max_secs`) until the store takes it, also after a restart;
-//! - while a recorded call runs, a marker (`.spool/live/<CallSid>`) says so: one found at start
-//!   is a call the gateway stopped during (a crash; its audio was in memory), and its row says
-//!   `failed` rather than nothing.
+//!   `<client id>/<CallSid>.ogg`, and its `recordings` row saved `ready`.
 //!
-//! `warmline_recordings_total{outcome}` counts `ready` and `failed`;
+//! What is not done yet waits in this instance's local spool, `recording.dir/.spool`, and
+//! [`Recorder::redeliver`] does it, with a growing delay (up to `recording.retry_max_secs`) while
+//! it fails, also after a restart:
+//! - `pending/<client id>/<CallSid>.ogg`: a recording the store refused (down, full,
+//!   unreachable). Its row says `pending` (written before the file is in place, so a file
+//!   without a row is one deleted meanwhile, and is dropped);
+//! - `pending/<client id>/<CallSid>.json`: a row the database refused (down), saved once it
+//!   answers (a `pending` one first, then as above);
+//! - `delete/<client id>/<CallSid>`: a recording deleted whose object the store did not remove;
+//! - `live/<CallSid>`: a recorded call in progress (its client, and this process's id). One
+//!   left by another process at start is a call a crash interrupted (its audio was in memory):
+//!   its recording is marked `failed`, unless what the spool or the store holds shows it was
+//!   kept.
+//!
+//! `warmline_recordings_total{outcome}` counts `ready` and `failed` rows once saved;
 //! `warmline_recordings_pending` and `warmline_recording_store_errors_total` show the spool.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -26,8 +34,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
+use serde::{Deserialize, Serialize};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
@@ -48,7 +57,7 @@ pub const CODEC: &str = "opus";
 /// How often the retention sweep runs.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
-/// The first wait before a refused recording is tried again (then twice as long each time).
+/// The first wait before the spool is tried again (then twice as long each time).
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 
 /// A pending row's error while it waits (names no path and no store address).
@@ -85,8 +94,14 @@ pub struct Recorder {
     queued: Arc<AtomicUsize>,
     max_queued: usize,
     retry_max: Duration,
-    /// A recording went to the spool: [`Recorder::redeliver`] looks again.
+    /// This process, in its call markers (a marker of another is a crash's).
+    boot: u64,
+    /// When this process started (spool temporaries older than it are a crash's).
+    started: std::time::SystemTime,
+    /// The spool was written to: [`Recorder::redeliver`] looks again.
     wake: tokio::sync::Notify,
+    /// One pass over the spool at a time.
+    pass: tokio::sync::Mutex<()>,
     db: DatabaseConnection,
     metrics: Arc<Metrics>,
 }
@@ -113,13 +128,119 @@ fn key(client_id: ClientId, call_sid: &str) -> String {
     format!("{}/{call_sid}.ogg", client_id.get())
 }
 
+/// A row waiting in the spool for the database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RowFile {
+    status: String,
+    size_bytes: i64,
+    duration_ms: i64,
+    error: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl RowFile {
+    fn of(r: &StoredRecording) -> Self {
+        Self {
+            status: r.status.clone(),
+            size_bytes: r.size_bytes,
+            duration_ms: r.duration_ms,
+            error: r.error.clone(),
+            created_at: r.created_at,
+        }
+    }
+
+    fn row(self, client_id: ClientId, call_sid: &str) -> StoredRecording {
+        StoredRecording {
+            call_sid: call_sid.to_string(),
+            client_id,
+            path: (self.status != "failed").then(|| key(client_id, call_sid)),
+            status: self.status,
+            size_bytes: self.size_bytes,
+            duration_ms: self.duration_ms,
+            codec: CODEC.into(),
+            error: self.error,
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// A finished recording, encoded and (maybe) stored: its row, and its bytes while the spool may
+/// need them.
+struct Stored {
+    row: StoredRecording,
+    /// The spool file written (not yet in place) when the store refused it.
+    spool_tmp: Option<PathBuf>,
+}
+
 /// What a pass over the spool found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pass {
-    /// Recordings the store took.
+    /// Recordings the store took (or rows the database took).
     pub delivered: usize,
-    /// Recordings still waiting.
+    /// What still waits (recordings, rows, deletions).
     pub left: usize,
+}
+
+/// The spool's entries of one call: `pending/<client>/<sid>.{ogg,json}`.
+#[derive(Debug, Default)]
+struct Entry {
+    ogg: Option<PathBuf>,
+    json: Option<PathBuf>,
+}
+
+/// A recorded call's marker: `<client id> <process id>`.
+fn marker_text(client_id: ClientId, boot: u64) -> String {
+    format!("{} {boot:016x}", client_id.get())
+}
+
+fn parse_marker(text: &str) -> Option<(ClientId, u64)> {
+    let (client, boot) = text.trim().split_once(' ')?;
+    Some((
+        ClientId::new(client.parse().ok()?),
+        u64::from_str_radix(boot, 16).ok()?,
+    ))
+}
+
+/// Removes a file; one already gone is removed.
+async fn remove(path: &Path) -> std::io::Result<()> {
+    match tokio::fs::remove_file(path).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Writes `bytes` to `tmp` (directories made, synced); renamed into place by the caller.
+async fn write_synced(tmp: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    if let Some(dir) = tmp.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    let written = async {
+        let mut f = tokio::fs::File::create(tmp).await?;
+        f.write_all(bytes).await?;
+        f.sync_all().await
+    }
+    .await;
+    if written.is_err() {
+        let _ = tokio::fs::remove_file(tmp).await;
+    }
+    written
+}
+
+/// Writes `bytes` to `file` through a temporary file beside it (synced, renamed).
+async fn write_file(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = tmp_of(file);
+    write_synced(&tmp, bytes).await?;
+    tokio::fs::rename(&tmp, file).await.inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// The temporary file of `file` (`<name>.tmp`: never read as an entry).
+fn tmp_of(file: &Path) -> PathBuf {
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    file.with_file_name(name)
 }
 
 /// Starts `n` encoder threads at the lowest priority, taking jobs from one queue.
@@ -193,7 +314,10 @@ impl Recorder {
             queued: Arc::default(),
             max_queued: r.max_queued.max(1),
             retry_max: Duration::from_secs(r.retry_max_secs.max(1)),
+            boot: rand::random(),
+            started: std::time::SystemTime::now(),
             wake: tokio::sync::Notify::new(),
+            pass: tokio::sync::Mutex::new(()),
             db,
             metrics,
         })
@@ -204,15 +328,19 @@ impl Recorder {
         &self.storage
     }
 
-    /// The local spool: `pending/<client id>/<CallSid>.ogg` (recordings waiting for the store)
-    /// and `live/<CallSid>` (calls being recorded).
+    /// The local spool (the module's documentation lists what it holds).
     pub fn spool_dir(&self) -> &Path {
         &self.spool
     }
 
-    /// Where a recording waits for the store.
+    /// Where a recording waits for the store (`<key>`), or its row for the database
+    /// (`<key>` with `.json`).
     fn pending_file(&self, key: &str) -> PathBuf {
         self.spool.join("pending").join(key)
+    }
+
+    fn row_file(&self, key: &str) -> PathBuf {
+        self.pending_file(key).with_extension("json")
     }
 
     /// The marker of a call being recorded.
@@ -220,39 +348,39 @@ impl Recorder {
         self.spool.join("live").join(call_sid)
     }
 
+    /// A recording whose object is still to be deleted from the store.
+    fn delete_marker(&self, key: &str) -> PathBuf {
+        self.spool
+            .join("delete")
+            .join(key.strip_suffix(".ogg").unwrap_or(key))
+    }
+
     /// A recorded call began: its marker is written (in the background, on `tasks`) and stays
-    /// until the call's recording is stored, so that a crash during the call is found at the
-    /// next start.
+    /// until what became of the call's recording is saved, so that a crash during the call is
+    /// found at the next start.
     pub fn begin(self: &Arc<Self>, tasks: &TaskTracker, call_sid: &str, client_id: ClientId) {
         if !valid_sid(call_sid) {
             return;
         }
         let marker = self.live_marker(call_sid);
+        let text = marker_text(client_id, self.boot);
         tasks.spawn(async move {
-            let written = async {
-                if let Some(dir) = marker.parent() {
-                    tokio::fs::create_dir_all(dir).await?;
-                }
-                tokio::fs::write(&marker, client_id.get().to_string()).await
-            }
-            .await;
-            if let Err(e) = written {
+            if let Err(e) = write_file(&marker, text.as_bytes()).await {
                 tracing::warn!(error = %e, "the recording's call marker could not be written; a crash during this call would go unnoticed");
             }
         });
     }
 
-    /// Deletes the recordings older than `days` (rows, then files); returns how many files
-    /// went.
-    pub async fn sweep(&self, days: u32, now: chrono::DateTime<Utc>) -> usize {
+    /// Deletes the recordings older than `days` (rows, then files); returns how many went.
+    pub async fn sweep(&self, days: u32, now: DateTime<Utc>) -> usize {
         if days == 0 {
             return 0;
         }
         let before = now - chrono::Duration::days(i64::from(days));
         match recordings::delete_older_than(&self.db, before).await {
-            Ok(paths) if paths.is_empty() => 0,
-            Ok(paths) => {
-                let removed = self.remove_files(&paths).await;
+            Ok(keys) if keys.is_empty() => 0,
+            Ok(keys) => {
+                let removed = self.remove_files(&keys).await;
                 tracing::info!(removed, retention_days = days, "old recordings deleted");
                 removed
             }
@@ -263,25 +391,31 @@ impl Recorder {
         }
     }
 
-    /// Removes recordings from the store and the spool (`keys` as the rows hold them); returns
-    /// how many were removed (one already gone counts as removed; another failure is logged and
-    /// left).
+    /// Removes deleted recordings (their rows already gone; `keys` as the rows held them) from
+    /// the spool and the store. One the store does not remove now is queued in the spool and
+    /// removed by [`Recorder::redeliver`]. Returns how many were removed or queued.
     pub async fn remove_files(&self, keys: &[String]) -> usize {
         let mut removed = 0;
         for key in keys {
-            let spooled = match tokio::fs::remove_file(self.pending_file(key)).await {
-                Ok(()) => true,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-                Err(e) => {
+            for f in [self.pending_file(key), self.row_file(key)] {
+                if let Err(e) = remove(&f).await {
                     tracing::warn!(key, error = %e, "a spooled recording could not be removed");
-                    false
                 }
-            };
+            }
             match self.storage.delete(key).await {
-                Ok(()) if spooled => removed += 1,
-                Ok(()) => {}
+                Ok(()) => removed += 1,
                 Err(e) => {
-                    tracing::warn!(key, store = %self.storage.describe, error = %e, "a recording could not be removed from the store")
+                    self.metrics.recording_store_errors.inc();
+                    tracing::warn!(key, store = %self.storage.describe, error = %e, "a recording could not be removed from the store; queued to be removed again");
+                    match write_file(&self.delete_marker(key), b"").await {
+                        Ok(()) => {
+                            removed += 1;
+                            self.wake.notify_one();
+                        }
+                        Err(e) => {
+                            tracing::error!(key, error = %e, "a deleted recording's object could not be queued for removal; it stays in the store")
+                        }
+                    }
                 }
             }
         }
@@ -303,37 +437,50 @@ impl Recorder {
         }
         let me = self.clone();
         tasks.spawn(async move {
-            let row = me.store(&call_sid, client_id, timeline).await;
-            me.save(row).await;
-            if valid_sid(&call_sid) {
-                let _ = tokio::fs::remove_file(me.live_marker(&call_sid)).await;
+            let stored = me.store(&call_sid, client_id, timeline).await;
+            // The marker goes once what became of the recording is kept (row, or spool).
+            if me.save(stored).await && valid_sid(&call_sid) {
+                let _ = remove(&me.live_marker(&call_sid)).await;
             }
         });
     }
 
-    /// Saves the row of a recording just stored (or pending, or failed), unless its client was
-    /// deleted meanwhile (then what was stored goes too).
-    async fn save(&self, row: StoredRecording) {
+    fn count(&self, status: &str) {
+        let outcome = match status {
+            "ready" => "ready",
+            "failed" => "failed",
+            _ => return,
+        };
+        self.metrics
+            .recordings
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Saves the row of a recording just stored, pending or failed (unless its client was
+    /// deleted meanwhile: then what was stored goes too); a row the database refuses waits in
+    /// the spool. False when neither took it.
+    async fn save(&self, stored: Stored) -> bool {
+        let Stored { row, spool_tmp } = stored;
         let call_sid = row.call_sid.clone();
-        match crate::store::clients::exists(&self.db, row.client_id).await {
-            Ok(false) => {
-                tracing::info!(
-                    call_sid,
-                    "the recording's client was deleted during the call; the recording is not kept"
-                );
-                if let Some(key) = &row.path {
-                    self.remove_files(std::slice::from_ref(key)).await;
-                }
-                return;
+        let key = key(row.client_id, &call_sid);
+        if let Ok(false) = crate::store::clients::exists(&self.db, row.client_id).await {
+            tracing::info!(
+                call_sid,
+                "the recording's client was deleted during the call; the recording is not kept"
+            );
+            if let Some(tmp) = spool_tmp {
+                let _ = remove(&tmp).await;
             }
-            Ok(true) => {}
-            // The row is tried anyway; it fails the same way if the database is down.
-            Err(_) => {}
+            if row.status == "ready" {
+                self.remove_files(std::slice::from_ref(&key)).await;
+            }
+            return true;
         }
         match row.status.as_str() {
             "ready" => tracing::info!(
                 call_sid,
-                key = row.path.as_deref().unwrap_or(""),
+                key,
                 size_bytes = row.size_bytes,
                 duration_ms = row.duration_ms,
                 "recording stored"
@@ -349,60 +496,58 @@ impl Recorder {
                 "recording failed"
             ),
         }
-        if row.status != "pending" {
-            self.count(&row.status);
-        }
-        if let Err(e) = recordings::put(&self.db, &row).await {
-            tracing::warn!(call_sid, error = %e, "recording row not saved");
-            // A stored recording without a row would be invisible: it goes to the spool, whose
-            // redelivery saves the row once the database answers.
-            if row.status == "ready"
-                && let Some(key) = &row.path
-            {
-                match self.storage.get(key).await {
-                    Ok(bytes) => {
-                        if self.spool_write(key, &bytes).await.is_ok() {
-                            self.wake.notify_one();
-                        }
-                    }
+        let saved = match recordings::put(&self.db, &row).await {
+            Ok(()) => {
+                self.count(&row.status);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(call_sid, error = %e, "recording row not saved; it waits in the spool for the database");
+                let json = serde_json::to_vec(&RowFile::of(&row)).unwrap_or_default();
+                match write_file(&self.row_file(&key), &json).await {
+                    Ok(()) => true,
                     Err(e) => {
-                        tracing::warn!(call_sid, error = %e, "the recording could not be read back for the spool")
+                        tracing::error!(call_sid, error = %e, "the recording's row could not be spooled either");
+                        false
                     }
                 }
             }
+        };
+        // A refused recording's file is put in place after its row (or the row's spool file):
+        // the spool never holds a recording without one or the other unless it was deleted.
+        if let Some(tmp) = spool_tmp {
+            let file = self.pending_file(&key);
+            if saved && let Err(e) = tokio::fs::rename(&tmp, &file).await {
+                tracing::error!(call_sid, error = %e, "a spooled recording could not be put in place");
+                let _ = remove(&tmp).await;
+                return false;
+            }
+            if !saved {
+                let _ = remove(&tmp).await;
+            }
         }
-        if row.status == "pending" {
+        if saved && row.status != "ready" {
             self.wake.notify_one();
         }
+        saved
     }
 
-    fn count(&self, status: &str) {
-        self.metrics
-            .recordings
-            .get_or_create(&OutcomeLabel {
-                outcome: if status == "ready" { "ready" } else { "failed" },
-            })
-            .inc();
-    }
-
-    /// Encodes a recording and puts it into the store (or, refused, into the spool); the row
-    /// that says what became of it.
-    async fn store(
-        &self,
-        call_sid: &str,
-        client_id: ClientId,
-        timeline: Timeline,
-    ) -> StoredRecording {
-        let failed = |error: String| StoredRecording {
-            call_sid: call_sid.to_string(),
-            client_id,
-            status: "failed".into(),
-            path: None,
-            size_bytes: 0,
-            duration_ms: 0,
-            codec: CODEC.into(),
-            error: Some(error),
-            created_at: Utc::now(),
+    /// Encodes a recording and puts it into the store (or, refused, into a spool file not yet
+    /// in place); the row that says what became of it.
+    async fn store(&self, call_sid: &str, client_id: ClientId, timeline: Timeline) -> Stored {
+        let failed = |error: String| Stored {
+            row: StoredRecording {
+                call_sid: call_sid.to_string(),
+                client_id,
+                status: "failed".into(),
+                path: None,
+                size_bytes: 0,
+                duration_ms: 0,
+                codec: CODEC.into(),
+                error: Some(error),
+                created_at: Utc::now(),
+            },
+            spool_tmp: None,
         };
         if !valid_sid(call_sid) {
             return failed("not a CallSid".into());
@@ -449,54 +594,43 @@ impl Recorder {
         };
         let bytes = Bytes::from(encoded.ogg);
         match self.storage.put(&key, bytes.clone()).await {
-            Ok(()) => row,
+            Ok(()) => Stored {
+                row,
+                spool_tmp: None,
+            },
             Err(e) => {
                 self.metrics.recording_store_errors.inc();
                 tracing::warn!(call_sid, store = %self.storage.describe, error = %e, "the recording store refused a recording");
-                match self.spool_write(&key, &bytes).await {
-                    Ok(()) => StoredRecording {
-                        status: "pending".into(),
-                        error: Some(PENDING.into()),
-                        ..row
+                let tmp = tmp_of(&self.pending_file(&key));
+                match write_synced(&tmp, &bytes).await {
+                    Ok(()) => Stored {
+                        row: StoredRecording {
+                            status: "pending".into(),
+                            error: Some(PENDING.into()),
+                            ..row
+                        },
+                        spool_tmp: Some(tmp),
                     },
-                    Err(()) => failed(
-                        "the recording store and the local spool both refused the recording".into(),
-                    ),
+                    Err(e) => {
+                        tracing::warn!(call_sid, error = %e, "a recording could not be written to the spool");
+                        failed(
+                            "the recording store and the local spool both refused the recording"
+                                .into(),
+                        )
+                    }
                 }
             }
         }
     }
 
-    /// Writes a recording to the spool (a temporary file synced, then renamed).
-    async fn spool_write(&self, key: &str, bytes: &[u8]) -> Result<(), ()> {
-        let file = self.pending_file(key);
-        let Some(dir) = file.parent().map(Path::to_path_buf) else {
-            return Err(());
-        };
-        let tmp = file.with_extension("ogg.tmp");
-        let written = async {
-            use tokio::io::AsyncWriteExt;
-            tokio::fs::create_dir_all(&dir).await?;
-            let mut f = tokio::fs::File::create(&tmp).await?;
-            f.write_all(bytes).await?;
-            f.sync_all().await?;
-            tokio::fs::rename(&tmp, &file).await
-        }
-        .await;
-        written.map_err(|e| {
-            tracing::warn!(path = %file.display(), error = %e, "a recording could not be written to the spool");
-        })
-    }
-
-    /// Until `shutdown`: first marks the recordings of calls a crash interrupted as failed,
-    /// then puts the spooled recordings into the store, again and again with a growing delay
-    /// while the store refuses them, and waits for the next one when the spool is empty.
+    /// Until `shutdown`: first settles the recordings of calls a crash interrupted, then does
+    /// what waits in the spool, again and again with a growing delay while it fails, and waits
+    /// for more when the spool is empty.
     pub async fn redeliver(self: Arc<Self>, shutdown: CancellationToken) {
         self.recover_interrupted().await;
         let mut delay = FIRST_RETRY;
         loop {
             let pass = self.deliver_pending().await;
-            self.metrics.recordings_pending.set(pass.left as i64);
             if pass.left == 0 {
                 delay = FIRST_RETRY;
                 tokio::select! {
@@ -511,7 +645,7 @@ impl Recorder {
             tracing::info!(
                 waiting = pass.left,
                 retry_in_ms = delay.as_millis() as u64,
-                "recordings wait in the spool for the store"
+                "recordings wait in the spool"
             );
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -521,120 +655,236 @@ impl Recorder {
         }
     }
 
-    /// The recordings in the spool: (client, CallSid, file).
-    async fn spooled(&self) -> Vec<(ClientId, String, PathBuf)> {
+    /// The files of a spool directory two levels deep (`<client id>/<name>`), regular files
+    /// only, with a client directory named exactly as [`key`] names it.
+    async fn listed(&self, dir: &Path) -> Vec<(ClientId, String, PathBuf)> {
         let mut out = Vec::new();
-        let Ok(mut clients) = tokio::fs::read_dir(self.spool.join("pending")).await else {
+        let Ok(mut clients) = tokio::fs::read_dir(dir).await else {
             return out;
         };
         while let Ok(Some(c)) = clients.next_entry().await {
-            let Some(client_id) = c.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            let name = c.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok().filter(|id| id.to_string() == n))
+            else {
                 continue;
             };
+            if !c.file_type().await.is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
             let Ok(mut files) = tokio::fs::read_dir(c.path()).await else {
                 continue;
             };
             while let Ok(Some(f)) = files.next_entry().await {
-                let name = f.file_name();
-                let Some(sid) = name.to_str().and_then(|n| n.strip_suffix(".ogg")) else {
+                if !f.file_type().await.is_ok_and(|t| t.is_file()) {
                     continue;
-                };
-                if valid_sid(sid) {
-                    out.push((ClientId::new(client_id), sid.to_string(), f.path()));
+                }
+                if let Some(n) = f.file_name().to_str() {
+                    out.push((ClientId::new(id), n.to_string(), f.path()));
                 }
             }
         }
         out
     }
 
-    /// One pass over the spool.
+    /// One pass over the spool: deletions, then rows and recordings. It stops at the first
+    /// refusal of the store (the rest are counted as waiting).
     pub async fn deliver_pending(&self) -> Pass {
+        let _one = self.pass.lock().await;
         let mut pass = Pass::default();
-        for (client_id, sid, file) in self.spooled().await {
-            match self.deliver(client_id, &sid, &file).await {
-                Ok(true) => pass.delivered += 1,
-                Ok(false) => {}
-                Err(()) => pass.left += 1,
+        let mut store_down = false;
+        for (client_id, name, file) in self.listed(&self.spool.join("delete")).await {
+            if !valid_sid(&name) {
+                self.remove_stale_tmp(&file).await;
+                continue;
+            }
+            if store_down {
+                pass.left += 1;
+                continue;
+            }
+            match self.storage.delete(&key(client_id, &name)).await {
+                Ok(()) => {
+                    let _ = remove(&file).await;
+                }
+                Err(e) => {
+                    self.metrics.recording_store_errors.inc();
+                    tracing::debug!(error = %e, "the recording store still refuses a deletion");
+                    store_down = true;
+                    pass.left += 1;
+                }
             }
         }
+        let mut entries: BTreeMap<(i32, String), Entry> = BTreeMap::new();
+        for (client_id, name, file) in self.listed(&self.spool.join("pending")).await {
+            let (sid, is_ogg) = match (name.strip_suffix(".ogg"), name.strip_suffix(".json")) {
+                (Some(sid), _) => (sid, true),
+                (_, Some(sid)) => (sid, false),
+                _ => {
+                    // A temporary file of a process that stopped while writing it.
+                    self.remove_stale_tmp(&file).await;
+                    continue;
+                }
+            };
+            if !valid_sid(sid) {
+                continue;
+            }
+            let e = entries
+                .entry((client_id.get(), sid.to_string()))
+                .or_default();
+            if is_ogg {
+                e.ogg = Some(file);
+            } else {
+                e.json = Some(file);
+            }
+        }
+        let mut waiting_audio = 0;
+        for ((client, sid), entry) in entries {
+            let has_audio = entry.ogg.is_some();
+            match self
+                .deliver(ClientId::new(client), &sid, entry, store_down)
+                .await
+            {
+                Delivery::Done => pass.delivered += 1,
+                Delivery::Dropped => {}
+                Delivery::Waiting { store_refused } => {
+                    pass.left += 1;
+                    waiting_audio += usize::from(has_audio);
+                    store_down |= store_refused;
+                }
+            }
+        }
+        self.metrics.recordings_pending.set(waiting_audio as i64);
         pass
     }
 
-    /// Puts one spooled recording into the store: `Ok(true)` stored, `Ok(false)` not wanted any
-    /// more (deleted meanwhile), `Err` still waiting.
-    async fn deliver(&self, client_id: ClientId, sid: &str, file: &Path) -> Result<bool, ()> {
-        let row = recordings::get(&self.db, sid).await.map_err(|e| {
-            tracing::debug!(call_sid = sid, error = %e, "a spooled recording waits for the database");
-        })?;
-        let discard = || async {
-            let _ = tokio::fs::remove_file(file).await;
-            Ok::<bool, ()>(false)
-        };
-        match &row {
-            Some(r) if r.status == "pending" => {}
-            // Already stored (a crash came between the store and the spool's cleanup), or
-            // failed: the spooled copy is left over.
-            Some(r) if r.status == "ready" => return discard().await,
-            Some(_) => return discard().await,
-            // No row: it could not be saved when the call ended (the database was down).
-            None => match crate::store::clients::exists(&self.db, client_id).await {
-                Ok(true) => {}
-                Ok(false) => return discard().await,
-                Err(_) => return Err(()),
-            },
+    /// A `.tmp` file older than this process is a crash's: removed.
+    async fn remove_stale_tmp(&self, file: &Path) {
+        let is_tmp = file.extension().is_some_and(|e| e == "tmp");
+        let old = tokio::fs::metadata(file)
+            .await
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < self.started);
+        if is_tmp && old {
+            let _ = remove(file).await;
         }
-        let bytes = match tokio::fs::read(file).await {
+    }
+
+    /// Does what one call's spool entry waits for (`store_down`: the store refused something
+    /// in this pass already; its recording is not tried again now).
+    async fn deliver(
+        &self,
+        client_id: ClientId,
+        sid: &str,
+        entry: Entry,
+        store_down: bool,
+    ) -> Delivery {
+        let key = key(client_id, sid);
+        let db_down = Delivery::Waiting {
+            store_refused: false,
+        };
+        // A row waiting for the database first: saved as it is (a recording's `pending` row,
+        // or a stored or failed one's).
+        if let Some(json) = &entry.json {
+            let row = match tokio::fs::read(json)
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice::<RowFile>(&b).ok())
+            {
+                Some(r) => r.row(client_id, sid),
+                None => {
+                    tracing::warn!(
+                        call_sid = sid,
+                        "an unreadable spooled recording row is dropped"
+                    );
+                    let _ = remove(json).await;
+                    return Delivery::Dropped;
+                }
+            };
+            match crate::store::clients::exists(&self.db, client_id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Its client was deleted meanwhile: nothing of it is kept.
+                    let _ = remove(json).await;
+                    if let Some(ogg) = &entry.ogg {
+                        let _ = remove(ogg).await;
+                    }
+                    if row.status == "ready" {
+                        self.remove_files(std::slice::from_ref(&key)).await;
+                    }
+                    return Delivery::Dropped;
+                }
+                Err(_) => return db_down,
+            }
+            if let Err(e) = recordings::put(&self.db, &row).await {
+                tracing::debug!(call_sid = sid, error = %e, "a spooled recording row waits for the database");
+                return db_down;
+            }
+            self.count(&row.status);
+            tracing::info!(
+                call_sid = sid,
+                status = row.status,
+                "a spooled recording row saved"
+            );
+            let _ = remove(json).await;
+            if entry.ogg.is_none() {
+                return Delivery::Done;
+            }
+        }
+        let Some(ogg) = entry.ogg else {
+            return Delivery::Dropped;
+        };
+        // A recording waiting for the store: its row must still say `pending` (else it was
+        // deleted, or is done, meanwhile).
+        match recordings::get(&self.db, sid).await {
+            Ok(Some(r)) if r.status == "pending" => {}
+            Ok(_) => {
+                let _ = remove(&ogg).await;
+                return Delivery::Dropped;
+            }
+            Err(_) => return db_down,
+        }
+        if store_down {
+            return Delivery::Waiting {
+                store_refused: false,
+            };
+        }
+        let bytes = match tokio::fs::read(&ogg).await {
             Ok(b) => Bytes::from(b),
             Err(e) => {
                 tracing::warn!(call_sid = sid, error = %e, "a spooled recording could not be read");
-                return Err(());
+                return db_down;
             }
         };
-        let key = key(client_id, sid);
-        if let Err(e) = self.storage.put(&key, bytes.clone()).await {
+        if let Err(e) = self.storage.put(&key, bytes).await {
             self.metrics.recording_store_errors.inc();
             tracing::debug!(call_sid = sid, store = %self.storage.describe, error = %e, "the recording store still refuses a spooled recording");
-            return Err(());
+            return Delivery::Waiting {
+                store_refused: true,
+            };
         }
-        let saved = match row {
-            Some(_) => recordings::mark_ready(&self.db, sid).await,
-            None => {
-                let duration_ms = opus::duration_ms(&bytes).unwrap_or(0) as i64;
-                let row = StoredRecording {
-                    call_sid: sid.to_string(),
-                    client_id,
-                    status: "ready".into(),
-                    path: Some(key.clone()),
-                    size_bytes: bytes.len() as i64,
-                    duration_ms,
-                    codec: CODEC.into(),
-                    error: None,
-                    created_at: Utc::now(),
-                };
-                recordings::put(&self.db, &row).await.map(|()| true)
-            }
-        };
-        match saved {
+        match recordings::mark_ready(&self.db, sid).await {
             Ok(true) => {
                 self.count("ready");
                 tracing::info!(call_sid = sid, key, "recording stored from the spool");
-                let _ = tokio::fs::remove_file(file).await;
-                Ok(true)
+                let _ = remove(&ogg).await;
+                Delivery::Done
             }
             Ok(false) => {
                 // Deleted while it was being stored: what was stored goes too.
-                let _ = self.storage.delete(&key).await;
-                discard().await
+                self.remove_files(std::slice::from_ref(&key)).await;
+                Delivery::Dropped
             }
             Err(e) => {
                 tracing::debug!(call_sid = sid, error = %e, "a stored recording's row waits for the database");
-                Err(())
+                db_down
             }
         }
     }
 
-    /// The markers of recorded calls left by a process that stopped during them: each call's
-    /// recording is marked failed (unless it has a row), and the marker removed.
+    /// The markers of recorded calls left by another process (one that stopped during them):
+    /// each call's recording is settled (a `failed` row, unless the spool or the store shows
+    /// it was kept) and the marker removed. Returns how many were marked failed.
     pub async fn recover_interrupted(&self) -> usize {
         let mut marked = 0;
         let Ok(mut markers) = tokio::fs::read_dir(self.spool.join("live")).await else {
@@ -642,51 +892,132 @@ impl Recorder {
         };
         while let Ok(Some(m)) = markers.next_entry().await {
             let name = m.file_name();
-            let Some(sid) = name.to_str().filter(|s| valid_sid(s)) else {
+            let Some(sid) = name.to_str() else {
                 continue;
             };
-            let client = tokio::fs::read_to_string(m.path())
+            if !valid_sid(sid) {
+                self.remove_stale_tmp(&m.path()).await;
+                continue;
+            }
+            let Some((client_id, boot)) = tokio::fs::read_to_string(m.path())
                 .await
                 .ok()
-                .and_then(|s| s.trim().parse::<i32>().ok());
-            let Some(client_id) = client.map(ClientId::new) else {
-                let _ = tokio::fs::remove_file(m.path()).await;
+                .and_then(|t| parse_marker(&t))
+            else {
+                let _ = remove(&m.path()).await;
                 continue;
             };
-            match recordings::get(&self.db, sid).await {
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    let row = StoredRecording {
-                        call_sid: sid.to_string(),
-                        client_id,
-                        status: "failed".into(),
-                        path: None,
-                        size_bytes: 0,
-                        duration_ms: 0,
-                        codec: CODEC.into(),
-                        error: Some(
-                            "the gateway stopped during the call; its recording was lost".into(),
-                        ),
-                        created_at: Utc::now(),
-                    };
-                    if let Err(e) = recordings::put(&self.db, &row).await {
-                        tracing::warn!(call_sid = sid, error = %e, "an interrupted call's recording could not be marked failed; tried again at the next start");
-                        continue;
-                    }
-                    self.count("failed");
-                    marked += 1;
-                    tracing::warn!(
-                        call_sid = sid,
-                        "the gateway stopped during a recorded call; its recording is marked failed"
-                    );
+            if boot == self.boot {
+                // A call of this process.
+                continue;
+            }
+            match self.settle_interrupted(client_id, sid).await {
+                Ok(failed) => {
+                    marked += usize::from(failed);
+                    let _ = remove(&m.path()).await;
                 }
                 Err(e) => {
-                    tracing::warn!(call_sid = sid, error = %e, "an interrupted call's recording could not be checked; tried again at the next start");
-                    continue;
+                    tracing::warn!(call_sid = sid, error = %e, "an interrupted call's recording could not be settled; tried again at the next start");
                 }
             }
-            let _ = tokio::fs::remove_file(m.path()).await;
         }
         marked
+    }
+
+    /// An interrupted call's recording: kept if the spool or the store holds it, else failed
+    /// (true).
+    async fn settle_interrupted(&self, client_id: ClientId, sid: &str) -> Result<bool, String> {
+        let key = key(client_id, sid);
+        let spooled = self.pending_file(&key).exists() || self.row_file(&key).exists();
+        if spooled
+            || recordings::get(&self.db, sid)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some()
+            || !crate::store::clients::exists(&self.db, client_id)
+                .await
+                .map_err(|e| e.to_string())?
+        {
+            return Ok(false);
+        }
+        // Stored, but the process stopped before its row was saved.
+        let row = match self.storage.get(&key).await {
+            Ok(bytes) => StoredRecording {
+                call_sid: sid.to_string(),
+                client_id,
+                status: "ready".into(),
+                path: Some(key.clone()),
+                size_bytes: bytes.len() as i64,
+                duration_ms: opus::duration_ms(&bytes).unwrap_or(0) as i64,
+                codec: CODEC.into(),
+                error: None,
+                created_at: Utc::now(),
+            },
+            Err(super::storage::Fault::NotFound) => StoredRecording {
+                call_sid: sid.to_string(),
+                client_id,
+                status: "failed".into(),
+                path: None,
+                size_bytes: 0,
+                duration_ms: 0,
+                codec: CODEC.into(),
+                error: Some("the gateway stopped during the call; its recording was lost".into()),
+                created_at: Utc::now(),
+            },
+            Err(e) => return Err(format!("the recording store: {e}")),
+        };
+        recordings::put(&self.db, &row)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.count(&row.status);
+        if row.status == "failed" {
+            tracing::warn!(
+                call_sid = sid,
+                "the gateway stopped during a recorded call; its recording is marked failed"
+            );
+        } else {
+            tracing::info!(
+                call_sid = sid,
+                "an interrupted call's stored recording got its row"
+            );
+        }
+        Ok(row.status == "failed")
+    }
+}
+
+/// What became of one spool entry in a pass.
+enum Delivery {
+    /// Stored (or its row saved).
+    Done,
+    /// Not wanted any more (deleted meanwhile): removed from the spool.
+    Dropped,
+    /// Still waiting (`store_refused`: the store refused it).
+    Waiting { store_refused: bool },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_markers_are_read_back_only_as_written() {
+        let c = ClientId::new(12);
+        assert_eq!(key(c, "CA0123abc"), "12/CA0123abc.ogg");
+        for (sid, ok) in [
+            ("CA0123abc", true),
+            ("", false),
+            ("CA1.ogg", false),
+            ("../x", false),
+        ] {
+            assert_eq!(valid_sid(sid), ok, "{sid}");
+        }
+        let m = marker_text(c, 0xdead_beef);
+        assert_eq!(parse_marker(&m), Some((c, 0xdead_beef)));
+        assert_eq!(parse_marker("12"), None);
+        assert_eq!(parse_marker("x 1"), None);
+        assert_eq!(
+            tmp_of(Path::new("/s/pending/1/CA1.ogg")),
+            PathBuf::from("/s/pending/1/CA1.ogg.tmp")
+        );
     }
 }

@@ -528,7 +528,9 @@ mod props {
             url in url(),
             params in params(),
         ) {
-            prop_assume!(token != other);
+            // HMAC pads a short key with zero bytes: keys that differ only in trailing NULs are
+            // one key (RFC 2104 §2), so they are not "another token".
+            prop_assume!(token.trim_end_matches('\0') != other.trim_end_matches('\0'));
             let sig = compute(&token, &url, &params);
             prop_assert!(!validate(&other, &url, &params, &sig));
         }

@@ -66,6 +66,37 @@ fn local_file(gw: &Gateway, row: &StoredRecording) -> std::path::PathBuf {
         .unwrap()
 }
 
+/// How many `.ogg` files are under `recording.dir` (the local store and the spool).
+fn local_oggs(gw: &Gateway) -> usize {
+    fn walk(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        walk(&p)
+                    } else {
+                        usize::from(p.extension().is_some_and(|x| x == "ogg"))
+                    }
+                })
+                .sum()
+        })
+    }
+    walk(gw.app.state.recorder.spool_dir().parent().unwrap())
+}
+
+/// Polls `check` for up to 15 s.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never: {what}");
+}
+
 /// RMS of 20 ms windows (160 samples at 8 kHz).
 fn windows(pcm: &[i16]) -> Vec<f64> {
     pcm.chunks(160)
@@ -579,7 +610,7 @@ async fn recordings_go_to_an_s3_compatible_store_served_and_deleted_there() {
         .await
         .expect("the recording is in the bucket");
     assert_eq!(object.len() as i64, row.size_bytes);
-    assert!(gw.app.state.recorder.storage().local_file(&key).is_none());
+    assert_eq!(local_oggs(&gw), 0, "nothing on local disk");
     let d = opus::decode(&object).unwrap();
     assert_eq!(d.channels, 2);
     assert!(
@@ -655,11 +686,11 @@ async fn recordings_go_to_an_s3_compatible_store_served_and_deleted_there() {
     );
 }
 
-/// A TCP proxy to `upstream` that, while down, accepts and drops every connection (the store
-/// is unreachable).
+/// A TCP proxy to `upstream`: while down it drops the connections it holds and every new one
+/// (the store is unreachable).
 struct Outage {
     addr: std::net::SocketAddr,
-    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    up: tokio::sync::watch::Sender<bool>,
 }
 
 impl Outage {
@@ -670,18 +701,22 @@ impl Outage {
             .to_string();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = up.clone();
+        let (up, watch) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                if !*watch.borrow() {
                     drop(inbound);
                     continue;
                 }
                 let upstream = upstream.clone();
+                let mut watch = watch.clone();
                 tokio::spawn(async move {
-                    if let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
+                        _ = watch.wait_for(|up| !*up) => {}
                     }
                 });
             }
@@ -689,8 +724,8 @@ impl Outage {
         Outage { addr, up }
     }
 
-    fn restore(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    fn set(&self, up: bool) {
+        self.up.send_replace(up);
     }
 }
 
@@ -702,14 +737,41 @@ async fn a_storage_outage_during_a_call_is_survived_and_the_recording_stored_fro
     let bucket = new_bucket(&endpoint).await;
     let outage = Outage::start(&endpoint).await;
     let gw = s3_gateway(&format!("http://{}", outage.addr), &bucket).await;
+    let in_bucket = |key: String| {
+        let (endpoint, bucket) = (endpoint.clone(), bucket.clone());
+        async move { s3_object(&endpoint, &bucket, &format!("warmline/rec/{key}")).await }
+    };
 
-    // The store is down: the call goes on as ever (greeting heard, normal end).
+    // The store is down: the calls go on as ever (greeting heard, normal end).
     let sid = greeting_heard_and_hang_up(&gw).await;
     let row = with_status(&gw, &sid, "pending").await;
     let key = row.path.clone().unwrap();
     assert!(row.size_bytes > 1000 && row.duration_ms > 1000, "{row:?}");
     let spooled = gw.app.state.recorder.spool_dir().join("pending").join(&key);
     assert!(spooled.exists(), "{}", spooled.display());
+    // A second one, deleted while it waits: it never reaches the store.
+    let deleted = greeting_heard_and_hang_up(&gw).await;
+    let deleted_key = with_status(&gw, &deleted, "pending").await.path.unwrap();
+    let resp = gw
+        .app
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/calls/{deleted}/recording"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(
+        !gw.app
+            .state
+            .recorder
+            .spool_dir()
+            .join("pending")
+            .join(&deleted_key)
+            .exists()
+    );
+
     // Visible on the call record and in the metrics; not served yet.
     let out: Value = gw
         .app
@@ -729,7 +791,7 @@ async fn a_storage_outage_during_a_call_is_survived_and_the_recording_stored_fro
         "{out}"
     );
     assert!(out["recording"]["url"].is_null());
-    assert!(gw.metric("warmline_recording_store_errors_total") >= 1.0);
+    assert!(gw.metric("warmline_recording_store_errors_total") >= 2.0);
     let url = format!("/calls/{sid}/recording");
     let resp = gw
         .app
@@ -739,7 +801,11 @@ async fn a_storage_outage_during_a_call_is_survived_and_the_recording_stored_fro
         .unwrap();
     assert_eq!(resp.status(), 404);
     // Still down on the next tries (the delay grows), and nothing lost.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let errors = gw.metric("warmline_recording_store_errors_total");
+    eventually("another refused try", || {
+        gw.metric("warmline_recording_store_errors_total") > errors
+    })
+    .await;
     assert_eq!(
         recordings::get(&gw.app.state.db, &sid)
             .await
@@ -749,18 +815,32 @@ async fn a_storage_outage_during_a_call_is_survived_and_the_recording_stored_fro
         "pending"
     );
     assert_eq!(gw.metric("warmline_recordings_pending"), 1.0);
-    assert!(gw.metric("warmline_recording_store_errors_total") >= 2.0);
 
-    // The store is back: the spooled recording reaches it.
-    outage.restore();
+    // The store is back: the spooled recording reaches it, the deleted one does not.
+    outage.set(true);
     let row = with_status(&gw, &sid, "ready").await;
     assert_eq!(row.error, None);
-    let object = s3_object(&endpoint, &bucket, &format!("warmline/rec/{key}"))
+    let object = in_bucket(key.clone())
         .await
         .expect("the spooled recording reached the bucket");
     assert_eq!(object.len() as i64, row.size_bytes);
     assert_eq!(opus::decode(&object).unwrap().channels, 2);
-    assert!(!spooled.exists(), "the spool is emptied");
+    eventually("the spool emptied", || !spooled.exists()).await;
+    eventually("counted once, ready", || {
+        gw.metric("warmline_recordings_total{outcome=\"ready\"}") == 1.0
+    })
+    .await;
+    eventually("none pending", || {
+        gw.metric("warmline_recordings_pending") == 0.0
+    })
+    .await;
+    assert!(in_bucket(deleted_key).await.is_none());
+    assert!(
+        recordings::get(&gw.app.state.db, &deleted)
+            .await
+            .unwrap()
+            .is_none()
+    );
     let resp = gw
         .app
         .admin(reqwest::Method::GET, &url)
@@ -769,17 +849,35 @@ async fn a_storage_outage_during_a_call_is_survived_and_the_recording_stored_fro
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.bytes().await.unwrap().to_vec(), object);
-    assert_eq!(
-        gw.metric("warmline_recordings_total{outcome=\"ready\"}"),
-        1.0
+
+    // Down again, the recording is deleted: the row goes at once, the object once the store
+    // is back.
+    outage.set(false);
+    let resp = gw
+        .app
+        .admin(reqwest::Method::DELETE, &url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(
+        recordings::get(&gw.app.state.db, &sid)
+            .await
+            .unwrap()
+            .is_none()
     );
-    for _ in 0..100 {
-        if gw.metric("warmline_recordings_pending") == 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(gw.metric("warmline_recordings_pending"), 0.0);
+    let queued = gw
+        .app
+        .state
+        .recorder
+        .spool_dir()
+        .join("delete")
+        .join(key.trim_end_matches(".ogg"));
+    assert!(queued.exists(), "{}", queued.display());
+    assert!(in_bucket(key.clone()).await.is_some());
+    outage.set(true);
+    eventually("the deletion queue emptied", || !queued.exists()).await;
+    assert!(in_bucket(key).await.is_none());
 }
 
 #[tokio::test]
@@ -789,38 +887,29 @@ async fn a_call_interrupted_by_a_crash_has_its_recording_marked_failed_at_the_ne
     // A recorded call has a marker while it runs, gone once its recording is stored.
     let placed = gw.place_call().await;
     let marker = live.join(&placed.call_sid);
-    let seen = {
-        let gw = &gw;
-        let placed = &placed;
-        let call = gw.stream(placed, &[Step::WaitForAgentQuiet(WAIT), Step::HangUp]);
-        let watch = async {
-            for _ in 0..200 {
-                if marker.exists() {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+    let call = gw.stream(&placed, &[Step::WaitForAgentQuiet(WAIT), Step::HangUp]);
+    let watch = async {
+        for _ in 0..400 {
+            if marker.exists() {
+                return true;
             }
-            false
-        };
-        let (_, seen) = tokio::join!(call, watch);
-        seen
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
     };
+    let (_, seen) = tokio::join!(call, watch);
     assert!(seen, "the marker is written during the call");
     gw.ended_call(&placed.call_sid).await;
     stored(&gw, &placed.call_sid).await;
-    for _ in 0..100 {
-        if !marker.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(!marker.exists(), "the marker is removed once stored");
+    eventually("the marker removed once stored", || !marker.exists()).await;
 
-    // A marker left by a process that stopped during a call: the restart marks it failed.
+    // Markers left by a process that stopped during calls (another process id than this
+    // one's): the restart marks the call with nothing kept failed, and leaves the one whose
+    // recording is stored as it is.
     let crashed = "CA00000000000000000000000000000c4a";
-    std::fs::write(live.join(crashed), gw.client_id.get().to_string()).unwrap();
-    // And one whose call's recording is stored: left as it is.
-    std::fs::write(live.join(&placed.call_sid), gw.client_id.get().to_string()).unwrap();
+    let left_by_crash = format!("{} 00000000000000ff", gw.client_id.get());
+    std::fs::write(live.join(crashed), &left_by_crash).unwrap();
+    std::fs::write(live.join(&placed.call_sid), &left_by_crash).unwrap();
     let gw = gw.restart().await;
     let row = with_status(&gw, crashed, "failed").await;
     assert!(row.error.unwrap().contains("stopped during the call"));
@@ -832,21 +921,20 @@ async fn a_call_interrupted_by_a_crash_has_its_recording_marked_failed_at_the_ne
             .status,
         "ready"
     );
-    for _ in 0..100 {
-        if !live.join(crashed).exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(!live.join(crashed).exists());
-    assert!(!live.join(&placed.call_sid).exists());
+    eventually("both markers removed", || {
+        !live.join(crashed).exists() && !live.join(&placed.call_sid).exists()
+    })
+    .await;
+    assert_eq!(
+        gw.metric("warmline_recordings_total{outcome=\"failed\"}"),
+        1.0
+    );
 }
 
 #[tokio::test]
-async fn a_spooled_recording_without_a_row_is_stored_with_its_row_rebuilt() {
-    // The database was down when the call ended: the recording waits in the spool with no row.
+async fn the_spool_saves_a_row_the_database_refused_and_drops_what_was_deleted() {
     let gw = recorded_gateway().await;
-    let sid = "CA0000000000000000000000000000beef";
+    let recorder = &gw.app.state.recorder;
     let tone: Vec<u8> = (0..8000 * 3)
         .map(|i| if (i / 40) % 2 == 0 { 0x10 } else { 0x90 })
         .collect();
@@ -860,32 +948,54 @@ async fn a_spooled_recording_without_a_row_is_stored_with_its_row_rebuilt() {
         7,
     )
     .unwrap();
-    let key = format!("{}/{sid}.ogg", gw.client_id.get());
-    let spooled = gw.app.state.recorder.spool_dir().join("pending").join(&key);
-    std::fs::create_dir_all(spooled.parent().unwrap()).unwrap();
-    std::fs::write(&spooled, &encoded.ogg).unwrap();
-    // And one of a client that no longer exists: dropped.
-    let gone = gw
-        .app
-        .state
-        .recorder
-        .spool_dir()
-        .join("pending/99999/CA0000000000000000000000000000dead.ogg");
-    std::fs::create_dir_all(gone.parent().unwrap()).unwrap();
-    std::fs::write(&gone, &encoded.ogg).unwrap();
+    let pending = recorder.spool_dir().join("pending");
+    let put = |client: i32, sid: &str, row: Option<Value>| {
+        let dir = pending.join(client.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{sid}.ogg")), &encoded.ogg).unwrap();
+        if let Some(row) = row {
+            std::fs::write(dir.join(format!("{sid}.json")), row.to_string()).unwrap();
+        }
+        dir.join(format!("{sid}.ogg"))
+    };
+    let row = |status: &str| {
+        json!({"status": status, "size_bytes": encoded.ogg.len(), "duration_ms": 3000,
+               "error": null, "created_at": Utc::now()})
+    };
+    // The database was down when the call ended, and the store too: the row and the audio wait.
+    let kept = "CA0000000000000000000000000000beef";
+    let kept_file = put(gw.client_id.get(), kept, Some(row("pending")));
+    // A recording with no row and no row file: deleted meanwhile.
+    let deleted = "CA0000000000000000000000000000d00d";
+    let deleted_file = put(gw.client_id.get(), deleted, None);
+    // One of a client that no longer exists.
+    let orphan = "CA0000000000000000000000000000dead";
+    let orphan_file = put(99999, orphan, Some(row("pending")));
 
-    let pass = gw.app.state.recorder.deliver_pending().await;
-    assert_eq!((pass.delivered, pass.left), (1, 0));
-    let row = stored(&gw, sid).await;
-    assert_eq!(row.status, "ready");
-    assert_eq!(row.size_bytes, encoded.ogg.len() as i64);
-    assert_eq!(row.duration_ms, 3000);
-    assert_eq!(std::fs::read(local_file(&gw, &row)).unwrap(), encoded.ogg);
-    assert!(!spooled.exists() && !gone.exists());
+    let pass = recorder.deliver_pending().await;
+    assert_eq!(pass.left, 0, "{pass:?}");
+    let got = stored(&gw, kept).await;
+    assert_eq!(got.status, "ready");
+    assert_eq!(got.size_bytes, encoded.ogg.len() as i64);
+    assert_eq!(got.duration_ms, 3000);
+    assert_eq!(std::fs::read(local_file(&gw, &got)).unwrap(), encoded.ogg);
+    assert_eq!(opus::duration_ms(&encoded.ogg).unwrap(), 3000);
+    for f in [&kept_file, &deleted_file, &orphan_file] {
+        assert!(!f.exists(), "{}", f.display());
+        assert!(!f.with_extension("json").exists(), "{}", f.display());
+    }
+    for sid in [deleted, orphan] {
+        assert!(
+            recordings::get(&gw.app.state.db, sid)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
     assert!(
-        recordings::get(&gw.app.state.db, "CA0000000000000000000000000000dead")
-            .await
-            .unwrap()
-            .is_none()
+        recorder
+            .storage()
+            .local_file(&format!("{}/{deleted}.ogg", gw.client_id.get()))
+            .is_some_and(|f| !f.exists())
     );
 }
