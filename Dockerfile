@@ -3,6 +3,8 @@
 # Run:   docker run -p 8080:8080 -v warmline-data:/data \
 #          -e WARMLINE_PUBLIC_URL=https://voice.example.com \
 #          -e WARMLINE_TWILIO__AUTH_TOKEN=... -e WARMLINE_OPENAI__API_KEY=... warmline
+# Recordings in a bucket: add -e WARMLINE_RECORDING__STORE=s3://bucket/prefix
+#          -e AWS_REGION=... -e AWS_ACCESS_KEY_ID=... -e AWS_SECRET_ACCESS_KEY=...
 
 FROM rust:1.95-bookworm AS build
 # libopus for call recordings (audiopus links it; found with pkg-config).
@@ -28,5 +30,8 @@ ENV WARMLINE_SERVER__LISTEN=0.0.0.0:8080 \
     WARMLINE_DATABASE__URL=sqlite:///data/warmline.db?mode=rwc \
     WARMLINE_LOG__FORMAT=json
 EXPOSE 8080
+# Liveness: `warmline healthcheck` asks this process's /healthz (no curl in the image).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["warmline", "healthcheck"]
 ENTRYPOINT ["warmline"]
 CMD ["serve"]

@@ -76,6 +76,8 @@ pub struct AppState {
     pub greetings: Arc<crate::greeting::Greetings>,
     /// Call recordings, stored off the calls' path (`crate::recording`).
     pub recorder: Arc<crate::recording::worker::Recorder>,
+    /// Live call events for the admin API's `/events` stream (README.md, "Live events").
+    pub events: Arc<crate::events::Events>,
 }
 
 impl AppState {
@@ -187,6 +189,7 @@ impl AppState {
         ));
         background.close();
         let settings_limits = settings.limits.clone();
+        let settings_events_queue = settings.admin.events_queue;
         Ok(Self {
             settings: Arc::new(settings),
             db,
@@ -204,6 +207,7 @@ impl AppState {
             limits: Arc::new(crate::limits::Limits::new(&settings_limits)),
             greetings: Arc::new(crate::greeting::Greetings::new()),
             recorder,
+            events: Arc::new(crate::events::Events::new(settings_events_queue)),
         })
     }
 }

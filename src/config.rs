@@ -425,6 +425,8 @@ pub struct AdminSettings {
     pub token: Secret,
     /// Accept a shorter `token` (development only: `config/local.toml`).
     pub allow_short_token: bool,
+    /// Live events one `/events` subscriber may have waiting (16–65536); beyond, it is cut.
+    pub events_queue: usize,
 }
 
 /// The shortest `admin.token` accepted (a guessable token opens every business's data).
@@ -642,6 +644,9 @@ impl Settings {
             if let Some(why) = why {
                 return invalid("recording.s3_endpoint", why);
             }
+        }
+        if !(16..=65536).contains(&self.admin.events_queue) {
+            return invalid("admin.events_queue", "must be 16 to 65536");
         }
         if self.recording.retry_max_secs == 0 {
             return invalid("recording.retry_max_secs", "must be at least 1");
@@ -907,7 +912,7 @@ impl Settings {
              [openai]\napi_key = {}\nrealtime_url = {}\nmodel = {}\ntranscription_model = {}\nconnect_timeout_ms = {}\nbase_url = {}\nsummary_model = {}\nlive_url = {}\nlive_model = {}\nlive_delegation_model = {}\n\n\
              [prewarm]\npolicy = {}\nring_min_ms = {}\nring_max_ms = {}\nttl_secs = {}\nmax_sessions = {}\ngreeting_buffer_bytes = {}\n\n\
              [call]\nmax_duration_secs = {}\noutbound_queue_frames = {}\ntool_timeout_ms = {}\nrealtime_reconnects = {}\nsession_renew_secs = {}\nstart_timeout_secs = {}\nmedia_timeout_secs = {}\nrealtime_ping_secs = {}\nrealtime_silence_secs = {}\n\n\
-             [admin]\ntoken = {}\nallow_short_token = {}\n\n[log]\nformat = {}\nlevel = {}\n",
+             [admin]\ntoken = {}\nallow_short_token = {}\nevents_queue = {}\n\n[log]\nformat = {}\nlevel = {}\n",
             q(s.public_url.as_str()),
             q(&s.server.listen.to_string()),
             s.server.max_body_bytes,
@@ -951,6 +956,7 @@ impl Settings {
             s.call.realtime_silence_secs,
             q(s.admin.token.redacted()),
             s.admin.allow_short_token,
+            s.admin.events_queue,
             q(match s.log.format {
                 LogFormat::Pretty => "pretty",
                 LogFormat::Json => "json",

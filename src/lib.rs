@@ -45,6 +45,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod engine;
+pub mod events;
 pub mod fleet;
 pub mod greeting;
 pub mod hours;

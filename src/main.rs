@@ -42,6 +42,12 @@ enum Command {
     },
     /// Print the effective settings (secrets redacted); exit non-zero if they are invalid.
     CheckConfig,
+    /// Print the admin API's OpenAPI document (JSON), as `GET /admin/api/v1/openapi.json`
+    /// serves it.
+    Openapi,
+    /// Ask the gateway on this machine (`server.listen`) whether it is alive (`/healthz`):
+    /// exit 0 if so (the container's HEALTHCHECK).
+    Healthcheck,
     /// Run the gateway with a fake Realtime server and a Twilio simulator on this machine, place
     /// a few calls warm and cold (the second hears the first one's greeting from the cache),
     /// print what happened and write one call's audio as WAV files.
@@ -183,6 +189,18 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Openapi = cli.command {
+        return match warmline::admin::openapi().to_pretty_json() {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("warmline: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -231,12 +249,42 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::CheckConfig => unreachable!("handled before the runtime starts"),
+        Command::Healthcheck => healthcheck(&settings).await,
+        Command::CheckConfig | Command::Openapi => {
+            unreachable!("handled before the runtime starts")
+        }
         #[cfg(feature = "sim")]
         Command::Demo { .. } | Command::Loadgen { .. } => {
             unreachable!("handled before the runtime starts")
         }
     }
+}
+
+/// `GET /healthz` of the gateway listening on `server.listen` (an unspecified address is asked
+/// on loopback).
+async fn healthcheck(settings: &Settings) -> anyhow::Result<()> {
+    let mut addr = settings.server.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let url = format!("http://{addr}/healthz");
+    let resp = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()?
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "{url} answered {}",
+        resp.status()
+    );
+    println!("healthy");
+    Ok(())
 }
 
 #[cfg(feature = "sim")]

@@ -13,6 +13,25 @@ use serde::de::DeserializeOwned;
 
 use crate::store::StoreError;
 
+/// The body of every error answer (the OpenAPI document's `ErrorBody`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// An error's code and message.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, for programs: `invalid_json`, `invalid_path`, `unauthorized`, `rate_limited`,
+    /// `not_found`, `conflict`, `validation_failed`, `unsupported_media_type`, `unavailable`,
+    /// `internal`.
+    #[schema(example = "validation_failed")]
+    pub code: String,
+    /// For people: names the field or the thing at fault.
+    pub message: String,
+}
+
 /// An admin API failure.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -83,7 +102,12 @@ impl IntoResponse for ApiError {
         if let Self::Internal(cause) = &self {
             tracing::error!(error = format!("{cause:#}"), "admin API internal error");
         }
-        let body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message: self.to_string(),
+            },
+        };
         let mut resp = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()

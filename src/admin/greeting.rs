@@ -55,6 +55,7 @@ pub struct GreetingOut {
 
 /// `?format=wav` asks for the audio.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Format {
     /// `json` (default) or `wav`.
     #[serde(default)]

@@ -75,6 +75,7 @@ pub struct DocumentIn {
 
 /// Query of an upload.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
     /// The document's name (for a `text/plain` or `text/markdown` body).
     pub name: Option<String>,
@@ -157,6 +158,7 @@ impl From<Passage> for PassageOut {
 
 /// Query of a search.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SearchQuery {
     /// What to look for, as a caller would ask it.
     pub q: String,

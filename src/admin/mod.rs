@@ -55,18 +55,34 @@ pub const BASE: &str = "/admin/api/v1";
 // path parameter (it only reads primitive types there), so each declares
 // `params(("id" = i32, Path))`: the document shows the integer the path carries.
 #[derive(OpenApi)]
-#[openapi(info(
-    title = "warmline admin API",
-    description = "Configure clients, numbers, FAQs; read calls and transcripts; erase caller memory."
-))]
+#[openapi(
+    info(
+        title = "warmline admin API",
+        description = "Configure clients, numbers, FAQs; read calls and transcripts; erase caller memory."
+    ),
+    components(schemas(error::ErrorBody, error::ErrorDetail, crate::events::CallEvent, crate::events::Kind)),
+    security(("bearer" = [])),
+    tags(
+        (name = "clients", description = "Businesses: their agent, numbers, FAQs, greeting, webhook secret"),
+        (name = "callers", description = "What is remembered of callers, and its deletion (privacy requests)"),
+        (name = "calls", description = "Calls, their transcripts, results and recordings"),
+        (name = "messages", description = "Messages the agent took"),
+        (name = "webhooks", description = "Webhook events and their delivery"),
+        (name = "knowledge", description = "Knowledge documents and their search"),
+        (name = "events", description = "Live call events (Server-Sent Events)"),
+    )
+)]
 struct ApiDoc;
 
-/// The admin routes; empty when `admin.token` is not set.
-pub fn router(state: &AppState) -> Router<AppState> {
-    if state.settings.admin.token.is_empty() {
-        return Router::new();
-    }
-    let (api, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// The admin API's OpenAPI document (what `GET /admin/api/v1/openapi.json` serves, and
+/// `warmline openapi` prints).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes_and_document().1
+}
+
+/// The routes (relative to [`BASE`]) and their document.
+fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (api, mut doc) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
         .routes(routes!(list_clients, create_client))
         .routes(routes!(get_client, replace_client, delete_client))
         .routes(routes!(list_numbers, add_number))
@@ -76,6 +92,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .routes(routes!(list_callers))
         .routes(routes!(get_caller, delete_caller))
         .routes(routes!(list_calls))
+        .routes(routes!(events))
         .routes(routes!(get_call))
         .routes(routes!(
             recording::get_recording,
@@ -96,6 +113,109 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .into_iter()
         .map(|(p, item)| (format!("{BASE}{p}"), item))
         .collect();
+    finish_document(&mut doc);
+    (api, doc)
+}
+
+/// What every operation shares, added to the document: the bearer scheme, a tag by resource,
+/// and the error body on every 4xx/5xx answer (401 and 429 included, which any call can get).
+fn finish_document(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{
+        Content, RefOr, Response,
+        schema::Ref,
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    };
+    doc.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("`admin.token`"))
+                    .build(),
+            ),
+        );
+    let error = |description: &str| {
+        let mut r = Response::new(description);
+        r.content.insert(
+            "application/json".into(),
+            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+        );
+        RefOr::T(r)
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let tag = tag_of(path);
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            op.tags = Some(vec![tag.to_string()]);
+            for (status, response) in op.responses.responses.iter_mut() {
+                if let RefOr::T(r) = response
+                    && (status.starts_with('4') || status.starts_with('5'))
+                    && r.content.is_empty()
+                {
+                    let description = if r.description.is_empty() {
+                        match status.as_str() {
+                            "400" => "malformed JSON or path",
+                            "404" => "not found",
+                            "409" => "conflict",
+                            "413" => "too large",
+                            "415" => "unsupported content type",
+                            "422" => "an invalid field (named in the message)",
+                            "503" => "unavailable; retry later",
+                            _ => "error",
+                        }
+                        .to_string()
+                    } else {
+                        r.description.clone()
+                    };
+                    *response = error(&description);
+                }
+            }
+            for (status, description) in [
+                ("401", "missing or invalid bearer token"),
+                ("429", "too many bad tokens from this address"),
+            ] {
+                op.responses
+                    .responses
+                    .entry(status.into())
+                    .or_insert_with(|| error(description));
+            }
+        }
+    }
+}
+
+/// An operation's tag: the resource its path names.
+fn tag_of(path: &str) -> &'static str {
+    let rest = path.strip_prefix(BASE).unwrap_or(path);
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    match segments.as_slice() {
+        ["calls", ..] => "calls",
+        ["events", ..] => "events",
+        ["clients", _, "callers", ..] => "callers",
+        ["clients", _, "messages", ..] => "messages",
+        ["clients", _, "webhook-deliveries", ..] | ["clients", _, "webhook-secret", ..] => {
+            "webhooks"
+        }
+        ["clients", _, "knowledge", ..] => "knowledge",
+        _ => "clients",
+    }
+}
+
+/// The admin routes; empty when `admin.token` is not set.
+pub fn router(state: &AppState) -> Router<AppState> {
+    if state.settings.admin.token.is_empty() {
+        return Router::new();
+    }
+    let (api, doc) = routes_and_document();
     let doc_json = doc.to_pretty_json().unwrap_or_else(|_| "{}".into());
     let api = api.layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -376,8 +496,85 @@ async fn delete_caller(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Filters for `GET /events`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct EventsQuery {
+    /// Only this call's events.
+    call_sid: Option<String>,
+    /// Only the events of this client's calls.
+    #[param(value_type = Option<i32>)]
+    client_id: Option<ClientId>,
+}
+
+/// Live call events as Server-Sent Events (README.md, "Live events"): one unnamed `data:` line
+/// of JSON per event (`CallEvent`: `type` names it), with `id:` its `seq`. A subscriber that
+/// falls 1024 events behind gets `{"type":"cut"}` and the stream ends (reconnect to go on).
+#[utoipa::path(get, path = "/events", params(EventsQuery),
+    responses((status = 200, description = "text/event-stream of CallEvent", content_type = "text/event-stream", body = crate::events::CallEvent),
+        (status = 404, description = "no such client"), (status = 422, description = "a bad filter")))]
+async fn events(
+    State(s): State<AppState>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    let Query(q) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
+    if let Some(sid) = &q.call_sid
+        && (sid.is_empty() || sid.len() > 64 || !sid.chars().all(|c| c.is_ascii_alphanumeric()))
+    {
+        return Err(ApiError::Invalid(
+            "call_sid: must be a CallSid (letters and digits)".into(),
+        ));
+    }
+    if let Some(id) = q.client_id {
+        clients::get_client(&s.db, id).await?;
+    }
+    let sub = s.events.subscribe(crate::events::Filter {
+        call_sid: q.call_sid,
+        client_id: q.client_id,
+    });
+    tracing::info!(
+        subscribers = s.events.subscribers(),
+        "live events subscriber connected"
+    );
+    let first = futures_util::stream::once(async {
+        Ok::<_, std::convert::Infallible>(SseEvent::default().comment("subscribed"))
+    });
+    let rest = futures_util::stream::unfold(
+        (sub, s.shutdown.clone(), false),
+        |(mut sub, shutdown, over)| async move {
+            if over {
+                return None;
+            }
+            tokio::select! {
+                e = sub.recv() => match e {
+                    Some(e) => {
+                        let data = serde_json::to_string(&*e).unwrap_or_default();
+                        let event = SseEvent::default().id(e.seq.to_string()).data(data);
+                        Some((Ok(event), (sub, shutdown, false)))
+                    }
+                    None if sub.was_cut() => {
+                        let data = serde_json::json!({
+                            "type": "cut",
+                            "reason": "this subscriber fell too far behind; reconnect to go on",
+                        });
+                        Some((Ok(SseEvent::default().data(data.to_string())), (sub, shutdown, true)))
+                    }
+                    None => None,
+                },
+                _ = shutdown.cancelled() => None,
+            }
+        },
+    );
+    use futures_util::StreamExt;
+    Ok(Sse::new(first.chain(rest))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
 /// Filters for `GET /calls`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct CallsQuery {
     /// Only this client's calls.
     #[param(value_type = Option<i32>)]
@@ -436,6 +633,7 @@ async fn rotate_webhook_secret(
 
 /// `?limit=` of the per-client lists.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LimitQuery {
     /// At most this many (default 50, max 500).
     limit: Option<u64>,

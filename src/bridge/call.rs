@@ -115,6 +115,16 @@ pub enum Output {
     EngineSilent,
     /// The caller interrupted the agent (clear + cancel + truncate were queued).
     BargeIn,
+    /// Transcript text for the live events (README.md, "Live events"): a whole line
+    /// (`done`), or part of the agent's line being spoken.
+    Transcript {
+        /// Who said it.
+        role: Role,
+        /// The line, or the new part of it.
+        text: String,
+        /// A whole line.
+        done: bool,
+    },
     /// Caller audio held during the attach was dropped (over [`HELD_AUDIO_BYTES`]): the loop
     /// counts it with the other inbound drops.
     HeldAudioDropped,
@@ -825,6 +835,11 @@ impl Call {
                 if self.cut_of(&item_id).is_some_and(|c| c.written) {
                     return;
                 }
+                self.outputs.push_back(Output::Transcript {
+                    role: Role::Agent,
+                    text: text.clone(),
+                    done: false,
+                });
                 match self.partial.iter_mut().find(|(id, _)| *id == item_id) {
                     Some((_, buf)) => buf.push_str(&text),
                     None => self.partial.push((item_id, text)),
@@ -1491,6 +1506,11 @@ impl Call {
         if text.trim().is_empty() {
             return;
         }
+        self.outputs.push_back(Output::Transcript {
+            role,
+            text: text.clone(),
+            done: true,
+        });
         self.transcript.push(TranscriptLine {
             role,
             text,

@@ -60,6 +60,7 @@ use crate::{
     app::AppState,
     domain::{CallSid, CallStatus, CallerIdTrust, CallerTrust, ClientId, StreamSid},
     engine::Engine,
+    events::Kind,
     greeting::{GreetingKey, GreetingMode},
     metrics::Metrics,
     realtime::{
@@ -519,6 +520,15 @@ async fn run(state: AppState, socket: WebSocket) {
                 }
                 Output::FirstAudio { path, elapsed } => {
                     metrics.observe_first_audio(path.as_str(), elapsed.as_secs_f64());
+                    publish(
+                        &state,
+                        known.as_deref(),
+                        &call,
+                        Kind::Latency {
+                            metric: "time_to_first_audio".into(),
+                            ms: elapsed.as_secs_f64() * 1000.0,
+                        },
+                    );
                     // From the webhook's arrival (wall clock: it may have been another process
                     // of this instance, before a restart): the cached greeting, or the one the
                     // session generated.
@@ -535,7 +545,32 @@ async fn run(state: AppState, socket: WebSocket) {
                         keep_greeting(&state, ctx, captured);
                     }
                 }
-                Output::ResponseLatency(d) => metrics.response_latency.observe(d.as_secs_f64()),
+                Output::ResponseLatency(d) => {
+                    metrics.response_latency.observe(d.as_secs_f64());
+                    publish(
+                        &state,
+                        known.as_deref(),
+                        &call,
+                        Kind::Latency {
+                            metric: "response".into(),
+                            ms: d.as_secs_f64() * 1000.0,
+                        },
+                    );
+                }
+                Output::Transcript { role, text, done } => {
+                    let kind = if done {
+                        Kind::TranscriptDone {
+                            role: role.as_str().into(),
+                            text,
+                        }
+                    } else {
+                        Kind::TranscriptDelta {
+                            role: role.as_str().into(),
+                            text,
+                        }
+                    };
+                    publish(&state, known.as_deref(), &call, kind);
+                }
                 Output::Reconnect {
                     attempt,
                     reason,
@@ -589,6 +624,16 @@ async fn run(state: AppState, socket: WebSocket) {
                         continue;
                     };
                     tracing::info!(call_sid = %ctx.call_sid, tool = %tool.name.chars().take(64).collect::<String>(), "running tool");
+                    publish(
+                        &state,
+                        Some(&ctx),
+                        &call,
+                        Kind::ToolCall {
+                            call_id: tool.call_id.clone(),
+                            name: tool.name.chars().take(64).collect(),
+                            arguments: tool.arguments.clone(),
+                        },
+                    );
                     let env = ToolEnv {
                         db: state.db.clone(),
                         context: ctx,
@@ -621,7 +666,8 @@ async fn run(state: AppState, socket: WebSocket) {
                     tracing::debug!(
                         call_sid = sid(&call),
                         "barge-in: cleared Twilio, cancelled and truncated"
-                    )
+                    );
+                    publish(&state, known.as_deref(), &call, Kind::BargeIn {});
                 }
                 Output::HeldAudioDropped => {
                     counters.dropped_inbound.inc();
@@ -840,7 +886,18 @@ async fn run(state: AppState, socket: WebSocket) {
                     call.handle_timeout(now);
                 }
             }
-            Input::ToolDone(call_id, result) => call.handle_tool_result(now, &call_id, result),
+            Input::ToolDone(call_id, result) => {
+                publish(
+                    &state,
+                    known.as_deref(),
+                    &call,
+                    Kind::ToolResult {
+                        call_id: call_id.clone(),
+                        ok: !result.is_error(),
+                    },
+                );
+                call.handle_tool_result(now, &call_id, result)
+            }
             Input::Shutdown => call.handle_shutdown(now),
             Input::DrainDeadline => call.handle_drain_deadline(now),
         }
@@ -871,6 +928,16 @@ async fn run(state: AppState, socket: WebSocket) {
                     ctx.call_sid.to_string(),
                     ctx.client_id,
                     recording,
+                );
+            }
+            if state.events.active() {
+                state.events.publish(
+                    ctx.call_sid.as_str(),
+                    Some(ctx.client_id),
+                    Kind::CallEnded {
+                        end_reason: o.end_reason.describe(),
+                        duration_ms: o.duration().as_millis() as u64,
+                    },
                 );
             }
             tracing::info!(
@@ -938,7 +1005,26 @@ fn begin(state: &AppState, call: &mut Call, ctx: &CallContext, now: Instant, pat
             .recorder
             .begin(&state.tasks, ctx.call_sid.as_str(), ctx.client_id);
     }
+    publish(
+        state,
+        Some(ctx),
+        call,
+        Kind::CallStarted {
+            path: path.as_str().into(),
+            engine: ctx.profile.engine.as_str().into(),
+        },
+    );
     play_cached(state, call, ctx, now, path);
+}
+
+/// Publishes a live event of this call (README.md, "Live events"); nothing when no one
+/// subscribes.
+fn publish(state: &AppState, ctx: Option<&CallContext>, call: &Call, kind: Kind) {
+    if !state.events.active() {
+        return;
+    }
+    let sid = ctx.map_or_else(|| sid(call), |c| c.call_sid.as_str());
+    state.events.publish(sid, ctx.map(|c| c.client_id), kind);
 }
 
 fn play_cached(state: &AppState, call: &mut Call, ctx: &CallContext, now: Instant, path: CallPath) {

@@ -500,6 +500,17 @@ async fn answer(
         },
     ));
     tracing::info!(call_sid = %sid, client_id = client.id().get(), outcome, webhook_ms, "voice webhook answered");
+    if state.events.active() {
+        state.events.publish(
+            sid.as_str(),
+            Some(client.id()),
+            crate::events::Kind::CallRinging {
+                from: req.from.clone(),
+                to: to.to_string(),
+                warm: outcome != "cold",
+            },
+        );
+    }
     (outcome, body)
 }
 

@@ -99,6 +99,47 @@ async fn openapi_document_lists_the_paths() {
     let params = &doc["paths"]["/admin/api/v1/clients/{id}"]["get"]["parameters"];
     assert_eq!(params[0]["name"], "id", "{params}");
     assert_eq!(params[0]["in"], "path");
+    // Every parameter named in a path is a path parameter, every other one a query parameter
+    // (a validator refuses a "path" parameter its path does not name).
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap();
+                let in_path = path.contains(&format!("{{{name}}}"));
+                let want = if in_path { "path" } else { "query" };
+                assert_eq!(p["in"], want, "{method} {path}: {p}");
+            }
+            // A tag, and the error body on every error answer, 401 included.
+            assert!(op["tags"][0].is_string(), "{method} {path}");
+            let responses = op["responses"].as_object().unwrap();
+            assert!(responses.contains_key("401"), "{method} {path}");
+            for (status, r) in responses {
+                if status.starts_with('4') || status.starts_with('5') {
+                    assert_eq!(
+                        r["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
+                        "{method} {path} {status}"
+                    );
+                    assert!(!r["description"].as_str().unwrap().is_empty());
+                }
+            }
+        }
+    }
+    let calls = &doc["paths"]["/admin/api/v1/calls"]["get"]["parameters"];
+    let names: Vec<&str> = calls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["client_id", "limit", "before"]);
+    // The bearer scheme, required by every operation.
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(doc["security"], serde_json::json!([{"bearer": []}]));
+    assert!(doc["components"]["schemas"]["ErrorBody"]["properties"]["error"].is_object());
     app.shutdown().await;
 }
 

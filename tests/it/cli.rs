@@ -178,3 +178,44 @@ fn serve_no_migrate_refuses_a_database_that_is_not_migrated() {
     let listed = String::from_utf8_lossy(&status.stdout);
     assert!(!listed.contains("pending"), "{listed}");
 }
+
+#[tokio::test]
+async fn healthcheck_succeeds_against_a_live_gateway_and_fails_without_one() {
+    let app = crate::support::spawn_app(crate::support::Backend::Sqlite, "").await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let run = |listen: String| {
+        tokio::task::spawn_blocking(move || {
+            warmline()
+                .arg("healthcheck")
+                .env("WARMLINE_TWILIO__AUTH_TOKEN", "t")
+                .env("WARMLINE_SERVER__LISTEN", listen)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(addr).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "healthy");
+    // Nothing listening there: it fails, saying where it asked.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let out = run(closed.to_string()).await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("{closed}/healthz")));
+    app.shutdown().await;
+}
+
+#[test]
+fn openapi_prints_the_admin_api_document() {
+    let out = warmline().arg("openapi").output().unwrap();
+    assert!(out.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["info"]["title"], "warmline admin API");
+    assert!(doc["paths"]["/admin/api/v1/events"]["get"].is_object());
+}

@@ -9,6 +9,7 @@ mod call_path;
 mod chaos;
 mod cli;
 mod drain;
+mod events;
 mod fleet;
 mod greeting;
 mod handover;
