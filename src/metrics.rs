@@ -104,6 +104,102 @@ pub struct GreetingLabel {
     pub greeting: &'static str,
 }
 
+/// `{version}` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    /// The crate's version.
+    pub version: &'static str,
+}
+
+/// The process's own figures, read from `/proc/self` at each scrape (Linux; elsewhere none):
+/// `warmline_process_cpu_seconds_total`, `warmline_process_resident_memory_bytes`,
+/// `warmline_process_open_fds`, `warmline_process_threads`,
+/// `warmline_process_start_time_seconds`.
+#[derive(Debug)]
+struct ProcessCollector;
+
+/// Figures of `/proc/self/stat` and `/proc/stat`.
+#[derive(Debug, Default, PartialEq)]
+struct ProcStat {
+    cpu_seconds: f64,
+    threads: i64,
+    rss_bytes: i64,
+    start_time_seconds: f64,
+}
+
+/// Clock ticks a second of `/proc` (`USER_HZ`: 100 on every Linux architecture Rust targets).
+const USER_HZ: f64 = 100.0;
+
+/// Reads `/proc/self/stat` (`stat`) with the boot time of `/proc/stat` (`boot`) and the page
+/// size; `None` when it is not the expected format.
+fn parse_proc_stat(stat: &str, proc_stat: &str, page_size: i64) -> Option<ProcStat> {
+    // The command is in parentheses and may hold spaces: fields count from after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Field numbers of proc(5) less 3 (pid, comm and state come first).
+    let num = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok());
+    let boot = proc_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse::<f64>().ok())?;
+    Some(ProcStat {
+        cpu_seconds: (num(14)? + num(15)?) / USER_HZ,
+        threads: num(20)? as i64,
+        start_time_seconds: boot + num(22)? / USER_HZ,
+        rss_bytes: num(24)? as i64 * page_size,
+    })
+}
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::{
+            encoding::EncodeMetric,
+            metrics::{counter::ConstCounter, gauge::ConstGauge},
+        };
+        let (Ok(stat), Ok(proc_stat)) = (
+            std::fs::read_to_string("/proc/self/stat"),
+            std::fs::read_to_string("/proc/stat"),
+        ) else {
+            return Ok(());
+        };
+        // 4 KiB pages (the RSS field counts pages; every Linux target here uses 4 KiB).
+        let Some(p) = parse_proc_stat(&stat, &proc_stat, 4096) else {
+            return Ok(());
+        };
+        let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as i64);
+        let cpu = ConstCounter::new(p.cpu_seconds);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "CPU time of the process, user and system",
+            None,
+            cpu.metric_type(),
+        )?)?;
+        for (name, help, value) in [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory of the process",
+                p.rss_bytes,
+            ),
+            ("process_open_fds", "Open file descriptors", fds),
+            ("process_threads", "Threads of the process", p.threads),
+        ] {
+            let g = ConstGauge::new(value);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        let start = ConstGauge::new(p.start_time_seconds);
+        start.encode(encoder.encode_descriptor(
+            "process_start_time_seconds",
+            "When the process started, seconds since the Unix epoch",
+            None,
+            start.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
 /// `warmline_recordings_total{outcome}` values.
 pub const RECORDING_OUTCOMES: &[&str] = &["ready", "failed"];
 
@@ -505,6 +601,18 @@ impl Metrics {
             "Connections open, upgraded WebSockets included",
             m.open_connections.clone(),
         );
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "This build of warmline (always 1), by version",
+            build_info,
+        );
+        registry.register_collector(Box::new(ProcessCollector));
         m.create_every_series();
         Self { registry, ..m }
     }
@@ -739,6 +847,82 @@ where
 mod tests {
     use super::*;
     use crate::realtime::registry::ColdReason;
+
+    #[test]
+    fn build_info_and_the_process_s_own_figures_are_exported() {
+        let text = Metrics::new().encode();
+        let version = format!(
+            "warmline_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&version), "{text}");
+        for name in [
+            "warmline_process_cpu_seconds_total ",
+            "warmline_process_resident_memory_bytes ",
+            "warmline_process_open_fds ",
+            "warmline_process_threads ",
+            "warmline_process_start_time_seconds ",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_dashboard_and_the_alert_rules_name_only_exported_metrics() {
+        let text = Metrics::new().encode();
+        let exported: std::collections::HashSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        for (file, doc) in [
+            (
+                "deploy/grafana/warmline.json",
+                include_str!("../deploy/grafana/warmline.json"),
+            ),
+            (
+                "deploy/prometheus/warmline-rules.yaml",
+                include_str!("../deploy/prometheus/warmline-rules.yaml"),
+            ),
+        ] {
+            let names: Vec<&str> = doc
+                .match_indices("warmline_")
+                .map(|(i, _)| {
+                    let end = doc[i..]
+                        .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                        .map_or(doc.len(), |n| i + n);
+                    &doc[i..end]
+                })
+                .collect();
+            assert!(names.len() >= 5, "{file}: {names:?}");
+            for name in names {
+                assert!(
+                    exported.contains(name),
+                    "{file} names {name}, which warmline does not export"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn proc_stat_is_read_with_a_command_that_holds_spaces_and_parentheses() {
+        // proc(5): pid (comm) state ppid … utime(14) stime(15) … num_threads(20) …
+        // starttime(22) vsize(23) rss(24).
+        let stat = "42 (tokio (rt) w) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 7 0 \
+                    12000 1000000 300 18446744073709551615";
+        let proc_stat = "cpu  1 2 3\nbtime 1700000000\nprocesses 9\n";
+        assert_eq!(
+            parse_proc_stat(stat, proc_stat, 4096),
+            Some(ProcStat {
+                cpu_seconds: 3.0,
+                threads: 7,
+                rss_bytes: 300 * 4096,
+                start_time_seconds: 1_700_000_120.0,
+            })
+        );
+        assert_eq!(parse_proc_stat("garbage", proc_stat, 4096), None);
+        assert_eq!(parse_proc_stat(stat, "cpu 1\n", 4096), None);
+    }
 
     #[test]
     fn every_design_metric_name_is_exported() {

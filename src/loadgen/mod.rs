@@ -1040,6 +1040,13 @@ async fn start_gateway(
     for (key, value) in extra {
         command.env(key, value);
     }
+    // The recording settings of this environment reach the gateway (a run compares them:
+    // `WARMLINE_RECORDING__ENCODER_DUTY_PERCENT=50 warmline loadgen --record …`).
+    for (key, value) in std::env::vars() {
+        if key.starts_with("WARMLINE_RECORDING__") {
+            command.env(key, value);
+        }
+    }
     // Its log (JSON, warnings and worse) is kept with its files: `gateway.log`.
     let log = std::fs::File::create(dir.join("gateway.log")).context("creating gateway.log")?;
     let mut child = command
