@@ -1041,7 +1041,7 @@ async fn start_gateway(
         command.env(key, value);
     }
     // The recording settings of this environment reach the gateway (a run compares them:
-    // `WARMLINE_RECORDING__ENCODER_DUTY_PERCENT=50 warmline loadgen --record …`).
+    // `WARMLINE_RECORDING__BITRATE=24000 warmline loadgen --record …`).
     for (key, value) in std::env::vars() {
         if key.starts_with("WARMLINE_RECORDING__") {
             command.env(key, value);

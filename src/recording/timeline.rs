@@ -6,14 +6,102 @@
 //! channel holds silence.
 //!
 //! Bounded: each channel holds at most `max_ms` of audio; later audio is dropped and counted.
+//!
+//! A channel grows in fixed chunks ([`CHUNK`]), never by reallocating: the relay path that
+//! places frames never copies what is already there (a `Vec` doubling would copy up to the
+//! whole channel, hundreds of kilobytes, on the frame that crosses its capacity).
 
 use super::{BYTES_PER_MS, SILENCE};
+
+/// One piece of a channel: 64 KiB, 8 s of μ-law.
+pub const CHUNK: usize = 64 * 1024;
+
+/// A channel's bytes in chunks of [`CHUNK`] (the last one partly used).
+#[derive(Debug, Clone, Default)]
+struct Channel {
+    chunks: Vec<Box<[u8]>>,
+    len: usize,
+}
+
+impl Channel {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Grows to `n` bytes, the new ones silence (never shrinks).
+    fn grow(&mut self, n: usize) {
+        while self.chunks.len() * CHUNK < n {
+            self.chunks.push(vec![SILENCE; CHUNK].into_boxed_slice());
+        }
+        self.len = self.len.max(n);
+    }
+
+    /// Writes `data` from byte `at` (growing the channel if needed).
+    fn write(&mut self, at: usize, data: &[u8]) {
+        self.grow(at + data.len());
+        let mut pos = at;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let (c, off) = (pos / CHUNK, pos % CHUNK);
+            let n = rest.len().min(CHUNK - off);
+            self.chunks[c][off..off + n].copy_from_slice(&rest[..n]);
+            pos += n;
+            rest = &rest[n..];
+        }
+    }
+
+    /// Cuts the channel to `n` bytes (what is cut becomes silence again, for a later grow).
+    fn truncate(&mut self, n: usize) {
+        if n >= self.len {
+            return;
+        }
+        let mut pos = n;
+        while pos < self.len {
+            let (c, off) = (pos / CHUNK, pos % CHUNK);
+            let m = (self.len - pos).min(CHUNK - off);
+            self.chunks[c][off..off + m].fill(SILENCE);
+            pos += m;
+        }
+        self.len = n;
+    }
+
+    /// Removes bytes `start..end`, moving what follows up.
+    fn remove(&mut self, start: usize, end: usize) {
+        let end = end.min(self.len);
+        if start >= end {
+            return;
+        }
+        let tail = self.range(end, self.len);
+        self.truncate(start);
+        self.write(start, &tail);
+    }
+
+    /// A copy of bytes `start..end`.
+    fn range(&self, start: usize, end: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(end.saturating_sub(start));
+        let mut pos = start;
+        while pos < end {
+            let (c, off) = (pos / CHUNK, pos % CHUNK);
+            let n = (end - pos).min(CHUNK - off);
+            out.extend_from_slice(&self.chunks[c][off..off + n]);
+            pos += n;
+        }
+        out
+    }
+
+    /// The bytes, `n` long (silence past the channel's own length).
+    fn into_vec(self, n: usize) -> Vec<u8> {
+        let mut out = self.range(0, self.len);
+        out.resize(n, SILENCE);
+        out
+    }
+}
 
 /// The recording of one call while it runs.
 #[derive(Debug, Clone)]
 pub struct Timeline {
-    caller: Vec<u8>,
-    agent: Vec<u8>,
+    caller: Channel,
+    agent: Channel,
     /// Where the agent audio sent so far ends, bytes (samples): the next chunk plays from here
     /// (or now). Kept in samples, not ms: chunks of any length follow each other exactly.
     agent_end: usize,
@@ -25,8 +113,8 @@ impl Timeline {
     /// An empty recording that keeps at most `max_ms` of each side.
     pub fn new(max_ms: u64) -> Self {
         Self {
-            caller: Vec::new(),
-            agent: Vec::new(),
+            caller: Channel::default(),
+            agent: Channel::default(),
             agent_end: 0,
             max_bytes: usize::try_from(max_ms)
                 .unwrap_or(usize::MAX)
@@ -57,10 +145,7 @@ impl Timeline {
             return;
         }
         let len = len.min(self.agent_end - start);
-        if start < self.agent.len() {
-            let end = (start + len).min(self.agent.len());
-            self.agent.drain(start..end);
-        }
+        self.agent.remove(start, start + len);
         self.agent_end -= len;
     }
 
@@ -87,11 +172,9 @@ impl Timeline {
     }
 
     /// The two channels, (caller, agent), padded with silence to the same length.
-    pub fn finish(mut self) -> (Vec<u8>, Vec<u8>) {
+    pub fn finish(self) -> (Vec<u8>, Vec<u8>) {
         let n = self.caller.len().max(self.agent.len());
-        self.caller.resize(n, SILENCE);
-        self.agent.resize(n, SILENCE);
-        (self.caller, self.agent)
+        (self.caller.into_vec(n), self.agent.into_vec(n))
     }
 }
 
@@ -103,18 +186,12 @@ fn byte_at(ms: u64) -> usize {
 
 /// Writes `data` into `channel` from byte `at` (silence before it if the channel is shorter;
 /// over what is there if it is longer), within `max` bytes; returns the bytes dropped.
-fn place(channel: &mut Vec<u8>, at: usize, data: &[u8], max: usize) -> u64 {
+fn place(channel: &mut Channel, at: usize, data: &[u8], max: usize) -> u64 {
     if at >= max {
         return data.len() as u64;
     }
     let take = data.len().min(max - at);
-    let end = at + take;
-    if channel.len() < at {
-        channel.resize(at, SILENCE);
-    }
-    let overlap = channel.len().min(end) - at;
-    channel[at..at + overlap].copy_from_slice(&data[..overlap]);
-    channel.extend_from_slice(&data[overlap..take]);
+    channel.write(at, &data[..take]);
     (data.len() - take) as u64
 }
 
@@ -173,6 +250,51 @@ mod tests {
         let (_, agent) = t.finish();
         assert_eq!(agent.len(), 5 + 7 + 160);
         assert!(agent[12..].iter().all(|&b| b == B));
+    }
+
+    #[test]
+    fn a_channel_in_chunks_writes_truncates_and_removes_across_chunk_edges() {
+        let mut c = Channel::default();
+        // Across the first edge, after a gap of silence.
+        let at = CHUNK - 3;
+        c.write(at, &[A; 10]);
+        assert_eq!(c.len(), CHUNK + 7);
+        assert_eq!(c.chunks.len(), 2);
+        let v = c.clone().into_vec(c.len());
+        assert!(v[..at].iter().all(|&b| b == SILENCE));
+        assert!(v[at..].iter().all(|&b| b == A));
+        // Overwriting in place does not grow it.
+        c.write(at + 2, &[B; 3]);
+        assert_eq!(c.len(), CHUNK + 7);
+        // Removing across the edge moves the rest up.
+        c.remove(at + 1, at + 6);
+        let v = c.clone().into_vec(c.len());
+        assert_eq!(v.len(), CHUNK + 2);
+        assert_eq!(&v[at..], &[A, A, A, A, A]);
+        // Truncated, then grown again: the cut part is silence.
+        c.truncate(at + 1);
+        c.grow(at + 4);
+        let v = c.into_vec(at + 6);
+        assert_eq!(&v[at..], &[A, SILENCE, SILENCE, SILENCE, SILENCE, SILENCE]);
+    }
+
+    #[test]
+    fn a_long_call_fills_many_chunks_and_reads_back_in_order() {
+        let mut t = Timeline::new(3_600_000);
+        // 30 s of caller frames, each numbered by its byte value.
+        for i in 0..1500u64 {
+            t.caller(i * 20, &[(i % 250) as u8; 160]);
+        }
+        let (caller, agent) = t.finish();
+        assert_eq!(caller.len(), 1500 * 160);
+        assert_eq!(agent.len(), caller.len());
+        for i in 0..1500usize {
+            assert!(
+                caller[i * 160..(i + 1) * 160]
+                    .iter()
+                    .all(|&b| b == (i % 250) as u8)
+            );
+        }
     }
 
     #[test]
