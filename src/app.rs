@@ -78,6 +78,8 @@ pub struct AppState {
     pub recorder: Arc<crate::recording::worker::Recorder>,
     /// Live call events for the admin API's `/events` stream (README.md, "Live events").
     pub events: Arc<crate::events::Events>,
+    /// Call traces over OTLP (README.md, "Traces").
+    pub traces: Arc<crate::traces::Traces>,
 }
 
 impl AppState {
@@ -190,6 +192,9 @@ impl AppState {
         background.close();
         let settings_limits = settings.limits.clone();
         let settings_events_queue = settings.admin.events_queue;
+        let traces = Arc::new(crate::traces::Traces::new(
+            &settings.telemetry.otlp_endpoint,
+        )?);
         Ok(Self {
             settings: Arc::new(settings),
             db,
@@ -208,6 +213,7 @@ impl AppState {
             greetings: Arc::new(crate::greeting::Greetings::new()),
             recorder,
             events: Arc::new(crate::events::Events::new(settings_events_queue)),
+            traces,
         })
     }
 }
@@ -357,6 +363,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> anyhow
     let shutdown = state.shutdown.clone();
     let tasks = state.tasks.clone();
     let writer = state.writer.clone();
+    let traces = state.traces.clone();
     let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
     let limits = Limits::from_settings(&state.settings.server);
     let metrics = state.metrics.clone();
@@ -395,6 +402,8 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> anyhow
         );
     }
     writer.flush(grace).await;
+    // The last calls' spans go out (bounded: a collector that does not answer is not waited).
+    let _ = tokio::time::timeout(Duration::from_secs(5), traces.shutdown()).await;
     drain.abort();
     Ok(())
 }

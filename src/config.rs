@@ -176,6 +176,8 @@ pub struct Settings {
     pub admin: AdminSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Call traces (README.md, "Traces").
+    pub telemetry: TelemetrySettings,
     /// Webhook events to clients' `webhook_url`s.
     pub webhooks: WebhookSettings,
     /// Operators' HTTP tools.
@@ -432,6 +434,14 @@ pub struct AdminSettings {
 /// The shortest `admin.token` accepted (a guessable token opens every business's data).
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 
+/// `[telemetry]`: OpenTelemetry traces of calls (README.md, "Traces"; `crate::traces`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// OTLP/HTTP endpoint (its `/v1/traces` receives protobuf); empty: no traces.
+    pub otlp_endpoint: String,
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -644,6 +654,16 @@ impl Settings {
             if let Some(why) = why {
                 return invalid("recording.s3_endpoint", why);
             }
+        }
+        let otlp = &self.telemetry.otlp_endpoint;
+        if !otlp.is_empty()
+            && !url::Url::parse(otlp)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        {
+            return invalid(
+                "telemetry.otlp_endpoint",
+                "must be an https:// or http:// URL",
+            );
         }
         if !(16..=65536).contains(&self.admin.events_queue) {
             return invalid("admin.events_queue", "must be 16 to 65536");
@@ -912,7 +932,8 @@ impl Settings {
              [openai]\napi_key = {}\nrealtime_url = {}\nmodel = {}\ntranscription_model = {}\nconnect_timeout_ms = {}\nbase_url = {}\nsummary_model = {}\nlive_url = {}\nlive_model = {}\nlive_delegation_model = {}\n\n\
              [prewarm]\npolicy = {}\nring_min_ms = {}\nring_max_ms = {}\nttl_secs = {}\nmax_sessions = {}\ngreeting_buffer_bytes = {}\n\n\
              [call]\nmax_duration_secs = {}\noutbound_queue_frames = {}\ntool_timeout_ms = {}\nrealtime_reconnects = {}\nsession_renew_secs = {}\nstart_timeout_secs = {}\nmedia_timeout_secs = {}\nrealtime_ping_secs = {}\nrealtime_silence_secs = {}\n\n\
-             [admin]\ntoken = {}\nallow_short_token = {}\nevents_queue = {}\n\n[log]\nformat = {}\nlevel = {}\n",
+             [admin]\ntoken = {}\nallow_short_token = {}\nevents_queue = {}\n\n[log]\nformat = {}\nlevel = {}\n\n\
+             [telemetry]\notlp_endpoint = {}\n",
             q(s.public_url.as_str()),
             q(&s.server.listen.to_string()),
             s.server.max_body_bytes,
@@ -962,6 +983,7 @@ impl Settings {
                 LogFormat::Json => "json",
             }),
             q(&s.log.level),
+            q(&redact_url_password(&s.telemetry.otlp_endpoint)),
         ) + &format!(
             "\n[webhooks]\nallow_http = {}\ntimeout_secs = {}\nmax_attempts = {}\nretry_schedule_secs = {:?}\n",
             s.webhooks.allow_http,
@@ -1132,6 +1154,7 @@ const TEXT_KEYS: &[&str] = &[
     "store",
     "s3_endpoint",
     "s3_region",
+    "otlp_endpoint",
 ];
 
 fn describe_figment_error(e: figment::Error) -> String {
@@ -1696,6 +1719,10 @@ mod tests {
                 "recording.retry_max_secs",
             ),
             ("[recording]\nmax_queued = 0", "recording.max_queued"),
+            (
+                "[telemetry]\notlp_endpoint = \"collector:4318\"",
+                "telemetry.otlp_endpoint",
+            ),
             (
                 "[recording]\ns3_endpoint = \"https://key:secret@minio:9000\"",
                 "recording.s3_endpoint",

@@ -67,6 +67,7 @@ pub mod recording;
 pub mod store;
 pub mod telemetry;
 pub mod tools;
+pub mod traces;
 pub mod twilio;
 pub mod webhooks;
 pub mod workers;

@@ -546,6 +546,11 @@ impl Call {
         }
     }
 
+    /// When the media stream started (`start` arrived), if it did.
+    pub fn stream_started(&self) -> Option<Instant> {
+        self.started
+    }
+
     /// The CallSid, once `start` arrived.
     pub fn call_sid(&self) -> Option<&CallSid> {
         self.call_sid.as_ref()

@@ -420,6 +420,8 @@ async fn run(state: AppState, socket: WebSocket) {
     // The tools the model called, running off the relay path (task id → call id).
     let mut tool_tasks: JoinSet<(String, ToolResult)> = JoinSet::new();
     let mut tool_ids: HashMap<tokio::task::Id, String> = HashMap::new();
+    // When each running tool started, and its name (for its trace span).
+    let mut tool_started: HashMap<String, (String, std::time::SystemTime)> = HashMap::new();
     let tool_limit = Duration::from_millis(state.settings.call.tool_timeout_ms);
     // Cancelled when this loop ends (and on shutdown): an attach still running opens nothing new.
     let call_over = state.shutdown.child_token();
@@ -547,6 +549,17 @@ async fn run(state: AppState, socket: WebSocket) {
                 }
                 Output::ResponseLatency(d) => {
                     metrics.response_latency.observe(d.as_secs_f64());
+                    if let Some(t) = known.as_ref().and_then(|c| c.trace.as_ref()) {
+                        t.span(
+                            "turn",
+                            crate::traces::ago(d),
+                            std::time::SystemTime::now(),
+                            vec![opentelemetry::KeyValue::new(
+                                "response_latency_ms",
+                                d.as_secs_f64() * 1000.0,
+                            )],
+                        );
+                    }
                     publish(
                         &state,
                         known.as_deref(),
@@ -641,6 +654,13 @@ async fn run(state: AppState, socket: WebSocket) {
                         settings: state.settings.tools.clone(),
                     };
                     let call_id = tool.call_id.clone();
+                    tool_started.insert(
+                        call_id.clone(),
+                        (
+                            tool.name.chars().take(64).collect::<String>(),
+                            std::time::SystemTime::now(),
+                        ),
+                    );
                     let handle = tool_tasks.spawn(run_tool(env, tool, tool_limit));
                     tool_ids.insert(handle.id(), call_id);
                 }
@@ -887,6 +907,20 @@ async fn run(state: AppState, socket: WebSocket) {
                 }
             }
             Input::ToolDone(call_id, result) => {
+                if let (Some(t), Some((name, started))) = (
+                    known.as_ref().and_then(|c| c.trace.as_ref()),
+                    tool_started.remove(&call_id),
+                ) {
+                    t.span(
+                        "tool",
+                        started,
+                        std::time::SystemTime::now(),
+                        vec![
+                            opentelemetry::KeyValue::new("tool", name),
+                            opentelemetry::KeyValue::new("ok", !result.is_error()),
+                        ],
+                    );
+                }
                 publish(
                     &state,
                     known.as_deref(),
@@ -929,6 +963,9 @@ async fn run(state: AppState, socket: WebSocket) {
                     ctx.client_id,
                     recording,
                 );
+            }
+            if let Some(t) = &ctx.trace {
+                t.end(o.end_reason.code());
             }
             if state.events.active() {
                 state.events.publish(
@@ -1004,6 +1041,18 @@ fn begin(state: &AppState, call: &mut Call, ctx: &CallContext, now: Instant, pat
         state
             .recorder
             .begin(&state.tasks, ctx.call_sid.as_str(), ctx.client_id);
+    }
+    if let Some(t) = &ctx.trace {
+        t.set_path(path.as_str());
+        let claimed_for = call
+            .stream_started()
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+        t.span(
+            "claim",
+            crate::traces::ago(claimed_for),
+            std::time::SystemTime::now(),
+            Vec::new(),
+        );
     }
     publish(
         state,
@@ -1281,6 +1330,9 @@ async fn context_from_db(
         profile,
         started_at: call.started_at,
         greeting,
+        trace: state
+            .traces
+            .call(call_sid.as_str(), client_id, call.started_at.into()),
     })
 }
 

@@ -435,7 +435,10 @@ async fn answer(
         started_at: arrived,
         live_slot,
         greeting: plan.clone(),
+        trace: state.traces.call(sid.as_str(), client.id(), arrived.into()),
     };
+    let trace = ctx.trace.clone();
+    let begun_at = std::time::SystemTime::now();
     let begun = state
         .registry
         .begin(&sid, client.id(), ctx, want, Instant::now(), || {
@@ -459,6 +462,14 @@ async fn answer(
         }
         Begun::Warm(rx) | Begun::Retry(Some(rx)) => {
             let ready = wait_ready(rx, deadline).await;
+            if let Some(t) = &trace {
+                t.span(
+                    "prewarm",
+                    begun_at,
+                    std::time::SystemTime::now(),
+                    vec![opentelemetry::KeyValue::new("ready", ready)],
+                );
+            }
             if !ready {
                 state.registry.peek(&sid, |s| s.note_timeout());
             }
@@ -500,6 +511,14 @@ async fn answer(
         },
     ));
     tracing::info!(call_sid = %sid, client_id = client.id().get(), outcome, webhook_ms, "voice webhook answered");
+    if let Some(t) = &trace {
+        t.span(
+            "webhook",
+            arrived.into(),
+            std::time::SystemTime::now(),
+            vec![opentelemetry::KeyValue::new("outcome", outcome)],
+        );
+    }
     if state.events.active() {
         state.events.publish(
             sid.as_str(),

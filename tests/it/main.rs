@@ -28,4 +28,5 @@ mod spool;
 mod store;
 mod support;
 mod tools;
+mod traces;
 mod webhooks;
