@@ -657,12 +657,18 @@ impl Settings {
         }
         let otlp = &self.telemetry.otlp_endpoint;
         if !otlp.is_empty()
-            && !url::Url::parse(otlp)
-                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            && !url::Url::parse(otlp).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.username().is_empty()
+                    && u.password().is_none()
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+            })
         {
             return invalid(
                 "telemetry.otlp_endpoint",
-                "must be an https:// or http:// URL",
+                "must be an https:// or http:// URL without credentials, query or fragment",
             );
         }
         if !(16..=65536).contains(&self.admin.events_queue) {
@@ -1721,6 +1727,10 @@ mod tests {
             ("[recording]\nmax_queued = 0", "recording.max_queued"),
             (
                 "[telemetry]\notlp_endpoint = \"collector:4318\"",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "[telemetry]\notlp_endpoint = \"https://collector/?api-key=secret\"",
                 "telemetry.otlp_endpoint",
             ),
             (

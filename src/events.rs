@@ -213,7 +213,12 @@ impl Events {
 
     /// Follows the calls `filter` selects from now on.
     pub fn subscribe(&self, filter: Filter) -> Subscription {
-        let (tx, rx) = mpsc::channel(self.queue.max(1));
+        self.subscribe_with_queue(filter, self.queue)
+    }
+
+    /// [`Events::subscribe`] with a queue of `queue` events of its own.
+    pub fn subscribe_with_queue(&self, filter: Filter, queue: usize) -> Subscription {
+        let (tx, rx) = mpsc::channel(queue.max(1));
         let cut = Arc::new(AtomicBool::new(false));
         let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
         subs.push(Subscriber {
@@ -238,6 +243,7 @@ impl Events {
             client_id: client_id.map(ClientId::get),
             kind,
         });
+        let mut cut = 0;
         subs.retain(|s| {
             if !s.filter.selects(&event) {
                 return !s.tx.is_closed();
@@ -246,16 +252,17 @@ impl Events {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     s.cut.store(true, Ordering::Release);
-                    tracing::warn!(
-                        queue = self.queue,
-                        "a live events subscriber fell behind and was cut"
-                    );
+                    cut += 1;
                     false
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
         });
         self.count.store(subs.len(), Ordering::Relaxed);
+        drop(subs);
+        if cut > 0 {
+            tracing::warn!(cut, "live events subscribers fell behind and were cut");
+        }
     }
 
     /// Ends every subscription (shutdown).

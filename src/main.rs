@@ -45,9 +45,14 @@ enum Command {
     /// Print the admin API's OpenAPI document (JSON), as `GET /admin/api/v1/openapi.json`
     /// serves it.
     Openapi,
-    /// Ask the gateway on this machine (`server.listen`) whether it is alive (`/healthz`):
-    /// exit 0 if so (the container's HEALTHCHECK).
-    Healthcheck,
+    /// Ask the gateway on this machine whether it is alive (`GET /healthz`): exit 0 if so (the
+    /// container's HEALTHCHECK). Needs no other setting: the address is `--url`, else
+    /// `WARMLINE_SERVER__LISTEN`, else 127.0.0.1:8080.
+    Healthcheck {
+        /// The gateway's base URL (e.g. http://127.0.0.1:8080).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Run the gateway with a fake Realtime server and a Twilio simulator on this machine, place
     /// a few calls warm and cold (the second hears the first one's greeting from the cache),
     /// print what happened and write one call's audio as WAV files.
@@ -201,6 +206,27 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Healthcheck { url } = &cli.command {
+        let base = healthcheck_base(
+            url.as_deref(),
+            std::env::var("WARMLINE_SERVER__LISTEN").ok(),
+        );
+        let checked = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(healthcheck(&base)));
+        return match checked {
+            Ok(()) => {
+                println!("healthy");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("warmline: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -249,8 +275,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Healthcheck => healthcheck(&settings).await,
-        Command::CheckConfig | Command::Openapi => {
+        Command::CheckConfig | Command::Openapi | Command::Healthcheck { .. } => {
             unreachable!("handled before the runtime starts")
         }
         #[cfg(feature = "sim")]
@@ -260,19 +285,30 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     }
 }
 
-/// `GET /healthz` of the gateway listening on `server.listen` (an unspecified address is asked
-/// on loopback).
-async fn healthcheck(settings: &Settings) -> anyhow::Result<()> {
-    let mut addr = settings.server.listen;
+/// The base URL `warmline healthcheck` asks: `url`, else `http://<listen>` (an unspecified
+/// address is asked on loopback), else the default listener.
+fn healthcheck_base(url: Option<&str>, listen: Option<String>) -> String {
+    if let Some(u) = url {
+        return u.trim_end_matches('/').to_string();
+    }
+    let mut addr: std::net::SocketAddr = listen
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr {
             std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
             std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    let url = format!("http://{addr}/healthz");
+    format!("http://{addr}")
+}
+
+/// `GET <base>/healthz`, straight to it (no proxy from the environment).
+async fn healthcheck(base: &str) -> anyhow::Result<()> {
+    let url = format!("{base}/healthz");
     let resp = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(2))
+        .no_proxy()
         .build()?
         .get(&url)
         .send()
@@ -283,7 +319,6 @@ async fn healthcheck(settings: &Settings) -> anyhow::Result<()> {
         "{url} answered {}",
         resp.status()
     );
-    println!("healthy");
     Ok(())
 }
 

@@ -134,7 +134,7 @@ const USER_HZ: f64 = 100.0;
 /// size; `None` when it is not the expected format.
 fn parse_proc_stat(stat: &str, proc_stat: &str, page_size: i64) -> Option<ProcStat> {
     // The command is in parentheses and may hold spaces: fields count from after it.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     // Field numbers of proc(5) less 3 (pid, comm and state come first).
     let num = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok());
@@ -921,6 +921,8 @@ mod tests {
             })
         );
         assert_eq!(parse_proc_stat("garbage", proc_stat, 4096), None);
+        assert_eq!(parse_proc_stat("1 (x)", proc_stat, 4096), None);
+        assert_eq!(parse_proc_stat("1 (x) ", proc_stat, 4096), None);
         assert_eq!(parse_proc_stat(stat, "cpu 1\n", 4096), None);
     }
 

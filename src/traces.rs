@@ -9,7 +9,8 @@
 //!
 //! The tracer belongs to the instance ([`Traces`] in the app state), not to a global
 //! subscriber: spans are made where the call's milestones are already known (with their own
-//! start and end times), exported in batches by a task on the runtime, never on the relay path.
+//! start and end times) and exported in batches (every 2 s) by the SDK's thread, never on the
+//! relay path.
 
 use std::{
     sync::{Arc, Mutex},
@@ -22,7 +23,7 @@ use opentelemetry::{
 };
 use opentelemetry_sdk::{
     Resource,
-    trace::{SdkTracer, SdkTracerProvider, span_processor_with_async_runtime::BatchSpanProcessor},
+    trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider},
 };
 
 use crate::domain::ClientId;
@@ -41,9 +42,15 @@ impl std::fmt::Debug for Traces {
     }
 }
 
-/// The OTLP exporter's HTTP client: the service's own reqwest.
+/// The OTLP exporter's HTTP client: the service's own reqwest, run on the service's runtime.
+/// The batch processor exports from a thread of its own (so that dropping the tracer never
+/// waits on the runtime it may be dropped on); the request itself is spawned on the runtime,
+/// and a runtime that is gone fails the export at once instead of hanging it.
 #[derive(Debug)]
-struct Client(reqwest::Client);
+struct Client {
+    http: reqwest::Client,
+    runtime: tokio::runtime::Handle,
+}
 
 #[async_trait::async_trait]
 impl opentelemetry_http::HttpClient for Client {
@@ -53,15 +60,19 @@ impl opentelemetry_http::HttpClient for Client {
     ) -> Result<axum::http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
         let (parts, body) = request.into_parts();
         let mut req = self
-            .0
+            .http
             .request(parts.method, parts.uri.to_string())
             .body(body);
         for (name, value) in &parts.headers {
             req = req.header(name, value);
         }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let body = resp.bytes().await?;
+        let sent = self.runtime.spawn(async move {
+            let resp = req.send().await?;
+            let status = resp.status();
+            let body = resp.bytes().await?;
+            Ok::<_, reqwest::Error>((status, body))
+        });
+        let (status, body) = sent.await??;
         let mut out = axum::http::Response::new(body);
         *out.status_mut() = status;
         Ok(out)
@@ -81,12 +92,20 @@ impl Traces {
             .build()?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_http_client(Client(http))
+            .with_http_client(Client {
+                http,
+                runtime: tokio::runtime::Handle::try_current()?,
+            })
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_endpoint(url)
             .build()?;
-        let processor =
-            BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+        let processor = BatchSpanProcessor::builder(exporter)
+            .with_batch_config(
+                BatchConfigBuilder::default()
+                    .with_scheduled_delay(Duration::from_secs(2))
+                    .build(),
+            )
+            .build();
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
             .with_resource(
@@ -130,6 +149,7 @@ impl Traces {
             tracer: tracer.clone(),
             cx: Context::current_with_span(span),
             attrs: Mutex::new(attrs),
+            ended: std::sync::atomic::AtomicBool::new(false),
         })))
     }
 
@@ -163,12 +183,17 @@ struct CallTraceInner {
     tracer: SdkTracer,
     cx: Context,
     attrs: Mutex<Vec<KeyValue>>,
+    ended: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for CallTraceInner {
     /// A call that never streamed (a hang-up while it rang) still ends its `call` span.
     fn drop(&mut self) {
-        self.cx.span().end();
+        if !self.ended.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            let span = self.cx.span();
+            span.set_attribute(KeyValue::new("end_reason", "ended_before_stream"));
+            span.end();
+        }
     }
 }
 
@@ -216,6 +241,9 @@ impl CallTrace {
 
     /// The `call` span ends (the call is over), with `end_reason`.
     pub fn end(&self, end_reason: &str) {
+        if self.0.ended.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
         let span = self.0.cx.span();
         span.set_attribute(KeyValue::new("end_reason", end_reason.to_string()));
         span.end();

@@ -158,8 +158,10 @@ fn finish_document(doc: &mut utoipa::openapi::OpenApi) {
         {
             op.tags = Some(vec![tag.to_string()]);
             for (status, response) in op.responses.responses.iter_mut() {
+                // 413 and 416 come from layers and ranges with no JSON body.
                 if let RefOr::T(r) = response
                     && (status.starts_with('4') || status.starts_with('5'))
+                    && !matches!(status.as_str(), "413" | "416")
                     && r.content.is_empty()
                 {
                     let description = if r.description.is_empty() {
@@ -167,7 +169,6 @@ fn finish_document(doc: &mut utoipa::openapi::OpenApi) {
                             "400" => "malformed JSON or path",
                             "404" => "not found",
                             "409" => "conflict",
-                            "413" => "too large",
                             "415" => "unsupported content type",
                             "422" => "an invalid field (named in the message)",
                             "503" => "unavailable; retry later",

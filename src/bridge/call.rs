@@ -251,6 +251,8 @@ pub struct Call {
     /// are decoded into.
     recording: Option<Timeline>,
     recording_buf: Vec<u8>,
+    /// Someone follows the live events: transcript text goes out as [`Output::Transcript`].
+    observed: bool,
     /// Where the recent agent frames were placed in the recording, by mark: a frame the
     /// outbound queue drops is taken out of it again ([`Call::handle_media_dropped`]).
     recorded_frames: VecDeque<(u64, usize, usize)>,
@@ -427,6 +429,7 @@ impl Call {
             frames_dropped: 0,
             recording: None,
             recording_buf: Vec::new(),
+            observed: false,
             recorded_frames: VecDeque::new(),
             held: VecDeque::new(),
             held_bytes: 0,
@@ -544,6 +547,11 @@ impl Call {
         if let Some(k) = self.keepalive.as_mut() {
             k.handle_heard(now);
         }
+    }
+
+    /// Whether someone follows the live events (transcript text is then reported).
+    pub fn set_observed(&mut self, observed: bool) {
+        self.observed = observed;
     }
 
     /// When the media stream started (`start` arrived), if it did.
@@ -840,11 +848,13 @@ impl Call {
                 if self.cut_of(&item_id).is_some_and(|c| c.written) {
                     return;
                 }
-                self.outputs.push_back(Output::Transcript {
-                    role: Role::Agent,
-                    text: text.clone(),
-                    done: false,
-                });
+                if self.observed {
+                    self.outputs.push_back(Output::Transcript {
+                        role: Role::Agent,
+                        text: text.clone(),
+                        done: false,
+                    });
+                }
                 match self.partial.iter_mut().find(|(id, _)| *id == item_id) {
                     Some((_, buf)) => buf.push_str(&text),
                     None => self.partial.push((item_id, text)),
@@ -1511,11 +1521,13 @@ impl Call {
         if text.trim().is_empty() {
             return;
         }
-        self.outputs.push_back(Output::Transcript {
-            role,
-            text: text.clone(),
-            done: true,
-        });
+        if self.observed {
+            self.outputs.push_back(Output::Transcript {
+                role,
+                text: text.clone(),
+                done: true,
+            });
+        }
         self.transcript.push(TranscriptLine {
             role,
             text,

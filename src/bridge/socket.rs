@@ -434,6 +434,8 @@ async fn run(state: AppState, socket: WebSocket) {
     // Whether a session was attached yet (later ones replace a lost one).
     let mut attached_once = false;
     loop {
+        // Transcript outputs only while someone follows the live events.
+        call.set_observed(state.events.active());
         while let Some(out) = call.poll_output() {
             match out {
                 Output::Twilio(t) => {
@@ -522,15 +524,10 @@ async fn run(state: AppState, socket: WebSocket) {
                 }
                 Output::FirstAudio { path, elapsed } => {
                     metrics.observe_first_audio(path.as_str(), elapsed.as_secs_f64());
-                    publish(
-                        &state,
-                        known.as_deref(),
-                        &call,
-                        Kind::Latency {
-                            metric: "time_to_first_audio".into(),
-                            ms: elapsed.as_secs_f64() * 1000.0,
-                        },
-                    );
+                    publish(&state, known.as_deref(), &call, || Kind::Latency {
+                        metric: "time_to_first_audio".into(),
+                        ms: elapsed.as_secs_f64() * 1000.0,
+                    });
                     // From the webhook's arrival (wall clock: it may have been another process
                     // of this instance, before a restart): the cached greeting, or the one the
                     // session generated.
@@ -560,15 +557,10 @@ async fn run(state: AppState, socket: WebSocket) {
                             )],
                         );
                     }
-                    publish(
-                        &state,
-                        known.as_deref(),
-                        &call,
-                        Kind::Latency {
-                            metric: "response".into(),
-                            ms: d.as_secs_f64() * 1000.0,
-                        },
-                    );
+                    publish(&state, known.as_deref(), &call, || Kind::Latency {
+                        metric: "response".into(),
+                        ms: d.as_secs_f64() * 1000.0,
+                    });
                 }
                 Output::Transcript { role, text, done } => {
                     let kind = if done {
@@ -582,7 +574,7 @@ async fn run(state: AppState, socket: WebSocket) {
                             text,
                         }
                     };
-                    publish(&state, known.as_deref(), &call, kind);
+                    publish(&state, known.as_deref(), &call, || kind);
                 }
                 Output::Reconnect {
                     attempt,
@@ -637,16 +629,11 @@ async fn run(state: AppState, socket: WebSocket) {
                         continue;
                     };
                     tracing::info!(call_sid = %ctx.call_sid, tool = %tool.name.chars().take(64).collect::<String>(), "running tool");
-                    publish(
-                        &state,
-                        Some(&ctx),
-                        &call,
-                        Kind::ToolCall {
-                            call_id: tool.call_id.clone(),
-                            name: tool.name.chars().take(64).collect(),
-                            arguments: tool.arguments.clone(),
-                        },
-                    );
+                    publish(&state, Some(&ctx), &call, || Kind::ToolCall {
+                        call_id: tool.call_id.clone(),
+                        name: tool.name.chars().take(64).collect(),
+                        arguments: tool.arguments.clone(),
+                    });
                     let env = ToolEnv {
                         db: state.db.clone(),
                         context: ctx,
@@ -687,7 +674,7 @@ async fn run(state: AppState, socket: WebSocket) {
                         call_sid = sid(&call),
                         "barge-in: cleared Twilio, cancelled and truncated"
                     );
-                    publish(&state, known.as_deref(), &call, Kind::BargeIn {});
+                    publish(&state, known.as_deref(), &call, || Kind::BargeIn {});
                 }
                 Output::HeldAudioDropped => {
                     counters.dropped_inbound.inc();
@@ -857,6 +844,20 @@ async fn run(state: AppState, socket: WebSocket) {
                                 fill.release();
                             }
                         }
+                        // The claim: the stream's start to its first session attached.
+                        if !attached_once
+                            && let Some(t) = known.as_ref().and_then(|c| c.trace.as_ref())
+                        {
+                            let claimed_for = call
+                                .stream_started()
+                                .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+                            t.span(
+                                "claim",
+                                crate::traces::ago(claimed_for),
+                                std::time::SystemTime::now(),
+                                vec![opentelemetry::KeyValue::new("path", path.as_str())],
+                            );
+                        }
                         attached_once = true;
                         let mut engine = session;
                         let buffered = engine.claim();
@@ -921,15 +922,10 @@ async fn run(state: AppState, socket: WebSocket) {
                         ],
                     );
                 }
-                publish(
-                    &state,
-                    known.as_deref(),
-                    &call,
-                    Kind::ToolResult {
-                        call_id: call_id.clone(),
-                        ok: !result.is_error(),
-                    },
-                );
+                publish(&state, known.as_deref(), &call, || Kind::ToolResult {
+                    call_id: call_id.clone(),
+                    ok: !result.is_error(),
+                });
                 call.handle_tool_result(now, &call_id, result)
             }
             Input::Shutdown => call.handle_shutdown(now),
@@ -1044,36 +1040,22 @@ fn begin(state: &AppState, call: &mut Call, ctx: &CallContext, now: Instant, pat
     }
     if let Some(t) = &ctx.trace {
         t.set_path(path.as_str());
-        let claimed_for = call
-            .stream_started()
-            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
-        t.span(
-            "claim",
-            crate::traces::ago(claimed_for),
-            std::time::SystemTime::now(),
-            Vec::new(),
-        );
     }
-    publish(
-        state,
-        Some(ctx),
-        call,
-        Kind::CallStarted {
-            path: path.as_str().into(),
-            engine: ctx.profile.engine.as_str().into(),
-        },
-    );
+    publish(state, Some(ctx), call, || Kind::CallStarted {
+        path: path.as_str().into(),
+        engine: ctx.profile.engine.as_str().into(),
+    });
     play_cached(state, call, ctx, now, path);
 }
 
 /// Publishes a live event of this call (README.md, "Live events"); nothing when no one
 /// subscribes.
-fn publish(state: &AppState, ctx: Option<&CallContext>, call: &Call, kind: Kind) {
+fn publish(state: &AppState, ctx: Option<&CallContext>, call: &Call, kind: impl FnOnce() -> Kind) {
     if !state.events.active() {
         return;
     }
     let sid = ctx.map_or_else(|| sid(call), |c| c.call_sid.as_str());
-    state.events.publish(sid, ctx.map(|c| c.client_id), kind);
+    state.events.publish(sid, ctx.map(|c| c.client_id), kind());
 }
 
 fn play_cached(state: &AppState, call: &mut Call, ctx: &CallContext, now: Instant, path: CallPath) {

@@ -1040,10 +1040,14 @@ async fn start_gateway(
     for (key, value) in extra {
         command.env(key, value);
     }
-    // The recording settings of this environment reach the gateway (a run compares them:
+    // The encoder settings of this environment reach the gateway (a run compares them:
     // `WARMLINE_RECORDING__BITRATE=24000 warmline loadgen --record …`).
-    for (key, value) in std::env::vars() {
-        if key.starts_with("WARMLINE_RECORDING__") {
+    for key in [
+        "WARMLINE_RECORDING__BITRATE",
+        "WARMLINE_RECORDING__COMPLEXITY",
+        "WARMLINE_RECORDING__WORKERS",
+    ] {
+        if let Ok(value) = std::env::var(key) {
             command.env(key, value);
         }
     }

@@ -451,6 +451,15 @@ async fn answer(
                 state.shutdown.clone(),
             )
         });
+    // A webhook for a call already registered (a retry) or over: its trace is its own, short.
+    if let Some(t) = &trace {
+        match &begun {
+            Begun::Retry(_) => t.end("retried_webhook"),
+            Begun::Over => t.end("replayed_webhook"),
+            Begun::Ended(_) => t.end("ended_before_stream"),
+            Begun::Warm(_) | Begun::Cold(_) => {}
+        }
+    }
     let min_at =
         TokioInstant::from_std(t0 + Duration::from_millis(state.settings.prewarm.ring_min_ms));
     let outcome = match begun {

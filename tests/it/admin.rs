@@ -114,7 +114,7 @@ async fn openapi_document_lists_the_paths() {
             let responses = op["responses"].as_object().unwrap();
             assert!(responses.contains_key("401"), "{method} {path}");
             for (status, r) in responses {
-                if status.starts_with('4') || status.starts_with('5') {
+                if (status.starts_with('4') || status.starts_with('5')) && status != "416" {
                     assert_eq!(
                         r["content"]["application/json"]["schema"]["$ref"],
                         "#/components/schemas/ErrorBody",

@@ -187,8 +187,9 @@ async fn healthcheck_succeeds_against_a_live_gateway_and_fails_without_one() {
         tokio::task::spawn_blocking(move || {
             warmline()
                 .arg("healthcheck")
-                .env("WARMLINE_TWILIO__AUTH_TOKEN", "t")
+                // No other setting: no auth token, no config file.
                 .env("WARMLINE_SERVER__LISTEN", listen)
+                .env("HTTP_PROXY", "http://127.0.0.1:9")
                 .output()
                 .unwrap()
         })

@@ -243,7 +243,7 @@ async fn filters_are_checked_and_a_subscriber_that_falls_behind_is_cut_not_the_c
         .app
         .state
         .events
-        .subscribe(warmline::events::Filter::default());
+        .subscribe_with_queue(warmline::events::Filter::default(), 16);
     let mut by_client = EventStream::open(&gw, &format!("?client_id={}", gw.client_id.get())).await;
     let mut live = EventStream::open(&gw, "").await;
     let placed = gw.place_call().await;
