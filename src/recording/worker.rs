@@ -536,17 +536,7 @@ impl Recorder {
     /// in place); the row that says what became of it.
     async fn store(&self, call_sid: &str, client_id: ClientId, timeline: Timeline) -> Stored {
         let failed = |error: String| Stored {
-            row: StoredRecording {
-                call_sid: call_sid.to_string(),
-                client_id,
-                status: "failed".into(),
-                path: None,
-                size_bytes: 0,
-                duration_ms: 0,
-                codec: CODEC.into(),
-                error: Some(error),
-                created_at: Utc::now(),
-            },
+            row: StoredRecording::failed(call_sid, client_id, error),
             spool_tmp: None,
         };
         if !valid_sid(call_sid) {
@@ -581,17 +571,13 @@ impl Recorder {
             Err(_) => return failed("the encoder stopped".into()),
         };
         let key = key(client_id, call_sid);
-        let row = StoredRecording {
-            call_sid: call_sid.to_string(),
+        let row = StoredRecording::ready(
+            call_sid,
             client_id,
-            status: "ready".into(),
-            path: Some(key.clone()),
-            size_bytes: encoded.ogg.len() as i64,
-            duration_ms: encoded.duration_ms as i64,
-            codec: CODEC.into(),
-            error: None,
-            created_at: Utc::now(),
-        };
+            key.clone(),
+            encoded.ogg.len() as i64,
+            encoded.duration_ms as i64,
+        );
         let bytes = Bytes::from(encoded.ogg);
         match self.storage.put(&key, bytes.clone()).await {
             Ok(()) => Stored {
@@ -942,28 +928,18 @@ impl Recorder {
         }
         // Stored, but the process stopped before its row was saved.
         let row = match self.storage.get(&key).await {
-            Ok(bytes) => StoredRecording {
-                call_sid: sid.to_string(),
+            Ok(bytes) => StoredRecording::ready(
+                sid,
                 client_id,
-                status: "ready".into(),
-                path: Some(key.clone()),
-                size_bytes: bytes.len() as i64,
-                duration_ms: opus::duration_ms(&bytes).unwrap_or(0) as i64,
-                codec: CODEC.into(),
-                error: None,
-                created_at: Utc::now(),
-            },
-            Err(super::storage::Fault::NotFound) => StoredRecording {
-                call_sid: sid.to_string(),
+                key.clone(),
+                bytes.len() as i64,
+                opus::duration_ms(&bytes).unwrap_or(0) as i64,
+            ),
+            Err(super::storage::Fault::NotFound) => StoredRecording::failed(
+                sid,
                 client_id,
-                status: "failed".into(),
-                path: None,
-                size_bytes: 0,
-                duration_ms: 0,
-                codec: CODEC.into(),
-                error: Some("the gateway stopped during the call; its recording was lost".into()),
-                created_at: Utc::now(),
-            },
+                "the gateway stopped during the call; its recording was lost",
+            ),
             Err(e) => return Err(format!("the recording store: {e}")),
         };
         recordings::put(&self.db, &row)

@@ -31,6 +31,44 @@ pub struct StoredRecording {
     pub created_at: DateTime<Utc>,
 }
 
+impl StoredRecording {
+    /// A call's recording that failed, with why.
+    pub fn failed(call_sid: &str, client_id: ClientId, error: impl Into<String>) -> Self {
+        Self {
+            call_sid: call_sid.to_string(),
+            client_id,
+            status: "failed".into(),
+            path: None,
+            size_bytes: 0,
+            duration_ms: 0,
+            codec: crate::recording::worker::CODEC.into(),
+            error: Some(error.into()),
+            created_at: Utc::now(),
+        }
+    }
+
+    /// A call's recording stored at `key`.
+    pub fn ready(
+        call_sid: &str,
+        client_id: ClientId,
+        key: String,
+        size_bytes: i64,
+        duration_ms: i64,
+    ) -> Self {
+        Self {
+            call_sid: call_sid.to_string(),
+            client_id,
+            status: "ready".into(),
+            path: Some(key),
+            size_bytes,
+            duration_ms,
+            codec: crate::recording::worker::CODEC.into(),
+            error: None,
+            created_at: Utc::now(),
+        }
+    }
+}
+
 impl From<recording::Model> for StoredRecording {
     fn from(m: recording::Model) -> Self {
         Self {

@@ -12,7 +12,7 @@ use sim::{
     twilio::Step,
 };
 
-use crate::support::{CLIENT_NUMBER, Gateway, gateway};
+use crate::support::{CLIENT_NUMBER, Gateway, ask_hear_hang, gateway, with_hours};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -111,14 +111,7 @@ fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
 #[tokio::test]
 async fn a_call_with_a_barge_in_and_a_tool_call_streams_its_events_in_order() {
     let gw = gateway(FakeConfig::instant(), "").await;
-    gw.update_client(&json!({
-        "name": "Bright Smile", "phone_numbers": [CLIENT_NUMBER],
-        "instructions": "You are the receptionist of a dental practice.",
-        "greeting": "Thanks for calling Bright Smile Dental!", "voice": "marin",
-        "greeting_mode": "generated", "timezone": "America/New_York",
-        "business_hours": {"mon": [["09:00", "17:00"]]},
-    }))
-    .await;
+    with_hours(&gw).await;
     // The caller's words over the greeting get a tool call for an answer.
     gw.fake.script(Scripted::call("business_hours", json!({})));
     let mut all = EventStream::open(&gw, "").await;
@@ -247,18 +240,7 @@ async fn filters_are_checked_and_a_subscriber_that_falls_behind_is_cut_not_the_c
     let mut by_client = EventStream::open(&gw, &format!("?client_id={}", gw.client_id.get())).await;
     let mut live = EventStream::open(&gw, "").await;
     let placed = gw.place_call().await;
-    let report = gw
-        .stream(
-            &placed,
-            &[
-                Step::WaitForAgentQuiet(WAIT),
-                Step::Say(clips::question()),
-                Step::WaitForAgentAudio(WAIT),
-                Step::WaitForAgentQuiet(WAIT),
-                Step::HangUp,
-            ],
-        )
-        .await;
+    let report = gw.stream(&placed, &ask_hear_hang(WAIT)).await;
     // The call went as ever.
     assert!(report.violations.is_empty(), "{:?}", report.violations);
     let call = gw.ended_call(&placed.call_sid).await;

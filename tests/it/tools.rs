@@ -31,13 +31,7 @@ fn ask_then_wait() -> Vec<Step> {
 /// After the greeting the caller asks something, hears the answer (to the tool's output),
 /// and hangs up.
 fn ask_hear_hang() -> Vec<Step> {
-    vec![
-        Step::WaitForAgentQuiet(WAIT),
-        Step::Say(clips::question()),
-        Step::WaitForAgentAudio(WAIT),
-        Step::WaitForAgentQuiet(WAIT),
-        Step::HangUp,
-    ]
+    crate::support::ask_hear_hang(WAIT)
 }
 
 /// The client-side events of the one connection, parsed, in order.

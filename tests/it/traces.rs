@@ -17,13 +17,9 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message;
 use serde_json::json;
-use sim::{
-    audio::clips,
-    realtime::{FakeConfig, Scripted},
-    twilio::Step,
-};
+use sim::realtime::{FakeConfig, Scripted};
 
-use crate::support::{CLIENT_NUMBER, gateway};
+use crate::support::{ask_hear_hang, gateway, with_hours};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -93,28 +89,10 @@ async fn a_call_is_one_trace_with_webhook_prewarm_claim_turn_and_tool_spans() {
         &format!("[telemetry]\notlp_endpoint = \"{endpoint}\"\n"),
     )
     .await;
-    gw.update_client(&json!({
-        "name": "Bright Smile", "phone_numbers": [CLIENT_NUMBER],
-        "instructions": "You are the receptionist of a dental practice.",
-        "greeting": "Thanks for calling Bright Smile Dental!", "voice": "marin",
-        "greeting_mode": "generated", "timezone": "America/New_York",
-        "business_hours": {"mon": [["09:00", "17:00"]]},
-    }))
-    .await;
+    with_hours(&gw).await;
     gw.fake.script(Scripted::call("business_hours", json!({})));
     let placed = gw.place_call().await;
-    let report = gw
-        .stream(
-            &placed,
-            &[
-                Step::WaitForAgentQuiet(WAIT),
-                Step::Say(clips::question()),
-                Step::WaitForAgentAudio(WAIT),
-                Step::WaitForAgentQuiet(WAIT),
-                Step::HangUp,
-            ],
-        )
-        .await;
+    let report = gw.stream(&placed, &ask_hear_hang(WAIT)).await;
     assert!(report.violations.is_empty(), "{:?}", report.violations);
     gw.ended_call(&placed.call_sid).await;
 

@@ -341,6 +341,32 @@ pub const CLIENT_NUMBER: &str = "+15005550006";
 /// A caller.
 pub const CALLER: &str = "+14155550100";
 
+/// After the greeting the caller asks something, hears the answer, and hangs up (each step
+/// waiting up to `wait`).
+pub fn ask_hear_hang(wait: std::time::Duration) -> Vec<sim::twilio::Step> {
+    use sim::{audio::clips, twilio::Step};
+    vec![
+        Step::WaitForAgentQuiet(wait),
+        Step::Say(clips::question()),
+        Step::WaitForAgentAudio(wait),
+        Step::WaitForAgentQuiet(wait),
+        Step::HangUp,
+    ]
+}
+
+/// The test business with opening hours, its greeting generated (a call that asks gets the
+/// `business_hours` tool's answer when the fake is scripted so).
+pub async fn with_hours(gw: &Gateway) {
+    gw.update_client(&serde_json::json!({
+        "name": "Bright Smile", "phone_numbers": [CLIENT_NUMBER],
+        "instructions": "You are the receptionist of a dental practice.",
+        "greeting": "Thanks for calling Bright Smile Dental!", "voice": "marin",
+        "greeting_mode": "generated", "timezone": "America/New_York",
+        "business_hours": {"mon": [["09:00", "17:00"]]},
+    }))
+    .await;
+}
+
 /// Starts a gateway (SQLite) against a fake Realtime server configured by `fake`.
 pub async fn gateway(fake: sim::realtime::FakeConfig, extra_toml: &str) -> Gateway {
     gateway_on(Backend::Sqlite, fake, extra_toml).await
