@@ -122,11 +122,6 @@ impl Traces {
         })
     }
 
-    /// Whether traces are exported.
-    pub fn on(&self) -> bool {
-        self.inner.is_some()
-    }
-
     /// A call's trace, its `call` span started at `start` (None when traces are off).
     pub fn call(
         &self,
@@ -213,14 +208,8 @@ impl CallTrace {
         attrs.push(kv);
     }
 
-    /// A child span `name` from `start` to `end`, with `extra` attributes.
-    pub fn span(
-        &self,
-        name: &'static str,
-        start: SystemTime,
-        end: SystemTime,
-        extra: Vec<KeyValue>,
-    ) {
+    /// A child span `name` from `start` to now, with `extra` attributes.
+    pub fn span(&self, name: &'static str, start: SystemTime, extra: Vec<KeyValue>) {
         let mut attrs = self
             .0
             .attrs
@@ -236,7 +225,7 @@ impl CallTrace {
             .with_start_time(start)
             .with_attributes(attrs)
             .start_with_context(&self.0.tracer, &self.0.cx);
-        span.end_with_timestamp(end.max(start));
+        span.end_with_timestamp(SystemTime::now().max(start));
     }
 
     /// The `call` span ends (the call is over), with `end_reason`.

@@ -420,7 +420,7 @@ async fn run(state: AppState, socket: WebSocket) {
     // The tools the model called, running off the relay path (task id → call id).
     let mut tool_tasks: JoinSet<(String, ToolResult)> = JoinSet::new();
     let mut tool_ids: HashMap<tokio::task::Id, String> = HashMap::new();
-    // When each running tool started, and its name (for its trace span).
+    // When each running tool started, and its name (for its trace span; kept only when traced).
     let mut tool_started: HashMap<String, (String, std::time::SystemTime)> = HashMap::new();
     let tool_limit = Duration::from_millis(state.settings.call.tool_timeout_ms);
     // Cancelled when this loop ends (and on shutdown): an attach still running opens nothing new.
@@ -524,7 +524,7 @@ async fn run(state: AppState, socket: WebSocket) {
                 }
                 Output::FirstAudio { path, elapsed } => {
                     metrics.observe_first_audio(path.as_str(), elapsed.as_secs_f64());
-                    publish(&state, known.as_deref(), &call, || Kind::Latency {
+                    publish(&state, known.as_deref(), || Kind::Latency {
                         metric: "time_to_first_audio".into(),
                         ms: elapsed.as_secs_f64() * 1000.0,
                     });
@@ -550,14 +550,13 @@ async fn run(state: AppState, socket: WebSocket) {
                         t.span(
                             "turn",
                             crate::traces::ago(d),
-                            std::time::SystemTime::now(),
                             vec![opentelemetry::KeyValue::new(
                                 "response_latency_ms",
                                 d.as_secs_f64() * 1000.0,
                             )],
                         );
                     }
-                    publish(&state, known.as_deref(), &call, || Kind::Latency {
+                    publish(&state, known.as_deref(), || Kind::Latency {
                         metric: "response".into(),
                         ms: d.as_secs_f64() * 1000.0,
                     });
@@ -574,7 +573,7 @@ async fn run(state: AppState, socket: WebSocket) {
                             text,
                         }
                     };
-                    publish(&state, known.as_deref(), &call, || kind);
+                    publish(&state, known.as_deref(), || kind);
                 }
                 Output::Reconnect {
                     attempt,
@@ -629,7 +628,7 @@ async fn run(state: AppState, socket: WebSocket) {
                         continue;
                     };
                     tracing::info!(call_sid = %ctx.call_sid, tool = %tool.name.chars().take(64).collect::<String>(), "running tool");
-                    publish(&state, Some(&ctx), &call, || Kind::ToolCall {
+                    publish(&state, Some(&ctx), || Kind::ToolCall {
                         call_id: tool.call_id.clone(),
                         name: tool.name.chars().take(64).collect(),
                         arguments: tool.arguments.clone(),
@@ -641,13 +640,15 @@ async fn run(state: AppState, socket: WebSocket) {
                         settings: state.settings.tools.clone(),
                     };
                     let call_id = tool.call_id.clone();
-                    tool_started.insert(
-                        call_id.clone(),
-                        (
-                            tool.name.chars().take(64).collect::<String>(),
-                            std::time::SystemTime::now(),
-                        ),
-                    );
+                    if env.context.trace.is_some() {
+                        tool_started.insert(
+                            call_id.clone(),
+                            (
+                                tool.name.chars().take(64).collect::<String>(),
+                                std::time::SystemTime::now(),
+                            ),
+                        );
+                    }
                     let handle = tool_tasks.spawn(run_tool(env, tool, tool_limit));
                     tool_ids.insert(handle.id(), call_id);
                 }
@@ -674,7 +675,7 @@ async fn run(state: AppState, socket: WebSocket) {
                         call_sid = sid(&call),
                         "barge-in: cleared Twilio, cancelled and truncated"
                     );
-                    publish(&state, known.as_deref(), &call, || Kind::BargeIn {});
+                    publish(&state, known.as_deref(), || Kind::BargeIn {});
                 }
                 Output::HeldAudioDropped => {
                     counters.dropped_inbound.inc();
@@ -854,7 +855,6 @@ async fn run(state: AppState, socket: WebSocket) {
                             t.span(
                                 "claim",
                                 crate::traces::ago(claimed_for),
-                                std::time::SystemTime::now(),
                                 vec![opentelemetry::KeyValue::new("path", path.as_str())],
                             );
                         }
@@ -915,14 +915,13 @@ async fn run(state: AppState, socket: WebSocket) {
                     t.span(
                         "tool",
                         started,
-                        std::time::SystemTime::now(),
                         vec![
                             opentelemetry::KeyValue::new("tool", name),
                             opentelemetry::KeyValue::new("ok", !result.is_error()),
                         ],
                     );
                 }
-                publish(&state, known.as_deref(), &call, || Kind::ToolResult {
+                publish(&state, known.as_deref(), || Kind::ToolResult {
                     call_id: call_id.clone(),
                     ok: !result.is_error(),
                 });
@@ -963,16 +962,10 @@ async fn run(state: AppState, socket: WebSocket) {
             if let Some(t) = &ctx.trace {
                 t.end(o.end_reason.code());
             }
-            if state.events.active() {
-                state.events.publish(
-                    ctx.call_sid.as_str(),
-                    Some(ctx.client_id),
-                    Kind::CallEnded {
-                        end_reason: o.end_reason.describe(),
-                        duration_ms: o.duration().as_millis() as u64,
-                    },
-                );
-            }
+            publish(&state, Some(ctx), || Kind::CallEnded {
+                end_reason: o.end_reason.describe(),
+                duration_ms: o.duration().as_millis() as u64,
+            });
             tracing::info!(
                 call_sid = %ctx.call_sid,
                 end_reason = %o.end_reason.describe(),
@@ -1041,21 +1034,21 @@ fn begin(state: &AppState, call: &mut Call, ctx: &CallContext, now: Instant, pat
     if let Some(t) = &ctx.trace {
         t.set_path(path.as_str());
     }
-    publish(state, Some(ctx), call, || Kind::CallStarted {
+    publish(state, Some(ctx), || Kind::CallStarted {
         path: path.as_str().into(),
         engine: ctx.profile.engine.as_str().into(),
     });
     play_cached(state, call, ctx, now, path);
 }
 
-/// Publishes a live event of this call (README.md, "Live events"); nothing when no one
-/// subscribes.
-fn publish(state: &AppState, ctx: Option<&CallContext>, call: &Call, kind: impl FnOnce() -> Kind) {
-    if !state.events.active() {
-        return;
+/// Publishes a live event of this call once its context is known (README.md, "Live events");
+/// nothing is built when no one subscribes.
+fn publish(state: &AppState, ctx: Option<&CallContext>, kind: impl FnOnce() -> Kind) {
+    if let Some(c) = ctx {
+        state
+            .events
+            .publish(c.call_sid.as_str(), Some(c.client_id), kind);
     }
-    let sid = ctx.map_or_else(|| sid(call), |c| c.call_sid.as_str());
-    state.events.publish(sid, ctx.map(|c| c.client_id), kind());
 }
 
 fn play_cached(state: &AppState, call: &mut Call, ctx: &CallContext, now: Instant, path: CallPath) {

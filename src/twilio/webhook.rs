@@ -475,7 +475,6 @@ async fn answer(
                 t.span(
                     "prewarm",
                     begun_at,
-                    std::time::SystemTime::now(),
                     vec![opentelemetry::KeyValue::new("ready", ready)],
                 );
             }
@@ -524,21 +523,16 @@ async fn answer(
         t.span(
             "webhook",
             arrived.into(),
-            std::time::SystemTime::now(),
             vec![opentelemetry::KeyValue::new("outcome", outcome)],
         );
     }
-    if state.events.active() {
-        state.events.publish(
-            sid.as_str(),
-            Some(client.id()),
-            crate::events::Kind::CallRinging {
-                from: req.from.clone(),
-                to: to.to_string(),
-                warm: outcome != "cold",
-            },
-        );
-    }
+    state.events.publish(sid.as_str(), Some(client.id()), || {
+        crate::events::Kind::CallRinging {
+            from: req.from.clone(),
+            to: to.to_string(),
+            warm: outcome != "cold",
+        }
+    });
     (outcome, body)
 }
 
