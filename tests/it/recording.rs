@@ -814,6 +814,11 @@ async fn a_storage_outage_during_a_call_is_survived_and_the_recording_stored_fro
             .status,
         "pending"
     );
+    // The gauge is set at the end of each pass over the spool (the deleted one gone from it).
+    eventually("one pending", || {
+        gw.metric("warmline_recordings_pending") == 1.0
+    })
+    .await;
     assert_eq!(gw.metric("warmline_recordings_pending"), 1.0);
 
     // The store is back: the spooled recording reaches it, the deleted one does not.
