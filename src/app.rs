@@ -80,6 +80,8 @@ pub struct AppState {
     pub events: Arc<crate::events::Events>,
     /// Call traces over OTLP (README.md, "Traces").
     pub traces: Arc<crate::traces::Traces>,
+    /// Recent failed console log-ins, for their delay (`crate::accounts`).
+    pub logins: Arc<crate::accounts::LoginThrottle>,
 }
 
 impl AppState {
@@ -189,6 +191,7 @@ impl AppState {
             settings.recording.retention_days,
             shutdown.clone(),
         ));
+        background.spawn(crate::console::sweep_sessions(db.clone(), shutdown.clone()));
         background.close();
         let settings_limits = settings.limits.clone();
         let settings_events_queue = settings.admin.events_queue;
@@ -214,6 +217,7 @@ impl AppState {
             recorder,
             events: Arc::new(crate::events::Events::new(settings_events_queue)),
             traces,
+            logins: Arc::default(),
         })
     }
 }
@@ -309,7 +313,8 @@ fn build(state: AppState, twilio: bool, admin: bool) -> Router {
     if admin {
         r = r
             .merge(crate::ops::metrics_router())
-            .merge(crate::admin::router(&state));
+            .merge(crate::admin::router(&state))
+            .merge(crate::console::router(&state));
     }
     if twilio {
         r = r.merge(crate::twilio::webhook::router());

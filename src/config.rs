@@ -429,6 +429,11 @@ pub struct AdminSettings {
     pub allow_short_token: bool,
     /// Live events one `/events` subscriber may have waiting (16–65536); beyond, it is cut.
     pub events_queue: usize,
+    /// How long a console log-in lasts (1–720 hours; README "Accounts").
+    pub session_hours: u64,
+    /// Mark the console's cookies `Secure` (behind https). Also set for a request whose
+    /// `X-Forwarded-Proto` is `https`.
+    pub secure_cookie: bool,
 }
 
 /// The shortest `admin.token` accepted (a guessable token opens every business's data).
@@ -670,6 +675,9 @@ impl Settings {
                 "telemetry.otlp_endpoint",
                 "must be an https:// or http:// URL without credentials, query or fragment",
             );
+        }
+        if !(1..=720).contains(&self.admin.session_hours) {
+            return invalid("admin.session_hours", "must be 1 to 720");
         }
         if !(16..=65536).contains(&self.admin.events_queue) {
             return invalid("admin.events_queue", "must be 16 to 65536");
@@ -938,7 +946,7 @@ impl Settings {
              [openai]\napi_key = {}\nrealtime_url = {}\nmodel = {}\ntranscription_model = {}\nconnect_timeout_ms = {}\nbase_url = {}\nsummary_model = {}\nlive_url = {}\nlive_model = {}\nlive_delegation_model = {}\n\n\
              [prewarm]\npolicy = {}\nring_min_ms = {}\nring_max_ms = {}\nttl_secs = {}\nmax_sessions = {}\ngreeting_buffer_bytes = {}\n\n\
              [call]\nmax_duration_secs = {}\noutbound_queue_frames = {}\ntool_timeout_ms = {}\nrealtime_reconnects = {}\nsession_renew_secs = {}\nstart_timeout_secs = {}\nmedia_timeout_secs = {}\nrealtime_ping_secs = {}\nrealtime_silence_secs = {}\n\n\
-             [admin]\ntoken = {}\nallow_short_token = {}\nevents_queue = {}\n\n[log]\nformat = {}\nlevel = {}\n\n\
+             [admin]\ntoken = {}\nallow_short_token = {}\nevents_queue = {}\nsession_hours = {}\nsecure_cookie = {}\n\n[log]\nformat = {}\nlevel = {}\n\n\
              [telemetry]\notlp_endpoint = {}\n",
             q(s.public_url.as_str()),
             q(&s.server.listen.to_string()),
@@ -984,6 +992,8 @@ impl Settings {
             q(s.admin.token.redacted()),
             s.admin.allow_short_token,
             s.admin.events_queue,
+            s.admin.session_hours,
+            s.admin.secure_cookie,
             q(match s.log.format {
                 LogFormat::Pretty => "pretty",
                 LogFormat::Json => "json",

@@ -144,12 +144,18 @@ pub struct Filter {
     pub call_sid: Option<String>,
     /// Only this client's calls.
     pub client_id: Option<ClientId>,
+    /// Only the calls of these clients (an operator's: `crate::accounts`); `None`: any.
+    pub within: Option<Arc<[ClientId]>>,
 }
 
 impl Filter {
     fn selects(&self, e: &CallEvent) -> bool {
         self.call_sid.as_deref().is_none_or(|s| s == e.call_sid)
             && self.client_id.is_none_or(|c| e.client_id == Some(c.get()))
+            && self
+                .within
+                .as_ref()
+                .is_none_or(|w| e.client_id.is_some_and(|c| w.iter().any(|x| x.get() == c)))
     }
 }
 
@@ -314,23 +320,34 @@ mod tests {
         let mut all = hub.subscribe(Filter::default());
         let mut one = hub.subscribe(Filter {
             call_sid: Some("CA2".into()),
-            client_id: None,
+            ..Default::default()
         });
         let mut client = hub.subscribe(Filter {
-            call_sid: None,
             client_id: Some(ClientId::new(5)),
+            ..Default::default()
         });
-        assert_eq!(hub.subscribers(), 3);
+        // An operator given clients 6 and 7, following everything it may see.
+        let mut operator = hub.subscribe(Filter {
+            within: Some(Arc::from(vec![ClientId::new(6), ClientId::new(7)])),
+            ..Default::default()
+        });
+        assert_eq!(hub.subscribers(), 4);
         hub.publish("CA1", Some(ClientId::new(5)), || done("a"));
         hub.publish("CA2", Some(ClientId::new(6)), || done("b"));
+        hub.publish("CA3", None, || done("c"));
         let seqs = |s: &mut Subscription| {
             std::iter::from_fn(|| s.try_recv())
                 .map(|e| (e.seq, e.call_sid.clone()))
                 .collect::<Vec<_>>()
         };
-        assert_eq!(seqs(&mut all), vec![(1, "CA1".into()), (2, "CA2".into())]);
+        assert_eq!(
+            seqs(&mut all),
+            vec![(1, "CA1".into()), (2, "CA2".into()), (3, "CA3".into())]
+        );
         assert_eq!(seqs(&mut one), vec![(2, "CA2".into())]);
         assert_eq!(seqs(&mut client), vec![(1, "CA1".into())]);
+        assert_eq!(seqs(&mut operator), vec![(2, "CA2".into())]);
+        drop(operator);
         // A subscriber that went away is forgotten at the next event.
         drop(one);
         hub.publish("CA1", None, || done("c"));

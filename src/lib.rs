@@ -37,10 +37,12 @@
 //!   (cargo feature `sim`, on by default).
 #![warn(missing_docs)]
 
+pub mod accounts;
 pub mod admin;
 pub mod app;
 pub mod bridge;
 pub mod config;
+pub mod console;
 #[cfg(feature = "sim")]
 pub mod demo;
 pub mod domain;
@@ -64,8 +66,11 @@ pub mod post_call;
 mod props;
 pub mod realtime;
 pub mod recording;
+#[cfg(feature = "sim")]
+pub mod sandbox;
 pub mod store;
 pub mod telemetry;
+pub mod timeline;
 pub mod tools;
 pub mod traces;
 pub mod twilio;

@@ -40,6 +40,11 @@ enum Command {
         #[command(subcommand)]
         action: Option<MigrateAction>,
     },
+    /// Console users and their API tokens (README "Accounts"), in the configured database.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
     /// Print the effective settings (secrets redacted); exit non-zero if they are invalid.
     CheckConfig,
     /// Print the admin API's OpenAPI document (JSON), as `GET /admin/api/v1/openapi.json`
@@ -64,6 +69,20 @@ enum Command {
         /// The voice engine of the demo's business: realtime or live (GPT-Live).
         #[arg(long, default_value = "realtime")]
         engine: warmline::engine::EngineKind,
+    },
+    /// The gateway on --listen with the fake Realtime server and a Twilio simulator driven from
+    /// standard input (`call FROM TO`, `quit`): for trying the console, and its browser test.
+    #[cfg(feature = "sim")]
+    Sandbox {
+        /// Where the gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+        /// Database and recordings here (default: a temporary directory, removed at the end).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Create this admin user (password from WARMLINE_SANDBOX_PASSWORD, else printed).
+        #[arg(long, value_name = "EMAIL")]
+        admin: Option<String>,
     },
     /// Benchmark: N concurrent simulated calls against a gateway child process, reporting time
     /// to first audio, relay delay, frames lost, CPU and memory per call, webhook deadline.
@@ -160,6 +179,56 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum UserAction {
+    /// Create a user. Its password is generated and printed once, unless --password-stdin.
+    Add {
+        /// admin (everything) or operator (only its --client clients).
+        #[arg(long)]
+        role: warmline::accounts::Role,
+        /// A client the operator is given (repeat for several).
+        #[arg(long = "client", value_name = "ID")]
+        clients: Vec<i32>,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// The log-in name.
+        email: String,
+    },
+    /// List users, their roles and clients.
+    List,
+    /// Set a user's password (generated and printed once, unless --password-stdin); ends the
+    /// user's console sessions.
+    Password {
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// The user.
+        email: String,
+    },
+    /// Replace the clients an operator is given.
+    Clients {
+        /// A client (repeat for several; none: no client).
+        #[arg(long = "client", value_name = "ID")]
+        clients: Vec<i32>,
+        /// The user.
+        email: String,
+    },
+    /// Create an API token for a user (its role and clients); printed once.
+    Token {
+        /// What it is for.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// The user.
+        email: String,
+    },
+    /// Delete a user with its sessions and API tokens.
+    Remove {
+        /// The user.
+        email: String,
+    },
+}
+
 #[derive(Subcommand, Clone, Copy)]
 enum MigrateAction {
     /// Apply every pending migration (the default).
@@ -171,7 +240,7 @@ enum MigrateAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     #[cfg(feature = "sim")]
-    if let Command::Demo { .. } | Command::Loadgen { .. } = &cli.command {
+    if let Command::Demo { .. } | Command::Loadgen { .. } | Command::Sandbox { .. } = &cli.command {
         // The demo and the load generator build their own settings: nothing outside this
         // machine is needed.
         telemetry::init(&warmline::config::LogSettings {
@@ -275,14 +344,126 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::User { action } => {
+            let db = store::connect(&settings.database).await?;
+            // As `serve` does: a first user can be made before the first start.
+            store::migrate(&db).await?;
+            user(&db, action).await
+        }
         Command::CheckConfig | Command::Openapi | Command::Healthcheck { .. } => {
             unreachable!("handled before the runtime starts")
         }
         #[cfg(feature = "sim")]
-        Command::Demo { .. } | Command::Loadgen { .. } => {
+        Command::Demo { .. } | Command::Loadgen { .. } | Command::Sandbox { .. } => {
             unreachable!("handled before the runtime starts")
         }
     }
+}
+
+/// `warmline user …`.
+async fn user(db: &sea_orm::DatabaseConnection, action: UserAction) -> anyhow::Result<()> {
+    use warmline::{admin::users as api, domain::ClientId, store::users};
+    let read_password = |from_stdin: bool| -> anyhow::Result<Option<String>> {
+        if !from_stdin {
+            return Ok(None);
+        }
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        let p = line.trim_end_matches(['\r', '\n']).to_string();
+        warmline::accounts::check_password(&p).map_err(anyhow::Error::msg)?;
+        Ok(Some(p))
+    };
+    let find = |email: String| async move {
+        let e = warmline::accounts::normalize_email(&email).map_err(anyhow::Error::msg)?;
+        users::by_email(db, &e)
+            .await?
+            .map(|(a, _)| a)
+            .with_context(|| format!("no user {e}"))
+    };
+    let ids = |v: Vec<i32>| v.into_iter().map(ClientId::new).collect::<Vec<_>>();
+    match action {
+        UserAction::Add {
+            role,
+            clients,
+            password_stdin,
+            email,
+        } => {
+            let password = read_password(password_stdin)?;
+            let (account, generated) =
+                api::add_user(db, &email, role.as_str(), &ids(clients), password)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "user {} created: {} (id {}), clients {:?}",
+                account.email,
+                account.role,
+                account.id,
+                account.clients.iter().map(|c| c.get()).collect::<Vec<_>>()
+            );
+            if let Some(p) = generated {
+                println!("password (shown once): {p}");
+            }
+        }
+        UserAction::List => {
+            for a in users::list_users(db).await? {
+                let clients: Vec<i32> = a.clients.iter().map(|c| c.get()).collect();
+                println!("{}\t{}\t{}\tclients {clients:?}", a.id, a.email, a.role);
+            }
+        }
+        UserAction::Password {
+            password_stdin,
+            email,
+        } => {
+            let account = find(email).await?;
+            let (password, generated) = match read_password(password_stdin)? {
+                Some(p) => (p, None),
+                None => {
+                    let p = warmline::accounts::new_token("");
+                    (p.clone(), Some(p))
+                }
+            };
+            let hash = api::hash_off_runtime(password)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            users::set_password(db, account.id, &hash).await?;
+            println!("password of {} changed; its sessions ended", account.email);
+            if let Some(p) = generated {
+                println!("password (shown once): {p}");
+            }
+        }
+        UserAction::Clients { clients, email } => {
+            let account = find(email).await?;
+            let ids = ids(clients);
+            for &id in &ids {
+                anyhow::ensure!(
+                    warmline::store::clients::exists(db, id).await?,
+                    "no client {}",
+                    id.get()
+                );
+            }
+            let a = users::set_clients(db, account.id, &ids).await?;
+            let clients: Vec<i32> = a.clients.iter().map(|c| c.get()).collect();
+            println!("{} is given clients {clients:?}", a.email);
+        }
+        UserAction::Token { name, email } => {
+            let account = find(email).await?;
+            let t = api::new_api_token(db, account.id, &name)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "API token {:?} of {} (shown once): {}",
+                t.name, account.email, t.token
+            );
+        }
+        UserAction::Remove { email } => {
+            let account = find(email).await?;
+            users::delete_user(db, account.id).await?;
+            println!("user {} deleted", account.email);
+        }
+    }
+    Ok(())
 }
 
 /// The base URL `warmline healthcheck` asks: `url`, else `http://<listen>` (an unspecified
@@ -325,6 +506,9 @@ async fn healthcheck(base: &str) -> anyhow::Result<()> {
 #[cfg(feature = "sim")]
 async fn tools(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Sandbox { listen, dir, admin } => {
+            warmline::sandbox::run(warmline::sandbox::SandboxOptions { listen, dir, admin }).await
+        }
         Command::Demo { out, engine } => {
             warmline::demo::run(warmline::demo::DemoOptions {
                 out_dir: out,

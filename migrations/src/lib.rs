@@ -15,6 +15,7 @@ mod m20261130_000001_call_claims;
 mod m20261130_000002_greetings;
 mod m20261130_000003_engine;
 mod m20261130_000004_recordings;
+mod m20261130_000005_accounts;
 
 /// The ordered list of warmline migrations.
 pub struct Migrator;
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000002_greetings::Migration),
             Box::new(m20261130_000003_engine::Migration),
             Box::new(m20261130_000004_recordings::Migration),
+            Box::new(m20261130_000005_accounts::Migration),
         ]
     }
 }

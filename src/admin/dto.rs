@@ -584,6 +584,10 @@ pub struct CallOut {
     /// The call's recording (only on GET /calls/{call_sid}, for a recorded call).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recording: Option<super::recording::RecordingOut>,
+    /// What happened when (only on GET /calls/{call_sid}): pre-warm, claim, first audio, each
+    /// turn's response latency, barge-ins, tool calls, reconnects, the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<Vec<crate::timeline::Entry>>,
 }
 
 /// Where a call's post-call job stands.
@@ -654,6 +658,7 @@ impl TryFrom<call::Model> for CallOut {
                 .and_then(|r| serde_json::from_str(r).ok()),
             post_call: None,
             recording: None,
+            timeline: None,
         })
     }
 }

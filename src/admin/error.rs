@@ -23,7 +23,8 @@ pub struct ErrorBody {
 /// An error's code and message.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// Stable, for programs: `invalid_json`, `invalid_path`, `unauthorized`, `rate_limited`,
+    /// Stable, for programs: `invalid_json`, `invalid_path`, `unauthorized`, `forbidden`,
+    /// `rate_limited`,
     /// `not_found`, `conflict`, `validation_failed`, `unsupported_media_type`, `unavailable`,
     /// `internal`.
     #[schema(example = "validation_failed")]
@@ -44,6 +45,10 @@ pub enum ApiError {
     /// 401: missing or wrong token.
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// 403: the principal may not do this (an operator creating a client, a session without
+    /// its CSRF token).
+    #[error("{0}")]
+    Forbidden(String),
     /// 429: too many bad tokens from this address (`limits.admin_bad_tokens_per_minute`).
     #[error("too many requests with a bad token from this address; retry later")]
     TooManyRequests,
@@ -68,12 +73,13 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
+    pub(crate) fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::BadJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             Self::BadPath(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),

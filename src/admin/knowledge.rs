@@ -41,11 +41,8 @@ const DEFAULT_SEARCH_LIMIT: usize = 3;
 const MAX_SEARCH_LIMIT: usize = 10;
 
 /// The upload route (`POST /admin/api/v1/clients/{id}/knowledge`) with its own body limit and
-/// the admin token check; empty when `admin.token` is not set.
+/// the admin API's guard.
 pub fn upload_router(state: &AppState) -> Router<AppState> {
-    if state.settings.admin.token.is_empty() {
-        return Router::new();
-    }
     Router::new()
         .route(
             &format!("{BASE}/clients/{{id}}/knowledge"),
@@ -53,7 +50,7 @@ pub fn upload_router(state: &AppState) -> Router<AppState> {
         )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            super::require_token,
+            super::auth::require_auth,
         ))
 }
 

@@ -2,35 +2,34 @@
 //! and FAQs, caller memory (with deletion for privacy requests), calls, and knowledge
 //! documents ([`knowledge`]), the cached greeting ([`greeting`]).
 //!
-//! Invariants: every route but `openapi.json` needs `Authorization: Bearer <admin.token>`,
-//! compared in constant time; with no token configured the routes are not mounted at all. A bad
-//! or missing token is answered late (`limits.admin_bad_token_delay_ms`) and counted per source
-//! address (the TCP peer, never `X-Forwarded-For`); an address over
-//! `limits.admin_bad_tokens_per_minute` gets 429 before its token is even looked at, until the
-//! window allows one more (README.md, "Security").
+//! Invariants: every route but `openapi.json` needs credentials ([`auth`]: `admin.token`, a
+//! user's API token, or a console session with its CSRF token), and a principal sees only the
+//! clients its role allows (`crate::accounts`: an operator gets 404 for any other client, its
+//! calls, recordings and events). Bad or missing credentials are answered late
+//! (`limits.admin_bad_token_delay_ms`) and counted per source address (the TCP peer, never
+//! `X-Forwarded-For`); an address over `limits.admin_bad_tokens_per_minute` gets 429 before its
+//! credentials are even looked at, until the window allows one more (README.md, "Security").
 //! Every error is `{"error":{"code","message"}}` ([`error::ApiError`]).
 
+pub mod auth;
 pub mod dto;
 pub mod error;
 pub mod greeting;
 pub mod knowledge;
 pub mod recording;
+pub mod users;
 
-use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    time::Duration,
-};
+use std::{net::IpAddr, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::{ConnectInfo, Query, Request, State},
+    extract::{Extension, Query, State},
     http::{HeaderValue, StatusCode, header},
-    middleware::{self, Next},
+    middleware,
     response::{IntoResponse, Response},
     routing::get,
 };
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -42,9 +41,9 @@ use self::{
     error::{ApiError, Path, ValidJson},
 };
 use crate::{
+    accounts::Principal,
     app::AppState,
     domain::ClientId,
-    limits::{self, Verdict},
     store::{callers, calls, clients, messages, outbox, post_call},
 };
 
@@ -70,6 +69,7 @@ pub const BASE: &str = "/admin/api/v1";
         (name = "webhooks", description = "Webhook events and their delivery"),
         (name = "knowledge", description = "Knowledge documents and their search"),
         (name = "events", description = "Live call events (Server-Sent Events)"),
+        (name = "users", description = "Console users, their clients and API tokens"),
     )
 )]
 struct ApiDoc;
@@ -106,6 +106,12 @@ fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(knowledge::list_documents))
         .routes(routes!(knowledge::search_knowledge))
         .routes(routes!(knowledge::get_document, knowledge::delete_document))
+        .routes(routes!(users::list_users, users::create_user))
+        .routes(routes!(users::set_user_clients))
+        .routes(routes!(users::delete_user))
+        .routes(routes!(users::create_user_token))
+        .routes(routes!(users::me))
+        .routes(routes!(users::create_my_token))
         .split_for_parts();
     doc.merge(knowledge::UploadDoc::openapi());
     // Paths in the document are the full ones operators call.
@@ -132,7 +138,7 @@ fn finish_document(doc: &mut utoipa::openapi::OpenApi) {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("`admin.token`"))
+                    .description(Some("`admin.token`, or a user's API token (`wl_…`)"))
                     .build(),
             ),
         );
@@ -168,6 +174,7 @@ fn finish_document(doc: &mut utoipa::openapi::OpenApi) {
                         match status.as_str() {
                             "400" => "malformed JSON or path",
                             "404" => "not found",
+                            "403" => "not allowed for this role",
                             "409" => "conflict",
                             "415" => "unsupported content type",
                             "422" => "an invalid field (named in the message)",
@@ -201,6 +208,7 @@ fn tag_of(path: &str) -> &'static str {
     match segments.as_slice() {
         ["calls", ..] => "calls",
         ["events", ..] => "events",
+        ["users", ..] | ["me", ..] => "users",
         ["clients", _, "callers", ..] => "callers",
         ["clients", _, "messages", ..] => "messages",
         ["clients", _, "webhook-deliveries", ..] | ["clients", _, "webhook-secret", ..] => {
@@ -211,14 +219,14 @@ fn tag_of(path: &str) -> &'static str {
     }
 }
 
-/// The admin routes; empty when `admin.token` is not set.
+/// The admin routes (every one but the document behind [`auth::require_auth`]).
 pub fn router(state: &AppState) -> Router<AppState> {
-    if state.settings.admin.token.is_empty() {
-        return Router::new();
-    }
     let (api, doc) = routes_and_document();
     let doc_json = doc.to_pretty_json().unwrap_or_else(|_| "{}".into());
-    let api = api.layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let api = api.layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_auth,
+    ));
     Router::new()
         .route(
             &format!("{BASE}/openapi.json"),
@@ -227,42 +235,14 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .nest(BASE, api)
 }
 
-async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    // The TCP peer (served with `ConnectInfo`, src/app.rs); a router served without it (none
-    // is) would count every request as one address.
-    let source = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| limits::source_key(*addr))
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let guard = state.limits.admin_bad_tokens.as_ref();
-    // Locked out: refused whatever the token, or guessing would go on at full speed with
-    // the right guess told apart by its answer.
-    if let Some(retry_after) = guard.and_then(|g| g.locked(source)) {
-        return too_many(&state, source, retry_after, false);
-    }
-    let expected = state.settings.admin.token.expose().as_bytes();
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or_default()
-        .as_bytes();
-    if given.len() == expected.len() && bool::from(given.ct_eq(expected)) {
-        return next.run(req).await;
-    }
-    if let Some(Verdict::Limited { retry_after }) = guard.map(|g| g.check(source)) {
-        return too_many(&state, source, retry_after, true);
-    }
-    tokio::time::sleep(state.limits.admin_bad_token_delay).await;
-    ApiError::Unauthorized.into_response()
-}
-
 /// 429 with `Retry-After` (whole seconds, at least 1) for an address over its bad-token limit;
 /// logged as a warning when it has just run over (`first`), quietly while it stays locked out.
-fn too_many(state: &AppState, source: IpAddr, retry_after: Duration, first: bool) -> Response {
+pub(crate) fn too_many(
+    state: &AppState,
+    source: IpAddr,
+    retry_after: Duration,
+    first: bool,
+) -> Response {
     state.metrics.inc_rate_limited("admin_bad_token");
     let secs = (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1);
     if first {
@@ -278,26 +258,81 @@ fn too_many(state: &AppState, source: IpAddr, retry_after: Duration, first: bool
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// 403 unless an admin asks.
+fn require_admin(who: &Principal, what: &str) -> ApiResult<()> {
+    if who.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!("only an admin may {what}")))
+    }
+}
+
+/// A call of a client the principal may not see (or of no client, for an operator) is not
+/// found.
+pub(crate) fn call_visible(who: &Principal, client_id: Option<i32>) -> ApiResult<()> {
+    let seen = match client_id {
+        Some(id) => who.can_see(ClientId::new(id)),
+        None => who.is_admin(),
+    };
+    if seen {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound("call"))
+    }
+}
+
 /// List clients.
 #[utoipa::path(get, path = "/clients", responses((status = 200, body = Vec<ClientOut>)))]
-async fn list_clients(State(s): State<AppState>) -> ApiResult<Json<Vec<ClientOut>>> {
+async fn list_clients(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Json<Vec<ClientOut>>> {
     let all = clients::list_clients(&s.db).await?;
-    Ok(Json(all.into_iter().map(ClientOut::from).collect()))
+    Ok(Json(
+        all.into_iter()
+            .filter(|c| who.can_see(c.id()))
+            .map(ClientOut::from)
+            .collect(),
+    ))
 }
 
 /// Create a client with its numbers and FAQs.
 #[utoipa::path(post, path = "/clients", request_body = ClientIn,
-    responses((status = 201, body = ClientOut), (status = 409), (status = 422)))]
+    responses((status = 201, body = ClientOut), (status = 403, description = "operators cannot create clients"), (status = 409), (status = 422)))]
 async fn create_client(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     ValidJson(body): ValidJson<ClientIn>,
 ) -> ApiResult<(StatusCode, Json<ClientOut>)> {
+    require_admin(&who, "create clients")?;
+    let created = save_client(&s, &who, None, body).await?;
+    Ok((StatusCode::CREATED, Json(created.into())))
+}
+
+/// Validates a client's fields and creates it (`id` none) or replaces them: the API's and the
+/// console's one way to save a client, with the same checks and messages.
+pub(crate) async fn save_client(
+    s: &AppState,
+    who: &Principal,
+    id: Option<ClientId>,
+    body: ClientIn,
+) -> ApiResult<clients::ClientProfile> {
     let input = body.validate()?;
     dto::webhook_url_allowed(&input, s.settings.webhooks.allow_http)?;
     dto::http_tools_allowed(&input, &s.settings.tools)?;
-    let created = clients::create_client(&s.db, &input).await?;
-    tracing::info!(client_id = created.client.id, name = %created.client.name, "client created");
-    Ok((StatusCode::CREATED, Json(created.into())))
+    match id {
+        None => {
+            let created = clients::create_client(&s.db, &input).await?;
+            tracing::info!(client_id = created.client.id, name = %created.client.name, by = who.who(), "client created");
+            Ok(created)
+        }
+        Some(id) => {
+            let updated = clients::update_client(&s.db, id, &input).await?;
+            s.recent.forget_client(id);
+            tracing::info!(client_id = id.get(), by = who.who(), "client changed");
+            Ok(updated)
+        }
+    }
 }
 
 /// Get a client.
@@ -316,30 +351,34 @@ async fn get_client(
     responses((status = 200, body = ClientOut), (status = 404), (status = 409), (status = 422)))]
 async fn replace_client(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<ClientId>,
     ValidJson(body): ValidJson<ClientIn>,
 ) -> ApiResult<Json<ClientOut>> {
-    let input = body.validate()?;
-    dto::webhook_url_allowed(&input, s.settings.webhooks.allow_http)?;
-    dto::http_tools_allowed(&input, &s.settings.tools)?;
-    let updated = clients::update_client(&s.db, id, &input).await?;
-    s.recent.forget_client(id);
-    Ok(Json(updated.into()))
+    Ok(Json(save_client(&s, &who, Some(id), body).await?.into()))
 }
 
 /// Delete a client.
 #[utoipa::path(delete, path = "/clients/{id}",
-    params(("id" = i32, Path)), responses((status = 204), (status = 404)))]
+    params(("id" = i32, Path)), responses((status = 204), (status = 403, description = "operators cannot delete clients"), (status = 404)))]
 async fn delete_client(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<ClientId>,
 ) -> ApiResult<StatusCode> {
+    require_admin(&who, "delete clients")?;
     clients::delete_client(&s.db, id).await?;
+    crate::store::users::forget_client(&s.db, id).await?;
     s.recent.forget_client(id);
     // Its recordings go with it (rows, then files).
     let paths = crate::store::recordings::delete_for_client(&s.db, id).await?;
     let removed = s.recorder.remove_files(&paths).await;
-    tracing::info!(client_id = id.get(), recordings = removed, "client deleted");
+    tracing::info!(
+        client_id = id.get(),
+        recordings = removed,
+        by = who.who(),
+        "client deleted"
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -482,10 +521,17 @@ async fn delete_caller(
     State(s): State<AppState>,
     Path((id, phone)): Path<(ClientId, String)>,
 ) -> ApiResult<StatusCode> {
+    erase_caller(&s, id, &phone).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Erases what a client keeps of a caller: the recordings of their calls, their memory and
+/// transcripts (the API's and the console's privacy delete). 404 when nothing was kept.
+pub(crate) async fn erase_caller(s: &AppState, id: ClientId, phone: &str) -> ApiResult<()> {
     // The recordings of the caller's calls first: the call rows they are found by stay.
-    let paths = crate::store::recordings::delete_for_caller(&s.db, id, &phone).await?;
+    let paths = crate::store::recordings::delete_for_caller(&s.db, id, phone).await?;
     let removed = s.recorder.remove_files(&paths).await;
-    match callers::delete_caller(&s.db, id, &phone).await {
+    match callers::delete_caller(&s.db, id, phone).await {
         Err(crate::store::StoreError::NotFound(_)) if removed > 0 => {}
         other => other?,
     }
@@ -494,7 +540,7 @@ async fn delete_caller(
         recordings = removed,
         "caller memory, transcripts and recordings erased on request"
     );
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 /// Filters for `GET /events`.
@@ -516,6 +562,7 @@ struct EventsQuery {
         (status = 404, description = "no such client"), (status = 422, description = "a bad filter")))]
 async fn events(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -528,11 +575,15 @@ async fn events(
         ));
     }
     if let Some(id) = q.client_id {
+        if !who.can_see(id) {
+            return Err(ApiError::NotFound("client"));
+        }
         clients::get_client(&s.db, id).await?;
     }
     let sub = s.events.subscribe(crate::events::Filter {
         call_sid: q.call_sid,
         client_id: q.client_id,
+        within: who.visible().map(std::sync::Arc::from),
     });
     tracing::info!(
         subscribers = s.events.subscribers(),
@@ -590,11 +641,20 @@ struct CallsQuery {
 #[utoipa::path(get, path = "/calls", params(CallsQuery), responses((status = 200, body = Vec<CallOut>)))]
 async fn list_calls(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     query: Result<Query<CallsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Vec<CallOut>>> {
     let Query(q) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let rows = calls::list_calls(&s.db, q.client_id, q.before, limit).await?;
+    if q.client_id.is_some_and(|id| !who.can_see(id)) {
+        return Err(ApiError::NotFound("client"));
+    }
+    let filter = calls::CallFilter {
+        client_id: q.client_id,
+        within: who.visible().map(<[ClientId]>::to_vec),
+        ..Default::default()
+    };
+    let rows = calls::list_calls_within(&s.db, &filter, q.before, limit).await?;
     let out = rows.into_iter().map(CallOut::try_from);
     Ok(Json(out.collect::<Result<_, _>>()?))
 }
@@ -603,13 +663,17 @@ async fn list_calls(
 #[utoipa::path(get, path = "/calls/{call_sid}", responses((status = 200, body = CallOut), (status = 404)))]
 async fn get_call(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(call_sid): Path<String>,
 ) -> ApiResult<Json<CallOut>> {
     let c = calls::call_by_sid(&s.db, &call_sid)
         .await?
         .ok_or(ApiError::NotFound("call"))?;
+    call_visible(&who, c.call.client_id)?;
     let job = post_call::job_for_call(&s.db, c.call.id).await?;
+    let timeline = crate::timeline::parse(c.call.timeline.as_deref());
     let mut out = CallOut::try_from(c)?;
+    out.timeline = Some(timeline);
     out.post_call = job.map(Into::into);
     out.recording = crate::store::recordings::get(&s.db, &call_sid)
         .await?

@@ -4,7 +4,7 @@
 
 use axum::{
     body::Body,
-    extract::State,
+    extract::{Extension, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -12,7 +12,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, Path};
-use crate::{app::AppState, recording::storage::Fault, store::recordings};
+use crate::{accounts::Principal, app::AppState, recording::storage::Fault, store::recordings};
 
 /// A call's recording, as the call record shows it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -57,12 +57,15 @@ const MAX_RANGE: u64 = 8 << 20;
         (status = 503, description = "the recording store did not answer")))]
 pub async fn get_recording(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(call_sid): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let rec = recordings::get(&s.db, &call_sid)
         .await?
         .ok_or(ApiError::NotFound("recording"))?;
+    super::call_visible(&who, Some(rec.client_id.get()))
+        .map_err(|_| ApiError::NotFound("recording"))?;
     let Some(key) = rec.path.as_deref().filter(|_| rec.status == "ready") else {
         return Err(ApiError::NotFound("recording"));
     };
@@ -150,18 +153,21 @@ pub async fn get_recording(
     responses((status = 204), (status = 404, description = "no recording")))]
 pub async fn delete_recording(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(call_sid): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let rec = recordings::get(&s.db, &call_sid)
         .await?
         .ok_or(ApiError::NotFound("recording"))?;
+    super::call_visible(&who, Some(rec.client_id.get()))
+        .map_err(|_| ApiError::NotFound("recording"))?;
     // The row first: a failure to remove the file then leaves no row pointing at nothing
     // (and the file is retried by nobody: it is logged).
     recordings::delete(&s.db, &call_sid).await?;
     if let Some(key) = rec.path {
         s.recorder.remove_files(&[key]).await;
     }
-    tracing::info!(call_sid, "recording deleted");
+    tracing::info!(call_sid, by = who.who(), "recording deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 

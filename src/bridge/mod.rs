@@ -46,4 +46,6 @@ pub struct CallContext {
     pub greeting: crate::greeting::GreetingPlan,
     /// The call's trace (`telemetry.otlp_endpoint`; none when traces are off).
     pub trace: Option<crate::traces::CallTrace>,
+    /// What happened when, for the console (`crate::timeline`); saved with the call.
+    pub timeline: crate::timeline::Timeline,
 }

@@ -524,6 +524,9 @@ async fn run(state: AppState, socket: WebSocket) {
                 }
                 Output::FirstAudio { path, elapsed } => {
                     metrics.observe_first_audio(path.as_str(), elapsed.as_secs_f64());
+                    note(known.as_deref(), "first_audio", Some(elapsed), || {
+                        path.as_str().into()
+                    });
                     publish(&state, known.as_deref(), || Kind::Latency {
                         metric: "time_to_first_audio".into(),
                         ms: elapsed.as_secs_f64() * 1000.0,
@@ -546,6 +549,7 @@ async fn run(state: AppState, socket: WebSocket) {
                 }
                 Output::ResponseLatency(d) => {
                     metrics.response_latency.observe(d.as_secs_f64());
+                    note(known.as_deref(), "turn", Some(d), String::new);
                     if let Some(t) = known.as_ref().and_then(|c| c.trace.as_ref()) {
                         t.span(
                             "turn",
@@ -586,6 +590,7 @@ async fn run(state: AppState, socket: WebSocket) {
                         reason,
                         "realtime session lost; opening a new one"
                     );
+                    note(known.as_deref(), "reconnect", None, || reason.to_string());
                     // What is left of the old socket is closed off the call's path, ended
                     // properly if it still works (a renewal: GPT-Live's `session.close`).
                     if let Some(mut old) = live.take() {
@@ -628,6 +633,9 @@ async fn run(state: AppState, socket: WebSocket) {
                         continue;
                     };
                     tracing::info!(call_sid = %ctx.call_sid, tool = %tool.name.chars().take(64).collect::<String>(), "running tool");
+                    note(Some(&ctx), "tool", None, || {
+                        tool.name.chars().take(64).collect()
+                    });
                     publish(&state, Some(&ctx), || Kind::ToolCall {
                         call_id: tool.call_id.clone(),
                         name: tool.name.chars().take(64).collect(),
@@ -675,6 +683,7 @@ async fn run(state: AppState, socket: WebSocket) {
                         call_sid = sid(&call),
                         "barge-in: cleared Twilio, cancelled and truncated"
                     );
+                    note(known.as_deref(), "barge_in", None, String::new);
                     publish(&state, known.as_deref(), || Kind::BargeIn {});
                 }
                 Output::HeldAudioDropped => {
@@ -921,6 +930,9 @@ async fn run(state: AppState, socket: WebSocket) {
                         ],
                     );
                 }
+                note(known.as_deref(), "tool_result", None, || {
+                    if result.is_error() { "error" } else { "ok" }.into()
+                });
                 publish(&state, known.as_deref(), || Kind::ToolResult {
                     call_id: call_id.clone(),
                     ok: !result.is_error(),
@@ -962,6 +974,9 @@ async fn run(state: AppState, socket: WebSocket) {
             if let Some(t) = &ctx.trace {
                 t.end(o.end_reason.code());
             }
+            note(Some(ctx), "ended", Some(o.duration()), || {
+                o.end_reason.describe()
+            });
             publish(&state, Some(ctx), || Kind::CallEnded {
                 end_reason: o.end_reason.describe(),
                 duration_ms: o.duration().as_millis() as u64,
@@ -1034,11 +1049,29 @@ fn begin(state: &AppState, call: &mut Call, ctx: &CallContext, now: Instant, pat
     if let Some(t) = &ctx.trace {
         t.set_path(path.as_str());
     }
+    ctx.timeline.note("claim", None, Some(path.as_str().into()));
     publish(state, Some(ctx), || Kind::CallStarted {
         path: path.as_str().into(),
         engine: ctx.profile.engine.as_str().into(),
     });
     play_cached(state, call, ctx, now, path);
+}
+
+/// Notes a moment of the call on its timeline once its context is known (`crate::timeline`).
+fn note(
+    ctx: Option<&CallContext>,
+    what: &str,
+    took: Option<Duration>,
+    detail: impl FnOnce() -> String,
+) {
+    if let Some(c) = ctx {
+        let detail = detail();
+        c.timeline.note(
+            what,
+            took.map(|d| d.as_secs_f64() * 1000.0),
+            (!detail.is_empty()).then_some(detail),
+        );
+    }
 }
 
 /// Publishes a live event of this call once its context is known (README.md, "Live events");
@@ -1308,6 +1341,7 @@ async fn context_from_db(
         trace: state
             .traces
             .call(call_sid.as_str(), client_id, call.started_at.into()),
+        timeline: Default::default(),
     })
 }
 
@@ -1348,6 +1382,7 @@ fn finished(ctx: &CallContext, stream_sid: &StreamSid, o: &CallOutcome) -> Finis
             })
             .collect(),
         remember,
+        timeline: ctx.timeline.to_json(),
     }
 }
 

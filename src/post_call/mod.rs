@@ -118,6 +118,7 @@ mod tests {
             results: None,
             recorded: true,
             caller_trust: None,
+            timeline: None,
         }
     }
 

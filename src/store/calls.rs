@@ -199,6 +199,9 @@ pub struct FinishedCall {
     pub transcript: Vec<TranscriptIn>,
     /// Caller memory to update: (name if learnt, note).
     pub remember: Option<(Option<String>, Option<String>)>,
+    /// What happened when (`crate::timeline`, JSON); absent in spool files written before it.
+    #[serde(default)]
+    pub timeline: Option<String>,
 }
 
 /// Writes the final call record, its transcript and the caller-memory update atomically (no
@@ -261,6 +264,9 @@ pub async fn finish_call_with(
     }
     if let Some(v) = &f.summary {
         q = q.col_expr(call::Column::Summary, Expr::value(v.clone()));
+    }
+    if let Some(v) = &f.timeline {
+        q = q.col_expr(call::Column::Timeline, Expr::value(v.clone()));
     }
     q.exec(&txn).await?;
     let row = call::Entity::find()
@@ -351,9 +357,65 @@ pub async fn list_calls(
     before: Option<DateTime<Utc>>,
     limit: u64,
 ) -> Result<Vec<call::Model>, StoreError> {
+    list_calls_within(
+        db,
+        &CallFilter {
+            client_id,
+            ..Default::default()
+        },
+        before,
+        limit,
+    )
+    .await
+}
+
+/// Which calls [`list_calls_within`] lists.
+#[derive(Debug, Clone, Default)]
+pub struct CallFilter {
+    /// Only this client's.
+    pub client_id: Option<ClientId>,
+    /// Only these clients' (an operator's); `None`: any.
+    pub within: Option<Vec<ClientId>>,
+    /// Only those started on or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Only this path (`warm`, `cold`).
+    pub path: Option<String>,
+    /// Only this end reason (its code: the text up to the first `:` or ` (`).
+    pub end_reason: Option<String>,
+    /// Only calls not ended yet (ringing or talking).
+    pub open: bool,
+}
+
+/// Calls the filter selects, newest first.
+pub async fn list_calls_within(
+    db: &DatabaseConnection,
+    f: &CallFilter,
+    before: Option<DateTime<Utc>>,
+    limit: u64,
+) -> Result<Vec<call::Model>, StoreError> {
     let mut q = call::Entity::find();
-    if let Some(id) = client_id {
+    if let Some(id) = f.client_id {
         q = q.filter(call::Column::ClientId.eq(id));
+    }
+    if let Some(w) = &f.within {
+        q = q.filter(call::Column::ClientId.is_in(w.iter().map(|c| c.get())));
+    }
+    if let Some(s) = f.since {
+        q = q.filter(call::Column::StartedAt.gte(s));
+    }
+    if f.open {
+        q = q.filter(call::Column::EndedAt.is_null());
+    }
+    if let Some(p) = &f.path {
+        q = q.filter(call::Column::Path.eq(p.as_str()));
+    }
+    if let Some(r) = &f.end_reason {
+        q = q.filter(
+            sea_orm::Condition::any()
+                .add(call::Column::EndReason.eq(r.as_str()))
+                .add(call::Column::EndReason.starts_with(format!("{r}:")))
+                .add(call::Column::EndReason.starts_with(format!("{r} ("))),
+        );
     }
     if let Some(b) = before {
         q = q.filter(call::Column::StartedAt.lt(b));

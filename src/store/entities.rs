@@ -235,6 +235,9 @@ pub mod call {
         /// What the caller id was worth (`verified`, `unverified`, `untrusted`), as the voice
         /// webhook judged it.
         pub caller_trust: Option<String>,
+        /// What happened when (JSON list of `crate::timeline::Entry`), written when the call
+        /// ends; NULL for calls from before it was kept.
+        pub timeline: Option<String>,
     }
 
     /// No declared relations.
@@ -453,6 +456,111 @@ pub mod greeting_cache {
         /// `call` (kept from a call's greeting) or `refresh` (generated on request).
         pub source: String,
         /// When it was kept.
+        pub created_at: ChronoDateTimeUtc,
+    }
+
+    /// No declared relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `users`: console accounts and the owners of per-user API tokens (`crate::accounts`).
+pub mod user {
+    use sea_orm::entity::prelude::*;
+
+    /// A user.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "users")]
+    pub struct Model {
+        /// Primary key.
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        /// Log-in name, lower case, unique.
+        pub email: String,
+        /// Argon2id PHC string.
+        pub password_hash: String,
+        /// `admin` or `operator`.
+        pub role: String,
+        /// Created.
+        pub created_at: ChronoDateTimeUtc,
+    }
+
+    /// No declared relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `user_clients`: the clients an operator is given.
+pub mod user_client {
+    use sea_orm::entity::prelude::*;
+
+    /// One grant.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "user_clients")]
+    pub struct Model {
+        /// The user.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user_id: i32,
+        /// The client.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub client_id: i32,
+    }
+
+    /// No declared relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `user_sessions`: console log-ins.
+pub mod user_session {
+    use sea_orm::entity::prelude::*;
+
+    /// A session.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "user_sessions")]
+    pub struct Model {
+        /// SHA-256 (hex) of the cookie's token.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub token_hash: String,
+        /// Whose.
+        pub user_id: i32,
+        /// The CSRF token of its forms.
+        pub csrf: String,
+        /// Logged in.
+        pub created_at: ChronoDateTimeUtc,
+        /// No longer valid from.
+        pub expires_at: ChronoDateTimeUtc,
+    }
+
+    /// No declared relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `api_tokens`: per-user bearer tokens for the admin API.
+pub mod api_token {
+    use sea_orm::entity::prelude::*;
+
+    /// A token.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "api_tokens")]
+    pub struct Model {
+        /// SHA-256 (hex) of the token.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub token_hash: String,
+        /// Whose: the token has this user's role and clients.
+        pub user_id: i32,
+        /// What it is for (the operator's label).
+        pub name: String,
+        /// Created.
         pub created_at: ChronoDateTimeUtc,
     }
 

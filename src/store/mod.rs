@@ -29,6 +29,7 @@ pub mod post_call;
 pub mod recent;
 pub mod recordings;
 pub mod spool;
+pub mod users;
 pub mod writer;
 
 use std::time::Duration;

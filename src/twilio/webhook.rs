@@ -436,8 +436,10 @@ async fn answer(
         live_slot,
         greeting: plan.clone(),
         trace: state.traces.call(sid.as_str(), client.id(), arrived.into()),
+        timeline: Default::default(),
     };
     let trace = ctx.trace.clone();
+    let timeline = ctx.timeline.clone();
     let begun_at = std::time::SystemTime::now();
     let begun = state
         .registry
@@ -466,11 +468,21 @@ async fn answer(
         // The cached greeting plays at stream start: nothing to wait for; the session opens
         // and is configured behind it.
         Begun::Warm(_) | Begun::Retry(Some(_)) if plan.cached().is_some() => {
+            timeline.note(
+                "prewarm",
+                None,
+                Some("cached greeting; the session opens behind it".into()),
+            );
             tokio::time::sleep_until(min_at.min(deadline)).await;
             "cached"
         }
         Begun::Warm(rx) | Begun::Retry(Some(rx)) => {
             let ready = wait_ready(rx, deadline).await;
+            timeline.note(
+                "prewarm",
+                begun_at.elapsed().ok().map(|d| d.as_secs_f64() * 1000.0),
+                Some(if ready { "ready" } else { "not ready in time" }.into()),
+            );
             if let Some(t) = &trace {
                 t.span(
                     "prewarm",

@@ -841,16 +841,17 @@ async fn the_openapi_document_lists_the_knowledge_routes() {
 }
 
 #[tokio::test]
-async fn without_an_admin_token_there_is_no_upload_route() {
+async fn without_an_admin_token_the_upload_route_needs_a_users_credentials() {
     let app = spawn_app(Backend::Sqlite, "[admin]\ntoken = \"\"\n").await;
     let resp = app
         .http
         .post(app.url("/admin/api/v1/clients/1/knowledge?name=x"))
         .header("content-type", "text/plain")
         .body("Hello")
+        .bearer_auth("")
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     app.shutdown().await;
 }

@@ -2,6 +2,7 @@
 //! app on 127.0.0.1:0 with a fresh database (SQLite, and Postgres for storage tests) and talks
 //! to it through real sockets. No test reaches OpenAI or Twilio: the fakes in `sim` stand in.
 
+mod accounts;
 mod admin;
 mod bridge;
 mod call_path;

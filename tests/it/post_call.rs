@@ -175,6 +175,7 @@ fn finished(client_id: ClientId, sid: &str, said: &[&str]) -> FinishedCall {
             })
             .collect(),
         remember: Some((None, note)),
+        timeline: None,
     }
 }
 

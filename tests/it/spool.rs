@@ -163,6 +163,7 @@ fn finished(client: ClientId, sid: &str) -> FinishedCall {
             line("agent", "Yes, mornings."),
         ],
         remember: Some((None, Some(format!("asked on {sid}")))),
+        timeline: None,
     }
 }
 

@@ -152,6 +152,7 @@ fn finished(client_id: ClientId, sid: &str, said: &str) -> FinishedCall {
             },
         ],
         remember: Some((None, Some(format!("asked: {said}")))),
+        timeline: None,
     }
 }
 
