@@ -135,8 +135,9 @@ impl Principal {
 }
 
 /// The client id a path under the admin API names, if any: `/clients/{id}` and everything
-/// under it (with or without the `/admin/api/v1` prefix). `Err` for a segment that is not an id
-/// (the route answers that itself).
+/// under it (with or without the `/admin/api/v1` prefix). The segment is percent-decoded and
+/// parsed exactly as the routes' `Path<ClientId>` reads it (`%32` and `+2` are client 2), so the
+/// guard and the handler always agree on the client. `Err` for a segment that is not an id.
 pub fn client_in_path(path: &str) -> Option<Result<ClientId, ()>> {
     let rest = path
         .strip_prefix(crate::admin::BASE)
@@ -146,8 +147,11 @@ pub fn client_in_path(path: &str) -> Option<Result<ClientId, ()>> {
     if segments.next() != Some("clients") {
         return None;
     }
-    let id = segments.next().filter(|s| !s.is_empty())?;
-    Some(id.parse::<i32>().map(ClientId::new).map_err(|_| ()))
+    let raw = segments.next().filter(|s| !s.is_empty())?;
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ());
+    Some(decoded.and_then(|s| s.parse::<i32>().map(ClientId::new).map_err(|_| ())))
 }
 
 /// Shortest password accepted.
@@ -212,17 +216,6 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
     })
 }
 
-/// A hash that verifies nothing, checked when the email is unknown so that an unknown email
-/// costs the same time as a wrong password.
-pub fn dummy_hash() -> &'static str {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| {
-        let mut random = [0u8; 24];
-        rand::fill(&mut random);
-        hash_password(&base64::engine::general_purpose::STANDARD.encode(random)).unwrap_or_default()
-    })
-}
-
 /// A new random token: `prefix` then 32 random bytes, URL-safe base64.
 pub fn new_token(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
@@ -248,19 +241,59 @@ pub const MAX_LOGIN_DELAY: Duration = Duration::from_secs(5);
 /// Failures are forgotten this long after the last one.
 const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
 
-/// Recent failed log-ins per email, for their delay.
-#[derive(Debug, Default)]
+/// Recent failed log-ins per email, for their delay; and the bound on password checks running
+/// at once (each Argon2 check takes about 19 MiB and a core for tens of milliseconds: a burst of
+/// log-ins waits its turn instead of exhausting memory).
+#[derive(Debug)]
 pub struct LoginThrottle {
     failures: DashMap<String, (u32, Instant)>,
+    checks: tokio::sync::Semaphore,
+    dummy: String,
 }
 
 impl LoginThrottle {
+    /// A throttle allowing as many password checks at once as there are cores. Fails if no
+    /// Argon2 hash can be made (then no log-in could be checked either).
+    pub fn new() -> anyhow::Result<Self> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut random = [0u8; 24];
+        rand::fill(&mut random);
+        let dummy = hash_password(&base64::engine::general_purpose::STANDARD.encode(random))?;
+        Ok(Self {
+            failures: DashMap::new(),
+            checks: tokio::sync::Semaphore::new(cores),
+            dummy,
+        })
+    }
+
+    /// A hash that verifies nothing, checked when the email is unknown so that an unknown email
+    /// costs the same time as a wrong password (made when the throttle is).
+    pub fn dummy_hash(&self) -> &str {
+        &self.dummy
+    }
+
+    /// Checks `password` against `phc` on the blocking pool, at most one check per core at a
+    /// time; `None` when no check could start within `patience` (the instance is busy).
+    pub async fn verify(&self, password: String, phc: String, patience: Duration) -> Option<bool> {
+        let _permit = tokio::time::timeout(patience, self.checks.acquire())
+            .await
+            .ok()?
+            .ok()?;
+        tokio::task::spawn_blocking(move || verify_password(&password, &phc))
+            .await
+            .ok()
+    }
+
     /// Counts a failure on `email` at `now`; how long to wait before answering: `base` for the
     /// first, doubling with each recent one, at most [`MAX_LOGIN_DELAY`].
     pub fn failed(&self, email: &str, base: Duration, now: Instant) -> Duration {
         if self.failures.len() > 100_000 {
             self.failures
                 .retain(|_, (_, at)| now.duration_since(*at) < FAILURE_MEMORY);
+            // Still full: a spray of emails; start over rather than scan on every failure.
+            if self.failures.len() > 100_000 {
+                self.failures.clear();
+            }
         }
         let mut entry = self.failures.entry(email.to_string()).or_insert((0, now));
         if now.duration_since(entry.1) >= FAILURE_MEMORY {
@@ -321,6 +354,14 @@ mod tests {
         );
         assert_eq!(client_in_path("/clients/7"), Some(Ok(ClientId::new(7))));
         assert_eq!(client_in_path("/clients/abc"), Some(Err(())));
+        // Decoded as the route decodes it: the guard cannot be walked around by encoding.
+        assert_eq!(
+            client_in_path("/clients/%32/faqs"),
+            Some(Ok(ClientId::new(2)))
+        );
+        assert_eq!(client_in_path("/clients/%2B2"), Some(Ok(ClientId::new(2))));
+        assert_eq!(client_in_path("/clients/+2"), Some(Ok(ClientId::new(2))));
+        assert_eq!(client_in_path("/clients/%FF"), Some(Err(())));
         assert_eq!(client_in_path("/clients"), None);
         assert_eq!(client_in_path("/clients/"), None);
         assert_eq!(client_in_path("/calls/CA1"), None);
@@ -335,7 +376,8 @@ mod tests {
         assert!(verify_password("correct horse battery", &a));
         assert!(!verify_password("correct horse battery!", &a));
         assert!(!verify_password("anything", "not a phc string"));
-        assert!(!verify_password("anything", dummy_hash()));
+        let t = LoginThrottle::new().unwrap();
+        assert!(!verify_password("anything", t.dummy_hash()));
     }
 
     #[test]
@@ -367,7 +409,7 @@ mod tests {
 
     #[test]
     fn failed_logins_wait_longer_each_time_up_to_a_bound_and_are_forgotten() {
-        let t = LoginThrottle::default();
+        let t = LoginThrottle::new().unwrap();
         let base = Duration::from_millis(250);
         let now = Instant::now();
         assert_eq!(t.failed("a", base, now), base);
@@ -383,5 +425,31 @@ mod tests {
         t.succeeded("a");
         assert_eq!(t.failed("a", base, now), base);
         assert_eq!(t.failed("b", base, now + FAILURE_MEMORY), base);
+    }
+
+    #[tokio::test]
+    async fn password_checks_wait_their_turn_and_give_up_when_busy() {
+        let t = LoginThrottle::new().unwrap();
+        let phc = hash_password("correct horse battery").unwrap();
+        assert_eq!(
+            t.verify(
+                "correct horse battery".into(),
+                phc.clone(),
+                Duration::from_secs(5)
+            )
+            .await,
+            Some(true)
+        );
+        // Every permit taken: a check does not start, and says so.
+        let all = t
+            .checks
+            .acquire_many(t.checks.available_permits() as u32)
+            .await
+            .unwrap();
+        assert_eq!(
+            t.verify("x".into(), phc, Duration::from_millis(50)).await,
+            None
+        );
+        drop(all);
     }
 }

@@ -217,7 +217,9 @@ impl AppState {
             recorder,
             events: Arc::new(crate::events::Events::new(settings_events_queue)),
             traces,
-            logins: Arc::default(),
+            logins: Arc::new(
+                crate::accounts::LoginThrottle::new().context("preparing password checks")?,
+            ),
         })
     }
 }

@@ -431,9 +431,18 @@ pub struct AdminSettings {
     pub events_queue: usize,
     /// How long a console log-in lasts (1–720 hours; README "Accounts").
     pub session_hours: u64,
+    /// How often a user's `/events` stream checks its credentials again (1–3600 s).
+    pub events_recheck_secs: u64,
     /// Mark the console's cookies `Secure` (behind https). Also set for a request whose
     /// `X-Forwarded-Proto` is `https`.
     pub secure_cookie: bool,
+}
+
+impl AdminSettings {
+    /// `events_recheck_secs` as a duration.
+    pub fn events_recheck(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.events_recheck_secs)
+    }
 }
 
 /// The shortest `admin.token` accepted (a guessable token opens every business's data).
@@ -675,6 +684,9 @@ impl Settings {
                 "telemetry.otlp_endpoint",
                 "must be an https:// or http:// URL without credentials, query or fragment",
             );
+        }
+        if !(1..=3600).contains(&self.admin.events_recheck_secs) {
+            return invalid("admin.events_recheck_secs", "must be 1 to 3600");
         }
         if !(1..=720).contains(&self.admin.session_hours) {
             return invalid("admin.session_hours", "must be 1 to 720");
@@ -946,7 +958,7 @@ impl Settings {
              [openai]\napi_key = {}\nrealtime_url = {}\nmodel = {}\ntranscription_model = {}\nconnect_timeout_ms = {}\nbase_url = {}\nsummary_model = {}\nlive_url = {}\nlive_model = {}\nlive_delegation_model = {}\n\n\
              [prewarm]\npolicy = {}\nring_min_ms = {}\nring_max_ms = {}\nttl_secs = {}\nmax_sessions = {}\ngreeting_buffer_bytes = {}\n\n\
              [call]\nmax_duration_secs = {}\noutbound_queue_frames = {}\ntool_timeout_ms = {}\nrealtime_reconnects = {}\nsession_renew_secs = {}\nstart_timeout_secs = {}\nmedia_timeout_secs = {}\nrealtime_ping_secs = {}\nrealtime_silence_secs = {}\n\n\
-             [admin]\ntoken = {}\nallow_short_token = {}\nevents_queue = {}\nsession_hours = {}\nsecure_cookie = {}\n\n[log]\nformat = {}\nlevel = {}\n\n\
+             [admin]\ntoken = {}\nallow_short_token = {}\nevents_queue = {}\nsession_hours = {}\nsecure_cookie = {}\nevents_recheck_secs = {}\n\n[log]\nformat = {}\nlevel = {}\n\n\
              [telemetry]\notlp_endpoint = {}\n",
             q(s.public_url.as_str()),
             q(&s.server.listen.to_string()),
@@ -994,6 +1006,7 @@ impl Settings {
             s.admin.events_queue,
             s.admin.session_hours,
             s.admin.secure_cookie,
+            s.admin.events_recheck_secs,
             q(match s.log.format {
                 LogFormat::Pretty => "pretty",
                 LogFormat::Json => "json",

@@ -151,10 +151,17 @@ pub async fn require_auth(State(state): State<AppState>, mut req: Request, next:
                 .into_response();
         }
     }
-    if let Some(Ok(id)) = accounts::client_in_path(req.uri().path())
-        && !principal.can_see(id)
-    {
-        return ApiError::NotFound("client").into_response();
+    // A client the principal may not see does not exist for it; nor, for an operator, does a
+    // path segment that is no client id (the handler would answer 400 for it, but nothing
+    // that is not checked here reaches a handler).
+    match accounts::client_in_path(req.uri().path()) {
+        Some(Ok(id)) if !principal.can_see(id) => {
+            return ApiError::NotFound("client").into_response();
+        }
+        Some(Err(())) if !principal.is_admin() => {
+            return ApiError::NotFound("client").into_response();
+        }
+        _ => {}
     }
     req.extensions_mut().insert(principal);
     next.run(req).await

@@ -109,9 +109,11 @@ fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(users::list_users, users::create_user))
         .routes(routes!(users::set_user_clients))
         .routes(routes!(users::delete_user))
-        .routes(routes!(users::create_user_token))
+        .routes(routes!(users::create_user_token, users::list_user_tokens))
+        .routes(routes!(users::revoke_user_token))
         .routes(routes!(users::me))
-        .routes(routes!(users::create_my_token))
+        .routes(routes!(users::create_my_token, users::list_my_tokens))
+        .routes(routes!(users::revoke_my_token))
         .split_for_parts();
     doc.merge(knowledge::UploadDoc::openapi());
     // Paths in the document are the full ones operators call.
@@ -320,6 +322,31 @@ pub(crate) async fn save_client(
     let input = body.validate()?;
     dto::webhook_url_allowed(&input, s.settings.webhooks.allow_http)?;
     dto::http_tools_allowed(&input, &s.settings.tools)?;
+    // Which numbers reach which business is an admin's (an operator could otherwise take a
+    // number, or learn from a conflict that another business has it).
+    if let Some(id) = id
+        && !who.is_admin()
+    {
+        let mut now: Vec<String> = clients::get_client(&s.db, id)
+            .await?
+            .numbers
+            .into_iter()
+            .map(|n| n.number)
+            .collect();
+        let mut asked: Vec<String> = input
+            .phone_numbers
+            .iter()
+            .map(|n| n.as_str().to_string())
+            .collect();
+        now.sort();
+        asked.sort();
+        asked.dedup();
+        if now != asked {
+            return Err(ApiError::Forbidden(
+                "phone_numbers: only an admin may change a business's numbers".into(),
+            ));
+        }
+    }
     match id {
         None => {
             let created = clients::create_client(&s.db, &input).await?;
@@ -348,7 +375,7 @@ async fn get_client(
 /// Replace a client's fields, numbers and FAQs.
 #[utoipa::path(put, path = "/clients/{id}", request_body = ClientIn,
     params(("id" = i32, Path)),
-    responses((status = 200, body = ClientOut), (status = 404), (status = 409), (status = 422)))]
+    responses((status = 200, body = ClientOut), (status = 403, description = "an operator changing the numbers"), (status = 404), (status = 409), (status = 422)))]
 async fn replace_client(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -368,7 +395,6 @@ async fn delete_client(
 ) -> ApiResult<StatusCode> {
     require_admin(&who, "delete clients")?;
     clients::delete_client(&s.db, id).await?;
-    crate::store::users::forget_client(&s.db, id).await?;
     s.recent.forget_client(id);
     // Its recordings go with it (rows, then files).
     let paths = crate::store::recordings::delete_for_client(&s.db, id).await?;
@@ -396,12 +422,14 @@ async fn list_numbers(
 /// Add a number.
 #[utoipa::path(post, path = "/clients/{id}/numbers", request_body = NumberIn,
     params(("id" = i32, Path)),
-    responses((status = 201, body = NumberOut), (status = 404), (status = 409), (status = 422)))]
+    responses((status = 201, body = NumberOut), (status = 403, description = "only an admin changes numbers"), (status = 404), (status = 409), (status = 422)))]
 async fn add_number(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<ClientId>,
     ValidJson(body): ValidJson<NumberIn>,
 ) -> ApiResult<(StatusCode, Json<NumberOut>)> {
+    require_admin(&who, "change a business's numbers")?;
     let n = e164("number", &body.number)?;
     let mut row = clients::add_number(&s.db, id, &n).await?;
     if body.active == Some(false) {
@@ -414,12 +442,14 @@ async fn add_number(
 /// Turn a number on or off.
 #[utoipa::path(put, path = "/clients/{id}/numbers/{number}", request_body = NumberPatch,
     params(("id" = i32, Path)),
-    responses((status = 200, body = NumberOut), (status = 404)))]
+    responses((status = 200, body = NumberOut), (status = 403, description = "only an admin changes numbers"), (status = 404)))]
 async fn set_number(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path((id, number)): Path<(ClientId, String)>,
     ValidJson(body): ValidJson<NumberPatch>,
 ) -> ApiResult<Json<NumberOut>> {
+    require_admin(&who, "change a business's numbers")?;
     let n = e164("number", &number)?;
     let row = clients::set_number_active(&s.db, id, &n, body.active).await?;
     s.recent.forget_client(id);
@@ -428,11 +458,13 @@ async fn set_number(
 
 /// Remove a number.
 #[utoipa::path(delete, path = "/clients/{id}/numbers/{number}",
-    params(("id" = i32, Path)), responses((status = 204), (status = 404)))]
+    params(("id" = i32, Path)), responses((status = 204), (status = 403, description = "only an admin changes numbers"), (status = 404)))]
 async fn delete_number(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path((id, number)): Path<(ClientId, String)>,
 ) -> ApiResult<StatusCode> {
+    require_admin(&who, "change a business's numbers")?;
     let n = e164("number", &number)?;
     clients::delete_number(&s.db, id, &n).await?;
     s.recent.forget_client(id);
@@ -563,6 +595,7 @@ struct EventsQuery {
 async fn events(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
+    headers: axum::http::HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -592,29 +625,52 @@ async fn events(
     let first = futures_util::stream::once(async {
         Ok::<_, std::convert::Infallible>(SseEvent::default().comment("subscribed"))
     });
+    // A user's stream lives only as long as its credentials: they are checked again every
+    // `admin.events_recheck_secs` (a log-out, an expired session, a revoked token, a deleted
+    // user or changed clients end it). `admin.token` cannot change while the process runs.
+    let recheck = (who.via != crate::accounts::Via::AdminToken).then(|| Recheck {
+        state: s.clone(),
+        headers,
+        who,
+        every: tokio::time::interval_at(
+            tokio::time::Instant::now() + s.settings.admin.events_recheck(),
+            s.settings.admin.events_recheck(),
+        ),
+    });
     let rest = futures_util::stream::unfold(
-        (sub, s.shutdown.clone(), false),
-        |(mut sub, shutdown, over)| async move {
+        (sub, s.shutdown.clone(), false, recheck),
+        |(mut sub, shutdown, over, mut recheck)| async move {
             if over {
                 return None;
             }
-            tokio::select! {
-                e = sub.recv() => match e {
-                    Some(e) => {
-                        let data = serde_json::to_string(&*e).unwrap_or_default();
-                        let event = SseEvent::default().id(e.seq.to_string()).data(data);
-                        Some((Ok(event), (sub, shutdown, false)))
+            let cut = |reason: &str| {
+                let data = serde_json::json!({"type": "cut", "reason": reason});
+                SseEvent::default().data(data.to_string())
+            };
+            loop {
+                tokio::select! {
+                    e = sub.recv() => return match e {
+                        Some(e) => {
+                            let data = serde_json::to_string(&*e).unwrap_or_default();
+                            let event = SseEvent::default().id(e.seq.to_string()).data(data);
+                            Some((Ok(event), (sub, shutdown, false, recheck)))
+                        }
+                        None if sub.was_cut() => Some((
+                            Ok(cut("this subscriber fell too far behind; reconnect to go on")),
+                            (sub, shutdown, true, recheck),
+                        )),
+                        None => None,
+                    },
+                    valid = Recheck::due(&mut recheck) => {
+                        if !valid {
+                            return Some((
+                                Ok(cut("the credentials of this stream expired or changed")),
+                                (sub, shutdown, true, recheck),
+                            ));
+                        }
                     }
-                    None if sub.was_cut() => {
-                        let data = serde_json::json!({
-                            "type": "cut",
-                            "reason": "this subscriber fell too far behind; reconnect to go on",
-                        });
-                        Some((Ok(SseEvent::default().data(data.to_string())), (sub, shutdown, true)))
-                    }
-                    None => None,
-                },
-                _ = shutdown.cancelled() => None,
+                    _ = shutdown.cancelled() => return None,
+                }
             }
         },
     );
@@ -622,6 +678,33 @@ async fn events(
     Ok(Sse::new(first.chain(rest))
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// The periodic check of a live-events stream's credentials.
+struct Recheck {
+    state: AppState,
+    headers: axum::http::HeaderMap,
+    who: Principal,
+    every: tokio::time::Interval,
+}
+
+impl Recheck {
+    /// Waits for the next check and tells whether the credentials still give the same
+    /// principal (a database that does not answer keeps the stream: it is checked again next
+    /// time). Never completes without a check to make.
+    async fn due(this: &mut Option<Self>) -> bool {
+        let Some(r) = this.as_mut() else {
+            return std::future::pending().await;
+        };
+        r.every.tick().await;
+        match auth::authenticate(&r.state, &r.headers).await {
+            Ok(auth::Found::Principal(p, _)) => {
+                p.user == r.who.user && p.role == r.who.role && p.clients == r.who.clients
+            }
+            Ok(_) => false,
+            Err(_) => true,
+        }
+    }
 }
 
 /// Filters for `GET /calls`.

@@ -99,6 +99,8 @@ pub struct TokenIn {
 /// An API token just created.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TokenOut {
+    /// Names it for revocation (`DELETE …/tokens/{token_id}`).
+    pub id: String,
     /// Its label.
     pub name: String,
     /// `Authorization: Bearer <token>`: shown this once (only its hash is kept).
@@ -169,6 +171,10 @@ pub async fn new_api_token(
     users::create_api_token(db, &accounts::token_hash(&token), user_id, name).await?;
     tracing::info!(user_id, name, "API token created");
     Ok(TokenOut {
+        id: accounts::token_hash(&token)
+            .chars()
+            .take(users::TOKEN_ID_LEN)
+            .collect(),
         name: name.to_string(),
         token,
     })
@@ -254,6 +260,99 @@ pub async fn create_user_token(
     ))
 }
 
+/// An API token as listed (never the token itself).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenListed {
+    /// Names it for revocation.
+    pub id: String,
+    /// Its label.
+    pub name: String,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<users::TokenInfo> for TokenListed {
+    fn from(t: users::TokenInfo) -> Self {
+        Self {
+            id: t.id,
+            name: t.name,
+            created_at: t.created_at,
+        }
+    }
+}
+
+async fn tokens_of(s: &AppState, user_id: i32) -> ApiResult<Json<Vec<TokenListed>>> {
+    let all = users::list_api_tokens(&s.db, user_id).await?;
+    Ok(Json(all.into_iter().map(TokenListed::from).collect()))
+}
+
+async fn revoke(
+    s: &AppState,
+    who: &Principal,
+    user_id: i32,
+    token_id: &str,
+) -> ApiResult<StatusCode> {
+    users::delete_api_token(&s.db, user_id, token_id).await?;
+    tracing::info!(user_id, token_id, by = who.who(), "API token revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A user's API tokens (admins only).
+#[utoipa::path(get, path = "/users/{user_id}/tokens",
+    responses((status = 200, body = Vec<TokenListed>), (status = 403), (status = 404)))]
+pub async fn list_user_tokens(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(user_id): Path<i32>,
+) -> ApiResult<Json<Vec<TokenListed>>> {
+    require_admin(&who, "list other users' tokens")?;
+    users::by_id(&s.db, user_id)
+        .await?
+        .ok_or(ApiError::NotFound("user"))?;
+    tokens_of(&s, user_id).await
+}
+
+/// Revoke a user's API token (admins only).
+#[utoipa::path(delete, path = "/users/{user_id}/tokens/{token_id}",
+    responses((status = 204), (status = 403), (status = 404)))]
+pub async fn revoke_user_token(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((user_id, token_id)): Path<(i32, String)>,
+) -> ApiResult<StatusCode> {
+    require_admin(&who, "revoke other users' tokens")?;
+    revoke(&s, &who, user_id, &token_id).await
+}
+
+/// The asking user's own API tokens.
+#[utoipa::path(get, path = "/me/tokens",
+    responses((status = 200, body = Vec<TokenListed>), (status = 422, description = "admin.token has no user")))]
+pub async fn list_my_tokens(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Json<Vec<TokenListed>>> {
+    tokens_of(&s, own_user(&who)?).await
+}
+
+/// Revoke one of the asking user's own API tokens.
+#[utoipa::path(delete, path = "/me/tokens/{token_id}",
+    responses((status = 204), (status = 404), (status = 422, description = "admin.token has no user")))]
+pub async fn revoke_my_token(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(token_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let user_id = own_user(&who)?;
+    revoke(&s, &who, user_id, &token_id).await
+}
+
+/// The asking user's id; `admin.token` has none.
+fn own_user(who: &Principal) -> ApiResult<i32> {
+    who.user.as_ref().map(|(id, _)| *id).ok_or_else(|| {
+        ApiError::Invalid("admin.token has no user to own tokens: use /users/{id}/tokens".into())
+    })
+}
+
 /// Who is asking: the user (its role and clients), or `admin.token`.
 #[utoipa::path(get, path = "/me", responses((status = 200, body = UserOut)))]
 pub async fn me(Extension(who): Extension<Principal>) -> Json<UserOut> {
@@ -274,12 +373,7 @@ pub async fn create_my_token(
     Extension(who): Extension<Principal>,
     ValidJson(body): ValidJson<TokenIn>,
 ) -> ApiResult<(StatusCode, Json<TokenOut>)> {
-    let Some((user_id, _)) = who.user else {
-        return Err(ApiError::Invalid(
-            "admin.token has no user to own a token: create one with POST /users/{id}/tokens"
-                .into(),
-        ));
-    };
+    let user_id = own_user(&who)?;
     Ok((
         StatusCode::CREATED,
         Json(new_api_token(&s.db, user_id, &body.name).await?),

@@ -242,18 +242,27 @@ pub fn urlencode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// A page's `<head>`; a logged-in page (`csrf`) also gets the script and the CSRF token.
+fn head(title: &str, csrf: Option<&str>) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            @if let Some(c) = csrf { meta name="csrf-token" content=(c); }
+            title { (title) " · warmline" }
+            link rel="stylesheet" href="/console/assets/console.css";
+            link rel="icon" href="data:,";
+            @if csrf.is_some() { script src="/console/assets/console.js" defer {} }
+        }
+    }
+}
+
 /// A page for someone not logged in (no navigation).
 fn bare(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · warmline" }
-                link rel="stylesheet" href="/console/assets/console.css";
-                link rel="icon" href="data:,";
-            }
+            (head(title, None))
             body {
                 header class="top" { span class="brand" { "warmline" } }
                 main id="main" { (body) }
@@ -285,15 +294,7 @@ pub fn layout(viewer: &Viewer, nav: Nav, title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                meta name="csrf-token" content=(viewer.csrf);
-                title { (title) " · warmline" }
-                link rel="stylesheet" href="/console/assets/console.css";
-                link rel="icon" href="data:,";
-                script src="/console/assets/console.js" defer {}
-            }
+            (head(title, Some(&viewer.csrf)))
             body {
                 a class="skip" href="#main" { "Skip to content" }
                 header class="top" {
@@ -327,7 +328,14 @@ struct NextQuery {
 /// Only a console path is a place to go back to (never another site).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with(BASE) && !n.starts_with("//") && !n.contains('\\') => n.into(),
+        Some(n)
+            if n.starts_with(BASE)
+                && n.len() <= 2048
+                && n.bytes().all(|b| b.is_ascii_graphic())
+                && !n.contains('\\') =>
+        {
+            n.into()
+        }
         _ => BASE.into(),
     }
 }
@@ -420,32 +428,50 @@ async fn login(
         .into_response();
     }
     let email = accounts::normalize_email(&f.email).unwrap_or_default();
+    let unavailable = || {
+        Page::Error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The database is not answering; try again in a moment.".into(),
+        )
+        .into_response()
+    };
     let found = if email.is_empty() {
         Ok(None)
     } else {
-        users::by_email(&s.db, &email).await
+        users::credentials(&s.db, &email).await
     };
     let found = match found {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(error = %e, "console log-in: the database did not answer");
-            return Page::Error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The database is not answering; try again in a moment.".into(),
-            )
-            .into_response();
+            return unavailable();
         }
     };
     // An unknown email costs the same Argon2 check as a wrong password.
     let phc = found
         .as_ref()
-        .map_or_else(|| accounts::dummy_hash().to_string(), |(_, h)| h.clone());
-    let password = f.password;
-    let ok = tokio::task::spawn_blocking(move || accounts::verify_password(&password, &phc))
+        .map_or_else(|| s.logins.dummy_hash().to_string(), |(_, h)| h.clone());
+    let Some(ok) = s
+        .logins
+        .verify(f.password, phc, Duration::from_secs(10))
         .await
-        .unwrap_or(false);
+    else {
+        tracing::warn!(%source, "console log-in: every password check is busy; refused");
+        return Page::Error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many log-ins at once; try again in a moment.".into(),
+        )
+        .into_response();
+    };
     let account = match (ok, found) {
-        (true, Some((account, _))) => account,
+        (true, Some((id, _))) => match users::by_id(&s.db, id).await {
+            Ok(Some(a)) => a,
+            Ok(None) => return unavailable(),
+            Err(e) => {
+                tracing::warn!(error = %e, "console log-in: the database did not answer");
+                return unavailable();
+            }
+        },
         _ => {
             let started = Instant::now();
             let wait = s
@@ -482,11 +508,7 @@ async fn login(
     .await
     {
         tracing::warn!(error = %e, "console log-in: the session could not be stored");
-        return Page::Error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The database is not answering; try again in a moment.".into(),
-        )
-        .into_response();
+        return unavailable();
     }
     tracing::info!(user_id = account.id, role = %account.role, "console log-in");
     let secure = secure(&s, &headers);
@@ -545,5 +567,30 @@ pub async fn sweep_sessions(
                 tracing::warn!(error = %e, "expired console sessions not deleted; retried in an hour")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_console_path_of_visible_ascii_is_a_place_to_go_back_to() {
+        assert_eq!(
+            safe_next(Some("/console/calls?path=warm")),
+            "/console/calls?path=warm"
+        );
+        for bad in [
+            "https://evil.example/",
+            "//evil.example/console",
+            "/console\\..\\x",
+            "/console/\u{7f}",
+            "/console/caf\u{e9}",
+            "/console/a b",
+            "/admin/api/v1/clients",
+        ] {
+            assert_eq!(safe_next(Some(bad)), BASE, "{bad:?}");
+        }
+        assert_eq!(safe_next(None), BASE);
     }
 }

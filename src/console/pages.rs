@@ -478,7 +478,8 @@ fn business_form(
                     } @else if *kind == "text" {
                         input id=(id) type="text" name=(name) value=(value) aria-describedby=(help_id) required[*name == "name"];
                     } @else {
-                        textarea id=(id) name=(name) rows=(if *kind == "area" { 4 } else { 3 }) class=(kind) aria-describedby=(help_id) { (value) }
+                        textarea id=(id) name=(name) rows=(if *kind == "area" { 4 } else { 3 }) class=(kind) aria-describedby=(help_id)
+                            readonly[*name == "phone_numbers" && !viewer.who.is_admin()] { (value) }
                     }
                     small id=(help_id) { (help) }
                 }
@@ -806,7 +807,9 @@ pub async fn calls(
         None => None,
         Some(d) => Some(
             chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
-                .map_err(|_| bad("date: YYYY-MM-DD"))?,
+                .ok()
+                .filter(|d| (1970..=9999).contains(&chrono::Datelike::year(d)))
+                .ok_or_else(|| bad("date: YYYY-MM-DD, years 1970 to 9999"))?,
         ),
     };
     let path = q
@@ -836,8 +839,7 @@ pub async fn calls(
     let since = day
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .map(|t| t.and_utc());
-    if let Some(start) = since {
-        let end = start + chrono::Duration::days(1);
+    if let Some(end) = since.and_then(|start| start.checked_add_signed(chrono::Duration::days(1))) {
         before = Some(before.map_or(end, |b| b.min(end)));
     }
     let filter = calls::CallFilter {

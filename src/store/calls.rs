@@ -410,11 +410,22 @@ pub async fn list_calls_within(
         q = q.filter(call::Column::Path.eq(p.as_str()));
     }
     if let Some(r) = &f.end_reason {
+        // The code matched literally: LIKE's wildcards in it are escaped.
+        let lit: String = r
+            .chars()
+            .flat_map(|c| match c {
+                '%' | '_' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        let like = |suffix: &str| {
+            sea_orm::sea_query::LikeExpr::new(format!("{lit}{suffix}%")).escape('\\')
+        };
         q = q.filter(
             sea_orm::Condition::any()
                 .add(call::Column::EndReason.eq(r.as_str()))
-                .add(call::Column::EndReason.starts_with(format!("{r}:")))
-                .add(call::Column::EndReason.starts_with(format!("{r} ("))),
+                .add(call::Column::EndReason.like(like(":")))
+                .add(call::Column::EndReason.like(like(" ("))),
         );
     }
     if let Some(b) = before {

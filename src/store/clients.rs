@@ -266,10 +266,14 @@ pub async fn update_client(
 
 /// Deletes a client (numbers, FAQs and callers cascade; calls keep their rows with no client).
 pub async fn delete_client(db: &DatabaseConnection, id: ClientId) -> Result<(), StoreError> {
-    let res = client::Entity::delete_by_id(id).exec(db).await?;
+    let txn = db.begin().await?;
+    // No operator keeps a grant of it (a later client could get the same id).
+    super::users::forget_client(&txn, id).await?;
+    let res = client::Entity::delete_by_id(id).exec(&txn).await?;
     if res.rows_affected == 0 {
         return Err(StoreError::NotFound("client"));
     }
+    txn.commit().await?;
     Ok(())
 }
 

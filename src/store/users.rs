@@ -131,6 +131,19 @@ pub async fn by_email(
     Ok(Some((account_of(db, u).await?, hash)))
 }
 
+/// A user's id and password hash by email (the log-in's first step: nothing else is read
+/// before the password is checked).
+pub async fn credentials(
+    db: &DatabaseConnection,
+    email: &str,
+) -> Result<Option<(i32, String)>, StoreError> {
+    Ok(user::Entity::find()
+        .filter(user::Column::Email.eq(email))
+        .one(db)
+        .await?
+        .map(|u| (u.id, u.password_hash)))
+}
+
 /// The user with this id.
 pub async fn by_id(db: &DatabaseConnection, id: i32) -> Result<Option<Account>, StoreError> {
     match user::Entity::find_by_id(id).one(db).await? {
@@ -304,6 +317,63 @@ pub async fn create_api_token(
     })
     .exec(db)
     .await?;
+    Ok(())
+}
+
+/// An API token as listed: never the token, an id made of the start of its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// The first 16 hex digits of the token's SHA-256: names it for revocation.
+    pub id: String,
+    /// Its label.
+    pub name: String,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// How many hex digits of a token's hash name it.
+pub const TOKEN_ID_LEN: usize = 16;
+
+/// A user's API tokens, oldest first.
+pub async fn list_api_tokens(
+    db: &DatabaseConnection,
+    user_id: i32,
+) -> Result<Vec<TokenInfo>, StoreError> {
+    Ok(api_token::Entity::find()
+        .filter(api_token::Column::UserId.eq(user_id))
+        .order_by_asc(api_token::Column::CreatedAt)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|t| TokenInfo {
+            id: t.token_hash.chars().take(TOKEN_ID_LEN).collect(),
+            name: t.name,
+            created_at: t.created_at,
+        })
+        .collect())
+}
+
+/// Revokes the API token of `user_id` whose id ([`TokenInfo::id`]) is `id`.
+pub async fn delete_api_token(
+    db: &DatabaseConnection,
+    user_id: i32,
+    id: &str,
+) -> Result<(), StoreError> {
+    let hashes: Vec<String> = api_token::Entity::find()
+        .filter(api_token::Column::UserId.eq(user_id))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|t| t.token_hash)
+        .filter(|h| id.len() == TOKEN_ID_LEN && h.starts_with(id))
+        .collect();
+    if hashes.is_empty() {
+        return Err(StoreError::NotFound("token"));
+    }
+    api_token::Entity::delete_many()
+        .filter(api_token::Column::TokenHash.is_in(hashes))
+        .exec(db)
+        .await?;
     Ok(())
 }
 

@@ -133,6 +133,20 @@ pub async fn log_in(app: &TestApp, email: &str, password: &str) -> (Browser, Str
 
 const PASSWORD: &str = "correct horse battery staple";
 
+/// An admin, ann@example.com, with [`PASSWORD`].
+async fn admin_ann(app: &TestApp) -> warmline::store::users::Account {
+    add_user(
+        &app.state.db,
+        "ann@example.com",
+        "admin",
+        &[],
+        Some(PASSWORD.into()),
+    )
+    .await
+    .unwrap()
+    .0
+}
+
 async fn client(app: &TestApp, name: &str, number: &str) -> i32 {
     app.create_client(name, number).await["id"]
         .as_i64()
@@ -141,6 +155,11 @@ async fn client(app: &TestApp, name: &str, number: &str) -> i32 {
 
 /// A finished call of `client`.
 async fn a_call(app: &TestApp, client: i32, sid: &str) {
+    a_call_ending(app, client, sid, "twilio_stop").await;
+}
+
+/// A finished call of `client` that ended for `reason`.
+async fn a_call_ending(app: &TestApp, client: i32, sid: &str, reason: &str) {
     use warmline::store::calls;
     let now = chrono::Utc::now();
     calls::finish_call(
@@ -162,7 +181,7 @@ async fn a_call(app: &TestApp, client: i32, sid: &str) {
             answered_at: Some(now),
             ended_at: now,
             duration_ms: Some(1000),
-            end_reason: "twilio_stop".into(),
+            end_reason: reason.into(),
             summary: Some(format!("summary of {sid}")),
             transcript: vec![],
             remember: Some((None, Some("asked".into()))),
@@ -233,19 +252,25 @@ both_backends!(
             }
             for (method, _) in item.as_object().unwrap() {
                 let m: Method = method.to_uppercase().parse().unwrap();
-                let resp = op(m.clone(), &fill(rest, b))
-                    .header("content-type", "application/json")
-                    .body("{}")
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{m} {rest}");
-                let body: Value = resp.json().await.unwrap();
-                assert_eq!(body["error"]["message"], "client not found", "{m} {rest}");
-                checked += 1;
+                // The id as is, percent-encoded digit by digit, and with a plus sign: the routes
+                // read all three as client b.
+                let encoded: String = b.to_string().chars().map(|d| format!("%3{d}")).collect();
+                for id in [b.to_string(), encoded, format!("%2B{b}")] {
+                    let path = fill(rest, 0).replacen("/clients/0", &format!("/clients/{id}"), 1);
+                    let resp = op(m.clone(), &path)
+                        .header("content-type", "application/json")
+                        .body("{}")
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{m} {path}");
+                    let body: Value = resp.json().await.unwrap();
+                    assert_eq!(body["error"]["message"], "client not found", "{m} {path}");
+                    checked += 1;
+                }
             }
         }
-        assert!(checked >= 20, "only {checked} operations checked");
+        assert!(checked >= 60, "only {checked} requests checked");
         // Its own client it reaches.
         let own = op(Method::GET, &format!("/clients/{a}"))
             .send()
@@ -308,6 +333,43 @@ both_backends!(
             .unwrap();
         assert_eq!(me["role"], "operator");
         assert_eq!(me["clients"], json!([a]));
+        // Its business's settings it changes; which numbers reach it, it does not.
+        let mut own: Value = op(Method::GET, &format!("/clients/{a}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let body = |own: &Value, numbers: Value| {
+            json!({"name": own["name"], "phone_numbers": numbers, "instructions": "Be brief.",
+                "greeting": own["greeting"], "voice": own["voice"]})
+        };
+        let resp = op(Method::PUT, &format!("/clients/{a}"))
+            .json(&body(&own, json!(["+15005550006"])))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        own = resp.json().await.unwrap();
+        assert_eq!(own["instructions"], "Be brief.");
+        for numbers in [
+            json!(["+15005550006", "+15005550099"]),
+            json!(["+15005550007"]),
+        ] {
+            let resp = op(Method::PUT, &format!("/clients/{a}"))
+                .json(&body(&own, numbers.clone()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{numbers}");
+        }
+        let resp = op(Method::POST, &format!("/clients/{a}/numbers"))
+            .json(&json!({"number": "+15005550099"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
 
         // The console: the same walls.
         let (mut web, _) = log_in(app, "op@example.com", PASSWORD).await;
@@ -380,15 +442,7 @@ both_backends!(
 #[tokio::test]
 async fn log_in_sets_a_strict_cookie_forms_need_their_csrf_token_and_log_out_ends_it() {
     let app = spawn_app(Backend::Sqlite, "[admin]\ntoken = \"\"\n").await;
-    add_user(
-        &app.state.db,
-        "ann@example.com",
-        "admin",
-        &[],
-        Some(PASSWORD.into()),
-    )
-    .await
-    .unwrap();
+    admin_ann(&app).await;
     let mut b = Browser::new(&app);
     // Not logged in: to the log-in, with the way back.
     let (status, location, _) = b.get("/console/calls?path=warm").await;
@@ -504,6 +558,9 @@ async fn log_in_sets_a_strict_cookie_forms_need_their_csrf_token_and_log_out_end
             .is_none()
     );
     // The admin API takes the cookie: reads freely, changes only with the CSRF header.
+    // A date no calendar arithmetic survives is refused, not a crash.
+    let (status, _, _) = b.get("/console/calls?date=%2B262142-12-31").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let resp = b.api(Method::GET, "/clients").send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let body = json!({"name": "Acme", "phone_numbers": ["+15005550009"], "instructions": "Help.", "greeting": "Hi", "voice": "alloy"});
@@ -569,15 +626,7 @@ async fn an_expired_session_opens_nothing_and_https_cookies_are_secure() {
         "[admin]\nsecure_cookie = true\nsession_hours = 1\n",
     )
     .await;
-    let (account, _) = add_user(
-        &app.state.db,
-        "ann@example.com",
-        "admin",
-        &[],
-        Some(PASSWORD.into()),
-    )
-    .await
-    .unwrap();
+    let account = admin_ann(&app).await;
     let mut b2 = Browser::new(&app);
     let (_, _, page) = b2.get("/console/login").await;
     let csrf = csrf_of(&page);
@@ -632,15 +681,7 @@ async fn an_expired_session_opens_nothing_and_https_cookies_are_secure() {
 #[tokio::test]
 async fn a_business_saved_in_the_console_is_validated_like_the_api() {
     let app = spawn_app(Backend::Sqlite, "").await;
-    add_user(
-        &app.state.db,
-        "ann@example.com",
-        "admin",
-        &[],
-        Some(PASSWORD.into()),
-    )
-    .await
-    .unwrap();
+    admin_ann(&app).await;
     let (mut b, csrf) = log_in(&app, "ann@example.com", PASSWORD).await;
     let base = [
         ("csrf", csrf.as_str()),
@@ -898,3 +939,118 @@ fn the_cli_makes_users_and_tokens_and_never_echoes_a_given_password() {
     let (ok, _, err) = run(&["token", "op@example.com"], None);
     assert!(!ok && err.contains("no user op@example.com"), "{err}");
 }
+
+#[tokio::test]
+async fn a_users_api_tokens_are_listed_without_the_token_and_revoked() {
+    let app = spawn_app(Backend::Sqlite, "").await;
+    let ann = admin_ann(&app).await;
+    let made = warmline::admin::users::new_api_token(&app.state.db, ann.id, "deploy")
+        .await
+        .unwrap();
+    let with = |m: Method, p: &str| {
+        app.http
+            .request(m, app.url(&format!("/admin/api/v1{p}")))
+            .bearer_auth(&made.token)
+    };
+    let listed: Value = with(Method::GET, "/me/tokens")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[0]["id"], made.id.as_str());
+    assert_eq!(listed[0]["name"], "deploy");
+    assert!(!listed.to_string().contains(&made.token));
+    // admin.token lists them through the user.
+    let by_admin: Value = app
+        .admin(Method::GET, &format!("/users/{}/tokens", ann.id))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(by_admin, listed);
+    let resp = with(Method::DELETE, "/me/tokens/0000000000000000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = with(Method::DELETE, &format!("/me/tokens/{}", made.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let resp = with(Method::GET, "/me").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_users_live_events_stream_ends_when_its_session_does() {
+    let app = spawn_app(Backend::Sqlite, "[admin]\nevents_recheck_secs = 1\n").await;
+    admin_ann(&app).await;
+    let (mut b, csrf) = log_in(&app, "ann@example.com", PASSWORD).await;
+    let mut resp = b.api(Method::GET, "/events").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Subscribed; a check or two pass while the session lives.
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("subscribed"));
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(2500), resp.chunk()).await;
+    assert!(
+        quiet.is_err(),
+        "a live session's stream was ended: {quiet:?}"
+    );
+    let (status, _, _) = b.post("/console/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let mut seen = String::new();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(chunk) = resp.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its session: {seen}");
+    assert!(
+        seen.contains("\"type\":\"cut\"") && seen.contains("credentials of this stream"),
+        "{seen}"
+    );
+    app.shutdown().await;
+}
+
+both_backends!(calls_are_filtered_by_end_reason_code_literally, |app| {
+    use warmline::store::calls::{CallFilter, list_calls_within};
+    let a = client(app, "Alpha Dental", "+15005550006").await;
+    for (sid, reason) in [
+        ("CA1", "realtime_error: boom"),
+        ("CA2", "twilio_stop"),
+        ("CA3", "twilio_stopped_early"),
+        ("CA4", "transfer (to +15005550009)"),
+    ] {
+        a_call_ending(app, a, sid, reason).await;
+    }
+    let sids = |reason: &str| {
+        let f = CallFilter {
+            end_reason: Some(reason.into()),
+            ..Default::default()
+        };
+        async move {
+            let mut v: Vec<String> = list_calls_within(&app.state.db, &f, None, 50)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| c.call_sid)
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    assert_eq!(sids("realtime_error").await, ["CA1"]);
+    assert_eq!(sids("twilio_stop").await, ["CA2"]);
+    assert_eq!(sids("transfer").await, ["CA4"]);
+    // LIKE's wildcards are literal.
+    assert!(sids("twilio_sto_").await.is_empty());
+    assert!(sids("%").await.is_empty());
+    assert!(sids("realtime%").await.is_empty());
+});
