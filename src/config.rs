@@ -422,8 +422,9 @@ pub struct CallSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
-    /// Bearer token; the admin API is off when empty. At least [`MIN_ADMIN_TOKEN_CHARS`]
-    /// characters unless `allow_short_token`.
+    /// Bearer token for automation (an admin); empty: only users' API tokens and console
+    /// sessions open the admin API. At least [`MIN_ADMIN_TOKEN_CHARS`] characters unless
+    /// `allow_short_token`.
     pub token: Secret,
     /// Accept a shorter `token` (development only: `config/local.toml`).
     pub allow_short_token: bool,
@@ -1492,7 +1493,10 @@ mod tests {
         let err = with("token = \"dev-admin-token\"").unwrap_err().to_string();
         assert!(err.contains("admin.token") && err.contains("32"), "{err}");
         assert!(with("token = \"dev-admin-token\"\nallow_short_token = true").is_ok());
-        assert!(with("token = \"\"").is_ok(), "empty: the admin API is off");
+        assert!(
+            with("token = \"\"").is_ok(),
+            "empty: only users' credentials"
+        );
         assert!(with(&format!("token = \"{}\"", "x".repeat(32))).is_ok());
     }
 

@@ -633,7 +633,7 @@ async fn serve(settings: Settings, no_migrate: bool) -> anyhow::Result<()> {
         public_url = %state.settings.public_url,
         model = %state.settings.openai.model,
         prewarm = state.settings.prewarm.policy.as_str(),
-        admin_api = !state.settings.admin.token.is_empty(),
+        admin_token = !state.settings.admin.token.is_empty(),
         "warmline serving"
     );
     tokio::spawn(app::handle_signals(state.clone()));

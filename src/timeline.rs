@@ -18,8 +18,8 @@ pub const MAX_ENTRIES: usize = 500;
 pub struct Entry {
     /// When.
     pub at: DateTime<Utc>,
-    /// What: `prewarm`, `claim`, `first_audio`, `turn`, `barge_in`, `tool`, `tool_result`,
-    /// `reconnect`, `ended`.
+    /// What: `prewarm` (stamped when it began; `ms` until ready), `claim`, `first_audio`,
+    /// `turn`, `barge_in`, `tool`, `tool_result`, `reconnect`, `transfer`, `hang_up`, `ended`.
     pub what: String,
     /// How long it took, when it is a latency (ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -588,7 +588,8 @@ struct EventsQuery {
 
 /// Live call events as Server-Sent Events (README.md, "Live events"): one unnamed `data:` line
 /// of JSON per event (`CallEvent`: `type` names it), with `id:` its `seq`. A subscriber that
-/// falls 1024 events behind gets `{"type":"cut"}` and the stream ends (reconnect to go on).
+/// falls `admin.events_queue` events behind gets `{"type":"cut"}` and the stream ends
+/// (reconnect to go on); so does a user's whose credentials expired or changed.
 #[utoipa::path(get, path = "/events", params(EventsQuery),
     responses((status = 200, description = "text/event-stream of CallEvent", content_type = "text/event-stream", body = crate::events::CallEvent),
         (status = 404, description = "no such client"), (status = 422, description = "a bad filter")))]

@@ -974,6 +974,12 @@ async fn run(state: AppState, socket: WebSocket) {
             if let Some(t) = &ctx.trace {
                 t.end(o.end_reason.code());
             }
+            // The agent's own way out gets a line of its own before the end.
+            match o.end_reason.code() {
+                "transfer" => note(Some(ctx), "transfer", None, String::new),
+                "agent_hangup" => note(Some(ctx), "hang_up", None, String::new),
+                _ => {}
+            }
             note(Some(ctx), "ended", Some(o.duration()), || {
                 o.end_reason.describe()
             });

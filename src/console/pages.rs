@@ -110,30 +110,42 @@ pub async fn overview(State(s): State<AppState>, viewer: Viewer) -> PageResult {
         .date_naive()
         .and_hms_opt(0, 0, 0)
         .map_or(now, |t| t.and_utc());
-    let today = calls::list_calls_within(
+    let today = calls::count_outcomes(
         &s.db,
         &calls::CallFilter {
             within: within.clone(),
             since: Some(midnight),
             ..Default::default()
         },
-        None,
-        10_000,
     )
     .await?;
-    let mut by_outcome: BTreeMap<String, usize> = BTreeMap::new();
-    for c in &today {
-        *by_outcome.entry(outcome(c)).or_default() += 1;
+    let mut by_outcome: BTreeMap<String, i64> = BTreeMap::new();
+    for (reason, status, n) in &today {
+        let o = match reason {
+            Some(r) => reason_code(r).to_string(),
+            None if status == "ringing" => "ringing or in call".to_string(),
+            None => status.clone(),
+        };
+        *by_outcome.entry(o).or_default() += n;
     }
-    let hour_ago = now - chrono::Duration::hours(1);
-    let mut ttfa: Vec<f64> = Vec::new();
-    let mut dial: Vec<f64> = Vec::new();
-    for c in today.iter().filter(|c| c.started_at >= hour_ago) {
-        if let Some(t) = c.time_to_first_audio_ms {
-            ttfa.push(t as f64);
-            if let Some(a) = c.answered_at {
-                dial.push((a - c.started_at).num_milliseconds() as f64 + t as f64);
-            }
+    let calls_today: i64 = by_outcome.values().sum();
+    // The last hour on its own (after midnight it reaches into yesterday).
+    let hour = calls::first_audio_times(
+        &s.db,
+        &calls::CallFilter {
+            within,
+            since: Some(now - chrono::Duration::hours(1)),
+            ..Default::default()
+        },
+        100_000,
+    )
+    .await?;
+    let mut ttfa: Vec<f64> = Vec::with_capacity(hour.len());
+    let mut dial: Vec<f64> = Vec::with_capacity(hour.len());
+    for (started, answered, t) in &hour {
+        ttfa.push(*t as f64);
+        if let Some(a) = answered {
+            dial.push((*a - *started).num_milliseconds() as f64 + *t as f64);
         }
     }
     ttfa.sort_by(f64::total_cmp);
@@ -146,7 +158,7 @@ pub async fn overview(State(s): State<AppState>, viewer: Viewer) -> PageResult {
             @if viewer.who.is_admin() {
                 div class="tile" { span class="n" { (s.registry.len()) } span { "warm sessions on this instance" } }
             }
-            div class="tile" { span class="n" { (today.len()) } span { "calls today (UTC)" } }
+            div class="tile" { span class="n" { (calls_today) } span { "calls today (UTC)" } }
         }
         h2 { "Latency, last hour" }
         table {
@@ -300,7 +312,7 @@ const FIELDS: &[(&str, &str, &str, &str)] = &[
         "business_hours",
         "Business hours (JSON)",
         "json",
-        "e.g. {\"mon\":[[\"09:00\",\"17:00\"]]}; empty: always open.",
+        "e.g. {\"mon\":[[\"09:00\",\"17:00\"]]}; empty: none set.",
     ),
     (
         "prewarm_policy",
@@ -361,7 +373,7 @@ const FIELDS: &[(&str, &str, &str, &str)] = &[
         "tools",
         "Built-in tools (JSON)",
         "json",
-        "A list of names; empty: all of them.",
+        "A list of names ([] for none); an empty box: all of them.",
     ),
     (
         "http_tools",
@@ -389,9 +401,10 @@ const FIELDS: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
-/// A business's fields as the form shows them, from the admin API's view of it.
-fn form_values(out: &ClientOut) -> BTreeMap<String, String> {
-    let v = serde_json::to_value(out).unwrap_or(Value::Null);
+/// A business's fields as the form shows them, from the admin API's view of it (`ClientOut`
+/// as JSON). JSON fields are shown as they are, `[]` and `{}` included: saved unchanged, the
+/// form sends back what it showed (an empty `tools` box would mean every tool).
+fn form_values(v: &Value) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     for (name, _, kind, _) in FIELDS {
         let field = v.get(*name).cloned().unwrap_or(Value::Null);
@@ -411,8 +424,6 @@ fn form_values(out: &ClientOut) -> BTreeMap<String, String> {
                     .collect();
                 pretty(&Value::Array(faqs))
             }
-            ("json", Value::Array(a)) if a.is_empty() => String::new(),
-            ("json", Value::Object(o)) if o.is_empty() => String::new(),
             ("json", other) => pretty(&other),
             (_, Value::String(s)) => s,
             (_, other) => other.to_string(),
@@ -600,7 +611,7 @@ pub async fn business(
     let id = visible(&viewer, id)?;
     let profile = clients::get_client(&s.db, id).await?;
     let name = profile.client.name.clone();
-    let values = form_values(&ClientOut::from(profile));
+    let values = form_values(&serde_json::to_value(ClientOut::from(profile)).unwrap_or_default());
     let docs = kstore::list_documents(&s.db, id).await?;
     let body = html! {
         h1 { (name) }
@@ -906,6 +917,8 @@ fn label(what: &str) -> &str {
         "tool" => "Tool call",
         "tool_result" => "Tool result",
         "reconnect" => "Realtime reconnect",
+        "transfer" => "Agent transferred the caller",
+        "hang_up" => "Agent hung up",
         "ended" => "Call ended",
         other => other,
     }
@@ -1061,6 +1074,26 @@ mod tests {
                 .unwrap_err()
                 .starts_with("business_hours: not JSON")
         );
+    }
+
+    #[test]
+    fn a_business_saved_unchanged_keeps_its_json_fields_even_empty_ones() {
+        // No built-in tool, no FAQ, no hours: shown as they are, sent back as they were.
+        let out = serde_json::json!({
+            "name": "Acme", "phone_numbers": [{"number": "+15005550006", "active": true}],
+            "instructions": "Help.", "greeting": "Hi", "voice": "alloy",
+            "tools": [], "faqs": [], "business_hours": {}, "lines": {}, "results_schema": null,
+        });
+        let shown = form_values(&out);
+        assert_eq!(shown["tools"], "[]");
+        assert_eq!(shown["results_schema"], "");
+        assert_eq!(shown["phone_numbers"], "+15005550006");
+        let sent = form_to_json(&shown).unwrap();
+        assert_eq!(sent["tools"], serde_json::json!([]));
+        assert!(sent.get("results_schema").is_none());
+        let ValidJson(input) =
+            ValidJson::<ClientIn>::from_bytes(&serde_json::to_vec(&sent).unwrap()).unwrap();
+        assert_eq!(input.tools, Some(serde_json::json!([])));
     }
 
     #[test]

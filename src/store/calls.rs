@@ -393,6 +393,57 @@ pub async fn list_calls_within(
     before: Option<DateTime<Utc>>,
     limit: u64,
 ) -> Result<Vec<call::Model>, StoreError> {
+    let mut q = filtered(f);
+    if let Some(b) = before {
+        q = q.filter(call::Column::StartedAt.lt(b));
+    }
+    Ok(q.order_by_desc(call::Column::StartedAt)
+        .order_by_desc(call::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?)
+}
+
+/// The calls the filter selects, counted by end reason and status, in SQL (every call of a busy
+/// day counts, not a page of them): `(end_reason, status, calls)`.
+pub async fn count_outcomes(
+    db: &DatabaseConnection,
+    f: &CallFilter,
+) -> Result<Vec<(Option<String>, String, i64)>, StoreError> {
+    Ok(filtered(f)
+        .select_only()
+        .column(call::Column::EndReason)
+        .column(call::Column::Status)
+        .column_as(call::Column::Id.count(), "calls")
+        .group_by(call::Column::EndReason)
+        .group_by(call::Column::Status)
+        .into_tuple()
+        .all(db)
+        .await?)
+}
+
+/// Of the calls the filter selects that had a first audio: `(started_at, answered_at,
+/// time_to_first_audio_ms)`, at most `limit`, newest first.
+pub async fn first_audio_times(
+    db: &DatabaseConnection,
+    f: &CallFilter,
+    limit: u64,
+) -> Result<Vec<(DateTime<Utc>, Option<DateTime<Utc>>, i64)>, StoreError> {
+    Ok(filtered(f)
+        .filter(call::Column::TimeToFirstAudioMs.is_not_null())
+        .select_only()
+        .column(call::Column::StartedAt)
+        .column(call::Column::AnsweredAt)
+        .column(call::Column::TimeToFirstAudioMs)
+        .order_by_desc(call::Column::StartedAt)
+        .limit(limit)
+        .into_tuple()
+        .all(db)
+        .await?)
+}
+
+/// The query of the calls a filter selects.
+fn filtered(f: &CallFilter) -> sea_orm::Select<call::Entity> {
     let mut q = call::Entity::find();
     if let Some(id) = f.client_id {
         q = q.filter(call::Column::ClientId.eq(id));
@@ -428,12 +479,5 @@ pub async fn list_calls_within(
                 .add(call::Column::EndReason.like(like(" ("))),
         );
     }
-    if let Some(b) = before {
-        q = q.filter(call::Column::StartedAt.lt(b));
-    }
-    Ok(q.order_by_desc(call::Column::StartedAt)
-        .order_by_desc(call::Column::Id)
-        .limit(limit)
-        .all(db)
-        .await?)
+    q
 }

@@ -478,7 +478,9 @@ async fn answer(
         }
         Begun::Warm(rx) | Begun::Retry(Some(rx)) => {
             let ready = wait_ready(rx, deadline).await;
-            timeline.note(
+            // Stamped when it began, with how long it took to be ready.
+            timeline.note_at(
+                begun_at.into(),
                 "prewarm",
                 begun_at.elapsed().ok().map(|d| d.as_secs_f64() * 1000.0),
                 Some(if ready { "ready" } else { "not ready in time" }.into()),

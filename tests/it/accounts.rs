@@ -372,7 +372,7 @@ both_backends!(
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
 
         // The console: the same walls.
-        let (mut web, _) = log_in(app, "op@example.com", PASSWORD).await;
+        let (mut web, csrf) = log_in(app, "op@example.com", PASSWORD).await;
         let (status, _, page) = web.get("/console/businesses").await;
         assert_eq!(status, StatusCode::OK);
         assert!(
@@ -389,6 +389,49 @@ both_backends!(
             let (status, _, _) = web.get(&path).await;
             assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
         }
+        // Its forms, with its own valid CSRF token, aimed at the other business: 404 too.
+        for (path, form) in [
+            (
+                format!("/console/businesses/{b}"),
+                vec![("name", "Mine now")],
+            ),
+            (
+                format!("/console/businesses/{b}/knowledge"),
+                vec![("name", "x.md"), ("content", "x")],
+            ),
+            (
+                format!("/console/businesses/{b}/knowledge/1/delete"),
+                vec![],
+            ),
+            (
+                format!("/console/businesses/{b}/callers/delete"),
+                vec![("phone", CALLER)],
+            ),
+        ] {
+            let mut form = form;
+            form.push(("csrf", &csrf));
+            let (status, _, _) = web.post(&path, &form).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        }
+        let beta: Value = app
+            .admin(Method::GET, &format!("/clients/{b}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(beta["name"], "Beta Plumbing");
+        let remembered = app
+            .admin(Method::GET, &format!("/clients/{b}/callers/%2B14155550100"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            remembered.status(),
+            StatusCode::OK,
+            "the other business's caller is kept"
+        );
         let (status, _, page) = web.get("/console/calls").await;
         assert_eq!(status, StatusCode::OK);
         assert!(page.contains("CAalpha") && !page.contains("CAbeta"));
@@ -781,6 +824,64 @@ async fn a_business_saved_in_the_console_is_validated_like_the_api() {
         .await
         .unwrap();
     assert_eq!(docs[0]["name"], "prices.md");
+    let doc = docs[0]["id"].as_i64().unwrap();
+    let (status, _, _) = b
+        .post(
+            &format!("/console/businesses/{id}/knowledge/{doc}/delete"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let docs: Value = app
+        .admin(Method::GET, &format!("/clients/{id}/knowledge"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(docs, json!([]));
+
+    // A call, then the calls page's filters, the callers and messages pages, and an erase.
+    a_call(&app, id, "CAfilters").await;
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    for (query, listed) in [
+        ("path=warm".to_string(), true),
+        ("path=cold".to_string(), false),
+        ("end_reason=twilio_stop".to_string(), true),
+        ("end_reason=transfer".to_string(), false),
+        (format!("date={today}"), true),
+        ("date=2001-01-01".to_string(), false),
+        (format!("client={id}&path=warm&date={today}"), true),
+    ] {
+        let (status, _, page) = b.get(&format!("/console/calls?{query}")).await;
+        assert_eq!(status, StatusCode::OK, "{query}");
+        assert_eq!(page.contains("CAfilters"), listed, "{query}");
+    }
+    let (_, _, page) = b.get(&format!("/console/businesses/{id}/callers")).await;
+    assert!(
+        page.contains(CALLER) && page.contains("asked"),
+        "the caller and what is kept"
+    );
+    let (status, _, page) = b.get(&format!("/console/businesses/{id}/messages")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("No message taken yet."));
+    let (status, _, _) = b
+        .post(
+            &format!("/console/businesses/{id}/callers/delete"),
+            &[("csrf", &csrf), ("phone", CALLER)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let gone = app
+        .admin(
+            Method::GET,
+            &format!("/clients/{id}/callers/%2B14155550100"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
     app.shutdown().await;
 }
 

@@ -131,7 +131,28 @@ async fn a_call_with_a_barge_in_and_a_tool_call_streams_its_events_in_order() {
         )
         .await;
     assert_eq!(report.clears.len(), 1, "a barge-in");
-    gw.ended_call(&placed.call_sid).await;
+    let ended_call = gw.ended_call(&placed.call_sid).await;
+    // The call's timeline, saved with it, has the same moments in the same order.
+    let timeline = warmline::timeline::parse(ended_call.call.timeline.as_deref());
+    let whats: Vec<&str> = timeline.iter().map(|e| e.what.as_str()).collect();
+    let pos = |w: &str| {
+        whats
+            .iter()
+            .position(|x| *x == w)
+            .unwrap_or_else(|| panic!("{w} in {whats:?}"))
+    };
+    assert!(pos("claim") < pos("first_audio"), "{whats:?}");
+    assert!(pos("first_audio") < pos("barge_in"), "{whats:?}");
+    assert!(
+        pos("barge_in") < pos("tool") && pos("tool") < pos("tool_result"),
+        "{whats:?}"
+    );
+    assert_eq!(
+        timeline[pos("tool")].detail.as_deref(),
+        Some("business_hours")
+    );
+    assert_eq!(timeline[pos("tool_result")].detail.as_deref(), Some("ok"));
+    assert_eq!(whats.last(), Some(&"ended"));
 
     let events = all.until_ended().await;
     for e in &events {

@@ -116,6 +116,20 @@ async fn transfer_to_human_says_the_hand_off_line_then_dials_the_transfer_number
     );
     let call = gw.ended_call(&placed.call_sid).await;
     assert_eq!(call.call.end_reason.as_deref(), Some("transfer"));
+    // The timeline: the tool, then the transfer, then the end.
+    let whats: Vec<String> = warmline::timeline::parse(call.call.timeline.as_deref())
+        .into_iter()
+        .map(|e| e.what)
+        .collect();
+    let tail: Vec<&str> = whats
+        .iter()
+        .rev()
+        .take(2)
+        .rev()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(tail, ["transfer", "ended"], "{whats:?}");
+    assert!(whats.iter().any(|w| w == "tool"), "{whats:?}");
     assert!(
         call.transcript
             .iter()

@@ -20,7 +20,13 @@ function el(tag, cls, text) {
 function follow(url, onEvent, status) {
   const es = new EventSource(url, { withCredentials: true });
   es.onopen = () => status && (status.textContent = "Following live events.");
-  es.onerror = () => status && (status.textContent = "Reconnecting to live events…");
+  es.onerror = () => {
+    if (!status) return;
+    // A refused reconnection (logged out, session expired) closes the source for good.
+    status.textContent = es.readyState === EventSource.CLOSED
+      ? "Disconnected from live events (logged out?). Reload the page."
+      : "Reconnecting to live events…";
+  };
   es.onmessage = (m) => {
     let e;
     try { e = JSON.parse(m.data); } catch (_) { return; }
