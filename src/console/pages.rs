@@ -29,16 +29,15 @@ use crate::{
 
 type PageResult = Result<Response, Page>;
 
-/// 404 for a business the viewer may not see, as for one that does not exist.
-fn visible(viewer: &Viewer, id: i32) -> Result<ClientId, Page> {
-    let id = ClientId::new(id);
+/// The business a path names: 404 for one the viewer may not see, as for one that does not
+/// exist, or for a segment that is no id (the console's error page, not a bare 400).
+fn visible(viewer: &Viewer, id: &str) -> Result<ClientId, Page> {
+    let not_found = || Page::Error(StatusCode::NOT_FOUND, "client not found".into());
+    let id = ClientId::new(id.parse().map_err(|_| not_found())?);
     if viewer.who.can_see(id) {
         Ok(id)
     } else {
-        Err(Page::Error(
-            StatusCode::NOT_FOUND,
-            "client not found".into(),
-        ))
+        Err(not_found())
     }
 }
 
@@ -593,10 +592,10 @@ pub async fn create_business(
 pub async fn save_business(
     State(s): State<AppState>,
     viewer: Viewer,
-    Path(id): Path<i32>,
+    Path(id): Path<String>,
     Form(form): Form<BTreeMap<String, String>>,
 ) -> PageResult {
-    let id = visible(&viewer, id)?;
+    let id = visible(&viewer, &id)?;
     clients::get_client(&s.db, id).await?;
     save_form(&s, &viewer, Some(id), form).await
 }
@@ -605,10 +604,10 @@ pub async fn save_business(
 pub async fn business(
     State(s): State<AppState>,
     viewer: Viewer,
-    Path(id): Path<i32>,
+    Path(id): Path<String>,
     Query(q): Query<SavedQuery>,
 ) -> PageResult {
-    let id = visible(&viewer, id)?;
+    let id = visible(&viewer, &id)?;
     let profile = clients::get_client(&s.db, id).await?;
     let name = profile.client.name.clone();
     let values = form_values(&serde_json::to_value(ClientOut::from(profile)).unwrap_or_default());
@@ -663,11 +662,11 @@ pub struct DocumentForm {
 pub async fn add_document(
     State(s): State<AppState>,
     viewer: Viewer,
-    Path(id): Path<i32>,
+    Path(id): Path<String>,
     Form(f): Form<DocumentForm>,
 ) -> PageResult {
     viewer.check_csrf(&f.csrf)?;
-    let id = visible(&viewer, id)?;
+    let id = visible(&viewer, &id)?;
     let bad = |m: String| Page::Error(StatusCode::UNPROCESSABLE_ENTITY, m);
     let name = crate::knowledge::check_name(&f.name).map_err(|e| bad(format!("name: {e}")))?;
     let content = crate::knowledge::check_content(f.content.as_bytes())
@@ -686,11 +685,14 @@ pub async fn add_document(
 pub async fn delete_document(
     State(s): State<AppState>,
     viewer: Viewer,
-    Path((id, doc)): Path<(i32, i32)>,
+    Path((id, doc)): Path<(String, String)>,
     Form(f): Form<CsrfForm>,
 ) -> PageResult {
     viewer.check_csrf(&f.csrf)?;
-    let id = visible(&viewer, id)?;
+    let id = visible(&viewer, &id)?;
+    let doc: i32 = doc
+        .parse()
+        .map_err(|_| Page::Error(StatusCode::NOT_FOUND, "document not found".into()))?;
     kstore::delete_document(&s.db, id, doc).await?;
     tracing::info!(
         client_id = id.get(),
@@ -702,8 +704,12 @@ pub async fn delete_document(
 }
 
 /// `GET /console/businesses/{id}/callers`: what is remembered, with delete.
-pub async fn callers(State(s): State<AppState>, viewer: Viewer, Path(id): Path<i32>) -> PageResult {
-    let id = visible(&viewer, id)?;
+pub async fn callers(
+    State(s): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+) -> PageResult {
+    let id = visible(&viewer, &id)?;
     let profile = clients::get_client(&s.db, id).await?;
     let all = callers::list_callers(&s.db, id).await?;
     let title = format!("Callers of {}", profile.client.name);
@@ -748,11 +754,11 @@ pub struct EraseForm {
 pub async fn delete_caller(
     State(s): State<AppState>,
     viewer: Viewer,
-    Path(id): Path<i32>,
+    Path(id): Path<String>,
     Form(f): Form<EraseForm>,
 ) -> PageResult {
     viewer.check_csrf(&f.csrf)?;
-    let id = visible(&viewer, id)?;
+    let id = visible(&viewer, &id)?;
     admin::erase_caller(&s, id, &f.phone).await?;
     Ok(Redirect::to(&format!("/console/businesses/{}/callers", id.get())).into_response())
 }
@@ -761,9 +767,9 @@ pub async fn delete_caller(
 pub async fn messages(
     State(s): State<AppState>,
     viewer: Viewer,
-    Path(id): Path<i32>,
+    Path(id): Path<String>,
 ) -> PageResult {
-    let id = visible(&viewer, id)?;
+    let id = visible(&viewer, &id)?;
     let profile = clients::get_client(&s.db, id).await?;
     let all = messages::list_messages(&s.db, id, 200).await?;
     let title = format!("Messages for {}", profile.client.name);
@@ -809,10 +815,11 @@ pub async fn calls(
     let bad = |m: &str| Page::Error(StatusCode::UNPROCESSABLE_ENTITY, m.into());
     let client = match q.client.as_deref().filter(|v| !v.is_empty()) {
         None => None,
-        Some(v) => Some(visible(
-            &viewer,
-            v.parse().map_err(|_| bad("client: not a business id"))?,
-        )?),
+        Some(v) => {
+            v.parse::<i32>()
+                .map_err(|_| bad("client: not a business id"))?;
+            Some(visible(&viewer, v)?)
+        }
     };
     let day = match q.date.as_deref().filter(|v| !v.is_empty()) {
         None => None,

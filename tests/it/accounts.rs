@@ -133,6 +133,11 @@ pub async fn log_in(app: &TestApp, email: &str, password: &str) -> (Browser, Str
 
 const PASSWORD: &str = "correct horse battery staple";
 
+/// The status of a request's answer.
+async fn status_of(req: reqwest::RequestBuilder) -> StatusCode {
+    req.send().await.unwrap().status()
+}
+
 /// An admin, ann@example.com, with [`PASSWORD`].
 async fn admin_ann(app: &TestApp) -> warmline::store::users::Account {
     add_user(
@@ -316,13 +321,9 @@ both_backends!(
             (Method::DELETE, format!("/clients/{a}")),
             (Method::GET, "/users".to_string()),
         ] {
-            let resp = op(m.clone(), &p)
+            assert_eq!(status_of(op(m.clone(), &p)
             .header("content-type", "application/json")
-            .body(json!({"name": "x", "phone_numbers": [], "instructions": "x", "greeting": "x", "voice": "alloy"}).to_string())
-            .send()
-            .await
-            .unwrap();
-            assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{m} {p}");
+            .body(json!({"name": "x", "phone_numbers": [], "instructions": "x", "greeting": "x", "voice": "alloy"}).to_string())).await, StatusCode::FORBIDDEN, "{m} {p}");
         }
         let me: Value = op(Method::GET, "/me")
             .send()
@@ -357,19 +358,23 @@ both_backends!(
             json!(["+15005550006", "+15005550099"]),
             json!(["+15005550007"]),
         ] {
-            let resp = op(Method::PUT, &format!("/clients/{a}"))
-                .json(&body(&own, numbers.clone()))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{numbers}");
+            assert_eq!(
+                status_of(
+                    op(Method::PUT, &format!("/clients/{a}")).json(&body(&own, numbers.clone()))
+                )
+                .await,
+                StatusCode::FORBIDDEN,
+                "{numbers}"
+            );
         }
-        let resp = op(Method::POST, &format!("/clients/{a}/numbers"))
-            .json(&json!({"number": "+15005550099"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            status_of(
+                op(Method::POST, &format!("/clients/{a}/numbers"))
+                    .json(&json!({"number": "+15005550099"}))
+            )
+            .await,
+            StatusCode::FORBIDDEN
+        );
 
         // The console: the same walls.
         let (mut web, csrf) = log_in(app, "op@example.com", PASSWORD).await;
@@ -385,6 +390,9 @@ both_backends!(
             format!("/console/businesses/{b}/messages"),
             format!("/console/calls?client={b}"),
             "/console/calls/CAbeta".to_string(),
+            // Not an id at all: the console's own 404, not a bare 400.
+            "/console/businesses/abc".to_string(),
+            format!("/console/businesses/%3{b}"),
         ] {
             let (status, _, _) = web.get(&path).await;
             assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
@@ -438,42 +446,36 @@ both_backends!(
         let (status, _, _) = web.get("/console/calls/CAalpha").await;
         assert_eq!(status, StatusCode::OK);
         // The admin API through the session cookie: the same answers.
-        let resp = web
-            .api(Method::GET, &format!("/clients/{b}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-        let resp = web
-            .api(Method::GET, &format!("/clients/{a}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            status_of(web.api(Method::GET, &format!("/clients/{b}"))).await,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status_of(web.api(Method::GET, &format!("/clients/{a}"))).await,
+            StatusCode::OK
+        );
         // Creating a business is an admin's.
         let (status, _, _) = web.get("/console/businesses/new").await;
         assert_eq!(status, StatusCode::FORBIDDEN);
 
         // Given Beta too (the API replaces its clients), it sees Beta.
-        let resp = app
-            .admin(Method::PUT, &format!("/users/{user_id}/clients"))
-            .json(&json!({"clients": [a, b]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let resp = op(Method::GET, &format!("/clients/{b}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            status_of(
+                app.admin(Method::PUT, &format!("/users/{user_id}/clients"))
+                    .json(&json!({"clients": [a, b]}))
+            )
+            .await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status_of(op(Method::GET, &format!("/clients/{b}"))).await,
+            StatusCode::OK
+        );
         // A deleted user's token opens nothing any more.
-        let resp = app
-            .admin(Method::DELETE, &format!("/users/{user_id}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            status_of(app.admin(Method::DELETE, &format!("/users/{user_id}"))).await,
+            StatusCode::NO_CONTENT
+        );
         let resp = op(Method::GET, "/clients").send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
         let (status, location, _) = web.get("/console").await;
@@ -607,21 +609,19 @@ async fn log_in_sets_a_strict_cookie_forms_need_their_csrf_token_and_log_out_end
     let resp = b.api(Method::GET, "/clients").send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let body = json!({"name": "Acme", "phone_numbers": ["+15005550009"], "instructions": "Help.", "greeting": "Hi", "voice": "alloy"});
-    let resp = b
-        .api(Method::POST, "/clients")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-    let resp = b
-        .api(Method::POST, "/clients")
-        .header("x-csrf-token", &csrf)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(
+        status_of(b.api(Method::POST, "/clients").json(&body)).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status_of(
+            b.api(Method::POST, "/clients")
+                .header("x-csrf-token", &csrf)
+                .json(&body)
+        )
+        .await,
+        StatusCode::CREATED
+    );
     // A console form without its token: refused, nothing changed.
     let (status, _, _) = b.post("/console/logout", &[("csrf", "nope")]).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
@@ -645,20 +645,24 @@ async fn log_in_sets_a_strict_cookie_forms_need_their_csrf_token_and_log_out_end
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let resp = replay
-        .get(app.url("/console"))
-        .header(header::COOKIE, format!("warmline_session={token}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
-    let resp = replay
-        .get(app.url("/admin/api/v1/clients"))
-        .header(header::COOKIE, format!("warmline_session={token}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status_of(
+            replay
+                .get(app.url("/console"))
+                .header(header::COOKIE, format!("warmline_session={token}"))
+        )
+        .await,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        status_of(
+            replay
+                .get(app.url("/admin/api/v1/clients"))
+                .header(header::COOKIE, format!("warmline_session={token}"))
+        )
+        .await,
+        StatusCode::UNAUTHORIZED
+    );
     app.shutdown().await;
 }
 
@@ -703,14 +707,15 @@ async fn an_expired_session_opens_nothing_and_https_cookies_are_secure() {
     )
     .await
     .unwrap();
-    let resp = app
-        .http
-        .get(app.url("/admin/api/v1/clients"))
-        .header(header::COOKIE, format!("warmline_session={token}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status_of(
+            app.http
+                .get(app.url("/admin/api/v1/clients"))
+                .header(header::COOKIE, format!("warmline_session={token}"))
+        )
+        .await,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(
         warmline::store::users::delete_expired_sessions(&app.state.db, chrono::Utc::now())
             .await
@@ -1073,16 +1078,14 @@ async fn a_users_api_tokens_are_listed_without_the_token_and_revoked() {
         .await
         .unwrap();
     assert_eq!(by_admin, listed);
-    let resp = with(Method::DELETE, "/me/tokens/0000000000000000")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-    let resp = with(Method::DELETE, &format!("/me/tokens/{}", made.id))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        status_of(with(Method::DELETE, "/me/tokens/0000000000000000")).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        status_of(with(Method::DELETE, &format!("/me/tokens/{}", made.id))).await,
+        StatusCode::NO_CONTENT
+    );
     let resp = with(Method::GET, "/me").send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     app.shutdown().await;
