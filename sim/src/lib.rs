@@ -2,7 +2,8 @@
 //!
 //! - `realtime`: a fake OpenAI Realtime (GA) WebSocket server.
 //! - `live`: a fake OpenAI GPT-Live WebSocket server (`/v1/live/sessions`).
-//! - `responses`: a fake OpenAI Responses endpoint (the post-call summary).
+//! - `responses`: a fake OpenAI Responses endpoint (the post-call summary) with Conversations,
+//!   whose chat side (`text_model`: function tools, streaming) is for the text channels.
 //! - `twilio`: a Twilio simulator (signed voice webhook, Media Streams client with a playback buffer).
 //! - `audio`: G.711 μ-law, WAV output and the speech clips the fakes speak.
 #![warn(missing_docs)]
@@ -13,6 +14,7 @@ pub mod live;
 pub mod realtime;
 pub mod responses;
 pub mod stamp;
+pub mod text_model;
 pub mod twilio;
 
 /// WebSocket settings of the fakes' sockets: a frame here is a few hundred bytes to ~1.5 KiB,

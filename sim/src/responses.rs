@@ -1,4 +1,9 @@
-//! A fake OpenAI Responses endpoint on loopback (`POST /v1/responses`), for the post-call job:
+//! A fake OpenAI Responses endpoint on loopback (`POST /v1/responses`, and
+//! `POST /v1/conversations`). A request asking for a strict `json_schema` is the post-call
+//! job's, answered as below; any other is a text channel's chat turn, answered by
+//! [`crate::text_model`] (conversations, function tools, streaming).
+//!
+//! For the post-call job:
 //! it checks the request the way the real API does (a Bearer key, `model`, `input`, known
 //! parameters only, `text.format` a strict `json_schema` whose schema strict mode accepts) and
 //! answers 400 with an OpenAI-style error body otherwise (`{"error": {"message", "type",
@@ -67,6 +72,7 @@ pub struct Recorded {
 
 #[derive(Default)]
 struct Shared {
+    chat: crate::text_model::ChatState,
     faults: Mutex<VecDeque<Fault>>,
     requests: Mutex<Vec<Recorded>>,
     completions: AtomicUsize,
@@ -95,6 +101,7 @@ impl FakeResponses {
         let shared = Arc::new(Shared::default());
         let app = Router::new()
             .route("/v1/responses", post(respond))
+            .route("/v1/conversations", post(create_conversation))
             .with_state(shared.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -110,6 +117,19 @@ impl FakeResponses {
     /// Queues faults: each of the next requests gets one, in order, before good answers resume.
     pub fn push(&self, faults: impl IntoIterator<Item = Fault>) {
         lock(&self.shared.faults).extend(faults);
+    }
+
+    /// The model's next chat turn that offers this function calls it (instead of answering).
+    pub fn script_tool(&self, name: &str, arguments: &str) {
+        lock(&self.shared.chat.scripted).push_back(crate::text_model::ScriptedCall {
+            name: name.into(),
+            arguments: arguments.into(),
+        });
+    }
+
+    /// A conversation's items, in order (none for an unknown id).
+    pub fn conversation_items(&self, id: &str) -> Option<Vec<Value>> {
+        lock(&self.shared.chat.conversations).get(id).cloned()
     }
 
     /// Every request so far, in order.
@@ -137,7 +157,7 @@ impl FakeResponses {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -224,6 +244,9 @@ async fn respond(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
             "We could not parse the JSON body of your request.",
         );
     };
+    if request.pointer("/text/format/type").and_then(Value::as_str) != Some("json_schema") {
+        return chat(&shared, &request, record).await;
+    }
     let schema = match check_request(&request) {
         Ok(schema) => schema,
         Err((param, code, message)) => {
@@ -316,14 +339,119 @@ async fn respond(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         .into_response()
 }
 
+/// A chat turn (a request that is not the post-call job's): the common checks and the faults,
+/// then [`crate::text_model::respond`].
+async fn chat(shared: &Shared, request: &Value, record: impl Fn(u16, Option<String>)) -> Response {
+    if let Err((param, code, message)) = check_common(request) {
+        record(400, None);
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            Some(&param),
+            code,
+            &message,
+        );
+    }
+    let fault = lock(&shared.faults).pop_front();
+    match fault {
+        Some(Fault::Hang) => {
+            record(0, None);
+            return std::future::pending().await;
+        }
+        Some(Fault::Status(code)) => {
+            record(code, None);
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return error(
+                status,
+                "server_error",
+                None,
+                None,
+                "The server had an error while processing your request. Sorry about that!",
+            );
+        }
+        // The post-call job's faults have no meaning for a chat turn.
+        Some(Fault::Mismatch | Fault::NotJson) | None => {}
+    }
+    match crate::text_model::respond(&shared.chat, request) {
+        Ok(r) => {
+            shared.completions.fetch_add(1, Ordering::SeqCst);
+            record(200, None);
+            r
+        }
+        Err((status, param, message)) => {
+            record(status.as_u16(), None);
+            error(
+                status,
+                "invalid_request_error",
+                Some(&param),
+                None,
+                &message,
+            )
+        }
+    }
+}
+
+/// `POST /v1/conversations`.
+async fn create_conversation(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .is_some_and(|k| !k.trim().is_empty());
+    if !authorized {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            None,
+            None,
+            "You didn't provide an API key.",
+        );
+    }
+    let body: Value = if body.is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    None,
+                    None,
+                    "We could not parse the JSON body of your request.",
+                );
+            }
+        }
+    };
+    match shared.chat.create_conversation(&body) {
+        Ok(c) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            c.to_string(),
+        )
+            .into_response(),
+        Err((param, message)) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            Some(&param),
+            None,
+            &message,
+        ),
+    }
+}
+
 type Refusal = (String, Option<&'static str>, String);
 
 fn refuse(param: &str, message: impl Into<String>) -> Refusal {
     (param.to_string(), None, message.into())
 }
 
-/// Checks the request's shape; the schema of `text.format` when it is good.
-fn check_request(r: &Value) -> Result<Value, Refusal> {
+/// What every request must be: an object of known parameters with a `model`.
+fn check_common(r: &Value) -> Result<(), Refusal> {
     let Some(obj) = r.as_object() else {
         return Err(refuse("", "The body must be a JSON object."));
     };
@@ -338,6 +466,15 @@ fn check_request(r: &Value) -> Result<Value, Refusal> {
         Some(m) if !m.trim().is_empty() => {}
         _ => return Err(refuse("model", "Missing required parameter: 'model'.")),
     }
+    Ok(())
+}
+
+/// Checks the post-call request's shape; the schema of `text.format` when it is good.
+fn check_request(r: &Value) -> Result<Value, Refusal> {
+    check_common(r)?;
+    let Some(obj) = r.as_object() else {
+        return Err(refuse("", "The body must be a JSON object."));
+    };
     check_input(obj.get("input"))?;
     if let Some(i) = obj.get("instructions")
         && !i.is_string()

@@ -1,0 +1,649 @@
+//! The chat side of the fake Responses endpoint ([`crate::responses::FakeResponses`]): what a
+//! text channel's agent sends (a conversation, function tools, streaming), answered the way the
+//! real API answers, for warmline's text channels.
+//!
+//! The wire, as the OpenAI Python SDK types it (openai/openai-python, `src/openai/types/`):
+//! - `POST /v1/conversations` `{metadata?, items?}` → a `conversation` object
+//!   (`{id, object: "conversation", created_at, metadata}`; `conversations/conversation.py`).
+//! - `POST /v1/responses` with `conversation` (an id, or `{id}`), `input` (a string, or a list
+//!   of messages and `function_call_output` items `{type, call_id, output}`), `tools`
+//!   (`[{type: "function", name, description?, parameters, strict?}]`) and `stream`. Items of the
+//!   conversation come before the input; the input and the output are added to it once the
+//!   response completes (`responses/response_create_params.py`, `conversation`).
+//! - With `stream: true` the answer is Server-Sent Events, each an `event:` line naming the type
+//!   and a `data:` line of JSON with the same `type` and a `sequence_number` counting from 0:
+//!   `response.created`, `response.in_progress`, then per output item
+//!   `response.output_item.added`, for a message `response.content_part.added`,
+//!   `response.output_text.delta` (`item_id`, `output_index`, `content_index`, `delta`,
+//!   `logprobs`) …, `response.output_text.done` (`text`), `response.content_part.done`, for a
+//!   function call `response.function_call_arguments.delta` / `.done` (`item_id`,
+//!   `output_index`, `arguments`, and `name` on `.done`), `response.output_item.done`, and last
+//!   `response.completed` with the whole `response` (`responses/response_stream_event.py` and the
+//!   event modules it unions). There is no `[DONE]` line.
+//!
+//! The model is deterministic: it answers a user message with `Noted: <the message>.` (so a
+//! test sees which message it answered), unless a tool call was scripted
+//! ([`crate::responses::FakeResponses::script_tool`]): then it calls that function, and after the
+//! function's output comes back it answers `Done: <the output>.`. A conversation's items are kept
+//! ([`crate::responses::FakeResponses::conversation_items`]).
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, atomic::AtomicUsize, atomic::Ordering},
+};
+
+use axum::{
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+
+/// A function call the model makes at its next turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptedCall {
+    /// The function.
+    pub name: String,
+    /// Its arguments (JSON text).
+    pub arguments: String,
+}
+
+/// What the chat side keeps.
+#[derive(Default)]
+pub(crate) struct ChatState {
+    pub(crate) conversations: Mutex<HashMap<String, Vec<Value>>>,
+    pub(crate) scripted: Mutex<std::collections::VecDeque<ScriptedCall>>,
+    ids: AtomicUsize,
+}
+
+impl ChatState {
+    fn next_id(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}_fake{:04}",
+            self.ids.fetch_add(1, Ordering::SeqCst)
+        )
+    }
+
+    /// `POST /v1/conversations`.
+    pub(crate) fn create_conversation(&self, body: &Value) -> Result<Value, (String, String)> {
+        let items = match body.get("items") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) if items.len() <= 20 => items.clone(),
+            Some(_) => {
+                return Err((
+                    "items".into(),
+                    "Invalid 'items': at most 20 items at a time.".into(),
+                ));
+            }
+        };
+        if let Some(m) = body.get("metadata")
+            && !m.is_null()
+            && !m.as_object().is_some_and(|o| {
+                o.len() <= 16
+                    && o.iter()
+                        .all(|(k, v)| k.len() <= 64 && v.as_str().is_some_and(|s| s.len() <= 512))
+            })
+        {
+            return Err((
+                "metadata".into(),
+                "Invalid 'metadata': at most 16 string values, keys up to 64 and values up to 512 characters.".into(),
+            ));
+        }
+        let id = self.next_id("conv");
+        crate::responses::lock(&self.conversations).insert(id.clone(), items);
+        Ok(json!({
+            "id": id,
+            "object": "conversation",
+            "created_at": now_secs(),
+            "metadata": body.get("metadata").cloned().unwrap_or_else(|| json!({})),
+        }))
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// A chat request's problem: (param, message), answered 400 (404 for an unknown conversation).
+pub(crate) type Problem = (StatusCode, String, String);
+
+fn problem(param: &str, message: impl Into<String>) -> Problem {
+    (StatusCode::BAD_REQUEST, param.into(), message.into())
+}
+
+/// The input as a list of items (a string is one user message).
+fn input_items(input: Option<&Value>) -> Result<Vec<Value>, Problem> {
+    let items = match input {
+        Some(Value::String(s)) if !s.trim().is_empty() => {
+            vec![json!({"type": "message", "role": "user", "content": s})]
+        }
+        Some(Value::Array(items)) if !items.is_empty() => items.clone(),
+        _ => {
+            return Err(problem(
+                "input",
+                "Invalid 'input': expected a non-empty string or a list of items.",
+            ));
+        }
+    };
+    for item in &items {
+        let kind = item
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("message");
+        let ok = match kind {
+            "message" => {
+                matches!(
+                    item.get("role").and_then(Value::as_str),
+                    Some("user" | "system" | "developer" | "assistant")
+                ) && match item.get("content") {
+                    Some(Value::String(s)) => !s.is_empty(),
+                    Some(Value::Array(parts)) => parts.iter().all(|p| {
+                        matches!(
+                            p.get("type").and_then(Value::as_str),
+                            Some("input_text" | "output_text")
+                        ) && p.get("text").is_some_and(Value::is_string)
+                    }),
+                    _ => false,
+                }
+            }
+            "function_call_output" => {
+                item.get("call_id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|c| !c.is_empty())
+                    && item.get("output").is_some_and(Value::is_string)
+            }
+            "function_call" => {
+                item.get("call_id").is_some_and(Value::is_string)
+                    && item.get("name").is_some_and(Value::is_string)
+                    && item.get("arguments").is_some_and(Value::is_string)
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(problem(
+                "input",
+                format!("Invalid input item of type '{kind}'."),
+            ));
+        }
+    }
+    Ok(items)
+}
+
+fn check_tools(tools: Option<&Value>) -> Result<Vec<String>, Problem> {
+    let Some(tools) = tools.filter(|t| !t.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let Some(list) = tools.as_array() else {
+        return Err(problem("tools", "Invalid 'tools': expected an array."));
+    };
+    let mut names = Vec::new();
+    for (i, t) in list.iter().enumerate() {
+        let name = t.get("name").and_then(Value::as_str).unwrap_or_default();
+        let name_ok = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if t.get("type").and_then(Value::as_str) != Some("function")
+            || !name_ok
+            || !t.get("parameters").is_some_and(Value::is_object)
+        {
+            return Err(problem(
+                &format!("tools[{i}]"),
+                "Invalid tool: expected {type: 'function', name (a-z, A-Z, 0-9, _ or -, at most 64), parameters (an object)}.",
+            ));
+        }
+        names.push(name.to_string());
+    }
+    Ok(names)
+}
+
+/// The text of the last user message of `items`.
+fn last_user_text(items: &[Value]) -> Option<String> {
+    items.iter().rev().find_map(|i| {
+        if i.get("role").and_then(Value::as_str) != Some("user") {
+            return None;
+        }
+        match i.get("content") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Array(parts)) => Some(
+                parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            _ => None,
+        }
+    })
+}
+
+/// What the model outputs: one item.
+enum Turn {
+    Text(String),
+    Call {
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
+}
+
+/// Answers a chat request (the caller has checked the key and parsed the JSON): a response
+/// object, or a stream of its events.
+pub(crate) fn respond(state: &ChatState, request: &Value) -> Result<Response, Problem> {
+    let input = input_items(request.get("input"))?;
+    let tools = check_tools(request.get("tools"))?;
+    let conversation = match request.get("conversation") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) => Some(id.clone()),
+        Some(Value::Object(o)) => o.get("id").and_then(Value::as_str).map(str::to_string),
+        Some(_) => return Err(problem("conversation", "Invalid 'conversation'.")),
+    };
+    if conversation.is_some()
+        && request
+            .get("previous_response_id")
+            .is_some_and(|p| !p.is_null())
+    {
+        return Err(problem(
+            "previous_response_id",
+            "'previous_response_id' cannot be used in conjunction with 'conversation'.",
+        ));
+    }
+    let mut history = match &conversation {
+        Some(id) => crate::responses::lock(&state.conversations)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| {
+                (
+                    StatusCode::NOT_FOUND,
+                    "conversation".to_string(),
+                    format!("Conversation with id '{id}' not found."),
+                )
+            })?,
+        None => Vec::new(),
+    };
+    history.extend(input.iter().cloned());
+    // A function's output just came back: the model answers with it. Else a scripted call, if
+    // its tool is offered; else it notes the last user message.
+    let output_back = input.iter().rev().find_map(|i| {
+        (i.get("type").and_then(Value::as_str) == Some("function_call_output"))
+            .then(|| i["output"].as_str().unwrap_or_default().to_string())
+    });
+    let turn = if let Some(out) = output_back {
+        Turn::Text(format!("Done: {out}."))
+    } else {
+        let scripted = {
+            let mut q = crate::responses::lock(&state.scripted);
+            let offered = q.front().is_some_and(|c| tools.contains(&c.name));
+            if offered { q.pop_front() } else { None }
+        };
+        match scripted {
+            Some(c) => Turn::Call {
+                call_id: state.next_id("call"),
+                name: c.name,
+                arguments: c.arguments,
+            },
+            None => Turn::Text(format!(
+                "Noted: {}.",
+                last_user_text(&history).unwrap_or_default()
+            )),
+        }
+    };
+    let response_id = state.next_id("resp");
+    let item_id = match &turn {
+        Turn::Text(_) => state.next_id("msg"),
+        Turn::Call { .. } => state.next_id("fc"),
+    };
+    let item = match &turn {
+        Turn::Text(text) => json!({
+            "id": item_id, "type": "message", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+        }),
+        Turn::Call {
+            call_id,
+            name,
+            arguments,
+        } => json!({
+            "id": item_id, "type": "function_call", "status": "completed",
+            "call_id": call_id, "name": name, "arguments": arguments,
+        }),
+    };
+    let response = |status: &str, output: Vec<Value>| {
+        json!({
+            "id": response_id,
+            "object": "response",
+            "created_at": now_secs(),
+            "status": status,
+            "error": null,
+            "incomplete_details": null,
+            "model": request["model"],
+            "instructions": request.get("instructions"),
+            "conversation": conversation.as_ref().map(|id| json!({"id": id})),
+            "output": output,
+            "tools": request.get("tools").cloned().unwrap_or_else(|| json!([])),
+            "usage": {"input_tokens": 100, "output_tokens": 20, "total_tokens": 120},
+        })
+    };
+    // The conversation gets the input and the output once the response completes.
+    if let Some(id) = &conversation {
+        let mut all = crate::responses::lock(&state.conversations);
+        if let Some(items) = all.get_mut(id) {
+            items.extend(input);
+            items.push(item.clone());
+        }
+    }
+    if request.get("stream") != Some(&Value::Bool(true)) {
+        let body = response("completed", vec![item]).to_string();
+        return Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response());
+    }
+    let mut events: Vec<Value> = vec![
+        json!({"type": "response.created", "response": response("in_progress", vec![])}),
+        json!({"type": "response.in_progress", "response": response("in_progress", vec![])}),
+    ];
+    match &turn {
+        Turn::Text(text) => {
+            let mut added = item.clone();
+            added["status"] = json!("in_progress");
+            added["content"] = json!([]);
+            events.push(
+                json!({"type": "response.output_item.added", "output_index": 0, "item": added}),
+            );
+            events.push(
+                json!({"type": "response.content_part.added", "item_id": item_id,
+                "output_index": 0, "content_index": 0,
+                "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}),
+            );
+            // Word by word, spaces kept: the deltas join to the text.
+            let mut rest = text.as_str();
+            while !rest.is_empty() {
+                let cut = rest[1..].find(' ').map_or(rest.len(), |i| i + 1);
+                events.push(
+                    json!({"type": "response.output_text.delta", "item_id": item_id,
+                    "output_index": 0, "content_index": 0, "delta": &rest[..cut], "logprobs": []}),
+                );
+                rest = &rest[cut..];
+            }
+            events.push(
+                json!({"type": "response.output_text.done", "item_id": item_id,
+                "output_index": 0, "content_index": 0, "text": text, "logprobs": []}),
+            );
+            events.push(
+                json!({"type": "response.content_part.done", "item_id": item_id,
+                "output_index": 0, "content_index": 0,
+                "part": {"type": "output_text", "text": text, "annotations": [], "logprobs": []}}),
+            );
+        }
+        Turn::Call {
+            name, arguments, ..
+        } => {
+            let mut added = item.clone();
+            added["status"] = json!("in_progress");
+            added["arguments"] = json!("");
+            events.push(
+                json!({"type": "response.output_item.added", "output_index": 0, "item": added}),
+            );
+            events.push(
+                json!({"type": "response.function_call_arguments.delta", "item_id": item_id,
+                "output_index": 0, "delta": arguments}),
+            );
+            events.push(
+                json!({"type": "response.function_call_arguments.done", "item_id": item_id,
+                "output_index": 0, "name": name, "arguments": arguments}),
+            );
+        }
+    }
+    events.push(json!({"type": "response.output_item.done", "output_index": 0, "item": item}));
+    events
+        .push(json!({"type": "response.completed", "response": response("completed", vec![item])}));
+    let mut body = String::new();
+    for (n, mut e) in events.into_iter().enumerate() {
+        e["sequence_number"] = json!(n);
+        let kind = e["type"].as_str().unwrap_or_default().to_string();
+        body.push_str(&format!("event: {kind}\ndata: {e}\n\n"));
+    }
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(r: Response) -> (StatusCode, String) {
+        let status = r.status();
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    fn events(sse: &str) -> Vec<Value> {
+        sse.split("\n\n")
+            .filter(|b| !b.trim().is_empty())
+            .map(|block| {
+                let mut lines = block.lines();
+                let event = lines.next().unwrap().strip_prefix("event: ").unwrap();
+                let data: Value =
+                    serde_json::from_str(lines.next().unwrap().strip_prefix("data: ").unwrap())
+                        .unwrap();
+                assert_eq!(data["type"], event, "the event line names the data's type");
+                data
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_streamed_answer_is_the_sdks_event_sequence_and_its_deltas_join_to_the_text() {
+        let state = ChatState::default();
+        let conv = state
+            .create_conversation(&json!({"metadata": {"identity": "web:s1"}}))
+            .unwrap();
+        assert_eq!(conv["object"], "conversation");
+        let id = conv["id"].as_str().unwrap();
+        let r = respond(
+            &state,
+            &json!({"model": "gpt-5-mini", "conversation": id, "stream": true,
+                    "input": "Are you open on Saturday?"}),
+        )
+        .unwrap();
+        let (status, body) = body_of(r).await;
+        assert_eq!(status, StatusCode::OK);
+        let ev = events(&body);
+        let types: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            types[..4],
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added"
+            ]
+        );
+        assert_eq!(
+            types[types.len() - 4..],
+            [
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed"
+            ]
+        );
+        let seq: Vec<u64> = ev
+            .iter()
+            .map(|e| e["sequence_number"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seq, (0..ev.len() as u64).collect::<Vec<_>>());
+        let joined: String = ev
+            .iter()
+            .filter(|e| e["type"] == "response.output_text.delta")
+            .map(|e| e["delta"].as_str().unwrap())
+            .collect();
+        assert_eq!(joined, "Noted: Are you open on Saturday?.");
+        assert!(
+            types
+                .iter()
+                .filter(|t| **t == "response.output_text.delta")
+                .count()
+                > 3
+        );
+        let done = ev.last().unwrap();
+        assert_eq!(done["response"]["status"], "completed");
+        assert_eq!(done["response"]["output"][0]["content"][0]["text"], joined);
+        // The conversation keeps the exchange.
+        let items = crate::responses::lock(&state.conversations)[id].clone();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[1]["role"], "assistant");
+    }
+
+    #[tokio::test]
+    async fn a_scripted_function_call_then_its_output_gives_the_answer() {
+        let state = ChatState::default();
+        crate::responses::lock(&state.scripted).push_back(ScriptedCall {
+            name: "business_hours".into(),
+            arguments: "{}".into(),
+        });
+        let tools = json!([{"type": "function", "name": "business_hours",
+            "description": "Opening hours", "parameters": {"type": "object", "properties": {}}}]);
+        let r = respond(
+            &state,
+            &json!({"model": "m", "stream": true, "tools": tools, "input": "When are you open?"}),
+        )
+        .unwrap();
+        let ev = events(&body_of(r).await.1);
+        let done = ev
+            .iter()
+            .find(|e| e["type"] == "response.function_call_arguments.done")
+            .unwrap();
+        assert_eq!(done["name"], "business_hours");
+        let call = &ev.last().unwrap()["response"]["output"][0];
+        assert_eq!(call["type"], "function_call");
+        let call_id = call["call_id"].as_str().unwrap();
+        // The output goes back (with the call, as a client without a conversation sends it).
+        let r = respond(
+            &state,
+            &json!({"model": "m", "tools": tools, "input": [
+                call,
+                {"type": "function_call_output", "call_id": call_id, "output": "Mon-Fri 9-5"}]}),
+        )
+        .unwrap();
+        let (_, body) = body_of(r).await;
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            answer["output"][0]["content"][0]["text"],
+            "Done: Mon-Fri 9-5."
+        );
+    }
+
+    #[tokio::test]
+    async fn over_http_a_conversation_is_made_and_a_turn_streamed_with_the_key_checked() {
+        let fake = crate::responses::FakeResponses::start().await.unwrap();
+        let http = reqwest::Client::new();
+        let base = fake.base_url();
+        let refused = http
+            .post(format!("{base}/conversations"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401);
+        let conv: Value = serde_json::from_str(
+            &http
+                .post(format!("{base}/conversations"))
+                .bearer_auth("sk-test")
+                .body(r#"{"metadata":{"identity":"whatsapp:+14155550100"}}"#)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let id = conv["id"].as_str().unwrap().to_string();
+        let resp = http
+            .post(format!("{base}/responses"))
+            .bearer_auth("sk-test")
+            .body(
+                json!({"model": "gpt-5-mini", "conversation": {"id": id}, "stream": true,
+                       "instructions": "You are the receptionist.", "input": "Hi there"})
+                .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(
+            resp.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        let ev = events(&resp.text().await.unwrap());
+        assert_eq!(ev.last().unwrap()["type"], "response.completed");
+        assert_eq!(fake.conversation_items(&id).unwrap().len(), 2);
+        assert_eq!(fake.completions(), 1);
+        // An unknown parameter is refused before anything else, as for the post-call job.
+        let resp = http
+            .post(format!("{base}/responses"))
+            .bearer_auth("sk-test")
+            .body(json!({"model": "m", "input": "x", "colour": "blue"}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_refused_as_the_api_refuses_them() {
+        let state = ChatState::default();
+        let refused = |r: Result<Response, Problem>| r.err().map(|(s, p, _)| (s, p));
+        assert_eq!(
+            refused(respond(&state, &json!({"model": "m", "input": ""}))),
+            Some((StatusCode::BAD_REQUEST, "input".into()))
+        );
+        assert_eq!(
+            refused(respond(
+                &state,
+                &json!({"model": "m", "input": "hi", "conversation": "conv_nope"})
+            )),
+            Some((StatusCode::NOT_FOUND, "conversation".into()))
+        );
+        assert_eq!(
+            refused(respond(
+                &state,
+                &json!({"model": "m", "input": "hi",
+                "tools": [{"type": "function", "name": "bad name", "parameters": {}}]})
+            )),
+            Some((StatusCode::BAD_REQUEST, "tools[0]".into()))
+        );
+        let conv = state.create_conversation(&json!({})).unwrap();
+        assert_eq!(
+            refused(respond(
+                &state,
+                &json!({"model": "m", "input": "hi",
+                "conversation": conv["id"], "previous_response_id": "resp_1"})
+            )),
+            Some((StatusCode::BAD_REQUEST, "previous_response_id".into()))
+        );
+        // A scripted call waits until its tool is offered.
+        crate::responses::lock(&state.scripted).push_back(ScriptedCall {
+            name: "end_call".into(),
+            arguments: "{}".into(),
+        });
+        let r = respond(&state, &json!({"model": "m", "input": "hello"})).unwrap();
+        let answer: Value = serde_json::from_str(&body_of(r).await.1).unwrap();
+        assert_eq!(answer["output"][0]["type"], "message");
+        assert_eq!(crate::responses::lock(&state.scripted).len(), 1);
+    }
+}
