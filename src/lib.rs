@@ -70,6 +70,7 @@ pub mod recording;
 pub mod sandbox;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod timeline;
 pub mod tools;
 pub mod traces;

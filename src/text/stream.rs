@@ -1,0 +1,277 @@
+//! Reading a streamed Responses API answer (`stream: true`): pure, fed the body's bytes as they
+//! arrive, it yields what the text agent acts on.
+//!
+//! The wire (openai/openai-python, `src/openai/types/responses/response_stream_event.py` and the
+//! event modules it unions): Server-Sent Events whose `data:` line is JSON with a `type`; an
+//! `event:` line naming the same type may come before it and is not needed. There is no
+//! `[DONE]` line: the stream ends after `response.completed`, `response.incomplete` or
+//! `response.failed` (or an `error` event). What is read:
+//! - `response.output_text.delta` → [`Event::Delta`] (`delta`);
+//! - `response.output_item.done` with an item of `type: "function_call"` → [`Event::Call`]
+//!   (`call_id`, `name`, `arguments` as JSON text);
+//! - `response.completed` → [`Event::Completed`] (the response `id` and the text of its
+//!   `message` items' `output_text` parts, joined);
+//! - `response.incomplete` (`incomplete_details.reason`), `response.failed` (`error.message`)
+//!   and `error` (`message`) → [`Event::Failed`].
+//!
+//! Everything else (`response.created`, content parts, argument deltas, …) is skipped. A line
+//! longer than [`MAX_LINE`] or a `data:` line that is not JSON fails the stream: nothing the model
+//! says is ever bigger, and a peer that sends it is not the API.
+
+use serde_json::Value;
+
+/// Longest line read (bytes).
+pub const MAX_LINE: usize = 1 << 20;
+
+/// What the agent acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// More of the answer's text.
+    Delta(String),
+    /// The model calls a function.
+    Call {
+        /// Its id, to send the output back with.
+        call_id: String,
+        /// The function.
+        name: String,
+        /// Its arguments (JSON text).
+        arguments: String,
+    },
+    /// The answer is complete.
+    Completed {
+        /// The response's id.
+        response_id: String,
+        /// Its text (the `output_text` parts of its messages).
+        text: String,
+    },
+    /// No answer: why, for the log (never shown to the person).
+    Failed(String),
+}
+
+/// The reader: bytes in ([`Reader::feed`]), events out.
+#[derive(Debug, Default)]
+pub struct Reader {
+    line: Vec<u8>,
+    over: bool,
+}
+
+impl Reader {
+    /// A reader at the start of a stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the stream has ended (completed, failed or broken): anything after is ignored.
+    pub fn is_over(&self) -> bool {
+        self.over
+    }
+
+    /// Reads `bytes` (any split of the body); the events they complete, in order.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Event> {
+        let mut out = Vec::new();
+        for &b in bytes {
+            if self.over {
+                break;
+            }
+            if b != b'\n' {
+                if self.line.len() >= MAX_LINE {
+                    self.over = true;
+                    out.push(Event::Failed(format!(
+                        "a stream line longer than {MAX_LINE} bytes"
+                    )));
+                    break;
+                }
+                self.line.push(b);
+                continue;
+            }
+            let line = std::mem::take(&mut self.line);
+            let line = line.strip_suffix(b"\r").unwrap_or(&line);
+            if let Some(e) = Self::line_event(line) {
+                self.over = matches!(e, Event::Completed { .. } | Event::Failed(_));
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    fn line_event(line: &[u8]) -> Option<Event> {
+        let data = line.strip_prefix(b"data:")?;
+        let data = data.strip_prefix(b" ").unwrap_or(data);
+        let v: Value = match serde_json::from_slice(data) {
+            Ok(v) => v,
+            Err(e) => {
+                return Some(Event::Failed(format!(
+                    "a stream event that is not JSON: {e}"
+                )));
+            }
+        };
+        let text = |v: &Value, k: &str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        match v.get("type").and_then(Value::as_str)? {
+            "response.output_text.delta" => Some(Event::Delta(text(&v, "delta"))),
+            "response.output_item.done"
+                if v.pointer("/item/type").and_then(Value::as_str) == Some("function_call") =>
+            {
+                let item = &v["item"];
+                Some(Event::Call {
+                    call_id: text(item, "call_id"),
+                    name: text(item, "name"),
+                    arguments: text(item, "arguments"),
+                })
+            }
+            "response.completed" => {
+                let r = &v["response"];
+                let joined = r
+                    .get("output")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|i| i.get("type").and_then(Value::as_str) == Some("message"))
+                    .flat_map(|i| {
+                        i.get("content")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                    })
+                    .filter(|p| p.get("type").and_then(Value::as_str) == Some("output_text"))
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect::<String>();
+                Some(Event::Completed {
+                    response_id: text(r, "id"),
+                    text: joined,
+                })
+            }
+            "response.incomplete" => Some(Event::Failed(format!(
+                "incomplete: {}",
+                v.pointer("/response/incomplete_details/reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no reason given")
+            ))),
+            "response.failed" => Some(Event::Failed(format!(
+                "failed: {}",
+                v.pointer("/response/error/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no message given")
+            ))),
+            "error" => Some(Event::Failed(format!("error: {}", text(&v, "message")))),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A turn streamed by the project's fake Responses endpoint.
+    async fn streamed(fake: &sim::responses::FakeResponses, body: serde_json::Value) -> Vec<u8> {
+        reqwest::Client::new()
+            .post(format!("{}/responses", fake.base_url()))
+            .bearer_auth("sk-test")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec()
+    }
+
+    fn read_in_pieces(body: &[u8], piece: usize) -> Vec<Event> {
+        let mut r = Reader::new();
+        let events: Vec<Event> = body.chunks(piece).flat_map(|c| r.feed(c)).collect();
+        assert!(r.is_over());
+        events
+    }
+
+    #[tokio::test]
+    async fn the_deltas_of_any_split_join_to_the_completed_text() {
+        let fake = sim::responses::FakeResponses::start().await.unwrap();
+        let body = streamed(
+            &fake,
+            serde_json::json!({"model": "m", "stream": true, "input": "Do you open on Sunday?"}),
+        )
+        .await;
+        for piece in [1, 7, 64, body.len()] {
+            let events = read_in_pieces(&body, piece);
+            let Some(Event::Completed { response_id, text }) = events.last() else {
+                panic!("no completion: {events:?}");
+            };
+            assert!(response_id.starts_with("resp_"));
+            let joined: String = events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Delta(d) => Some(d.as_str()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(&joined, text, "split in pieces of {piece}");
+            assert_eq!(text, "Noted: Do you open on Sunday?.");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_function_call_is_read_whole() {
+        let fake = sim::responses::FakeResponses::start().await.unwrap();
+        fake.script_tool("business_hours", r#"{"day":"sunday"}"#);
+        let tools = serde_json::json!([{"type": "function", "name": "business_hours",
+            "parameters": {"type": "object", "properties": {"day": {"type": "string"}}}}]);
+        let body = streamed(
+            &fake,
+            serde_json::json!({"model": "m", "stream": true, "tools": tools, "input": "Sunday?"}),
+        )
+        .await;
+        let events = read_in_pieces(&body, 5);
+        let calls: Vec<_> = events
+            .iter()
+            .filter(|e| matches!(e, Event::Call { .. }))
+            .collect();
+        assert_eq!(calls.len(), 1);
+        let Event::Call {
+            call_id,
+            name,
+            arguments,
+        } = calls[0]
+        else {
+            unreachable!()
+        };
+        assert!(call_id.starts_with("call_"));
+        assert_eq!(name, "business_hours");
+        assert_eq!(arguments, r#"{"day":"sunday"}"#);
+        assert!(matches!(events.last(), Some(Event::Completed { text, .. }) if text.is_empty()));
+    }
+
+    #[test]
+    fn failures_end_the_stream_and_what_follows_is_ignored() {
+        let mut r = Reader::new();
+        let e = r.feed(
+            b"event: response.failed\r\ndata: {\"type\":\"response.failed\",\"response\":{\"error\":{\"message\":\"overloaded\"}}}\r\n\r\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"late\"}\n",
+        );
+        assert_eq!(e, vec![Event::Failed("failed: overloaded".into())]);
+        assert!(r.is_over());
+        let mut r = Reader::new();
+        assert_eq!(
+            r.feed(b"data: {\"type\":\"response.incomplete\",\"response\":{\"incomplete_details\":{\"reason\":\"max_output_tokens\"}}}\n"),
+            vec![Event::Failed("incomplete: max_output_tokens".into())]
+        );
+        let mut r = Reader::new();
+        assert!(
+            matches!(&r.feed(b"data: {not json\n")[..], [Event::Failed(m)] if m.contains("not JSON"))
+        );
+        // Comments, unknown events and events without a type are skipped.
+        let mut r = Reader::new();
+        assert!(r
+            .feed(b": keep-alive\n\ndata: {\"type\":\"response.reasoning_summary_text.delta\"}\ndata: {}\n")
+            .is_empty());
+        assert!(!r.is_over());
+        // A line that never ends is cut off.
+        let mut r = Reader::new();
+        let e = r.feed(&vec![b'x'; MAX_LINE + 1]);
+        assert!(matches!(&e[..], [Event::Failed(m)] if m.contains("longer than")));
+    }
+}
