@@ -219,12 +219,7 @@ async fn respond(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         });
         shared.changed.notify_waiters();
     };
-    let key = authorization
-        .as_deref()
-        .and_then(|a| a.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or_default();
-    if key.is_empty() {
+    if bearer_key(&headers).is_none() {
         record(401, None);
         return error(
             StatusCode::UNAUTHORIZED,
@@ -273,19 +268,7 @@ async fn respond(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     let text = match fault {
         Some(Fault::Status(code)) => {
             record(code, None);
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let (kind, message) = if code == 429 {
-                (
-                    "requests",
-                    "Rate limit reached for requests. Please try again later.",
-                )
-            } else {
-                (
-                    "server_error",
-                    "The server had an error while processing your request. Sorry about that!",
-                )
-            };
-            return error(status, kind, None, None, message);
+            return status_fault(code);
         }
         Some(Fault::Hang) => {
             record(0, None);
@@ -360,14 +343,7 @@ async fn chat(shared: &Shared, request: &Value, record: impl Fn(u16, Option<Stri
         }
         Some(Fault::Status(code)) => {
             record(code, None);
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return error(
-                status,
-                "server_error",
-                None,
-                None,
-                "The server had an error while processing your request. Sorry about that!",
-            );
+            return status_fault(code);
         }
         // The post-call job's faults have no meaning for a chat turn.
         Some(Fault::Mismatch | Fault::NotJson) | None => {}
@@ -397,12 +373,7 @@ async fn create_conversation(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let authorized = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|a| a.strip_prefix("Bearer "))
-        .is_some_and(|k| !k.trim().is_empty());
-    if !authorized {
+    if bearer_key(&headers).is_none() {
         return error(
             StatusCode::UNAUTHORIZED,
             "invalid_request_error",
@@ -442,6 +413,34 @@ async fn create_conversation(
             &message,
         ),
     }
+}
+
+/// A scripted [`Fault::Status`]: that status with the API's error body (a rate limit's for 429,
+/// a server error's otherwise).
+fn status_fault(code: u16) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let (kind, message) = if code == 429 {
+        (
+            "requests",
+            "Rate limit reached for requests. Please try again later.",
+        )
+    } else {
+        (
+            "server_error",
+            "The server had an error while processing your request. Sorry about that!",
+        )
+    };
+    error(status, kind, None, None, message)
+}
+
+/// The Bearer key of a request, if it has a non-empty one.
+fn bearer_key(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
 }
 
 type Refusal = (String, Option<&'static str>, String);
