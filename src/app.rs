@@ -82,6 +82,10 @@ pub struct AppState {
     pub traces: Arc<crate::traces::Traces>,
     /// Recent failed console log-ins, for their delay (`crate::accounts`).
     pub logins: Arc<crate::accounts::LoginThrottle>,
+    /// The text channels' agent (README.md, "Text channels").
+    pub text: Arc<crate::text::agent::TextAgent>,
+    /// Sends WhatsApp and SMS answers through Twilio's Messages API.
+    pub messages: Arc<crate::text::messaging::Sender>,
 }
 
 impl AppState {
@@ -198,6 +202,19 @@ impl AppState {
         let traces = Arc::new(crate::traces::Traces::new(
             &settings.telemetry.otlp_endpoint,
         )?);
+        let text = Arc::new(
+            crate::text::agent::TextAgent::new(
+                &settings,
+                db.clone(),
+                writer.clone(),
+                outbox_wake.clone(),
+            )
+            .context("preparing the text agent")?,
+        );
+        let messages = Arc::new(
+            crate::text::messaging::Sender::new(&settings)
+                .context("preparing the Twilio Messages client")?,
+        );
         Ok(Self {
             settings: Arc::new(settings),
             db,
@@ -220,6 +237,8 @@ impl AppState {
             logins: Arc::new(
                 crate::accounts::LoginThrottle::new().context("preparing password checks")?,
             ),
+            text,
+            messages,
         })
     }
 }
@@ -319,7 +338,9 @@ fn build(state: AppState, twilio: bool, admin: bool) -> Router {
             .merge(crate::console::router(&state));
     }
     if twilio {
-        r = r.merge(crate::twilio::webhook::router());
+        r = r
+            .merge(crate::twilio::webhook::router())
+            .merge(crate::text::messaging::router());
     }
     r = r
         .layer(DefaultBodyLimit::max(max_body))
@@ -335,7 +356,10 @@ fn build(state: AppState, twilio: bool, admin: bool) -> Router {
         request_deadline,
     ));
     if twilio {
-        r = r.merge(crate::twilio::webhook::media_router());
+        r = r
+            .merge(crate::twilio::webhook::media_router())
+            // The web chat's time limit is the text agent's own (`text.timeout_secs`).
+            .merge(crate::text::webchat::router());
     }
     r.layer(TraceLayer::new_for_http()).with_state(state)
 }

@@ -190,6 +190,35 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Call recordings (README.md, "Recordings").
     pub recording: RecordingSettings,
+    /// The text channels (README.md, "Text channels").
+    pub text: TextSettings,
+}
+
+/// `[text]`: the text channels' agent (README.md, "Text channels"; `crate::text`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextSettings {
+    /// The Responses model answering text messages.
+    #[serde(deserialize_with = "string_like")]
+    pub model: String,
+    /// Longest one answer may take, tool calls included; past it the person gets the fallback
+    /// line.
+    pub timeout_secs: u64,
+    /// Most rounds of tool calls in one answer.
+    pub max_tool_rounds: u32,
+    /// Longest message accepted (characters).
+    pub max_message_chars: usize,
+    /// Messages one person (client and identity) may send a minute; 0: no limit.
+    pub messages_per_minute: u32,
+    /// Answers one client may have running at once on this instance; 0: no limit.
+    pub concurrent_per_client: usize,
+}
+
+impl TextSettings {
+    /// The answer's time limit.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout_secs)
+    }
 }
 
 /// `[recording]`: where recordings go and how they are encoded (README.md, "Recordings";
@@ -337,6 +366,11 @@ pub struct TwilioSettings {
     /// signs the URL it was given, so those requests are checked against this base as well.
     /// Empty: `public_url` only.
     pub webhook_base_url: String,
+    /// The account SID (`AC…`) answers to WhatsApp and SMS are sent with, through the Messages
+    /// REST API (with `auth_token`); empty: the messaging webhook takes nothing.
+    pub account_sid: String,
+    /// Base of Twilio's REST API (overridable so tests and local dev use a fake on loopback).
+    pub api_base_url: Url,
 }
 
 /// `[openai]`.
@@ -724,6 +758,19 @@ impl Settings {
                 return invalid("twilio.webhook_base_url", why);
             }
         }
+        let sid = &self.twilio.account_sid;
+        let sid_ok = sid.len() == 34
+            && sid.starts_with("AC")
+            && sid[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        if !sid.is_empty() && !sid_ok {
+            return invalid(
+                "twilio.account_sid",
+                "must be empty or an account SID (AC and 32 hex digits)",
+            );
+        }
+        if let Err(why) = check_base_url(&self.twilio.api_base_url) {
+            return invalid("twilio.api_base_url", why);
+        }
         if self.twilio.stream_token_ttl_secs == 0 {
             return invalid("twilio.stream_token_ttl_secs", "must be at least 1");
         }
@@ -913,6 +960,19 @@ impl Settings {
                 return invalid(key, "must not be empty");
             }
         }
+        let t = &self.text;
+        if t.model.trim().is_empty() {
+            return invalid("text.model", "must not be empty");
+        }
+        if !(1..=600).contains(&t.timeout_secs) {
+            return invalid("text.timeout_secs", "must be between 1 and 600");
+        }
+        if !(1..=20).contains(&t.max_tool_rounds) {
+            return invalid("text.max_tool_rounds", "must be between 1 and 20");
+        }
+        if !(1..=100_000).contains(&t.max_message_chars) {
+            return invalid("text.max_message_chars", "must be between 1 and 100000");
+        }
         let pc = &self.post_call;
         if !(1..=100).contains(&pc.max_attempts) {
             return invalid("post_call.max_attempts", "must be between 1 and 100");
@@ -955,7 +1015,7 @@ impl Settings {
         format!(
             "public_url = {}\n\n[server]\nlisten = {}\nmax_body_bytes = {}\nshutdown_grace_secs = {}\ndrain_secs = {}\nadmin_listen = {}\nheader_read_timeout_secs = {}\nmax_connections = {}\nrequest_timeout_secs = {}\n\n\
              [database]\nurl = {}\nmax_connections = {}\n\n\
-             [twilio]\nauth_token = {}\nvalidate_signatures = {}\nstream_token_secret = {}\nstream_token_ttl_secs = {}\nwebhook_base_url = {}\n\n\
+             [twilio]\nauth_token = {}\nvalidate_signatures = {}\nstream_token_secret = {}\nstream_token_ttl_secs = {}\nwebhook_base_url = {}\naccount_sid = {}\napi_base_url = {}\n\n\
              [openai]\napi_key = {}\nrealtime_url = {}\nmodel = {}\ntranscription_model = {}\nconnect_timeout_ms = {}\nbase_url = {}\nsummary_model = {}\nlive_url = {}\nlive_model = {}\nlive_delegation_model = {}\n\n\
              [prewarm]\npolicy = {}\nring_min_ms = {}\nring_max_ms = {}\nttl_secs = {}\nmax_sessions = {}\ngreeting_buffer_bytes = {}\n\n\
              [call]\nmax_duration_secs = {}\noutbound_queue_frames = {}\ntool_timeout_ms = {}\nrealtime_reconnects = {}\nsession_renew_secs = {}\nstart_timeout_secs = {}\nmedia_timeout_secs = {}\nrealtime_ping_secs = {}\nrealtime_silence_secs = {}\n\n\
@@ -977,6 +1037,8 @@ impl Settings {
             q(s.twilio.stream_token_secret.redacted()),
             s.twilio.stream_token_ttl_secs,
             q(&s.twilio.webhook_base_url),
+            q(&s.twilio.account_sid),
+            q(s.twilio.api_base_url.as_str()),
             q(s.openai.api_key.redacted()),
             q(&redact_url_password(s.openai.realtime_url.as_str())),
             q(&s.openai.model),
@@ -1054,6 +1116,14 @@ impl Settings {
             s.limits.live_calls_per_client,
             s.limits.admin_bad_tokens_per_minute,
             s.limits.admin_bad_token_delay_ms,
+        ) + &format!(
+            "\n[text]\nmodel = {}\ntimeout_secs = {}\nmax_tool_rounds = {}\nmax_message_chars = {}\nmessages_per_minute = {}\nconcurrent_per_client = {}\n",
+            q(&s.text.model),
+            s.text.timeout_secs,
+            s.text.max_tool_rounds,
+            s.text.max_message_chars,
+            s.text.messages_per_minute,
+            s.text.concurrent_per_client,
         )
     }
 
@@ -1185,6 +1255,8 @@ const TEXT_KEYS: &[&str] = &[
     "s3_endpoint",
     "s3_region",
     "otlp_endpoint",
+    "account_sid",
+    "api_base_url",
 ];
 
 fn describe_figment_error(e: figment::Error) -> String {
@@ -1628,6 +1700,15 @@ mod tests {
                 "openai.base_url",
             ),
             ("[openai]\nsummary_model = \" \"", "openai.summary_model"),
+            ("[text]\nmodel = \"\"", "text.model"),
+            ("account_sid = \"AC1\"", "twilio.account_sid"),
+            (
+                "api_base_url = \"ftp://api.example\"",
+                "twilio.api_base_url",
+            ),
+            ("[text]\ntimeout_secs = 0", "text.timeout_secs"),
+            ("[text]\nmax_tool_rounds = 0", "text.max_tool_rounds"),
+            ("[text]\nmax_message_chars = 0", "text.max_message_chars"),
         ] {
             let err = Settings::from_toml(&format!("[twilio]\nauth_token=\"t\"\n{toml}\n"))
                 .expect_err(toml);

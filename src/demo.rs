@@ -106,6 +106,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         model: None,
         recording: true,
         recording_notice: None,
+        chat_origins: Vec::new(),
     };
     let warm_client = clients::create_client(&db, &input).await?.id();
     // A second number whose client never pre-warms: the cold path, for comparison.

@@ -304,6 +304,57 @@ pub enum CallerIdTrust {
     Always,
 }
 
+/// Where a person reached the business: a phone call, or one of the text channels
+/// (`crate::text`). Stored as `calls.channel`; the names are a contract (README "Text channels").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    /// A call (Twilio voice).
+    #[default]
+    Voice,
+    /// The web chat (`/api/chat/…`).
+    Webchat,
+    /// WhatsApp through Twilio Messaging.
+    Whatsapp,
+    /// SMS through Twilio Messaging.
+    Sms,
+    /// Kommo CRM.
+    Kommo,
+}
+
+impl Channel {
+    /// Every channel.
+    pub const ALL: [Channel; 5] = [
+        Self::Voice,
+        Self::Webchat,
+        Self::Whatsapp,
+        Self::Sms,
+        Self::Kommo,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Voice => "voice",
+            Self::Webchat => "webchat",
+            Self::Whatsapp => "whatsapp",
+            Self::Sms => "sms",
+            Self::Kommo => "kommo",
+        }
+    }
+
+    /// Reads back [`Channel::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What the caller id is worth on one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallerTrust {

@@ -29,11 +29,14 @@ pub enum Line {
     DrainGoodbye,
     /// The client has `limits.live_calls_per_client` calls already and no fallback number.
     Busy,
+    /// A text channel's answer failed (the model timed out, erred or refused): written back
+    /// instead of an answer (`crate::text`).
+    TextFallback,
 }
 
 impl Line {
     /// Every line, in declaration order.
-    pub const ALL: [Line; 7] = [
+    pub const ALL: [Line; 8] = [
         Line::NotInService,
         Line::Unavailable,
         Line::PuttingThrough,
@@ -41,6 +44,7 @@ impl Line {
         Line::DrainTransfer,
         Line::DrainGoodbye,
         Line::Busy,
+        Line::TextFallback,
     ];
 
     /// The key a client uses to override it (admin API `lines`).
@@ -53,11 +57,12 @@ impl Line {
             Self::DrainTransfer => "drain_transfer",
             Self::DrainGoodbye => "drain_goodbye",
             Self::Busy => "busy",
+            Self::TextFallback => "text_fallback",
         }
     }
 }
 
-/// Longest override (characters): these are spoken on the phone, briefly.
+/// Longest override (characters): these are spoken on the phone (or written in a chat), briefly.
 pub const OVERRIDE_MAX_CHARS: usize = 300;
 
 /// A client's own texts for some lines (by [`Line::key`]); the rest keep the built-in text.
@@ -154,6 +159,12 @@ pub fn text(line: Line, language: &str) -> &'static str {
         (Line::Busy, true) => {
             "Todas nuestras líneas están ocupadas en este momento. Por favor, vuelva a llamar en unos minutos. Adiós."
         }
+        (Line::TextFallback, false) => {
+            "Sorry, I can't answer right now. Please write again in a moment."
+        }
+        (Line::TextFallback, true) => {
+            "Lo siento, ahora mismo no puedo responder. Por favor, escríbanos de nuevo en un momento."
+        }
     }
 }
 
@@ -182,7 +193,7 @@ fn base(language: &str) -> &str {
 mod tests {
     use super::*;
 
-    const ALL: [Line; 7] = Line::ALL;
+    const ALL: [Line; 8] = Line::ALL;
 
     #[test]
     fn every_line_exists_in_english_and_spanish() {

@@ -16,6 +16,7 @@ mod m20261130_000002_greetings;
 mod m20261130_000003_engine;
 mod m20261130_000004_recordings;
 mod m20261130_000005_accounts;
+mod m20261130_000006_text_channels;
 
 /// The ordered list of warmline migrations.
 pub struct Migrator;
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000003_engine::Migration),
             Box::new(m20261130_000004_recordings::Migration),
             Box::new(m20261130_000005_accounts::Migration),
+            Box::new(m20261130_000006_text_channels::Migration),
         ]
     }
 }

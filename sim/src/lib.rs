@@ -4,6 +4,8 @@
 //! - `live`: a fake OpenAI GPT-Live WebSocket server (`/v1/live/sessions`).
 //! - `responses`: a fake OpenAI Responses endpoint (the post-call summary) with Conversations,
 //!   whose chat side (`text_model`: function tools, streaming) is for the text channels.
+//! - `messaging`: a fake Twilio Messages API and the signed inbound-message webhook (the
+//!   WhatsApp and SMS channels).
 //! - `twilio`: a Twilio simulator (signed voice webhook, Media Streams client with a playback buffer).
 //! - `audio`: G.711 μ-law, WAV output and the speech clips the fakes speak.
 #![warn(missing_docs)]
@@ -11,6 +13,7 @@
 pub mod audio;
 mod common;
 pub mod live;
+pub mod messaging;
 pub mod realtime;
 pub mod responses;
 pub mod stamp;

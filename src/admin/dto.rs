@@ -109,6 +109,36 @@ pub struct ClientIn {
     /// recorded." in the client's language: English or Spanish).
     #[serde(default)]
     pub recording_notice: Option<String>,
+    /// Origins whose pages may use the client's web chat (`https://shop.example`, scheme, host
+    /// and port only; README "Text channels"); absent or empty: any origin.
+    #[serde(default)]
+    pub chat_origins: Option<Vec<String>>,
+}
+
+/// Most origins a client's web chat lists.
+const MAX_CHAT_ORIGINS: usize = 20;
+
+/// A web origin as browsers send it in `Origin`: `http(s)://host[:port]`, lower-case, no path.
+fn chat_origin(i: usize, raw: &str) -> Result<String, ApiError> {
+    let field = format!("chat_origins[{i}]");
+    let bad = || {
+        invalid(
+            &field,
+            "must be an origin such as https://shop.example (scheme, host and port only)",
+        )
+    };
+    let t = raw.trim().trim_end_matches('/');
+    let url = url::Url::parse(t).map_err(|_| bad())?;
+    if !matches!(url.scheme(), "https" | "http")
+        || url.host_str().is_none()
+        || url.path() != "/"
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+    {
+        return Err(bad());
+    }
+    Ok(url.origin().ascii_serialization())
 }
 
 /// An FAQ.
@@ -329,6 +359,25 @@ impl ClientIn {
                     ));
                 }
             },
+            chat_origins: match &self.chat_origins {
+                None => Vec::new(),
+                Some(list) if list.len() > MAX_CHAT_ORIGINS => {
+                    return Err(invalid(
+                        "chat_origins",
+                        format!("at most {MAX_CHAT_ORIGINS} origins"),
+                    ));
+                }
+                Some(list) => {
+                    let mut out: Vec<String> = Vec::with_capacity(list.len());
+                    for (i, o) in list.iter().enumerate() {
+                        let o = chat_origin(i, o)?;
+                        if !out.contains(&o) {
+                            out.push(o);
+                        }
+                    }
+                    out
+                }
+            },
             results_schema: match &self.results_schema {
                 None | Some(serde_json::Value::Null) => None,
                 Some(schema) => {
@@ -445,6 +494,11 @@ pub struct ClientOut {
     pub recording: String,
     /// The notice callers hear first when recorded (null: the built-in one).
     pub recording_notice: Option<String>,
+    /// The public key a web page names this business by in the web chat (`client` parameter or
+    /// `X-Warmline-Chat-Key`; README "Text channels"). Not a secret: it is in the page.
+    pub chat_key: Option<String>,
+    /// Origins whose pages may use the web chat (empty: any).
+    pub chat_origins: Vec<String>,
 }
 
 impl From<ClientProfile> for ClientOut {
@@ -503,6 +557,10 @@ impl From<ClientProfile> for ClientOut {
             }
             .to_string(),
             recording_notice: c.recording_notice,
+            chat_key: c.chat_key,
+            chat_origins: crate::json::from_stored(c.chat_origins.as_deref(), |v| {
+                serde_json::from_value::<Vec<String>>(v.clone()).map_err(|e| e.to_string())
+            }),
         }
     }
 }

@@ -1361,6 +1361,7 @@ fn finished(ctx: &CallContext, stream_sid: &StreamSid, o: &CallOutcome) -> Finis
         .then(|| (None, note.clone()));
     FinishedCall {
         call: NewCall {
+            channel: crate::domain::Channel::Voice,
             call_sid: ctx.call_sid.to_string(),
             client_id: Some(ctx.client_id),
             from: ctx.from.clone(),

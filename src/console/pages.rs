@@ -357,6 +357,12 @@ const FIELDS: &[(&str, &str, &str, &str)] = &[
         "Heard before the greeting when recorded; empty: the built-in one.",
     ),
     (
+        "chat_origins",
+        "Web chat origins",
+        "lines",
+        "Origins whose pages may use the web chat (https://shop.example), one per line; empty: any.",
+    ),
+    (
         "webhook_url",
         "Webhook URL",
         "text",
@@ -411,7 +417,7 @@ fn form_values(v: &Value) -> BTreeMap<String, String> {
             (_, Value::Null) => String::new(),
             ("lines", Value::Array(a)) => a
                 .iter()
-                .filter_map(|n| n.get("number").and_then(Value::as_str))
+                .filter_map(|n| n.get("number").and_then(Value::as_str).or(n.as_str()))
                 .collect::<Vec<_>>()
                 .join("\n"),
             ("json", Value::Array(a)) if *name == "faqs" => {
@@ -866,7 +872,7 @@ pub async fn calls(
         since,
         path: path.clone(),
         end_reason: end_reason.clone(),
-        open: false,
+        ..Default::default()
     };
     const PAGE: u64 = 50;
     let rows = calls::list_calls_within(&s.db, &filter, before, PAGE).await?;

@@ -119,6 +119,7 @@ mod tests {
             recorded: true,
             caller_trust: None,
             timeline: None,
+            channel: "voice".into(),
         }
     }
 

@@ -8,7 +8,7 @@ use chrono_tz::Tz;
 use super::wire::{self, SessionConfig};
 use crate::{
     config::OpenAiSettings,
-    domain::CallerTrust,
+    domain::{CallerTrust, Channel},
     engine::EngineKind,
     hours::BusinessHours,
     lines::LineOverrides,
@@ -23,6 +23,17 @@ use crate::{
 
 /// FAQs kept in the prompt when the agent can search the rest (`search_knowledge`).
 const FAQS_IN_PROMPT: usize = 5;
+
+/// How a text channel is named in the prompt.
+fn channel_name(channel: Channel) -> &'static str {
+    match channel {
+        Channel::Voice => "phone",
+        Channel::Webchat => "website chat",
+        Channel::Whatsapp => "WhatsApp",
+        Channel::Sms => "SMS",
+        Channel::Kommo => "CRM chat",
+    }
+}
 
 /// Everything the agent knows when the call starts.
 #[derive(Debug, Clone)]
@@ -109,6 +120,7 @@ impl AgentProfile {
                     agents: Agents::from_stored(c.agents.as_deref(), &http),
                     http,
                     agent: String::new(),
+                    text: false,
                 }
             },
             lines: LineOverrides::from_stored(c.lines.as_deref()),
@@ -126,6 +138,17 @@ impl AgentProfile {
     /// `main`), then what every agent of the business knows (hours, FAQs, the caller), and
     /// its tools.
     pub fn instructions_as(&self, agent: &str, now: DateTime<Utc>) -> String {
+        self.compose(agent, None, now)
+    }
+
+    /// The main agent's prompt for a text channel's answer at `now` (`crate::text`): the same
+    /// business, hours, FAQs and memory, written for a chat.
+    pub fn text_instructions(&self, channel: Channel, now: DateTime<Utc>) -> String {
+        self.compose(MAIN, Some(channel), now)
+    }
+
+    /// The prompt of `agent` on a call (`text: None`) or on a text channel.
+    fn compose(&self, agent: &str, text: Option<Channel>, now: DateTime<Utc>) -> String {
         let tz: Tz = self.timezone.parse().unwrap_or(Tz::UTC);
         let local = now.with_timezone(&tz);
         let tools = self.tools.for_agent(agent);
@@ -136,13 +159,24 @@ impl AgentProfile {
             .map_or(self.instructions.as_str(), |a| a.instructions.as_str());
         let mut s = String::with_capacity(1024);
         s.push_str(own.trim());
-        s.push_str(&format!(
-            "\n\nYou are answering the phone for {}. Speak {} ({}) naturally and briefly, as on a phone \
-             call. Never read out markup or lists.",
-            self.business,
-            crate::lines::language_name(&self.language),
-            self.language
-        ));
+        match text {
+            None => s.push_str(&format!(
+                "\n\nYou are answering the phone for {}. Speak {} ({}) naturally and briefly, as on a phone \
+                 call. Never read out markup or lists.",
+                self.business,
+                crate::lines::language_name(&self.language),
+                self.language
+            )),
+            Some(channel) => s.push_str(&format!(
+                "\n\nYou are answering {} messages for {}. Write in {} ({}) unless the person writes \
+                 in another language, then in theirs. Answer briefly and plainly, in a few short \
+                 sentences, without markdown.",
+                channel_name(channel),
+                self.business,
+                crate::lines::language_name(&self.language),
+                self.language
+            )),
+        }
         s.push_str(&format!(
             "\n\nIt is now {} ({}).",
             local.format("%A %Y-%m-%d %H:%M"),
@@ -178,13 +212,13 @@ impl AgentProfile {
                  questions and answers), call search_knowledge before answering. Never guess.",
             );
         }
-        self.push_caller(&mut s, tz);
+        self.push_caller(&mut s, tz, text.is_some());
         s
     }
 
     /// What is remembered of the caller, as quoted data (it came from callers and tools, so it
     /// is never taken as instructions), with how far the caller id can be trusted.
-    fn push_caller(&self, s: &mut String, tz: Tz) {
+    fn push_caller(&self, s: &mut String, tz: Tz, text: bool) {
         let quote = |t: &str| serde_json::to_string(t).unwrap_or_default();
         let m = match &self.caller {
             Some(m) if m.call_count > 0 || m.name.is_some() || !m.memory.trim().is_empty() => m,
@@ -193,6 +227,10 @@ impl AgentProfile {
                     "\n\nThe caller id of this call could not be verified: treat the caller as \
                      someone new, and do not confirm or reveal anything about earlier calls.",
                 );
+                return;
+            }
+            _ if text => {
+                s.push_str("\n\nYou know nothing of this person from earlier calls.");
                 return;
             }
             _ => {

@@ -242,8 +242,9 @@ async fn bound_memory(
     Ok(am.update(db).await?)
 }
 
-/// Erases a caller's memory and the transcripts, summaries and results of their calls to this
-/// client (a privacy request); a post-call job still pending for one of them then fails. The call rows stay, for billing and counts, without content.
+/// Erases a caller's memory, their text conversation (`phone` is any identity: a number,
+/// `web:…`, `kommo:lead:…`) and the transcripts, summaries and results of their calls and text
+/// exchanges with this client (a privacy request); a post-call job still pending for one of them then fails. The call rows stay, for billing and counts, without content.
 pub async fn delete_caller(
     db: &DatabaseConnection,
     client_id: ClientId,
@@ -257,6 +258,8 @@ pub async fn delete_caller(
         .exec(&txn)
         .await?
         .rows_affected;
+    // The person's text conversation goes too (`store::conversations`).
+    let conversations = super::conversations::forget(&txn, client_id, phone).await?;
     let call_ids: Vec<i32> = call::Entity::find()
         .filter(call::Column::ClientId.eq(client_id))
         .filter(call::Column::FromNumber.eq(phone))
@@ -265,7 +268,7 @@ pub async fn delete_caller(
         .into_iter()
         .map(|c| c.id)
         .collect();
-    if deleted == 0 && call_ids.is_empty() {
+    if deleted == 0 && call_ids.is_empty() && conversations.is_empty() {
         return Err(StoreError::NotFound("caller"));
     }
     if !call_ids.is_empty() {

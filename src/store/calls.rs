@@ -35,6 +35,9 @@ pub struct NewCall {
     /// What the caller id was worth (`domain::CallerTrust::as_str`), if judged.
     #[serde(default)]
     pub caller_trust: Option<String>,
+    /// Where it happens (`voice` for calls; records spooled before channels existed are calls).
+    #[serde(default)]
+    pub channel: crate::domain::Channel,
 }
 
 /// Inserts the call if its CallSid is new (a retried webhook changes nothing).
@@ -48,6 +51,7 @@ pub async fn insert_call(db: &impl ConnectionTrait, new: &NewCall) -> Result<(),
         status: Set(new.status.as_str().to_string()),
         started_at: Set(new.started_at),
         caller_trust: Set(new.caller_trust.clone()),
+        channel: Set(new.channel.as_str().to_string()),
         created_at: Set(now),
         updated_at: Set(now),
         ..Default::default()
@@ -313,6 +317,8 @@ pub async fn finish_call_with(
     }
     if let Some(client_id) = f.call.client_id.or(row.client_id.map(ClientId::new))
         && post_call
+        // A text exchange is one message and its answer: nothing to summarise per exchange.
+        && f.call.channel == crate::domain::Channel::Voice
         && worth_summarising(&f.transcript)
     {
         post_call::enqueue(&txn, row.id, &row.call_sid, client_id, f.remember.is_some()).await?;
@@ -384,6 +390,10 @@ pub struct CallFilter {
     pub end_reason: Option<String>,
     /// Only calls not ended yet (ringing or talking).
     pub open: bool,
+    /// Only this channel's (`voice`, `webchat`, …).
+    pub channel: Option<crate::domain::Channel>,
+    /// Only this person's (the caller id, or a text identity).
+    pub from: Option<String>,
 }
 
 /// Calls the filter selects, newest first.
@@ -459,6 +469,12 @@ fn filtered(f: &CallFilter) -> sea_orm::Select<call::Entity> {
     }
     if let Some(p) = &f.path {
         q = q.filter(call::Column::Path.eq(p.as_str()));
+    }
+    if let Some(c) = f.channel {
+        q = q.filter(call::Column::Channel.eq(c.as_str()));
+    }
+    if let Some(from) = &f.from {
+        q = q.filter(call::Column::FromNumber.eq(from.as_str()));
     }
     if let Some(r) = &f.end_reason {
         // The code matched literally: LIKE's wildcards in it are escaped.

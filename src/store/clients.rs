@@ -78,6 +78,8 @@ pub struct ClientInput {
     pub recording: bool,
     /// What callers hear first when recorded (none: the built-in notice in its language).
     pub recording_notice: Option<String>,
+    /// Origins whose pages may use its web chat (empty: any).
+    pub chat_origins: Vec<String>,
 }
 
 /// A client with its numbers and FAQs.
@@ -140,6 +142,8 @@ fn active_model(input: &ClientInput, now: chrono::DateTime<Utc>) -> client::Acti
         model: Set(input.model.clone()),
         recording: Set(Some(if input.recording { "on" } else { "off" }.to_string())),
         recording_notice: Set(input.recording_notice.clone()),
+        chat_origins: Set((!input.chat_origins.is_empty())
+            .then(|| serde_json::json!(input.chat_origins).to_string())),
         ..Default::default()
     }
 }
@@ -206,6 +210,7 @@ pub async fn create_client(
     let mut am = active_model(input, now);
     am.created_at = Set(now);
     am.webhook_secret = Set(Some(new_webhook_secret()));
+    am.chat_key = Set(Some(new_chat_key()));
     let row = am.insert(&txn).await?;
     let id = ClientId::new(row.id);
     insert_numbers(&txn, id, &input.phone_numbers).await?;
@@ -232,6 +237,10 @@ pub async fn update_client(
     if before.webhook_secret.is_none() {
         // A client created before webhooks existed gets its secret on its next update.
         am.webhook_secret = Set(Some(new_webhook_secret()));
+    }
+    if before.chat_key.is_none() {
+        // Likewise its web chat key.
+        am.chat_key = Set(Some(new_chat_key()));
     }
     let row = am.update(&txn).await?;
     let existing = phone_number::Entity::find()
@@ -512,6 +521,32 @@ pub async fn delete_faq(
     faq::Entity::delete_by_id(row.id).exec(&txn).await?;
     txn.commit().await?;
     Ok(())
+}
+
+/// A web chat key: `wlc_` and 24 random bytes, URL-safe base64.
+fn new_chat_key() -> String {
+    use base64::Engine;
+    let mut b = [0u8; 24];
+    rand::fill(&mut b);
+    format!(
+        "wlc_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    )
+}
+
+/// The client whose web chat key is `key`.
+pub async fn client_by_chat_key(
+    db: &DatabaseConnection,
+    key: &str,
+) -> Result<Option<ClientProfile>, StoreError> {
+    let Some(client) = client::Entity::find()
+        .filter(client::Column::ChatKey.eq(key))
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    load_profile(db, client).await.map(Some)
 }
 
 fn new_webhook_secret() -> SecretText {

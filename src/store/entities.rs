@@ -63,6 +63,11 @@ pub mod client {
         /// What callers hear before the greeting when recorded; NULL: the built-in notice in
         /// the client's language.
         pub recording_notice: Option<String>,
+        /// Public key a web page names the business by in the web chat (`wlc_…`, unique;
+        /// `crate::text`); NULL until the client is next saved.
+        pub chat_key: Option<String>,
+        /// JSON list of the origins the web chat may be used from (CORS); NULL or empty: any.
+        pub chat_origins: Option<String>,
     }
 
     /// No declared relations.
@@ -238,6 +243,9 @@ pub mod call {
         /// What happened when (JSON list of `crate::timeline::Entry`), written when the call
         /// ends; NULL for calls from before it was kept.
         pub timeline: Option<String>,
+        /// Where it happened: `voice` (a call), or a text channel (`webchat`, `whatsapp`,
+        /// `sms`, `kommo`) for a text exchange (`crate::text`).
+        pub channel: String,
     }
 
     /// No declared relations.
@@ -562,6 +570,64 @@ pub mod api_token {
         pub name: String,
         /// Created.
         pub created_at: ChronoDateTimeUtc,
+    }
+
+    /// No declared relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `conversations`: the OpenAI conversation holding a person's text chat with a client
+/// (`crate::text`), one per (client, identity).
+pub mod conversation {
+    use sea_orm::entity::prelude::*;
+
+    /// A conversation row.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "conversations")]
+    pub struct Model {
+        /// Primary key.
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        /// The client.
+        pub client_id: i32,
+        /// The person: an E.164 number, `web:{session}` or `kommo:lead:{id}`.
+        pub identity: String,
+        /// The channel it began on.
+        pub channel: String,
+        /// The OpenAI conversation's id (`conv_…`).
+        pub conversation_id: String,
+        /// Created.
+        pub created_at: ChronoDateTimeUtc,
+        /// The last exchange.
+        pub updated_at: ChronoDateTimeUtc,
+    }
+
+    /// No declared relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `text_inbound`: a message taken from a channel that retries its webhook (Twilio's
+/// `MessageSid`), so a retry is answered once (`crate::text`).
+pub mod text_inbound {
+    use sea_orm::entity::prelude::*;
+
+    /// A taken message.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "text_inbound")]
+    pub struct Model {
+        /// The channel's id of the message.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub message_sid: String,
+        /// Its channel.
+        pub channel: String,
+        /// When it was taken.
+        pub received_at: ChronoDateTimeUtc,
     }
 
     /// No declared relations.

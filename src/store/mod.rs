@@ -4,7 +4,7 @@
 //! [`callers`] (caller memory), [`calls`] (call records and transcripts), [`writer`] (the queue
 //! every call record is written through), [`messages`] (messages taken for the business),
 //! [`outbox`] (webhook events waiting for delivery), [`knowledge`] (documents and the full-text
-//! search of documents and FAQs), [`post_call`] (the post-call jobs), [`greetings`] (cached
+//! search of documents and FAQs), [`conversations`] (each person's text conversation), [`post_call`] (the post-call jobs), [`greetings`] (cached
 //! greetings), [`recent`] (what the
 //! gateway keeps in memory to answer calls while the database is unavailable).
 //!
@@ -19,6 +19,7 @@
 pub mod callers;
 pub mod calls;
 pub mod clients;
+pub mod conversations;
 pub mod entities;
 pub mod greetings;
 pub mod knowledge;

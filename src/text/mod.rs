@@ -1,5 +1,12 @@
-//! The text channels' agent (issue 17, in progress; docs/architecture.md): the same business
-//! brain as voice over the OpenAI Responses API with Conversations. So far its pure part: the
-//! streamed answer read as a state machine ([`stream`]).
+//! The text channels (README "Text channels"; docs/architecture.md, "Text channels"): the same
+//! business brain as voice over the OpenAI Responses API with Conversations.
+//!
+//! - [`stream`]: the streamed answer read as a pure state machine;
+//! - [`agent`]: one message in, the answer out (conversation, tools, fallback, record);
+//! - [`webchat`]: the web chat's routes (send, Server-Sent Events, WebSocket);
+//! - [`messaging`]: WhatsApp and SMS through Twilio Messaging.
 
+pub mod agent;
+pub mod messaging;
 pub mod stream;
+pub mod webchat;

@@ -214,6 +214,9 @@ pub struct Toolbox {
     pub agents: Agents,
     /// The agent whose toolbox this is (empty: the main one).
     pub agent: String,
+    /// Offered on a text channel (`crate::text`): the tools that act on a phone call
+    /// (`transfer_to_human`, `end_call`) and `switch_agent` are not offered there.
+    pub text: bool,
 }
 
 /// A tool the call offers, found by name.
@@ -266,6 +269,9 @@ impl Toolbox {
             .into_iter()
             .filter(|b| enabled.contains(*b))
             .filter(|b| match b {
+                BuiltIn::TransferToHuman | BuiltIn::EndCall | BuiltIn::SwitchAgent if self.text => {
+                    false
+                }
                 BuiltIn::TransferToHuman => self.transfer_to.is_some(),
                 BuiltIn::RememberCaller => self.remember,
                 BuiltIn::SwitchAgent => !self.agents.is_empty(),
@@ -437,6 +443,51 @@ mod tests {
         tb.remember = true;
         assert_eq!(tb.find("transfer_to_human"), Some(BuiltIn::TransferToHuman));
         assert_eq!(tb.find("remember_caller"), Some(BuiltIn::RememberCaller));
+    }
+
+    #[test]
+    fn a_text_channel_offers_no_call_tools() {
+        let agents = agents::Agents::parse(
+            &json!([{"name": "billing", "description": "Bills.", "instructions": "You bill."}]),
+            &HttpTools::default(),
+        )
+        .unwrap();
+        let voice = Toolbox {
+            transfer_to: Some("+15005550006".into()),
+            remember: true,
+            agents,
+            ..Toolbox::default()
+        };
+        assert_eq!(voice.offered(), BuiltIn::ALL);
+        let text = Toolbox {
+            text: true,
+            ..voice.clone()
+        };
+        assert_eq!(
+            text.offered(),
+            [
+                BuiltIn::SearchKnowledge,
+                BuiltIn::BusinessHours,
+                BuiltIn::RememberCaller,
+                BuiltIn::TakeMessage
+            ]
+        );
+        assert!(text.lookup("end_call").is_none());
+        assert!(text.lookup("transfer_to_human").is_none());
+        let names: Vec<_> = text
+            .definitions()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "search_knowledge",
+                "business_hours",
+                "remember_caller",
+                "take_message"
+            ]
+        );
     }
 
     #[test]

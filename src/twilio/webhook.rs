@@ -277,6 +277,7 @@ async fn answer(
             let Some(client) = remembered else {
                 // Turned away, and kept: the record waits in the spool for the database.
                 state.writer.enqueue(Job::Insert(NewCall {
+                    channel: crate::domain::Channel::Voice,
                     call_sid: sid.to_string(),
                     client_id: None,
                     from: req.from.clone(),
@@ -348,6 +349,7 @@ async fn answer(
     let Some(client) = client else {
         tracing::info!(call_sid = %sid, to = %to, "voice webhook: number not assigned to any active client");
         state.writer.enqueue(Job::Insert(NewCall {
+            channel: crate::domain::Channel::Voice,
             call_sid: sid.to_string(),
             client_id: None,
             from: req.from.clone(),
@@ -418,6 +420,7 @@ async fn answer(
     };
     // Queued, not waited for: the warm session is opened at once (no disk wait on the ring).
     state.writer.enqueue(Job::Insert(NewCall {
+        channel: crate::domain::Channel::Voice,
         call_sid: sid.to_string(),
         client_id: Some(client.id()),
         from: req.from.clone(),
@@ -644,6 +647,7 @@ fn turn_away_busy(
         "client at limits.live_calls_per_client on this instance: call turned away"
     );
     state.writer.enqueue(Job::Insert(NewCall {
+        channel: crate::domain::Channel::Voice,
         call_sid: sid.to_string(),
         client_id: Some(client.id()),
         from: req.from.clone(),

@@ -171,6 +171,7 @@ async fn a_call_ending(app: &TestApp, client: i32, sid: &str, reason: &str) {
         &app.state.db,
         &calls::FinishedCall {
             call: calls::NewCall {
+                channel: warmline::domain::Channel::Voice,
                 call_sid: sid.into(),
                 client_id: Some(ClientId::new(client)),
                 from: CALLER.into(),

@@ -570,6 +570,7 @@ both_backends!(callers_and_calls_endpoints, |app| {
         &app.state.db,
         &calls::FinishedCall {
             call: calls::NewCall {
+                channel: warmline::domain::Channel::Voice,
                 call_sid: "CA42".into(),
                 client_id: Some(id.into()),
                 from: "+14155550100".into(),

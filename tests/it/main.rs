@@ -28,6 +28,7 @@ mod slow_peers;
 mod spool;
 mod store;
 mod support;
+mod text;
 mod tools;
 mod traces;
 mod webhooks;

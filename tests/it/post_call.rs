@@ -25,30 +25,9 @@ use warmline::{
 };
 
 use crate::{
-    both_backends,
+    both_backends, on_both_backends,
     support::{Backend, TestApp, spawn_app_with},
 };
-
-/// Runs `$name(backend)` on SQLite and on Postgres.
-macro_rules! on_both_backends {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(crate::support::Backend::Sqlite).await;
-            }
-
-            #[tokio::test]
-            async fn postgres() {
-                if crate::support::postgres_skipped() {
-                    eprintln!("TEST_POSTGRES=skip: Postgres variant skipped");
-                    return;
-                }
-                super::$name(crate::support::Backend::Postgres).await;
-            }
-        }
-    };
-}
 
 /// Like `both_backends!`, on an app whose post-call worker is off (the test drives the store).
 macro_rules! both_backends_with_post_call_off {
@@ -148,6 +127,7 @@ fn finished(client_id: ClientId, sid: &str, said: &[&str]) -> FinishedCall {
     let note = outcome.memory_note();
     FinishedCall {
         call: NewCall {
+            channel: warmline::domain::Channel::Voice,
             call_sid: sid.into(),
             client_id: Some(client_id),
             from: CALLER.into(),

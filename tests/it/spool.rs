@@ -140,6 +140,7 @@ fn finished(client: ClientId, sid: &str) -> FinishedCall {
     };
     FinishedCall {
         call: NewCall {
+            channel: warmline::domain::Channel::Voice,
             call_sid: sid.into(),
             client_id: Some(client),
             from: CALLER.into(),

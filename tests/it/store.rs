@@ -122,6 +122,7 @@ fn finished(client_id: ClientId, sid: &str, said: &str) -> FinishedCall {
     let now = Utc::now();
     FinishedCall {
         call: NewCall {
+            channel: warmline::domain::Channel::Voice,
             call_sid: sid.into(),
             client_id: Some(client_id),
             from: "+14155550100".into(),

@@ -291,6 +291,29 @@ pub async fn drop_postgres(name: &str) {
     }
 }
 
+/// Runs `$name(backend)` on SQLite and on Postgres (for tests that start their fakes before
+/// the app).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::support::Backend::Sqlite).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if $crate::support::postgres_skipped() {
+                    eprintln!("TEST_POSTGRES=skip: Postgres variant skipped");
+                    return;
+                }
+                super::$name($crate::support::Backend::Postgres).await;
+            }
+        }
+    };
+}
+
 /// Defines `$name` twice: `$name::sqlite` and `$name::postgres`, each with a fresh app.
 #[macro_export]
 macro_rules! both_backends {

@@ -1,0 +1,630 @@
+//! The text channels end to end through real sockets, against the fake Responses endpoint
+//! (`sim::responses`, chat side): the web chat's stream with a tool call, the same person's next
+//! message on the same conversation by `POST /api/chat/send`, the WebSocket, the refusals that
+//! keep a message from the model, the fallback line, CORS, and the exchange kept as a row of its
+//! channel.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::Method;
+use serde_json::{Value, json};
+use sim::responses::{FakeResponses, Fault};
+use warmline::store::calls;
+
+use crate::{
+    on_both_backends,
+    support::{Backend, TestApp, spawn_app_with},
+};
+
+/// An app whose text agent talks to `fake`; `extra` on top.
+async fn app(backend: Backend, fake: &FakeResponses, extra: &str) -> TestApp {
+    let base = format!("base_url = \"{}\"", fake.base_url());
+    spawn_app_with(
+        backend,
+        extra,
+        &[
+            ("openai", &base),
+            ("openai", "api_key = \"sk-test-text\""),
+            ("text", "timeout_secs = 10"),
+        ],
+    )
+    .await
+}
+
+/// A business with hours and an FAQ; its JSON (with `chat_key`).
+async fn business(app: &TestApp, origins: &[&str]) -> Value {
+    let resp = app
+        .admin(Method::POST, "/clients")
+        .json(&json!({
+            "name": "Bright Smile", "phone_numbers": ["+15005550006"],
+            "instructions": "You are the receptionist.", "greeting": "Hello!", "voice": "marin",
+            "timezone": "America/New_York",
+            "business_hours": {"mon": [["09:00", "17:00"]]},
+            "transfer_number": "+15005550009",
+            "chat_origins": origins,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+    resp.json().await.unwrap()
+}
+
+/// The JSON of every `data:` line of a Server-Sent Events body; fails on a named event.
+fn sse_events(body: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for line in body.lines() {
+        assert!(
+            !line.starts_with("event:"),
+            "events are unnamed, so onmessage sees them: {line}"
+        );
+        if let Some(data) = line.strip_prefix("data:") {
+            out.push(serde_json::from_str(data.trim()).unwrap());
+        }
+    }
+    out
+}
+
+async fn flushed(app: &TestApp) {
+    app.state.writer.flush(Duration::from_secs(10)).await;
+}
+
+async fn a_webchat_exchange_streams_a_tool_call_and_is_kept(backend: Backend) {
+    let fake = FakeResponses::start().await.unwrap();
+    let app = app(backend, &fake, "").await;
+    let c = business(&app, &[]).await;
+    let key = c["chat_key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("wlc_"), "{key}");
+    fake.script_tool("business_hours", "{}");
+
+    // What a site's EventSource sends.
+    let resp = app
+        .http
+        .get(app.url("/api/chat/stream"))
+        .query(&[
+            ("client", key.as_str()),
+            ("sessionId", "s-1"),
+            ("text", "When are you open?"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let events = sse_events(&resp.text().await.unwrap());
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let chunks = kinds.iter().filter(|k| **k == "agent_chunk").count();
+    assert!(chunks >= 2, "{kinds:?}");
+    assert_eq!(kinds[..2], ["tool_call", "tool_result"], "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"agent_end"));
+    assert_eq!(kinds.len(), 3 + chunks, "{kinds:?}");
+    assert_eq!(events[0]["name"], "business_hours");
+    assert_eq!(events[1]["output"]["hours_known"], true);
+    let end = events.last().unwrap();
+    assert_eq!(end["done"], true);
+    assert!(
+        events[..events.len() - 1]
+            .iter()
+            .all(|e| e.get("done").is_none()),
+        "only the last event is done"
+    );
+    let text = end["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("Done: {"),
+        "the answer uses the tool's output: {text}"
+    );
+    let joined: String = events
+        .iter()
+        .filter(|e| e["type"] == "agent_chunk")
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(joined, text, "the deltas join to the answer");
+    let conversation = end["conversation_id"].as_str().unwrap().to_string();
+    assert!(conversation.starts_with("conv_"));
+
+    // What the model was sent: the business's prompt for a chat, the tools a chat offers, the
+    // conversation, and the tool's output in the second round.
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    let first = &requests[0].body;
+    assert_eq!(
+        requests[0].authorization.as_deref(),
+        Some("Bearer sk-test-text")
+    );
+    assert_eq!(first["conversation"], conversation.as_str());
+    assert_eq!(first["stream"], true);
+    let prompt = first["instructions"].as_str().unwrap();
+    assert!(prompt.contains("You are the receptionist."), "{prompt}");
+    assert!(
+        prompt.contains("website chat messages for Bright Smile"),
+        "{prompt}"
+    );
+    let tools: Vec<&str> = first["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(tools.contains(&"business_hours"), "{tools:?}");
+    for phone_only in ["end_call", "transfer_to_human", "remember_caller"] {
+        assert!(
+            !tools.contains(&phone_only),
+            "{phone_only} on a chat: {tools:?}"
+        );
+    }
+    assert_eq!(requests[1].body["input"][0]["type"], "function_call_output");
+
+    // The next message of the same person, by POST, continues the conversation.
+    let resp = app
+        .http
+        .post(app.url("/api/chat/send"))
+        .header("X-Warmline-Chat-Key", &key)
+        .json(&json!({"sessionId": "s-1", "text": "Thanks!"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"ok": true, "conversation_id": conversation, "text": "Noted: Thanks!.", "leadId": null})
+    );
+    let items = fake.conversation_items(&conversation).unwrap();
+    let users: Vec<&Value> = items.iter().filter(|i| i["role"] == "user").collect();
+    assert_eq!(users.len(), 2, "both messages are in one conversation");
+
+    // Each exchange is a row of its channel with its transcript.
+    flushed(&app).await;
+    let rows = calls::list_calls(&app.state.db, None, None, 50)
+        .await
+        .unwrap();
+    let chats: Vec<_> = rows.iter().filter(|r| r.channel == "webchat").collect();
+    assert_eq!(chats.len(), 2, "{rows:?}");
+    let first_row = chats
+        .iter()
+        .find(|r| r.summary.as_deref() == Some("When are you open?"))
+        .unwrap();
+    assert_eq!(first_row.from_number, "web:s-1");
+    assert_eq!(first_row.end_reason.as_deref(), Some("answered"));
+    assert!(first_row.call_sid.starts_with("TX"));
+    let kept = calls::call_by_sid(&app.state.db, &first_row.call_sid)
+        .await
+        .unwrap()
+        .unwrap();
+    let roles: Vec<&str> = kept.transcript.iter().map(|t| t.role.as_str()).collect();
+    assert_eq!(roles, ["caller", "system", "agent"]);
+    assert!(kept.transcript[1].text.starts_with("tool business_hours"));
+    assert_eq!(kept.transcript[2].text, text);
+    app.shutdown().await;
+}
+on_both_backends!(a_webchat_exchange_streams_a_tool_call_and_is_kept);
+
+#[tokio::test]
+async fn refused_messages_never_reach_the_model() {
+    let fake = FakeResponses::start().await.unwrap();
+    let app = app(
+        Backend::Sqlite,
+        &fake,
+        "[text]\nmessages_per_minute = 2\nmax_message_chars = 50\n",
+    )
+    .await;
+    let c = business(&app, &["https://shop.example"]).await;
+    let key = c["chat_key"].as_str().unwrap().to_string();
+    assert_eq!(c["chat_origins"], json!(["https://shop.example"]));
+    let send = |body: Value, key: Option<&str>, origin: Option<&str>| {
+        let mut r = app.http.post(app.url("/api/chat/send")).json(&body);
+        if let Some(k) = key {
+            r = r.header("X-Warmline-Chat-Key", k);
+        }
+        if let Some(o) = origin {
+            r = r.header("Origin", o);
+        }
+        r.send()
+    };
+    let ok = json!({"sessionId": "s-2", "text": "Hi"});
+    for (body, key, origin, status, needle) in [
+        (ok.clone(), None, None, 401, "chat key"),
+        (ok.clone(), Some("wlc_nobody"), None, 401, "no business"),
+        (
+            ok.clone(),
+            Some(key.as_str()),
+            Some("https://evil.example"),
+            403,
+            "origin",
+        ),
+        (
+            json!({"text": "Hi"}),
+            Some(key.as_str()),
+            None,
+            400,
+            "sessionId",
+        ),
+        (
+            json!({"sessionId": "s-2", "text": "  "}),
+            Some(key.as_str()),
+            None,
+            400,
+            "empty",
+        ),
+        (
+            json!({"sessionId": "s-2", "text": "x".repeat(51)}),
+            Some(key.as_str()),
+            None,
+            413,
+            "too long",
+        ),
+        (
+            json!({"sessionId": "s-2", "text": "Hi", "leadId": "abc"}),
+            Some(key.as_str()),
+            None,
+            400,
+            "leadId",
+        ),
+    ] {
+        let resp = send(body.clone(), key, origin).await.unwrap();
+        assert_eq!(resp.status(), status, "{body}");
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(err["ok"], false);
+        assert!(err["error"].as_str().unwrap().contains(needle), "{err}");
+    }
+    let bad_json = app
+        .http
+        .post(app.url("/api/chat/send"))
+        .header("X-Warmline-Chat-Key", &key)
+        .header("Content-Type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_json.status(), 400);
+    assert!(fake.requests().is_empty(), "nothing reached the model");
+
+    // The allowed origin reads the answer; the third message in a minute is refused.
+    for _ in 0..2 {
+        let resp = send(ok.clone(), Some(&key), Some("https://shop.example"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers()["access-control-allow-origin"],
+            "https://shop.example"
+        );
+    }
+    let resp = send(ok.clone(), Some(&key), None).await.unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(fake.requests().len(), 2);
+    // Another person is not limited by the first.
+    let other = send(json!({"sessionId": "s-3", "text": "Hi"}), Some(&key), None)
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+
+    // A preflight names the methods and the key header.
+    let pre = app
+        .http
+        .request(Method::OPTIONS, app.url("/api/chat/send"))
+        .header("Origin", "https://shop.example")
+        .header("Access-Control-Request-Method", "POST")
+        .header(
+            "Access-Control-Request-Headers",
+            "content-type,x-warmline-chat-key",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(pre.status().is_success());
+    assert!(
+        pre.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("x-warmline-chat-key")
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failed_answer_sends_the_fallback_line_and_is_recorded() {
+    let fake = FakeResponses::start().await.unwrap();
+    let app = app(Backend::Sqlite, &fake, "").await;
+    let c = business(&app, &[]).await;
+    let key = c["chat_key"].as_str().unwrap().to_string();
+    fake.push([Fault::Status(500)]);
+    let resp = app
+        .http
+        .post(app.url("/api/chat/send"))
+        .query(&[("client", key.as_str())])
+        .json(&json!({"sessionId": "s-4", "text": "Hello?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["text"],
+        "Sorry, I can't answer right now. Please write again in a moment."
+    );
+    flushed(&app).await;
+    let rows = calls::list_calls(&app.state.db, None, None, 50)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].end_reason.as_deref(), Some("fallback"));
+    let kept = calls::call_by_sid(&app.state.db, &rows[0].call_sid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        kept.transcript
+            .iter()
+            .any(|t| t.role == "system" && t.text.contains("HTTP 500")),
+        "{:?}",
+        kept.transcript
+    );
+    // The next message is answered again, on the same conversation.
+    let resp = app
+        .http
+        .post(app.url("/api/chat/send"))
+        .query(&[("client", key.as_str())])
+        .json(&json!({"sessionId": "s-4", "text": "Still there?"}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["text"], "Noted: Still there?.");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_websocket_carries_the_same_events() {
+    let fake = FakeResponses::start().await.unwrap();
+    let app = app(Backend::Sqlite, &fake, "").await;
+    let c = business(&app, &[]).await;
+    let key = c["chat_key"].as_str().unwrap();
+    let url = format!(
+        "{}/api/chat/ws?client={key}",
+        app.base.replace("http://", "ws://")
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        json!({"type": "user_input", "text": "Hi there", "thread_id": "t-9"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let mut events = Vec::new();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let tokio_tungstenite::tungstenite::Message::Text(t) = m else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+        let done = v["done"] == true;
+        events.push(v);
+        if done {
+            break;
+        }
+    }
+    let end = events.last().unwrap();
+    assert_eq!(end["type"], "agent_end");
+    assert_eq!(end["text"], "Noted: Hi there.");
+    assert_eq!(end["thread_id"], "t-9");
+    assert!(
+        events[..events.len() - 1]
+            .iter()
+            .all(|e| e["type"] == "agent_chunk")
+    );
+    // A bad message gets an error and the socket stays open.
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        "{\"type\": \"shout\"}".into(),
+    ))
+    .await
+    .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let v: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+    assert_eq!(v["type"], "error");
+    // The person of thread t-9 is `web:t-9`.
+    flushed(&app).await;
+    let rows = calls::list_calls(&app.state.db, None, None, 50)
+        .await
+        .unwrap();
+    assert_eq!(rows[0].from_number, "web:t-9");
+    // An unknown key is refused at the upgrade.
+    let bad = format!(
+        "{}/api/chat/ws?client=wlc_nobody",
+        app.base.replace("http://", "ws://")
+    );
+    assert!(tokio_tungstenite::connect_async(bad).await.is_err());
+    app.shutdown().await;
+}
+
+/// The account the fake Messages API serves.
+const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
+
+/// A gateway (fake Realtime, the test client on `CLIENT_NUMBER`) whose text agent talks to
+/// `responses` and whose answers go out through `messages`.
+async fn messaging_gateway(
+    backend: Backend,
+    responses: &FakeResponses,
+    messages: &sim::messaging::FakeMessages,
+) -> crate::support::Gateway {
+    let toml = format!(
+        "[openai]\nbase_url = \"{}\"\n[twilio]\naccount_sid = \"{ACCOUNT}\"\napi_base_url = \"{}\"\n",
+        responses.base_url(),
+        messages.base_url()
+    );
+    crate::support::gateway_on(backend, sim::realtime::FakeConfig::instant(), &toml).await
+}
+
+async fn whatsapp_shares_the_callers_memory_both_ways(backend: Backend) {
+    use crate::support::{AUTH_TOKEN, CALLER, CLIENT_NUMBER};
+    let responses = FakeResponses::start().await.unwrap();
+    let messages = sim::messaging::FakeMessages::start(ACCOUNT, AUTH_TOKEN)
+        .await
+        .unwrap();
+    let gw = messaging_gateway(backend, &responses, &messages).await;
+    let db = &gw.app.state.db;
+    // The number called before: what the end of that call wrote.
+    warmline::store::callers::record_caller_call(
+        db,
+        gw.client_id,
+        CALLER,
+        chrono::Utc::now(),
+        Some("Dana"),
+        Some("asked about teeth whitening"),
+    )
+    .await
+    .unwrap();
+    let url = gw.app.url("/twilio/messaging");
+    let wa = |n: &str| format!("whatsapp:{n}");
+    let form = sim::messaging::inbound(
+        ACCOUNT,
+        "SM00000000000000000000000000000001",
+        &wa(CALLER),
+        &wa(CLIENT_NUMBER),
+        "Is the whitening offer still on?",
+    );
+    // A forged webhook is refused and takes nothing.
+    let (status, _) = sim::messaging::post_inbound(&url, AUTH_TOKEN, &form, false)
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+    // The real one is acknowledged at once with empty TwiML; the answer comes by the API.
+    let (status, body) = sim::messaging::post_inbound(&url, AUTH_TOKEN, &form, true)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("<Response></Response>"), "{body}");
+    assert!(messages.wait_sent(1, Duration::from_secs(10)).await);
+    let sent = messages.sent();
+    assert_eq!(sent[0].to, wa(CALLER));
+    assert_eq!(sent[0].from, wa(CLIENT_NUMBER));
+    assert_eq!(sent[0].body, "Noted: Is the whitening offer still on?.");
+    // The agent knew the caller from the call.
+    let prompt = responses.requests()[0].body["instructions"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        prompt.contains("WhatsApp messages for Bright Smile"),
+        "{prompt}"
+    );
+    assert!(
+        prompt.contains("Dana") && prompt.contains("teeth whitening"),
+        "{prompt}"
+    );
+
+    // Twilio retries the same webhook: acknowledged, not answered again.
+    let (status, _) = sim::messaging::post_inbound(&url, AUTH_TOKEN, &form, true)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    // The same person by SMS is the same person: same conversation, the next answer.
+    let sms = sim::messaging::inbound(
+        ACCOUNT,
+        "SM00000000000000000000000000000002",
+        CALLER,
+        CLIENT_NUMBER,
+        "Thanks",
+    );
+    let (status, _) = sim::messaging::post_inbound(&url, AUTH_TOKEN, &sms, true)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(messages.wait_sent(2, Duration::from_secs(10)).await);
+    gw.app.state.writer.flush(Duration::from_secs(10)).await;
+    let sent = messages.sent();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(
+        (sent[1].to.as_str(), sent[1].body.as_str()),
+        (CALLER, "Noted: Thanks.")
+    );
+    assert_eq!(responses.requests().len(), 2, "the retry reached no model");
+    let requests = responses.requests();
+    assert_eq!(
+        requests[0].body["conversation"], requests[1].body["conversation"],
+        "one conversation per person across WhatsApp and SMS"
+    );
+    let rows = calls::list_calls(db, Some(gw.client_id), None, 50)
+        .await
+        .unwrap();
+    let channels: Vec<&str> = rows.iter().map(|r| r.channel.as_str()).collect();
+    assert_eq!(channels, ["sms", "whatsapp"]);
+    assert!(rows.iter().all(|r| r.from_number == CALLER));
+
+    // The next call knows the person wrote.
+    let placed = gw.place_call().await;
+    assert!(
+        gw.fake
+            .wait_event("session.update", 1, Duration::from_secs(10))
+            .await
+    );
+    let update = gw
+        .fake
+        .connections()
+        .iter()
+        .flat_map(|c| {
+            c.of_type("session.update")
+                .into_iter()
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .next()
+        .unwrap();
+    let v: Value = serde_json::from_str(&update.raw).unwrap();
+    let instructions = v["session"]["instructions"].as_str().unwrap();
+    assert!(
+        instructions.contains("wrote on whatsapp: Is the whitening offer still on?"),
+        "{instructions}"
+    );
+    drop(placed);
+    gw.app.shutdown().await;
+}
+on_both_backends!(whatsapp_shares_the_callers_memory_both_ways);
+
+#[tokio::test]
+async fn a_long_answer_is_split_and_a_failed_send_is_retried() {
+    use crate::support::{AUTH_TOKEN, CLIENT_NUMBER};
+    let responses = FakeResponses::start().await.unwrap();
+    let messages = sim::messaging::FakeMessages::start(ACCOUNT, AUTH_TOKEN)
+        .await
+        .unwrap();
+    let gw = messaging_gateway(Backend::Sqlite, &responses, &messages).await;
+    messages.push([503]);
+    let long = "word ".repeat(340);
+    let form = sim::messaging::inbound(
+        ACCOUNT,
+        "SM00000000000000000000000000000009",
+        "+14155550177",
+        CLIENT_NUMBER,
+        long.trim(),
+    );
+    let url = gw.app.url("/twilio/messaging");
+    let (status, _) = sim::messaging::post_inbound(&url, AUTH_TOKEN, &form, true)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(messages.wait_sent(2, Duration::from_secs(15)).await);
+    let sent = messages.sent();
+    assert_eq!(sent.len(), 2);
+    assert!(sent.iter().all(|m| m.body.chars().count() <= 1600));
+    let joined = format!("{} {}", sent[0].body, sent[1].body);
+    assert_eq!(joined, format!("Noted: {}.", long.trim()));
+    assert_eq!(messages.attempts(), 3, "the 503 was tried again");
+    gw.app.shutdown().await;
+}
