@@ -340,7 +340,9 @@ fn build(state: AppState, twilio: bool, admin: bool) -> Router {
     if twilio {
         r = r
             .merge(crate::twilio::webhook::router())
-            .merge(crate::text::messaging::router());
+            .merge(crate::text::messaging::router())
+            .merge(crate::text::kommo::router())
+            .merge(crate::text::openai_webhook::router());
     }
     r = r
         .layer(DefaultBodyLimit::max(max_body))
@@ -361,7 +363,13 @@ fn build(state: AppState, twilio: bool, admin: bool) -> Router {
             // The web chat's time limit is the text agent's own (`text.timeout_secs`).
             .merge(crate::text::webchat::router());
     }
-    r.layer(TraceLayer::new_for_http()).with_state(state)
+    // The span names the path only: a query may carry a secret (the Kommo webhook's).
+    r.layer(
+        TraceLayer::new_for_http().make_span_with(|req: &axum::extract::Request| {
+            tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
+        }),
+    )
+    .with_state(state)
 }
 
 /// `server.request_timeout_secs` on an HTTP request: past it the request is dropped, answered

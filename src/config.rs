@@ -403,6 +403,9 @@ pub struct OpenAiSettings {
     /// The Responses model a GPT-Live session delegates its tools to (§1.7).
     #[serde(deserialize_with = "string_like")]
     pub live_delegation_model: String,
+    /// The `whsec_…` secret of the project's OpenAI webhook (README "Text channels"): background
+    /// responses are announced to `POST /webhooks/openai`; empty: they are polled.
+    pub webhook_secret: Secret,
 }
 
 /// `[prewarm]`.
@@ -960,6 +963,15 @@ impl Settings {
                 return invalid(key, "must not be empty");
             }
         }
+        if !self.openai.webhook_secret.is_empty()
+            && crate::webhooks::signing::WebhookSecret::parse(self.openai.webhook_secret.expose())
+                .is_err()
+        {
+            return invalid(
+                "openai.webhook_secret",
+                "must be empty or the webhook's signing secret (whsec_…)",
+            );
+        }
         let t = &self.text;
         if t.model.trim().is_empty() {
             return invalid("text.model", "must not be empty");
@@ -1016,7 +1028,7 @@ impl Settings {
             "public_url = {}\n\n[server]\nlisten = {}\nmax_body_bytes = {}\nshutdown_grace_secs = {}\ndrain_secs = {}\nadmin_listen = {}\nheader_read_timeout_secs = {}\nmax_connections = {}\nrequest_timeout_secs = {}\n\n\
              [database]\nurl = {}\nmax_connections = {}\n\n\
              [twilio]\nauth_token = {}\nvalidate_signatures = {}\nstream_token_secret = {}\nstream_token_ttl_secs = {}\nwebhook_base_url = {}\naccount_sid = {}\napi_base_url = {}\n\n\
-             [openai]\napi_key = {}\nrealtime_url = {}\nmodel = {}\ntranscription_model = {}\nconnect_timeout_ms = {}\nbase_url = {}\nsummary_model = {}\nlive_url = {}\nlive_model = {}\nlive_delegation_model = {}\n\n\
+             [openai]\napi_key = {}\nrealtime_url = {}\nmodel = {}\ntranscription_model = {}\nconnect_timeout_ms = {}\nbase_url = {}\nsummary_model = {}\nlive_url = {}\nlive_model = {}\nlive_delegation_model = {}\nwebhook_secret = {}\n\n\
              [prewarm]\npolicy = {}\nring_min_ms = {}\nring_max_ms = {}\nttl_secs = {}\nmax_sessions = {}\ngreeting_buffer_bytes = {}\n\n\
              [call]\nmax_duration_secs = {}\noutbound_queue_frames = {}\ntool_timeout_ms = {}\nrealtime_reconnects = {}\nsession_renew_secs = {}\nstart_timeout_secs = {}\nmedia_timeout_secs = {}\nrealtime_ping_secs = {}\nrealtime_silence_secs = {}\n\n\
              [admin]\ntoken = {}\nallow_short_token = {}\nevents_queue = {}\nsession_hours = {}\nsecure_cookie = {}\nevents_recheck_secs = {}\n\n[log]\nformat = {}\nlevel = {}\n\n\
@@ -1049,6 +1061,7 @@ impl Settings {
             q(&redact_url_password(s.openai.live_url.as_str())),
             q(&s.openai.live_model),
             q(&s.openai.live_delegation_model),
+            q(s.openai.webhook_secret.redacted()),
             q(s.prewarm.policy.as_str()),
             s.prewarm.ring_min_ms,
             s.prewarm.ring_max_ms,
@@ -1257,6 +1270,7 @@ const TEXT_KEYS: &[&str] = &[
     "otlp_endpoint",
     "account_sid",
     "api_base_url",
+    "webhook_secret",
 ];
 
 fn describe_figment_error(e: figment::Error) -> String {

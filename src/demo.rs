@@ -107,6 +107,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         recording: true,
         recording_notice: None,
         chat_origins: Vec::new(),
+        kommo: None,
     };
     let warm_client = clients::create_client(&db, &input).await?.id();
     // A second number whose client never pre-warms: the cold path, for comparison.

@@ -173,6 +173,16 @@ enum Command {
         /// --chaos: calls live when the gateway gets SIGTERM.
         #[arg(long, default_value_t = 20, requires = "chaos")]
         drain_calls: usize,
+        /// Web chat: N streams at once (`GET /api/chat/stream`) instead of calls; reports the
+        /// delay per delta, deltas lost and memory per open stream (README "Figures: web chat").
+        #[arg(long, value_name = "N", conflicts_with = "chaos")]
+        chat: Option<usize>,
+        /// --chat: deltas per answer.
+        #[arg(long, default_value_t = 100, requires = "chat")]
+        chat_deltas: usize,
+        /// --chat: milliseconds between two deltas of an answer.
+        #[arg(long, default_value_t = 100, requires = "chat")]
+        chat_interval_ms: u64,
         /// --chaos: the gateway's server.drain_secs (half the calls live at SIGTERM outlive it).
         #[arg(long, default_value_t = 15, requires = "chaos")]
         drain_secs: u64,
@@ -538,8 +548,28 @@ async fn tools(command: Command) -> anyhow::Result<()> {
             db_pause,
             drain_calls,
             drain_secs,
+            chat,
+            chat_deltas,
+            chat_interval_ms,
         } => {
             let secs = std::time::Duration::from_secs;
+            if let Some(streams) = chat {
+                let report = warmline::loadgen::chat::run(warmline::loadgen::chat::ChatOptions {
+                    streams,
+                    deltas: chat_deltas,
+                    interval: std::time::Duration::from_millis(chat_interval_ms),
+                    ramp: secs(ramp.unwrap_or(5)),
+                    json,
+                    gateway_bin: None,
+                    gateway_cpus,
+                    loadgen_cpus,
+                })
+                .await?;
+                if report.failed > 0 || report.deltas_lost > 0 || report.bad_answers > 0 {
+                    anyhow::bail!("the chat run lost something (see the report)");
+                }
+                return Ok(());
+            }
             if chaos {
                 let [calls] = calls.0[..] else {
                     anyhow::bail!("--chaos takes one number of calls, not steps");

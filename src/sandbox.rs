@@ -1,5 +1,5 @@
 //! `warmline sandbox`: the gateway on a fixed address with the fake Realtime server (the real
-//! API's latencies) and a Twilio simulator driven from standard input, for trying the console
+//! API's latencies), the fake Responses endpoint (the web chat's model) and a Twilio simulator driven from standard input, for trying the console
 //! by hand and for its browser test (tests/browser). Nothing outside this machine is used.
 //!
 //! Standard input, one command a line (answers on standard output, one line each):
@@ -65,6 +65,8 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
         }
     };
     let fake = Fake::start(EngineKind::Realtime, None).await?;
+    // The text channels' model (the web chat widget).
+    let responses = sim::responses::FakeResponses::start().await?;
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("listening on {}", opts.listen))?;
@@ -72,11 +74,12 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
     let auth_token = format!("sandbox-{:x}", rand::random::<u64>());
     let toml = format!(
         "public_url = \"http://{addr}\"\n[database]\nurl = \"sqlite://{dir}/sandbox.db?mode=rwc\"\n\
-         [twilio]\nauth_token = \"{auth_token}\"\n[openai]\napi_key = \"sk-sandbox\"\nrealtime_url = \"{fake}\"\n\
+         [twilio]\nauth_token = \"{auth_token}\"\n[openai]\napi_key = \"sk-sandbox\"\nrealtime_url = \"{fake}\"\nbase_url = \"{responses}\"\n\
          [store]\nspool_dir = \"{dir}/spool\"\n[recording]\ndir = \"{dir}/recordings\"\n\
          [log]\nlevel = \"warn\"\n[post_call]\nenabled = false\n",
         dir = dir.display(),
         fake = fake.url(),
+        responses = responses.base_url(),
     );
     let settings = Settings::from_toml(&toml).context("sandbox settings")?;
     let db = store::connect(&settings.database).await?;

@@ -17,6 +17,7 @@ mod m20261130_000003_engine;
 mod m20261130_000004_recordings;
 mod m20261130_000005_accounts;
 mod m20261130_000006_text_channels;
+mod m20261130_000007_kommo;
 
 /// The ordered list of warmline migrations.
 pub struct Migrator;
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000004_recordings::Migration),
             Box::new(m20261130_000005_accounts::Migration),
             Box::new(m20261130_000006_text_channels::Migration),
+            Box::new(m20261130_000007_kommo::Migration),
         ]
     }
 }

@@ -4,6 +4,7 @@
 //! - `live`: a fake OpenAI GPT-Live WebSocket server (`/v1/live/sessions`).
 //! - `responses`: a fake OpenAI Responses endpoint (the post-call summary) with Conversations,
 //!   whose chat side (`text_model`: function tools, streaming) is for the text channels.
+//! - `kommo`: a fake Kommo CRM account (API v4 notes) and the webhook form Kommo posts.
 //! - `messaging`: a fake Twilio Messages API and the signed inbound-message webhook (the
 //!   WhatsApp and SMS channels).
 //! - `twilio`: a Twilio simulator (signed voice webhook, Media Streams client with a playback buffer).
@@ -12,6 +13,7 @@
 
 pub mod audio;
 mod common;
+pub mod kommo;
 pub mod live;
 pub mod messaging;
 pub mod realtime;

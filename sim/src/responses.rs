@@ -55,6 +55,8 @@ pub enum Fault {
     Mismatch,
     /// A 200 whose `output_text` is not JSON.
     NotJson,
+    /// A good answer (places a fault at a later request: `[Answer, Hang]`).
+    Answer,
 }
 
 /// One request as received.
@@ -73,6 +75,14 @@ pub struct Recorded {
 #[derive(Default)]
 struct Shared {
     chat: crate::text_model::ChatState,
+    /// Background responses by id, as `GET /v1/responses/{id}` gives them.
+    background: Mutex<std::collections::HashMap<String, Value>>,
+    /// Where background completions are announced: (URL, `whsec_` secret).
+    webhook: Mutex<Option<(String, String)>>,
+    /// Statuses the webhook receiver answered, in order.
+    webhook_statuses: Mutex<Vec<u16>>,
+    /// `GET /v1/responses/{id}` requests received.
+    polls: AtomicUsize,
     faults: Mutex<VecDeque<Fault>>,
     requests: Mutex<Vec<Recorded>>,
     completions: AtomicUsize,
@@ -101,7 +111,13 @@ impl FakeResponses {
         let shared = Arc::new(Shared::default());
         let app = Router::new()
             .route("/v1/responses", post(respond))
+            .route("/v1/responses/{id}", axum::routing::get(get_response))
             .route("/v1/conversations", post(create_conversation))
+            .route(
+                "/v1/conversations/{id}",
+                axum::routing::delete(delete_conversation),
+            )
+            .route("/v1/conversations/{id}/items", post(add_items))
             .with_state(shared.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -119,12 +135,34 @@ impl FakeResponses {
         lock(&self.shared.faults).extend(faults);
     }
 
+    /// Streamed answers come as `deltas` stamped deltas, one every `interval` (the load
+    /// generator's chat benchmark: [`crate::text_model::read_stamp`]).
+    pub fn pace(&self, interval: Duration, deltas: usize) {
+        *lock(&self.shared.chat.pacing) = Some((interval, deltas));
+    }
+
     /// The model's next chat turn that offers this function calls it (instead of answering).
     pub fn script_tool(&self, name: &str, arguments: &str) {
         lock(&self.shared.chat.scripted).push_back(crate::text_model::ScriptedCall {
             name: name.into(),
             arguments: arguments.into(),
         });
+    }
+
+    /// Announces background completions to `url`, signed with `secret` (`whsec_…`), as OpenAI's
+    /// webhooks do (Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`).
+    pub fn webhook_to(&self, url: &str, secret: &str) {
+        *lock(&self.shared.webhook) = Some((url.into(), secret.into()));
+    }
+
+    /// The statuses the webhook receiver answered, in order.
+    pub fn webhook_statuses(&self) -> Vec<u16> {
+        lock(&self.shared.webhook_statuses).clone()
+    }
+
+    /// `GET /v1/responses/{id}` requests received so far.
+    pub fn polls(&self) -> usize {
+        self.shared.polls.load(Ordering::SeqCst)
     }
 
     /// A conversation's items, in order (none for an unknown id).
@@ -284,9 +322,9 @@ async fn respond(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
             answer.to_string()
         }
         Some(Fault::NotJson) => "Sure! Here is the summary you asked for.".to_string(),
-        None => answer.to_string(),
+        Some(Fault::Answer) | None => answer.to_string(),
     };
-    if fault.is_none() {
+    if matches!(fault, None | Some(Fault::Answer)) {
         shared.completions.fetch_add(1, Ordering::SeqCst);
     }
     record(200, Some(text.clone()));
@@ -324,7 +362,11 @@ async fn respond(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
 
 /// A chat turn (a request that is not the post-call job's): the common checks and the faults,
 /// then [`crate::text_model::respond`].
-async fn chat(shared: &Shared, request: &Value, record: impl Fn(u16, Option<String>)) -> Response {
+async fn chat(
+    shared: &Arc<Shared>,
+    request: &Value,
+    record: impl Fn(u16, Option<String>),
+) -> Response {
     if let Err((param, code, message)) = check_common(request) {
         record(400, None);
         return error(
@@ -346,13 +388,25 @@ async fn chat(shared: &Shared, request: &Value, record: impl Fn(u16, Option<Stri
             return status_fault(code);
         }
         // The post-call job's faults have no meaning for a chat turn.
-        Some(Fault::Mismatch | Fault::NotJson) | None => {}
+        Some(Fault::Mismatch | Fault::NotJson | Fault::Answer) | None => {}
     }
     match crate::text_model::respond(&shared.chat, request) {
-        Ok(r) => {
+        Ok(crate::text_model::Answered::Now(r)) => {
             shared.completions.fetch_add(1, Ordering::SeqCst);
             record(200, None);
             r
+        }
+        Ok(crate::text_model::Answered::Background { id, queued, done }) => {
+            shared.completions.fetch_add(1, Ordering::SeqCst);
+            record(200, None);
+            lock(&shared.background).insert(id.clone(), queued.clone());
+            tokio::spawn(complete_later(shared.clone(), id, done));
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                queued.to_string(),
+            )
+                .into_response()
         }
         Err((status, param, message)) => {
             record(status.as_u16(), None);
@@ -413,6 +467,170 @@ async fn create_conversation(
             &message,
         ),
     }
+}
+
+/// How long a background response takes to complete.
+const BACKGROUND_TAKES: Duration = Duration::from_millis(30);
+
+/// Completes background response `id` with `done`, then announces it to the webhook, if set.
+async fn complete_later(shared: Arc<Shared>, id: String, done: Value) {
+    tokio::time::sleep(BACKGROUND_TAKES).await;
+    lock(&shared.background).insert(id.clone(), done);
+    let Some((url, secret)) = lock(&shared.webhook).clone() else {
+        return;
+    };
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    let event_id = format!("evt_fake{}", shared.ids.fetch_add(1, Ordering::SeqCst));
+    let body = json!({"id": event_id, "object": "event", "created_at": created,
+        "type": "response.completed", "data": {"id": id}})
+    .to_string();
+    let signature = sign_webhook(&secret, &event_id, created, body.as_bytes());
+    let status = reqwest::Client::new()
+        .post(&url)
+        .header("webhook-id", &event_id)
+        .header("webhook-timestamp", created.to_string())
+        .header("webhook-signature", signature)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    lock(&shared.webhook_statuses).push(status);
+    shared.changed.notify_waiters();
+}
+
+/// `v1,<base64 HMAC-SHA256(base64-decoded whsec_ secret, "{id}.{timestamp}.{body}")>`.
+pub fn sign_webhook(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
+    use base64::Engine;
+    use hmac::{Hmac, KeyInit, Mac};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = b64
+        .decode(secret.strip_prefix("whsec_").unwrap_or(secret))
+        .unwrap_or_default();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).expect("HMAC takes any key");
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", b64.encode(mac.finalize().into_bytes()))
+}
+
+/// `GET /v1/responses/{id}`: a background response as it stands.
+async fn get_response(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    shared.polls.fetch_add(1, Ordering::SeqCst);
+    if bearer_key(&headers).is_none() {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            None,
+            None,
+            "You didn't provide an API key.",
+        );
+    }
+    match lock(&shared.background).get(&id) {
+        Some(r) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            r.to_string(),
+        )
+            .into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            None,
+            None,
+            &format!("Response with id '{id}' not found."),
+        ),
+    }
+}
+
+/// `DELETE /v1/conversations/{id}`.
+async fn delete_conversation(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if bearer_key(&headers).is_none() {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            None,
+            None,
+            "You didn't provide an API key.",
+        );
+    }
+    if lock(&shared.chat.conversations).remove(&id).is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            None,
+            None,
+            &format!("Conversation with id '{id}' not found."),
+        );
+    }
+    let body = json!({"id": id, "object": "conversation.deleted", "deleted": true});
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// `POST /v1/conversations/{id}/items` `{items}` (at most 20): a `list` of the items added.
+async fn add_items(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if bearer_key(&headers).is_none() {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            None,
+            None,
+            "You didn't provide an API key.",
+        );
+    }
+    let items = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("items").and_then(Value::as_array).cloned())
+        .filter(|i| !i.is_empty() && i.len() <= 20);
+    let Some(items) = items else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            Some("items"),
+            None,
+            "Invalid 'items': expected 1 to 20 items.",
+        );
+    };
+    let mut all = lock(&shared.chat.conversations);
+    let Some(conv) = all.get_mut(&id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            None,
+            None,
+            &format!("Conversation with id '{id}' not found."),
+        );
+    };
+    conv.extend(items.iter().cloned());
+    let body = json!({"object": "list", "data": items, "has_more": false,
+        "first_id": "", "last_id": ""});
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// A scripted [`Fault::Status`]: that status with the API's error body (a rate limit's for 429,

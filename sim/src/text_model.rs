@@ -21,6 +21,18 @@
 //!   `response.completed` with the whole `response` (`responses/response_stream_event.py` and the
 //!   event modules it unions). There is no `[DONE]` line.
 //!
+//! With `background: true` (and no stream) the answer is the response `queued`; it completes a
+//! moment later (`GET /v1/responses/{id}` then gives it `completed`), and when a webhook is set
+//! ([`crate::responses::FakeResponses::webhook_to`]) a `response.completed` event
+//! (`{id, object: "event", created_at, type, data: {id}}`, `openai/types/webhooks/
+//! response_completed_webhook_event.py`) is posted, signed Standard Webhooks style.
+//! `store: false` with `background` is refused.
+//!
+//! `POST /v1/conversations/{id}/items` adds items to a conversation, `DELETE /v1/conversations/{id}`
+//! deletes it (`conversation.deleted`). A turn on a conversation holding a function call without
+//! its `function_call_output` is refused (400 "No tool output found for function call …"), as the
+//! API refuses it.
+//!
 //! The model is deterministic: it answers a user message with `Noted: <the message>.` (so a
 //! test sees which message it answered), unless a tool call was scripted
 //! ([`crate::responses::FakeResponses::script_tool`]): then it calls that function, and after the
@@ -53,6 +65,8 @@ pub(crate) struct ChatState {
     pub(crate) conversations: Mutex<HashMap<String, Vec<Value>>>,
     pub(crate) scripted: Mutex<std::collections::VecDeque<ScriptedCall>>,
     ids: AtomicUsize,
+    /// Streamed answers paced: (the time between deltas, how many), for the load generator.
+    pub(crate) pacing: Mutex<Option<(std::time::Duration, usize)>>,
 }
 
 impl ChatState {
@@ -229,9 +243,135 @@ enum Turn {
     },
 }
 
+/// The microseconds since the Unix epoch a paced delta carries: `t<16 digits> `.
+pub fn stamp_now() -> String {
+    let us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or_default();
+    format!("t{us:016} ")
+}
+
+/// Reads a paced delta's stamp (microseconds since the Unix epoch).
+pub fn read_stamp(delta: &str) -> Option<u64> {
+    let digits = delta.strip_prefix('t')?.trim_end();
+    (digits.len() == 16).then(|| digits.parse().ok()).flatten()
+}
+
+/// A streamed answer of `deltas` deltas, one every `interval`, each its send time
+/// ([`stamp_now`]) written when it is sent: the load generator's measure of the delay the
+/// gateway adds to a delta (both ends in its process, one clock). The answer's text is the
+/// deltas joined; the conversation keeps the item as first built (its text is not known then).
+fn paced(
+    prelude: Vec<Value>,
+    item_id: &str,
+    item: Value,
+    completed: Value,
+    interval: std::time::Duration,
+    deltas: usize,
+) -> Response {
+    use futures_util::StreamExt;
+    let mut added = item.clone();
+    added["status"] = json!("in_progress");
+    added["content"] = json!([]);
+    let mut first = prelude;
+    first.push(json!({"type": "response.output_item.added", "output_index": 0, "item": added}));
+    first.push(
+        json!({"type": "response.content_part.added", "item_id": item_id,
+        "output_index": 0, "content_index": 0,
+        "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}),
+    );
+    let frame = |n: usize, mut e: Value| {
+        e["sequence_number"] = json!(n);
+        let kind = e["type"].as_str().unwrap_or_default().to_string();
+        axum::body::Bytes::from(format!("event: {kind}\ndata: {e}\n\n"))
+    };
+    let opening: Vec<_> = first
+        .into_iter()
+        .enumerate()
+        .map(|(n, e)| frame(n, e))
+        .collect();
+    let seq = opening.len();
+    let item_id = item_id.to_string();
+    // (deltas sent, text so far, done)
+    let body = futures_util::stream::iter(
+        opening.into_iter().map(Ok::<_, std::convert::Infallible>),
+    )
+    .chain(futures_util::stream::unfold(
+        (0usize, String::new(), false),
+        move |(sent, mut text, done)| {
+            let (item_id, mut item, mut completed) =
+                (item_id.clone(), item.clone(), completed.clone());
+            async move {
+                if done {
+                    return None;
+                }
+                if sent < deltas {
+                    tokio::time::sleep(interval).await;
+                    let delta = stamp_now();
+                    text.push_str(&delta);
+                    let e = json!({"type": "response.output_text.delta", "item_id": item_id,
+                            "output_index": 0, "content_index": 0, "delta": delta, "logprobs": []});
+                    return Some((Ok(frame(seq + sent, e)), (sent + 1, text, false)));
+                }
+                let part =
+                    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
+                item["content"] = json!([part]);
+                completed["output"] = json!([item]);
+                let n = seq + sent;
+                let tail = [
+                    json!({"type": "response.output_text.done", "item_id": item_id,
+                            "output_index": 0, "content_index": 0, "text": text, "logprobs": []}),
+                    json!({"type": "response.content_part.done", "item_id": item_id,
+                            "output_index": 0, "content_index": 0, "part": part}),
+                    json!({"type": "response.output_item.done", "output_index": 0, "item": item}),
+                    json!({"type": "response.completed", "response": completed}),
+                ];
+                let mut bytes = Vec::new();
+                for (i, e) in tail.into_iter().enumerate() {
+                    bytes.extend_from_slice(&frame(n + i, e));
+                }
+                Some((Ok(axum::body::Bytes::from(bytes)), (sent, text, true)))
+            }
+        },
+    ));
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
+}
+
 /// Answers a chat request (the caller has checked the key and parsed the JSON): a response
 /// object, or a stream of its events.
-pub(crate) fn respond(state: &ChatState, request: &Value) -> Result<Response, Problem> {
+/// A chat turn's answer.
+pub(crate) enum Answered {
+    /// Sent as it is (a response object, or its stream).
+    Now(Response),
+    /// A background response: `queued` is answered now; `done` is what `GET /v1/responses/{id}`
+    /// gives once it completes.
+    Background {
+        /// Its id.
+        id: String,
+        /// The response as queued.
+        queued: Value,
+        /// The response completed.
+        done: Value,
+    },
+}
+
+pub(crate) fn respond(state: &ChatState, request: &Value) -> Result<Answered, Problem> {
+    let background = request.get("background") == Some(&Value::Bool(true));
+    if background && request.get("store") == Some(&Value::Bool(false)) {
+        return Err(problem(
+            "background",
+            "Background mode requires 'store' to be true.",
+        ));
+    }
     let input = input_items(request.get("input"))?;
     let tools = check_tools(request.get("tools"))?;
     let conversation = match request.get("conversation") {
@@ -264,6 +404,22 @@ pub(crate) fn respond(state: &ChatState, request: &Value) -> Result<Response, Pr
         None => Vec::new(),
     };
     history.extend(input.iter().cloned());
+    // Every function call in the conversation needs its output before the model goes on (the
+    // API refuses a turn after calls left unanswered: "No tool output found for function call").
+    if let Some(call_id) = history.iter().find_map(|i| {
+        let id = i.get("call_id").and_then(Value::as_str)?;
+        let answered = history.iter().any(|o| {
+            o.get("type").and_then(Value::as_str) == Some("function_call_output")
+                && o.get("call_id").and_then(Value::as_str) == Some(id)
+        });
+        (i.get("type").and_then(Value::as_str) == Some("function_call") && !answered)
+            .then(|| id.to_string())
+    }) {
+        return Err(problem(
+            "input",
+            format!("No tool output found for function call {call_id}."),
+        ));
+    }
     // A function's output just came back: the model answers with it. Else a scripted call, if
     // its tool is offered; else it notes the last user message.
     let output_back = input.iter().rev().find_map(|i| {
@@ -333,19 +489,40 @@ pub(crate) fn respond(state: &ChatState, request: &Value) -> Result<Response, Pr
             items.push(item.clone());
         }
     }
-    if request.get("stream") != Some(&Value::Bool(true)) {
+    let stream = request.get("stream") == Some(&Value::Bool(true));
+    if background && !stream {
+        return Ok(Answered::Background {
+            id: response_id.clone(),
+            queued: response("queued", vec![]),
+            done: response("completed", vec![item]),
+        });
+    }
+    if !stream {
         let body = response("completed", vec![item]).to_string();
-        return Ok((
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            body,
-        )
-            .into_response());
+        return Ok(Answered::Now(
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response(),
+        ));
     }
     let mut events: Vec<Value> = vec![
         json!({"type": "response.created", "response": response("in_progress", vec![])}),
         json!({"type": "response.in_progress", "response": response("in_progress", vec![])}),
     ];
+    let pacing = *crate::responses::lock(&state.pacing);
+    if let (Some((interval, deltas)), Turn::Text(_)) = (pacing, &turn) {
+        return Ok(Answered::Now(paced(
+            events,
+            &item_id,
+            item.clone(),
+            response("completed", vec![]),
+            interval,
+            deltas,
+        )));
+    }
     match &turn {
         Turn::Text(text) => {
             let mut added = item.clone();
@@ -407,22 +584,27 @@ pub(crate) fn respond(state: &ChatState, request: &Value) -> Result<Response, Pr
         let kind = e["type"].as_str().unwrap_or_default().to_string();
         body.push_str(&format!("event: {kind}\ndata: {e}\n\n"));
     }
-    Ok((
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "text/event-stream; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response())
+    Ok(Answered::Now(
+        (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "text/event-stream; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            body,
+        )
+            .into_response(),
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    async fn body_of(r: Response) -> (StatusCode, String) {
+    async fn body_of(r: Answered) -> (StatusCode, String) {
+        let Answered::Now(r) = r else {
+            panic!("a background answer")
+        };
         let status = r.status();
         let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
         (status, String::from_utf8(bytes.to_vec()).unwrap())
@@ -607,7 +789,7 @@ mod tests {
     #[tokio::test]
     async fn bad_requests_are_refused_as_the_api_refuses_them() {
         let state = ChatState::default();
-        let refused = |r: Result<Response, Problem>| r.err().map(|(s, p, _)| (s, p));
+        let refused = |r: Result<Answered, Problem>| r.err().map(|(s, p, _)| (s, p));
         assert_eq!(
             refused(respond(&state, &json!({"model": "m", "input": ""}))),
             Some((StatusCode::BAD_REQUEST, "input".into()))

@@ -113,6 +113,108 @@ pub struct ClientIn {
     /// and port only; README "Text channels"); absent or empty: any origin.
     #[serde(default)]
     pub chat_origins: Option<Vec<String>>,
+    /// Kommo CRM (README "Kommo"): `{base_url, token?, webhook_secret?}`; a token or secret
+    /// left out keeps the one stored (the secret is made when there is none); null or absent:
+    /// no Kommo.
+    #[serde(default)]
+    pub kommo: Option<KommoIn>,
+}
+
+/// A client's Kommo settings, as given (`Debug` never shows the token).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KommoIn {
+    /// `https://{subdomain}.kommo.com`.
+    pub base_url: String,
+    /// The integration's long-lived token (write-only: never shown).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The secret of the webhook URL (16 to 128 letters, digits, `-` or `_`).
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    /// Shown by `GET /clients/{id}`; ignored here (so a client read can be saved back).
+    #[serde(default)]
+    pub token_set: Option<bool>,
+}
+
+impl std::fmt::Debug for KommoIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KommoIn")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A client's Kommo settings, as shown (never the token).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KommoOut {
+    /// The account's address.
+    pub base_url: String,
+    /// Whether a token is stored.
+    pub token_set: bool,
+    /// The secret of the webhook URL
+    /// (`/api/kommo/webhook?client={id}&secret={webhook_secret}`).
+    pub webhook_secret: String,
+}
+
+impl KommoIn {
+    /// Checked; a token or secret left out is empty (filled from what is stored on save).
+    fn validate(&self) -> Result<crate::text::kommo::KommoConfig, ApiError> {
+        let base_url = url::Url::parse(self.base_url.trim())
+            .ok()
+            .filter(|u| {
+                matches!(u.scheme(), "https" | "http")
+                    && u.host().is_some()
+                    && u.username().is_empty()
+                    && u.password().is_none()
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+                    && u.path() == "/"
+            })
+            .ok_or_else(|| {
+                invalid(
+                    "kommo.base_url",
+                    "must be the account's address, such as https://brightsmile.kommo.com",
+                )
+            })?;
+        let token = match self.token.as_deref().map(str::trim) {
+            None | Some("") => String::new(),
+            Some(t) if t.len() <= 4000 && t.bytes().all(|b| b.is_ascii_graphic()) => t.to_string(),
+            Some(_) => return Err(invalid("kommo.token", "must be the integration's token")),
+        };
+        let webhook_secret = match self.webhook_secret.as_deref().map(str::trim) {
+            None | Some("") => String::new(),
+            Some(t)
+                if (16..=128).contains(&t.len())
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            {
+                t.to_string()
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "kommo.webhook_secret",
+                    "must be 16 to 128 letters, digits, - or _",
+                ));
+            }
+        };
+        Ok(crate::text::kommo::KommoConfig {
+            base_url,
+            token,
+            webhook_secret,
+        })
+    }
+}
+
+/// Refuses an `http://` Kommo address unless `webhooks.allow_http` (local testing).
+pub fn kommo_url_allowed(input: &ClientInput, allow_http: bool) -> Result<(), ApiError> {
+    match &input.kommo {
+        Some(k) if k.base_url.scheme() == "http" && !allow_http => Err(invalid(
+            "kommo.base_url",
+            "must be https:// (http:// is refused unless webhooks.allow_http = true)",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Most origins a client's web chat lists.
@@ -359,6 +461,7 @@ impl ClientIn {
                     ));
                 }
             },
+            kommo: self.kommo.as_ref().map(KommoIn::validate).transpose()?,
             chat_origins: match &self.chat_origins {
                 None => Vec::new(),
                 Some(list) if list.len() > MAX_CHAT_ORIGINS => {
@@ -499,6 +602,8 @@ pub struct ClientOut {
     pub chat_key: Option<String>,
     /// Origins whose pages may use the web chat (empty: any).
     pub chat_origins: Vec<String>,
+    /// Kommo CRM (null: none).
+    pub kommo: Option<KommoOut>,
 }
 
 impl From<ClientProfile> for ClientOut {
@@ -558,6 +663,14 @@ impl From<ClientProfile> for ClientOut {
             .to_string(),
             recording_notice: c.recording_notice,
             chat_key: c.chat_key,
+            kommo: crate::text::kommo::KommoConfig::from_stored(
+                c.kommo.as_ref().map(|k| k.expose()),
+            )
+            .map(|k| KommoOut {
+                base_url: k.base_url.as_str().trim_end_matches('/').to_string(),
+                token_set: !k.token.is_empty(),
+                webhook_secret: k.webhook_secret,
+            }),
             chat_origins: crate::json::from_stored(c.chat_origins.as_deref(), |v| {
                 serde_json::from_value::<Vec<String>>(v.clone()).map_err(|e| e.to_string())
             }),
@@ -598,8 +711,11 @@ impl From<CallerMemory> for CallerOut {
 /// A call.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CallOut {
-    /// CallSid.
+    /// CallSid (`TX…` for a text exchange).
     pub call_sid: String,
+    /// `voice` for a call; `webchat`, `whatsapp`, `sms` or `kommo` for a text exchange (README
+    /// "Text channels").
+    pub channel: String,
     /// Client.
     #[schema(value_type = Option<i32>)]
     pub client_id: Option<ClientId>,
@@ -696,6 +812,7 @@ impl TryFrom<call::Model> for CallOut {
         })?;
         Ok(Self {
             call_sid: c.call_sid,
+            channel: c.channel,
             client_id: c.client_id.map(ClientId::new),
             from: c.from_number,
             to: c.to_number,

@@ -319,8 +319,42 @@ pub(crate) async fn save_client(
     id: Option<ClientId>,
     body: ClientIn,
 ) -> ApiResult<clients::ClientProfile> {
-    let input = body.validate()?;
+    let mut input = body.validate()?;
     dto::webhook_url_allowed(&input, s.settings.webhooks.allow_http)?;
+    dto::kommo_url_allowed(&input, s.settings.webhooks.allow_http)?;
+    if let Some(k) = input.kommo.as_mut() {
+        // A token or secret left out keeps the stored one; a new client's secret is made here.
+        let stored = match id {
+            Some(id) => crate::text::kommo::KommoConfig::from_stored(
+                clients::get_client(&s.db, id)
+                    .await?
+                    .client
+                    .kommo
+                    .as_ref()
+                    .map(|k| k.expose()),
+            ),
+            None => None,
+        };
+        if k.token.is_empty() {
+            // Only for the same account: the token never goes to an address it was not given for.
+            k.token = stored
+                .as_ref()
+                .filter(|s| s.base_url == k.base_url)
+                .map(|s| s.token.clone())
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| {
+                    ApiError::Invalid(
+                        "kommo.token: required (the integration's long-lived token)".into(),
+                    )
+                })?;
+        }
+        if k.webhook_secret.is_empty() {
+            k.webhook_secret = stored
+                .map(|s| s.webhook_secret)
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(crate::text::kommo::new_secret);
+        }
+    }
     dto::http_tools_allowed(&input, &s.settings.tools)?;
     // Which numbers reach which business is an admin's (an operator could otherwise take a
     // number, or learn from a conflict that another business has it).
@@ -557,21 +591,29 @@ async fn delete_caller(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Erases what a client keeps of a caller: the recordings of their calls, their memory and
-/// transcripts (the API's and the console's privacy delete). 404 when nothing was kept.
+/// Erases what a client keeps of a caller: the recordings of their calls, their memory,
+/// transcripts and text conversation (here and at OpenAI; the API's and the console's privacy
+/// delete). 404 when nothing was kept.
 pub(crate) async fn erase_caller(s: &AppState, id: ClientId, phone: &str) -> ApiResult<()> {
     // The recordings of the caller's calls first: the call rows they are found by stay.
     let paths = crate::store::recordings::delete_for_caller(&s.db, id, phone).await?;
     let removed = s.recorder.remove_files(&paths).await;
-    match callers::delete_caller(&s.db, id, phone).await {
-        Err(crate::store::StoreError::NotFound(_)) if removed > 0 => {}
+    let conversations = match callers::delete_caller(&s.db, id, phone).await {
+        Err(crate::store::StoreError::NotFound(_)) if removed > 0 => Vec::new(),
         other => other?,
-    }
+    };
     tracing::info!(
         client_id = id.get(),
         recordings = removed,
-        "caller memory, transcripts and recordings erased on request"
+        conversations = conversations.len(),
+        "caller memory, transcripts, recordings and text conversation erased on request"
     );
+    // The conversation at OpenAI goes too (logged there if it cannot).
+    if !conversations.is_empty() {
+        let text = s.text.clone();
+        s.tasks
+            .spawn(async move { text.delete_conversations(conversations).await });
+    }
     Ok(())
 }
 
@@ -719,9 +761,13 @@ struct CallsQuery {
     limit: Option<u64>,
     /// Only calls started before this time (RFC 3339), for paging.
     before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only this channel's: `voice`, `webchat`, `whatsapp`, `sms` or `kommo`.
+    channel: Option<String>,
+    /// Only this person's: a caller id, or a text identity (`web:…`, `kommo:lead:…`).
+    from: Option<String>,
 }
 
-/// Calls, newest first.
+/// Calls and text exchanges, newest first.
 #[utoipa::path(get, path = "/calls", params(CallsQuery), responses((status = 200, body = Vec<CallOut>)))]
 async fn list_calls(
     State(s): State<AppState>,
@@ -733,9 +779,17 @@ async fn list_calls(
     if q.client_id.is_some_and(|id| !who.can_see(id)) {
         return Err(ApiError::NotFound("client"));
     }
+    let channel = match q.channel.as_deref() {
+        None => None,
+        Some(c) => Some(crate::domain::Channel::parse(c).ok_or_else(|| {
+            ApiError::Invalid("channel: must be voice, webchat, whatsapp, sms or kommo".into())
+        })?),
+    };
     let filter = calls::CallFilter {
         client_id: q.client_id,
         within: who.visible().map(<[ClientId]>::to_vec),
+        channel,
+        from: q.from.filter(|f| !f.is_empty()),
         ..Default::default()
     };
     let rows = calls::list_calls_within(&s.db, &filter, q.before, limit).await?;

@@ -550,7 +550,8 @@ async fn logout(
     Ok(resp)
 }
 
-/// Deletes expired sessions every hour until shutdown.
+/// Every hour until shutdown: deletes expired console sessions, and forgets the ids of text
+/// messages taken over a week ago (`store::conversations::prune_inbound`).
 pub async fn sweep_sessions(
     db: sea_orm::DatabaseConnection,
     shutdown: tokio_util::sync::CancellationToken,
@@ -565,6 +566,18 @@ pub async fn sweep_sessions(
             Ok(n) => tracing::info!(sessions = n, "expired console sessions deleted"),
             Err(e) => {
                 tracing::warn!(error = %e, "expired console sessions not deleted; retried in an hour")
+            }
+        }
+        // Text messages taken (their ids kept against retries) older than a week.
+        let week_ago = chrono::Utc::now() - chrono::TimeDelta::days(7);
+        match crate::store::conversations::prune_inbound(&db, week_ago).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                messages = n,
+                "ids of text messages taken a week ago forgotten"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "old text message ids not pruned; retried in an hour")
             }
         }
     }

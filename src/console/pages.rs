@@ -114,6 +114,8 @@ pub async fn overview(State(s): State<AppState>, viewer: Viewer) -> PageResult {
         &calls::CallFilter {
             within: within.clone(),
             since: Some(midnight),
+            // Calls only: text exchanges are not calls.
+            channel: Some(crate::domain::Channel::Voice),
             ..Default::default()
         },
     )
@@ -194,7 +196,7 @@ fn call_table(rows: &[call::Model], names: &BTreeMap<i32, String>) -> Markup {
             table class="calls" {
                 caption class="sr" { "Calls" }
                 thead { tr {
-                    th scope="col" { "Started" } th scope="col" { "Business" } th scope="col" { "From" }
+                    th scope="col" { "Started" } th scope="col" { "Business" } th scope="col" { "Channel" } th scope="col" { "From" }
                     th scope="col" { "Path" } th scope="col" { "First audio" } th scope="col" { "Duration" }
                     th scope="col" { "Outcome" } th scope="col" { "Summary" }
                 } }
@@ -203,7 +205,8 @@ fn call_table(rows: &[call::Model], names: &BTreeMap<i32, String>) -> Markup {
                         tr {
                             td { a href={ "/console/calls/" (c.call_sid) } { (when(c.started_at)) } }
                             td { (c.client_id.and_then(|id| names.get(&id)).map_or("–", String::as_str)) }
-                            td { (c.from_number) }
+                            td { (c.channel) }
+                            td { a href={ "/console/calls?from=" (urlencode(&c.from_number)) } title="Everything from this person" { (c.from_number) } }
                             td { (c.path.as_deref().unwrap_or("–")) }
                             td { (ms(c.time_to_first_audio_ms)) }
                             td { (c.duration_ms.map_or_else(|| "–".into(), |d| format!("{:.1} s", d as f64 / 1000.0))) }
@@ -361,6 +364,12 @@ const FIELDS: &[(&str, &str, &str, &str)] = &[
         "Web chat origins",
         "lines",
         "Origins whose pages may use the web chat (https://shop.example), one per line; empty: any.",
+    ),
+    (
+        "kommo",
+        "Kommo (JSON)",
+        "json",
+        "{\"base_url\": \"https://you.kommo.com\", \"token\": \"…\"}; the token is never shown: leave it out to keep it.",
     ),
     (
         "webhook_url",
@@ -616,7 +625,25 @@ pub async fn business(
     let id = visible(&viewer, &id)?;
     let profile = clients::get_client(&s.db, id).await?;
     let name = profile.client.name.clone();
-    let values = form_values(&serde_json::to_value(ClientOut::from(profile)).unwrap_or_default());
+    let out = ClientOut::from(profile);
+    // Where the business's site and CRM reach its agent.
+    let base = s
+        .settings
+        .public_url
+        .as_str()
+        .trim_end_matches('/')
+        .to_string();
+    let snippet = out.chat_key.as_ref().map(|k| {
+        format!("<script src=\"{base}/chat/widget.js\" data-warmline-chat=\"{k}\" defer></script>")
+    });
+    let kommo_url = out.kommo.as_ref().map(|k| {
+        format!(
+            "{base}/api/kommo/webhook?client={}&secret={}",
+            id.get(),
+            k.webhook_secret
+        )
+    });
+    let values = form_values(&serde_json::to_value(out).unwrap_or_default());
     let docs = kstore::list_documents(&s.db, id).await?;
     let body = html! {
         h1 { (name) }
@@ -626,6 +653,16 @@ pub async fn business(
             a href={ "/console/businesses/" (id.get()) "/messages" } { "Messages" }
         }
         (business_form(&viewer, &format!("/console/businesses/{}", id.get()), &values, None, q.saved.is_some()))
+        h2 { "Text channels" }
+        @if let Some(snippet) = &snippet {
+            p { "Web chat: put this on the business's site (README \"Web chat\")." }
+            pre class="snippet" { code { (snippet) } }
+        }
+        p { "WhatsApp and SMS: the number's “A message comes in” webhook is " code { (base) "/twilio/messaging" } "." }
+        @if let Some(u) = &kommo_url {
+            p { "Kommo: the webhook URL to enter in Kommo (it holds the secret):" }
+            pre class="snippet" { code { (u) } }
+        }
         h2 { "Knowledge documents" }
         @if docs.is_empty() { p { "None yet." } } @else {
             table {
@@ -729,7 +766,7 @@ pub async fn callers(
                     tbody {
                         @for c in &all {
                             tr {
-                                td { (c.phone) } td { (c.name.as_deref().unwrap_or("")) } td { (c.call_count) }
+                                td { a href={ "/console/calls?from=" (urlencode(&c.phone)) } title="Calls and messages from this person" { (c.phone) } } td { (c.name.as_deref().unwrap_or("")) } td { (c.call_count) }
                                 td { (when(c.last_call_at)) } td class="memory" { (c.memory) }
                                 td {
                                     form method="post" action={ "/console/businesses/" (id.get()) "/callers/delete" } data-confirm={ "Erase everything kept of " (c.phone) "?" } {
@@ -810,9 +847,12 @@ pub struct CallsFilter {
     path: Option<String>,
     end_reason: Option<String>,
     before: Option<String>,
+    channel: Option<String>,
+    from: Option<String>,
 }
 
-/// `GET /console/calls`: filter by business, date, path, end reason.
+/// `GET /console/calls`: filter by business, date, path, end reason, channel and person (a
+/// person's history across voice and the text channels: `from`, the caller id or identity).
 pub async fn calls(
     State(s): State<AppState>,
     viewer: Viewer,
@@ -852,6 +892,26 @@ pub async fn calls(
             }
         })
         .transpose()?;
+    let channel = match q.channel.as_deref().filter(|v| !v.is_empty()) {
+        None => None,
+        Some(c) => Some(
+            crate::domain::Channel::parse(c)
+                .ok_or_else(|| bad("channel: voice, webchat, whatsapp, sms or kommo"))?,
+        ),
+    };
+    let from = q
+        .from
+        .as_deref()
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            if f.len() <= 200 && !f.chars().any(char::is_control) {
+                Ok(f.to_string())
+            } else {
+                Err(bad("from: a caller id or identity"))
+            }
+        })
+        .transpose()?;
     let mut before = match q.before.as_deref().filter(|v| !v.is_empty()) {
         None => None,
         Some(b) => Some(
@@ -872,6 +932,8 @@ pub async fn calls(
         since,
         path: path.clone(),
         end_reason: end_reason.clone(),
+        channel,
+        from: from.clone(),
         ..Default::default()
     };
     const PAGE: u64 = 50;
@@ -884,16 +946,19 @@ pub async fn calls(
             .map(|c| c.started_at.to_rfc3339())
             .unwrap_or_default();
         format!(
-            "/console/calls?client={}&date={}&path={}&end_reason={}&before={}",
+            "/console/calls?client={}&date={}&path={}&end_reason={}&channel={}&from={}&before={}",
             urlencode(&sel_client),
             urlencode(q.date.as_deref().unwrap_or("")),
             urlencode(path.as_deref().unwrap_or("")),
             urlencode(end_reason.as_deref().unwrap_or("")),
+            urlencode(channel.map_or("", |c| c.as_str())),
+            urlencode(from.as_deref().unwrap_or("")),
             urlencode(&last)
         )
     });
     let body = html! {
-        h1 { "Calls" }
+        h1 { "Calls and messages" }
+        @if let Some(f) = &from { p { "Everything from " strong { (f) } ", calls and text messages, newest first." } }
         form method="get" action="/console/calls" class="filters" {
             div class="field" {
                 label for="c-client" { "Business" }
@@ -910,6 +975,14 @@ pub async fn calls(
                 }
             }
             div class="field" { label for="c-reason" { "End reason" } input id="c-reason" type="text" name="end_reason" value=(end_reason.as_deref().unwrap_or("")) placeholder="e.g. caller_hung_up"; }
+            div class="field" {
+                label for="c-channel" { "Channel" }
+                select id="c-channel" name="channel" {
+                    option value="" { "Any" }
+                    @for c in crate::domain::Channel::ALL { option value=(c.as_str()) selected[channel == Some(c)] { (c.as_str()) } }
+                }
+            }
+            div class="field" { label for="c-from" { "Person" } input id="c-from" type="text" name="from" value=(from.as_deref().unwrap_or("")) placeholder="+14155550100 or web:…"; }
             button type="submit" { "Filter" }
         }
         @if rows.is_empty() { p { "No call matches." } } @else { (call_table(&rows, &names)) }

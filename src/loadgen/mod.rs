@@ -35,6 +35,7 @@ use std::{
 };
 
 pub mod chaos;
+pub mod chat;
 
 use anyhow::{Context, bail};
 use serde::Serialize;

@@ -244,12 +244,14 @@ async fn bound_memory(
 
 /// Erases a caller's memory, their text conversation (`phone` is any identity: a number,
 /// `web:…`, `kommo:lead:…`) and the transcripts, summaries and results of their calls and text
-/// exchanges with this client (a privacy request); a post-call job still pending for one of them then fails. The call rows stay, for billing and counts, without content.
+/// exchanges with this client (a privacy request); a post-call job still pending for one of them
+/// then fails. The call rows stay, for billing and counts, without content. Returns the OpenAI
+/// conversation ids forgotten, for the caller to delete there (`TextAgent::delete_conversations`).
 pub async fn delete_caller(
     db: &DatabaseConnection,
     client_id: ClientId,
     phone: &str,
-) -> Result<(), StoreError> {
+) -> Result<Vec<String>, StoreError> {
     let phone = phone.trim();
     let txn = db.begin().await?;
     let deleted = caller::Entity::delete_many()
@@ -284,7 +286,7 @@ pub async fn delete_caller(
             .await?;
     }
     txn.commit().await?;
-    Ok(())
+    Ok(conversations)
 }
 
 #[cfg(test)]

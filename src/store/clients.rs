@@ -80,6 +80,9 @@ pub struct ClientInput {
     pub recording_notice: Option<String>,
     /// Origins whose pages may use its web chat (empty: any).
     pub chat_origins: Vec<String>,
+    /// Its Kommo CRM settings (none: no Kommo); token and secret filled in by the admin API's
+    /// save from what is stored when they were left out.
+    pub kommo: Option<crate::text::kommo::KommoConfig>,
 }
 
 /// A client with its numbers and FAQs.
@@ -144,6 +147,7 @@ fn active_model(input: &ClientInput, now: chrono::DateTime<Utc>) -> client::Acti
         recording_notice: Set(input.recording_notice.clone()),
         chat_origins: Set((!input.chat_origins.is_empty())
             .then(|| serde_json::json!(input.chat_origins).to_string())),
+        kommo: Set(input.kommo.as_ref().map(|k| SecretText(k.to_stored()))),
         ..Default::default()
     }
 }
@@ -532,6 +536,29 @@ fn new_chat_key() -> String {
         "wlc_{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
     )
+}
+
+/// Gives a web chat key to every client without one (clients made before the web chat);
+/// how many got one.
+pub async fn fill_chat_keys(db: &DatabaseConnection) -> Result<u64, StoreError> {
+    let ids: Vec<i32> = client::Entity::find()
+        .filter(client::Column::ChatKey.is_null())
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let mut n = 0;
+    for id in ids {
+        n += client::Entity::update_many()
+            .col_expr(client::Column::ChatKey, Expr::value(new_chat_key()))
+            .filter(client::Column::Id.eq(id))
+            .filter(client::Column::ChatKey.is_null())
+            .exec(db)
+            .await?
+            .rows_affected;
+    }
+    Ok(n)
 }
 
 /// The client whose web chat key is `key`.

@@ -123,3 +123,16 @@ pub async fn take_inbound(
         .await?;
     Ok(inserted > 0)
 }
+
+/// Forgets the messages taken before `before` (a retry comes within minutes; days later it
+/// would be a new message anyway); how many.
+pub async fn prune_inbound(
+    db: &impl ConnectionTrait,
+    before: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    Ok(text_inbound::Entity::delete_many()
+        .filter(text_inbound::Column::ReceivedAt.lt(before))
+        .exec(db)
+        .await?
+        .rows_affected)
+}

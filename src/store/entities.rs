@@ -68,6 +68,9 @@ pub mod client {
         pub chat_key: Option<String>,
         /// JSON list of the origins the web chat may be used from (CORS); NULL or empty: any.
         pub chat_origins: Option<String>,
+        /// Kommo CRM settings, JSON `{base_url, token, webhook_secret}` (`crate::text::kommo`;
+        /// redacted in `Debug`: it holds the token).
+        pub kommo: Option<super::SecretText>,
     }
 
     /// No declared relations.

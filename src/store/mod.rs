@@ -122,6 +122,15 @@ pub const MIGRATION_LOCK: i64 = 0x7761_726d_6c69_6e65;
 /// a connection of its own, so any pool size works): instances started at once against one
 /// database migrate one after the other, and the later ones find nothing pending.
 pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
+    migrate_schema(db).await?;
+    // Clients made before the web chat get their chat key (idempotent, any instance).
+    clients::fill_chat_keys(db)
+        .await
+        .context("giving every client a web chat key")?;
+    Ok(())
+}
+
+async fn migrate_schema(db: &DatabaseConnection) -> anyhow::Result<()> {
     if db.get_database_backend() != DbBackend::Postgres {
         return Migrator::up(db, None)
             .await

@@ -65,7 +65,20 @@ pub struct Inbound {
     pub to: String,
     /// The message.
     pub text: String,
+    /// Made as a background response (`background: true`), delivered when OpenAI's webhook
+    /// says it is done or a poll finds it done (the channels that send the answer on: WhatsApp,
+    /// SMS, Kommo); else streamed (the web chat).
+    pub background: bool,
 }
+
+/// How often a background response is polled when OpenAI's webhook announces it
+/// (`openai.webhook_secret` set: a lost event costs this long at most) and when it does not.
+const POLL_WITH_WEBHOOK: Duration = Duration::from_secs(15);
+const POLL_WITHOUT_WEBHOOK: Duration = Duration::from_secs(1);
+/// Webhook events and early announcements are remembered this long.
+const REMEMBERED: Duration = Duration::from_secs(600);
+/// Most of them remembered; past it the ones older than [`REMEMBERED`] are forgotten.
+const REMEMBERED_MAX: usize = 10_000;
 
 /// What happens while an answer is made, for channels that show it as it comes.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +125,8 @@ pub enum Refusal {
     TooMany(Duration),
     /// The client has `text.concurrent_per_client` answers running.
     Busy,
+    /// The person has a message being answered and another waiting.
+    Waiting,
 }
 
 /// A taken message's place: the client's concurrency slot, held until the answer is made.
@@ -134,6 +149,12 @@ pub struct TextAgent {
     rate: Option<Rate<String>>,
     running: Arc<Slots<ClientId>>,
     turns: DashMap<(ClientId, String), Arc<tokio::sync::Mutex<()>>>,
+    /// Background responses waited for (or announced before their wait began), by id.
+    waiters: DashMap<String, (Arc<tokio::sync::Notify>, std::time::Instant)>,
+    /// Webhook events received (`webhook-id`), so a replay is refused.
+    events_seen: DashMap<String, std::time::Instant>,
+    /// `openai.webhook_secret` is set: background responses are announced.
+    webhook: bool,
 }
 
 impl std::fmt::Debug for TextAgent {
@@ -176,6 +197,9 @@ impl TextAgent {
             rate: std::num::NonZeroU32::new(t.messages_per_minute).map(Rate::per_minute),
             running: Slots::new(t.concurrent_per_client),
             turns: DashMap::new(),
+            waiters: DashMap::new(),
+            events_seen: DashMap::new(),
+            webhook: !settings.openai.webhook_secret.is_empty(),
         })
     }
 
@@ -184,8 +208,35 @@ impl TextAgent {
         &self.settings
     }
 
-    /// Checks a message before anything is sent to the model: its size, the person's rate and
-    /// the client's running answers.
+    /// OpenAI's webhook says background response `id` is done (completed, failed, incomplete or
+    /// cancelled): its wait ends now. Announced before its wait began, it is kept (a while) for
+    /// the wait to find.
+    pub fn response_done(&self, id: &str) {
+        prune(&self.waiters, |(_, at)| *at);
+        self.waiters
+            .entry(id.to_string())
+            .or_insert_with(|| (Arc::default(), std::time::Instant::now()))
+            .0
+            .notify_one();
+    }
+
+    /// Whether webhook event `id` is new (false: a replay, refused); it is remembered.
+    pub fn first_event(&self, id: &str) -> bool {
+        prune(&self.events_seen, |at| *at);
+        self.events_seen
+            .insert(id.to_string(), std::time::Instant::now())
+            .is_none()
+    }
+
+    /// The HTTP client (redirects not followed), for the channels' own APIs.
+    pub fn http(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
+    /// Checks a message before anything is sent to the model: its size, the person's earlier
+    /// messages still waiting (one may wait behind the one being answered), the client's
+    /// running answers, and last the person's rate (so a refusal for another reason does not
+    /// count against it).
     pub fn admit(&self, client: ClientId, identity: &str, text: &str) -> Result<Admitted, Refusal> {
         if text.trim().is_empty() {
             return Err(Refusal::Empty);
@@ -193,13 +244,41 @@ impl TextAgent {
         if text.chars().count() > self.settings.max_message_chars {
             return Err(Refusal::TooLong);
         }
+        // The map's own handle, the answer running, one waiting: no more.
+        if self
+            .turns
+            .get(&(client, identity.to_string()))
+            .is_some_and(|t| Arc::strong_count(&t) > 2)
+        {
+            return Err(Refusal::Waiting);
+        }
+        let slot = self.running.try_take(client).ok_or(Refusal::Busy)?;
         if let Some(rate) = &self.rate
             && let Verdict::Limited { retry_after } = rate.check(format!("{client}\n{identity}"))
         {
             return Err(Refusal::TooMany(retry_after));
         }
-        let slot = self.running.try_take(client).ok_or(Refusal::Busy)?;
         Ok(Admitted { _slot: Some(slot) })
+    }
+
+    /// [`TextAgent::admit`], waiting up to `limit` while the client is busy or the person's
+    /// earlier messages wait (for channels that acknowledged the message already).
+    pub async fn admit_waiting(
+        &self,
+        client: ClientId,
+        identity: &str,
+        text: &str,
+        limit: Duration,
+    ) -> Result<Admitted, Refusal> {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            match self.admit(client, identity, text) {
+                Err(Refusal::Busy | Refusal::Waiting) if tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Answers `msg`, passing what happens to `progress` as it happens (deltas, tool calls and
@@ -276,8 +355,18 @@ impl TextAgent {
                 at: started,
             }],
             conversation: None,
+            pending: Vec::new(),
+            said: Vec::new(),
         };
         let outcome = tokio::time::timeout(self.settings.timeout(), run.turns(started)).await;
+        // Calls the model made whose outputs never went back would block the conversation's
+        // next turn: they are answered now.
+        if !run.pending.is_empty()
+            && let Some(conv) = &run.conversation
+        {
+            self.close_calls(&exchange_id, &conv.conversation_id, &run.pending)
+                .await;
+        }
         let (text, failure) = match outcome {
             Ok(Ok(text)) => (text, None),
             Ok(Err(why)) => (fallback_line, Some(why)),
@@ -399,6 +488,74 @@ impl TextAgent {
         }
     }
 
+    /// Answers `calls` of `conversation` with an error output (the answer was cut short), so
+    /// the person's next message is not refused for calls left open. Bounded; a failure is
+    /// logged (the next turn then fails too, and is tried again the same way).
+    async fn close_calls(&self, exchange: &str, conversation: &str, calls: &[String]) -> bool {
+        let output = json!({"error": {"code": "not_run",
+            "message": "The answer was cut short before this tool's result was used."}})
+        .to_string();
+        let path = format!("/conversations/{conversation}/items");
+        // The API takes at most 20 items at a time.
+        for chunk in calls.chunks(20) {
+            let items: Vec<Value> = chunk
+                .iter()
+                .map(|id| json!({"type": "function_call_output", "call_id": id, "output": output}))
+                .collect();
+            let sent = tokio::time::timeout(
+                Duration::from_secs(10),
+                self.post(&path, &json!({"items": items})).send(),
+            )
+            .await;
+            match sent {
+                Ok(Ok(r)) if r.status().is_success() => {}
+                Ok(Ok(r)) => {
+                    tracing::warn!(exchange = %exchange, status = r.status().as_u16(), "text: could not close the open tool calls");
+                    return false;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(exchange = %exchange, error = %describe(e), "text: could not close the open tool calls");
+                    return false;
+                }
+                Err(_) => {
+                    tracing::warn!(exchange = %exchange, "text: closing the open tool calls timed out");
+                    return false;
+                }
+            }
+        }
+        tracing::info!(exchange = %exchange, calls = calls.len(), "text: open tool calls closed on the conversation");
+        true
+    }
+
+    /// Deletes OpenAI conversations (a privacy request: `store::callers::delete_caller`
+    /// forgot them here). Each failure is logged; a conversation already gone counts as done.
+    pub async fn delete_conversations(&self, ids: Vec<String>) {
+        for id in ids {
+            let r = tokio::time::timeout(
+                Duration::from_secs(10),
+                self.http
+                    .delete(format!("{}/conversations/{id}", self.base))
+                    .bearer_auth(self.api_key.expose())
+                    .send(),
+            )
+            .await;
+            match r {
+                Ok(Ok(r)) if r.status().is_success() || r.status().as_u16() == 404 => {
+                    tracing::info!(conversation = %id, "text: conversation deleted at OpenAI");
+                }
+                Ok(Ok(r)) => {
+                    tracing::error!(conversation = %id, status = r.status().as_u16(), "text: could not delete the conversation at OpenAI; delete it by hand");
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(conversation = %id, error = %describe(e), "text: could not delete the conversation at OpenAI; delete it by hand");
+                }
+                Err(_) => {
+                    tracing::error!(conversation = %id, "text: deleting the conversation at OpenAI timed out; delete it by hand");
+                }
+            }
+        }
+    }
+
     fn post(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
         self.http
             .post(format!("{}{path}", self.base))
@@ -415,6 +572,10 @@ struct Run<'a> {
     progress: Option<mpsc::UnboundedSender<Progress>>,
     transcript: Vec<TranscriptIn>,
     conversation: Option<conversations::Conversation>,
+    /// The calls of the last round whose outputs the model has not taken yet.
+    pending: Vec<String>,
+    /// What the model said in rounds that ended in tool calls ("One moment, I'll check.").
+    said: Vec<String>,
 }
 
 impl Run<'_> {
@@ -446,10 +607,20 @@ impl Run<'_> {
             if !tools.is_empty() {
                 body["tools"] = Value::Array(tools.clone());
             }
-            let calls = self.round(&body).await?;
-            match calls {
-                Round::Answered(text) => return Ok(text),
-                Round::Calls(calls) if round < max => {
+            let outcome = self.round_repaired(&body, &conversation_id).await?;
+            match outcome {
+                Round::Answered(text) => {
+                    self.said.push(text);
+                    return Ok(self.said.join("\n\n"));
+                }
+                Round::Calls(calls, text) => {
+                    if !text.trim().is_empty() {
+                        self.said.push(text);
+                    }
+                    self.pending = calls.iter().map(|c| c.call_id.clone()).collect();
+                    if round == max {
+                        break;
+                    }
                     let mut outputs = Vec::with_capacity(calls.len());
                     for call in calls {
                         let output = self.run_tool(call.clone()).await;
@@ -458,12 +629,38 @@ impl Run<'_> {
                     }
                     input = Value::Array(outputs);
                 }
-                Round::Calls(_) => break,
             }
         }
         Err(format!(
             "still calling tools after text.max_tool_rounds ({max})"
         ))
+    }
+
+    /// [`Run::round`], and when the API refuses the turn for a function call left without
+    /// its output (an earlier answer cut short where warmline could not see it: a background
+    /// response completing after its wait ended), that call is closed and the turn tried again.
+    async fn round_repaired(&mut self, body: &Value, conversation: &str) -> Result<Round, String> {
+        const MARK: &str = "No tool output found for function call ";
+        for _ in 0..20 {
+            match self.round(body).await {
+                Err(why) if why.contains(MARK) => {
+                    let id: String = why[why.find(MARK).map_or(0, |i| i + MARK.len())..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                        .collect();
+                    if id.is_empty()
+                        || !self
+                            .agent
+                            .close_calls(self.context.call_sid.as_str(), conversation, &[id])
+                            .await
+                    {
+                        return Err(why);
+                    }
+                }
+                other => return other,
+            }
+        }
+        Err("still refused for open tool calls after closing 20".into())
     }
 
     /// The person's conversation: the one kept, or a new one.
@@ -500,7 +697,12 @@ impl Run<'_> {
         let id = serde_json::from_str::<Value>(&text)
             .ok()
             .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_string))
-            .filter(|id| !id.is_empty() && id.len() <= 200)
+            .filter(|id| {
+                (1..=200).contains(&id.len())
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
             .ok_or("creating the conversation: the answer has no id")?;
         conversations::save(
             db,
@@ -516,6 +718,9 @@ impl Run<'_> {
 
     /// One request to the model, read as it streams.
     async fn round(&mut self, body: &Value) -> Result<Round, String> {
+        if self.msg.background {
+            return self.round_in_background(body).await;
+        }
         let mut resp = self
             .agent
             .post("/responses", body)
@@ -527,6 +732,8 @@ impl Run<'_> {
             let text = resp.text().await.unwrap_or_default();
             return Err(format!("HTTP {} {}", status.as_u16(), api_error(&text)));
         }
+        // The request, outputs included, is taken: they are not open any more.
+        self.pending.clear();
         let mut reader = Reader::new();
         let mut calls = Vec::new();
         loop {
@@ -541,15 +748,18 @@ impl Run<'_> {
                         call_id,
                         name,
                         arguments,
-                    } => calls.push(ToolCall {
-                        call_id,
-                        name,
-                        arguments,
-                        agent: String::new(),
-                    }),
+                    } => {
+                        self.pending.push(call_id.clone());
+                        calls.push(ToolCall {
+                            call_id,
+                            name,
+                            arguments,
+                            agent: String::new(),
+                        });
+                    }
                     Event::Completed { text, .. } => {
                         if !calls.is_empty() {
-                            return Ok(Round::Calls(calls));
+                            return Ok(Round::Calls(calls, text));
                         }
                         if text.trim().is_empty() {
                             return Err("the model answered nothing (a refusal?)".into());
@@ -558,6 +768,104 @@ impl Run<'_> {
                     }
                     Event::Failed(why) => return Err(why),
                 }
+            }
+        }
+    }
+
+    /// One request to the model as a background response: created, then waited for until
+    /// OpenAI's webhook announces it (`TextAgent::response_done`) or a poll finds it done.
+    async fn round_in_background(&mut self, body: &Value) -> Result<Round, String> {
+        let mut body = body.clone();
+        body["background"] = Value::Bool(true);
+        body["stream"] = Value::Bool(false);
+        let agent = self.agent;
+        let resp = agent
+            .post("/responses", &body)
+            .send()
+            .await
+            .map_err(describe)?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(describe)?;
+        if !status.is_success() {
+            return Err(format!("HTTP {} {}", status.as_u16(), api_error(&text)));
+        }
+        self.pending.clear();
+        let mut current: Value = serde_json::from_str(&text)
+            .map_err(|_| "the response to a background request is not JSON".to_string())?;
+        let id = current["id"]
+            .as_str()
+            .filter(|id| {
+                (1..=200).contains(&id.len())
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
+            .ok_or("the background response has no id")?
+            .to_string();
+        let notify = agent
+            .waiters
+            .entry(id.clone())
+            .or_insert_with(|| (Arc::default(), std::time::Instant::now()))
+            .0
+            .clone();
+        let _waiting = Waiting {
+            agent,
+            id: id.clone(),
+        };
+        let poll = if agent.webhook {
+            POLL_WITH_WEBHOOK
+        } else {
+            POLL_WITHOUT_WEBHOOK
+        };
+        loop {
+            match super::stream::standing(&current) {
+                super::stream::Standing::Pending => {}
+                super::stream::Standing::Failed(why) => return Err(why),
+                super::stream::Standing::Done { calls, text } => {
+                    if !calls.is_empty() {
+                        let calls = calls
+                            .into_iter()
+                            .map(|(call_id, name, arguments)| ToolCall {
+                                call_id,
+                                name,
+                                arguments,
+                                agent: String::new(),
+                            })
+                            .collect();
+                        return Ok(Round::Calls(calls, text));
+                    }
+                    if text.trim().is_empty() {
+                        return Err("the model answered nothing (a refusal?)".into());
+                    }
+                    return Ok(Round::Answered(text));
+                }
+            }
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+            let got = agent
+                .http
+                .get(format!("{}/responses/{id}", agent.base))
+                .bearer_auth(agent.api_key.expose())
+                .timeout(Duration::from_secs(15))
+                .send()
+                .await;
+            match got {
+                Ok(r) if r.status().is_success() => {
+                    current = r
+                        .json()
+                        .await
+                        .map_err(|_| "a polled response is not JSON".to_string())?;
+                }
+                // A server error or a lost connection: the next poll tries again.
+                Ok(r) if r.status().is_server_error() || r.status().as_u16() == 429 => {}
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let text = r.text().await.unwrap_or_default();
+                    return Err(format!("polling: HTTP {status} {}", api_error(&text)));
+                }
+                Err(_) => {}
             }
         }
     }
@@ -599,10 +907,31 @@ impl Run<'_> {
     }
 }
 
+/// Forgets entries older than [`REMEMBERED`] once `map` holds [`REMEMBERED_MAX`].
+fn prune<V>(map: &DashMap<String, V>, at: impl Fn(&V) -> std::time::Instant) {
+    if map.len() >= REMEMBERED_MAX {
+        map.retain(|_, v| at(v).elapsed() < REMEMBERED);
+    }
+}
+
+/// Removes a background response's waiter when its wait ends, however it ends.
+struct Waiting<'a> {
+    agent: &'a TextAgent,
+    id: String,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.agent.waiters.remove(&self.id);
+    }
+}
+
 /// What one round gave.
 enum Round {
+    /// The answer's text.
     Answered(String),
-    Calls(Vec<ToolCall>),
+    /// Tool calls, and what was said before them.
+    Calls(Vec<ToolCall>, String),
 }
 
 /// `TX` and 32 hex digits: an exchange's id, the `call_sid` of its row.

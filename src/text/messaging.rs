@@ -13,7 +13,8 @@
 //! `MessageSid`) is acknowledged and not answered again (`store::conversations::take_inbound`).
 //! Refusals: a bad signature 403 (nothing taken); a message to a number of no business, from a
 //! sender that is not a phone number, empty, too long or over the person's rate is acknowledged
-//! and not answered (logged), so Twilio does not retry it.
+//! and not answered (logged). A business at `text.concurrent_per_client`, or a person whose
+//! earlier messages are still being answered, is waited for (up to `text.timeout_secs`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -136,24 +137,30 @@ async fn inbound(
         }
     }
     let identity = from.to_string();
-    let admitted = match state.text.admit(client.id(), &identity, text) {
-        Ok(a) => a,
-        Err(r) => {
-            tracing::warn!(message_sid = %sid, client = %client.id(), refusal = ?r, "messaging webhook: message refused; not answered");
-            return ack();
-        }
-    };
     let msg = Inbound {
         client: Arc::new(client),
         channel,
         identity,
         to: to.to_string(),
         text: text.trim().to_string(),
+        background: true,
     };
     // Answered to where it came from, from where it went (prefixes kept).
     let (reply_to, reply_from) = (from_raw.trim().to_string(), to_raw.trim().to_string());
     let (agent, sender, sid) = (state.text.clone(), state.messages.clone(), sid.to_string());
+    let wait = agent.settings().timeout();
     state.tasks.spawn(async move {
+        // Taken already: a busy business or the person's earlier messages are waited for.
+        let admitted = match agent
+            .admit_waiting(msg.client.id(), &msg.identity, &msg.text, wait)
+            .await
+        {
+            Ok(a) => a,
+            Err(r) => {
+                tracing::warn!(message_sid = %sid, client = %msg.client.id(), refusal = ?r, "messaging: message refused; not answered");
+                return;
+            }
+        };
         let answer = agent.answer(msg, admitted, None).await;
         let parts = split(&answer.text, BODY_MAX);
         for (i, part) in parts.iter().enumerate() {

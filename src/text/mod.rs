@@ -4,9 +4,13 @@
 //! - [`stream`]: the streamed answer read as a pure state machine;
 //! - [`agent`]: one message in, the answer out (conversation, tools, fallback, record);
 //! - [`webchat`]: the web chat's routes (send, Server-Sent Events, WebSocket);
-//! - [`messaging`]: WhatsApp and SMS through Twilio Messaging.
+//! - [`messaging`]: WhatsApp and SMS through Twilio Messaging;
+//! - [`kommo`]: Kommo CRM (its webhook, notes on the lead);
+//! - [`openai_webhook`]: OpenAI's webhook announcing background responses.
 
 pub mod agent;
+pub mod kommo;
 pub mod messaging;
+pub mod openai_webhook;
 pub mod stream;
 pub mod webchat;

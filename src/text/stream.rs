@@ -125,24 +125,9 @@ impl Reader {
             }
             "response.completed" => {
                 let r = &v["response"];
-                let joined = r
-                    .get("output")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter(|i| i.get("type").and_then(Value::as_str) == Some("message"))
-                    .flat_map(|i| {
-                        i.get("content")
-                            .and_then(Value::as_array)
-                            .into_iter()
-                            .flatten()
-                    })
-                    .filter(|p| p.get("type").and_then(Value::as_str) == Some("output_text"))
-                    .filter_map(|p| p.get("text").and_then(Value::as_str))
-                    .collect::<String>();
                 Some(Event::Completed {
                     response_id: text(r, "id"),
-                    text: joined,
+                    text: output_text(r),
                 })
             }
             "response.incomplete" => Some(Event::Failed(format!(
@@ -160,6 +145,87 @@ impl Reader {
             "error" => Some(Event::Failed(format!("error: {}", text(&v, "message")))),
             _ => None,
         }
+    }
+}
+
+/// The text of a response object's `message` items' `output_text` parts, joined.
+fn output_text(response: &Value) -> String {
+    response
+        .get("output")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|i| i.get("type").and_then(Value::as_str) == Some("message"))
+        .flat_map(|i| {
+            i.get("content")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .filter(|p| p.get("type").and_then(Value::as_str) == Some("output_text"))
+        .filter_map(|p| p.get("text").and_then(Value::as_str))
+        .collect()
+}
+
+/// Where a background response stands (a `response` object, as `POST /responses` with
+/// `background: true` and `GET /responses/{id}` answer it; `status` `queued`, `in_progress`,
+/// `completed`, `failed`, `incomplete` or `cancelled`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// Not done yet.
+    Pending,
+    /// Done: its function calls (`call_id`, `name`, `arguments`) and its text.
+    Done {
+        /// The calls, in order.
+        calls: Vec<(String, String, String)>,
+        /// The text of its messages.
+        text: String,
+    },
+    /// No answer: why.
+    Failed(String),
+}
+
+/// Reads a response object.
+pub fn standing(response: &Value) -> Standing {
+    let text = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    match response.get("status").and_then(Value::as_str) {
+        Some("queued" | "in_progress") => Standing::Pending,
+        Some("completed") => Standing::Done {
+            calls: response
+                .get("output")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|i| i.get("type").and_then(Value::as_str) == Some("function_call"))
+                .map(|i| (text(i, "call_id"), text(i, "name"), text(i, "arguments")))
+                .collect(),
+            text: output_text(response),
+        },
+        Some("incomplete") => Standing::Failed(format!(
+            "incomplete: {}",
+            response
+                .pointer("/incomplete_details/reason")
+                .and_then(Value::as_str)
+                .unwrap_or("no reason given")
+        )),
+        Some("failed") => Standing::Failed(format!(
+            "failed: {}",
+            response
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .unwrap_or("no message given")
+        )),
+        Some("cancelled") => Standing::Failed("cancelled".into()),
+        Some(other) => Standing::Failed(format!(
+            "a response of unknown status {:?}",
+            other.chars().take(40).collect::<String>()
+        )),
+        None => Standing::Failed("not a response object".into()),
     }
 }
 
@@ -273,5 +339,41 @@ mod tests {
         let mut r = Reader::new();
         let e = r.feed(&vec![b'x'; MAX_LINE + 1]);
         assert!(matches!(&e[..], [Event::Failed(m)] if m.contains("longer than")));
+    }
+
+    #[test]
+    fn a_response_object_is_read_by_its_status() {
+        use serde_json::json;
+        assert_eq!(standing(&json!({"status": "queued"})), Standing::Pending);
+        assert_eq!(
+            standing(&json!({"status": "in_progress"})),
+            Standing::Pending
+        );
+        let done = json!({"status": "completed", "output": [
+            {"type": "reasoning", "summary": []},
+            {"type": "message", "content": [{"type": "output_text", "text": "One moment."}]},
+            {"type": "function_call", "call_id": "c1", "name": "business_hours", "arguments": "{}"}]});
+        assert_eq!(
+            standing(&done),
+            Standing::Done {
+                calls: vec![("c1".into(), "business_hours".into(), "{}".into())],
+                text: "One moment.".into()
+            }
+        );
+        assert_eq!(
+            standing(&json!({"status": "failed", "error": {"message": "boom"}})),
+            Standing::Failed("failed: boom".into())
+        );
+        assert_eq!(
+            standing(
+                &json!({"status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}})
+            ),
+            Standing::Failed("incomplete: max_output_tokens".into())
+        );
+        assert!(matches!(
+            standing(&json!({"status": 3})),
+            Standing::Failed(_)
+        ));
+        assert!(matches!(standing(&json!([])), Standing::Failed(_)));
     }
 }

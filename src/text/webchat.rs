@@ -4,23 +4,30 @@
 //!   `{"ok": true, "conversation_id", "text", "leadId"}`;
 //! - `GET /api/chat/stream?sessionId=…&text=…[&leadId=…]`: Server-Sent Events, each one unnamed
 //!   `data:` line of JSON with a `type`: `agent_chunk` (`text`: a delta), `tool_call` (`name`,
-//!   `arguments`), `tool_result` (`name`, `output`), and last `agent_end` (the whole `text`,
-//!   `conversation_id`) with `done: true`. Unnamed, so `EventSource.onmessage` sees every event
+//!   never the arguments), `tool_result` (`name`, `ok`: never the output), and last `agent_end`
+//!   (the whole `text`, `conversation_id`, `fallback`: true when the answer failed and `text` is
+//!   the fallback line) with `done: true`. Unnamed, so `EventSource.onmessage` sees every event
 //!   (a named `event:` line never reaches it); the page closes the source on `done`, or the
 //!   browser would reconnect and send the message again;
 //! - `GET /api/chat/ws`: a WebSocket; in `{"type": "user_input", "text", "thread_id"?}`, out the
 //!   same events as the stream (the last of each answer with `done: true`), and `{"type":
 //!   "error", "error"}` for a message refused.
 //!
+//! - `GET /chat/widget.js`: the embeddable widget (`src/text/widget.js`), which uses the stream.
+//!
 //! The business is named by its public chat key (`client` query parameter or
 //! `X-Warmline-Chat-Key`); a page's `Origin` must be one of the client's `chat_origins` when it
 //! lists any (CORS answers name only that origin). The person is `web:{sessionId}`, or
-//! `kommo:lead:{leadId}` when a lead id is given (a Kommo lead chatting on the site).
+//! `kommo:lead:{leadId}` when a lead id comes with its `leadToken` (a Kommo lead chatting on the
+//! site).
 //!
 //! Refusals come before anything reaches the model: bad JSON or fields (400), an unknown key
 //! (401), a foreign origin (403), a message too long (413), the person over
 //! `text.messages_per_minute` (429 with `Retry-After`), the client at
-//! `text.concurrent_per_client` (503). Every error body is `{"ok": false, "error"}`.
+//! `text.concurrent_per_client` (503), a person with a message answered and another waiting
+//! (429). A `leadId` makes the person the lead only with a `leadToken` proving it (made by the
+//! business's server, `crate::text::kommo::lead_token`; a wrong one is 403); without one the
+//! lead id is only echoed back. Every error body is `{"ok": false, "error"}`.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -51,6 +58,8 @@ pub const KEY_HEADER: &str = "x-warmline-chat-key";
 const SESSION_MAX: usize = 128;
 /// Largest body of `POST /api/chat/send` and WebSocket message (bytes).
 const BODY_MAX: usize = 256 * 1024;
+/// A chat socket that sends nothing this long is closed.
+const SOCKET_IDLE: Duration = Duration::from_secs(600);
 
 /// The web chat's routes (public: a site's pages call them). Their time limit is
 /// `text.timeout_secs` (the agent's own), not `server.request_timeout_secs`.
@@ -59,7 +68,24 @@ pub fn router() -> Router<AppState> {
         .route("/api/chat/send", post(send).options(preflight))
         .route("/api/chat/stream", get(stream).options(preflight))
         .route("/api/chat/ws", get(socket))
+        .route("/chat/widget.js", get(widget))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_MAX))
+}
+
+/// The embeddable widget's script (`src/text/widget.js`, served as it is).
+const WIDGET: &str = include_str!("widget.js");
+
+/// `GET /chat/widget.js`.
+async fn widget() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        WIDGET,
+    )
+        .into_response()
 }
 
 /// A refusal, as every route answers it.
@@ -98,6 +124,13 @@ impl From<Refusal> for ChatError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the business is answering too many messages; try again in a moment",
             ),
+            Refusal::Waiting => Self {
+                retry_after: Some(Duration::from_secs(1)),
+                ..Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "wait for the answer to your previous message",
+                )
+            },
         }
     }
 }
@@ -137,6 +170,9 @@ struct SendBody {
     text: Option<String>,
     #[serde(default)]
     lead_id: Option<Value>,
+    /// Proof from the business's server that this page may write as the lead.
+    #[serde(default)]
+    lead_token: Option<String>,
     #[serde(default)]
     channel: Option<String>,
     /// The chat key in the body, for pages that cannot set headers.
@@ -153,53 +189,96 @@ struct StreamQuery {
     #[serde(default)]
     lead_id: Option<String>,
     #[serde(default)]
+    lead_token: Option<String>,
+    #[serde(default)]
     channel: Option<String>,
     #[serde(default)]
     client: Option<String>,
 }
 
-/// Who is writing, from a session id and a lead id.
-fn identity(session: Option<&Value>, lead: Option<&Value>) -> Result<(String, Value), ChatError> {
-    let lead = match lead {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) if n.as_u64().is_some() => Some(n.to_string()),
-        Some(Value::String(s)) if s.trim().is_empty() => None,
-        Some(Value::String(s)) if s.len() <= 20 && s.trim().bytes().all(|b| b.is_ascii_digit()) => {
-            Some(s.trim().to_string())
-        }
-        Some(_) => {
-            return Err(ChatError::new(
-                StatusCode::BAD_REQUEST,
-                "leadId must be a Kommo lead id (digits)",
-            ));
-        }
-    };
-    if let Some(lead) = lead {
-        let id: u64 = lead.parse().unwrap_or_default();
-        return Ok((format!("kommo:lead:{lead}"), json!(id)));
-    }
-    let session = match session {
-        Some(Value::String(s)) => s.trim().to_string(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => String::new(),
-    };
-    if session.is_empty()
-        || session.chars().count() > SESSION_MAX
-        || session.chars().any(char::is_control)
-    {
-        return Err(ChatError::new(
-            StatusCode::BAD_REQUEST,
-            format!("sessionId must be 1 to {SESSION_MAX} characters"),
-        ));
-    }
-    Ok((format!("web:{session}"), Value::Null))
+/// Who a request says is writing: its session id, and the Kommo lead it names (if any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Who {
+    /// The checked session id, if one was given.
+    session: Option<String>,
+    /// The lead id, if one was given.
+    lead: Option<u64>,
 }
 
-/// The channel a page names (`webchat` unless it names another text channel).
+/// Reads a session id and a lead id (either may be absent here).
+fn who(session: Option<&Value>, lead: Option<&Value>) -> Result<Who, ChatError> {
+    let lead = match lead {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.trim().is_empty() => None,
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n > 0) => n.as_u64(),
+        Some(Value::String(s)) if s.len() <= 20 && s.trim().bytes().all(|b| b.is_ascii_digit()) => {
+            match s.trim().parse::<u64>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => return Err(bad_lead()),
+            }
+        }
+        Some(_) => return Err(bad_lead()),
+    };
+    let session = match session {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.trim().to_string()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => Some(String::new()),
+    };
+    if let Some(s) = &session
+        && (s.is_empty() || s.chars().count() > SESSION_MAX || s.chars().any(char::is_control))
+    {
+        return Err(bad_session());
+    }
+    Ok(Who { session, lead })
+}
+
+fn bad_lead() -> ChatError {
+    ChatError::new(
+        StatusCode::BAD_REQUEST,
+        "leadId must be a Kommo lead id (digits)",
+    )
+}
+
+fn bad_session() -> ChatError {
+    ChatError::new(
+        StatusCode::BAD_REQUEST,
+        format!("sessionId must be 1 to {SESSION_MAX} characters"),
+    )
+}
+
+/// The person: the lead when the request proves it may write as the lead (`leadToken`, made by
+/// the business's own server from its Kommo webhook secret: `crate::text::kommo::lead_token`),
+/// else the session. A lead id without a token is only echoed back; a wrong token is refused.
+fn identity(
+    who: &Who,
+    lead_token: Option<&str>,
+    client: &clients::ClientProfile,
+) -> Result<String, ChatError> {
+    if let (Some(lead), Some(token)) = (who.lead, lead_token.filter(|t| !t.is_empty())) {
+        let kommo = crate::text::kommo::KommoConfig::from_stored(
+            client.client.kommo.as_ref().map(|k| k.expose()),
+        );
+        if kommo.is_some_and(|k| k.lead_token_matches(lead, token)) {
+            return Ok(format!("kommo:lead:{lead}"));
+        }
+        return Err(ChatError::new(
+            StatusCode::FORBIDDEN,
+            "leadToken does not match the leadId",
+        ));
+    }
+    match &who.session {
+        Some(s) => Ok(format!("web:{s}")),
+        None => Err(bad_session()),
+    }
+}
+
+/// The channel a page names: `kommo` (a Kommo chat widget on the site), else `webchat` (a page
+/// cannot claim to be WhatsApp, SMS or a call).
 fn channel_of(raw: Option<&str>) -> Channel {
     match raw.and_then(Channel::parse) {
-        Some(Channel::Voice) | None => Channel::Webchat,
-        Some(c) => c,
+        Some(Channel::Kommo) => Channel::Kommo,
+        _ => Channel::Webchat,
     }
 }
 
@@ -208,7 +287,7 @@ async fn business(
     state: &AppState,
     headers: &HeaderMap,
     key: Option<&str>,
-) -> Result<(Arc<clients::ClientProfile>, Option<HeaderValue>), ChatError> {
+) -> Result<Business, ChatError> {
     let origin = headers.get(header::ORIGIN).cloned();
     let key = headers
         .get(KEY_HEADER)
@@ -253,7 +332,25 @@ async fn business(
             "this page's origin may not use the business's chat",
         ));
     }
-    Ok((Arc::new(client), origin))
+    // A browser sends no Origin on a plain GET (a link, an image): with origins listed, a
+    // browser's request must say where it comes from.
+    if origin.is_none() && !allowed.is_empty() && headers.contains_key("sec-fetch-site") {
+        return Err(ChatError::new(
+            StatusCode::FORBIDDEN,
+            "the chat is used from the business's own pages only",
+        ));
+    }
+    Ok(Business {
+        client: Arc::new(client),
+        origin,
+    })
+}
+
+/// The business a request names, and where the request comes from.
+struct Business {
+    client: Arc<clients::ClientProfile>,
+    /// The page's `Origin` (checked against the business's list).
+    origin: Option<HeaderValue>,
 }
 
 /// Lets the page at `origin` read the answer.
@@ -285,22 +382,38 @@ async fn preflight(headers: HeaderMap) -> Response {
     r
 }
 
+/// What a request asks, as its route read it.
+struct Asked<'a> {
+    key: Option<&'a str>,
+    session: Option<&'a Value>,
+    lead: Option<&'a Value>,
+    lead_token: Option<&'a str>,
+    channel: Option<&'a str>,
+    text: Option<&'a str>,
+}
+
 /// Checks and admits one message; the inbound to answer.
 async fn take(
     state: &AppState,
     headers: &HeaderMap,
-    key: Option<&str>,
-    session: Option<&Value>,
-    lead: Option<&Value>,
-    channel: Option<&str>,
-    text: Option<&str>,
+    asked: Asked<'_>,
 ) -> Result<(Inbound, super::agent::Admitted, Option<HeaderValue>, Value), ChatError> {
-    let (client, origin) = business(state, headers, key).await?;
+    let Asked {
+        key,
+        session,
+        lead,
+        lead_token,
+        channel,
+        text,
+    } = asked;
+    let Business { client, origin } = business(state, headers, key).await?;
     let with_origin = |mut e: ChatError| {
         e.origin = origin.clone();
         e
     };
-    let (identity, lead) = identity(session, lead).map_err(with_origin)?;
+    let who = who(session, lead).map_err(with_origin)?;
+    let identity = identity(&who, lead_token, &client).map_err(with_origin)?;
+    let lead = who.lead.map_or(Value::Null, |l| json!(l));
     let text = text.unwrap_or_default();
     let agent = &state.text;
     let admitted = agent
@@ -315,6 +428,7 @@ async fn take(
             identity,
             to,
             text: text.trim().to_string(),
+            background: false,
         },
         admitted,
         origin,
@@ -339,11 +453,14 @@ async fn send(
     let (inbound, admitted, origin, lead) = take(
         &state,
         &headers,
-        key,
-        body.session_id.as_ref(),
-        body.lead_id.as_ref(),
-        body.channel.as_deref(),
-        body.text.as_deref(),
+        Asked {
+            key,
+            session: body.session_id.as_ref(),
+            lead: body.lead_id.as_ref(),
+            lead_token: body.lead_token.as_deref(),
+            channel: body.channel.as_deref(),
+            text: body.text.as_deref(),
+        },
     )
     .await?;
     // The answer is made in its own task: a page that goes away does not lose the exchange.
@@ -369,14 +486,14 @@ async fn send(
 }
 
 /// The JSON of one event.
+/// The JSON of one event. A page learns which tool runs and whether it worked, never its
+/// arguments or output (an operator's tool may return what the agent is not to recite).
 fn event_json(p: &Progress) -> Value {
     match p {
         Progress::Delta(d) => json!({"type": "agent_chunk", "text": d}),
-        Progress::ToolCall { name, arguments } => {
-            json!({"type": "tool_call", "name": name, "arguments": arguments})
-        }
+        Progress::ToolCall { name, .. } => json!({"type": "tool_call", "name": name}),
         Progress::ToolResult { name, output } => {
-            json!({"type": "tool_result", "name": name, "output": output})
+            json!({"type": "tool_result", "name": name, "ok": output.get("error").is_none()})
         }
     }
 }
@@ -384,7 +501,7 @@ fn event_json(p: &Progress) -> Value {
 /// The last event of an answer.
 fn end_json(a: &Answer, thread_id: Option<&str>) -> Value {
     let mut v = json!({"type": "agent_end", "text": a.text,
-        "conversation_id": a.conversation_id, "done": true});
+        "conversation_id": a.conversation_id, "fallback": a.failure.is_some(), "done": true});
     if let Some(t) = thread_id {
         v["thread_id"] = json!(t);
     }
@@ -433,11 +550,14 @@ async fn stream(
     let (inbound, admitted, origin, _) = take(
         &state,
         &headers,
-        q.client.as_deref(),
-        session.as_ref(),
-        lead.as_ref(),
-        q.channel.as_deref(),
-        q.text.as_deref(),
+        Asked {
+            key: q.client.as_deref(),
+            session: session.as_ref(),
+            lead: lead.as_ref(),
+            lead_token: q.lead_token.as_deref(),
+            channel: q.channel.as_deref(),
+            text: q.text.as_deref(),
+        },
     )
     .await?;
     let events = answer_events(&state, inbound, admitted, None)
@@ -465,7 +585,9 @@ async fn socket(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ChatError> {
     debug_assert_eq!(method, Method::GET);
-    let (client, _) = business(&state, &headers, q.client.as_deref()).await?;
+    let client = business(&state, &headers, q.client.as_deref())
+        .await?
+        .client;
     Ok(ws
         .max_message_size(BODY_MAX)
         .max_frame_size(BODY_MAX)
@@ -493,7 +615,7 @@ async fn serve_socket(state: AppState, client: Arc<clients::ClientProfile>, mut 
     let shutdown = state.shutdown.clone();
     loop {
         let msg = tokio::select! {
-            m = socket.recv() => m,
+            m = tokio::time::timeout(SOCKET_IDLE, socket.recv()) => m.ok().flatten(),
             _ = shutdown.cancelled() => None,
         };
         let text = match msg {
@@ -526,7 +648,9 @@ async fn serve_socket(state: AppState, client: Arc<clients::ClientProfile>, mut 
             Some(Value::Number(n)) => n.to_string(),
             _ => own_thread.clone(),
         };
-        let Ok((identity, _)) = identity(Some(&Value::String(thread.clone())), None) else {
+        let Ok(identity) = who(Some(&Value::String(thread.clone())), None)
+            .and_then(|w| identity(&w, None, &client))
+        else {
             if send_json(&mut socket, &error("thread_id must be 1 to 128 characters"))
                 .await
                 .is_err()
@@ -552,6 +676,7 @@ async fn serve_socket(state: AppState, client: Arc<clients::ClientProfile>, mut 
             identity,
             to: Channel::Webchat.as_str().to_string(),
             text: text.trim().to_string(),
+            background: false,
         };
         let mut events = Box::pin(answer_events(&state, inbound, admitted, Some(thread)));
         while let Some(v) = events.next().await {
@@ -573,32 +698,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn identities_follow_the_lead_then_the_session() {
+    fn a_request_names_its_session_and_lead() {
         let s = json!("abc-123");
-        assert_eq!(identity(Some(&s), None).unwrap().0, "web:abc-123");
         assert_eq!(
-            identity(Some(&s), Some(&json!(9041))).unwrap(),
-            ("kommo:lead:9041".to_string(), json!(9041))
+            who(Some(&s), None).unwrap(),
+            Who {
+                session: Some("abc-123".into()),
+                lead: None
+            }
         );
+        assert_eq!(who(Some(&s), Some(&json!(9041))).unwrap().lead, Some(9041));
+        assert_eq!(who(Some(&s), Some(&json!("77"))).unwrap().lead, Some(77));
+        assert_eq!(who(Some(&s), Some(&json!(""))).unwrap().lead, None);
         assert_eq!(
-            identity(Some(&s), Some(&json!("77"))).unwrap().0,
-            "kommo:lead:77"
+            who(Some(&json!(42)), None).unwrap().session.as_deref(),
+            Some("42")
         );
-        assert_eq!(
-            identity(Some(&s), Some(&json!(""))).unwrap().0,
-            "web:abc-123"
-        );
-        assert_eq!(identity(Some(&json!(42)), None).unwrap().0, "web:42");
-        for bad in [
-            json!(""),
-            json!("a\nb"),
-            json!("x".repeat(129)),
-            json!(null),
-        ] {
-            assert!(identity(Some(&bad), None).is_err(), "{bad}");
+        assert_eq!(who(None, Some(&json!(5))).unwrap().session, None);
+        for bad in [json!(""), json!("a\nb"), json!("x".repeat(129)), json!([1])] {
+            assert!(who(Some(&bad), None).is_err(), "{bad}");
         }
-        assert!(identity(Some(&s), Some(&json!("12ab"))).is_err());
-        assert!(identity(Some(&s), Some(&json!(-3))).is_err());
+        for bad in [json!("12ab"), json!(-3), json!(0), json!("0"), json!(1.5)] {
+            assert!(who(Some(&s), Some(&bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -606,6 +728,7 @@ mod tests {
         assert_eq!(channel_of(None), Channel::Webchat);
         assert_eq!(channel_of(Some("voice")), Channel::Webchat);
         assert_eq!(channel_of(Some("kommo")), Channel::Kommo);
+        assert_eq!(channel_of(Some("whatsapp")), Channel::Webchat);
         assert_eq!(channel_of(Some("telepathy")), Channel::Webchat);
     }
 

@@ -1,6 +1,7 @@
 // The console in a real browser (README "Console"): Playwright (playwright-core) driving Debian's
 // Chromium against `warmline sandbox` (the gateway with the project's fake Realtime server and
-// Twilio simulator). Logs in, creates a business, places a simulated call, watches it live with
+// Twilio simulator). Logs in, creates a business, chats with it through the web chat widget on
+// a page of another origin, places a simulated call, watches it live with
 // its transcript, opens its page and timeline, plays its recording, and checks every page with
 // axe-core (no serious or critical violation). Screenshots of each page go to $SHOTS_DIR.
 //
@@ -10,6 +11,7 @@
 
 import { spawn } from "node:child_process";
 import { mkdirSync, readFileSync } from "node:fs";
+import { createServer } from "node:http";
 import { createRequire } from "node:module";
 import readline from "node:readline";
 import { chromium } from "playwright-core";
@@ -138,6 +140,43 @@ try {
   await page.fill("#f-phone_numbers", NUMBER);
   await page.click("form.business button[type=submit]");
   await page.waitForSelector("text=Saved.");
+
+  // The business's web chat widget on a page of another origin (another port), as a site
+  // embeds it: one script tag with the chat key.
+  const clients = await (await page.request.get(`${base}/admin/api/v1/clients`)).json();
+  const chatKey = clients.find((c) => c.name === "Bright Smile Dental").chat_key;
+  expect(/^wlc_/.test(chatKey), `no chat key: ${chatKey}`);
+  const site = createServer((req, res) => {
+    res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+    res.end(`<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Bright Smile Dental</title>
+      <meta name="viewport" content="width=device-width, initial-scale=1"></head>
+      <body><main><h1>Bright Smile Dental</h1><p>Family dentistry.</p></main>
+      <script src="${base}/chat/widget.js" data-warmline-chat="${chatKey}" defer></script></body></html>`);
+  });
+  await new Promise((resolve) => site.listen(0, "127.0.0.1", resolve));
+  const siteUrl = `http://127.0.0.1:${site.address().port}/`;
+  const chat = await context.newPage();
+  chat.on("pageerror", (e) => problems.push(`widget page error: ${e.message}`));
+  chat.on("console", (m) => {
+    if (m.type() === "error") problems.push(`widget console error: ${m.text()}`);
+  });
+  await chat.goto(siteUrl);
+  await chat.click("button.launch");
+  await chat.fill("#warmline-chat-input", "Do you take walk-ins?");
+  await chat.press("#warmline-chat-input", "Enter");
+  await chat.waitForSelector("li.agent >> text=Noted: Do you take walk-ins?.", { timeout: 15000 });
+  expect(await chat.isEnabled("#warmline-chat-input"), "the input stays disabled after the answer");
+  // The same visitor again: the same conversation, answered in order.
+  await chat.fill("#warmline-chat-input", "Thanks!");
+  await chat.press("#warmline-chat-input", "Enter");
+  await chat.waitForSelector("li.agent >> text=Noted: Thanks!.", { timeout: 15000 });
+  step("web chat widget answered twice on a page of another origin");
+  await axe(chat, "widget");
+  await shot(chat, "widget");
+  await chat.setViewportSize({ width: 390, height: 844 });
+  await fits(chat, "widget (phone)");
+  await chat.close();
+  site.close();
   step(`business created: ${page.url()}`);
   await axe(page, "business");
   await shot(page, "business");

@@ -151,7 +151,7 @@ async fn openapi_document_lists_the_paths() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["client_id", "limit", "before"]);
+    assert_eq!(names, ["client_id", "limit", "before", "channel", "from"]);
     // The bearer scheme, required by every operation.
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer"]["scheme"],

@@ -203,3 +203,32 @@ async fn a_small_load_run_on_gpt_live_measures_the_same_and_the_silence_fed() {
         "{rec:?}"
     );
 }
+
+/// The chat benchmark on a tiny run: every stream ends with its answer, no delta is lost, and
+/// every delta is timed.
+#[tokio::test]
+async fn a_small_chat_run_times_every_delta_and_loses_none() {
+    let report = warmline::loadgen::chat::run(warmline::loadgen::chat::ChatOptions {
+        streams: 20,
+        deltas: 10,
+        interval: Duration::from_millis(20),
+        ramp: Duration::from_millis(200),
+        json: true,
+        gateway_bin: Some(env!("CARGO_BIN_EXE_warmline").into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            report.completed,
+            report.failed,
+            report.deltas_lost,
+            report.bad_answers
+        ),
+        (20, 0, 0, 0),
+        "{report:?}"
+    );
+    assert_eq!(report.delta_delay.n, 200);
+    assert!(report.rss_idle_kib > 0);
+}

@@ -105,9 +105,14 @@ async fn a_webchat_exchange_streams_a_tool_call_and_is_kept(backend: Backend) {
     assert_eq!(kinds.last(), Some(&"agent_end"));
     assert_eq!(kinds.len(), 3 + chunks, "{kinds:?}");
     assert_eq!(events[0]["name"], "business_hours");
-    assert_eq!(events[1]["output"]["hours_known"], true);
+    assert_eq!(events[1]["ok"], true);
+    assert!(
+        events[0].get("arguments").is_none() && events[1].get("output").is_none(),
+        "a page never sees a tool's arguments or output: {events:?}"
+    );
     let end = events.last().unwrap();
     assert_eq!(end["done"], true);
+    assert_eq!(end["fallback"], false);
     assert!(
         events[..events.len() - 1]
             .iter()
@@ -305,6 +310,43 @@ async fn refused_messages_never_reach_the_model() {
         .await
         .unwrap();
     assert_eq!(other.status(), 200);
+    assert_eq!(fake.requests().len(), 3);
+
+    // A lead id without its token is only echoed: the person is the session, not the lead (a
+    // visitor cannot read a lead's conversation by guessing its id); a wrong token is refused.
+    let lead = json!({"sessionId": "s-5", "text": "Hi", "leadId": 9041});
+    let resp = send(lead.clone(), Some(&key), None).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["leadId"], 9041);
+    let forged = json!({"sessionId": "s-5", "text": "Hi", "leadId": 9041, "leadToken": "00ff"});
+    let resp = send(forged, Some(&key), None).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    // A browser's request without an Origin (a link, an image) is refused when origins are listed.
+    let resp = app
+        .http
+        .get(app.url("/api/chat/stream"))
+        .query(&[
+            ("client", key.as_str()),
+            ("sessionId", "s-6"),
+            ("text", "Hi"),
+        ])
+        .header("Sec-Fetch-Site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(
+        fake.requests().len(),
+        4,
+        "only the admitted messages reached the model"
+    );
+    app.state.writer.flush(Duration::from_secs(10)).await;
+    let rows = calls::list_calls(&app.state.db, None, None, 50)
+        .await
+        .unwrap();
+    assert!(rows.iter().any(|r| r.from_number == "web:s-5"));
+    assert!(!rows.iter().any(|r| r.from_number.starts_with("kommo:")));
 
     // A preflight names the methods and the key header.
     let pre = app
@@ -463,8 +505,18 @@ async fn messaging_gateway(
     responses: &FakeResponses,
     messages: &sim::messaging::FakeMessages,
 ) -> crate::support::Gateway {
+    messaging_gateway_with(backend, responses, messages, "").await
+}
+
+/// [`messaging_gateway`] with `openai_extra` lines in `[openai]`.
+async fn messaging_gateway_with(
+    backend: Backend,
+    responses: &FakeResponses,
+    messages: &sim::messaging::FakeMessages,
+    openai_extra: &str,
+) -> crate::support::Gateway {
     let toml = format!(
-        "[openai]\nbase_url = \"{}\"\n[twilio]\naccount_sid = \"{ACCOUNT}\"\napi_base_url = \"{}\"\n",
+        "[openai]\nbase_url = \"{}\"\n{openai_extra}\n[twilio]\naccount_sid = \"{ACCOUNT}\"\napi_base_url = \"{}\"\n",
         responses.base_url(),
         messages.base_url()
     );
@@ -555,6 +607,18 @@ async fn whatsapp_shares_the_callers_memory_both_ways(backend: Backend) {
         (CALLER, "Noted: Thanks.")
     );
     assert_eq!(responses.requests().len(), 2, "the retry reached no model");
+    // WhatsApp answers are background responses; with no webhook secret they are polled.
+    assert_eq!(responses.requests()[0].body["background"], true);
+    assert!(responses.polls() >= 2, "{}", responses.polls());
+    let resp = gw
+        .app
+        .http
+        .post(gw.app.url("/webhooks/openai"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "no secret: the webhook is not in use");
     let requests = responses.requests();
     assert_eq!(
         requests[0].body["conversation"], requests[1].body["conversation"],
@@ -593,6 +657,36 @@ async fn whatsapp_shares_the_callers_memory_both_ways(backend: Backend) {
         "{instructions}"
     );
     drop(placed);
+
+    // A privacy delete of the person forgets the conversation, here and at OpenAI.
+    let conversation = requests[0].body["conversation"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let resp = gw
+        .app
+        .admin(
+            Method::DELETE,
+            &format!("/clients/{}/callers/%2B14155550100", gw.client_id),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let gone = async {
+        while responses.conversation_items(&conversation).is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), gone)
+        .await
+        .expect("the conversation is deleted at OpenAI");
+    assert!(
+        warmline::store::conversations::find(db, gw.client_id, CALLER)
+            .await
+            .unwrap()
+            .is_none()
+    );
     gw.app.shutdown().await;
 }
 on_both_backends!(whatsapp_shares_the_callers_memory_both_ways);
@@ -627,4 +721,340 @@ async fn a_long_answer_is_split_and_a_failed_send_is_retried() {
     assert_eq!(joined, format!("Noted: {}.", long.trim()));
     assert_eq!(messages.attempts(), 3, "the 503 was tried again");
     gw.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_answer_cut_short_mid_tool_leaves_the_conversation_usable() {
+    let fake = FakeResponses::start().await.unwrap();
+    let app = app(Backend::Sqlite, &fake, "[text]\ntimeout_secs = 2\n").await;
+    let c = business(&app, &[]).await;
+    let key = c["chat_key"].as_str().unwrap().to_string();
+    // The model calls a tool; the round that brings its output back never ends.
+    fake.script_tool("business_hours", "{}");
+    fake.push([Fault::Answer, Fault::Hang]);
+    let ask = |text: &'static str| {
+        app.http
+            .post(app.url("/api/chat/send"))
+            .query(&[("client", key.as_str())])
+            .json(&json!({"sessionId": "s-7", "text": text}))
+            .send()
+    };
+    let first: Value = ask("When are you open?")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        first["text"],
+        "Sorry, I can't answer right now. Please write again in a moment."
+    );
+    let conversation = first["conversation_id"].as_str().unwrap().to_string();
+    // The call left open was closed on the conversation, so the next turn is not refused.
+    let items = fake.conversation_items(&conversation).unwrap();
+    let call_id = items
+        .iter()
+        .find(|i| i["type"] == "function_call")
+        .map(|i| i["call_id"].clone())
+        .unwrap();
+    assert!(
+        items
+            .iter()
+            .any(|i| i["type"] == "function_call_output" && i["call_id"] == call_id),
+        "{items:?}"
+    );
+    let second: Value = ask("Hello again").await.unwrap().json().await.unwrap();
+    assert_eq!(second["text"], "Noted: Hello again.");
+    assert_eq!(second["conversation_id"], conversation.as_str());
+    app.shutdown().await;
+}
+
+async fn a_kommo_lead_message_gets_a_note_on_the_lead(backend: Backend) {
+    let responses = FakeResponses::start().await.unwrap();
+    let kommo = sim::kommo::FakeKommo::start("kommo-long-lived-token")
+        .await
+        .unwrap();
+    let app = app(backend, &responses, "[webhooks]\nallow_http = true\n").await;
+    let body = json!({
+        "name": "Bright Smile", "phone_numbers": ["+15005550006"],
+        "instructions": "You are the receptionist.", "greeting": "Hello!", "voice": "marin",
+        "kommo": {"base_url": kommo.base_url(), "token": "kommo-long-lived-token"},
+    });
+    let resp = app
+        .admin(Method::POST, "/clients")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let raw = resp.text().await.unwrap();
+    assert!(
+        !raw.contains("kommo-long-lived-token"),
+        "the token is never shown: {raw}"
+    );
+    let c: Value = serde_json::from_str(&raw).unwrap();
+    let id = c["id"].as_i64().unwrap();
+    assert_eq!(c["kommo"]["token_set"], true);
+    let secret = c["kommo"]["webhook_secret"].as_str().unwrap().to_string();
+    assert_eq!(secret.len(), 64);
+    // Saved back as read (no token), the token stays.
+    let mut again = c.clone();
+    for k in [
+        "id",
+        "created_at",
+        "updated_at",
+        "webhook_secret",
+        "chat_key",
+        "faqs",
+        "phone_numbers",
+    ] {
+        again.as_object_mut().unwrap().remove(k);
+    }
+    again["phone_numbers"] = json!(["+15005550006"]);
+    let resp = app
+        .admin(Method::PUT, &format!("/clients/{id}"))
+        .json(&again)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let c: Value = resp.json().await.unwrap();
+    assert_eq!(c["kommo"]["token_set"], true);
+    assert_eq!(c["kommo"]["webhook_secret"], secret.as_str());
+
+    // Moved to another address without the token: refused (the token is not sent elsewhere).
+    let mut moved = again.clone();
+    moved["kommo"] = json!({"base_url": "https://elsewhere.example"});
+    let resp = app
+        .admin(Method::PUT, &format!("/clients/{id}"))
+        .json(&moved)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    assert!(resp.text().await.unwrap().contains("kommo.token"));
+
+    let hook = |secret: &str, client: i64| {
+        app.url(&format!(
+            "/api/kommo/webhook?client={client}&secret={secret}"
+        ))
+    };
+    let post_form = |url: String, form: Vec<(String, String)>| {
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form.iter())
+            .finish();
+        app.http
+            .post(url)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let message = sim::kommo::incoming_message(9041, "m-1", "Do you have a slot on Friday?", false);
+    for (url, status) in [
+        (hook("wrong-secret", id), 403),
+        (hook(&secret, id + 100), 403),
+        (app.url("/api/kommo/webhook"), 403),
+    ] {
+        let resp = post_form(url, message.clone()).await.unwrap();
+        assert_eq!(resp.status(), status);
+    }
+    let resp = post_form(hook(&secret, id), message.clone()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(kommo.wait_notes(1, Duration::from_secs(10)).await);
+    assert_eq!(
+        kommo.notes()[0],
+        sim::kommo::Note {
+            lead_id: 9041,
+            note_type: "common".into(),
+            text: "Noted: Do you have a slot on Friday?.".into()
+        }
+    );
+    // The same message again, and the business's own outgoing one: neither is answered. The
+    // JSON form of a Salesbot is.
+    post_form(hook(&secret, id), message.clone()).await.unwrap();
+    post_form(
+        hook(&secret, id),
+        sim::kommo::incoming_message(9041, "m-2", "We sent this", true),
+    )
+    .await
+    .unwrap();
+    let resp = app
+        .http
+        .post(hook(&secret, id))
+        .json(&json!({"text": "And Saturday?", "lead_id": 9041}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(kommo.wait_notes(2, Duration::from_secs(10)).await);
+    let notes = kommo.notes();
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert_eq!(notes[1].text, "Noted: And Saturday?.");
+    let requests = responses.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[0].body["conversation"], requests[1].body["conversation"],
+        "one conversation per lead"
+    );
+    assert!(
+        requests[0].body["instructions"]
+            .as_str()
+            .unwrap()
+            .contains("CRM chat messages for Bright Smile")
+    );
+    app.state.writer.flush(Duration::from_secs(10)).await;
+    let rows = calls::list_calls(&app.state.db, None, None, 50)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter()
+            .all(|r| r.channel == "kommo" && r.from_number == "kommo:lead:9041")
+    );
+
+    // The lead on the business's site, with the token its server made: the lead's conversation.
+    let cfg = warmline::text::kommo::KommoConfig {
+        base_url: kommo.base_url().parse().unwrap(),
+        token: String::new(),
+        webhook_secret: secret.clone(),
+    };
+    let resp = app
+        .http
+        .post(app.url("/api/chat/send"))
+        .header("X-Warmline-Chat-Key", c["chat_key"].as_str().unwrap())
+        .json(
+            &json!({"sessionId": "site-1", "text": "Hi from the site", "leadId": "9041",
+            "leadToken": cfg.lead_token(9041)}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["conversation_id"], requests[0].body["conversation"]);
+    assert_eq!(body["leadId"], 9041);
+    app.shutdown().await;
+}
+on_both_backends!(a_kommo_lead_message_gets_a_note_on_the_lead);
+
+/// The Standard Webhooks specification's example secret.
+const OPENAI_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[tokio::test]
+async fn a_background_answer_reaches_whatsapp_when_openai_announces_it() {
+    use crate::support::{AUTH_TOKEN, CALLER, CLIENT_NUMBER};
+    let responses = FakeResponses::start().await.unwrap();
+    let messages = sim::messaging::FakeMessages::start(ACCOUNT, AUTH_TOKEN)
+        .await
+        .unwrap();
+    let gw = messaging_gateway_with(
+        Backend::Sqlite,
+        &responses,
+        &messages,
+        &format!("webhook_secret = \"{OPENAI_SECRET}\""),
+    )
+    .await;
+    let hook = gw.app.url("/webhooks/openai");
+    responses.webhook_to(&hook, OPENAI_SECRET);
+    let form = sim::messaging::inbound(
+        ACCOUNT,
+        "SM00000000000000000000000000000042",
+        &format!("whatsapp:{CALLER}"),
+        &format!("whatsapp:{CLIENT_NUMBER}"),
+        "Are you open tomorrow?",
+    );
+    let (status, _) =
+        sim::messaging::post_inbound(&gw.app.url("/twilio/messaging"), AUTH_TOKEN, &form, true)
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+    // With a secret set a response is polled every 15 s: delivered sooner, it was the webhook.
+    assert!(messages.wait_sent(1, Duration::from_secs(10)).await);
+    assert_eq!(messages.sent()[0].body, "Noted: Are you open tomorrow?.");
+    assert_eq!(responses.requests()[0].body["background"], true);
+    assert_eq!(responses.webhook_statuses(), [200]);
+    assert_eq!(responses.polls(), 1, "read once, when announced");
+
+    // Forged, stale and replayed events are refused.
+    let post = |id: &str, ts: i64, sig: String, body: &str| {
+        gw.app
+            .http
+            .post(&hook)
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", sig)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let now = chrono::Utc::now().timestamp();
+    let body = r#"{"id": "evt_1", "object": "event", "created_at": 1, "type": "response.completed", "data": {"id": "resp_unknown"}}"#;
+    let sign =
+        |id: &str, ts: i64| sim::responses::sign_webhook(OPENAI_SECRET, id, ts, body.as_bytes());
+    let forged = sim::responses::sign_webhook(
+        "whsec_dGhpcyBpcyBub3QgdGhlIHNlY3JldCBhdCBhbGw=",
+        "evt_1",
+        now,
+        body.as_bytes(),
+    );
+    for (id, ts, sig, status) in [
+        ("evt_1", now, forged, 401),
+        ("evt_1", now - 301, sign("evt_1", now - 301), 401),
+        ("evt_1", now + 301, sign("evt_1", now + 301), 401),
+        ("evt_1", now, "v1,".to_string(), 401),
+        ("evt_1", now, sign("evt_1", now), 200),
+    ] {
+        let resp = post(id, ts, sig, body).await.unwrap();
+        assert_eq!(resp.status(), status, "{id} at {ts}");
+    }
+    // A replay is acknowledged and not acted on again.
+    let resp = post("evt_1", now, sign("evt_1", now), body).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["duplicate"], true);
+    gw.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_call_left_open_on_the_conversation_is_closed_and_the_turn_answered() {
+    let fake = FakeResponses::start().await.unwrap();
+    let app = app(Backend::Sqlite, &fake, "").await;
+    let c = business(&app, &[]).await;
+    let key = c["chat_key"].as_str().unwrap().to_string();
+    let ask = |text: &'static str| {
+        app.http
+            .post(app.url("/api/chat/send"))
+            .query(&[("client", key.as_str())])
+            .json(&json!({"sessionId": "s-8", "text": text}))
+            .send()
+    };
+    let first: Value = ask("Hello").await.unwrap().json().await.unwrap();
+    let conversation = first["conversation_id"].as_str().unwrap().to_string();
+    // A call the model made where warmline never saw it (a background response that completed
+    // after its wait ended): the API refuses the next turn until it has an output.
+    let added = reqwest::Client::new()
+        .post(format!(
+            "{}/conversations/{conversation}/items",
+            fake.base_url()
+        ))
+        .bearer_auth("sk-test-text")
+        .json(
+            &json!({"items": [{"type": "function_call", "call_id": "call_left_open",
+            "name": "business_hours", "arguments": "{}"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(added.status().is_success());
+    let second: Value = ask("Are you there?").await.unwrap().json().await.unwrap();
+    assert_eq!(second["text"], "Noted: Are you there?.");
+    let statuses: Vec<u16> = fake.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 400, 200], "refused once, closed, answered");
+    let items = fake.conversation_items(&conversation).unwrap();
+    assert!(
+        items
+            .iter()
+            .any(|i| i["type"] == "function_call_output" && i["call_id"] == "call_left_open")
+    );
+    app.shutdown().await;
 }

@@ -1,0 +1,306 @@
+//! A fake Kommo CRM account: the API v4 notes warmline adds to leads, and the form-encoded
+//! webhook Kommo posts.
+//!
+//! `POST /api/v4/leads/{lead_id}/notes` (Kommo's "Add notes", developers.kommo.com/reference/
+//! add-notes; note types at /reference/notes-types) checks what Kommo checks: a Bearer token (401
+//! with a `application/problem+json` body otherwise), a JSON array of 1 to 250 notes, each with a
+//! known `note_type` and, for `common`, `params.text` a non-empty string (400 otherwise). Good
+//! notes are recorded ([`FakeKommo::notes`]) and answered 200 (`application/hal+json`) with
+//! `_embedded.notes[]` (`id`, `entity_id`, `request_id`). Statuses can be scripted
+//! ([`FakeKommo::push`]).
+//!
+//! [`incoming_message`] is the form Kommo posts for a chat message on a lead:
+//! `message[add][0][id|chat_id|talk_id|contact_id|text|created_at|element_type|element_id|
+//! entity_type|entity_id|type|author][…]` with `account[subdomain|id]`.
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+/// A note added to a lead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// The lead.
+    pub lead_id: u64,
+    /// `note_type`.
+    pub note_type: String,
+    /// `params.text`.
+    pub text: String,
+}
+
+#[derive(Default)]
+struct Shared {
+    token: String,
+    notes: Mutex<Vec<Note>>,
+    statuses: Mutex<VecDeque<u16>>,
+    changed: Notify,
+}
+
+/// The fake account.
+pub struct FakeKommo {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeKommo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Note types Kommo knows.
+const NOTE_TYPES: &[&str] = &[
+    "common",
+    "call_in",
+    "call_out",
+    "service_message",
+    "geolocation",
+    "sms_in",
+    "sms_out",
+    "extended_service_message",
+    "attachment",
+];
+
+impl FakeKommo {
+    /// Starts on 127.0.0.1, accepting `token`.
+    pub async fn start(token: &str) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            token: token.into(),
+            ..Default::default()
+        });
+        let app = Router::new()
+            .route("/api/v4/leads/{lead_id}/notes", post(add_notes))
+            .with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, shared, task })
+    }
+
+    /// `http://127.0.0.1:PORT`: the client's `kommo.base_url`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The next requests are answered with these statuses, in order.
+    pub fn push(&self, statuses: impl IntoIterator<Item = u16>) {
+        lock(&self.shared.statuses).extend(statuses);
+    }
+
+    /// Every note added, in order.
+    pub fn notes(&self) -> Vec<Note> {
+        lock(&self.shared.notes).clone()
+    }
+
+    /// Waits until at least `n` notes were added; false after `limit`.
+    pub async fn wait_notes(&self, n: usize, limit: Duration) -> bool {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            let changed = self.shared.changed.notified();
+            if lock(&self.shared.notes).len() >= n {
+                return true;
+            }
+            if tokio::time::timeout_at(until, changed).await.is_err() {
+                return lock(&self.shared.notes).len() >= n;
+            }
+        }
+    }
+}
+
+fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
+    let body = json!({"title": title, "type": "https://httpstatus.es/".to_string() + &status.as_u16().to_string(),
+        "status": status.as_u16(), "detail": detail});
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn add_notes(
+    State(shared): State<Arc<Shared>>,
+    Path(lead_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if auth != format!("Bearer {}", shared.token) {
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Authorization token is invalid or expired",
+        );
+    }
+    if let Some(status) = lock(&shared.statuses).pop_front() {
+        return problem(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "Scripted",
+            "A scripted failure",
+        );
+    }
+    let Some(lead_id) = lead_id.parse::<u64>().ok().filter(|n| *n > 0) else {
+        return problem(StatusCode::NOT_FOUND, "Not Found", "No such lead");
+    };
+    let notes = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Array(a)) if (1..=250).contains(&a.len()) => a,
+        _ => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Bad Request",
+                "The body must be a JSON array of 1 to 250 notes",
+            );
+        }
+    };
+    let mut added = Vec::new();
+    for n in &notes {
+        let kind = n["note_type"].as_str().unwrap_or_default();
+        let text = n["params"]["text"].as_str().unwrap_or_default();
+        if !NOTE_TYPES.contains(&kind) || (kind == "common" && text.trim().is_empty()) {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Bad Request",
+                "Each note needs a known note_type, and a common note params.text",
+            );
+        }
+        added.push(Note {
+            lead_id,
+            note_type: kind.into(),
+            text: text.into(),
+        });
+    }
+    let first_id = {
+        let mut all = lock(&shared.notes);
+        let first = all.len() + 1;
+        all.extend(added.iter().cloned());
+        first
+    };
+    shared.changed.notify_waiters();
+    let embedded: Vec<Value> = (0..added.len())
+        .map(|i| {
+            json!({"id": first_id + i, "entity_id": lead_id, "request_id": i.to_string(),
+                "_links": {"self": {"href": format!("/api/v4/leads/notes/{}", first_id + i)}}})
+        })
+        .collect();
+    let body = json!({"_links": {"self": {"href": format!("/api/v4/leads/{lead_id}/notes")}},
+        "_embedded": {"notes": embedded}});
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/hal+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// The form Kommo posts when a person writes `text` in the chat of lead `lead_id` (message id
+/// `message_id`); `outgoing` for a message the business sent.
+pub fn incoming_message(
+    lead_id: u64,
+    message_id: &str,
+    text: &str,
+    outgoing: bool,
+) -> Vec<(String, String)> {
+    let lead = lead_id.to_string();
+    let field = |f: &str, v: &str| (format!("message[add][0][{f}]"), v.to_string());
+    vec![
+        ("account[subdomain]".into(), "brightsmile".into()),
+        ("account[id]".into(), "30012345".into()),
+        field("id", message_id),
+        field("chat_id", "6f1c2a3b-chat"),
+        field("talk_id", "418"),
+        field("contact_id", "7701"),
+        field("text", text),
+        field("created_at", "1764500000"),
+        field("element_type", "2"),
+        field("element_id", &lead),
+        field("entity_type", "lead"),
+        field("entity_id", &lead),
+        field("type", if outgoing { "outgoing" } else { "incoming" }),
+        field("author][id", "a1b2"),
+        field("author][type", "external"),
+        field("author][name", "Dana"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn post(base: &str, token: &str, lead: &str, body: &str) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{base}/api/v4/leads/{lead}/notes"))
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (
+            status,
+            serde_json::from_str(&r.text().await.unwrap()).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn notes_are_checked_like_kommo() {
+        let fake = FakeKommo::start("tok").await.unwrap();
+        let base = fake.base_url();
+        let good = r#"[{"note_type": "common", "params": {"text": "Hello"}}]"#;
+        assert_eq!(post(&base, "bad", "9", good).await.0, 401);
+        for bad in [
+            "{}",
+            "[]",
+            r#"[{"note_type": "poem", "params": {"text": "x"}}]"#,
+            r#"[{"note_type": "common", "params": {}}]"#,
+        ] {
+            assert_eq!(post(&base, "tok", "9", bad).await.0, 400, "{bad}");
+        }
+        assert_eq!(post(&base, "tok", "abc", good).await.0, 404);
+        let (status, body) = post(&base, "tok", "9", good).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["_embedded"]["notes"][0]["entity_id"], 9);
+        assert_eq!(
+            fake.notes(),
+            [Note {
+                lead_id: 9,
+                note_type: "common".into(),
+                text: "Hello".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn the_webhook_form_names_the_lead_twice() {
+        let f = incoming_message(9041, "m-1", "Hi", false);
+        let get = |k: &str| f.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("message[add][0][element_id]"), Some("9041"));
+        assert_eq!(get("message[add][0][entity_id]"), Some("9041"));
+        assert_eq!(get("message[add][0][type]"), Some("incoming"));
+        assert_eq!(get("message[add][0][author][name]"), Some("Dana"));
+    }
+}
