@@ -1,6 +1,8 @@
-//! What the two fake OpenAI servers (`realtime` and `live`) share: the record of a client
-//! event, scripted function calls, and the energy VAD they run on the caller's audio. The types
-//! are re-exported by both modules.
+//! What the fakes share: the record of a client event, scripted function calls, and the energy
+//! VAD the two fake OpenAI servers (`realtime` and `live`) run on the caller's audio (those types
+//! are re-exported by both modules); and, for the fakes of HTTP APIs (`responses`, `messaging`,
+//! `kommo`), starting one on loopback, waiting for what it records, and a lock that survives a
+//! panicked holder.
 
 use std::time::Instant;
 
@@ -159,6 +161,43 @@ pub(crate) async fn wait_until(
             return done();
         }
     }
+}
+
+/// Serves `app` on 127.0.0.1 with an OS-chosen port: its address, and its task (aborted by the
+/// fake's `Drop`).
+pub(crate) async fn serve(
+    app: axum::Router,
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, task))
+}
+
+/// Waits until `done()` holds, checked again each time `changed` is notified; false after
+/// `limit`.
+pub(crate) async fn wait_for(
+    changed: &tokio::sync::Notify,
+    limit: std::time::Duration,
+    done: impl Fn() -> bool,
+) -> bool {
+    let until = tokio::time::Instant::now() + limit;
+    loop {
+        let notified = changed.notified();
+        if done() {
+            return true;
+        }
+        if tokio::time::timeout_at(until, notified).await.is_err() {
+            return done();
+        }
+    }
+}
+
+/// The lock, whether or not an earlier holder panicked.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

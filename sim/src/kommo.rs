@@ -63,9 +63,7 @@ impl Drop for FakeKommo {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::common::lock;
 
 /// Note types Kommo knows.
 const NOTE_TYPES: &[&str] = &[
@@ -83,8 +81,6 @@ const NOTE_TYPES: &[&str] = &[
 impl FakeKommo {
     /// Starts on 127.0.0.1, accepting `token`.
     pub async fn start(token: &str) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             token: token.into(),
             ..Default::default()
@@ -92,9 +88,7 @@ impl FakeKommo {
         let app = Router::new()
             .route("/api/v4/leads/{lead_id}/notes", post(add_notes))
             .with_state(shared.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = crate::common::serve(app).await?;
         Ok(Self { addr, shared, task })
     }
 
@@ -115,16 +109,10 @@ impl FakeKommo {
 
     /// Waits until at least `n` notes were added; false after `limit`.
     pub async fn wait_notes(&self, n: usize, limit: Duration) -> bool {
-        let until = tokio::time::Instant::now() + limit;
-        loop {
-            let changed = self.shared.changed.notified();
-            if lock(&self.shared.notes).len() >= n {
-                return true;
-            }
-            if tokio::time::timeout_at(until, changed).await.is_err() {
-                return lock(&self.shared.notes).len() >= n;
-            }
-        }
+        crate::common::wait_for(&self.shared.changed, limit, || {
+            lock(&self.shared.notes).len() >= n
+        })
+        .await
     }
 }
 

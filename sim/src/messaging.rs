@@ -75,15 +75,11 @@ impl Drop for FakeMessages {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::common::lock;
 
 impl FakeMessages {
     /// Starts on 127.0.0.1 for the account `account_sid` with `auth_token`.
     pub async fn start(account_sid: &str, auth_token: &str) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             account_sid: account_sid.into(),
             auth_token: auth_token.into(),
@@ -92,9 +88,7 @@ impl FakeMessages {
         let app = Router::new()
             .route("/2010-04-01/Accounts/{account}/Messages.json", post(create))
             .with_state(shared.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = crate::common::serve(app).await?;
         Ok(Self { addr, shared, task })
     }
 
@@ -120,16 +114,10 @@ impl FakeMessages {
 
     /// Waits until at least `n` messages were accepted; false after `limit`.
     pub async fn wait_sent(&self, n: usize, limit: Duration) -> bool {
-        let until = tokio::time::Instant::now() + limit;
-        loop {
-            let changed = self.shared.changed.notified();
-            if lock(&self.shared.sent).len() >= n {
-                return true;
-            }
-            if tokio::time::timeout_at(until, changed).await.is_err() {
-                return lock(&self.shared.sent).len() >= n;
-            }
-        }
+        crate::common::wait_for(&self.shared.changed, limit, || {
+            lock(&self.shared.sent).len() >= n
+        })
+        .await
     }
 }
 

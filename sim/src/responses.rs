@@ -106,8 +106,6 @@ impl Drop for FakeResponses {
 impl FakeResponses {
     /// Starts on 127.0.0.1 with an OS-chosen port.
     pub async fn start() -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::default());
         let app = Router::new()
             .route("/v1/responses", post(respond))
@@ -119,9 +117,7 @@ impl FakeResponses {
             )
             .route("/v1/conversations/{id}/items", post(add_items))
             .with_state(shared.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = crate::common::serve(app).await?;
         Ok(Self { addr, shared, task })
     }
 
@@ -182,22 +178,14 @@ impl FakeResponses {
 
     /// Waits until at least `n` requests arrived; false after `limit`.
     pub async fn wait_requests(&self, n: usize, limit: Duration) -> bool {
-        let until = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.shared.changed.notified();
-            if lock(&self.shared.requests).len() >= n {
-                return true;
-            }
-            if tokio::time::timeout_at(until, notified).await.is_err() {
-                return lock(&self.shared.requests).len() >= n;
-            }
-        }
+        crate::common::wait_for(&self.shared.changed, limit, || {
+            lock(&self.shared.requests).len() >= n
+        })
+        .await
     }
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+pub(crate) use crate::common::lock;
 
 fn error(
     status: StatusCode,
