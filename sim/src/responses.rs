@@ -247,13 +247,7 @@ async fn respond(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     };
     if bearer_key(&headers).is_none() {
         record(401, None);
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            None,
-            None,
-            "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-        );
+        return no_key();
     }
     let Some(request) = parsed.clone() else {
         record(400, None);
@@ -416,13 +410,7 @@ async fn create_conversation(
     body: Bytes,
 ) -> Response {
     if bearer_key(&headers).is_none() {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            None,
-            None,
-            "You didn't provide an API key.",
-        );
+        return no_key();
     }
     let body: Value = if body.is_empty() {
         json!({})
@@ -455,6 +443,17 @@ async fn create_conversation(
             &message,
         ),
     }
+}
+
+/// The API's answer to a request without a Bearer key (401).
+fn no_key() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_request_error",
+        None,
+        None,
+        "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+    )
 }
 
 /// How long a background response takes to complete.
@@ -513,13 +512,7 @@ async fn get_response(
 ) -> Response {
     shared.polls.fetch_add(1, Ordering::SeqCst);
     if bearer_key(&headers).is_none() {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            None,
-            None,
-            "You didn't provide an API key.",
-        );
+        return no_key();
     }
     match lock(&shared.background).get(&id) {
         Some(r) => (
@@ -545,13 +538,7 @@ async fn delete_conversation(
     headers: HeaderMap,
 ) -> Response {
     if bearer_key(&headers).is_none() {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            None,
-            None,
-            "You didn't provide an API key.",
-        );
+        return no_key();
     }
     if lock(&shared.chat.conversations).remove(&id).is_none() {
         return error(
@@ -579,13 +566,7 @@ async fn add_items(
     body: Bytes,
 ) -> Response {
     if bearer_key(&headers).is_none() {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            None,
-            None,
-            "You didn't provide an API key.",
-        );
+        return no_key();
     }
     let items = serde_json::from_slice::<Value>(&body)
         .ok()

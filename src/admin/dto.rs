@@ -671,9 +671,7 @@ impl From<ClientProfile> for ClientOut {
                 token_set: !k.token.is_empty(),
                 webhook_secret: k.webhook_secret,
             }),
-            chat_origins: crate::json::from_stored(c.chat_origins.as_deref(), |v| {
-                serde_json::from_value::<Vec<String>>(v.clone()).map_err(|e| e.to_string())
-            }),
+            chat_origins: crate::store::clients::chat_origins(c.chat_origins.as_deref()),
         }
     }
 }

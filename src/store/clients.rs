@@ -111,6 +111,11 @@ impl ClientProfile {
             .unwrap_or_default()
     }
 
+    /// The origins whose pages may use its web chat (empty: any).
+    pub fn chat_origins(&self) -> Vec<String> {
+        chat_origins(self.client.chat_origins.as_deref())
+    }
+
     /// The per-client prewarm policy, if set and valid.
     pub fn prewarm_policy(&self) -> Option<PrewarmPolicy> {
         self.client
@@ -525,6 +530,13 @@ pub async fn delete_faq(
     faq::Entity::delete_by_id(row.id).exec(&txn).await?;
     txn.commit().await?;
     Ok(())
+}
+
+/// Reads a stored `clients.chat_origins` (a JSON list; anything unreadable is none).
+pub fn chat_origins(stored: Option<&str>) -> Vec<String> {
+    crate::json::from_stored(stored, |v| {
+        serde_json::from_value(v.clone()).map_err(|e| e.to_string())
+    })
 }
 
 /// A web chat key: `wlc_` and 24 random bytes, URL-safe base64.

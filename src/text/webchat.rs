@@ -317,10 +317,7 @@ async fn business(
             ));
         }
     };
-    let allowed: Vec<String> =
-        crate::json::from_stored(client.client.chat_origins.as_deref(), |v| {
-            serde_json::from_value(v.clone()).map_err(|e| e.to_string())
-        });
+    let allowed = client.chat_origins();
     if let Some(o) = &origin
         && !allowed.is_empty()
         && !allowed
