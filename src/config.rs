@@ -212,6 +212,10 @@ pub struct TextSettings {
     pub messages_per_minute: u32,
     /// Answers one client may have running at once on this instance; 0: no limit.
     pub concurrent_per_client: usize,
+    /// HTTP/2 to the model's API (README "Figures: web chat"): negotiated over `https://`,
+    /// spoken without TLS (h2c) over `http://`; answers then share connections (less memory, the
+    /// same CPU). Off: HTTP/1.1, a connection per answer being made.
+    pub http2: bool,
 }
 
 impl TextSettings {
@@ -1130,13 +1134,14 @@ impl Settings {
             s.limits.admin_bad_tokens_per_minute,
             s.limits.admin_bad_token_delay_ms,
         ) + &format!(
-            "\n[text]\nmodel = {}\ntimeout_secs = {}\nmax_tool_rounds = {}\nmax_message_chars = {}\nmessages_per_minute = {}\nconcurrent_per_client = {}\n",
+            "\n[text]\nmodel = {}\ntimeout_secs = {}\nmax_tool_rounds = {}\nmax_message_chars = {}\nmessages_per_minute = {}\nconcurrent_per_client = {}\nhttp2 = {}\n",
             q(&s.text.model),
             s.text.timeout_secs,
             s.text.max_tool_rounds,
             s.text.max_message_chars,
             s.text.messages_per_minute,
             s.text.concurrent_per_client,
+            s.text.http2,
         )
     }
 

@@ -183,6 +183,9 @@ enum Command {
         /// --chat: milliseconds between two deltas of an answer.
         #[arg(long, default_value_t = 100, requires = "chat")]
         chat_interval_ms: u64,
+        /// --chat: the gateway speaks HTTP/2 to the model's API (`text.http2`).
+        #[arg(long, requires = "chat")]
+        chat_http2: bool,
         /// --chaos: the gateway's server.drain_secs (half the calls live at SIGTERM outlive it).
         #[arg(long, default_value_t = 15, requires = "chaos")]
         drain_secs: u64,
@@ -551,6 +554,7 @@ async fn tools(command: Command) -> anyhow::Result<()> {
             chat,
             chat_deltas,
             chat_interval_ms,
+            chat_http2,
         } => {
             let secs = std::time::Duration::from_secs;
             if let Some(streams) = chat {
@@ -563,6 +567,7 @@ async fn tools(command: Command) -> anyhow::Result<()> {
                     gateway_bin: None,
                     gateway_cpus,
                     loadgen_cpus,
+                    http2: chat_http2,
                 })
                 .await?;
                 if report.failed > 0 || report.deltas_lost > 0 || report.bad_answers > 0 {

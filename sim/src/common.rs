@@ -168,8 +168,14 @@ pub(crate) async fn wait_until(
 pub(crate) async fn serve(
     app: axum::Router,
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    use axum::serve::ListenerExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    // Small writes go out at once, as an API's servers send them: over HTTP/2 many answers
+    // share a connection, and Nagle's algorithm would hold one delta back for another's ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });

@@ -83,6 +83,8 @@ struct Shared {
     webhook_statuses: Mutex<Vec<u16>>,
     /// `GET /v1/responses/{id}` requests received.
     polls: AtomicUsize,
+    /// Requests received over HTTP/1.x and over HTTP/2.
+    versions: [AtomicUsize; 2],
     faults: Mutex<VecDeque<Fault>>,
     requests: Mutex<Vec<Recorded>>,
     completions: AtomicUsize,
@@ -116,9 +118,19 @@ impl FakeResponses {
                 axum::routing::delete(delete_conversation),
             )
             .route("/v1/conversations/{id}/items", post(add_items))
+            .layer(axum::middleware::from_fn_with_state(
+                shared.clone(),
+                count_version,
+            ))
             .with_state(shared.clone());
         let (addr, task) = crate::common::serve(app).await?;
         Ok(Self { addr, shared, task })
+    }
+
+    /// Requests received so far over HTTP/1.x and over HTTP/2.
+    pub fn requests_by_version(&self) -> (usize, usize) {
+        let [h1, h2] = &self.shared.versions;
+        (h1.load(Ordering::Relaxed), h2.load(Ordering::Relaxed))
     }
 
     /// `http://127.0.0.1:PORT/v1`: the `openai.base_url` to give the gateway.
@@ -229,6 +241,17 @@ const KNOWN_PARAMS: &[&str] = &[
     "safety_identifier",
     "prompt_cache_key",
 ];
+
+/// Counts each request by its HTTP version.
+async fn count_version(
+    State(shared): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let http2 = req.version() == axum::http::Version::HTTP_2;
+    shared.versions[usize::from(http2)].fetch_add(1, Ordering::Relaxed);
+    next.run(req).await
+}
 
 async fn respond(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let authorization = headers

@@ -46,6 +46,8 @@ pub struct ChatOptions {
     pub gateway_cpus: Option<CpuList>,
     /// CPUs for the load generator.
     pub loadgen_cpus: Option<CpuList>,
+    /// The gateway speaks HTTP/2 to the model's API (`text.http2`).
+    pub http2: bool,
 }
 
 impl Default for ChatOptions {
@@ -59,6 +61,7 @@ impl Default for ChatOptions {
             gateway_bin: None,
             gateway_cpus: None,
             loadgen_cpus: None,
+            http2: false,
         }
     }
 }
@@ -96,6 +99,10 @@ pub struct ChatReport {
     pub gateway_cpu_percent: f64,
     /// How the gateway was pinned, if it was.
     pub gateway_pinned: Option<String>,
+    /// What the gateway was to speak to the model's API: `HTTP/1.1` or `HTTP/2`.
+    pub upstream: String,
+    /// Requests the fake model's API received over HTTP/1.x and over HTTP/2.
+    pub upstream_requests: (usize, usize),
 }
 
 impl ChatReport {
@@ -147,6 +154,9 @@ pub async fn run(opts: ChatOptions) -> anyhow::Result<ChatReport> {
             // One business takes every stream: its caps would measure themselves.
             ("WARMLINE_TEXT__CONCURRENT_PER_CLIENT", "0".into()),
             ("WARMLINE_TEXT__MESSAGES_PER_MINUTE", "0".into()),
+            // With --chat-http2 the fake (on http://) is spoken to in h2c, as OpenAI's API
+            // would be in HTTP/2 over https.
+            ("WARMLINE_TEXT__HTTP2", opts.http2.to_string()),
             (
                 "WARMLINE_TEXT__TIMEOUT_SECS",
                 (answer_secs + 60).min(600).to_string(),
@@ -293,6 +303,8 @@ async fn measure(
         all_open_secs,
         gateway_cpu_percent,
         gateway_pinned: None,
+        upstream: if opts.http2 { "HTTP/2" } else { "HTTP/1.1" }.into(),
+        upstream_requests: fake.requests_by_version(),
     })
 }
 
@@ -412,7 +424,10 @@ async fn read_stream(
 }
 
 fn print_report(r: &ChatReport) {
-    println!("web chat: {} streams at once", r.streams);
+    println!(
+        "web chat: {} streams at once (gateway to the model's API: {}; requests seen {} over HTTP/1.x, {} over HTTP/2)",
+        r.streams, r.upstream, r.upstream_requests.0, r.upstream_requests.1
+    );
     println!(
         "  answers: {} deltas, one every {} ms; completed {}/{}, failed {}{}",
         r.deltas_per_answer,

@@ -137,7 +137,10 @@ pub struct Admitted {
 
 /// The text agent, shared by every text channel.
 pub struct TextAgent {
+    /// For the channels' own APIs (Twilio, Kommo).
     http: reqwest::Client,
+    /// For the model's API.
+    lanes: super::lanes::Lanes,
     base: String,
     api_key: Secret,
     settings: TextSettings,
@@ -181,6 +184,7 @@ impl TextAgent {
         let t = &settings.text;
         Ok(Self {
             http,
+            lanes: super::lanes::Lanes::new(t.http2, settings.openai.base_url.scheme() == "http"),
             base: settings
                 .openai
                 .base_url
@@ -502,9 +506,16 @@ impl TextAgent {
                 .iter()
                 .map(|id| json!({"type": "function_call_output", "call_id": id, "output": output}))
                 .collect();
+            let lane = match self.lanes.lease() {
+                Ok(lane) => lane,
+                Err(why) => {
+                    tracing::warn!(exchange = %exchange, error = %why, "text: could not close the open tool calls");
+                    return false;
+                }
+            };
             let sent = tokio::time::timeout(
                 Duration::from_secs(10),
-                self.post(&path, &json!({"items": items})).send(),
+                self.post(&lane, &path, &json!({"items": items})).send(),
             )
             .await;
             match sent {
@@ -531,9 +542,16 @@ impl TextAgent {
     /// forgot them here). Each failure is logged; a conversation already gone counts as done.
     pub async fn delete_conversations(&self, ids: Vec<String>) {
         for id in ids {
+            let lane = match self.lanes.lease() {
+                Ok(lane) => lane,
+                Err(why) => {
+                    tracing::error!(conversation = %id, error = %why, "text: could not delete the conversation at OpenAI; delete it by hand");
+                    continue;
+                }
+            };
             let r = tokio::time::timeout(
                 Duration::from_secs(10),
-                self.http
+                lane.http
                     .delete(format!("{}/conversations/{id}", self.base))
                     .bearer_auth(self.api_key.expose())
                     .send(),
@@ -556,12 +574,31 @@ impl TextAgent {
         }
     }
 
-    fn post(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
-        self.http
+    fn post(
+        &self,
+        lane: &super::lanes::Leased,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> reqwest::RequestBuilder {
+        lane.http
             .post(format!("{}{path}", self.base))
             .bearer_auth(self.api_key.expose())
             .json(body)
     }
+}
+
+/// A request to the Responses API (`POST /responses`), borrowed from the answer being made.
+#[derive(Clone, Copy, serde::Serialize)]
+struct Ask<'a> {
+    model: &'a str,
+    instructions: &'a str,
+    input: &'a Value,
+    conversation: &'a str,
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    background: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<&'a serde_json::value::RawValue>,
 }
 
 /// One answer being made.
@@ -593,21 +630,30 @@ impl Run<'_> {
         self.conversation = Some(conv);
         let profile = &self.context.profile;
         let instructions = profile.text_instructions(self.msg.channel, started);
-        let tools = profile.tools.definitions();
+        // Kept as JSON text, not as a tree of values: an answer holds them while it streams.
+        let tools = {
+            let defs = profile.tools.definitions();
+            match defs.is_empty() {
+                true => None,
+                false => Some(
+                    serde_json::value::to_raw_value(&defs)
+                        .map_err(|e| format!("writing the tools' definitions: {e}"))?,
+                ),
+            }
+        };
         let mut input = json!([{"type": "message", "role": "user", "content": self.msg.text}]);
         let max = self.agent.settings.max_tool_rounds;
         for round in 0..=max {
-            let mut body = json!({
-                "model": self.agent.settings.model,
-                "instructions": instructions,
-                "input": input,
-                "conversation": conversation_id,
-                "stream": true,
-            });
-            if !tools.is_empty() {
-                body["tools"] = Value::Array(tools.clone());
-            }
-            let outcome = self.round_repaired(&body, &conversation_id).await?;
+            let ask = Ask {
+                model: &self.agent.settings.model,
+                instructions: &instructions,
+                input: &input,
+                conversation: &conversation_id,
+                stream: true,
+                background: None,
+                tools: tools.as_deref(),
+            };
+            let outcome = self.round_repaired(&ask, &conversation_id).await?;
             match outcome {
                 Round::Answered(text) => {
                     self.said.push(text);
@@ -639,10 +685,10 @@ impl Run<'_> {
     /// [`Run::round`], and when the API refuses the turn for a function call left without
     /// its output (an earlier answer cut short where warmline could not see it: a background
     /// response completing after its wait ended), that call is closed and the turn tried again.
-    async fn round_repaired(&mut self, body: &Value, conversation: &str) -> Result<Round, String> {
+    async fn round_repaired(&mut self, ask: &Ask<'_>, conversation: &str) -> Result<Round, String> {
         const MARK: &str = "No tool output found for function call ";
         for _ in 0..20 {
-            match self.round(body).await {
+            match self.round(ask).await {
                 Err(why) if why.contains(MARK) => {
                     let id: String = why[why.find(MARK).map_or(0, |i| i + MARK.len())..]
                         .chars()
@@ -676,9 +722,10 @@ impl Run<'_> {
             "client": client_id.to_string(),
             "channel": self.msg.channel.as_str(),
         }});
+        let lane = self.agent.lanes.lease()?;
         let resp = self
             .agent
-            .post("/conversations", &body)
+            .post(&lane, "/conversations", &body)
             .send()
             .await
             .map_err(|e| format!("creating the conversation: {}", describe(e)))?;
@@ -717,13 +764,15 @@ impl Run<'_> {
     }
 
     /// One request to the model, read as it streams.
-    async fn round(&mut self, body: &Value) -> Result<Round, String> {
+    async fn round(&mut self, ask: &Ask<'_>) -> Result<Round, String> {
         if self.msg.background {
-            return self.round_in_background(body).await;
+            return self.round_in_background(ask).await;
         }
+        // The lane is held until the stream is read.
+        let lane = self.agent.lanes.lease()?;
         let mut resp = self
             .agent
-            .post("/responses", body)
+            .post(&lane, "/responses", ask)
             .send()
             .await
             .map_err(describe)?;
@@ -774,18 +823,23 @@ impl Run<'_> {
 
     /// One request to the model as a background response: created, then waited for until
     /// OpenAI's webhook announces it (`TextAgent::response_done`) or a poll finds it done.
-    async fn round_in_background(&mut self, body: &Value) -> Result<Round, String> {
-        let mut body = body.clone();
-        body["background"] = Value::Bool(true);
-        body["stream"] = Value::Bool(false);
+    async fn round_in_background(&mut self, ask: &Ask<'_>) -> Result<Round, String> {
+        let body = Ask {
+            background: Some(true),
+            stream: false,
+            ..*ask
+        };
         let agent = self.agent;
+        let lane = agent.lanes.lease()?;
         let resp = agent
-            .post("/responses", &body)
+            .post(&lane, "/responses", &body)
             .send()
             .await
             .map_err(describe)?;
         let status = resp.status();
         let text = resp.text().await.map_err(describe)?;
+        // Waiting takes no place on a lane.
+        drop(lane);
         if !status.is_success() {
             return Err(format!("HTTP {} {}", status.as_u16(), api_error(&text)));
         }
@@ -844,7 +898,8 @@ impl Run<'_> {
                 _ = notify.notified() => {}
                 _ = tokio::time::sleep(poll) => {}
             }
-            let got = agent
+            let lane = agent.lanes.lease()?;
+            let got = lane
                 .http
                 .get(format!("{}/responses/{id}", agent.base))
                 .bearer_auth(agent.api_key.expose())

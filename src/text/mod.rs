@@ -3,6 +3,7 @@
 //!
 //! - [`stream`]: the streamed answer read as a pure state machine;
 //! - [`agent`]: one message in, the answer out (conversation, tools, fallback, record);
+//! - [`lanes`]: the agent's connections to the model's API (HTTP/2, spread over lanes);
 //! - [`webchat`]: the web chat's routes (send, Server-Sent Events, WebSocket);
 //! - [`messaging`]: WhatsApp and SMS through Twilio Messaging;
 //! - [`kommo`]: Kommo CRM (its webhook, notes on the lead);
@@ -10,6 +11,7 @@
 
 pub mod agent;
 pub mod kommo;
+pub mod lanes;
 pub mod messaging;
 pub mod openai_webhook;
 pub mod stream;

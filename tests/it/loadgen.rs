@@ -204,10 +204,17 @@ async fn a_small_load_run_on_gpt_live_measures_the_same_and_the_silence_fed() {
     );
 }
 
-/// The chat benchmark on a tiny run: every stream ends with its answer, no delta is lost, and
-/// every delta is timed.
+/// The chat benchmark on a tiny run, over HTTP/1.1 and over HTTP/2 (`text.http2`, h2c to the
+/// fake): every stream ends with its answer, no delta is lost, every delta is timed, and every
+/// request to the model's API went over the version asked for.
 #[tokio::test]
 async fn a_small_chat_run_times_every_delta_and_loses_none() {
+    for http2 in [false, true] {
+        small_chat_run(http2).await;
+    }
+}
+
+async fn small_chat_run(http2: bool) {
     let report = warmline::loadgen::chat::run(warmline::loadgen::chat::ChatOptions {
         streams: 20,
         deltas: 10,
@@ -215,10 +222,17 @@ async fn a_small_chat_run_times_every_delta_and_loses_none() {
         ramp: Duration::from_millis(200),
         json: true,
         gateway_bin: Some(env!("CARGO_BIN_EXE_warmline").into()),
+        http2,
         ..Default::default()
     })
     .await
     .unwrap();
+    // A conversation is made and an answer asked for per stream.
+    let (h1, h2) = report.upstream_requests;
+    match http2 {
+        false => assert!(h1 >= 40 && h2 == 0, "{report:?}"),
+        true => assert!(h1 == 0 && h2 >= 40, "{report:?}"),
+    }
     assert_eq!(
         (
             report.completed,
