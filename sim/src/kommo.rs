@@ -1,4 +1,5 @@
-//! A fake Kommo CRM account: the API v4 notes warmline adds to leads, and the form-encoded
+//! A fake Kommo CRM account: the API v4 notes warmline adds to leads, the lead field it fills
+//! and the Salesbot it launches to send an answer on the lead's chat, and the form-encoded
 //! webhook Kommo posts.
 //!
 //! `POST /api/v4/leads/{lead_id}/notes` (Kommo's "Add notes", developers.kommo.com/reference/
@@ -8,6 +9,12 @@
 //! notes are recorded ([`FakeKommo::notes`]) and answered 200 (`application/hal+json`) with
 //! `_embedded.notes[]` (`id`, `entity_id`, `request_id`). Statuses can be scripted
 //! ([`FakeKommo::push`]).
+//!
+//! `PATCH /api/v4/leads/{lead_id}` ("Edit a lead", developers.kommo.com/reference/edit-a-lead)
+//! takes `custom_fields_values: [{field_id, values: [{value}]}]` (400 otherwise) and answers
+//! 200 with the lead's `id`. `POST /api/v4/bots/{id}/run` ("Launch a Salesbot",
+//! /reference/launch-a-salesbot) takes `{entity_id, entity_type: "leads" | "contacts"}` (400
+//! otherwise) and answers 202. Everything is recorded in order ([`FakeKommo::events`]).
 //!
 //! [`incoming_message`] is the form Kommo posts for a chat message on a lead:
 //! `message[add][0][id|chat_id|talk_id|contact_id|text|created_at|element_type|element_id|
@@ -26,7 +33,7 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::post,
+    routing::{patch, post},
 };
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -42,10 +49,34 @@ pub struct Note {
     pub text: String,
 }
 
+/// What the fake was asked to do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A note added.
+    Note(Note),
+    /// A lead's field set.
+    Field {
+        /// The lead.
+        lead_id: u64,
+        /// The field.
+        field_id: u64,
+        /// Its value.
+        value: String,
+    },
+    /// A Salesbot launched on a lead.
+    BotRun {
+        /// The Salesbot.
+        bot_id: u64,
+        /// The lead.
+        lead_id: u64,
+    },
+}
+
 #[derive(Default)]
 struct Shared {
     token: String,
     notes: Mutex<Vec<Note>>,
+    events: Mutex<Vec<Event>>,
     statuses: Mutex<VecDeque<u16>>,
     changed: Notify,
 }
@@ -87,6 +118,8 @@ impl FakeKommo {
         });
         let app = Router::new()
             .route("/api/v4/leads/{lead_id}/notes", post(add_notes))
+            .route("/api/v4/leads/{lead_id}", patch(edit_lead))
+            .route("/api/v4/bots/{bot_id}/run", post(run_bot))
             .with_state(shared.clone());
         let (addr, task) = crate::common::serve(app).await?;
         Ok(Self { addr, shared, task })
@@ -105,6 +138,19 @@ impl FakeKommo {
     /// Every note added, in order.
     pub fn notes(&self) -> Vec<Note> {
         lock(&self.shared.notes).clone()
+    }
+
+    /// Everything done, in order.
+    pub fn events(&self) -> Vec<Event> {
+        lock(&self.shared.events).clone()
+    }
+
+    /// Waits until at least `n` things were done; false after `limit`.
+    pub async fn wait_events(&self, n: usize, limit: Duration) -> bool {
+        crate::common::wait_for(&self.shared.changed, limit, || {
+            lock(&self.shared.events).len() >= n
+        })
+        .await
     }
 
     /// Waits until at least `n` notes were added; false after `limit`.
@@ -127,32 +173,115 @@ fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
         .into_response()
 }
 
+/// The token checked, then a scripted status if one is queued, then the id in the path.
+fn admit(shared: &Shared, headers: &HeaderMap, id: &str) -> Result<u64, Box<Response>> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if auth != format!("Bearer {}", shared.token) {
+        return Err(Box::new(problem(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Authorization token is invalid or expired",
+        )));
+    }
+    if let Some(status) = lock(&shared.statuses).pop_front() {
+        return Err(Box::new(problem(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "Scripted",
+            "A scripted failure",
+        )));
+    }
+    id.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+        Box::new(problem(
+            StatusCode::NOT_FOUND,
+            "Not Found",
+            "No such entity",
+        ))
+    })
+}
+
+fn record(shared: &Shared, events: impl IntoIterator<Item = Event>) {
+    lock(&shared.events).extend(events);
+    shared.changed.notify_waiters();
+}
+
+async fn edit_lead(
+    State(shared): State<Arc<Shared>>,
+    Path(lead_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let lead_id = match admit(&shared, &headers, &lead_id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut set = Vec::new();
+    for f in v["custom_fields_values"].as_array().into_iter().flatten() {
+        let (Some(field_id), Some(value)) = (
+            f["field_id"].as_u64(),
+            f.pointer("/values/0/value").and_then(Value::as_str),
+        ) else {
+            set.clear();
+            break;
+        };
+        set.push(Event::Field {
+            lead_id,
+            field_id,
+            value: value.into(),
+        });
+    }
+    if set.is_empty() {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Bad Request",
+            "custom_fields_values must hold {field_id, values: [{value}]}",
+        );
+    }
+    record(&shared, set);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/hal+json")],
+        json!({"id": lead_id, "updated_at": 1764500000}).to_string(),
+    )
+        .into_response()
+}
+
+async fn run_bot(
+    State(shared): State<Arc<Shared>>,
+    Path(bot_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let bot_id = match admit(&shared, &headers, &bot_id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let (Some(lead_id), Some("leads" | "contacts")) =
+        (v["entity_id"].as_u64(), v["entity_type"].as_str())
+    else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Bad Request",
+            "entity_id must be an id and entity_type leads or contacts",
+        );
+    };
+    record(&shared, [Event::BotRun { bot_id, lead_id }]);
+    StatusCode::ACCEPTED.into_response()
+}
+
 async fn add_notes(
     State(shared): State<Arc<Shared>>,
     Path(lead_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if auth != format!("Bearer {}", shared.token) {
-        return problem(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "Authorization token is invalid or expired",
-        );
-    }
-    if let Some(status) = lock(&shared.statuses).pop_front() {
-        return problem(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            "Scripted",
-            "A scripted failure",
-        );
-    }
-    let Some(lead_id) = lead_id.parse::<u64>().ok().filter(|n| *n > 0) else {
-        return problem(StatusCode::NOT_FOUND, "Not Found", "No such lead");
+    let lead_id = match admit(&shared, &headers, &lead_id) {
+        Ok(id) => id,
+        Err(r) => return *r,
     };
     let notes = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Array(a)) if (1..=250).contains(&a.len()) => a,
@@ -187,7 +316,7 @@ async fn add_notes(
         all.extend(added.iter().cloned());
         first
     };
-    shared.changed.notify_waiters();
+    record(&shared, added.iter().cloned().map(Event::Note));
     let embedded: Vec<Value> = (0..added.len())
         .map(|i| {
             json!({"id": first_id + i, "entity_id": lead_id, "request_id": i.to_string(),

@@ -135,6 +135,10 @@ pub struct KommoIn {
     /// Shown by `GET /clients/{id}`; ignored here (so a client read can be saved back).
     #[serde(default)]
     pub token_set: Option<bool>,
+    /// Also send each answer on the lead's chat: `{salesbot_id, field_id}` (README "Kommo");
+    /// absent or null: a note only.
+    #[serde(default)]
+    pub chat_reply: Option<crate::text::kommo::ChatReply>,
 }
 
 impl std::fmt::Debug for KommoIn {
@@ -155,6 +159,8 @@ pub struct KommoOut {
     /// The secret of the webhook URL
     /// (`/api/kommo/webhook?client={id}&secret={webhook_secret}`).
     pub webhook_secret: String,
+    /// `{salesbot_id, field_id}`: each answer is also sent on the lead's chat; null: a note only.
+    pub chat_reply: Option<crate::text::kommo::ChatReply>,
 }
 
 impl KommoIn {
@@ -198,10 +204,19 @@ impl KommoIn {
                 ));
             }
         };
+        if let Some(r) = self.chat_reply
+            && (r.salesbot_id == 0 || r.field_id == 0)
+        {
+            return Err(invalid(
+                "kommo.chat_reply",
+                "salesbot_id and field_id must be Kommo ids (whole numbers above 0)",
+            ));
+        }
         Ok(crate::text::kommo::KommoConfig {
             base_url,
             token,
             webhook_secret,
+            chat_reply: self.chat_reply,
         })
     }
 }
@@ -670,6 +685,7 @@ impl From<ClientProfile> for ClientOut {
                 base_url: k.base_url.as_str().trim_end_matches('/').to_string(),
                 token_set: !k.token.is_empty(),
                 webhook_secret: k.webhook_secret,
+                chat_reply: k.chat_reply,
             }),
             chat_origins: crate::store::clients::chat_origins(c.chat_origins.as_deref()),
         }

@@ -369,7 +369,7 @@ const FIELDS: &[(&str, &str, &str, &str)] = &[
         "kommo",
         "Kommo (JSON)",
         "json",
-        "{\"base_url\": \"https://you.kommo.com\", \"token\": \"…\"}; the token is never shown: leave it out to keep it.",
+        "{\"base_url\": \"https://you.kommo.com\", \"token\": \"…\"}; the token is never shown: leave it out to keep it. Add \"chat_reply\": {\"salesbot_id\": …, \"field_id\": …} to send answers on the lead's chat.",
     ),
     (
         "webhook_url",

@@ -59,6 +59,23 @@ pub struct KommoConfig {
     pub token: String,
     /// The secret in the webhook URL.
     pub webhook_secret: String,
+    /// Where the answer is also sent on the lead's chat; `None`: a note only.
+    pub chat_reply: Option<ChatReply>,
+}
+
+/// How an answer reaches the lead's chat (README "Kommo"): it is written to one of the lead's
+/// fields, then a Salesbot is launched on the lead whose step sends that field
+/// (`{{lead.cf.<field_id>}}`) on the lead's chat. Kommo's API has no call that sends a chat
+/// message with an integration's token; its Chats API needs a channel registered with Kommo.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct ChatReply {
+    /// The Salesbot (its id in Kommo's Salesbot list).
+    pub salesbot_id: u64,
+    /// The lead's text field the answer is written to.
+    pub field_id: u64,
 }
 
 impl std::fmt::Debug for KommoConfig {
@@ -77,13 +94,14 @@ impl KommoConfig {
             base_url: Url::parse(v["base_url"].as_str()?).ok()?,
             token: v["token"].as_str()?.to_string(),
             webhook_secret: v["webhook_secret"].as_str()?.to_string(),
+            chat_reply: serde_json::from_value(v["chat_reply"].clone()).ok(),
         })
     }
 
     /// The stored JSON.
     pub fn to_stored(&self) -> String {
         json!({"base_url": self.base_url.as_str().trim_end_matches('/'), "token": self.token,
-            "webhook_secret": self.webhook_secret})
+            "webhook_secret": self.webhook_secret, "chat_reply": self.chat_reply})
         .to_string()
     }
 
@@ -347,32 +365,91 @@ async fn webhook(
                     tracing::error!(exchange = %answer.exchange_id, lead, error = %e, "kommo: the answer could not be added to the lead");
                 }
             }
+            if let Some(reply) = kommo.chat_reply {
+                match send_on_chat(&http, &kommo, reply, lead, &answer.text).await {
+                    Ok(()) => {
+                        tracing::info!(exchange = %answer.exchange_id, lead, salesbot = reply.salesbot_id, "kommo: answer sent on the lead's chat");
+                    }
+                    Err(e) => {
+                        tracing::error!(exchange = %answer.exchange_id, lead, salesbot = reply.salesbot_id, error = %e, "kommo: the answer could not be sent on the lead's chat (the note has it)");
+                    }
+                }
+            }
         });
     }
     (StatusCode::OK, axum::Json(json!({"ok": true}))).into_response()
 }
 
-/// Adds `text` to lead `lead_id` as a common note (tried again once after a 429, a 5xx or a
-/// transport error); the error names the status and Kommo's `title`/`detail`.
+/// Adds `text` to lead `lead_id` as a common note.
 pub async fn add_note(
     http: &reqwest::Client,
     kommo: &KommoConfig,
     lead_id: u64,
     text: &str,
 ) -> Result<(), String> {
-    let url = format!(
-        "{}/api/v4/leads/{lead_id}/notes",
-        kommo.base_url.as_str().trim_end_matches('/')
-    );
     let text: String = text.chars().take(NOTE_MAX).collect();
     let body = json!([{"note_type": "common", "params": {"text": text}}]);
+    request(
+        http,
+        kommo,
+        reqwest::Method::POST,
+        &format!("/api/v4/leads/{lead_id}/notes"),
+        &body,
+    )
+    .await
+}
+
+/// Sends `text` on lead `lead_id`'s chat ([`ChatReply`]): the field is set
+/// (`PATCH /api/v4/leads/{id}`), then the Salesbot launched (`POST /api/v4/bots/{id}/run`).
+/// Kommo runs the Salesbot soon after the 202: a lead's next answer, which takes the model's
+/// time, could overwrite the field before only if Kommo took longer (README "Kommo").
+pub async fn send_on_chat(
+    http: &reqwest::Client,
+    kommo: &KommoConfig,
+    reply: ChatReply,
+    lead_id: u64,
+    text: &str,
+) -> Result<(), String> {
+    let text: String = text.chars().take(NOTE_MAX).collect();
+    let field = json!({"custom_fields_values": [
+        {"field_id": reply.field_id, "values": [{"value": text}]}]});
+    request(
+        http,
+        kommo,
+        reqwest::Method::PATCH,
+        &format!("/api/v4/leads/{lead_id}"),
+        &field,
+    )
+    .await
+    .map_err(|e| format!("setting field {}: {e}", reply.field_id))?;
+    request(
+        http,
+        kommo,
+        reqwest::Method::POST,
+        &format!("/api/v4/bots/{}/run", reply.salesbot_id),
+        &json!({"entity_id": lead_id, "entity_type": "leads"}),
+    )
+    .await
+    .map_err(|e| format!("launching the Salesbot: {e}"))
+}
+
+/// One request to the client's Kommo API (tried again once after a 429, a 5xx or a transport
+/// error); the error names the status and Kommo's `title`/`detail`.
+async fn request(
+    http: &reqwest::Client,
+    kommo: &KommoConfig,
+    method: reqwest::Method,
+    path: &str,
+    body: &Value,
+) -> Result<(), String> {
+    let url = format!("{}{path}", kommo.base_url.as_str().trim_end_matches('/'));
     let mut last = String::new();
     for attempt in 0..2 {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         let res = http
-            .post(&url)
+            .request(method.clone(), &url)
             .bearer_auth(&kommo.token)
             .json(&body)
             .timeout(Duration::from_secs(15))
@@ -522,10 +599,22 @@ mod tests {
             base_url: Url::parse("https://brightsmile.kommo.com/").unwrap(),
             token: "tok-secret".into(),
             webhook_secret: "s3cret".into(),
+            chat_reply: None,
         };
         assert_eq!(
             KommoConfig::from_stored(Some(&c.to_stored())),
             Some(c.clone())
+        );
+        let with_reply = KommoConfig {
+            chat_reply: Some(ChatReply {
+                salesbot_id: 36143,
+                field_id: 512,
+            }),
+            ..c.clone()
+        };
+        assert_eq!(
+            KommoConfig::from_stored(Some(&with_reply.to_stored())),
+            Some(with_reply.clone())
         );
         assert!(!format!("{c:?}").contains("tok-secret"));
         assert!(c.secret_matches("s3cret"));

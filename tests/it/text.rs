@@ -917,6 +917,7 @@ async fn a_kommo_lead_message_gets_a_note_on_the_lead(backend: Backend) {
         base_url: kommo.base_url().parse().unwrap(),
         token: String::new(),
         webhook_secret: secret.clone(),
+        chat_reply: None,
     };
     let resp = app
         .http
@@ -936,6 +937,79 @@ async fn a_kommo_lead_message_gets_a_note_on_the_lead(backend: Backend) {
     app.shutdown().await;
 }
 on_both_backends!(a_kommo_lead_message_gets_a_note_on_the_lead);
+
+/// With `chat_reply` set, the answer also goes on the lead's chat: after the note, the lead's
+/// field is set to it and the Salesbot that sends the field is launched on the lead.
+async fn a_kommo_answer_goes_on_the_leads_chat_through_a_salesbot(backend: Backend) {
+    let responses = FakeResponses::start().await.unwrap();
+    let kommo = sim::kommo::FakeKommo::start("kommo-long-lived-token")
+        .await
+        .unwrap();
+    let app = app(backend, &responses, "[webhooks]\nallow_http = true\n").await;
+    let mut body = json!({
+        "name": "Bright Smile", "phone_numbers": ["+15005550006"],
+        "instructions": "You are the receptionist.", "greeting": "Hello!", "voice": "marin",
+        "kommo": {"base_url": kommo.base_url(), "token": "kommo-long-lived-token",
+            "chat_reply": {"salesbot_id": 0, "field_id": 512}},
+    });
+    let resp = app
+        .admin(Method::POST, "/clients")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    assert!(resp.text().await.unwrap().contains("kommo.chat_reply"));
+    body["kommo"]["chat_reply"]["salesbot_id"] = json!(36143);
+    let resp = app
+        .admin(Method::POST, "/clients")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let c: Value = resp.json().await.unwrap();
+    assert_eq!(
+        c["kommo"]["chat_reply"],
+        json!({"salesbot_id": 36143, "field_id": 512})
+    );
+    let url = app.url(&format!(
+        "/api/kommo/webhook?client={}&secret={}",
+        c["id"],
+        c["kommo"]["webhook_secret"].as_str().unwrap()
+    ));
+    let resp = app
+        .http
+        .post(url)
+        .json(&json!({"text": "Is parking free?", "lead_id": 9041}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(kommo.wait_events(3, Duration::from_secs(10)).await);
+    let answer = "Noted: Is parking free?.";
+    assert_eq!(
+        kommo.events(),
+        [
+            sim::kommo::Event::Note(sim::kommo::Note {
+                lead_id: 9041,
+                note_type: "common".into(),
+                text: answer.into()
+            }),
+            sim::kommo::Event::Field {
+                lead_id: 9041,
+                field_id: 512,
+                value: answer.into()
+            },
+            sim::kommo::Event::BotRun {
+                bot_id: 36143,
+                lead_id: 9041
+            },
+        ]
+    );
+    app.shutdown().await;
+}
+on_both_backends!(a_kommo_answer_goes_on_the_leads_chat_through_a_salesbot);
 
 /// The Standard Webhooks specification's example secret.
 const OPENAI_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
