@@ -204,12 +204,14 @@ impl KommoIn {
                 ));
             }
         };
+        // Kommo's ids are 32-bit.
+        let id_ok = |id: u64| (1..=i32::MAX as u64).contains(&id);
         if let Some(r) = self.chat_reply
-            && (r.salesbot_id == 0 || r.field_id == 0)
+            && !(id_ok(r.salesbot_id) && id_ok(r.field_id))
         {
             return Err(invalid(
                 "kommo.chat_reply",
-                "salesbot_id and field_id must be Kommo ids (whole numbers above 0)",
+                "salesbot_id and field_id must be Kommo ids (whole numbers from 1 to 2147483647)",
             ));
         }
         Ok(crate::text::kommo::KommoConfig {

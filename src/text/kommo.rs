@@ -94,7 +94,14 @@ impl KommoConfig {
             base_url: Url::parse(v["base_url"].as_str()?).ok()?,
             token: v["token"].as_str()?.to_string(),
             webhook_secret: v["webhook_secret"].as_str()?.to_string(),
-            chat_reply: serde_json::from_value(v["chat_reply"].clone()).ok(),
+            chat_reply: match &v["chat_reply"] {
+                Value::Null => None,
+                r => serde_json::from_value(r.clone())
+                    .inspect_err(|e| {
+                        tracing::warn!(error = %e, "kommo: the stored chat_reply is unreadable; answers go to notes only");
+                    })
+                    .ok(),
+            },
         })
     }
 
@@ -371,7 +378,7 @@ async fn webhook(
                         tracing::info!(exchange = %answer.exchange_id, lead, salesbot = reply.salesbot_id, "kommo: answer sent on the lead's chat");
                     }
                     Err(e) => {
-                        tracing::error!(exchange = %answer.exchange_id, lead, salesbot = reply.salesbot_id, error = %e, "kommo: the answer could not be sent on the lead's chat (the note has it)");
+                        tracing::error!(exchange = %answer.exchange_id, lead, salesbot = reply.salesbot_id, error = %e, "kommo: the answer could not be sent on the lead's chat");
                     }
                 }
             }
@@ -395,14 +402,16 @@ pub async fn add_note(
         reqwest::Method::POST,
         &format!("/api/v4/leads/{lead_id}/notes"),
         &body,
+        Retry::Always,
     )
     .await
 }
 
 /// Sends `text` on lead `lead_id`'s chat ([`ChatReply`]): the field is set
 /// (`PATCH /api/v4/leads/{id}`), then the Salesbot launched (`POST /api/v4/bots/{id}/run`).
-/// Kommo runs the Salesbot soon after the 202: a lead's next answer, which takes the model's
-/// time, could overwrite the field before only if Kommo took longer (README "Kommo").
+/// Kommo runs the Salesbot after its 202, on its own time: a lead's next answer written to the
+/// field before then would be sent in its place (README "Kommo"). The launch is tried again only
+/// when it surely was not made, so a person is not sent the message twice.
 pub async fn send_on_chat(
     http: &reqwest::Client,
     kommo: &KommoConfig,
@@ -419,6 +428,7 @@ pub async fn send_on_chat(
         reqwest::Method::PATCH,
         &format!("/api/v4/leads/{lead_id}"),
         &field,
+        Retry::Always,
     )
     .await
     .map_err(|e| format!("setting field {}: {e}", reply.field_id))?;
@@ -428,19 +438,31 @@ pub async fn send_on_chat(
         reqwest::Method::POST,
         &format!("/api/v4/bots/{}/run", reply.salesbot_id),
         &json!({"entity_id": lead_id, "entity_type": "leads"}),
+        Retry::IfNotDone,
     )
     .await
     .map_err(|e| format!("launching the Salesbot: {e}"))
 }
 
-/// One request to the client's Kommo API (tried again once after a 429, a 5xx or a transport
-/// error); the error names the status and Kommo's `title`/`detail`.
+/// When a Kommo request is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// After a 429, a 5xx or any transport error (a repeat does no harm: a note, a field).
+    Always,
+    /// Only when it surely was not done: a 429, or no connection made (a repeat would send the
+    /// person the message twice: a Salesbot launch).
+    IfNotDone,
+}
+
+/// One request to the client's Kommo API (tried again once per `retry`); the error names the
+/// status and Kommo's `title`/`detail`.
 async fn request(
     http: &reqwest::Client,
     kommo: &KommoConfig,
     method: reqwest::Method,
     path: &str,
     body: &Value,
+    retry: Retry,
 ) -> Result<(), String> {
     let url = format!("{}{path}", kommo.base_url.as_str().trim_end_matches('/'));
     let mut last = String::new();
@@ -460,10 +482,16 @@ async fn request(
             Err(e) => {
                 last = if e.is_timeout() {
                     "timed out".into()
-                } else {
+                } else if e.is_connect() {
                     "could not connect".into()
+                } else {
+                    "the connection failed".into()
                 };
-                continue;
+                // Sent or not is unknown unless the connection was never made.
+                if retry == Retry::Always || e.is_connect() {
+                    continue;
+                }
+                break;
             }
         };
         let status = resp.status();
@@ -482,7 +510,9 @@ async fn request(
                 .take(200)
                 .collect::<String>()
         );
-        if !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) {
+        let again = status == StatusCode::TOO_MANY_REQUESTS
+            || (status.is_server_error() && retry == Retry::Always);
+        if !again {
             break;
         }
     }
@@ -616,6 +646,15 @@ mod tests {
             KommoConfig::from_stored(Some(&with_reply.to_stored())),
             Some(with_reply.clone())
         );
+        // Stored before chat_reply existed, or unreadable: the rest still loads.
+        let old = r#"{"base_url": "https://brightsmile.kommo.com", "token": "t", "webhook_secret": "s3cret"}"#;
+        assert_eq!(
+            KommoConfig::from_stored(Some(old)).unwrap().chat_reply,
+            None
+        );
+        let bad = r#"{"base_url": "https://brightsmile.kommo.com", "token": "t", "webhook_secret": "s3cret", "chat_reply": {"salesbot_id": "x"}}"#;
+        let c = KommoConfig::from_stored(Some(bad)).unwrap();
+        assert_eq!((c.chat_reply, c.token.as_str()), (None, "t"));
         assert!(!format!("{c:?}").contains("tok-secret"));
         assert!(c.secret_matches("s3cret"));
         assert!(!c.secret_matches("s3cre"));
