@@ -145,7 +145,8 @@ impl Vad {
 }
 
 /// Waits until `done()` holds, checking again each time `changed` is notified; false if it
-/// still does not after `limit`. (The test hooks of both fakes: `wait_open`, `wait_event`.)
+/// still does not after `limit`. (The test hooks of the fakes: `wait_open`, `wait_event`,
+/// `wait_requests`, `wait_sent`, `wait_notes`.)
 pub(crate) async fn wait_until(
     changed: &tokio::sync::Notify,
     limit: std::time::Duration,
@@ -180,25 +181,6 @@ pub(crate) async fn serve(
         let _ = axum::serve(listener, app).await;
     });
     Ok((addr, task))
-}
-
-/// Waits until `done()` holds, checked again each time `changed` is notified; false after
-/// `limit`.
-pub(crate) async fn wait_for(
-    changed: &tokio::sync::Notify,
-    limit: std::time::Duration,
-    done: impl Fn() -> bool,
-) -> bool {
-    let until = tokio::time::Instant::now() + limit;
-    loop {
-        let notified = changed.notified();
-        if done() {
-            return true;
-        }
-        if tokio::time::timeout_at(until, notified).await.is_err() {
-            return done();
-        }
-    }
 }
 
 /// The lock, whether or not an earlier holder panicked.

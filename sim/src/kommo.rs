@@ -75,7 +75,6 @@ pub enum Event {
 #[derive(Default)]
 struct Shared {
     token: String,
-    notes: Mutex<Vec<Note>>,
     events: Mutex<Vec<Event>>,
     statuses: Mutex<VecDeque<u16>>,
     changed: Notify,
@@ -137,7 +136,7 @@ impl FakeKommo {
 
     /// Every note added, in order.
     pub fn notes(&self) -> Vec<Note> {
-        lock(&self.shared.notes).clone()
+        notes_of(&lock(&self.shared.events)).cloned().collect()
     }
 
     /// Everything done, in order.
@@ -147,7 +146,7 @@ impl FakeKommo {
 
     /// Waits until at least `n` things were done; false after `limit`.
     pub async fn wait_events(&self, n: usize, limit: Duration) -> bool {
-        crate::common::wait_for(&self.shared.changed, limit, || {
+        crate::common::wait_until(&self.shared.changed, limit, || {
             lock(&self.shared.events).len() >= n
         })
         .await
@@ -155,8 +154,8 @@ impl FakeKommo {
 
     /// Waits until at least `n` notes were added; false after `limit`.
     pub async fn wait_notes(&self, n: usize, limit: Duration) -> bool {
-        crate::common::wait_for(&self.shared.changed, limit, || {
-            lock(&self.shared.notes).len() >= n
+        crate::common::wait_until(&self.shared.changed, limit, || {
+            notes_of(&lock(&self.shared.events)).count() >= n
         })
         .await
     }
@@ -202,6 +201,14 @@ fn admit(shared: &Shared, headers: &HeaderMap, id: &str) -> Result<u64, Box<Resp
     })
 }
 
+/// The notes among `events`.
+fn notes_of(events: &[Event]) -> impl Iterator<Item = &Note> {
+    events.iter().filter_map(|e| match e {
+        Event::Note(n) => Some(n),
+        _ => None,
+    })
+}
+
 fn record(shared: &Shared, events: impl IntoIterator<Item = Event>) {
     lock(&shared.events).extend(events);
     shared.changed.notify_waiters();
@@ -241,12 +248,7 @@ async fn edit_lead(
         );
     }
     record(&shared, set);
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/hal+json")],
-        json!({"id": lead_id, "updated_at": 1764500000}).to_string(),
-    )
-        .into_response()
+    hal(json!({"id": lead_id, "updated_at": 1764500000}))
 }
 
 async fn run_bot(
@@ -311,20 +313,26 @@ async fn add_notes(
         });
     }
     let first_id = {
-        let mut all = lock(&shared.notes);
-        let first = all.len() + 1;
-        all.extend(added.iter().cloned());
+        let mut events = lock(&shared.events);
+        let first = notes_of(&events).count() + 1;
+        events.extend(added.iter().cloned().map(Event::Note));
         first
     };
-    record(&shared, added.iter().cloned().map(Event::Note));
+    shared.changed.notify_waiters();
     let embedded: Vec<Value> = (0..added.len())
         .map(|i| {
             json!({"id": first_id + i, "entity_id": lead_id, "request_id": i.to_string(),
                 "_links": {"self": {"href": format!("/api/v4/leads/notes/{}", first_id + i)}}})
         })
         .collect();
-    let body = json!({"_links": {"self": {"href": format!("/api/v4/leads/{lead_id}/notes")}},
-        "_embedded": {"notes": embedded}});
+    hal(
+        json!({"_links": {"self": {"href": format!("/api/v4/leads/{lead_id}/notes")}},
+        "_embedded": {"notes": embedded}}),
+    )
+}
+
+/// A 200 with Kommo's `application/hal+json`.
+fn hal(body: Value) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/hal+json")],

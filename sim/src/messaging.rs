@@ -114,7 +114,7 @@ impl FakeMessages {
 
     /// Waits until at least `n` messages were accepted; false after `limit`.
     pub async fn wait_sent(&self, n: usize, limit: Duration) -> bool {
-        crate::common::wait_for(&self.shared.changed, limit, || {
+        crate::common::wait_until(&self.shared.changed, limit, || {
             lock(&self.shared.sent).len() >= n
         })
         .await

@@ -190,7 +190,7 @@ impl FakeResponses {
 
     /// Waits until at least `n` requests arrived; false after `limit`.
     pub async fn wait_requests(&self, n: usize, limit: Duration) -> bool {
-        crate::common::wait_for(&self.shared.changed, limit, || {
+        crate::common::wait_until(&self.shared.changed, limit, || {
             lock(&self.shared.requests).len() >= n
         })
         .await
