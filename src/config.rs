@@ -216,12 +216,21 @@ pub struct TextSettings {
     /// spoken without TLS (h2c) over `http://`; answers then share connections (less memory, the
     /// same CPU). Off: HTTP/1.1, a connection per answer being made.
     pub http2: bool,
+    /// A person's chat ends after this many seconds without a message: the next message starts
+    /// a new one (noted in the caller's memory), and with `post_call.enabled` the ended chat is
+    /// summarised (README "Chats are summarised too").
+    pub chat_idle_secs: u64,
 }
 
 impl TextSettings {
     /// The answer's time limit.
     pub fn timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.timeout_secs)
+    }
+
+    /// How long a chat may be quiet before it ends.
+    pub fn chat_idle(&self) -> chrono::TimeDelta {
+        chrono::TimeDelta::seconds(i64::try_from(self.chat_idle_secs).unwrap_or(i64::MAX))
     }
 }
 
@@ -989,6 +998,12 @@ impl Settings {
         if !(1..=100_000).contains(&t.max_message_chars) {
             return invalid("text.max_message_chars", "must be between 1 and 100000");
         }
+        if !(1..=604_800).contains(&t.chat_idle_secs) {
+            return invalid(
+                "text.chat_idle_secs",
+                "must be between 1 and 604800 (a week)",
+            );
+        }
         let pc = &self.post_call;
         if !(1..=100).contains(&pc.max_attempts) {
             return invalid("post_call.max_attempts", "must be between 1 and 100");
@@ -1134,7 +1149,7 @@ impl Settings {
             s.limits.admin_bad_tokens_per_minute,
             s.limits.admin_bad_token_delay_ms,
         ) + &format!(
-            "\n[text]\nmodel = {}\ntimeout_secs = {}\nmax_tool_rounds = {}\nmax_message_chars = {}\nmessages_per_minute = {}\nconcurrent_per_client = {}\nhttp2 = {}\n",
+            "\n[text]\nmodel = {}\ntimeout_secs = {}\nmax_tool_rounds = {}\nmax_message_chars = {}\nmessages_per_minute = {}\nconcurrent_per_client = {}\nhttp2 = {}\nchat_idle_secs = {}\n",
             q(&s.text.model),
             s.text.timeout_secs,
             s.text.max_tool_rounds,
@@ -1142,6 +1157,7 @@ impl Settings {
             s.text.messages_per_minute,
             s.text.concurrent_per_client,
             s.text.http2,
+            s.text.chat_idle_secs,
         )
     }
 
@@ -1727,6 +1743,7 @@ mod tests {
             ),
             ("[text]\ntimeout_secs = 0", "text.timeout_secs"),
             ("[text]\nmax_tool_rounds = 0", "text.max_tool_rounds"),
+            ("[text]\nchat_idle_secs = 0", "text.chat_idle_secs"),
             ("[text]\nmax_message_chars = 0", "text.max_message_chars"),
         ] {
             let err = Settings::from_toml(&format!("[twilio]\nauth_token=\"t\"\n{toml}\n"))

@@ -917,7 +917,7 @@ impl From<Message> for MessageOut {
 pub struct DeliveryOut {
     /// The `webhook-id` header (the same on every attempt).
     pub webhook_id: String,
-    /// `message.taken`, `call.completed`.
+    /// `message.taken`, `call.completed`, `chat.completed`.
     #[serde(rename = "type")]
     pub event_type: String,
     /// `pending`, `delivered` or `failed`.

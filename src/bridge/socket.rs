@@ -1390,6 +1390,7 @@ fn finished(ctx: &CallContext, stream_sid: &StreamSid, o: &CallOutcome) -> Finis
             .collect(),
         remember,
         timeline: ctx.timeline.to_json(),
+        chat: None,
     }
 }
 

@@ -35,21 +35,65 @@ pub mod worker;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
-use crate::store::entities::call;
+use crate::{domain::Channel, store::entities::call};
 
 /// Most characters of a summary kept in the caller's memory note.
 pub const MEMORY_NOTE_CHARS: usize = 300;
 
 /// The caller-memory note of a summarised call: `YYYY-MM-DD: summary`, one line, at most
-/// [`MEMORY_NOTE_CHARS`] characters of summary (the same date the end of the call wrote).
-pub fn memory_note(answered_at: DateTime<Utc>, summary: &str) -> String {
+/// [`MEMORY_NOTE_CHARS`] characters of summary (the same date the end of the call wrote); of a
+/// chat, `YYYY-MM-DD: wrote on whatsapp: summary` (the date of its first message, the channel
+/// as the chat's own note names it).
+pub fn memory_note(channel: Channel, answered_at: DateTime<Utc>, summary: &str) -> String {
     let line = summary.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut text: String = line.chars().take(MEMORY_NOTE_CHARS).collect();
     if line.chars().count() > MEMORY_NOTE_CHARS {
         text.pop();
         text.push('…');
     }
-    format!("{}: {text}", answered_at.format("%Y-%m-%d"))
+    let date = answered_at.format("%Y-%m-%d");
+    match channel {
+        Channel::Voice => format!("{date}: {text}"),
+        chat => format!("{date}: wrote on {chat}: {text}"),
+    }
+}
+
+/// A chat's extent, as its summary job read it: when its last exchange ended and how many
+/// messages the person sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatSpan {
+    /// The end of the chat's last exchange.
+    pub ended_at: DateTime<Utc>,
+    /// The person's messages.
+    pub messages: usize,
+}
+
+/// The `data` of a `chat.completed` event: the chat (its id, the `call_sid` of its first
+/// exchange; the client, channel, who wrote and to where, when it started and ended, how many
+/// messages the person sent), its `summary` and `results` (null when the job failed, with
+/// `error` saying why; `ended_at` and `messages` are null when the chat could not be read), and
+/// `transcript_path` (the first exchange's).
+pub fn chat_completed_event(
+    first: &call::Model,
+    span: Option<ChatSpan>,
+    summary: Option<&str>,
+    results: Option<&Value>,
+    error: Option<&str>,
+) -> Value {
+    json!({
+        "chat_id": first.call_sid,
+        "client_id": first.client_id,
+        "channel": first.channel,
+        "from": first.from_number,
+        "to": first.to_number,
+        "started_at": time(first.started_at),
+        "ended_at": span.map(|s| time(s.ended_at)),
+        "messages": span.map(|s| s.messages),
+        "summary": summary,
+        "results": results,
+        "error": error,
+        "transcript_path": format!("{}/calls/{}", crate::admin::BASE, first.call_sid),
+    })
 }
 
 fn time(t: DateTime<Utc>) -> String {
@@ -150,6 +194,37 @@ mod tests {
     }
 
     #[test]
+    fn the_chat_completed_event_names_the_chat_its_channel_and_extent() {
+        let first = call::Model {
+            call_sid: "TX0001".into(),
+            channel: "whatsapp".into(),
+            to_number: "+15005550006".into(),
+            ..call()
+        };
+        let span = ChatSpan {
+            ended_at: at("2026-11-29T10:40:00Z"),
+            messages: 3,
+        };
+        let data = chat_completed_event(&first, Some(span), Some("Dana asked."), None, None);
+        assert_eq!(
+            data,
+            json!({
+                "chat_id": "TX0001", "client_id": 3, "channel": "whatsapp",
+                "from": "+14155550100", "to": "+15005550006",
+                "started_at": "2026-11-29T10:15:00.000Z",
+                "ended_at": "2026-11-29T10:40:00.000Z",
+                "messages": 3,
+                "summary": "Dana asked.", "results": null, "error": null,
+                "transcript_path": "/admin/api/v1/calls/TX0001"
+            })
+        );
+        let unread = chat_completed_event(&first, None, None, None, Some("HTTP 500"));
+        assert_eq!(unread["ended_at"], Value::Null);
+        assert_eq!(unread["messages"], Value::Null);
+        assert_eq!(unread["error"], "HTTP 500");
+    }
+
+    #[test]
     fn a_failed_job_still_gets_its_event_with_nulls_and_the_error() {
         let data = completed_event(&call(), None, None, Some("HTTP 500"));
         assert_eq!(data["summary"], Value::Null);
@@ -160,9 +235,19 @@ mod tests {
 
     #[test]
     fn the_memory_note_is_one_dated_bounded_line() {
-        let note = memory_note(at("2026-11-29T23:59:00Z"), "Dana wants\na cleaning.\n");
+        let note = memory_note(
+            Channel::Voice,
+            at("2026-11-29T23:59:00Z"),
+            "Dana wants\na cleaning.\n",
+        );
         assert_eq!(note, "2026-11-29: Dana wants a cleaning.");
-        let long = memory_note(at("2026-11-29T10:00:00Z"), &"é".repeat(1000));
+        let chat = memory_note(Channel::Sms, at("2026-11-29T10:00:00Z"), "Dana asked.");
+        assert_eq!(chat, "2026-11-29: wrote on sms: Dana asked.");
+        let long = memory_note(
+            Channel::Voice,
+            at("2026-11-29T10:00:00Z"),
+            &"é".repeat(1000),
+        );
         assert_eq!(
             long.chars().count(),
             "2026-11-29: ".len() + MEMORY_NOTE_CHARS

@@ -14,23 +14,27 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    completed_event, memory_note,
+    ChatSpan, chat_completed_event, completed_event, memory_note,
     responses::{self, CallFacts, Line},
     schema,
 };
 use crate::{
     config::{OpenAiSettings, PostCallSettings, Secret},
+    domain::Channel,
     store::{
-        entities::{call, client, transcript_item},
+        entities::{call, client, post_call_job, transcript_item},
         post_call::{self, Completed, Completion, ERASED, PostCallJob},
     },
-    webhooks::retry::{self, AfterFailure},
+    webhooks::{
+        EventType,
+        retry::{self, AfterFailure},
+    },
 };
 
 /// Longest sleep between two looks for due jobs.
@@ -39,6 +43,26 @@ pub const POLL: Duration = Duration::from_secs(1);
 pub const MAX_IN_FLIGHT: usize = 4;
 /// Most bytes of a failed answer read (for `last_error`).
 pub const MAX_ERROR_BODY_BYTES: usize = 1024;
+/// Most exchanges of one chat read for its summary (the rest are left out).
+pub const MAX_CHAT_EXCHANGES: u64 = 500;
+
+/// The event of a job's call or chat: `call.completed` for a call, `chat.completed` for a chat
+/// (`span`: what the job read of it).
+fn event(
+    call: &call::Model,
+    span: Option<ChatSpan>,
+    summary: Option<&str>,
+    results: Option<&Value>,
+    error: Option<&str>,
+) -> (EventType, Value) {
+    if call.channel == Channel::Voice.as_str() {
+        let data = completed_event(call, summary, results, error);
+        (EventType::CallCompleted, data)
+    } else {
+        let data = chat_completed_event(call, span, summary, results, error);
+        (EventType::ChatCompleted, data)
+    }
+}
 
 /// What one worker needs.
 #[derive(Clone)]
@@ -183,10 +207,15 @@ impl Worker {
         }
     }
 
-    /// Fails the job with `error`, queuing its `call.completed` event without results.
+    /// Fails the job with `error`, queuing its event without results.
     async fn give_up(&self, job: &PostCallJob, call: &call::Model, error: &str) {
-        let event = completed_event(call, None, None, Some(error));
-        match post_call::fail(&self.db, job, error, event).await {
+        let span = if call.channel == Channel::Voice.as_str() {
+            None
+        } else {
+            self.chat(call).await.ok().map(|(span, _)| span)
+        };
+        let (event_type, data) = event(call, span, None, None, Some(error));
+        match post_call::fail(&self.db, job, error, event_type, data).await {
             Ok(true) => {
                 self.outbox_wake.notify_one();
                 tracing::warn!(call_sid = %job.call_sid, attempts = job.attempts, error, "post-call: given up");
@@ -203,12 +232,19 @@ impl Worker {
     /// Asks, validates, asks again once on a mismatch; what to store.
     async fn work(&self, job: &PostCallJob, call: &call::Model) -> Result<Completion, Failure> {
         let db_error = |what: &str| Failure::Transient(format!("database error reading {what}"));
-        let transcript = transcript_item::Entity::find()
-            .filter(transcript_item::Column::CallId.eq(call.id))
-            .order_by_asc(transcript_item::Column::Seq)
-            .all(&self.db)
-            .await
-            .map_err(|_| db_error("the transcript"))?;
+        let channel = Channel::parse(&call.channel).unwrap_or_default();
+        let (span, transcript) = if channel == Channel::Voice {
+            let transcript = transcript_item::Entity::find()
+                .filter(transcript_item::Column::CallId.eq(call.id))
+                .order_by_asc(transcript_item::Column::Seq)
+                .all(&self.db)
+                .await
+                .map_err(|_| db_error("the transcript"))?;
+            (None, transcript)
+        } else {
+            let (span, transcript) = self.chat(call).await?;
+            (Some(span), transcript)
+        };
         let said = transcript
             .iter()
             .any(|t| t.role == "caller" && !t.text.trim().is_empty());
@@ -238,8 +274,12 @@ impl Worker {
         let facts = CallFacts {
             business: &client.name,
             language: &client.language,
+            channel,
             started_at: answered_at,
-            duration_secs: call.duration_ms.map(|ms| ms / 1000),
+            duration_secs: match span {
+                Some(span) => Some((span.ended_at - call.started_at).num_seconds()),
+                None => call.duration_ms.map(|ms| ms / 1000),
+            },
         };
         let lines: Vec<Line<'_>> = transcript
             .iter()
@@ -270,14 +310,71 @@ impl Worker {
                 })?
             }
         };
+        let (event_type, data) = event(
+            call,
+            span,
+            Some(&answer.summary),
+            answer.fields.as_ref(),
+            None,
+        );
         Ok(Completion {
-            memory_note: memory_note(answered_at, &answer.summary),
-            event: completed_event(call, Some(&answer.summary), answer.fields.as_ref(), None),
-            erased_event: completed_event(call, None, None, Some(ERASED)),
+            memory_note: memory_note(channel, answered_at, &answer.summary),
+            event_type,
+            event: data,
+            erased_event: event(call, span, None, None, Some(ERASED)).1,
             summary: answer.summary,
             results: answer.fields,
             raw_note,
         })
+    }
+
+    /// The chat `first` starts (a text exchange holding a summary job): the person's text
+    /// exchanges from it on (at most [`MAX_CHAT_EXCHANGES`]), up to the next one that starts a
+    /// chat of its own, and their transcripts in order.
+    async fn chat(
+        &self,
+        first: &call::Model,
+    ) -> Result<(ChatSpan, Vec<transcript_item::Model>), Failure> {
+        let db_error = || Failure::Transient("database error reading the chat".into());
+        let mut exchanges = call::Entity::find()
+            .filter(call::Column::ClientId.eq(first.client_id))
+            .filter(call::Column::FromNumber.eq(first.from_number.as_str()))
+            .filter(call::Column::Channel.ne(Channel::Voice.as_str()))
+            .filter(call::Column::StartedAt.gte(first.started_at))
+            .filter(call::Column::Id.ne(first.id))
+            .order_by_asc(call::Column::StartedAt)
+            .order_by_asc(call::Column::Id)
+            .limit(MAX_CHAT_EXCHANGES - 1)
+            .all(&self.db)
+            .await
+            .map_err(|_| db_error())?;
+        let ids: Vec<i32> = exchanges.iter().map(|c| c.id).collect();
+        let next_chats: Vec<i32> = post_call_job::Entity::find()
+            .filter(post_call_job::Column::CallId.is_in(ids))
+            .all(&self.db)
+            .await
+            .map_err(|_| db_error())?
+            .into_iter()
+            .map(|j| j.call_id)
+            .collect();
+        if let Some(cut) = exchanges.iter().position(|c| next_chats.contains(&c.id)) {
+            exchanges.truncate(cut);
+        }
+        exchanges.insert(0, first.clone());
+        let ids: Vec<i32> = exchanges.iter().map(|c| c.id).collect();
+        let mut lines = transcript_item::Entity::find()
+            .filter(transcript_item::Column::CallId.is_in(ids.clone()))
+            .all(&self.db)
+            .await
+            .map_err(|_| db_error())?;
+        let place = |id: i32| ids.iter().position(|&i| i == id).unwrap_or(usize::MAX);
+        lines.sort_by_key(|l| (place(l.call_id), l.seq));
+        let last = exchanges.last().unwrap_or(first);
+        let span = ChatSpan {
+            ended_at: last.ended_at.unwrap_or(last.started_at),
+            messages: lines.iter().filter(|l| l.role == "caller").count(),
+        };
+        Ok((span, lines))
     }
 
     /// One request; the model's JSON.

@@ -106,6 +106,15 @@ pub async fn record_caller_call(
     bound_memory(db, client_id, phone).await
 }
 
+/// A note as [`remember`] puts it in the memory: `YYYY-MM-DD: note`, on one line.
+pub fn dated_note(at: DateTime<Utc>, note: &str) -> String {
+    format!(
+        "{}: {}",
+        at.format("%Y-%m-%d"),
+        note.trim().replace('\n', " ")
+    )
+}
+
 /// What `remember_caller` saves mid-call: the name (replacing the one known) and/or a dated
 /// note put on top of the memory (bounded like every note). The caller's row is created if this
 /// is their first call (with no calls counted yet: the call's own end counts it).
@@ -122,9 +131,8 @@ pub async fn remember(
     }
     let phone = phone.trim();
     let note = note
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .map(|n| format!("{}: {}", at.format("%Y-%m-%d"), n.replace('\n', " ")))
+        .filter(|n| !n.trim().is_empty())
+        .map(|n| dated_note(at, n))
         .unwrap_or_default();
     let row = caller::ActiveModel {
         client_id: Set(client_id.get()),

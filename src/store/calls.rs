@@ -206,6 +206,19 @@ pub struct FinishedCall {
     /// What happened when (`crate::timeline`, JSON); absent in spool files written before it.
     #[serde(default)]
     pub timeline: Option<String>,
+    /// For a text exchange, its place in the person's chat (`None` for a call, and in spool
+    /// files written before chats were summarised).
+    #[serde(default)]
+    pub chat: Option<ChatExchange>,
+}
+
+/// A text exchange's place in the person's chat (`store::post_call::chat_exchange`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChatExchange {
+    /// It starts a chat (the conversation was new or had been quiet for `text.chat_idle_secs`).
+    pub starts: bool,
+    /// When the chat is summarised if no message follows: its end plus the idle time.
+    pub summary_due: DateTime<Utc>,
 }
 
 /// Writes the final call record, its transcript and the caller-memory update atomically (no
@@ -317,11 +330,26 @@ pub async fn finish_call_with(
     }
     if let Some(client_id) = f.call.client_id.or(row.client_id.map(ClientId::new))
         && post_call
-        // A text exchange is one message and its answer: nothing to summarise per exchange.
-        && f.call.channel == crate::domain::Channel::Voice
         && worth_summarising(&f.transcript)
     {
-        post_call::enqueue(&txn, row.id, &row.call_sid, client_id, f.remember.is_some()).await?;
+        if f.call.channel == crate::domain::Channel::Voice {
+            post_call::enqueue(&txn, row.id, &row.call_sid, client_id, f.remember.is_some())
+                .await?;
+        } else if let Some(chat) = f.chat {
+            // A text exchange is one message and its answer: the chat is summarised, once it
+            // has been quiet a while.
+            post_call::chat_exchange(
+                &txn,
+                row.id,
+                &row.call_sid,
+                client_id,
+                &f.call.from,
+                chat.starts,
+                chat.summary_due,
+                callers::remembers(&f.call.from),
+            )
+            .await?;
+        }
     }
     txn.commit().await?;
     Ok(())

@@ -335,7 +335,7 @@ pub mod outbox {
         pub id: i32,
         /// The client whose `webhook_url` receives it.
         pub client_id: i32,
-        /// `message.taken`, `call.completed`.
+        /// `message.taken`, `call.completed`, `chat.completed`.
         pub event_type: String,
         /// The `webhook-id` header (`msg_…`), unique, the same on every attempt.
         pub webhook_id: String,

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, Set,
     TransactionTrait,
-    sea_query::{Expr, OnConflict},
+    sea_query::{Expr, OnConflict, Query},
 };
 
 use super::{
@@ -22,7 +22,10 @@ use super::{
     entities::{call, post_call_job},
     lease, outbox,
 };
-use crate::{domain::ClientId, webhooks::EventType};
+use crate::{
+    domain::{Channel, ClientId},
+    webhooks::EventType,
+};
 
 /// A post-call job row.
 pub type PostCallJob = post_call_job::Model;
@@ -59,6 +62,61 @@ pub async fn enqueue(
     client_id: ClientId,
     remember: bool,
 ) -> Result<(), StoreError> {
+    enqueue_at(db, call_id, call_sid, client_id, remember, Utc::now()).await
+}
+
+/// A text exchange of a person's chat (`calls.channel` not `voice`; inside the transaction that
+/// records it): with `starts`, or when the person has no chat summary job still waiting, the
+/// exchange starts a chat and holds its summary job, due at `due` (the chat's idle time after
+/// it); else the waiting job (pending, never tried, not leased) is put off to `due`, so a chat
+/// is summarised once it has been quiet for `text.chat_idle_secs`. The job reads the chat's
+/// exchanges from this one to the next one holding a job (`crate::post_call::worker`).
+#[allow(clippy::too_many_arguments)]
+pub async fn chat_exchange(
+    db: &impl ConnectionTrait,
+    call_id: i32,
+    call_sid: &str,
+    client_id: ClientId,
+    from: &str,
+    starts: bool,
+    due: DateTime<Utc>,
+    remember: bool,
+) -> Result<(), StoreError> {
+    if !starts {
+        let chats = Query::select()
+            .column(call::Column::Id)
+            .from(call::Entity)
+            .and_where(call::Column::ClientId.eq(client_id.get()))
+            .and_where(call::Column::FromNumber.eq(from))
+            .and_where(call::Column::Channel.ne(Channel::Voice.as_str()))
+            .and_where(call::Column::Id.ne(call_id))
+            .to_owned();
+        let put_off = post_call_job::Entity::update_many()
+            .col_expr(post_call_job::Column::NextAttemptAt, Expr::value(due))
+            .col_expr(post_call_job::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(post_call_job::Column::ClientId.eq(client_id.get()))
+            .filter(post_call_job::Column::Status.eq(JobStatus::Pending.as_str()))
+            .filter(post_call_job::Column::Attempts.eq(0))
+            .filter(post_call_job::Column::LockedUntil.is_null())
+            .filter(post_call_job::Column::CallId.in_subquery(chats))
+            .exec(db)
+            .await?
+            .rows_affected;
+        if put_off > 0 {
+            return Ok(());
+        }
+    }
+    enqueue_at(db, call_id, call_sid, client_id, remember, due).await
+}
+
+async fn enqueue_at(
+    db: &impl ConnectionTrait,
+    call_id: i32,
+    call_sid: &str,
+    client_id: ClientId,
+    remember: bool,
+    due: DateTime<Utc>,
+) -> Result<(), StoreError> {
     let now = Utc::now();
     let row = post_call_job::ActiveModel {
         remember: Set(remember),
@@ -67,7 +125,7 @@ pub async fn enqueue(
         client_id: Set(client_id.get()),
         status: Set(JobStatus::Pending.as_str().to_string()),
         attempts: Set(0),
-        next_attempt_at: Set(now),
+        next_attempt_at: Set(due),
         locked_until: Set(None),
         last_error: Set(None),
         created_at: Set(now),
@@ -171,7 +229,9 @@ pub struct Completion {
     pub raw_note: String,
     /// The caller-memory note that replaces it (`YYYY-MM-DD: summary`).
     pub memory_note: String,
-    /// The `call.completed` event's data (`crate::post_call::completed_event`).
+    /// The event: `call.completed` for a call, `chat.completed` for a chat.
+    pub event_type: EventType,
+    /// The event's data (`crate::post_call::completed_event`, `chat_completed_event`).
     pub event: serde_json::Value,
     /// The `call.completed` event's data if the call turns out to have been erased meanwhile
     /// (summary and results null, with the reason).
@@ -230,13 +290,7 @@ pub async fn complete(
             .filter(post_call_job::Column::Id.eq(job.id))
             .exec(&txn)
             .await?;
-        outbox::enqueue(
-            &txn,
-            client_id,
-            EventType::CallCompleted,
-            c.erased_event.clone(),
-        )
-        .await?;
+        outbox::enqueue(&txn, client_id, c.event_type, c.erased_event.clone()).await?;
         txn.commit().await?;
         return Ok(Completed::Erased);
     }
@@ -254,7 +308,7 @@ pub async fn complete(
         )
         .await?;
     }
-    outbox::enqueue(&txn, client_id, EventType::CallCompleted, c.event.clone()).await?;
+    outbox::enqueue(&txn, client_id, c.event_type, c.event.clone()).await?;
     txn.commit().await?;
     Ok(Completed::Done)
 }
@@ -284,13 +338,14 @@ pub async fn retry_at(
         == 1)
 }
 
-/// Gives the claimed `job` up (`failed`, with `error`) and queues its `call.completed` event
-/// (`event`: summary and results null, with the error), in one transaction; false (nothing
-/// written) if it is no longer this attempt's.
+/// Gives the claimed `job` up (`failed`, with `error`) and queues its event (`call.completed`
+/// or `chat.completed`, `event`: summary and results null, with the error), in one
+/// transaction; false (nothing written) if it is no longer this attempt's.
 pub async fn fail(
     db: &DatabaseConnection,
     job: &PostCallJob,
     error: &str,
+    event_type: EventType,
     event: serde_json::Value,
 ) -> Result<bool, StoreError> {
     let txn = db.begin().await?;
@@ -298,13 +353,7 @@ pub async fn fail(
         txn.rollback().await?;
         return Ok(false);
     }
-    outbox::enqueue(
-        &txn,
-        ClientId::new(job.client_id),
-        EventType::CallCompleted,
-        event,
-    )
-    .await?;
+    outbox::enqueue(&txn, ClientId::new(job.client_id), event_type, event).await?;
     txn.commit().await?;
     Ok(true)
 }

@@ -37,7 +37,7 @@ use crate::{
     realtime::profile::AgentProfile,
     store::{
         callers,
-        calls::{FinishedCall, NewCall, TranscriptIn},
+        calls::{ChatExchange, FinishedCall, NewCall, TranscriptIn},
         clients::ClientProfile,
         conversations,
         writer::{Job, Writer},
@@ -45,8 +45,6 @@ use crate::{
     tools::{self, ToolCall, ToolEnv},
 };
 
-/// A conversation idle this long starts a new chat: the caller's memory gets a note of it.
-const NEW_CHAT_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(30);
 /// Longest note of a chat kept in the caller's memory (characters of the first message).
 const NOTE_CHARS: usize = 120;
 /// Longest error text from the API kept for the log (characters).
@@ -403,9 +401,31 @@ impl TextAgent {
         });
         let conversation = run.conversation.clone();
         let transcript = std::mem::take(&mut run.transcript);
-        self.record(msg, &exchange_id, started, ended, transcript, &failure);
+        // Where the exchange stands in the person's chat: a new conversation, or one quiet for
+        // `text.chat_idle_secs`, starts a chat (noted in the caller's memory, and summarised
+        // when it ends); each exchange puts the summary off until the chat has been quiet.
+        let chat = conversation.as_ref().map(|conv| ChatExchange {
+            starts: conv.created_at == conv.updated_at
+                || started - conv.updated_at >= self.settings.chat_idle(),
+            summary_due: ended + self.settings.chat_idle(),
+        });
+        let note = chat
+            .filter(|c| c.starts && callers::remembers(&msg.identity))
+            .map(|_| {
+                let words: String = msg.text.trim().chars().take(NOTE_CHARS).collect();
+                format!("wrote on {}: {words}", msg.channel)
+            });
+        self.record(
+            msg,
+            &exchange_id,
+            (started, ended),
+            transcript,
+            &failure,
+            chat,
+            note.as_deref(),
+        );
         if let Some(conv) = &conversation {
-            self.note_chat(msg, conv, started).await;
+            self.note_chat(msg, conv, note.as_deref(), started).await;
         }
         Answer {
             exchange_id,
@@ -415,15 +435,19 @@ impl TextAgent {
         }
     }
 
-    /// Queues the exchange's call row and transcript on the call writer.
+    /// Queues the exchange's call row and transcript on the call writer. Its summary is the
+    /// memory `note` when it starts a chat (the note the chat's summary replaces,
+    /// `crate::post_call`), else the start of the message.
+    #[allow(clippy::too_many_arguments)]
     fn record(
         &self,
         msg: &Inbound,
         exchange_id: &str,
-        started: DateTime<Utc>,
-        ended: DateTime<Utc>,
+        (started, ended): (DateTime<Utc>, DateTime<Utc>),
         transcript: Vec<TranscriptIn>,
         failure: &Option<String>,
+        chat: Option<ChatExchange>,
+        note: Option<&str>,
     ) {
         let call = NewCall {
             call_sid: exchange_id.to_string(),
@@ -435,7 +459,10 @@ impl TextAgent {
             caller_trust: None,
             channel: msg.channel,
         };
-        let summary: String = msg.text.trim().chars().take(NOTE_CHARS).collect();
+        let summary = match note {
+            Some(note) => callers::dated_note(started, note),
+            None => msg.text.trim().chars().take(NOTE_CHARS).collect(),
+        };
         let finished = FinishedCall {
             call,
             stream_sid: None,
@@ -454,36 +481,32 @@ impl TextAgent {
             transcript,
             remember: None,
             timeline: None,
+            chat,
         };
         if !self.writer.enqueue(Job::Finish(Box::new(finished))) {
             tracing::error!(exchange = %exchange_id, "text: the exchange could not be queued for saving");
         }
     }
 
-    /// Marks the exchange on the conversation; when it had been idle (or is new), notes the
-    /// chat in the caller's memory so the next call knows of it.
+    /// Marks the exchange on the conversation, and puts the `note` of a chat it starts in the
+    /// caller's memory so the next call knows of it.
     async fn note_chat(
         &self,
         msg: &Inbound,
         conv: &conversations::Conversation,
+        note: Option<&str>,
         started: DateTime<Utc>,
     ) {
-        let fresh =
-            started - conv.updated_at >= NEW_CHAT_AFTER || conv.created_at == conv.updated_at;
         if let Err(e) = conversations::touch(&self.db, conv.id, Utc::now()).await {
             tracing::warn!(error = %e, "text: could not mark the conversation");
         }
-        if !fresh || !callers::remembers(&msg.identity) {
-            return;
-        }
-        let words: String = msg.text.trim().chars().take(NOTE_CHARS).collect();
-        let note = format!("wrote on {}: {words}", msg.channel);
+        let Some(note) = note else { return };
         if let Err(e) = callers::remember(
             &self.db,
             msg.client.id(),
             &msg.identity,
             None,
-            Some(&note),
+            Some(note),
             started,
         )
         .await

@@ -33,17 +33,25 @@ pub enum EventType {
     MessageTaken,
     /// `call.completed`: a call ended (enqueued by the post-call job).
     CallCompleted,
+    /// `chat.completed`: a person's chat on a text channel ended, quiet for
+    /// `text.chat_idle_secs` (enqueued by its post-call job).
+    ChatCompleted,
 }
 
 impl EventType {
     /// Every event type.
-    pub const ALL: [EventType; 2] = [EventType::MessageTaken, EventType::CallCompleted];
+    pub const ALL: [EventType; 3] = [
+        EventType::MessageTaken,
+        EventType::CallCompleted,
+        EventType::ChatCompleted,
+    ];
 
     /// The `type` of the envelope and the stored `event_type` (a contract: never rename one).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::MessageTaken => "message.taken",
             Self::CallCompleted => "call.completed",
+            Self::ChatCompleted => "chat.completed",
         }
     }
 

@@ -192,6 +192,7 @@ async fn a_call_ending(app: &TestApp, client: i32, sid: &str, reason: &str) {
             transcript: vec![],
             remember: Some((None, Some("asked".into()))),
             timeline: None,
+            chat: None,
         },
     )
     .await

@@ -595,6 +595,7 @@ both_backends!(callers_and_calls_endpoints, |app| {
             }],
             remember: Some((Some("Dana".into()), Some("said hi".into()))),
             timeline: None,
+            chat: None,
         },
     )
     .await

@@ -156,6 +156,7 @@ fn finished(client_id: ClientId, sid: &str, said: &[&str]) -> FinishedCall {
             .collect(),
         remember: Some((None, note)),
         timeline: None,
+        chat: None,
     }
 }
 
@@ -557,6 +558,7 @@ on_both_backends!(killed_mid_job_and_restarted_it_completes_exactly_once);
 
 fn completion(raw_note: &str) -> Completion {
     Completion {
+        event_type: warmline::webhooks::EventType::CallCompleted,
         summary: "The summary.".into(),
         results: None,
         raw_note: raw_note.into(),
@@ -606,9 +608,15 @@ both_backends_with_post_call_off!(
                 .unwrap()
         );
         assert!(
-            !post_call::fail(&app.state.db, &a, "late", json!({}))
-                .await
-                .unwrap()
+            !post_call::fail(
+                &app.state.db,
+                &a,
+                "late",
+                warmline::webhooks::EventType::CallCompleted,
+                json!({})
+            )
+            .await
+            .unwrap()
         );
         // The new owner completes it, once.
         assert_eq!(

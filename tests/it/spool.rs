@@ -165,6 +165,7 @@ fn finished(client: ClientId, sid: &str) -> FinishedCall {
         ],
         remember: Some((None, Some(format!("asked on {sid}")))),
         timeline: None,
+        chat: None,
     }
 }
 

@@ -154,6 +154,7 @@ fn finished(client_id: ClientId, sid: &str, said: &str) -> FinishedCall {
         ],
         remember: Some((None, Some(format!("asked: {said}")))),
         timeline: None,
+        chat: None,
     }
 }
 

@@ -691,6 +691,178 @@ async fn whatsapp_shares_the_callers_memory_both_ways(backend: Backend) {
 }
 on_both_backends!(whatsapp_shares_the_callers_memory_both_ways);
 
+/// A person's chat, across WhatsApp and SMS, is summarised once it has been quiet for
+/// `text.chat_idle_secs`: one job for the chat (each message puts it off), the summary made from
+/// every exchange in order, replacing the chat's note in the caller's memory, with a
+/// `chat.completed` event.
+async fn a_quiet_chat_is_summarised_into_the_callers_memory(backend: Backend) {
+    use crate::support::{AUTH_TOKEN, CALLER, CLIENT_NUMBER};
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+    use warmline::store::{entities, post_call};
+    let responses = FakeResponses::start().await.unwrap();
+    let messages = sim::messaging::FakeMessages::start(ACCOUNT, AUTH_TOKEN)
+        .await
+        .unwrap();
+    // Idle long enough that the second message surely comes within it.
+    let gw = messaging_gateway_with(
+        backend,
+        &responses,
+        &messages,
+        "\n[post_call]\nenabled = true\n[text]\nchat_idle_secs = 4\n[webhooks]\nallow_http = true\n",
+    )
+    .await;
+    let db = &gw.app.state.db;
+    entities::client::Entity::update_many()
+        .col_expr(
+            entities::client::Column::WebhookUrl,
+            Expr::value("http://127.0.0.1:9/hook"),
+        )
+        .filter(entities::client::Column::Id.eq(gw.client_id.get()))
+        .exec(db)
+        .await
+        .unwrap();
+    warmline::store::callers::record_caller_call(
+        db,
+        gw.client_id,
+        CALLER,
+        chrono::Utc::now(),
+        Some("Dana"),
+        Some("asked about teeth whitening"),
+    )
+    .await
+    .unwrap();
+    let url = gw.app.url("/twilio/messaging");
+    let said = [
+        (
+            "SM00000000000000000000000000000011",
+            "whatsapp:",
+            "Is the whitening offer still on?",
+        ),
+        (
+            "SM00000000000000000000000000000012",
+            "",
+            "Can I come on Friday?",
+        ),
+    ];
+    for (n, (sid, prefix, text)) in said.iter().enumerate() {
+        let form = sim::messaging::inbound(
+            ACCOUNT,
+            sid,
+            &format!("{prefix}{CALLER}"),
+            &format!("{prefix}{CLIENT_NUMBER}"),
+            text,
+        );
+        let (status, _) = sim::messaging::post_inbound(&url, AUTH_TOKEN, &form, true)
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        assert!(messages.wait_sent(n + 1, Duration::from_secs(10)).await);
+        gw.app.state.writer.flush(Duration::from_secs(10)).await;
+    }
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let memory = || async {
+        warmline::store::callers::get_caller(db, gw.client_id, CALLER)
+            .await
+            .unwrap()
+            .unwrap()
+            .memory
+    };
+    let raw = format!("{today}: wrote on whatsapp: Is the whitening offer still on?");
+    let before = memory().await;
+    assert!(before.lines().any(|l| l == raw), "{before}");
+    assert!(
+        !before.contains("wrote on sms"),
+        "one chat, one note: {before}"
+    );
+    // One job, on the chat's first exchange, put off by the second.
+    let rows = calls::list_calls(db, Some(gw.client_id), None, 50)
+        .await
+        .unwrap();
+    let (sms, wa) = (&rows[0], &rows[1]);
+    assert_eq!(
+        (sms.channel.as_str(), wa.channel.as_str()),
+        ("sms", "whatsapp")
+    );
+    assert_eq!(wa.summary.as_deref(), Some(raw.as_str()));
+    let job = post_call::job_for_call(db, wa.id)
+        .await
+        .unwrap()
+        .expect("the chat's job");
+    assert!(post_call::job_for_call(db, sms.id).await.unwrap().is_none());
+    if job.status == "pending" {
+        assert!(
+            job.next_attempt_at >= sms.ended_at.unwrap(),
+            "put off past the last exchange: {job:?}"
+        );
+    }
+    // Once quiet, the chat is summarised.
+    let mut done = None;
+    for _ in 0..300 {
+        let j = post_call::job_for_call(db, wa.id).await.unwrap().unwrap();
+        if j.status != "pending" {
+            done = Some(j);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let done = done.expect("the chat's job settles");
+    assert_eq!(done.status, "done", "{done:?}");
+    let asked: Vec<Value> = responses
+        .requests()
+        .into_iter()
+        .filter(|r| r.body.pointer("/text/format/type") == Some(&json!("json_schema")))
+        .map(|r| r.body)
+        .collect();
+    assert_eq!(asked.len(), 1, "one summary for the chat");
+    let doc: Value =
+        serde_json::from_str(asked[0]["input"][0]["content"].as_str().unwrap()).unwrap();
+    assert_eq!(doc["channel"], "whatsapp");
+    let lines: Vec<(&str, &str)> = doc["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["role"].as_str().unwrap(), l["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            ("caller", "Is the whitening offer still on?"),
+            ("agent", "Noted: Is the whitening offer still on?."),
+            ("caller", "Can I come on Friday?"),
+            ("agent", "Noted: Can I come on Friday?."),
+        ]
+    );
+    let summary =
+        "Summary: the caller asked \"Is the whitening offer still on?\" (2 caller lines).";
+    let after = memory().await;
+    assert_eq!(
+        after.lines().collect::<Vec<_>>(),
+        [
+            format!("{today}: wrote on whatsapp: {summary}").as_str(),
+            "asked about teeth whitening"
+        ],
+        "the summary replaced the chat's note"
+    );
+    let row = calls::call_by_sid(db, &wa.call_sid).await.unwrap().unwrap();
+    assert_eq!(row.call.summary.as_deref(), Some(summary));
+    let events: Vec<Value> = warmline::store::outbox::list_deliveries(db, gw.client_id, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event_type == "chat.completed")
+        .map(|r| serde_json::from_str::<Value>(&r.body).unwrap()["data"].clone())
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e["chat_id"], wa.call_sid.as_str());
+    assert_eq!(e["channel"], "whatsapp");
+    assert_eq!(e["from"], CALLER);
+    assert_eq!(e["messages"], 2);
+    assert_eq!(e["summary"], summary);
+    gw.app.shutdown().await;
+}
+on_both_backends!(a_quiet_chat_is_summarised_into_the_callers_memory);
+
 #[tokio::test]
 async fn a_long_answer_is_split_and_a_failed_send_is_retried() {
     use crate::support::{AUTH_TOKEN, CLIENT_NUMBER};
