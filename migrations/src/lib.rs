@@ -18,6 +18,7 @@ mod m20261130_000004_recordings;
 mod m20261130_000005_accounts;
 mod m20261130_000006_text_channels;
 mod m20261130_000007_kommo;
+mod m20261201_000001_chat_summaries;
 
 /// The ordered list of warmline migrations.
 pub struct Migrator;
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000005_accounts::Migration),
             Box::new(m20261130_000006_text_channels::Migration),
             Box::new(m20261130_000007_kommo::Migration),
+            Box::new(m20261201_000001_chat_summaries::Migration),
         ]
     }
 }
