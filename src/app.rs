@@ -134,6 +134,7 @@ impl AppState {
             db.clone(),
             &settings.openai,
             settings.post_call.clone(),
+            settings.text.chat_idle(),
             outbox_wake.clone(),
             shutdown.clone(),
             &background,

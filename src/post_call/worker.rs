@@ -26,8 +26,9 @@ use super::{
 };
 use crate::{
     config::{OpenAiSettings, PostCallSettings, Secret},
-    domain::Channel,
+    domain::{Channel, ClientId},
     store::{
+        conversations,
         entities::{call, client, post_call_job, transcript_item},
         post_call::{self, Completed, Completion, ERASED, PostCallJob},
     },
@@ -75,6 +76,8 @@ pub struct Worker {
     model: Arc<str>,
     http: reqwest::Client,
     outbox_wake: Arc<Notify>,
+    /// `text.chat_idle_secs`: a chat is summarised once quiet this long.
+    chat_idle: chrono::TimeDelta,
 }
 
 /// Why an attempt failed.
@@ -84,6 +87,9 @@ enum Failure {
     Transient(String),
     /// Trying again would not help (a 400, two mismatches, an erased transcript).
     Permanent(String),
+    /// A chat still going (a message came while its summary came due): not an attempt; the
+    /// job is put back, due when the chat has been quiet long enough.
+    NotYet(chrono::DateTime<Utc>),
 }
 
 impl Worker {
@@ -94,6 +100,7 @@ impl Worker {
         openai: &OpenAiSettings,
         settings: PostCallSettings,
         outbox_wake: Arc<Notify>,
+        chat_idle: chrono::TimeDelta,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(settings.timeout())
@@ -112,6 +119,7 @@ impl Worker {
             model: openai.summary_model.as_str().into(),
             http,
             outbox_wake,
+            chat_idle,
         })
     }
 
@@ -176,6 +184,17 @@ impl Worker {
                 ),
             },
             Err(Failure::Permanent(error)) => self.give_up(&job, &call, &error).await,
+            Err(Failure::NotYet(at)) => match post_call::put_back(&self.db, &job, at).await {
+                Ok(true) => {
+                    tracing::info!(call_sid = %job.call_sid, due = %at, "post-call: the chat is still going; summarised once it is quiet")
+                }
+                Ok(false) => {
+                    tracing::info!(call_sid = %job.call_sid, "post-call: the job was taken over meanwhile")
+                }
+                Err(e) => {
+                    tracing::warn!(call_sid = %job.call_sid, error = %e, "post-call: could not put the chat's job back; tried again after the lease")
+                }
+            },
             Err(Failure::Transient(error)) => {
                 let attempts = u32::try_from(job.attempts).unwrap_or(u32::MAX);
                 let jitter: f64 = rand::random();
@@ -243,6 +262,17 @@ impl Worker {
             (None, transcript)
         } else {
             let (span, transcript) = self.chat(call).await?;
+            // The person's conversation is marked after each answer, before its exchange may
+            // be recorded: a chat still going is summarised later.
+            let talked =
+                conversations::find(&self.db, ClientId::new(job.client_id), &call.from_number)
+                    .await
+                    .map_err(|_| db_error("the conversation"))?
+                    .map_or(span.ended_at, |c| c.updated_at.max(span.ended_at));
+            let quiet_at = talked + self.chat_idle;
+            if quiet_at > Utc::now() {
+                return Err(Failure::NotYet(quiet_at));
+            }
             (Some(span), transcript)
         };
         let said = transcript
@@ -460,6 +490,7 @@ pub fn start(
     db: DatabaseConnection,
     openai: &OpenAiSettings,
     settings: PostCallSettings,
+    chat_idle: chrono::TimeDelta,
     outbox_wake: Arc<Notify>,
     shutdown: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
@@ -467,7 +498,7 @@ pub fn start(
     if !settings.enabled {
         return;
     }
-    match Worker::new(db, openai, settings, outbox_wake) {
+    match Worker::new(db, openai, settings, outbox_wake, chat_idle) {
         Ok(worker) => {
             tracker.spawn(worker.run(shutdown));
         }

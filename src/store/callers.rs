@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
     QueryOrder, Set, TransactionTrait,
-    sea_query::{BinOper, Expr, ExprTrait, Func, OnConflict},
+    sea_query::{Expr, ExprTrait, OnConflict},
 };
 
 use super::{
@@ -164,34 +164,34 @@ const PREPEND_MEMORY: &str = "CASE WHEN excluded.\"memory\" = '' THEN \"callers\
      WHEN \"callers\".\"memory\" = '' THEN excluded.\"memory\" \
      ELSE excluded.\"memory\" || '\n' || \"callers\".\"memory\" END";
 
-/// The memory with `old` replaced by `new` where it occurs; else with `new` on top:
-/// `CASE WHEN old <> '' AND replace(memory, old, '') <> memory THEN replace(memory, old, new)
-/// WHEN memory = '' THEN new ELSE new || '\n' || memory END`. One statement, so a note another
-/// call adds meanwhile is never lost. (Built from expressions, not custom SQL: the two
-/// backends write bound parameters differently.)
-fn replace_note_expr(old: &str, new: &str) -> Expr {
-    let memory = || Expr::col((caller::Entity, caller::Column::Memory));
-    let replace = |with: &str| {
-        Expr::from(
-            Func::cust("replace")
-                .arg(memory())
-                .arg(Expr::val(old))
-                .arg(Expr::val(with)),
-        )
-    };
-    Expr::case(
-        Expr::val(old).ne("").and(replace("").ne(memory())),
-        replace(new),
-    )
-    .case(memory().eq(""), Expr::val(new))
-    .finally(Expr::val(format!("{new}\n")).binary(BinOper::Custom("||"), memory()))
-    .into()
+/// The memory with the first line that is exactly `old` replaced by `new`; else (no such line,
+/// or `old` empty) with `new` on top. Whole lines only: a note that is part of another, or
+/// some words of a line, are never replaced.
+pub fn replaced_line(memory: &str, old: &str, new: &str) -> String {
+    if !old.is_empty() {
+        let lines: Vec<&str> = memory.split('\n').collect();
+        if let Some(at) = lines.iter().position(|l| l.trim() == old) {
+            let mut out: Vec<&str> = lines;
+            out[at] = new;
+            return out.join("\n");
+        }
+    }
+    if memory.is_empty() {
+        new.to_string()
+    } else {
+        format!("{new}\n{memory}")
+    }
 }
 
-/// Replaces the note `old` (what the end of a call wrote) with `new` in the caller's memory, or
-/// puts `new` on top when `old` is no longer there (trimmed away, or edited); bounded like
-/// every note. `new` is made one line. Returns `None`, changing nothing, when the client has
-/// no memory of this caller (a withheld caller id, or a memory erased on request).
+/// Most tries of [`replace_note`] when other writes keep changing the memory it read.
+const REPLACE_TRIES: usize = 5;
+
+/// Replaces the note `old` (what the end of a call or the start of a chat wrote: a whole line)
+/// with `new` in the caller's memory, or puts `new` on top when `old` is no longer there
+/// (trimmed away, or edited); bounded like every note. `new` is made one line. The memory is
+/// written only if it is still what was read (else read again), so a note another call adds
+/// meanwhile is never lost. Returns `None`, changing nothing, when the client has no memory of
+/// this caller (a withheld caller id, or a memory erased on request).
 pub async fn replace_note(
     db: &impl ConnectionTrait,
     client_id: ClientId,
@@ -204,18 +204,31 @@ pub async fn replace_note(
     }
     let phone = phone.trim();
     let new = new.split_whitespace().collect::<Vec<_>>().join(" ");
-    let old = old.map(str::trim).unwrap_or_default().to_string();
-    let changed = caller::Entity::update_many()
-        .col_expr(caller::Column::Memory, replace_note_expr(&old, &new))
-        .filter(caller::Column::ClientId.eq(client_id))
-        .filter(caller::Column::Phone.eq(phone))
-        .exec(db)
-        .await?
-        .rows_affected;
-    if changed == 0 {
-        return Ok(None);
+    let old = old.map(str::trim).unwrap_or_default();
+    for _ in 0..REPLACE_TRIES {
+        let Some(row) = caller::Entity::find()
+            .filter(caller::Column::ClientId.eq(client_id))
+            .filter(caller::Column::Phone.eq(phone))
+            .one(db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let memory = replaced_line(&row.memory, old, &new);
+        let changed = caller::Entity::update_many()
+            .col_expr(caller::Column::Memory, Expr::value(memory))
+            .filter(caller::Column::Id.eq(row.id))
+            .filter(caller::Column::Memory.eq(row.memory))
+            .exec(db)
+            .await?
+            .rows_affected;
+        if changed == 1 {
+            return bound_memory(db, client_id, phone).await.map(Some);
+        }
     }
-    bound_memory(db, client_id, phone).await.map(Some)
+    Err(StoreError::Conflict(
+        "the caller's memory kept changing; the note is replaced on the next try".into(),
+    ))
 }
 
 /// The first [`MEMORY_MAX_CHARS`] characters of `memory` (newest first), cut after the last
@@ -300,6 +313,31 @@ pub async fn delete_caller(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_note_is_replaced_only_as_a_whole_line() {
+        let memory = "2026-12-01: wrote on whatsapp: Hi there\n2026-11-30: booked 10:00";
+        // The chat's own note, a whole line, is replaced where it stands.
+        assert_eq!(
+            replaced_line(
+                memory,
+                "2026-12-01: wrote on whatsapp: Hi there",
+                "2026-12-01: S"
+            ),
+            "2026-12-01: S\n2026-11-30: booked 10:00"
+        );
+        // Part of a line (a prefix of a longer note, a few words, a digit) is never touched:
+        // the summary goes on top instead.
+        for part in ["2026-12-01: wrote on whatsapp: Hi", "ok", "1", "booked"] {
+            assert_eq!(
+                replaced_line(memory, part, "N"),
+                format!("N\n{memory}"),
+                "{part:?}"
+            );
+        }
+        assert_eq!(replaced_line("", "x", "N"), "N");
+        assert_eq!(replaced_line(memory, "", "N"), format!("N\n{memory}"));
+    }
 
     #[test]
     fn bounded_memory_keeps_the_newest_whole_lines() {

@@ -344,8 +344,8 @@ pub async fn finish_call_with(
                 &row.call_sid,
                 client_id,
                 &f.call.from,
-                chat.starts,
-                chat.summary_due,
+                f.call.started_at,
+                chat,
                 callers::remembers(&f.call.from),
             )
             .await?;

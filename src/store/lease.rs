@@ -86,6 +86,8 @@ pub async fn claim_due<E: EntityTrait>(
             .filter(q.id.eq(id))
             .filter(q.status.0.eq(q.status.1))
             .filter(q.attempts.eq(attempts))
+            // Still due: a row put off since it was read (a chat's next message) is not taken.
+            .filter(q.next_attempt_at.lte(now))
             .filter(unleased(q.locked_until, now))
             .exec(db)
             .await?

@@ -12,13 +12,14 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, Set,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set,
     TransactionTrait,
-    sea_query::{Expr, OnConflict, Query},
+    sea_query::{Expr, ExprTrait, OnConflict, Query},
 };
 
 use super::{
     StoreError, callers,
+    calls::ChatExchange,
     entities::{call, post_call_job},
     lease, outbox,
 };
@@ -66,11 +67,13 @@ pub async fn enqueue(
 }
 
 /// A text exchange of a person's chat (`calls.channel` not `voice`; inside the transaction that
-/// records it): with `starts`, or when the person has no chat summary job still waiting, the
-/// exchange starts a chat and holds its summary job, due at `due` (the chat's idle time after
-/// it); else the waiting job (pending, never tried, not leased) is put off to `due`, so a chat
-/// is summarised once it has been quiet for `text.chat_idle_secs`. The job reads the chat's
-/// exchanges from this one to the next one holding a job (`crate::post_call::worker`).
+/// records it). With `starts`, the exchange starts a chat and holds its summary job, due at
+/// `due` (the chat's idle time after it). Else the job of the chat it belongs to (the person's
+/// latest text exchange up to `started_at` holding a job) is put off to `due`, never earlier,
+/// if that job is still waiting (pending, never tried, not leased); when there is no such job
+/// (it ran already, or the chat's first exchange was never recorded), this exchange holds a job
+/// of its own. The job reads the chat's exchanges from its own to the next one holding a job
+/// (`crate::post_call::worker`).
 #[allow(clippy::too_many_arguments)]
 pub async fn chat_exchange(
     db: &impl ConnectionTrait,
@@ -78,35 +81,81 @@ pub async fn chat_exchange(
     call_sid: &str,
     client_id: ClientId,
     from: &str,
-    starts: bool,
-    due: DateTime<Utc>,
+    started_at: DateTime<Utc>,
+    chat: ChatExchange,
     remember: bool,
 ) -> Result<(), StoreError> {
-    if !starts {
-        let chats = Query::select()
-            .column(call::Column::Id)
-            .from(call::Entity)
-            .and_where(call::Column::ClientId.eq(client_id.get()))
-            .and_where(call::Column::FromNumber.eq(from))
-            .and_where(call::Column::Channel.ne(Channel::Voice.as_str()))
-            .and_where(call::Column::Id.ne(call_id))
+    if !chat.starts {
+        let holds_job = Query::select()
+            .expr(Expr::val(1))
+            .from(post_call_job::Entity)
+            .and_where(
+                Expr::col((post_call_job::Entity, post_call_job::Column::CallId))
+                    .equals((call::Entity, call::Column::Id)),
+            )
             .to_owned();
-        let put_off = post_call_job::Entity::update_many()
-            .col_expr(post_call_job::Column::NextAttemptAt, Expr::value(due))
-            .col_expr(post_call_job::Column::UpdatedAt, Expr::value(Utc::now()))
-            .filter(post_call_job::Column::ClientId.eq(client_id.get()))
-            .filter(post_call_job::Column::Status.eq(JobStatus::Pending.as_str()))
-            .filter(post_call_job::Column::Attempts.eq(0))
-            .filter(post_call_job::Column::LockedUntil.is_null())
-            .filter(post_call_job::Column::CallId.in_subquery(chats))
-            .exec(db)
-            .await?
-            .rows_affected;
-        if put_off > 0 {
-            return Ok(());
+        let first = call::Entity::find()
+            .filter(call::Column::ClientId.eq(client_id.get()))
+            .filter(call::Column::FromNumber.eq(from))
+            .filter(call::Column::StartedAt.lte(started_at))
+            .filter(call::Column::Channel.ne(Channel::Voice.as_str()))
+            .filter(call::Column::Id.ne(call_id))
+            .filter(Expr::exists(holds_job))
+            .order_by_desc(call::Column::StartedAt)
+            .order_by_desc(call::Column::Id)
+            .one(db)
+            .await?;
+        if let Some(first) = first {
+            let next = || Expr::col(post_call_job::Column::NextAttemptAt);
+            let put_off = post_call_job::Entity::update_many()
+                .col_expr(
+                    post_call_job::Column::NextAttemptAt,
+                    Expr::case(next().lt(chat.summary_due), Expr::val(chat.summary_due))
+                        .finally(next())
+                        .into(),
+                )
+                .col_expr(post_call_job::Column::UpdatedAt, Expr::value(Utc::now()))
+                .filter(post_call_job::Column::CallId.eq(first.id))
+                .filter(post_call_job::Column::Status.eq(JobStatus::Pending.as_str()))
+                .filter(post_call_job::Column::Attempts.eq(0))
+                .filter(post_call_job::Column::LockedUntil.is_null())
+                .exec(db)
+                .await?
+                .rows_affected;
+            if put_off > 0 {
+                return Ok(());
+            }
         }
     }
-    enqueue_at(db, call_id, call_sid, client_id, remember, due).await
+    enqueue_at(db, call_id, call_sid, client_id, remember, chat.summary_due).await
+}
+
+/// Puts the claimed `job` back, untried, due at `at` (a chat still going when its summary came
+/// due: a message was being answered); false (nothing written) if it is no longer this
+/// attempt's.
+pub async fn put_back(
+    db: &DatabaseConnection,
+    job: &PostCallJob,
+    at: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    Ok(post_call_job::Entity::update_many()
+        .col_expr(post_call_job::Column::NextAttemptAt, Expr::value(at))
+        .col_expr(
+            post_call_job::Column::Attempts,
+            Expr::value(job.attempts - 1),
+        )
+        .col_expr(
+            post_call_job::Column::LockedUntil,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(post_call_job::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(post_call_job::Column::Id.eq(job.id))
+        .filter(post_call_job::Column::Attempts.eq(job.attempts))
+        .filter(post_call_job::Column::Status.eq(JobStatus::Pending.as_str()))
+        .exec(db)
+        .await?
+        .rows_affected
+        == 1)
 }
 
 async fn enqueue_at(

@@ -556,6 +556,82 @@ async fn killed_mid_job_and_restarted_it_completes_exactly_once(backend: Backend
 }
 on_both_backends!(killed_mid_job_and_restarted_it_completes_exactly_once);
 
+/// A text exchange of the test caller's WhatsApp chat, started at `started`.
+fn exchange(
+    client_id: ClientId,
+    sid: &str,
+    started: chrono::DateTime<Utc>,
+    starts: bool,
+    summary_due: chrono::DateTime<Utc>,
+) -> FinishedCall {
+    let mut f = finished(client_id, sid, &["hi"]);
+    f.call.channel = warmline::domain::Channel::Whatsapp;
+    f.call.started_at = started;
+    f.answered_at = Some(started);
+    f.ended_at = started + secs(2);
+    f.stream_sid = None;
+    f.remember = None;
+    f.summary = Some("hi".into());
+    f.chat = Some(calls::ChatExchange {
+        starts,
+        summary_due,
+    });
+    f
+}
+
+/// When the job of exchange `sid` is due (to the second), if it has one.
+async fn due(app: &TestApp, sid: &str) -> Option<i64> {
+    job(app, sid).await.map(|j| j.next_attempt_at.timestamp())
+}
+
+/// A chat's exchanges share the job of its first one; a later exchange puts it off, never
+/// earlier (an exchange recorded late, from a spool, changes nothing); an exchange after the
+/// job was tried holds a job of its own; a new chat's job is put off by its own exchanges only.
+async fn a_chat_has_one_job_put_off_by_its_exchanges_only(backend: Backend) {
+    let fake = FakeResponses::start().await.unwrap();
+    let app = app(backend, &fake, "").await;
+    let c = client(&app, None).await;
+    let t = Utc::now();
+    let h = |n: i64| (t + chrono::Duration::hours(n)).timestamp();
+    let m = chrono::Duration::minutes;
+    let hours = chrono::Duration::hours;
+    finish(&app, exchange(c, "TXA", t, true, t + hours(1))).await;
+    assert_eq!(due(&app, "TXA").await, Some(h(1)));
+    finish(&app, exchange(c, "TXB", t + m(1), false, t + hours(2))).await;
+    assert_eq!(
+        due(&app, "TXA").await,
+        Some(h(2)),
+        "put off by the next message"
+    );
+    assert_eq!(due(&app, "TXB").await, None, "one job for the chat");
+    finish(&app, exchange(c, "TXC", t + secs(30), false, t + m(30))).await;
+    assert_eq!(due(&app, "TXA").await, Some(h(2)), "never earlier");
+    assert_eq!(due(&app, "TXC").await, None);
+    // The job is tried (here by hand, as if it came due): a message after it holds its own.
+    let claim = post_call::claim_due(&app.state.db, t + hours(3), t + hours(4), 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = claim.jobs.iter().map(|j| j.call_sid.as_str()).collect();
+    assert_eq!(ids, ["TXA"]);
+    finish(&app, exchange(c, "TXD", t + m(2), false, t + hours(3))).await;
+    assert_eq!(
+        due(&app, "TXD").await,
+        Some(h(3)),
+        "the chat's job ran: its own"
+    );
+    // A new chat, and its next message: only the new chat's job moves.
+    finish(&app, exchange(c, "TXE", t + m(5), true, t + hours(4))).await;
+    finish(&app, exchange(c, "TXF", t + m(6), false, t + hours(5))).await;
+    assert_eq!(due(&app, "TXE").await, Some(h(5)));
+    assert_eq!(due(&app, "TXD").await, Some(h(3)));
+    assert_eq!(due(&app, "TXF").await, None);
+    // A call from the same number is not part of any chat.
+    finish(&app, finished(c, "CAVOICE", &["hello"])).await;
+    assert_eq!(due(&app, "TXE").await, Some(h(5)));
+    app.shutdown().await;
+}
+on_both_backends!(a_chat_has_one_job_put_off_by_its_exchanges_only);
+
 fn completion(raw_note: &str) -> Completion {
     Completion {
         event_type: warmline::webhooks::EventType::CallCompleted,
