@@ -138,17 +138,30 @@ pub async fn put_back(
     job: &PostCallJob,
     at: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
-    Ok(post_call_job::Entity::update_many()
+    release(db, job, at, job.attempts - 1, None).await
+}
+
+/// Releases the claimed `job`'s lease, due again at `at` with `attempts` counted (and
+/// `last_error` when given), if it is still this attempt's; returns whether it was.
+async fn release(
+    db: &DatabaseConnection,
+    job: &PostCallJob,
+    at: DateTime<Utc>,
+    attempts: i32,
+    error: Option<&str>,
+) -> Result<bool, StoreError> {
+    let mut update = post_call_job::Entity::update_many()
         .col_expr(post_call_job::Column::NextAttemptAt, Expr::value(at))
-        .col_expr(
-            post_call_job::Column::Attempts,
-            Expr::value(job.attempts - 1),
-        )
+        .col_expr(post_call_job::Column::Attempts, Expr::value(attempts))
         .col_expr(
             post_call_job::Column::LockedUntil,
             Expr::value(Option::<DateTime<Utc>>::None),
         )
-        .col_expr(post_call_job::Column::UpdatedAt, Expr::value(Utc::now()))
+        .col_expr(post_call_job::Column::UpdatedAt, Expr::value(Utc::now()));
+    if let Some(error) = error {
+        update = update.col_expr(post_call_job::Column::LastError, Expr::value(error));
+    }
+    Ok(update
         .filter(post_call_job::Column::Id.eq(job.id))
         .filter(post_call_job::Column::Attempts.eq(job.attempts))
         .filter(post_call_job::Column::Status.eq(JobStatus::Pending.as_str()))
@@ -370,21 +383,7 @@ pub async fn retry_at(
     at: DateTime<Utc>,
     error: &str,
 ) -> Result<bool, StoreError> {
-    Ok(post_call_job::Entity::update_many()
-        .col_expr(post_call_job::Column::NextAttemptAt, Expr::value(at))
-        .col_expr(
-            post_call_job::Column::LockedUntil,
-            Expr::value(Option::<DateTime<Utc>>::None),
-        )
-        .col_expr(post_call_job::Column::LastError, Expr::value(error))
-        .col_expr(post_call_job::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(post_call_job::Column::Id.eq(job.id))
-        .filter(post_call_job::Column::Attempts.eq(job.attempts))
-        .filter(post_call_job::Column::Status.eq(JobStatus::Pending.as_str()))
-        .exec(db)
-        .await?
-        .rows_affected
-        == 1)
+    release(db, job, at, job.attempts, Some(error)).await
 }
 
 /// Gives the claimed `job` up (`failed`, with `error`) and queues its event (`call.completed`
