@@ -83,19 +83,19 @@ const REMEMBERED_MAX: usize = 10_000;
 pub enum Progress {
     /// More of the answer's text.
     Delta(String),
-    /// The agent calls a tool.
+    /// The agent calls a tool. Its arguments and output are not told: a page is never shown
+    /// them (an operator's tool may return what the agent is not to recite), and an answer
+    /// being streamed keeps what it tells queued, so each event is kept small.
     ToolCall {
         /// The tool.
         name: String,
-        /// Its arguments (JSON text, as the model wrote them).
-        arguments: String,
     },
     /// A tool's result.
     ToolResult {
         /// The tool.
         name: String,
-        /// What the model reads.
-        output: Value,
+        /// It worked (its output is not an `error`).
+        ok: bool,
     },
 }
 
@@ -320,7 +320,7 @@ impl TextAgent {
             _ => CallerTrust::Verified,
         };
         let caller = if rememberable {
-            match callers::get_caller(&self.db, client_id, &msg.identity).await {
+            match Box::pin(callers::get_caller(&self.db, client_id, &msg.identity)).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(exchange = %exchange_id, error = %e, "text: caller memory lookup failed; answering without it");
@@ -366,8 +366,7 @@ impl TextAgent {
         if !run.pending.is_empty()
             && let Some(conv) = &run.conversation
         {
-            self.close_calls(&exchange_id, &conv.conversation_id, &run.pending)
-                .await;
+            Box::pin(self.close_calls(&exchange_id, &conv.conversation_id, &run.pending)).await;
         }
         let (text, failure) = match outcome {
             Ok(Ok(text)) => (text, None),
@@ -425,7 +424,7 @@ impl TextAgent {
             note.as_deref(),
         );
         if let Some(conv) = &conversation {
-            self.note_chat(msg, conv, note.as_deref(), started).await;
+            Box::pin(self.note_chat(msg, conv, note.as_deref(), started)).await;
         }
         Answer {
             exchange_id,
@@ -648,11 +647,12 @@ impl Run<'_> {
     /// The conversation, then rounds of the model until it answers: the answer's text, or why
     /// there is none.
     async fn turns(&mut self, started: DateTime<Utc>) -> Result<String, String> {
-        let conv = self.conversation().await?;
+        let conv = Box::pin(self.conversation()).await?;
         let conversation_id = conv.conversation_id.clone();
         self.conversation = Some(conv);
         let profile = &self.context.profile;
-        let instructions = profile.text_instructions(self.msg.channel, started);
+        let mut instructions = profile.text_instructions(self.msg.channel, started);
+        instructions.shrink_to_fit();
         // Kept as JSON text, not as a tree of values: an answer holds them while it streams.
         let tools = {
             let defs = profile.tools.definitions();
@@ -692,7 +692,7 @@ impl Run<'_> {
                     }
                     let mut outputs = Vec::with_capacity(calls.len());
                     for call in calls {
-                        let output = self.run_tool(call.clone()).await;
+                        let output = Box::pin(self.run_tool(call.clone())).await;
                         outputs.push(json!({"type": "function_call_output",
                             "call_id": call.call_id, "output": output.to_string()}));
                     }
@@ -717,12 +717,14 @@ impl Run<'_> {
                         .chars()
                         .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
                         .collect();
-                    if id.is_empty()
-                        || !self
-                            .agent
-                            .close_calls(self.context.call_sid.as_str(), conversation, &[id])
-                            .await
-                    {
+                    if id.is_empty() {
+                        return Err(why);
+                    }
+                    let ids = [id];
+                    let closing =
+                        self.agent
+                            .close_calls(self.context.call_sid.as_str(), conversation, &ids);
+                    if !Box::pin(closing).await {
                         return Err(why);
                     }
                 }
@@ -789,19 +791,16 @@ impl Run<'_> {
     /// One request to the model, read as it streams.
     async fn round(&mut self, ask: &Ask<'_>) -> Result<Round, String> {
         if self.msg.background {
-            return self.round_in_background(ask).await;
+            return Box::pin(self.round_in_background(ask)).await;
         }
         // The lane is held until the stream is read.
         let lane = self.agent.lanes.lease()?;
-        let mut resp = self
-            .agent
-            .post(&lane, "/responses", ask)
-            .send()
+        let mut resp = Box::pin(self.agent.post(&lane, "/responses", ask).send())
             .await
             .map_err(describe)?;
         let status = resp.status();
         if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
+            let text = Box::pin(resp.text()).await.unwrap_or_default();
             return Err(format!("HTTP {} {}", status.as_u16(), api_error(&text)));
         }
         // The request, outputs included, is taken: they are not open any more.
@@ -952,7 +951,6 @@ impl Run<'_> {
     async fn run_tool(&mut self, call: ToolCall) -> Value {
         self.tell(Progress::ToolCall {
             name: call.name.clone(),
-            arguments: call.arguments.clone(),
         });
         let env = ToolEnv {
             db: self.agent.db.clone(),
@@ -979,7 +977,7 @@ impl Run<'_> {
         });
         self.tell(Progress::ToolResult {
             name,
-            output: output.clone(),
+            ok: output.get("error").is_none(),
         });
         output
     }

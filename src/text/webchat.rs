@@ -482,15 +482,14 @@ async fn send(
     Ok(r)
 }
 
-/// The JSON of one event.
 /// The JSON of one event. A page learns which tool runs and whether it worked, never its
 /// arguments or output (an operator's tool may return what the agent is not to recite).
 fn event_json(p: &Progress) -> Value {
     match p {
         Progress::Delta(d) => json!({"type": "agent_chunk", "text": d}),
-        Progress::ToolCall { name, .. } => json!({"type": "tool_call", "name": name}),
-        Progress::ToolResult { name, output } => {
-            json!({"type": "tool_result", "name": name, "ok": output.get("error").is_none()})
+        Progress::ToolCall { name } => json!({"type": "tool_call", "name": name}),
+        Progress::ToolResult { name, ok } => {
+            json!({"type": "tool_result", "name": name, "ok": ok})
         }
     }
 }
