@@ -14,7 +14,9 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -360,7 +362,10 @@ impl Worker {
 
     /// The chat `first` starts (a text exchange holding a summary job): the person's text
     /// exchanges from it on (at most [`MAX_CHAT_EXCHANGES`]), up to the next one that starts a
-    /// chat of its own, and their transcripts in order.
+    /// chat of its own, and their transcripts in order. An exchange that began before `first`
+    /// and ended after `first` began is one it came at the same moment as, on another instance
+    /// (it joined the chat `first` started: `text::agent`): it is read too, unless it holds a
+    /// job of its own. An earlier chat's exchanges all ended a quiet time before `first` began.
     async fn chat(
         &self,
         first: &call::Model,
@@ -370,7 +375,11 @@ impl Worker {
             .filter(call::Column::ClientId.eq(first.client_id))
             .filter(call::Column::FromNumber.eq(first.from_number.as_str()))
             .filter(call::Column::Channel.ne(Channel::Voice.as_str()))
-            .filter(call::Column::StartedAt.gte(first.started_at))
+            .filter(
+                Condition::any()
+                    .add(call::Column::StartedAt.gte(first.started_at))
+                    .add(call::Column::EndedAt.gt(first.started_at)),
+            )
             .filter(call::Column::Id.ne(first.id))
             .order_by_asc(call::Column::StartedAt)
             .order_by_asc(call::Column::Id)
@@ -387,10 +396,15 @@ impl Worker {
             .into_iter()
             .map(|j| j.call_id)
             .collect();
-        if let Some(cut) = exchanges.iter().position(|c| next_chats.contains(&c.id)) {
+        if let Some(cut) = exchanges
+            .iter()
+            .position(|c| c.started_at >= first.started_at && next_chats.contains(&c.id))
+        {
             exchanges.truncate(cut);
         }
-        exchanges.insert(0, first.clone());
+        exchanges.retain(|c| !next_chats.contains(&c.id));
+        exchanges.push(first.clone());
+        exchanges.sort_by_key(|c| (c.started_at, c.id));
         let ids: Vec<i32> = exchanges.iter().map(|c| c.id).collect();
         let mut lines = transcript_item::Entity::find()
             .filter(transcript_item::Column::CallId.is_in(ids.clone()))
@@ -399,9 +413,13 @@ impl Worker {
             .map_err(|_| db_error())?;
         let place = |id: i32| ids.iter().position(|&i| i == id).unwrap_or(usize::MAX);
         lines.sort_by_key(|l| (place(l.call_id), l.seq));
-        let last = exchanges.last().unwrap_or(first);
+        let ended_at = exchanges
+            .iter()
+            .map(|c| c.ended_at.unwrap_or(c.started_at))
+            .max()
+            .unwrap_or(first.started_at);
         let span = ChatSpan {
-            ended_at: last.ended_at.unwrap_or(last.started_at),
+            ended_at,
             messages: lines.iter().filter(|l| l.role == "caller").count(),
         };
         Ok((span, lines))

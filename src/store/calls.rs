@@ -219,6 +219,16 @@ pub struct ChatExchange {
     pub starts: bool,
     /// When the chat is summarised if no message follows: its end plus the idle time.
     pub summary_due: DateTime<Utc>,
+    /// With `starts`: the time after which every exchange of the person is of this chat (the
+    /// end of the one before, or of the idle time before it). A job an exchange of it made
+    /// first (recorded first, on another instance) is taken over.
+    #[serde(default)]
+    pub since: Option<DateTime<Utc>>,
+    /// It joins a chat that another exchange began at the same moment (another instance
+    /// answering the same person, `text::agent`): that exchange holds the chat's job, so this
+    /// one puts it off if it is recorded already and never makes a job of its own.
+    #[serde(default)]
+    pub joins: bool,
 }
 
 /// Writes the final call record, its transcript and the caller-memory update atomically (no
@@ -344,7 +354,7 @@ pub async fn finish_call_with(
                 &row.call_sid,
                 client_id,
                 &f.call.from,
-                f.call.started_at,
+                f.ended_at,
                 chat,
                 callers::remembers(&f.call.from),
             )

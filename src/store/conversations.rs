@@ -66,6 +66,23 @@ pub async fn save(
         .ok_or(StoreError::NotFound("conversation"))
 }
 
+/// Marks an exchange beginning on `conv` (as read) at `now`, unless another exchange marked
+/// the conversation since it was read (another instance answering the same person at the same
+/// moment: their exchanges are then one chat, and that one began it). Whether this one did.
+pub async fn begin(
+    db: &impl ConnectionTrait,
+    conv: &Conversation,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let done = conversation::Entity::update_many()
+        .col_expr(conversation::Column::UpdatedAt, Expr::value(now))
+        .filter(conversation::Column::Id.eq(conv.id))
+        .filter(conversation::Column::UpdatedAt.eq(conv.updated_at))
+        .exec(db)
+        .await?;
+    Ok(done.rows_affected == 1)
+}
+
 /// Marks an exchange on conversation `id` at `now`.
 pub async fn touch(
     db: &impl ConnectionTrait,

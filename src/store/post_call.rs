@@ -67,12 +67,20 @@ pub async fn enqueue(
 }
 
 /// A text exchange of a person's chat (`calls.channel` not `voice`; inside the transaction that
-/// records it). With `starts`, the exchange starts a chat and holds its summary job, due at
-/// `due` (the chat's idle time after it). Else the job of the chat it belongs to (the person's
-/// latest text exchange up to `started_at` holding a job) is put off to `due`, never earlier,
-/// if that job is still waiting (pending, never tried, not leased); when there is no such job
-/// (it ran already, or the chat's first exchange was never recorded), this exchange holds a job
-/// of its own. The job reads the chat's exchanges from its own to the next one holding a job
+/// records it), which ended at `ended_at`. The chat's summary job is held by its first
+/// exchange and due at the chat's idle time after its last (`chat.summary_due`):
+/// - An exchange that `starts` a chat holds a job of its own, due at `due`. But when a job is
+///   already waiting for an exchange of the person that began after `chat.since` (one of this
+///   chat, recorded first: another instance answered it at the same moment), that job is
+///   taken over (moved to this exchange and put off), so the chat still has one.
+/// - Else the job of the chat it belongs to (the person's latest text exchange holding a job
+///   that began before this one ended) is put off to `due`, never earlier, if that job is
+///   still waiting (pending, never tried, not leased). When there is no such job (it ran
+///   already, or the chat's first exchange was never recorded, or is not yet), this exchange
+///   holds a job of its own, unless it `joins` a chat begun at the same moment elsewhere,
+///   whose first exchange makes the job when it is recorded.
+///
+/// The job reads the chat's exchanges from its own to the next one holding a job
 /// (`crate::post_call::worker`).
 #[allow(clippy::too_many_arguments)]
 pub async fn chat_exchange(
@@ -81,53 +89,94 @@ pub async fn chat_exchange(
     call_sid: &str,
     client_id: ClientId,
     from: &str,
-    started_at: DateTime<Utc>,
+    ended_at: DateTime<Utc>,
     chat: ChatExchange,
     remember: bool,
 ) -> Result<(), StoreError> {
-    if !chat.starts {
-        let holds_job = Query::select()
-            .expr(Expr::val(1))
-            .from(post_call_job::Entity)
-            .and_where(
-                Expr::col((post_call_job::Entity, post_call_job::Column::CallId))
-                    .equals((call::Entity, call::Column::Id)),
-            )
-            .to_owned();
-        let first = call::Entity::find()
-            .filter(call::Column::ClientId.eq(client_id.get()))
-            .filter(call::Column::FromNumber.eq(from))
-            .filter(call::Column::StartedAt.lte(started_at))
-            .filter(call::Column::Channel.ne(Channel::Voice.as_str()))
-            .filter(call::Column::Id.ne(call_id))
-            .filter(Expr::exists(holds_job))
-            .order_by_desc(call::Column::StartedAt)
-            .order_by_desc(call::Column::Id)
-            .one(db)
-            .await?;
-        if let Some(first) = first {
-            let next = || Expr::col(post_call_job::Column::NextAttemptAt);
-            let put_off = post_call_job::Entity::update_many()
-                .col_expr(
-                    post_call_job::Column::NextAttemptAt,
-                    Expr::case(next().lt(chat.summary_due), Expr::val(chat.summary_due))
-                        .finally(next())
-                        .into(),
+    let holds_job = Query::select()
+        .expr(Expr::val(1))
+        .from(post_call_job::Entity)
+        .and_where(
+            Expr::col((post_call_job::Entity, post_call_job::Column::CallId))
+                .equals((call::Entity, call::Column::Id)),
+        )
+        .to_owned();
+    let holders = call::Entity::find()
+        .filter(call::Column::ClientId.eq(client_id.get()))
+        .filter(call::Column::FromNumber.eq(from))
+        .filter(call::Column::Channel.ne(Channel::Voice.as_str()))
+        .filter(call::Column::Id.ne(call_id))
+        .filter(Expr::exists(holds_job))
+        .order_by_desc(call::Column::StartedAt)
+        .order_by_desc(call::Column::Id);
+    if chat.starts {
+        if let Some(since) = chat.since {
+            let made_first = holders
+                .filter(call::Column::StartedAt.gt(since))
+                .one(db)
+                .await?;
+            if let Some(other) = made_first
+                && put_off(
+                    db,
+                    other.id,
+                    chat.summary_due,
+                    Some((call_id, call_sid, remember)),
                 )
-                .col_expr(post_call_job::Column::UpdatedAt, Expr::value(Utc::now()))
-                .filter(post_call_job::Column::CallId.eq(first.id))
-                .filter(post_call_job::Column::Status.eq(JobStatus::Pending.as_str()))
-                .filter(post_call_job::Column::Attempts.eq(0))
-                .filter(post_call_job::Column::LockedUntil.is_null())
-                .exec(db)
                 .await?
-                .rows_affected;
-            if put_off > 0 {
+            {
                 return Ok(());
             }
         }
+    } else {
+        let first = holders
+            .filter(call::Column::StartedAt.lte(ended_at))
+            .one(db)
+            .await?;
+        if let Some(first) = first
+            && put_off(db, first.id, chat.summary_due, None).await?
+        {
+            return Ok(());
+        }
+        if chat.joins {
+            return Ok(());
+        }
     }
     enqueue_at(db, call_id, call_sid, client_id, remember, chat.summary_due).await
+}
+
+/// Puts the job of exchange `holder` off to `due` (never earlier) if it is still waiting
+/// (pending, never tried, not leased), moving it to exchange `to` (id, sid, `remember`) when
+/// given; whether it did.
+async fn put_off(
+    db: &impl ConnectionTrait,
+    holder: i32,
+    due: DateTime<Utc>,
+    to: Option<(i32, &str, bool)>,
+) -> Result<bool, StoreError> {
+    let next = || Expr::col(post_call_job::Column::NextAttemptAt);
+    let mut update = post_call_job::Entity::update_many()
+        .col_expr(
+            post_call_job::Column::NextAttemptAt,
+            Expr::case(next().lt(due), Expr::val(due))
+                .finally(next())
+                .into(),
+        )
+        .col_expr(post_call_job::Column::UpdatedAt, Expr::value(Utc::now()));
+    if let Some((call_id, call_sid, remember)) = to {
+        update = update
+            .col_expr(post_call_job::Column::CallId, Expr::value(call_id))
+            .col_expr(post_call_job::Column::CallSid, Expr::value(call_sid))
+            .col_expr(post_call_job::Column::Remember, Expr::value(remember));
+    }
+    let done = update
+        .filter(post_call_job::Column::CallId.eq(holder))
+        .filter(post_call_job::Column::Status.eq(JobStatus::Pending.as_str()))
+        .filter(post_call_job::Column::Attempts.eq(0))
+        .filter(post_call_job::Column::LockedUntil.is_null())
+        .exec(db)
+        .await?
+        .rows_affected;
+    Ok(done > 0)
 }
 
 /// Puts the claimed `job` back, untried, due at `at` (a chat still going when its summary came

@@ -357,6 +357,7 @@ impl TextAgent {
                 at: started,
             }],
             conversation: None,
+            chat: ChatPlace::Continues,
             pending: Vec::new(),
             said: Vec::new(),
         };
@@ -403,10 +404,14 @@ impl TextAgent {
         // Where the exchange stands in the person's chat: a new conversation, or one quiet for
         // `text.chat_idle_secs`, starts a chat (noted in the caller's memory, and summarised
         // when it ends); each exchange puts the summary off until the chat has been quiet.
-        let chat = conversation.as_ref().map(|conv| ChatExchange {
-            starts: conv.created_at == conv.updated_at
-                || started - conv.updated_at >= self.settings.chat_idle(),
+        let chat = conversation.as_ref().map(|_| ChatExchange {
+            starts: matches!(run.chat, ChatPlace::Starts(_)),
             summary_due: ended + self.settings.chat_idle(),
+            since: match run.chat {
+                ChatPlace::Starts(since) => Some(since),
+                _ => None,
+            },
+            joins: run.chat == ChatPlace::Joins,
         });
         let note = chat
             .filter(|c| c.starts && callers::remembers(&msg.identity))
@@ -623,6 +628,18 @@ struct Ask<'a> {
     tools: Option<&'a serde_json::value::RawValue>,
 }
 
+/// Where an exchange stands in the person's chat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChatPlace {
+    /// It starts a chat (and holds its summary job); the person's exchanges after the time
+    /// given are of this chat.
+    Starts(DateTime<Utc>),
+    /// It follows the chat's earlier exchanges.
+    Continues,
+    /// It came at the same moment as the exchange that starts the chat, on another instance.
+    Joins,
+}
+
 /// One answer being made.
 struct Run<'a> {
     agent: &'a TextAgent,
@@ -631,6 +648,8 @@ struct Run<'a> {
     progress: Option<mpsc::UnboundedSender<Progress>>,
     transcript: Vec<TranscriptIn>,
     conversation: Option<conversations::Conversation>,
+    /// Where this exchange stands in the person's chat ([`Run::chat_place`]).
+    chat: ChatPlace,
     /// The calls of the last round whose outputs the model has not taken yet.
     pending: Vec<String>,
     /// What the model said in rounds that ended in tool calls ("One moment, I'll check.").
@@ -649,6 +668,7 @@ impl Run<'_> {
     async fn turns(&mut self, started: DateTime<Utc>) -> Result<String, String> {
         let conv = Box::pin(self.conversation()).await?;
         let conversation_id = conv.conversation_id.clone();
+        self.chat = Box::pin(self.chat_place(&conv, started)).await;
         self.conversation = Some(conv);
         let profile = &self.context.profile;
         let mut instructions = profile.text_instructions(self.msg.channel, started);
@@ -732,6 +752,33 @@ impl Run<'_> {
             }
         }
         Err("still refused for open tool calls after closing 20".into())
+    }
+
+    /// Where this exchange stands in the person's chat: it starts one when the conversation is
+    /// new or has been quiet for `text.chat_idle_secs`, unless another exchange began since
+    /// the conversation was read. With several instances, two first messages of a person at
+    /// the same moment are one chat: the instance that marks the conversation first starts it
+    /// (`conversations::begin`), and the other joins it.
+    async fn chat_place(
+        &self,
+        conv: &conversations::Conversation,
+        started: DateTime<Utc>,
+    ) -> ChatPlace {
+        let idle = self.agent.settings.chat_idle();
+        let quiet = conv.created_at == conv.updated_at || started - conv.updated_at >= idle;
+        if !quiet {
+            return ChatPlace::Continues;
+        }
+        // Every exchange of the person after this is of the chat: the one before ended earlier.
+        let since = conv.updated_at.min(started - idle);
+        match conversations::begin(&self.agent.db, conv, Utc::now()).await {
+            Ok(true) => ChatPlace::Starts(since),
+            Ok(false) => ChatPlace::Joins,
+            Err(e) => {
+                tracing::warn!(exchange = %self.context.call_sid, error = %e, "text: could not mark the conversation; this exchange starts a chat");
+                ChatPlace::Starts(since)
+            }
+        }
     }
 
     /// The person's conversation: the one kept, or a new one.

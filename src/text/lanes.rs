@@ -2,8 +2,8 @@
 //!
 //! Over HTTP/1.1 (the default) every answer being streamed holds a connection of its own, and
 //! each costs the gateway some 30 KiB (hyper's buffers, its request queue, its task). With
-//! `text.http2` many answers share one connection (measured: 78 KiB per open web chat stream
-//! down to 46, at the same CPU), but a connection carries only as many requests at once as the
+//! `text.http2` many answers share one connection (measured: 64 KiB per open web chat stream
+//! down to 31, at the same CPU), but a connection carries only as many requests at once as the
 //! server allows (`SETTINGS_MAX_CONCURRENT_STREAMS`), and hyper's client does not open another when
 //! that is reached: the next request waits for one to end, which for a streamed answer can be a
 //! minute. So requests are spread over lanes: a lane is an HTTP client (its own connection

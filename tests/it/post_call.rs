@@ -575,6 +575,8 @@ fn exchange(
     f.chat = Some(calls::ChatExchange {
         starts,
         summary_due,
+        since: None,
+        joins: false,
     });
     f
 }
@@ -628,6 +630,29 @@ async fn a_chat_has_one_job_put_off_by_its_exchanges_only(backend: Backend) {
     // A call from the same number is not part of any chat.
     finish(&app, finished(c, "CAVOICE", &["hello"])).await;
     assert_eq!(due(&app, "TXE").await, Some(h(5)));
+    // Another person's first two messages, answered at the same moment on two instances: the
+    // one that found the chat begun is recorded first, and holds a job of its own (the
+    // chat's first exchange was not recorded yet); the first, recorded next (though it began
+    // a second earlier), takes that job over: one job, on the chat's first exchange.
+    let other = |sid: &str, started, starts, due| {
+        let mut f = exchange(c, sid, started, starts, due);
+        f.call.from = "+14155550199".into();
+        f
+    };
+    finish(&app, other("TXG", t + m(10), false, t + hours(6))).await;
+    assert_eq!(due(&app, "TXG").await, Some(h(6)));
+    let mut first = other("TXH", t + m(10) - secs(1), true, t + hours(7));
+    first.chat.as_mut().unwrap().since = Some(t + m(10) - m(30));
+    finish(&app, first).await;
+    assert_eq!(due(&app, "TXG").await, None, "taken over");
+    assert_eq!(due(&app, "TXH").await, Some(h(7)));
+    assert_eq!(due(&app, "TXE").await, Some(h(5)), "another person's chat");
+    // An exchange that joins a chat whose first is not recorded yet makes no job.
+    let mut joins = other("TXI", t + m(40), false, t + hours(8));
+    joins.call.from = "+14155550198".into();
+    joins.chat.as_mut().unwrap().joins = true;
+    finish(&app, joins).await;
+    assert_eq!(due(&app, "TXI").await, None);
     app.shutdown().await;
 }
 on_both_backends!(a_chat_has_one_job_put_off_by_its_exchanges_only);

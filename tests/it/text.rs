@@ -210,6 +210,180 @@ async fn a_webchat_exchange_streams_a_tool_call_and_is_kept(backend: Backend) {
 }
 on_both_backends!(a_webchat_exchange_streams_a_tool_call_and_is_kept);
 
+/// Two instances on one database (README "Several instances"): a person's first message
+/// reaches both at the same moment (two tabs of the site, say). The two exchanges share one
+/// conversation and are one chat: one of them starts it, and the chat gets one summary job.
+async fn two_instances_answering_one_person_at_once_start_one_chat(backend: Backend) {
+    use warmline::{
+        domain::ClientId,
+        store::{calls, post_call},
+    };
+    let fake = FakeResponses::start().await.unwrap();
+    // Each answer streams for a second: both exchanges read the conversation before either
+    // has ended.
+    fake.pace(Duration::from_millis(100), 10);
+    let a = app(
+        backend,
+        &fake,
+        "\n[post_call]\nenabled = true\n[text]\nchat_idle_secs = 2\n",
+    )
+    .await;
+    let b = a.another_instance().await;
+    let c = business(&a, &[]).await;
+    let key = c["chat_key"].as_str().unwrap().to_string();
+    let client = ClientId::new(c["id"].as_i64().unwrap() as i32);
+    let ask = |app: &TestApp, text: &'static str| {
+        app.http
+            .get(app.url("/api/chat/stream"))
+            .query(&[
+                ("client", key.as_str()),
+                ("sessionId", "s-two-tabs"),
+                ("text", text),
+            ])
+            .send()
+    };
+    let (on_a, on_b) = tokio::join!(ask(&a, "Hello?"), ask(&b, "Is anyone there?"));
+    let mut conversations = Vec::new();
+    for resp in [on_a, on_b] {
+        let resp = resp.unwrap();
+        assert_eq!(resp.status(), 200);
+        let events = sse_events(&resp.text().await.unwrap());
+        let end = events.last().unwrap();
+        assert_eq!(end["fallback"], false, "{end}");
+        conversations.push(end["conversation_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(conversations[0], conversations[1], "one conversation");
+    flushed(&a).await;
+    flushed(&b).await;
+    let db = &a.state.db;
+    let rows = calls::list_calls(db, Some(client), None, 10).await.unwrap();
+    assert_eq!(rows.len(), 2, "both exchanges are kept");
+    let mut jobs = 0;
+    for row in &rows {
+        assert_eq!(row.channel, "webchat");
+        jobs += usize::from(post_call::job_for_call(db, row.id).await.unwrap().is_some());
+    }
+    assert_eq!(jobs, 1, "one chat, one summary job");
+    // Once quiet, the chat is summarised once, with both messages whichever began first.
+    let summaries = || -> Vec<Value> {
+        fake.requests()
+            .into_iter()
+            .filter(|r| r.body.pointer("/text/format/type") == Some(&json!("json_schema")))
+            .map(|r| r.body)
+            .collect()
+    };
+    for _ in 0..400 {
+        if !summaries().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A second summary, were there one, would be asked for by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let asked = summaries();
+    assert_eq!(asked.len(), 1, "one summary for the chat");
+    let doc: Value =
+        serde_json::from_str(asked[0]["input"][0]["content"].as_str().unwrap()).unwrap();
+    let mut said: Vec<&str> = doc["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["role"] == "caller")
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    said.sort();
+    assert_eq!(said, ["Hello?", "Is anyone there?"], "{doc}");
+    b.shutdown().await;
+    a.shutdown().await;
+}
+on_both_backends!(two_instances_answering_one_person_at_once_start_one_chat);
+
+/// The same for a phone number on WhatsApp, whose chats go in the caller's memory: the chat's
+/// note is written once (by the instance whose exchange starts the chat), and its summary
+/// replaces it, leaving no raw note behind.
+async fn two_instances_note_a_persons_first_messages_once(backend: Backend) {
+    use crate::support::{AUTH_TOKEN, CALLER, CLIENT_NUMBER};
+    let responses = FakeResponses::start().await.unwrap();
+    let messages = sim::messaging::FakeMessages::start(ACCOUNT, AUTH_TOKEN)
+        .await
+        .unwrap();
+    let gw = messaging_gateway_with(
+        backend,
+        &responses,
+        &messages,
+        "\n[post_call]\nenabled = true\n[text]\nchat_idle_secs = 2\n",
+    )
+    .await;
+    let b = gw.app.another_instance().await;
+    let db = &gw.app.state.db;
+    warmline::store::callers::record_caller_call(
+        db,
+        gw.client_id,
+        CALLER,
+        chrono::Utc::now(),
+        Some("Dana"),
+        Some("asked about teeth whitening"),
+    )
+    .await
+    .unwrap();
+    let form = |sid: &str, text: &str| {
+        sim::messaging::inbound(
+            ACCOUNT,
+            sid,
+            &format!("whatsapp:{CALLER}"),
+            &format!("whatsapp:{CLIENT_NUMBER}"),
+            text,
+        )
+    };
+    let (on_a, on_b) = (
+        form("SM00000000000000000000000000000021", "Hello?"),
+        form("SM00000000000000000000000000000022", "Is anyone there?"),
+    );
+    let (url_a, url_b) = (gw.app.url("/twilio/messaging"), b.url("/twilio/messaging"));
+    let (ra, rb) = tokio::join!(
+        sim::messaging::post_inbound(&url_a, AUTH_TOKEN, &on_a, true),
+        sim::messaging::post_inbound(&url_b, AUTH_TOKEN, &on_b, true)
+    );
+    assert_eq!((ra.unwrap().0, rb.unwrap().0), (200, 200));
+    assert!(messages.wait_sent(2, Duration::from_secs(10)).await);
+    gw.app.state.writer.flush(Duration::from_secs(10)).await;
+    b.state.writer.flush(Duration::from_secs(10)).await;
+    let memory = || async {
+        warmline::store::callers::get_caller(db, gw.client_id, CALLER)
+            .await
+            .unwrap()
+            .unwrap()
+            .memory
+    };
+    let before = memory().await;
+    assert_eq!(
+        before.matches("wrote on whatsapp").count(),
+        1,
+        "one chat, one note: {before}"
+    );
+    // Once quiet, the summary replaces the note.
+    let mut after = String::new();
+    for _ in 0..400 {
+        after = memory().await;
+        if after.contains("Summary:") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let lines: Vec<&str> = after.lines().collect();
+    assert_eq!(lines.len(), 2, "{after}");
+    assert!(
+        lines[0].starts_with(&format!("{today}: wrote on whatsapp: Summary:"))
+            && lines[0].ends_with("(2 caller lines)."),
+        "the summary of both messages replaced the note: {after}"
+    );
+    assert_eq!(lines[1], "asked about teeth whitening");
+    b.shutdown().await;
+    gw.app.shutdown().await;
+}
+on_both_backends!(two_instances_note_a_persons_first_messages_once);
+
 #[tokio::test]
 async fn refused_messages_never_reach_the_model() {
     let fake = FakeResponses::start().await.unwrap();

@@ -261,9 +261,23 @@ impl TestApp {
             let _ = server.await;
         }
         self.state.db.clone().close().await.ok();
+        let mut app = Self::on(&self.state.settings, self.backend).await;
+        app._dir = self._dir.take();
+        app.pg_db = self.pg_db.take();
+        app
+    }
+
+    /// A second instance on this app's database with its settings (a new port), as another
+    /// process of a fleet is. The database stays this app's (dropped with it).
+    pub async fn another_instance(&self) -> TestApp {
+        Self::on(&self.state.settings, self.backend).await
+    }
+
+    /// An app serving `settings` on a new port (its `public_url`).
+    async fn on(settings: &Settings, backend: Backend) -> TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut settings = (*self.state.settings).clone();
+        let mut settings = settings.clone();
         settings.public_url = format!("http://{addr}").parse().unwrap();
         let db = warmline::store::connect(&settings.database).await.unwrap();
         warmline::store::migrate(&db).await.unwrap();
@@ -273,10 +287,10 @@ impl TestApp {
             base: format!("http://{addr}"),
             state,
             http: reqwest::Client::new(),
-            backend: self.backend,
+            backend,
             server: Some(server),
-            _dir: self._dir.take(),
-            pg_db: self.pg_db.take(),
+            _dir: None,
+            pg_db: None,
         }
     }
 }
