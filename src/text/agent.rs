@@ -404,15 +404,9 @@ impl TextAgent {
         // Where the exchange stands in the person's chat: a new conversation, or one quiet for
         // `text.chat_idle_secs`, starts a chat (noted in the caller's memory, and summarised
         // when it ends); each exchange puts the summary off until the chat has been quiet.
-        let chat = conversation.as_ref().map(|_| ChatExchange {
-            starts: matches!(run.chat, ChatPlace::Starts(_)),
-            summary_due: ended + self.settings.chat_idle(),
-            since: match run.chat {
-                ChatPlace::Starts(since) => Some(since),
-                _ => None,
-            },
-            joins: run.chat == ChatPlace::Joins,
-        });
+        let chat = conversation
+            .as_ref()
+            .map(|_| run.chat.exchange(ended + self.settings.chat_idle()));
         let note = chat
             .filter(|c| c.starts && callers::remembers(&msg.identity))
             .map(|_| {
@@ -638,6 +632,22 @@ enum ChatPlace {
     Continues,
     /// It came at the same moment as the exchange that starts the chat, on another instance.
     Joins,
+}
+
+impl ChatPlace {
+    /// What the call record says of it (`store::post_call::chat_exchange`), summarised at
+    /// `summary_due` if no message follows.
+    fn exchange(self, summary_due: DateTime<Utc>) -> ChatExchange {
+        ChatExchange {
+            starts: matches!(self, Self::Starts(_)),
+            summary_due,
+            since: match self {
+                Self::Starts(since) => Some(since),
+                _ => None,
+            },
+            joins: self == Self::Joins,
+        }
+    }
 }
 
 /// One answer being made.

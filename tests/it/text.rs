@@ -265,22 +265,15 @@ async fn two_instances_answering_one_person_at_once_start_one_chat(backend: Back
     }
     assert_eq!(jobs, 1, "one chat, one summary job");
     // Once quiet, the chat is summarised once, with both messages whichever began first.
-    let summaries = || -> Vec<Value> {
-        fake.requests()
-            .into_iter()
-            .filter(|r| r.body.pointer("/text/format/type") == Some(&json!("json_schema")))
-            .map(|r| r.body)
-            .collect()
-    };
     for _ in 0..400 {
-        if !summaries().is_empty() {
+        if !summary_requests(&fake).is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A second summary, were there one, would be asked for by now.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let asked = summaries();
+    let asked = summary_requests(&fake);
     assert_eq!(asked.len(), 1, "one summary for the chat");
     let doc: Value =
         serde_json::from_str(asked[0]["input"][0]["content"].as_str().unwrap()).unwrap();
@@ -315,17 +308,7 @@ async fn two_instances_note_a_persons_first_messages_once(backend: Backend) {
     )
     .await;
     let b = gw.app.another_instance().await;
-    let db = &gw.app.state.db;
-    warmline::store::callers::record_caller_call(
-        db,
-        gw.client_id,
-        CALLER,
-        chrono::Utc::now(),
-        Some("Dana"),
-        Some("asked about teeth whitening"),
-    )
-    .await
-    .unwrap();
+    called_before(&gw).await;
     let form = |sid: &str, text: &str| {
         sim::messaging::inbound(
             ACCOUNT,
@@ -348,13 +331,7 @@ async fn two_instances_note_a_persons_first_messages_once(backend: Backend) {
     assert!(messages.wait_sent(2, Duration::from_secs(10)).await);
     gw.app.state.writer.flush(Duration::from_secs(10)).await;
     b.state.writer.flush(Duration::from_secs(10)).await;
-    let memory = || async {
-        warmline::store::callers::get_caller(db, gw.client_id, CALLER)
-            .await
-            .unwrap()
-            .unwrap()
-            .memory
-    };
+    let memory = || memory_of(&gw);
     let before = memory().await;
     assert_eq!(
         before.matches("wrote on whatsapp").count(),
@@ -682,6 +659,38 @@ async fn messaging_gateway(
     messaging_gateway_with(backend, responses, messages, "").await
 }
 
+/// The test caller called `gw`'s business before: what the end of that call wrote.
+async fn called_before(gw: &crate::support::Gateway) {
+    warmline::store::callers::record_caller_call(
+        &gw.app.state.db,
+        gw.client_id,
+        crate::support::CALLER,
+        chrono::Utc::now(),
+        Some("Dana"),
+        Some("asked about teeth whitening"),
+    )
+    .await
+    .unwrap();
+}
+
+/// The test caller's memory at `gw`'s business.
+async fn memory_of(gw: &crate::support::Gateway) -> String {
+    warmline::store::callers::get_caller(&gw.app.state.db, gw.client_id, crate::support::CALLER)
+        .await
+        .unwrap()
+        .unwrap()
+        .memory
+}
+
+/// The post-call summary requests `fake` has seen (a structured-output request each).
+fn summary_requests(fake: &FakeResponses) -> Vec<Value> {
+    fake.requests()
+        .into_iter()
+        .filter(|r| r.body.pointer("/text/format/type") == Some(&json!("json_schema")))
+        .map(|r| r.body)
+        .collect()
+}
+
 /// [`messaging_gateway`] with `openai_extra` lines in `[openai]`.
 async fn messaging_gateway_with(
     backend: Backend,
@@ -706,16 +715,7 @@ async fn whatsapp_shares_the_callers_memory_both_ways(backend: Backend) {
     let gw = messaging_gateway(backend, &responses, &messages).await;
     let db = &gw.app.state.db;
     // The number called before: what the end of that call wrote.
-    warmline::store::callers::record_caller_call(
-        db,
-        gw.client_id,
-        CALLER,
-        chrono::Utc::now(),
-        Some("Dana"),
-        Some("asked about teeth whitening"),
-    )
-    .await
-    .unwrap();
+    called_before(&gw).await;
     let url = gw.app.url("/twilio/messaging");
     let wa = |n: &str| format!("whatsapp:{n}");
     let form = sim::messaging::inbound(
@@ -895,16 +895,7 @@ async fn a_quiet_chat_is_summarised_into_the_callers_memory(backend: Backend) {
         .exec(db)
         .await
         .unwrap();
-    warmline::store::callers::record_caller_call(
-        db,
-        gw.client_id,
-        CALLER,
-        chrono::Utc::now(),
-        Some("Dana"),
-        Some("asked about teeth whitening"),
-    )
-    .await
-    .unwrap();
+    called_before(&gw).await;
     let url = gw.app.url("/twilio/messaging");
     let said = [
         (
@@ -934,13 +925,7 @@ async fn a_quiet_chat_is_summarised_into_the_callers_memory(backend: Backend) {
         gw.app.state.writer.flush(Duration::from_secs(10)).await;
     }
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
-    let memory = || async {
-        warmline::store::callers::get_caller(db, gw.client_id, CALLER)
-            .await
-            .unwrap()
-            .unwrap()
-            .memory
-    };
+    let memory = || memory_of(&gw);
     let raw = format!("{today}: wrote on whatsapp: Is the whitening offer still on?");
     let before = memory().await;
     assert!(before.lines().any(|l| l == raw), "{before}");
@@ -981,12 +966,7 @@ async fn a_quiet_chat_is_summarised_into_the_callers_memory(backend: Backend) {
     }
     let done = done.expect("the chat's job settles");
     assert_eq!(done.status, "done", "{done:?}");
-    let asked: Vec<Value> = responses
-        .requests()
-        .into_iter()
-        .filter(|r| r.body.pointer("/text/format/type") == Some(&json!("json_schema")))
-        .map(|r| r.body)
-        .collect();
+    let asked = summary_requests(&responses);
     assert_eq!(asked.len(), 1, "one summary for the chat");
     let doc: Value =
         serde_json::from_str(asked[0]["input"][0]["content"].as_str().unwrap()).unwrap();
