@@ -37,7 +37,10 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use url::Url;
 
-use super::agent::Inbound;
+use super::{
+    agent::Inbound,
+    retry::{self, Retry},
+};
 use crate::{
     app::AppState,
     domain::{Channel, ClientId},
@@ -444,18 +447,8 @@ pub async fn send_on_chat(
     .map_err(|e| format!("launching the Salesbot: {e}"))
 }
 
-/// When a Kommo request is tried again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Retry {
-    /// After a 429, a 5xx or any transport error (a repeat does no harm: a note, a field).
-    Always,
-    /// Only when it surely was not done: a 429, or no connection made (a repeat would send the
-    /// person the message twice: a Salesbot launch).
-    IfNotDone,
-}
-
-/// One request to the client's Kommo API (tried again once per `retry`); the error names the
-/// status and Kommo's `title`/`detail`.
+/// One request to the client's Kommo API, tried again once (after a second) as `retry` allows
+/// ([`super::retry`]); the error names the status and Kommo's `title`/`detail`.
 async fn request(
     http: &reqwest::Client,
     kommo: &KommoConfig,
@@ -465,41 +458,14 @@ async fn request(
     retry: Retry,
 ) -> Result<(), String> {
     let url = format!("{}{path}", kommo.base_url.as_str().trim_end_matches('/'));
-    let mut last = String::new();
-    for attempt in 0..2 {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        let res = http
-            .request(method.clone(), &url)
+    let request = || {
+        http.request(method.clone(), &url)
             .bearer_auth(&kommo.token)
             .json(&body)
             .timeout(Duration::from_secs(15))
-            .send()
-            .await;
-        let resp = match res {
-            Ok(r) => r,
-            Err(e) => {
-                last = if e.is_timeout() {
-                    "timed out".into()
-                } else if e.is_connect() {
-                    "could not connect".into()
-                } else {
-                    "the connection failed".into()
-                };
-                // Sent or not is unknown unless the connection was never made.
-                if retry == Retry::Always || e.is_connect() {
-                    continue;
-                }
-                break;
-            }
-        };
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        last = format!(
+    };
+    let refused = |status: StatusCode, v: &Value| {
+        format!(
             "HTTP {} ({}: {})",
             status.as_u16(),
             v["title"].as_str().unwrap_or_default(),
@@ -509,14 +475,11 @@ async fn request(
                 .chars()
                 .take(200)
                 .collect::<String>()
-        );
-        let again = status == StatusCode::TOO_MANY_REQUESTS
-            || (status.is_server_error() && retry == Retry::Always);
-        if !again {
-            break;
-        }
-    }
-    Err(last)
+        )
+    };
+    retry::send(request, retry, &[Duration::from_secs(1)], refused)
+        .await
+        .map(drop)
 }
 
 #[cfg(test)]

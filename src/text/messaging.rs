@@ -29,7 +29,10 @@ use axum::{
 use chrono::Utc;
 use serde_json::Value;
 
-use super::agent::Inbound;
+use super::{
+    agent::Inbound,
+    retry::{self, Retry},
+};
 use crate::{
     app::AppState,
     config::{Secret, Settings},
@@ -43,8 +46,8 @@ use crate::{
 
 /// Longest `Body` of one message (characters).
 pub const BODY_MAX: usize = 1600;
-/// Attempts to send one message (a 429, a 5xx or a transport error is tried again).
-const SEND_ATTEMPTS: u32 = 3;
+/// Pauses before sending one message again (after a 429, a 503 or no connection made).
+const SEND_PAUSES: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(2)];
 
 /// The messaging webhook's route (with the other Twilio routes).
 pub fn router() -> Router<AppState> {
@@ -218,39 +221,18 @@ impl Sender {
         })
     }
 
-    /// Sends `body` to `to` from `from`; the new message's sid. Tries again after a 429, a 5xx
-    /// or a transport error (1 s, then 2 s); the error names the status and Twilio's code.
+    /// Sends `body` to `to` from `from`; the new message's sid. Tried again after a 429, a 503
+    /// or no connection made (1 s, then 2 s), never when it may have been sent
+    /// ([`super::retry`]); the error names the status and Twilio's code.
     pub async fn send(&self, to: &str, from: &str, body: &str) -> Result<String, String> {
-        let mut last = String::new();
-        for attempt in 0..SEND_ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
-            }
-            let res = self
-                .http
+        let request = || {
+            self.http
                 .post(&self.url)
                 .basic_auth(&self.account_sid, Some(self.auth_token.expose()))
                 .form(&[("To", to), ("From", from), ("Body", body)])
-                .send()
-                .await;
-            let resp = match res {
-                Ok(r) => r,
-                Err(e) => {
-                    last = if e.is_timeout() {
-                        "timed out".into()
-                    } else {
-                        "could not connect".into()
-                    };
-                    continue;
-                }
-            };
-            let status = resp.status();
-            let text = resp.text().await.unwrap_or_default();
-            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            if status.is_success() {
-                return Ok(v["sid"].as_str().unwrap_or_default().to_string());
-            }
-            last = format!(
+        };
+        let refused = |status: StatusCode, v: &Value| {
+            format!(
                 "HTTP {} (Twilio code {}: {})",
                 status.as_u16(),
                 v["code"],
@@ -260,12 +242,10 @@ impl Sender {
                     .chars()
                     .take(200)
                     .collect::<String>()
-            );
-            if !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) {
-                break;
-            }
-        }
-        Err(last)
+            )
+        };
+        let sent = retry::send(request, Retry::IfNotDone, &SEND_PAUSES, refused).await?;
+        Ok(sent["sid"].as_str().unwrap_or_default().to_string())
     }
 }
 

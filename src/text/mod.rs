@@ -7,6 +7,7 @@
 //! - [`webchat`]: the web chat's routes (send, Server-Sent Events, WebSocket);
 //! - [`messaging`]: WhatsApp and SMS through Twilio Messaging;
 //! - [`kommo`]: Kommo CRM (its webhook, notes on the lead);
+//! - [`retry`]: when a request to Twilio or Kommo is tried again;
 //! - [`openai_webhook`]: OpenAI's webhook announcing background responses.
 
 pub mod agent;
@@ -14,5 +15,6 @@ pub mod kommo;
 pub mod lanes;
 pub mod messaging;
 pub mod openai_webhook;
+pub mod retry;
 pub mod stream;
 pub mod webchat;

@@ -183,6 +183,9 @@ async fn a_webchat_exchange_streams_a_tool_call_and_is_kept(backend: Backend) {
     let items = fake.conversation_items(&conversation).unwrap();
     let users: Vec<&Value> = items.iter().filter(|i| i["role"] == "user").collect();
     assert_eq!(users.len(), 2, "both messages are in one conversation");
+    // `text.http2` unset and the API on http://: HTTP/1.1 (h2c only when asked for).
+    let (h1, h2) = fake.requests_by_version();
+    assert!(h1 > 0 && h2 == 0, "{h1} over HTTP/1.x, {h2} over HTTP/2");
 
     // Each exchange is a row of its channel with its transcript.
     flushed(&app).await;
@@ -1046,6 +1049,44 @@ async fn a_long_answer_is_split_and_a_failed_send_is_retried() {
     let joined = format!("{} {}", sent[0].body, sent[1].body);
     assert_eq!(joined, format!("Noted: {}.", long.trim()));
     assert_eq!(messages.attempts(), 3, "the 503 was tried again");
+    gw.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_send_that_may_have_gone_is_not_repeated() {
+    use crate::support::{AUTH_TOKEN, CLIENT_NUMBER};
+    let responses = FakeResponses::start().await.unwrap();
+    let messages = sim::messaging::FakeMessages::start(ACCOUNT, AUTH_TOKEN)
+        .await
+        .unwrap();
+    let gw = messaging_gateway(Backend::Sqlite, &responses, &messages).await;
+    // A 500 may come after Twilio queued the message: sending again could send it twice.
+    messages.push([500]);
+    let url = gw.app.url("/twilio/messaging");
+    let write = |sid: &str, text: &str| {
+        sim::messaging::inbound(ACCOUNT, sid, "+14155550178", CLIENT_NUMBER, text)
+    };
+    let form = write("SM0000000000000000000000000000000a", "first");
+    let (status, _) = sim::messaging::post_inbound(&url, AUTH_TOKEN, &form, true)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    crate::webhooks::wait_for("the send", || async {
+        (messages.attempts() == 1).then_some(())
+    })
+    .await;
+    // Past the pause a repeat would have waited (1 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(messages.attempts(), 1, "the 500 was not tried again");
+    assert!(messages.sent().is_empty());
+    // The next answer goes out as usual.
+    let form = write("SM0000000000000000000000000000000b", "second");
+    sim::messaging::post_inbound(&url, AUTH_TOKEN, &form, true)
+        .await
+        .unwrap();
+    assert!(messages.wait_sent(1, Duration::from_secs(15)).await);
+    assert_eq!(messages.attempts(), 2);
+    assert_eq!(messages.sent()[0].body, "Noted: second.");
     gw.app.shutdown().await;
 }
 
