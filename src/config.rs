@@ -212,10 +212,12 @@ pub struct TextSettings {
     pub messages_per_minute: u32,
     /// Answers one client may have running at once on this instance; 0: no limit.
     pub concurrent_per_client: usize,
-    /// HTTP/2 to the model's API (README "Figures: web chat"): negotiated over `https://`,
-    /// spoken without TLS (h2c) over `http://`; answers then share connections (less memory, the
-    /// same CPU). Off: HTTP/1.1, a connection per answer being made.
-    pub http2: bool,
+    /// HTTP/2 to the model's API (README "Figures: web chat"), where answers share connections
+    /// (half the memory per open web chat stream, the same CPU). Unset (the default): negotiated
+    /// over `https://` (ALPN, HTTP/1.1 if the server offers no more), HTTP/1.1 over `http://`.
+    /// `true`: also spoken without TLS (h2c) over `http://`. `false`: HTTP/1.1 only, a
+    /// connection per answer being made.
+    pub http2: Option<bool>,
     /// A person's chat ends after this many seconds without a message: the next message starts
     /// a new one (noted in the caller's memory), and with `post_call.enabled` the ended chat is
     /// summarised (README "Chats are summarised too").
@@ -1149,14 +1151,17 @@ impl Settings {
             s.limits.admin_bad_tokens_per_minute,
             s.limits.admin_bad_token_delay_ms,
         ) + &format!(
-            "\n[text]\nmodel = {}\ntimeout_secs = {}\nmax_tool_rounds = {}\nmax_message_chars = {}\nmessages_per_minute = {}\nconcurrent_per_client = {}\nhttp2 = {}\nchat_idle_secs = {}\n",
+            "\n[text]\nmodel = {}\ntimeout_secs = {}\nmax_tool_rounds = {}\nmax_message_chars = {}\nmessages_per_minute = {}\nconcurrent_per_client = {}\n{}\nchat_idle_secs = {}\n",
             q(&s.text.model),
             s.text.timeout_secs,
             s.text.max_tool_rounds,
             s.text.max_message_chars,
             s.text.messages_per_minute,
             s.text.concurrent_per_client,
-            s.text.http2,
+            match s.text.http2 {
+                Some(on) => format!("http2 = {on}"),
+                None => "# http2 unset: HTTP/2 where negotiated over https://".into(),
+            },
             s.text.chat_idle_secs,
         )
     }
@@ -1696,6 +1701,38 @@ mod tests {
                     .expect_err(toml);
             assert!(err.to_string().contains(key), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn http2_to_the_model_is_negotiated_unless_set_and_the_redacted_output_keeps_it() {
+        let s = Settings::from_toml("[twilio]\nauth_token=\"t\"\n").unwrap();
+        assert_eq!(s.text.http2, None, "unset: negotiated over https://");
+        let out = s.redacted_toml();
+        assert_eq!(
+            Settings::from_toml(&out.replace("\"[redacted]\"", "\"t\""))
+                .unwrap()
+                .text
+                .http2,
+            None
+        );
+        for (toml, want) in [("true", Some(true)), ("false", Some(false))] {
+            let set = Settings::from_toml(&format!(
+                "[twilio]\nauth_token=\"t\"\n[text]\nhttp2 = {toml}\n"
+            ))
+            .unwrap();
+            assert_eq!(set.text.http2, want);
+            let out = set.redacted_toml();
+            assert!(out.contains(&format!("http2 = {toml}")), "{out}");
+        }
+        let from_env = Settings::load_with_env(
+            None,
+            env(&[
+                ("WARMLINE_TWILIO__AUTH_TOKEN", "t"),
+                ("WARMLINE_TEXT__HTTP2", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(from_env.text.http2, Some(false));
     }
 
     #[test]

@@ -293,26 +293,37 @@ fn paced(
         .collect();
     let seq = opening.len();
     let item_id = item_id.to_string();
-    // (deltas sent, text so far, done)
+    // (deltas sent, text so far, the item and the response to complete; None once done). The
+    // item and the response move through the stream, never copied per delta: a thousand paced
+    // streams are the load generator's own work, and what it spends delays what it measures.
     let body = futures_util::stream::iter(
         opening.into_iter().map(Ok::<_, std::convert::Infallible>),
     )
     .chain(futures_util::stream::unfold(
-        (0usize, String::new(), false),
-        move |(sent, mut text, done)| {
-            let (item_id, mut item, mut completed) =
-                (item_id.clone(), item.clone(), completed.clone());
+        (0usize, String::new(), Some((item_id, item, completed))),
+        move |(sent, mut text, rest)| {
             async move {
-                if done {
-                    return None;
-                }
+                let (item_id, mut item, mut completed) = rest?;
                 if sent < deltas {
-                    tokio::time::sleep(interval).await;
+                    // The first delta comes at a random point of the first interval: answers
+                    // begun a whole number of ticks apart would otherwise stay in step, their
+                    // deltas all due at once, a burst no model's streams keep up for long.
+                    let wait = match sent {
+                        0 => interval.mul_f64(rand::random_range(0.0..1.0)),
+                        _ => interval,
+                    };
+                    tokio::time::sleep(wait).await;
                     let delta = stamp_now();
                     text.push_str(&delta);
-                    let e = json!({"type": "response.output_text.delta", "item_id": item_id,
-                            "output_index": 0, "content_index": 0, "delta": delta, "logprobs": []});
-                    return Some((Ok(frame(seq + sent, e)), (sent + 1, text, false)));
+                    // The event `frame` makes, written straight: a paced delta is the load
+                    // generator's own hot path (its id and its stamp need no escaping).
+                    let bytes = axum::body::Bytes::from(format!(
+                        "event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\
+                         \"item_id\":\"{item_id}\",\"output_index\":0,\"content_index\":0,\
+                         \"delta\":\"{delta}\",\"logprobs\":[],\"sequence_number\":{}}}\n\n",
+                        seq + sent
+                    ));
+                    return Some((Ok(bytes), (sent + 1, text, Some((item_id, item, completed)))));
                 }
                 let part =
                     json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
@@ -331,7 +342,7 @@ fn paced(
                 for (i, e) in tail.into_iter().enumerate() {
                     bytes.extend_from_slice(&frame(n + i, e));
                 }
-                Some((Ok(axum::body::Bytes::from(bytes)), (sent, text, true)))
+                Some((Ok(axum::body::Bytes::from(bytes)), (sent, text, None)))
             }
         },
     ));

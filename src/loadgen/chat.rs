@@ -21,11 +21,16 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use serde_json::Value;
 use sim::{responses::FakeResponses, text_model::read_stamp};
+use tokio::sync::oneshot;
 
 use super::{
-    ADMIN, CpuList, LoadOptions, Percentiles, clk_tck, create_client_with, percentiles_us, prepare,
-    proc_stats, run_dir, start_gateway,
+    ADMIN, CpuList, HistogramSummary, LoadOptions, Percentiles, clk_tck, create_client_with,
+    histogram_buckets, histogram_summary, percentiles_us, prepare, proc_stats, run_dir, scrape,
+    start_gateway,
 };
+
+/// The gateway's own measure of the delay it adds to a delta.
+const GATEWAY_DELAY: &str = "warmline_text_delta_delay_seconds";
 
 /// What a chat run does.
 #[derive(Debug, Clone)]
@@ -85,8 +90,16 @@ pub struct ChatReport {
     pub deltas_lost: usize,
     /// Answers whose final text is not their deltas joined.
     pub bad_answers: usize,
-    /// From the fake's write of a delta to the reader's read of its `agent_chunk`.
+    /// From the fake's write of a delta to the reader's read of its `agent_chunk`: the gateway,
+    /// two loopback hops and the load generator's own queue.
     pub delta_delay: Percentiles,
+    /// The same, of the deltas sent while every stream was open (no stream opening or ending:
+    /// the answers' database work at their start and end left out).
+    pub delta_delay_all_open: Percentiles,
+    /// The gateway's own measure over the load (`warmline_text_delta_delay_seconds`: read from
+    /// the model's stream to the event made for the reader; bucket-interpolated). It leaves out
+    /// the time a delta waits, in the socket, for the gateway's turn on the core.
+    pub gateway_delta_delay: Option<HistogramSummary>,
     /// The gateway's resident memory before the load (KiB).
     pub rss_idle_kib: u64,
     /// Its largest resident memory while every stream was open (KiB).
@@ -97,6 +110,9 @@ pub struct ChatReport {
     pub all_open_secs: f64,
     /// The gateway's CPU use while every stream was open (% of one core).
     pub gateway_cpu_percent: f64,
+    /// The load generator's own CPU use then (% of one core): the fake model's API and the
+    /// streams' readers. Near a whole core, the delays measure its queue as well as the gateway.
+    pub loadgen_cpu_percent: f64,
     /// How the gateway was pinned, if it was.
     pub gateway_pinned: Option<String>,
     /// What the gateway was to speak to the model's API: `HTTP/1.1` or `HTTP/2`.
@@ -106,7 +122,9 @@ pub struct ChatReport {
 }
 
 impl ChatReport {
-    /// Whether the run met the targets: p99 ≤ 2 ms, ≤ 32 KiB per stream, nothing lost.
+    /// Whether the run met the targets: p99 ≤ 2 ms (through the gateway: its own measure
+    /// leaves out the wait for the core before it reads a delta), ≤ 32 KiB per stream, nothing
+    /// lost.
     pub fn meets_targets(&self) -> bool {
         self.failed == 0
             && self.deltas_lost == 0
@@ -119,7 +137,8 @@ impl ChatReport {
 /// One stream's outcome.
 #[derive(Default)]
 struct StreamResult {
-    delays_us: Vec<u32>,
+    /// Each delta's stamp (µs since the epoch) and delay (µs).
+    delays_us: Vec<(u64, u32)>,
     chunks: usize,
     answer_ok: bool,
     error: Option<String>,
@@ -140,7 +159,7 @@ pub async fn run(opts: ChatOptions) -> anyhow::Result<ChatReport> {
     if opts.streams == 0 || opts.deltas == 0 {
         bail!("--chat and --chat-deltas must be at least 1");
     }
-    let fake = FakeResponses::start().await?;
+    let (fake, _fake_thread) = fake_on_its_own_thread().await?;
     fake.pace(opts.interval, opts.deltas);
     let dir = run_dir("chat")?;
     let answer_secs = (opts.interval.as_secs_f64() * opts.deltas as f64).ceil() as u64;
@@ -175,6 +194,40 @@ pub async fn run(opts: ChatOptions) -> anyhow::Result<ChatReport> {
         print_report(&report);
     }
     Ok(report)
+}
+
+/// The fake model's API on a thread (and runtime) of its own, so that its answers' deltas
+/// leave when their time comes, as a real model's would. In the readers' runtime its timers
+/// would fire only between the readers' batches, a burst at a time: the delays would then
+/// measure the load generator's batching as much as the gateway. The thread ends when the
+/// returned sender is dropped; it runs on the load generator's CPUs, as every thread of it does.
+async fn fake_on_its_own_thread() -> anyhow::Result<(FakeResponses, oneshot::Sender<()>)> {
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("fake-model".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let _ = ready_tx.send(FakeResponses::start().await);
+                let _ = stop_rx.await;
+            });
+        })
+        .context("starting the fake model's thread")?;
+    let fake = ready_rx
+        .await
+        .context("the fake model's thread ended")?
+        .context("starting the fake model's API")?;
+    Ok((fake, stop_tx))
 }
 
 async fn measure(
@@ -220,6 +273,8 @@ async fn measure(
     fake.pace(opts.interval, opts.deltas);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, rss_idle_kib) = proc_stats(pid);
+    let gateway_delays = |metrics: &str| histogram_buckets(metrics, GATEWAY_DELAY, &[]);
+    let delays_before = gateway_delays(&scrape(base).await?);
     let open = Arc::new(AtomicUsize::new(0));
     let results = Arc::new(Mutex::new(Vec::with_capacity(opts.streams)));
     let mut tasks = tokio::task::JoinSet::new();
@@ -241,7 +296,11 @@ async fn measure(
         });
     }
     // While the streams run: the gateway's memory and CPU with every stream open.
-    let (mut peak, mut window) = (0u64, None::<(Instant, u64, Instant, u64)>);
+    // (first reading, its gateway ticks, its own ticks; last reading, likewise)
+    // (when, in this clock and in the stamps' (µs since the epoch), the gateway's ticks, ours)
+    type Reading = (Instant, u64, u64, u64);
+    let me = std::process::id();
+    let (mut peak, mut window) = (0u64, None::<(Reading, Reading)>);
     while !tasks.is_empty() {
         tokio::select! {
             _ = tasks.join_next() => {}
@@ -249,15 +308,16 @@ async fn measure(
                 let (ticks, rss) = proc_stats(pid);
                 if open.load(Ordering::SeqCst) == opts.streams {
                     peak = peak.max(rss);
-                    let now = Instant::now();
+                    let now = (Instant::now(), now_us(), ticks, proc_stats(me).0);
                     window = Some(match window {
-                        None => (now, ticks, now, ticks),
-                        Some((t0, k0, _, _)) => (t0, k0, now, ticks),
+                        None => (now, now),
+                        Some((first, _)) => (first, now),
                     });
                 }
             }
         }
     }
+    let delays_after = gateway_delays(&scrape(base).await?);
     let results = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
     let completed = results
         .iter()
@@ -270,17 +330,21 @@ async fn measure(
         .map(|r| opts.deltas.saturating_sub(r.chunks))
         .sum();
     let bad_answers = ok.iter().filter(|r| !r.answer_ok).count();
-    let delays: Vec<u32> = results
-        .iter()
-        .flat_map(|r| r.delays_us.iter().copied())
-        .collect();
-    let (all_open_secs, gateway_cpu_percent) = match window {
-        Some((t0, k0, t1, k1)) if t1 > t0 => {
+    let delays = |within: Option<(u64, u64)>| -> Vec<u32> {
+        results
+            .iter()
+            .flat_map(|r| r.delays_us.iter())
+            .filter(|(sent, _)| within.is_none_or(|(a, b)| (a..=b).contains(sent)))
+            .map(|(_, d)| *d)
+            .collect()
+    };
+    let (all_open_secs, gateway_cpu_percent, loadgen_cpu_percent, all_open) = match window {
+        Some(((t0, w0, g0, l0), (t1, w1, g1, l1))) if t1 > t0 => {
             let secs = (t1 - t0).as_secs_f64();
-            let cpu = (k1 - k0) as f64 / clk_tck() as f64;
-            (secs, 100.0 * cpu / secs)
+            let percent = |ticks: u64| 100.0 * ticks as f64 / clk_tck() as f64 / secs;
+            (secs, percent(g1 - g0), percent(l1 - l0), Some((w0, w1)))
         }
-        _ => (0.0, 0.0),
+        _ => (0.0, 0.0, 0.0, None),
     };
     let kib_per_stream = if peak > 0 {
         peak.saturating_sub(rss_idle_kib) as f64 / opts.streams as f64
@@ -296,12 +360,15 @@ async fn measure(
         interval_ms: opts.interval.as_millis() as u64,
         deltas_lost,
         bad_answers,
-        delta_delay: percentiles_us(delays),
+        delta_delay: percentiles_us(delays(None)),
+        delta_delay_all_open: percentiles_us(all_open.map_or_else(Vec::new, |w| delays(Some(w)))),
+        gateway_delta_delay: histogram_summary(&delays_after, &delays_before),
         rss_idle_kib,
         rss_all_open_kib: peak,
         kib_per_stream,
         all_open_secs,
         gateway_cpu_percent,
+        loadgen_cpu_percent,
         gateway_pinned: None,
         upstream: if opts.http2 { "HTTP/2" } else { "HTTP/1.1" }.into(),
         upstream_requests: fake.requests_by_version(),
@@ -318,7 +385,7 @@ async fn counted_stream(
     open: &AtomicUsize,
 ) -> StreamResult {
     let mut counted = false;
-    let r = read_stream(http, base, key, session, opts, |_| {
+    let r = read_stream(http, base, key, session, opts, || {
         if !counted {
             counted = true;
             open.fetch_add(1, Ordering::SeqCst);
@@ -338,7 +405,7 @@ async fn one_stream(
     session: String,
     opts: &ChatOptions,
 ) -> StreamResult {
-    read_stream(http, base, key, &session, opts, |_| {}).await
+    read_stream(http, base, key, &session, opts, || {}).await
 }
 
 /// Microseconds since the Unix epoch.
@@ -357,7 +424,7 @@ async fn read_stream(
     key: &str,
     session: &str,
     opts: &ChatOptions,
-    mut on_event: impl FnMut(&Value),
+    mut on_event: impl FnMut(),
 ) -> StreamResult {
     let mut out = StreamResult::default();
     let resp = http
@@ -392,35 +459,52 @@ async fn read_stream(
         };
         let at = now_us();
         buf.extend_from_slice(&chunk);
-        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=nl).collect();
+        // Every whole line of what has come, read in place; the rest waits for the next chunk.
+        let mut start = 0;
+        while let Some(nl) = buf[start..].iter().position(|b| *b == b'\n') {
+            let line = &buf[start..start + nl];
+            start += nl + 1;
             let Some(data) = line.strip_prefix(b"data:") else {
                 continue;
             };
-            let Ok(ev) = serde_json::from_slice::<Value>(data.trim_ascii()) else {
+            let Ok(ev) = serde_json::from_slice::<StreamEvent>(data.trim_ascii()) else {
                 out.error = Some("an event that is not JSON".into());
                 return out;
             };
-            on_event(&ev);
-            match ev["type"].as_str() {
-                Some("agent_chunk") => {
-                    let text = ev["text"].as_str().unwrap_or_default();
+            on_event();
+            match &*ev.kind {
+                "agent_chunk" => {
+                    let text = ev.text.as_deref().unwrap_or_default();
                     out.chunks += 1;
                     joined.push_str(text);
                     if let Some(sent) = read_stamp(text) {
-                        out.delays_us
-                            .push(at.saturating_sub(sent).min(u32::MAX as u64) as u32);
+                        let delay = at.saturating_sub(sent).min(u32::MAX as u64) as u32;
+                        out.delays_us.push((sent, delay));
                     }
                 }
-                Some("agent_end") => {
-                    out.answer_ok = ev["text"].as_str() == Some(joined.as_str())
-                        && ev["fallback"] == Value::Bool(false);
+                "agent_end" => {
+                    out.answer_ok =
+                        ev.text.as_deref() == Some(joined.as_str()) && ev.fallback == Some(false);
                     return out;
                 }
                 _ => {}
             }
         }
+        buf.drain(..start);
     }
+}
+
+/// What the reader needs of a stream's event, borrowed from its line where it can be (a
+/// thousand readers share the load generator's core with the fake: a JSON tree per delta would
+/// be its own delay).
+#[derive(serde::Deserialize)]
+struct StreamEvent<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    text: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    fallback: Option<bool>,
 }
 
 fn print_report(r: &ChatReport) {
@@ -449,21 +533,40 @@ fn print_report(r: &ChatReport) {
         "  delay per delta (fake's write → reader's read, n={}): p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         d.n, d.p50_ms, d.p95_ms, d.p99_ms, d.max_ms
     );
+    let o = &r.delta_delay_all_open;
+    println!(
+        "  of them, sent while all {} were open (n={}): p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        r.streams, o.n, o.p50_ms, o.p95_ms, o.p99_ms, o.max_ms
+    );
+    match &r.gateway_delta_delay {
+        Some(g) => println!(
+            "  delay per delta in the gateway ({GATEWAY_DELAY}: model's stream read → event made, n={}): p50 {:.3} ms, p99 {:.3} ms",
+            g.n, g.p50_ms, g.p99_ms
+        ),
+        None => println!("  delay per delta in the gateway: not in its /metrics"),
+    }
     println!(
         "  gateway memory: idle {} KiB, all {} streams open {} KiB: {:.1} KiB per stream",
         r.rss_idle_kib, r.streams, r.rss_all_open_kib, r.kib_per_stream
     );
     println!(
-        "  all open for {:.1} s; gateway CPU then {:.0}% of a core{}",
+        "  all open for {:.1} s; gateway CPU then {:.0}% of a core{}; load generator (fake and readers) {:.0}%",
         r.all_open_secs,
         r.gateway_cpu_percent,
         r.gateway_pinned
             .as_deref()
             .map(|p| format!(" ({p})"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        r.loadgen_cpu_percent
     );
     println!(
-        "  targets (p99 ≤ 2 ms, ≤ 32 KiB per stream, nothing lost): {}",
+        "  targets (p99 ≤ 2 ms through the gateway, ≤ 32 KiB per stream, nothing lost): {}",
         if r.meets_targets() { "met" } else { "NOT met" }
     );
+    if r.loadgen_cpu_percent >= 80.0 {
+        println!(
+            "  (the load generator used {:.0}% of its core: the delay through the gateway includes its own queue)",
+            r.loadgen_cpu_percent
+        );
+    }
 }

@@ -508,7 +508,7 @@ fn frames_relayed(text: &str) -> (f64, f64) {
 
 /// A histogram's cumulative buckets `(upper bound, count)`, ascending, summed over every series
 /// whose labels include all of `want` (like `sum by (le)`); empty if there is none.
-fn histogram_buckets(text: &str, name: &str, want: &[(&str, &str)]) -> Vec<(f64, f64)> {
+pub(super) fn histogram_buckets(text: &str, name: &str, want: &[(&str, &str)]) -> Vec<(f64, f64)> {
     let bucket = format!("{name}_bucket");
     let mut by_le: Vec<(f64, f64)> = Vec::new();
     for (n, labels, v) in samples(text) {
@@ -569,11 +569,29 @@ pub struct HistogramSummary {
 
 /// `warmline_relay_delay_seconds{direction}` from a /metrics text, if the gateway has it.
 fn relay_histogram(text: &str, direction: &str) -> Option<HistogramSummary> {
-    let b = histogram_buckets(
-        text,
-        "warmline_relay_delay_seconds",
-        &[("direction", direction)],
-    );
+    histogram_summary(
+        &histogram_buckets(
+            text,
+            "warmline_relay_delay_seconds",
+            &[("direction", direction)],
+        ),
+        &[],
+    )
+}
+
+/// A histogram's observations between two readings of its cumulative buckets (`before` empty:
+/// since the start), summarised; `None` if there were none.
+pub(super) fn histogram_summary(
+    after: &[(f64, f64)],
+    before: &[(f64, f64)],
+) -> Option<HistogramSummary> {
+    let b: Vec<(f64, f64)> = after
+        .iter()
+        .map(|&(le, n)| {
+            let earlier = before.iter().find(|(l, _)| *l == le).map_or(0.0, |b| b.1);
+            (le, n - earlier)
+        })
+        .collect();
     Some(HistogramSummary {
         n: b.last()?.1,
         p50_ms: histogram_quantile(0.5, &b)? * 1000.0,
@@ -1148,7 +1166,7 @@ async fn create_client_with(base: &str, body: serde_json::Value) -> anyhow::Resu
     Ok(())
 }
 
-async fn scrape(base: &str) -> anyhow::Result<String> {
+pub(super) async fn scrape(base: &str) -> anyhow::Result<String> {
     Ok(reqwest::get(format!("{base}/metrics"))
         .await
         .context("reading the gateway's /metrics")?

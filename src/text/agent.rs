@@ -78,11 +78,40 @@ const REMEMBERED: Duration = Duration::from_secs(600);
 /// Most of them remembered; past it the ones older than [`REMEMBERED`] are forgotten.
 const REMEMBERED_MAX: usize = 10_000;
 
+/// When a delta was read from the model's stream, for `warmline_text_delta_delay_seconds`:
+/// microseconds since the process first asked, in 32 bits so that a queued delta stays as small
+/// as a tool's event (it wraps after 71 minutes; the difference is taken wrapping, and no delta
+/// waits that long).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadAt(u32);
+
+impl ReadAt {
+    fn epoch() -> std::time::Instant {
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        *EPOCH.get_or_init(std::time::Instant::now)
+    }
+
+    /// Now.
+    pub fn now() -> Self {
+        Self(Self::epoch().elapsed().as_micros() as u32)
+    }
+
+    /// The time since.
+    pub fn elapsed(self) -> std::time::Duration {
+        self.until(Self::now())
+    }
+
+    /// The time from this to `later`.
+    fn until(self, later: Self) -> std::time::Duration {
+        std::time::Duration::from_micros(u64::from(later.0.wrapping_sub(self.0)))
+    }
+}
+
 /// What happens while an answer is made, for channels that show it as it comes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Progress {
-    /// More of the answer's text.
-    Delta(String),
+    /// More of the answer's text, and when it was read from the model's stream.
+    Delta(String, ReadAt),
     /// The agent calls a tool. Its arguments and output are not told: a page is never shown
     /// them (an operator's tool may return what the agent is not to recite), and an answer
     /// being streamed keeps what it tells queued, so each event is kept small.
@@ -869,9 +898,10 @@ impl Run<'_> {
             let Some(chunk) = chunk else {
                 return Err("the stream ended before the answer completed".into());
             };
+            let at = ReadAt::now();
             for event in reader.feed(&chunk) {
                 match event {
-                    Event::Delta(d) => self.tell(Progress::Delta(d)),
+                    Event::Delta(d) => self.tell(Progress::Delta(d, at)),
                     Event::Call {
                         call_id,
                         name,
@@ -1098,6 +1128,22 @@ fn api_error(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_queued_delta_is_no_bigger_than_a_tools_event_and_its_stamp_times_it() {
+        // A thousand open streams each keep their queued events: the read time costs no size.
+        assert_eq!(
+            std::mem::size_of::<Progress>(),
+            std::mem::size_of::<(String, bool)>()
+        );
+        let at = ReadAt::now();
+        std::thread::sleep(Duration::from_millis(3));
+        let waited = at.elapsed();
+        assert!(waited >= Duration::from_millis(3), "{waited:?}");
+        // Across the 32-bit wrap, the difference still holds.
+        let before_wrap = ReadAt(u32::MAX - 10);
+        assert_eq!(before_wrap.until(ReadAt(20)), Duration::from_micros(31));
+    }
 
     #[test]
     fn exchange_ids_are_call_sids_and_distinct() {

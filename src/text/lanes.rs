@@ -1,9 +1,9 @@
 //! The text agent's connections to the model's API (README "Figures: web chat").
 //!
-//! Over HTTP/1.1 (the default) every answer being streamed holds a connection of its own, and
-//! each costs the gateway some 30 KiB (hyper's buffers, its request queue, its task). With
-//! `text.http2` many answers share one connection (measured: 64 KiB per open web chat stream
-//! down to 31, at the same CPU), but a connection carries only as many requests at once as the
+//! Over HTTP/1.1 every answer being streamed holds a connection of its own, and each costs the
+//! gateway some 30 KiB (hyper's buffers, its request queue, its task). Over HTTP/2 many answers
+//! share one connection (measured: 64 KiB per open web chat stream down to 31, at the same
+//! CPU), but a connection carries only as many requests at once as the
 //! server allows (`SETTINGS_MAX_CONCURRENT_STREAMS`), and hyper's client does not open another when
 //! that is reached: the next request waits for one to end, which for a streamed answer can be a
 //! minute. So requests are spread over lanes: a lane is an HTTP client (its own connection
@@ -11,9 +11,10 @@
 //! the least RFC 9113 §6.5.2 recommends a server allow. When every lane is full a new one is
 //! made; lanes are kept (an idle connection is closed by the pool).
 //!
-//! With `text.http2`, HTTP/2 is negotiated over `https://` (ALPN; a server that offers only
-//! HTTP/1.1 is still served, a lane then opening a connection per request) and spoken without
-//! TLS (h2c) over `http://`. Without it every lane speaks HTTP/1.1.
+//! `text.http2` unset (the default): HTTP/2 is negotiated over `https://` (ALPN; a server that
+//! offers only HTTP/1.1 is still served, a lane then opening a connection per request), and
+//! HTTP/1.1 is spoken over `http://` (a local proxy may know no h2c). `true`: HTTP/2 also
+//! without TLS (h2c) over `http://`. `false`: every lane speaks HTTP/1.1.
 
 use std::{
     sync::{Arc, Mutex},
@@ -34,7 +35,7 @@ struct Lane {
 /// The lanes.
 pub struct Lanes {
     lanes: Mutex<Vec<Lane>>,
-    http2: bool,
+    http2: Option<bool>,
     cleartext: bool,
     per_lane: usize,
 }
@@ -48,11 +49,11 @@ pub struct Leased {
 
 impl Lanes {
     /// No lanes yet. `http2`: `text.http2`; `cleartext`: the API's URL is `http://`.
-    pub fn new(http2: bool, cleartext: bool) -> Self {
+    pub fn new(http2: Option<bool>, cleartext: bool) -> Self {
         Self::with_per_lane(http2, cleartext, LANE_REQUESTS)
     }
 
-    fn with_per_lane(http2: bool, cleartext: bool, per_lane: usize) -> Self {
+    fn with_per_lane(http2: Option<bool>, cleartext: bool, per_lane: usize) -> Self {
         Self {
             lanes: Mutex::new(Vec::new()),
             http2,
@@ -113,17 +114,22 @@ impl Lanes {
     }
 
     fn client(&self) -> Result<reqwest::Client, String> {
+        let http1_only = matches!(
+            (self.http2, self.cleartext),
+            (Some(false), _) | (None, true)
+        );
         let mut b = reqwest::Client::builder()
+            .use_preconfigured_tls(tls_config(http1_only)?)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
             // A connection the server dropped silently is found before a request is lost on it.
             .http2_keep_alive_interval(Duration::from_secs(30))
             .http2_keep_alive_timeout(Duration::from_secs(10))
             .http2_keep_alive_while_idle(true);
-        b = match (self.http2, self.cleartext) {
-            (false, _) => b.http1_only(),
-            (true, true) => b.http2_prior_knowledge(),
-            (true, false) => b,
+        b = match (http1_only, self.cleartext) {
+            (true, _) => b.http1_only(),
+            (false, true) => b.http2_prior_knowledge(),
+            (false, false) => b,
         };
         b.build()
             .map_err(|e| format!("building an HTTP client: {e}"))
@@ -135,13 +141,56 @@ impl Lanes {
     }
 }
 
+/// The roots a lane trusts: the system's store and webpki's list, as reqwest would read them
+/// itself, read once. reqwest reads them again for every client it builds, some 150 files read
+/// and parsed, milliseconds of the worker that also streams every open answer: a lane is made
+/// per 100 answers at once, and each was a stall of every open web chat stream
+/// (README "Figures: web chat").
+fn roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: std::sync::OnceLock<Arc<rustls::RootCertStore>> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            let native = rustls_native_certs::load_native_certs();
+            let (added, ignored) = roots.add_parsable_certificates(native.certs);
+            if !native.errors.is_empty() || ignored > 0 {
+                tracing::debug!(
+                    added,
+                    ignored,
+                    errors = native.errors.len(),
+                    "text: the system's TLS roots, read in part"
+                );
+            }
+            Arc::new(roots)
+        })
+        .clone()
+}
+
+/// A lane's TLS: [`roots`], and the protocols it offers (ALPN): HTTP/2 then HTTP/1.1, or
+/// HTTP/1.1 only.
+fn tls_config(http1_only: bool) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("the TLS configuration: {e}"))?
+        .with_root_certificates(roots())
+        .with_no_client_auth();
+    config.alpn_protocols = if http1_only {
+        vec![b"http/1.1".to_vec()]
+    } else {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    };
+    Ok(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_full_lane_opens_another_and_a_freed_place_is_taken_again() {
-        let lanes = Lanes::with_per_lane(true, true, 2);
+        let lanes = Lanes::with_per_lane(Some(true), true, 2);
         let a = lanes.lease().unwrap();
         let b = lanes.lease().unwrap();
         assert_eq!(lanes.count(), 1, "two requests fit on one lane");
@@ -159,5 +208,31 @@ mod tests {
         let f = lanes.lease().unwrap();
         assert_eq!(lanes.count(), 3);
         drop((b, c, d, e, f));
+    }
+
+    #[test]
+    fn lanes_share_roots_read_once_and_offer_the_protocols_of_their_mode() {
+        let first = roots();
+        assert!(first.len() >= webpki_roots::TLS_SERVER_ROOTS.len());
+        assert!(Arc::ptr_eq(&first, &roots()), "read once");
+        assert_eq!(
+            tls_config(false).unwrap().alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        assert_eq!(
+            tls_config(true).unwrap().alpn_protocols,
+            [b"http/1.1".to_vec()]
+        );
+        // Every mode builds its client on that configuration.
+        for (http2, cleartext) in [
+            (None, false),
+            (None, true),
+            (Some(true), false),
+            (Some(true), true),
+            (Some(false), false),
+        ] {
+            let lanes = Lanes::new(http2, cleartext);
+            assert!(lanes.lease().is_ok(), "{http2:?} {cleartext}");
+        }
     }
 }

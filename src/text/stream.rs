@@ -66,27 +66,32 @@ impl Reader {
         self.over
     }
 
-    /// Reads `bytes` (any split of the body); the events they complete, in order.
-    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Event> {
+    /// Reads `bytes` (any split of the body); the events they complete, in order. A line whole in
+    /// `bytes` is read where it lies; only a line split across reads is gathered.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Vec<Event> {
         let mut out = Vec::new();
-        for &b in bytes {
-            if self.over {
+        while !self.over && !bytes.is_empty() {
+            let nl = bytes.iter().position(|&b| b == b'\n');
+            let part = &bytes[..nl.unwrap_or(bytes.len())];
+            if self.line.len() + part.len() > MAX_LINE {
+                self.over = true;
+                out.push(Event::Failed(format!(
+                    "a stream line longer than {MAX_LINE} bytes"
+                )));
                 break;
             }
-            if b != b'\n' {
-                if self.line.len() >= MAX_LINE {
-                    self.over = true;
-                    out.push(Event::Failed(format!(
-                        "a stream line longer than {MAX_LINE} bytes"
-                    )));
-                    break;
-                }
-                self.line.push(b);
-                continue;
-            }
-            let line = std::mem::take(&mut self.line);
-            let line = line.strip_suffix(b"\r").unwrap_or(&line);
-            if let Some(e) = Self::line_event(line) {
+            let Some(nl) = nl else {
+                self.line.extend_from_slice(part);
+                break;
+            };
+            bytes = &bytes[nl + 1..];
+            let event = if self.line.is_empty() {
+                Self::line_event(part)
+            } else {
+                self.line.extend_from_slice(part);
+                Self::line_event(&std::mem::take(&mut self.line))
+            };
+            if let Some(e) = event {
                 self.over = matches!(e, Event::Completed { .. } | Event::Failed(_));
                 out.push(e);
             }
@@ -95,8 +100,25 @@ impl Reader {
     }
 
     fn line_event(line: &[u8]) -> Option<Event> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         let data = line.strip_prefix(b"data:")?;
         let data = data.strip_prefix(b" ").unwrap_or(data);
+        // Most lines are text deltas or events not needed: their type (and a delta's text) is
+        // read without building the event as a JSON tree. Anything else, or a line this does
+        // not read, is read whole below.
+        if let Ok(head) = serde_json::from_slice::<Head>(data) {
+            match &*head.kind {
+                "response.output_text.delta" => {
+                    return Some(Event::Delta(head.delta.unwrap_or_default()));
+                }
+                "response.output_item.done"
+                | "response.completed"
+                | "response.incomplete"
+                | "response.failed"
+                | "error" => {}
+                _ => return None,
+            }
+        }
         let v: Value = match serde_json::from_slice(data) {
             Ok(v) => v,
             Err(e) => {
@@ -146,6 +168,15 @@ impl Reader {
             _ => None,
         }
     }
+}
+
+/// What is read of every event first: its type, and a text delta's text.
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    delta: Option<String>,
 }
 
 /// The text of a response object's `message` items' `output_text` parts, joined.
@@ -310,6 +341,54 @@ mod tests {
         assert_eq!(name, "business_hours");
         assert_eq!(arguments, r#"{"day":"sunday"}"#);
         assert!(matches!(events.last(), Some(Event::Completed { text, .. }) if text.is_empty()));
+    }
+
+    #[test]
+    fn a_line_is_read_up_to_its_cap_and_a_delta_of_any_shape_is_read() {
+        // A delta with escapes, a skipped event whose `delta` is no text, CRLF endings, then a
+        // delta split across reads.
+        let body = concat!(
+            "data: {\"type\":\"response.output_text.delta\",\"delta\":\"say \\\"hi\\\"\\n\\u00e9\"}\r\n\r\n",
+            "data: {\"type\":\"response.reasoning.delta\",\"delta\":{\"x\":1}}\n\n",
+            "data: {\"type\":\"response.output_text.delta\",\"delta\":\"ok\"}\n\n",
+            "data: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"output\":[]}}\n\n",
+        );
+        for piece in [1, 7, body.len()] {
+            assert_eq!(
+                read_in_pieces(body.as_bytes(), piece),
+                vec![
+                    Event::Delta("say \"hi\"\né".into()),
+                    Event::Delta("ok".into()),
+                    Event::Completed {
+                        response_id: "r".into(),
+                        text: String::new()
+                    }
+                ],
+                "pieces of {piece}"
+            );
+        }
+        // A line of exactly the cap is read; one byte more fails the stream.
+        let head = "data: {\"type\":\"response.output_text.delta\",\"delta\":\"";
+        let at_cap = |extra: usize| {
+            let fill = MAX_LINE + extra - head.len() - 2;
+            format!("{head}{}\"}}\n", "a".repeat(fill))
+        };
+        let mut r = Reader::new();
+        let mut events = r.feed(&at_cap(0).as_bytes()[..1000]);
+        events.extend(r.feed(&at_cap(0).as_bytes()[1000..]));
+        assert!(
+            matches!(&events[..], [Event::Delta(d)] if d.len() == MAX_LINE - head.len() - 2),
+            "{:?}",
+            events.len()
+        );
+        let mut r = Reader::new();
+        let mut events = r.feed(&at_cap(1).as_bytes()[..1000]);
+        events.extend(r.feed(&at_cap(1).as_bytes()[1000..]));
+        assert!(
+            matches!(&events[..], [Event::Failed(why)] if why.contains("longer than")),
+            "{events:?}"
+        );
+        assert!(r.is_over());
     }
 
     #[test]

@@ -486,11 +486,28 @@ async fn send(
 /// arguments or output (an operator's tool may return what the agent is not to recite).
 fn event_json(p: &Progress) -> Value {
     match p {
-        Progress::Delta(d) => json!({"type": "agent_chunk", "text": d}),
+        Progress::Delta(d, _) => json!({"type": "agent_chunk", "text": d}),
         Progress::ToolCall { name } => json!({"type": "tool_call", "name": name}),
         Progress::ToolResult { name, ok } => {
             json!({"type": "tool_result", "name": name, "ok": ok})
         }
+    }
+}
+
+/// One event's JSON text. A delta, by far the most frequent, is written without a JSON tree.
+fn event_text(p: &Progress) -> String {
+    #[derive(serde::Serialize)]
+    struct Chunk<'a> {
+        r#type: &'static str,
+        text: &'a str,
+    }
+    match p {
+        Progress::Delta(d, _) => serde_json::to_string(&Chunk {
+            r#type: "agent_chunk",
+            text: d,
+        })
+        .unwrap_or_default(),
+        _ => event_json(p).to_string(),
     }
 }
 
@@ -504,30 +521,35 @@ fn end_json(a: &Answer, thread_id: Option<&str>) -> Value {
     v
 }
 
-/// Runs the answer in its own task; its events, the end last.
+/// Runs the answer in its own task; its events' JSON texts, the end last.
 fn answer_events(
     state: &AppState,
     inbound: Inbound,
     admitted: super::agent::Admitted,
     thread_id: Option<String>,
-) -> impl Stream<Item = Value> + Send + 'static {
+) -> impl Stream<Item = String> + Send + 'static {
     let (tx, rx) = mpsc::unbounded_channel();
     let agent: Arc<TextAgent> = state.text.clone();
+    let delay = state.metrics.text_delta_delay.clone();
     let task = state
         .tasks
         .spawn(async move { agent.answer(inbound, admitted, Some(tx)).await });
     futures_util::stream::unfold((rx, Some(task)), move |(mut rx, task)| {
-        let thread_id = thread_id.clone();
+        let (thread_id, delay) = (thread_id.clone(), delay.clone());
         async move {
             if let Some(p) = rx.recv().await {
-                return Some((event_json(&p), (rx, task)));
+                let event = event_text(&p);
+                if let Progress::Delta(_, at) = p {
+                    delay.observe(at.elapsed().as_secs_f64());
+                }
+                return Some((event, (rx, task)));
             }
             // Every progress sender is gone: the answer is made.
             let end = match task?.await {
-                Ok(answer) => end_json(&answer, thread_id.as_deref()),
+                Ok(answer) => end_json(&answer, thread_id.as_deref()).to_string(),
                 Err(e) => {
                     tracing::error!(error = %e, "web chat: the answer's task failed");
-                    json!({"type": "error", "error": "the answer failed", "done": true})
+                    json!({"type": "error", "error": "the answer failed", "done": true}).to_string()
                 }
             };
             Some((end, (rx, None)))
@@ -557,7 +579,7 @@ async fn stream(
     )
     .await?;
     let events = answer_events(&state, inbound, admitted, None)
-        .map(|v| Ok::<_, Infallible>(SseEvent::default().data(v.to_string())));
+        .map(|text| Ok::<_, Infallible>(SseEvent::default().data(text)));
     let mut r = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response();
@@ -675,9 +697,9 @@ async fn serve_socket(state: AppState, client: Arc<clients::ClientProfile>, mut 
             background: false,
         };
         let mut events = Box::pin(answer_events(&state, inbound, admitted, Some(thread)));
-        while let Some(v) = events.next().await {
+        while let Some(text) = events.next().await {
             // A peer gone mid-answer: the answer still completes and is recorded.
-            if send_json(&mut socket, &v).await.is_err() {
+            if socket.send(Message::Text(text.into())).await.is_err() {
                 return;
             }
         }
@@ -730,9 +752,21 @@ mod tests {
 
     #[test]
     fn events_carry_their_type_and_the_end_is_done() {
+        let at = super::super::agent::ReadAt::now();
+        for text in ["Hi", "say \"hi\"\n\u{e9}</script>"] {
+            let event = event_text(&Progress::Delta(text.into(), at));
+            assert_eq!(
+                serde_json::from_str::<Value>(&event).unwrap(),
+                json!({"type": "agent_chunk", "text": text})
+            );
+        }
+        let tool = Progress::ToolResult {
+            name: "business_hours".into(),
+            ok: true,
+        };
         assert_eq!(
-            event_json(&Progress::Delta("Hi".into())),
-            json!({"type": "agent_chunk", "text": "Hi"})
+            serde_json::from_str::<Value>(&event_text(&tool)).unwrap(),
+            json!({"type": "tool_result", "name": "business_hours", "ok": true})
         );
         let end = end_json(
             &Answer {
