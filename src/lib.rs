@@ -72,6 +72,7 @@ pub mod store;
 pub mod telemetry;
 pub mod text;
 pub mod timeline;
+pub mod tls;
 pub mod tools;
 pub mod traces;
 pub mod twilio;

@@ -208,6 +208,8 @@ impl TextAgent {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
             .build()?;
+        // The lanes' and the tools' TLS roots, read now rather than in the first answer.
+        crate::tls::warm();
         let t = &settings.text;
         Ok(Self {
             http,

@@ -67,8 +67,9 @@ impl Lanes {
         if let Some(leased) = self.free_place() {
             return Ok(leased);
         }
-        // Made without the lock (a client loads its TLS roots): another request may have made
-        // a lane meanwhile, which is then taken first and this one kept for later.
+        // Made without the lock (building a client is not free, though its TLS roots are read
+        // once, `crate::tls`): another request may have made a lane meanwhile, which is then
+        // taken first and this one kept for later.
         let http = self.client()?;
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(leased) = Self::place_on(&lanes) {
@@ -119,7 +120,7 @@ impl Lanes {
             (Some(false), _) | (None, true)
         );
         let mut b = reqwest::Client::builder()
-            .use_preconfigured_tls(tls_config(http1_only)?)
+            .use_preconfigured_tls(crate::tls::client_config(http1_only)?)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
             // A connection the server dropped silently is found before a request is lost on it.
@@ -139,49 +140,6 @@ impl Lanes {
     pub fn count(&self) -> usize {
         self.lanes.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
-}
-
-/// The roots a lane trusts: the system's store and webpki's list, as reqwest would read them
-/// itself, read once. reqwest reads them again for every client it builds, some 150 files read
-/// and parsed, milliseconds of the worker that also streams every open answer: a lane is made
-/// per 100 answers at once, and each was a stall of every open web chat stream
-/// (README "Figures: web chat").
-fn roots() -> Arc<rustls::RootCertStore> {
-    static ROOTS: std::sync::OnceLock<Arc<rustls::RootCertStore>> = std::sync::OnceLock::new();
-    ROOTS
-        .get_or_init(|| {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-            let native = rustls_native_certs::load_native_certs();
-            let (added, ignored) = roots.add_parsable_certificates(native.certs);
-            if !native.errors.is_empty() || ignored > 0 {
-                tracing::debug!(
-                    added,
-                    ignored,
-                    errors = native.errors.len(),
-                    "text: the system's TLS roots, read in part"
-                );
-            }
-            Arc::new(roots)
-        })
-        .clone()
-}
-
-/// A lane's TLS: [`roots`], and the protocols it offers (ALPN): HTTP/2 then HTTP/1.1, or
-/// HTTP/1.1 only.
-fn tls_config(http1_only: bool) -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("the TLS configuration: {e}"))?
-        .with_root_certificates(roots())
-        .with_no_client_auth();
-    config.alpn_protocols = if http1_only {
-        vec![b"http/1.1".to_vec()]
-    } else {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    };
-    Ok(config)
 }
 
 #[cfg(test)]
@@ -211,19 +169,8 @@ mod tests {
     }
 
     #[test]
-    fn lanes_share_roots_read_once_and_offer_the_protocols_of_their_mode() {
-        let first = roots();
-        assert!(first.len() >= webpki_roots::TLS_SERVER_ROOTS.len());
-        assert!(Arc::ptr_eq(&first, &roots()), "read once");
-        assert_eq!(
-            tls_config(false).unwrap().alpn_protocols,
-            [b"h2".to_vec(), b"http/1.1".to_vec()]
-        );
-        assert_eq!(
-            tls_config(true).unwrap().alpn_protocols,
-            [b"http/1.1".to_vec()]
-        );
-        // Every mode builds its client on that configuration.
+    fn a_lane_of_every_mode_builds_its_client_on_the_shared_tls_configuration() {
+        // reqwest refuses a configuration of another rustls than its own: this would fail.
         for (http2, cleartext) in [
             (None, false),
             (None, true),

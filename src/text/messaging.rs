@@ -209,6 +209,8 @@ impl Sender {
         Ok(Self {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                // A connection not made in time is surely no message sent: tried again.
+                .connect_timeout(Duration::from_secs(10))
                 .timeout(Duration::from_secs(15))
                 .build()?,
             url: format!(

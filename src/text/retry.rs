@@ -1,7 +1,8 @@
-//! Requests to a channel's API that put something in front of a person or a business (a
-//! WhatsApp or SMS message through Twilio, a note or a Salesbot on a Kommo lead), tried again
-//! under one rule: a repeat that could be seen twice is only made when the first surely did not
-//! happen.
+//! Requests to a channel's API (a WhatsApp or SMS message through Twilio, a note, a field or a
+//! Salesbot on a Kommo lead), tried again under one rule: a repeat the person would see twice (a
+//! message, a Salesbot launch: [`Retry::IfNotDone`]) is only made when the first surely did not
+//! happen. A note or a field ([`Retry::Always`]) is tried again after any failure: at worst the
+//! business sees a note twice.
 //!
 //! Neither Twilio's Messages API nor Kommo's API takes an idempotency key, so after a timeout, a
 //! broken connection or a 500 the request may have been done: sending a message again would

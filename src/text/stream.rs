@@ -373,22 +373,32 @@ mod tests {
             let fill = MAX_LINE + extra - head.len() - 2;
             format!("{head}{}\"}}\n", "a".repeat(fill))
         };
-        let mut r = Reader::new();
-        let mut events = r.feed(&at_cap(0).as_bytes()[..1000]);
-        events.extend(r.feed(&at_cap(0).as_bytes()[1000..]));
-        assert!(
-            matches!(&events[..], [Event::Delta(d)] if d.len() == MAX_LINE - head.len() - 2),
-            "{:?}",
-            events.len()
-        );
-        let mut r = Reader::new();
-        let mut events = r.feed(&at_cap(1).as_bytes()[..1000]);
-        events.extend(r.feed(&at_cap(1).as_bytes()[1000..]));
-        assert!(
-            matches!(&events[..], [Event::Failed(why)] if why.contains("longer than")),
-            "{events:?}"
-        );
-        assert!(r.is_over());
+        // Whole in one read (read in place) and split across two (gathered).
+        for split in [None, Some(1000)] {
+            let feed = |line: String| {
+                let mut r = Reader::new();
+                let mut events = match split {
+                    None => r.feed(line.as_bytes()),
+                    Some(at) => r.feed(&line.as_bytes()[..at]),
+                };
+                if let Some(at) = split {
+                    events.extend(r.feed(&line.as_bytes()[at..]));
+                }
+                (events, r.is_over())
+            };
+            let (events, _) = feed(at_cap(0));
+            assert!(
+                matches!(&events[..], [Event::Delta(d)] if d.len() == MAX_LINE - head.len() - 2),
+                "{split:?}: {} events",
+                events.len()
+            );
+            let (events, over) = feed(at_cap(1));
+            assert!(
+                matches!(&events[..], [Event::Failed(why)] if why.contains("longer than")),
+                "{split:?}: {events:?}"
+            );
+            assert!(over);
+        }
     }
 
     #[test]

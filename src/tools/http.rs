@@ -375,8 +375,13 @@ pub async fn call(
     let timestamp = Utc::now().timestamp();
     let signature = signing::sign(secret, &id, timestamp, body.as_bytes());
     let host = url.host_str().unwrap_or_default().to_string();
-    // No proxy: a proxy would resolve the name itself, past the addresses checked here.
+    // No proxy: a proxy would resolve the name itself, past the addresses checked here. A
+    // client per call (pinned to the addresses checked), on TLS roots read once (`crate::tls`).
+    let Ok(tls) = crate::tls::client_config(false) else {
+        return ToolResult::error("tool_failed", "The tool could not be called.");
+    };
     let client = match reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .resolve_to_addrs(&host, &addrs)

@@ -244,7 +244,6 @@ async fn small_chat_run(http2: bool) {
         "{report:?}"
     );
     assert_eq!(report.delta_delay.n, 200);
-    assert!(report.delta_delay_all_open.n <= 200, "{report:?}");
     // The gateway timed each of the load's deltas itself (the warm-up's left out).
     assert_eq!(
         report.gateway_delta_delay.as_ref().map(|d| d.n),
