@@ -213,7 +213,7 @@ pub struct TextSettings {
     /// Answers one client may have running at once on this instance; 0: no limit.
     pub concurrent_per_client: usize,
     /// HTTP/2 to the model's API (README "Figures: web chat"), where answers share connections
-    /// (half the memory per open web chat stream, the same CPU). Unset (the default): negotiated
+    /// (half the memory per open web chat stream, and less CPU). Unset (the default): negotiated
     /// over `https://` (ALPN, HTTP/1.1 if the server offers no more), HTTP/1.1 over `http://`.
     /// `true`: also spoken without TLS (h2c) over `http://`. `false`: HTTP/1.1 only, a
     /// connection per answer being made.

@@ -2,7 +2,7 @@
 //!
 //! Over HTTP/1.1 every answer being streamed holds a connection of its own, and each costs the
 //! gateway some 30 KiB (hyper's buffers, its request queue, its task). Over HTTP/2 many answers
-//! share one connection (measured: 64 KiB per open web chat stream down to 31, at the same
+//! share one connection (measured: 63 KiB per open web chat stream down to 30, and less
 //! CPU), but a connection carries only as many requests at once as the
 //! server allows (`SETTINGS_MAX_CONCURRENT_STREAMS`), and hyper's client does not open another when
 //! that is reached: the next request waits for one to end, which for a streamed answer can be a
