@@ -482,33 +482,23 @@ async fn send(
     Ok(r)
 }
 
-/// The JSON of one event. A page learns which tool runs and whether it worked, never its
-/// arguments or output (an operator's tool may return what the agent is not to recite).
-fn event_json(p: &Progress) -> Value {
-    match p {
-        Progress::Delta(d, _) => json!({"type": "agent_chunk", "text": d}),
-        Progress::ToolCall { name } => json!({"type": "tool_call", "name": name}),
-        Progress::ToolResult { name, ok } => {
-            json!({"type": "tool_result", "name": name, "ok": ok})
-        }
-    }
-}
-
-/// One event's JSON text. A delta, by far the most frequent, is written without a JSON tree.
+/// One event's JSON text, written without a JSON tree (a delta is most of them). A page learns
+/// which tool runs and whether it worked, never its arguments or output (an operator's tool may
+/// return what the agent is not to recite).
 fn event_text(p: &Progress) -> String {
     #[derive(serde::Serialize)]
-    struct Chunk<'a> {
-        r#type: &'static str,
-        text: &'a str,
+    #[serde(tag = "type", rename_all = "snake_case")]
+    enum PageEvent<'a> {
+        AgentChunk { text: &'a str },
+        ToolCall { name: &'a str },
+        ToolResult { name: &'a str, ok: bool },
     }
-    match p {
-        Progress::Delta(d, _) => serde_json::to_string(&Chunk {
-            r#type: "agent_chunk",
-            text: d,
-        })
-        .unwrap_or_default(),
-        _ => event_json(p).to_string(),
-    }
+    let event = match p {
+        Progress::Delta(text, _) => PageEvent::AgentChunk { text },
+        Progress::ToolCall { name } => PageEvent::ToolCall { name },
+        Progress::ToolResult { name, ok } => PageEvent::ToolResult { name, ok: *ok },
+    };
+    serde_json::to_string(&event).unwrap_or_default()
 }
 
 /// The last event of an answer.
@@ -534,26 +524,25 @@ fn answer_events(
     let task = state
         .tasks
         .spawn(async move { agent.answer(inbound, admitted, Some(tx)).await });
-    futures_util::stream::unfold((rx, Some(task)), move |(mut rx, task)| {
-        let (thread_id, delay) = (thread_id.clone(), delay.clone());
-        async move {
-            if let Some(p) = rx.recv().await {
-                let event = event_text(&p);
-                if let Progress::Delta(_, at) = p {
-                    delay.observe(at.elapsed().as_secs_f64());
-                }
-                return Some((event, (rx, task)));
+    // The state carries what every event needs, moved along rather than copied per event.
+    let state = (rx, Some(task), thread_id, delay);
+    futures_util::stream::unfold(state, |(mut rx, task, thread_id, delay)| async move {
+        if let Some(p) = rx.recv().await {
+            let event = event_text(&p);
+            if let Progress::Delta(_, at) = p {
+                delay.observe(at.elapsed().as_secs_f64());
             }
-            // Every progress sender is gone: the answer is made.
-            let end = match task?.await {
-                Ok(answer) => end_json(&answer, thread_id.as_deref()).to_string(),
-                Err(e) => {
-                    tracing::error!(error = %e, "web chat: the answer's task failed");
-                    json!({"type": "error", "error": "the answer failed", "done": true}).to_string()
-                }
-            };
-            Some((end, (rx, None)))
+            return Some((event, (rx, task, thread_id, delay)));
         }
+        // Every progress sender is gone: the answer is made.
+        let end = match task?.await {
+            Ok(answer) => end_json(&answer, thread_id.as_deref()).to_string(),
+            Err(e) => {
+                tracing::error!(error = %e, "web chat: the answer's task failed");
+                json!({"type": "error", "error": "the answer failed", "done": true}).to_string()
+            }
+        };
+        Some((end, (rx, None, thread_id, delay)))
     })
 }
 
