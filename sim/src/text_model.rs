@@ -293,6 +293,13 @@ fn paced(
         .collect();
     let seq = opening.len();
     let item_id = item_id.to_string();
+    // Each delta is due at a fixed time: the first at a random point of the first interval
+    // (answers begun a whole number of ticks apart would otherwise stay in step, their deltas
+    // all due at once), each next one `interval` after the one before was due, not after it
+    // went. Paced from when each was sent, the deltas a stall of this thread held back would
+    // leave together and then stay together, a burst every interval for the rest of the
+    // answer, which no model's independent streams make.
+    let first_due = tokio::time::Instant::now() + interval.mul_f64(rand::random_range(0.0..1.0));
     // (deltas sent, text so far, the item and the response to complete; None once done). The
     // item and the response move through the stream, never copied per delta: a thousand paced
     // streams are the load generator's own work, and what it spends delays what it measures.
@@ -305,14 +312,7 @@ fn paced(
             async move {
                 let (item_id, mut item, mut completed) = rest?;
                 if sent < deltas {
-                    // The first delta comes at a random point of the first interval: answers
-                    // begun a whole number of ticks apart would otherwise stay in step, their
-                    // deltas all due at once, a burst no model's streams keep up for long.
-                    let wait = match sent {
-                        0 => interval.mul_f64(rand::random_range(0.0..1.0)),
-                        _ => interval,
-                    };
-                    tokio::time::sleep(wait).await;
+                    tokio::time::sleep_until(first_due + interval * sent as u32).await;
                     let delta = stamp_now();
                     text.push_str(&delta);
                     // The event `frame` makes, written straight: a paced delta is the load
@@ -634,6 +634,50 @@ mod tests {
                 data
             })
             .collect()
+    }
+
+    /// A stall of the fake's thread (here: its stream not polled for 250 ms) lets the deltas
+    /// due meanwhile go together once, and the rest keep their times: paced from when each
+    /// went, they would stay bunched for the rest of the answer (the load generator measured
+    /// its own bursts so).
+    #[tokio::test(start_paused = true)]
+    async fn paced_deltas_keep_their_times_after_a_stall() {
+        use futures_util::StreamExt;
+        let interval = std::time::Duration::from_millis(100);
+        let item = json!({"id": "msg_1", "type": "message", "role": "assistant"});
+        let response = json!({"id": "resp_1", "object": "response"});
+        let r = paced(vec![], "msg_1", item, response, interval, 6);
+        let mut body = r.into_body().into_data_stream();
+        let mut deltas = Vec::new();
+        let mut text = String::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = String::from_utf8(chunk.unwrap().to_vec()).unwrap();
+            text.push_str(&chunk);
+            if chunk.contains("\"type\":\"response.output_text.delta\"") {
+                deltas.push(tokio::time::Instant::now());
+                if deltas.len() == 1 {
+                    tokio::time::advance(std::time::Duration::from_millis(250)).await;
+                }
+            }
+        }
+        let since_first: Vec<u128> = deltas
+            .iter()
+            .map(|t| (*t - deltas[0]).as_millis())
+            .collect();
+        // Due at 100 and 200 ms: sent together when the stall ends; then 300, 400, 500.
+        assert_eq!(since_first, [0, 250, 250, 300, 400, 500]);
+        let ev = events(&text);
+        assert_eq!(ev.last().unwrap()["type"], "response.completed");
+        let done = ev
+            .iter()
+            .find(|e| e["type"] == "response.output_text.done")
+            .unwrap();
+        let joined: String = ev
+            .iter()
+            .filter(|e| e["type"] == "response.output_text.delta")
+            .map(|e| e["delta"].as_str().unwrap())
+            .collect();
+        assert_eq!(done["text"], joined.as_str());
     }
 
     #[tokio::test]
