@@ -401,11 +401,16 @@ async fn chat(
             record(200, None);
             r
         }
-        Ok(crate::text_model::Answered::Background { id, queued, done }) => {
+        Ok(crate::text_model::Answered::Background {
+            id,
+            queued,
+            done,
+            operating,
+        }) => {
             shared.completions.fetch_add(1, Ordering::SeqCst);
             record(200, None);
             lock(&shared.background).insert(id.clone(), queued.clone());
-            tokio::spawn(complete_later(shared.clone(), id, done));
+            tokio::spawn(complete_later(shared.clone(), id, done, operating));
             (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/json")],
@@ -413,14 +418,14 @@ async fn chat(
             )
                 .into_response()
         }
-        Err((status, param, message)) => {
-            record(status.as_u16(), None);
+        Err(p) => {
+            record(p.status.as_u16(), None);
             error(
-                status,
+                p.status,
                 "invalid_request_error",
-                Some(&param),
-                None,
-                &message,
+                Some(&p.param),
+                p.code,
+                &p.message,
             )
         }
     }
@@ -483,9 +488,15 @@ fn no_key() -> Response {
 const BACKGROUND_TAKES: Duration = Duration::from_millis(30);
 
 /// Completes background response `id` with `done`, then announces it to the webhook, if set.
-async fn complete_later(shared: Arc<Shared>, id: String, done: Value) {
+async fn complete_later(
+    shared: Arc<Shared>,
+    id: String,
+    done: Value,
+    operating: Option<crate::text_model::Operating>,
+) {
     tokio::time::sleep(BACKGROUND_TAKES).await;
     lock(&shared.background).insert(id.clone(), done);
+    drop(operating);
     let Some((url, secret)) = lock(&shared.webhook).clone() else {
         return;
     };

@@ -31,7 +31,9 @@
 //! `POST /v1/conversations/{id}/items` adds items to a conversation, `DELETE /v1/conversations/{id}`
 //! deletes it (`conversation.deleted`). A turn on a conversation holding a function call without
 //! its `function_call_output` is refused (400 "No tool output found for function call …"), as the
-//! API refuses it.
+//! API refuses it. So is a turn on a conversation another response is in progress on (a paced
+//! stream not yet ended, a background response not yet done): 400, code `conversation_locked`,
+//! param `conversation`, [`CONVERSATION_LOCKED`].
 //!
 //! The model is deterministic: it answers a user message with `Noted: <the message>.` (so a
 //! test sees which message it answered), unless a tool call was scripted
@@ -40,8 +42,8 @@
 //! ([`crate::responses::FakeResponses::conversation_items`]).
 
 use std::{
-    collections::HashMap,
-    sync::{Mutex, atomic::AtomicUsize, atomic::Ordering},
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, atomic::AtomicUsize, atomic::Ordering},
 };
 
 use axum::{
@@ -67,9 +69,47 @@ pub(crate) struct ChatState {
     ids: AtomicUsize,
     /// Streamed answers paced: (the time between deltas, how many), for the load generator.
     pub(crate) pacing: Mutex<Option<(std::time::Duration, usize)>>,
+    /// Conversations a response is in progress on (a paced stream not yet ended, a background
+    /// response not yet done): another turn on one is refused, `conversation_locked`.
+    operating: Arc<Mutex<HashSet<String>>>,
+}
+
+/// What OpenAI answers (400, `conversation_locked`, param `conversation`) to a turn on a
+/// conversation another response is in progress on, as a public report of the error quotes it
+/// (github.com/paulgmiller/careme/issues/379, 2026-03).
+pub const CONVERSATION_LOCKED: &str =
+    "Another process is currently operating on this conversation. Please retry in a few seconds.";
+
+/// A response in progress on a conversation: the conversation takes no other turn until this
+/// is dropped (its stream ended or was dropped, or its background response done).
+pub(crate) struct Operating {
+    set: Arc<Mutex<HashSet<String>>>,
+    id: String,
+}
+
+impl Drop for Operating {
+    fn drop(&mut self) {
+        crate::responses::lock(&self.set).remove(&self.id);
+    }
 }
 
 impl ChatState {
+    /// Marks a response in progress on conversation `id`, or refuses if one is already.
+    fn operate(&self, id: &str) -> Result<Operating, Problem> {
+        if !crate::responses::lock(&self.operating).insert(id.to_string()) {
+            return Err(Problem {
+                status: StatusCode::BAD_REQUEST,
+                param: "conversation".into(),
+                code: Some("conversation_locked"),
+                message: CONVERSATION_LOCKED.into(),
+            });
+        }
+        Ok(Operating {
+            set: self.operating.clone(),
+            id: id.to_string(),
+        })
+    }
+
     fn next_id(&self, prefix: &str) -> String {
         format!(
             "{prefix}_fake{:04}",
@@ -120,11 +160,23 @@ fn now_secs() -> u64 {
         .unwrap_or_default()
 }
 
-/// A chat request's problem: (param, message), answered 400 (404 for an unknown conversation).
-pub(crate) type Problem = (StatusCode, String, String);
+/// Why a chat request is refused: answered `status` (400; 404 for an unknown conversation)
+/// with an `invalid_request_error` naming `param`, and an error `code` where the API gives one.
+#[derive(Debug)]
+pub(crate) struct Problem {
+    pub(crate) status: StatusCode,
+    pub(crate) param: String,
+    pub(crate) code: Option<&'static str>,
+    pub(crate) message: String,
+}
 
 fn problem(param: &str, message: impl Into<String>) -> Problem {
-    (StatusCode::BAD_REQUEST, param.into(), message.into())
+    Problem {
+        status: StatusCode::BAD_REQUEST,
+        param: param.into(),
+        code: None,
+        message: message.into(),
+    }
 }
 
 /// The input as a list of items (a string is one user message).
@@ -267,8 +319,8 @@ fn paced(
     item_id: &str,
     item: Value,
     completed: Value,
-    interval: std::time::Duration,
-    deltas: usize,
+    (interval, deltas): (std::time::Duration, usize),
+    operating: Option<Operating>,
 ) -> Response {
     use futures_util::StreamExt;
     let mut added = item.clone();
@@ -300,17 +352,18 @@ fn paced(
     // leave together and then stay together, a burst every interval for the rest of the
     // answer, which no model's independent streams make.
     let first_due = tokio::time::Instant::now() + interval.mul_f64(rand::random_range(0.0..1.0));
-    // (deltas sent, text so far, the item and the response to complete; None once done). The
-    // item and the response move through the stream, never copied per delta: a thousand paced
-    // streams are the load generator's own work, and what it spends delays what it measures.
+    // (deltas sent, text so far, the item, the response to complete and the conversation's
+    // mark; None once done, the mark let go). The item and the response move through the
+    // stream, never copied per delta: a thousand paced streams are the load generator's own
+    // work, and what it spends delays what it measures.
     let body = futures_util::stream::iter(
         opening.into_iter().map(Ok::<_, std::convert::Infallible>),
     )
     .chain(futures_util::stream::unfold(
-        (0usize, String::new(), Some((item_id, item, completed))),
+        (0usize, String::new(), Some((item_id, item, completed, operating))),
         move |(sent, mut text, rest)| {
             async move {
-                let (item_id, mut item, mut completed) = rest?;
+                let (item_id, mut item, mut completed, operating) = rest?;
                 if sent < deltas {
                     tokio::time::sleep_until(first_due + interval * sent as u32).await;
                     let delta = stamp_now();
@@ -323,8 +376,11 @@ fn paced(
                          \"delta\":\"{delta}\",\"logprobs\":[],\"sequence_number\":{}}}\n\n",
                         seq + sent
                     ));
-                    return Some((Ok(bytes), (sent + 1, text, Some((item_id, item, completed)))));
+                    let rest = Some((item_id, item, completed, operating));
+                    return Some((Ok(bytes), (sent + 1, text, rest)));
                 }
+                // Done before its last events go: the turn after it is never refused.
+                drop(operating);
                 let part =
                     json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
                 item["content"] = json!([part]);
@@ -372,6 +428,8 @@ pub(crate) enum Answered {
         queued: Value,
         /// The response completed.
         done: Value,
+        /// Its conversation's mark, let go once it is done.
+        operating: Option<Operating>,
     },
 }
 
@@ -405,15 +463,20 @@ pub(crate) fn respond(state: &ChatState, request: &Value) -> Result<Answered, Pr
         Some(id) => crate::responses::lock(&state.conversations)
             .get(id)
             .cloned()
-            .ok_or_else(|| {
-                (
-                    StatusCode::NOT_FOUND,
-                    "conversation".to_string(),
-                    format!("Conversation with id '{id}' not found."),
-                )
+            .ok_or_else(|| Problem {
+                status: StatusCode::NOT_FOUND,
+                param: "conversation".into(),
+                code: None,
+                message: format!("Conversation with id '{id}' not found."),
             })?,
         None => Vec::new(),
     };
+    // Held while the response is in progress: through a paced stream, until a background
+    // response is done; an answer made at once lets it go as it returns.
+    let operating = conversation
+        .as_deref()
+        .map(|id| state.operate(id))
+        .transpose()?;
     history.extend(input.iter().cloned());
     // Every function call in the conversation needs its output before the model goes on (the
     // API refuses a turn after calls left unanswered: "No tool output found for function call").
@@ -506,6 +569,7 @@ pub(crate) fn respond(state: &ChatState, request: &Value) -> Result<Answered, Pr
             id: response_id.clone(),
             queued: response("queued", vec![]),
             done: response("completed", vec![item]),
+            operating,
         });
     }
     if !stream {
@@ -530,8 +594,8 @@ pub(crate) fn respond(state: &ChatState, request: &Value) -> Result<Answered, Pr
             &item_id,
             item.clone(),
             response("completed", vec![]),
-            interval,
-            deltas,
+            (interval, deltas),
+            operating,
         )));
     }
     match &turn {
@@ -646,7 +710,7 @@ mod tests {
         let interval = std::time::Duration::from_millis(100);
         let item = json!({"id": "msg_1", "type": "message", "role": "assistant"});
         let response = json!({"id": "resp_1", "object": "response"});
-        let r = paced(vec![], "msg_1", item, response, interval, 6);
+        let r = paced(vec![], "msg_1", item, response, (interval, 6), None);
         let mut body = r.into_body().into_data_stream();
         let mut deltas = Vec::new();
         let mut text = String::new();
@@ -678,6 +742,49 @@ mod tests {
             .map(|e| e["delta"].as_str().unwrap())
             .collect();
         assert_eq!(done["text"], joined.as_str());
+    }
+
+    /// A conversation takes one response at a time: a turn while a paced answer streams on it
+    /// is refused as OpenAI refuses it, and taken once that stream has ended; another
+    /// conversation is not held up meanwhile.
+    #[tokio::test]
+    async fn a_conversation_busy_with_a_response_refuses_another_turn_until_it_ends() {
+        use futures_util::StreamExt;
+        let state = ChatState::default();
+        *crate::responses::lock(&state.pacing) = Some((std::time::Duration::from_millis(1), 2));
+        let conv = state.create_conversation(&json!({})).unwrap();
+        let other = state.create_conversation(&json!({})).unwrap();
+        let turn = |conv: &Value, text: &str| {
+            respond(
+                &state,
+                &json!({"model": "m", "input": text, "stream": true, "conversation": conv["id"]}),
+            )
+        };
+        let Ok(Answered::Now(first)) = turn(&conv, "one") else {
+            panic!("the first turn is taken")
+        };
+        let Err(p) = turn(&conv, "two") else {
+            panic!("a second turn while the first streams")
+        };
+        assert_eq!(
+            (p.status, p.param.as_str(), p.code, p.message.as_str()),
+            (
+                StatusCode::BAD_REQUEST,
+                "conversation",
+                Some("conversation_locked"),
+                CONVERSATION_LOCKED
+            )
+        );
+        assert!(turn(&other, "elsewhere").is_ok(), "another conversation");
+        let mut body = first.into_body().into_data_stream();
+        while body.next().await.is_some() {}
+        assert!(turn(&conv, "two").is_ok(), "taken once the first has ended");
+        // A stream dropped unread (its client gone) lets the conversation go too.
+        let Ok(Answered::Now(dropped)) = turn(&conv, "three") else {
+            panic!("taken")
+        };
+        drop(dropped);
+        assert!(turn(&conv, "four").is_ok());
     }
 
     #[tokio::test]
@@ -844,7 +951,7 @@ mod tests {
     #[tokio::test]
     async fn bad_requests_are_refused_as_the_api_refuses_them() {
         let state = ChatState::default();
-        let refused = |r: Result<Answered, Problem>| r.err().map(|(s, p, _)| (s, p));
+        let refused = |r: Result<Answered, Problem>| r.err().map(|p| (p.status, p.param));
         assert_eq!(
             refused(respond(&state, &json!({"model": "m", "input": ""}))),
             Some((StatusCode::BAD_REQUEST, "input".into()))

@@ -73,6 +73,14 @@ pub struct Inbound {
 /// (`openai.webhook_secret` set: a lost event costs this long at most) and when it does not.
 const POLL_WITH_WEBHOOK: Duration = Duration::from_secs(15);
 const POLL_WITHOUT_WEBHOOK: Duration = Duration::from_secs(1);
+/// The pauses before a turn refused for a response in progress on the person's conversation
+/// is asked again (OpenAI: "Please retry in a few seconds"); the last one repeats, for as long
+/// as `text.timeout_secs` leaves.
+const LOCKED_PAUSES: [Duration; 3] = [
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
 /// Webhook events and early announcements are remembered this long.
 const REMEMBERED: Duration = Duration::from_secs(600);
 /// Most of them remembered; past it the ones older than [`REMEMBERED`] are forgotten.
@@ -769,30 +777,48 @@ impl Run<'_> {
     /// [`Run::round`], and when the API refuses the turn for a function call left without
     /// its output (an earlier answer cut short where warmline could not see it: a background
     /// response completing after its wait ended), that call is closed and the turn tried again.
+    /// A turn refused while another response is in progress on the conversation is asked again
+    /// after a pause ([`LOCKED_PAUSES`]) until that one is done, within `text.timeout_secs`: the
+    /// person's messages are then answered one after the other, as on one instance.
     async fn round_repaired(&mut self, ask: &Ask<'_>, conversation: &str) -> Result<Round, String> {
         const MARK: &str = "No tool output found for function call ";
-        for _ in 0..20 {
-            match self.round(ask).await {
-                Err(why) if why.contains(MARK) => {
-                    let id: String = why[why.find(MARK).map_or(0, |i| i + MARK.len())..]
-                        .chars()
-                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-                        .collect();
-                    if id.is_empty() {
-                        return Err(why);
+        let mut repairs = 0;
+        let mut waits = 0;
+        loop {
+            let why = match self.round(ask).await {
+                Ok(Attempt::Done(round)) => return Ok(round),
+                Ok(Attempt::Locked) => {
+                    if waits == 0 {
+                        tracing::info!(exchange = %self.context.call_sid, conversation, "text: another response is in progress on the conversation (another instance answering this person?); waiting for it");
                     }
-                    let ids = [id];
-                    let closing =
-                        self.agent
-                            .close_calls(self.context.call_sid.as_str(), conversation, &ids);
-                    if !Box::pin(closing).await {
-                        return Err(why);
-                    }
+                    tokio::time::sleep(LOCKED_PAUSES[waits.min(LOCKED_PAUSES.len() - 1)]).await;
+                    waits += 1;
+                    continue;
                 }
-                other => return other,
+                Err(why) => why,
+            };
+            let Some(at) = why.find(MARK) else {
+                return Err(why);
+            };
+            if repairs == 20 {
+                return Err("still refused for open tool calls after closing 20".into());
+            }
+            repairs += 1;
+            let id: String = why[at + MARK.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                .collect();
+            if id.is_empty() {
+                return Err(why);
+            }
+            let ids = [id];
+            let closing =
+                self.agent
+                    .close_calls(self.context.call_sid.as_str(), conversation, &ids);
+            if !Box::pin(closing).await {
+                return Err(why);
             }
         }
-        Err("still refused for open tool calls after closing 20".into())
     }
 
     /// Where this exchange stands in the person's chat: it starts one when the conversation is
@@ -877,7 +903,7 @@ impl Run<'_> {
     }
 
     /// One request to the model, read as it streams.
-    async fn round(&mut self, ask: &Ask<'_>) -> Result<Round, String> {
+    async fn round(&mut self, ask: &Ask<'_>) -> Result<Attempt, String> {
         if self.msg.background {
             return Box::pin(self.round_in_background(ask)).await;
         }
@@ -889,7 +915,7 @@ impl Run<'_> {
         let status = resp.status();
         if !status.is_success() {
             let text = Box::pin(resp.text()).await.unwrap_or_default();
-            return Err(format!("HTTP {} {}", status.as_u16(), api_error(&text)));
+            return refused(status, &text);
         }
         // The request, outputs included, is taken: they are not open any more.
         self.pending.clear();
@@ -919,12 +945,12 @@ impl Run<'_> {
                     }
                     Event::Completed { text, .. } => {
                         if !calls.is_empty() {
-                            return Ok(Round::Calls(calls, text));
+                            return Ok(Attempt::Done(Round::Calls(calls, text)));
                         }
                         if text.trim().is_empty() {
                             return Err("the model answered nothing (a refusal?)".into());
                         }
-                        return Ok(Round::Answered(text));
+                        return Ok(Attempt::Done(Round::Answered(text)));
                     }
                     Event::Failed(why) => return Err(why),
                 }
@@ -934,7 +960,7 @@ impl Run<'_> {
 
     /// One request to the model as a background response: created, then waited for until
     /// OpenAI's webhook announces it (`TextAgent::response_done`) or a poll finds it done.
-    async fn round_in_background(&mut self, ask: &Ask<'_>) -> Result<Round, String> {
+    async fn round_in_background(&mut self, ask: &Ask<'_>) -> Result<Attempt, String> {
         let body = Ask {
             background: Some(true),
             stream: false,
@@ -952,7 +978,7 @@ impl Run<'_> {
         // Waiting takes no place on a lane.
         drop(lane);
         if !status.is_success() {
-            return Err(format!("HTTP {} {}", status.as_u16(), api_error(&text)));
+            return refused(status, &text);
         }
         self.pending.clear();
         let mut current: Value = serde_json::from_str(&text)
@@ -997,12 +1023,12 @@ impl Run<'_> {
                                 agent: String::new(),
                             })
                             .collect();
-                        return Ok(Round::Calls(calls, text));
+                        return Ok(Attempt::Done(Round::Calls(calls, text)));
                     }
                     if text.trim().is_empty() {
                         return Err("the model answered nothing (a refusal?)".into());
                     }
-                    return Ok(Round::Answered(text));
+                    return Ok(Attempt::Done(Round::Answered(text)));
                 }
             }
             tokio::select! {
@@ -1099,6 +1125,29 @@ enum Round {
     Calls(Vec<ToolCall>, String),
 }
 
+/// What one request to the model came to.
+enum Attempt {
+    /// A round.
+    Done(Round),
+    /// Refused, nothing done: a response is in progress on the conversation (400,
+    /// `conversation_locked`). With several instances, most likely another one answering the
+    /// person's previous message; this turn waits for it (`Run::round_repaired`).
+    Locked,
+}
+
+/// A refused request to `/responses`: [`Attempt::Locked`] for a conversation busy with another
+/// response, else why, for the log and the exchange's record.
+fn refused(status: reqwest::StatusCode, body: &str) -> Result<Attempt, String> {
+    let code = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_string));
+    if status == reqwest::StatusCode::BAD_REQUEST && code.as_deref() == Some("conversation_locked")
+    {
+        return Ok(Attempt::Locked);
+    }
+    Err(format!("HTTP {} {}", status.as_u16(), api_error(body)))
+}
+
 /// `TX` and 32 hex digits: an exchange's id, the `call_sid` of its row.
 fn new_exchange_id() -> CallSid {
     let mut b = [0u8; 16];
@@ -1145,6 +1194,30 @@ mod tests {
         // Across the 32-bit wrap, the difference still holds.
         let before_wrap = ReadAt(u32::MAX - 10);
         assert_eq!(before_wrap.until(ReadAt(20)), Duration::from_micros(31));
+    }
+
+    #[test]
+    fn a_conversation_busy_with_another_response_is_waited_for_and_other_refusals_fail() {
+        use reqwest::StatusCode;
+        let locked = r#"{"error": {"message": "Another process is currently operating on this conversation. Please retry in a few seconds.", "type": "invalid_request_error", "param": "conversation", "code": "conversation_locked"}}"#;
+        assert!(matches!(
+            refused(StatusCode::BAD_REQUEST, locked),
+            Ok(Attempt::Locked)
+        ));
+        // Another status with that code, or another code: a failure, its message kept.
+        let Err(why) = refused(StatusCode::CONFLICT, locked) else {
+            panic!("a 409 is not the lock")
+        };
+        assert!(why.starts_with("HTTP 409 Another process"), "{why}");
+        let other = r#"{"error": {"message": "No tool output found for function call call_1.", "code": null}}"#;
+        let Err(why) = refused(StatusCode::BAD_REQUEST, other) else {
+            panic!("not the lock")
+        };
+        assert_eq!(
+            why,
+            "HTTP 400 No tool output found for function call call_1."
+        );
+        assert!(refused(StatusCode::BAD_REQUEST, "not json").is_err());
     }
 
     #[test]

@@ -216,6 +216,7 @@ on_both_backends!(a_webchat_exchange_streams_a_tool_call_and_is_kept);
 /// Two instances on one database (README "Several instances"): a person's first message
 /// reaches both at the same moment (two tabs of the site, say). The two exchanges share one
 /// conversation and are one chat: one of them starts it, and the chat gets one summary job.
+/// The model takes one turn at a time on the conversation: the later waits for the earlier.
 async fn two_instances_answering_one_person_at_once_start_one_chat(backend: Backend) {
     use warmline::{
         domain::ClientId,
@@ -256,6 +257,18 @@ async fn two_instances_answering_one_person_at_once_start_one_chat(backend: Back
         conversations.push(end["conversation_id"].as_str().unwrap().to_string());
     }
     assert_eq!(conversations[0], conversations[1], "one conversation");
+    // OpenAI refuses a turn on a conversation while another response on it is in progress
+    // (`conversation_locked`, as the fake does): the later turn was refused while the first
+    // streamed, and asked again once it was done, so both were answered (neither fell back).
+    let turns: Vec<u16> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.body["conversation"] == conversations[0].as_str())
+        .map(|r| r.status)
+        .collect();
+    assert!(turns.contains(&400), "a turn was refused: {turns:?}");
+    assert_eq!(turns.iter().filter(|s| **s == 200).count(), 2, "{turns:?}");
+    assert_eq!(turns.last(), Some(&200), "{turns:?}");
     flushed(&a).await;
     flushed(&b).await;
     let db = &a.state.db;
