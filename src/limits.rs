@@ -208,6 +208,8 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> Rate<K, C> {
 pub struct Slots<K: Hash + Eq + Clone> {
     cap: usize,
     held: Mutex<HashMap<K, usize>>,
+    /// Told each time a place is given back.
+    freed: tokio::sync::Notify,
 }
 
 /// One held place of a [`Slots`]; dropping it gives the place back.
@@ -222,7 +224,14 @@ impl<K: Hash + Eq + Clone> Slots<K> {
         Arc::new(Self {
             cap,
             held: Mutex::new(HashMap::new()),
+            freed: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Ready once a place of any key is given back after this is made (and, to miss none
+    /// between a refused [`Slots::try_take`] and the wait, `enable`d before it).
+    pub fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
     }
 
     /// Takes a place for `key`, or `None` when it holds `cap` already.
@@ -257,13 +266,16 @@ impl<K: Hash + Eq + Clone> Slots<K> {
 
 impl<K: Hash + Eq + Clone> Drop for Slot<K> {
     fn drop(&mut self) {
-        let mut held = self.slots.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = held.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                held.remove(&self.key);
+        {
+            let mut held = self.slots.held.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = held.get_mut(&self.key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    held.remove(&self.key);
+                }
             }
         }
+        self.slots.freed.notify_waiters();
     }
 }
 
@@ -398,6 +410,41 @@ mod tests {
         assert_eq!(slots.held(&1), 1);
         let _a3 = slots.try_take(1).expect("a dropped slot is given back");
         assert!(slots.try_take(1).is_none());
+    }
+
+    /// Whoever waits for a place is woken when one is given back: the waiter here has no timer
+    /// of its own, so only the notification can end its wait.
+    #[tokio::test]
+    async fn a_place_given_back_wakes_whoever_waits_for_one() {
+        let slots = Slots::new(1);
+        let held = slots.try_take("a").unwrap();
+        let (waiting, mut woken) = (slots.clone(), tokio::sync::oneshot::channel::<()>());
+        let waiter = tokio::spawn(async move {
+            let mut asked = 0;
+            loop {
+                let freed = waiting.freed();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                asked += 1;
+                if let Some(slot) = waiting.try_take("a") {
+                    let _ = woken.0.send(());
+                    return (slot, asked);
+                }
+                freed.await;
+            }
+        });
+        // Refused while the place is held.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(woken.1.try_recv().is_err(), "no place yet");
+        drop(held);
+        let (slot, asked) = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("woken when the place came back")
+            .unwrap();
+        assert_eq!(asked, 2, "asked once before, once when woken");
+        assert_eq!(slots.held(&"a"), 1);
+        drop(slot);
+        assert_eq!(slots.keys(), 0);
     }
 
     #[test]

@@ -495,8 +495,9 @@ async fn complete_later(
     operating: Option<crate::text_model::Operating>,
 ) {
     tokio::time::sleep(BACKGROUND_TAKES).await;
-    lock(&shared.background).insert(id.clone(), done);
+    // Let go before it is seen done: the turn after it is never refused.
     drop(operating);
+    lock(&shared.background).insert(id.clone(), done);
     let Some((url, secret)) = lock(&shared.webhook).clone() else {
         return;
     };

@@ -303,7 +303,9 @@ impl TextAgent {
     }
 
     /// [`TextAgent::admit`], waiting up to `limit` while the client is busy or the person's
-    /// earlier messages wait (for channels that acknowledged the message already).
+    /// earlier messages wait (for channels that acknowledged the message already). Asked again
+    /// each time an answer ends (its client's place is given back after its person's turn),
+    /// and at least every second.
     pub async fn admit_waiting(
         &self,
         client: ClientId,
@@ -313,9 +315,17 @@ impl TextAgent {
     ) -> Result<Admitted, Refusal> {
         let until = tokio::time::Instant::now() + limit;
         loop {
+            let freed = self.running.freed();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
             match self.admit(client, identity, text) {
                 Err(Refusal::Busy | Refusal::Waiting) if tokio::time::Instant::now() < until => {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    let backstop =
+                        (tokio::time::Instant::now() + Duration::from_secs(1)).min(until);
+                    tokio::select! {
+                        _ = freed => {}
+                        _ = tokio::time::sleep_until(backstop) => {}
+                    }
                 }
                 other => return other,
             }
@@ -779,11 +789,16 @@ impl Run<'_> {
     /// response completing after its wait ended), that call is closed and the turn tried again.
     /// A turn refused while another response is in progress on the conversation is asked again
     /// after a pause ([`LOCKED_PAUSES`]) until that one is done, within `text.timeout_secs`: the
-    /// person's messages are then answered one after the other, as on one instance.
+    /// person's messages are then answered one after the other, as on one instance. An open
+    /// call may be another instance's answer running that tool between its two responses, so
+    /// it is waited for the same way, for `call.tool_timeout_ms` and 2 s more, before it is
+    /// closed: closed at once, that answer's output would come second.
     async fn round_repaired(&mut self, ask: &Ask<'_>, conversation: &str) -> Result<Round, String> {
         const MARK: &str = "No tool output found for function call ";
         let mut repairs = 0;
         let mut waits = 0;
+        let mut open_since: Option<(String, tokio::time::Instant)> = None;
+        let grace = self.agent.tool_timeout + Duration::from_secs(2);
         loop {
             let why = match self.round(ask).await {
                 Ok(Attempt::Done(round)) => return Ok(round),
@@ -800,10 +815,6 @@ impl Run<'_> {
             let Some(at) = why.find(MARK) else {
                 return Err(why);
             };
-            if repairs == 20 {
-                return Err("still refused for open tool calls after closing 20".into());
-            }
-            repairs += 1;
             let id: String = why[at + MARK.len()..]
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
@@ -811,6 +822,25 @@ impl Run<'_> {
             if id.is_empty() {
                 return Err(why);
             }
+            let now = tokio::time::Instant::now();
+            let since = match &open_since {
+                Some((open, since)) if *open == id => *since,
+                _ => {
+                    tracing::info!(exchange = %self.context.call_sid, conversation, call = %id, "text: a tool call is open on the conversation (another instance running it?); waiting for its output before closing it");
+                    open_since = Some((id.clone(), now));
+                    now
+                }
+            };
+            if now - since < grace {
+                tokio::time::sleep(LOCKED_PAUSES[waits.min(LOCKED_PAUSES.len() - 1)]).await;
+                waits += 1;
+                continue;
+            }
+            if repairs == 20 {
+                return Err("still refused for open tool calls after closing 20".into());
+            }
+            repairs += 1;
+            open_since = None;
             let ids = [id];
             let closing =
                 self.agent
