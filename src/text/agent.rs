@@ -187,6 +187,12 @@ pub struct TextAgent {
     rate: Option<Rate<String>>,
     running: Arc<Slots<ClientId>>,
     turns: DashMap<(ClientId, String), Arc<tokio::sync::Mutex<()>>>,
+    /// Messages waiting in [`TextAgent::admit_waiting`], by person, in the order they came:
+    /// only a person's first may take a place.
+    queued: DashMap<(ClientId, String), std::collections::VecDeque<u64>>,
+    next_ticket: std::sync::atomic::AtomicU64,
+    /// Told when a message leaves `queued`.
+    queue_moved: tokio::sync::Notify,
     /// Background responses waited for (or announced before their wait began), by id.
     waiters: DashMap<String, (Arc<tokio::sync::Notify>, std::time::Instant)>,
     /// Webhook events received (`webhook-id`), so a replay is refused.
@@ -238,6 +244,9 @@ impl TextAgent {
             rate: std::num::NonZeroU32::new(t.messages_per_minute).map(Rate::per_minute),
             running: Slots::new(t.concurrent_per_client),
             turns: DashMap::new(),
+            queued: DashMap::new(),
+            next_ticket: Default::default(),
+            queue_moved: tokio::sync::Notify::new(),
             waiters: DashMap::new(),
             events_seen: DashMap::new(),
             webhook: !settings.openai.webhook_secret.is_empty(),
@@ -304,8 +313,9 @@ impl TextAgent {
 
     /// [`TextAgent::admit`], waiting up to `limit` while the client is busy or the person's
     /// earlier messages wait (for channels that acknowledged the message already). Asked again
-    /// each time an answer ends (its client's place is given back after its person's turn),
-    /// and at least every second.
+    /// each time an answer ends (its client's place is given back after its person's turn) or
+    /// a waiting message leaves, and at least every second. A person's waiting messages are
+    /// taken in the order they came: only the first of them asks.
     pub async fn admit_waiting(
         &self,
         client: ClientId,
@@ -314,16 +324,40 @@ impl TextAgent {
         limit: Duration,
     ) -> Result<Admitted, Refusal> {
         let until = tokio::time::Instant::now() + limit;
+        let key = (client, identity.to_string());
+        let ticket = self
+            .next_ticket
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.queued
+            .entry(key.clone())
+            .or_default()
+            .push_back(ticket);
+        let _queued = Queued {
+            agent: self,
+            key: key.clone(),
+            ticket,
+        };
         loop {
             let freed = self.running.freed();
-            tokio::pin!(freed);
+            let moved = self.queue_moved.notified();
+            tokio::pin!(freed, moved);
             freed.as_mut().enable();
-            match self.admit(client, identity, text) {
+            moved.as_mut().enable();
+            let first = self
+                .queued
+                .get(&key)
+                .is_none_or(|q| q.front() == Some(&ticket));
+            let admitted = match first {
+                true => self.admit(client, identity, text),
+                false => Err(Refusal::Waiting),
+            };
+            match admitted {
                 Err(Refusal::Busy | Refusal::Waiting) if tokio::time::Instant::now() < until => {
                     let backstop =
                         (tokio::time::Instant::now() + Duration::from_secs(1)).min(until);
                     tokio::select! {
                         _ = freed => {}
+                        _ = moved => {}
                         _ = tokio::time::sleep_until(backstop) => {}
                     }
                 }
@@ -1144,6 +1178,24 @@ struct Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.agent.waiters.remove(&self.id);
+    }
+}
+
+/// A message's place in [`TextAgent::admit_waiting`]'s queue, left when it is taken, refused
+/// or given up (the next of the person's messages may then ask).
+struct Queued<'a> {
+    agent: &'a TextAgent,
+    key: (ClientId, String),
+    ticket: u64,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let Some(mut q) = self.agent.queued.get_mut(&self.key) {
+            q.retain(|t| *t != self.ticket);
+        }
+        self.agent.queued.remove_if(&self.key, |_, q| q.is_empty());
+        self.agent.queue_moved.notify_waiters();
     }
 }
 

@@ -1071,8 +1071,9 @@ async fn a_long_answer_is_split_and_a_failed_send_is_retried() {
 }
 
 /// A business that answers one message at a time (`text.concurrent_per_client = 1`): messages
-/// that come meanwhile, another person's and the same person's next, wait (the webhook was
-/// acknowledged already) and are each answered once a place comes back, the person's in order.
+/// that come meanwhile, another person's and the same person's next two, wait (the webhook was
+/// acknowledged already) and are each answered once a place comes back, the person's in the
+/// order they came.
 #[tokio::test]
 async fn messages_that_wait_for_a_busy_business_are_all_answered_in_turn() {
     use crate::support::{AUTH_TOKEN, CLIENT_NUMBER};
@@ -1101,7 +1102,8 @@ async fn messages_that_wait_for_a_busy_business_are_all_answered_in_turn() {
     .await;
     write("SM000000000000000000000000000000b2", bo, "hello").await;
     write("SM000000000000000000000000000000b3", ann, "second").await;
-    assert!(messages.wait_sent(3, Duration::from_secs(30)).await);
+    write("SM000000000000000000000000000000b4", ann, "third").await;
+    assert!(messages.wait_sent(4, Duration::from_secs(30)).await);
     let sent = messages.sent();
     let to = |n: &str| -> Vec<String> {
         sent.iter()
@@ -1109,9 +1111,13 @@ async fn messages_that_wait_for_a_busy_business_are_all_answered_in_turn() {
             .map(|m| m.body.clone())
             .collect()
     };
-    assert_eq!(to(ann), ["Noted: first.", "Noted: second."], "{sent:?}");
+    assert_eq!(
+        to(ann),
+        ["Noted: first.", "Noted: second.", "Noted: third."],
+        "{sent:?}"
+    );
     assert_eq!(to(bo), ["Noted: hello."], "{sent:?}");
-    assert_eq!(sent.len(), 3, "each answered once: {sent:?}");
+    assert_eq!(sent.len(), 4, "each answered once: {sent:?}");
     gw.app.shutdown().await;
 }
 
