@@ -395,26 +395,7 @@ impl TextAgent {
         let sid = new_exchange_id();
         let exchange_id = sid.to_string();
         let client_id = msg.client.id();
-        let rememberable = callers::remembers(&msg.identity);
-        let trust = match msg.channel {
-            // WhatsApp numbers are verified by WhatsApp; an SMS sender can be spoofed.
-            Channel::Whatsapp => CallerTrust::Verified,
-            _ if rememberable => CallerTrust::Unverified,
-            _ => CallerTrust::Verified,
-        };
-        let caller = if rememberable {
-            match Box::pin(callers::get_caller(&self.db, client_id, &msg.identity)).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(exchange = %exchange_id, error = %e, "text: caller memory lookup failed; answering without it");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let mut profile = AgentProfile::new(&msg.client, caller, trust, rememberable);
-        profile.tools.text = true;
+        let profile = Box::pin(self.profile(msg, &exchange_id)).await;
         let language = profile.language.clone();
         let fallback_line = profile.lines.text(Line::TextFallback, &language);
         let context = Arc::new(CallContext {
@@ -511,6 +492,95 @@ impl TextAgent {
         Answer {
             exchange_id,
             conversation_id: conversation.map(|c| c.conversation_id).unwrap_or_default(),
+            text,
+            failure,
+        }
+    }
+
+    /// The agent for `msg`: its client's, knowing the person when their identity is
+    /// remembered (a phone number), with the text channels' tools.
+    async fn profile(&self, msg: &Inbound, exchange_id: &str) -> AgentProfile {
+        let rememberable = callers::remembers(&msg.identity);
+        let trust = match msg.channel {
+            // WhatsApp numbers are verified by WhatsApp; an SMS sender can be spoofed.
+            Channel::Whatsapp => CallerTrust::Verified,
+            _ if rememberable => CallerTrust::Unverified,
+            _ => CallerTrust::Verified,
+        };
+        let caller = if rememberable {
+            match Box::pin(callers::get_caller(
+                &self.db,
+                msg.client.id(),
+                &msg.identity,
+            ))
+            .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(exchange = %exchange_id, error = %e, "text: caller memory lookup failed; answering without it");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut profile = AgentProfile::new(&msg.client, caller, trust, rememberable);
+        profile.tools.text = true;
+        profile
+    }
+
+    /// The answer to a message that waited `text.timeout_secs` for a busy business (or behind
+    /// the person's own) and was not taken, for channels that acknowledged it already: the
+    /// fallback line, so the person is not left without a word, and the exchange recorded as
+    /// failed, so the business sees it. Nothing goes to the model.
+    pub async fn unanswered(&self, msg: &Inbound, refusal: Refusal) -> Answer {
+        let started = Utc::now();
+        let exchange_id = new_exchange_id().to_string();
+        let profile = Box::pin(self.profile(msg, &exchange_id)).await;
+        let text = profile.lines.text(Line::TextFallback, &profile.language);
+        let why = match refusal {
+            Refusal::Busy => format!(
+                "the business had text.concurrent_per_client ({}) answers running for text.timeout_secs ({} s)",
+                self.settings.concurrent_per_client, self.settings.timeout_secs
+            ),
+            Refusal::Waiting => format!(
+                "the person's earlier messages were still waiting after text.timeout_secs ({} s)",
+                self.settings.timeout_secs
+            ),
+            other => format!("refused: {other:?}"),
+        };
+        let ended = Utc::now();
+        let transcript = vec![
+            TranscriptIn {
+                role: "caller".into(),
+                text: msg.text.clone(),
+                at: started,
+            },
+            TranscriptIn {
+                role: "system".into(),
+                text: format!("no answer: {why}"),
+                at: ended,
+            },
+            TranscriptIn {
+                role: "agent".into(),
+                text: text.clone(),
+                at: ended,
+            },
+        ];
+        let failure = Some(why);
+        tracing::warn!(exchange = %exchange_id, client = %msg.client.id(), channel = %msg.channel, reason = ?failure, "text: not answered in time; the fallback line is sent");
+        self.record(
+            msg,
+            &exchange_id,
+            (started, ended),
+            transcript,
+            &failure,
+            None,
+            None,
+        );
+        Answer {
+            exchange_id,
+            conversation_id: String::new(),
             text,
             failure,
         }

@@ -38,7 +38,7 @@ use subtle::ConstantTimeEq;
 use url::Url;
 
 use super::{
-    agent::Inbound,
+    agent::{Inbound, Refusal},
     retry::{self, Retry},
 };
 use crate::{
@@ -356,17 +356,18 @@ async fn webhook(
         let lead = m.lead_id;
         state.tasks.spawn(async move {
             let wait = agent.settings().timeout();
-            let admitted = match agent
+            let answer = match agent
                 .admit_waiting(msg.client.id(), &msg.identity, &msg.text, wait)
                 .await
             {
-                Ok(a) => a,
+                Ok(admitted) => agent.answer(msg, admitted, None).await,
+                // Waited for and not taken in time: the lead still hears back.
+                Err(r @ (Refusal::Busy | Refusal::Waiting)) => agent.unanswered(&msg, r).await,
                 Err(r) => {
                     tracing::warn!(client = %msg.client.id(), lead, refusal = ?r, "kommo: message refused; not answered");
                     return;
                 }
             };
-            let answer = agent.answer(msg, admitted, None).await;
             match add_note(&http, &kommo, lead, &answer.text).await {
                 Ok(()) => {
                     tracing::info!(exchange = %answer.exchange_id, lead, "kommo: answer added to the lead as a note");

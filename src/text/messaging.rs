@@ -30,7 +30,7 @@ use chrono::Utc;
 use serde_json::Value;
 
 use super::{
-    agent::Inbound,
+    agent::{Inbound, Refusal},
     retry::{self, Retry},
 };
 use crate::{
@@ -154,17 +154,18 @@ async fn inbound(
     let wait = agent.settings().timeout();
     state.tasks.spawn(async move {
         // Taken already: a busy business or the person's earlier messages are waited for.
-        let admitted = match agent
+        let answer = match agent
             .admit_waiting(msg.client.id(), &msg.identity, &msg.text, wait)
             .await
         {
-            Ok(a) => a,
+            Ok(admitted) => agent.answer(msg, admitted, None).await,
+            // Waited for and not taken in time: the person still hears back.
+            Err(r @ (Refusal::Busy | Refusal::Waiting)) => agent.unanswered(&msg, r).await,
             Err(r) => {
                 tracing::warn!(message_sid = %sid, client = %msg.client.id(), refusal = ?r, "messaging: message refused; not answered");
                 return;
             }
         };
-        let answer = agent.answer(msg, admitted, None).await;
         let parts = split(&answer.text, BODY_MAX);
         for (i, part) in parts.iter().enumerate() {
             match sender.send(&reply_to, &reply_from, part).await {

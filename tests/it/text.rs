@@ -1121,6 +1121,76 @@ async fn messages_that_wait_for_a_busy_business_are_all_answered_in_turn() {
     gw.app.shutdown().await;
 }
 
+/// A message that waits `text.timeout_secs` and is still not taken (the person's two earlier
+/// messages take that long each: the model hangs) is not left without a word: the fallback
+/// line is sent, and the exchange is recorded as failed, saying why. Nothing goes to the model.
+#[tokio::test]
+async fn a_message_that_waits_too_long_gets_the_fallback_line_and_is_recorded() {
+    use crate::support::{AUTH_TOKEN, CLIENT_NUMBER};
+    let Messaging {
+        responses,
+        messages,
+        gw,
+    } = messaging(
+        Backend::Sqlite,
+        "[text]\nconcurrent_per_client = 1\ntimeout_secs = 2",
+    )
+    .await;
+    responses.push([Fault::Hang, Fault::Hang]);
+    let url = gw.app.url("/twilio/messaging");
+    let ann = "+14155550183";
+    for (sid, text) in [
+        ("SM000000000000000000000000000000c1", "first"),
+        ("SM000000000000000000000000000000c2", "second"),
+        ("SM000000000000000000000000000000c3", "third"),
+    ] {
+        let form = sim::messaging::inbound(ACCOUNT, sid, ann, CLIENT_NUMBER, text);
+        let (status, _) = sim::messaging::post_inbound(&url, AUTH_TOKEN, &form, true)
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+    }
+    assert!(messages.wait_sent(3, Duration::from_secs(30)).await);
+    let sent = messages.sent();
+    let fallback = "Sorry, I can't answer right now. Please write again in a moment.";
+    assert!(
+        sent.iter().all(|m| m.to == ann && m.body == fallback),
+        "{sent:?}"
+    );
+    // The first two reached the model (and hung); the third never did.
+    let turns = responses.requests().len();
+    assert_eq!(turns, 2, "{:?}", responses.requests());
+    gw.app.state.writer.flush(Duration::from_secs(10)).await;
+    let rows = calls::list_calls(&gw.app.state.db, Some(gw.client_id), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3, "every message is recorded");
+    assert!(
+        rows.iter()
+            .all(|r| r.end_reason.as_deref() == Some("fallback"))
+    );
+    let mut waited = Vec::new();
+    for row in &rows {
+        let kept = calls::call_by_sid(&gw.app.state.db, &row.call_sid)
+            .await
+            .unwrap()
+            .unwrap();
+        let said: Vec<String> = kept.transcript.iter().map(|t| t.text.clone()).collect();
+        if said[0] == "third" {
+            waited = said;
+        }
+    }
+    // Behind the business's one place, or behind the person's second message: either way it
+    // waited the whole text.timeout_secs.
+    assert_eq!(waited.len(), 3, "{waited:?}");
+    assert!(
+        waited[1].starts_with("no answer: ") && waited[1].ends_with("text.timeout_secs (2 s)"),
+        "{waited:?}"
+    );
+    assert_eq!(waited[2], fallback);
+    gw.app.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_send_that_may_have_gone_is_not_repeated() {
     use crate::support::{AUTH_TOKEN, CLIENT_NUMBER};
