@@ -1070,30 +1070,31 @@ async fn a_long_answer_is_split_and_a_failed_send_is_retried() {
     gw.app.shutdown().await;
 }
 
+/// `text` from `from` to the test business on WhatsApp, as Twilio posts it (signed): taken and
+/// acknowledged at once.
+async fn written(gw: &crate::support::Gateway, sid: &str, from: &str, text: &str) {
+    use crate::support::{AUTH_TOKEN, CLIENT_NUMBER};
+    let form = sim::messaging::inbound(ACCOUNT, sid, from, CLIENT_NUMBER, text);
+    let url = gw.app.url("/twilio/messaging");
+    let (status, _) = sim::messaging::post_inbound(&url, AUTH_TOKEN, &form, true)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "acknowledged at once");
+}
+
 /// A business that answers one message at a time (`text.concurrent_per_client = 1`): messages
 /// that come meanwhile, another person's and the same person's next two, wait (the webhook was
 /// acknowledged already) and are each answered once a place comes back, the person's in the
 /// order they came.
 #[tokio::test]
 async fn messages_that_wait_for_a_busy_business_are_all_answered_in_turn() {
-    use crate::support::{AUTH_TOKEN, CLIENT_NUMBER};
     let Messaging {
         responses,
         messages,
         gw,
     } = messaging(Backend::Sqlite, "[text]\nconcurrent_per_client = 1").await;
-    let url = gw.app.url("/twilio/messaging");
     let (ann, bo) = ("+14155550181", "+14155550182");
-    let write = |sid: &str, from: &str, text: &str| {
-        let form = sim::messaging::inbound(ACCOUNT, sid, from, CLIENT_NUMBER, text);
-        let url = url.clone();
-        async move {
-            let (status, _) = sim::messaging::post_inbound(&url, AUTH_TOKEN, &form, true)
-                .await
-                .unwrap();
-            assert_eq!(status, 200, "acknowledged at once");
-        }
-    };
+    let write = |sid, from, text| written(&gw, sid, from, text);
     write("SM000000000000000000000000000000b1", ann, "first").await;
     // Ann's first message is with the model before the others come.
     crate::webhooks::wait_for("the first turn", || async {
@@ -1126,7 +1127,6 @@ async fn messages_that_wait_for_a_busy_business_are_all_answered_in_turn() {
 /// line is sent, and the exchange is recorded as failed, saying why. Nothing goes to the model.
 #[tokio::test]
 async fn a_message_that_waits_too_long_gets_the_fallback_line_and_is_recorded() {
-    use crate::support::{AUTH_TOKEN, CLIENT_NUMBER};
     let Messaging {
         responses,
         messages,
@@ -1137,18 +1137,13 @@ async fn a_message_that_waits_too_long_gets_the_fallback_line_and_is_recorded() 
     )
     .await;
     responses.push([Fault::Hang, Fault::Hang]);
-    let url = gw.app.url("/twilio/messaging");
     let ann = "+14155550183";
     for (sid, text) in [
         ("SM000000000000000000000000000000c1", "first"),
         ("SM000000000000000000000000000000c2", "second"),
         ("SM000000000000000000000000000000c3", "third"),
     ] {
-        let form = sim::messaging::inbound(ACCOUNT, sid, ann, CLIENT_NUMBER, text);
-        let (status, _) = sim::messaging::post_inbound(&url, AUTH_TOKEN, &form, true)
-            .await
-            .unwrap();
-        assert_eq!(status, 200);
+        written(&gw, sid, ann, text).await;
     }
     assert!(messages.wait_sent(3, Duration::from_secs(30)).await);
     let sent = messages.sent();
