@@ -451,18 +451,9 @@ impl TextAgent {
             }
             Some(why) => {
                 tracing::warn!(exchange = %exchange_id, client = %client_id, channel = %msg.channel, reason = %why, "text: answer failed; the fallback line was sent");
-                run.transcript.push(TranscriptIn {
-                    role: "system".into(),
-                    text: format!("no answer: {why}"),
-                    at: ended,
-                });
             }
         }
-        run.transcript.push(TranscriptIn {
-            role: "agent".into(),
-            text: text.clone(),
-            at: ended,
-        });
+        close_transcript(&mut run.transcript, failure.as_deref(), &text, ended);
         let conversation = run.conversation.clone();
         let transcript = std::mem::take(&mut run.transcript);
         // Where the exchange stands in the person's chat: a new conversation, or one quiet for
@@ -533,8 +524,14 @@ impl TextAgent {
     /// the person's own) and was not taken, for channels that acknowledged it already: the
     /// fallback line, so the person is not left without a word, and the exchange recorded as
     /// failed, so the business sees it. Nothing goes to the model.
-    pub async fn unanswered(&self, msg: &Inbound, refusal: Refusal) -> Answer {
-        let started = Utc::now();
+    /// `received`: when the message was taken (the exchange's start).
+    pub async fn unanswered(
+        &self,
+        msg: &Inbound,
+        refusal: Refusal,
+        received: DateTime<Utc>,
+    ) -> Answer {
+        let started = received;
         let exchange_id = new_exchange_id().to_string();
         let profile = Box::pin(self.profile(msg, &exchange_id)).await;
         let text = profile.lines.text(Line::TextFallback, &profile.language);
@@ -550,23 +547,12 @@ impl TextAgent {
             other => format!("refused: {other:?}"),
         };
         let ended = Utc::now();
-        let transcript = vec![
-            TranscriptIn {
-                role: "caller".into(),
-                text: msg.text.clone(),
-                at: started,
-            },
-            TranscriptIn {
-                role: "system".into(),
-                text: format!("no answer: {why}"),
-                at: ended,
-            },
-            TranscriptIn {
-                role: "agent".into(),
-                text: text.clone(),
-                at: ended,
-            },
-        ];
+        let mut transcript = vec![TranscriptIn {
+            role: "caller".into(),
+            text: msg.text.clone(),
+            at: started,
+        }];
+        close_transcript(&mut transcript, Some(&why), &text, ended);
         let failure = Some(why);
         tracing::warn!(exchange = %exchange_id, client = %msg.client.id(), channel = %msg.channel, reason = ?failure, "text: not answered in time; the fallback line is sent");
         self.record(
@@ -1249,6 +1235,28 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.agent.waiters.remove(&self.id);
     }
+}
+
+/// Ends an exchange's transcript: why there was no answer, if there was none, then what was
+/// sent (the answer or the fallback line).
+fn close_transcript(
+    transcript: &mut Vec<TranscriptIn>,
+    failure: Option<&str>,
+    sent: &str,
+    at: DateTime<Utc>,
+) {
+    if let Some(why) = failure {
+        transcript.push(TranscriptIn {
+            role: "system".into(),
+            text: format!("no answer: {why}"),
+            at,
+        });
+    }
+    transcript.push(TranscriptIn {
+        role: "agent".into(),
+        text: sent.to_string(),
+        at,
+    });
 }
 
 /// A message's place in [`TextAgent::admit_waiting`]'s queue, left when it is taken, refused

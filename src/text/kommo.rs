@@ -356,13 +356,14 @@ async fn webhook(
         let lead = m.lead_id;
         state.tasks.spawn(async move {
             let wait = agent.settings().timeout();
+            let received = chrono::Utc::now();
             let answer = match agent
                 .admit_waiting(msg.client.id(), &msg.identity, &msg.text, wait)
                 .await
             {
                 Ok(admitted) => agent.answer(msg, admitted, None).await,
                 // Waited for and not taken in time: the lead still hears back.
-                Err(r @ (Refusal::Busy | Refusal::Waiting)) => agent.unanswered(&msg, r).await,
+                Err(r @ (Refusal::Busy | Refusal::Waiting)) => agent.unanswered(&msg, r, received).await,
                 Err(r) => {
                     tracing::warn!(client = %msg.client.id(), lead, refusal = ?r, "kommo: message refused; not answered");
                     return;

@@ -154,13 +154,14 @@ async fn inbound(
     let wait = agent.settings().timeout();
     state.tasks.spawn(async move {
         // Taken already: a busy business or the person's earlier messages are waited for.
+        let received = chrono::Utc::now();
         let answer = match agent
             .admit_waiting(msg.client.id(), &msg.identity, &msg.text, wait)
             .await
         {
             Ok(admitted) => agent.answer(msg, admitted, None).await,
             // Waited for and not taken in time: the person still hears back.
-            Err(r @ (Refusal::Busy | Refusal::Waiting)) => agent.unanswered(&msg, r).await,
+            Err(r @ (Refusal::Busy | Refusal::Waiting)) => agent.unanswered(&msg, r, received).await,
             Err(r) => {
                 tracing::warn!(message_sid = %sid, client = %msg.client.id(), refusal = ?r, "messaging: message refused; not answered");
                 return;
